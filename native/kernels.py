@@ -1,0 +1,269 @@
+"""The C kernels behind typed Python objects.
+
+`CsrMatrix`, `HalfMatrix`, `BandSplit` and `Colouring` own the arrays a C struct points into
+(so the pointers stay valid while the object lives) and the struct itself. The functions check
+every vector handed to C (validate.check_buffer) and turn a failure status into KernelError.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._pars3 import ffi, lib
+from .errors import InvalidOperand, KernelError
+from .validate import MAX_INDEX, check_buffer, check_distinct, check_scalar, check_threads
+
+VERSION = int(lib.PARS3_VERSION)
+
+
+def _ptr(ctype: str, arr: np.ndarray):
+    return ffi.from_buffer(ctype + "[]", arr)
+
+
+def _status(code: int, kernel: str) -> None:
+    if code != lib.PARS3_OK:
+        raise KernelError(f"{kernel} returned status {code} for arguments the Python layer accepted")
+
+
+def max_threads() -> int:
+    """What OpenMP would use with no thread count given (OMP_NUM_THREADS or the cores)."""
+    return int(lib.pars3_max_threads())
+
+
+@dataclass(frozen=True, eq=False)
+class CsrMatrix:
+    """A full square matrix in CSR: int64 row offsets, int32 columns, float64 values."""
+
+    n: int
+    rowptr: np.ndarray
+    col: np.ndarray
+    val: np.ndarray
+    struct: object = field(repr=False)
+
+    @classmethod
+    def from_scipy(cls, a) -> "CsrMatrix":
+        """From a square scipy CSR matrix (already checked by validate.check_matrix)."""
+        n = int(a.shape[0])
+        assert a.shape == (n, n) and n <= MAX_INDEX
+        rowptr = np.ascontiguousarray(a.indptr, dtype=np.int64)
+        col = np.ascontiguousarray(a.indices, dtype=np.int32)
+        val = np.ascontiguousarray(a.data, dtype=np.float64)
+        assert rowptr.shape == (n + 1,) and col.shape == val.shape == (rowptr[-1],)
+        s = ffi.new("pars3_csr *")
+        keep = [_ptr("int64_t", rowptr), _ptr("int32_t", col), _ptr("double", val)]
+        s.n, s.rowptr, s.col, s.val = n, keep[0], keep[1], keep[2]
+        return cls(n, rowptr, col, val, (s, keep))
+
+
+@dataclass(frozen=True, eq=False)
+class HalfMatrix:
+    """Half storage: the strict lower triangle L in CSR (columns ascending in each row) and,
+    for a symmetric matrix, its diagonal. sign -1: A = L - L^T; sign +1: A = L + D + L^T."""
+
+    n: int
+    rowptr: np.ndarray
+    col: np.ndarray
+    val: np.ndarray
+    diag: np.ndarray | None
+    sign: int
+    struct: object = field(repr=False)
+
+    @classmethod
+    def from_lower(cls, lower, diag: np.ndarray | None, sign: int) -> "HalfMatrix":
+        """From a scipy CSR strict lower triangle with sorted columns in each row."""
+        n = int(lower.shape[0])
+        assert lower.shape == (n, n) and n <= MAX_INDEX and sign in (-1, 1)
+        assert sign == 1 or diag is None
+        rowptr = np.ascontiguousarray(lower.indptr, dtype=np.int64)
+        col = np.ascontiguousarray(lower.indices, dtype=np.int32)
+        val = np.ascontiguousarray(lower.data, dtype=np.float64)
+        assert rowptr.shape == (n + 1,) and col.shape == val.shape == (rowptr[-1],)
+        s = ffi.new("pars3_half *")
+        keep = [_ptr("int64_t", rowptr), _ptr("int32_t", col), _ptr("double", val)]
+        s.n, s.rowptr, s.col, s.val, s.sign = n, keep[0], keep[1], keep[2], sign
+        if diag is not None:
+            diag = np.ascontiguousarray(diag, dtype=np.float64)
+            assert diag.shape == (n,)
+            keep.append(_ptr("double", diag))
+            s.diag = keep[-1]
+        return cls(n, rowptr, col, val, diag, sign, (s, keep))
+
+    @property
+    def nnz(self) -> int:
+        return int(self.rowptr[-1])
+
+
+@dataclass(frozen=True, eq=False)
+class BandSplit:
+    """The arrays of a pars3_band struct (see pars3.h); built by split.split_band."""
+
+    row_start: np.ndarray  # (T+1,) int64
+    win_start: np.ndarray  # (T,) int64
+    buf_off: np.ndarray  # (T+1,) int64
+    head_off: np.ndarray  # (T+1,) int64
+    mid_start: np.ndarray  # (head_off[T],) int64
+    inner_start: np.ndarray  # (head_off[T],) int64
+    far_off: np.ndarray  # (T+1,) int64
+    far_target: np.ndarray  # (far_off[T],) int32
+    far_source: np.ndarray  # (far_off[T],) int32
+    far_val: np.ndarray  # (far_off[T],) float64
+    struct: object = field(repr=False, default=None)
+
+    def __post_init__(self):
+        t = len(self.win_start)
+        assert t >= 1 and self.row_start.shape == self.buf_off.shape == self.head_off.shape == (t + 1,)
+        assert self.far_off.shape == (t + 1,)
+        assert self.mid_start.shape == self.inner_start.shape == (self.head_off[-1],)
+        assert self.far_target.shape == self.far_source.shape == self.far_val.shape == (self.far_off[-1],)
+        s = ffi.new("pars3_band *")
+        keep = [
+            _ptr("int64_t", self.row_start),
+            _ptr("int64_t", self.win_start),
+            _ptr("int64_t", self.buf_off),
+            _ptr("int64_t", self.head_off),
+            _ptr("int64_t", self.mid_start),
+            _ptr("int64_t", self.inner_start),
+            _ptr("int64_t", self.far_off),
+            _ptr("int32_t", self.far_target),
+            _ptr("int32_t", self.far_source),
+            _ptr("double", self.far_val),
+        ]
+        s.nblocks = t
+        (s.row_start, s.win_start, s.buf_off, s.head_off, s.mid_start, s.inner_start,
+         s.far_off, s.far_target, s.far_source, s.far_val) = keep
+        object.__setattr__(self, "struct", (s, keep))
+
+    @property
+    def blocks(self) -> int:
+        return len(self.win_start)
+
+    @property
+    def work_size(self) -> int:
+        return int(self.buf_off[-1])
+
+    @property
+    def middle_count(self) -> int:
+        return int((self.inner_start - self.mid_start).sum())
+
+    @property
+    def outer_count(self) -> int:
+        return int(self.far_off[-1])
+
+
+@dataclass(frozen=True, eq=False)
+class Colouring:
+    """Rows grouped by colour (no two rows of a colour touch the same y entry)."""
+
+    colour_off: np.ndarray  # (C+1,) int64
+    rows: np.ndarray  # (n,) int32
+    struct: object = field(repr=False, default=None)
+
+    def __post_init__(self):
+        assert self.colour_off.ndim == 1 and self.rows.shape == (self.colour_off[-1],)
+        s = ffi.new("pars3_colouring *")
+        keep = [_ptr("int64_t", self.colour_off), _ptr("int32_t", self.rows)]
+        s.ncolours, s.colour_off, s.rows = len(self.colour_off) - 1, keep[0], keep[1]
+        object.__setattr__(self, "struct", (s, keep))
+
+    @property
+    def colours(self) -> int:
+        return len(self.colour_off) - 1
+
+    @classmethod
+    def of(cls, half: HalfMatrix) -> "Colouring":
+        # greedy distance-2 colouring in C needs L^T (rows touching each y entry)
+        n = half.n
+        order = np.argsort(half.col, kind="stable")
+        trow = np.repeat(np.arange(n, dtype=np.int32), np.diff(half.rowptr))[order]
+        trowptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(half.col, minlength=n), out=trowptr[1:])
+        colour = np.empty(n, dtype=np.int32)
+        mark = np.empty(n, dtype=np.int32)
+        _status(
+            lib.pars3_colour_rows(half.struct[0], _ptr("int64_t", trowptr), _ptr("int32_t", trow),
+                                  _ptr("int32_t", colour), _ptr("int32_t", mark)),
+            "pars3_colour_rows",
+        )
+        rows = np.argsort(colour, kind="stable").astype(np.int32)
+        colour_off = np.zeros(int(colour.max(initial=-1)) + 2, dtype=np.int64)
+        np.cumsum(np.bincount(colour, minlength=len(colour_off) - 1), out=colour_off[1:])
+        return cls(colour_off, rows)
+
+
+def csr_spmv(a: CsrMatrix, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """y = A x (serial full CSR); returns y."""
+    check_buffer(x, a.n, "x")
+    check_buffer(y, a.n, "y", writeable=True)
+    check_distinct(y, x)
+    _status(lib.pars3_csr_spmv(a.struct[0], _ptr("double", x), _ptr("double", y)), "pars3_csr_spmv")
+    return y
+
+
+def half_spmv(a: HalfMatrix, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """y = (L + D + sign L^T) x, serial; returns y."""
+    check_buffer(x, a.n, "x")
+    check_buffer(y, a.n, "y", writeable=True)
+    check_distinct(y, x)
+    _status(lib.pars3_half_spmv(a.struct[0], _ptr("double", x), _ptr("double", y)), "pars3_half_spmv")
+    return y
+
+
+def band_spmv(
+    a: HalfMatrix,
+    split: BandSplit,
+    x: np.ndarray,
+    y: np.ndarray,
+    work: np.ndarray,
+    alpha: float = 0.0,
+    u: np.ndarray | None = None,
+    threads: int | None = None,
+) -> np.ndarray:
+    """y = alpha u + (L + D + sign L^T) x with the 3-part split; u None means no shift term.
+    work holds split.work_size doubles; threads defaults to split.blocks. Returns y."""
+    check_buffer(x, a.n, "x")
+    check_buffer(y, a.n, "y", writeable=True)
+    check_buffer(work, split.work_size, "work", writeable=True)
+    if int(split.row_start[-1]) != a.n:
+        raise InvalidOperand(f"the split covers {int(split.row_start[-1])} rows, the matrix has {a.n}")
+    alpha = check_scalar(alpha, "alpha")
+    threads = check_threads(split.blocks if threads is None else threads)
+    if u is not None:
+        check_buffer(u, a.n, "u")
+    check_distinct(y, x, u, work)
+    check_distinct(work, x, u)
+    _status(
+        lib.pars3_band_spmv(
+            a.struct[0], split.struct[0], alpha, ffi.NULL if u is None else _ptr("double", u),
+            _ptr("double", x), _ptr("double", y), _ptr("double", work), threads,
+        ),
+        "pars3_band_spmv",
+    )
+    return y
+
+
+def colour_spmv(a: HalfMatrix, colouring: Colouring, x: np.ndarray, y: np.ndarray, threads: int) -> np.ndarray:
+    """y = (L + D + sign L^T) x colour by colour; returns y."""
+    check_buffer(x, a.n, "x")
+    check_buffer(y, a.n, "y", writeable=True)
+    if int(colouring.colour_off[-1]) != a.n:
+        raise InvalidOperand(f"the colouring covers {int(colouring.colour_off[-1])} rows, the matrix has {a.n}")
+    threads = check_threads(threads)
+    check_distinct(y, x)
+    _status(
+        lib.pars3_colour_spmv(a.struct[0], colouring.struct[0], _ptr("double", x), _ptr("double", y), threads),
+        "pars3_colour_spmv",
+    )
+    return y
+
+
+def triad(a: np.ndarray, b: np.ndarray, c: np.ndarray, s: float, threads: int) -> np.ndarray:
+    """a = b + s c over equal-length float64 vectors; returns a."""
+    n = a.shape[0] if isinstance(a, np.ndarray) and a.ndim == 1 else -1
+    check_buffer(a, n, "a", writeable=True)
+    check_buffer(b, n, "b")
+    check_buffer(c, n, "c")
+    check_distinct(a, b, c)
+    s = check_scalar(s, "s")
+    threads = check_threads(threads)
+    _status(lib.pars3_triad(n, s, _ptr("double", b), _ptr("double", c), _ptr("double", a), threads), "pars3_triad")
+    return a

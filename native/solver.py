@@ -1,0 +1,133 @@
+"""MRS: minimal residual for shifted skew-symmetric systems (alpha I + S) x = b (Idema and Vuik).
+
+Skew Lanczos builds an orthonormal basis with S V_j = V_{j+1} T_j, T_j tridiagonal and
+skew; so (alpha I + S) V_j = V_{j+1} (alpha I + T_j), which two Givens rotations per step
+reduce to upper triangular form as in MINRES. The residual norm |g| falls monotonically and
+is known without forming the residual. One fused product w = beta_prev v_prev + S v per
+iteration, in the RCM-permuted space of the plan (b is permuted in, x out).
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InvalidOperand
+from .matrices import read_mtx
+from .plan import Plan
+from .validate import as_vector, check_scalar
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """The outcome of a solve; converged is False when maxiter ran out or the recurrence broke
+    down (alpha I + S singular on the Krylov space), and x is then the last iterate."""
+
+    x: np.ndarray = field(repr=False)
+    converged: bool
+    iterations: int
+    residual: float  # true ||b - (alpha I + S) x|| / ||b||, computed at the end
+    history: tuple[float, ...] = field(repr=False)  # recurrence estimate |g_j| / ||b||, per iteration
+    seconds: float  # wall time of the iteration, without building the plan
+    alpha: float
+    tol: float
+
+    def summary(self) -> dict:
+        """Plain numbers for the wire (no x, no history)."""
+        return {
+            "converged": self.converged,
+            "iterations": self.iterations,
+            "residual": self.residual,
+            "seconds": self.seconds,
+            "alpha": self.alpha,
+            "tol": self.tol,
+        }
+
+
+def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = None) -> SolveResult:
+    """Solve (alpha I + S) x = b to ||r|| <= tol ||b|| with at most maxiter products
+    (default 10 n). Raises InvalidOperand for a symmetric plan or bad b, alpha, tol, maxiter."""
+    if plan.kind != "skew":
+        raise InvalidOperand("MRS solves shifted skew-symmetric systems; this plan is symmetric")
+    alpha = check_scalar(alpha, "alpha")
+    tol = check_scalar(tol, "tol")
+    if tol < 0:
+        raise InvalidOperand(f"tol must be >= 0, got {tol}")
+    n = plan.n
+    maxiter = 10 * n if maxiter is None else maxiter
+    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
+        raise InvalidOperand(f"maxiter must be an integer >= 0, got {maxiter!r}")
+    b = as_vector(b, n, "b")
+    start = time.perf_counter()
+    bp = b[plan.perm]
+    beta0 = math.sqrt(float(np.dot(bp, bp)))
+    xp = np.zeros(n)
+    history: list[float] = []
+    converged = beta0 == 0.0
+    if not converged:
+        work = plan.work()
+        v = bp / beta0
+        v_prev = np.zeros(n)
+        w = np.empty(n)
+        d1, d2, tmp = np.zeros(n), np.zeros(n), np.empty(n)
+        beta_prev = 0.0
+        c1, s1, c2, s2 = 1.0, 0.0, 1.0, 0.0
+        g = beta0
+        for _ in range(maxiter):
+            plan.apply(v, w, beta_prev, v_prev, work)  # w = S v + beta_prev v_prev
+            beta = math.sqrt(float(np.dot(w, w)))
+            r2 = -s2 * beta_prev  # rotation j-2 on the column (.., -beta_prev, alpha, beta)
+            t = -c2 * beta_prev
+            r1 = c1 * t + s1 * alpha  # rotation j-1
+            t2 = -s1 * t + c1 * alpha
+            rho = math.hypot(t2, beta)  # rotation j zeroes beta
+            if rho == 0.0:
+                break
+            c, s = t2 / rho, beta / rho
+            # d_j = (v_j - r1 d_{j-1} - r2 d_{j-2}) / rho, written over d_{j-2}
+            np.multiply(d2, -r2 / rho, out=d2)
+            np.multiply(d1, -r1 / rho, out=tmp)
+            d2 += tmp
+            np.multiply(v, 1.0 / rho, out=tmp)
+            d2 += tmp
+            np.multiply(d2, c * g, out=tmp)
+            xp += tmp
+            g = -s * g
+            history.append(abs(g) / beta0)
+            if abs(g) <= tol * beta0:
+                converged = True
+                break
+            if beta == 0.0:
+                break
+            d1, d2 = d2, d1
+            c2, s2, c1, s1 = c1, s1, c, s
+            np.multiply(w, 1.0 / beta, out=w)
+            v_prev, v, w = v, w, v_prev
+            beta_prev = beta
+    seconds = time.perf_counter() - start
+    x = plan.unpermute(xp)
+    residual = _residual(plan, alpha, bp, xp) / beta0 if beta0 > 0 else 0.0
+    return SolveResult(x, converged, len(history), residual, tuple(history), seconds, alpha, tol)
+
+
+def _residual(plan: Plan, alpha: float, bp: np.ndarray, xp: np.ndarray) -> float:
+    """||b - (alpha I + S) x|| in the permuted space."""
+    r = plan.apply(xp, np.empty(plan.n), alpha, xp)
+    r -= bp
+    return math.sqrt(float(np.dot(r, r)))
+
+
+def solve(matrix, b, alpha: float, tol: float = 1e-10, maxiter: int | None = None,
+          threads: int | None = None) -> SolveResult:
+    """Plan `matrix` (checked skew-symmetric) and solve (alpha I + S) x = b with MRS."""
+    return mrs(Plan.build(matrix, "skew", threads), b, alpha, tol, maxiter)
+
+
+def solve_file(path, alpha: float = 1.0, tol: float = 1e-10, maxiter: int | None = None,
+               threads: int | None = None) -> SolveResult:
+    """Solve (alpha I + S) x = b for S read from a Matrix Market file, with b = (alpha I + S) 1
+    (consistent even when S is singular; the exact solution is all ones when it is not)."""
+    plan = Plan.build(read_mtx(path), "skew", threads)
+    b = plan.shifted(check_scalar(alpha, "alpha"), np.ones(plan.n))
+    return mrs(plan, b, alpha, tol, maxiter)
