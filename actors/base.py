@@ -1,0 +1,82 @@
+"""How to write an actor: a class with ``rpc_<method>`` handlers around a synchronous core.
+
+    class EchoActor(Actor):
+        kind = "echo"
+
+        async def rpc_echo(self, req: EchoRequest, call: Call) -> EchoReply:
+            return EchoReply(data=req.data)
+
+A handler receives the validated request message (see :mod:`specmemo.protocol.methods`) and
+a :class:`Call` (id, deadline, caller route). It returns the reply message (or a plain map);
+a streaming handler is an async generator yielding chunks. Exceptions become typed error
+replies: a :class:`SpecmemoError` as itself, a class listed in ``errors`` as its mapped code,
+anything else as ``Internal`` with the traceback. The actor keeps serving either way.
+
+Blocking work (a model forward, a C kernel) goes through :meth:`Actor.run_sync`, which runs
+it in a worker thread, one at a time per actor, so heartbeats and cancels keep flowing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, TypeVar
+
+import trio
+
+from specmemo.protocol.client import AsyncCaller
+from specmemo.protocol.errors import SpecmemoError
+
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class Call:
+    """One request being served."""
+
+    id: int
+    method: str
+    route: bytes                     # the caller's routing id, where the reply goes
+    deadline: float                  # trio.current_time() deadline; inf when none
+    scope: trio.CancelScope | None = None
+    cancelled_by_peer: bool = False
+    started: float = field(default=0.0)
+
+    def time_left(self) -> float:
+        return self.deadline - trio.current_time()
+
+
+class Actor:
+    """Base class of every actor. Subclasses set ``kind`` and define ``rpc_<method>`` handlers."""
+
+    kind: ClassVar[str] = ""
+    #: Domain exceptions of the core mapped to protocol error classes.
+    errors: ClassVar[dict[type[BaseException], type[SpecmemoError]]] = {}
+    #: Requests served at once; more get ``Overloaded`` at once.
+    max_concurrency: ClassVar[int] = 256
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        self.name = name
+        self.config = config
+        self.peers: AsyncCaller = AsyncCaller()   # replaced by the runtime with a connected one
+        self._core_lock = trio.Lock()
+
+    async def on_start(self) -> None:
+        """Load what the actor needs (models, plans). Called before the actor registers."""
+
+    async def on_stop(self) -> None:
+        """Release resources. Called once, after the last request was answered or failed."""
+
+    async def on_peer_died(self, name: str) -> None:
+        """Another actor died (the kernel told us). Memory leases use this."""
+
+    async def run_sync(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run blocking ``fn(*args)`` in a worker thread, serialised with the actor's other core calls."""
+        async with self._core_lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+    def map_error(self, exc: BaseException) -> SpecmemoError | None:
+        if isinstance(exc, SpecmemoError):
+            return exc
+        for cls, mapped in self.errors.items():
+            if isinstance(exc, cls):
+                return mapped(str(exc), origin=self.name)
+        return None

@@ -1,0 +1,483 @@
+"""The kernel: one ROUTER socket, a registry of actors, routing, heartbeats, supervision.
+
+The routing loop is a plain blocking pyzmq loop, not trio: it is the hot path of every call
+and does nothing but move frames (see docs/decisions.md). It reads the command and route
+frames and the small header (for the correlation id, so that it can fail calls in flight
+when an actor dies); it never decodes a body.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgpack
+import zmq
+
+from specmemo.deploy.config import DeploymentConfig
+from specmemo.protocol.endpoint import ENDPOINT_FILE, PID_FILE, make_run_dir, run_dir
+from specmemo.protocol.errors import (ActorDied, BadRequest, MessageTooLarge, Overloaded,
+                                      SpecmemoError, Unauthorized, UnknownActor, UnknownMethod)
+from specmemo.protocol.methods import ActorInfo, ActorsReply, PingReply
+from specmemo.protocol.schema import to_wire
+from specmemo.protocol.wire import (COMMAND_BYTES, FINAL_COMMANDS, MAGIC, Command, Header,
+                                    check_magic, parse_command)
+
+from .supervisor import Escalation, Supervisor
+
+KERNEL = b"kernel"
+_ERROR = COMMAND_BYTES[Command.ERROR]
+_REPLY = COMMAND_BYTES[Command.REPLY]
+
+
+@dataclass(slots=True)
+class Entry:
+    """One actor in the registry."""
+
+    name: str
+    kind: str
+    identity: bytes = b""          # ZeroMQ routing id of its DEALER; empty while not routable
+    pid: int = 0
+    state: str = "configured"      # configured | ready | down | external
+    registered_at: float = 0.0
+    last_seen: float = 0.0
+    managed: bool = False
+    inflight: set = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class InFlight:
+    actor: str
+    deadline: float                # monotonic; inf when the call carries none
+
+
+class Kernel:
+    def __init__(self, config: DeploymentConfig, *, out: TextIO | None = None,
+                 spawn: bool = True) -> None:
+        self.config = config
+        self.out = out or sys.stdout
+        self.spawn = spawn
+        self.started = time.monotonic()
+        self.run_dir = make_run_dir(run_dir(config.name))
+        self.endpoint = config.endpoint or f"ipc://{self.run_dir}/k.sock"
+        self.actors: dict[str, Entry] = {a.name: Entry(a.name, a.kind, managed=spawn)
+                                         for a in config.actors}
+        self.by_identity: dict[bytes, str] = {}
+        self.calls: dict[tuple[bytes, int], InFlight] = {}
+        self.stopping = False
+        self.exit_code = 0
+        self.exit_message = ""
+        self._warned: dict[str, float] = {}
+        self.supervisor = Supervisor(config, self.endpoint, out=self.out)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def say(self, line: str) -> None:
+        self.supervisor.say("kernel", line)
+
+    def warn_once(self, key: str, line: str) -> None:
+        """Log ``line`` at most once a second per ``key`` (hostile floods must not flood logs)."""
+        now = time.monotonic()
+        if now - self._warned.get(key, 0.0) >= 1.0:
+            self._warned[key] = now
+            self.say(line)
+
+    def _claim_run_dir(self) -> None:
+        pid_file = self.run_dir / PID_FILE
+        try:
+            other = int(pid_file.read_text())
+            os.kill(other, 0)
+        except (OSError, ValueError):
+            other = 0
+        if other and other != os.getpid():
+            raise RuntimeError(f"deployment '{self.config.name}' is already running (kernel pid "
+                               f"{other}, run directory {self.run_dir})")
+        for stale in self.run_dir.iterdir():
+            stale.unlink(missing_ok=True)
+        pid_file.write_text(str(os.getpid()))
+
+    def _bind(self) -> None:
+        ctx = zmq.Context.instance()
+        r = ctx.socket(zmq.ROUTER)
+        r.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        r.setsockopt(zmq.LINGER, 500)
+        r.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        r.setsockopt(zmq.SNDHWM, 10000)
+        r.setsockopt(zmq.RCVHWM, 10000)
+        r.bind(self.endpoint)
+        if self.endpoint.startswith("tcp://") and self.endpoint.endswith(":0"):
+            self.endpoint = r.getsockopt(zmq.LAST_ENDPOINT).decode()
+            self.supervisor.endpoint = self.endpoint
+        self.router = r
+        (self.run_dir / ENDPOINT_FILE).write_text(self.endpoint)
+
+    def run(self) -> int:
+        """Serve until SIGINT/SIGTERM or an escalation; returns the process exit code."""
+        self._claim_run_dir()
+        self._bind()
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old_chld = signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(wake_r.fileno(), zmq.POLLIN)
+        self.wake_r = wake_r
+        self.say(f"deployment '{self.config.name}' listening on {self.endpoint} (pid {os.getpid()})")
+        try:
+            self._loop()
+        finally:
+            self.say("stopping" + (f": {self.exit_message}" if self.exit_message else ""))
+            self._stop_everything()
+            signal.set_wakeup_fd(old_fd)
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            signal.signal(signal.SIGCHLD, old_chld)
+            self.poller.unregister(self.router)
+            self.router.close(linger=200)
+            wake_r.close()
+            wake_w.close()
+            self._remove_run_dir()
+            self.say("stopped")
+        return self.exit_code
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+        self.exit_message = f"received {signal.Signals(signum).name}"
+
+    def _remove_run_dir(self) -> None:
+        if self.endpoint.startswith("ipc://"):
+            Path(self.endpoint[6:]).unlink(missing_ok=True)
+        for name in (ENDPOINT_FILE, PID_FILE):
+            (self.run_dir / name).unlink(missing_ok=True)
+        try:
+            self.run_dir.rmdir()
+        except OSError:
+            pass
+
+    def _stop_everything(self) -> None:
+        for entry in self.actors.values():
+            self._fail_inflight(entry, "the deployment is stopping")
+
+        def ask(name: str) -> None:
+            entry = self.actors[name]
+            if entry.identity:
+                self._send_quiet([entry.identity, MAGIC, COMMAND_BYTES[Command.BYE], KERNEL,
+                                  Header().pack(), b"\xc0"])
+
+        self.supervisor.stop_all(ask, self._pump)
+
+    # ---------------------------------------------------------------- the loop
+
+    def _loop(self) -> None:
+        hb = self.config.heartbeat_s
+        next_beat = time.monotonic()
+        next_sweep = time.monotonic() + 1.0
+        if self.spawn:
+            self.supervisor.tick(time.monotonic(), self._ready_names())
+        while not self.stopping:
+            self._pump(0.1)
+            now = time.monotonic()
+            try:
+                for name, code in self.supervisor.reap(now):
+                    self._actor_died(name, f"process exited ({code})")
+            except Escalation as exc:
+                self.exit_code, self.exit_message = 1, str(exc)
+                self.stopping = True
+                break
+            if self.spawn:
+                self.supervisor.tick(now, self._ready_names())
+            if now >= next_beat:
+                self._heartbeat(now)
+                next_beat = now + hb
+            if now >= next_sweep:
+                self._sweep(now)
+                next_sweep = now + 1.0
+
+    def _pump(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for traffic, then route everything queued."""
+        events = dict(self.poller.poll(int(timeout_s * 1000)))
+        if self.wake_r.fileno() in events:
+            try:
+                while self.wake_r.recv(512):
+                    pass
+            except BlockingIOError:
+                pass
+        if self.router not in events:
+            return
+        recv = self.router.recv_multipart
+        for _ in range(2000):
+            try:
+                frames = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._route(frames)
+            except Exception as exc:  # a routing bug must never take the kernel down
+                self.warn_once("route-bug", f"internal error while routing: {type(exc).__name__}: {exc}")
+
+    def _ready_names(self) -> set[str]:
+        return {n for n, e in self.actors.items() if e.state == "ready"}
+
+    # ---------------------------------------------------------------- routing
+
+    def _route(self, frames: list[Any]) -> None:
+        peer = frames[0].bytes
+        if len(frames) < 6:
+            self._reply_error(peer, 0, BadRequest(f"a message has at least 5 frames after the "
+                                                  f"routing id, got {len(frames) - 1}"))
+            return
+        try:
+            check_magic(frames[1].buffer)
+            command = parse_command(frames[2].buffer)
+        except SpecmemoError as exc:
+            self._reply_error(peer, _header_id(frames[4]), exc)
+            return
+        size = sum(len(f.buffer) for f in frames)
+        if size > self.config.max_message_bytes:
+            self._reply_error(peer, _header_id(frames[4]), MessageTooLarge(
+                f"message of {size} bytes exceeds the limit of {self.config.max_message_bytes}"))
+            return
+        name = self.by_identity.get(peer)
+        if name is not None:
+            self.actors[name].last_seen = time.monotonic()
+        if command == Command.REQUEST:
+            self._request(peer, frames)
+        elif command in (Command.REPLY, Command.ERROR, Command.STREAM, Command.END):
+            if name is None:
+                self.warn_once("unregistered", f"dropped a {command.name} from an unregistered peer")
+                return
+            self._from_actor(peer, name, command, frames)
+        elif command == Command.CANCEL:
+            self._cancel(peer, frames)
+        elif command == Command.HEARTBEAT:
+            if name is None:
+                self.warn_once("hb-unknown", "heartbeat from an unregistered peer ignored")
+        elif command == Command.READY:
+            self._ready(peer, frames)
+        elif command == Command.BYE:
+            if name is not None:
+                self._actor_died(name, "it said goodbye")
+        else:
+            self._reply_error(peer, _header_id(frames[4]),
+                              BadRequest(f"{command.name} is not accepted by the kernel"))
+
+    def _request(self, peer: bytes, frames: list[Any]) -> None:
+        try:
+            header = Header.unpack(frames[4].buffer)
+            route = frames[3].bytes.decode()
+        except SpecmemoError as exc:
+            self._reply_error(peer, _header_id(frames[4]), exc)
+            return
+        except UnicodeDecodeError:
+            self._reply_error(peer, 0, BadRequest("route frame is not UTF-8"))
+            return
+        if route == "kernel":
+            self._kernel_method(peer, header)
+            return
+        entry = self.actors.get(route)
+        if entry is None:
+            self._reply_error(peer, header.id, UnknownActor(
+                f"no actor named '{route}' (known: {', '.join(sorted(self.actors)) or 'none'})",
+                detail={"actor": route}))
+            return
+        if not entry.identity:
+            self._reply_error(peer, header.id, ActorDied(
+                f"actor '{route}' is not running right now (state {entry.state}); retry later",
+                detail={"actor": route, "state": entry.state}))
+            return
+        if len(entry.inflight) >= self.config.max_inflight:
+            self._reply_error(peer, header.id, Overloaded(
+                f"actor '{route}' has {len(entry.inflight)} calls in flight", detail={"actor": route}))
+            return
+        key = (peer, header.id)
+        if key in self.calls:
+            self._reply_error(peer, header.id, BadRequest(f"call id {header.id} is already in flight"))
+            return
+        out = [entry.identity, frames[1], frames[2], peer, *frames[4:]]
+        try:
+            self.router.send_multipart(out, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._reply_error(peer, header.id, Overloaded(f"actor '{route}' is not reading its queue"))
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self._actor_died(route, "its socket went away")
+            self._reply_error(peer, header.id, ActorDied(f"actor '{route}' went away"))
+            return
+        deadline = time.monotonic() + header.deadline_ms / 1000 if header.deadline_ms else float("inf")
+        self.calls[key] = InFlight(route, deadline)
+        entry.inflight.add(key)
+
+    def _from_actor(self, peer: bytes, name: str, command: Command, frames: list[Any]) -> None:
+        client = frames[3].bytes
+        out = [client, frames[1], frames[2], name.encode(), *frames[4:]]
+        final = command in FINAL_COMMANDS
+        call_id = _header_id(frames[4]) if final or command == Command.STREAM else 0
+        try:
+            self.router.send_multipart(out, zmq.NOBLOCK, copy=False)
+            delivered = True
+        except zmq.ZMQError as exc:
+            if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                raise
+            delivered = False
+            self.warn_once("client-gone", f"dropped a {command.name} from {name}: its caller is gone "
+                                          f"or not reading")
+        if final or not delivered:
+            call = self.calls.pop((client, call_id), None)
+            if call is not None:
+                self.actors[call.actor].inflight.discard((client, call_id))
+            if not delivered and not final:
+                self._send_quiet([peer, MAGIC, COMMAND_BYTES[Command.CANCEL], client,
+                                  Header(id=call_id).pack(), b"\xc0"])
+
+    def _cancel(self, peer: bytes, frames: list[Any]) -> None:
+        call_id = _header_id(frames[4])
+        call = self.calls.get((peer, call_id))
+        if call is None:
+            return  # a cancel for a call that already finished (or never was): nothing to do
+        entry = self.actors[call.actor]
+        if entry.identity:
+            self._send_quiet([entry.identity, frames[1], frames[2], peer, *frames[4:]])
+
+    def _ready(self, peer: bytes, frames: list[Any]) -> None:
+        call_id = _header_id(frames[4])
+        try:
+            name = frames[3].bytes.decode()
+            body = msgpack.unpackb(frames[5].buffer)
+            kind, pid = str(body["kind"]), int(body["pid"])
+        except Exception:
+            self._reply_error(peer, call_id, BadRequest("READY needs a route (the actor name) and a "
+                                                        "body {kind, pid, methods}"))
+            return
+        entry = self.actors.get(name)
+        now = time.monotonic()
+        if entry is not None and entry.identity and entry.identity != peer:
+            self._reply_error(peer, call_id, Unauthorized(
+                f"the name '{name}' is held by a live actor (pid {entry.pid})"))
+            return
+        if entry is not None and entry.managed:
+            child = self.supervisor.children.get(name)
+            if child is None or child.pid != pid:
+                self._reply_error(peer, call_id, Unauthorized(
+                    f"'{name}' is supervised by this kernel; only its own process may register"))
+                return
+        if entry is None:
+            entry = self.actors[name] = Entry(name, kind, managed=False)
+        entry.identity, entry.kind, entry.pid = peer, kind, pid
+        entry.state, entry.registered_at, entry.last_seen = "ready", now, now
+        self.by_identity[peer] = name
+        self.supervisor.mark_ready(name)
+        self._send_quiet([peer, MAGIC, _REPLY, KERNEL, Header(id=call_id).pack(), b"\xc0"])
+        self.say(f"{name} is ready (pid {pid})")
+
+    # ---------------------------------------------------------------- deaths and liveness
+
+    def _actor_died(self, name: str, reason: str) -> None:
+        entry = self.actors.get(name)
+        if entry is None:
+            return
+        if entry.identity:
+            self.by_identity.pop(entry.identity, None)
+            entry.identity = b""
+        entry.state = "down"
+        failed = self._fail_inflight(entry, f"actor '{name}' died: {reason}")
+        if failed:
+            self.say(f"{name} died ({reason}); failed {failed} calls in flight with ActorDied")
+        notice = msgpack.packb({"event": "actor_died", "name": name})
+        for other in self.actors.values():
+            if other.identity:
+                self._send_quiet([other.identity, MAGIC, COMMAND_BYTES[Command.NOTICE], KERNEL,
+                                  Header().pack(), notice])
+
+    def _fail_inflight(self, entry: Entry, message: str) -> int:
+        keys = list(entry.inflight)
+        for client, call_id in keys:
+            self.calls.pop((client, call_id), None)
+            self._reply_error(client, call_id, ActorDied(message, detail={"actor": entry.name}),
+                              origin=entry.name)
+        entry.inflight.clear()
+        return len(keys)
+
+    def _heartbeat(self, now: float) -> None:
+        limit = self.config.heartbeat_s * self.config.heartbeat_misses
+        beat = [MAGIC, COMMAND_BYTES[Command.HEARTBEAT], KERNEL, Header().pack(), b"\xc0"]
+        for entry in list(self.actors.values()):
+            if not entry.identity:
+                continue
+            if now - entry.last_seen > limit:
+                self.say(f"{entry.name} missed {self.config.heartbeat_misses} heartbeats")
+                child = self.supervisor.children.get(entry.name)
+                if child is not None:
+                    self.supervisor.kill(child)
+                self._actor_died(entry.name, "missed heartbeats")
+                continue
+            self._send_quiet([entry.identity, *beat])
+
+    def _sweep(self, now: float) -> None:
+        """Forget calls long past their deadline (the callee answered nothing we could route)."""
+        grace = 5.0
+        for key, call in list(self.calls.items()):
+            if now > call.deadline + grace:
+                del self.calls[key]
+                self.actors[call.actor].inflight.discard(key)
+
+    # ---------------------------------------------------------------- the kernel's own methods
+
+    def _kernel_method(self, peer: bytes, header: Header) -> None:
+        if header.method == "ping":
+            body: Any = to_wire(PingReply(uptime_s=time.monotonic() - self.started, pid=os.getpid()))
+        elif header.method == "actors":
+            body = to_wire(ActorsReply(actors=self.actor_table(), endpoint=self.endpoint,
+                                       deployment=self.config.name))
+        else:
+            self._reply_error(peer, header.id, UnknownMethod(f"the kernel has no method '{header.method}'"))
+            return
+        self._send_quiet([peer, MAGIC, _REPLY, KERNEL, Header(id=header.id).pack(), msgpack.packb(body)])
+
+    def actor_table(self) -> list[ActorInfo]:
+        now = time.monotonic()
+        rows = []
+        for name, e in self.actors.items():
+            child = self.supervisor.children.get(name)
+            if child is not None and self.spawn:
+                state = "ready" if e.state == "ready" else child.state
+                pid, restarts = (e.pid or child.pid), child.restarts
+            else:
+                state, pid, restarts = ("ready" if e.identity else e.state), e.pid, 0
+            uptime = now - e.registered_at if e.identity else 0.0
+            rows.append(ActorInfo(name=name, kind=e.kind, pid=pid, state=state, restarts=restarts,
+                                  uptime_s=round(uptime, 3), inflight=len(e.inflight)))
+        return rows
+
+    # ---------------------------------------------------------------- sending
+
+    def _reply_error(self, peer: bytes, call_id: int, exc: SpecmemoError, origin: str = "kernel") -> None:
+        exc.origin = exc.origin or origin
+        self._send_quiet([peer, MAGIC, _ERROR, KERNEL, Header(id=call_id).pack(),
+                          msgpack.packb(exc.to_wire())])
+
+    def _send_quiet(self, frames: list[Any]) -> None:
+        """Send, dropping (with one log line a second) what cannot be delivered."""
+        try:
+            self.router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            self.warn_once(f"send-{exc.errno}", f"could not deliver a message: {exc}")
+
+
+def _header_id(frame: Any) -> int:
+    try:
+        header = msgpack.unpackb(frame.buffer if hasattr(frame, "buffer") else frame)
+        call_id = header.get("id", 0)
+        return call_id if isinstance(call_id, int) and 0 <= call_id < 2**64 else 0
+    except Exception:
+        return 0

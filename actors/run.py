@@ -1,0 +1,45 @@
+"""Entry point of one actor process: ``python -m specmemo.actors.run --kind echo --name echo ...``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+
+import trio
+
+from specmemo.deploy.config import ACTOR_KINDS
+
+from .runtime import ActorRuntime
+
+
+def load_actor_class(kind: str, target: str | None = None) -> type:
+    target = target or ACTOR_KINDS[kind]
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="specmemo-actor")
+    p.add_argument("--name", required=True)
+    p.add_argument("--kind", required=True)
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--config", default="{}", help="actor config as JSON")
+    p.add_argument("--heartbeat", type=float, default=1.0)
+    p.add_argument("--heartbeat-misses", type=int, default=5)
+    p.add_argument("--max-message-bytes", type=int, default=256 * 1024 * 1024)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    config = json.loads(args.config)
+    actor = load_actor_class(args.kind, config.get("class"))(args.name, config)
+    runtime = ActorRuntime(actor, args.endpoint, heartbeat_s=args.heartbeat,
+                           heartbeat_misses=args.heartbeat_misses,
+                           max_message_bytes=args.max_message_bytes)
+    reason = trio.run(runtime.run)
+    logging.info("%s stopped: %s", args.name, reason or "done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The trio shell that runs one actor process: connect, register, serve, heartbeat, stop.
+
+One DEALER socket connected to the kernel carries everything: requests in, replies out,
+calls the actor makes to other actors, heartbeats both ways. The shell decodes and
+validates every request at the boundary and answers anything malformed with a typed error.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import traceback
+from contextlib import aclosing
+from typing import Any
+
+import trio
+import zmq
+
+from specmemo.protocol import methods
+from specmemo.protocol.client import AsyncCaller
+from specmemo.protocol.errors import (ActorDied, BadRequest, Cancelled, DeadlineExceeded, Internal,
+                                      Overloaded, SpecmemoError, UnknownMethod, error_from_wire)
+from specmemo.protocol.schema import to_wire
+from specmemo.protocol.trio_zmq import TrioSocket
+from specmemo.protocol.wire import (DEFAULT_MAX_MESSAGE_BYTES, Command, Header, Message, decode,
+                                    encode, frame_bytes, unpack_body)
+
+from .base import Actor, Call
+
+log = logging.getLogger("specmemo.actor")
+
+
+class ActorRuntime:
+    def __init__(self, actor: Actor, endpoint: str, *, heartbeat_s: float = 1.0,
+                 heartbeat_misses: int = 5, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 curve: dict[str, bytes] | None = None) -> None:
+        self.actor = actor
+        self.endpoint = endpoint
+        self.heartbeat_s = heartbeat_s
+        self.heartbeat_misses = heartbeat_misses
+        self.max_message_bytes = max_message_bytes
+        self.curve = curve
+        self.active: dict[tuple[bytes, int], Call] = {}
+        self._stop = trio.Event()
+        self._last_kernel = time.monotonic()
+        self._parent = os.getppid()
+        self.exit_reason = ""
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(self) -> str:
+        ctx = zmq.Context.instance()
+        raw = ctx.socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 1000)
+        raw.setsockopt(zmq.ROUTING_ID, f"a-{self.actor.name}-{os.getpid()}".encode())
+        raw.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        if self.curve:
+            raw.curve_secretkey = self.curve["secret"]
+            raw.curve_publickey = self.curve["public"]
+            raw.curve_serverkey = self.curve["server"]
+        raw.connect(self.endpoint)
+        self.sock = TrioSocket(raw)
+        self.actor.peers = AsyncCaller(self.sock, max_message_bytes=self.max_message_bytes)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._signals)
+                nursery.start_soon(self._recv_loop)
+                await self.actor.on_start()
+                await self._register()
+                nursery.start_soon(self._heartbeat_loop)
+                log.info("%s ready (pid %d)", self.actor.name, os.getpid())
+                await self._stop.wait()
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.sock.close(linger=0)
+        return self.exit_reason
+
+    def stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self.exit_reason = reason
+            self._stop.set()
+
+    async def _shutdown(self) -> None:
+        for call in list(self.active.values()):
+            if call.scope is not None:
+                call.scope.cancel()
+        with trio.move_on_after(2):
+            while self.active:
+                await trio.sleep(0.01)
+        with trio.move_on_after(5):
+            await self.actor.on_stop()
+        with trio.move_on_after(1):
+            await self._send(Command.BYE, self.actor.name.encode(), Header())
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.stop(f"signal {signal.Signals(signum).name}")
+
+    async def _register(self) -> None:
+        names = [n[4:] for n in dir(self.actor) if n.startswith("rpc_")]
+        body = {"kind": self.actor.kind, "pid": os.getpid(), "methods": names}
+        reply = await self.actor.peers.call_command(Command.READY, self.actor.name, body, timeout=30)
+        if reply.command == Command.ERROR:
+            err = error_from_wire(reply.body)
+            raise SystemExit(f"{self.actor.name}: the kernel refused registration: {err}")
+
+    async def _heartbeat_loop(self) -> None:
+        limit = self.heartbeat_s * self.heartbeat_misses
+        while True:
+            await self._send(Command.HEARTBEAT, b"", Header())
+            if time.monotonic() - self._last_kernel > limit:
+                self.stop(f"no heartbeat from the kernel for {limit:.1f} s")
+                return
+            if os.getppid() != self._parent:
+                self.stop("the kernel process exited")
+                return
+            await trio.sleep(self.heartbeat_s)
+
+    # ---------------------------------------------------------------- receiving
+
+    async def _recv_loop(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            self._last_kernel = time.monotonic()
+            try:
+                msg = decode(frames, decode_body=False)
+            except SpecmemoError as exc:
+                log.warning("%s: dropped a malformed message from the kernel: %s", self.actor.name, exc)
+                continue
+            cmd = msg.command
+            if cmd == Command.REQUEST:
+                await self._on_request(msg)
+            elif cmd in (Command.REPLY, Command.ERROR, Command.STREAM, Command.END):
+                try:
+                    msg.body = _body(msg)
+                except SpecmemoError as exc:
+                    msg.command, msg.body = Command.ERROR, exc.to_wire()
+                self.actor.peers.deliver(msg)
+            elif cmd == Command.CANCEL:
+                call = self.active.get((msg.route, msg.header.id))
+                if call is not None and call.scope is not None:
+                    call.cancelled_by_peer = True
+                    call.scope.cancel()
+            elif cmd == Command.BYE:
+                self.stop("asked to stop by the kernel")
+            elif cmd == Command.NOTICE:
+                await self._on_notice(msg)
+
+    async def _on_notice(self, msg: Message) -> None:
+        try:
+            body = _body(msg)
+        except SpecmemoError:
+            return
+        if isinstance(body, dict) and body.get("event") == "actor_died":
+            self.nursery.start_soon(self.actor.on_peer_died, str(body.get("name", "")))
+
+    async def _on_request(self, msg: Message) -> None:
+        key = (msg.route, msg.header.id)
+        received = trio.current_time()
+        try:
+            if key in self.active:
+                raise BadRequest(f"call id {msg.header.id} is already in flight from this caller")
+            if len(self.active) >= self.actor.max_concurrency:
+                raise Overloaded(f"{self.actor.name} is serving {len(self.active)} calls, its limit")
+            spec = methods.lookup(self.actor.kind, msg.header.method)
+            handler = getattr(self.actor, f"rpc_{msg.header.method}", None)
+            if handler is None:
+                raise UnknownMethod(f"{self.actor.name} does not implement '{msg.header.method}'")
+            request = methods.from_wire(spec.request, _body(msg), "params")
+        except SpecmemoError as exc:
+            exc.origin = exc.origin or self.actor.name
+            await self._send(Command.ERROR, msg.route, Header(id=msg.header.id), exc.to_wire())
+            return
+        deadline = received + msg.header.deadline_ms / 1000 if msg.header.deadline_ms else float("inf")
+        call = Call(msg.header.id, msg.header.method, msg.route, deadline, started=received)
+        self.active[key] = call
+        self.nursery.start_soon(self._serve, call, handler, request, spec.streams)
+
+    async def _serve(self, call: Call, handler: Any, request: Any, streams: bool) -> None:
+        header = Header(id=call.id)
+        try:
+            with trio.CancelScope(deadline=call.deadline) as scope:
+                call.scope = scope
+                if streams:
+                    agen = handler(request, call)
+                    async with aclosing(agen):
+                        async for chunk in agen:
+                            await self._send(Command.STREAM, call.route, header, _plain(chunk))
+                    final = (Command.END, None)
+                else:
+                    final = (Command.REPLY, _plain(await handler(request, call)))
+            if scope.cancelled_caught:
+                if call.cancelled_by_peer:
+                    exc: SpecmemoError = Cancelled(f"call {call.id} was cancelled by its caller")
+                elif self._stop.is_set():
+                    exc = ActorDied(f"{self.actor.name} is stopping")
+                else:
+                    exc = DeadlineExceeded(f"{self.actor.name}.{call.method} ran past its deadline")
+                exc.origin = self.actor.name
+                final = (Command.ERROR, exc.to_wire())
+        except Exception as raw:
+            mapped = self.actor.map_error(raw)
+            if mapped is None:
+                log.error("%s.%s failed:\n%s", self.actor.name, call.method, traceback.format_exc())
+                mapped = Internal(f"{type(raw).__name__}: {raw}", traceback=traceback.format_exc())
+            mapped.origin = mapped.origin or self.actor.name
+            final = (Command.ERROR, mapped.to_wire())
+        finally:
+            self.active.pop((call.route, call.id), None)
+        try:
+            await self._send(final[0], call.route, header, final[1])
+        except SpecmemoError as exc:  # e.g. the reply is too large: tell the caller that instead
+            await self._send(Command.ERROR, call.route, header, exc.to_wire())
+
+    async def _send(self, command: Command, route: bytes, header: Header, body: Any = None) -> None:
+        frames = encode(command, route, header, body, max_bytes=self.max_message_bytes)
+        with trio.CancelScope(shield=True):
+            await self.sock.send_multipart(frames)
+
+
+def _body(msg: Message) -> Any:
+    return unpack_body(frame_bytes(msg.raw_body), msg.buffers)
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, dict):
+        return value
+    return to_wire(value)
+

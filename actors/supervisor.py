@@ -1,0 +1,192 @@
+"""OTP-style supervision of actor processes: ordered start, one_for_one restarts, stop ladder.
+
+- Start: an actor is spawned once every actor in its ``after`` list is ready.
+- Restart (one_for_one): a dead ``permanent`` actor (or a ``transient`` one that exited
+  abnormally) is restarted after a backoff that doubles on quick failures; more than
+  ``restart_intensity`` restarts within ``restart_period_s`` escalates: the deployment stops
+  with a message naming the actor.
+- Stop: reverse start order; each actor is asked (BYE), then SIGTERM, then SIGKILL, each rung
+  waiting ``stop_timeout_s``; every child is reaped (no zombies).
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, TextIO
+
+from specmemo.deploy.config import ActorConfig, DeploymentConfig
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Escalation(RuntimeError):
+    """Restart intensity exceeded: the deployment must stop."""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM when the kernel dies (Linux), so no orphans."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass(slots=True)
+class Child:
+    cfg: ActorConfig
+    proc: subprocess.Popen | None = None
+    state: str = "waiting"         # waiting | starting | ready | backoff | stopped | failed
+    restarts: int = 0
+    recent: deque = field(default_factory=deque)
+    next_start: float = 0.0
+    started_at: float = 0.0
+    quick_failures: int = 0
+    pump: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Supervisor:
+    def __init__(self, config: DeploymentConfig, endpoint: str, *, out: TextIO | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.out = out or sys.stdout
+        self.extra_env = extra_env or {}
+        self.order = config.start_order()
+        self.children = {a.name: Child(a) for a in self.order}
+        self._print_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- logging
+
+    def say(self, name: str, line: str) -> None:
+        with self._print_lock:
+            self.out.write(f"[{name}] {line.rstrip()}\n")
+            self.out.flush()
+
+    def _pump_output(self, name: str, stream: TextIO) -> None:
+        for line in stream:
+            self.say(name, line)
+        stream.close()
+
+    # ---------------------------------------------------------------- start and restart
+
+    def spawn(self, child: Child, now: float) -> None:
+        cfg = child.cfg
+        argv = [sys.executable, "-m", "specmemo.actors.run", "--name", cfg.name, "--kind", cfg.kind,
+                "--endpoint", self.endpoint, "--config", json.dumps(cfg.config),
+                "--heartbeat", str(self.config.heartbeat_s),
+                "--heartbeat-misses", str(self.config.heartbeat_misses),
+                "--max-message-bytes", str(self.config.max_message_bytes)]
+        env = {**os.environ, **self.extra_env, **cfg.env, "PYTHONUNBUFFERED": "1"}
+        child.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, text=True, env=env,
+                                      start_new_session=True, preexec_fn=_die_with_parent)
+        child.state = "starting"
+        child.started_at = now
+        child.pump = threading.Thread(target=self._pump_output, args=(cfg.name, child.proc.stdout),
+                                      daemon=True)
+        child.pump.start()
+        self.say("kernel", f"started {cfg.name} ({cfg.kind}) pid {child.proc.pid}")
+
+    def tick(self, now: float, ready: set[str]) -> None:
+        """Start what may start; kill actors that took too long to become ready."""
+        for child in self.children.values():
+            if child.state in ("waiting", "backoff") and now >= child.next_start \
+                    and all(dep in ready for dep in child.cfg.after):
+                self.spawn(child, now)
+            elif child.state == "starting" and now - child.started_at > child.cfg.start_timeout_s:
+                self.say("kernel", f"{child.cfg.name} did not become ready in "
+                                   f"{child.cfg.start_timeout_s:.0f} s; killing it")
+                self.kill(child)
+
+    def mark_ready(self, name: str) -> None:
+        child = self.children.get(name)
+        if child is not None and child.state == "starting":
+            child.state = "ready"
+
+    def reap(self, now: float) -> list[tuple[str, int]]:
+        """Collect dead children and schedule their restarts; returns ``(name, returncode)``.
+
+        Raises :class:`Escalation` when an actor exceeds its restart intensity.
+        """
+        dead = []
+        for child in self.children.values():
+            if child.proc is None or child.state in ("stopped", "failed"):
+                continue
+            code = child.proc.poll()
+            if code is None:
+                continue
+            dead.append((child.cfg.name, code))
+            self._schedule_restart(child, code, now)
+        return dead
+
+    def _schedule_restart(self, child: Child, code: int, now: float) -> None:
+        cfg = child.cfg
+        uptime = now - child.started_at
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        if cfg.restart == "temporary" or (cfg.restart == "transient" and code == 0):
+            child.state = "stopped"
+            self.say("kernel", f"{cfg.name} exited ({how}); not restarted ({cfg.restart})")
+            return
+        period = self.config.restart_period_s
+        while child.recent and now - child.recent[0] > period:
+            child.recent.popleft()
+        if len(child.recent) >= self.config.restart_intensity:
+            child.state = "failed"
+            raise Escalation(f"actor '{cfg.name}' died {len(child.recent) + 1} times within "
+                             f"{period:.0f} s (last: {how}); stopping the deployment")
+        child.recent.append(now)
+        child.quick_failures = child.quick_failures + 1 if uptime < period else 0
+        delay = min(self.config.backoff_max_s,
+                    self.config.backoff_s * (2 ** max(0, child.quick_failures - 1)))
+        child.state = "backoff"
+        child.restarts += 1
+        child.next_start = now + delay
+        self.say("kernel", f"{cfg.name} died ({how}) after {uptime:.1f} s; restarting in {delay:.2f} s")
+
+    def kill(self, child: Child) -> None:
+        if child.alive:
+            child.proc.kill()
+
+    # ---------------------------------------------------------------- stop ladder
+
+    def stop_all(self, ask: Callable[[str], None], pump: Callable[[float], None]) -> None:
+        """Stop every child in reverse start order: ask, SIGTERM, SIGKILL; reap all."""
+        for cfg in reversed(self.order):
+            child = self.children[cfg.name]
+            if child.proc is None:
+                child.state = "stopped"
+                continue
+            rungs: list[Callable[[], None]] = [lambda: ask(cfg.name),
+                                               lambda: child.proc.send_signal(signal.SIGTERM),
+                                               lambda: child.proc.kill()]
+            for rung in rungs:
+                if child.proc.poll() is not None:
+                    break
+                try:
+                    rung()
+                except (ProcessLookupError, OSError):
+                    pass
+                deadline = time.monotonic() + self.config.stop_timeout_s
+                while child.proc.poll() is None and time.monotonic() < deadline:
+                    pump(0.02)
+            child.proc.wait()
+            if child.pump is not None:
+                child.pump.join(timeout=2)
+            child.state = "stopped"

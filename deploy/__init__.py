@@ -1,0 +1,1 @@
+"""Local deployments: the TOML config, the `specmemo` CLI."""

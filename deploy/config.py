@@ -1,0 +1,142 @@
+"""A deployment described by one TOML file, mapped onto dataclasses with working defaults.
+
+    [deployment]
+    name = "local"              # run directory /tmp/specmemo-<uid>/<name>
+    endpoint = ""               # "" = ipc in the run directory; or "tcp://127.0.0.1:5555"
+
+    [actors.solver]
+    kind = "solver"             # which Actor class (see ACTOR_KINDS); defaults to the table name
+    after = []                  # started after these are ready, stopped before them
+    [actors.solver.config]      # passed to the actor as a plain dict
+    threads = 2
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Actor kinds and their classes, importable by name in the actor process.
+ACTOR_KINDS: dict[str, str] = {
+    "echo": "specmemo.actors.echo:EchoActor",
+    "solver": "specmemo.actors.solver:SolverActor",
+    "memory": "specmemo.actors.memory:MemoryActor",
+    "draft": "specmemo.actors.draft:DraftActor",
+    "verifier": "specmemo.actors.verifier:VerifierActor",
+}
+
+DEFAULT_CONFIG = Path(__file__).with_name("local.toml")
+
+
+class ConfigError(ValueError):
+    """The deployment config is invalid; the message names the offending key."""
+
+
+@dataclass(slots=True)
+class ActorConfig:
+    name: str
+    kind: str
+    after: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    restart: str = "permanent"          # permanent | transient | temporary (OTP vocabulary)
+    start_timeout_s: float = 600.0      # model loads can be slow on first use
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return self.config.get("class") or ACTOR_KINDS[self.kind]
+
+
+@dataclass(slots=True)
+class DeploymentConfig:
+    name: str = "local"
+    endpoint: str = ""                  # "" -> ipc://<run_dir>/kernel.sock
+    heartbeat_s: float = 1.0
+    heartbeat_misses: int = 5
+    restart_intensity: int = 5          # at most this many restarts of one actor ...
+    restart_period_s: float = 30.0      # ... within this many seconds, else the deployment stops
+    backoff_s: float = 0.05             # first restart delay, doubled per quick failure
+    backoff_max_s: float = 5.0
+    stop_timeout_s: float = 5.0         # each rung of the stop ladder waits this long
+    max_inflight: int = 4096            # calls in flight to one actor before Overloaded
+    max_message_bytes: int = 256 * 1024 * 1024
+    actors: list[ActorConfig] = field(default_factory=list)
+    source: str = ""
+
+    def actor(self, name: str) -> ActorConfig:
+        for a in self.actors:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def start_order(self) -> list[ActorConfig]:
+        """Actors in dependency order (each after everything in its ``after``)."""
+        by_name = {a.name: a for a in self.actors}
+        order: list[ActorConfig] = []
+        state: dict[str, int] = {}
+
+        def visit(a: ActorConfig, path: list[str]) -> None:
+            if state.get(a.name) == 2:
+                return
+            if state.get(a.name) == 1:
+                raise ConfigError(f"dependency cycle: {' -> '.join(path + [a.name])}")
+            state[a.name] = 1
+            for dep in a.after:
+                visit(by_name[dep], path + [a.name])
+            state[a.name] = 2
+            order.append(a)
+
+        for a in self.actors:
+            visit(a, [])
+        return order
+
+
+_DEPLOYMENT_KEYS = {"name", "endpoint", "heartbeat_s", "heartbeat_misses", "restart_intensity",
+                    "restart_period_s", "backoff_s", "backoff_max_s", "stop_timeout_s",
+                    "max_inflight", "max_message_bytes"}
+_ACTOR_KEYS = {"kind", "after", "config", "restart", "start_timeout_s", "env"}
+
+
+def load_config(path: str | Path | None = None) -> DeploymentConfig:
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>") -> DeploymentConfig:
+    dep = dict(data.get("deployment", {}))
+    unknown = set(dep) - _DEPLOYMENT_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown [deployment] keys {sorted(unknown)}")
+    cfg = DeploymentConfig(**dep, source=source)
+    actors = data.get("actors", {})
+    if not isinstance(actors, dict):
+        raise ConfigError(f"{source}: [actors] must be a table of tables")
+    for name, table in actors.items():
+        table = dict(table)
+        unknown = set(table) - _ACTOR_KEYS
+        if unknown:
+            raise ConfigError(f"{source}: unknown keys {sorted(unknown)} in [actors.{name}]")
+        kind = table.pop("kind", name)
+        if kind not in ACTOR_KINDS and "class" not in table.get("config", {}):
+            raise ConfigError(f"{source}: [actors.{name}] has unknown kind '{kind}' "
+                              f"(known: {', '.join(sorted(ACTOR_KINDS))})")
+        if name == "kernel" or not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{source}: '{name}' is not a valid actor name")
+        cfg.actors.append(ActorConfig(name=name, kind=kind, **table))
+    names = {a.name for a in cfg.actors}
+    for a in cfg.actors:
+        missing = [d for d in a.after if d not in names]
+        if missing:
+            raise ConfigError(f"{source}: [actors.{a.name}] is after unknown actors {missing}")
+        if a.restart not in ("permanent", "transient", "temporary"):
+            raise ConfigError(f"{source}: [actors.{a.name}] restart must be permanent, transient "
+                              "or temporary")
+    cfg.start_order()
+    return cfg

@@ -1,0 +1,314 @@
+"""The client SDK: blocking :class:`Client` and its trio twin :class:`AsyncClient`.
+
+    from specmemo.protocol import Client
+    with Client() as c:                      # finds the local deployment
+        c.call("kernel", "ping")
+        x = c.call("solver", "solve", matrix="m1", b=b, alpha=0.5)
+        for chunk in c.stream("echo", "count", n=3):
+            ...
+
+Errors raise the typed exceptions of :mod:`specmemo.protocol.errors`. A call that times out
+sends a cancel to the callee and raises :class:`DeadlineExceeded`; replies that arrive after
+that are dropped by correlation id. A client is not thread-safe: use one per thread.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from typing import Any, Iterator
+
+import trio
+import zmq
+
+from .endpoint import find_endpoint
+from .errors import BadRequest, DeadlineExceeded, SpecmemoError, error_from_wire
+from .methods import METHODS
+from .schema import from_wire, to_wire
+from .trio_zmq import TrioSocket
+from .wire import DEFAULT_MAX_MESSAGE_BYTES, Command, Header, Message, decode, encode
+
+DEFAULT_TIMEOUT = 30.0
+
+
+def _dealer(ctx: zmq.Context, endpoint: str, curve: dict[str, bytes] | None) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, b"c-" + os.urandom(6).hex().encode())
+    if curve:
+        sock.curve_secretkey = curve["secret"]
+        sock.curve_publickey = curve["public"]
+        sock.curve_serverkey = curve["server"]
+    sock.connect(endpoint)
+    return sock
+
+
+def _request_frames(call_id: int, actor: str, method: str, params: dict[str, Any],
+                    timeout: float | None, max_bytes: int) -> list[Any]:
+    # Actor names equal their kinds in the shipped configs; other names skip local validation
+    # (the callee validates every request anyway).
+    spec = METHODS.get(f"{actor}.{method}")
+    body: Any = params
+    if spec is not None:
+        # Validate locally first: a schema violation is the caller's bug, report it here.
+        body = to_wire(from_wire(spec.request, params, "params"))
+    deadline_ms = 0 if timeout is None or math.isinf(timeout) else max(1, int(timeout * 1000))
+    header = Header(id=call_id, method=method, deadline_ms=deadline_ms)
+    return encode(Command.REQUEST, actor.encode(), header, body, max_bytes=max_bytes)
+
+
+def _result(msg: Message, actor: str, method: str) -> Any:
+    """The value a finished call returns, or the typed error it raises."""
+    if msg.command == Command.ERROR:
+        raise error_from_wire(msg.body)
+    return msg.body
+
+
+class Client:
+    """Blocking client of a specmemo deployment (scripts, notebooks, the CLI)."""
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 curve: dict[str, bytes] | None = None) -> None:
+        self.endpoint = find_endpoint(endpoint)
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self._ctx = zmq.Context.instance()
+        self._sock = _dealer(self._ctx, self.endpoint, curve)
+        self._ids = itertools.count(1)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._sock.closed:
+            self._sock.close(linger=0)
+
+    # ---------------------------------------------------------------- calls
+
+    def call(self, actor: str, method: str, *, timeout: float | None = None, **params: Any) -> Any:
+        """Call ``actor.method(**params)`` and return its reply body (a dict)."""
+        call_id = self._send(actor, method, params, timeout)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        msg = self._recv_for(call_id, deadline, actor, method)
+        if msg.command == Command.STREAM:
+            raise BadRequest(f"{actor}.{method} streams: use Client.stream()")
+        return _result(msg, actor, method)
+
+    def stream(self, actor: str, method: str, *, timeout: float | None = None,
+               **params: Any) -> Iterator[Any]:
+        """Call a streaming method; yield each chunk until the stream ends.
+
+        ``timeout`` bounds the whole stream. Closing the iterator early cancels the call.
+        """
+        call_id = self._send(actor, method, params, timeout)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        finished = False
+        try:
+            while True:
+                msg = self._recv_for(call_id, deadline, actor, method)
+                if msg.command == Command.STREAM:
+                    yield msg.body
+                    continue
+                finished = True
+                if msg.command == Command.END:
+                    return
+                _result(msg, actor, method)
+                if msg.body is not None:
+                    yield msg.body
+                return
+        finally:
+            if not finished:
+                self._cancel(actor, call_id)
+
+    def ping(self) -> dict[str, Any]:
+        return self.call("kernel", "ping")
+
+    def actors(self) -> list[dict[str, Any]]:
+        return self.call("kernel", "actors")["actors"]
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _send(self, actor: str, method: str, params: dict[str, Any], timeout: float | None) -> int:
+        call_id = next(self._ids)
+        frames = _request_frames(call_id, actor, method, params,
+                                 self.timeout if timeout is None else timeout, self.max_message_bytes)
+        self._sock.send_multipart(frames, copy=False)
+        return call_id
+
+    def _cancel(self, actor: str, call_id: int) -> None:
+        try:
+            self._sock.send_multipart(encode(Command.CANCEL, actor.encode(), Header(id=call_id)),
+                                      zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _recv_for(self, call_id: int, deadline: float, actor: str, method: str) -> Message:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._poller.poll(max(1, int(left * 1000))):
+                if time.monotonic() >= deadline:
+                    self._cancel(actor, call_id)
+                    raise DeadlineExceeded(f"{actor}.{method} got no reply in time",
+                                           detail={"actor": actor, "method": method})
+                continue
+            frames = self._sock.recv_multipart(copy=False)
+            try:
+                msg = decode(frames)
+            except SpecmemoError:
+                continue  # not ours to answer: a peer sent garbage back
+            if msg.header.id == call_id:
+                return msg
+            # A late reply to an earlier call that timed out: dropped by correlation id.
+
+
+class AsyncCaller:
+    """Calls over a :class:`TrioSocket` that someone else reads: replies arrive via :meth:`deliver`.
+
+    The actor runtime uses this for calls an actor makes to other actors through its one
+    socket; :class:`AsyncClient` adds a socket of its own and the loop that reads it.
+    """
+
+    def __init__(self, sock: TrioSocket | None = None, *, timeout: float = DEFAULT_TIMEOUT,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self._sock = sock
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self._ids = itertools.count(1)
+        self._pending: dict[int, trio.MemorySendChannel] = {}
+
+    def deliver(self, msg: Message) -> bool:
+        """Hand a received REPLY/ERROR/STREAM/END to the call waiting for it; False if none is."""
+        chan = self._pending.get(msg.header.id)
+        if chan is None:
+            return False
+        try:
+            chan.send_nowait(msg)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def fail_all(self, exc: SpecmemoError) -> None:
+        """Fail every call in flight with ``exc`` (the socket is going away)."""
+        for call_id in list(self._pending):
+            self.deliver(Message(Command.ERROR, b"", Header(id=call_id), exc.to_wire()))
+
+    async def call_command(self, command: Command, route: str, body: Any, *,
+                           timeout: float) -> Message:
+        """Send a non-request command that the kernel answers (READY) and return the answer."""
+        assert self._sock is not None
+        call_id = next(self._ids)
+        send, recv = trio.open_memory_channel(1)
+        self._pending[call_id] = send
+        try:
+            await self._sock.send_multipart(encode(Command(command), route.encode(),
+                                                   Header(id=call_id), body))
+            with trio.fail_after(timeout):
+                return await recv.receive()
+        finally:
+            self._pending.pop(call_id, None)
+
+    async def _open(self, actor: str, method: str, params: dict[str, Any],
+                    timeout: float | None) -> tuple[int, trio.MemoryReceiveChannel]:
+        assert self._sock is not None, "use AsyncClient as an async context manager"
+        call_id = next(self._ids)
+        send, recv = trio.open_memory_channel(1024)
+        self._pending[call_id] = send
+        frames = _request_frames(call_id, actor, method, params,
+                                 self.timeout if timeout is None else timeout, self.max_message_bytes)
+        await self._sock.send_multipart(frames)
+        return call_id, recv
+
+    async def _cancel(self, actor: str, call_id: int) -> None:
+        if self._sock is not None and not self._sock.closed:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self._sock.send_multipart(encode(Command.CANCEL, actor.encode(), Header(id=call_id)))
+
+    async def call(self, actor: str, method: str, *, timeout: float | None = None, **params: Any) -> Any:
+        limit = self.timeout if timeout is None else timeout
+        call_id, recv = await self._open(actor, method, params, limit)
+        try:
+            with trio.move_on_after(limit) as scope:
+                msg = await recv.receive()
+            if scope.cancelled_caught:
+                await self._cancel(actor, call_id)
+                raise DeadlineExceeded(f"{actor}.{method} got no reply in time",
+                                       detail={"actor": actor, "method": method})
+        except trio.Cancelled:
+            await self._cancel(actor, call_id)
+            raise
+        finally:
+            self._pending.pop(call_id, None)
+        return _result(msg, actor, method)
+
+    async def stream(self, actor: str, method: str, *, timeout: float | None = None, **params: Any):
+        """Async generator of the chunks of a streaming call."""
+        limit = self.timeout if timeout is None else timeout
+        call_id, recv = await self._open(actor, method, params, limit)
+        deadline = trio.current_time() + limit
+        finished = False
+        try:
+            while True:
+                with trio.move_on_at(deadline) as scope:
+                    msg = await recv.receive()
+                if scope.cancelled_caught:
+                    raise DeadlineExceeded(f"{actor}.{method} stream did not finish in time")
+                if msg.command == Command.STREAM:
+                    yield msg.body
+                    continue
+                finished = True
+                if msg.command == Command.END:
+                    return
+                _result(msg, actor, method)
+                if msg.body is not None:
+                    yield msg.body
+                return
+        finally:
+            self._pending.pop(call_id, None)
+            if not finished:
+                await self._cancel(actor, call_id)
+
+
+class AsyncClient(AsyncCaller):
+    """The trio twin of :class:`Client`: ``async with AsyncClient() as c: await c.call(...)``.
+
+    Many tasks may call concurrently through one client; a background task routes replies
+    to callers by correlation id.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 curve: dict[str, bytes] | None = None) -> None:
+        super().__init__(None, timeout=timeout, max_message_bytes=max_message_bytes)
+        self.endpoint = find_endpoint(endpoint)
+        self._curve = curve
+        self._nursery_cm: Any = None
+
+    async def __aenter__(self) -> "AsyncClient":
+        self._sock = TrioSocket(_dealer(zmq.Context.instance(), self.endpoint, self._curve))
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        self._nursery.start_soon(self._recv_loop)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._nursery.cancel_scope.cancel()
+        await self._nursery_cm.__aexit__(None, None, None)
+        assert self._sock is not None
+        self._sock.close()
+
+    async def _recv_loop(self) -> None:
+        assert self._sock is not None
+        while True:
+            frames = await self._sock.recv_multipart()
+            try:
+                msg = decode(frames)
+            except SpecmemoError:
+                continue
+            self.deliver(msg)

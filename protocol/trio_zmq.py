@@ -1,0 +1,128 @@
+"""Async send/recv on a pyzmq socket under trio.
+
+The file descriptor of a ZeroMQ socket is edge-triggered: it becomes readable when the
+socket's *events may have changed*, and reading ``EVENTS`` (or doing any operation) resets
+it. A naive "check EVENTS, then wait_readable" misses edges that another task's operation
+consumed, and hangs. The rules this adapter follows (all in :meth:`TrioSocket._wait`):
+
+1. always try the operation with ``NOBLOCK`` first;
+2. after every operation re-read nothing blindly but wake every waiter, so each re-checks
+   ``EVENTS`` for its own condition;
+3. only one task (the watcher) sleeps on the fd, because trio allows one waiter per fd; the
+   others sleep on an event that the watcher or any operation sets. A watcher that is
+   cancelled hands the role on in ``finally``.
+
+Every access to the socket goes through this class, because even ``getsockopt`` can consume
+the edge.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import trio
+import zmq
+
+
+class TrioSocket:
+    """A pyzmq socket driven by trio. Not thread-safe; one per trio run."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self._fd = sock.getsockopt(zmq.FD)
+        self._changed = trio.Event()
+        self._watcher: trio.CancelScope | None = None
+        self._watching = False
+        self._closed = False
+
+    # ---------------------------------------------------------------- operations
+
+    async def send_multipart(self, frames: Sequence[Any], *, copy: bool = False) -> None:
+        """Send one multipart message, waiting while the socket is at its high-water mark.
+
+        Raises ``zmq.ZMQError`` for errors other than EAGAIN (e.g. EHOSTUNREACH on a
+        ROUTER with ROUTER_MANDATORY), and ``trio.ClosedResourceError`` after :meth:`close`.
+        """
+        while True:
+            self._check_open()
+            try:
+                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+            except zmq.Again:
+                await self._wait(zmq.POLLOUT)
+                continue
+            self._notify()
+            await trio.lowlevel.checkpoint()
+            return
+
+    def send_multipart_nowait(self, frames: Sequence[Any], *, copy: bool = False) -> None:
+        """Send without waiting; raises ``zmq.Again`` when the socket would block."""
+        self._check_open()
+        self.sock.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+        self._notify()
+
+    async def recv_multipart(self, *, copy: bool = False) -> list[Any]:
+        """Receive one multipart message (frames are ``zmq.Frame`` when ``copy=False``)."""
+        while True:
+            self._check_open()
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+            except zmq.Again:
+                await self._wait(zmq.POLLIN)
+                continue
+            self._notify()
+            await trio.lowlevel.checkpoint()
+            return frames
+
+    def getsockopt(self, option: int) -> Any:
+        value = self.sock.getsockopt(option)
+        self._notify()
+        return value
+
+    def setsockopt(self, option: int, value: Any) -> None:
+        self.sock.setsockopt(option, value)
+        self._notify()
+
+    def close(self, linger: int = 0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        trio.lowlevel.notify_closing(self._fd)
+        self._notify()
+        self.sock.close(linger=linger)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ---------------------------------------------------------------- the one waiting place
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("socket was closed")
+
+    def _notify(self) -> None:
+        """Something may have changed: wake every waiter and the watcher to re-check EVENTS."""
+        self._changed.set()
+        self._changed = trio.Event()
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    async def _wait(self, flag: int) -> None:
+        """Return once ``EVENTS`` has ``flag`` set."""
+        while True:
+            self._check_open()
+            if self.sock.getsockopt(zmq.EVENTS) & flag:
+                return
+            if self._watching:
+                await self._changed.wait()
+                continue
+            self._watching = True
+            try:
+                with trio.CancelScope() as scope:
+                    self._watcher = scope
+                    await trio.lowlevel.wait_readable(self._fd)
+            finally:
+                self._watcher = None
+                self._watching = False
+                # Hand the role on: waiters re-check, one of them becomes the watcher.
+                self._changed.set()
+                self._changed = trio.Event()
