@@ -1,0 +1,39 @@
+"""One model forward over several sessions' block caches (ragged lengths, one batch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .kvcache import BlockKVCache, GatherCache, batch_inputs
+
+
+def forward_rows(model, caches: list[BlockKVCache], feeds: list[np.ndarray], keep_last: list[int]) -> list[torch.Tensor]:
+    """Append feeds[b] (token ids, n_b >= 1) to caches[b] for every row in one forward.
+
+    Answers, for row b, the float32 logits `[keep_last[b], V]` of its last keep_last[b] fed
+    tokens, oldest first. Inputs are right-padded with token 0 to q = max n_b; only the
+    logits needed are computed (`logits_to_keep`), so a long prefill keeps no prompt logits.
+    """
+    n_new = [len(f) for f in feeds]
+    assert len(caches) == len(feeds) == len(keep_last) and all(n >= k >= 0 for n, k in zip(n_new, keep_last))
+    assert min(n_new) >= 1
+    q = max(n_new)
+    keep = max(1, max(q - n + k for n, k in zip(n_new, keep_last)))
+    ids = np.zeros((len(feeds), q), dtype=np.int64)
+    for b, f in enumerate(feeds):
+        ids[b, : len(f)] = f
+    param = next(model.parameters())
+    positions, mask = batch_inputs([c.length for c in caches], n_new, q, model.config._attn_implementation, param.dtype)
+    with torch.inference_mode():
+        logits = model(
+            input_ids=torch.from_numpy(ids).to(param.device),
+            position_ids=positions.to(param.device),
+            attention_mask=mask.to(param.device),
+            past_key_values=GatherCache(caches, n_new),
+            use_cache=True,
+            logits_to_keep=keep,
+        ).logits
+    assert logits.shape[:2] == (len(feeds), keep), logits.shape
+    first = q - keep
+    return [logits[b, n - k - first : n - first].float() for b, (n, k) in enumerate(zip(n_new, keep_last))]

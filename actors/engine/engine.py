@@ -1,0 +1,179 @@
+"""`Engine`: the draft core, the verifier core, the memory manager and the driver in one process.
+
+For tests, benchmarks and in-process use. The actors of issue 5 run the same three cores in
+three processes; this class is the reference wiring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .draft import DraftCore
+from .errors import EngineError, OverBudget, TokenizerMismatch
+from .kvcache import blocks_for
+from .manager import MemoryManager
+from .verifier import DRAFT, TARGET, Driver, VerifierCore
+
+_ERRORS = {cls.__name__: cls for cls in EngineError.__subclasses__()}
+
+
+class Engine:
+    """Memory-budgeted speculative decoding with a draft and a target model in this process.
+
+    budget_bytes: the KV budget of both caches, all sessions (default: a static cache of the
+    target's whole context for one session, both models). gamma: a fixed γ per step (default:
+    the manager picks γ* from the running α estimate and `cost_ratio`).
+    """
+
+    def __init__(
+        self,
+        draft_model,
+        target_model,
+        tokenizer=None,
+        budget_bytes: int | None = None,
+        block_tokens: int = 16,
+        gamma: int | None = None,
+        gamma_max: int = 8,
+        cost_ratio: float = 0.1,
+        spare_blocks: int = 1,
+    ):
+        check_pair(draft_model, target_model, tokenizer)
+        self.tokenizer = tokenizer
+        self.draft = DraftCore(draft_model, block_tokens, spare_blocks)
+        self.verifier = VerifierCore(target_model, tokenizer, block_tokens, spare_blocks)
+        if budget_bytes is None:
+            tokens = blocks_for(self.verifier.max_context, block_tokens) * block_tokens
+            budget_bytes = tokens * (self.draft.bytes_per_token + self.verifier.bytes_per_token)
+        self.memory = MemoryManager(budget_bytes, block_tokens, spare_blocks, gamma_max, cost_ratio)
+        self.memory.add_holder(DRAFT, self.draft.bytes_per_token)
+        self.memory.add_holder(TARGET, self.verifier.bytes_per_token)
+        eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+        self.driver = Driver(self.verifier, self.draft, self.memory, stop_ids=(eos,) if eos is not None else ())
+        self.gamma = gamma
+        self._anonymous = 0
+
+    # chat
+
+    def chat(self, session: str, message: str, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0):
+        """One chat turn: answers (reply text, reply token ids, stats dict)."""
+        ids, stats = [], {}
+        for tokens, stats in self.chat_stream(session, message, max_new_tokens, temperature, seed):
+            ids.extend(tokens.tolist())
+        return self.last_reply, np.asarray(ids, dtype=np.int64), stats
+
+    def chat_stream(
+        self, session: str, message: str, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0
+    ) -> Iterator[tuple[np.ndarray, dict]]:
+        """One chat turn, yielding (new token ids, running stats) as each step accepts them."""
+        if not self.verifier.has(session):
+            self.verifier.open(session)
+        ids, keep = self.verifier.chat_prompt(session, message)
+        self.driver.join(session, ids, keep, max_new_tokens, temperature, seed, self.gamma)
+        reply: list[int] = []
+        try:
+            for event in self._drain(session):
+                reply.extend(event["tokens"].tolist())
+                yield event["tokens"], event["stats"]
+        finally:
+            if session in self.driver.active:
+                self.driver.leave(session)
+            self.last_reply = self.verifier.end_turn(session, message, np.asarray(reply, dtype=np.int64))
+
+    # raw token ids
+
+    def generate_ids(
+        self,
+        prompt_ids,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+        gamma: int | None = None,
+        session: str | None = None,
+    ) -> tuple[np.ndarray, dict]:
+        """Continue `prompt_ids` (no chat template, no stop token); answers (new ids, stats).
+        Without `session` a throwaway session is used and released."""
+        out = self.generate_batch([prompt_ids], max_new_tokens, temperature, [seed], gamma,
+                                  None if session is None else [session])
+        return out[0]
+
+    def generate_batch(
+        self,
+        prompts: list,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seeds: list[int] | None = None,
+        gamma: int | None = None,
+        sessions: list[str] | None = None,
+    ) -> list[tuple[np.ndarray, dict]]:
+        """Continue several prompts as one batch (one draft pass and one target forward per step)."""
+        throwaway = sessions is None
+        if throwaway:
+            sessions = [self._new_session() for _ in prompts]
+        seeds = seeds or list(range(len(prompts)))
+        stop_ids, self.driver.stop_ids = self.driver.stop_ids, set()
+        try:
+            for sid, prompt, seed in zip(sessions, prompts, seeds):
+                if not self.verifier.has(sid):
+                    self.verifier.open(sid)
+                ids, keep = self.verifier.check_prompt(sid, prompt)
+                self.driver.join(sid, ids, keep, max_new_tokens, temperature, seed,
+                                 self.gamma if gamma is None else gamma)
+            results = {sid: ([], {}) for sid in sessions}
+            while self.driver.active:
+                for event in self.driver.step():
+                    _raise(event)
+                    results[event["session"]][0].extend(event["tokens"].tolist())
+                    results[event["session"]][1].update(event["stats"])
+        finally:
+            self.driver.stop_ids = stop_ids
+            for sid in sessions:
+                if sid in self.driver.active:
+                    self.driver.leave(sid)
+                if throwaway:
+                    self.close(sid)
+        return [(np.asarray(results[sid][0], dtype=np.int64), results[sid][1]) for sid in sessions]
+
+    # sessions and memory
+
+    def close(self, session: str) -> None:
+        """Release the session everywhere (no error if a side never saw it)."""
+        if self.verifier.has(session):
+            self.verifier.close(session)
+        self.draft.close(session)
+        if self.memory.has(session):
+            self.memory.release(session)
+
+    def usage(self) -> dict:
+        """The manager's accounting plus the bytes the cache tensors really hold."""
+        usage = self.memory.usage()
+        usage["held"] = {DRAFT: self.draft.held_bytes(), TARGET: self.verifier.held_bytes()}
+        return usage
+
+    def _drain(self, session: str):
+        while session in self.driver.active:
+            for event in self.driver.step():
+                if event["session"] == session:
+                    _raise(event)
+                    yield event
+
+    def _new_session(self) -> str:
+        self._anonymous += 1
+        return f"_gen{self._anonymous}"
+
+
+def check_pair(draft_model, target_model, tokenizer=None) -> None:
+    """Refuse a draft/target pair that does not share a vocabulary (TokenizerMismatch)."""
+    draft_vocab = draft_model.config.get_text_config(decoder=True).vocab_size
+    target_vocab = target_model.config.get_text_config(decoder=True).vocab_size
+    if draft_vocab != target_vocab:
+        raise TokenizerMismatch(f"draft vocabulary {draft_vocab} != target vocabulary {target_vocab}")
+    if tokenizer is not None and len(tokenizer) > target_vocab:
+        raise TokenizerMismatch(f"tokenizer has {len(tokenizer)} tokens, the models {target_vocab}")
+
+
+def _raise(event: dict) -> None:
+    if event["error"] is not None:
+        name, message = event["error"]
+        raise _ERRORS.get(name, EngineError)(message)

@@ -1,0 +1,225 @@
+"""Block KV caches: one contiguous K and V per layer whose capacity is a whole number of blocks.
+
+`BlockKVCache` is a transformers `Cache` (usable as `past_key_values`, also under `generate`)
+holding one sequence. New tokens are written in place; attention sees views of the valid
+prefix; capacity grows by reallocating to the next block and shrinks by reallocating when a
+rollback leaves more than `spare_blocks` whole blocks unused, so the bytes it holds are
+exactly `blocks x block_bytes` at every moment (the memory manager's accounting).
+
+`GatherCache` runs one forward over several sessions' caches (batched speculative decoding):
+each row writes its own new tokens into its own `BlockKVCache` in place, and attention sees a
+transient right-padded copy `[B, kv_heads, max_len, head_dim]`, masked by `batch_mask`.
+Per-session storage stays exact and sessions join or leave a batch at no cost.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+def kv_shape(config) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of a causal LM config."""
+    text = config.get_text_config(decoder=True)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    return text.num_hidden_layers, kv_heads, head_dim
+
+
+def blocks_for(tokens: int, block_tokens: int) -> int:
+    return -(-tokens // block_tokens)
+
+
+def blocks_after_rollback(blocks: int, length: int, block_tokens: int, spare_blocks: int = 1) -> int:
+    """Blocks kept after a rollback to `length`: shrink only past `spare_blocks` unused blocks, so
+    a length sitting on a block boundary does not reallocate up and down every step."""
+    return min(blocks, blocks_for(length, block_tokens) + spare_blocks)
+
+
+class BlockLayer(CacheLayerMixin):
+    """One layer of one sequence: keys and values `[1, kv_heads, blocks*block_tokens, head_dim]`."""
+
+    is_sliding = False
+    is_croppable = True
+
+    def __init__(self, kv_heads: int, head_dim: int, block_tokens: int, dtype, device, spare_blocks: int = 1):
+        super().__init__()
+        self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
+        self.dtype, self.device = dtype, torch.device(device)
+        self.keys = torch.empty((1, kv_heads, 0, head_dim), dtype=dtype, device=self.device)
+        self.values = torch.empty_like(self.keys)
+        self.length = 0
+        self.is_initialized = True
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[-2]
+
+    @property
+    def blocks(self) -> int:
+        return self.capacity // self.block_tokens
+
+    def held_bytes(self) -> int:
+        return self.keys.untyped_storage().nbytes() + self.values.untyped_storage().nbytes()
+
+    def resize(self, blocks: int) -> None:
+        """Reallocate to exactly `blocks` blocks, keeping the valid prefix."""
+        capacity = blocks * self.block_tokens
+        assert capacity >= self.length, (blocks, self.length)
+        if capacity == self.capacity:
+            return
+        shape = (1, self.keys.shape[1], capacity, self.keys.shape[-1])
+        keys = torch.empty(shape, dtype=self.dtype, device=self.device)
+        values = torch.empty(shape, dtype=self.dtype, device=self.device)
+        keys[:, :, : self.length].copy_(self.keys[:, :, : self.length])
+        values[:, :, : self.length].copy_(self.values[:, :, : self.length])
+        self.keys, self.values = keys, values
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.is_initialized = True
+
+    def write(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Append `[1, kv_heads, n, head_dim]` in place, growing to the next block if it does not fit."""
+        n = key_states.shape[-2]
+        assert key_states.shape[0] == 1 and key_states.shape[1:] == (self.keys.shape[1], n, self.keys.shape[-1])
+        if self.length + n > self.capacity:
+            self.resize(blocks_for(self.length + n, self.block_tokens))
+        self.keys[:, :, self.length : self.length + n].copy_(key_states)
+        self.values[:, :, self.length : self.length + n].copy_(value_states)
+        self.length += n
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.write(key_states, value_states)
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def rollback(self, n: int, blocks: int | None = None) -> None:
+        """Forget the last `n` tokens; keep `blocks` blocks (default: the spare-block rule)."""
+        assert 0 <= n <= self.length, (n, self.length)
+        self.length -= n
+        if blocks is None:
+            blocks = blocks_after_rollback(self.blocks, self.length, self.block_tokens, self.spare_blocks)
+        self.resize(blocks)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative count of tokens to remove")
+        self.rollback(-tokens_to_remove)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.length = 0
+        self.resize(0)
+
+    def reorder_cache(self, beam_idx) -> None:
+        raise NotImplementedError("a BlockLayer holds one sequence")
+
+
+class BlockKVCache(Cache):
+    """The KV cache of one sequence of one model, in blocks of `block_tokens` tokens."""
+
+    def __init__(self, config, block_tokens: int = 16, dtype=torch.float32, device="cpu", spare_blocks: int = 1):
+        n_layers, kv_heads, head_dim = kv_shape(config)
+        self.block_tokens = block_tokens
+        self.block_bytes = 2 * n_layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size() * block_tokens
+        layers = [BlockLayer(kv_heads, head_dim, block_tokens, dtype, device, spare_blocks) for _ in range(n_layers)]
+        super().__init__(layers=layers)
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+    @property
+    def blocks(self) -> int:
+        return self.layers[0].blocks
+
+    def held_bytes(self) -> int:
+        """Bytes of every K/V storage this cache holds (storage, not views)."""
+        return sum(layer.held_bytes() for layer in self.layers)
+
+    def resize(self, blocks: int) -> None:
+        for layer in self.layers:
+            layer.resize(blocks)
+
+    def rollback(self, n: int, blocks: int | None = None) -> None:
+        for layer in self.layers:
+            layer.rollback(n, blocks)
+
+
+class GatherLayer(CacheLayerMixin):
+    """One layer of a batch: writes row b's first `n_new[b]` new tokens into its own cache layer,
+    returns all rows right-padded with zeros to the longest (finite, so masked slots add 0·V)."""
+
+    is_sliding = False
+
+    def __init__(self, rows: list[BlockLayer], n_new: list[int]):
+        super().__init__()
+        self.rows, self.n_new = rows, n_new
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        batch, kv_heads, q, head_dim = key_states.shape
+        assert batch == len(self.rows) and max(self.n_new) <= q
+        for b, (row, n) in enumerate(zip(self.rows, self.n_new)):
+            if n:
+                row.write(key_states[b : b + 1, :, :n], value_states[b : b + 1, :, :n])
+        if batch == 1:
+            row = self.rows[0]
+            return row.keys[:, :, : row.length], row.values[:, :, : row.length]
+        width = max(row.length for row in self.rows)
+        keys = key_states.new_zeros((batch, kv_heads, width, head_dim))
+        values = torch.zeros_like(keys)
+        for b, row in enumerate(self.rows):
+            keys[b, :, : row.length] = row.keys[0, :, : row.length]
+            values[b, :, : row.length] = row.values[0, :, : row.length]
+        return keys, values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return max(row.length for row in self.rows) + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return max(row.length for row in self.rows)
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class GatherCache(Cache):
+    """A one-forward view over several `BlockKVCache`s; row b takes its first `n_new[b]` inputs."""
+
+    def __init__(self, caches: list[BlockKVCache], n_new: list[int]):
+        assert len(caches) == len(n_new) and len({len(c.layers) for c in caches}) == 1
+        layers = [GatherLayer([c.layers[i] for c in caches], list(n_new)) for i in range(len(caches[0].layers))]
+        super().__init__(layers=layers)
+
+
+def batch_inputs(lengths: list[int], n_new: list[int], q: int, attn_implementation: str, dtype) -> tuple:
+    """Position ids `[B, q]` and the 4-D mask `[B, 1, q, K]` for a `GatherCache` forward.
+
+    Row b holds `lengths[b]` tokens before the forward; its query j sits at slot lengths[b]+j
+    and may see slots s <= lengths[b]+j. Dummy queries (j >= n_new[b]) see slot 0 only, so no
+    softmax row is empty. K = max(lengths[b] + n_new[b]) is the padded width of the keys.
+    """
+    batch = len(lengths)
+    width = max(l + n for l, n in zip(lengths, n_new))
+    start = torch.tensor(lengths).view(batch, 1)
+    positions = start + torch.arange(q).view(1, q)
+    slots = torch.arange(width).view(1, 1, width)
+    real = torch.arange(q).view(1, q, 1) < torch.tensor(n_new).view(batch, 1, 1)
+    allowed = torch.where(real, slots <= positions.view(batch, q, 1), slots == 0)
+    mask = allowed.view(batch, 1, q, width)
+    if attn_implementation != "sdpa":
+        mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+    return positions, mask

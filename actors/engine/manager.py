@@ -1,0 +1,291 @@
+"""The memory manager's core: one byte budget for every KV cache, draft and target, all sessions.
+
+Holders (the draft and the target side, later the actors owning them) register their bytes per
+token; each session's cache in each holder is a list of logical blocks of `block_tokens`
+tokens. A session goes through turns: `prefill` (its context grows by a prompt), then steps of
+`grant` (room for γ candidate tokens) and `commit` (the tokens kept; rejected blocks go back
+at once), then `finish` (idle, kept for the next turn) or `release` (gone).
+
+Under pressure a grant first shrinks γ (down to 0, plain decoding), then evicts idle sessions,
+least recently used first (their holders drop their caches and rebuild them from token ids at
+the session's next turn), then raises `OverBudget`. No call ever takes the live bytes above the
+budget, and a call that raises changes nothing.
+
+Every answer is plain data (ints, str, lists and dicts of those), so an actor can ship it as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import OverBudget, SessionBusy, UnknownSession
+from .kvcache import blocks_after_rollback, blocks_for
+from .memory_model import gamma_for_budget, gamma_star, kv_tokens
+
+
+@dataclass
+class _Session:
+    context: int = 0
+    blocks: dict[str, list[int]] = field(default_factory=dict)
+    lost: set[str] = field(default_factory=set)
+    busy: bool = False
+    last_used: int = 0
+    gamma: int | None = None
+    accepted: int = 0
+    considered: int = 0
+
+
+class MemoryManager:
+    """Grants KV blocks under `budget_bytes`; see the module doc for the protocol."""
+
+    def __init__(
+        self,
+        budget_bytes: int,
+        block_tokens: int = 16,
+        spare_blocks: int = 1,
+        gamma_max: int = 8,
+        cost_ratio: float = 0.1,
+        fraction: float = 0.96,
+        prior_alpha: float = 0.7,
+    ):
+        assert budget_bytes >= 0 and block_tokens >= 1 and spare_blocks >= 0 and gamma_max >= 0
+        self.budget = budget_bytes
+        self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
+        self.gamma_max, self.cost_ratio, self.fraction, self.prior_alpha = gamma_max, cost_ratio, fraction, prior_alpha
+        self._bytes_per_token: dict[str, int] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._owner: dict[int, tuple[str, str]] = {}
+        self._free_ids: list[int] = []
+        self._next_id = 0
+        self._live = 0
+        self._peak = 0
+        self._clock = 0
+        self._evictions = 0
+
+    # holders
+
+    def add_holder(self, holder: str, bytes_per_token: int) -> None:
+        """Register a cache holder ("draft", "target", ...) and its KV bytes per token."""
+        assert bytes_per_token > 0
+        known = self._bytes_per_token.get(holder)
+        assert known in (None, bytes_per_token), (holder, known, bytes_per_token)
+        self._bytes_per_token[holder] = bytes_per_token
+        if sum(self.block_bytes(h) for h in self._bytes_per_token) > self.budget:
+            del self._bytes_per_token[holder]
+            raise OverBudget(f"budget {self.budget} B is below one block of every cache ({self.min_budget()} B)")
+
+    def block_bytes(self, holder: str) -> int:
+        return self.block_tokens * self._bytes_per_token[holder]
+
+    def min_budget(self) -> int:
+        """The smallest budget that holds one token: one block of every registered cache."""
+        return sum(self.block_bytes(h) for h in self._bytes_per_token)
+
+    def release_holder(self, holder: str) -> dict:
+        """Reclaim every block `holder` owns (its actor died). The sessions listed must rebuild
+        that holder's cache from token ids at their next grant or prefill."""
+        freed, sessions = 0, []
+        for sid, s in self._sessions.items():
+            if s.blocks.get(holder):
+                freed += self._set_blocks(sid, s, holder, 0)
+                sessions.append(sid)
+            if holder in s.blocks:
+                s.lost.add(holder)
+        return {"freed": freed, "sessions": sessions}
+
+    # sessions
+
+    def has(self, session: str) -> bool:
+        return session in self._sessions
+
+    def open_session(self, session: str) -> None:
+        if session in self._sessions:
+            raise SessionBusy(f"session {session!r} is already open")
+        s = _Session(blocks={h: [] for h in self._bytes_per_token}, last_used=self._tick())
+        self._sessions[session] = s
+
+    def prefill(self, session: str, keep: int, add: int) -> dict:
+        """Start a turn: the context becomes its first `keep` tokens plus `add` new ones, all but the
+        last resident in every cache. Answers {"blocks": {holder: n}, "evicted": [...],
+        "rebuild": [holders whose cache must be recomputed from token id 0]}."""
+        s = self._get(session)
+        assert 0 <= keep <= s.context and add >= 0 and keep + add >= 1, (keep, add, s.context)
+        rebuild = sorted(h for h in self._bytes_per_token if h in s.lost or h not in s.blocks)
+        length = keep + add
+        need = {h: blocks_for(length - 1, self.block_tokens) for h in self._bytes_per_token}
+        evicted = self._make_room(session, self._extra_bytes(s, need))
+        self._apply(session, s, need, rebuild)
+        s.lost.clear()
+        s.context, s.busy, s.gamma, s.last_used = length, True, None, self._tick()
+        return {"blocks": self._block_counts(s), "evicted": evicted, "rebuild": rebuild}
+
+    def grant(self, session: str, gamma: int | None = None, limit: int | None = None) -> dict:
+        """Room for one speculative step of γ <= `gamma` (default: γ* from the session's α estimate),
+        and γ <= `limit` (the caller's cap: tokens left to generate, context left).
+        Answers {"gamma": g, "blocks": {holder: n}, "evicted": [...], "rebuild": [holders]}."""
+        s = self._get(session)
+        want = self._wanted_gamma(s) if gamma is None else min(gamma, self.gamma_max)
+        want = max(0, want if limit is None else min(want, limit))
+        rebuild = sorted(h for h in self._bytes_per_token if h in s.lost or h not in s.blocks)
+        held = {h: (0 if h in rebuild else len(s.blocks.get(h, []))) for h in self._bytes_per_token}
+        free = self.budget - self._live + sum(self._session_holder_bytes(s, h) for h in rebuild)
+        g = gamma_for_budget(free, s.context, held, self._bytes_per_token, self.block_tokens, want)
+        evicted = []
+        if g is None:
+            need0 = {h: max(held[h], blocks_for(kv_tokens(s.context, 0), self.block_tokens)) for h in held}
+            evicted = self._make_room(session, self._extra_bytes(s, need0))
+            free = self.budget - self._live + sum(self._session_holder_bytes(s, h) for h in rebuild)
+            g = gamma_for_budget(free, s.context, held, self._bytes_per_token, self.block_tokens, want)
+            assert g is not None
+        need = {h: max(held[h], blocks_for(kv_tokens(s.context, g), self.block_tokens)) for h in held}
+        self._apply(session, s, need, rebuild)
+        s.lost.clear()
+        s.gamma, s.busy, s.last_used = g, True, self._tick()
+        return {"gamma": g, "blocks": self._block_counts(s), "evicted": evicted, "rebuild": rebuild}
+
+    def commit(self, session: str, accepted: int, emitted: int) -> dict:
+        """End a step: `accepted` of the γ drafts were accepted and `emitted` tokens joined the
+        context. Blocks past the new length (beyond `spare_blocks`) are freed at once.
+        Answers {"blocks": {holder: n}, "freed": bytes}."""
+        s = self._get(session)
+        if s.gamma is None:
+            raise SessionBusy(f"session {session!r} has no open grant to commit")
+        assert 0 <= accepted <= s.gamma and 0 <= emitted <= accepted + 1, (accepted, emitted, s.gamma)
+        if s.gamma:
+            s.accepted += accepted
+            s.considered += min(accepted + 1, s.gamma)
+        s.context += emitted
+        s.gamma = None
+        freed = 0
+        for h in self._bytes_per_token:
+            held = len(s.blocks[h])
+            keep = blocks_after_rollback(held, s.context - 1, self.block_tokens, self.spare_blocks)
+            freed += self._set_blocks(session, s, h, keep)
+        s.last_used = self._tick()
+        return {"blocks": self._block_counts(s), "freed": freed}
+
+    def finish(self, session: str) -> None:
+        """End a turn: the session is idle (evictable) until its next prefill."""
+        s = self._get(session)
+        s.busy, s.gamma, s.last_used = False, None, self._tick()
+
+    def release(self, session: str) -> int:
+        """Forget the session and free all its blocks; answers the bytes freed."""
+        s = self._get(session)
+        freed = sum(self._set_blocks(session, s, h, 0) for h in list(s.blocks))
+        del self._sessions[session]
+        return freed
+
+    def set_cost_ratio(self, cost_ratio: float) -> None:
+        """c = t_draft / t_target as measured by the verifier; used to pick γ*."""
+        assert cost_ratio >= 0.0
+        self.cost_ratio = cost_ratio
+
+    def alpha(self, session: str) -> float:
+        """The running acceptance estimate of the session (prior_alpha counted as 4 draft tokens)."""
+        s = self._get(session)
+        return (s.accepted + 4 * self.prior_alpha) / (s.considered + 4)
+
+    def usage(self) -> dict:
+        per_session = {sid: self._session_bytes(s) for sid, s in self._sessions.items()}
+        per_holder = {h: sum(len(s.blocks.get(h, [])) for s in self._sessions.values()) * self.block_bytes(h)
+                      for h in self._bytes_per_token}
+        return {
+            "budget": self.budget,
+            "live": self._live,
+            "peak": self._peak,
+            "free": self.budget - self._live,
+            "block_tokens": self.block_tokens,
+            "sessions": per_session,
+            "holders": per_holder,
+            "contexts": {sid: s.context for sid, s in self._sessions.items()},
+            "evictions": self._evictions,
+        }
+
+    def session_blocks(self, session: str) -> dict[str, list[int]]:
+        """The block ids each holder owns for `session` (copies)."""
+        return {h: list(ids) for h, ids in self._get(session).blocks.items()}
+
+    def block_owners(self) -> dict[int, tuple[str, str]]:
+        """Every owned block id -> (holder, session)."""
+        return dict(self._owner)
+
+    # internals
+
+    def _get(self, session: str) -> _Session:
+        try:
+            return self._sessions[session]
+        except KeyError:
+            raise UnknownSession(f"unknown session {session!r}") from None
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    def _wanted_gamma(self, s: _Session) -> int:
+        alpha = min((s.accepted + 4 * self.prior_alpha) / (s.considered + 4), 0.99)
+        return gamma_star(alpha, self.cost_ratio, self.fraction, self.gamma_max)
+
+    def _session_holder_bytes(self, s: _Session, holder: str) -> int:
+        return len(s.blocks.get(holder, [])) * self.block_bytes(holder)
+
+    def _session_bytes(self, s: _Session) -> int:
+        return sum(self._session_holder_bytes(s, h) for h in s.blocks)
+
+    def _block_counts(self, s: _Session) -> dict[str, int]:
+        return {h: len(ids) for h, ids in s.blocks.items()}
+
+    def _extra_bytes(self, s: _Session, need: dict[str, int]) -> int:
+        # a rebuilt cache frees what it holds and takes `need` afresh: the same difference
+        return sum((n - len(s.blocks.get(h, []))) * self.block_bytes(h) for h, n in need.items())
+
+    def _apply(self, sid: str, s: _Session, need: dict[str, int], rebuild: list[str]) -> None:
+        for h in rebuild:
+            self._set_blocks(sid, s, h, 0)
+        for h in sorted(need, key=lambda h: need[h] - len(s.blocks.get(h, []))):
+            self._set_blocks(sid, s, h, need[h])
+
+    def _make_room(self, session: str, extra: int) -> list[str]:
+        """Evict idle sessions, least recently used first, until `extra` bytes fit; raise
+        OverBudget (evicting nothing) if even evicting all of them would not do."""
+        free = self.budget - self._live
+        if extra <= free:
+            return []
+        idle = sorted((s.last_used, sid) for sid, s in self._sessions.items()
+                      if not s.busy and sid != session and self._session_bytes(s) > 0)
+        if free + sum(self._session_bytes(self._sessions[sid]) for _, sid in idle) < extra:
+            raise OverBudget(
+                f"session {session!r} needs {extra} B more; {free} B free and {len(idle)} idle sessions cannot cover it"
+            )
+        evicted = []
+        for _, sid in idle:
+            if extra <= self.budget - self._live:
+                break
+            s = self._sessions[sid]
+            for h in list(s.blocks):
+                self._set_blocks(sid, s, h, 0)
+                s.lost.add(h)
+            self._evictions += 1
+            evicted.append(sid)
+        return evicted
+
+    def _set_blocks(self, sid: str, s: _Session, holder: str, n: int) -> int:
+        """Make `holder` own exactly n blocks for the session; answers the bytes freed (negative: taken)."""
+        ids = s.blocks.setdefault(holder, [])
+        delta = (n - len(ids)) * self.block_bytes(holder)
+        assert self._live + delta <= self.budget, "the manager never exceeds its budget"
+        while len(ids) > n:
+            block = ids.pop()
+            del self._owner[block]
+            self._free_ids.append(block)
+        while len(ids) < n:
+            block = self._free_ids.pop() if self._free_ids else self._new_id()
+            self._owner[block] = (holder, sid)
+            ids.append(block)
+        self._live += delta
+        self._peak = max(self._peak, self._live)
+        return -delta
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1

@@ -1,0 +1,344 @@
+"""The verifier side (target model, chat sessions, target caches) and the step driver.
+
+`VerifierCore` owns each session's committed token ids, its chat messages (rendered with the
+tokenizer's chat template, KV kept between turns) and its target block cache. `Driver` runs
+speculative steps over the active sessions: grant (memory) -> propose (draft) -> verify in one
+target forward -> accept -> commit (memory) -> settle both caches. It talks to the draft side
+and to the memory side only through their methods, with plain data, so either may be a remote
+proxy with the same method names (issue 5's actors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .batch import forward_rows
+from .errors import BadPrompt, ContextTooLong, EngineError, SessionBusy, UnknownSession
+from .kvcache import BlockKVCache
+from .memory_model import kv_bytes_per_token
+from .speculative import SpecStats, StepStats, Timer, verify_chain
+
+DRAFT, TARGET = "draft", "target"
+
+
+@dataclass
+class _TargetSession:
+    ids: np.ndarray
+    cache: BlockKVCache | None
+    messages: list[dict] = field(default_factory=list)
+
+
+class VerifierCore:
+    """Target model, per-session target caches and chat state."""
+
+    def __init__(self, model, tokenizer=None, block_tokens: int = 16, spare_blocks: int = 1):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
+        param = next(model.parameters())
+        self.dtype, self.device = param.dtype, param.device
+        self.bytes_per_token = kv_bytes_per_token(model.config, param.element_size())
+        text = model.config.get_text_config(decoder=True)
+        self.vocab_size = text.vocab_size
+        self.max_context = getattr(text, "max_position_embeddings", None) or 1 << 30
+        self._sessions: dict[str, _TargetSession] = {}
+
+    # sessions and prompts
+
+    def open(self, session: str) -> None:
+        if session in self._sessions:
+            raise SessionBusy(f"session {session!r} is already open")
+        self._sessions[session] = _TargetSession(ids=np.zeros(0, dtype=np.int64), cache=None)
+
+    def has(self, session: str) -> bool:
+        return session in self._sessions
+
+    def close(self, session: str) -> int:
+        """Forget the session; answers the cache bytes freed."""
+        s = self._get(session)
+        del self._sessions[session]
+        return s.cache.held_bytes() if s.cache is not None else 0
+
+    def ids(self, session: str) -> np.ndarray:
+        return self._get(session).ids.copy()
+
+    def chat_prompt(self, session: str, message: str) -> tuple[np.ndarray, int]:
+        """The whole conversation with `message` appended, as the chat template renders it, and
+        how many of its first ids equal the committed ids (their KV is reused)."""
+        s = self._get(session)
+        if not message or not message.strip():
+            raise BadPrompt("empty message")
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise BadPrompt("this verifier has no tokenizer with a chat template")
+        messages = s.messages + [{"role": "user", "content": message}]
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+        return self.check_prompt(session, np.asarray(ids, dtype=np.int64))
+
+    def check_prompt(self, session: str, token_ids) -> tuple[np.ndarray, int]:
+        """Validate a whole-context prompt; answers (ids, keep) with keep the common prefix length
+        with the committed ids, at most len(ids) − 1."""
+        s = self._get(session)
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        if len(ids) == 0:
+            raise BadPrompt("empty prompt")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise BadPrompt(f"token ids outside the vocabulary [0, {self.vocab_size})")
+        if len(ids) >= self.max_context:
+            raise ContextTooLong(f"prompt of {len(ids)} tokens; the model's context is {self.max_context}")
+        n = min(len(ids) - 1, len(s.ids))
+        differs = np.nonzero(ids[:n] != s.ids[:n])[0]
+        keep = int(differs[0]) if len(differs) else n
+        return ids, keep
+
+    def end_turn(self, session: str, message: str, reply_ids: np.ndarray) -> str:
+        """Record the user message and the reply in the conversation; answers the reply text."""
+        s = self._get(session)
+        text = self.tokenizer.decode(np.asarray(reply_ids).tolist(), skip_special_tokens=True)
+        s.messages += [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
+        return text
+
+    # caches
+
+    def prefill(self, session: str, token_ids: np.ndarray, keep: int, blocks: int) -> int:
+        """Make the context `token_ids` (first `keep` unchanged) resident but for its last token,
+        in `blocks` blocks; a dropped cache is rebuilt from token 0. Answers held bytes."""
+        s = self._get(session)
+        ids = np.asarray(token_ids, dtype=np.int64)
+        if s.cache is None:
+            s.cache = BlockKVCache(self.model.config, self.block_tokens, self.dtype, self.device, self.spare_blocks)
+            keep = 0
+        resident = min(s.cache.length, keep)
+        s.cache.rollback(s.cache.length - resident, s.cache.blocks)
+        s.cache.resize(blocks)
+        s.ids = ids
+        if len(ids) - 1 > resident:
+            forward_rows(self.model, [s.cache], [ids[resident:-1]], [0])
+        return s.cache.held_bytes()
+
+    def drop(self, session: str) -> int:
+        """Drop the session's cache (evicted), keeping its ids and messages; answers bytes freed."""
+        s = self._get(session)
+        freed = s.cache.held_bytes() if s.cache is not None else 0
+        s.cache = None
+        return freed
+
+    def verify(
+        self,
+        sessions: list[str],
+        drafts: np.ndarray,
+        gammas: list[int],
+        blocks: list[int],
+        temperature: float = 0.0,
+        draft_probs: np.ndarray | None = None,
+        seeds: list[int] | None = None,
+    ) -> dict:
+        """One target forward over every session's pending token and its gammas[b] drafts.
+
+        drafts: int64 [B, γmax]; draft_probs: float32 [B, γmax, V] when sampling.
+        Answers {"accepted": [n_b], "tokens": [int64 arrays of n_b + 1 tokens], "seconds": float}.
+        """
+        rows = [self._get(s) for s in sessions]
+        assert drafts.shape[0] == len(rows) == len(gammas) == len(blocks)
+        feeds = []
+        for row, gamma, n_blocks in zip(rows, gammas, blocks):
+            assert row.cache is not None and row.cache.length == len(row.ids) - 1
+            row.cache.resize(n_blocks)
+            feeds.append(np.concatenate([row.ids[-1:], drafts[len(feeds), :gamma]]))
+        with Timer() as timer:
+            logits = forward_rows(self.model, [r.cache for r in rows], feeds, [g + 1 for g in gammas])
+            accepted, tokens = [], []
+            for b, gamma in enumerate(gammas):
+                row_logits = logits[b].cpu().numpy()
+                rng = np.random.default_rng(seeds[b] if seeds else 0)
+                q = draft_probs[b, :gamma] if draft_probs is not None else np.zeros((gamma, row_logits.shape[-1]))
+                n, emitted = verify_chain(drafts[b, :gamma], row_logits, temperature, q, rng)
+                accepted.append(n)
+                tokens.append(emitted)
+        return {"accepted": accepted, "tokens": tokens, "seconds": timer.seconds}
+
+    def settle(self, session: str, tokens: np.ndarray, blocks: int) -> int:
+        """`tokens` joined the context: keep what the target cache holds of them (all but the
+        last), drop the rest, keep `blocks` blocks. Answers held bytes."""
+        s = self._get(session)
+        tokens = np.asarray(tokens, dtype=np.int64)
+        assert len(tokens) >= 1
+        s.ids = np.concatenate([s.ids, tokens])
+        s.cache.rollback(s.cache.length - (len(s.ids) - 1), s.cache.blocks)
+        s.cache.resize(blocks)
+        return s.cache.held_bytes()
+
+    def held_bytes(self, session: str | None = None) -> int:
+        if session is not None:
+            s = self._get(session)
+            return s.cache.held_bytes() if s.cache is not None else 0
+        return sum(s.cache.held_bytes() for s in self._sessions.values() if s.cache is not None)
+
+    def _get(self, session: str) -> _TargetSession:
+        try:
+            return self._sessions[session]
+        except KeyError:
+            raise UnknownSession(f"unknown session {session!r}") from None
+
+
+@dataclass
+class _Turn:
+    session: str
+    remaining: int
+    temperature: float
+    gamma: int | None
+    rng: np.random.Generator
+    stats: SpecStats = field(default_factory=SpecStats)
+    new_ids: list[int] = field(default_factory=list)
+
+
+class Driver:
+    """Runs speculative steps for the sessions that joined, batched: one draft pass and one
+    target forward per step for all of them; sessions join and leave between steps.
+
+    `draft` needs: has, open, extend, propose, accept, close (see DraftCore).
+    `memory` needs: has, open_session, prefill, grant, commit, finish (see MemoryManager).
+    """
+
+    def __init__(self, verifier: VerifierCore, draft, memory, stop_ids: tuple[int, ...] = ()):
+        self.verifier, self.draft, self.memory = verifier, draft, memory
+        self.stop_ids = set(stop_ids)
+        self._turns: dict[str, _Turn] = {}
+
+    @property
+    def active(self) -> list[str]:
+        return list(self._turns)
+
+    def join(
+        self,
+        session: str,
+        token_ids: np.ndarray,
+        keep: int,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int = 0,
+        gamma: int | None = None,
+    ) -> None:
+        """Start a turn: make `token_ids` (whole context; first `keep` unchanged) resident in both
+        caches. Raises OverBudget (nothing changed) when the budget cannot hold the prompt."""
+        if session in self._turns:
+            raise SessionBusy(f"session {session!r} is already generating")
+        assert max_new_tokens >= 1
+        ids = np.asarray(token_ids, dtype=np.int64)
+        if not self.memory.has(session):
+            self.memory.open_session(session)
+            keep = 0
+        answer = self.memory.prefill(session, keep, len(ids) - keep)
+        self._drop_evicted(answer["evicted"])
+        blocks = answer["blocks"]
+        if TARGET in answer["rebuild"]:
+            self.verifier.drop(session)
+        self.verifier.prefill(session, ids, keep, blocks[TARGET])
+        if DRAFT in answer["rebuild"] or not self.draft.has(session):
+            self.draft.open(session, ids, blocks[DRAFT])
+        else:
+            self.draft.extend(session, ids, keep, blocks[DRAFT])
+        remaining = min(max_new_tokens, self.verifier.max_context - len(ids))
+        self._turns[session] = _Turn(session, remaining, temperature, gamma, np.random.default_rng(seed))
+
+    def leave(self, session: str) -> None:
+        """Stop a turn early; the session stays open (idle) for its next turn."""
+        self._turns.pop(session)
+        self.memory.finish(session)
+
+    def step(self) -> list[dict]:
+        """One speculative step over every active session. Answers one event per session:
+        {"session", "tokens": int64 array (new this step), "done": bool, "stats": dict,
+        "error": None or (exception class name, message)}. Done sessions leave the batch."""
+        events, granted = [], []
+        for turn in list(self._turns.values()):
+            context = len(self.verifier.ids(turn.session))
+            limit = min(turn.remaining - 1, self.verifier.max_context - context)
+            try:
+                answer = self.memory.grant(turn.session, turn.gamma, limit)
+            except EngineError as exc:
+                self._turns.pop(turn.session)
+                self.memory.finish(turn.session)
+                events.append(self._event(turn, np.zeros(0, dtype=np.int64), True, None, exc))
+                continue
+            self._drop_evicted(answer["evicted"])
+            ids = self.verifier.ids(turn.session)
+            if TARGET in answer["rebuild"]:
+                self.verifier.drop(turn.session)
+                self.verifier.prefill(turn.session, ids, 0, answer["blocks"][TARGET])
+            if DRAFT in answer["rebuild"]:
+                self.draft.open(turn.session, ids, answer["blocks"][DRAFT])
+            granted.append((turn, answer["gamma"], answer["blocks"]))
+        if not granted:
+            return events
+        sessions = [t.session for t, _, _ in granted]
+        gammas = [g for _, g, _ in granted]
+        drafts = np.zeros((len(granted), max(gammas)), dtype=np.int64)
+        probs, draft_s = None, 0.0
+        sampling = [t.temperature > 0 for t, _, _ in granted]
+        temperature = granted[0][0].temperature
+        assert len(set(sampling)) == 1 and all(t.temperature == temperature for t, _, _ in granted), \
+            "one batch shares one temperature"
+        seeds = [t.rng.integers(0, 2**63, size=2) for t, _, _ in granted]
+        speculating = [i for i, g in enumerate(gammas) if g > 0]
+        if speculating:
+            proposal = self.draft.propose(
+                [sessions[i] for i in speculating],
+                [gammas[i] for i in speculating],
+                [granted[i][2][DRAFT] for i in speculating],
+                temperature,
+                [int(seeds[i][0]) for i in speculating],
+            )
+            width = proposal["tokens"].shape[1]
+            drafts[speculating, :width] = proposal["tokens"]
+            if proposal["probs"] is not None:
+                probs = np.zeros((len(granted), max(gammas), proposal["probs"].shape[-1]), dtype=np.float32)
+                probs[speculating, :width] = proposal["probs"]
+            draft_s = proposal["seconds"]
+        verdict = self.verifier.verify(
+            sessions, drafts, gammas, [b[TARGET] for _, _, b in granted], temperature, probs, [int(s[1]) for s in seeds]
+        )
+        for i, (turn, gamma, _) in enumerate(granted):
+            n, tokens = verdict["accepted"][i], verdict["tokens"][i]
+            tokens = tokens[: turn.remaining]
+            stops = [k for k, t in enumerate(tokens) if int(t) in self.stop_ids]
+            if stops:
+                tokens = tokens[: stops[0] + 1]
+            done = bool(stops) or len(tokens) >= turn.remaining
+            answer = self.memory.commit(turn.session, n, len(tokens))
+            self.verifier.settle(turn.session, tokens, answer["blocks"][TARGET])
+            self.draft.accept(turn.session, n, tokens, answer["blocks"][DRAFT])
+            turn.remaining -= len(tokens)
+            turn.new_ids.extend(int(t) for t in tokens)
+            step = StepStats(turn.session, gamma, n, len(tokens), draft_s, verdict["seconds"])
+            turn.stats.add(step)
+            if done:
+                self._turns.pop(turn.session)
+                self.memory.finish(turn.session)
+            events.append(self._event(turn, tokens, done, step, None))
+        return events
+
+    def run(self):
+        """Step until no session is active, yielding each step's events."""
+        while self._turns:
+            yield self.step()
+
+    def turn_ids(self, session: str) -> np.ndarray:
+        return np.asarray(self._turns[session].new_ids, dtype=np.int64)
+
+    def _event(self, turn: _Turn, tokens, done: bool, step: StepStats | None, error: Exception | None) -> dict:
+        return {
+            "session": turn.session,
+            "tokens": np.asarray(tokens, dtype=np.int64),
+            "done": done,
+            "step": step.as_dict() if step else None,
+            "stats": turn.stats.as_dict(),
+            "error": (type(error).__name__, str(error)) if error else None,
+        }
+
+    def _drop_evicted(self, sessions: list[str]) -> None:
+        for sid in sessions:
+            if self.verifier.has(sid):
+                self.verifier.drop(sid)
+            self.draft.close(sid)
