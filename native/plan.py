@@ -17,6 +17,8 @@ from .kernels import BandSplit, HalfMatrix, band_spmv, max_threads
 from .split import split_band
 from .validate import as_vector, check_matrix, check_scalar, check_threads
 
+MIN_NNZ_PER_THREAD = 20_000  # below this a second thread costs more in wake-up than it saves
+
 
 @dataclass(frozen=True)
 class PlanReport:
@@ -67,12 +69,15 @@ class Plan:
     def build(cls, matrix, kind: str = "skew", threads: int | None = None, tol: float = 1e-12,
               reorder: bool = True) -> "Plan":
         """Check `matrix` (any scipy sparse matrix or 2-D array), reorder it by RCM (unless
-        reorder is False) and split it for `threads` threads (default: OpenMP's count).
+        reorder is False) and split it for `threads` threads (default: OpenMP's count, fewer for
+        a small matrix).
 
         Raises InvalidMatrix, NotSkewSymmetric / NotSymmetric or InvalidOperand."""
         start = time.perf_counter()
-        threads = check_threads(max_threads() if threads is None else threads)
         a = check_matrix(matrix, kind, tol)
+        if threads is None:  # a thread per MIN_NNZ_PER_THREAD stored nonzeros, at most OpenMP's count
+            threads = max(1, min(max_threads(), (a.nnz // 2) // MIN_NNZ_PER_THREAD))
+        threads = check_threads(threads)
         n = a.shape[0]
         perm = reverse_cuthill_mckee(a, symmetric_mode=True) if reorder else np.arange(n)
         perm = np.ascontiguousarray(perm, dtype=np.int64)

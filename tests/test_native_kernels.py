@@ -1,0 +1,196 @@
+"""Every C kernel against scipy's `S @ x`, on random matrices of every family.
+
+The bound is elementwise and relative: |y - S x| <= 1e-12 (|S| |x|), so a row whose terms
+cancel is held to the size of its terms, and a row with no terms must come out exactly 0.
+"""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from specmemo.native import VERSION, Plan, matrices, max_threads
+from specmemo.native import kernels as K
+from specmemo.native.split import split_band
+
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+RTOL = 1e-12
+
+
+def assert_matches(y, a, x, alpha=0.0, u=None):
+    ref = a @ x
+    scale = abs(a) @ np.abs(x)
+    if u is not None:
+        ref = ref + alpha * u
+        scale = scale + abs(alpha) * np.abs(u)
+    assert y.shape == ref.shape
+    err = np.abs(y - ref)
+    assert np.all(err <= RTOL * scale), f"max error {err.max()} against scale {scale.max()}"
+
+
+def single_nonzero(n: int, i: int, j: int, value: float) -> sp.csr_array:
+    lower = sp.csr_array(([value], ([max(i, j)], [min(i, j)])), shape=(n, n))
+    return sp.csr_array(lower - lower.T)
+
+
+@st.composite
+def skew_matrices(draw):
+    """Skew-symmetric matrices from every family, n from 1 to a few thousand, any bandwidth."""
+    seed = draw(st.integers(0, 2**16))
+    family = draw(st.sampled_from(["band", "convection2d", "convection3d", "random", "saddle", "single", "zero"]))
+    if family == "band":
+        n = draw(st.one_of(st.integers(1, 60), st.integers(61, 3000)))
+        band = draw(st.integers(0, n - 1))
+        density = draw(st.floats(0.05, 1.0))
+        a = matrices.band_with_outliers(n, band, density, draw(st.integers(0, 6)), seed)
+    elif family == "convection2d":
+        a = matrices.convection_2d(draw(st.integers(1, 40)), draw(st.integers(1, 40)), draw(st.floats(-2, 2)), 1.5)
+    elif family == "convection3d":
+        a = matrices.convection_3d(*(draw(st.integers(1, 9)) for _ in range(3)))
+    elif family == "random":
+        n = draw(st.integers(1, 300))
+        a = matrices.random_skew(n, draw(st.floats(0.0, 0.3)), seed)
+    elif family == "saddle":
+        a = matrices.saddle(draw(st.integers(1, 80)), draw(st.integers(1, 80)), draw(st.floats(0.0, 0.3)), seed)
+    elif family == "single":
+        n = draw(st.integers(2, 200))
+        i, j = draw(st.integers(0, n - 1)), draw(st.integers(0, n - 1))
+        a = single_nonzero(n, i, j if j != i else (i + 1) % n, draw(st.floats(-10, 10).filter(bool)))
+    else:
+        a = sp.csr_array((draw(st.integers(1, 50)),) * 2)
+    if draw(st.booleans()):
+        a = matrices.scramble(a, seed)
+    return sp.csr_array(a)
+
+
+def symmetric_twin(a: sp.csr_array, seed: int) -> sp.csr_array:
+    """L + D + L^T from the strict lower triangle of a, with a random diagonal."""
+    lower = sp.tril(a, k=-1)
+    diag = np.random.default_rng(seed).standard_normal(a.shape[0])
+    return sp.csr_array(lower + lower.T + sp.diags_array(diag))
+
+
+def test_library_loads_and_reports_its_version():
+    assert VERSION == K.lib.PARS3_VERSION == 1
+    assert max_threads() >= 1
+
+
+@FAST
+@given(a=skew_matrices(), threads=st.integers(1, 8), reorder=st.booleans(), seed=st.integers(0, 2**16))
+def test_banded_kernel_equals_scipy(a, threads, reorder, seed):
+    x = np.random.default_rng(seed).standard_normal(a.shape[0])
+    plan = Plan.build(a, threads=threads, reorder=reorder)
+    assert_matches(plan.matvec(x), a, x)
+
+
+@FAST
+@given(
+    a=skew_matrices(),
+    threads=st.integers(1, 8),
+    far_cost=st.one_of(st.floats(0.0, 20.0), st.just(1e12)),
+    alpha=st.floats(-5, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_banded_kernel_with_any_window_split_equals_scipy(a, threads, far_cost, alpha, seed):
+    # far_cost near 0 leaves entries in the outer part; 1e12 puts every outlier in a window,
+    # so a block with an outlier reaches back further than its neighbours (windows not monotone)
+    plan = Plan.build(a, threads=threads)
+    split = split_band(plan.half, threads, far_cost=far_cost)
+    b = a[plan.perm][:, plan.perm]
+    rng = np.random.default_rng(seed)
+    x, u = rng.standard_normal(a.shape[0]), rng.standard_normal(a.shape[0])
+    y = K.band_spmv(plan.half, split, x, np.full(a.shape[0], np.nan), np.full(split.work_size, np.nan), alpha, u)
+    assert_matches(y, b, x, alpha, u)
+    assert split.middle_count + split.outer_count <= plan.half.nnz
+
+
+@FAST
+@given(a=skew_matrices(), threads=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_serial_and_colouring_kernels_equal_scipy(a, threads, seed):
+    n = a.shape[0]
+    x = np.random.default_rng(seed).standard_normal(n)
+    plan = Plan.build(a, threads=threads)
+    b = sp.csr_array(a[plan.perm][:, plan.perm])
+    full = K.CsrMatrix.from_scipy(b)
+    assert_matches(K.csr_spmv(full, x, np.full(n, np.nan)), b, x)
+    assert_matches(K.half_spmv(plan.half, x, np.full(n, np.nan)), b, x)
+    colouring = K.Colouring.of(plan.half)
+    assert_matches(K.colour_spmv(plan.half, colouring, x, np.full(n, np.nan), threads), b, x)
+
+
+@FAST
+@given(a=skew_matrices(), threads=st.integers(1, 8), seed=st.integers(0, 2**16), far_cost=st.floats(0.0, 20.0))
+def test_symmetric_twin_kernels_equal_scipy(a, threads, seed, far_cost):
+    s = symmetric_twin(a, seed)
+    n = s.shape[0]
+    x = np.random.default_rng(seed + 1).standard_normal(n)
+    plan = Plan.build(s, kind="symmetric", threads=threads)
+    assert_matches(plan.matvec(x), s, x)
+    b = sp.csr_array(s[plan.perm][:, plan.perm])
+    assert_matches(K.half_spmv(plan.half, x, np.full(n, np.nan)), b, x)
+    split = split_band(plan.half, threads, far_cost=far_cost)
+    assert_matches(K.band_spmv(plan.half, split, x, np.empty(n), np.empty(split.work_size)), b, x)
+    assert_matches(K.colour_spmv(plan.half, K.Colouring.of(plan.half), x, np.empty(n), threads), b, x)
+
+
+@FAST
+@given(a=skew_matrices(), alpha=st.floats(-100, 100), threads=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_fused_shifted_product_equals_alpha_x_plus_sx(a, alpha, threads, seed):
+    x = np.random.default_rng(seed).standard_normal(a.shape[0])
+    assert_matches(Plan.build(a, threads=threads).shifted(alpha, x), a, x, alpha, x)
+
+
+def test_colouring_gives_no_two_rows_of_a_colour_a_shared_target():
+    a = matrices.generate("random", 400, seed=5)
+    half = Plan.build(a, threads=2).half
+    colouring = K.Colouring.of(half)
+    assert sorted(colouring.rows.tolist()) == list(range(half.n))
+    for c in range(colouring.colours):
+        rows = colouring.rows[colouring.colour_off[c]:colouring.colour_off[c + 1]]
+        touched = np.concatenate([np.concatenate(([r], half.col[half.rowptr[r]:half.rowptr[r + 1]])) for r in rows])
+        assert len(np.unique(touched)) == len(touched)
+
+
+def test_outliers_beyond_the_band_go_to_the_outer_part():
+    # a tridiagonal band plus entries far below it: the windows stay short
+    n = 2000
+    a = matrices.band_with_outliers(n, 1, 1.0, 0, seed=1)
+    far = sp.csr_array(([1.0, 2.0, 3.0], ([1999, 1500, 1800], [3, 10, 700])), shape=(n, n))
+    a = sp.csr_array(a + far - far.T)
+    plan = Plan.build(a, threads=4, reorder=False)
+    report = plan.describe()
+    assert report.share_outer == pytest.approx(3 / plan.half.nnz)
+    assert report.window_rows <= 3 * 1
+    assert report.bandwidth_after == 1996
+    x = np.random.default_rng(0).standard_normal(n)
+    assert_matches(plan.matvec(x), a, x)
+
+
+def test_reduction_visits_every_later_window_when_windows_are_not_monotone():
+    # three blocks of four rows; block 1 reaches nowhere, block 2 reaches back into block 0:
+    # the owner of block 0 must not stop at block 1's empty window
+    lower = sp.csr_array(([1.0, 2.0, 3.0, 4.0], ([2, 5, 9, 10], [0, 4, 1, 9])), shape=(12, 12))
+    a = sp.csr_array(lower - lower.T)
+    plan = Plan.build(a, threads=3, reorder=False)
+    split = split_band(plan.half, 3, far_cost=1e12)
+    assert split.row_start.tolist() == [0, 4, 8, 12]
+    assert split.win_start.tolist() == [0, 4, 1]
+    x = np.arange(1.0, 13.0)
+    assert_matches(K.band_spmv(plan.half, split, x, np.empty(12), np.empty(split.work_size)), a, x)
+
+
+def test_more_threads_than_rows_leaves_blocks_empty_and_still_matches():
+    a = single_nonzero(3, 2, 0, 4.0)
+    plan = Plan.build(a, threads=8)
+    assert np.sum(np.diff(plan.split.row_start) == 0) >= 5
+    x = np.array([1.0, 2.0, 3.0])
+    assert_matches(plan.matvec(x), a, x)
+
+
+def test_triad_computes_b_plus_s_c():
+    rng = np.random.default_rng(0)
+    b, c = rng.standard_normal(10001), rng.standard_normal(10001)
+    for threads in (1, 2, 3):
+        a = K.triad(np.empty_like(b), b, c, 0.5, threads)
+        assert np.array_equal(a, b + 0.5 * c)
