@@ -1,0 +1,66 @@
+"""The memory model against hand computations."""
+
+import pytest
+
+from specmemo.actors.engine.memory_model import (
+    expected_tokens,
+    gamma_for_budget,
+    gamma_star,
+    generation_footprint,
+    kv_bytes_per_token,
+    kv_footprint,
+    lower_bound_budget,
+    speedup,
+)
+from specmemo.actors.engine.tiny import tiny_config
+
+
+def test_bytes_per_token_is_two_layers_kv_heads_head_dim_element():
+    # 2 · 2 layers · 2 kv heads · (32 / 4) head dim · 4 bytes = 256
+    assert kv_bytes_per_token(tiny_config(hidden=32, layers=2, heads=4, kv_heads=2), 4) == 256
+    # Llama-2-7B fp16: 2 · 32 · 32 · 128 · 2 = 512 KiB
+    llama7b = tiny_config(hidden=4096, layers=32, heads=32, kv_heads=32, arch="llama")
+    assert kv_bytes_per_token(llama7b, 2) == 512 * 1024
+
+
+def test_speedup_matches_the_worked_example():
+    # α = 0.8, c = 0.05: S = 1.71, 2.22, 2.57, 2.80, 2.95 for γ = 1..5
+    got = [round(speedup(0.8, g, 0.05), 2) for g in range(1, 6)]
+    assert got == [1.71, 2.22, 2.57, 2.80, 2.95]
+    assert expected_tokens(0.8, 2) == pytest.approx(1 + 0.8 + 0.64)
+    assert expected_tokens(1.0, 3) == 4.0
+
+
+def test_gamma_star_is_the_smallest_gamma_within_the_fraction_of_the_best():
+    # α = 0.8, c = 0.05: S(γ) = (1 − 0.8^(γ+1)) / (0.2 · (1 + 0.05γ))
+    # S(8) = 4.32891 / 1.40 = 3.09208 is the best; 0.96 of it = 2.96840;
+    # S(5) = 3.68928 / 1.25 = 2.95142 falls short, S(6) = 3.95142 / 1.30 = 3.03956 does not
+    speeds = [speedup(0.8, g, 0.05) for g in range(17)]
+    assert max(speeds) == pytest.approx(3.09208, abs=1e-5) == speeds[8]
+    assert speeds[5] == pytest.approx(2.95142, abs=1e-5) and speeds[6] == pytest.approx(3.03956, abs=1e-5)
+    assert gamma_star(0.8, 0.05) == 6
+    assert gamma_star(0.8, 0.05, fraction=1.0) == 8
+    assert gamma_star(0.3, 0.5) == 0  # speculation does not pay when α is well below c-adjusted break-even
+
+
+def test_kv_footprint_rounds_each_session_up_to_whole_blocks():
+    # contexts 10 and 17, γ 3, b 8: ⌈13/8⌉ + ⌈20/8⌉ = 2 + 3 = 5 blocks · 8 tokens · (256 + 128) B
+    assert kv_footprint([10, 17], 3, 256, 128, 8) == 5 * 8 * 384
+    f = generation_footprint([10, 17], 3, 256, 128, 8, vocab=259, element_bytes=4, sampling=True)
+    # logits: 2 sessions · ((3 + 1) + 3) rows · 259 · 4 B
+    assert f.logits == 2 * 7 * 259 * 4 and f.total == f.kv + f.logits
+
+
+def test_lower_bound_budget_is_the_footprint_at_gamma_star():
+    budget, g = lower_bound_budget([100], 0.8, 0.05, 256, 128, 16)
+    assert g == 6 and budget == 7 * 16 * 384  # ⌈106/16⌉ = 7 blocks
+
+
+def test_gamma_for_budget_takes_the_largest_gamma_that_fits():
+    bpt = {"target": 256, "draft": 128}
+    held = {"target": 2, "draft": 2}  # 8 tokens per block: 16 slots held, context 14
+    # γ <= 2 fits in what is held; γ 3..10 need a third block of both: 8 · 384 = 3072 B
+    assert gamma_for_budget(0, 14, held, bpt, 8, 8) == 2
+    assert gamma_for_budget(3071, 14, held, bpt, 8, 8) == 2
+    assert gamma_for_budget(3072, 14, held, bpt, 8, 8) == 8
+    assert gamma_for_budget(0, 17, held, bpt, 8, 8) is None
