@@ -10,6 +10,12 @@
 #include <omp.h>
 #include "pars3.h"
 
+static inline double shift(double alpha, const double *u, const double *diag, int64_t i, double xi)
+{
+    double s = u ? alpha * u[i] : 0.0;
+    return diag ? s + diag[i] * xi : s;
+}
+
 static void band_rows(const pars3_half *A, const pars3_band *P, int32_t t, double alpha,
                       const double *u, const double *x, double *y, double *work)
 {
@@ -23,29 +29,36 @@ static void band_rows(const pars3_half *A, const pars3_band *P, int32_t t, doubl
     const int64_t w = P->win_start[t];
     const int64_t h0 = P->head_off[t];
     const int64_t head_end = r0 + (P->head_off[t + 1] - h0);
-    double *buf = work + P->buf_off[t];
+    double *buf = work + P->buf_off[t] - w;
 
-    for (int64_t k = 0; k < r0 - w; k++)
+    for (int64_t k = w; k < r0; k++)
         buf[k] = 0.0;
-    for (int64_t i = r0; i < r1; i++) {
+    for (int64_t i = r0; i < head_end; i++) {  /* head rows: outer, middle, inner entries */
         const double xi = x[i];
         const double sxi = sign * xi;
-        double sum = u ? alpha * u[i] : 0.0;
-        if (diag)
-            sum += diag[i] * xi;
+        double sum = shift(alpha, u, diag, i, xi);
+        const int64_t km = P->mid_start[h0 + (i - r0)];
+        const int64_t ki = P->inner_start[h0 + (i - r0)];
         int64_t k = rowptr[i];
-        if (i < head_end) {
-            const int64_t km = P->mid_start[h0 + (i - r0)];
-            const int64_t ki = P->inner_start[h0 + (i - r0)];
-            for (; k < km; k++)
-                sum += val[k] * x[col[k]];
-            for (; k < ki; k++) {
-                const int32_t j = col[k];
-                sum += val[k] * x[j];
-                buf[j - w] += val[k] * sxi;
-            }
+        for (; k < km; k++)
+            sum += val[k] * x[col[k]];
+        for (; k < ki; k++) {
+            const int32_t j = col[k];
+            sum += val[k] * x[j];
+            buf[j] += val[k] * sxi;
         }
         for (; k < rowptr[i + 1]; k++) {
+            const int32_t j = col[k];
+            sum += val[k] * x[j];
+            y[j] += val[k] * sxi;
+        }
+        y[i] = sum;
+    }
+    for (int64_t i = head_end; i < r1; i++) {  /* the rest: inner entries only */
+        const double xi = x[i];
+        const double sxi = sign * xi;
+        double sum = shift(alpha, u, diag, i, xi);
+        for (int64_t k = rowptr[i]; k < rowptr[i + 1]; k++) {
             const int32_t j = col[k];
             sum += val[k] * x[j];
             y[j] += val[k] * sxi;

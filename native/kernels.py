@@ -267,3 +267,25 @@ def triad(a: np.ndarray, b: np.ndarray, c: np.ndarray, s: float, threads: int) -
     threads = check_threads(threads)
     _status(lib.pars3_triad(n, s, _ptr("double", b), _ptr("double", c), _ptr("double", a), threads), "pars3_triad")
     return a
+
+
+def mrs_update(r1: float, r2: float, rho: float, cg: float, beta: float, v: np.ndarray, w: np.ndarray,
+               d1: np.ndarray, d2: np.ndarray, x: np.ndarray, vnext: np.ndarray, threads: int) -> None:
+    """d2 <- (v - r1 d1 - r2 d2)/rho; x <- x + cg d2; vnext <- w/beta (unless beta == 0)."""
+    n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 1 else -1
+    for name, arr in (("v", v), ("w", w), ("d1", d1)):
+        check_buffer(arr, n, name)
+    for name, arr in (("d2", d2), ("x", x), ("vnext", vnext)):
+        check_buffer(arr, n, name, writeable=True)
+    check_distinct(d2, v, w, d1, x, vnext)
+    check_distinct(x, v, w, d1, vnext)
+    check_distinct(vnext, v, w, d1)
+    r1, r2, rho, cg, beta = (check_scalar(s, name) for s, name in ((r1, "r1"), (r2, "r2"), (rho, "rho"), (cg, "cg"), (beta, "beta")))
+    if rho == 0.0:
+        raise InvalidOperand("rho must be nonzero")
+    threads = check_threads(threads)
+    _status(
+        lib.pars3_mrs_update(n, r1, r2, rho, cg, beta, _ptr("double", v), _ptr("double", w), _ptr("double", d1),
+                             _ptr("double", d2), _ptr("double", x), _ptr("double", vnext), threads),
+        "pars3_mrs_update",
+    )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InvalidOperand
+from .kernels import mrs_update
 from .matrices import read_mtx
 from .plan import Plan
 from .validate import as_vector, check_scalar
@@ -70,7 +71,7 @@ def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = N
         v = bp / beta0
         v_prev = np.zeros(n)
         w = np.empty(n)
-        d1, d2, tmp = np.zeros(n), np.zeros(n), np.empty(n)
+        d1, d2 = np.zeros(n), np.zeros(n)
         beta_prev = 0.0
         c1, s1, c2, s2 = 1.0, 0.0, 1.0, 0.0
         g = beta0
@@ -85,14 +86,8 @@ def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = N
             if rho == 0.0:
                 break
             c, s = t2 / rho, beta / rho
-            # d_j = (v_j - r1 d_{j-1} - r2 d_{j-2}) / rho, written over d_{j-2}
-            np.multiply(d2, -r2 / rho, out=d2)
-            np.multiply(d1, -r1 / rho, out=tmp)
-            d2 += tmp
-            np.multiply(v, 1.0 / rho, out=tmp)
-            d2 += tmp
-            np.multiply(d2, c * g, out=tmp)
-            xp += tmp
+            # d_j = (v_j - r1 d_{j-1} - r2 d_{j-2}) / rho over d_{j-2}; x += c g d_j; v_prev <- w / beta
+            mrs_update(r1, r2, rho, c * g, beta, v, w, d1, d2, xp, v_prev, plan.threads)
             g = -s * g
             history.append(abs(g) / beta0)
             if abs(g) <= tol * beta0:
@@ -102,8 +97,7 @@ def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = N
                 break
             d1, d2 = d2, d1
             c2, s2, c1, s1 = c1, s1, c, s
-            np.multiply(w, 1.0 / beta, out=w)
-            v_prev, v, w = v, w, v_prev
+            v_prev, v = v, v_prev
             beta_prev = beta
     seconds = time.perf_counter() - start
     x = plan.unpermute(xp)

@@ -194,3 +194,14 @@ def test_triad_computes_b_plus_s_c():
     for threads in (1, 2, 3):
         a = K.triad(np.empty_like(b), b, c, 0.5, threads)
         assert np.array_equal(a, b + 0.5 * c)
+
+
+def test_mrs_update_fuses_the_three_vector_updates():
+    rng = np.random.default_rng(3)
+    v, w, d1, d2, x = (rng.standard_normal(5001) for _ in range(5))
+    want_d = (v - 0.3 * d1 - (-1.2) * d2) / 0.7
+    want_x = x + 2.5 * want_d
+    vnext = np.empty(5001)
+    K.mrs_update(0.3, -1.2, 0.7, 2.5, 4.0, v, w, d1, d2, x, vnext, threads=2)
+    assert np.allclose(d2, want_d, rtol=1e-14, atol=0) and np.allclose(x, want_x, rtol=1e-13, atol=1e-15)
+    assert np.array_equal(vnext, w * 0.25)
