@@ -1,0 +1,79 @@
+"""Greedy speculative decoding equals the target's own greedy decoding, token for token."""
+
+import numpy as np
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from specmemo.actors.engine import Engine
+from specmemo.actors.engine.tiny import tiny_pair
+from tests.engine_helpers import assert_accounting_matches_tensors, greedy_reference, one_torch_thread  # noqa: F401
+
+prompt_st = st.lists(st.integers(0, 258), min_size=1, max_size=20)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    arch=st.sampled_from(["qwen2", "llama"]),
+    noise=st.sampled_from([0.0, 0.02, 0.5]),
+    draft_layers=st.integers(1, 2),
+    block=st.integers(1, 8),
+    gamma=st.one_of(st.none(), st.integers(0, 5)),
+    prompts=st.lists(prompt_st, min_size=1, max_size=3),
+    join_at=st.lists(st.integers(0, 3), min_size=3, max_size=3),
+    max_new=st.integers(1, 12),
+    slack=st.floats(1.0, 3.0),
+)
+def test_greedy_speculative_output_equals_target_greedy_for_any_models_gammas_budgets_and_batches(
+    seed, arch, noise, draft_layers, block, gamma, prompts, join_at, max_new, slack
+):
+    draft, target = tiny_pair(seed=seed, arch=arch, noise=noise, draft_layers=draft_layers)
+    probe = Engine(draft, target, budget_bytes=1 << 40, block_tokens=block)
+    per_token = probe.draft.bytes_per_token + probe.verifier.bytes_per_token
+    need = sum((-(-(len(p) + max_new) // block) + 1) * block * per_token for p in prompts)
+    engine = Engine(draft, target, budget_bytes=int(need * slack), block_tokens=block, gamma=gamma)
+    out = {i: [] for i in range(len(prompts))}
+    last_join = max(join_at[: len(prompts)])
+    step = 0
+    while step <= last_join or engine.driver.active:
+        for i, p in enumerate(prompts):
+            if join_at[i] == step:
+                sid = str(i)
+                engine.verifier.open(sid)
+                ids, keep = engine.verifier.check_prompt(sid, p)
+                engine.driver.join(sid, ids, keep, max_new)
+        for event in engine.driver.step():
+            assert event["error"] is None
+            out[int(event["session"])] += event["tokens"].tolist()
+        assert_accounting_matches_tensors(engine)
+        step += 1
+    for i, p in enumerate(prompts):
+        assert out[i] == greedy_reference(target, p, max_new).tolist()
+
+
+def test_a_draft_that_always_agrees_emits_gamma_plus_one_tokens_per_step():
+    draft, target = tiny_pair(seed=5, noise=0.0, draft_layers=2)
+    engine = Engine(draft, target, block_tokens=4, gamma=4)
+    ids, stats = engine.generate_ids(np.arange(3, 9), max_new_tokens=25)
+    assert ids.tolist() == greedy_reference(target, np.arange(3, 9), 25).tolist()
+    assert stats["accepted_per_step"] == [4] * 5 and stats["alpha"] == 1.0
+
+
+def test_a_batch_of_sessions_matches_each_session_alone():
+    draft, target = tiny_pair(seed=8, noise=0.05, draft_layers=2)
+    engine = Engine(draft, target, block_tokens=8, gamma=3)
+    prompts = [np.arange(1, 4), np.arange(30, 60), np.array([7])]
+    batch = engine.generate_batch(prompts, max_new_tokens=15)
+    for p, (ids, _) in zip(prompts, batch):
+        assert ids.tolist() == engine.generate_ids(p, 15)[0].tolist() == greedy_reference(target, p, 15).tolist()
+    assert engine.usage()["live"] == 0
+
+
+def test_generation_stops_at_the_model_context():
+    draft, target = tiny_pair(seed=2, max_positions=24)
+    engine = Engine(draft, target, block_tokens=4, gamma=3)
+    ids, _ = engine.generate_ids(np.arange(20), max_new_tokens=50)
+    assert len(ids) == 4
+    with torch.no_grad():
+        assert ids.tolist() == greedy_reference(target, np.arange(20), 4).tolist()
