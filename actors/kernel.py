@@ -27,7 +27,8 @@ from specmemo.protocol.errors import (ActorDied, BadRequest, MessageTooLarge, Ov
 from specmemo.protocol.methods import ActorInfo, ActorsReply, PingReply
 from specmemo.protocol.schema import to_wire
 from specmemo.protocol.wire import (COMMAND_BYTES, FINAL_COMMANDS, MAGIC, Command, Header,
-                                    check_magic, parse_command)
+                                    check_magic, frames_size, parse_command, recv_frames,
+                                    send_frames)
 
 from .supervisor import Escalation, Supervisor
 
@@ -213,10 +214,9 @@ class Kernel:
                 pass
         if self.router not in events:
             return
-        recv = self.router.recv_multipart
         for _ in range(2000):
             try:
-                frames = recv(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(self.router, zmq.NOBLOCK, small=6)
             except zmq.Again:
                 return
             try:
@@ -230,18 +230,18 @@ class Kernel:
     # ---------------------------------------------------------------- routing
 
     def _route(self, frames: list[Any]) -> None:
-        peer = frames[0].bytes
+        peer = frames[0]
         if len(frames) < 6:
             self._reply_error(peer, 0, BadRequest(f"a message has at least 5 frames after the "
                                                   f"routing id, got {len(frames) - 1}"))
             return
         try:
-            check_magic(frames[1].buffer)
-            command = parse_command(frames[2].buffer)
+            check_magic(frames[1])
+            command = parse_command(frames[2])
         except SpecmemoError as exc:
             self._reply_error(peer, _header_id(frames[4]), exc)
             return
-        size = sum(len(f.buffer) for f in frames)
+        size = frames_size(frames)
         if size > self.config.max_message_bytes:
             self._reply_error(peer, _header_id(frames[4]), MessageTooLarge(
                 f"message of {size} bytes exceeds the limit of {self.config.max_message_bytes}"))
@@ -272,8 +272,8 @@ class Kernel:
 
     def _request(self, peer: bytes, frames: list[Any]) -> None:
         try:
-            header = Header.unpack(frames[4].buffer)
-            route = frames[3].bytes.decode()
+            header = Header.unpack(frames[4])
+            route = frames[3].decode()
         except SpecmemoError as exc:
             self._reply_error(peer, _header_id(frames[4]), exc)
             return
@@ -304,7 +304,7 @@ class Kernel:
             return
         out = [entry.identity, frames[1], frames[2], peer, *frames[4:]]
         try:
-            self.router.send_multipart(out, zmq.NOBLOCK, copy=False)
+            send_frames(self.router, out, zmq.NOBLOCK)
         except zmq.Again:
             self._reply_error(peer, header.id, Overloaded(f"actor '{route}' is not reading its queue"))
             return
@@ -319,12 +319,12 @@ class Kernel:
         entry.inflight.add(key)
 
     def _from_actor(self, peer: bytes, name: str, command: Command, frames: list[Any]) -> None:
-        client = frames[3].bytes
+        client = frames[3]
         out = [client, frames[1], frames[2], name.encode(), *frames[4:]]
         final = command in FINAL_COMMANDS
         call_id = _header_id(frames[4]) if final or command == Command.STREAM else 0
         try:
-            self.router.send_multipart(out, zmq.NOBLOCK, copy=False)
+            send_frames(self.router, out, zmq.NOBLOCK)
             delivered = True
         except zmq.ZMQError as exc:
             if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
@@ -352,8 +352,8 @@ class Kernel:
     def _ready(self, peer: bytes, frames: list[Any]) -> None:
         call_id = _header_id(frames[4])
         try:
-            name = frames[3].bytes.decode()
-            body = msgpack.unpackb(frames[5].buffer)
+            name = frames[3].decode()
+            body = msgpack.unpackb(frames[5])
             kind, pid = str(body["kind"]), int(body["pid"])
         except Exception:
             self._reply_error(peer, call_id, BadRequest("READY needs a route (the actor name) and a "
@@ -469,14 +469,14 @@ class Kernel:
     def _send_quiet(self, frames: list[Any]) -> None:
         """Send, dropping (with one log line a second) what cannot be delivered."""
         try:
-            self.router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_frames(self.router, frames, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             self.warn_once(f"send-{exc.errno}", f"could not deliver a message: {exc}")
 
 
 def _header_id(frame: Any) -> int:
     try:
-        header = msgpack.unpackb(frame.buffer if hasattr(frame, "buffer") else frame)
+        header = msgpack.unpackb(frame)
         call_id = header.get("id", 0)
         return call_id if isinstance(call_id, int) and 0 <= call_id < 2**64 else 0
     except Exception:

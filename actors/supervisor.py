@@ -127,7 +127,7 @@ class Supervisor:
         """
         dead = []
         for child in self.children.values():
-            if child.proc is None or child.state in ("stopped", "failed"):
+            if child.proc is None or child.state not in ("starting", "ready"):
                 continue
             code = child.proc.poll()
             if code is None:

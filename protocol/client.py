@@ -27,7 +27,8 @@ from .errors import BadRequest, DeadlineExceeded, SpecmemoError, error_from_wire
 from .methods import METHODS
 from .schema import from_wire, to_wire
 from .trio_zmq import TrioSocket
-from .wire import DEFAULT_MAX_MESSAGE_BYTES, Command, Header, Message, decode, encode
+from .wire import (DEFAULT_MAX_MESSAGE_BYTES, Command, Header, Message, decode, encode,
+                   recv_frames, send_frames)
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -139,13 +140,13 @@ class Client:
         call_id = next(self._ids)
         frames = _request_frames(call_id, actor, method, params,
                                  self.timeout if timeout is None else timeout, self.max_message_bytes)
-        self._sock.send_multipart(frames, copy=False)
+        send_frames(self._sock, frames)
         return call_id
 
     def _cancel(self, actor: str, call_id: int) -> None:
         try:
-            self._sock.send_multipart(encode(Command.CANCEL, actor.encode(), Header(id=call_id)),
-                                      zmq.NOBLOCK)
+            send_frames(self._sock, encode(Command.CANCEL, actor.encode(), Header(id=call_id)),
+                        zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 
@@ -158,7 +159,7 @@ class Client:
                     raise DeadlineExceeded(f"{actor}.{method} got no reply in time",
                                            detail={"actor": actor, "method": method})
                 continue
-            frames = self._sock.recv_multipart(copy=False)
+            frames = recv_frames(self._sock)
             try:
                 msg = decode(frames)
             except SpecmemoError:
@@ -193,11 +194,6 @@ class AsyncCaller:
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         return True
-
-    def fail_all(self, exc: SpecmemoError) -> None:
-        """Fail every call in flight with ``exc`` (the socket is going away)."""
-        for call_id in list(self._pending):
-            self.deliver(Message(Command.ERROR, b"", Header(id=call_id), exc.to_wire()))
 
     async def call_command(self, command: Command, route: str, body: Any, *,
                            timeout: float) -> Message:

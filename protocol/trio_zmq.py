@@ -8,7 +8,9 @@ consumed, and hangs. The rules this adapter follows (all in :meth:`TrioSocket._w
 1. always try the operation with ``NOBLOCK`` first;
 2. after every operation re-read nothing blindly but wake every waiter, so each re-checks
    ``EVENTS`` for its own condition;
-3. only one task (the watcher) sleeps on the fd, because trio allows one waiter per fd; the
+3. a completed operation is never undone by a cancellation: the checkpoint after it is
+   shielded, so a message sent or received is always reported as such;
+4. only one task (the watcher) sleeps on the fd, because trio allows one waiter per fd; the
    others sleep on an event that the watcher or any operation sets. A watcher that is
    cancelled hands the role on in ``finally``.
 
@@ -21,6 +23,8 @@ from typing import Any, Sequence
 
 import trio
 import zmq
+
+from .wire import recv_frames, send_frames
 
 
 class TrioSocket:
@@ -36,7 +40,7 @@ class TrioSocket:
 
     # ---------------------------------------------------------------- operations
 
-    async def send_multipart(self, frames: Sequence[Any], *, copy: bool = False) -> None:
+    async def send_multipart(self, frames: Sequence[Any]) -> None:
         """Send one multipart message, waiting while the socket is at its high-water mark.
 
         Raises ``zmq.ZMQError`` for errors other than EAGAIN (e.g. EHOSTUNREACH on a
@@ -45,31 +49,31 @@ class TrioSocket:
         while True:
             self._check_open()
             try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+                send_frames(self.sock, frames, zmq.NOBLOCK)
             except zmq.Again:
                 await self._wait(zmq.POLLOUT)
                 continue
             self._notify()
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return
 
-    def send_multipart_nowait(self, frames: Sequence[Any], *, copy: bool = False) -> None:
+    def send_multipart_nowait(self, frames: Sequence[Any]) -> None:
         """Send without waiting; raises ``zmq.Again`` when the socket would block."""
         self._check_open()
-        self.sock.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+        send_frames(self.sock, frames, zmq.NOBLOCK)
         self._notify()
 
-    async def recv_multipart(self, *, copy: bool = False) -> list[Any]:
-        """Receive one multipart message (frames are ``zmq.Frame`` when ``copy=False``)."""
+    async def recv_multipart(self, *, small: int = 5) -> list[Any]:
+        """Receive one multipart message: ``small`` leading parts as bytes, the rest as frames."""
         while True:
             self._check_open()
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+                frames = recv_frames(self.sock, zmq.NOBLOCK, small)
             except zmq.Again:
                 await self._wait(zmq.POLLIN)
                 continue
             self._notify()
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return frames
 
     def getsockopt(self, option: int) -> Any:

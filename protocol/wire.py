@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import msgpack
 import numpy as np
+import zmq
 
 from .errors import BadRequest, MessageTooLarge, VersionMismatch
 
@@ -128,6 +129,30 @@ def parse_command(frame: bytes | memoryview) -> Command:
     return Command(raw[0])
 
 
+#: Frames smaller than this are copied on send: pyzmq's zero-copy path costs more than a memcpy.
+ZERO_COPY_BYTES = 64 * 1024
+
+
+def send_frames(sock: Any, frames: Sequence[Any], flags: int = 0) -> None:
+    """Send a multipart message: small parts copied, large arrays and received frames by reference."""
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        big = not isinstance(f, bytes) and (getattr(f, "nbytes", 0) >= ZERO_COPY_BYTES
+                                            or hasattr(f, "buffer"))
+        sock.send(f, flags | (zmq.SNDMORE if i < last else 0), copy=not big)
+
+
+def recv_frames(sock: Any, flags: int = 0, small: int = 5) -> list[Any]:
+    """Receive a multipart message: the first ``small`` parts as bytes, the rest as zero-copy frames.
+
+    The envelope frames are small and read often; buffers (arrays) may be large.
+    """
+    frames = [sock.recv(flags, copy=True)]
+    while sock.getsockopt(zmq.RCVMORE):
+        frames.append(sock.recv(0, copy=len(frames) < small))
+    return frames
+
+
 def frame_bytes(frame: Any) -> memoryview | bytes:
     """The contents of a frame received with ``copy=False`` (or of a plain bytes frame)."""
     return frame.buffer if hasattr(frame, "buffer") else frame
@@ -148,7 +173,8 @@ def pack_body(body: Any) -> tuple[bytes, list[Any]]:
             arr = obj if obj.dtype.byteorder != ">" else obj.astype(obj.dtype.newbyteorder("<"))
             if arr.dtype.str not in ALLOWED_DTYPES:
                 raise TypeError(f"arrays of dtype {arr.dtype} cannot cross the wire")
-            arr = np.ascontiguousarray(arr)
+            if not arr.flags.c_contiguous:
+                arr = arr.copy(order="C")
             if arr.nbytes <= INLINE_ARRAY_BYTES:
                 return {ARRAY_KEY: [arr.dtype.str, list(arr.shape), arr.tobytes()]}
             buffers.append(arr)
