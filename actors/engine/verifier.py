@@ -21,6 +21,7 @@ from .memory_model import kv_bytes_per_token
 from .speculative import SpecStats, StepStats, Timer, verify_chain
 
 DRAFT, TARGET = "draft", "target"
+_SENTINEL = "\u2063specmemo-reply\u2063"
 
 
 @dataclass
@@ -65,16 +66,32 @@ class VerifierCore:
         return self._get(session).ids.copy()
 
     def chat_prompt(self, session: str, message: str) -> tuple[np.ndarray, int]:
-        """The whole conversation with `message` appended, as the chat template renders it, and
-        how many of its first ids equal the committed ids (their KV is reused)."""
+        """The whole conversation with `message` appended, as token ids, and how many of its first
+        ids equal the committed ids (their KV is reused).
+
+        After the first turn the committed ids (earlier prompts and the replies exactly as
+        generated) are kept verbatim and only the template's continuation is tokenized: the part
+        the chat template renders after the last reply, found by rendering a sentinel in its place.
+        A reply that does not round-trip through text (or a template that alters the sentinel)
+        falls back to rendering everything, reusing the longest common prefix.
+        """
         s = self._get(session)
         if not message or not message.strip():
             raise BadPrompt("empty message")
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
             raise BadPrompt("this verifier has no tokenizer with a chat template")
         messages = s.messages + [{"role": "user", "content": message}]
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
-        return self.check_prompt(session, np.asarray(ids, dtype=np.int64))
+        full = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+        if s.messages and s.messages[-1]["role"] == "assistant":
+            marked = s.messages[:-1] + [{"role": "assistant", "content": _SENTINEL}, messages[-1]]
+            text = self.tokenizer.apply_chat_template(marked, add_generation_prompt=True, tokenize=False)
+            if text.count(_SENTINEL) == 1:
+                tail = self.tokenizer.encode(text.split(_SENTINEL)[1], add_special_tokens=False)
+                eos = self.tokenizer.eos_token_id
+                if len(s.ids) and s.ids[-1] == eos and tail[:1] == [eos]:
+                    tail = tail[1:]
+                full = np.concatenate([s.ids, np.asarray(tail, dtype=np.int64)])
+        return self.check_prompt(session, np.asarray(full, dtype=np.int64))
 
     def check_prompt(self, session: str, token_ids) -> tuple[np.ndarray, int]:
         """Validate a whole-context prompt; answers (ids, keep) with keep the common prefix length
