@@ -134,6 +134,33 @@ class Client:
     def actors(self) -> list[dict[str, Any]]:
         return self.call("kernel", "actors")["actors"]
 
+    # ---------------------------------------------------------------- solver helpers
+
+    def register_matrix(self, matrix: Any = None, *, mtx: bytes | None = None, kind: str = "skew",
+                        id: str = "", actor: str = "solver", **kw: Any) -> dict[str, Any]:
+        """Register a scipy sparse matrix (sent as zero-copy CSR arrays) or Matrix Market bytes.
+
+        Returns the plan's report (``id``, ``n``, ``nnz``, bandwidth before/after RCM, parts).
+        """
+        if matrix is not None:
+            csr = matrix.tocsr()
+            kw.update(n=csr.shape[0], indptr=csr.indptr, indices=csr.indices, data=csr.data)
+        return self.call(actor, "register", id=id, kind=kind, mtx=mtx, **kw)
+
+    def matvec(self, matrix_id: str, x: Any, *, actor: str = "solver") -> Any:
+        """y = S x on the solver actor."""
+        return self.call(actor, "matvec", id=matrix_id, x=x)["y"]
+
+    def solve(self, matrix_id: str, b: Any, *, alpha: float = 1.0, tol: float = 1e-10,
+              maxiter: int = 0, history: bool = False, actor: str = "solver",
+              timeout: float | None = None) -> dict[str, Any]:
+        """Solve (alpha I + S) x = b by MRS; returns x, converged, iterations, residual, seconds."""
+        return self.call(actor, "solve", id=matrix_id, b=b, alpha=alpha, tol=tol, maxiter=maxiter,
+                         history=history, timeout=timeout)
+
+    def drop_matrix(self, matrix_id: str, *, actor: str = "solver") -> bool:
+        return self.call(actor, "drop", id=matrix_id)["dropped"]
+
     # ---------------------------------------------------------------- plumbing
 
     def _send(self, actor: str, method: str, params: dict[str, Any], timeout: float | None) -> int:

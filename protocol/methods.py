@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .errors import UnknownMethod
 from .schema import from_wire, message
 
@@ -142,3 +144,92 @@ method("echo.fail", FailRequest, Empty,
        doc="Fails on request: `internal` raises, `bad_request` refuses, `exit` kills the process.")
 method("echo.count", CountRequest, chunk=CountChunk, doc="Streams i = 0..n-1, one chunk each.")
 
+
+# ---------------------------------------------------------------- solver (PARS3 SpMV, MRS)
+
+
+@message
+class RegisterMatrix:
+    """A matrix as Matrix Market bytes (``mtx``) or as CSR arrays (``indptr``, ``indices``, ``data``)."""
+    id: str = ""                       # "" = the actor picks one
+    kind: str = "skew"                 # skew | symmetric
+    mtx: bytes | None = None
+    n: int = 0                         # rows (= columns) for CSR input
+    indptr: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    data: np.ndarray | None = None
+    threads: int = 0                   # 0 = the actor's default
+    tol: float = 1e-12                 # skew/symmetry check tolerance (relative to max |a_ij|)
+
+
+@message
+class MatrixReport:
+    id: str
+    kind: str
+    n: int
+    nnz: int
+    nnz_stored: int
+    bandwidth_before: int
+    bandwidth_after: int
+    threads: int
+    share_inner: float
+    share_middle: float
+    share_outer: float
+    window_rows: int
+    build_seconds: float
+
+
+@message
+class MatrixId:
+    id: str
+
+
+@message
+class MatvecRequest:
+    id: str
+    x: np.ndarray
+
+
+@message
+class MatvecReply:
+    y: np.ndarray
+
+
+@message
+class SolveRequest:
+    id: str
+    b: np.ndarray
+    alpha: float = 1.0
+    tol: float = 1e-10
+    maxiter: int = 0                   # 0 = 10 n
+    history: bool = False              # return the residual history too
+
+
+@message
+class SolveReply:
+    x: np.ndarray
+    converged: bool
+    iterations: int
+    residual: float                    # true ||b - (αI + S)x|| / ||b||
+    seconds: float
+    history: np.ndarray | None = None
+
+
+@message
+class Dropped:
+    dropped: bool
+
+
+@message
+class MatrixList:
+    matrices: list[MatrixReport] = field(default_factory=list)
+
+
+method("solver.register", RegisterMatrix, MatrixReport,
+       doc="Check, reorder (RCM) and split a matrix once; later calls reuse the plan.")
+method("solver.describe", MatrixId, MatrixReport, idempotent=True, doc="The plan's report.")
+method("solver.matvec", MatvecRequest, MatvecReply, idempotent=True, doc="y = S x.")
+method("solver.solve", SolveRequest, SolveReply, idempotent=True,
+       doc="Solve (αI + S) x = b by MRS (one SpMV per iteration).")
+method("solver.drop", MatrixId, Dropped, idempotent=True, doc="Forget a matrix.")
+method("solver.list", Empty, MatrixList, idempotent=True, doc="Every registered matrix.")

@@ -1,0 +1,126 @@
+"""The solver actor: registers skew-symmetric matrices once, serves SpMV and MRS solves.
+
+Its core is :class:`MatrixStore` (plain, synchronous, testable alone): it owns the plans,
+enforces the size limits, and maps ids to plans. The actor shell validates the wire
+messages and runs the core in a worker thread so heartbeats keep flowing during a long solve.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from specmemo.native import InvalidMatrix, InvalidOperand, KernelError, Plan, mrs
+from specmemo.native.matrices import read_mtx
+from specmemo.protocol.errors import Internal, InvalidInput, NotFound, OverBudget
+from specmemo.protocol.methods import (Dropped, Empty, MatrixId, MatrixList, MatrixReport,
+                                       MatvecReply, MatvecRequest, RegisterMatrix, SolveReply,
+                                       SolveRequest)
+
+from .base import Actor, Call
+
+
+class MatrixStore:
+    """Plans by id, within a limit on stored nonzeros."""
+
+    def __init__(self, threads: int = 2, max_nnz: int = 200_000_000, max_matrices: int = 64) -> None:
+        self.threads = threads
+        self.max_nnz = max_nnz
+        self.max_matrices = max_matrices
+        self.plans: dict[str, Plan] = {}
+        self._ids = itertools.count(1)
+
+    def stored_nnz(self) -> int:
+        return sum(p.describe().nnz for p in self.plans.values())
+
+    def register(self, req: RegisterMatrix) -> MatrixReport:
+        if req.kind not in ("skew", "symmetric"):
+            raise InvalidInput(f"kind must be 'skew' or 'symmetric', got {req.kind!r}")
+        matrix = self._matrix(req)
+        if len(self.plans) >= self.max_matrices:
+            raise OverBudget(f"{len(self.plans)} matrices are registered, the limit; drop one first")
+        if self.stored_nnz() + matrix.nnz > self.max_nnz:
+            raise OverBudget(f"registering {matrix.nnz} nonzeros would exceed the solver's limit of "
+                             f"{self.max_nnz} stored nonzeros")
+        mid = req.id or f"m{next(self._ids)}"
+        if mid in self.plans:
+            raise InvalidInput(f"a matrix with id {mid!r} is already registered; drop it first")
+        plan = Plan.build(matrix, req.kind, req.threads or self.threads, tol=req.tol)
+        self.plans[mid] = plan
+        return self.report(mid)
+
+    def _matrix(self, req: RegisterMatrix) -> sp.csr_array:
+        if req.mtx is not None:
+            try:
+                return read_mtx(io.BytesIO(req.mtx))
+            except Exception as exc:  # scipy raises several types for a malformed file
+                raise InvalidInput(f"mtx is not a readable Matrix Market file: {exc}") from None
+        if req.indptr is None or req.indices is None or req.data is None:
+            raise InvalidInput("give either mtx bytes or the CSR arrays indptr, indices and data")
+        n = req.n
+        if n <= 0 or req.indptr.ndim != 1 or len(req.indptr) != n + 1:
+            raise InvalidInput(f"indptr must have n + 1 = {n + 1} entries, got shape {req.indptr.shape}")
+        if req.indices.shape != req.data.shape or req.indices.ndim != 1:
+            raise InvalidInput("indices and data must be 1-D arrays of the same length")
+        if req.indptr.dtype.kind not in "iu" or req.indices.dtype.kind not in "iu":
+            raise InvalidInput("indptr and indices must be integer arrays")
+        indptr = req.indptr.astype(np.int64)
+        if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != len(req.indices):
+            raise InvalidInput("indptr must start at 0, never decrease, and end at len(indices)")
+        if len(req.indices) and (req.indices.min() < 0 or req.indices.max() >= n):
+            raise InvalidInput(f"column indices must lie in [0, {n})")
+        return sp.csr_array((req.data, req.indices, indptr), shape=(n, n))
+
+    def plan(self, mid: str) -> Plan:
+        plan = self.plans.get(mid)
+        if plan is None:
+            raise NotFound(f"no matrix with id {mid!r} (registered: {sorted(self.plans) or 'none'})",
+                           detail={"id": mid})
+        return plan
+
+    def report(self, mid: str) -> MatrixReport:
+        return MatrixReport(id=mid, **self.plan(mid).describe().as_dict())
+
+    def matvec(self, mid: str, x: np.ndarray) -> np.ndarray:
+        return self.plan(mid).matvec(x)
+
+    def solve(self, req: SolveRequest) -> SolveReply:
+        result = mrs(self.plan(req.id), req.b, req.alpha, req.tol, req.maxiter or None)
+        return SolveReply(x=result.x, converged=result.converged, iterations=result.iterations,
+                          residual=result.residual, seconds=result.seconds,
+                          history=np.asarray(result.history) if req.history else None)
+
+    def drop(self, mid: str) -> bool:
+        return self.plans.pop(mid, None) is not None
+
+
+class SolverActor(Actor):
+    kind = "solver"
+    errors = {InvalidMatrix: InvalidInput, InvalidOperand: InvalidInput, KernelError: Internal}
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        self.store = MatrixStore(threads=int(config.get("threads", 2)),
+                                 max_nnz=int(config.get("max_nnz", 200_000_000)),
+                                 max_matrices=int(config.get("max_matrices", 64)))
+
+    async def rpc_register(self, req: RegisterMatrix, call: Call) -> MatrixReport:
+        return await self.run_sync(self.store.register, req)
+
+    async def rpc_describe(self, req: MatrixId, call: Call) -> MatrixReport:
+        return self.store.report(req.id)
+
+    async def rpc_matvec(self, req: MatvecRequest, call: Call) -> MatvecReply:
+        return MatvecReply(y=await self.run_sync(self.store.matvec, req.id, req.x))
+
+    async def rpc_solve(self, req: SolveRequest, call: Call) -> SolveReply:
+        return await self.run_sync(self.store.solve, req)
+
+    async def rpc_drop(self, req: MatrixId, call: Call) -> Dropped:
+        return Dropped(dropped=self.store.drop(req.id))
+
+    async def rpc_list(self, req: Empty, call: Call) -> MatrixList:
+        return MatrixList(matrices=[self.store.report(m) for m in self.store.plans])

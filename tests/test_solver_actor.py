@@ -1,0 +1,114 @@
+"""The solver actor in a real deployment, checked against scipy."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from specmemo.actors.solver import MatrixStore
+from specmemo.native import matrices
+from specmemo.protocol import BadRequest, InvalidInput, NotFound, OverBudget
+from specmemo.protocol.methods import RegisterMatrix
+
+SOLVER_CONFIG = """
+[deployment]
+name = "{name}"
+heartbeat_s = 0.3
+stop_timeout_s = 3
+
+[actors.solver]
+kind = "solver"
+[actors.solver.config]
+threads = 2
+max_nnz = {max_nnz}
+"""
+
+
+@pytest.fixture(scope="module")
+def solver_deployment():
+    from conftest import Deployment
+    d = Deployment(SOLVER_CONFIG.format(name="solver", max_nnz=2_000_000), "solver")
+    try:
+        yield d.wait_ready(["solver"])
+    finally:
+        d.cleanup()
+
+
+def test_matvec_and_solve_through_the_actor_match_scipy(solver_deployment):
+    s = matrices.generate("convection2d", 900, seed=3)
+    rng = np.random.default_rng(0)
+    x, b = rng.standard_normal(s.shape[0]), rng.standard_normal(s.shape[0])
+    with solver_deployment.client() as c:
+        rep = c.register_matrix(s, id="grid")
+        assert rep["n"] == s.shape[0] and rep["bandwidth_after"] <= rep["bandwidth_before"]
+        y = c.matvec("grid", x)
+        assert np.allclose(y, s @ x, rtol=1e-12, atol=1e-12 * np.abs(s @ x).max())
+        out = c.solve("grid", b, alpha=0.5, tol=1e-10, history=True)
+        ref = spla.spsolve(sp.csc_matrix(0.5 * sp.eye(s.shape[0]) + s), b)
+        assert out["converged"] and np.linalg.norm(out["x"] - ref) <= 1e-8 * np.linalg.norm(ref)
+        assert len(out["history"]) == out["iterations"]
+        assert c.call("solver", "describe", id="grid")["nnz"] == s.nnz
+        assert c.drop_matrix("grid") is True
+        with pytest.raises(NotFound, match="grid"):
+            c.matvec("grid", x)
+
+
+def test_matrix_market_bytes_register_like_csr_arrays(solver_deployment):
+    s = matrices.generate("saddle", 200, seed=1)
+    buf = io.BytesIO()
+    scipy.io.mmwrite(buf, sp.coo_array(s), symmetry="skew-symmetric")
+    x = np.arange(s.shape[0], dtype=float)
+    with solver_deployment.client() as c:
+        rep = c.register_matrix(mtx=buf.getvalue())
+        assert np.allclose(c.matvec(rep["id"], x), s @ x, rtol=1e-12, atol=1e-12)
+        c.drop_matrix(rep["id"])
+
+
+def test_bad_matrices_get_typed_errors_and_the_actor_keeps_serving(solver_deployment):
+    a = sp.random(50, 50, density=0.1, random_state=0, format="csr")
+    with solver_deployment.client() as c:
+        with pytest.raises(InvalidInput, match="skew"):
+            c.register_matrix(a)                       # not skew-symmetric
+        nan = matrices.generate("random", 50, seed=2).tocsr()
+        nan.data[0] = np.nan
+        with pytest.raises(InvalidInput):
+            c.register_matrix(nan)
+        with pytest.raises(InvalidInput, match="Matrix Market"):
+            c.register_matrix(mtx=b"%%MatrixMarket nonsense")
+        with pytest.raises(InvalidInput, match="indptr"):
+            c.call("solver", "register", n=3, indptr=np.array([0, 5, 1, 2]), indices=np.zeros(2, np.int32),
+                   data=np.zeros(2))
+        with pytest.raises(BadRequest):
+            c.call("solver", "matvec", id="x", x=[1, 2, 3])   # not an array
+        rep = c.register_matrix(matrices.generate("random", 60, seed=4))
+        with pytest.raises(InvalidInput):
+            c.matvec(rep["id"], np.ones(7))                # wrong length
+        with pytest.raises(OverBudget, match="limit"):
+            c.register_matrix(matrices.generate("convection2d", 640_000, seed=0, scrambled=False))
+        assert c.matvec(rep["id"], np.ones(60)).shape == (60,)
+
+
+def test_matrix_store_refuses_duplicate_ids_and_unknown_kinds():
+    store = MatrixStore(threads=1)
+    s = matrices.generate("random", 30, seed=0).tocsr()
+    req = RegisterMatrix(id="a", n=30, indptr=s.indptr, indices=s.indices, data=s.data)
+    store.register(req)
+    with pytest.raises(InvalidInput, match="already registered"):
+        store.register(req)
+    with pytest.raises(InvalidInput, match="kind"):
+        store.register(RegisterMatrix(id="b", kind="hermitian", mtx=b""))
+
+
+def test_solve_cli_prints_iterations_and_residual(solver_deployment, tmp_path):
+    path = tmp_path / "m.mtx"
+    matrices.write_mtx(path, matrices.generate("convection2d", 400, seed=5))
+    out = subprocess.run([sys.executable, "-m", "specmemo.deploy.cli", "solve", str(path), "--alpha", "0.5"],
+                         env=solver_deployment.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "converged in" in out.stdout and "residual" in out.stdout
