@@ -36,7 +36,9 @@ class DraftCore:
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
         self.bytes_per_token = kv_bytes_per_token(model.config, param.element_size())
-        self.vocab_size = model.config.get_text_config(decoder=True).vocab_size
+        text = model.config.get_text_config(decoder=True)
+        self.vocab_size = text.vocab_size
+        self.max_context = getattr(text, "max_position_embeddings", None) or 1 << 30
         self._sessions: dict[str, _DraftSession] = {}
 
     def open(self, session: str, token_ids: np.ndarray, blocks: int) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .draft import DraftCore
-from .errors import EngineError, OverBudget, TokenizerMismatch
+from .errors import EngineError, TokenizerMismatch
 from .kvcache import blocks_for
 from .manager import MemoryManager
 from .verifier import DRAFT, TARGET, Driver, VerifierCore
@@ -24,7 +24,8 @@ class Engine:
 
     budget_bytes: the KV budget of both caches, all sessions (default: a static cache of the
     target's whole context for one session, both models). gamma: a fixed γ per step (default:
-    the manager picks γ* from the running α estimate and `cost_ratio`).
+    the manager picks γ* from the running α estimate and c). cost_ratio: a fixed c = t_draft /
+    t_target (default: measured online by the driver).
     """
 
     def __init__(
@@ -36,21 +37,26 @@ class Engine:
         block_tokens: int = 16,
         gamma: int | None = None,
         gamma_max: int = 8,
-        cost_ratio: float = 0.1,
+        cost_ratio: float | None = None,
         spare_blocks: int = 1,
     ):
         check_pair(draft_model, target_model, tokenizer)
         self.tokenizer = tokenizer
         self.draft = DraftCore(draft_model, block_tokens, spare_blocks)
-        self.verifier = VerifierCore(target_model, tokenizer, block_tokens, spare_blocks)
+        target_context = target_model.config.get_text_config(decoder=True).max_position_embeddings
+        self.verifier = VerifierCore(
+            target_model, tokenizer, block_tokens, spare_blocks, min(self.draft.max_context, target_context)
+        )
         if budget_bytes is None:
             tokens = blocks_for(self.verifier.max_context, block_tokens) * block_tokens
             budget_bytes = tokens * (self.draft.bytes_per_token + self.verifier.bytes_per_token)
-        self.memory = MemoryManager(budget_bytes, block_tokens, spare_blocks, gamma_max, cost_ratio)
+        self.memory = MemoryManager(budget_bytes, block_tokens, spare_blocks, gamma_max, cost_ratio or 0.1)
         self.memory.add_holder(DRAFT, self.draft.bytes_per_token)
         self.memory.add_holder(TARGET, self.verifier.bytes_per_token)
         eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
-        self.driver = Driver(self.verifier, self.draft, self.memory, stop_ids=(eos,) if eos is not None else ())
+        self.driver = Driver(
+            self.verifier, self.draft, self.memory, (eos,) if eos is not None else (), measure_cost=cost_ratio is None
+        )
         self.gamma = gamma
         self._anonymous = 0
 
@@ -61,7 +67,8 @@ class Engine:
         ids, stats = [], {}
         for tokens, stats in self.chat_stream(session, message, max_new_tokens, temperature, seed):
             ids.extend(tokens.tolist())
-        return self.last_reply, np.asarray(ids, dtype=np.int64), stats
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return text, np.asarray(ids, dtype=np.int64), stats
 
     def chat_stream(
         self, session: str, message: str, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0
@@ -79,7 +86,7 @@ class Engine:
         finally:
             if session in self.driver.active:
                 self.driver.leave(session)
-            self.last_reply = self.verifier.end_turn(session, message, np.asarray(reply, dtype=np.int64))
+            self.verifier.end_turn(session, message, np.asarray(reply, dtype=np.int64))
 
     # raw token ids
 

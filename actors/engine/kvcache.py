@@ -14,7 +14,6 @@ Per-session storage stays exact and sessions join or leave a batch at no cost.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin

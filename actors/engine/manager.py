@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import OverBudget, SessionBusy, UnknownSession
+from .errors import EngineError, OverBudget, SessionBusy, UnknownSession
 from .kvcache import blocks_after_rollback, blocks_for
 from .memory_model import gamma_for_budget, gamma_star, kv_tokens
 
@@ -163,6 +163,22 @@ class MemoryManager:
             freed += self._set_blocks(session, s, h, keep)
         s.last_used = self._tick()
         return {"blocks": self._block_counts(s), "freed": freed}
+
+    def grant_batch(self, requests: list[dict]) -> list[dict]:
+        """`grant` for several sessions in order, one message for a batched step. Each request is
+        {"session", "gamma" (optional), "limit" (optional)}; each answer is grant's, or
+        {"error": [exception class name, message]} for that session alone."""
+        answers = []
+        for r in requests:
+            try:
+                answers.append(self.grant(r["session"], r.get("gamma"), r.get("limit")))
+            except EngineError as exc:
+                answers.append({"error": [type(exc).__name__, str(exc)]})
+        return answers
+
+    def commit_batch(self, requests: list[dict]) -> list[dict]:
+        """`commit` for several sessions: requests {"session", "accepted", "emitted"}."""
+        return [self.commit(r["session"], r["accepted"], r["emitted"]) for r in requests]
 
     def finish(self, session: str) -> None:
         """End a turn: the session is idle (evictable) until its next prefill."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .batch import forward_rows
-from .errors import BadPrompt, ContextTooLong, EngineError, SessionBusy, UnknownSession
+from .errors import BadPrompt, ContextTooLong, SessionBusy, UnknownSession
 from .kvcache import BlockKVCache
 from .memory_model import kv_bytes_per_token
 from .speculative import SpecStats, StepStats, Timer, verify_chain
@@ -34,7 +34,7 @@ class _TargetSession:
 class VerifierCore:
     """Target model, per-session target caches and chat state."""
 
-    def __init__(self, model, tokenizer=None, block_tokens: int = 16, spare_blocks: int = 1):
+    def __init__(self, model, tokenizer=None, block_tokens: int = 16, spare_blocks: int = 1, max_context: int | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
@@ -43,7 +43,7 @@ class VerifierCore:
         self.bytes_per_token = kv_bytes_per_token(model.config, param.element_size())
         text = model.config.get_text_config(decoder=True)
         self.vocab_size = text.vocab_size
-        self.max_context = getattr(text, "max_position_embeddings", None) or 1 << 30
+        self.max_context = max_context or getattr(text, "max_position_embeddings", None) or 1 << 30
         self._sessions: dict[str, _TargetSession] = {}
 
     # sessions and prompts
@@ -215,12 +215,16 @@ class Driver:
     target forward per step for all of them; sessions join and leave between steps.
 
     `draft` needs: has, open, extend, propose, accept, close (see DraftCore).
-    `memory` needs: has, open_session, prefill, grant, commit, finish (see MemoryManager).
+    `memory` needs: has, open_session, prefill, grant_batch, commit_batch, finish, set_cost_ratio
+    (see MemoryManager). With `measure_cost`, the measured c = t_draft / t_target is sent to the
+    memory side after each step (it picks γ* from it when no fixed γ is asked).
     """
 
-    def __init__(self, verifier: VerifierCore, draft, memory, stop_ids: tuple[int, ...] = ()):
+    def __init__(self, verifier: VerifierCore, draft, memory, stop_ids: tuple[int, ...] = (), measure_cost: bool = False):
         self.verifier, self.draft, self.memory = verifier, draft, memory
         self.stop_ids = set(stop_ids)
+        self.measure_cost = measure_cost
+        self.cost_ratio: float | None = None
         self._turns: dict[str, _Turn] = {}
 
     @property
@@ -269,15 +273,17 @@ class Driver:
         {"session", "tokens": int64 array (new this step), "done": bool, "stats": dict,
         "error": None or (exception class name, message)}. Done sessions leave the batch."""
         events, granted = [], []
-        for turn in list(self._turns.values()):
+        turns = list(self._turns.values())
+        requests = []
+        for turn in turns:
             context = len(self.verifier.ids(turn.session))
             limit = min(turn.remaining - 1, self.verifier.max_context - context)
-            try:
-                answer = self.memory.grant(turn.session, turn.gamma, limit)
-            except EngineError as exc:
+            requests.append({"session": turn.session, "gamma": turn.gamma, "limit": limit})
+        for turn, answer in zip(turns, self.memory.grant_batch(requests)):
+            if "error" in answer:
                 self._turns.pop(turn.session)
                 self.memory.finish(turn.session)
-                events.append(self._event(turn, np.zeros(0, dtype=np.int64), True, None, exc))
+                events.append(self._event(turn, np.zeros(0, dtype=np.int64), True, None, answer["error"]))
                 continue
             self._drop_evicted(answer["evicted"])
             ids = self.verifier.ids(turn.session)
@@ -316,16 +322,25 @@ class Driver:
         verdict = self.verifier.verify(
             sessions, drafts, gammas, [b[TARGET] for _, _, b in granted], temperature, probs, [int(s[1]) for s in seeds]
         )
-        for i, (turn, gamma, _) in enumerate(granted):
-            n, tokens = verdict["accepted"][i], verdict["tokens"][i]
-            tokens = tokens[: turn.remaining]
+        if self.measure_cost and speculating and verdict["seconds"] > 0:
+            # c = t_draft / t_target: one draft forward per draft position against one target forward
+            observed = draft_s / max(gammas) / verdict["seconds"]
+            self.cost_ratio = observed if self.cost_ratio is None else 0.8 * self.cost_ratio + 0.2 * observed
+            self.memory.set_cost_ratio(self.cost_ratio)
+        kept = []
+        for i, (turn, _, _) in enumerate(granted):
+            tokens = verdict["tokens"][i][: turn.remaining]
             stops = [k for k, t in enumerate(tokens) if int(t) in self.stop_ids]
-            if stops:
-                tokens = tokens[: stops[0] + 1]
-            done = bool(stops) or len(tokens) >= turn.remaining
-            answer = self.memory.commit(turn.session, n, len(tokens))
-            self.verifier.settle(turn.session, tokens, answer["blocks"][TARGET])
-            self.draft.accept(turn.session, n, tokens, answer["blocks"][DRAFT])
+            kept.append(tokens[: stops[0] + 1] if stops else tokens)
+        commits = self.memory.commit_batch(
+            [{"session": t.session, "accepted": verdict["accepted"][i], "emitted": len(kept[i])}
+             for i, (t, _, _) in enumerate(granted)]
+        )
+        for i, (turn, gamma, _) in enumerate(granted):
+            n, tokens, blocks = verdict["accepted"][i], kept[i], commits[i]["blocks"]
+            done = (len(tokens) and int(tokens[-1]) in self.stop_ids) or len(tokens) >= turn.remaining
+            self.verifier.settle(turn.session, tokens, blocks[TARGET])
+            self.draft.accept(turn.session, n, tokens, blocks[DRAFT])
             turn.remaining -= len(tokens)
             turn.new_ids.extend(int(t) for t in tokens)
             step = StepStats(turn.session, gamma, n, len(tokens), draft_s, verdict["seconds"])
@@ -333,7 +348,7 @@ class Driver:
             if done:
                 self._turns.pop(turn.session)
                 self.memory.finish(turn.session)
-            events.append(self._event(turn, tokens, done, step, None))
+            events.append(self._event(turn, tokens, bool(done), step, None))
         return events
 
     def run(self):
@@ -344,14 +359,14 @@ class Driver:
     def turn_ids(self, session: str) -> np.ndarray:
         return np.asarray(self._turns[session].new_ids, dtype=np.int64)
 
-    def _event(self, turn: _Turn, tokens, done: bool, step: StepStats | None, error: Exception | None) -> dict:
+    def _event(self, turn: _Turn, tokens, done: bool, step: StepStats | None, error: list | None) -> dict:
         return {
             "session": turn.session,
             "tokens": np.asarray(tokens, dtype=np.int64),
             "done": done,
             "step": step.as_dict() if step else None,
             "stats": turn.stats.as_dict(),
-            "error": (type(error).__name__, str(error)) if error else None,
+            "error": list(error) if error else None,
         }
 
     def _drop_evicted(self, sessions: list[str]) -> None:
