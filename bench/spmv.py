@@ -52,26 +52,30 @@ SOLVES_QUICK = [("conv2d-700", 1.0, 1e-8), ("conv2d-700", 0.1, 1e-8)]
 FULL_CSR_KERNELS = ("scipy as given", "scipy", "mkl", "csr")
 
 
-def median_seconds(fn, reps: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
+def median_seconds(fns: dict, reps: int) -> dict:
+    """Median wall time of each callable over reps rounds, after two warm-up rounds. Rounds
+    interleave the callables, so load from other processes falls on all of them alike."""
+    for fn in list(fns.values()) * 2:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = {key: [] for key in fns}
+    for _ in range(reps):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(ts) for key, ts in times.items()}
 
 
 def modelled_bytes(kernel: str, n: int, nnz: int) -> int:
     return 12 * nnz + 20 * n if kernel in FULL_CSR_KERNELS else 6 * nnz + 28 * n
 
 
-def triad_bandwidth(threads: int, reps: int) -> float:
-    """Streaming triad a = b + s c, bytes/s counted as 24 per element (STREAM's count)."""
+def triad_bandwidth(reps: int) -> dict:
+    """Streaming triad a = b + s c at each thread count, bytes/s counted as 24 per element
+    (STREAM's count)."""
     b, c, a = np.ones(TRIAD_N), np.full(TRIAD_N, 2.0), np.empty(TRIAD_N)
-    t = median_seconds(lambda: K.triad(a, b, c, 3.0, threads), reps)
-    return 24 * TRIAD_N / t
+    fns = {t: (lambda t=t: K.triad(a, b, c, 3.0, t)) for t in THREADS}
+    return {t: 24 * TRIAD_N / sec for t, sec in median_seconds(fns, reps).items()}
 
 
 def prepared(name: str, table: dict):
@@ -84,8 +88,7 @@ def prepared(name: str, table: dict):
 
 def worker(names: list[str], table: dict, solves: list, reps: int) -> dict:
     out = {"policy": os.environ.get("OMP_WAIT_POLICY", "unset"), "triad": {}, "matrices": {}, "solves": []}
-    for t in THREADS:
-        out["triad"][t] = triad_bandwidth(t, max(5, reps // 3))
+    out["triad"] = triad_bandwidth(max(5, reps // 3))
     for name in names:
         a, plan, ordered = prepared(name, table)
         n = a.shape[0]
@@ -94,19 +97,19 @@ def worker(names: list[str], table: dict, solves: list, reps: int) -> dict:
         y = np.empty(n)
         full = K.CsrMatrix.from_scipy(ordered)
         colouring = K.Colouring.of(plan.half)
-        rows = [
-            ("scipy as given", 1, median_seconds(lambda: a @ x, reps)),
-            ("scipy", 1, median_seconds(lambda: ordered @ xp, reps)),
-            ("csr", 1, median_seconds(lambda: K.csr_spmv(full, xp, y), reps)),
-            ("half", 1, median_seconds(lambda: K.half_spmv(plan.half, xp, y), reps)),
-        ]
+        fns = {
+            ("scipy as given", 1): lambda: a @ x,
+            ("scipy", 1): lambda: ordered @ xp,
+            ("csr", 1): lambda: K.csr_spmv(full, xp, y),
+            ("half", 1): lambda: K.half_spmv(plan.half, xp, y),
+        }
         reports = {}
         for t in THREADS:
             pt = plan if t == 1 else plan.for_threads(t)
-            work = pt.work()
             reports[t] = pt.describe().as_dict()
-            rows.append(("colour", t, median_seconds(lambda: K.colour_spmv(plan.half, colouring, xp, y, t), reps)))
-            rows.append(("3-part", t, median_seconds(lambda: pt.apply(xp, y, 0.0, None, work), reps)))
+            fns[("colour", t)] = lambda t=t: K.colour_spmv(plan.half, colouring, xp, y, t)
+            fns[("3-part", t)] = lambda pt=pt, work=pt.work(): pt.apply(xp, y, 0.0, None, work)
+        rows = [(k, t, sec) for (k, t), sec in median_seconds(fns, reps).items()]
         out["matrices"][name] = {
             "n": n,
             "nnz": int(a.nnz),
@@ -167,11 +170,12 @@ def mkl_worker(names: list[str], table: dict, reps: int) -> dict:
         a, plan, ordered = prepared(name, table)
         xp = np.random.default_rng(0).standard_normal(a.shape[0])[plan.perm]
         y = np.empty(a.shape[0])
-        rows = []
-        for t in THREADS:
+        def product(t):
             sparse_dot_mkl.mkl_set_num_threads(t)
-            rows.append({"kernel": "mkl", "threads": t,
-                         "seconds": median_seconds(lambda: sparse_dot_mkl.dot_product_mkl(ordered, xp, out=y), reps)})
+            sparse_dot_mkl.dot_product_mkl(ordered, xp, out=y)
+
+        fns = {t: (lambda t=t: product(t)) for t in THREADS}
+        rows = [{"kernel": "mkl", "threads": t, "seconds": sec} for t, sec in median_seconds(fns, reps).items()]
         out["matrices"][name] = {"kernels": rows}
     return out
 
@@ -183,8 +187,8 @@ def run_worker(args: list[str], env: dict) -> dict | str:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def mkl_env() -> dict | None:
-    env = dict(os.environ)
+def mkl_env() -> dict:
+    env = dict(os.environ, OMP_WAIT_POLICY="passive")
     lib = Path(sys.prefix) / "lib" / "libmkl_rt.so.3"
     if "MKL_RT" not in env and lib.exists():
         env["MKL_RT"] = str(lib)

@@ -1,12 +1,14 @@
 """specmemo.native: banded skew-symmetric SpMV (PARS3-style, C + OpenMP) and the MRS solver.
 
-Public surface: Plan (check, reorder, split; matvec and shifted products), mrs / solve /
-solve_file with SolveResult, the errors, VERSION (of the C library) and max_threads.
+Public surface: Plan (check, reorder, split; matvec and shifted products) with its PlanReport,
+mrs / solve / solve_file with SolveResult, the errors, VERSION (of the C library) and
+max_threads. Test matrices and Matrix Market I/O are in specmemo.native.matrices.
 """
 
 from .errors import InvalidMatrix, InvalidOperand, KernelError, NotSkewSymmetric, NotSymmetric
 from .kernels import VERSION, max_threads
 from .plan import Plan, PlanReport
+from .solver import SolveResult, mrs, solve, solve_file
 
 __all__ = [
     "VERSION",
@@ -17,5 +19,9 @@ __all__ = [
     "NotSymmetric",
     "Plan",
     "PlanReport",
+    "SolveResult",
     "max_threads",
+    "mrs",
+    "solve",
+    "solve_file",
 ]

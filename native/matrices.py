@@ -126,9 +126,10 @@ def write_mtx(path, a, symmetry: str = "skew-symmetric") -> None:
     scipy.io.mmwrite(path, sp.coo_array(a), symmetry=symmetry)
 
 
-def read_mtx(path) -> sp.csr_array:
-    """Read Matrix Market (a skew-symmetric file expands to the full matrix)."""
-    return sp.csr_array(scipy.io.mmread(path))
+def read_mtx(source) -> sp.csr_array:
+    """Read Matrix Market from a path or a binary file object such as io.BytesIO (a
+    skew-symmetric file expands to the full matrix)."""
+    return sp.csr_array(scipy.io.mmread(source))
 
 
 def main(argv=None) -> int:

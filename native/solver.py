@@ -3,8 +3,9 @@
 Skew Lanczos builds an orthonormal basis with S V_j = V_{j+1} T_j, T_j tridiagonal and
 skew; so (alpha I + S) V_j = V_{j+1} (alpha I + T_j), which two Givens rotations per step
 reduce to upper triangular form as in MINRES. The residual norm |g| falls monotonically and
-is known without forming the residual. One fused product w = beta_prev v_prev + S v per
-iteration, in the RCM-permuted space of the plan (b is permuted in, x out).
+is known without forming the residual. Per iteration: one fused product
+w = beta_prev v_prev + S v, one dot product and one fused vector update (mrs_update.c), all in
+the RCM-permuted space of the plan (b is permuted in, x out).
 """
 
 import math

@@ -1,5 +1,6 @@
 """The generated test matrices and their Matrix Market round trip."""
 
+import io
 import subprocess
 import sys
 
@@ -46,6 +47,13 @@ def test_matrix_market_round_trip_keeps_the_matrix(tmp_path):
     assert "skew-symmetric" in path.read_text().splitlines()[0]
     b = matrices.read_mtx(path)
     assert isinstance(b, sp.csr_array) and (a != b).nnz == 0
+
+
+def test_matrix_market_bytes_are_read_from_memory(tmp_path):
+    a = matrices.generate("saddle", 60, seed=3)
+    path = tmp_path / "s.mtx"
+    matrices.write_mtx(path, a)
+    assert (matrices.read_mtx(io.BytesIO(path.read_bytes())) != a).nnz == 0
 
 
 def test_cli_writes_a_matrix_market_file(tmp_path):
