@@ -1,7 +1,9 @@
 """The memory model against hand computations."""
 
+import numpy as np
 import pytest
 
+from specmemo.actors.engine import DRAFT, TARGET, Engine
 from specmemo.actors.engine.memory_model import (
     expected_tokens,
     gamma_for_budget,
@@ -12,7 +14,8 @@ from specmemo.actors.engine.memory_model import (
     lower_bound_budget,
     speedup,
 )
-from specmemo.actors.engine.tiny import tiny_config
+from specmemo.actors.engine.tiny import tiny_config, tiny_pair
+from tests.engine_helpers import one_torch_thread  # noqa: F401
 
 
 def test_bytes_per_token_is_two_layers_kv_heads_head_dim_element():
@@ -64,3 +67,29 @@ def test_gamma_for_budget_takes_the_largest_gamma_that_fits():
     assert gamma_for_budget(3071, 14, held, bpt, 8, 8) == 2
     assert gamma_for_budget(3072, 14, held, bpt, 8, 8) == 8
     assert gamma_for_budget(0, 17, held, bpt, 8, 8) is None
+
+
+def test_measured_kv_bytes_stay_within_one_block_per_cache_of_the_model():
+    draft, target = tiny_pair(seed=6, noise=0.0, draft_layers=1)
+    b, gamma, prompt, new = 4, 3, np.arange(9), 30
+    engine = Engine(draft, target, budget_bytes=1 << 30, block_tokens=b, gamma=gamma)
+    kv_t, kv_d = engine.verifier.bytes_per_token, engine.draft.bytes_per_token
+    slack = b * (kv_t + kv_d)  # one block of each cache
+    seen = []
+    grant_batch = engine.memory.grant_batch
+
+    def observed(requests):
+        answers = grant_batch(requests)
+        usage = engine.memory.usage()
+        context = usage["contexts"][requests[0]["session"]]
+        modelled = kv_footprint([context], answers[0]["gamma"], kv_t, kv_d, b)
+        seen.append((modelled, usage["live"]))
+        return answers
+
+    engine.memory.grant_batch = observed
+    engine.generate_ids(prompt, new)
+    assert len(seen) > 3
+    for modelled, live in seen:
+        assert modelled <= live <= modelled + slack
+    assert engine.memory.usage()["peak"] <= kv_footprint([len(prompt) + new - 1], gamma, kv_t, kv_d, b) + slack
+    assert {DRAFT, TARGET} <= set(engine.memory.usage()["holders"])
