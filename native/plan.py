@@ -135,10 +135,12 @@ class Plan:
         return np.empty(self.split.work_size)
 
     def apply(self, x: np.ndarray, y: np.ndarray, alpha: float = 0.0, u: np.ndarray | None = None,
-              work: np.ndarray | None = None) -> np.ndarray:
+              work: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
         """y = alpha u + B x in the permuted space (B the band matrix), with float64 buffers
-        given as is; u None means no shift term. Returns y."""
-        return band_spmv(self.half, self.split, x, y, self.work() if work is None else work, alpha, u)
+        given as is; u None means no shift term. threads defaults to the plan's block count
+        (fewer threads share the blocks out). Returns y."""
+        work = self.work() if work is None else work
+        return band_spmv(self.half, self.split, x, y, work, alpha, u, threads)
 
     def matvec(self, x) -> np.ndarray:
         """A x in the input's ordering; x any real vector of length n without NaN or inf."""

@@ -188,6 +188,15 @@ def test_more_threads_than_rows_leaves_blocks_empty_and_still_matches():
     assert_matches(plan.matvec(x), a, x)
 
 
+def test_fewer_threads_than_blocks_share_the_blocks_out():
+    a = matrices.generate("outliers", 3000, seed=4)
+    plan = Plan.build(a, threads=6)
+    x = np.random.default_rng(2).standard_normal(3000)
+    b = sp.csr_array(a[plan.perm][:, plan.perm])
+    for threads in (1, 2, 4, 7):
+        assert_matches(plan.apply(x, np.empty(3000), threads=threads), b, x)
+
+
 def test_triad_computes_b_plus_s_c():
     rng = np.random.default_rng(0)
     b, c = rng.standard_normal(10001), rng.standard_normal(10001)
