@@ -77,3 +77,19 @@ def test_generation_stops_at_the_model_context():
     assert len(ids) == 4
     with torch.no_grad():
         assert ids.tolist() == greedy_reference(target, np.arange(20), 4).tolist()
+
+
+def test_a_greedy_session_batched_with_sampled_ones_still_decodes_greedily():
+    draft, target = tiny_pair(seed=13, noise=0.05, draft_layers=2)
+    engine = Engine(draft, target, block_tokens=4, gamma=3, budget_bytes=1 << 30)
+    prompts = {"greedy": np.arange(2, 12), "hot": np.arange(5, 9), "warm": np.arange(40, 43)}
+    for (sid, prompt), temperature in zip(prompts.items(), [0.0, 1.5, 0.7]):
+        engine.verifier.open(sid)
+        ids, keep = engine.verifier.check_prompt(sid, prompt)
+        engine.driver.join(sid, ids, keep, 14, temperature=temperature, seed=1)
+    out = {sid: [] for sid in prompts}
+    while engine.driver.active:
+        for event in engine.driver.step():
+            out[event["session"]] += event["tokens"].tolist()
+    assert out["greedy"] == greedy_reference(target, prompts["greedy"], 14).tolist()
+    assert len(out["hot"]) == len(out["warm"]) == 14

@@ -70,10 +70,11 @@ class DraftCore:
         sessions: list[str],
         gammas: list[int],
         blocks: list[int],
-        temperature: float = 0.0,
+        temperature: float | list[float] = 0.0,
         seeds: list[int] | None = None,
     ) -> dict:
-        """Draft gammas[b] tokens for sessions[b] (greedy at temperature 0, else sampled from q).
+        """Draft gammas[b] tokens for sessions[b] (greedy at temperature 0, else sampled from q;
+        `temperature` is one for all rows or one per row).
 
         Answers {"tokens": int64 [B, γmax] (-1 past a row's γ), "probs": float32 [B, γmax, V] of
         the distributions the tokens were drawn from (None when greedy), "seconds": float}.
@@ -82,7 +83,9 @@ class DraftCore:
         rows = [self._get(s) for s in sessions]
         width = max(gammas, default=0)
         tokens = np.full((len(rows), width), -1, dtype=np.int64)
-        probs = np.zeros((len(rows), width, self.vocab_size), dtype=np.float32) if temperature > 0 else None
+        temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature] * len(rows)
+        assert len(temps) == len(rows)
+        probs = np.zeros((len(rows), width, self.vocab_size), dtype=np.float32) if max(temps, default=0) > 0 else None
         rngs = [np.random.default_rng(seed) for seed in (seeds or [0] * len(rows))]
         with Timer() as timer:
             for row, n_blocks, gamma in zip(rows, blocks, gammas):
@@ -94,8 +97,8 @@ class DraftCore:
                 feeds = [rows[b].ids[rows[b].cache.length :] if j == 0 else tokens[b, j - 1 : j] for b in active]
                 logits = [x[0] for x in forward_rows(self.model, [rows[b].cache for b in active], feeds, [1] * len(active))]
                 for i, b in enumerate(active):
-                    if temperature > 0:
-                        p = torch.softmax(logits[i] / temperature, dim=-1).cpu().numpy()
+                    if temps[b] > 0:
+                        p = torch.softmax(logits[i] / temps[b], dim=-1).cpu().numpy()
                         probs[b, j] = p
                         tokens[b, j] = sample(p, rngs[b])
                     else:

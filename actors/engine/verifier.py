@@ -147,17 +147,19 @@ class VerifierCore:
         drafts: np.ndarray,
         gammas: list[int],
         blocks: list[int],
-        temperature: float = 0.0,
+        temperature: float | list[float] = 0.0,
         draft_probs: np.ndarray | None = None,
         seeds: list[int] | None = None,
     ) -> dict:
         """One target forward over every session's pending token and its gammas[b] drafts.
 
-        drafts: int64 [B, γmax]; draft_probs: float32 [B, γmax, V] when sampling.
+        drafts: int64 [B, γmax]; draft_probs: float32 [B, γmax, V] when any row samples;
+        temperature: one for all rows or one per row (0: greedy).
         Answers {"accepted": [n_b], "tokens": [int64 arrays of n_b + 1 tokens], "seconds": float}.
         """
         rows = [self._get(s) for s in sessions]
         assert drafts.shape[0] == len(rows) == len(gammas) == len(blocks)
+        temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature] * len(rows)
         feeds = []
         for row, gamma, n_blocks in zip(rows, gammas, blocks):
             assert row.cache is not None and row.cache.length == len(row.ids) - 1
@@ -170,7 +172,7 @@ class VerifierCore:
                 row_logits = logits[b].cpu().numpy()
                 rng = np.random.default_rng(seeds[b] if seeds else 0)
                 q = draft_probs[b, :gamma] if draft_probs is not None else np.zeros((gamma, row_logits.shape[-1]))
-                n, emitted = verify_chain(drafts[b, :gamma], row_logits, temperature, q, rng)
+                n, emitted = verify_chain(drafts[b, :gamma], row_logits, temps[b], q, rng)
                 accepted.append(n)
                 tokens.append(emitted)
         return {"accepted": accepted, "tokens": tokens, "seconds": timer.seconds}
@@ -299,10 +301,7 @@ class Driver:
         gammas = [g for _, g, _ in granted]
         drafts = np.zeros((len(granted), max(gammas)), dtype=np.int64)
         probs, draft_s = None, 0.0
-        sampling = [t.temperature > 0 for t, _, _ in granted]
-        temperature = granted[0][0].temperature
-        assert len(set(sampling)) == 1 and all(t.temperature == temperature for t, _, _ in granted), \
-            "one batch shares one temperature"
+        temperatures = [t.temperature for t, _, _ in granted]
         seeds = [t.rng.integers(0, 2**63, size=2) for t, _, _ in granted]
         speculating = [i for i, g in enumerate(gammas) if g > 0]
         if speculating:
@@ -310,7 +309,7 @@ class Driver:
                 [sessions[i] for i in speculating],
                 [gammas[i] for i in speculating],
                 [granted[i][2][DRAFT] for i in speculating],
-                temperature,
+                [temperatures[i] for i in speculating],
                 [int(seeds[i][0]) for i in speculating],
             )
             width = proposal["tokens"].shape[1]
@@ -320,7 +319,7 @@ class Driver:
                 probs[speculating, :width] = proposal["probs"]
             draft_s = proposal["seconds"]
         verdict = self.verifier.verify(
-            sessions, drafts, gammas, [b[TARGET] for _, _, b in granted], temperature, probs, [int(s[1]) for s in seeds]
+            sessions, drafts, gammas, [b[TARGET] for _, _, b in granted], temperatures, probs, [int(s[1]) for s in seeds]
         )
         if self.measure_cost and speculating and verdict["seconds"] > 0:
             # c = t_draft / t_target: one draft forward per draft position against one target forward
