@@ -290,6 +290,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per kernel (default 15, quick 5)")
     parser.add_argument("--policies", default="passive,active")
     parser.add_argument("--no-mkl", action="store_true")
+    parser.add_argument("--render", default=None, metavar="JSON", help="redraw the table and plot from a saved run")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mkl-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -301,6 +302,12 @@ def main(argv=None) -> int:
         return 0
     if args.mkl_worker is not None:
         print(json.dumps(mkl_worker(args.mkl_worker.split(","), table, reps)))
+        return 0
+
+    if args.render is not None:
+        results = json.loads(Path(args.render).read_text())
+        plot(results, Path(args.render).with_suffix(".png"))
+        print(markdown(results))
         return 0
 
     names = ",".join(table)
