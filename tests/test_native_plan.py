@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specmemo.native import (
     InvalidMatrix,
@@ -12,6 +14,7 @@ from specmemo.native import (
     Plan,
     kernels,
     matrices,
+    split,
     validate,
 )
 
@@ -172,3 +175,18 @@ def test_a_split_for_another_matrix_is_refused(skew, monkeypatch):
     monkeypatch.setattr(kernels, "lib", None)
     with pytest.raises(InvalidOperand, match="split covers 50 rows"):
         kernels.band_spmv(plan.half, other.split, np.ones(400), np.empty(400), np.empty(other.split.work_size))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    distances=st.lists(st.integers(1, 60), max_size=40),
+    far_cost=st.floats(0.0, 30.0),
+)
+def test_window_length_minimises_the_cost_model(distances, far_cost):
+    d = np.array(distances, dtype=np.int64)
+
+    def cost(length):
+        return length + far_cost * int(np.sum(d > length))
+
+    chosen = split.window_length(d, 1.0, far_cost)
+    assert cost(chosen) == pytest.approx(min(cost(length) for length in range(61)))
