@@ -62,6 +62,9 @@ class Actor:
     async def on_start(self) -> None:
         """Load what the actor needs (models, plans). Called before the actor registers."""
 
+    async def background(self) -> None:
+        """A task that runs beside the handlers from registration until the actor stops."""
+
     async def on_stop(self) -> None:
         """Release resources. Called once, after the last request was answered or failed."""
 

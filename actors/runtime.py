@@ -43,6 +43,7 @@ class ActorRuntime:
         self.curve = curve
         self.active: dict[tuple[bytes, int], Call] = {}
         self._stop = trio.Event()
+        self._starting = trio.CancelScope()   # cancelled by a stop that comes during on_start
         self._last_kernel = time.monotonic()
         self._parent = os.getppid()
         self.exit_reason = ""
@@ -67,9 +68,14 @@ class ActorRuntime:
                 self.nursery = nursery
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self._recv_loop)
-                await self.actor.on_start()
-                await self._register()
+                with self._starting:
+                    await self.actor.on_start()
+                    await self._register()
+                if self._starting.cancelled_caught:
+                    nursery.cancel_scope.cancel()
+                    return self.exit_reason
                 nursery.start_soon(self._heartbeat_loop)
+                nursery.start_soon(self.actor.background)
                 log.info("%s ready (pid %d)", self.actor.name, os.getpid())
                 await self._stop.wait()
                 await self._shutdown()
@@ -82,6 +88,7 @@ class ActorRuntime:
         if not self._stop.is_set():
             self.exit_reason = reason
             self._stop.set()
+            self._starting.cancel()
 
     async def _shutdown(self) -> None:
         for call in list(self.active.values()):

@@ -17,6 +17,7 @@ import itertools
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import trio
@@ -66,6 +67,18 @@ def _result(msg: Message, actor: str, method: str) -> Any:
     return msg.body
 
 
+@dataclass
+class ChatResult:
+    """What :meth:`Client.ask` returns."""
+
+    text: str
+    token_ids: list[int]
+    tokens_per_s: float
+    accepted_per_step: float       # mean accepted draft tokens per speculative step
+    gamma_mean: float              # mean γ the memory actor granted
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
 class Client:
     """Blocking client of a specmemo deployment (scripts, notebooks, the CLI)."""
 
@@ -93,7 +106,7 @@ class Client:
 
     # ---------------------------------------------------------------- calls
 
-    def call(self, actor: str, method: str, *, timeout: float | None = None, **params: Any) -> Any:
+    def call(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any) -> Any:
         """Call ``actor.method(**params)`` and return its reply body (a dict)."""
         call_id = self._send(actor, method, params, timeout)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -102,7 +115,7 @@ class Client:
             raise BadRequest(f"{actor}.{method} streams: use Client.stream()")
         return _result(msg, actor, method)
 
-    def stream(self, actor: str, method: str, *, timeout: float | None = None,
+    def stream(self, actor: str, method: str, /, *, timeout: float | None = None,
                **params: Any) -> Iterator[Any]:
         """Call a streaming method; yield each chunk until the stream ends.
 
@@ -133,6 +146,49 @@ class Client:
 
     def actors(self) -> list[dict[str, Any]]:
         return self.call("kernel", "actors")["actors"]
+
+    # ---------------------------------------------------------------- chat helpers
+
+    def open_session(self, session: str = "", *, actor: str = "verifier") -> str:
+        """Open a chat session on the verifier; returns its id."""
+        return self.call(actor, "open", session=session)["session"]
+
+    def close_session(self, session: str, *, actor: str = "verifier") -> int:
+        """Close a chat session; its KV blocks are freed everywhere. Returns the target bytes freed."""
+        return self.call(actor, "close", session=session)["freed"]
+
+    def chat(self, session: str, message: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
+             seed: int = 0, gamma: int | None = None, actor: str = "verifier",
+             timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """One chat turn, streamed: yields a chunk per speculative step as its tokens are accepted.
+
+        Each chunk has ``tokens`` (ids), ``text`` (their text), ``step`` (γ, accepted, times)
+        and ``stats`` (the turn so far: tokens_per_s, mean_accepted, alpha, ...); the last has
+        ``done=True`` and the whole ``reply``. Closing the iterator early cancels the turn.
+        """
+        return self.stream(actor, "chat", session=session, message=message,
+                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                           gamma=gamma, timeout=timeout)
+
+    def ask(self, session: str, message: str, **kw: Any) -> "ChatResult":
+        """The blocking form of :meth:`chat`: the reply text, its token ids and statistics."""
+        tokens: list[int] = []
+        last: dict[str, Any] = {}
+        gammas: list[int] = []
+        for chunk in self.chat(session, message, **kw):
+            tokens.extend(int(t) for t in chunk["tokens"])
+            if chunk.get("step"):
+                gammas.append(int(chunk["step"]["gamma"]))
+            last = chunk
+        stats = last.get("stats", {})
+        return ChatResult(text=last.get("reply", ""), token_ids=tokens, stats=stats,
+                          tokens_per_s=float(stats.get("tokens_per_s", 0.0)),
+                          accepted_per_step=float(stats.get("mean_accepted", 0.0)),
+                          gamma_mean=sum(gammas) / len(gammas) if gammas else 0.0)
+
+    def usage(self, *, actor: str = "memory") -> dict[str, Any]:
+        """The memory actor's accounting: budget, live, peak, per session, per holder, leases."""
+        return self.call(actor, "usage")
 
     # ---------------------------------------------------------------- solver helpers
 
@@ -253,7 +309,7 @@ class AsyncCaller:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self._sock.send_multipart(encode(Command.CANCEL, actor.encode(), Header(id=call_id)))
 
-    async def call(self, actor: str, method: str, *, timeout: float | None = None, **params: Any) -> Any:
+    async def call(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any) -> Any:
         limit = self.timeout if timeout is None else timeout
         call_id, recv = await self._open(actor, method, params, limit)
         try:
@@ -270,7 +326,7 @@ class AsyncCaller:
             self._pending.pop(call_id, None)
         return _result(msg, actor, method)
 
-    async def stream(self, actor: str, method: str, *, timeout: float | None = None, **params: Any):
+    async def stream(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any):
         """Async generator of the chunks of a streaming call."""
         limit = self.timeout if timeout is None else timeout
         call_id, recv = await self._open(actor, method, params, limit)

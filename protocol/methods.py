@@ -233,3 +233,240 @@ method("solver.solve", SolveRequest, SolveReply, idempotent=True,
        doc="Solve (αI + S) x = b by MRS (one SpMV per iteration).")
 method("solver.drop", MatrixId, Dropped, idempotent=True, doc="Forget a matrix.")
 method("solver.list", Empty, MatrixList, idempotent=True, doc="Every registered matrix.")
+
+# ---------------------------------------------------------------- memory (the KV budget)
+# Holders are "draft" and "target"; `actor` names the process that holds the lease, so the
+# memory actor can reclaim its blocks when the kernel reports that actor dead.
+
+
+@message
+class AddHolder:
+    holder: str
+    bytes_per_token: int
+    actor: str
+
+
+@message
+class HolderReply:
+    budget: int
+    block_tokens: int
+
+
+@message
+class SessionRef:
+    session: str
+
+
+@message
+class OpenSession:
+    session: str
+    owner: str                         # the actor that drives the session (its lease holder)
+
+
+@message
+class HasReply:
+    has: bool
+
+
+@message
+class PrefillRequest:
+    session: str
+    keep: int
+    add: int
+
+
+@message
+class GrantAnswer:
+    """Blocks per holder after the call; sessions evicted to make room; holders to rebuild."""
+    blocks: dict[str, int] = field(default_factory=dict)
+    evicted: list[str] = field(default_factory=list)
+    rebuild: list[str] = field(default_factory=list)
+    gamma: int = 0
+    freed: int = 0
+    error: list[str] | None = None     # [error class, message] for this session alone
+
+
+@message
+class GrantItem:
+    session: str
+    gamma: int | None = None
+    limit: int | None = None
+
+
+@message
+class CommitItem:
+    session: str
+    accepted: int
+    emitted: int
+
+
+@message
+class GrantBatch:
+    requests: list[GrantItem]
+
+
+@message
+class CommitBatch:
+    requests: list[CommitItem]
+
+
+@message
+class Answers:
+    answers: list[GrantAnswer] = field(default_factory=list)
+
+
+@message
+class Freed:
+    freed: int = 0
+    sessions: list[str] = field(default_factory=list)
+
+
+@message
+class CostRatio:
+    cost_ratio: float
+
+
+@message
+class Usage:
+    budget: int
+    live: int
+    peak: int
+    free: int
+    block_tokens: int
+    sessions: dict[str, int] = field(default_factory=dict)
+    holders: dict[str, int] = field(default_factory=dict)
+    contexts: dict[str, int] = field(default_factory=dict)
+    evictions: int = 0
+    leases: dict[str, str] = field(default_factory=dict)   # holder -> actor
+
+
+method("memory.add_holder", AddHolder, HolderReply, idempotent=True,
+       doc="Register a cache holder and its KV bytes per token (a lease of `actor`).")
+method("memory.open", OpenSession, Empty, doc="Open a session owned by `owner`.")
+method("memory.has", SessionRef, HasReply, idempotent=True)
+method("memory.prefill", PrefillRequest, GrantAnswer,
+       doc="Start a turn: the context becomes keep + add tokens, all but the last resident.")
+method("memory.grant_batch", GrantBatch, Answers,
+       doc="Room for one speculative step per session; answers the γ each can afford.")
+method("memory.commit_batch", CommitBatch, Answers,
+       doc="End a step: accepted drafts and emitted tokens; rejected blocks are freed at once.")
+method("memory.finish", SessionRef, Empty, doc="End a turn: the session is idle (evictable).")
+method("memory.release", SessionRef, Freed, doc="Forget a session and free its blocks.")
+method("memory.release_holder", SessionRef, Freed,
+       doc="Reclaim every block of holder `session` (used when its actor died).")
+method("memory.set_cost_ratio", CostRatio, Empty, idempotent=True,
+       doc="c = t_draft / t_target as measured by the verifier.")
+method("memory.usage", Empty, Usage, idempotent=True,
+       doc="Budget, live and peak bytes, per session and per holder, leases.")
+
+# ---------------------------------------------------------------- draft (the small model)
+
+
+@message
+class DraftInfo:
+    bytes_per_token: int
+    vocab_size: int
+    max_context: int
+    sessions: int = 0
+    held: int = 0
+
+
+@message
+class DraftOpen:
+    session: str
+    token_ids: np.ndarray
+    blocks: int
+    keep: int = 0
+
+
+@message
+class Held:
+    held: int
+
+
+@message
+class ProposeRequest:
+    sessions: list[str]
+    gammas: list[int]
+    blocks: list[int]
+    temperature: float | list[float] = 0.0   # one for all rows, or one per row
+    seeds: list[int] | None = None
+
+
+@message
+class Proposal:
+    tokens: np.ndarray                 # int64 [B, γmax], -1 past a row's γ
+    probs: np.ndarray | None = None    # float32 [B, γmax, V] when sampling
+    seconds: float = 0.0
+
+
+@message
+class AcceptRequest:
+    session: str
+    accepted: int
+    tokens: np.ndarray
+    blocks: int
+
+
+method("draft.info", Empty, DraftInfo, idempotent=True, doc="Bytes per token, vocabulary, context.")
+method("draft.has", SessionRef, HasReply, idempotent=True)
+method("draft.open", DraftOpen, Held, idempotent=True,
+       doc="(Re)build a session's cache from its committed token ids.")
+method("draft.extend", DraftOpen, Held, doc="A new turn: the first `keep` ids are unchanged.")
+method("draft.propose", ProposeRequest, Proposal,
+       doc="Draft γ tokens per session (greedy, or sampled with their probabilities).")
+method("draft.accept", AcceptRequest, Held, doc="Roll back to the accepted prefix.")
+method("draft.close", SessionRef, Held, idempotent=True, doc="Drop a session's cache.")
+
+# ---------------------------------------------------------------- verifier (chat sessions)
+
+
+@message
+class OpenChat:
+    session: str = ""                  # "" = the verifier picks an id
+
+
+@message
+class ChatRequest:
+    session: str
+    message: str
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    seed: int = 0
+    gamma: int | None = None           # fixed γ; None = chosen by the memory actor
+
+
+@message
+class GenerateRequest:
+    prompt_ids: np.ndarray             # int64 token ids; no chat template applied
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    seed: int = 0
+    gamma: int | None = None
+
+
+@message
+class ChatChunk:
+    tokens: np.ndarray                 # token ids accepted in this step
+    text: str = ""                     # their text (a UTF-8-safe delta)
+    done: bool = False
+    step: dict[str, Any] | None = None  # this step: gamma, accepted, emitted, draft_s, target_s
+    stats: dict[str, Any] = field(default_factory=dict)   # the turn so far
+    reply: str = ""                    # the whole reply text, on the final chunk
+
+
+@message
+class SessionList:
+    sessions: list[str] = field(default_factory=list)
+    active: list[str] = field(default_factory=list)
+    held: int = 0                      # target cache bytes held
+
+
+method("verifier.open", OpenChat, SessionRef, doc="Open a chat session.")
+method("verifier.close", SessionRef, Freed, idempotent=True,
+       doc="Close a chat session; its blocks are freed everywhere.")
+method("verifier.chat", ChatRequest, chunk=ChatChunk,
+       doc="One chat turn, streamed: a chunk per speculative step, then END.")
+method("verifier.generate", GenerateRequest, chunk=ChatChunk,
+       doc="Continue raw token ids in a throwaway session (benchmarks), streamed like chat.")
+method("verifier.sessions", Empty, SessionList, idempotent=True)

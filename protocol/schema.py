@@ -95,6 +95,8 @@ def _check(tp: Any, value: Any, where: str) -> Any:
             raise BadRequest(f"{where} must be a map, got {type(value).__name__}")
         _, item = typing.get_args(tp) or (str, Any)
         return {str(k): _check(item, v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, np.generic) and not isinstance(value, np.ndarray):
+        value = value.item()  # numpy scalars from in-process callers; msgpack sends them as plain
     if tp is bool:
         if not isinstance(value, bool):
             raise BadRequest(f"{where} must be a boolean, got {type(value).__name__}")

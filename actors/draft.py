@@ -1,0 +1,78 @@
+"""The draft actor: the draft model and its per-session caches (a :class:`DraftCore`).
+
+Token ids and probabilities cross the wire as zero-copy buffers. Its KV bytes are a lease
+registered with the memory actor at start; when the verifier that drives its sessions dies,
+it drops their caches.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from specmemo.actors.engine import DraftCore
+from specmemo.actors.engine.models import load_model
+from specmemo.actors.engine.verifier import DRAFT
+from specmemo.protocol.methods import AcceptRequest, DraftOpen, Empty, ProposeRequest, SessionRef
+
+from .base import Actor, Call
+from .memory import ENGINE_ERRORS
+from .modelconfig import model_spec
+
+log = logging.getLogger("specmemo.draft")
+
+
+class DraftActor(Actor):
+    kind = "draft"
+    errors = ENGINE_ERRORS
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        self.memory = config.get("memory", "memory")
+        self.verifier = config.get("verifier", "verifier")
+        self.core: DraftCore | None = None
+
+    async def on_start(self) -> None:
+        import torch
+        torch.set_num_threads(int(self.config.get("threads", torch.get_num_threads())))
+        spec = model_spec(self.config, "draft")
+        model, _ = await self.run_sync(load_model, spec)
+        self.core = DraftCore(model, int(self.config.get("block_tokens", 16)),
+                              int(self.config.get("spare_blocks", 1)))
+        await self.peers.call(self.memory, "add_holder", holder=DRAFT,
+                              bytes_per_token=self.core.bytes_per_token, actor=self.name)
+        log.info("draft model %s loaded (%d KV bytes/token)", spec.source, self.core.bytes_per_token)
+
+    async def on_peer_died(self, name: str) -> None:
+        if name == self.verifier and self.core is not None:
+            for session in list(self.core._sessions):
+                self.core.close(session)
+
+    async def rpc_info(self, req: Empty, call: Call) -> dict:
+        core = self.core
+        return {"bytes_per_token": core.bytes_per_token, "vocab_size": core.vocab_size,
+                "max_context": core.max_context, "sessions": len(core._sessions),
+                "held": core.held_bytes()}
+
+    async def rpc_has(self, req: SessionRef, call: Call) -> dict:
+        return {"has": self.core.has(req.session)}
+
+    async def rpc_open(self, req: DraftOpen, call: Call) -> dict:
+        return {"held": await self.run_sync(self.core.open, req.session, req.token_ids, req.blocks)}
+
+    async def rpc_extend(self, req: DraftOpen, call: Call) -> dict:
+        return {"held": await self.run_sync(self.core.extend, req.session, req.token_ids, req.keep,
+                                            req.blocks)}
+
+    async def rpc_propose(self, req: ProposeRequest, call: Call) -> dict:
+        out = await self.run_sync(self.core.propose, req.sessions, req.gammas, req.blocks,
+                                  req.temperature, req.seeds)
+        return {"tokens": out["tokens"], "probs": out["probs"], "seconds": out["seconds"]}
+
+    async def rpc_accept(self, req: AcceptRequest, call: Call) -> dict:
+        return {"held": await self.run_sync(self.core.accept, req.session, req.accepted,
+                                            np.asarray(req.tokens), req.blocks)}
+
+    async def rpc_close(self, req: SessionRef, call: Call) -> dict:
+        return {"held": self.core.close(req.session)}

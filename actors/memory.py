@@ -1,0 +1,106 @@
+"""The memory actor: the memory-manager core behind the protocol, with leases.
+
+Every grant is a lease of a live actor. Holders ("draft", "target") are registered by the
+actor that holds their caches, and sessions by the actor that drives them; when the kernel
+reports one of those actors dead (a NOTICE), its blocks are reclaimed at once: a dead holder's
+blocks are freed and its sessions marked for a rebuild, a dead owner's sessions are released.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from specmemo.actors.engine import errors as engine_errors
+from specmemo.actors.engine.manager import MemoryManager
+from specmemo.protocol import errors as wire
+from specmemo.protocol.methods import (AddHolder, CommitBatch, CostRatio, Empty, GrantBatch,
+                                       OpenSession, PrefillRequest, SessionRef)
+
+from .base import Actor, Call
+
+log = logging.getLogger("specmemo.memory")
+
+#: How the engine's errors cross the wire (shared by the draft and verifier actors).
+ENGINE_ERRORS: dict[type[BaseException], type[wire.SpecmemoError]] = {
+    engine_errors.OverBudget: wire.OverBudget,
+    engine_errors.UnknownSession: wire.NotFound,
+    engine_errors.SessionBusy: wire.Conflict,
+    engine_errors.ContextTooLong: wire.InvalidInput,
+    engine_errors.BadPrompt: wire.InvalidInput,
+    engine_errors.TokenizerMismatch: wire.InvalidInput,
+    engine_errors.ModelNotFound: wire.NotFound,
+    engine_errors.CorruptModel: wire.InvalidInput,
+}
+
+
+def budget_bytes(config: dict[str, Any]) -> int:
+    if "budget_bytes" in config:
+        return int(config["budget_bytes"])
+    return int(float(config.get("budget_mb", 512)) * (1 << 20))
+
+
+class MemoryActor(Actor):
+    kind = "memory"
+    errors = ENGINE_ERRORS
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        self.manager = MemoryManager(
+            budget_bytes(config), block_tokens=int(config.get("block_tokens", 16)),
+            spare_blocks=int(config.get("spare_blocks", 1)), gamma_max=int(config.get("gamma_max", 8)),
+            cost_ratio=float(config.get("cost_ratio", 0.1)))
+        self.leases: dict[str, str] = {}     # holder -> actor holding its caches
+        self.owners: dict[str, str] = {}     # session -> actor driving it
+
+    async def on_peer_died(self, name: str) -> None:
+        for holder, actor in list(self.leases.items()):
+            if actor == name:
+                freed = self.manager.release_holder(holder)
+                del self.leases[holder]
+                log.info("lease of %s (%s) reclaimed: %d bytes, %d sessions to rebuild",
+                         holder, name, freed["freed"], len(freed["sessions"]))
+        for session, owner in list(self.owners.items()):
+            if owner == name:
+                freed = self.manager.release(session)
+                del self.owners[session]
+                log.info("session %s of %s released: %d bytes", session, name, freed)
+
+    async def rpc_add_holder(self, req: AddHolder, call: Call) -> dict:
+        self.manager.add_holder(req.holder, req.bytes_per_token)
+        self.leases[req.holder] = req.actor
+        return {"budget": self.manager.budget, "block_tokens": self.manager.block_tokens}
+
+    async def rpc_open(self, req: OpenSession, call: Call) -> None:
+        self.manager.open_session(req.session)
+        self.owners[req.session] = req.owner
+
+    async def rpc_has(self, req: SessionRef, call: Call) -> dict:
+        return {"has": self.manager.has(req.session)}
+
+    async def rpc_prefill(self, req: PrefillRequest, call: Call) -> dict:
+        return self.manager.prefill(req.session, req.keep, req.add)
+
+    async def rpc_grant_batch(self, req: GrantBatch, call: Call) -> dict:
+        return {"answers": self.manager.grant_batch(
+            [{"session": r.session, "gamma": r.gamma, "limit": r.limit} for r in req.requests])}
+
+    async def rpc_commit_batch(self, req: CommitBatch, call: Call) -> dict:
+        return {"answers": self.manager.commit_batch(
+            [{"session": r.session, "accepted": r.accepted, "emitted": r.emitted} for r in req.requests])}
+
+    async def rpc_finish(self, req: SessionRef, call: Call) -> None:
+        self.manager.finish(req.session)
+
+    async def rpc_release(self, req: SessionRef, call: Call) -> dict:
+        self.owners.pop(req.session, None)
+        return {"freed": self.manager.release(req.session)}
+
+    async def rpc_release_holder(self, req: SessionRef, call: Call) -> dict:
+        self.leases.pop(req.session, None)
+        return self.manager.release_holder(req.session)
+
+    async def rpc_set_cost_ratio(self, req: CostRatio, call: Call) -> None:
+        self.manager.set_cost_ratio(req.cost_ratio)
+
+    async def rpc_usage(self, req: Empty, call: Call) -> dict:
+        return {**self.manager.usage(), "leases": dict(self.leases)}

@@ -1,0 +1,384 @@
+"""The verifier actor: the target model, the chat sessions, and the loop that drives them.
+
+Each step is grant (memory actor) -> propose (draft actor) -> verify (here, one target
+forward for every active session) -> commit (memory actor), run by the engine's
+:class:`Driver` in a worker thread. The Driver talks to the other two actors through
+:class:`RemoteMemory` and :class:`RemoteDraft`: synchronous proxies with the cores' method
+names that hop back into the trio loop for each call. One engine task owns the Driver:
+sessions join and leave between steps, so concurrent chats share each target forward.
+
+Recovery: when the draft actor dies mid-step, :class:`RemoteDraft` waits for its restart and
+rebuilds the sessions' draft caches from their committed token ids; the step then goes on
+(greedy output is unchanged). When this actor dies, the kernel fails its calls with
+``ActorDied`` and the memory actor releases the sessions it owned.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import trio
+
+from specmemo.actors.engine import VerifierCore
+from specmemo.actors.engine.errors import EngineError, SessionBusy, UnknownSession
+from specmemo.actors.engine.models import load_model
+from specmemo.actors.engine.verifier import DRAFT, TARGET, Driver
+from specmemo.protocol import errors as wire
+from specmemo.protocol.methods import (ChatChunk, ChatRequest, Empty, GenerateRequest, OpenChat,
+                                       SessionRef)
+
+from .base import Actor, Call
+from .memory import ENGINE_ERRORS
+from .modelconfig import model_spec
+
+log = logging.getLogger("specmemo.verifier")
+
+_ENGINE_BY_NAME = {cls.__name__: cls for cls in ENGINE_ERRORS}
+
+
+class RemoteMemory:
+    """The memory actor, called synchronously from the Driver's worker thread."""
+
+    def __init__(self, call: Callable[..., Any], actor: str, owner: str) -> None:
+        self._call, self.actor, self.owner = call, actor, owner
+
+    def has(self, session: str) -> bool:
+        return self._call(self.actor, "has", session=session)["has"]
+
+    def open_session(self, session: str) -> None:
+        self._call(self.actor, "open", session=session, owner=self.owner)
+
+    def prefill(self, session: str, keep: int, add: int) -> dict:
+        return self._call(self.actor, "prefill", session=session, keep=keep, add=add)
+
+    def grant_batch(self, requests: list[dict]) -> list[dict]:
+        return self._call(self.actor, "grant_batch", requests=requests)["answers"]
+
+    def commit_batch(self, requests: list[dict]) -> list[dict]:
+        return self._call(self.actor, "commit_batch", requests=requests)["answers"]
+
+    def finish(self, session: str) -> None:
+        self._call(self.actor, "finish", session=session)
+
+    def release(self, session: str) -> int:
+        return self._call(self.actor, "release", session=session)["freed"]
+
+    def set_cost_ratio(self, cost_ratio: float) -> None:
+        self._call(self.actor, "set_cost_ratio", cost_ratio=cost_ratio)
+
+
+class RemoteDraft:
+    """The draft actor, called synchronously from the Driver's worker thread.
+
+    A call that meets a dead or restarted draft (``ActorDied``, or ``NotFound`` for a session
+    the new process never saw) waits for the draft to be back, rebuilds the sessions involved
+    from the verifier's committed token ids, and retries.
+    """
+
+    def __init__(self, call: Callable[..., Any], actor: str, ids: Callable[[str], np.ndarray],
+                 wait_s: float = 60.0) -> None:
+        self._call, self.actor, self._ids, self.wait_s = call, actor, ids, wait_s
+        self.rebuilds = 0
+
+    def _retrying(self, method: str, rebuild: Callable[[], None] | None = None, **params: Any) -> Any:
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                return self._call(self.actor, method, **params)
+            except (wire.ActorDied, wire.NotFound) as exc:
+                if time.monotonic() > deadline:
+                    raise wire.ActorDied(f"draft actor did not come back in {self.wait_s:.0f} s: {exc}")
+                if isinstance(exc, wire.ActorDied):
+                    time.sleep(0.05)
+                    continue
+                if rebuild is None:
+                    raise
+                rebuild()
+
+    def _reopen(self, session: str, blocks: int) -> None:
+        self.rebuilds += 1
+        self._retrying("open", session=session, token_ids=self._ids(session), blocks=blocks)
+
+    def has(self, session: str) -> bool:
+        return self._retrying("has", session=session)["has"]
+
+    def open(self, session: str, token_ids: np.ndarray, blocks: int) -> int:
+        return self._retrying("open", session=session, token_ids=np.asarray(token_ids), blocks=blocks)["held"]
+
+    def extend(self, session: str, token_ids: np.ndarray, keep: int, blocks: int) -> int:
+        try:
+            return self._retrying("extend", session=session, token_ids=np.asarray(token_ids), keep=keep,
+                                  blocks=blocks)["held"]
+        except wire.NotFound:
+            return self.open(session, token_ids, blocks)
+
+    def propose(self, sessions: list[str], gammas: list[int], blocks: list[int],
+                temperature: float | list[float] = 0.0, seeds: list[int] | None = None) -> dict:
+        def rebuild() -> None:
+            for s, b in zip(sessions, blocks):
+                if not self._call(self.actor, "has", session=s)["has"]:
+                    self._reopen(s, b)
+        return self._retrying("propose", rebuild, sessions=sessions, gammas=gammas, blocks=blocks,
+                              temperature=temperature, seeds=seeds)
+
+    def accept(self, session: str, accepted: int, tokens: np.ndarray, blocks: int) -> int:
+        try:
+            return self._retrying("accept", session=session, accepted=accepted,
+                                  tokens=np.asarray(tokens), blocks=blocks)["held"]
+        except wire.NotFound:
+            # The draft restarted after proposing: the verifier already settled these tokens,
+            # so a rebuild from its committed ids is the accepted state.
+            self._reopen(session, blocks)
+            return 0
+
+    def close(self, session: str) -> int:
+        try:
+            return self._call(self.actor, "close", session=session)["held"]
+        except wire.SpecmemoError:
+            return 0
+
+
+@dataclass
+class _Stream:
+    """One chat turn being streamed to a client."""
+
+    session: str
+    send: trio.MemorySendChannel
+    message: str | None                # None for raw-id generation (no chat history)
+    reply: list[int] = field(default_factory=list)
+    text: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+
+class VerifierActor(Actor):
+    kind = "verifier"
+    errors = ENGINE_ERRORS
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        self.memory_name = config.get("memory", "memory")
+        self.draft_name = config.get("draft", "draft")
+        self.streams: dict[str, _Stream] = {}
+        self.joins: list[tuple[ChatRequest | GenerateRequest, _Stream]] = []
+        self.leaves: list[str] = []
+        self.wake = trio.Event()
+        self._ids = itertools.count(1)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def on_start(self) -> None:
+        import torch
+        torch.set_num_threads(int(self.config.get("threads", torch.get_num_threads())))
+        spec = model_spec(self.config, "target")
+        model, tokenizer = await self.run_sync(load_model, spec)
+        block_tokens = int(self.config.get("block_tokens", 16))
+        info = await self.peers.call(self.draft_name, "info", timeout=600)
+        context = model.config.get_text_config(decoder=True).max_position_embeddings
+        self.core = VerifierCore(model, tokenizer, block_tokens, int(self.config.get("spare_blocks", 1)),
+                                 min(info["max_context"], context))
+        if info["vocab_size"] != self.core.vocab_size:
+            raise SystemExit(f"draft vocabulary {info['vocab_size']} != target vocabulary "
+                             f"{self.core.vocab_size}: not a pair")
+        await self.peers.call(self.memory_name, "add_holder", holder=TARGET,
+                              bytes_per_token=self.core.bytes_per_token, actor=self.name)
+        self.trio_token = trio.lowlevel.current_trio_token()
+        memory = RemoteMemory(self._blocking_call, self.memory_name, self.name)
+        self.draft = RemoteDraft(self._blocking_call, self.draft_name, self.core.ids)
+        eos = tokenizer.eos_token_id if tokenizer is not None else None
+        self.driver = Driver(self.core, self.draft, memory, (eos,) if eos is not None else (),
+                             measure_cost=self.config.get("cost_ratio") is None)
+        self.memory = memory
+        self.gamma = self.config.get("gamma")
+        log.info("target model %s loaded (%d KV bytes/token)", spec.source, self.core.bytes_per_token)
+
+    def _blocking_call(self, actor: str, method: str, **params: Any) -> Any:
+        """From the worker thread: one call through this actor's socket, in the trio loop."""
+        return trio.from_thread.run(lambda: self.peers.call(actor, method, timeout=120, **params),
+                                    trio_token=self.trio_token)
+
+    async def on_peer_died(self, name: str) -> None:
+        if name == self.memory_name:
+            log.warning("the memory actor died: its accounting is lost; open sessions fail")
+
+    # ---------------------------------------------------------------- sessions
+
+    async def rpc_open(self, req: OpenChat, call: Call) -> dict:
+        session = req.session or f"s{next(self._ids)}"
+        if self.core.has(session):
+            raise wire.Conflict(f"session {session!r} is already open")
+        self.core.open(session)
+        return {"session": session}
+
+    async def rpc_close(self, req: SessionRef, call: Call) -> dict:
+        if not self.core.has(req.session):
+            raise wire.NotFound(f"no session {req.session!r}")
+        if req.session in self.streams:
+            raise wire.Conflict(f"session {req.session!r} is generating; cancel its chat first")
+        return {"freed": await self._close(req.session)}
+
+    async def _close(self, session: str) -> int:
+        def close() -> int:
+            freed = self.core.close(session)
+            self.draft.close(session)
+            if self.memory.has(session):
+                self.memory.release(session)
+            return freed
+        async with self._core_lock:
+            return await trio.to_thread.run_sync(close)
+
+    async def rpc_sessions(self, req: Empty, call: Call) -> dict:
+        return {"sessions": list(self.core._sessions), "active": list(self.streams),
+                "held": self.core.held_bytes()}
+
+    # ---------------------------------------------------------------- chat
+
+    async def rpc_chat(self, req: ChatRequest, call: Call):
+        if not self.core.has(req.session):
+            raise wire.NotFound(f"no session {req.session!r}: open it first")
+        async for chunk in self._turn(req.session, req, req.message):
+            yield chunk
+
+    async def rpc_generate(self, req: GenerateRequest, call: Call):
+        session = f"g{next(self._ids)}"
+        self.core.open(session)
+        try:
+            async for chunk in self._turn(session, req, None):
+                yield chunk
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close(session)
+
+    async def _turn(self, session: str, req: ChatRequest | GenerateRequest, message: str | None):
+        if session in self.streams:
+            raise wire.Conflict(f"session {session!r} is already generating for another caller")
+        if req.max_new_tokens < 1:
+            raise wire.InvalidInput("max_new_tokens must be at least 1")
+        if not (req.temperature >= 0 and math.isfinite(req.temperature)):
+            raise wire.InvalidInput("temperature must be a finite number >= 0")
+        send, recv = trio.open_memory_channel(math.inf)
+        stream = _Stream(session, send, message)
+        self.streams[session] = stream
+        self.joins.append((req, stream))
+        self.wake.set()
+        done = failed = False
+        try:
+            async with recv:
+                async for chunk in recv:
+                    if isinstance(chunk, Exception):
+                        failed = True
+                        raise chunk
+                    yield chunk
+                    if chunk.done:
+                        done = True
+                        return
+        finally:
+            if not done and not failed:
+                # The caller cancelled or went away: stop the turn and free the session's blocks.
+                self.leaves.append(session)
+                self.wake.set()
+                if message is not None:
+                    with trio.CancelScope(shield=True):
+                        while session in self.streams:
+                            await trio.sleep(0.005)
+                        if self.core.has(session):
+                            await self._close(session)
+
+    async def background(self) -> None:
+        """The one task that owns the Driver: joins, leaves, then steps, until nothing is active."""
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            while self.joins or self.leaves or self.driver.active:
+                try:
+                    async with self._core_lock:
+                        await trio.to_thread.run_sync(self._between_steps)
+                        events = await trio.to_thread.run_sync(self.driver.step) \
+                            if self.driver.active else []
+                except Exception as exc:  # a failed step fails its turns, not the actor
+                    log.exception("speculative step failed")
+                    await self._abort_active(exc)
+                    continue
+                for event in events:
+                    if event["step"] is not None:
+                        event["step"]["batch"] = len(events)
+                    self._dispatch(event)
+
+    async def _abort_active(self, exc: Exception) -> None:
+        """Fail every turn in the batch (their sessions stay open, their turn state is dropped)."""
+        for session in list(self.driver.active):
+            self.driver._turns.pop(session, None)
+            stream = self.streams.get(session)
+            if stream is not None:
+                self._fail(stream, exc)
+            with trio.move_on_after(5):
+                try:
+                    await self.peers.call(self.memory_name, "finish", session=session)
+                except wire.SpecmemoError:
+                    pass
+
+    def _between_steps(self) -> None:
+        """Leaves, then joins (prefill forwards included). Runs in the worker thread."""
+        for session in self.leaves:
+            if session in self.driver.active:
+                self.driver.leave(session)
+            stream = self.streams.pop(session, None)
+            if stream is not None:
+                stream.send.close()
+        self.leaves.clear()
+        joins, self.joins = self.joins, []
+        for req, stream in joins:
+            if stream.session not in self.streams:
+                continue
+            try:
+                if stream.message is not None:
+                    ids, keep = self.core.chat_prompt(stream.session, stream.message)
+                else:
+                    ids, keep = self.core.check_prompt(stream.session, req.prompt_ids)
+                self.driver.join(stream.session, ids, keep, req.max_new_tokens, req.temperature,
+                                 req.seed, req.gamma if req.gamma is not None else self.gamma)
+            except (EngineError, wire.SpecmemoError) as exc:
+                self._fail(stream, exc)
+
+    def _fail(self, stream: _Stream, exc: BaseException) -> None:
+        mapped = self.map_error(exc) or wire.Internal(f"{type(exc).__name__}: {exc}")
+        self.streams.pop(stream.session, None)
+        stream.send.send_nowait(mapped)
+        stream.send.close()
+
+    def _dispatch(self, event: dict) -> None:
+        stream = self.streams.get(event["session"])
+        if stream is None:
+            return
+        if event["error"]:
+            name, text = event["error"]
+            cls = _ENGINE_BY_NAME.get(name, EngineError)
+            self._fail(stream, cls(text))
+            return
+        tokens = event["tokens"]
+        stream.reply.extend(int(t) for t in tokens)
+        text = self.core.tokenizer.decode(stream.reply, skip_special_tokens=True) \
+            if self.core.tokenizer is not None else ""
+        if event["done"] or not text.endswith("\ufffd"):
+            delta, stream.text = text[len(stream.text):], text
+        else:
+            delta = ""
+        stats = dict(event["stats"])
+        elapsed = time.perf_counter() - stream.started
+        stats["tokens_per_s"] = len(stream.reply) / elapsed if elapsed > 0 else 0.0
+        stats["seconds"] = elapsed
+        reply = ""
+        if event["done"]:
+            self.streams.pop(stream.session, None)
+            if stream.message is not None:
+                reply = self.core.end_turn(stream.session, stream.message, np.asarray(stream.reply))
+            else:
+                reply = text
+        stream.send.send_nowait(ChatChunk(tokens=tokens, text=delta, done=bool(event["done"]),
+                                          step=event["step"], stats=stats, reply=reply))
+        if event["done"]:
+            stream.send.close()
