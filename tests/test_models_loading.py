@@ -106,6 +106,14 @@ def test_directory_without_weights_raises_model_not_found(tmp_path):
         load_model(ModelSpec(tmp_path))
 
 
+def test_directory_without_tokenizer_raises_model_not_found(tmp_path):
+    save_tiny_model(tmp_path, make_tokenizer())
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).unlink()
+    with pytest.raises(ModelNotFound, match="no tokenizer files"):
+        load_model(ModelSpec(tmp_path))
+
+
 def test_truncated_weights_raise_corrupt_model(tmp_path):
     save_tiny_model(tmp_path, make_tokenizer())
     weights = tmp_path / "model.safetensors"

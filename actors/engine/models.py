@@ -62,6 +62,7 @@ class _Resolved:
 
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.pt")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 _READ_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -134,6 +135,9 @@ def load_tokenizer(spec: ModelSpec):
     from transformers import AutoTokenizer
 
     resolved = _resolve(spec)
+    if resolved.is_local and resolved.gguf_file is None:
+        if not any((Path(resolved.location) / name).is_file() for name in _TOKENIZER_FILES):
+            raise ModelNotFound(f"{resolved.location} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
     try:
         return AutoTokenizer.from_pretrained(resolved.location, **_hub_options(spec, resolved))
     except _READ_ERRORS as exc:
