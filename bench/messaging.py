@@ -12,6 +12,9 @@ Paths measured, each round interleaved so that load from other processes falls o
   process (one hop, no protocol): the floor for any ZeroMQ messaging in Python;
 - kernel.ping: pre-encoded specmemo frames from a raw DEALER, answered by the kernel itself
   (one hop through the kernel's routing loop);
+- echo via kernel to a blocking actor: the same frames through the kernel to a minimal actor
+  in plain blocking pyzmq (written from docs/protocol.md, body echoed undecoded): the cost of
+  the kernel's two hops without the trio actor runtime;
 - echo.echo, raw DEALER: pre-encoded frames through the kernel to the echo actor and back
   (two hops, no client SDK); the request is 41 bytes over 5 frames;
 - echo.echo, Client.call: the same call through the blocking SDK (encode, validate, decode);
@@ -159,6 +162,45 @@ def raw_big(sock: zmq.Socket, reps: int) -> float:
         sock.recv(copy=False)
 
     return float(np.median(latencies_us(rt, reps, warm=2)))
+
+
+# ---------------------------------------------------------------- a minimal blocking actor
+
+MAGIC, REQUEST, REPLY, HEARTBEAT, READY, BYE = b"SM\x01", b"\x01", b"\x02", b"\x05", b"\x06", b"\x09"
+
+
+def blocking_actor(endpoint: str, name: str, heartbeat_s: float) -> None:
+    """An echo actor written from docs/protocol.md alone: plain blocking pyzmq, no trio, no schema.
+
+    It registers with READY, answers every REQUEST with its body unchanged (so ``echo.echo``
+    works), sends a HEARTBEAT each ``heartbeat_s`` and leaves on BYE. It isolates what the
+    kernel's two extra hops cost from what the trio actor runtime costs.
+    """
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    ready_header = msgpack.packb({"v": 1, "id": 1, "m": "", "dl": 0, "s": 1})
+    sock.send_multipart([MAGIC, READY, name.encode(), ready_header,
+                         msgpack.packb({"kind": "echo", "pid": os.getpid(), "methods": ["echo"]})])
+    beat = [MAGIC, HEARTBEAT, b"", msgpack.packb({"v": 1, "id": 0, "m": "", "dl": 0, "s": 1}), b"\xc0"]
+    next_beat = heard = time.monotonic()
+    while time.monotonic() - heard < 20 * heartbeat_s:    # the kernel went silent: leave
+        if sock.poll(int(heartbeat_s * 1000)):
+            frames = sock.recv_multipart(copy=False)
+            heard = time.monotonic()
+            command = frames[1].bytes
+            if command == REQUEST:
+                # the reply header needs only the call id; the body goes back untouched
+                call_id = msgpack.unpackb(frames[3].bytes)["id"]
+                header = msgpack.packb({"v": 1, "id": call_id, "m": "", "dl": 0, "s": 1})
+                sock.send_multipart([MAGIC, REPLY, frames[2], header, *frames[4:]], copy=False)
+            elif command == BYE:
+                break
+        if time.monotonic() >= next_beat:
+            sock.send_multipart(beat)
+            next_beat = time.monotonic() + heartbeat_s
+    sock.send_multipart([MAGIC, BYE, name.encode(), beat[3], b"\xc0"])
+    sock.close()
 
 
 # ---------------------------------------------------------------- through the kernel
@@ -393,7 +435,8 @@ def table(res: dict[str, Any]) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for label, key in [("raw pyzmq DEALER/ROUTER echo (1 hop)", "raw"),
                        ("kernel.ping, raw DEALER (1 hop, kernel only)", "ping"),
-                       ("echo.echo, raw DEALER (2 hops via kernel)", "echo_frames"),
+                       ("echo via kernel to a blocking pyzmq actor, raw DEALER", "echo_blocking"),
+                       ("echo.echo via kernel to the trio echo actor, raw DEALER", "echo_frames"),
                        ("echo.echo, blocking Client.call", "echo_client"),
                        ("echo.echo, AsyncClient", "echo_async"),
                        ("Ray actor method", "ray")]:
@@ -413,7 +456,8 @@ def table(res: dict[str, Any]) -> str:
             cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
     cpu = ["", "CPU time per message while pipelining (µs, all threads of each process):", ""]
-    for label, key in [("raw echo", "raw"), ("echo.echo via kernel", "echo_frames")]:
+    for label, key in [("raw echo", "raw"), ("via kernel to the blocking actor", "echo_blocking"),
+                       ("via kernel to the trio echo actor", "echo_frames")]:
         per = {name: statistics.median(r["cpu_us"][name] for r in res["paths"][key])
                for name in res["paths"][key][0]["cpu_us"]}
         cpu.append(f"- {label}: " + ", ".join(f"{name} {us:.0f}" for name, us in per.items()))
@@ -447,9 +491,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="interpreter that imports ray ('' skips Ray)")
     p.add_argument("--profile", type=Path, default=None, help="write kernel.prof (cProfile) here")
     p.add_argument("--raw-server", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--blocking-actor", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.raw_server:
         raw_server(args.raw_server)
+        return 0
+    if args.blocking_actor:
+        blocking_actor(args.blocking_actor, "blocking", 0.25)
         return 0
     mode = "quick" if args.quick else "full"
     size = SIZES[mode]
@@ -457,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="smb", dir="/tmp"))
     raw_ep = f"ipc://{root}/raw.sock"
     server = subprocess.Popen([sys.executable, __file__, "--raw-server", raw_ep])
+    blocking = None
     try:
         kernel, endpoint, own_actor = start_deployment(Path(args.config), root, args.profile)
     except BaseException:
@@ -468,13 +517,18 @@ def main(argv: list[str] | None = None) -> int:
                                "python": sys.version.split()[0], "pyzmq": zmq.__version__,
                                "libzmq": zmq.zmq_version(), "msgpack": msgpack.version,
                                "trio": trio.__version__},
-                           "paths": {k: [] for k in ("raw", "ping", "echo_frames", "echo_client",
-                                                     "echo_async")},
+                           "paths": {k: [] for k in ("raw", "ping", "echo_blocking", "echo_frames",
+                                                     "echo_client", "echo_async")},
                            "big": {"raw": [], "kernel": []}}
     try:
         raw_sock, k_sock = dealer(raw_ep), dealer(endpoint)
+        blocking = subprocess.Popen([sys.executable, __file__, "--blocking-actor", endpoint])
         with Client(endpoint) as client:
             actor_pid = next(a["pid"] for a in client.actors() if a["name"] == "echo")
+            while not any(a["name"] == "blocking" and a["state"] == "ready" for a in client.actors()):
+                if blocking.poll() is not None:
+                    raise RuntimeError("the blocking echo actor exited")
+                time.sleep(0.1)
             for r in range(rounds):
                 paths = res["paths"]
                 paths["raw"].append(raw_round(raw_sock, size, {"client": os.getpid(),
@@ -483,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
                 paths["echo_frames"].append(frames_round(
                     k_sock, b"echo", "echo", {"data": ECHO_DATA}, size,
                     {"client": os.getpid(), "kernel": kernel.pid, "actor": actor_pid}))
+                paths["echo_blocking"].append(frames_round(
+                    k_sock, b"blocking", "echo", {"data": ECHO_DATA}, size,
+                    {"client": os.getpid(), "kernel": kernel.pid, "actor": blocking.pid}))
                 paths["echo_client"].append(client_round(client, size))
                 paths["echo_async"].append({"rate": async_client_rate(endpoint, size["msgs"], args.tasks)})
                 res["big"]["raw"].append(raw_big(raw_sock, size["big"]))
@@ -495,10 +552,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         kernel.send_signal(signal.SIGINT)
         server.terminate()
+        if blocking is not None:
+            blocking.terminate()
         kernel.wait(60)
         server.wait(10)
-        if own_actor is not None:
-            own_actor.wait(30)
+        for proc in (own_actor, blocking):
+            if proc is not None:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     if args.profile is not None:
         print_profiles(args.profile)
     if args.ray_python:
