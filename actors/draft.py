@@ -12,13 +12,12 @@ from typing import Any
 import numpy as np
 
 from specmemo.actors.engine import DraftCore
-from specmemo.actors.engine.models import load_model
 from specmemo.actors.engine.verifier import DRAFT
 from specmemo.protocol.methods import AcceptRequest, DraftOpen, Empty, ProposeRequest, SessionRef
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
-from .modelconfig import model_spec
+from .modelconfig import load_actor_model
 
 log = logging.getLogger("specmemo.draft")
 
@@ -36,13 +35,12 @@ class DraftActor(Actor):
     async def on_start(self) -> None:
         import torch
         torch.set_num_threads(int(self.config.get("threads", torch.get_num_threads())))
-        spec = model_spec(self.config, "draft")
-        model, _ = await self.run_sync(load_model, spec)
+        model, _ = await self.run_sync(load_actor_model, self.config, "draft")
         self.core = DraftCore(model, int(self.config.get("block_tokens", 16)),
                               int(self.config.get("spare_blocks", 1)))
         await self.peers.call(self.memory, "add_holder", holder=DRAFT,
                               bytes_per_token=self.core.bytes_per_token, actor=self.name)
-        log.info("draft model %s loaded (%d KV bytes/token)", spec.source, self.core.bytes_per_token)
+        log.info("draft model %s loaded (%d KV bytes/token)", self.config.get("model", "default"), self.core.bytes_per_token)
 
     async def on_peer_died(self, name: str) -> None:
         if name == self.verifier and self.core is not None:

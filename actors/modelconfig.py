@@ -1,7 +1,8 @@
 """The model part of an actor's config, mapped onto a :class:`ModelSpec`.
 
     [actors.draft.config]
-    model = "default"        # the pulled embedded pair (`specmemo models pull`), or a
+    model = "default"        # the pulled embedded pair (`specmemo models pull`), "tiny" (a
+                             # random-weight test pair built from a config, `seed`), or a
                              # local directory, a .gguf file, or a hub id (allow_network = true)
     dtype = "bfloat16"
     device = "cpu"
@@ -11,8 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from specmemo.actors.engine.models import ModelSpec
+from specmemo.actors.engine.models import ModelSpec, load_model
 from specmemo.actors.engine.pull import default_pair_specs
+
+
+def load_actor_model(config: dict[str, Any], role: str) -> tuple[Any, Any]:
+    """(model, tokenizer) for ``role`` ("draft" or "target") as the config asks."""
+    if config.get("model") == "tiny":
+        from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
+        draft, target = tiny_pair(seed=int(config.get("seed", 0)))
+        return (draft if role == "draft" else target), tiny_tokenizer()
+    return load_model(model_spec(config, role))
 
 
 def model_spec(config: dict[str, Any], role: str) -> ModelSpec:

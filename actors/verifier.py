@@ -26,7 +26,6 @@ import trio
 
 from specmemo.actors.engine import VerifierCore
 from specmemo.actors.engine.errors import EngineError, SessionBusy, UnknownSession
-from specmemo.actors.engine.models import load_model
 from specmemo.actors.engine.verifier import DRAFT, TARGET, Driver
 from specmemo.protocol import errors as wire
 from specmemo.protocol.methods import (ChatChunk, ChatRequest, Empty, GenerateRequest, OpenChat,
@@ -34,7 +33,7 @@ from specmemo.protocol.methods import (ChatChunk, ChatRequest, Empty, GenerateRe
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
-from .modelconfig import model_spec
+from .modelconfig import load_actor_model
 
 log = logging.getLogger("specmemo.verifier")
 
@@ -127,6 +126,10 @@ class RemoteDraft:
                               temperature=temperature, seeds=seeds)
 
     def accept(self, session: str, accepted: int, tokens: np.ndarray, blocks: int) -> int:
+        if blocks == 0:
+            # The memory actor reclaimed the draft's lease (a dead draft reported between this
+            # step's grant and its commit): drop the cache; the next grant asks for a rebuild.
+            return self.close(session)
         try:
             return self._retrying("accept", session=session, accepted=accepted,
                                   tokens=np.asarray(tokens), blocks=blocks)["held"]
@@ -174,8 +177,7 @@ class VerifierActor(Actor):
     async def on_start(self) -> None:
         import torch
         torch.set_num_threads(int(self.config.get("threads", torch.get_num_threads())))
-        spec = model_spec(self.config, "target")
-        model, tokenizer = await self.run_sync(load_model, spec)
+        model, tokenizer = await self.run_sync(load_actor_model, self.config, "target")
         block_tokens = int(self.config.get("block_tokens", 16))
         info = await self.peers.call(self.draft_name, "info", timeout=600)
         context = model.config.get_text_config(decoder=True).max_position_embeddings
@@ -194,7 +196,7 @@ class VerifierActor(Actor):
                              measure_cost=self.config.get("cost_ratio") is None)
         self.memory = memory
         self.gamma = self.config.get("gamma")
-        log.info("target model %s loaded (%d KV bytes/token)", spec.source, self.core.bytes_per_token)
+        log.info("target model %s loaded (%d KV bytes/token)", self.config.get("model", "default"), self.core.bytes_per_token)
 
     def _blocking_call(self, actor: str, method: str, **params: Any) -> Any:
         """From the worker thread: one call through this actor's socket, in the trio loop."""
@@ -221,15 +223,17 @@ class VerifierActor(Actor):
             raise wire.Conflict(f"session {req.session!r} is generating; cancel its chat first")
         return {"freed": await self._close(req.session)}
 
+    def _close_now(self, session: str) -> int:
+        """Close a session everywhere (target cache here, draft cache, memory blocks). Worker thread."""
+        freed = self.core.close(session)
+        self.draft.close(session)
+        if self.memory.has(session):
+            self.memory.release(session)
+        return freed
+
     async def _close(self, session: str) -> int:
-        def close() -> int:
-            freed = self.core.close(session)
-            self.draft.close(session)
-            if self.memory.has(session):
-                self.memory.release(session)
-            return freed
         async with self._core_lock:
-            return await trio.to_thread.run_sync(close)
+            return await trio.to_thread.run_sync(self._close_now, session)
 
     async def rpc_sessions(self, req: Empty, call: Call) -> dict:
         return {"sessions": list(self.core._sessions), "active": list(self.streams),
@@ -246,14 +250,11 @@ class VerifierActor(Actor):
     async def rpc_generate(self, req: GenerateRequest, call: Call):
         session = f"g{next(self._ids)}"
         self.core.open(session)
-        try:
-            async for chunk in self._turn(session, req, None):
-                yield chunk
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._close(session)
+        async for chunk in self._turn(session, req, None, close_after=True):
+            yield chunk
 
-    async def _turn(self, session: str, req: ChatRequest | GenerateRequest, message: str | None):
+    async def _turn(self, session: str, req: ChatRequest | GenerateRequest, message: str | None,
+                    close_after: bool = False):
         if session in self.streams:
             raise wire.Conflict(f"session {session!r} is already generating for another caller")
         if req.max_new_tokens < 1:
@@ -277,16 +278,12 @@ class VerifierActor(Actor):
                         done = True
                         return
         finally:
-            if not done and not failed:
-                # The caller cancelled or went away: stop the turn and free the session's blocks.
+            if close_after or not (done or failed):
+                # The caller went away (or the session was throwaway): the engine task stops
+                # the turn and closes the session, freeing its blocks in every actor. It is
+                # done there because this task may be cancelled.
                 self.leaves.append(session)
                 self.wake.set()
-                if message is not None:
-                    with trio.CancelScope(shield=True):
-                        while session in self.streams:
-                            await trio.sleep(0.005)
-                        if self.core.has(session):
-                            await self._close(session)
 
     async def background(self) -> None:
         """The one task that owns the Driver: joins, leaves, then steps, until nothing is active."""
@@ -295,8 +292,14 @@ class VerifierActor(Actor):
             self.wake = trio.Event()
             while self.joins or self.leaves or self.driver.active:
                 try:
+                    leaves, self.leaves = self.leaves, []
+                    for session in leaves:
+                        stream = self.streams.pop(session, None)
+                        if stream is not None:
+                            stream.send.close()
                     async with self._core_lock:
-                        await trio.to_thread.run_sync(self._between_steps)
+                        for stream, exc in await trio.to_thread.run_sync(self._between_steps, leaves):
+                            self._fail(stream, exc)
                         events = await trio.to_thread.run_sync(self.driver.step) \
                             if self.driver.active else []
                 except Exception as exc:  # a failed step fails its turns, not the actor
@@ -321,15 +324,18 @@ class VerifierActor(Actor):
                 except wire.SpecmemoError:
                     pass
 
-    def _between_steps(self) -> None:
-        """Leaves, then joins (prefill forwards included). Runs in the worker thread."""
-        for session in self.leaves:
+    def _between_steps(self, leaves: list[str]) -> list[tuple[_Stream, Exception]]:
+        """Leaves, then joins (prefill forwards included); answers the joins that failed.
+
+        Runs in the worker thread, so it never touches a stream's channel (trio's channels
+        belong to the trio thread): the engine task fails those streams afterwards.
+        """
+        for session in leaves:
             if session in self.driver.active:
                 self.driver.leave(session)
-            stream = self.streams.pop(session, None)
-            if stream is not None:
-                stream.send.close()
-        self.leaves.clear()
+            if self.core.has(session):
+                self._close_now(session)
+        failed: list[tuple[_Stream, Exception]] = []
         joins, self.joins = self.joins, []
         for req, stream in joins:
             if stream.session not in self.streams:
@@ -342,12 +348,13 @@ class VerifierActor(Actor):
                 self.driver.join(stream.session, ids, keep, req.max_new_tokens, req.temperature,
                                  req.seed, req.gamma if req.gamma is not None else self.gamma)
             except (EngineError, wire.SpecmemoError) as exc:
-                self._fail(stream, exc)
+                failed.append((stream, exc))
+        return failed
 
     def _fail(self, stream: _Stream, exc: BaseException) -> None:
         mapped = self.map_error(exc) or wire.Internal(f"{type(exc).__name__}: {exc}")
         self.streams.pop(stream.session, None)
-        stream.send.send_nowait(mapped)
+        _deliver(stream, mapped)
         stream.send.close()
 
     def _dispatch(self, event: dict) -> None:
@@ -378,7 +385,15 @@ class VerifierActor(Actor):
                 reply = self.core.end_turn(stream.session, stream.message, np.asarray(stream.reply))
             else:
                 reply = text
-        stream.send.send_nowait(ChatChunk(tokens=tokens, text=delta, done=bool(event["done"]),
-                                          step=event["step"], stats=stats, reply=reply))
+        _deliver(stream, ChatChunk(tokens=tokens, text=delta, done=bool(event["done"]),
+                                   step=event["step"], stats=stats, reply=reply))
         if event["done"]:
             stream.send.close()
+
+
+def _deliver(stream: _Stream, item: Any) -> None:
+    """Queue a chunk or an error for the task streaming this turn; its caller may be gone."""
+    try:
+        stream.send.send_nowait(item)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
