@@ -179,7 +179,7 @@ class VerifierActor(Actor):
         torch.set_num_threads(int(self.config.get("threads", torch.get_num_threads())))
         model, tokenizer = await self.run_sync(load_actor_model, self.config, "target")
         block_tokens = int(self.config.get("block_tokens", 16))
-        info = await self.peers.call(self.draft_name, "info", timeout=600)
+        info = await self._wait_for_draft()
         context = model.config.get_text_config(decoder=True).max_position_embeddings
         self.core = VerifierCore(model, tokenizer, block_tokens, int(self.config.get("spare_blocks", 1)),
                                  min(info["max_context"], context))
@@ -197,6 +197,15 @@ class VerifierActor(Actor):
         self.memory = memory
         self.gamma = self.config.get("gamma")
         log.info("target model %s loaded (%d KV bytes/token)", self.config.get("model", "default"), self.core.bytes_per_token)
+
+    async def _wait_for_draft(self) -> dict:
+        """The draft's info; the draft may run elsewhere and register later than this actor."""
+        while True:
+            try:
+                return await self.peers.call(self.draft_name, "info", timeout=30)
+            except (wire.UnknownActor, wire.ActorDied, wire.DeadlineExceeded):
+                log.info("waiting for the draft actor '%s'", self.draft_name)
+                await trio.sleep(1.0)
 
     def _blocking_call(self, actor: str, method: str, **params: Any) -> Any:
         """From the worker thread: one call through this actor's socket, in the trio loop."""

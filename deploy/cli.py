@@ -1,6 +1,9 @@
 """The ``specmemo`` command line.
 
+    specmemo demo                                the main job: deployment, chat and solve, stop
     specmemo up [--config deploy/local.toml]     start a local deployment (Ctrl-C stops it)
+    specmemo chat [--stats]                      chat with a running deployment
+    specmemo models pull                         fetch and convert the default model pair
     specmemo status [--endpoint E]               the actor table of a running deployment
     specmemo call ACTOR METHOD [key=value ...]   call any method (values parsed as JSON)
     specmemo solve FILE.mtx [--alpha A]          solve (alpha I + S) x = b on the solver actor
@@ -113,6 +116,68 @@ def cmd_solve(args: argparse.Namespace) -> int:
     return 0 if out["converged"] else 3
 
 
+@command
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo(args.config, args.max_new_tokens, args.quiet)
+
+
+@command
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Interactive chat against a running deployment."""
+    from specmemo.protocol import Client
+    show = args.stats
+    with Client(args.endpoint, timeout=args.timeout) as c:
+        session = c.open_session()
+        print(f"session {session}; /stats toggles statistics, /usage shows memory, /quit leaves")
+        try:
+            while True:
+                try:
+                    line = input("you> ").strip()
+                except EOFError:
+                    break
+                if not line:
+                    continue
+                if line in ("/quit", "/exit"):
+                    break
+                if line == "/stats":
+                    show = not show
+                    print(f"statistics {'on' if show else 'off'}")
+                    continue
+                if line == "/usage":
+                    u = c.usage()
+                    print(f"budget {u['budget']} B, live {u['live']} B, peak {u['peak']} B, "
+                          f"sessions {u['sessions']}")
+                    continue
+                print("assistant> ", end="", flush=True)
+                last: dict[str, Any] = {}
+                for chunk in c.chat(session, line, max_new_tokens=args.max_new_tokens,
+                                    temperature=args.temperature):
+                    print(chunk["text"], end="", flush=True)
+                    last = chunk
+                print()
+                if show and last:
+                    s = last["stats"]
+                    print(f"  [{s['tokens']} tokens, {s['tokens_per_s']:.2f} tokens/s, "
+                          f"{s['tokens_per_step']:.2f} tokens/step, alpha {s['alpha']:.2f}]")
+        finally:
+            c.close_session(session)
+    return 0
+
+
+@command
+def cmd_models(args: argparse.Namespace) -> int:
+    from specmemo.actors.engine.pull import default_pair_paths, is_cached, pull_default_pair
+    if args.action == "pull":
+        paths = pull_default_pair(progress=lambda msg: print(msg, flush=True))
+    else:
+        paths = default_pair_paths()
+        print("cached" if is_cached() else "not cached (run `specmemo models pull`)")
+    for role, path in paths.items():
+        print(f"{role}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="specmemo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,6 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("actor")
     call.add_argument("method")
     call.add_argument("params", nargs="*", help="key=value, value parsed as JSON when it parses")
+    demo = sub.add_parser("demo", help="the main job: a deployment on the default pair, a chat and a solve")
+    demo.add_argument("--config", help="deployment TOML (default: deploy/local.toml)")
+    demo.add_argument("--max-new-tokens", type=int, default=48)
+    demo.add_argument("--quiet", action="store_true", help="hide the actors' log lines")
+    chat = client_cmd("chat", "interactive chat with a running deployment")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--stats", action="store_true", help="print statistics after each reply")
+    models = sub.add_parser("models", help="the embedded default model pair")
+    models.add_argument("action", choices=["pull", "path"])
     solve = client_cmd("solve", "solve (alpha I + S) x = b for a skew-symmetric Matrix Market file")
     solve.add_argument("file", help="a .mtx file (make one: python -m specmemo.native.matrices convection2d 10000)")
     solve.add_argument("--alpha", type=float, default=1.0)
