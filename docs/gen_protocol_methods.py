@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     updated = splice(current, section)
     if args.check:
         if updated != current:
-            print(f"{DOC} is out of date: run python {Path(__file__).name}", file=sys.stderr)
+            print(f"{DOC} is out of date: run python docs/gen_protocol_methods.py", file=sys.stderr)
             return 1
         return 0
     if updated != current:
