@@ -453,7 +453,7 @@ class Kernel:
                 state = "ready" if e.state == "ready" else child.state
                 pid, restarts = (e.pid or child.pid), child.restarts
             else:
-                state, pid, restarts = ("ready" if e.identity else e.state), e.pid, 0
+                state, pid, restarts = ("external" if e.identity else e.state), e.pid, 0
             uptime = now - e.registered_at if e.identity else 0.0
             rows.append(ActorInfo(name=name, kind=e.kind, pid=pid, state=state, restarts=restarts,
                                   uptime_s=round(uptime, 3), inflight=len(e.inflight)))
