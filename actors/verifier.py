@@ -192,6 +192,8 @@ class VerifierActor(Actor):
         memory = RemoteMemory(self._blocking_call, self.memory_name, self.name)
         self.draft = RemoteDraft(self._blocking_call, self.draft_name, self.core.ids)
         eos = tokenizer.eos_token_id if tokenizer is not None else None
+        if not self.config.get("stop_at_eos", True):
+            eos = None  # benchmarks: always generate the requested count
         self.driver = Driver(self.core, self.draft, memory, (eos,) if eos is not None else (),
                              measure_cost=self.config.get("cost_ratio") is None)
         self.memory = memory

@@ -268,13 +268,101 @@ def _run_engine_groups(row: Row, engine: Engine, prompts, max_new_tokens: int, b
 
 
 def through_actors_rows(context: dict) -> list[Row]:
-    """Rows measured through the draft, verifier and memory-manager actors (issue 5 adds them).
+    """Ours under the memory manager at the lower-bound budget, through the memory, draft and
+    verifier actors (separate processes, ZeroMQ through the kernel), on the same prompts.
 
-    `context` holds what the in-process rows used: draft, target, tokenizer, prompts,
-    max_new_tokens, block_tokens, cost_ratio, alpha and the lower-bound budget per prompt.
-    Answers no rows until the actors exist.
+    The deployment gets the in-process run's settings (budget, block size, fixed c) so the only
+    difference is the process split. Tokens are timed at the client, from request to last chunk.
     """
-    return []
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from specmemo.protocol import Client
+
+    args = context["args"]
+    root = Path(tempfile.mkdtemp(prefix="smbench", dir="/tmp"))
+    config = root / "bench.toml"
+    model = {"model": "default", "dtype": args.dtype, "block_tokens": args.block_tokens,
+             "cost_ratio": context["cost_ratio"], "stop_at_eos": False}
+    if args.cache_dir:
+        model["cache_dir"] = str(args.cache_dir)
+
+    def table(values: dict) -> str:
+        return "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+
+    config.write_text(f"""
+[deployment]
+name = "bench"
+heartbeat_s = 2.0
+heartbeat_misses = 30
+
+[actors.memory]
+kind = "memory"
+[actors.memory.config]
+{table({"budget_bytes": int(context["lower_bound"]), "block_tokens": args.block_tokens,
+        "gamma_max": args.gamma_max, "cost_ratio": context["cost_ratio"], "spare_blocks": args.spare_blocks})}
+
+[actors.draft]
+kind = "draft"
+after = ["memory"]
+[actors.draft.config]
+{table(model)}
+
+[actors.verifier]
+kind = "verifier"
+after = ["memory", "draft"]
+[actors.verifier.config]
+{table(model)}
+""")
+    env = {**os.environ, "SPECMEMO_RUN_ROOT": str(root / "run")}
+    log = (root / "up.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(config)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    row = Row("ours through the actors, 1 x lower bound", budget=int(context["lower_bound"]), budget_ratio=1.0)
+    try:
+        endpoint_file = root / "run" / "bench" / "endpoint"
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"deployment exited: {(root / 'up.log').read_text()[-2000:]}")
+            if endpoint_file.exists():
+                try:
+                    with Client(endpoint_file.read_text().strip(), timeout=5) as c:
+                        if all(a["state"] == "ready" for a in c.actors()):
+                            break
+                except Exception:
+                    pass
+            time.sleep(1)
+        with Client(endpoint_file.read_text().strip(), timeout=1800) as c:
+            list(c.stream("verifier", "generate", prompt_ids=np.asarray(context["prompts"][0]), max_new_tokens=4))
+            for ids in context["prompts"]:
+                new = []
+                start = time.perf_counter()
+                for chunk in c.stream("verifier", "generate", prompt_ids=np.asarray(ids, dtype=np.int64),
+                                      max_new_tokens=context["max_new_tokens"]):
+                    new.extend(int(t) for t in chunk["tokens"])
+                    if chunk["step"]:
+                        row.steps += 1
+                        row.accepted += chunk["step"]["accepted"]
+                        row.drafted += chunk["step"]["gamma"]
+                row.seconds += time.perf_counter() - start
+                row.tokens += len(new)
+                row.outputs.append(new)
+            row.accounted_peak = c.usage()["peak"]
+    except Exception as exc:  # a broken deployment is reported in the table, not a crash of the run
+        row.refused, row.note = True, f"through-actors run failed: {type(exc).__name__}: {exc}"[:200]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(120)
+        log.close()
+    in_process = next((r for r in context["rows"] if r.budget_ratio == 1.0 and r.batch == 1 and not r.refused), None)
+    if in_process is not None and row.tokens_per_s and not row.refused:
+        row.note = f"{row.tokens_per_s / in_process.tokens_per_s:.3f} x the in-process 1 x lower bound row"
+    report(row)
+    return [row]
 
 
 # the memory model's inputs
@@ -399,8 +487,9 @@ def run(args) -> tuple[list[Row], dict]:
 
     context = {"draft": draft, "target": target, "tokenizer": tokenizer, "prompts": prompts,
                "max_new_tokens": args.max_new_tokens, "block_tokens": args.block_tokens,
-               "cost_ratio": cost_ratio, "alpha": alpha, "lower_bound": bound}
-    rows.extend(through_actors_rows(context))
+               "cost_ratio": cost_ratio, "alpha": alpha, "lower_bound": bound, "args": args, "rows": rows}
+    if not args.skip_actors:
+        rows.extend(through_actors_rows(context))
     same_fraction(rows, plain)
     return rows, info
 
@@ -522,6 +611,7 @@ def parse_args(argv=None):
     parser.add_argument("--gamma-max", type=int, default=8)
     parser.add_argument("--static-context", type=int, default=None, help="default: the target's max context")
     parser.add_argument("--skip-assisted", action="store_true")
+    parser.add_argument("--skip-actors", action="store_true", help="skip the through-the-actors row (issue 5)")
     parser.add_argument("--cache-dir", default=None, help="models cache (default $SPECMEMO_HOME or ~/.cache/specmemo/models)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the section of docs/benchmarks.md")
