@@ -93,3 +93,32 @@ def test_a_greedy_session_batched_with_sampled_ones_still_decodes_greedily():
             out[event["session"]] += event["tokens"].tolist()
     assert out["greedy"] == greedy_reference(target, prompts["greedy"], 14).tolist()
     assert len(out["hot"]) == len(out["warm"]) == 14
+
+
+def test_a_static_whole_context_cache_is_one_block_that_never_shrinks():
+    draft, target = tiny_pair(seed=9, noise=0.05, draft_layers=2, max_positions=64)
+    engine = Engine(draft, target, block_tokens=64, gamma=3)
+    engine.verifier.open("s")
+    ids, keep = engine.verifier.check_prompt("s", np.arange(5, 15))
+    engine.driver.join("s", ids, keep, 20)
+    per_token = engine.draft.bytes_per_token + engine.verifier.bytes_per_token
+    out = []
+    while engine.driver.active:
+        out += engine.driver.step()[0]["tokens"].tolist()
+        assert engine.usage()["live"] == 64 * per_token
+    assert_accounting_matches_tensors(engine)
+    assert out == greedy_reference(target, np.arange(5, 15), 20).tolist()
+
+
+def test_generation_at_the_lower_bound_budget_keeps_its_gamma_and_output():
+    draft, target = tiny_pair(seed=10, noise=0.0, draft_layers=2)
+    probe = Engine(draft, target, block_tokens=4)
+    prompt, new = np.arange(3, 20), 24
+    budget, gamma = probe.kv_lower_bound([len(prompt) + new], alpha=0.8, cost_ratio=0.05)
+    assert gamma == 6
+    engine = Engine(draft, target, budget_bytes=budget, block_tokens=4, gamma=gamma)
+    ids, stats = engine.generate_ids(prompt, new)
+    assert ids.tolist() == greedy_reference(target, prompt, new).tolist()
+    assert engine.memory.usage()["peak"] <= budget
+    steps = stats["accepted_per_step"]
+    assert steps[:-1] == [gamma] * (len(steps) - 1)  # never forced below γ* (the last step is cut by max_new)

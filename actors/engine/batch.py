@@ -24,16 +24,22 @@ def forward_rows(model, caches: list[BlockKVCache], feeds: list[np.ndarray], kee
     for b, f in enumerate(feeds):
         ids[b, : len(f)] = f
     param = next(model.parameters())
-    positions, mask = batch_inputs([c.length for c in caches], n_new, q, model.config._attn_implementation, param.dtype)
+    inputs = torch.from_numpy(ids).to(param.device)
     with torch.inference_mode():
-        logits = model(
-            input_ids=torch.from_numpy(ids).to(param.device),
-            position_ids=positions.to(param.device),
-            attention_mask=mask.to(param.device),
-            past_key_values=GatherCache(caches, n_new),
-            use_cache=True,
-            logits_to_keep=keep,
-        ).logits
+        if len(caches) == 1:
+            # one row: the cache itself, default positions and transformers' own causal mask
+            logits = model(input_ids=inputs, past_key_values=caches[0], use_cache=True, logits_to_keep=keep).logits
+        else:
+            lengths = [c.length for c in caches]
+            positions, mask = batch_inputs(lengths, n_new, q, model.config._attn_implementation, param.dtype)
+            logits = model(
+                input_ids=inputs,
+                position_ids=positions.to(param.device),
+                attention_mask=mask.to(param.device),
+                past_key_values=GatherCache(caches, n_new),
+                use_cache=True,
+                logits_to_keep=keep,
+            ).logits
     assert logits.shape[:2] == (len(feeds), keep), logits.shape
     first = q - keep
     return [logits[b, n - k - first : n - first].float() for b, (n, k) in enumerate(zip(n_new, keep_last))]

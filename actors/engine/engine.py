@@ -14,6 +14,7 @@ from .draft import DraftCore
 from .errors import EngineError, TokenizerMismatch
 from .kvcache import blocks_for
 from .manager import MemoryManager
+from .memory_model import lower_bound_budget
 from .verifier import DRAFT, TARGET, Driver, VerifierCore
 
 _ERRORS = {cls.__name__: cls for cls in EngineError.__subclasses__()}
@@ -25,7 +26,10 @@ class Engine:
     budget_bytes: the KV budget of both caches, all sessions (default: a static cache of the
     target's whole context for one session, both models). gamma: a fixed γ per step (default:
     the manager picks γ* from the running α estimate and c). cost_ratio: a fixed c = t_draft /
-    t_target (default: measured online by the driver).
+    t_target (default: measured online by the driver). max_context: a cap below the models' own.
+
+    The Medusa-style static baseline is this class with block_tokens = max_context: each cache
+    is one block of the whole context, allocated at prefill and never shrunk.
     """
 
     def __init__(
@@ -39,14 +43,14 @@ class Engine:
         gamma_max: int = 8,
         cost_ratio: float | None = None,
         spare_blocks: int = 1,
+        max_context: int | None = None,
     ):
         check_pair(draft_model, target_model, tokenizer)
         self.tokenizer = tokenizer
         self.draft = DraftCore(draft_model, block_tokens, spare_blocks)
         target_context = target_model.config.get_text_config(decoder=True).max_position_embeddings
-        self.verifier = VerifierCore(
-            target_model, tokenizer, block_tokens, spare_blocks, min(self.draft.max_context, target_context)
-        )
+        context = min(self.draft.max_context, target_context, max_context or target_context)
+        self.verifier = VerifierCore(target_model, tokenizer, block_tokens, spare_blocks, context)
         if budget_bytes is None:
             tokens = blocks_for(self.verifier.max_context, block_tokens) * block_tokens
             budget_bytes = tokens * (self.draft.bytes_per_token + self.verifier.bytes_per_token)
@@ -151,6 +155,17 @@ class Engine:
         self.draft.close(session)
         if self.memory.has(session):
             self.memory.release(session)
+
+    def kv_lower_bound(
+        self, contexts: list[int], alpha: float, cost_ratio: float, fraction: float = 0.96
+    ) -> tuple[int, int]:
+        """(KV bytes, γ*): the smallest budget keeping `fraction` of the best expected speedup for
+        sessions of these committed lengths (memory_model.lower_bound_budget with this engine's
+        bytes per token and block size)."""
+        return lower_bound_budget(
+            contexts, alpha, cost_ratio, self.verifier.bytes_per_token, self.draft.bytes_per_token,
+            self.memory.block_tokens, fraction, self.memory.gamma_max,
+        )
 
     def usage(self) -> dict:
         """The manager's accounting plus the bytes the cache tensors really hold."""
