@@ -35,7 +35,8 @@ def test_multi_turn_chat_reuses_the_kv_of_earlier_turns_and_matches_plain_greedy
         if turn:
             prompt, keep = engine.verifier.chat_prompt("s", message)
             assert keep == len(history) and prompt[: len(history)].tolist() == history.tolist()
-            assert tokenizer.decode(prompt[len(history) :]).endswith(f"user\n{message}<|im_end|>\n<|im_start|>assistant\n")
+            continuation = tokenizer.decode(prompt[len(history) :])
+            assert continuation.endswith(f"user\n{message}<|im_end|>\n<|im_start|>assistant\n")
         else:
             messages = [{"role": "user", "content": message}]
             prompt = np.array(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False))

@@ -8,7 +8,9 @@ import torch
 from .kvcache import BlockKVCache, GatherCache, batch_inputs
 
 
-def forward_rows(model, caches: list[BlockKVCache], feeds: list[np.ndarray], keep_last: list[int]) -> list[torch.Tensor]:
+def forward_rows(
+    model, caches: list[BlockKVCache], feeds: list[np.ndarray], keep_last: list[int]
+) -> list[torch.Tensor]:
     """Append feeds[b] (token ids, n_b >= 1) to caches[b] for every row in one forward.
 
     Answers, for row b, the float32 logits `[keep_last[b], V]` of its last keep_last[b] fed

@@ -95,7 +95,8 @@ class DraftCore:
             for j in range(width):
                 active = [b for b, g in enumerate(gammas) if g > j]
                 feeds = [rows[b].ids[rows[b].cache.length :] if j == 0 else tokens[b, j - 1 : j] for b in active]
-                logits = [x[0] for x in forward_rows(self.model, [rows[b].cache for b in active], feeds, [1] * len(active))]
+                caches = [rows[b].cache for b in active]
+                logits = [x[0] for x in forward_rows(self.model, caches, feeds, [1] * len(active))]
                 for i, b in enumerate(active):
                     if temps[b] > 0:
                         p = torch.softmax(logits[i] / temps[b], dim=-1).cpu().numpy()

@@ -129,7 +129,8 @@ class BlockKVCache(Cache):
     def __init__(self, config, block_tokens: int = 16, dtype=torch.float32, device="cpu", spare_blocks: int = 1):
         n_layers, kv_heads, head_dim = kv_shape(config)
         self.block_tokens = block_tokens
-        self.block_bytes = 2 * n_layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size() * block_tokens
+        element = torch.tensor([], dtype=dtype).element_size()
+        self.block_bytes = 2 * n_layers * kv_heads * head_dim * element * block_tokens
         layers = [BlockLayer(kv_heads, head_dim, block_tokens, dtype, device, spare_blocks) for _ in range(n_layers)]
         super().__init__(layers=layers)
 

@@ -34,7 +34,9 @@ class _TargetSession:
 class VerifierCore:
     """Target model, per-session target caches and chat state."""
 
-    def __init__(self, model, tokenizer=None, block_tokens: int = 16, spare_blocks: int = 1, max_context: int | None = None):
+    def __init__(
+        self, model, tokenizer=None, block_tokens: int = 16, spare_blocks: int = 1, max_context: int | None = None
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
@@ -222,7 +224,9 @@ class Driver:
     memory side after each step (it picks γ* from it when no fixed γ is asked).
     """
 
-    def __init__(self, verifier: VerifierCore, draft, memory, stop_ids: tuple[int, ...] = (), measure_cost: bool = False):
+    def __init__(
+        self, verifier: VerifierCore, draft, memory, stop_ids: tuple[int, ...] = (), measure_cost: bool = False
+    ):
         self.verifier, self.draft, self.memory = verifier, draft, memory
         self.stop_ids = set(stop_ids)
         self.measure_cost = measure_cost
@@ -318,9 +322,9 @@ class Driver:
                 probs = np.zeros((len(granted), max(gammas), proposal["probs"].shape[-1]), dtype=np.float32)
                 probs[speculating, :width] = proposal["probs"]
             draft_s = proposal["seconds"]
-        verdict = self.verifier.verify(
-            sessions, drafts, gammas, [b[TARGET] for _, _, b in granted], temperatures, probs, [int(s[1]) for s in seeds]
-        )
+        target_blocks = [b[TARGET] for _, _, b in granted]
+        verify_seeds = [int(s[1]) for s in seeds]
+        verdict = self.verifier.verify(sessions, drafts, gammas, target_blocks, temperatures, probs, verify_seeds)
         if self.measure_cost and speculating and verdict["seconds"] > 0:
             # c = t_draft / t_target: one draft forward per draft position against one target forward
             observed = draft_s / max(gammas) / verdict["seconds"]
