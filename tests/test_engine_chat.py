@@ -14,7 +14,7 @@ from specmemo.actors.engine import (
     UnknownSession,
 )
 from specmemo.actors.engine.tiny import EOS_ID, tiny_pair, tiny_tokenizer
-from tests.engine_helpers import assert_accounting_matches_tensors, greedy_reference, one_torch_thread  # noqa: F401
+from engine_helpers import assert_accounting_matches_tensors, greedy_reference, one_torch_thread  # noqa: F401
 
 
 @pytest.fixture(scope="module")

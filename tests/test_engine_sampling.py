@@ -6,7 +6,7 @@ from scipy import stats
 
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.tiny import tiny_pair
-from tests.engine_helpers import one_torch_thread  # noqa: F401
+from engine_helpers import one_torch_thread  # noqa: F401
 
 VOCAB = 8
 
