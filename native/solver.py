@@ -16,7 +16,6 @@ import numpy as np
 
 from .errors import InvalidOperand
 from .kernels import mrs_update
-from .matrices import read_mtx
 from .plan import Plan
 from .validate import as_vector, check_scalar
 
@@ -123,6 +122,10 @@ def solve_file(path, alpha: float = 1.0, tol: float = 1e-10, maxiter: int | None
                threads: int | None = None) -> SolveResult:
     """Solve (alpha I + S) x = b for S read from a Matrix Market file, with b = (alpha I + S) 1
     (consistent even when S is singular; the exact solution is all ones when it is not)."""
+    # imported here, not at the top: the package imports this module, and matrices is also run
+    # as a script (python -m specmemo.native.matrices), which must find it not yet imported
+    from .matrices import read_mtx
+
     plan = Plan.build(read_mtx(path), "skew", threads)
     b = plan.shifted(check_scalar(alpha, "alpha"), np.ones(plan.n))
     return mrs(plan, b, alpha, tol, maxiter)

@@ -63,6 +63,7 @@ def test_cli_writes_a_matrix_market_file(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
     assert "n=125" in proc.stdout
     assert (matrices.read_mtx(out) != matrices.generate("convection3d", 125, seed=4)).nnz == 0
 

@@ -30,7 +30,8 @@ def test_mrs_matches_spsolve_on_small_systems(family, size, alpha, sign, threads
     assert result.residual <= 1e-11
     # ||(alpha I + S)^-1|| <= 1/|alpha| because S is skew: the error is at most residual/|alpha|
     assert np.linalg.norm(result.x - exact) <= 1e-11 * np.linalg.norm(b) / alpha + 1e-14
-    assert result.iterations <= n + 1
+    # at most n steps in exact arithmetic; rounding (lost orthogonality) may add a few
+    assert result.iterations <= 2 * n + 10
 
 
 def test_residual_history_falls_monotonically_and_matches_the_true_residual():
