@@ -111,12 +111,32 @@ class Kernel:
         r.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         r.setsockopt(zmq.SNDHWM, 10000)
         r.setsockopt(zmq.RCVHWM, 10000)
+        if self.config.curve_server_key:
+            self._start_curve(ctx, r)
         r.bind(self.endpoint)
         if self.endpoint.startswith("tcp://") and self.endpoint.endswith(":0"):
             self.endpoint = r.getsockopt(zmq.LAST_ENDPOINT).decode()
             self.supervisor.endpoint = self.endpoint
         self.router = r
         (self.run_dir / ENDPOINT_FILE).write_text(self.endpoint)
+
+    def _start_curve(self, ctx: zmq.Context, router: zmq.Socket) -> None:
+        """CURVE server: only peers whose public key is in ``curve_allowed`` may connect."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        from specmemo.protocol.curve import load_pair
+        public, secret = load_pair(self.config.curve_server_key)
+        self.auth = ThreadAuthenticator(ctx)
+        self.auth.start()
+        self.auth.configure_curve(domain="*", location=self.config.curve_allowed)
+        router.curve_server = True
+        router.curve_publickey = public
+        router.curve_secretkey = secret
+        server_public = self.run_dir / "server.key"
+        server_public.write_text(Path(self.config.curve_server_key).with_suffix(".key").read_text())
+        self.supervisor.extra_env.update(SPECMEMO_CURVE_KEY=self.config.curve_actor_key,
+                                         SPECMEMO_SERVER_KEY=str(server_public))
+        self.say(f"CURVE on: {len(list(Path(self.config.curve_allowed).glob('*.key')))} allowed keys")
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM or an escalation; returns the process exit code."""
@@ -144,6 +164,8 @@ class Kernel:
             signal.signal(signal.SIGCHLD, old_chld)
             self.poller.unregister(self.router)
             self.router.close(linger=200)
+            if getattr(self, "auth", None) is not None:
+                self.auth.stop()
             wake_r.close()
             wake_w.close()
             self._remove_run_dir()
@@ -157,7 +179,7 @@ class Kernel:
     def _remove_run_dir(self) -> None:
         if self.endpoint.startswith("ipc://"):
             Path(self.endpoint[6:]).unlink(missing_ok=True)
-        for name in (ENDPOINT_FILE, PID_FILE):
+        for name in (ENDPOINT_FILE, PID_FILE, "server.key"):
             (self.run_dir / name).unlink(missing_ok=True)
         try:
             self.run_dir.rmdir()

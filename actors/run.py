@@ -5,11 +5,13 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 
 import trio
 
 from specmemo.deploy.config import ACTOR_KINDS
+from specmemo.protocol.curve import client_keys
 
 from .runtime import ActorRuntime
 
@@ -29,13 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heartbeat", type=float, default=1.0)
     p.add_argument("--heartbeat-misses", type=int, default=5)
     p.add_argument("--max-message-bytes", type=int, default=256 * 1024 * 1024)
+    p.add_argument("--curve-key", default=os.environ.get("SPECMEMO_CURVE_KEY"),
+                   help="this actor's .key_secret file (tcp deployments with CURVE)")
+    p.add_argument("--server-key", default=os.environ.get("SPECMEMO_SERVER_KEY"),
+                   help="the kernel's public .key file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     config = json.loads(args.config)
     actor = load_actor_class(args.kind, config.get("class"))(args.name, config)
     runtime = ActorRuntime(actor, args.endpoint, heartbeat_s=args.heartbeat,
                            heartbeat_misses=args.heartbeat_misses,
-                           max_message_bytes=args.max_message_bytes)
+                           max_message_bytes=args.max_message_bytes,
+                           curve=client_keys(args.curve_key, args.server_key) if args.curve_key else None)
     reason = trio.run(runtime.run)
     logging.info("%s stopped: %s", args.name, reason or "done")
     return 0

@@ -19,6 +19,7 @@ import zmq
 
 from specmemo.protocol import methods
 from specmemo.protocol.client import AsyncCaller
+from specmemo.protocol.curve import apply_client
 from specmemo.protocol.errors import (ActorDied, BadRequest, Cancelled, DeadlineExceeded, Internal,
                                       Overloaded, SpecmemoError, UnknownMethod, error_from_wire)
 from specmemo.protocol.schema import to_wire
@@ -57,9 +58,7 @@ class ActorRuntime:
         raw.setsockopt(zmq.ROUTING_ID, f"a-{self.actor.name}-{os.getpid()}".encode())
         raw.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         if self.curve:
-            raw.curve_secretkey = self.curve["secret"]
-            raw.curve_publickey = self.curve["public"]
-            raw.curve_serverkey = self.curve["server"]
+            apply_client(raw, self.curve)
         raw.connect(self.endpoint)
         self.sock = TrioSocket(raw)
         self.actor.peers = AsyncCaller(self.sock, max_message_bytes=self.max_message_bytes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Callable
 
@@ -46,6 +47,27 @@ def cmd_up(args: argparse.Namespace) -> int:
     return code
 
 
+def _client(args: argparse.Namespace):
+    from specmemo.protocol import Client
+    curve = None
+    if args.curve_key:
+        from specmemo.protocol.curve import client_keys
+        if not args.server_key:
+            raise SystemExit("--curve-key needs --server-key (the kernel's public .key file)")
+        curve = client_keys(args.curve_key, args.server_key)
+    return Client(args.endpoint, timeout=args.timeout, curve=curve)
+
+
+@command
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Generate a CURVE key pair (NAME.key public, NAME.key_secret secret)."""
+    from specmemo.protocol.curve import generate
+    public, secret = generate(args.dir, args.name)
+    print(f"public key: {public}\nsecret key: {secret} (keep it private; copy only the public key "
+          f"into the kernel's curve_allowed folder)")
+    return 0
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c)
               for c in columns}
@@ -56,8 +78,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 @command
 def cmd_status(args: argparse.Namespace) -> int:
-    from specmemo.protocol import Client
-    with Client(args.endpoint, timeout=args.timeout) as c:
+    with _client(args) as c:
         reply = c.call("kernel", "actors")
     print(f"deployment {reply['deployment']} at {reply['endpoint']}")
     print_table(reply["actors"], ["name", "kind", "pid", "state", "restarts", "uptime_s", "inflight"])
@@ -66,7 +87,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 @command
 def cmd_call(args: argparse.Namespace) -> int:
-    from specmemo.protocol import Client
     params = {}
     for kv in args.params:
         key, _, value = kv.partition("=")
@@ -74,7 +94,7 @@ def cmd_call(args: argparse.Namespace) -> int:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
             params[key] = value
-    with Client(args.endpoint, timeout=args.timeout) as c:
+    with _client(args) as c:
         print(json.dumps(c.call(args.actor, args.method, **params), default=repr, indent=2))
     return 0
 
@@ -87,7 +107,6 @@ def cmd_solve(args: argparse.Namespace) -> int:
     import numpy as np
 
     from specmemo.native.matrices import read_mtx
-    from specmemo.protocol import Client
     try:
         matrix = read_mtx(args.file)
     except (OSError, ValueError) as exc:
@@ -95,7 +114,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
         return 2
     ones = np.ones(matrix.shape[0])
     b = args.alpha * ones + matrix @ ones
-    with Client(args.endpoint, timeout=args.timeout) as c:
+    with _client(args) as c:
         t0 = time.perf_counter()
         report = c.register_matrix(matrix)
         t1 = time.perf_counter()
@@ -125,9 +144,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 @command
 def cmd_chat(args: argparse.Namespace) -> int:
     """Interactive chat against a running deployment."""
-    from specmemo.protocol import Client
     show = args.stats
-    with Client(args.endpoint, timeout=args.timeout) as c:
+    with _client(args) as c:
         session = c.open_session()
         print(f"session {session}; /stats toggles statistics, /usage shows memory, /quit leaves")
         try:
@@ -187,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)
         sp.add_argument("--endpoint", help="kernel endpoint (default: the local deployment)")
         sp.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+        sp.add_argument("--curve-key", default=os.environ.get("SPECMEMO_CLIENT_KEY"),
+                        help="this client's .key_secret (tcp deployments with CURVE)")
+        sp.add_argument("--server-key", default=os.environ.get("SPECMEMO_SERVER_PUBLIC"),
+                        help="the kernel's public .key")
         return sp
 
     up = sub.add_parser("up", help="start a local deployment (kernel + actors)")
@@ -205,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--stats", action="store_true", help="print statistics after each reply")
+    keys = sub.add_parser("keys", help="generate a CURVE key pair for a tcp deployment")
+    keys.add_argument("name", help="file stem: NAME.key and NAME.key_secret")
+    keys.add_argument("--dir", default=".", help="where to write them")
     models = sub.add_parser("models", help="the embedded default model pair")
     models.add_argument("action", choices=["pull", "path"])
     solve = client_cmd("solve", "solve (alpha I + S) x = b for a skew-symmetric Matrix Market file")

@@ -61,6 +61,9 @@ class DeploymentConfig:
     stop_timeout_s: float = 5.0         # each rung of the stop ladder waits this long
     max_inflight: int = 4096            # calls in flight to one actor before Overloaded
     max_message_bytes: int = 256 * 1024 * 1024
+    curve_server_key: str = ""          # the kernel's .key_secret file: turns CURVE on (tcp only)
+    curve_allowed: str = ""             # folder of public .key files allowed to connect
+    curve_actor_key: str = ""           # .key_secret the spawned actors connect with (must be allowed)
     actors: list[ActorConfig] = field(default_factory=list)
     source: str = ""
 
@@ -94,7 +97,8 @@ class DeploymentConfig:
 
 _DEPLOYMENT_KEYS = {"name", "endpoint", "heartbeat_s", "heartbeat_misses", "restart_intensity",
                     "restart_period_s", "backoff_s", "backoff_max_s", "stop_timeout_s",
-                    "max_inflight", "max_message_bytes"}
+                    "max_inflight", "max_message_bytes", "curve_server_key", "curve_allowed",
+                    "curve_actor_key"}
 _ACTOR_KEYS = {"kind", "after", "config", "restart", "start_timeout_s", "env"}
 
 
@@ -138,5 +142,17 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> DeploymentConf
         if a.restart not in ("permanent", "transient", "temporary"):
             raise ConfigError(f"{source}: [actors.{a.name}] restart must be permanent, transient "
                               "or temporary")
+    if cfg.curve_server_key:
+        base = Path(source).parent if source != "<dict>" else Path(".")
+        for key in ("curve_server_key", "curve_allowed", "curve_actor_key"):
+            value = getattr(cfg, key)
+            if not value:
+                raise ConfigError(f"{source}: curve_server_key needs {key} too")
+            path = Path(value) if Path(value).is_absolute() else base / value
+            if not path.exists():
+                raise ConfigError(f"{source}: {key} = {value!r} does not exist")
+            setattr(cfg, key, str(path))
+        if not cfg.endpoint.startswith("tcp://"):
+            raise ConfigError(f"{source}: CURVE needs a tcp endpoint (ipc is protected by the 0700 run directory)")
     cfg.start_order()
     return cfg

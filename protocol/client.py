@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import trio
 import zmq
 
+from .curve import apply_client
 from .endpoint import find_endpoint
 from .errors import BadRequest, DeadlineExceeded, SpecmemoError, error_from_wire
 from .methods import METHODS
@@ -39,9 +40,7 @@ def _dealer(ctx: zmq.Context, endpoint: str, curve: dict[str, bytes] | None) -> 
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTING_ID, b"c-" + os.urandom(6).hex().encode())
     if curve:
-        sock.curve_secretkey = curve["secret"]
-        sock.curve_publickey = curve["public"]
-        sock.curve_serverkey = curve["server"]
+        apply_client(sock, curve)
     sock.connect(endpoint)
     return sock
 
