@@ -169,6 +169,18 @@ def test_a_client_that_disconnects_mid_stream_frees_its_session(spec):
         c.close_session(other)
 
 
+def test_the_chat_command_streams_replies_and_prints_statistics_on_request(spec):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "specmemo.deploy.cli", "chat", "--max-new-tokens", "6"],
+                         input="hello\n/stats\nagain\n/usage\n/quit\n", env=spec.env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("assistant> ") == 2
+    assert "statistics on" in out.stdout and "6 tokens" in out.stdout and "tokens/s" in out.stdout
+    assert "budget" in out.stdout
+
+
 def test_the_draft_killed_mid_chat_is_restarted_and_the_chat_completes_unchanged(spec, engine):
     expected = reference(engine, "ref-kill-draft", [("survive a crash", 120)])[0]
     draft_pid = spec.actor_pid("draft")
