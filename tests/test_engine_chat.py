@@ -155,3 +155,14 @@ def test_a_pair_without_a_shared_vocabulary_is_refused(tokenizer):
     _, target = tiny_pair(seed=1)
     with pytest.raises(TokenizerMismatch):
         Engine(draft, target, tokenizer)
+
+
+def test_cores_list_their_sessions_and_forget_closed_ones(pair, tokenizer):
+    draft, target = pair
+    engine = Engine(draft, target, tokenizer)
+    engine.chat("x", "one", max_new_tokens=2)
+    engine.chat("y", "two", max_new_tokens=2)
+    assert sorted(engine.verifier.sessions()) == sorted(engine.draft.sessions()) == ["x", "y"]
+    engine.close("x")
+    assert engine.verifier.sessions() == engine.draft.sessions() == ["y"]
+    assert list(engine.usage()["sessions"]) == ["y"]

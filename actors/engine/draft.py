@@ -130,6 +130,10 @@ class DraftCore:
     def has(self, session: str) -> bool:
         return session in self._sessions
 
+    def sessions(self) -> list[str]:
+        """The sessions that have a draft cache."""
+        return list(self._sessions)
+
     def held_bytes(self, session: str | None = None) -> int:
         """Storage bytes of one session's cache, or of all of them."""
         if session is not None:

@@ -58,6 +58,10 @@ class VerifierCore:
     def has(self, session: str) -> bool:
         return session in self._sessions
 
+    def sessions(self) -> list[str]:
+        """The open sessions (with or without a cache)."""
+        return list(self._sessions)
+
     def close(self, session: str) -> int:
         """Forget the session; answers the cache bytes freed."""
         s = self._get(session)
