@@ -25,6 +25,8 @@ import trio
 from specmemo.protocol.client import AsyncCaller
 from specmemo.protocol.errors import SpecmemoError
 
+from .metrics import ActorMetrics
+
 R = TypeVar("R")
 
 
@@ -58,9 +60,14 @@ class Actor:
         self.config = config
         self.peers: AsyncCaller = AsyncCaller()   # replaced by the runtime with a connected one
         self._core_lock = trio.Lock()
+        self.metrics = ActorMetrics(name)
 
     async def on_start(self) -> None:
         """Load what the actor needs (models, plans). Called before the actor registers."""
+
+    async def rpc_metrics(self, req: Any, call: Call) -> dict:
+        """Every actor's built-in method: its domain gauges."""
+        return {"values": self.metrics.values()}
 
     async def background(self) -> None:
         """A task that runs beside the handlers from registration until the actor stops."""

@@ -30,6 +30,7 @@ from specmemo.protocol.wire import (COMMAND_BYTES, FINAL_COMMANDS, MAGIC, Comman
                                     check_magic, frames_size, parse_command, recv_frames,
                                     send_frames)
 
+from .metrics import KernelMetrics, serve
 from .supervisor import Escalation, Supervisor
 
 KERNEL = b"kernel"
@@ -56,6 +57,7 @@ class Entry:
 class InFlight:
     actor: str
     deadline: float                # monotonic; inf when the call carries none
+    started: float = 0.0
 
 
 class Kernel:
@@ -76,6 +78,7 @@ class Kernel:
         self.exit_message = ""
         self._warned: dict[str, float] = {}
         self.supervisor = Supervisor(config, self.endpoint, out=self.out)
+        self.metrics = KernelMetrics()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -153,6 +156,9 @@ class Kernel:
         self.poller.register(wake_r.fileno(), zmq.POLLIN)
         self.wake_r = wake_r
         self.say(f"deployment '{self.config.name}' listening on {self.endpoint} (pid {os.getpid()})")
+        if self.config.metrics_port:
+            serve(self.metrics.registry, self.config.metrics_port)
+            self.say(f"metrics on http://127.0.0.1:{self.config.metrics_port}/metrics (actors on the next ports)")
         try:
             self._loop()
         finally:
@@ -336,9 +342,11 @@ class Kernel:
             self._actor_died(route, "its socket went away")
             self._reply_error(peer, header.id, ActorDied(f"actor '{route}' went away"))
             return
-        deadline = time.monotonic() + header.deadline_ms / 1000 if header.deadline_ms else float("inf")
-        self.calls[key] = InFlight(route, deadline)
+        now = time.monotonic()
+        deadline = now + header.deadline_ms / 1000 if header.deadline_ms else float("inf")
+        self.calls[key] = InFlight(route, deadline, now)
         entry.inflight.add(key)
+        self.metrics.requests.labels(route, header.method).inc()
 
     def _from_actor(self, peer: bytes, name: str, command: Command, frames: list[Any]) -> None:
         client = frames[3]
@@ -354,10 +362,13 @@ class Kernel:
             delivered = False
             self.warn_once("client-gone", f"dropped a {command.name} from {name}: its caller is gone "
                                           f"or not reading")
+        if command == Command.ERROR:
+            self.metrics.errors.labels(name, _error_name(frames[5])).inc()
         if final or not delivered:
             call = self.calls.pop((client, call_id), None)
             if call is not None:
                 self.actors[call.actor].inflight.discard((client, call_id))
+                self.metrics.observe(call.actor, time.monotonic() - call.started)
             if not delivered and not final:
                 self._send_quiet([peer, MAGIC, COMMAND_BYTES[Command.CANCEL], client,
                                   Header(id=call_id).pack(), b"\xc0"])
@@ -433,10 +444,14 @@ class Kernel:
     def _heartbeat(self, now: float) -> None:
         limit = self.config.heartbeat_s * self.config.heartbeat_misses
         beat = [MAGIC, COMMAND_BYTES[Command.HEARTBEAT], KERNEL, Header().pack(), b"\xc0"]
+        for row in self.actor_table():
+            self.metrics.inflight.labels(row.name).set(row.inflight)
+            self.metrics.restarts.labels(row.name).set(row.restarts)
         for entry in list(self.actors.values()):
             if not entry.identity:
                 continue
             if now - entry.last_seen > limit:
+                self.metrics.heartbeat_misses.labels(entry.name).inc()
                 self.say(f"{entry.name} missed {self.config.heartbeat_misses} heartbeats")
                 child = self.supervisor.children.get(entry.name)
                 if child is not None:
@@ -458,6 +473,8 @@ class Kernel:
     def _kernel_method(self, peer: bytes, header: Header) -> None:
         if header.method == "ping":
             body: Any = to_wire(PingReply(uptime_s=time.monotonic() - self.started, pid=os.getpid()))
+        elif header.method == "metrics":
+            body = {"actors": self.metrics.snapshot()}
         elif header.method == "actors":
             body = to_wire(ActorsReply(actors=self.actor_table(), endpoint=self.endpoint,
                                        deployment=self.config.name))
@@ -485,6 +502,7 @@ class Kernel:
 
     def _reply_error(self, peer: bytes, call_id: int, exc: SpecmemoError, origin: str = "kernel") -> None:
         exc.origin = exc.origin or origin
+        self.metrics.errors.labels(exc.origin, exc.name).inc()
         self._send_quiet([peer, MAGIC, _ERROR, KERNEL, Header(id=call_id).pack(),
                           msgpack.packb(exc.to_wire())])
 
@@ -496,10 +514,19 @@ class Kernel:
             self.warn_once(f"send-{exc.errno}", f"could not deliver a message: {exc}")
 
 
+def _error_name(frame: Any) -> str:
+    try:
+        body = msgpack.unpackb(frame)
+        return str(body.get("name", "Unknown"))[:40]
+    except Exception:
+        return "Malformed"
+
+
 def _header_id(frame: Any) -> int:
     try:
         header = msgpack.unpackb(frame)
         call_id = header.get("id", 0)
-        return call_id if isinstance(call_id, int) and 0 <= call_id < 2**64 else 0
+        ok = isinstance(call_id, int) and not isinstance(call_id, bool) and 0 <= call_id < 2**64
+        return call_id if ok else 0   # answer with id 0 what the caller could not decode
     except Exception:
         return 0

@@ -81,19 +81,36 @@ class MemoryActor(Actor):
         return self.manager.prefill(req.session, req.keep, req.add)
 
     async def rpc_grant_batch(self, req: GrantBatch, call: Call) -> dict:
-        return {"answers": self.manager.grant_batch(
-            [{"session": r.session, "gamma": r.gamma, "limit": r.limit} for r in req.requests])}
+        answers = self.manager.grant_batch(
+            [{"session": r.session, "gamma": r.gamma, "limit": r.limit} for r in req.requests])
+        granted = [a["gamma"] for a in answers if "gamma" in a]
+        if granted:
+            self.metrics.set("gamma", sum(granted) / len(granted), "Mean γ of the last grant")
+        self._gauges()
+        return {"answers": answers}
 
     async def rpc_commit_batch(self, req: CommitBatch, call: Call) -> dict:
-        return {"answers": self.manager.commit_batch(
-            [{"session": r.session, "accepted": r.accepted, "emitted": r.emitted} for r in req.requests])}
+        answers = self.manager.commit_batch(
+            [{"session": r.session, "accepted": r.accepted, "emitted": r.emitted} for r in req.requests])
+        self._gauges()
+        return {"answers": answers}
+
+    def _gauges(self) -> None:
+        u = self.manager.usage()
+        self.metrics.set("kv_budget_bytes", u["budget"], "KV budget of the deployment")
+        self.metrics.set("kv_live_bytes", u["live"], "KV bytes granted now")
+        self.metrics.set("kv_peak_bytes", u["peak"], "Most KV bytes ever granted at once")
+        self.metrics.set("sessions", len(u["sessions"]), "Open sessions")
+        self.metrics.set("evictions", u["evictions"], "Idle sessions evicted under pressure")
 
     async def rpc_finish(self, req: SessionRef, call: Call) -> None:
         self.manager.finish(req.session)
 
     async def rpc_release(self, req: SessionRef, call: Call) -> dict:
         self.owners.pop(req.session, None)
-        return {"freed": self.manager.release(req.session)}
+        freed = self.manager.release(req.session)
+        self._gauges()
+        return {"freed": freed}
 
     async def rpc_release_holder(self, req: SessionRef, call: Call) -> dict:
         self.leases.pop(req.session, None)

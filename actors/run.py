@@ -13,6 +13,7 @@ import trio
 from specmemo.deploy.config import ACTOR_KINDS
 from specmemo.protocol.curve import client_keys
 
+from .metrics import serve
 from .runtime import ActorRuntime
 
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="this actor's .key_secret file (tcp deployments with CURVE)")
     p.add_argument("--server-key", default=os.environ.get("SPECMEMO_SERVER_KEY"),
                    help="the kernel's public .key file")
+    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0 = off)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     config = json.loads(args.config)
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                            heartbeat_misses=args.heartbeat_misses,
                            max_message_bytes=args.max_message_bytes,
                            curve=client_keys(args.curve_key, args.server_key) if args.curve_key else None)
+    if args.metrics_port:
+        serve(actor.metrics.registry, args.metrics_port)
     reason = trio.run(runtime.run)
     logging.info("%s stopped: %s", args.name, reason or "done")
     return 0

@@ -117,7 +117,14 @@ class SolverActor(Actor):
         return MatvecReply(y=await self.run_sync(self.store.matvec, req.id, req.x))
 
     async def rpc_solve(self, req: SolveRequest, call: Call) -> SolveReply:
-        return await self.run_sync(self.store.solve, req)
+        out = await self.run_sync(self.store.solve, req)
+        nnz = self.store.plan(req.id).describe().nnz
+        self.metrics.set("solve_iterations", out.iterations, "Iterations of the last solve")
+        if out.seconds > 0:
+            self.metrics.set("solve_gflops", 2 * nnz * out.iterations / out.seconds / 1e9,
+                             "Useful GFLOP/s of the last solve's SpMVs (2 nnz per iteration)")
+        self.metrics.set("matrices", len(self.store.plans), "Registered matrices")
+        return out
 
     async def rpc_drop(self, req: MatrixId, call: Call) -> Dropped:
         return Dropped(dropped=self.store.drop(req.id))

@@ -93,6 +93,8 @@ class Supervisor:
                 "--heartbeat", str(self.config.heartbeat_s),
                 "--heartbeat-misses", str(self.config.heartbeat_misses),
                 "--max-message-bytes", str(self.config.max_message_bytes)]
+        if self.config.metrics_port:
+            argv += ["--metrics-port", str(self.config.metrics_port + 1 + self.order.index(cfg))]
         env = {**os.environ, **self.extra_env, **cfg.env, "PYTHONUNBUFFERED": "1"}
         child.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, text=True, env=env,

@@ -80,8 +80,21 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as c:
         reply = c.call("kernel", "actors")
+        counted = c.call("kernel", "metrics")["actors"]
+        rows = reply["actors"]
+        for row in rows:
+            m = counted.get(row["name"], {})
+            row["calls"] = m.get("requests", 0)
+            row["errors"] = sum(m.get("errors", {}).values())
+            row["p50_ms"] = f"{m['p50_ms']:.2f}" if "p50_ms" in m else "-"
+            row["p99_ms"] = f"{m['p99_ms']:.2f}" if "p99_ms" in m else "-"
+            if args.metrics and row["state"] in ("ready", "external"):
+                values = c.call(row["name"], "metrics")["values"]
+                row["gauges"] = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())) or "-"
     print(f"deployment {reply['deployment']} at {reply['endpoint']}")
-    print_table(reply["actors"], ["name", "kind", "pid", "state", "restarts", "uptime_s", "inflight"])
+    columns = ["name", "kind", "pid", "state", "restarts", "uptime_s", "inflight", "calls", "errors",
+               "p50_ms", "p99_ms"]
+    print_table(rows, columns + (["gauges"] if args.metrics else []))
     return 0
 
 
@@ -214,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start a local deployment (kernel + actors)")
     up.add_argument("--config", help="deployment TOML (default: deploy/local.toml)")
     up.add_argument("--endpoint", help="override the endpoint, e.g. tcp://127.0.0.1:5555")
-    client_cmd("status", "show the actors of a running deployment")
+    status = client_cmd("status", "show the actors of a running deployment")
+    status.add_argument("--metrics", action="store_true", help="also each actor's own gauges")
     call = client_cmd("call", "call one method: specmemo call echo echo data='\"hi\"'")
     call.add_argument("actor")
     call.add_argument("method")

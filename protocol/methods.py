@@ -42,7 +42,7 @@ def method(name: str, request: type, reply: type | None = None, *, chunk: type |
 
 
 def lookup(kind: str, method_name: str) -> MethodSpec:
-    spec = METHODS.get(f"{kind}.{method_name}")
+    spec = METHODS.get(f"{kind}.{method_name}") or METHODS.get(f"actor.{method_name}")
     if spec is None:
         raise UnknownMethod(f"actor kind '{kind}' has no method '{method_name}'",
                             detail={"kind": kind, "method": method_name})
@@ -94,6 +94,20 @@ class ReadyBody:
     methods: list[str] = field(default_factory=list)
 
 
+@message
+class KernelMetricsReply:
+    actors: dict[str, Any] = field(default_factory=dict)   # name -> requests, errors by code, p50_ms, p99_ms
+
+
+@message
+class ActorMetricsReply:
+    values: dict[str, float] = field(default_factory=dict)
+
+
+method("actor.metrics", Empty, ActorMetricsReply, idempotent=True,
+       doc="Every actor answers this: its domain gauges (KV bytes and γ, tokens/s, iterations, ...).")
+method("kernel.metrics", Empty, KernelMetricsReply, idempotent=True,
+       doc="What the kernel counted per actor: requests, errors by code, recent p50/p99 latency.")
 method("kernel.ping", Empty, PingReply, idempotent=True, doc="Liveness of the kernel.")
 method("kernel.actors", Empty, ActorsReply, idempotent=True,
        doc="The registry: every configured or registered actor, its pid, state and load.")

@@ -86,6 +86,9 @@ def test_a_multi_turn_chat_through_the_actors_gives_the_in_process_tokens(spec, 
         assert got[0].text and got[0].tokens_per_s > 0 and got[0].gamma_mean > 0
         usage = c.usage()
         assert usage["sessions"][session] > 0 and usage["live"] <= usage["budget"]
+        gauges = c.call("memory", "metrics")["values"]
+        assert gauges["kv_budget_bytes"] == 16 << 20 and gauges["kv_live_bytes"] == usage["live"]
+        assert c.call("verifier", "metrics")["values"]["tokens_per_s"] > 0
         c.close_session(session)
         assert session not in c.usage()["sessions"]
 
