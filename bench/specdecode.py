@@ -177,6 +177,22 @@ class ForwardCounter:
         self._handle.remove()
 
 
+def merge(total: Row | None, part: Row, method: str) -> Row:
+    """Add `part` (one prompt's run) into `total` (the method's run so far)."""
+    part.method = method
+    if total is None:
+        return part
+    for name in ("tokens", "seconds", "steps", "accepted", "drafted"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    for name in ("accounted_peak", "held_peak", "rss_peak", "rss_live"):
+        values = [v for v in (getattr(total, name), getattr(part, name)) if v is not None]
+        setattr(total, name, max(values) if values else None)
+    total.outputs.extend(part.outputs)
+    total.refused = total.refused or part.refused
+    total.note = part.note or total.note
+    return total
+
+
 def _greedy_config(model, max_new_tokens: int):
     config = copy.deepcopy(model.generation_config)
     config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
@@ -221,11 +237,13 @@ def run_engine(method: str, engine: Engine, prompts, max_new_tokens: int, batch:
     meter = RssMeter()
     meter.start()
     engine.driver.stop_ids = set()
+    start = time.perf_counter()
     try:
         _run_engine_groups(row, engine, prompts, max_new_tokens, batch)
     except EngineError as exc:
         row.refused = True
         row.note = f"refused after {row.tokens} tokens: {type(exc).__name__}: {exc}"[:200]
+    row.seconds = time.perf_counter() - start
     row.rss_peak, row.rss_live = meter.stop()
     row.accounted_peak = engine.memory.usage()["peak"]
     return row
@@ -236,7 +254,6 @@ def _run_engine_groups(row: Row, engine: Engine, prompts, max_new_tokens: int, b
         group = prompts[first : first + batch]
         sessions = [f"bench{first + i}" for i in range(len(group))]
         new = {sid: [] for sid in sessions}
-        start = time.perf_counter()
         try:
             for sid, ids in zip(sessions, group):
                 engine.verifier.open(sid)
@@ -261,7 +278,6 @@ def _run_engine_groups(row: Row, engine: Engine, prompts, max_new_tokens: int, b
                 if sid in engine.driver.active:
                     engine.driver.leave(sid)
                 engine.close(sid)
-        row.seconds += time.perf_counter() - start
         for sid in sessions:
             row.tokens += len(new[sid])
             row.outputs.append(new[sid])
@@ -426,45 +442,65 @@ def run(args) -> tuple[list[Row], dict]:
     info["cost_ratio"] = cost_ratio
     print(f"c = t_draft / t_target = {cost_ratio:.3f}", flush=True)
 
-    rows = []
-    plain = run_generate("target alone (generate)", target, prompts, args.max_new_tokens)
-    rows.append(plain)
-    report(plain)
-    if not args.skip_assisted:
-        rows.append(run_generate("assisted generation (transformers)", target, prompts, args.max_new_tokens, draft))
-        report(rows[-1])
-
+    # A short pilot on the static engine estimates α for the lower bound, so that every method
+    # below can then run prompt by prompt in rotation: a machine whose load drifts during the run
+    # (a shared CPU) then slows all methods alike instead of whichever ran during the busy spell.
     static_budget = static_context * (kv_t + kv_d)
-    static = Engine(draft, target, tokenizer, budget_bytes=static_budget, block_tokens=static_context,
-                    gamma_max=args.gamma_max, cost_ratio=cost_ratio)
-    rows.append(run_engine("ours, static max-context cache", static, prompts, args.max_new_tokens))
-    rows[-1].note = f"one {static_context}-token block per cache"
-    report(rows[-1])
-    alpha = rows[-1].accepted / max(1, rows[-1].drafted)
-    info["alpha"] = alpha
 
+    def static_engine() -> Engine:
+        return Engine(draft, target, tokenizer, budget_bytes=static_budget, block_tokens=static_context,
+                      gamma_max=args.gamma_max, cost_ratio=cost_ratio)
+
+    pilot = run_engine("pilot", static_engine(), prompts[:1], args.pilot_tokens)
+    alpha = pilot.accepted / max(1, pilot.drafted)
     contexts = [len(p) + args.max_new_tokens for p in prompts]
     bound, gamma = lower_bound_budget([max(contexts)], alpha, cost_ratio, kv_t, kv_d, args.block_tokens,
                                       gamma_max=args.gamma_max)
-    info.update(lower_bound=bound, gamma_star=gamma)
-    print(f"alpha = {alpha:.3f}; lower-bound budget {bound / 2**20:.2f} MiB at gamma* = {gamma}", flush=True)
     floor, _ = lower_bound_budget([max(contexts)], alpha, cost_ratio, kv_t, kv_d, args.block_tokens, gamma_max=0)
-    info["floor"] = floor
-    budgets = sorted({round(ratio, 4) for ratio in args.budgets} | ({round(floor / bound, 4)} if floor < bound else set()))
-    for ratio in budgets:
+    info.update(alpha_pilot=alpha, pilot_tokens=args.pilot_tokens, lower_bound=bound, gamma_star=gamma, floor=floor)
+    print(f"pilot alpha = {alpha:.3f}; lower-bound budget {bound / 2**20:.2f} MiB at gamma* = {gamma}", flush=True)
+
+    methods: list[tuple[str, object]] = [
+        ("target alone (generate)", lambda group: run_generate("", target, group, args.max_new_tokens)),
+    ]
+    if not args.skip_assisted:
+        methods.append(("assisted generation (transformers)",
+                        lambda group: run_generate("", target, group, args.max_new_tokens, draft)))
+    static = static_engine()
+    methods.append(("ours, static max-context cache", lambda group: run_engine("", static, group, args.max_new_tokens)))
+    ratios = {round(ratio, 4) for ratio in args.budgets} | ({round(floor / bound, 4)} if floor < bound else set())
+    managed: dict[str, int] = {}
+    for ratio in sorted(ratios):
         budget = int(bound * ratio)
         label = f"ours, memory manager, {ratio:g} x lower bound"
-        if floor < bound and budget == int(bound * round(floor / bound, 4)):
+        if floor < bound and ratio == round(floor / bound, 4):
             budget, label = floor, "ours, memory manager, no-speculation floor"
+        managed[label] = budget
+
+    def managed_method(budget: int):
         try:
             engine = Engine(draft, target, tokenizer, budget_bytes=budget, block_tokens=args.block_tokens,
                             gamma_max=args.gamma_max, cost_ratio=cost_ratio, spare_blocks=args.spare_blocks)
-            row = run_engine(label, engine, prompts, args.max_new_tokens)
         except EngineError as exc:
-            row = Row(label, budget=budget, refused=True, note=f"refused: {type(exc).__name__}: {exc}"[:200])
-        row.budget_ratio = budget / bound
-        rows.append(row)
+            return lambda group: Row("", budget=budget, refused=True, note=f"refused: {type(exc).__name__}: {exc}"[:200])
+        return lambda group: run_engine("", engine, group, args.max_new_tokens)
+
+    methods.extend((label, managed_method(budget)) for label, budget in managed.items())
+    totals: dict[str, Row] = {}
+    for ids in prompts:
+        for label, method in methods:
+            if label in totals and totals[label].refused:
+                continue
+            totals[label] = merge(totals.get(label), method([ids]), label)
+    rows = [totals[label] for label, _ in methods]
+    for label, budget in managed.items():
+        totals[label].budget, totals[label].budget_ratio = budget, budget / bound
+    totals["ours, static max-context cache"].note = f"one {static_context}-token block per cache"
+    for row in rows:
         report(row)
+    plain = rows[0]
+    static_row = totals["ours, static max-context cache"]
+    info["alpha"] = static_row.accepted / max(1, static_row.drafted)
 
     contexts = [len(p) + args.max_new_tokens for p in prompts]
     for batch in args.batch_sizes:
@@ -581,7 +617,8 @@ def write_docs_section(markdown: str, command: str, info: dict, path: Path) -> N
         f"noisy), MT-Bench first turns {info['question_ids']} ({len(info['question_ids'])} prompts, "
         f"{min(info['prompt_tokens'])}-{max(info['prompt_tokens'])} tokens), greedy, "
         f"{info['max_new_tokens']} new tokens each, no stop token. c = t_draft/t_target = {info['cost_ratio']:.2f}, "
-        f"α measured on the static run = {info['alpha']:.2f}, lower-bound budget "
+        f"α = {info['alpha_pilot']:.2f} from a {info['pilot_tokens']}-token pilot on the static engine "
+        f"(over the whole static run: {info['alpha']:.2f}), lower-bound budget "
         f"{info['lower_bound'] / 2**20:.2f} MiB (γ* = {info['gamma_star']}, blocks of {info['block_tokens']} tokens). "
         f"Accounted = blocks granted x block bytes; held = cache storage bytes (sampled after each step); "
         f"RSS = peak resident growth during the run. Plot: `bench/results/specdecode.png`.\n\n"
@@ -611,6 +648,7 @@ def parse_args(argv=None):
     parser.add_argument("--gamma-max", type=int, default=8)
     parser.add_argument("--static-context", type=int, default=None, help="default: the target's max context")
     parser.add_argument("--skip-assisted", action="store_true")
+    parser.add_argument("--pilot-tokens", type=int, default=16, help="new tokens of the pilot that estimates α")
     parser.add_argument("--skip-actors", action="store_true", help="skip the through-the-actors row (issue 5)")
     parser.add_argument("--cache-dir", default=None, help="models cache (default $SPECMEMO_HOME or ~/.cache/specmemo/models)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")

@@ -101,3 +101,29 @@ def test_a_budget_too_small_for_the_whole_generation_is_recorded_as_refused(benc
     assert row.refused and "OverBudget" in row.note
     assert 0 < row.tokens < 12
     assert row.accounted_peak <= 3 * 4 * per_token
+
+
+def test_whole_run_on_a_tiny_pair_writes_table_plot_and_json(bench, tmp_path, monkeypatch):
+    import json
+
+    from specmemo.actors.engine.models import ModelSpec
+    from specmemo.actors.engine.tiny import save_tiny_pair
+
+    paths = save_tiny_pair(str(tmp_path / "pair"))
+    monkeypatch.setattr(bench, "default_pair_specs", lambda dtype, cache_dir: (
+        ModelSpec(paths["draft"], dtype="float32"), ModelSpec(paths["target"], dtype="float32")))
+    monkeypatch.setattr(bench, "mtbench_questions", fake_questions)
+    out = tmp_path / "results"
+    bench.main(["--questions", "2", "--max-new-tokens", "6", "--pilot-tokens", "4", "--budgets", "0.5,1,2",
+                "--batch-sizes", "1,2", "--skip-actors", "--no-docs", "--out-dir", str(out)])
+    result = json.loads((out / "specdecode.json").read_text())
+    rows = {row["method"]: row for row in result["rows"]}
+    assert (out / "specdecode.png").stat().st_size > 0
+    assert "| target alone (generate) |" in (out / "specdecode.md").read_text()
+    for method, row in rows.items():
+        if not row["refused"]:
+            assert row["tokens"] == 6 * max(2, row["batch"]), method
+            assert row["same_as_target"] == 1.0, method
+    bound = rows["ours, memory manager, 1 x lower bound"]
+    assert not bound["refused"] and bound["accounted_peak"] <= bound["budget"]
+    assert rows["ours, memory manager, 0.5 x lower bound"]["refused"]
