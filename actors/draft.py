@@ -1,8 +1,9 @@
 """The draft actor: the draft model and its per-session caches (a :class:`DraftCore`).
 
 Token ids and probabilities cross the wire as zero-copy buffers. Its KV bytes are a lease
-registered with the memory actor at start; when the verifier that drives its sessions dies,
-it drops their caches.
+registered with the memory actor at start, and again whenever the memory actor restarts (the
+new process starts empty: every cache is dropped, the verifier rebuilds them on the next
+turn). When the verifier that drives its sessions dies, it drops their caches.
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import logging
 from typing import Any
 
 import numpy as np
+import trio
 
 from specmemo.actors.engine import DraftCore
 from specmemo.actors.engine.verifier import DRAFT
+from specmemo.protocol import errors as wire
 from specmemo.protocol.methods import AcceptRequest, DraftOpen, Empty, ProposeRequest, SessionRef
 
 from .base import Actor, Call
@@ -38,19 +41,34 @@ class DraftActor(Actor):
         model, _ = await self.run_sync(load_actor_model, self.config, "draft")
         self.core = DraftCore(model, int(self.config.get("block_tokens", 16)),
                               int(self.config.get("spare_blocks", 1)))
-        await self.peers.call(self.memory, "add_holder", holder=DRAFT,
-                              bytes_per_token=self.core.bytes_per_token, actor=self.name)
+        await self._add_holder()
         log.info("draft model %s loaded (%d KV bytes/token)", self.config.get("model", "default"), self.core.bytes_per_token)
 
+    async def _add_holder(self) -> None:
+        """Register the draft's lease; waits for a memory actor that is restarting."""
+        while True:
+            try:
+                await self.peers.call(self.memory, "add_holder", holder=DRAFT,
+                                      bytes_per_token=self.core.bytes_per_token, actor=self.name,
+                                      timeout=10)
+                return
+            except (wire.ActorDied, wire.UnknownActor, wire.DeadlineExceeded):
+                await trio.sleep(0.05)
+
     async def on_peer_died(self, name: str) -> None:
-        if name == self.verifier and self.core is not None:
-            for session in list(self.core._sessions):
+        if self.core is None or name not in (self.verifier, self.memory):
+            return
+        async with self._core_lock:
+            for session in self.core.sessions():
                 self.core.close(session)
+        if name == self.memory:
+            await self._add_holder()
+            log.info("caches dropped and lease registered again after the memory actor restarted")
 
     async def rpc_info(self, req: Empty, call: Call) -> dict:
         core = self.core
         return {"bytes_per_token": core.bytes_per_token, "vocab_size": core.vocab_size,
-                "max_context": core.max_context, "sessions": len(core._sessions),
+                "max_context": core.max_context, "sessions": len(core.sessions()),
                 "held": core.held_bytes()}
 
     async def rpc_has(self, req: SessionRef, call: Call) -> dict:

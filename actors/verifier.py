@@ -10,7 +10,10 @@ sessions join and leave between steps, so concurrent chats share each target for
 Recovery: when the draft actor dies mid-step, :class:`RemoteDraft` waits for its restart and
 rebuilds the sessions' draft caches from their committed token ids; the step then goes on
 (greedy output is unchanged). When this actor dies, the kernel fails its calls with
-``ActorDied`` and the memory actor releases the sessions it owned.
+``ActorDied`` and the memory actor releases the sessions it owned. When the memory actor
+dies, its accounting is gone: the turns in flight fail with ``ActorDied``, every target cache
+is dropped (the conversations stay), the lease is registered with the restarted memory actor,
+and each session's next turn rebuilds its caches from its committed token ids.
 """
 from __future__ import annotations
 
@@ -186,8 +189,8 @@ class VerifierActor(Actor):
         if info["vocab_size"] != self.core.vocab_size:
             raise SystemExit(f"draft vocabulary {info['vocab_size']} != target vocabulary "
                              f"{self.core.vocab_size}: not a pair")
-        await self.peers.call(self.memory_name, "add_holder", holder=TARGET,
-                              bytes_per_token=self.core.bytes_per_token, actor=self.name)
+        self.memory_ready = trio.Event()
+        await self._add_holder()
         self.trio_token = trio.lowlevel.current_trio_token()
         memory = RemoteMemory(self._blocking_call, self.memory_name, self.name)
         self.draft = RemoteDraft(self._blocking_call, self.draft_name, self.core.ids)
@@ -214,9 +217,33 @@ class VerifierActor(Actor):
         return trio.from_thread.run(lambda: self.peers.call(actor, method, timeout=120, **params),
                                     trio_token=self.trio_token)
 
+    async def _add_holder(self) -> None:
+        """Register the target's lease; waits for a memory actor that is restarting."""
+        while True:
+            try:
+                await self.peers.call(self.memory_name, "add_holder", holder=TARGET,
+                                      bytes_per_token=self.core.bytes_per_token, actor=self.name,
+                                      timeout=10)
+                break
+            except (wire.ActorDied, wire.UnknownActor, wire.DeadlineExceeded):
+                await trio.sleep(0.05)
+        self.memory_ready.set()
+
     async def on_peer_died(self, name: str) -> None:
-        if name == self.memory_name:
-            log.warning("the memory actor died: its accounting is lost; open sessions fail")
+        if name != self.memory_name or not hasattr(self, "driver"):
+            return
+        self.memory_ready = trio.Event()
+        lost = wire.ActorDied("the memory actor restarted during this turn; the session stays "
+                              "open, send the message again", origin=self.name)
+        async with self._core_lock:
+            for session in self.driver.active:
+                self.driver._turns.pop(session, None)
+            for stream in list(self.streams.values()):
+                self._fail(stream, lost)
+            for session in self.core.sessions():
+                self.core.drop(session)
+        log.warning("the memory actor died: turns in flight failed, target caches dropped")
+        await self._add_holder()
 
     # ---------------------------------------------------------------- sessions
 
@@ -238,8 +265,11 @@ class VerifierActor(Actor):
         """Close a session everywhere (target cache here, draft cache, memory blocks). Worker thread."""
         freed = self.core.close(session)
         self.draft.close(session)
-        if self.memory.has(session):
-            self.memory.release(session)
+        try:
+            if self.memory.has(session):
+                self.memory.release(session)
+        except wire.ActorDied:
+            pass  # a restarting memory actor starts empty: nothing of this session is left there
         return freed
 
     async def _close(self, session: str) -> int:
@@ -247,7 +277,7 @@ class VerifierActor(Actor):
             return await trio.to_thread.run_sync(self._close_now, session)
 
     async def rpc_sessions(self, req: Empty, call: Call) -> dict:
-        return {"sessions": list(self.core._sessions), "active": list(self.streams),
+        return {"sessions": self.core.sessions(), "active": list(self.streams),
                 "held": self.core.held_bytes()}
 
     # ---------------------------------------------------------------- chat
@@ -266,6 +296,7 @@ class VerifierActor(Actor):
 
     async def _turn(self, session: str, req: ChatRequest | GenerateRequest, message: str | None,
                     close_after: bool = False):
+        await self.memory_ready.wait()
         if session in self.streams:
             raise wire.Conflict(f"session {session!r} is already generating for another caller")
         if req.max_new_tokens < 1:
@@ -321,6 +352,11 @@ class VerifierActor(Actor):
                     if event["step"] is not None:
                         event["step"]["batch"] = len(events)
                     self._dispatch(event)
+                steps = [e["step"] for e in events if e["step"]]
+                if steps:
+                    self.metrics.set("accepted_per_step", sum(x["accepted"] for x in steps) / len(steps),
+                                     "Mean accepted drafts per step, last batch")
+                    self.metrics.set("batch", len(steps), "Sessions in the last step")
 
     async def _abort_active(self, exc: Exception) -> None:
         """Fail every turn in the batch (their sessions stay open, their turn state is dropped)."""
@@ -389,6 +425,8 @@ class VerifierActor(Actor):
         elapsed = time.perf_counter() - stream.started
         stats["tokens_per_s"] = len(stream.reply) / elapsed if elapsed > 0 else 0.0
         stats["seconds"] = elapsed
+        if event["done"]:
+            self.metrics.set("tokens_per_s", stats["tokens_per_s"], "Tokens/s of the last finished turn")
         reply = ""
         if event["done"]:
             self.streams.pop(stream.session, None)

@@ -16,6 +16,7 @@ decodes the body.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -226,7 +227,7 @@ def _decode_array(spec: Any, views: Sequence[Any]) -> np.ndarray:
         data = views[ref]
     else:
         raise BadRequest(f"array reference {ref!r:.40} names no buffer (message has {len(views)})")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize   # exact: int64 products wrap around
     if len(memoryview(data).cast("B")) != expected:
         raise BadRequest(f"buffer holds {len(memoryview(data).cast('B'))} bytes, but dtype "
                          f"{dtype_str} and shape {shape} need {expected}")
