@@ -130,7 +130,7 @@ class Tally:
         if not lat:
             return {"p50_ms": 0.0, "p99_ms": 0.0, "n": 0}
         p50, p99 = np.percentile(lat, [50, 99])
-        return {"p50_ms": round(p50 * 1e3, 2), "p99_ms": round(p99 * 1e3, 2), "n": len(lat)}
+        return {"p50_ms": round(float(p50) * 1e3, 2), "p99_ms": round(float(p99) * 1e3, 2), "n": len(lat)}
 
 
 # ---------------------------------------------------------------- a deployment of its own
