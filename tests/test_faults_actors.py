@@ -153,3 +153,12 @@ def test_a_killed_kernel_leaves_no_actor_running_and_the_deployment_starts_again
     d.wait_ready(["echo"], timeout=60)
     with d.client(timeout=10) as c:
         assert c.call("echo", "echo", data=1)["data"] == 1
+
+
+def test_the_memory_actor_process_starts_without_importing_torch():
+    # A restarted memory actor is back in about a second only because it skips torch (seconds).
+    code = "import sys, specmemo.actors.run, specmemo.actors.memory; print(sorted({'torch', " \
+           "'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,39 +1,43 @@
-"""The engine: block KV caches, the memory model and manager, and speculative decoding cores."""
+"""The engine: block KV caches, the memory model and manager, and speculative decoding cores.
 
-from .draft import DraftCore
-from .engine import Engine, check_pair
-from .errors import (
-    BadPrompt,
-    ContextTooLong,
-    EngineError,
-    OverBudget,
-    SessionBusy,
-    TokenizerMismatch,
-    UnknownSession,
-)
-from .kvcache import BlockKVCache
-from .manager import MemoryManager
-from .speculative import SpecStats, StepStats, verify_chain
-from .verifier import DRAFT, TARGET, Driver, VerifierCore
+Names are imported from their modules on first use (PEP 562), so that the memory actor,
+which needs only the manager and the errors, starts without importing torch.
+"""
 
-__all__ = [
-    "DRAFT",
-    "TARGET",
-    "BadPrompt",
-    "BlockKVCache",
-    "ContextTooLong",
-    "DraftCore",
-    "Driver",
-    "Engine",
-    "EngineError",
-    "MemoryManager",
-    "OverBudget",
-    "SessionBusy",
-    "SpecStats",
-    "StepStats",
-    "TokenizerMismatch",
-    "UnknownSession",
-    "VerifierCore",
-    "check_pair",
-    "verify_chain",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DraftCore": "draft",
+    "Engine": "engine",
+    "check_pair": "engine",
+    "BadPrompt": "errors",
+    "ContextTooLong": "errors",
+    "EngineError": "errors",
+    "OverBudget": "errors",
+    "SessionBusy": "errors",
+    "TokenizerMismatch": "errors",
+    "UnknownSession": "errors",
+    "BlockKVCache": "kvcache",
+    "MemoryManager": "manager",
+    "SpecStats": "speculative",
+    "StepStats": "speculative",
+    "verify_chain": "speculative",
+    "DRAFT": "verifier",
+    "TARGET": "verifier",
+    "Driver": "verifier",
+    "VerifierCore": "verifier",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -18,23 +18,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-
-def kv_shape(config) -> tuple[int, int, int]:
-    """(layers, kv_heads, head_dim) of a causal LM config."""
-    text = config.get_text_config(decoder=True)
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    return text.num_hidden_layers, kv_heads, head_dim
-
-
-def blocks_for(tokens: int, block_tokens: int) -> int:
-    return -(-tokens // block_tokens)
-
-
-def blocks_after_rollback(blocks: int, length: int, block_tokens: int, spare_blocks: int = 1) -> int:
-    """Blocks kept after a rollback to `length`: shrink only past `spare_blocks` unused blocks, so
-    a length sitting on a block boundary does not reallocate up and down every step."""
-    return min(blocks, blocks_for(length, block_tokens) + spare_blocks)
+from .blocks import blocks_after_rollback, blocks_for, kv_shape  # noqa: F401 (re-exported)
 
 
 class BlockLayer(CacheLayerMixin):

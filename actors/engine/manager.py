@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import EngineError, OverBudget, SessionBusy, UnknownSession
-from .kvcache import blocks_after_rollback, blocks_for
+from .blocks import blocks_after_rollback, blocks_for
 from .memory_model import gamma_for_budget, gamma_star, kv_tokens
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .kvcache import blocks_for, kv_shape
+from .blocks import blocks_for, kv_shape
 
 
 def kv_bytes_per_token(config, element_bytes: int) -> int:
