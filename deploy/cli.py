@@ -6,6 +6,7 @@
     specmemo models pull                         fetch and convert the default model pair
     specmemo status [--endpoint E]               the actor table of a running deployment
     specmemo call ACTOR METHOD [key=value ...]   call any method (values parsed as JSON)
+    specmemo soak [--minutes N]                  load, faults and fuzz together, then a summary
     specmemo solve FILE.mtx [--alpha A]          solve (alpha I + S) x = b on the solver actor
 """
 from __future__ import annotations
@@ -209,6 +210,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_soak(args: argparse.Namespace) -> int:
+    """Load, SIGKILLs and hostile frames together on a fresh tiny deployment; prints a summary."""
+    from .soak import run_soak
+    return run_soak(args.minutes, clients=args.clients, kill_pause=args.kill_pause, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="specmemo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="generate a CURVE key pair for a tcp deployment")
     keys.add_argument("name", help="file stem: NAME.key and NAME.key_secret")
     keys.add_argument("--dir", default=".", help="where to write them")
+    soak = sub.add_parser("soak", help="load + SIGKILLs + hostile frames on a fresh tiny deployment")
+    soak.add_argument("--minutes", type=float, default=5.0)
+    soak.add_argument("--clients", type=int, default=4, help="client threads of mixed calls")
+    soak.add_argument("--kill-pause", type=float, default=2.0, help="seconds between two SIGKILLs")
+    soak.add_argument("--seed", type=int, default=0)
     models = sub.add_parser("models", help="the embedded default model pair")
     models.add_argument("action", choices=["pull", "path"])
     solve = client_cmd("solve", "solve (alpha I + S) x = b for a skew-symmetric Matrix Market file")
