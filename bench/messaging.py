@@ -24,8 +24,8 @@ Paths measured, each round interleaved so that load from other processes falls o
 Latency is the p50 and p99 of single round trips; throughput keeps a window of requests in
 flight (a new one sent per reply). The large-array rows echo an 8 MB float64 array (raw: one
 zero-copy frame; specmemo: `Client.call` with the array as a buffer frame) and report
-GB/s = 2 x 8 MB / median round trip. The deployment is `specmemo up --config deploy/tiny.toml`
-(or --config) in a temporary SPECMEMO_RUN_ROOT, as a subprocess. Writes
+GB/s = 2 x 8 MB / median round trip. The deployment is `specmemo up` on a config with the
+kernel and one echo actor (or --config) in a temporary SPECMEMO_RUN_ROOT, as a subprocess. Writes
 bench/results/messaging[-quick].json and .md and prints the markdown table.
 """
 from __future__ import annotations
@@ -56,6 +56,17 @@ SMALL = b"m" * 40                      # the raw echo's message
 ECHO_DATA = "hi"                      # echo.echo request: 41 bytes in 5 frames
 BIG_BYTES = 8 * 1024 * 1024
 GOAL_RATIO, GOAL_RATE = 4.0, 20_000
+
+# The default deployment: deploy/tiny.toml's settings, with only the echo actor.
+ECHO_ONLY = """
+[deployment]
+name = "bench"
+heartbeat_s = 0.5
+heartbeat_misses = 10
+
+[actors.echo]
+kind = "echo"
+"""
 
 SIZES = {  # latency samples, throughput messages, throughput window, big-array reps
     "full": dict(lat=5000, msgs=30000, window=128, big=30),
@@ -130,7 +141,6 @@ def raw_server(endpoint: str) -> None:
     sock = zmq.Context.instance().socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(endpoint)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     while True:
         frames = sock.recv_multipart(copy=False)
         sock.send_multipart(frames, copy=len(frames[-1]) < 65536)
@@ -484,8 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer samples and one round")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
-    p.add_argument("--config", default=str(REPO / "deploy" / "tiny.toml"),
-                   help="deployment config; must have an actor named echo")
+    p.add_argument("--config", default=None,
+                   help="deployment config with an actor named echo (default: the kernel and "
+                        "one echo actor, nothing else competing for the CPUs)")
     p.add_argument("--tasks", type=int, default=64, help="concurrent AsyncClient tasks")
     p.add_argument("--ray-python", default=sys.executable,
                    help="interpreter that imports ray ('' skips Ray)")
@@ -506,13 +517,16 @@ def main(argv: list[str] | None = None) -> int:
     raw_ep = f"ipc://{root}/raw.sock"
     server = subprocess.Popen([sys.executable, __file__, "--raw-server", raw_ep])
     blocking = None
+    config = Path(args.config) if args.config else root / "bench.toml"
+    if not args.config:
+        config.write_text(ECHO_ONLY)
     try:
-        kernel, endpoint, own_actor = start_deployment(Path(args.config), root, args.profile)
+        kernel, endpoint, own_actor = start_deployment(config, root, args.profile)
     except BaseException:
         server.terminate()
         raise
     res: dict[str, Any] = {"mode": mode, "rounds": rounds, "size": size, "tasks": args.tasks,
-                           "config": args.config, "cpus": os.cpu_count(),
+                           "config": args.config or "kernel + echo", "cpus": os.cpu_count(),
                            "load_before": os.getloadavg(), "versions": {
                                "python": sys.version.split()[0], "pyzmq": zmq.__version__,
                                "libzmq": zmq.zmq_version(), "msgpack": msgpack.version,
@@ -525,9 +539,11 @@ def main(argv: list[str] | None = None) -> int:
         blocking = subprocess.Popen([sys.executable, __file__, "--blocking-actor", endpoint])
         with Client(endpoint) as client:
             actor_pid = next(a["pid"] for a in client.actors() if a["name"] == "echo")
-            while not any(a["name"] == "blocking" and a["state"] == "ready" for a in client.actors()):
-                if blocking.poll() is not None:
-                    raise RuntimeError("the blocking echo actor exited")
+            deadline = time.monotonic() + 30
+            while not any(a["name"] == "blocking" and a["state"] in ("ready", "external")
+                          for a in client.actors()):
+                if blocking.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the blocking echo actor did not register")
                 time.sleep(0.1)
             for r in range(rounds):
                 paths = res["paths"]
@@ -551,11 +567,11 @@ def main(argv: list[str] | None = None) -> int:
         k_sock.close()
     finally:
         kernel.send_signal(signal.SIGINT)
-        server.terminate()
+        server.kill()                       # stateless, and may sit in a zero-copy send
         if blocking is not None:
             blocking.terminate()
         kernel.wait(60)
-        server.wait(10)
+        server.wait()
         for proc in (own_actor, blocking):
             if proc is not None:
                 try:
