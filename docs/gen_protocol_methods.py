@@ -114,7 +114,12 @@ def fields_table(cls: type, nested: dict[str, type]) -> list[str]:
 
 def method_section(spec: MethodSpec, nested: dict[str, type]) -> list[str]:
     kind, _, name = spec.name.partition(".")
-    where = "`kernel`" if kind == "kernel" else f"an actor of kind `{kind}` (shipped configs name it `{kind}`)"
+    if kind == "kernel":
+        where = "`kernel`"
+    elif kind == "actor":
+        where = "any actor's name (every actor answers it)"
+    else:
+        where = f"an actor of kind `{kind}` (shipped configs name it `{kind}`)"
     flags = [f"Route: {where}; header `m` = `\"{name}\"`",
              "idempotent: safe to retry after `ActorDied`" if spec.idempotent
              else "not idempotent: at most once, do not retry blindly",
@@ -146,10 +151,11 @@ def render() -> str:
     for spec in METHODS.values():
         kinds.setdefault(spec.name.partition(".")[0], []).append(spec)
     out = [BEGIN, "",
-           f"{len(METHODS)} methods on {len(kinds)} actor kinds: "
-           + ", ".join(f"`{k}` ({len(v)})" for k, v in kinds.items()) + ".", ""]
+           f"{len(METHODS)} methods: "
+           + ", ".join(f"`{k}` ({len(v)}{', answered by every actor' if k == 'actor' else ''})"
+                       for k, v in kinds.items()) + ".", ""]
     for kind, specs in kinds.items():
-        out += [f"### Actor kind `{kind}`", ""]
+        out += ["### Every actor" if kind == "actor" else f"### Actor kind `{kind}`", ""]
         out += ["| method | idempotent | streams | what it does |", "| --- | --- | --- | --- |"]
         for spec in specs:
             what = spec.doc.replace("|", "\\|")
