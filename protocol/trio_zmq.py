@@ -6,8 +6,8 @@ it. A naive "check EVENTS, then wait_readable" misses edges that another task's 
 consumed, and hangs. The rules this adapter follows (all in :meth:`TrioSocket._wait`):
 
 1. always try the operation with ``NOBLOCK`` first;
-2. after every operation re-read nothing blindly but wake every waiter, so each re-checks
-   ``EVENTS`` for its own condition;
+2. after every operation that others are waiting behind, re-read ``EVENTS`` (the operation may
+   have consumed the edge) and wake the waiters when a condition they wait for now holds;
 3. a completed operation is never undone by a cancellation: the checkpoint after it is
    shielded, so a message sent or received is always reported as such;
 4. only one task (the watcher) sleeps on the fd, because trio allows one waiter per fd; the
@@ -23,8 +23,12 @@ from typing import Any, Sequence
 
 import trio
 import zmq
+import zmq.backend
 
 from .wire import recv_frames, send_frames
+
+_get = zmq.backend.Socket.get
+_EVENTS = int(zmq.EVENTS)
 
 
 class TrioSocket:
@@ -37,6 +41,7 @@ class TrioSocket:
         self._watcher: trio.CancelScope | None = None
         self._watching = False
         self._closed = False
+        self._waiters = {zmq.POLLIN: 0, zmq.POLLOUT: 0}
 
     # ---------------------------------------------------------------- operations
 
@@ -104,7 +109,22 @@ class TrioSocket:
             raise trio.ClosedResourceError("socket was closed")
 
     def _notify(self) -> None:
-        """Something may have changed: wake every waiter and the watcher to re-check EVENTS."""
+        """After an operation: wake the waiters if what they wait for is now ready.
+
+        With nobody waiting there is nothing to do (a task that comes to wait checks
+        ``EVENTS`` before it sleeps). Reading ``EVENTS`` here may consume the edge, but then
+        its value shows the new state, and any later change raises a new edge.
+        """
+        want_in, want_out = self._waiters[zmq.POLLIN], self._waiters[zmq.POLLOUT]
+        if not (want_in or want_out) or self._closed:
+            if self._closed:
+                self._wake()
+            return
+        events = _get(self.sock, _EVENTS)
+        if (want_in and events & zmq.POLLIN) or (want_out and events & zmq.POLLOUT):
+            self._wake()
+
+    def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
         if self._watcher is not None:
@@ -112,9 +132,16 @@ class TrioSocket:
 
     async def _wait(self, flag: int) -> None:
         """Return once ``EVENTS`` has ``flag`` set."""
+        self._waiters[flag] += 1
+        try:
+            await self._wait_counted(flag)
+        finally:
+            self._waiters[flag] -= 1
+
+    async def _wait_counted(self, flag: int) -> None:
         while True:
             self._check_open()
-            if self.sock.getsockopt(zmq.EVENTS) & flag:
+            if _get(self.sock, _EVENTS) & flag:
                 return
             if self._watching:
                 await self._changed.wait()

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import msgpack
 import numpy as np
 import zmq
+import zmq.backend
 
 from .errors import BadRequest, MessageTooLarge, VersionMismatch
 
@@ -134,13 +135,24 @@ def parse_command(frame: bytes | memoryview) -> Command:
 ZERO_COPY_BYTES = 64 * 1024
 
 
+_SNDMORE = int(zmq.SNDMORE)
+#: pyzmq's Socket.send wrapper costs 5-10x the send itself for small frames (measured: a
+#: six-frame message 30-65 µs through it, 5 µs through the backend method), so the hot path
+#: calls the backend directly.
+_backend_send = zmq.backend.Socket.send
+_backend_recv = zmq.backend.Socket.recv
+_backend_get = zmq.backend.Socket.get
+_RCVMORE = int(zmq.RCVMORE)
+
+
 def send_frames(sock: Any, frames: Sequence[Any], flags: int = 0) -> None:
     """Send a multipart message: small parts copied, large arrays and received frames by reference."""
+    flags = int(flags)
     last = len(frames) - 1
     for i, f in enumerate(frames):
         big = not isinstance(f, bytes) and (getattr(f, "nbytes", 0) >= ZERO_COPY_BYTES
                                             or hasattr(f, "buffer"))
-        sock.send(f, flags | (zmq.SNDMORE if i < last else 0), copy=not big)
+        _backend_send(sock, f, flags | _SNDMORE if i < last else flags, not big, False)
 
 
 def recv_frames(sock: Any, flags: int = 0, small: int = 5) -> list[Any]:
@@ -148,9 +160,9 @@ def recv_frames(sock: Any, flags: int = 0, small: int = 5) -> list[Any]:
 
     The envelope frames are small and read often; buffers (arrays) may be large.
     """
-    frames = [sock.recv(flags, copy=True)]
-    while sock.getsockopt(zmq.RCVMORE):
-        frames.append(sock.recv(0, copy=len(frames) < small))
+    frames = [_backend_recv(sock, int(flags), True, False)]
+    while _backend_get(sock, _RCVMORE):
+        frames.append(_backend_recv(sock, 0, len(frames) < small, False))
     return frames
 
 
