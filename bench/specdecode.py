@@ -141,6 +141,7 @@ class Row:
     steps: int = 0
     accepted: int = 0
     drafted: int = 0
+    considered: int = 0
     accounted_peak: int | None = None
     held_peak: int | None = None
     rss_peak: int | None = None
@@ -182,7 +183,7 @@ def merge(total: Row | None, part: Row, method: str) -> Row:
     part.method = method
     if total is None:
         return part
-    for name in ("tokens", "seconds", "steps", "accepted", "drafted"):
+    for name in ("tokens", "seconds", "steps", "accepted", "drafted", "considered"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
     for name in ("accounted_peak", "held_peak", "rss_peak", "rss_live"):
         values = [v for v in (getattr(total, name), getattr(part, name)) if v is not None]
@@ -271,6 +272,7 @@ def _run_engine_groups(row: Row, engine: Engine, prompts, max_new_tokens: int, b
                     row.steps += 1
                     row.accepted += step["accepted"]
                     row.drafted += step["gamma"]
+                    row.considered += min(step["accepted"] + 1, step["gamma"])
                 held = engine.draft.held_bytes() + engine.verifier.held_bytes()
                 row.held_peak = max(row.held_peak or 0, held)
         finally:
@@ -384,24 +386,29 @@ after = ["memory", "draft"]
 # the memory model's inputs
 
 
-def measure_cost_ratio(draft, target, prompt_ids, repeats: int = 5) -> float:
-    """c = t_draft / t_target of one decode step (one new token on a cached prompt), median of repeats."""
+def measure_cost_ratio(draft, target, prompt_ids, repeats: int = 9) -> float:
+    """c = t_draft / t_target of one decode step (one new token on a cached prompt).
+
+    Draft and target steps alternate and c is the median of the per-pair ratios, so a burst of
+    load from other jobs on a shared machine skews one pair, not the estimate."""
     from transformers import DynamicCache
 
-    def step_time(model) -> float:
-        ids = torch.tensor([prompt_ids])
-        cache = DynamicCache()
-        with torch.inference_mode():
-            model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True, logits_to_keep=1)
-                times.append(time.perf_counter() - start)
-                cache.crop(-1)
-        return float(np.median(times))
+    ids = torch.tensor([prompt_ids])
+    caches = {}
+    with torch.inference_mode():
+        for model in (draft, target):
+            caches[id(model)] = DynamicCache()
+            model(input_ids=ids[:, :-1], past_key_values=caches[id(model)], use_cache=True, logits_to_keep=1)
 
-    return step_time(draft) / step_time(target)
+        def step(model) -> float:
+            start = time.perf_counter()
+            model(input_ids=ids[:, -1:], past_key_values=caches[id(model)], use_cache=True, logits_to_keep=1)
+            seconds = time.perf_counter() - start
+            caches[id(model)].crop(-1)
+            return seconds
+
+        ratios = [step(draft) / step(target) for _ in range(repeats)]
+    return float(np.median(ratios))
 
 
 def kv_per_token(model) -> int:
@@ -451,13 +458,16 @@ def run(args) -> tuple[list[Row], dict]:
         return Engine(draft, target, tokenizer, budget_bytes=static_budget, block_tokens=static_context,
                       gamma_max=args.gamma_max, cost_ratio=cost_ratio)
 
-    pilot = run_engine("pilot", static_engine(), prompts[:1], args.pilot_tokens)
-    alpha = pilot.accepted / max(1, pilot.drafted)
+    pilot_engine = Engine(draft, target, tokenizer, budget_bytes=static_budget, block_tokens=static_context,
+                          gamma=args.pilot_gamma, gamma_max=args.gamma_max, cost_ratio=cost_ratio)
+    pilot = run_engine("pilot", pilot_engine, prompts[:1], args.pilot_tokens)
+    # α̂ = accepted / considered: each step checks drafts until the first rejection
+    alpha = pilot.accepted / max(1, pilot.considered)
     contexts = [len(p) + args.max_new_tokens for p in prompts]
     bound, gamma = lower_bound_budget([max(contexts)], alpha, cost_ratio, kv_t, kv_d, args.block_tokens,
                                       gamma_max=args.gamma_max)
     floor, _ = lower_bound_budget([max(contexts)], alpha, cost_ratio, kv_t, kv_d, args.block_tokens, gamma_max=0)
-    info.update(alpha_pilot=alpha, pilot_tokens=args.pilot_tokens, lower_bound=bound, gamma_star=gamma, floor=floor)
+    info.update(alpha_pilot=alpha, pilot_tokens=args.pilot_tokens, pilot_gamma=args.pilot_gamma, lower_bound=bound, gamma_star=gamma, floor=floor)
     print(f"pilot alpha = {alpha:.3f}; lower-bound budget {bound / 2**20:.2f} MiB at gamma* = {gamma}", flush=True)
 
     methods: list[tuple[str, object]] = [
@@ -500,7 +510,7 @@ def run(args) -> tuple[list[Row], dict]:
         report(row)
     plain = rows[0]
     static_row = totals["ours, static max-context cache"]
-    info["alpha"] = static_row.accepted / max(1, static_row.drafted)
+    info["alpha"] = static_row.accepted / max(1, static_row.considered)
 
     contexts = [len(p) + args.max_new_tokens for p in prompts]
     for batch in args.batch_sizes:
@@ -594,7 +604,8 @@ def plot(rows: list[Row], info: dict, path: Path) -> None:
         if r.budget is None or "static" in r.method:
             style = "--" if r.budget is None else ":"
             ax.axhline(r.tokens_per_s, linestyle=style, color="gray" if "target" in r.method else "black", linewidth=1)
-            ax.annotate(r.method, (ax.get_xlim()[0], r.tokens_per_s), fontsize=7, va="bottom")
+            label = r.method if r.budget is None else f"{r.method} ({r.budget / 2**20:.0f} MiB, off the axis)"
+            ax.annotate(label, (ax.get_xlim()[0], r.tokens_per_s), fontsize=7, va="bottom")
     refused = [r for r in rows if r.refused and r.batch == 1 and r.budget is not None]
     if refused:
         ax.plot([r.budget / 2**20 for r in refused], [0.0] * len(refused), "rx", label="refused (over budget)")
@@ -617,7 +628,7 @@ def write_docs_section(markdown: str, command: str, info: dict, path: Path) -> N
         f"noisy), MT-Bench first turns {info['question_ids']} ({len(info['question_ids'])} prompts, "
         f"{min(info['prompt_tokens'])}-{max(info['prompt_tokens'])} tokens), greedy, "
         f"{info['max_new_tokens']} new tokens each, no stop token. c = t_draft/t_target = {info['cost_ratio']:.2f}, "
-        f"α = {info['alpha_pilot']:.2f} from a {info['pilot_tokens']}-token pilot on the static engine "
+        f"α = {info['alpha_pilot']:.2f} from a {info['pilot_tokens']}-token pilot at γ = {info['pilot_gamma']} "
         f"(over the whole static run: {info['alpha']:.2f}), lower-bound budget "
         f"{info['lower_bound'] / 2**20:.2f} MiB (γ* = {info['gamma_star']}, blocks of {info['block_tokens']} tokens). "
         f"Accounted = blocks granted x block bytes; held = cache storage bytes (sampled after each step); "
@@ -649,6 +660,7 @@ def parse_args(argv=None):
     parser.add_argument("--static-context", type=int, default=None, help="default: the target's max context")
     parser.add_argument("--skip-assisted", action="store_true")
     parser.add_argument("--pilot-tokens", type=int, default=16, help="new tokens of the pilot that estimates α")
+    parser.add_argument("--pilot-gamma", type=int, default=4, help="fixed γ of the pilot (α is measured whatever c is)")
     parser.add_argument("--skip-actors", action="store_true", help="skip the through-the-actors row (issue 5)")
     parser.add_argument("--cache-dir", default=None, help="models cache (default $SPECMEMO_HOME or ~/.cache/specmemo/models)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
