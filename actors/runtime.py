@@ -224,6 +224,11 @@ class ActorRuntime:
 
     async def _send(self, command: Command, route: bytes, header: Header, body: Any = None) -> None:
         frames = encode(command, route, header, body, max_bytes=self.max_message_bytes)
+        try:
+            self.sock.send_multipart_nowait(frames)   # the common case: no scope, no checkpoint
+            return
+        except zmq.Again:
+            pass
         with trio.CancelScope(shield=True):
             await self.sock.send_multipart(frames)
 
