@@ -61,6 +61,8 @@ def fuzz_while_serving(d, seed: int, count: int) -> tuple[soak.FuzzReport, float
     assert {n: (r["pid"], r["restarts"]) for n, r in after.items()} == \
         {n: (r["pid"], 0) for n, r in before.items()}, "an actor died under the fuzz"
     assert outcomes, "the normal client made no call"
+    print(f"{report.sent} hostile frames: {report.replies}/{report.expected_replies} typed errors back, "
+          f"{dict(report.errors)}; normal client {sum(outcomes)}/{len(outcomes)} calls served")
     return report, sum(outcomes) / len(outcomes), after
 
 
