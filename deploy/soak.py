@@ -38,7 +38,7 @@ from specmemo.protocol import Client
 from specmemo.protocol import errors as wire
 from specmemo.protocol.methods import METHODS
 from specmemo.protocol.schema import from_wire
-from specmemo.protocol.wire import MAGIC, Command, Header, decode, encode
+from specmemo.protocol.wire import Command, Header, decode, encode
 
 #: Calls that show an actor serves again after a restart, by actor kind.
 PROBES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -609,7 +609,8 @@ def run_soak(minutes: float, clients: int = 4, kill_pause: float = 2.0, fuzz_bat
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
-    say(f"soak: {minutes:g} min, {clients} clients, kills every {kill_pause:g} s, fuzz bursts of {fuzz_batch}")
+    say(f"soak: {minutes:g} min, {clients} clients, kills every {kill_pause:g} s, "
+        f"fuzz bursts of {fuzz_batch}")
     expected = chat_reference()
     dep = LocalDeployment(SOAK_CONFIG.format(name=f"soak{os.getpid()}"), f"soak{os.getpid()}")
     pids: dict[str, int] = {}
@@ -666,7 +667,8 @@ def run_soak(minutes: float, clients: int = 4, kill_pause: float = 2.0, fuzz_bat
         say(f"  {op:<8} {tally.percentiles(op)}")
     say(f"errors       {dict(tally.errors.most_common())}")
     for name, xs in sorted(back.items()):
-        say(f"kills        {name:<9} {len(xs):3d} x, back in max {max(xs):.2f} s, median {np.median(xs):.2f} s")
+        say(f"kills        {name:<9} {len(xs):3d} x, back in max {max(xs):.2f} s, "
+            f"median {np.median(xs):.2f} s")
     say(f"restarts     {({n: r['restarts'] for n, r in rows.items()})}")
     say(f"fuzz         {fuzzed.sent} frames, {fuzzed.replies}/{fuzzed.expected_replies} typed errors "
         f"expected back, {fuzzed.not_errors} untyped; {dict(fuzzed.errors.most_common())}")
