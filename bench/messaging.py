@@ -263,7 +263,8 @@ def start_deployment(config: Path, root: Path, profile: Path | None
                     stdout=(root / "actor.log").open("w"), stderr=subprocess.STDOUT)
             try:
                 with Client(endpoint, timeout=2) as c:
-                    if any(a["name"] == "echo" and a["state"] == "ready" for a in c.actors()):
+                    if any(a["name"] == "echo" and a["state"] in ("ready", "external")
+                           for a in c.actors()):
                         return proc, endpoint, actor
             except Exception:
                 pass
@@ -598,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = "messaging-quick" if args.quick else "messaging"
     (where / f"{stem}.json").write_text(json.dumps(res, indent=1))
     command = "bench/messaging.py" + (" --quick" if args.quick else "") + \
+        (f" --rounds {args.rounds}" if args.rounds else "") + \
+        (f" --config {args.config}" if args.config else "") + \
         (f" --ray-python {args.ray_python}" if args.ray_python != sys.executable else "")
     (where / f"{stem}.md").write_text(
         f"`.venv/bin/python {command}` ({rounds} round(s), medians; {os.cpu_count()} CPUs, "
