@@ -228,7 +228,7 @@ def close_quietly(client: Client, session: str, attempts: int = 20) -> None:
     """Close a chat session, waiting out a turn that is still stopping or an actor that restarts."""
     for _ in range(attempts):
         try:
-            client.close_session(session)
+            client.call("verifier", "close", session=session, timeout=5)
             return
         except wire.NotFound:
             return
@@ -282,29 +282,38 @@ def mixed_calls(endpoint: str, seed: int, n_calls: int, tally: Tally, *,
                     if not (out["converged"] and np.allclose(out["x"], ref, rtol=1e-8, atol=1e-9)):
                         wrong = "x != scipy's solution"
                 else:
-                    wrong = _chat(c, rng, timeout, chat_expected)
-            except wire.NotFound as exc:
-                if op in ("matvec", "solve"):
+                    wrong, seconds = _chat(c, rng, timeout, chat_expected)
+            except wire.SpecmemoError as exc:
+                if isinstance(exc, wire.NotFound) and op in ("matvec", "solve"):
                     registered = False
                 error = exc.name
-            except wire.SpecmemoError as exc:
-                error = exc.name
-            tally.record(op, time.monotonic() - t0, error, wrong, limit)
+                seconds = exc.detail.get("turn_seconds", time.monotonic() - t0)
+            else:
+                if op != "chat":
+                    seconds = time.monotonic() - t0
+            tally.record(op, seconds, error, wrong, limit)
             if error in ("ActorDied", "UnknownActor"):
                 time.sleep(0.05)   # the actor is restarting: back off as a real client would
 
 
 def _chat(c: Client, rng: np.random.Generator, timeout: float,
-          expected: dict[str, list[int]] | None) -> str:
+          expected: dict[str, list[int]] | None) -> tuple[str, float]:
+    """Open a session, one greedy turn, close it. Answers what is wrong ("" if nothing) and the
+    turn's seconds: a chat's latency (and its deadline) is the turn's alone."""
     message = CHAT_MESSAGES[int(rng.integers(len(CHAT_MESSAGES)))]
     session = c.open_session()
+    started = time.monotonic()
     try:
         reply = c.ask(session, message, max_new_tokens=CHAT_TOKENS, timeout=timeout)
+    except wire.SpecmemoError as exc:
+        exc.detail["turn_seconds"] = time.monotonic() - started
+        raise
     finally:
+        seconds = time.monotonic() - started
         close_quietly(c, session)
     if expected is not None and reply.token_ids != expected[message]:
-        return f"chat tokens {reply.token_ids} != engine's {expected[message]}"
-    return ""
+        return f"chat tokens {reply.token_ids} != engine's {expected[message]}", seconds
+    return "", seconds
 
 
 # ---------------------------------------------------------------- faults
@@ -332,14 +341,14 @@ def kill_and_wait(client: Client, name: str, timeout: float = 30.0) -> float:
 
 
 def killer(endpoint: str, names: list[str], rounds: int, pause: float, out: list[tuple[str, float]],
-           stop: threading.Event | None = None) -> None:
+           stop: threading.Event | None = None, back_timeout: float = 120.0) -> None:
     """Kill each actor of ``names`` in turn, ``rounds`` times; appends (name, seconds back)."""
     with Client(endpoint, timeout=10) as c:
         for _ in range(rounds):
             for name in names:
                 if stop is not None and stop.is_set():
                     return
-                out.append((name, kill_and_wait(c, name)))
+                out.append((name, kill_and_wait(c, name, back_timeout)))
                 time.sleep(pause)
 
 

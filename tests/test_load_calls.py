@@ -81,6 +81,7 @@ def test_pipelined_calls_on_four_sockets_are_answered_exactly_once(deployment):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.skipif(not LONG, reason="long run: SPECMEMO_LONG=1")
 def test_sixty_four_clients_of_five_hundred_mixed_calls_get_every_result_right(deployment, chat_expected):
     ops = {"echo": 0.5, "matvec": 0.25, "solve": 0.15, "chat": 0.1}
