@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -601,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "bench/messaging.py" + (" --quick" if args.quick else "") + \
         (f" --rounds {args.rounds}" if args.rounds else "") + \
         (f" --config {args.config}" if args.config else "") + \
-        (f" --ray-python {args.ray_python}" if args.ray_python != sys.executable else "")
+        (f" --ray-python {shlex.quote(args.ray_python)}" if args.ray_python != sys.executable else "")
     (where / f"{stem}.md").write_text(
         f"`.venv/bin/python {command}` ({rounds} round(s), medians; {os.cpu_count()} CPUs, "
         f"load average {res['load_before'][0]:.1f} before, {res['load_after'][0]:.1f} after)\n\n"
