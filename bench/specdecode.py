@@ -330,7 +330,7 @@ after = ["memory"]
 
 [actors.verifier]
 kind = "verifier"
-after = ["memory", "draft"]
+after = ["memory"]            # loads its model while the draft loads; waits for it after
 [actors.verifier.config]
 {table(model)}
 """)

@@ -39,7 +39,7 @@ threads = 1
 
 [actors.verifier]
 kind = "verifier"
-after = ["memory", "draft"]
+after = ["memory"]            # loads its model while the draft loads; waits for it after
 [actors.verifier.config]
 model = "tiny"
 seed = 0
