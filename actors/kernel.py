@@ -346,7 +346,7 @@ class Kernel:
         deadline = now + header.deadline_ms / 1000 if header.deadline_ms else float("inf")
         self.calls[key] = InFlight(route, deadline, now)
         entry.inflight.add(key)
-        self.metrics.requests.labels(route, header.method).inc()
+        self.metrics.count_request(route, header.method)
 
     def _from_actor(self, peer: bytes, name: str, command: Command, frames: list[Any]) -> None:
         client = frames[3]
@@ -363,7 +363,7 @@ class Kernel:
             self.warn_once("client-gone", f"dropped a {command.name} from {name}: its caller is gone "
                                           f"or not reading")
         if command == Command.ERROR:
-            self.metrics.errors.labels(name, _error_name(frames[5])).inc()
+            self.metrics.count_error(name, _error_name(frames[5]))
         if final or not delivered:
             call = self.calls.pop((client, call_id), None)
             if call is not None:
@@ -502,7 +502,7 @@ class Kernel:
 
     def _reply_error(self, peer: bytes, call_id: int, exc: SpecmemoError, origin: str = "kernel") -> None:
         exc.origin = exc.origin or origin
-        self.metrics.errors.labels(exc.origin, exc.name).inc()
+        self.metrics.count_error(exc.origin, exc.name)
         self._send_quiet([peer, MAGIC, _ERROR, KERNEL, Header(id=call_id).pack(),
                           msgpack.packb(exc.to_wire())])
 

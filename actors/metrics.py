@@ -9,7 +9,7 @@ With ``metrics_port`` set in the deployment, each process serves its registry ov
 """
 from __future__ import annotations
 
-import bisect
+from collections import deque
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -30,15 +30,29 @@ class KernelMetrics:
         self.restarts = Gauge("specmemo_restarts", "Restarts of a supervised actor", ["actor"], registry=r)
         self.heartbeat_misses = Counter("specmemo_heartbeat_misses", "Actors declared dead for silence",
                                         ["actor"], registry=r)
-        # A small exact sample of recent latencies per actor for p50/p99 at a glance.
-        self._recent: dict[str, list[float]] = {}
+        # The last latencies per actor (a ring), for p50/p99 at a glance.
+        self._recent: dict[str, deque] = {}
+        self._children: dict[tuple, Any] = {}   # labelled children, looked up once per label set
+
+    def count_request(self, actor: str, method: str) -> None:
+        child = self._children.get(("r", actor, method))
+        if child is None:
+            child = self._children["r", actor, method] = self.requests.labels(actor, method)
+        child.inc()
+
+    def count_error(self, actor: str, code: str) -> None:
+        child = self._children.get(("e", actor, code))
+        if child is None:
+            child = self._children["e", actor, code] = self.errors.labels(actor, code)
+        child.inc()
 
     def observe(self, actor: str, seconds: float) -> None:
-        self.latency.labels(actor).observe(seconds)
-        window = self._recent.setdefault(actor, [])
-        bisect.insort(window, seconds)
-        if len(window) > 2048:
-            window.pop(len(window) // 2 if len(window) % 2 else 0)
+        child = self._children.get(("l", actor))
+        if child is None:
+            child = self._children["l", actor] = self.latency.labels(actor)
+            self._recent[actor] = deque(maxlen=2048)
+        child.observe(seconds)
+        self._recent[actor].append(seconds)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per actor: requests, errors (by code), p50/p99 ms of recent calls, heartbeat misses."""
@@ -55,8 +69,9 @@ class KernelMetrics:
                     row["errors"][sample.labels["code"]] = int(sample.value)
                 elif sample.name == "specmemo_heartbeat_misses_total":
                     row["heartbeat_misses"] = int(sample.value)
-        for actor, window in self._recent.items():
+        for actor, ring in self._recent.items():
             row = out.setdefault(actor, {"requests": 0, "errors": {}, "heartbeat_misses": 0})
+            window = sorted(ring)
             if window:
                 row["p50_ms"] = 1000 * window[len(window) // 2]
                 row["p99_ms"] = 1000 * window[min(len(window) - 1, int(len(window) * 0.99))]

@@ -54,7 +54,7 @@ class Command(enum.IntEnum):
     STREAM = 7     # actor -> caller: one chunk of a streaming reply
     END = 8        # actor -> caller: a streaming reply is complete
     BYE = 9        # kernel -> actor: please stop; actor -> kernel: I am stopping
-    NOTICE = 10    # kernel -> actors: an event of the deployment (an actor died / became ready)
+    NOTICE = 10    # kernel -> actors: an event of the deployment (today: an actor died)
 
 
 COMMAND_BYTES = {c: bytes([c]) for c in Command}
@@ -262,7 +262,7 @@ def encode(command: Command, route: bytes, header: Header, body: Any = None,
 
 
 def frames_size(frames: Sequence[Any]) -> int:
-    return sum(len(frame_bytes(f)) for f in frames)
+    return sum(map(len, frames))   # bytes and zmq.Frame both have a length
 
 
 def decode(frames: Sequence[Any], *, decode_body: bool = True) -> Message:
