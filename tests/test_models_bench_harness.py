@@ -42,7 +42,7 @@ def test_docs_section_is_created_then_replaced_leaving_other_sections(bench, tmp
     path = tmp_path / "benchmarks.md"
     path.write_text("# Benchmarks\n\n## SpMV\n\nspmv table\n")
     info = {"threads": 2, "question_ids": [81, 91], "prompt_tokens": [40, 50], "max_new_tokens": 8,
-            "cost_ratio": 0.4, "alpha": 0.7, "lower_bound": 2**20, "gamma_star": 2, "block_tokens": 16,
+            "cost_ratio": 0.4, "alpha": 0.7, "alpha_pilot": 0.6, "pilot_tokens": 16, "pilot_gamma": 4, "lower_bound": 2**20, "gamma_star": 2, "block_tokens": 16,
             "dtype": "bfloat16"}
     bench.write_docs_section("| first |", "python bench/specdecode.py", info, path)
     path.write_text(path.read_text() + "\n## Later section\n\nkept\n")
