@@ -66,6 +66,18 @@ def _result(msg: Message, actor: str, method: str) -> Any:
     return msg.body
 
 
+def _stream_chunk(msg: Message) -> Any:
+    """What one message of a stream yields: a chunk, nothing (END), or the typed error it raises.
+
+    A plain REPLY to a streaming call is taken as its one and last chunk.
+    """
+    if msg.command == Command.END:
+        return None
+    if msg.command == Command.ERROR:
+        raise error_from_wire(msg.body)
+    return msg.body
+
+
 @dataclass
 class ChatResult:
     """What :meth:`Client.ask` returns."""
@@ -124,18 +136,12 @@ class Client:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         finished = False
         try:
-            while True:
+            while not finished:
                 msg = self._recv_for(call_id, deadline, actor, method)
-                if msg.command == Command.STREAM:
-                    yield msg.body
-                    continue
-                finished = True
-                if msg.command == Command.END:
-                    return
-                _result(msg, actor, method)
-                if msg.body is not None:
-                    yield msg.body
-                return
+                finished = msg.command != Command.STREAM
+                chunk = _stream_chunk(msg)
+                if chunk is not None:
+                    yield chunk
         finally:
             if not finished:
                 self._cancel(actor, call_id)
@@ -332,21 +338,15 @@ class AsyncCaller:
         deadline = trio.current_time() + limit
         finished = False
         try:
-            while True:
+            while not finished:
                 with trio.move_on_at(deadline) as scope:
                     msg = await recv.receive()
                 if scope.cancelled_caught:
                     raise DeadlineExceeded(f"{actor}.{method} stream did not finish in time")
-                if msg.command == Command.STREAM:
-                    yield msg.body
-                    continue
-                finished = True
-                if msg.command == Command.END:
-                    return
-                _result(msg, actor, method)
-                if msg.body is not None:
-                    yield msg.body
-                return
+                finished = msg.command != Command.STREAM
+                chunk = _stream_chunk(msg)
+                if chunk is not None:
+                    yield chunk
         finally:
             self._pending.pop(call_id, None)
             if not finished:
