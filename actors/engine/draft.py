@@ -15,8 +15,7 @@ import torch
 
 from .batch import forward_rows
 from .errors import UnknownSession
-from .kvcache import BlockKVCache
-from .memory_model import kv_bytes_per_token
+from .kvcache import BlockKVCache, CacheHolder
 from .speculative import Timer, sample
 
 
@@ -27,24 +26,17 @@ class _DraftSession:
     proposed: int = 0
 
 
-class DraftCore:
+class DraftCore(CacheHolder):
     """Proposes γ tokens per session per step, in one batched forward per draft position."""
 
     def __init__(self, model, block_tokens: int = 16, spare_blocks: int = 1):
-        self.model = model.eval()
-        self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
-        param = next(model.parameters())
-        self.dtype, self.device = param.dtype, param.device
-        self.bytes_per_token = kv_bytes_per_token(model.config, param.element_size())
-        text = model.config.get_text_config(decoder=True)
-        self.vocab_size = text.vocab_size
-        self.max_context = getattr(text, "max_position_embeddings", None) or 1 << 30
+        super().__init__(model, block_tokens, spare_blocks)
         self._sessions: dict[str, _DraftSession] = {}
 
     def open(self, session: str, token_ids: np.ndarray, blocks: int) -> int:
         """Create (or rebuild from scratch) the session's cache from its committed ids; answers held bytes."""
         self._sessions.pop(session, None)
-        cache = BlockKVCache(self.model.config, self.block_tokens, self.dtype, self.device, self.spare_blocks)
+        cache = self.new_cache()
         self._sessions[session] = _DraftSession(ids=np.zeros(0, dtype=np.int64), cache=cache)
         return self.extend(session, token_ids, 0, blocks)
 

@@ -207,3 +207,23 @@ def batch_inputs(lengths: list[int], n_new: list[int], q: int, attn_implementati
     if attn_implementation != "sdpa":
         mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
     return positions, mask
+
+
+class CacheHolder:
+    """What the draft and the target side share: a model in eval mode, the facts their caches are
+    sized from (dtype, device, KV bytes per token, vocabulary, context), and a new block cache."""
+
+    def __init__(self, model, block_tokens: int, spare_blocks: int, max_context: int | None = None):
+        from .memory_model import kv_bytes_per_token
+
+        self.model = model.eval()
+        self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
+        param = next(model.parameters())
+        self.dtype, self.device = param.dtype, param.device
+        self.bytes_per_token = kv_bytes_per_token(model.config, param.element_size())
+        text = model.config.get_text_config(decoder=True)
+        self.vocab_size = text.vocab_size
+        self.max_context = max_context or getattr(text, "max_position_embeddings", None) or 1 << 30
+
+    def new_cache(self) -> "BlockKVCache":
+        return BlockKVCache(self.model.config, self.block_tokens, self.dtype, self.device, self.spare_blocks)

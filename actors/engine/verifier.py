@@ -16,8 +16,7 @@ import numpy as np
 
 from .batch import forward_rows
 from .errors import BadPrompt, ContextTooLong, SessionBusy, UnknownSession
-from .kvcache import BlockKVCache
-from .memory_model import kv_bytes_per_token
+from .kvcache import BlockKVCache, CacheHolder
 from .speculative import SpecStats, StepStats, Timer, verify_chain
 
 DRAFT, TARGET = "draft", "target"
@@ -31,21 +30,14 @@ class _TargetSession:
     messages: list[dict] = field(default_factory=list)
 
 
-class VerifierCore:
+class VerifierCore(CacheHolder):
     """Target model, per-session target caches and chat state."""
 
     def __init__(
         self, model, tokenizer=None, block_tokens: int = 16, spare_blocks: int = 1, max_context: int | None = None
     ):
-        self.model = model.eval()
+        super().__init__(model, block_tokens, spare_blocks, max_context)
         self.tokenizer = tokenizer
-        self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
-        param = next(model.parameters())
-        self.dtype, self.device = param.dtype, param.device
-        self.bytes_per_token = kv_bytes_per_token(model.config, param.element_size())
-        text = model.config.get_text_config(decoder=True)
-        self.vocab_size = text.vocab_size
-        self.max_context = max_context or getattr(text, "max_position_embeddings", None) or 1 << 30
         self._sessions: dict[str, _TargetSession] = {}
 
     # sessions and prompts
@@ -130,7 +122,7 @@ class VerifierCore:
         s = self._get(session)
         ids = np.asarray(token_ids, dtype=np.int64)
         if s.cache is None:
-            s.cache = BlockKVCache(self.model.config, self.block_tokens, self.dtype, self.device, self.spare_blocks)
+            s.cache = self.new_cache()
             keep = 0
         resident = min(s.cache.length, keep)
         s.cache.rollback(s.cache.length - resident, s.cache.blocks)
