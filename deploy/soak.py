@@ -83,7 +83,7 @@ threads = 1
 
 [actors.verifier]
 kind = "verifier"
-after = ["memory", "draft"]
+after = ["memory"]
 [actors.verifier.config]
 model = "tiny"
 seed = 0
