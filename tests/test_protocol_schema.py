@@ -52,7 +52,7 @@ def test_unknown_method_is_a_typed_error():
     assert methods.validate_request("echo", "sleep", {"seconds": 1}) == SleepRequest(1.0)
 
 
-def test_every_declared_method_has_schemas_that_build_from_an_empty_or_minimal_body():
+def test_every_method_is_named_kind_dot_method_and_answers_with_a_reply_or_chunks():
     for name, spec in methods.METHODS.items():
         assert name.count(".") == 1, name
         assert spec.reply is not None or spec.chunk is not None, name
