@@ -3,10 +3,18 @@
     class EchoActor(Actor):
         kind = "echo"
 
-        async def rpc_echo(self, req: EchoRequest, call: Call) -> EchoReply:
+        def rpc_echo(self, req: EchoRequest, call: Call) -> EchoReply:
             return EchoReply(data=req.data)
 
-A handler receives the validated request message (see :mod:`specmemo.protocol.methods`) and
+        async def rpc_sleep(self, req: SleepRequest, call: Call) -> SleepReply:
+            await trio.sleep(req.seconds)
+            return SleepReply(slept=req.seconds)
+
+A handler written as a plain ``def`` runs inline on the actor's event loop as its request is
+read, with no task and no cancel scope: the fast path, for work of microseconds that never
+blocks (a lookup, an echo, a counter). An ``async def`` handler gets a task of its own, its
+deadline as a cancel scope, and honours cancels; anything that waits or computes for long
+belongs there. A handler receives the validated request message (see :mod:`specmemo.protocol.methods`) and
 a :class:`Call` (id, deadline, caller route). It returns the reply message (or a plain map);
 a streaming handler is an async generator yielding chunks. Exceptions become typed error
 replies: a :class:`SpecmemoError` as itself, a class listed in ``errors`` as its mapped code,
@@ -65,7 +73,7 @@ class Actor:
     async def on_start(self) -> None:
         """Load what the actor needs (models, plans). Called before the actor registers."""
 
-    async def rpc_metrics(self, req: Any, call: Call) -> dict:
+    def rpc_metrics(self, req: Any, call: Call) -> dict:
         """Every actor's built-in method: its domain gauges."""
         return {"values": self.metrics.values()}
 

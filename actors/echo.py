@@ -15,7 +15,7 @@ from .base import Actor, Call
 class EchoActor(Actor):
     kind = "echo"
 
-    async def rpc_echo(self, req: EchoRequest, call: Call) -> EchoReply:
+    def rpc_echo(self, req: EchoRequest, call: Call) -> EchoReply:
         return EchoReply(data=req.data)
 
     async def rpc_sleep(self, req: SleepRequest, call: Call) -> SleepReply:
@@ -23,7 +23,7 @@ class EchoActor(Actor):
         await trio.sleep(max(0.0, req.seconds))
         return SleepReply(slept=trio.current_time() - start)
 
-    async def rpc_fail(self, req: FailRequest, call: Call) -> Empty:
+    def rpc_fail(self, req: FailRequest, call: Call) -> Empty:
         if req.kind == "exit":
             os._exit(3)
         if req.kind == "bad_request":

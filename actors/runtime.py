@@ -6,13 +6,14 @@ validates every request at the boundary and answers anything malformed with a ty
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
 import time
 import traceback
 from contextlib import aclosing
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 import zmq
@@ -31,6 +32,16 @@ from .base import Actor, Call
 
 log = logging.getLogger("specmemo.actor")
 
+#: Messages served from the socket's queue after a wake-up before yielding to other tasks.
+DRAIN_BATCH = 64
+
+
+class Handler(NamedTuple):
+    fn: Any
+    request: type          # the request message class
+    streams: bool
+    inline: bool           # a plain ``def``: run at once on the event loop, no task
+
 
 class ActorRuntime:
     def __init__(self, actor: Actor, endpoint: str, *, heartbeat_s: float = 1.0,
@@ -43,6 +54,7 @@ class ActorRuntime:
         self.max_message_bytes = max_message_bytes
         self.curve = curve
         self.active: dict[tuple[bytes, int], Call] = {}
+        self._handlers: dict[str, Handler] = {}
         self._stop = trio.Event()
         self._starting = trio.CancelScope()   # cancelled by a stop that comes during on_start
         self._last_kernel = time.monotonic()
@@ -129,34 +141,45 @@ class ActorRuntime:
     # ---------------------------------------------------------------- receiving
 
     async def _recv_loop(self) -> None:
+        sock = self.sock
         while True:
-            frames = await self.sock.recv_multipart()
-            self._last_kernel = time.monotonic()
-            try:
-                msg = decode(frames, decode_body=False)
-            except SpecmemoError as exc:
-                log.warning("%s: dropped a malformed message from the kernel: %s", self.actor.name, exc)
-                continue
-            cmd = msg.command
-            if cmd == Command.REQUEST:
-                await self._on_request(msg)
-            elif cmd in (Command.REPLY, Command.ERROR, Command.STREAM, Command.END):
+            self._dispatch(await sock.recv_multipart())
+            # Serve what else is queued before the next checkpoint: one trio round trip per
+            # message costs more than an inline handler (bench/messaging.py).
+            for _ in range(DRAIN_BATCH):
                 try:
-                    msg.body = _body(msg)
-                except SpecmemoError as exc:
-                    msg.command, msg.body = Command.ERROR, exc.to_wire()
-                self.actor.peers.deliver(msg)
-            elif cmd == Command.CANCEL:
-                call = self.active.get((msg.route, msg.header.id))
-                if call is not None and call.scope is not None:
-                    call.cancelled_by_peer = True
-                    call.scope.cancel()
-            elif cmd == Command.BYE:
-                self.stop("asked to stop by the kernel")
-            elif cmd == Command.NOTICE:
-                await self._on_notice(msg)
+                    frames = sock.recv_multipart_nowait()
+                except zmq.Again:
+                    break
+                self._dispatch(frames)
 
-    async def _on_notice(self, msg: Message) -> None:
+    def _dispatch(self, frames: list[Any]) -> None:
+        self._last_kernel = time.monotonic()
+        try:
+            msg = decode(frames, decode_body=False)
+        except SpecmemoError as exc:
+            log.warning("%s: dropped a malformed message from the kernel: %s", self.actor.name, exc)
+            return
+        cmd = msg.command
+        if cmd == Command.REQUEST:
+            self._on_request(msg)
+        elif cmd in (Command.REPLY, Command.ERROR, Command.STREAM, Command.END):
+            try:
+                msg.body = _body(msg)
+            except SpecmemoError as exc:
+                msg.command, msg.body = Command.ERROR, exc.to_wire()
+            self.actor.peers.deliver(msg)
+        elif cmd == Command.CANCEL:
+            call = self.active.get((msg.route, msg.header.id))
+            if call is not None and call.scope is not None:
+                call.cancelled_by_peer = True
+                call.scope.cancel()
+        elif cmd == Command.BYE:
+            self.stop("asked to stop by the kernel")
+        elif cmd == Command.NOTICE:
+            self._on_notice(msg)
+
+    def _on_notice(self, msg: Message) -> None:
         try:
             body = _body(msg)
         except SpecmemoError:
@@ -164,27 +187,53 @@ class ActorRuntime:
         if isinstance(body, dict) and body.get("event") == "actor_died":
             self.nursery.start_soon(self.actor.on_peer_died, str(body.get("name", "")))
 
-    async def _on_request(self, msg: Message) -> None:
+    def _handler(self, method: str) -> Handler:
+        """The handler of ``method``, looked up once: its schema and whether it runs inline."""
+        handler = self._handlers.get(method)
+        if handler is None:
+            spec = methods.lookup(self.actor.kind, method)
+            fn = getattr(self.actor, f"rpc_{method}", None)
+            if fn is None:
+                raise UnknownMethod(f"{self.actor.name} does not implement '{method}'")
+            inline = not (spec.streams or inspect.iscoroutinefunction(fn)
+                          or inspect.isasyncgenfunction(fn))
+            handler = self._handlers[method] = Handler(fn, spec.request, spec.streams, inline)
+        return handler
+
+    def _on_request(self, msg: Message) -> None:
         key = (msg.route, msg.header.id)
-        received = trio.current_time()
         try:
             if key in self.active:
                 raise BadRequest(f"call id {msg.header.id} is already in flight from this caller")
-            if len(self.active) >= self.actor.max_concurrency:
+            handler = self._handler(msg.header.method)
+            if not handler.inline and len(self.active) >= self.actor.max_concurrency:
                 raise Overloaded(f"{self.actor.name} is serving {len(self.active)} calls, its limit")
-            spec = methods.lookup(self.actor.kind, msg.header.method)
-            handler = getattr(self.actor, f"rpc_{msg.header.method}", None)
-            if handler is None:
-                raise UnknownMethod(f"{self.actor.name} does not implement '{msg.header.method}'")
-            request = methods.from_wire(spec.request, _body(msg), "params")
+            request = methods.from_wire(handler.request, _body(msg), "params")
         except SpecmemoError as exc:
             exc.origin = exc.origin or self.actor.name
-            await self._send(Command.ERROR, msg.route, Header(id=msg.header.id), exc.to_wire())
+            self._reply(Command.ERROR, msg.route, Header(id=msg.header.id), exc.to_wire())
             return
+        received = trio.current_time()
         deadline = received + msg.header.deadline_ms / 1000 if msg.header.deadline_ms else float("inf")
         call = Call(msg.header.id, msg.header.method, msg.route, deadline, started=received)
+        if handler.inline:
+            # A plain ``def`` handler: answered here, without a task or a cancel scope.
+            try:
+                final = (Command.REPLY, _plain(handler.fn(request, call)))
+            except Exception as raw:
+                final = (Command.ERROR, self._error_body(raw, call))
+            self._reply(final[0], call.route, Header(id=call.id), final[1])
+            return
         self.active[key] = call
-        self.nursery.start_soon(self._serve, call, handler, request, spec.streams)
+        self.nursery.start_soon(self._serve, call, handler.fn, request, handler.streams)
+
+    def _error_body(self, raw: Exception, call: Call) -> dict[str, Any]:
+        mapped = self.actor.map_error(raw)
+        if mapped is None:
+            log.error("%s.%s failed:\n%s", self.actor.name, call.method, traceback.format_exc())
+            mapped = Internal(f"{type(raw).__name__}: {raw}", traceback=traceback.format_exc())
+        mapped.origin = mapped.origin or self.actor.name
+        return mapped.to_wire()
 
     async def _serve(self, call: Call, handler: Any, request: Any, streams: bool) -> None:
         header = Header(id=call.id)
@@ -209,18 +258,28 @@ class ActorRuntime:
                 exc.origin = self.actor.name
                 final = (Command.ERROR, exc.to_wire())
         except Exception as raw:
-            mapped = self.actor.map_error(raw)
-            if mapped is None:
-                log.error("%s.%s failed:\n%s", self.actor.name, call.method, traceback.format_exc())
-                mapped = Internal(f"{type(raw).__name__}: {raw}", traceback=traceback.format_exc())
-            mapped.origin = mapped.origin or self.actor.name
-            final = (Command.ERROR, mapped.to_wire())
+            final = (Command.ERROR, self._error_body(raw, call))
         finally:
             self.active.pop((call.route, call.id), None)
         try:
             await self._send(final[0], call.route, header, final[1])
         except SpecmemoError as exc:  # e.g. the reply is too large: tell the caller that instead
             await self._send(Command.ERROR, call.route, header, exc.to_wire())
+
+    def _reply(self, command: Command, route: bytes, header: Header, body: Any = None) -> None:
+        """Send a final reply from synchronous code: at once, or from a task if the socket is full."""
+        try:
+            frames = encode(command, route, header, body, max_bytes=self.max_message_bytes)
+        except SpecmemoError as exc:  # the reply is too large: tell the caller that instead
+            command, frames = Command.ERROR, encode(Command.ERROR, route, header, exc.to_wire())
+        try:
+            self.sock.send_multipart_nowait(frames)
+        except zmq.Again:
+            self.nursery.start_soon(self._send_frames, frames)
+
+    async def _send_frames(self, frames: list[Any]) -> None:
+        with trio.CancelScope(shield=True):
+            await self.sock.send_multipart(frames)
 
     async def _send(self, command: Command, route: bytes, header: Header, body: Any = None) -> None:
         frames = encode(command, route, header, body, max_bytes=self.max_message_bytes)
@@ -229,8 +288,7 @@ class ActorRuntime:
             return
         except zmq.Again:
             pass
-        with trio.CancelScope(shield=True):
-            await self.sock.send_multipart(frames)
+        await self._send_frames(frames)
 
 
 def _body(msg: Message) -> Any:

@@ -102,8 +102,7 @@ class Client:
         self._ctx = zmq.Context.instance()
         self._sock = _dealer(self._ctx, self.endpoint, curve)
         self._ids = itertools.count(1)
-        self._poller = zmq.Poller()
-        self._poller.register(self._sock, zmq.POLLIN)
+        self._poll_items = [(self._sock, zmq.POLLIN)]   # zmq_poll itself: Poller adds a layer
 
     def __enter__(self) -> "Client":
         return self
@@ -241,7 +240,7 @@ class Client:
     def _recv_for(self, call_id: int, deadline: float, actor: str, method: str) -> Message:
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._poller.poll(max(1, int(left * 1000))):
+            if left <= 0 or not zmq.zmq_poll(self._poll_items, max(1, int(left * 1000))):
                 if time.monotonic() >= deadline:
                     self._cancel(actor, call_id)
                     raise DeadlineExceeded(f"{actor}.{method} got no reply in time",

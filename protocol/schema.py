@@ -18,7 +18,12 @@ import numpy as np
 from .errors import BadRequest
 
 T = TypeVar("T")
-_HINTS: dict[type, dict[str, Any]] = {}
+#: Per message class, its fields as (name, annotation, required), worked out once: calling
+#: ``dataclasses.fields`` and ``typing.get_type_hints`` per message cost more than decoding it.
+_PLANS: dict[type, tuple[tuple[str, Any, bool], ...]] = {}
+_NAMES: dict[type, tuple[str, ...]] = {}
+#: Values that ``_plain`` passes through unchanged.
+_LEAVES = (str, int, float, bool, bytes, type(None), np.ndarray)
 
 
 def message(cls: type[T]) -> type[T]:
@@ -26,12 +31,15 @@ def message(cls: type[T]) -> type[T]:
     return dataclasses.dataclass(slots=True)(cls)
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
+def _plan(cls: type) -> tuple[tuple[str, Any, bool], ...]:
+    plan = _PLANS.get(cls)
+    if plan is None:
         hints = typing.get_type_hints(cls)
-        _HINTS[cls] = hints
-    return hints
+        plan = _PLANS[cls] = tuple(
+            (f.name, hints[f.name],
+             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls))
+    return plan
 
 
 def from_wire(cls: type[T], body: Any, where: str = "body") -> T:
@@ -40,21 +48,26 @@ def from_wire(cls: type[T], body: Any, where: str = "body") -> T:
         body = {}
     if not isinstance(body, dict):
         raise BadRequest(f"{where} must be a map, got {type(body).__name__}")
-    hints = _hints(cls)
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in body:
-            kwargs[f.name] = _check(hints[f.name], body[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise BadRequest(f"{where}: missing required field '{f.name}'")
+    for name, tp, required in _plan(cls):
+        if name in body:
+            value = body[name]
+            kwargs[name] = value if tp is Any else _check(tp, value, f"{where}.{name}")
+        elif required:
+            raise BadRequest(f"{where}: missing required field '{name}'")
     return cls(**kwargs)
 
 
 def to_wire(msg: Any) -> dict[str, Any]:
     """A message instance as a plain map (nested messages become maps, arrays stay arrays)."""
+    cls = type(msg)
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(msg))
     out = {}
-    for f in dataclasses.fields(msg):
-        out[f.name] = _plain(getattr(msg, f.name))
+    for name in names:
+        value = getattr(msg, name)
+        out[name] = value if isinstance(value, _LEAVES) else _plain(value)
     return out
 
 

@@ -81,6 +81,13 @@ class TrioSocket:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return frames
 
+    def recv_multipart_nowait(self, *, small: int = 5) -> list[Any]:
+        """Receive one message if one is queued; raises ``zmq.Again`` otherwise (no checkpoint)."""
+        self._check_open()
+        frames = recv_frames(self.sock, zmq.NOBLOCK, small)
+        self._notify()
+        return frames
+
     def getsockopt(self, option: int) -> Any:
         value = self.sock.getsockopt(option)
         self._notify()
