@@ -65,22 +65,22 @@ class MemoryActor(Actor):
                 del self.owners[session]
                 log.info("session %s of %s released: %d bytes", session, name, freed)
 
-    async def rpc_add_holder(self, req: AddHolder, call: Call) -> dict:
+    def rpc_add_holder(self, req: AddHolder, call: Call) -> dict:
         self.manager.add_holder(req.holder, req.bytes_per_token)
         self.leases[req.holder] = req.actor
         return {"budget": self.manager.budget, "block_tokens": self.manager.block_tokens}
 
-    async def rpc_open(self, req: OpenSession, call: Call) -> None:
+    def rpc_open(self, req: OpenSession, call: Call) -> None:
         self.manager.open_session(req.session)
         self.owners[req.session] = req.owner
 
-    async def rpc_has(self, req: SessionRef, call: Call) -> dict:
+    def rpc_has(self, req: SessionRef, call: Call) -> dict:
         return {"has": self.manager.has(req.session)}
 
-    async def rpc_prefill(self, req: PrefillRequest, call: Call) -> dict:
+    def rpc_prefill(self, req: PrefillRequest, call: Call) -> dict:
         return self.manager.prefill(req.session, req.keep, req.add)
 
-    async def rpc_grant_batch(self, req: GrantBatch, call: Call) -> dict:
+    def rpc_grant_batch(self, req: GrantBatch, call: Call) -> dict:
         answers = self.manager.grant_batch(
             [{"session": r.session, "gamma": r.gamma, "limit": r.limit} for r in req.requests])
         granted = [a["gamma"] for a in answers if "gamma" in a]
@@ -89,7 +89,7 @@ class MemoryActor(Actor):
         self._gauges()
         return {"answers": answers}
 
-    async def rpc_commit_batch(self, req: CommitBatch, call: Call) -> dict:
+    def rpc_commit_batch(self, req: CommitBatch, call: Call) -> dict:
         answers = self.manager.commit_batch(
             [{"session": r.session, "accepted": r.accepted, "emitted": r.emitted} for r in req.requests])
         self._gauges()
@@ -103,21 +103,21 @@ class MemoryActor(Actor):
         self.metrics.set("sessions", len(u["sessions"]), "Open sessions")
         self.metrics.set("evictions", u["evictions"], "Idle sessions evicted under pressure")
 
-    async def rpc_finish(self, req: SessionRef, call: Call) -> None:
+    def rpc_finish(self, req: SessionRef, call: Call) -> None:
         self.manager.finish(req.session)
 
-    async def rpc_release(self, req: SessionRef, call: Call) -> dict:
+    def rpc_release(self, req: SessionRef, call: Call) -> dict:
         self.owners.pop(req.session, None)
         freed = self.manager.release(req.session)
         self._gauges()
         return {"freed": freed}
 
-    async def rpc_release_holder(self, req: SessionRef, call: Call) -> dict:
+    def rpc_release_holder(self, req: SessionRef, call: Call) -> dict:
         self.leases.pop(req.session, None)
         return self.manager.release_holder(req.session)
 
-    async def rpc_set_cost_ratio(self, req: CostRatio, call: Call) -> None:
+    def rpc_set_cost_ratio(self, req: CostRatio, call: Call) -> None:
         self.manager.set_cost_ratio(req.cost_ratio)
 
-    async def rpc_usage(self, req: Empty, call: Call) -> dict:
+    def rpc_usage(self, req: Empty, call: Call) -> dict:
         return {**self.manager.usage(), "leases": dict(self.leases)}

@@ -110,7 +110,7 @@ class SolverActor(Actor):
     async def rpc_register(self, req: RegisterMatrix, call: Call) -> MatrixReport:
         return await self.run_sync(self.store.register, req)
 
-    async def rpc_describe(self, req: MatrixId, call: Call) -> MatrixReport:
+    def rpc_describe(self, req: MatrixId, call: Call) -> MatrixReport:
         return self.store.report(req.id)
 
     async def rpc_matvec(self, req: MatvecRequest, call: Call) -> MatvecReply:
@@ -126,8 +126,8 @@ class SolverActor(Actor):
         self.metrics.set("matrices", len(self.store.plans), "Registered matrices")
         return out
 
-    async def rpc_drop(self, req: MatrixId, call: Call) -> Dropped:
+    def rpc_drop(self, req: MatrixId, call: Call) -> Dropped:
         return Dropped(dropped=self.store.drop(req.id))
 
-    async def rpc_list(self, req: Empty, call: Call) -> MatrixList:
+    def rpc_list(self, req: Empty, call: Call) -> MatrixList:
         return MatrixList(matrices=[self.store.report(m) for m in self.store.plans])
