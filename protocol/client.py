@@ -256,6 +256,27 @@ class Client:
             # A late reply to an earlier call that timed out: dropped by correlation id.
 
 
+class _Slot:
+    """Where the one reply of a call lands: a cheaper stand-in for a memory channel."""
+
+    __slots__ = ("msg", "event")
+
+    def __init__(self) -> None:
+        self.msg: Message | None = None
+        self.event = trio.Event()
+
+    def send_nowait(self, msg: Message) -> None:
+        if self.event.is_set():
+            raise trio.WouldBlock   # a second answer to one call: not ours to keep
+        self.msg = msg
+        self.event.set()
+
+    async def receive(self) -> Message:
+        await self.event.wait()
+        assert self.msg is not None
+        return self.msg
+
+
 class AsyncCaller:
     """Calls over a :class:`TrioSocket` that someone else reads: replies arrive via :meth:`deliver`.
 
@@ -298,14 +319,22 @@ class AsyncCaller:
             self._pending.pop(call_id, None)
 
     async def _open(self, actor: str, method: str, params: dict[str, Any],
-                    timeout: float | None) -> tuple[int, trio.MemoryReceiveChannel]:
+                    timeout: float | None, single: bool = False) -> tuple[int, Any]:
         assert self._sock is not None, "use AsyncClient as an async context manager"
         call_id = next(self._ids)
-        send, recv = trio.open_memory_channel(1024)
-        self._pending[call_id] = send
         frames = _request_frames(call_id, actor, method, params,
                                  self.timeout if timeout is None else timeout, self.max_message_bytes)
-        await self._sock.send_multipart(frames)
+        # One reply expected: a slot. A stream: a channel (chunks may come faster than read).
+        inbox: Any = _Slot() if single else trio.open_memory_channel(1024)
+        send, recv = (inbox, inbox) if single else inbox
+        self._pending[call_id] = send
+        try:
+            self._sock.send_multipart_nowait(frames)   # no checkpoint: the caller waits next anyway
+        except zmq.Again:
+            await self._sock.send_multipart(frames)
+        except BaseException:
+            self._pending.pop(call_id, None)
+            raise
         return call_id, recv
 
     async def _cancel(self, actor: str, call_id: int) -> None:
@@ -315,7 +344,7 @@ class AsyncCaller:
 
     async def call(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any) -> Any:
         limit = self.timeout if timeout is None else timeout
-        call_id, recv = await self._open(actor, method, params, limit)
+        call_id, recv = await self._open(actor, method, params, limit, single=True)
         try:
             with trio.move_on_after(limit) as scope:
                 msg = await recv.receive()
@@ -382,10 +411,19 @@ class AsyncClient(AsyncCaller):
 
     async def _recv_loop(self) -> None:
         assert self._sock is not None
+        sock = self._sock
         while True:
-            frames = await self._sock.recv_multipart()
-            try:
-                msg = decode(frames)
-            except SpecmemoError:
-                continue
-            self.deliver(msg)
+            self._deliver_frames(await sock.recv_multipart())
+            for _ in range(64):   # what else is queued, without a checkpoint per reply
+                try:
+                    frames = sock.recv_multipart_nowait()
+                except zmq.Again:
+                    break
+                self._deliver_frames(frames)
+
+    def _deliver_frames(self, frames: list[Any]) -> None:
+        try:
+            msg = decode(frames)
+        except SpecmemoError:
+            return
+        self.deliver(msg)
