@@ -20,7 +20,7 @@ from specmemo.protocol.methods import AcceptRequest, DraftOpen, Empty, ProposeRe
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
-from .modelconfig import load_actor_model
+from .modelconfig import load_actor_model, preload_actor_model
 
 log = logging.getLogger("specmemo.draft")
 
@@ -34,6 +34,11 @@ class DraftActor(Actor):
         self.memory = config.get("memory", "memory")
         self.verifier = config.get("verifier", "verifier")
         self.core: DraftCore | None = None
+
+    @staticmethod
+    def preload(config: dict[str, Any]) -> None:
+        """Imports for the zygote, before it forks this actor (see :mod:`specmemo.actors.zygote`)."""
+        preload_actor_model(config)
 
     async def on_start(self) -> None:
         import torch

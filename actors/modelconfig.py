@@ -25,6 +25,22 @@ def load_actor_model(config: dict[str, Any], role: str) -> tuple[Any, Any]:
     return load_model(model_spec(config, role))
 
 
+def preload_actor_model(config: dict[str, Any]) -> None:
+    """Import what :func:`load_actor_model` will import, computing nothing (the zygote runs it).
+
+    transformers imports most of its modules lazily, when the first model is built: about as
+    long as importing torch. Building the tiny architecture (Qwen2, as the default pair) on the
+    meta device triggers those imports while allocating and computing nothing, so no thread
+    pool starts. ``config`` is not needed yet: every source shares this machinery.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    from specmemo.actors.engine.tiny import tiny_config
+    with torch.device("meta"):
+        AutoModelForCausalLM.from_config(tiny_config())
+
+
 def model_spec(config: dict[str, Any], role: str) -> ModelSpec:
     """``role`` is "draft" or "target": which half of the default pair ``model = "default"`` means."""
     source = config.get("model", "default")

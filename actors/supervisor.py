@@ -7,10 +7,13 @@
   with a message naming the actor.
 - Stop: reverse start order; each actor is asked (BYE), then SIGTERM, then SIGKILL, each rung
   waiting ``stop_timeout_s``; every child is reaped (no zombies).
+- Spawn: the torch actors (:data:`FORKED_KINDS`) are forked by the zygote, which imported
+  torch once (see :mod:`specmemo.actors.zygote`); every other actor, and a torch actor that
+  sets its own ``env`` or meets a zygote that is down, is a fresh ``python -m
+  specmemo.actors.run``. The zygote is stopped last.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -24,26 +27,30 @@ from typing import Callable, TextIO
 
 from specmemo.deploy.config import ActorConfig, DeploymentConfig
 
-_PR_SET_PDEATHSIG = 1
+from .prctl import die_with_parent
+from .zygote_client import ForkedProcess, ZygoteClient, ZygoteError
+
+#: Kinds whose actors import torch and transformers (seconds in a fresh Python).
+FORKED_KINDS = ("draft", "verifier")
 
 
 class Escalation(RuntimeError):
     """Restart intensity exceeded: the deployment must stop."""
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: receive SIGTERM when the kernel dies (Linux), so no orphans."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+def forked(cfg: ActorConfig) -> bool:
+    """Whether the zygote starts this actor: a torch kind without an ``env`` of its own.
+
+    Native libraries read variables such as ``OMP_NUM_THREADS`` when they are loaded, which
+    for a forked actor happened in the zygote: an actor that sets them needs its own exec.
+    """
+    return cfg.kind in FORKED_KINDS and not cfg.env
 
 
 @dataclass(slots=True)
 class Child:
     cfg: ActorConfig
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen | ForkedProcess | None = None
     state: str = "waiting"         # waiting | starting | ready | backoff | stopped | failed
     restarts: int = 0
     recent: deque = field(default_factory=deque)
@@ -71,6 +78,12 @@ class Supervisor:
         self.order = config.start_order()
         self.children = {a.name: Child(a) for a in self.order}
         self._print_lock = threading.Lock()
+        preload = {json.dumps({"kind": a.kind, "target": a.target, "config": a.config}, sort_keys=True)
+                   for a in self.order if forked(a)}
+        self.zygote: ZygoteClient | None = None
+        if config.zygote and preload:
+            self.zygote = ZygoteClient([json.loads(p) for p in sorted(preload)], dict(os.environ),
+                                       self.say, self._pump_output)
 
     # ---------------------------------------------------------------- logging
 
@@ -86,9 +99,12 @@ class Supervisor:
 
     # ---------------------------------------------------------------- start and restart
 
+    def _forks(self, cfg: ActorConfig) -> bool:
+        return self.zygote is not None and forked(cfg)
+
     def spawn(self, child: Child, now: float) -> None:
         cfg = child.cfg
-        argv = [sys.executable, "-m", "specmemo.actors.run", "--name", cfg.name, "--kind", cfg.kind,
+        argv = ["--name", cfg.name, "--kind", cfg.kind,
                 "--endpoint", self.endpoint, "--config", json.dumps(cfg.config),
                 "--heartbeat", str(self.config.heartbeat_s),
                 "--heartbeat-misses", str(self.config.heartbeat_misses),
@@ -96,21 +112,37 @@ class Supervisor:
         if self.config.metrics_port:
             argv += ["--metrics-port", str(self.config.metrics_port + 1 + self.order.index(cfg))]
         env = {**os.environ, **self.extra_env, **cfg.env, "PYTHONUNBUFFERED": "1"}
-        child.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, text=True, env=env,
-                                      start_new_session=True, preexec_fn=_die_with_parent)
+        child.proc, how = None, ""
+        if self._forks(cfg) and self.zygote.ready:
+            try:
+                child.proc, how = self.zygote.spawn(cfg.name, argv, env), ", forked by the zygote"
+            except ZygoteError as exc:
+                self.say("kernel", f"the zygote could not fork {cfg.name} ({exc}); starting it with exec")
+        if child.proc is None:
+            child.proc = subprocess.Popen([sys.executable, "-m", "specmemo.actors.run", *argv],
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, text=True, env=env,
+                                          start_new_session=True, preexec_fn=die_with_parent)
         child.state = "starting"
         child.started_at = now
         child.pump = threading.Thread(target=self._pump_output, args=(cfg.name, child.proc.stdout),
                                       daemon=True)
         child.pump.start()
-        self.say("kernel", f"started {cfg.name} ({cfg.kind}) pid {child.proc.pid}")
+        self.say("kernel", f"started {cfg.name} ({cfg.kind}) pid {child.proc.pid}{how}")
 
     def tick(self, now: float, ready: set[str]) -> None:
-        """Start what may start; kill actors that took too long to become ready."""
+        """Start what may start; kill actors that took too long to become ready.
+
+        While the zygote imports, the actors it will fork wait (unless it keeps failing): a
+        second torch import beside its own would slow both down on few cores for nothing.
+        """
+        if self.zygote is not None:
+            self.zygote.tick(now)
         for child in self.children.values():
             if child.state in ("waiting", "backoff") and now >= child.next_start \
                     and all(dep in ready for dep in child.cfg.after):
+                if self._forks(child.cfg) and self.zygote.worth_waiting:
+                    continue
                 self.spawn(child, now)
             elif child.state == "starting" and now - child.started_at > child.cfg.start_timeout_s:
                 self.say("kernel", f"{child.cfg.name} did not become ready in "
@@ -136,7 +168,29 @@ class Supervisor:
                 continue
             dead.append((child.cfg.name, code))
             self._schedule_restart(child, code, now)
+        if self.zygote is not None:
+            self.reap_orphans()
         return dead
+
+    def reap_orphans(self) -> None:
+        """Reap what the kernel adopted without starting it (as the zygote's subreaper it also
+        inherits, say, the orphaned children of a killed actor); poll its own children."""
+        own = {c.proc.pid: c.proc for c in self.children.values() if c.proc is not None}
+        if self.zygote is not None and self.zygote.proc is not None:
+            own[self.zygote.proc.pid] = self.zygote.proc
+        for _ in range(64):
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == 0:
+                return
+            proc = own.get(info.si_pid)
+            if proc is not None:
+                proc.poll()     # reaps it and keeps its exit code for reap()
+            else:
+                os.waitpid(info.si_pid, 0)
+                self.say("kernel", f"reaped orphaned process {info.si_pid}")
 
     def _schedule_restart(self, child: Child, code: int, now: float) -> None:
         cfg = child.cfg
@@ -192,3 +246,6 @@ class Supervisor:
             if child.pump is not None:
                 child.pump.join(timeout=2)
             child.state = "stopped"
+        if self.zygote is not None:
+            self.zygote.stop()
+            self.reap_orphans()

@@ -36,7 +36,7 @@ from specmemo.protocol.methods import (ChatChunk, ChatRequest, Empty, GenerateRe
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
-from .modelconfig import load_actor_model
+from .modelconfig import load_actor_model, preload_actor_model
 
 log = logging.getLogger("specmemo.verifier")
 
@@ -176,6 +176,11 @@ class VerifierActor(Actor):
         self._ids = itertools.count(1)
 
     # ---------------------------------------------------------------- lifecycle
+
+    @staticmethod
+    def preload(config: dict[str, Any]) -> None:
+        """Imports for the zygote, before it forks this actor (see :mod:`specmemo.actors.zygote`)."""
+        preload_actor_model(config)
 
     async def on_start(self) -> None:
         import torch

@@ -65,6 +65,7 @@ class DeploymentConfig:
     curve_server_key: str = ""          # the kernel's .key_secret file: turns CURVE on (tcp only)
     curve_allowed: str = ""             # folder of public .key files allowed to connect
     curve_actor_key: str = ""           # .key_secret the spawned actors connect with (must be allowed)
+    zygote: bool = True                 # fork the torch actors from a process that imported torch once
     actors: list[ActorConfig] = field(default_factory=list)
     source: str = ""
 
@@ -99,7 +100,7 @@ class DeploymentConfig:
 _DEPLOYMENT_KEYS = {"name", "endpoint", "heartbeat_s", "heartbeat_misses", "restart_intensity",
                     "restart_period_s", "backoff_s", "backoff_max_s", "stop_timeout_s",
                     "max_inflight", "max_message_bytes", "metrics_port", "curve_server_key", "curve_allowed",
-                    "curve_actor_key"}
+                    "curve_actor_key", "zygote"}
 _ACTOR_KEYS = {"kind", "after", "config", "restart", "start_timeout_s", "env"}
 
 

@@ -1,0 +1,199 @@
+"""The zygote forks the torch actors: adopted by the kernel, reaped when killed, replaced when
+it dies itself, gone with a killed kernel; a forked pair chats exactly like the engine."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from specmemo.deploy import soak
+
+from conftest import Deployment, pid_alive
+
+TORCH_ACTORS = ("draft", "verifier")
+
+PAIR_CONFIG = """
+[deployment]
+name = "{name}"
+heartbeat_s = 0.3
+heartbeat_misses = 10
+restart_intensity = 50
+restart_period_s = 30
+backoff_s = 0.05
+backoff_max_s = 0.2
+stop_timeout_s = 3
+
+[actors.memory]
+kind = "memory"
+[actors.memory.config]
+budget_mb = 64
+block_tokens = 16
+
+[actors.draft]
+kind = "draft"
+after = ["memory"]
+[actors.draft.config]
+model = "tiny"
+seed = 0
+threads = 1
+{draft_extra}
+[actors.verifier]
+kind = "verifier"
+after = ["memory"]
+[actors.verifier.config]
+model = "tiny"
+seed = 0
+threads = 1
+"""
+
+
+def stat(pid: int) -> tuple[str, int]:
+    """(state letter, parent pid) of a live or zombie process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1])
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def zygotes(kernel: int, actor_pids: set[int]) -> list[int]:
+    """Children of the kernel running the zygote's command line that are not actors."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in actor_pids:
+            continue
+        try:
+            state, parent = stat(int(entry.name))
+            if parent == kernel and state != "Z" and "specmemo.actors.zygote" in cmdline(int(entry.name)):
+                out.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """The process exited and was reaped (no zombie left)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stat(pid)
+        except OSError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def assert_forked(d: Deployment, pid: int) -> None:
+    # A plain exec spawn runs `-m specmemo.actors.run`; a fork keeps the zygote's command line.
+    assert "specmemo.actors.zygote" in cmdline(pid), cmdline(pid)
+    assert stat(pid)[1] == d.proc.pid, "a forked actor is adopted by the kernel"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    d = Deployment(PAIR_CONFIG.format(name="zyg", draft_extra=""), "zyg")
+    try:
+        yield d.wait_ready(["memory", *TORCH_ACTORS], timeout=240)
+    finally:
+        d.cleanup()
+
+
+def test_the_torch_actors_are_forked_by_the_zygote_and_adopted_by_the_kernel(pair):
+    with pair.client(timeout=10) as c:
+        rows = soak.actor_rows(c)
+    for name in TORCH_ACTORS:
+        assert_forked(pair, rows[name]["pid"])
+        assert Path(f"/proc/{rows[name]['pid']}/comm").read_text().strip() == name
+    assert "specmemo.actors.run" in cmdline(rows["memory"]["pid"])   # the others exec
+    assert len(zygotes(pair.proc.pid, {r["pid"] for r in rows.values()})) == 1
+
+
+def test_a_forked_pair_chats_exactly_like_the_engine(pair):
+    expected = soak.chat_reference(soak.CHAT_MESSAGES[:2])
+    with pair.client(timeout=60) as c:
+        for message, tokens in expected.items():
+            session = c.open_session()
+            assert c.ask(session, message, max_new_tokens=soak.CHAT_TOKENS).token_ids == tokens
+            c.close_session(session)
+
+
+def test_a_killed_forked_actor_is_reaped_and_forked_again(pair):
+    back: dict[str, list[float]] = {n: [] for n in TORCH_ACTORS}
+    with pair.client(timeout=10) as c:
+        for _ in range(2):
+            for name in TORCH_ACTORS:
+                old = soak.actor_rows(c)[name]["pid"]
+                back[name].append(round(soak.kill_and_wait(c, name, 120), 2))
+                assert gone(old), f"{name} pid {old} was not reaped: state {stat(old)[0]}"
+                assert_forked(pair, soak.actor_rows(c)[name]["pid"])
+        session = c.open_session()
+        assert len(c.ask(session, "still there?", max_new_tokens=4).token_ids) >= 1
+        c.close_session(session)
+    print(f"forked actors back after SIGKILL (s): {back}")
+
+
+def test_a_killed_zygote_is_replaced_and_the_actors_keep_serving(pair):
+    with pair.client(timeout=30) as c:
+        rows = soak.actor_rows(c)
+        pids = {r["pid"] for r in rows.values()}
+        [zygote] = zygotes(pair.proc.pid, pids)
+        os.kill(zygote, signal.SIGKILL)
+        assert gone(zygote), "the killed zygote was not reaped"
+        session = c.open_session()
+        assert len(c.ask(session, "hello", max_new_tokens=4).token_ids) >= 1
+        c.close_session(session)
+        # A restart right away: it waits for the new zygote (or is an exec); either way back.
+        seconds = soak.kill_and_wait(c, "draft", 120)
+        deadline = time.monotonic() + 120
+        while pair.log.read_text().count("zygote ready in") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        later = soak.kill_and_wait(c, "verifier", 120)
+        assert_forked(pair, soak.actor_rows(c)["verifier"]["pid"])
+    print(f"after the zygote's death: draft back in {seconds:.2f} s; verifier forked by the new "
+          f"zygote, back in {later:.2f} s")
+    assert "zygote died (signal SIGKILL)" in pair.log.read_text()
+
+
+def test_a_killed_kernel_leaves_no_zygote_and_no_actor(start_deployment):
+    d = start_deployment(PAIR_CONFIG.format(name="zk", draft_extra=""), "zk",
+                         ["memory", *TORCH_ACTORS], timeout=240)
+    with d.client(timeout=10) as c:
+        actors = {r["pid"] for r in soak.actor_rows(c).values()}
+    processes = actors | set(zygotes(d.proc.pid, actors))
+    assert len(processes) == len(actors) + 1
+    d.proc.kill()
+    d.proc.wait(10)
+    deadline = time.monotonic() + 15
+    while any(pid_alive(p) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in processes if pid_alive(p)], "orphans after the kernel was killed"
+
+
+def test_a_torch_actor_with_its_own_env_is_started_with_exec(start_deployment):
+    extra = '[actors.draft.env]\nOMP_NUM_THREADS = "1"\n'
+    d = start_deployment(PAIR_CONFIG.format(name="ze", draft_extra=extra), "ze",
+                         ["memory", *TORCH_ACTORS], timeout=240)
+    with d.client(timeout=10) as c:
+        rows = soak.actor_rows(c)
+    assert "specmemo.actors.run" in cmdline(rows["draft"]["pid"])
+    assert_forked(d, rows["verifier"]["pid"])
+
+
+def test_a_zygote_with_a_second_thread_forks_nothing_and_the_actors_exec(start_deployment, monkeypatch):
+    # fork() copies only the calling thread: a lock another thread holds would never be released.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    extra = 'class = "threaded_actor:ThreadedDraft"\n'
+    d = start_deployment(PAIR_CONFIG.format(name="zt", draft_extra=extra), "zt",
+                         ["memory", *TORCH_ACTORS], timeout=240)
+    with d.client(timeout=30) as c:
+        rows = soak.actor_rows(c)
+        session = c.open_session()
+        assert len(c.ask(session, "hello", max_new_tokens=4).token_ids) >= 1
+    for name in TORCH_ACTORS:
+        assert "specmemo.actors.run" in cmdline(rows[name]["pid"])
+    assert "zygote runs 2 threads after preloading" in d.log.read_text()
