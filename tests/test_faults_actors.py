@@ -66,7 +66,7 @@ def test_actors_killed_under_load_fail_calls_cleanly_come_back_and_leak_no_block
         back[name] = max(back.get(name, 0.0), seconds)
     print(f"{tally.calls} calls, errors {dict(tally.errors)}; back after SIGKILL (max s): {back}")
     # Back and serving: memory and solver in about a second on a quiet machine, the torch actors
-    # in several (a fresh Python importing torch); times are reported, not asserted, since they
+    # (forked by the zygote) in a fraction of one; times are reported, not asserted, since they
     # stretch with whatever else the machine runs (docs/reliability.md). The killer gives up
     # (TimeoutError) when an actor is not back in 120 s.
     assert set(back) == {"draft", "verifier", "memory", "solver"}

@@ -181,6 +181,9 @@ def test_a_torch_actor_with_its_own_env_is_started_with_exec(start_deployment):
         rows = soak.actor_rows(c)
     assert "specmemo.actors.run" in cmdline(rows["draft"]["pid"])
     assert_forked(d, rows["verifier"]["pid"])
+    processes = {r["pid"] for r in rows.values()} | set(zygotes(d.proc.pid, set()))
+    assert d.stop() == 0   # Ctrl-C: actors first, the zygote last, every one reaped
+    assert not [p for p in processes if pid_alive(p)]
 
 
 def test_a_zygote_with_a_second_thread_forks_nothing_and_the_actors_exec(start_deployment, monkeypatch):
