@@ -36,6 +36,8 @@ from .supervisor import Escalation, Supervisor
 KERNEL = b"kernel"
 _ERROR = COMMAND_BYTES[Command.ERROR]
 _REPLY = COMMAND_BYTES[Command.REPLY]
+#: Most seconds between two looks at the children (reap, restart, start) while traffic flows.
+HOUSEKEEPING_S = 0.02
 
 
 @dataclass(slots=True)
@@ -212,18 +214,23 @@ class Kernel:
         next_sweep = time.monotonic() + 1.0
         if self.spawn:
             self.supervisor.tick(time.monotonic(), self._ready_names())
+        next_care = 0.0
         while not self.stopping:
-            self._pump(0.1)
+            woken = self._pump(0.1)
             now = time.monotonic()
-            try:
-                for name, code in self.supervisor.reap(now):
-                    self._actor_died(name, f"process exited ({code})")
-            except Escalation as exc:
-                self.exit_code, self.exit_message = 1, str(exc)
-                self.stopping = True
-                break
-            if self.spawn:
-                self.supervisor.tick(now, self._ready_names())
+            # Reaping and starting look at every child (a waitpid each): after a signal (SIGCHLD
+            # wakes the loop), else every HOUSEKEEPING_S, not after every batch of messages.
+            if woken or now >= next_care:
+                next_care = now + HOUSEKEEPING_S
+                try:
+                    for name, code in self.supervisor.reap(now):
+                        self._actor_died(name, f"process exited ({code})")
+                except Escalation as exc:
+                    self.exit_code, self.exit_message = 1, str(exc)
+                    self.stopping = True
+                    break
+                if self.spawn:
+                    self.supervisor.tick(now, self._ready_names())
             if now >= next_beat:
                 self._heartbeat(now)
                 next_beat = now + hb
@@ -231,26 +238,31 @@ class Kernel:
                 self._sweep(now)
                 next_sweep = now + 1.0
 
-    def _pump(self, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` for traffic, then route everything queued."""
+    def _pump(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for traffic, then route everything queued.
+
+        Returns whether a signal (SIGCHLD, SIGINT, SIGTERM) woke the loop.
+        """
         events = dict(self.poller.poll(int(timeout_s * 1000)))
-        if self.wake_r.fileno() in events:
+        woken = self.wake_r.fileno() in events
+        if woken:
             try:
                 while self.wake_r.recv(512):
                     pass
             except BlockingIOError:
                 pass
         if self.router not in events:
-            return
+            return woken
         for _ in range(2000):
             try:
                 frames = recv_frames(self.router, zmq.NOBLOCK, small=6)
             except zmq.Again:
-                return
+                return woken
             try:
                 self._route(frames)
             except Exception as exc:  # a routing bug must never take the kernel down
                 self.warn_once("route-bug", f"internal error while routing: {type(exc).__name__}: {exc}")
+        return woken
 
     def _ready_names(self) -> set[str]:
         return {n for n, e in self.actors.items() if e.state == "ready"}

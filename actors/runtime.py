@@ -143,9 +143,9 @@ class ActorRuntime:
     async def _recv_loop(self) -> None:
         sock = self.sock
         while True:
-            self._dispatch(await sock.recv_multipart())
-            # Serve what else is queued before the next checkpoint: one trio round trip per
-            # message costs more than an inline handler (bench/messaging.py).
+            # One wait, then serve what is queued before the next checkpoint: a trio round trip
+            # per message costs more than an inline handler (bench/messaging.py).
+            await sock.wait_readable()
             for _ in range(DRAIN_BATCH):
                 try:
                     frames = sock.recv_multipart_nowait()

@@ -413,8 +413,8 @@ class AsyncClient(AsyncCaller):
         assert self._sock is not None
         sock = self._sock
         while True:
-            self._deliver_frames(await sock.recv_multipart())
-            for _ in range(64):   # what else is queued, without a checkpoint per reply
+            await sock.wait_readable()
+            for _ in range(64):   # what is queued, without a checkpoint per reply
                 try:
                     frames = sock.recv_multipart_nowait()
                 except zmq.Again:
