@@ -126,12 +126,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid``: how often it went to sleep."""
+    n = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    n += int(line.split()[1])
+        except OSError:
+            pass   # a thread that ended meanwhile
+    return n
+
+
 def metered_rate(pids: dict[str, int], run: Callable[[], float], total: int) -> dict[str, Any]:
-    """``run()``'s rate, and the CPU µs per message that each process in ``pids`` spent on it."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    """``run()``'s rate, and the CPU µs and sleeps (voluntary context switches) per message
+    of each process in ``pids``: a process woken once per message pays for it in both."""
+    before = {name: (cpu_seconds(pid), context_switches(pid)) for name, pid in pids.items()}
     rate = run()
-    return {"rate": rate, "cpu_us": {name: (cpu_seconds(pid) - before[name]) / total * 1e6
-                                     for name, pid in pids.items()}}
+    return {"rate": rate,
+            "cpu_us": {name: (cpu_seconds(pid) - before[name][0]) / total * 1e6
+                       for name, pid in pids.items()},
+            "sleeps": {name: (context_switches(pid) - before[name][1]) / total
+                       for name, pid in pids.items()}}
 
 
 # ---------------------------------------------------------------- raw pyzmq echo
@@ -472,12 +489,16 @@ def table(res: dict[str, Any]) -> str:
         else:
             cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
-    cpu = ["", "CPU time per message while pipelining (µs, all threads of each process):", ""]
+    cpu = ["", "CPU time per message while pipelining (µs, all threads of each process; in brackets "
+                 "the times it slept and was woken per message):", ""]
     for label, key in [("raw echo", "raw"), ("via kernel to the blocking actor", "echo_blocking"),
                        ("via kernel to the trio echo actor", "echo_frames")]:
-        per = {name: statistics.median(r["cpu_us"][name] for r in res["paths"][key])
-               for name in res["paths"][key][0]["cpu_us"]}
-        cpu.append(f"- {label}: " + ", ".join(f"{name} {us:.0f}" for name, us in per.items()))
+        rounds = res["paths"][key]
+        per = {name: statistics.median(r["cpu_us"][name] for r in rounds) for name in rounds[0]["cpu_us"]}
+        sleeps = {name: statistics.median(r.get("sleeps", {}).get(name, float("nan")) for r in rounds)
+                  for name in per}
+        cpu.append(f"- {label}: " + ", ".join(f"{name} {us:.0f} ({sleeps[name]:.2f})"
+                                               for name, us in per.items()))
     lines += cpu
     big = res["big"]
     lines += ["", "| 8 MB float64 echo | median round trip ms | GB/s (2 x 8 MB / round trip) |",
