@@ -38,6 +38,8 @@ _ERROR = COMMAND_BYTES[Command.ERROR]
 _REPLY = COMMAND_BYTES[Command.REPLY]
 #: Most seconds between two looks at the children (reap, restart, start) while traffic flows.
 HOUSEKEEPING_S = 0.02
+#: Calls in flight from which the kernel coalesces (see ``Kernel._pump``).
+COALESCE_INFLIGHT = 16
 
 
 @dataclass(slots=True)
@@ -75,6 +77,7 @@ class Kernel:
                                          for a in config.actors}
         self.by_identity: dict[bytes, str] = {}
         self.calls: dict[tuple[bytes, int], InFlight] = {}
+        self._coalesce_s = config.coalesce_us / 1e6
         self.stopping = False
         self.exit_code = 0
         self.exit_message = ""
@@ -243,6 +246,12 @@ class Kernel:
 
         Returns whether a signal (SIGCHLD, SIGINT, SIGTERM) woke the loop.
         """
+        if len(self.calls) >= COALESCE_INFLIGHT and self._coalesce_s:
+            # Coalescing (``coalesce_us``, off by default; like a NIC's interrupt moderation):
+            # with many calls in flight each message can cost the kernel a wake-up of its own,
+            # CPU that a small machine takes from the actors. Sleeping a little lets a batch
+            # gather; a single call in flight never waits. bench/coalesce.py, docs/benchmarks.md.
+            time.sleep(self._coalesce_s)
         events = dict(self.poller.poll(int(timeout_s * 1000)))
         woken = self.wake_r.fileno() in events
         if woken:

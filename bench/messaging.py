@@ -126,29 +126,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def context_switches(pid: int) -> int:
-    """Voluntary context switches of every thread of ``pid``: how often it went to sleep."""
-    n = 0
+def thread_stats(pid: int) -> tuple[float, int]:
+    """CPU seconds of ``pid``'s libzmq I/O threads, and the voluntary context switches (times
+    it went to sleep) of all its threads."""
+    io, sleeps, tick = 0.0, 0, os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            for line in (task / "status").read_text().splitlines():
-                if line.startswith("voluntary_ctxt_switches"):
-                    n += int(line.split()[1])
+            status = (task / "status").read_text()
+            if (task / "comm").read_text().startswith("ZMQbg/IO"):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                io += (int(fields[11]) + int(fields[12])) / tick
         except OSError:
-            pass   # a thread that ended meanwhile
-    return n
+            continue   # a thread that ended meanwhile
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches"):
+                sleeps += int(line.split()[1])
+    return io, sleeps
 
 
 def metered_rate(pids: dict[str, int], run: Callable[[], float], total: int) -> dict[str, Any]:
-    """``run()``'s rate, and the CPU µs and sleeps (voluntary context switches) per message
-    of each process in ``pids``: a process woken once per message pays for it in both."""
-    before = {name: (cpu_seconds(pid), context_switches(pid)) for name, pid in pids.items()}
+    """``run()``'s rate, and per message and process in ``pids``: CPU µs (all threads), the
+    part of it in libzmq's I/O thread, and sleeps (voluntary context switches): a process
+    woken once per message pays for it in all three."""
+    before = {name: (cpu_seconds(pid), *thread_stats(pid)) for name, pid in pids.items()}
     rate = run()
+    after = {name: (cpu_seconds(pid), *thread_stats(pid)) for name, pid in pids.items()}
+    per = {name: [(a - b) / total for a, b in zip(after[name], before[name])] for name in pids}
     return {"rate": rate,
-            "cpu_us": {name: (cpu_seconds(pid) - before[name][0]) / total * 1e6
-                       for name, pid in pids.items()},
-            "sleeps": {name: (context_switches(pid) - before[name][1]) / total
-                       for name, pid in pids.items()}}
+            "cpu_us": {name: v[0] * 1e6 for name, v in per.items()},
+            "io_us": {name: v[1] * 1e6 for name, v in per.items()},
+            "sleeps": {name: v[2] for name, v in per.items()}}
 
 
 # ---------------------------------------------------------------- raw pyzmq echo
@@ -490,15 +497,18 @@ def table(res: dict[str, Any]) -> str:
             cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
     cpu = ["", "CPU time per message while pipelining (µs, all threads of each process; in brackets "
-                 "the times it slept and was woken per message):", ""]
+                 "the part spent in libzmq's I/O thread, and the times the process slept and was "
+                 "woken per message):", ""]
     for label, key in [("raw echo", "raw"), ("via kernel to the blocking actor", "echo_blocking"),
                        ("via kernel to the trio echo actor", "echo_frames")]:
         rounds = res["paths"][key]
-        per = {name: statistics.median(r["cpu_us"][name] for r in rounds) for name in rounds[0]["cpu_us"]}
-        sleeps = {name: statistics.median(r.get("sleeps", {}).get(name, float("nan")) for r in rounds)
-                  for name in per}
-        cpu.append(f"- {label}: " + ", ".join(f"{name} {us:.0f} ({sleeps[name]:.2f})"
-                                               for name, us in per.items()))
+
+        def med(field: str, name: str) -> float:
+            return statistics.median(r.get(field, {}).get(name, float("nan")) for r in rounds)
+
+        cpu.append(f"- {label}: " + ", ".join(
+            f"{name} {med('cpu_us', name):.0f} (I/O {med('io_us', name):.0f}; {med('sleeps', name):.2f})"
+            for name in rounds[0]["cpu_us"]))
     lines += cpu
     big = res["big"]
     lines += ["", "| 8 MB float64 echo | median round trip ms | GB/s (2 x 8 MB / round trip) |",

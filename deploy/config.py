@@ -66,6 +66,7 @@ class DeploymentConfig:
     curve_allowed: str = ""             # folder of public .key files allowed to connect
     curve_actor_key: str = ""           # .key_secret the spawned actors connect with (must be allowed)
     zygote: bool = True                 # fork the torch actors from a process that imported torch once
+    coalesce_us: int = 0                # >= 16 calls in flight: wait this long between kernel passes; 0 = off
     actors: list[ActorConfig] = field(default_factory=list)
     source: str = ""
 
@@ -100,7 +101,7 @@ class DeploymentConfig:
 _DEPLOYMENT_KEYS = {"name", "endpoint", "heartbeat_s", "heartbeat_misses", "restart_intensity",
                     "restart_period_s", "backoff_s", "backoff_max_s", "stop_timeout_s",
                     "max_inflight", "max_message_bytes", "metrics_port", "curve_server_key", "curve_allowed",
-                    "curve_actor_key", "zygote"}
+                    "curve_actor_key", "zygote", "coalesce_us"}
 _ACTOR_KEYS = {"kind", "after", "config", "restart", "start_timeout_s", "env"}
 
 
@@ -121,6 +122,8 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> DeploymentConf
     if unknown:
         raise ConfigError(f"{source}: unknown [deployment] keys {sorted(unknown)}")
     cfg = DeploymentConfig(**dep, source=source)
+    if not (isinstance(cfg.coalesce_us, int) and 0 <= cfg.coalesce_us <= 100_000):
+        raise ConfigError(f"{source}: coalesce_us must be an integer from 0 (off) to 100000")
     actors = data.get("actors", {})
     if not isinstance(actors, dict):
         raise ConfigError(f"{source}: [actors] must be a table of tables")

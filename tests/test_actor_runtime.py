@@ -53,3 +53,16 @@ def test_a_burst_of_inline_and_task_calls_gets_one_right_reply_each(echo_deploym
     with echo_deployment.client() as c:   # and the actor goes on serving, nothing left in flight
         assert c.call("echo", "echo", data="after")["data"] == "after"
         assert next(a for a in c.actors() if a["name"] == "echo")["inflight"] == 0
+
+
+def test_with_kernel_coalescing_on_every_pipelined_call_comes_back_once(start_deployment):
+    from conftest import ECHO_CONFIG
+    from specmemo.deploy import soak
+
+    config = ECHO_CONFIG.format(name="coal", intensity=20).replace(
+        "stop_timeout_s = 3", "stop_timeout_s = 3\ncoalesce_us = 300")
+    d = start_deployment(config, "coal", ["echo"])
+    report = soak.pipelined_echo(d.endpoint, 3000, window=64)
+    assert (report.answered, report.lost, report.duplicated, report.wrong) == (3000, 0, 0, 0)
+    with d.client() as c:   # one call in flight: no coalescing wait on its path
+        assert c.call("echo", "echo", data="one")["data"] == "one"
