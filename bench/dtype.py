@@ -14,6 +14,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
+from specmemo.actors.engine.batch import cache_kwarg
 from specmemo.actors.engine.pull import default_pair_paths
 
 
@@ -28,7 +29,7 @@ def measure(path: str, dtype: torch.dtype, steps: int = 5) -> tuple[float, float
             start = time.perf_counter()
             for _ in range(steps):
                 tokens = torch.randint(0, 1000, (1, width), generator=gen)
-                cache = model(tokens, past_key_values=cache, use_cache=True).past_key_values
+                cache = model(tokens, **{cache_kwarg(model): cache}, use_cache=True).past_key_values
             per_step.append((time.perf_counter() - start) / steps)
         start = time.perf_counter()
         model(prompt)

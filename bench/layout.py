@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from transformers import Qwen2Config
 
+from specmemo.actors.engine.batch import cache_kwarg
 from specmemo.actors.engine.blocks import blocks_for, kv_shape
 from specmemo.actors.engine.kvcache import BlockKVCache, GatherCache, GatherLayer, batch_inputs
 from specmemo.actors.engine.tiny import tiny_model
@@ -132,7 +133,7 @@ def verify_forward(model, caches: list[BlockKVCache], feeds: list[np.ndarray]) -
             input_ids=torch.from_numpy(np.stack(feeds)),
             position_ids=positions,
             attention_mask=mask,
-            past_key_values=cache,
+            **{cache_kwarg(model): cache},
             use_cache=True,
             logits_to_keep=q,
         ).logits

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from specmemo.actors.engine import Engine, EngineError
+from specmemo.actors.engine.batch import cache_kwarg
 from specmemo.actors.engine.kvcache import blocks_for
 from specmemo.actors.engine.memory_model import kv_bytes_per_token, lower_bound_budget
 from specmemo.actors.engine.models import load_pair
@@ -398,11 +399,11 @@ def measure_cost_ratio(draft, target, prompt_ids, repeats: int = 9) -> float:
     with torch.inference_mode():
         for model in (draft, target):
             caches[id(model)] = DynamicCache()
-            model(input_ids=ids[:, :-1], past_key_values=caches[id(model)], use_cache=True, logits_to_keep=1)
+            model(input_ids=ids[:, :-1], **{cache_kwarg(model): caches[id(model)]}, use_cache=True, logits_to_keep=1)
 
         def step(model) -> float:
             start = time.perf_counter()
-            model(input_ids=ids[:, -1:], past_key_values=caches[id(model)], use_cache=True, logits_to_keep=1)
+            model(input_ids=ids[:, -1:], **{cache_kwarg(model): caches[id(model)]}, use_cache=True, logits_to_keep=1)
             seconds = time.perf_counter() - start
             caches[id(model)].crop(-1)
             return seconds

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from specmemo.actors.engine.batch import forward_rows
+from specmemo.actors.engine.batch import cache_kwarg, forward_rows
 from specmemo.actors.engine.kvcache import BlockKVCache, blocks_after_rollback
 from specmemo.actors.engine.memory_model import kv_bytes_per_token
 from specmemo.actors.engine.tiny import tiny_config, tiny_model
@@ -29,8 +29,8 @@ def test_block_cache_gives_the_logits_of_a_dynamic_cache(model):
     block, dynamic = BlockKVCache(model.config, block_tokens=4), DynamicCache()
     with torch.no_grad():
         for lo, hi in [(0, 9), (9, 10), (10, 16), (16, 23)]:
-            a = model(ids[:, lo:hi], past_key_values=block, use_cache=True).logits
-            b = model(ids[:, lo:hi], past_key_values=dynamic, use_cache=True).logits
+            a = model(ids[:, lo:hi], **{cache_kwarg(model): block}, use_cache=True).logits
+            b = model(ids[:, lo:hi], **{cache_kwarg(model): dynamic}, use_cache=True).logits
             assert torch.allclose(a, b, atol=1e-5)
             assert block.get_seq_length() == dynamic.get_seq_length() == hi
 
@@ -41,7 +41,7 @@ def test_bytes_held_equal_blocks_times_block_bytes_at_every_step(model):
     ids = _ids(40, seed=1)
     with torch.no_grad():
         for hi in range(1, 41, 3):
-            model(ids[:, max(0, hi - 3) : hi], past_key_values=cache, use_cache=True)
+            model(ids[:, max(0, hi - 3) : hi], **{cache_kwarg(model): cache}, use_cache=True)
             assert cache.held_bytes() == cache.blocks * cache.block_bytes
             assert cache.blocks == -(-cache.length // 4)
 
@@ -49,7 +49,7 @@ def test_bytes_held_equal_blocks_times_block_bytes_at_every_step(model):
 def test_rollback_across_a_block_boundary_reallocates_down_keeping_one_spare_block(model):
     cache = BlockKVCache(model.config, block_tokens=4)
     with torch.no_grad():
-        model(_ids(17), past_key_values=cache, use_cache=True)
+        model(_ids(17), **{cache_kwarg(model): cache}, use_cache=True)
     assert (cache.length, cache.blocks) == (17, 5)
     cache.crop(-2)
     assert (cache.length, cache.blocks) == (15, 5)
@@ -63,17 +63,17 @@ def test_rolled_back_cache_continues_like_a_fresh_one(model):
     ids, other = _ids(20, seed=2), _ids(5, seed=9)
     cache, fresh = BlockKVCache(model.config, block_tokens=4), BlockKVCache(model.config, block_tokens=4)
     with torch.no_grad():
-        model(torch.cat([ids[:, :12], other], 1), past_key_values=cache, use_cache=True)
+        model(torch.cat([ids[:, :12], other], 1), **{cache_kwarg(model): cache}, use_cache=True)
         cache.crop(-5)
-        a = model(ids[:, 12:], past_key_values=cache, use_cache=True).logits
-        b = model(ids, past_key_values=fresh, use_cache=True).logits[:, 12:]
+        a = model(ids[:, 12:], **{cache_kwarg(model): cache}, use_cache=True).logits
+        b = model(ids, **{cache_kwarg(model): fresh}, use_cache=True).logits[:, 12:]
     assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_block_cache_works_under_generate(model):
     ids = _ids(7, seed=4)
     cache = BlockKVCache(model.config, block_tokens=4)
-    ours = model.generate(ids, max_new_tokens=12, do_sample=False, past_key_values=cache)
+    ours = model.generate(ids, max_new_tokens=12, do_sample=False, **{cache_kwarg(model): cache})
     theirs = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert torch.equal(ours, theirs)
     assert cache.length == ids.shape[1] + 11

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
 from .kvcache import BlockKVCache, GatherCache, batch_inputs
+
+_CACHE_KW: dict[type, str] = {}
+
+
+def cache_kwarg(model) -> str:
+    """The name under which ``model``'s forward takes a cache: ``cache`` in transformers 5.24+
+    (``past_key_values`` still works there but warns, and goes in 5.40), ``past_key_values``
+    before."""
+    cls = type(model)
+    name = _CACHE_KW.get(cls)
+    if name is None:
+        params = inspect.signature(model.forward).parameters
+        name = _CACHE_KW[cls] = "cache" if "cache" in params else "past_key_values"
+    return name
 
 
 def forward_rows(
@@ -30,7 +46,8 @@ def forward_rows(
     with torch.inference_mode():
         if len(caches) == 1:
             # one row: the cache itself, default positions and transformers' own causal mask
-            logits = model(input_ids=inputs, past_key_values=caches[0], use_cache=True, logits_to_keep=keep).logits
+            logits = model(input_ids=inputs, **{cache_kwarg(model): caches[0]}, use_cache=True,
+                           logits_to_keep=keep).logits
         else:
             lengths = [c.length for c in caches]
             positions, mask = batch_inputs(lengths, n_new, q, model.config._attn_implementation, param.dtype)
@@ -38,7 +55,7 @@ def forward_rows(
                 input_ids=inputs,
                 position_ids=positions.to(param.device),
                 attention_mask=mask.to(param.device),
-                past_key_values=GatherCache(caches, n_new),
+                **{cache_kwarg(model): GatherCache(caches, n_new)},
                 use_cache=True,
                 logits_to_keep=keep,
             ).logits
