@@ -30,7 +30,7 @@ from typing import Any, Callable, TextIO
 
 from . import prctl
 
-REPLY_TIMEOUT_S = 10.0       # a fork takes milliseconds; more means the zygote is stuck
+REPLY_TIMEOUT_S = 2.0        # a fork takes milliseconds; more means the zygote is stuck (routing waits meanwhile)
 READY_TIMEOUT_S = 300.0      # importing torch on a loaded machine can take a minute
 MAX_FAILURES = 5             # failures in a row before the zygote is given up
 WAIT_FAILURES = 2            # from this many failures in a row on, actors do not wait for it
