@@ -60,7 +60,8 @@ class Actor:
     kind: ClassVar[str] = ""
     #: Domain exceptions of the core mapped to protocol error classes.
     errors: ClassVar[dict[type[BaseException], type[SpecmemoError]]] = {}
-    #: Requests served at once; more get ``Overloaded`` at once.
+    #: ``async def`` requests served at once; more get ``Overloaded`` at once (plain ``def``
+    #: handlers finish as they are read, so they are never refused).
     max_concurrency: ClassVar[int] = 256
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:

@@ -217,13 +217,15 @@ class Kernel:
         next_sweep = time.monotonic() + 1.0
         if self.spawn:
             self.supervisor.tick(time.monotonic(), self._ready_names())
-        next_care = 0.0
+        next_care, skipped = 0.0, False
         while not self.stopping:
-            woken = self._pump(0.1)
+            # After a pass that skipped the children, wait no longer than until they are due.
+            woken = self._pump(min(0.1, max(0.0, next_care - time.monotonic())) if skipped else 0.1)
             now = time.monotonic()
             # Reaping and starting look at every child (a waitpid each): after a signal (SIGCHLD
             # wakes the loop), else every HOUSEKEEPING_S, not after every batch of messages.
-            if woken or now >= next_care:
+            skipped = not (woken or now >= next_care)
+            if not skipped:
                 next_care = now + HOUSEKEEPING_S
                 try:
                     for name, code in self.supervisor.reap(now):

@@ -207,7 +207,7 @@ class ActorRuntime:
                 raise BadRequest(f"call id {msg.header.id} is already in flight from this caller")
             handler = self._handler(msg.header.method)
             if not handler.inline and len(self.active) >= self.actor.max_concurrency:
-                raise Overloaded(f"{self.actor.name} is serving {len(self.active)} calls, its limit")
+                raise Overloaded(f"{self.actor.name} is serving {len(self.active)} async calls, its limit")
             request = methods.from_wire(handler.request, _body(msg), "params")
         except SpecmemoError as exc:
             exc.origin = exc.origin or self.actor.name
@@ -216,16 +216,26 @@ class ActorRuntime:
         received = trio.current_time()
         deadline = received + msg.header.deadline_ms / 1000 if msg.header.deadline_ms else float("inf")
         call = Call(msg.header.id, msg.header.method, msg.route, deadline, started=received)
+        fn = handler.fn
         if handler.inline:
             # A plain ``def`` handler: answered here, without a task or a cancel scope.
             try:
-                final = (Command.REPLY, _plain(handler.fn(request, call)))
+                result = fn(request, call)
+                if not inspect.isawaitable(result):
+                    self._reply(Command.REPLY, call.route, Header(id=call.id), _plain(result))
+                    return
             except Exception as raw:
-                final = (Command.ERROR, self._error_body(raw, call))
-            self._reply(final[0], call.route, Header(id=call.id), final[1])
-            return
+                self._reply(Command.ERROR, call.route, Header(id=call.id), self._error_body(raw, call))
+                return
+            # It returned an awaitable after all (a decorated or partial ``async def`` that
+            # inspection missed): serve this call and the method's next ones from a task.
+            self._handlers[call.method] = handler._replace(inline=False)
+            fn = lambda _request, _call, awaitable=result: awaitable  # noqa: E731
         self.active[key] = call
-        self.nursery.start_soon(self._serve, call, handler.fn, request, handler.streams)
+        # The scope exists before the task runs, so a CANCEL read in the same burst (before the
+        # task started) still cancels it: trio cancels a scope on entry if it was cancelled.
+        call.scope = trio.CancelScope(deadline=deadline)
+        self.nursery.start_soon(self._serve, call, fn, request, handler.streams)
 
     def _error_body(self, raw: Exception, call: Call) -> dict[str, Any]:
         mapped = self.actor.map_error(raw)
@@ -237,9 +247,10 @@ class ActorRuntime:
 
     async def _serve(self, call: Call, handler: Any, request: Any, streams: bool) -> None:
         header = Header(id=call.id)
+        scope = call.scope
+        assert scope is not None
         try:
-            with trio.CancelScope(deadline=call.deadline) as scope:
-                call.scope = scope
+            with scope:
                 if streams:
                     agen = handler(request, call)
                     async with aclosing(agen):
@@ -261,17 +272,29 @@ class ActorRuntime:
             final = (Command.ERROR, self._error_body(raw, call))
         finally:
             self.active.pop((call.route, call.id), None)
+        frames = self._final_frames(final[0], call.route, header, final[1])
         try:
-            await self._send(final[0], call.route, header, final[1])
-        except SpecmemoError as exc:  # e.g. the reply is too large: tell the caller that instead
-            await self._send(Command.ERROR, call.route, header, exc.to_wire())
+            self.sock.send_multipart_nowait(frames)
+        except zmq.Again:
+            await self._send_frames(frames)
+
+    def _final_frames(self, command: Command, route: bytes, header: Header, body: Any) -> list[Any]:
+        """The frames of a call's last message; a reply that cannot be sent becomes the error
+        that says why, so the caller always gets an answer and the actor keeps serving."""
+        try:
+            return encode(command, route, header, body, max_bytes=self.max_message_bytes)
+        except SpecmemoError as exc:   # the reply is too large
+            exc.origin = exc.origin or self.actor.name
+            return encode(Command.ERROR, route, header, exc.to_wire())
+        except Exception as exc:       # a value msgpack cannot carry: a handler bug
+            log.error("%s: a reply to call %d could not be encoded: %s", self.actor.name, header.id, exc)
+            err = Internal(f"the reply could not be encoded: {type(exc).__name__}: {exc}",
+                           origin=self.actor.name)
+            return encode(Command.ERROR, route, header, err.to_wire())
 
     def _reply(self, command: Command, route: bytes, header: Header, body: Any = None) -> None:
         """Send a final reply from synchronous code: at once, or from a task if the socket is full."""
-        try:
-            frames = encode(command, route, header, body, max_bytes=self.max_message_bytes)
-        except SpecmemoError as exc:  # the reply is too large: tell the caller that instead
-            command, frames = Command.ERROR, encode(Command.ERROR, route, header, exc.to_wire())
+        frames = self._final_frames(command, route, header, body)
         try:
             self.sock.send_multipart_nowait(frames)
         except zmq.Again:

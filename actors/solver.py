@@ -130,4 +130,5 @@ class SolverActor(Actor):
         return Dropped(dropped=self.store.drop(req.id))
 
     def rpc_list(self, req: Empty, call: Call) -> MatrixList:
-        return MatrixList(matrices=[self.store.report(m) for m in self.store.plans])
+        # A copy first: a register running in the worker thread may add a plan meanwhile.
+        return MatrixList(matrices=[self.store.report(m) for m in list(self.store.plans)])

@@ -76,11 +76,10 @@ class TrioSocket:
             try:
                 frames = recv_frames(self.sock, zmq.NOBLOCK, small)
             except zmq.Again:
-                await self._wait(zmq.POLLIN)
-                waited = True
+                waited = await self._wait(zmq.POLLIN) or waited
                 continue
             self._notify()
-            if not waited:   # the wait was this call's checkpoint; a second one costs a scheduler pass
+            if not waited:   # a wait that slept was this call's checkpoint; a second costs a pass
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return frames
 
@@ -91,10 +90,8 @@ class TrioSocket:
         one failed receive (an exception) and one wait per message.
         """
         self._check_open()
-        if _get(self.sock, _EVENTS) & zmq.POLLIN:
+        if not await self._wait(zmq.POLLIN):
             await trio.lowlevel.checkpoint()
-            return
-        await self._wait(zmq.POLLIN)
 
     def recv_multipart_nowait(self, *, small: int = 5) -> list[Any]:
         """Receive one message if one is queued; raises ``zmq.Again`` otherwise (no checkpoint)."""
@@ -146,25 +143,37 @@ class TrioSocket:
         if (want_in and events & zmq.POLLIN) or (want_out and events & zmq.POLLOUT):
             self._wake()
 
+    def _events(self, mine: int = 0) -> int:
+        """Read ``EVENTS`` for a task about to wait on ``mine``, waking the other waiters that
+        the value satisfies: the read may have consumed the edge they sleep on (rule 2)."""
+        events = _get(self.sock, _EVENTS)
+        want_in = self._waiters[zmq.POLLIN] - (mine == zmq.POLLIN)
+        want_out = self._waiters[zmq.POLLOUT] - (mine == zmq.POLLOUT)
+        if (want_in and events & zmq.POLLIN) or (want_out and events & zmq.POLLOUT):
+            self._wake()
+        return events
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
         if self._watcher is not None:
             self._watcher.cancel()
 
-    async def _wait(self, flag: int) -> None:
-        """Return once ``EVENTS`` has ``flag`` set."""
+    async def _wait(self, flag: int) -> bool:
+        """Return once ``EVENTS`` has ``flag`` set; True if it had to sleep (a checkpoint)."""
         self._waiters[flag] += 1
         try:
-            await self._wait_counted(flag)
+            return await self._wait_counted(flag)
         finally:
             self._waiters[flag] -= 1
 
-    async def _wait_counted(self, flag: int) -> None:
+    async def _wait_counted(self, flag: int) -> bool:
+        slept = False
         while True:
             self._check_open()
-            if _get(self.sock, _EVENTS) & flag:
-                return
+            if self._events(flag) & flag:
+                return slept
+            slept = True
             if self._watching:
                 await self._changed.wait()
                 continue

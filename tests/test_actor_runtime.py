@@ -66,3 +66,62 @@ def test_with_kernel_coalescing_on_every_pipelined_call_comes_back_once(start_de
     assert (report.answered, report.lost, report.duplicated, report.wrong) == (3000, 0, 0, 0)
     with d.client() as c:   # one call in flight: no coalescing wait on its path
         assert c.call("echo", "echo", data="one")["data"] == "one"
+
+
+def test_a_cancel_read_in_the_same_burst_as_its_request_cancels_it(echo_deployment):
+    # The actor is stopped while REQUEST and CANCEL queue up, so one wake-up reads both: the
+    # call's cancel scope must exist before its task first runs. Found in review.
+    import os
+    import signal
+    import time
+
+    with echo_deployment.client() as c:
+        pid = next(a for a in c.actors() if a["name"] == "echo")["pid"]
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(echo_deployment.endpoint)
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        send_frames(sock, encode(Command.REQUEST, b"echo", Header(id=7, method="sleep", deadline_ms=30000),
+                                 {"seconds": 5.0}))
+        send_frames(sock, encode(Command.CANCEL, b"echo", Header(id=7)))
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGCONT)
+        t0 = time.monotonic()
+        assert sock.poll(10000)
+        msg = decode(recv_frames(sock))
+        assert msg.command == Command.ERROR and error_from_wire(msg.body).name == "Cancelled", msg.body
+        assert time.monotonic() - t0 < 2, "the sleep ran instead of being cancelled"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        sock.close()
+
+
+def test_a_reply_msgpack_cannot_carry_becomes_an_internal_error():
+    from specmemo.actors.echo import EchoActor
+    from specmemo.actors.runtime import ActorRuntime
+
+    runtime = ActorRuntime(EchoActor("echo", {}), "ipc:///nonexistent")
+    frames = runtime._final_frames(Command.REPLY, b"caller", Header(id=3), {"value": object()})
+    msg = decode(frames)
+    err = error_from_wire(msg.body)
+    assert msg.command == Command.ERROR and msg.header.id == 3
+    assert err.name == "Internal" and "could not be encoded" in err.message and err.origin == "echo"
+
+
+def test_a_handler_that_returns_an_awaitable_is_awaited(start_deployment, monkeypatch):
+    import os
+    from pathlib import Path
+
+    from conftest import ECHO_CONFIG
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    config = ECHO_CONFIG.format(name="deco", intensity=20).replace(
+        '[actors.echo]\nkind = "echo"', '[actors.echo]\nkind = "echo"\nconfig = { class = "decorated_actor:DecoratedEcho" }')
+    d = start_deployment(config, "deco", ["echo"])
+    with d.client() as c:
+        for _ in range(2):   # the first call finds out, the second goes the task path directly
+            assert c.call("echo", "sleep", seconds=0.01)["slept"] >= 0.01
+        assert c.call("echo", "echo", data=1)["data"] == 1
+        assert next(a for a in c.actors() if a["name"] == "echo")["restarts"] == 0

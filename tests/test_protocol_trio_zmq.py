@@ -120,3 +120,52 @@ def test_a_cancelled_watcher_hands_the_fd_to_the_next_waiter():
             client.close()
 
     trio.run(main)
+
+
+def test_a_reader_coming_back_to_wait_does_not_strand_a_blocked_sender():
+    # A sender is blocked at the high-water mark, sleeping on the fd; the peer drains the queue
+    # (the fd's edge fires); then the reader's loop comes back to wait and reads EVENTS, which
+    # consumes that edge. The read must wake the sender (rule 2), or it sleeps until some
+    # unrelated message arrives. Found in review; this fails without the wake in _events().
+    async def main() -> None:
+        ctx = zmq.Context.instance()
+        endpoint = f"inproc://stranded-{os.urandom(4).hex()}"
+        peer, raw = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+        peer.setsockopt(zmq.RCVHWM, 2)
+        raw.setsockopt(zmq.SNDHWM, 2)
+        for s in (peer, raw):
+            s.setsockopt(zmq.LINGER, 0)
+        peer.bind(endpoint)
+        raw.connect(endpoint)
+        sock = TrioSocket(raw)
+        done = trio.Event()
+
+        async def sender() -> None:
+            for _ in range(50):
+                await sock.send_multipart([b"x" * 10])
+            done.set()
+
+        def drain() -> None:
+            while True:
+                try:
+                    peer.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(sender)
+                await trio.sleep(0.1)
+                assert not done.is_set() and sock._waiters[zmq.POLLOUT] == 1, "the sender should be blocked"
+                drain()
+                with trio.move_on_after(0.01):
+                    await sock.wait_readable()      # the read loop coming back to wait
+                with trio.fail_after(2):
+                    while not done.is_set():
+                        await trio.sleep(0.02)
+                        drain()
+        finally:
+            sock.close()
+            peer.close()
+
+    trio.run(main)
