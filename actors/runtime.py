@@ -55,6 +55,9 @@ class ActorRuntime:
         self.curve = curve
         self.active: dict[tuple[bytes, int], Call] = {}
         self._handlers: dict[str, Handler] = {}
+        self._stalled = 0                      # replies from sync code waiting for socket room
+        self._unstalled = trio.Event()
+        self.stalled_peak = 0                  # the most at once (a test checks it stays small)
         self._stop = trio.Event()
         self._starting = trio.CancelScope()   # cancelled by a stop that comes during on_start
         self._last_kernel = time.monotonic()
@@ -143,10 +146,17 @@ class ActorRuntime:
     async def _recv_loop(self) -> None:
         sock = self.sock
         while True:
+            # Backpressure: while replies wait for room in the socket, read no more requests.
+            # They queue in the kernel, which answers Overloaded once its queue to us is full,
+            # instead of this process growing a send task per reply.
+            while self._stalled:
+                await self._unstalled.wait()
             # One wait, then serve what is queued before the next checkpoint: a trio round trip
             # per message costs more than an inline handler (bench/messaging.py).
             await sock.wait_readable()
             for _ in range(DRAIN_BATCH):
+                if self._stalled:
+                    break
                 try:
                     frames = sock.recv_multipart_nowait()
                 except zmq.Again:
@@ -298,7 +308,18 @@ class ActorRuntime:
         try:
             self.sock.send_multipart_nowait(frames)
         except zmq.Again:
-            self.nursery.start_soon(self._send_frames, frames)
+            self._stalled += 1
+            self.stalled_peak = max(self.stalled_peak, self._stalled)
+            self.nursery.start_soon(self._send_stalled, frames)
+
+    async def _send_stalled(self, frames: list[Any]) -> None:
+        try:
+            await self._send_frames(frames)
+        finally:
+            self._stalled -= 1
+            if not self._stalled:
+                self._unstalled.set()
+                self._unstalled = trio.Event()
 
     async def _send_frames(self, frames: list[Any]) -> None:
         with trio.CancelScope(shield=True):

@@ -125,3 +125,71 @@ def test_a_handler_that_returns_an_awaitable_is_awaited(start_deployment, monkey
             assert c.call("echo", "sleep", seconds=0.01)["slept"] >= 0.01
         assert c.call("echo", "echo", data=1)["data"] == 1
         assert next(a for a in c.actors() if a["name"] == "echo")["restarts"] == 0
+
+
+def test_replies_that_cannot_be_sent_stop_the_actor_reading_more_requests():
+    # The test plays the kernel on an inproc ROUTER that does not read: the actor's replies
+    # fill the pipe. The actor must then stop taking requests (they wait in the kernel, which
+    # answers Overloaded when its queue fills) rather than grow a send task per reply; once the
+    # kernel reads again, every call is answered exactly once.
+    import threading
+    import time
+
+    import msgpack
+    import trio
+
+    from specmemo.actors.echo import EchoActor
+    from specmemo.actors.runtime import ActorRuntime
+    from specmemo.protocol.wire import MAGIC, COMMAND_BYTES
+
+    endpoint = f"inproc://backpressure-{threading.get_ident()}-{time.monotonic_ns()}"
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.setsockopt(zmq.RCVHWM, 1)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    runtime = ActorRuntime(EchoActor("echo", {}), endpoint, heartbeat_s=1.0, heartbeat_misses=60)
+    n, answered, peak_while_held = 3000, {}, []
+
+    def kernel() -> None:
+        ident, _, command, name, header, _ = router.recv_multipart()   # READY
+        assert command == COMMAND_BYTES[Command.READY] and name == b"echo"
+        router.send_multipart([ident, MAGIC, COMMAND_BYTES[Command.REPLY], b"kernel", header, b"\xc0"])
+        requests = [[ident, MAGIC, COMMAND_BYTES[Command.REQUEST], b"client",
+                     Header(id=i + 1, method="echo").pack(), msgpack.packb({"data": i})] for i in range(n)]
+        while requests:                       # send until the actor's queue is full, reading nothing
+            try:
+                router.send_multipart(requests[0], zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            requests.pop(0)
+        time.sleep(0.5)                       # the actor answers what it read, and stalls
+        peak_while_held.append(runtime.stalled_peak)
+        deadline = time.monotonic() + 30
+        while len(answered) < n and time.monotonic() < deadline:
+            while requests:
+                try:
+                    router.send_multipart(requests[0], zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                requests.pop(0)
+            if router.poll(50):
+                frames = router.recv_multipart()
+                if frames[2] == COMMAND_BYTES[Command.REPLY]:
+                    call = msgpack.unpackb(frames[4])["id"]
+                    assert call not in answered, f"call {call} answered twice"
+                    answered[call] = msgpack.unpackb(frames[5])["data"]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runtime.run)
+            await trio.to_thread.run_sync(kernel)
+            runtime.stop("the test is over")
+
+    try:
+        trio.run(main)
+    finally:
+        router.close()
+    assert len(answered) == n and all(answered[i + 1] == i for i in range(n))
+    assert runtime.stalled_peak >= 1, "the test never filled the actor's socket"
+    assert peak_while_held[0] <= 2, f"{peak_while_held[0]} replies were left waiting at once"
