@@ -91,7 +91,7 @@ def test_a_cancel_read_in_the_same_burst_as_its_request_cancels_it(echo_deployme
         assert sock.poll(10000)
         msg = decode(recv_frames(sock))
         assert msg.command == Command.ERROR and error_from_wire(msg.body).name == "Cancelled", msg.body
-        assert time.monotonic() - t0 < 2, "the sleep ran instead of being cancelled"
+        assert time.monotonic() - t0 < 4, "the 5 s sleep ran instead of being cancelled"
     finally:
         os.kill(pid, signal.SIGCONT)
         sock.close()
