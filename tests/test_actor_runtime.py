@@ -163,7 +163,10 @@ def test_replies_that_cannot_be_sent_stop_the_actor_reading_more_requests():
             except zmq.Again:
                 break
             requests.pop(0)
-        time.sleep(0.5)                       # the actor answers what it read, and stalls
+        held_until = time.monotonic() + 10    # the actor answers what it read, and stalls
+        while runtime.stalled_peak == 0 and time.monotonic() < held_until:
+            time.sleep(0.01)
+        time.sleep(0.3)                       # time for a runtime without backpressure to stall more
         peak_while_held.append(runtime.stalled_peak)
         deadline = time.monotonic() + 30
         while len(answered) < n and time.monotonic() < deadline:
