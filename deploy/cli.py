@@ -89,6 +89,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             row["errors"] = sum(m.get("errors", {}).values())
             row["p50_ms"] = f"{m['p50_ms']:.2f}" if "p50_ms" in m else "-"
             row["p99_ms"] = f"{m['p99_ms']:.2f}" if "p99_ms" in m else "-"
+            if isinstance(row.get("uptime_s"), (int, float)):
+                row["uptime_s"] = f"{row['uptime_s']:.1f}"
             if args.metrics and row["state"] in ("ready", "external"):
                 values = c.call(row["name"], "metrics")["values"]
                 row["gauges"] = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())) or "-"
