@@ -32,9 +32,6 @@ from .base import Actor, Call
 
 log = logging.getLogger("specmemo.actor")
 
-#: Messages served from the socket's queue after a wake-up before yielding to other tasks.
-DRAIN_BATCH = 64
-
 
 class Handler(NamedTuple):
     fn: Any
@@ -144,23 +141,13 @@ class ActorRuntime:
     # ---------------------------------------------------------------- receiving
 
     async def _recv_loop(self) -> None:
-        sock = self.sock
-        while True:
-            # Backpressure: while replies wait for room in the socket, read no more requests.
-            # They queue in the kernel, which answers Overloaded once its queue to us is full,
-            # instead of this process growing a send task per reply.
-            while self._stalled:
-                await self._unstalled.wait()
-            # One wait, then serve what is queued before the next checkpoint: a trio round trip
-            # per message costs more than an inline handler (bench/messaging.py).
-            await sock.wait_readable()
-            for _ in range(DRAIN_BATCH):
-                if self._stalled:
-                    break
-                try:
-                    frames = sock.recv_multipart_nowait()
-                except zmq.Again:
-                    break
+        async with aclosing(self.sock.messages()) as messages:
+            async for frames in messages:
+                # Backpressure: while replies wait for room in the socket, take no more requests.
+                # They queue in the kernel, which answers Overloaded once its queue to us is
+                # full, instead of this process growing a send task per reply.
+                while self._stalled:
+                    await self._unstalled.wait()
                 self._dispatch(frames)
 
     def _dispatch(self, frames: list[Any]) -> None:

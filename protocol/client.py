@@ -17,6 +17,7 @@ import itertools
 import math
 import os
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -411,19 +412,10 @@ class AsyncClient(AsyncCaller):
 
     async def _recv_loop(self) -> None:
         assert self._sock is not None
-        sock = self._sock
-        while True:
-            await sock.wait_readable()
-            for _ in range(64):   # what is queued, without a checkpoint per reply
+        async with aclosing(self._sock.messages()) as messages:
+            async for frames in messages:
                 try:
-                    frames = sock.recv_multipart_nowait()
-                except zmq.Again:
-                    break
-                self._deliver_frames(frames)
-
-    def _deliver_frames(self, frames: list[Any]) -> None:
-        try:
-            msg = decode(frames)
-        except SpecmemoError:
-            return
-        self.deliver(msg)
+                    msg = decode(frames)
+                except SpecmemoError:
+                    continue
+                self.deliver(msg)

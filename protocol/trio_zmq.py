@@ -93,6 +93,22 @@ class TrioSocket:
         if not await self._wait(zmq.POLLIN):
             await trio.lowlevel.checkpoint()
 
+    async def messages(self, *, burst: int = 64, small: int = 5):
+        """Async generator of the messages received, for a socket's one reader loop.
+
+        It waits once, then yields what is queued (up to ``burst``) with no checkpoint in
+        between: a trio round trip per message costs more than handling a small one. The
+        reader may await between messages (backpressure); use it under ``aclosing``.
+        """
+        while True:
+            await self.wait_readable()
+            for _ in range(burst):
+                try:
+                    frames = self.recv_multipart_nowait(small=small)
+                except zmq.Again:
+                    break
+                yield frames
+
     def recv_multipart_nowait(self, *, small: int = 5) -> list[Any]:
         """Receive one message if one is queued; raises ``zmq.Again`` otherwise (no checkpoint)."""
         self._check_open()
