@@ -46,8 +46,8 @@ PROBES: dict[str, tuple[str, dict[str, Any]]] = {
     "draft": ("info", {}), "verifier": ("sessions", {}),
 }
 
-#: The soak deployment: tiny random-weight models, fast heartbeats, restarts that stay quick.
-SOAK_CONFIG = """
+#: The [deployment] table of the soak (``{name}`` to fill): fast heartbeats, quick restarts.
+SOAK_HEADER = """
 [deployment]
 name = "{name}"
 heartbeat_s = 0.3
@@ -58,28 +58,16 @@ backoff_s = 0.05
 backoff_max_s = 0.2
 stop_timeout_s = 3
 max_message_bytes = 4194304
+"""
 
-[actors.echo]
-kind = "echo"
-
-[actors.solver]
-kind = "solver"
-[actors.solver.config]
-threads = 1
-
+#: Memory, verifier and draft on the tiny random-weight pair. The draft's config table comes
+#: last, so that a test may append keys to it (``class = ...``).
+TINY_PAIR = """
 [actors.memory]
 kind = "memory"
 [actors.memory.config]
 budget_mb = 64
 block_tokens = 16
-
-[actors.draft]
-kind = "draft"
-after = ["memory"]
-[actors.draft.config]
-model = "tiny"
-seed = 0
-threads = 1
 
 [actors.verifier]
 kind = "verifier"
@@ -88,7 +76,26 @@ after = ["memory"]
 model = "tiny"
 seed = 0
 threads = 1
+
+[actors.draft]
+kind = "draft"
+after = ["memory"]
+[actors.draft.config]
+model = "tiny"
+seed = 0
+threads = 1
 """
+
+#: The soak deployment: echo and solver beside the tiny pair.
+SOAK_CONFIG = SOAK_HEADER + """
+[actors.echo]
+kind = "echo"
+
+[actors.solver]
+kind = "solver"
+[actors.solver.config]
+threads = 1
+""" + TINY_PAIR
 
 #: Chat messages of the mixed load; their greedy replies are checked against the engine.
 CHAT_MESSAGES = ("hello there", "how are you", "tell me a story", "what is a matrix")

@@ -15,39 +15,8 @@ from conftest import Deployment, pid_alive
 
 TORCH_ACTORS = ("draft", "verifier")
 
-PAIR_CONFIG = """
-[deployment]
-name = "{name}"
-heartbeat_s = 0.3
-heartbeat_misses = 10
-restart_intensity = 50
-restart_period_s = 30
-backoff_s = 0.05
-backoff_max_s = 0.2
-stop_timeout_s = 3
-
-[actors.memory]
-kind = "memory"
-[actors.memory.config]
-budget_mb = 64
-block_tokens = 16
-
-[actors.draft]
-kind = "draft"
-after = ["memory"]
-[actors.draft.config]
-model = "tiny"
-seed = 0
-threads = 1
-{draft_extra}
-[actors.verifier]
-kind = "verifier"
-after = ["memory"]
-[actors.verifier.config]
-model = "tiny"
-seed = 0
-threads = 1
-"""
+#: The soak's deployment without echo and solver; ``{draft_extra}`` lands in the draft's config.
+PAIR_CONFIG = soak.SOAK_HEADER + soak.TINY_PAIR + "{draft_extra}\n"
 
 
 def stat(pid: int) -> tuple[str, int]:
