@@ -21,6 +21,16 @@ settings.load_profile("ci")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def load_bench(name: str):
+    """Import ``bench/<name>.py`` (scripts, not a package) as the module ``<name>_bench``."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses in the module look themselves up here
+    spec.loader.exec_module(module)
+    return module
+
+
 class Deployment:
     """A ``specmemo up`` process with its own run root; stopped (and checked clean) on exit."""
 

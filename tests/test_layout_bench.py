@@ -3,10 +3,6 @@ forward, which must be the engine's batched forward (its timings are never asser
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,16 +10,12 @@ import torch
 from specmemo.actors.engine.batch import forward_rows
 from specmemo.actors.engine.tiny import tiny_config, tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("layout_bench", ROOT / "bench" / "layout.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("layout")
 
 
 def test_contexts_are_evenly_spread_with_both_ends(bench):

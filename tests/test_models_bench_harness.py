@@ -3,7 +3,6 @@ RSS meter, and its runners on tiny models (outputs equal to plain greedy decodin
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -11,16 +10,14 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from conftest import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("specdecode_bench", ROOT / "bench" / "specdecode.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("specdecode")
 
 
 CATEGORIES = ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"]
@@ -53,13 +50,11 @@ def test_docs_section_is_created_then_replaced_leaving_other_sections(bench, tmp
 
 
 RSS_PROBE = """
-import importlib.util, sys
+import sys
 import numpy as np
-spec = importlib.util.spec_from_file_location("specdecode_bench", sys.argv[1])
-bench = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = bench
-spec.loader.exec_module(bench)
-meter = bench.RssMeter()
+sys.path.insert(0, sys.argv[1])
+from specdecode import RssMeter
+meter = RssMeter()
 meter.start()
 block = np.ones(64 << 20, dtype=np.uint8)
 print(*meter.stop())
@@ -70,7 +65,7 @@ def test_rss_meter_sees_a_touched_allocation():
     # In a fresh process: the meter measures the whole process, and inside pytest another
     # test's leftover thread freeing memory at the same moment once hid the 64 MiB (CI).
     import subprocess
-    out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(ROOT / "bench" / "specdecode.py")],
+    out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(ROOT / "bench")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     peak, live = map(int, out.stdout.split()[-2:])
