@@ -78,12 +78,13 @@ class Supervisor:
         self.order = config.start_order()
         self.children = {a.name: Child(a) for a in self.order}
         self._print_lock = threading.Lock()
-        preload = {json.dumps({"kind": a.kind, "target": a.target, "config": a.config}, sort_keys=True)
-                   for a in self.order if forked(a)}
+        # One preload per actor class: a class's imports do not depend on its config.
+        preload = {(a.kind, a.target): a.config for a in self.order if forked(a)}
         self.zygote: ZygoteClient | None = None
         if config.zygote and preload:
-            self.zygote = ZygoteClient([json.loads(p) for p in sorted(preload)], dict(os.environ),
-                                       self.say, self._pump_output)
+            self.zygote = ZygoteClient([{"kind": kind, "target": target, "config": cfg}
+                                        for (kind, target), cfg in sorted(preload.items())],
+                                       dict(os.environ), self.say, self._pump_output)
 
     # ---------------------------------------------------------------- logging
 
