@@ -22,7 +22,7 @@ import zmq
 
 from specmemo.deploy.config import DeploymentConfig
 from specmemo.protocol.endpoint import ENDPOINT_FILE, PID_FILE, make_run_dir, run_dir
-from specmemo.protocol.errors import (ActorDied, BadRequest, MessageTooLarge, Overloaded,
+from specmemo.protocol.errors import (ActorDied, BadRequest, Internal, MessageTooLarge, Overloaded,
                                       SpecmemoError, Unauthorized, UnknownActor, UnknownMethod)
 from specmemo.protocol.methods import ActorInfo, ActorsReply, PingReply
 from specmemo.protocol.schema import to_wire
@@ -40,6 +40,8 @@ _REPLY = COMMAND_BYTES[Command.REPLY]
 HOUSEKEEPING_S = 0.02
 #: Calls in flight from which the kernel coalesces (see ``Kernel._pump``).
 COALESCE_INFLIGHT = 16
+#: Most messages held while routing a batch before they go out (see ``Kernel._send``).
+FLUSH_EVERY = 32
 
 
 @dataclass(slots=True)
@@ -78,6 +80,8 @@ class Kernel:
         self.by_identity: dict[bytes, str] = {}
         self.calls: dict[tuple[bytes, int], InFlight] = {}
         self._coalesce_s = config.coalesce_us / 1e6
+        self._outbox: list[tuple[list[Any], Any]] = []   # sends held while routing a batch
+        self._holding = False
         self.stopping = False
         self.exit_code = 0
         self.exit_message = ""
@@ -204,7 +208,7 @@ class Kernel:
         def ask(name: str) -> None:
             entry = self.actors[name]
             if entry.identity:
-                self._send_quiet([entry.identity, MAGIC, COMMAND_BYTES[Command.BYE], KERNEL,
+                self._send([entry.identity, MAGIC, COMMAND_BYTES[Command.BYE], KERNEL,
                                   Header().pack(), b"\xc0"])
 
         self.supervisor.stop_all(ask, self._pump)
@@ -264,15 +268,22 @@ class Kernel:
                 pass
         if self.router not in events:
             return woken
-        for _ in range(2000):
-            try:
-                frames = recv_frames(self.router, zmq.NOBLOCK, small=6)
-            except zmq.Again:
-                return woken
-            try:
-                self._route(frames)
-            except Exception as exc:  # a routing bug must never take the kernel down
-                self.warn_once("route-bug", f"internal error while routing: {type(exc).__name__}: {exc}")
+        self._holding = True
+        try:
+            for _ in range(2000):
+                try:
+                    frames = recv_frames(self.router, zmq.NOBLOCK, small=6)
+                except zmq.Again:
+                    break
+                try:
+                    self._route(frames)
+                except Exception as exc:  # a routing bug must never take the kernel down
+                    self.warn_once("route-bug", f"internal error while routing: {type(exc).__name__}: {exc}")
+                if len(self._outbox) >= FLUSH_EVERY:
+                    self._flush()
+        finally:
+            self._flush()
+            self._holding = False
         return woken
 
     def _ready_names(self) -> set[str]:
@@ -353,48 +364,62 @@ class Kernel:
         if key in self.calls:
             self._reply_error(peer, header.id, BadRequest(f"call id {header.id} is already in flight"))
             return
-        out = [entry.identity, frames[1], frames[2], peer, *frames[4:]]
-        try:
-            send_frames(self.router, out, zmq.NOBLOCK)
-        except zmq.Again:
-            self._reply_error(peer, header.id, Overloaded(f"actor '{route}' is not reading its queue"))
-            return
-        except zmq.ZMQError as exc:
-            if exc.errno != errno.EHOSTUNREACH:
-                raise
-            self._actor_died(route, "its socket went away")
-            self._reply_error(peer, header.id, ActorDied(f"actor '{route}' went away"))
-            return
+        # In flight from now on: the send may be held until the end of the batch.
         now = time.monotonic()
         deadline = now + header.deadline_ms / 1000 if header.deadline_ms else float("inf")
         self.calls[key] = InFlight(route, deadline, now)
         entry.inflight.add(key)
         self.metrics.count_request(route, header.method)
+        identity = entry.identity
+        self._send([identity, frames[1], frames[2], peer, *frames[4:]],
+                   lambda exc: self._not_forwarded(exc, key, route, identity))
+
+    def _not_forwarded(self, exc: zmq.ZMQError, key: tuple[bytes, int], route: str,
+                       identity: bytes) -> None:
+        """A request could not be handed to its actor: the caller gets the reason."""
+        entry = self.actors[route]
+        entry.inflight.discard(key)
+        if self.calls.pop(key, None) is None:
+            return   # already answered (the actor was found dead meanwhile)
+        peer, call_id = key
+        if exc.errno == errno.EAGAIN:
+            self._reply_error(peer, call_id, Overloaded(f"actor '{route}' is not reading its queue"))
+        elif exc.errno == errno.EHOSTUNREACH:
+            if entry.identity == identity:   # not a newer process that registered meanwhile
+                self._actor_died(route, "its socket went away")
+            self._reply_error(peer, call_id, ActorDied(f"actor '{route}' went away"))
+        else:
+            self._reply_error(peer, call_id, Internal(f"the kernel could not forward the call: {exc}"))
 
     def _from_actor(self, peer: bytes, name: str, command: Command, frames: list[Any]) -> None:
         client = frames[3]
-        out = [client, frames[1], frames[2], name.encode(), *frames[4:]]
         final = command in FINAL_COMMANDS
         call_id = _header_id(frames[4]) if final or command == Command.STREAM else 0
-        try:
-            send_frames(self.router, out, zmq.NOBLOCK)
-            delivered = True
-        except zmq.ZMQError as exc:
-            if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
-                raise
-            delivered = False
-            self.warn_once("client-gone", f"dropped a {command.name} from {name}: its caller is gone "
-                                          f"or not reading")
+        self._send([client, frames[1], frames[2], name.encode(), *frames[4:]],
+                   lambda exc: self._not_delivered(exc, peer, name, command, (client, call_id)))
         if command == Command.ERROR:
             self.metrics.count_error(name, _error_name(frames[5]))
-        if final or not delivered:
-            call = self.calls.pop((client, call_id), None)
-            if call is not None:
-                self.actors[call.actor].inflight.discard((client, call_id))
-                self.metrics.observe(call.actor, time.monotonic() - call.started)
-            if not delivered and not final:
-                self._send_quiet([peer, MAGIC, COMMAND_BYTES[Command.CANCEL], client,
-                                  Header(id=call_id).pack(), b"\xc0"])
+        if final:
+            self._end_call((client, call_id))
+
+    def _not_delivered(self, exc: zmq.ZMQError, actor: bytes, name: str, command: Command,
+                       key: tuple[bytes, int]) -> None:
+        """A reply or chunk could not reach its caller (gone, or not reading): drop it, and
+        ask the actor to stop a stream nobody reads."""
+        self.warn_once("client-gone", f"dropped a {command.name} from {name}: its caller is gone "
+                                      f"or not reading ({exc})")
+        if command not in FINAL_COMMANDS and self._end_call(key):
+            client, call_id = key
+            self._send([actor, MAGIC, COMMAND_BYTES[Command.CANCEL], client,
+                        Header(id=call_id).pack(), b"\xc0"])
+
+    def _end_call(self, key: tuple[bytes, int]) -> bool:
+        call = self.calls.pop(key, None)
+        if call is None:
+            return False
+        self.actors[call.actor].inflight.discard(key)
+        self.metrics.observe(call.actor, time.monotonic() - call.started)
+        return True
 
     def _cancel(self, peer: bytes, frames: list[Any]) -> None:
         call_id = _header_id(frames[4])
@@ -403,7 +428,7 @@ class Kernel:
             return  # a cancel for a call that already finished (or never was): nothing to do
         entry = self.actors[call.actor]
         if entry.identity:
-            self._send_quiet([entry.identity, frames[1], frames[2], peer, *frames[4:]])
+            self._send([entry.identity, frames[1], frames[2], peer, *frames[4:]])
 
     def _ready(self, peer: bytes, frames: list[Any]) -> None:
         call_id = _header_id(frames[4])
@@ -433,7 +458,7 @@ class Kernel:
         entry.state, entry.registered_at, entry.last_seen = "ready", now, now
         self.by_identity[peer] = name
         self.supervisor.mark_ready(name)
-        self._send_quiet([peer, MAGIC, _REPLY, KERNEL, Header(id=call_id).pack(), b"\xc0"])
+        self._send([peer, MAGIC, _REPLY, KERNEL, Header(id=call_id).pack(), b"\xc0"])
         self.say(f"{name} is ready (pid {pid})")
 
     # ---------------------------------------------------------------- deaths and liveness
@@ -452,7 +477,7 @@ class Kernel:
         notice = msgpack.packb({"event": "actor_died", "name": name})
         for other in self.actors.values():
             if other.identity:
-                self._send_quiet([other.identity, MAGIC, COMMAND_BYTES[Command.NOTICE], KERNEL,
+                self._send([other.identity, MAGIC, COMMAND_BYTES[Command.NOTICE], KERNEL,
                                   Header().pack(), notice])
 
     def _fail_inflight(self, entry: Entry, message: str) -> int:
@@ -481,7 +506,7 @@ class Kernel:
                     self.supervisor.kill(child)
                 self._actor_died(entry.name, "missed heartbeats")
                 continue
-            self._send_quiet([entry.identity, *beat])
+            self._send([entry.identity, *beat])
 
     def _sweep(self, now: float) -> None:
         """Forget calls long past their deadline (the callee answered nothing we could route)."""
@@ -504,7 +529,7 @@ class Kernel:
         else:
             self._reply_error(peer, header.id, UnknownMethod(f"the kernel has no method '{header.method}'"))
             return
-        self._send_quiet([peer, MAGIC, _REPLY, KERNEL, Header(id=header.id).pack(), msgpack.packb(body)])
+        self._send([peer, MAGIC, _REPLY, KERNEL, Header(id=header.id).pack(), msgpack.packb(body)])
 
     def actor_table(self) -> list[ActorInfo]:
         now = time.monotonic()
@@ -526,15 +551,45 @@ class Kernel:
     def _reply_error(self, peer: bytes, call_id: int, exc: SpecmemoError, origin: str = "kernel") -> None:
         exc.origin = exc.origin or origin
         self.metrics.count_error(exc.origin, exc.name)
-        self._send_quiet([peer, MAGIC, _ERROR, KERNEL, Header(id=call_id).pack(),
+        self._send([peer, MAGIC, _ERROR, KERNEL, Header(id=call_id).pack(),
                           msgpack.packb(exc.to_wire())])
 
-    def _send_quiet(self, frames: list[Any]) -> None:
-        """Send, dropping (with one log line a second) what cannot be delivered."""
+    def _send(self, frames: list[Any], on_fail: Any = None) -> None:
+        """Send ``frames``; what cannot be delivered goes to ``on_fail(exc)``, or is dropped
+        with one log line a second.
+
+        While a batch is being routed the message is held and goes out with the others at the
+        end of the batch (or every ``FLUSH_EVERY``), in order. Sent one by one, each message
+        can wake libzmq's I/O thread and the peer on its own, and on a small machine those
+        wake-ups cost more CPU than the routing itself (docs/decisions.md).
+        """
+        self._outbox.append((frames, on_fail))
+        if not self._holding:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send the held messages in order; what a failure handler sends joins the queue."""
+        box, holding = self._outbox, self._holding
+        self._holding = True
         try:
-            send_frames(self.router, frames, zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            self.warn_once(f"send-{exc.errno}", f"could not deliver a message: {exc}")
+            i = 0
+            while i < len(box):
+                frames, on_fail = box[i]
+                i += 1
+                try:
+                    send_frames(self.router, frames, zmq.NOBLOCK)
+                except zmq.ZMQError as exc:
+                    try:
+                        if on_fail is None:
+                            self.warn_once(f"send-{exc.errno}", f"could not deliver a message: {exc}")
+                        else:
+                            on_fail(exc)
+                    except Exception as bug:   # as in _pump: never take the kernel down
+                        self.warn_once("route-bug", f"internal error while sending: "
+                                                    f"{type(bug).__name__}: {bug}")
+        finally:
+            box.clear()
+            self._holding = holding
 
 
 def _error_name(frame: Any) -> str:
