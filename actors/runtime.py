@@ -12,6 +12,7 @@ import os
 import signal
 import time
 import traceback
+import types
 from contextlib import aclosing
 from typing import Any, NamedTuple
 
@@ -52,7 +53,8 @@ class ActorRuntime:
         self.curve = curve
         self.active: dict[tuple[bytes, int], Call] = {}
         self._handlers: dict[str, Handler] = {}
-        self._stalled = 0                      # replies from sync code waiting for socket room
+        self._outbox: list[list[Any]] = []    # replies held until the burst is dispatched
+        self._stalled = 0                      # batches of replies waiting for socket room
         self._unstalled = trio.Event()
         self.stalled_peak = 0                  # the most at once (a test checks it stays small)
         self._stop = trio.Event()
@@ -141,14 +143,18 @@ class ActorRuntime:
     # ---------------------------------------------------------------- receiving
 
     async def _recv_loop(self) -> None:
-        async with aclosing(self.sock.messages()) as messages:
-            async for frames in messages:
+        async with aclosing(self.sock.bursts()) as bursts:
+            async for burst in bursts:
+                for frames in burst:
+                    self._dispatch(frames)
+                # The replies of the burst go out together: sent one by one, each would wake
+                # libzmq's I/O thread (and then the kernel) on its own (docs/decisions.md).
+                self._flush()
                 # Backpressure: while replies wait for room in the socket, take no more requests.
                 # They queue in the kernel, which answers Overloaded once its queue to us is
                 # full, instead of this process growing a send task per reply.
                 while self._stalled:
                     await self._unstalled.wait()
-                self._dispatch(frames)
 
     def _dispatch(self, frames: list[Any]) -> None:
         self._last_kernel = time.monotonic()
@@ -218,7 +224,7 @@ class ActorRuntime:
             # A plain ``def`` handler: answered here, without a task or a cancel scope.
             try:
                 result = fn(request, call)
-                if not inspect.isawaitable(result):
+                if not _is_awaitable(result):
                     self._reply(Command.REPLY, call.route, Header(id=call.id), _plain(result))
                     return
             except Exception as raw:
@@ -290,18 +296,27 @@ class ActorRuntime:
             return encode(Command.ERROR, route, header, err.to_wire())
 
     def _reply(self, command: Command, route: bytes, header: Header, body: Any = None) -> None:
-        """Send a final reply from synchronous code: at once, or from a task if the socket is full."""
-        frames = self._final_frames(command, route, header, body)
-        try:
-            self.sock.send_multipart_nowait(frames)
-        except zmq.Again:
-            self._stalled += 1
-            self.stalled_peak = max(self.stalled_peak, self._stalled)
-            self.nursery.start_soon(self._send_stalled, frames)
+        """A final reply from synchronous code (the burst being dispatched): held, and sent
+        with the burst's other replies by :meth:`_flush`."""
+        self._outbox.append(self._final_frames(command, route, header, body))
 
-    async def _send_stalled(self, frames: list[Any]) -> None:
+    def _flush(self) -> None:
+        """Send the held replies in order; from the first that finds the socket full, the
+        rest go from one task that waits for room."""
+        box, self._outbox = self._outbox, []
+        for i, frames in enumerate(box):
+            try:
+                self.sock.send_multipart_nowait(frames)
+            except zmq.Again:
+                self._stalled += 1
+                self.stalled_peak = max(self.stalled_peak, self._stalled)
+                self.nursery.start_soon(self._send_stalled, box[i:])
+                return
+
+    async def _send_stalled(self, held: list[list[Any]]) -> None:
         try:
-            await self._send_frames(frames)
+            for frames in held:
+                await self._send_frames(frames)
         finally:
             self._stalled -= 1
             if not self._stalled:
@@ -320,6 +335,22 @@ class ActorRuntime:
         except zmq.Again:
             pass
         await self._send_frames(frames)
+
+
+#: Result types seen from handlers that are not awaitable: ``inspect.isawaitable`` goes
+#: through an ABC check (µs) and runs on every inline call, the type lookup does not.
+_PLAIN_RESULTS: set[type] = {dict, type(None)}
+
+
+def _is_awaitable(value: Any) -> bool:
+    kind = type(value)
+    if kind in _PLAIN_RESULTS:
+        return False
+    if inspect.isawaitable(value):
+        return True
+    if kind is not types.GeneratorType:   # a generator's awaitability depends on its code
+        _PLAIN_RESULTS.add(kind)
+    return False
 
 
 def _body(msg: Message) -> Any:

@@ -412,10 +412,11 @@ class AsyncClient(AsyncCaller):
 
     async def _recv_loop(self) -> None:
         assert self._sock is not None
-        async with aclosing(self._sock.messages()) as messages:
-            async for frames in messages:
-                try:
-                    msg = decode(frames)
-                except SpecmemoError:
-                    continue
-                self.deliver(msg)
+        async with aclosing(self._sock.bursts()) as bursts:
+            async for burst in bursts:
+                for frames in burst:
+                    try:
+                        msg = decode(frames)
+                    except SpecmemoError:
+                        continue
+                    self.deliver(msg)

@@ -11,8 +11,12 @@ consumed, and hangs. The rules this adapter follows (all in :meth:`TrioSocket._w
 3. a completed operation is never undone by a cancellation: the checkpoint after it is
    shielded, so a message sent or received is always reported as such;
 4. only one task (the watcher) sleeps on the fd, because trio allows one waiter per fd; the
-   others sleep on an event that the watcher or any operation sets. A watcher that is
-   cancelled hands the role on in ``finally``.
+   others sleep on an event that the watcher or any operation sets. An operation that finds
+   what a waiter wants wakes the watcher with ``trio.lowlevel.notify_closing`` (its
+   ``wait_readable`` raises ``ClosedResourceError``, which the watcher takes as "look
+   again" while the socket is open): unlike a cancel scope, that costs nothing on the
+   common path where nobody interrupts, and a wait is on every message's path. A watcher
+   that leaves (woken, interrupted or cancelled) hands the role on in ``finally``.
 
 Every access to the socket goes through this class, because even ``getsockopt`` can consume
 the edge.
@@ -29,6 +33,10 @@ from .wire import recv_frames, send_frames
 
 _get = zmq.backend.Socket.get
 _EVENTS = int(zmq.EVENTS)
+# Plain ints: pyzmq's flags are IntFlag members, and ``events & zmq.POLLIN`` on one costs
+# 0.6 µs (an enum is built), 20 times the int operation; a wait does several.
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 
 
 class TrioSocket:
@@ -38,10 +46,10 @@ class TrioSocket:
         self.sock = sock
         self._fd = sock.getsockopt(zmq.FD)
         self._changed = trio.Event()
-        self._watcher: trio.CancelScope | None = None
-        self._watching = False
+        self._watching = False       # a task sleeps on the fd
+        self._interrupted = False    # ... and has been told to look again
         self._closed = False
-        self._waiters = {zmq.POLLIN: 0, zmq.POLLOUT: 0}
+        self._waiters = {_POLLIN: 0, _POLLOUT: 0}
 
     # ---------------------------------------------------------------- operations
 
@@ -56,7 +64,7 @@ class TrioSocket:
             try:
                 send_frames(self.sock, frames, zmq.NOBLOCK)
             except zmq.Again:
-                await self._wait(zmq.POLLOUT)
+                await self._wait(_POLLOUT)
                 continue
             self._notify()
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -76,7 +84,7 @@ class TrioSocket:
             try:
                 frames = recv_frames(self.sock, zmq.NOBLOCK, small)
             except zmq.Again:
-                waited = await self._wait(zmq.POLLIN) or waited
+                waited = await self._wait(_POLLIN) or waited
                 continue
             self._notify()
             if not waited:   # a wait that slept was this call's checkpoint; a second costs a pass
@@ -90,24 +98,28 @@ class TrioSocket:
         one failed receive (an exception) and one wait per message.
         """
         self._check_open()
-        if not await self._wait(zmq.POLLIN):
+        if not await self._wait(_POLLIN):
             await trio.lowlevel.checkpoint()
 
-    async def messages(self, *, burst: int = 64, small: int = 5):
-        """Async generator of the messages received, for a socket's one reader loop.
+    async def bursts(self, *, limit: int = 64, small: int = 5):
+        """Async generator of bursts, for a socket's one reader loop: each a list of the
+        messages queued (1 to ``limit``), read after one wait.
 
-        It waits once, then yields what is queued (up to ``burst``) with no checkpoint in
-        between: a trio round trip per message costs more than handling a small one. The
-        reader may await between messages (backpressure); use it under ``aclosing``.
+        A trio round trip per message costs more than handling a small one, and a reader that
+        knows where a burst ends can send its answers together (one wake-up of the I/O thread
+        for all of them). The reader may await between bursts (backpressure); use it under
+        ``aclosing``.
         """
         while True:
             await self.wait_readable()
-            for _ in range(burst):
+            burst = []
+            for _ in range(limit):
                 try:
-                    frames = self.recv_multipart_nowait(small=small)
+                    burst.append(self.recv_multipart_nowait(small=small))
                 except zmq.Again:
                     break
-                yield frames
+            if burst:
+                yield burst
 
     def recv_multipart_nowait(self, *, small: int = 5) -> list[Any]:
         """Receive one message if one is queued; raises ``zmq.Again`` otherwise (no checkpoint)."""
@@ -150,30 +162,31 @@ class TrioSocket:
         ``EVENTS`` before it sleeps). Reading ``EVENTS`` here may consume the edge, but then
         its value shows the new state, and any later change raises a new edge.
         """
-        want_in, want_out = self._waiters[zmq.POLLIN], self._waiters[zmq.POLLOUT]
+        want_in, want_out = self._waiters[_POLLIN], self._waiters[_POLLOUT]
         if not (want_in or want_out) or self._closed:
             if self._closed:
                 self._wake()
             return
         events = _get(self.sock, _EVENTS)
-        if (want_in and events & zmq.POLLIN) or (want_out and events & zmq.POLLOUT):
+        if (want_in and events & _POLLIN) or (want_out and events & _POLLOUT):
             self._wake()
 
     def _events(self, mine: int = 0) -> int:
         """Read ``EVENTS`` for a task about to wait on ``mine``, waking the other waiters that
         the value satisfies: the read may have consumed the edge they sleep on (rule 2)."""
         events = _get(self.sock, _EVENTS)
-        want_in = self._waiters[zmq.POLLIN] - (mine == zmq.POLLIN)
-        want_out = self._waiters[zmq.POLLOUT] - (mine == zmq.POLLOUT)
-        if (want_in and events & zmq.POLLIN) or (want_out and events & zmq.POLLOUT):
+        want_in = self._waiters[_POLLIN] - (mine == _POLLIN)
+        want_out = self._waiters[_POLLOUT] - (mine == _POLLOUT)
+        if (want_in and events & _POLLIN) or (want_out and events & _POLLOUT):
             self._wake()
         return events
 
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
-        if self._watcher is not None:
-            self._watcher.cancel()
+        if self._watching and not self._interrupted:
+            self._interrupted = True
+            trio.lowlevel.notify_closing(self._fd)
 
     async def _wait(self, flag: int) -> bool:
         """Return once ``EVENTS`` has ``flag`` set; True if it had to sleep (a checkpoint)."""
@@ -193,13 +206,12 @@ class TrioSocket:
             if self._watching:
                 await self._changed.wait()
                 continue
-            self._watching = True
+            self._watching, self._interrupted = True, False
             try:
-                with trio.CancelScope() as scope:
-                    self._watcher = scope
-                    await trio.lowlevel.wait_readable(self._fd)
+                await trio.lowlevel.wait_readable(self._fd)
+            except trio.ClosedResourceError:
+                self._check_open()   # closed for real; else interrupted by _wake: look again
             finally:
-                self._watcher = None
                 self._watching = False
                 # Hand the role on: waiters re-check, one of them becomes the watcher.
                 self._changed.set()
