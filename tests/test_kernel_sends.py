@@ -113,3 +113,40 @@ def test_error_replies_and_forwarded_calls_from_one_batch_all_arrive(start_deplo
     assert all(answered[i] == (Command.REPLY if i % 2 else Command.ERROR) for i in answered)
     actor.close()
     client.close()
+
+
+def test_the_async_client_never_lets_a_cancel_overtake_its_held_request(start_deployment):
+    # With many calls in flight the AsyncClient holds requests for its flusher task. Calls
+    # cancelled before the flusher runs must still reach the actor as REQUEST then CANCEL:
+    # a cancel that went first would be dropped by the kernel (no such call yet), and the
+    # actor would serve calls nobody waits for.
+    import trio
+
+    from specmemo.protocol import AsyncClient
+
+    d = start_deployment(BARE.format(name="held"), "held", [])
+    actor = _register(d.endpoint, "ext")
+    n = 24
+
+    async def main() -> None:
+        async with AsyncClient(d.endpoint) as c:
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(lambda i=i: c.call("ext", "echo", data=i, timeout=30))
+                nursery.cancel_scope.cancel()   # before any of them, or the flusher, ran
+
+    trio.run(main)
+    requests: list[int] = []
+    cancels: list[int] = []
+    deadline = time.monotonic() + 10
+    while len(cancels) < n and time.monotonic() < deadline:
+        if actor.poll(200):
+            msg = decode(actor.recv_multipart(), decode_body=False)
+            if msg.command == Command.REQUEST:
+                requests.append(msg.header.id)
+            elif msg.command == Command.CANCEL:
+                assert msg.header.id in requests, f"call {msg.header.id}: CANCEL before REQUEST"
+                cancels.append(msg.header.id)
+    assert len(requests) == n, f"{len(requests)} of {n} requests reached the actor"
+    assert sorted(cancels) == sorted(requests), "every request was followed by its cancel"
+    actor.close()
