@@ -44,10 +44,14 @@ def check_matrix(matrix, kind: str = "skew", tol: float = 1e-12) -> sp.csr_array
     nnz = matrix.nnz if sp.issparse(matrix) else int(np.count_nonzero(matrix))
     if nnz > MAX_NNZ:
         raise InvalidMatrix(f"matrix has {nnz} nonzeros; at most {MAX_NNZ} are supported")
-    a = sp.csr_array(matrix, dtype=np.float64)
-    a.sum_duplicates()
-    a.eliminate_zeros()
-    a.sort_indices()
+    a = sp.csr_array(matrix, dtype=np.float64)   # shares the caller's arrays when it can
+    if not a.has_canonical_format or not a.data.all():
+        # The clean-ups below work in place: on a copy, so that the caller's matrix (or a
+        # read-only array received from the wire) is never written.
+        a = a.copy()
+        a.sum_duplicates()
+        a.eliminate_zeros()
+        a.sort_indices()
     if a.nnz > MAX_NNZ:
         raise InvalidMatrix(f"matrix has {a.nnz} nonzeros; at most {MAX_NNZ} are supported")
     bad = ~np.isfinite(a.data)

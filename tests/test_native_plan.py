@@ -128,6 +128,33 @@ def test_integer_and_float32_matrices_are_converted():
     assert np.array_equal(Plan.build(b, threads=1).matvec(np.array([1.0, 0.5])), [1.0, -2.0])
 
 
+@pytest.mark.parametrize("writable", [True, False])
+def test_building_a_plan_never_writes_to_the_callers_arrays(writable):
+    # Unsorted columns, a duplicate and an explicit zero: the canonical form differs from
+    # the input, and check_matrix must reach it on a copy (the solver actor registers
+    # arrays it received, read-only, and in-process callers keep using theirs).
+    dense = matrices.generate("random", 40, seed=5).toarray()
+    coo = sp.coo_array(dense)
+    rows, cols = np.append(coo.row, [0, 1]), np.append(coo.col, [1, 1])
+    vals = np.append(coo.data, [0.0, 0.0])      # (0,1) twice (sums to itself), a stored 0 at (1,1)
+    a = sp.csr_array((vals, (rows, cols)), shape=dense.shape)
+    data, indices, indptr = a.data.copy(), a.indices.copy(), a.indptr.copy()
+    for i in range(len(indptr) - 1):            # each row's columns in descending order
+        lo, hi = indptr[i], indptr[i + 1]
+        order = lo + np.argsort(-indices[lo:hi], kind="stable")
+        data[lo:hi], indices[lo:hi] = data[order], indices[order]
+    given_arrays = (data.copy(), indices.copy(), indptr.copy())
+    m = sp.csr_array((data, indices, indptr), shape=dense.shape)
+    assert not m.has_canonical_format
+    for arr in (data, indices, indptr):
+        arr.setflags(write=writable)
+    plan = Plan.build(m, threads=1)
+    for before, after in zip(given_arrays, (data, indices, indptr)):
+        assert np.array_equal(before, after), "the caller's arrays were written"
+    x = np.random.default_rng(1).standard_normal(dense.shape[0])
+    assert np.allclose(plan.matvec(x), dense @ x, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "x, message",
     [
