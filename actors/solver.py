@@ -40,6 +40,10 @@ class MatrixStore:
         if req.kind not in ("skew", "symmetric"):
             raise InvalidInput(f"kind must be 'skew' or 'symmetric', got {req.kind!r}")
         matrix = self._matrix(req)
+        # A taken id first: a caller re-registering after a lost reply must learn that its
+        # matrix is there, even when the store is full (it then holds that very matrix).
+        if req.id and req.id in self.plans:
+            raise InvalidInput(f"a matrix with id {req.id!r} is already registered; drop it first")
         if len(self.plans) >= self.max_matrices:
             raise OverBudget(f"{len(self.plans)} matrices are registered, the limit; drop one first")
         if self.stored_nnz() + matrix.nnz > self.max_nnz:

@@ -105,6 +105,19 @@ def test_matrix_store_refuses_duplicate_ids_and_unknown_kinds():
         store.register(RegisterMatrix(id="b", kind="hermitian", mtx=b""))
 
 
+def test_a_full_matrix_store_still_answers_a_taken_id_as_taken():
+    # A client that re-registers after a lost reply treats "already registered" as success;
+    # a full store must say that, not OverBudget (the 64-client load run found this).
+    store = MatrixStore(threads=1, max_matrices=2)
+    s = matrices.generate("random", 30, seed=0).tocsr()
+    for mid in ("a", "b"):
+        store.register(RegisterMatrix(id=mid, n=30, indptr=s.indptr, indices=s.indices, data=s.data))
+    with pytest.raises(InvalidInput, match="already registered"):
+        store.register(RegisterMatrix(id="a", n=30, indptr=s.indptr, indices=s.indices, data=s.data))
+    with pytest.raises(OverBudget, match="the limit"):
+        store.register(RegisterMatrix(id="c", n=30, indptr=s.indptr, indices=s.indices, data=s.data))
+
+
 def test_solve_cli_prints_iterations_and_residual(solver_deployment, tmp_path):
     path = tmp_path / "m.mtx"
     matrices.write_mtx(path, matrices.generate("convection2d", 400, seed=5))
