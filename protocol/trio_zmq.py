@@ -118,6 +118,8 @@ class TrioSocket:
                     burst.append(self.recv_multipart_nowait(small=small))
                 except zmq.Again:
                     break
+                if len(burst) == 1 and not self._events() & _POLLIN:
+                    break   # a lone message: served now, not after a failed receive
             if burst:
                 yield burst
 
