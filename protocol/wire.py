@@ -42,6 +42,7 @@ ALLOWED_DTYPES = frozenset(
                               "uint32", "uint64", "float16", "float32", "float64"))
 #: Key that marks a numpy array in a msgpack body.
 ARRAY_KEY = "$nd"
+_ARRAY_KEY_PACKED = msgpack.packb(ARRAY_KEY)
 
 
 class Command(enum.IntEnum):
@@ -228,6 +229,12 @@ def unpack_body(raw: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
     Raises :class:`BadRequest` for bad msgpack, a bad array reference, or a buffer whose
     size does not match its declared dtype and shape.
     """
+    if not buffers and type(raw) is bytes and _ARRAY_KEY_PACKED not in raw:
+        # No array anywhere (an array's map key would show in the bytes): no per-map hook.
+        try:
+            return msgpack.unpackb(raw, strict_map_key=False, raw=False)
+        except Exception as exc:
+            raise BadRequest(f"body is not valid msgpack: {type(exc).__name__}: {exc}") from None
     views = [frame_bytes(b) for b in buffers]
 
     def hook(obj: dict) -> Any:
