@@ -10,7 +10,10 @@ Each line is the median of 5 runs of N operations on an ipc PAIR inside this pro
 - receiving a 5-frame message asking the socket for RCVMORE (pyzmq builds an option enum per
   call) against reading ``Frame.more`` (what ``wire.recv_frames`` does);
 - a non-blocking receive on an empty socket (pyzmq raises ``zmq.Again``) against reading
-  ``EVENTS``: the cost of finding a queue empty.
+  ``EVENTS``: the cost of finding a queue empty;
+- the actor runtime's Python for one ``echo.echo`` request, warm: decode, validate, call the
+  handler, encode the reply and hand it to the socket (a stub that drops it). bench/wakeups.py
+  shows what the same work costs with cold caches, once per wake-up.
 """
 from __future__ import annotations
 
@@ -71,6 +74,34 @@ def receive_with_rcvmore(sock: zmq.Socket) -> list[bytes]:
     return frames
 
 
+def actor_dispatch_us() -> float:
+    """µs per request through ``ActorRuntime._dispatch`` and ``_flush`` with a socket stub,
+    inside trio (the runtime reads trio's clock); median of 5 runs of N."""
+    import trio
+
+    from specmemo.actors.echo import EchoActor
+    from specmemo.actors.runtime import ActorRuntime
+    from specmemo.protocol.wire import Command, Header, encode
+
+    class Dropping:
+        def send_multipart_nowait(self, frames: list) -> None:
+            pass
+
+    runtime = ActorRuntime(EchoActor("echo", {}), "inproc://unused")
+    runtime.sock = Dropping()
+    header = Header(id=7, method="echo", deadline_ms=30000)
+    request = [bytes(f) for f in encode(Command.REQUEST, b"c-1", header, {"data": "x" * 16})]
+
+    def op() -> None:
+        runtime._dispatch(request)
+        runtime._flush()
+
+    async def run() -> float:
+        return per_op_us(op)
+
+    return trio.run(run)
+
+
 def main() -> None:
     a, b = pair()
 
@@ -94,6 +125,8 @@ def main() -> None:
 
     print(f"empty queue, failed receive (zmq.Again): {per_op_us(empty_receive):.2f} µs; "
           f"EVENTS read: {per_op_us(lambda: get(b, events)):.2f} µs")
+    print(f"actor runtime, one echo request dispatched and answered (no socket): "
+          f"{actor_dispatch_us():.2f} µs")
     print(f"(pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, {os.cpu_count()} CPUs, N = {N})")
 
 
