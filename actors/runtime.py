@@ -145,11 +145,14 @@ class ActorRuntime:
     async def _recv_loop(self) -> None:
         async with aclosing(self.sock.bursts()) as bursts:
             async for burst in bursts:
-                for frames in burst:
-                    self._dispatch(frames)
-                # The replies of the burst go out together: sent one by one, each would wake
-                # libzmq's I/O thread (and then the kernel) on its own (docs/decisions.md).
-                self._flush()
+                try:
+                    for frames in burst:
+                        self._dispatch(frames)
+                finally:
+                    # The replies of the burst go out together: sent one by one, each would
+                    # wake libzmq's I/O thread (and then the kernel) on its own
+                    # (docs/decisions.md).
+                    self._flush()
                 # Backpressure: while replies wait for room in the socket, take no more requests.
                 # They queue in the kernel, which answers Overloaded once its queue to us is
                 # full, instead of this process growing a send task per reply.
