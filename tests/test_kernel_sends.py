@@ -3,6 +3,7 @@ order must survive that, and a send that fails at the end must still answer its 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import zmq
 
@@ -117,39 +118,112 @@ def test_error_replies_and_forwarded_calls_from_one_batch_all_arrive(start_deplo
 
 def test_the_async_client_never_lets_a_cancel_overtake_its_held_request(start_deployment):
     # With many calls in flight the AsyncClient holds requests for its flusher task. Calls
-    # cancelled before the flusher runs must still reach the actor as REQUEST then CANCEL:
-    # a cancel that went first would be dropped by the kernel (no such call yet), and the
-    # actor would serve calls nobody waits for.
+    # cancelled before the flusher ran must reach the actor as REQUEST then CANCEL, or not at
+    # all (a request still held is withdrawn): a cancel that went first would be dropped by
+    # the kernel (no such call yet), and the actor would serve calls nobody waits for.
     import trio
 
     from specmemo.protocol import AsyncClient
 
     d = start_deployment(BARE.format(name="held"), "held", [])
     actor = _register(d.endpoint, "ext")
-    n = 24
-
-    requests: list[int] = []
-    cancels: list[int] = []
+    seen: list[tuple[Command, int, Any]] = []
 
     async def main() -> None:
         async with AsyncClient(d.endpoint) as c:
             async with trio.open_nursery() as nursery:
-                for i in range(n):
+                for i in range(24):
                     nursery.start_soon(lambda i=i: c.call("ext", "echo", data=i, timeout=30))
                 nursery.cancel_scope.cancel()   # before any of them, or the flusher, ran
             # Read while the client is still open: closing it (linger 0) drops what its I/O
             # thread has not sent yet. Blocking here is fine, that thread does the sending.
-            deadline = time.monotonic() + 10
-            while len(cancels) < n and time.monotonic() < deadline:
-                if actor.poll(200):
-                    msg = decode(actor.recv_multipart(), decode_body=False)
-                    if msg.command == Command.REQUEST:
-                        requests.append(msg.header.id)
-                    elif msg.command == Command.CANCEL:
-                        assert msg.header.id in requests, f"call {msg.header.id}: CANCEL before REQUEST"
-                        cancels.append(msg.header.id)
+            while actor.poll(500):
+                seen.append(_call_of(actor.recv_multipart()))
 
     trio.run(main)
-    assert len(requests) == n, f"{len(requests)} of {n} requests reached the actor"
-    assert sorted(cancels) == sorted(requests), "every request was followed by its cancel"
     actor.close()
+    _check_request_cancel_order(seen, cancelled=set(range(24)), expected=set())
+    assert seen, "no call reached the actor: nothing was tested"
+
+
+def test_an_async_client_at_its_high_water_mark_keeps_order_and_loses_no_request(monkeypatch):
+    # The client's socket holds one message and its peer (a raw ROUTER standing in for the
+    # kernel) reads nothing for a while, so the flusher is stuck partway through its queue
+    # when two callers give up. Their cancels must queue behind their requests (or withdraw
+    # them), and the other callers' requests must all go out.
+    import threading
+
+    import trio
+
+    from specmemo.protocol import AsyncClient
+    from specmemo.protocol import client as client_module
+
+    endpoint = f"inproc://held-hwm-{time.monotonic_ns()}"
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.RCVHWM, 1)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+
+    def tiny_dealer(ctx, ep, curve):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 1)
+        sock.connect(ep)
+        return sock
+
+    monkeypatch.setattr(client_module, "_dealer", tiny_dealer)
+    seen: list[tuple[Command, int, Any]] = []
+
+    def kernel() -> None:
+        time.sleep(0.6)
+        while router.poll(1000):
+            seen.append(_call_of(router.recv_multipart()[1:]))
+
+    reader = threading.Thread(target=kernel)
+    reader.start()
+    scopes: dict[int, trio.CancelScope] = {}
+
+    async def one(c: AsyncClient, i: int) -> None:
+        with trio.CancelScope() as scope:
+            scopes[i] = scope
+            await c.call("x", "echo", data=i, timeout=10)
+
+    async def main() -> None:
+        async with AsyncClient(endpoint) as c:
+            async with trio.open_nursery() as nursery:
+                for i in range(1, 31):
+                    nursery.start_soon(one, c, i)
+                await trio.sleep(0.3)
+                scopes[15].cancel()
+                scopes[25].cancel()
+                await trio.to_thread.run_sync(reader.join)
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    router.close()
+    _check_request_cancel_order(seen, cancelled={15, 25}, expected=set(range(1, 31)) - {15, 25})
+
+
+def _call_of(frames: list[bytes]) -> tuple[Command, int, Any]:
+    """(command, call id, the request's ``data``) of a message as a DEALER sent it."""
+    msg = decode(frames)
+    return msg.command, msg.header.id, (msg.body or {}).get("data") if msg.command == Command.REQUEST else None
+
+
+def _check_request_cancel_order(seen: list[tuple[Command, int, Any]], cancelled: set[int],
+                                expected: set[int]) -> None:
+    """Calls are told apart by their ``data`` (call ids follow the order trio ran the tasks):
+    every ``expected`` one was requested once; a ``cancelled`` one was requested then
+    cancelled, or never heard of; no cancel arrived for a call not requested before it."""
+    data_of: dict[int, Any] = {}
+    for command, call_id, data in seen:
+        if command == Command.REQUEST:
+            assert call_id not in data_of, f"call {call_id} was requested twice"
+            data_of[call_id] = data
+        elif command == Command.CANCEL:   # (an actor also gets the kernel's heartbeats)
+            assert call_id in data_of, f"the cancel of call {call_id} came before its request"
+    requested = set(data_of.values())
+    assert expected <= requested, f"requests never sent: {sorted(expected - requested)}"
+    cancels = {data_of[i] for c, i, _ in seen if c == Command.CANCEL}
+    assert cancels == requested & cancelled, \
+        f"cancelled calls the peer heard of: {sorted(requested & cancelled)}, cancels: {sorted(cancels)}"
