@@ -591,6 +591,9 @@ class Kernel:
                     except Exception as bug:   # as in _pump: never take the kernel down
                         self.warn_once("route-bug", f"internal error while sending: "
                                                     f"{type(bug).__name__}: {bug}")
+                except Exception as bug:       # not a socket error: a bug; the rest still go
+                    self.warn_once("route-bug", f"internal error while sending: "
+                                                f"{type(bug).__name__}: {bug}")
         finally:
             box.clear()
             self._holding = holding

@@ -147,7 +147,11 @@ class ActorRuntime:
             async for burst in bursts:
                 try:
                     for frames in burst:
-                        self._dispatch(frames)
+                        try:
+                            self._dispatch(frames)
+                        except Exception:   # a bug must cost one message, not the actor
+                            log.error("%s: a message could not be handled:\n%s", self.actor.name,
+                                      traceback.format_exc())
                 finally:
                     # The replies of the burst go out together: sent one by one, each would
                     # wake libzmq's I/O thread (and then the kernel) on its own

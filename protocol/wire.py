@@ -42,7 +42,7 @@ ALLOWED_DTYPES = frozenset(
                               "uint32", "uint64", "float16", "float32", "float64"))
 #: Key that marks a numpy array in a msgpack body.
 ARRAY_KEY = "$nd"
-_ARRAY_KEY_PACKED = msgpack.packb(ARRAY_KEY)
+_ARRAY_KEY_BYTES = ARRAY_KEY.encode()   # in the packed body whatever str type carries the key
 
 
 class Command(enum.IntEnum):
@@ -89,14 +89,14 @@ class Header:
         # The common case in one test of exact types (msgpack yields exact int and str);
         # the checks below name the field that is wrong.
         if type(hid) is int and type(method) is str and type(dl) is int and type(schema) is int \
-                and 0 <= hid < 2**64 and dl >= 0:
+                and 0 <= hid < 2**64 and 0 <= dl < 2**63:
             return cls(hid, method, dl, schema)
         if not (isinstance(hid, int) and not isinstance(hid, bool) and 0 <= hid < 2**64):
             raise BadRequest("header field 'id' must be an unsigned integer")
         if not isinstance(method, str):
             raise BadRequest("header field 'm' (method) must be a string")
-        if not (isinstance(dl, (int, float)) and not isinstance(dl, bool) and dl >= 0):
-            raise BadRequest("header field 'dl' (deadline_ms) must be a non-negative number")
+        if not (isinstance(dl, (int, float)) and not isinstance(dl, bool) and 0 <= dl < 2**63):
+            raise BadRequest("header field 'dl' (deadline_ms) must be a finite non-negative number")
         if not (isinstance(schema, int) and not isinstance(schema, bool)):
             raise BadRequest("header field 's' (schema) must be an integer")
         return cls(id=hid, method=method, deadline_ms=int(dl), schema=schema)
@@ -199,7 +199,7 @@ def pack_body(body: Any) -> tuple[bytes, list[Any]]:
         # Most bodies are plain maps: no hook, no closure (msgpack calls ``default`` only
         # for what it cannot pack itself, and then the general path below runs).
         return msgpack.packb(body), []
-    except TypeError:
+    except (TypeError, OverflowError):   # e.g. an int beyond 64 bits: the hook names it
         pass
     buffers: list[Any] = []
 
@@ -229,7 +229,7 @@ def unpack_body(raw: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
     Raises :class:`BadRequest` for bad msgpack, a bad array reference, or a buffer whose
     size does not match its declared dtype and shape.
     """
-    if not buffers and type(raw) is bytes and _ARRAY_KEY_PACKED not in raw:
+    if not buffers and type(raw) is bytes and _ARRAY_KEY_BYTES not in raw:
         # No array anywhere (an array's map key would show in the bytes): no per-map hook.
         try:
             return msgpack.unpackb(raw, strict_map_key=False, raw=False)

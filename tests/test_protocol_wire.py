@@ -120,6 +120,24 @@ def test_a_message_over_the_limit_is_refused_before_sending():
 
 
 def test_header_fields_of_the_wrong_type_are_bad_requests():
-    for bad in ({"id": -1}, {"id": "x"}, {"m": 3}, {"dl": -5}, {"s": "1"}, [1, 2]):
+    for bad in ({"id": -1}, {"id": "x"}, {"m": 3}, {"dl": -5}, {"s": "1"}, [1, 2],
+                {"dl": float("inf")}, {"dl": float("nan")}, {"dl": 1e300}):
         with pytest.raises(BadRequest):
             Header.unpack(msgpack.packb(bad))
+
+
+def test_an_array_key_packed_as_any_msgpack_str_type_is_an_array():
+    # Other msgpack libraries may write the key "$nd" as str8 (d9): still an array.
+    spec = msgpack.packb(["<f8", [2], b"\x00" * 16])
+    for key in (b"\xa3$nd", b"\xd9\x03$nd", b"\xda\x00\x03$nd"):
+        got = unpack_body(b"\x81" + key + spec)
+        assert isinstance(got, np.ndarray) and got.shape == (2,), key
+
+
+@given(value=st.integers(2**64, 2**80) | st.integers(-2**80, -2**63 - 1))
+def test_an_int_msgpack_cannot_carry_is_refused_as_a_type_error(value):
+    # Not an OverflowError from the fast path: encode's callers map TypeError to a clear error.
+    with pytest.raises(TypeError, match="cannot encode int"):
+        pack_body({"v": value, "a": np.zeros(3)})
+    with pytest.raises(TypeError, match="cannot encode int"):
+        pack_body({"v": value})
