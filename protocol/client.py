@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import deque
 import os
 import time
+from collections import deque
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -27,7 +27,7 @@ import zmq
 
 from .curve import apply_client
 from .endpoint import find_endpoint
-from .errors import BadRequest, DeadlineExceeded, SpecmemoError, error_from_wire
+from .errors import BadRequest, DeadlineExceeded, Internal, SpecmemoError, error_from_wire
 from .methods import METHODS
 from .schema import from_wire, to_wire
 from .trio_zmq import TrioSocket
@@ -58,7 +58,9 @@ def _request_frames(call_id: int, actor: str, method: str, params: dict[str, Any
     if spec is not None:
         # Validate locally first: a schema violation is the caller's bug, report it here.
         body = to_wire(from_wire(spec.request, params, "params"))
-    deadline_ms = 0 if timeout is None or math.isinf(timeout) else max(1, int(timeout * 1000))
+    # No deadline: none given, or one past what the header carries (2**63 ms).
+    ms = math.inf if timeout is None else timeout * 1000
+    deadline_ms = max(1, math.ceil(ms)) if ms < 2**63 else 0
     header = Header(id=call_id, method=method, deadline_ms=deadline_ms)
     return encode(Command.REQUEST, actor.encode(), header, body, max_bytes=max_bytes)
 
@@ -437,6 +439,11 @@ class AsyncClient(AsyncCaller):
                 self._sending = True
                 try:
                     await super()._post(self._held[0][1])
+                except Exception as exc:   # this message's caller fails, the others go on
+                    call_id = self._held[0][0]
+                    if call_id:
+                        err = Internal(f"the request could not be sent: {type(exc).__name__}: {exc}")
+                        self.deliver(Message(Command.ERROR, b"", Header(id=call_id), err.to_wire()))
                 finally:
                     self._sending = False
                 self._held.popleft()
@@ -456,9 +463,19 @@ class AsyncClient(AsyncCaller):
 
     async def __aexit__(self, *exc: Any) -> None:
         self._nursery.cancel_scope.cancel()
-        await self._nursery_cm.__aexit__(None, None, None)
-        assert self._sock is not None
-        self._sock.close()
+        try:
+            await self._nursery_cm.__aexit__(None, None, None)
+        finally:
+            assert self._sock is not None
+            # What is still held (cancels queued behind their requests) goes if there is room,
+            # and a short linger lets the I/O thread pass it on: callees stop orphaned calls.
+            held, self._held = self._held, deque()
+            try:
+                for _, frames in held:
+                    self._sock.send_multipart_nowait(frames)
+            except (zmq.ZMQError, trio.ClosedResourceError):
+                pass
+            self._sock.close(linger=200 if held else 0)
 
     async def _recv_loop(self) -> None:
         assert self._sock is not None

@@ -99,7 +99,7 @@ class Header:
             raise BadRequest("header field 'dl' (deadline_ms) must be a finite non-negative number")
         if not (isinstance(schema, int) and not isinstance(schema, bool)):
             raise BadRequest("header field 's' (schema) must be an integer")
-        return cls(id=hid, method=method, deadline_ms=int(dl), schema=schema)
+        return cls(id=hid, method=method, deadline_ms=math.ceil(dl), schema=schema)
 
     def deadline_at(self, received_at: float | None = None) -> float:
         """Absolute ``time.monotonic()`` deadline, or ``inf`` when the header carries none."""
@@ -157,10 +157,19 @@ def send_frames(sock: Any, frames: Sequence[Any], flags: int = 0) -> None:
     flags = int(flags)
     more = flags | _SNDMORE
     last = len(frames) - 1
-    for i, f in enumerate(frames):
-        copy = type(f) is bytes or not (getattr(f, "nbytes", 0) >= ZERO_COPY_BYTES
-                                        or hasattr(f, "buffer"))
-        _backend_send(sock, f, more if i < last else flags, copy, False)
+    i = 0
+    try:
+        for i, f in enumerate(frames):
+            copy = type(f) is bytes or not (getattr(f, "nbytes", 0) >= ZERO_COPY_BYTES
+                                            or hasattr(f, "buffer"))
+            _backend_send(sock, f, more if i < last else flags, copy, False)
+    except Exception:
+        # ZeroMQ refuses a message (EAGAIN, EHOSTUNREACH) at its first part only; a later part
+        # fails only for a bad frame. End the half-sent message with an empty part, or the
+        # socket would glue the next message onto it (and a ROUTER send it to this peer).
+        if i:
+            _backend_send(sock, b"", flags, True, False)
+        raise
 
 
 def recv_frames(sock: Any, flags: int = 0, small: int = 5) -> list[Any]:

@@ -227,3 +227,66 @@ def _check_request_cancel_order(seen: list[tuple[Command, int, Any]], cancelled:
     cancels = {data_of[i] for c, i, _ in seen if c == Command.CANCEL}
     assert cancels == requested & cancelled, \
         f"cancelled calls the peer heard of: {sorted(requested & cancelled)}, cancels: {sorted(cancels)}"
+
+
+def test_a_held_request_that_cannot_be_sent_fails_its_call_and_no_other(monkeypatch):
+    # The flusher sends many callers' requests; one failed send must cost its own call
+    # (a typed error) and leave the client serving the rest.
+    import errno
+    import threading
+
+    import trio
+
+    from specmemo.protocol import AsyncClient, Internal
+    from specmemo.protocol import client as client_module
+
+    endpoint = f"inproc://held-fail-{time.monotonic_ns()}"
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    done = threading.Event()
+
+    def echo() -> None:   # a stand-in kernel + actor: every request answered with its body
+        while not done.is_set():
+            if router.poll(50):
+                ident, *frames = router.recv_multipart()
+                msg = decode(frames)
+                if msg.command == Command.REQUEST:
+                    router.send_multipart([ident, *encode(Command.REPLY, b"x", Header(id=msg.header.id), msg.body)])
+
+    server = threading.Thread(target=echo)
+    server.start()
+    real_post = client_module.AsyncCaller._post
+    failed_id = 12
+
+    async def failing_post(self, frames, call_id=0):
+        if Header.unpack(frames[3]).id == failed_id:
+            raise zmq.ZMQError(errno.EFAULT)
+        await real_post(self, frames, call_id)
+
+    monkeypatch.setattr(client_module.AsyncCaller, "_post", failing_post)
+    results: dict[int, Any] = {}
+
+    async def one(c: AsyncClient, i: int) -> None:
+        try:
+            results[i] = (await c.call("x", "echo", data=i, timeout=10))["data"]
+        except Internal as exc:
+            results[i] = exc
+
+    async def main() -> None:
+        async with AsyncClient(endpoint) as c:
+            async with trio.open_nursery() as nursery:
+                for i in range(20):              # all opened in one pass: ids 8.. are held
+                    nursery.start_soon(one, c, i)
+            assert not c._held
+
+    try:
+        trio.run(main)
+    finally:
+        done.set()
+        server.join()
+        router.close()
+    errors = [i for i, r in results.items() if isinstance(r, Internal)]
+    assert len(errors) == 1 and "could not be sent" in str(results[errors[0]]), results
+    assert all(results[i] == i for i in results if i not in errors)
+    assert len(results) == 20

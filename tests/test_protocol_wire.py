@@ -141,3 +141,34 @@ def test_an_int_msgpack_cannot_carry_is_refused_as_a_type_error(value):
         pack_body({"v": value, "a": np.zeros(3)})
     with pytest.raises(TypeError, match="cannot encode int"):
         pack_body({"v": value})
+
+
+def test_a_message_that_fails_partway_is_ended_and_the_next_one_arrives_whole():
+    import zmq
+
+    from specmemo.protocol.wire import recv_frames, send_frames
+
+    ctx = zmq.Context.instance()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    endpoint = f"inproc://partial-{id(a)}"
+    b.bind(endpoint)
+    a.connect(endpoint)
+    try:
+        with pytest.raises(TypeError):
+            send_frames(a, [b"first", None, b"never"])   # a bad part after one went out
+        send_frames(a, [b"x", b"y"])
+        assert recv_frames(b) == [b"first", b""], "the half-sent message was not ended"
+        assert recv_frames(b) == [b"x", b"y"], "the next message was glued to it"
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
+
+
+def test_deadlines_round_trip_without_overflow_or_rounding_to_none():
+    from specmemo.protocol.client import _request_frames
+
+    for timeout, expected in ((1e17, 0), (1e16, 0), (float("inf"), 0), (None, 0), (0.0004, 1), (2.5, 2500)):
+        frames = _request_frames(1, "echo", "echo", {"data": 1}, timeout, 1 << 20)
+        assert Header.unpack(frames[3]).deadline_ms == expected, timeout
+    # a foreign peer's float deadline below 1 ms is still a deadline, not "none"
+    assert Header.unpack(msgpack.packb({"id": 1, "dl": 0.4})).deadline_ms == 1
