@@ -503,7 +503,7 @@ class Kernel:
             if not entry.identity:
                 continue
             if now - entry.last_seen > limit:
-                self.metrics.heartbeat_misses.labels(entry.name).inc()
+                self.metrics.count_heartbeat_miss(entry.name)
                 self.say(f"{entry.name} missed {self.config.heartbeat_misses} heartbeats")
                 child = self.supervisor.children.get(entry.name)
                 if child is not None:

@@ -13,7 +13,7 @@ from bisect import bisect_left
 from collections import defaultdict, deque
 from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -32,10 +32,9 @@ class KernelMetrics:
         self._requests: dict[tuple[str, str], int] = defaultdict(int)
         self._errors: dict[tuple[str, str], int] = defaultdict(int)
         self._latency: dict[str, list[float]] = {}    # actor -> bucket counts + [sum]
+        self._heartbeat_misses: dict[str, int] = defaultdict(int)
         self.inflight = Gauge("specmemo_inflight", "Calls in flight", ["actor"], registry=r)
         self.restarts = Gauge("specmemo_restarts", "Restarts of a supervised actor", ["actor"], registry=r)
-        self.heartbeat_misses = Counter("specmemo_heartbeat_misses", "Actors declared dead for silence",
-                                        ["actor"], registry=r)
         r.register(_RoutedCollector(self))
         # The last latencies per actor (a ring), for p50/p99 at a glance.
         self._recent: dict[str, deque] = {}
@@ -45,6 +44,9 @@ class KernelMetrics:
 
     def count_error(self, actor: str, code: str) -> None:
         self._errors[actor, code] += 1
+
+    def count_heartbeat_miss(self, actor: str) -> None:
+        self._heartbeat_misses[actor] += 1
 
     def observe(self, actor: str, seconds: float) -> None:
         counts = self._latency.get(actor)
@@ -56,26 +58,24 @@ class KernelMetrics:
         self._recent[actor].append(seconds)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Per actor: requests, errors (by code), p50/p99 ms of recent calls, heartbeat misses."""
+        """Per actor: requests, errors (by code), p50/p99 ms of recent calls, heartbeat misses
+        (read from the plain counters: no Prometheus rendering for `status`)."""
         out: dict[str, dict[str, Any]] = {}
-        for metric in self.registry.collect():
-            for sample in metric.samples:
-                actor = sample.labels.get("actor")
-                if actor is None or not sample.name.endswith("_total"):
-                    continue
-                row = out.setdefault(actor, {"requests": 0, "errors": {}, "heartbeat_misses": 0})
-                if sample.name == "specmemo_requests_total":
-                    row["requests"] += int(sample.value)
-                elif sample.name == "specmemo_errors_total":
-                    row["errors"][sample.labels["code"]] = int(sample.value)
-                elif sample.name == "specmemo_heartbeat_misses_total":
-                    row["heartbeat_misses"] = int(sample.value)
-        for actor, ring in self._recent.items():
-            row = out.setdefault(actor, {"requests": 0, "errors": {}, "heartbeat_misses": 0})
+
+        def row(actor: str) -> dict[str, Any]:
+            return out.setdefault(actor, {"requests": 0, "errors": {}, "heartbeat_misses": 0})
+
+        for (actor, _method), n in list(self._requests.items()):
+            row(actor)["requests"] += n
+        for (actor, code), n in list(self._errors.items()):
+            row(actor)["errors"][code] = n
+        for actor, n in list(self._heartbeat_misses.items()):
+            row(actor)["heartbeat_misses"] = n
+        for actor, ring in list(self._recent.items()):
             window = sorted(ring)
             if window:
-                row["p50_ms"] = 1000 * window[len(window) // 2]
-                row["p99_ms"] = 1000 * window[min(len(window) - 1, int(len(window) * 0.99))]
+                row(actor)["p50_ms"] = 1000 * window[len(window) // 2]
+                row(actor)["p99_ms"] = 1000 * window[min(len(window) - 1, int(len(window) * 0.99))]
         return out
 
 
@@ -93,6 +93,10 @@ class _RoutedCollector:
         errors = CounterMetricFamily("specmemo_errors", "Error replies by code", labels=["actor", "code"])
         for labels, n in list(self.m._errors.items()):
             errors.add_metric(list(labels), n)
+        misses = CounterMetricFamily("specmemo_heartbeat_misses", "Actors declared dead for silence",
+                                     labels=["actor"])
+        for actor, n in list(self.m._heartbeat_misses.items()):
+            misses.add_metric([actor], n)
         latency = HistogramMetricFamily("specmemo_latency_seconds", "Request to final reply, as routed",
                                         labels=["actor"])
         for actor, counts in list(self.m._latency.items()):
@@ -101,7 +105,7 @@ class _RoutedCollector:
                 running += n
                 buckets.append((le, running))
             latency.add_metric([actor], buckets, sum_value=counts[-1])
-        yield from (requests, errors, latency)
+        yield from (requests, errors, misses, latency)
 
 
 class ActorMetrics:

@@ -77,3 +77,26 @@ def test_status_shows_calls_latency_and_gauges(deployment):
                          env=deployment.env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "P50_MS" in out.stdout and "GAUGES" in out.stdout and "solve_iterations=" in out.stdout
+
+
+def test_kernel_counters_reach_both_the_status_snapshot_and_the_scrape():
+    from prometheus_client import generate_latest
+
+    from specmemo.actors.metrics import KernelMetrics
+
+    m = KernelMetrics()
+    for method in ("echo", "echo", "sleep"):
+        m.count_request("echo", method)
+    m.count_error("echo", "BadRequest")
+    m.count_heartbeat_miss("solver")
+    m.observe("echo", 0.002)
+    snap = m.snapshot()
+    assert snap["echo"] == {"requests": 3, "errors": {"BadRequest": 1}, "heartbeat_misses": 0,
+                            "p50_ms": 2.0, "p99_ms": 2.0}
+    assert snap["solver"] == {"requests": 0, "errors": {}, "heartbeat_misses": 1}
+    text = generate_latest(m.registry).decode()
+    for line in ('specmemo_requests_total{actor="echo",method="echo"} 2.0',
+                 'specmemo_errors_total{actor="echo",code="BadRequest"} 1.0',
+                 'specmemo_heartbeat_misses_total{actor="solver"} 1.0',
+                 'specmemo_latency_seconds_count{actor="echo"} 1.0'):
+        assert line in text, line
