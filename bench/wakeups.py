@@ -3,7 +3,9 @@
     .venv/bin/python bench/wakeups.py            # processes placed by the scheduler
     .venv/bin/python bench/wakeups.py --pin 0    # every process on CPU 0 (taskset)
 
-Paths, measured in turns in one run: the raw blocking pyzmq echo (as in bench/messaging.py),
+Paths, measured in turns in one run: the raw blocking pyzmq echo (as in bench/messaging.py,
+through the library's frame functions), the same echo written with pyzmq's own
+``send_multipart``/``recv_multipart`` on both sides (is the baseline as fast as pyzmq goes?),
 a bare trio echo server on the library's socket adapter (``TrioSocket.bursts``), echo through
 the kernel to the trio echo actor from a raw DEALER, and the same call through ``Client.call``.
 For each: the p50 round trip, and per call the on-CPU µs of each process's main thread and of
@@ -51,6 +53,15 @@ def trio_server(endpoint: str) -> None:
     trio.run(serve)
 
 
+def plain_server(endpoint: str) -> None:
+    """The raw echo written the way pyzmq's documentation does it."""
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    while True:
+        sock.send_multipart(sock.recv_multipart())
+
+
 def on_cpu(pid: int) -> tuple[float, float]:
     """Seconds on a CPU of ``pid``'s main thread and of its libzmq I/O threads."""
     main = io = 0.0
@@ -95,15 +106,21 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--pin", default="", help="run every process on this CPU list (taskset -c)")
     p.add_argument("--trio-server", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--plain-server", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.trio_server:
         trio_server(args.trio_server)
+        return 0
+    if args.plain_server:
+        plain_server(args.plain_server)
         return 0
     root = Path(tempfile.mkdtemp(prefix="smw", dir="/tmp"))
     config = root / "bench.toml"
     config.write_text(m.ECHO_ONLY)
     raw_ep, trio_ep = f"ipc://{root}/raw.sock", f"ipc://{root}/trio.sock"
+    plain_ep = f"ipc://{root}/plain.sock"
     servers = {"raw": subprocess.Popen([sys.executable, m.__file__, "--raw-server", raw_ep]),
+               "plain": subprocess.Popen([sys.executable, __file__, "--plain-server", plain_ep]),
                "trio": subprocess.Popen([sys.executable, __file__, "--trio-server", trio_ep])}
     kernel, endpoint, _ = m.start_deployment(config, root, None)
     try:
@@ -112,6 +129,7 @@ def main() -> int:
             if args.pin:
                 pin([os.getpid(), kernel.pid, actor, *(s.pid for s in servers.values())], args.pin)
             raw, trio_sock, k_sock = m.dealer(raw_ep), m.dealer(trio_ep), m.dealer(endpoint)
+            plain = m.dealer(plain_ep)
             small = [b"x" * 20]
             request = encode(Command.REQUEST, b"echo", Header(id=1, method="echo", deadline_ms=30000),
                              {"data": m.ECHO_DATA})
@@ -120,6 +138,9 @@ def main() -> int:
                 "raw pyzmq echo (blocking server)": (
                     lambda: (send_frames(raw, small), recv_frames(raw)),
                     {"client": me, "server": servers["raw"].pid}),
+                "raw pyzmq echo, send_multipart/recv_multipart": (
+                    lambda: (plain.send_multipart(small), plain.recv_multipart()),
+                    {"client": me, "server": servers["plain"].pid}),
                 "trio echo server (TrioSocket)": (
                     lambda: (send_frames(trio_sock, small), recv_frames(trio_sock)),
                     {"client": me, "server": servers["trio"].pid}),
@@ -135,7 +156,7 @@ def main() -> int:
                 for name, (round_trip, pids) in paths.items():
                     results[name].append(measure(round_trip, pids, args.seconds))
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-            for s in (raw, trio_sock, k_sock):
+            for s in (raw, plain, trio_sock, k_sock):
                 s.close()
     finally:
         kernel.send_signal(signal.SIGINT)
