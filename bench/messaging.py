@@ -526,6 +526,19 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _commit() -> str:
+    """The commit the results belong to (with "+dirty" when the tree has changes)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer samples and one round")
@@ -563,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
     res: dict[str, Any] = {"mode": mode, "rounds": rounds, "size": size, "tasks": args.tasks,
                            "config": args.config or "kernel + echo", "cpus": os.cpu_count(),
-                           "load_before": os.getloadavg(), "versions": {
+                           "load_before": os.getloadavg(), "commit": _commit(),
+                           "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "versions": {
                                "python": sys.version.split()[0], "pyzmq": zmq.__version__,
                                "libzmq": zmq.zmq_version(), "msgpack": msgpack.version,
                                "trio": trio.__version__},
@@ -638,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         (f" --config {args.config}" if args.config else "") + \
         (f" --ray-python {shlex.quote(args.ray_python)}" if args.ray_python != sys.executable else "")
     (where / f"{stem}.md").write_text(
-        f"`.venv/bin/python {command}` ({rounds} round(s), medians; {os.cpu_count()} CPUs, "
+        f"`.venv/bin/python {command}` at {res['commit']}, {res['started']} ({rounds} round(s), "
+        f"medians; {os.cpu_count()} CPUs, "
         f"load average {res['load_before'][0]:.1f} before, {res['load_after'][0]:.1f} after)\n\n"
         + text + "\n")
     print(text)

@@ -11,6 +11,8 @@ Each line is the median of 5 runs of N operations on an ipc PAIR inside this pro
   call) against reading ``Frame.more`` (what ``wire.recv_frames`` does);
 - a non-blocking receive on an empty socket (pyzmq raises ``zmq.Again``) against reading
   ``EVENTS``: the cost of finding a queue empty;
+- what a wait in the trio socket adapter used to cost: entering and leaving a trio cancel scope,
+  and ``events & zmq.POLLIN`` on pyzmq's ``IntFlag`` against the same on ints;
 - the actor runtime's Python for one ``echo.echo`` request, warm: decode, validate, call the
   handler, encode the reply and hand it to the socket (a stub that drops it). bench/wakeups.py
   shows what the same work costs with cold caches, once per wake-up.
@@ -74,6 +76,22 @@ def receive_with_rcvmore(sock: zmq.Socket) -> list[bytes]:
     return frames
 
 
+_POLLIN = int(zmq.POLLIN)
+
+
+def trio_cancel_scope_us() -> float:
+    import trio
+
+    def op() -> None:
+        with trio.CancelScope():
+            pass
+
+    async def run() -> float:
+        return per_op_us(op)
+
+    return trio.run(run)
+
+
 def actor_dispatch_us() -> float:
     """µs per request through ``ActorRuntime._dispatch`` and ``_flush`` with a socket stub,
     inside trio (the runtime reads trio's clock); median of 5 runs of N."""
@@ -125,6 +143,9 @@ def main() -> None:
 
     print(f"empty queue, failed receive (zmq.Again): {per_op_us(empty_receive):.2f} µs; "
           f"EVENTS read: {per_op_us(lambda: get(b, events)):.2f} µs")
+    print(f"trio cancel scope entered and left: {trio_cancel_scope_us():.2f} µs; "
+          f"events & POLLIN on IntFlag: {per_op_us(lambda: 3 & zmq.POLLIN):.2f} µs, "
+          f"on int: {per_op_us(lambda: 3 & _POLLIN):.2f} µs")
     print(f"actor runtime, one echo request dispatched and answered (no socket): "
           f"{actor_dispatch_us():.2f} µs")
     print(f"(pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, {os.cpu_count()} CPUs, N = {N})")
