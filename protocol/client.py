@@ -423,8 +423,8 @@ class AsyncClient(AsyncCaller):
     async def _post(self, frames: list[Any], call_id: int = 0) -> None:
         """With few calls in flight a request goes at once. With many, requests are held and
         the flusher sends what the tasks of one scheduling pass posted, together: one
-        I/O-thread wake-up for all of them, as the actors do with their replies. (+17% calls/s
-        with 64 tasks; with 2 the extra pass cost 5%, hence the threshold.)"""
+        I/O-thread wake-up for all of them, as the actors do with their replies. The flusher costs
+        a scheduler pass, which pays only with many calls in flight (bench/async_hold.py)."""
         if len(self._pending) < HOLD_FROM and not self._held:
             await super()._post(frames)
             return

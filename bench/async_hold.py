@@ -1,0 +1,85 @@
+"""A/B of the AsyncClient's held requests (``HOLD_FROM``): the same calls from an AsyncClient
+that holds requests for its flusher and from one that always sends at once, alternated round
+by round against one deployment (kernel + echo actor).
+
+    .venv/bin/python bench/async_hold.py
+
+Prints, per number of concurrent tasks, the median calls/s of each and the median of the
+per-round ratios (held / at once).
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import messaging as m  # noqa: E402  (the messaging benchmark's deployment pieces)
+
+from specmemo.protocol import client as client_module  # noqa: E402
+
+
+class AtOnce(client_module.AsyncClient):
+    """An AsyncClient that never holds: every request is sent by its caller."""
+
+    async def _post(self, frames, call_id=0):
+        await client_module.AsyncCaller._post(self, frames, call_id)
+
+
+def rate(cls: type, endpoint: str, total: int, tasks: int) -> float:
+    async def main() -> float:
+        left = total
+        async with cls(endpoint) as c:
+            async def worker() -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    reply = await c.call("echo", "echo", data=m.ECHO_DATA)
+                    assert reply["data"] == m.ECHO_DATA
+            for _ in range(50):
+                await c.call("echo", "echo", data=m.ECHO_DATA)
+            t0 = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for _ in range(tasks):
+                    nursery.start_soon(worker)
+            return total / (time.perf_counter() - t0)
+
+    return trio.run(main)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--calls", type=int, default=6000)
+    p.add_argument("--tasks", default="2,8,64")
+    args = p.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="smh", dir="/tmp"))
+    config = root / "bench.toml"
+    config.write_text(m.ECHO_ONLY)
+    kernel, endpoint, _ = m.start_deployment(config, root, None)
+    try:
+        print(f"HOLD_FROM = {client_module.HOLD_FROM}; {args.rounds} alternated rounds of {args.calls} calls")
+        print("| tasks | held calls/s | at once calls/s | held / at once |")
+        print("| ---: | ---: | ---: | ---: |")
+        for tasks in map(int, args.tasks.split(",")):
+            held, direct = [], []
+            for r in range(args.rounds):
+                pair = [(client_module.AsyncClient, held), (AtOnce, direct)]
+                for cls, out in (pair if r % 2 == 0 else pair[::-1]):
+                    out.append(rate(cls, endpoint, args.calls, tasks))
+            ratio = statistics.median(a / b for a, b in zip(held, direct))
+            print(f"| {tasks} | {statistics.median(held):,.0f} | {statistics.median(direct):,.0f} | {ratio:.2f}x |")
+    finally:
+        kernel.send_signal(signal.SIGINT)
+        kernel.wait(60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
