@@ -9,7 +9,7 @@ import zmq
 
 from specmemo.protocol import ActorDied
 from specmemo.protocol.errors import error_from_wire
-from specmemo.protocol.wire import MAGIC, Command, Header, decode, encode
+from specmemo.protocol.wire import MAGIC, Command, Header, decode, encode, unpack_body
 
 BARE = """
 [deployment]
@@ -182,6 +182,7 @@ def test_an_async_client_at_its_high_water_mark_keeps_order_and_loses_no_request
     reader = threading.Thread(target=kernel)
     reader.start()
     scopes: dict[int, trio.CancelScope] = {}
+    cancelled = {15, 25}
 
     async def one(c: AsyncClient, i: int) -> None:
         with trio.CancelScope() as scope:
@@ -194,14 +195,19 @@ def test_an_async_client_at_its_high_water_mark_keeps_order_and_loses_no_request
                 for i in range(1, 31):
                     nursery.start_soon(one, c, i)
                 await trio.sleep(0.3)
-                scopes[15].cancel()
-                scopes[25].cancel()
+                # Also the call whose request the flusher is sending right now (the head of
+                # the queue, stuck at the high-water mark): it cannot be withdrawn, so its
+                # cancel must queue behind it, and the next request must not be dropped.
+                assert c._sending, "the flusher is not stuck: the test sets up nothing"
+                cancelled.add(unpack_body(c._held[0][1][4])["data"])
+                for i in cancelled:
+                    scopes[i].cancel()
                 await trio.to_thread.run_sync(reader.join)
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
     router.close()
-    _check_request_cancel_order(seen, cancelled={15, 25}, expected=set(range(1, 31)) - {15, 25})
+    _check_request_cancel_order(seen, cancelled=cancelled, expected=set(range(1, 31)) - cancelled)
 
 
 def _call_of(frames: list[bytes]) -> tuple[Command, int, Any]:
