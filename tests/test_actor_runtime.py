@@ -3,6 +3,8 @@
 must get exactly one right reply per call, whichever path served it."""
 from __future__ import annotations
 
+import time
+
 import zmq
 
 from specmemo.protocol.errors import error_from_wire
@@ -59,13 +61,18 @@ def test_with_kernel_coalescing_on_every_pipelined_call_comes_back_once(start_de
     from conftest import ECHO_CONFIG
     from specmemo.deploy import soak
 
+    # A 100 ms sleep makes a wait that should not happen visible: 20 lone calls would take
+    # at least 2 s if the kernel slept before passes with fewer than 16 calls in flight.
     config = ECHO_CONFIG.format(name="coal", intensity=20).replace(
-        "stop_timeout_s = 3", "stop_timeout_s = 3\ncoalesce_us = 300")
+        "stop_timeout_s = 3", "stop_timeout_s = 3\ncoalesce_us = 100000")
     d = start_deployment(config, "coal", ["echo"])
-    report = soak.pipelined_echo(d.endpoint, 3000, window=64)
-    assert (report.answered, report.lost, report.duplicated, report.wrong) == (3000, 0, 0, 0)
+    report = soak.pipelined_echo(d.endpoint, 1000, window=64)
+    assert (report.answered, report.lost, report.duplicated, report.wrong) == (1000, 0, 0, 0)
     with d.client() as c:   # one call in flight: no coalescing wait on its path
-        assert c.call("echo", "echo", data="one")["data"] == "one"
+        t0 = time.monotonic()
+        for i in range(20):
+            assert c.call("echo", "echo", data=i)["data"] == i
+        assert time.monotonic() - t0 < 1.0, "lone calls waited for coalescing"
 
 
 def test_a_cancel_read_in_the_same_burst_as_its_request_cancels_it(echo_deployment):
