@@ -381,10 +381,9 @@ class Kernel:
     def _not_forwarded(self, exc: zmq.ZMQError, key: tuple[bytes, int], route: str,
                        identity: bytes) -> None:
         """A request could not be handed to its actor: the caller gets the reason."""
-        entry = self.actors[route]
-        entry.inflight.discard(key)
-        if self.calls.pop(key, None) is None:
+        if not self._end_call(key, observe=False):
             return   # already answered (the actor was found dead meanwhile)
+        entry = self.actors[route]
         peer, call_id = key
         if exc.errno == errno.EAGAIN:
             self._reply_error(peer, call_id, Overloaded(f"actor '{route}' is not reading its queue"))
@@ -417,12 +416,14 @@ class Kernel:
             self._send([actor, MAGIC, COMMAND_BYTES[Command.CANCEL], client,
                         Header(id=call_id).pack(), b"\xc0"])
 
-    def _end_call(self, key: tuple[bytes, int]) -> bool:
+    def _end_call(self, key: tuple[bytes, int], observe: bool = True) -> bool:
+        """Forget a call in flight (False if it was not); ``observe`` its latency."""
         call = self.calls.pop(key, None)
         if call is None:
             return False
         self.actors[call.actor].inflight.discard(key)
-        self.metrics.observe(call.actor, time.monotonic() - call.started)
+        if observe:
+            self.metrics.observe(call.actor, time.monotonic() - call.started)
         return True
 
     def _cancel(self, peer: bytes, frames: list[Any]) -> None:
@@ -581,17 +582,14 @@ class Kernel:
                 frames, on_fail = box[i]
                 i += 1
                 try:
-                    send_frames(self.router, frames, zmq.NOBLOCK)
-                except zmq.ZMQError as exc:
                     try:
+                        send_frames(self.router, frames, zmq.NOBLOCK)
+                    except zmq.ZMQError as exc:
                         if on_fail is None:
                             self.warn_once(f"send-{exc.errno}", f"could not deliver a message: {exc}")
                         else:
                             on_fail(exc)
-                    except Exception as bug:   # as in _pump: never take the kernel down
-                        self.warn_once("route-bug", f"internal error while sending: "
-                                                    f"{type(bug).__name__}: {bug}")
-                except Exception as bug:       # not a socket error: a bug; the rest still go
+                except Exception as bug:   # as in _pump: a bug never takes the kernel down
                     self.warn_once("route-bug", f"internal error while sending: "
                                                 f"{type(bug).__name__}: {bug}")
         finally:

@@ -282,11 +282,7 @@ class ActorRuntime:
             final = (Command.ERROR, self._error_body(raw, call))
         finally:
             self.active.pop((call.route, call.id), None)
-        frames = self._final_frames(final[0], call.route, header, final[1])
-        try:
-            self.sock.send_multipart_nowait(frames)
-        except zmq.Again:
-            await self._send_frames(frames)
+        await self._send_frames(self._final_frames(final[0], call.route, header, final[1]))
 
     def _final_frames(self, command: Command, route: bytes, header: Header, body: Any) -> list[Any]:
         """The frames of a call's last message; a reply that cannot be sent becomes the error
@@ -331,17 +327,18 @@ class ActorRuntime:
                 self._unstalled = trio.Event()
 
     async def _send_frames(self, frames: list[Any]) -> None:
+        """Send at once when there is room (the common case: no scope, no checkpoint), else
+        wait for room, shielded: a reply that was produced is never dropped by a cancel."""
+        try:
+            self.sock.send_multipart_nowait(frames)
+            return
+        except zmq.Again:
+            pass
         with trio.CancelScope(shield=True):
             await self.sock.send_multipart(frames)
 
     async def _send(self, command: Command, route: bytes, header: Header, body: Any = None) -> None:
-        frames = encode(command, route, header, body, max_bytes=self.max_message_bytes)
-        try:
-            self.sock.send_multipart_nowait(frames)   # the common case: no scope, no checkpoint
-            return
-        except zmq.Again:
-            pass
-        await self._send_frames(frames)
+        await self._send_frames(encode(command, route, header, body, max_bytes=self.max_message_bytes))
 
 
 #: Result types seen from handlers that are not awaitable: ``inspect.isawaitable`` goes

@@ -164,14 +164,10 @@ class TrioSocket:
         ``EVENTS`` before it sleeps). Reading ``EVENTS`` here may consume the edge, but then
         its value shows the new state, and any later change raises a new edge.
         """
-        want_in, want_out = self._waiters[_POLLIN], self._waiters[_POLLOUT]
-        if not (want_in or want_out) or self._closed:
-            if self._closed:
-                self._wake()
-            return
-        events = _get(self.sock, _EVENTS)
-        if (want_in and events & _POLLIN) or (want_out and events & _POLLOUT):
+        if self._closed:
             self._wake()
+        elif self._waiters[_POLLIN] or self._waiters[_POLLOUT]:
+            self._events()
 
     def _events(self, mine: int = 0) -> int:
         """Read ``EVENTS`` for a task about to wait on ``mine``, waking the other waiters that
