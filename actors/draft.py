@@ -35,10 +35,8 @@ class DraftActor(Actor):
         self.verifier = config.get("verifier", "verifier")
         self.core: DraftCore | None = None
 
-    @staticmethod
-    def preload(config: dict[str, Any]) -> None:
-        """Imports for the zygote, before it forks this actor (see :mod:`specmemo.actors.zygote`)."""
-        preload_actor_model(config)
+    #: Imports for the zygote, before it forks this actor (see :mod:`specmemo.actors.zygote`).
+    preload = staticmethod(preload_actor_model)
 
     async def on_start(self) -> None:
         import torch

@@ -25,13 +25,13 @@ def load_actor_model(config: dict[str, Any], role: str) -> tuple[Any, Any]:
     return load_model(model_spec(config, role))
 
 
-def preload_actor_model(config: dict[str, Any]) -> None:
+def preload_actor_model() -> None:
     """Import what :func:`load_actor_model` will import, computing nothing (the zygote runs it).
 
     transformers imports most of its modules lazily, when the first model is built: about as
     long as importing torch. Building the tiny architecture (Qwen2, as the default pair) on the
     meta device triggers those imports while allocating and computing nothing, so no thread
-    pool starts. ``config`` is not needed yet: every source shares this machinery.
+    pool starts. No config is needed: every model source shares this machinery.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401

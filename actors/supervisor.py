@@ -28,7 +28,7 @@ from typing import Callable, TextIO
 from specmemo.deploy.config import ActorConfig, DeploymentConfig
 
 from .prctl import die_with_parent
-from .zygote_client import ForkedProcess, ZygoteClient, ZygoteError
+from .zygote_client import ForkedProcess, ZygoteClient, ZygoteError, how_it_ended
 
 #: Kinds whose actors import torch and transformers (seconds in a fresh Python).
 FORKED_KINDS = ("draft", "verifier")
@@ -78,13 +78,11 @@ class Supervisor:
         self.order = config.start_order()
         self.children = {a.name: Child(a) for a in self.order}
         self._print_lock = threading.Lock()
-        # One preload per actor class: a class's imports do not depend on its config.
-        preload = {(a.kind, a.target): a.config for a in self.order if forked(a)}
+        # The actor classes the zygote imports (a class's imports do not depend on its config).
+        targets = sorted({a.target for a in self.order if forked(a)})
         self.zygote: ZygoteClient | None = None
-        if config.zygote and preload:
-            self.zygote = ZygoteClient([{"kind": kind, "target": target, "config": cfg}
-                                        for (kind, target), cfg in sorted(preload.items())],
-                                       dict(os.environ), self.say, self._pump_output)
+        if config.zygote and targets:
+            self.zygote = ZygoteClient(targets, dict(os.environ), self.say, self._pump_output)
 
     # ---------------------------------------------------------------- logging
 
@@ -196,7 +194,7 @@ class Supervisor:
     def _schedule_restart(self, child: Child, code: int, now: float) -> None:
         cfg = child.cfg
         uptime = now - child.started_at
-        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        how = how_it_ended(code)
         if cfg.restart == "temporary" or (cfg.restart == "transient" and code == 0):
             child.state = "stopped"
             self.say("kernel", f"{cfg.name} exited ({how}); not restarted ({cfg.restart})")

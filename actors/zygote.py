@@ -5,9 +5,10 @@ and transformers, then transformers importing its model modules lazily at the fi
 built. The zygote pays that once, at deployment start, and each (re)start of such an actor
 is then a fork (tens of milliseconds) plus building the model from already imported code.
 
-    python -m specmemo.actors.zygote --fd 3 --actors '[{"target": "mod:Cls", "config": {}}]'
+    python -m specmemo.actors.zygote --fd 3 --preload '["mod:Cls"]'
 
-It imports :mod:`specmemo.actors.run` and each actor class, calls the class's ``preload``
+It imports :mod:`specmemo.actors.run` and each actor class, calls the class's ``preload()``
+(once per distinct hook)
 (imports only: a model built on the meta device computes nothing), stops the OpenBLAS
 thread pools that numpy and scipy start at load, then serves the kernel on the inherited
 ``SOCK_SEQPACKET`` socket:
@@ -73,17 +74,20 @@ def stop_blas_pools() -> int:
     return stopped
 
 
-def preload(actors: list[dict[str, Any]]) -> None:
-    """Import the runner and each actor class, and let the class import what it will need."""
+def preload(targets: list[str]) -> None:
+    """Import the runner and each actor class, and let the class import what it will need
+    (classes that share a hook, like draft and verifier, run it once)."""
     from specmemo.actors.run import load_actor_class
-    for spec in actors:
-        cls = load_actor_class(spec.get("kind", ""), spec["target"])
-        hook = getattr(cls, "preload", None)
-        if hook is not None:
-            try:
-                hook(spec.get("config", {}))
-            except Exception as exc:  # the actor will meet the same error itself, and say so
-                print(f"preload of {spec['target']} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    done: set[Any] = set()
+    for target in targets:
+        hook = getattr(load_actor_class("", target), "preload", None)
+        if hook is None or hook in done:
+            continue
+        done.add(hook)
+        try:
+            hook()
+        except Exception as exc:  # the actor will meet the same error itself, and say so
+            print(f"preload of {target} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def serve(sock: socket.socket) -> int:
@@ -210,12 +214,11 @@ def _exit_code(exc: SystemExit) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="specmemo-zygote")
     p.add_argument("--fd", type=int, required=True, help="the SOCK_SEQPACKET socket to the kernel")
-    p.add_argument("--actors", default="[]",
-                   help='JSON list of {"kind", "target": "module:Class", "config"} to preload')
+    p.add_argument("--preload", default="[]", help='JSON list of "module:Class" to preload')
     args = p.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     t0 = time.monotonic()
-    preload(json.loads(args.actors))
+    preload(json.loads(args.preload))
     pools = stop_blas_pools()
     threads = thread_count()
     seconds = time.monotonic() - t0

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, TextIO
+from typing import Callable, TextIO
 
 from . import prctl
 
@@ -71,18 +71,15 @@ class ForkedProcess:
         if self.poll() is None:   # never signal a pid that was reaped (it may be reused)
             os.kill(self.pid, sig)
 
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
 
 class ZygoteClient:
-    def __init__(self, actors: list[dict[str, Any]], env: dict[str, str],
+    def __init__(self, targets: list[str], env: dict[str, str],
                  say: Callable[[str, str], None], pump: Callable[[str, TextIO], None],
                  backoff_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
-        self.actors = actors
+        self.targets = targets   # "module:Class" of each actor class to preload
         self.env = env
         self.say = say
         self.pump = pump
@@ -100,10 +97,6 @@ class ZygoteClient:
             self.say("kernel", "cannot become a child subreaper; actors are started with exec")
 
     @property
-    def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else 0
-
-    @property
     def worth_waiting(self) -> bool:
         """Starting, and not after failing twice in a row: the actors it forks wait for it."""
         return self.state == "starting" and self.failures < WAIT_FAILURES
@@ -117,7 +110,7 @@ class ZygoteClient:
     def start(self, now: float) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [sys.executable, "-m", "specmemo.actors.zygote", "--fd", str(theirs.fileno()),
-                "--actors", json.dumps(self.actors)]
+                "--preload", json.dumps(self.targets)]
         try:
             self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, text=True, errors="replace",
@@ -132,7 +125,7 @@ class ZygoteClient:
                                             daemon=True)
         self.pump_thread.start()
         self.say("kernel", f"started the zygote pid {self.proc.pid} (preloading "
-                           f"{', '.join(sorted({a['target'] for a in self.actors}))})")
+                           f"{', '.join(self.targets)})")
 
     def tick(self, now: float) -> None:
         """Notice readiness, death or a start that takes too long; start again after a backoff."""
@@ -140,7 +133,7 @@ class ZygoteClient:
             self.start(now)
         elif self.state == "starting":
             if self.proc.poll() is not None:
-                self._failed(now, f"exited ({self.proc.returncode}) while preloading")
+                self._failed(now, f"exited ({how_it_ended(self.proc.returncode)}) while preloading")
                 return
             try:
                 data = self.sock.recv(4096, socket.MSG_DONTWAIT)
@@ -159,7 +152,7 @@ class ZygoteClient:
             self.state, self.failures = "ready", 0
             self.say("kernel", f"zygote ready in {now - self.started_at:.1f} s")
         elif self.state == "ready" and self.proc.poll() is not None:
-            self._failed(now, f"died ({_how(self.proc.returncode)})")
+            self._failed(now, f"died ({how_it_ended(self.proc.returncode)})")
 
     def _failed(self, now: float, why: str) -> None:
         self._close()
@@ -229,7 +222,8 @@ class ZygoteClient:
         return ForkedProcess(int(reply["pid"]), os.fdopen(r, "r", encoding="utf-8", errors="replace"))
 
 
-def _how(code: int | None) -> str:
+def how_it_ended(code: int | None) -> str:
+    """A process's exit status in words: "signal SIGKILL" or "exit code 3"."""
     if code is not None and code < 0:
         return f"signal {signal.Signals(-code).name}"
     return f"exit code {code}"

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
-
 from specmemo.actors.draft import DraftActor
 
 
 class ThreadedDraft(DraftActor):
     @staticmethod
-    def preload(config: dict[str, Any]) -> None:
-        DraftActor.preload(config)
+    def preload() -> None:
+        DraftActor.preload()
         threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
