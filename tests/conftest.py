@@ -21,6 +21,18 @@ settings.load_profile("ci")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def raw_dealer(endpoint: str, ident: bytes | None = None, timeout_ms: int = -1):
+    """A bare pyzmq DEALER on ``endpoint``, for tests that speak the wire protocol by hand."""
+    import zmq
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+    if ident:
+        sock.setsockopt(zmq.ROUTING_ID, ident)
+    sock.connect(endpoint)
+    return sock
+
+
 def load_bench(name: str):
     """Import ``bench/<name>.py`` (scripts, not a package) as the module ``<name>_bench``."""
     import importlib.util

@@ -10,6 +10,8 @@ import zmq
 from specmemo.protocol.errors import error_from_wire
 from specmemo.protocol.wire import Command, Header, decode, encode, recv_frames, send_frames
 
+from conftest import raw_dealer
+
 
 def _burst(i: int) -> tuple[str, dict]:
     kind = i % 4
@@ -21,9 +23,7 @@ def _burst(i: int) -> tuple[str, dict]:
 
 
 def test_a_burst_of_inline_and_task_calls_gets_one_right_reply_each(echo_deployment):
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(echo_deployment.endpoint)
+    sock = raw_dealer(echo_deployment.endpoint)
     n = 600
     try:
         # All sent before any reply is read: the actor finds hundreds queued at one wake-up.
@@ -82,11 +82,8 @@ def test_a_cancel_read_in_the_same_burst_as_its_request_cancels_it(echo_deployme
     import signal
     import time
 
-    with echo_deployment.client() as c:
-        pid = next(a for a in c.actors() if a["name"] == "echo")["pid"]
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(echo_deployment.endpoint)
+    pid = echo_deployment.actor_pid("echo")
+    sock = raw_dealer(echo_deployment.endpoint)
     try:
         os.kill(pid, signal.SIGSTOP)
         send_frames(sock, encode(Command.REQUEST, b"echo", Header(id=7, method="sleep", deadline_ms=30000),

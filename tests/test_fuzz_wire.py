@@ -18,6 +18,8 @@ from specmemo.deploy import soak
 from specmemo.protocol import BadRequest
 from specmemo.protocol.wire import unpack_body
 
+from conftest import raw_dealer
+
 LONG = os.environ.get("SPECMEMO_LONG") == "1"
 
 
@@ -101,13 +103,9 @@ def test_an_array_shape_whose_int64_product_wraps_around_is_refused_by_its_size(
 
 
 def test_a_header_id_of_true_is_answered_with_a_header_the_caller_can_decode(deployment):
-    import zmq
-
     from specmemo.protocol.errors import error_from_wire
     from specmemo.protocol.wire import MAGIC, Command, decode
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(deployment.endpoint)
+    s = raw_dealer(deployment.endpoint)
     try:
         s.send_multipart([MAGIC, b"\x01", b"echo", msgpack.packb({"id": True}), b"\xc0"])
         assert s.poll(5000)

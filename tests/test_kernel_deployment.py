@@ -19,7 +19,7 @@ from specmemo.protocol import (ActorDied, AsyncClient, BadRequest, DeadlineExcee
 from specmemo.protocol.errors import error_from_wire
 from specmemo.protocol.wire import MAGIC, Command, Header, decode, encode
 
-from conftest import ECHO_CONFIG, pid_alive
+from conftest import ECHO_CONFIG, pid_alive, raw_dealer
 
 
 def test_calls_streams_and_arrays_round_trip_through_the_kernel(echo_deployment):
@@ -138,11 +138,7 @@ def test_status_command_prints_the_actor_table(echo_deployment):
 
 
 def _raw(endpoint: str) -> zmq.Socket:
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.RCVTIMEO, 5000)
-    s.connect(endpoint)
-    return s
+    return raw_dealer(endpoint, timeout_ms=5000)
 
 
 @pytest.mark.parametrize("frames, expected", [

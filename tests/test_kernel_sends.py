@@ -11,6 +11,8 @@ from specmemo.protocol import ActorDied
 from specmemo.protocol.errors import error_from_wire
 from specmemo.protocol.wire import MAGIC, Command, Header, decode, encode, unpack_body
 
+from conftest import raw_dealer
+
 BARE = """
 [deployment]
 name = "{name}"
@@ -19,18 +21,9 @@ heartbeat_misses = 20
 """
 
 
-def _dealer(endpoint: str, ident: bytes | None = None) -> zmq.Socket:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    if ident:
-        sock.setsockopt(zmq.ROUTING_ID, ident)
-    sock.connect(endpoint)
-    return sock
-
-
 def _register(endpoint: str, name: str) -> zmq.Socket:
     """A raw external actor (docs/protocol.md: READY, then requests come in)."""
-    actor = _dealer(endpoint, f"a-{name}".encode())
+    actor = raw_dealer(endpoint, f"a-{name}".encode())
     actor.send_multipart(encode(Command.READY, name.encode(), Header(id=1),
                                 {"kind": "echo", "pid": 1, "methods": ["echo"]}))
     assert actor.poll(5000), "no answer to READY"
@@ -41,7 +34,7 @@ def _register(endpoint: str, name: str) -> zmq.Socket:
 def test_a_request_and_its_cancel_sent_back_to_back_reach_the_actor_in_order(start_deployment):
     d = start_deployment(BARE.format(name="order"), "order", [])
     actor = _register(d.endpoint, "slow")
-    client = _dealer(d.endpoint)
+    client = raw_dealer(d.endpoint)
     n = 300
     for i in range(1, n + 1):   # all queued before the kernel reads: they route as one batch
         client.send_multipart(encode(Command.REQUEST, b"slow", Header(id=i, method="echo"), {"data": i}))
@@ -64,7 +57,7 @@ def test_an_actor_whose_socket_went_away_fails_the_call_and_is_marked_down(start
     d = start_deployment(BARE.format(name="ghost"), "ghost", [])
     _register(d.endpoint, "ghost").close()   # gone without BYE: only a send can find out
     time.sleep(0.3)                          # the kernel's I/O thread sees the socket close
-    client = _dealer(d.endpoint)
+    client = raw_dealer(d.endpoint)
     for i in (1, 2):
         client.send_multipart(encode(Command.REQUEST, b"ghost", Header(id=i, method="echo"), {"data": i}))
     replies = {}
@@ -88,7 +81,7 @@ def test_error_replies_and_forwarded_calls_from_one_batch_all_arrive(start_deplo
     # every one is answered exactly once, each by the right party.
     d = start_deployment(BARE.format(name="mixed"), "mixed", [])
     actor = _register(d.endpoint, "echoer")
-    client = _dealer(d.endpoint)
+    client = raw_dealer(d.endpoint)
     n = 200
     for i in range(1, n + 1):
         route = b"echoer" if i % 2 else b"nobody"

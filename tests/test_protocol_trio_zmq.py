@@ -128,15 +128,7 @@ def test_a_reader_coming_back_to_wait_does_not_strand_a_blocked_sender():
     # consumes that edge. The read must wake the sender (rule 2), or it sleeps until some
     # unrelated message arrives. Found in review; this fails without the wake in _events().
     async def main() -> None:
-        ctx = zmq.Context.instance()
-        endpoint = f"inproc://stranded-{os.urandom(4).hex()}"
-        peer, raw = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
-        peer.setsockopt(zmq.RCVHWM, 2)
-        raw.setsockopt(zmq.SNDHWM, 2)
-        for s in (peer, raw):
-            s.setsockopt(zmq.LINGER, 0)
-        peer.bind(endpoint)
-        raw.connect(endpoint)
+        peer, raw = _pair(2)
         sock = TrioSocket(raw)
         done = trio.Event()
 
