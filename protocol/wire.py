@@ -59,6 +59,7 @@ class Command(enum.IntEnum):
 
 
 COMMAND_BYTES = {c: bytes([c]) for c in Command}
+_COMMAND_AND_MAGIC = len(MAGIC) + 1   # the two fixed frames, in a message's size
 #: Commands that end a call (the kernel forgets the call when it forwards one of these).
 FINAL_COMMANDS = frozenset({Command.REPLY, Command.ERROR, Command.END})
 
@@ -292,7 +293,7 @@ def encode(command: Command, route: bytes, header: Header, body: Any = None,
     raw_body, buffers = pack_body(body)
     packed = header.pack()
     frames: list[Any] = [MAGIC, COMMAND_BYTES[command], route, packed, raw_body, *buffers]
-    size = 4 + len(route) + len(packed) + len(raw_body) + sum(b.nbytes for b in buffers)
+    size = _COMMAND_AND_MAGIC + len(route) + len(packed) + len(raw_body) + sum(b.nbytes for b in buffers)
     if size > max_bytes:
         raise MessageTooLarge(f"message of {size} bytes exceeds the limit of {max_bytes} bytes",
                               detail={"size": size, "limit": max_bytes})
