@@ -4,7 +4,9 @@
     model = "default"        # the pulled embedded pair (`specmemo models pull`), "tiny" (a
                              # random-weight test pair built from a config, `seed`), or a
                              # local directory, a .gguf file, or a hub id (allow_network = true)
-    dtype = "bfloat16"
+    precision = "auto"       # "float32", "bfloat16", "int8", or "auto": probe this machine at
+                             # load and take the fastest (engine/precision.py); "dtype" is
+                             # the older name of the same setting
     device = "cpu"
     device_map = "auto"      # optional: spread a big model over devices (transformers/accelerate)
 """
@@ -19,10 +21,20 @@ from specmemo.actors.engine.pull import default_pair_specs
 def load_actor_model(config: dict[str, Any], role: str) -> tuple[Any, Any]:
     """(model, tokenizer) for ``role`` ("draft" or "target") as the config asks."""
     if config.get("model") == "tiny":
+        from specmemo.actors.engine.precision import apply_precision
         from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
         draft, target = tiny_pair(seed=int(config.get("seed", 0)))
-        return (draft if role == "draft" else target), tiny_tokenizer()
+        model = draft if role == "draft" else target
+        apply_precision(model, precision_setting(config), gamma_max=int(config.get("gamma_max", 8)))
+        return model, tiny_tokenizer()
     return load_model(model_spec(config, role))
+
+
+def precision_setting(config: dict[str, Any]) -> str:
+    """The `precision` of a model's config ("dtype" is its older name); "auto" for the default
+    pair, "float32" for any other model."""
+    default = "auto" if config.get("model", "default") == "default" else "float32"
+    return str(config.get("precision", config.get("dtype", default)))
 
 
 def preload_actor_model() -> None:
@@ -44,7 +56,9 @@ def preload_actor_model() -> None:
 def model_spec(config: dict[str, Any], role: str) -> ModelSpec:
     """``role`` is "draft" or "target": which half of the default pair ``model = "default"`` means."""
     source = config.get("model", "default")
-    dtype = config.get("dtype", "bfloat16" if source == "default" else "float32")
+    precision = precision_setting(config)
+    # float32 and bfloat16 load as such; int8 and auto load the checkpoint's dtype and convert
+    dtype = precision if precision in ("float32", "bfloat16", "float16") else "auto"
     device = config.get("device", "cpu")
     if source == "default":
         draft, target = default_pair_specs(dtype=dtype, device=device, cache_dir=config.get("cache_dir"))
@@ -52,4 +66,6 @@ def model_spec(config: dict[str, Any], role: str) -> ModelSpec:
         source = spec.source
     return ModelSpec(source, gguf_file=config.get("gguf_file"), dtype=dtype, device=device,
                      device_map=config.get("device_map"),
-                     allow_network=bool(config.get("allow_network", False)))
+                     allow_network=bool(config.get("allow_network", False)),
+                     precision=None if precision == "float16" else precision,
+                     gamma_max=int(config.get("gamma_max", 8)))

@@ -7,6 +7,7 @@ import inspect
 import numpy as np
 import torch
 
+from .precision import compute_dtype
 from .kvcache import BlockKVCache, GatherCache, batch_inputs
 
 _CACHE_KW: dict[type, str] = {}
@@ -41,8 +42,8 @@ def forward_rows(
     ids = np.zeros((len(feeds), q), dtype=np.int64)
     for b, f in enumerate(feeds):
         ids[b, : len(f)] = f
-    param = next(model.parameters())
-    inputs = torch.from_numpy(ids).to(param.device)
+    device = model.get_input_embeddings().weight.device
+    inputs = torch.from_numpy(ids).to(device)
     with torch.inference_mode():
         if len(caches) == 1:
             # one row: the cache itself, default positions and transformers' own causal mask
@@ -50,11 +51,11 @@ def forward_rows(
                            logits_to_keep=keep).logits
         else:
             lengths = [c.length for c in caches]
-            positions, mask = batch_inputs(lengths, n_new, q, model.config._attn_implementation, param.dtype)
+            positions, mask = batch_inputs(lengths, n_new, q, model.config._attn_implementation, compute_dtype(model))
             logits = model(
                 input_ids=inputs,
-                position_ids=positions.to(param.device),
-                attention_mask=mask.to(param.device),
+                position_ids=positions.to(device),
+                attention_mask=mask.to(device),
                 **{cache_kwarg(model): GatherCache(caches, n_new)},
                 use_cache=True,
                 logits_to_keep=keep,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .attention import NAME as ROWWISE
 from .blocks import blocks_after_rollback, blocks_for, kv_shape  # noqa: F401 (re-exported)
 
 
@@ -111,11 +112,15 @@ class BlockKVCache(Cache):
     """The KV cache of one sequence of one model, in blocks of `block_tokens` tokens."""
 
     def __init__(self, config, block_tokens: int = 16, dtype=torch.float32, device="cpu", spare_blocks: int = 1):
+        """`device` is one device for every layer, or a list with each layer's device (the device
+        of that layer's attention weights when a model is spread with `device_map`)."""
         n_layers, kv_heads, head_dim = kv_shape(config)
+        devices = list(device) if isinstance(device, (list, tuple)) else [device] * n_layers
+        assert len(devices) == n_layers, (len(devices), n_layers)
         self.block_tokens = block_tokens
         element = torch.tensor([], dtype=dtype).element_size()
         self.block_bytes = 2 * n_layers * kv_heads * head_dim * element * block_tokens
-        layers = [BlockLayer(kv_heads, head_dim, block_tokens, dtype, device, spare_blocks) for _ in range(n_layers)]
+        layers = [BlockLayer(kv_heads, head_dim, block_tokens, dtype, d, spare_blocks) for d in devices]
         super().__init__(layers=layers)
 
     @property
@@ -204,7 +209,7 @@ def batch_inputs(lengths: list[int], n_new: list[int], q: int, attn_implementati
     real = torch.arange(q).view(1, q, 1) < torch.tensor(n_new).view(batch, 1, 1)
     allowed = torch.where(real, slots <= positions.view(batch, q, 1), slots == 0)
     mask = allowed.view(batch, 1, q, width)
-    if attn_implementation != "sdpa":
+    if attn_implementation not in ("sdpa", ROWWISE):
         mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
     return positions, mask
 
@@ -216,14 +221,34 @@ class CacheHolder:
     def __init__(self, model, block_tokens: int, spare_blocks: int, max_context: int | None = None):
         from .memory_model import kv_bytes_per_token
 
+        from .precision import compute_dtype, weight_bytes
+
         self.model = model.eval()
         self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
-        param = next(model.parameters())
-        self.dtype, self.device = param.dtype, param.device
-        self.bytes_per_token = kv_bytes_per_token(model.config, param.element_size())
+        self.dtype = compute_dtype(model)
+        self.layer_devices = layer_devices(model)
+        self.device = self.layer_devices[0]
+        self.bytes_per_token = kv_bytes_per_token(model.config, torch.tensor([], dtype=self.dtype).element_size())
+        self.weight_bytes = weight_bytes(model)
         text = model.config.get_text_config(decoder=True)
         self.vocab_size = text.vocab_size
         self.max_context = max_context or getattr(text, "max_position_embeddings", None) or 1 << 30
 
     def new_cache(self) -> "BlockKVCache":
-        return BlockKVCache(self.model.config, self.block_tokens, self.dtype, self.device, self.spare_blocks)
+        return BlockKVCache(self.model.config, self.block_tokens, self.dtype, self.layer_devices, self.spare_blocks)
+
+
+def layer_devices(model) -> list[torch.device]:
+    """The device of each decoder layer's KV: where that layer's attention weights live (a model
+    spread with `device_map` has layers on several devices; a layer without weights on a device
+    inherits the model's first parameter's device)."""
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    fallback = next(model.parameters()).device
+    devices = []
+    for layer in base.layers:
+        attention = getattr(layer, "self_attn", layer)
+        tensor = next(iter(attention.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(attention.buffers()), None)
+        devices.append(tensor.device if tensor is not None else fallback)
+    return devices

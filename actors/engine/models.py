@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from .errors import CorruptModel, ModelNotFound, TokenizerMismatch
+from .precision import apply_precision
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,11 @@ class ModelSpec:
 
     source: local directory, path to a ``.gguf`` file, or hub id.
     gguf_file: GGUF file name inside `source` (a directory or hub repo), if not given in `source`.
-    dtype: torch dtype name ("float32", "bfloat16", "float16") or "auto".
+    dtype: torch dtype name ("float32", "bfloat16", "float16") or "auto" (the checkpoint's) to
+        load the weights in; `precision` then converts them.
+    precision: "float32", "bfloat16", "int8" or "auto" (probe this machine and pick the fastest,
+        see `precision.py`); None keeps the loaded dtype.
+    gamma_max: the longest chain verified in one forward, for the "auto" probe (M = γ_max + 1).
     device: device the whole model goes to when `device_map` is None.
     device_map: passed through to transformers/accelerate (e.g. "auto") to spread a big model.
     allow_network: let a hub id be fetched from the network; off by default.
@@ -52,6 +57,8 @@ class ModelSpec:
     device_map: str | dict[str, Any] | None = None
     allow_network: bool = False
     attn_implementation: str | None = "sdpa"
+    precision: str | None = None
+    gamma_max: int = 8
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,8 @@ def _load_weights(spec: ModelSpec):
         model.to(spec.device)
     model.eval()
     model.requires_grad_(False)
+    if spec.precision is not None:
+        apply_precision(model, spec.precision, gamma_max=spec.gamma_max)
     return model
 
 

@@ -1,0 +1,71 @@
+"""Row-wise attention: each query row computed alone, over exactly the keys it may see.
+
+Speculative verification is exact only if a forward of M new tokens computes, for every row,
+what M one-token forwards compute. Fused attention kernels (sdpa) do not promise that: the
+blocking of their reductions depends on M and on the masked key length, so rows differ in the
+last bits and greedy decoding can flip at near-ties. This attention function computes query row
+j of batch row b as a one-token decode would:
+
+    n = keys row j may see (a prefix: the mask's allowed slots, or Lk − M + j + 1 when causal)
+    o_bj = softmax(q_bj · K_b[:n]ᵀ · scale) · V_b[:n]           (per KV-head group, GQA)
+
+so prefill, verification and plain decoding all give bit-identical rows. Together with per-token
+int8 linears (`precision.Int8Linear`, exact integer accumulation) the target's greedy output is
+the same whatever M its forwards use. The cost is one small matmul pair per row per layer,
+which is negligible for M ≤ γ_max + 1 and modest for prefill.
+
+Registered with transformers as ``"specmemo_rowwise"`` (masks built like sdpa's: boolean, or
+None when purely causal). `use_rowwise_attention(model)` switches a loaded model to it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NAME = "specmemo_rowwise"
+
+
+def rowwise_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                      scaling: float | None = None, **kwargs):
+    # query [B, H, M, d]; key, value [B, kvH, Lk, d]; answers ([B, M, H, d], None)
+    batch, heads, rows, dim = query.shape
+    kv_heads, keys = key.shape[1], key.shape[2]
+    assert heads % kv_heads == 0 and value.shape[:3] == key.shape[:3]
+    group = heads // kv_heads
+    scale = dim ** -0.5 if scaling is None else scaling
+    lengths = _visible_keys(attention_mask, batch, rows, keys)
+    out = query.new_empty((batch, rows, heads, value.shape[-1]))
+    for b in range(batch):
+        for j in range(rows):
+            n = lengths[b][j]
+            q = query[b, :, j].reshape(kv_heads, group, dim)                 # head h uses kv head h // group
+            scores = torch.matmul(q, key[b, :, :n].transpose(1, 2)) * scale   # [kvH, G, n]
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+            out[b, j] = torch.matmul(probs, value[b, :, :n]).reshape(heads, -1)
+    return out, None
+
+
+def _visible_keys(mask, batch: int, rows: int, keys: int) -> list[list[int]]:
+    # how many leading key slots each query row may see; the mask's allowed slots form a prefix
+    if mask is None:
+        return [[keys - rows + j + 1 for j in range(rows)]] * batch
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    allowed = allowed[:, 0] if allowed.dim() == 4 else allowed
+    counts = allowed.expand(batch, rows, allowed.shape[-1])[..., :keys].sum(-1)
+    return counts.tolist()
+
+
+def register() -> str:
+    """Register the attention (and sdpa's mask builder) under `NAME` with transformers; idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(NAME, rowwise_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+    return NAME
+
+
+def use_rowwise_attention(model) -> None:
+    """Make `model` attend row by row (see the module doc)."""
+    register()
+    model.set_attn_implementation(NAME)

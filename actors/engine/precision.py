@@ -1,0 +1,334 @@
+"""Weight precision of a served model, chosen from the machine it runs on.
+
+Precisions (the `precision` setting of a model):
+
+- ``float32``: every weight and activation in float32.
+- ``bfloat16``: every weight and activation in bfloat16 (fast where the CPU has bf16 units).
+- ``int8``: every linear layer (the LM head included) holds int8 weights with one scale per
+  output channel; activations are quantized per token (one scale per row) at each call and
+  multiplied by fbgemm's u8·s8 kernels with exact int32 accumulation:
+
+      s_i = max_k |x_ik| / q_max          (q_max = 127, or 63 without VNNI: see below)
+      y_ij = s_i · w_j · Σ_k round(x_ik / s_i) · W8_jk  (+ b_j)
+
+  Each row's result depends on that row alone, so verifying γ+1 tokens in one forward computes
+  exactly what γ+1 one-token forwards compute (a per-tensor scale, as torch's
+  ``quantize_dynamic`` uses, couples the rows and breaks greedy equality). The embedding table
+  is kept in bfloat16 (the converted checkpoints are bfloat16: no loss) and looked up into
+  float32; norms, attention and the KV cache stay float32. Without VNNI, fbgemm's AVX2 kernels
+  add u8·s8 pairs in saturating int16, so activations then use 7 bits (u8 codes ≤ 127), as
+  torch's ``reduce_range`` does.
+- ``auto``: `choose` times one decoder layer and the LM head of the loaded model at M = 1 and
+  M = γ_max + 1 new tokens in each precision this machine supports and takes the fastest.
+
+The chosen precision, the CPU features and the probe's numbers are a `Choice`, kept on the model
+(`precision_of`) so actors can report them.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .attention import use_rowwise_attention
+
+PRECISIONS = ("float32", "bfloat16", "int8")
+CHOICES = PRECISIONS + ("auto",)
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """What decides which kernels are fast: the CPU model and the flags that matter."""
+
+    model: str
+    flags: tuple[str, ...]
+    capability: str
+
+    @property
+    def vnni(self) -> bool:
+        return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(self.flags))
+
+    @property
+    def bf16(self) -> bool:
+        return bool({"avx512_bf16", "amx_bf16"} & set(self.flags))
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "flags": list(self.flags), "capability": self.capability,
+                "vnni": self.vnni, "bf16": self.bf16}
+
+
+_FLAGS_OF_NOTE = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                  "amx_bf16", "amx_int8", "amx_tile", "asimd", "sve", "bf16", "i8mm")
+
+
+@functools.cache
+def cpu_features() -> CpuFeatures:
+    """The CPU model name, its SIMD flags of note, and torch's dispatch capability."""
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model == "unknown":
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return CpuFeatures(model, tuple(f for f in _FLAGS_OF_NOTE if f in flags),
+                       torch.backends.cpu.get_cpu_capability())
+
+
+def int8_supported() -> bool:
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+# int8 modules
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with per-channel int8 weights and per-token int8 activations (see module doc)."""
+
+    def __init__(self, linear: nn.Linear, activation_bits: int = 8):
+        super().__init__()
+        assert activation_bits in (7, 8)
+        weight = linear.weight.detach().float()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+        codes = torch.round(weight / scale[:, None]).clamp_(-127, 127)
+        quantized = torch._make_per_channel_quantized_tensor(
+            codes.to(torch.int8), scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+        self._packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        # codes round(x/s) in [-q_max, q_max] become u8 codes + zero_point inside fbgemm (exactly)
+        self.q_max = 127.0 if activation_bits == 8 else 63.0
+        self.zero_point = 128 if activation_bits == 8 else 64
+        self.weight_bytes = self.out_features * (self.in_features + 4) + (0 if self.bias is None else 4 * self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, self.in_features).float()
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) / self.q_max
+        codes = torch.round(rows / scale)
+        out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            codes, 1.0, self.zero_point, self._packed)
+        out = out * scale
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, activations={'8' if self.q_max == 127 else '7'}-bit"
+
+
+class Bf16Embedding(nn.Module):
+    """An embedding table stored in bfloat16, looked up into float32 (exact for bf16 checkpoints)."""
+
+    def __init__(self, embedding: nn.Embedding):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+        self.padding_idx = embedding.padding_idx
+        self.register_buffer("weight", embedding.weight.detach().to(torch.bfloat16).clone())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(ids, self.weight).float()
+
+
+# applying a precision
+
+
+@dataclass
+class Choice:
+    """The precision a model runs in, why, and what its weights cost."""
+
+    precision: str
+    requested: str
+    weight_bytes: int
+    cpu: dict
+    probe_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def precision_of(model) -> Choice | None:
+    """The `Choice` `apply_precision` recorded on the model (None for a model it never saw)."""
+    return getattr(model, "_specmemo_precision", None)
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype of the model's activations and KV cache."""
+    choice = precision_of(model)
+    if choice is not None:
+        return torch.bfloat16 if choice.precision == "bfloat16" else torch.float32
+    return next(model.parameters()).dtype
+
+
+def weight_bytes(model) -> int:
+    """Bytes of every parameter and buffer, packed int8 weights included (shared storage counted once)."""
+    seen, total = set(), 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        key = tensor.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += tensor.untyped_storage().nbytes()
+    return total + sum(m.weight_bytes for m in model.modules() if isinstance(m, Int8Linear))
+
+
+def apply_precision(model, precision: str, activation_bits: int | None = None, **probe_options):
+    """Convert `model` (in place) to `precision` ("auto" probes first, see `choose`); answers it.
+
+    The chosen `Choice` is kept on the model (`precision_of`). Raises ValueError for an unknown
+    precision, or int8 on a torch build without fbgemm.
+    """
+    if precision not in CHOICES:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(CHOICES)}")
+    requested, probe = precision, {}
+    if precision == "auto":
+        precision, probe = choose(model, **probe_options)
+    _convert(model, precision, activation_bits)
+    if precision == "int8":
+        use_rowwise_attention(model)
+    model._specmemo_precision = Choice(precision, requested, weight_bytes(model), cpu_features().as_dict(), probe)
+    return model
+
+
+def _convert(model, precision: str, activation_bits: int | None = None) -> None:
+    if precision == "float32":
+        model.float()
+    elif precision == "bfloat16":
+        model.to(torch.bfloat16)
+    elif precision == "int8":
+        if not int8_supported():
+            raise ValueError("precision int8 needs torch's fbgemm quantized engine, absent from this build")
+        bits = activation_bits or (8 if cpu_features().vnni else 7)
+        _quantize_linears(model, bits)
+    else:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    model.eval()
+
+
+def _quantize_linears(model, bits: int) -> None:
+    # every nn.Linear -> Int8Linear (the tied LM head too: it gets its own int8 copy), every
+    # nn.Embedding -> Bf16Embedding, what remains (norms, rotary buffers) -> float32
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child, bits))
+            elif isinstance(child, nn.Embedding):
+                setattr(parent, name, Bf16Embedding(child))
+    for module in model.modules():
+        if not isinstance(module, (Int8Linear, Bf16Embedding)):
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param.dtype != torch.float32:
+                    module._parameters[name] = nn.Parameter(param.detach().float(), requires_grad=False)
+            for name, buf in list(module.named_buffers(recurse=False)):
+                if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
+                    module._buffers[name] = buf.float()
+
+
+# the probe
+
+
+def _layers_and_head(model) -> tuple[nn.Module, int, nn.Module]:
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    return base.layers[0], len(base.layers), model.get_output_embeddings()
+
+
+def _supported() -> list[str]:
+    candidates = ["float32", "bfloat16"]
+    if int8_supported():
+        candidates.append("int8")
+    return candidates
+
+
+def choose(
+    model,
+    gamma_max: int = 8,
+    candidates: list[str] | None = None,
+    repeats: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[str, dict[str, dict[str, float]]]:
+    """The fastest precision for `model` here, and the probe's estimates in ms per forward.
+
+    For each candidate a copy of the first decoder layer and of the LM head is converted and
+    timed (median of `repeats`) on M = 1 and M = γ_max + 1 new tokens after a 64-token context;
+    a forward costs n_layers · t_layer + t_head. The score is t(1) + t(γ_max + 1), a draft
+    token plus a verification. `clock` is the timing source (tests replace it).
+    """
+    layer, n_layers, head = _layers_and_head(model)
+    config = model.config.get_text_config(decoder=True)
+    hidden = config.hidden_size
+    candidates = candidates or _supported()
+    probe: dict[str, dict[str, float]] = {}
+    for precision in candidates:
+        part = nn.ModuleDict({"layer": copy.deepcopy(layer), "head": copy.deepcopy(head)})
+        _convert(part, precision)
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        times = {}
+        for m in (1, gamma_max + 1):
+            times[f"M={m}"] = _time_part(part, config, hidden, m, dtype, repeats, clock) * n_layers
+            times[f"M={m}"] += _time_head(part["head"], hidden, m, dtype, repeats, clock)
+        probe[precision] = {k: round(v * 1e3, 3) for k, v in times.items()}
+        del part
+    best = min(probe, key=lambda p: sum(probe[p].values()))
+    return best, probe
+
+
+def _median(samples: list[float]) -> float:
+    return sorted(samples)[len(samples) // 2]
+
+
+def _time_head(head, hidden: int, m: int, dtype, repeats: int, clock) -> float:
+    x = torch.randn(1, m, hidden).to(dtype)
+    samples = []
+    with torch.inference_mode():
+        head(x)
+        for _ in range(repeats):
+            start = clock()
+            head(x)
+            samples.append(clock() - start)
+    return _median(samples)
+
+
+def _time_part(part, config, hidden: int, m: int, dtype, repeats: int, clock) -> float:
+    # one decoder layer over m new tokens after a 64-token context (a DynamicCache prefilled once)
+    from transformers import DynamicCache
+
+    layer = part["layer"]
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    context = 64
+    samples = []
+    with torch.inference_mode():
+        for i in range(repeats + 1):
+            cache = DynamicCache(config=config)
+            kv_heads = config.num_key_value_heads
+            cache.update(torch.zeros(1, kv_heads, context, head_dim, dtype=dtype),
+                         torch.zeros(1, kv_heads, context, head_dim, dtype=dtype), 0)
+            x = torch.randn(1, m, hidden).to(dtype)
+            positions = torch.arange(context, context + m).view(1, m)
+            cos_sin = _rotary(config, positions, dtype, head_dim)
+            start = clock()
+            layer(x, attention_mask=None, position_ids=positions, use_cache=True,
+                  position_embeddings=cos_sin, **{_cache_name(layer): cache})
+            if i:
+                samples.append(clock() - start)
+    return _median(samples)
+
+
+def _cache_name(layer) -> str:
+    return "cache" if "cache" in inspect.signature(layer.forward).parameters else "past_key_values"
+
+
+def _rotary(config, positions, dtype, head_dim: int):
+    angles = positions.float()[..., None] / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    emb = torch.cat([angles, angles], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
