@@ -20,7 +20,7 @@ from specmemo.protocol.methods import AcceptRequest, DraftOpen, Empty, ProposeRe
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
-from .modelconfig import load_actor_model, preload_actor_model
+from .modelconfig import describe_precision, load_actor_model, model_info, preload_actor_model
 
 log = logging.getLogger("specmemo.draft")
 
@@ -45,7 +45,8 @@ class DraftActor(Actor):
         self.core = DraftCore(model, int(self.config.get("block_tokens", 16)),
                               int(self.config.get("spare_blocks", 1)))
         await self._add_holder()
-        log.info("draft model %s loaded (%d KV bytes/token)", self.config.get("model", "default"), self.core.bytes_per_token)
+        log.info("draft model %s loaded (%d KV bytes/token, %s)", self.config.get("model", "default"),
+                 self.core.bytes_per_token, describe_precision(self.core))
 
     async def _add_holder(self) -> None:
         """Register the draft's lease; waits for a memory actor that is restarting."""
@@ -53,6 +54,7 @@ class DraftActor(Actor):
             try:
                 await self.peers.call(self.memory, "add_holder", holder=DRAFT,
                                       bytes_per_token=self.core.bytes_per_token, actor=self.name,
+                                      weight_bytes=self.core.weight_bytes,
                                       timeout=10)
                 return
             except (wire.ActorDied, wire.UnknownActor, wire.DeadlineExceeded):
@@ -69,10 +71,7 @@ class DraftActor(Actor):
             log.info("caches dropped and lease registered again after the memory actor restarted")
 
     async def rpc_info(self, req: Empty, call: Call) -> dict:
-        core = self.core
-        return {"bytes_per_token": core.bytes_per_token, "vocab_size": core.vocab_size,
-                "max_context": core.max_context, "sessions": len(core.sessions()),
-                "held": core.held_bytes()}
+        return model_info(self.core)
 
     async def rpc_has(self, req: SessionRef, call: Call) -> dict:
         return {"has": self.core.has(req.session)}

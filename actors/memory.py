@@ -13,7 +13,7 @@ from typing import Any
 from specmemo.actors.engine import errors as engine_errors
 from specmemo.actors.engine.manager import MemoryManager
 from specmemo.protocol import errors as wire
-from specmemo.protocol.methods import (AddHolder, CommitBatch, CostRatio, Empty, GrantBatch,
+from specmemo.protocol.methods import (AddHolder, CommitBatch, Costs, Empty, GrantBatch,
                                        OpenSession, PrefillRequest, SessionRef)
 
 from .base import Actor, Call
@@ -48,7 +48,8 @@ class MemoryActor(Actor):
         self.manager = MemoryManager(
             budget_bytes(config), block_tokens=int(config.get("block_tokens", 16)),
             spare_blocks=int(config.get("spare_blocks", 1)), gamma_max=int(config.get("gamma_max", 8)),
-            cost_ratio=float(config.get("cost_ratio", 0.1)))
+            cost_ratio=float(config.get("cost_ratio", 0.1)),
+            memory_budget=int(float(config["memory_mb"]) * (1 << 20)) if "memory_mb" in config else None)
         self.leases: dict[str, str] = {}     # holder -> actor holding its caches
         self.owners: dict[str, str] = {}     # session -> actor driving it
 
@@ -66,7 +67,7 @@ class MemoryActor(Actor):
                 log.info("session %s of %s released: %d bytes", session, name, freed)
 
     def rpc_add_holder(self, req: AddHolder, call: Call) -> dict:
-        self.manager.add_holder(req.holder, req.bytes_per_token)
+        self.manager.add_holder(req.holder, req.bytes_per_token, req.weight_bytes)
         self.leases[req.holder] = req.actor
         return {"budget": self.manager.budget, "block_tokens": self.manager.block_tokens}
 
@@ -116,8 +117,8 @@ class MemoryActor(Actor):
         self.leases.pop(req.session, None)
         return self.manager.release_holder(req.session)
 
-    def rpc_set_cost_ratio(self, req: CostRatio, call: Call) -> None:
-        self.manager.set_cost_ratio(req.cost_ratio)
+    def rpc_observe_costs(self, req: Costs, call: Call) -> None:
+        self.manager.observe_costs(req.draft_s, req.m, req.target_s)
 
     def rpc_usage(self, req: Empty, call: Call) -> dict:
         return {**self.manager.usage(), "leases": dict(self.leases)}

@@ -69,3 +69,37 @@ def model_spec(config: dict[str, Any], role: str) -> ModelSpec:
                      allow_network=bool(config.get("allow_network", False)),
                      precision=None if precision == "float16" else precision,
                      gamma_max=int(config.get("gamma_max", 8)))
+
+
+def model_info(core) -> dict[str, Any]:
+    """The `ModelInfo` reply of a draft or target core: its KV facts, weights, precision, RSS."""
+    from specmemo.actors.engine.precision import precision_of
+    choice = precision_of(core.model)
+    return {"bytes_per_token": core.bytes_per_token, "vocab_size": core.vocab_size,
+            "max_context": core.max_context, "sessions": len(core.sessions()),
+            "held": core.held_bytes(), "weight_bytes": core.weight_bytes, "rss_bytes": rss_bytes(),
+            "precision": choice.as_dict() if choice is not None else None}
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (VmRSS), 0 where /proc is absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def describe_precision(core) -> str:
+    """One log line: the precision chosen, why, and the probe's numbers."""
+    from specmemo.actors.engine.precision import precision_of
+    choice = precision_of(core.model)
+    if choice is None:
+        return f"dtype {core.dtype}"
+    probe = "; ".join(f"{p} {' '.join(f'{k} {v:.1f} ms' for k, v in ms.items())}"
+                      for p, ms in choice.probe_ms.items())
+    return (f"precision {choice.precision} (asked {choice.requested}{', probe: ' + probe if probe else ''}),"
+            f" weights {choice.weight_bytes / 2**20:.0f} MiB")

@@ -36,7 +36,7 @@ from specmemo.protocol.methods import (ChatChunk, ChatRequest, Empty, GenerateRe
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
-from .modelconfig import load_actor_model, preload_actor_model
+from .modelconfig import describe_precision, load_actor_model, model_info, preload_actor_model
 
 log = logging.getLogger("specmemo.verifier")
 
@@ -70,8 +70,8 @@ class RemoteMemory:
     def release(self, session: str) -> int:
         return self._call(self.actor, "release", session=session)["freed"]
 
-    def set_cost_ratio(self, cost_ratio: float) -> None:
-        self._call(self.actor, "set_cost_ratio", cost_ratio=cost_ratio)
+    def observe_costs(self, draft_s: float | None, m: int, target_s: float) -> None:
+        self._call(self.actor, "observe_costs", draft_s=draft_s, m=m, target_s=target_s)
 
 
 class RemoteDraft:
@@ -204,7 +204,8 @@ class VerifierActor(Actor):
                              measure_cost=self.config.get("cost_ratio") is None)
         self.memory = memory
         self.gamma = self.config.get("gamma")
-        log.info("target model %s loaded (%d KV bytes/token)", self.config.get("model", "default"), self.core.bytes_per_token)
+        log.info("target model %s loaded (%d KV bytes/token, %s)", self.config.get("model", "default"),
+                 self.core.bytes_per_token, describe_precision(self.core))
 
     async def _wait_for_draft(self) -> dict:
         """The draft's info; the draft may run elsewhere and register later than this actor."""
@@ -226,7 +227,7 @@ class VerifierActor(Actor):
             try:
                 await self.peers.call(self.memory_name, "add_holder", holder=TARGET,
                                       bytes_per_token=self.core.bytes_per_token, actor=self.name,
-                                      timeout=10)
+                                      weight_bytes=self.core.weight_bytes, timeout=10)
                 break
             except (wire.ActorDied, wire.UnknownActor, wire.DeadlineExceeded):
                 await trio.sleep(0.05)
@@ -249,6 +250,9 @@ class VerifierActor(Actor):
         await self._add_holder()
 
     # ---------------------------------------------------------------- sessions
+
+    async def rpc_info(self, req: Empty, call: Call) -> dict:
+        return model_info(self.core)
 
     async def rpc_open(self, req: OpenChat, call: Call) -> dict:
         session = req.session or f"s{next(self._ids)}"

@@ -98,7 +98,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     columns = ["name", "kind", "pid", "state", "restarts", "uptime_s", "inflight", "calls", "errors",
                "p50_ms", "p99_ms"]
     print_table(rows, columns + (["gauges"] if args.metrics else []))
+    models = [row for row in rows if row["kind"] in ("draft", "verifier") and row["state"] == "ready"]
+    if models:
+        with _client(args) as c:
+            infos = [(row["name"], c.call(row["name"], "info")) for row in models]
+        print()
+        print_table([_model_row(name, info) for name, info in infos],
+                    ["name", "precision", "asked", "weights_mib", "kv_held_mib", "rss_mib", "probe_ms"])
     return 0
+
+
+def _model_row(name: str, info: dict) -> dict:
+    choice = info.get("precision") or {}
+    probe = " ".join(f"{p}:{'/'.join(f'{v:.0f}' for v in ms.values())}"
+                     for p, ms in (choice.get("probe_ms") or {}).items())
+    return {"name": name, "precision": choice.get("precision", "-"), "asked": choice.get("requested", "-"),
+            "weights_mib": f"{info.get('weight_bytes', 0) / 2**20:.0f}",
+            "kv_held_mib": f"{info.get('held', 0) / 2**20:.1f}",
+            "rss_mib": f"{info.get('rss_bytes', 0) / 2**20:.0f}", "probe_ms": probe or "-"}
 
 
 @command

@@ -258,6 +258,7 @@ class AddHolder:
     holder: str
     bytes_per_token: int
     actor: str
+    weight_bytes: int = 0     # the holder's model weights, counted beside its KV
 
 
 @message
@@ -336,8 +337,10 @@ class Freed:
 
 
 @message
-class CostRatio:
-    cost_ratio: float
+class Costs:
+    draft_s: float | None = None      # seconds per draft token
+    m: int | None = None              # new tokens per session of the target forward timed
+    target_s: float | None = None     # seconds of that target forward
 
 
 @message
@@ -352,10 +355,13 @@ class Usage:
     contexts: dict[str, int] = field(default_factory=dict)
     evictions: int = 0
     leases: dict[str, str] = field(default_factory=dict)   # holder -> actor
+    weights: dict[str, int] = field(default_factory=dict)  # holder -> bytes of its model's weights
+    memory_budget: int | None = None   # weights + KV budget, when the deployment sets one
+    costs: Any = None                   # the measured cost curve: {"draft_s", "target_s": {M: s}}
 
 
 method("memory.add_holder", AddHolder, HolderReply, idempotent=True,
-       doc="Register a cache holder and its KV bytes per token (a lease of `actor`).")
+       doc="Register a cache holder, its KV bytes per token and its weight bytes (a lease of `actor`).")
 method("memory.open", OpenSession, Empty, doc="Open a session owned by `owner`.")
 method("memory.has", SessionRef, HasReply, idempotent=True)
 method("memory.prefill", PrefillRequest, GrantAnswer,
@@ -368,8 +374,8 @@ method("memory.finish", SessionRef, Empty, doc="End a turn: the session is idle 
 method("memory.release", SessionRef, Freed, doc="Forget a session and free its blocks.")
 method("memory.release_holder", SessionRef, Freed,
        doc="Reclaim every block of holder `session` (used when its actor died).")
-method("memory.set_cost_ratio", CostRatio, Empty, idempotent=True,
-       doc="c = t_draft / t_target as measured by the verifier.")
+method("memory.observe_costs", Costs, Empty,
+       doc="A measured step (seconds per draft token, target forward of m tokens): the cost curve γ* is picked from.")
 method("memory.usage", Empty, Usage, idempotent=True,
        doc="Budget, live and peak bytes, per session and per holder, leases.")
 
@@ -377,12 +383,15 @@ method("memory.usage", Empty, Usage, idempotent=True,
 
 
 @message
-class DraftInfo:
+class ModelInfo:
     bytes_per_token: int
     vocab_size: int
     max_context: int
     sessions: int = 0
-    held: int = 0
+    held: int = 0                 # KV bytes its caches hold now
+    weight_bytes: int = 0         # its model's weights in the precision it runs
+    rss_bytes: int = 0            # the actor process's resident memory
+    precision: Any = None         # {"precision", "requested", "weight_bytes", "cpu", "probe_ms"}
 
 
 @message
@@ -422,7 +431,8 @@ class AcceptRequest:
     blocks: int
 
 
-method("draft.info", Empty, DraftInfo, idempotent=True, doc="Bytes per token, vocabulary, context.")
+method("draft.info", Empty, ModelInfo, idempotent=True,
+       doc="Bytes per token, vocabulary, context, weights, precision and resident memory.")
 method("draft.has", SessionRef, HasReply, idempotent=True)
 method("draft.open", DraftOpen, Held, idempotent=True,
        doc="(Re)build a session's cache from its committed token ids.")
@@ -476,6 +486,8 @@ class SessionList:
     held: int = 0                      # target cache bytes held
 
 
+method("verifier.info", Empty, ModelInfo, idempotent=True,
+       doc="The target's bytes per token, vocabulary, context, weights, precision and resident memory.")
 method("verifier.open", OpenChat, SessionRef, doc="Open a chat session.")
 method("verifier.close", SessionRef, Freed, idempotent=True,
        doc="Close a chat session; its blocks are freed everywhere.")

@@ -55,8 +55,8 @@ class Engine:
             tokens = blocks_for(self.verifier.max_context, block_tokens) * block_tokens
             budget_bytes = tokens * (self.draft.bytes_per_token + self.verifier.bytes_per_token)
         self.memory = MemoryManager(budget_bytes, block_tokens, spare_blocks, gamma_max, cost_ratio or 0.1)
-        self.memory.add_holder(DRAFT, self.draft.bytes_per_token)
-        self.memory.add_holder(TARGET, self.verifier.bytes_per_token)
+        self.memory.add_holder(DRAFT, self.draft.bytes_per_token, self.draft.weight_bytes)
+        self.memory.add_holder(TARGET, self.verifier.bytes_per_token, self.verifier.weight_bytes)
         eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
         self.driver = Driver(
             self.verifier, self.draft, self.memory, (eos,) if eos is not None else (), measure_cost=cost_ratio is None

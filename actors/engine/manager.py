@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .errors import EngineError, OverBudget, SessionBusy, UnknownSession
 from .blocks import blocks_after_rollback, blocks_for
-from .memory_model import gamma_for_budget, gamma_star, kv_tokens
+from .memory_model import CostCurve, gamma_for_budget, gamma_star, kv_tokens
 
 
 @dataclass
@@ -47,11 +47,17 @@ class MemoryManager:
         cost_ratio: float = 0.1,
         fraction: float = 0.96,
         prior_alpha: float = 0.7,
+        memory_budget: int | None = None,
     ):
+        """budget_bytes: the KV budget. memory_budget: if given, the budget of weights and KV
+        together; the KV budget is then what the registered holders' weights leave of it."""
         assert budget_bytes >= 0 and block_tokens >= 1 and spare_blocks >= 0 and gamma_max >= 0
-        self.budget = budget_bytes
+        self.budget = budget_bytes if memory_budget is None else memory_budget
+        self.memory_budget = memory_budget
         self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
-        self.gamma_max, self.cost_ratio, self.fraction, self.prior_alpha = gamma_max, cost_ratio, fraction, prior_alpha
+        self.gamma_max, self.fraction, self.prior_alpha = gamma_max, fraction, prior_alpha
+        self.costs = CostCurve(cost_ratio)
+        self._weights: dict[str, int] = {}
         self._bytes_per_token: dict[str, int] = {}
         self._sessions: dict[str, _Session] = {}
         self._owner: dict[int, tuple[str, str]] = {}
@@ -64,15 +70,21 @@ class MemoryManager:
 
     # holders
 
-    def add_holder(self, holder: str, bytes_per_token: int) -> None:
-        """Register a cache holder ("draft", "target", ...) and its KV bytes per token."""
-        assert bytes_per_token > 0
+    def add_holder(self, holder: str, bytes_per_token: int, weight_bytes: int = 0) -> None:
+        """Register a cache holder ("draft", "target", ...), its KV bytes per token and the bytes
+        of its model's weights (counted in `usage`; taken from `memory_budget` when one is set)."""
+        assert bytes_per_token > 0 and weight_bytes >= 0
         known = self._bytes_per_token.get(holder)
         assert known in (None, bytes_per_token), (holder, known, bytes_per_token)
+        weights = {**self._weights, holder: weight_bytes}
+        budget = self.budget if self.memory_budget is None else self.memory_budget - sum(weights.values())
+        need = sum(self.block_tokens * bpt for bpt in {**self._bytes_per_token, holder: bytes_per_token}.values())
+        if budget < max(need, self._live):
+            raise OverBudget(
+                f"KV budget {budget} B (after {sum(weights.values())} B of weights) is below one block of every"
+                f" cache ({need} B) or the {self._live} B granted now")
         self._bytes_per_token[holder] = bytes_per_token
-        if sum(self.block_bytes(h) for h in self._bytes_per_token) > self.budget:
-            del self._bytes_per_token[holder]
-            raise OverBudget(f"budget {self.budget} B is below one block of every cache ({self.min_budget()} B)")
+        self._weights, self.budget = weights, budget
 
     def block_bytes(self, holder: str) -> int:
         return self.block_tokens * self._bytes_per_token[holder]
@@ -193,9 +205,19 @@ class MemoryManager:
         return freed
 
     def set_cost_ratio(self, cost_ratio: float) -> None:
-        """c = t_draft / t_target as measured by the verifier; used to pick γ*."""
+        """A fixed c = t_draft / t_target (a flat target cost in M); used to pick γ*."""
         assert cost_ratio >= 0.0
-        self.cost_ratio = cost_ratio
+        self.costs = CostCurve(cost_ratio)
+
+    def observe_costs(self, draft_s: float | None = None, m: int | None = None,
+                      target_s: float | None = None) -> None:
+        """A measured step: `draft_s` seconds per draft token, `target_s` seconds for a target
+        forward of `m` new tokens per session. γ* is then picked from the curve t_t(M)."""
+        self.costs.observe(draft_s, m, target_s)
+
+    @property
+    def cost_ratio(self) -> float:
+        return self.costs.ratio
 
     def alpha(self, session: str) -> float:
         """The running acceptance estimate of the session (prior_alpha counted as 4 draft tokens)."""
@@ -216,6 +238,9 @@ class MemoryManager:
             "holders": per_holder,
             "contexts": {sid: s.context for sid, s in self._sessions.items()},
             "evictions": self._evictions,
+            "weights": dict(self._weights),
+            "memory_budget": self.memory_budget,
+            "costs": self.costs.as_dict(),
         }
 
     def session_blocks(self, session: str) -> dict[str, list[int]]:
@@ -240,7 +265,7 @@ class MemoryManager:
 
     def _wanted_gamma(self, s: _Session) -> int:
         alpha = min((s.accepted + 4 * self.prior_alpha) / (s.considered + 4), 0.99)
-        return gamma_star(alpha, self.cost_ratio, self.fraction, self.gamma_max)
+        return gamma_star(alpha, self.costs, self.fraction, self.gamma_max)
 
     def _session_holder_bytes(self, s: _Session, holder: str) -> int:
         return len(s.blocks.get(holder, [])) * self.block_bytes(holder)

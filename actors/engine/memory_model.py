@@ -31,9 +31,76 @@ def speedup(alpha: float, gamma: int, cost_ratio: float) -> float:
     return expected_tokens(alpha, gamma) / (gamma * cost_ratio + 1.0)
 
 
-def gamma_star(alpha: float, cost_ratio: float, fraction: float = 0.96, gamma_max: int = 16) -> int:
-    """The smallest γ in [0, gamma_max] with S(γ) >= fraction · max S."""
-    speeds = [speedup(alpha, g, cost_ratio) for g in range(gamma_max + 1)]
+class CostCurve:
+    """Measured step costs: t_d seconds per draft token and t_t(M) seconds per target forward of M
+    new tokens, M = 1..γ_max+1. On a CPU t_t is far from flat in M for some precisions (float32
+    switches from GEMV to GEMM at M = 2) and nearly flat for others (int8 to M ≈ 9), which moves γ*.
+
+    Each observation updates an exponential average (weight 0.2) of its own M; t_t at an M never
+    observed is interpolated linearly between the nearest observed Ms, and beyond the last
+    observed M extrapolated with the slope of the last two (flat with one). Without any target
+    observation, t_t(M) = 1 and t_d = c: the single-ratio model S(γ) = E(γ)/(γc + 1).
+    """
+
+    def __init__(self, cost_ratio: float = 0.1):
+        self.draft_s = cost_ratio
+        self.target_s: dict[int, float] = {}
+        self._draft_seen = False
+
+    @classmethod
+    def from_ratio(cls, cost_ratio: float) -> "CostCurve":
+        return cls(cost_ratio)
+
+    def observe(self, draft_s: float | None = None, m: int | None = None, target_s: float | None = None,
+                weight: float = 0.2) -> None:
+        if draft_s is not None and draft_s >= 0:
+            self.draft_s = (1 - weight) * self.draft_s + weight * draft_s if self._draft_seen else draft_s
+            self._draft_seen = True
+        if m is not None and target_s is not None and target_s > 0 and m >= 1:
+            old = self.target_s.get(m)
+            self.target_s[m] = target_s if old is None else (1 - weight) * old + weight * target_s
+
+    def target(self, m: int) -> float:
+        if not self.target_s:
+            return 1.0
+        known = sorted(self.target_s)
+        if m in self.target_s:
+            return self.target_s[m]
+        lower = [k for k in known if k < m]
+        upper = [k for k in known if k > m]
+        if lower and upper:
+            a, b = lower[-1], upper[0]
+            return self.target_s[a] + (self.target_s[b] - self.target_s[a]) * (m - a) / (b - a)
+        if upper:
+            return self.target_s[upper[0]]
+        if len(known) == 1:
+            return self.target_s[known[0]]
+        a, b = known[-2], known[-1]
+        slope = (self.target_s[b] - self.target_s[a]) / (b - a)
+        return max(self.target_s[b] + slope * (m - b), 1e-9)
+
+    @property
+    def ratio(self) -> float:
+        """c = t_d / t_t(1)."""
+        return self.draft_s / self.target(1)
+
+    def step_seconds(self, gamma: int) -> float:
+        # γ draft tokens then one target forward of γ + 1 tokens
+        return gamma * self.draft_s + self.target(gamma + 1)
+
+    def as_dict(self) -> dict:
+        return {"draft_s": self.draft_s, "target_s": {str(m): t for m, t in sorted(self.target_s.items())}}
+
+
+def curve_speedup(alpha: float, gamma: int, curve: CostCurve) -> float:
+    # S(γ) = E(γ) · t_t(1) / (γ·t_d + t_t(γ + 1)): tokens per second against one-token decoding
+    return expected_tokens(alpha, gamma) * curve.target(1) / curve.step_seconds(gamma)
+
+
+def gamma_star(alpha: float, cost_ratio: "float | CostCurve", fraction: float = 0.96, gamma_max: int = 16) -> int:
+    """The smallest γ in [0, gamma_max] with S(γ) >= fraction · max S (a single c, or a `CostCurve`)."""
+    curve = cost_ratio if isinstance(cost_ratio, CostCurve) else CostCurve.from_ratio(cost_ratio)
+    speeds = [curve_speedup(alpha, g, curve) for g in range(gamma_max + 1)]
     best = max(speeds)
     return next(g for g, s in enumerate(speeds) if s >= fraction * best)
 
@@ -78,7 +145,7 @@ def generation_footprint(
 def lower_bound_budget(
     contexts: list[int],
     alpha: float,
-    cost_ratio: float,
+    cost_ratio: "float | CostCurve",
     kv_target: int,
     kv_draft: int,
     block_tokens: int,

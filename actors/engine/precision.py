@@ -31,6 +31,7 @@ import copy
 import functools
 import inspect
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -104,9 +105,12 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
         codes = torch.round(weight / scale[:, None]).clamp_(-127, 127)
-        quantized = torch._make_per_channel_quantized_tensor(
-            codes.to(torch.int8), scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
-        self._packed = torch.ops.quantized.linear_prepack(quantized, None)
+        with warnings.catch_warnings():
+            # fbgemm's prepack takes a quantized tensor, whose creation functions warn of deprecation
+            warnings.simplefilter("ignore", UserWarning)
+            quantized = torch._make_per_channel_quantized_tensor(
+                codes.to(torch.int8), scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+            self._packed = torch.ops.quantized.linear_prepack(quantized, None)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
         # codes round(x/s) in [-q_max, q_max] become u8 codes + zero_point inside fbgemm (exactly)
         self.q_max = 127.0 if activation_bits == 8 else 63.0
@@ -319,9 +323,8 @@ def _time_part(part, config, hidden: int, m: int, dtype, repeats: int, clock) ->
             start = clock()
             layer(x, attention_mask=None, position_ids=positions, use_cache=True,
                   position_embeddings=cos_sin, **{_cache_name(layer): cache})
-            if i:
-                samples.append(clock() - start)
-    return _median(samples)
+            samples.append(clock() - start)
+    return _median(samples[1:])
 
 
 def _cache_name(layer) -> str:

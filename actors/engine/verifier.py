@@ -215,9 +215,10 @@ class Driver:
     target forward per step for all of them; sessions join and leave between steps.
 
     `draft` needs: has, open, extend, propose, accept, close (see DraftCore).
-    `memory` needs: has, open_session, prefill, grant_batch, commit_batch, finish, set_cost_ratio
-    (see MemoryManager). With `measure_cost`, the measured c = t_draft / t_target is sent to the
-    memory side after each step (it picks γ* from it when no fixed γ is asked).
+    `memory` needs: has, open_session, prefill, grant_batch, commit_batch, finish, observe_costs
+    (see MemoryManager). With `measure_cost`, each step's seconds per draft token and seconds of
+    the target forward of M = γ + 1 tokens are sent to the memory side (it picks γ* from that
+    cost curve when no fixed γ is asked); `cost_ratio` keeps c = t_draft / t_target(M) for stats.
     """
 
     def __init__(
@@ -321,11 +322,13 @@ class Driver:
         target_blocks = [b[TARGET] for _, _, b in granted]
         verify_seeds = [int(s[1]) for s in seeds]
         verdict = self.verifier.verify(sessions, drafts, gammas, target_blocks, temperatures, probs, verify_seeds)
-        if self.measure_cost and speculating and verdict["seconds"] > 0:
-            # c = t_draft / t_target: one draft forward per draft position against one target forward
-            observed = draft_s / max(gammas) / verdict["seconds"]
-            self.cost_ratio = observed if self.cost_ratio is None else 0.8 * self.cost_ratio + 0.2 * observed
-            self.memory.set_cost_ratio(self.cost_ratio)
+        if self.measure_cost and verdict["seconds"] > 0:
+            # t_d: one draft forward per draft position; t_t(M): the target forward of M = γmax + 1
+            per_draft = draft_s / max(gammas) if speculating else None
+            self.memory.observe_costs(per_draft, max(gammas) + 1, verdict["seconds"])
+            if per_draft is not None:
+                observed = per_draft / verdict["seconds"]
+                self.cost_ratio = observed if self.cost_ratio is None else 0.8 * self.cost_ratio + 0.2 * observed
         kept = []
         for i, (turn, _, _) in enumerate(granted):
             tokens = verdict["tokens"][i][: turn.remaining]

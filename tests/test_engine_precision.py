@@ -1,0 +1,172 @@
+"""Precisions: int8 rows are independent and close to float32, `auto` takes what the probe timed
+fastest, greedy speculative output equals the same model's own greedy output in each precision,
+weights are counted, and each layer's KV sits on that layer's device."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from specmemo.actors.engine import Engine
+from specmemo.actors.engine.kvcache import CacheHolder, layer_devices
+from specmemo.actors.engine.precision import (Int8Linear, apply_precision, choose, compute_dtype,
+                                              precision_of, weight_bytes)
+from specmemo.actors.engine.tiny import tiny_pair
+from engine_helpers import greedy_reference, one_torch_thread  # noqa: F401
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(1, 96), n=st.integers(1, 64), rows=st.integers(1, 12), bias=st.booleans(),
+    bits=st.sampled_from([7, 8]), seed=st.integers(0, 2**31 - 1), scale=st.floats(1e-3, 1e3),
+)
+def test_an_int8_linear_computes_each_row_as_if_it_were_alone(k, n, rows, bias, bits, seed, scale):
+    torch.manual_seed(seed)
+    linear = nn.Linear(k, n, bias=bias)
+    x = torch.randn(rows, k) * scale
+    q = Int8Linear(linear, bits)
+    with torch.inference_mode():
+        together = q(x)
+        alone = torch.cat([q(x[i : i + 1]) for i in range(rows)])
+        reference = linear(x)
+    assert torch.equal(together, alone)
+    # per-channel weights and per-token activations: error within a few quantization steps
+    step = (x.abs().amax(1, keepdim=True) / (127 if bits == 8 else 63)) * linear.weight.abs().sum(1)
+    step = step + (x.abs() @ (linear.weight.abs().amax(1, keepdim=True) / 127).T.expand(k, n))
+    assert ((together - reference).abs() <= step + 1e-5).all()
+
+
+def test_an_int8_linear_keeps_the_leading_dimensions():
+    q = Int8Linear(nn.Linear(8, 5))
+    assert q(torch.randn(2, 3, 8)).shape == (2, 3, 5)
+
+
+class ScriptedClock:
+    """A clock whose measured intervals last `durations[i]` seconds for the i-th candidate timed:
+    the probe reads it in the same order for every candidate, `reads` times each."""
+
+    def __init__(self, durations: list[float], reads: int):
+        self.durations, self.reads, self.count, self.now = durations, reads, 0, 0.0
+
+    def __call__(self) -> float:
+        candidate = self.count // self.reads
+        if self.count % 2:
+            self.now += self.durations[candidate]
+        self.count += 1
+        return self.now
+
+
+def _reads_per_candidate(model) -> int:
+    reads = []
+    choose(model, gamma_max=3, candidates=["float32"], repeats=1, clock=lambda: reads.append(1) or time.perf_counter())
+    return len(reads)
+
+
+@pytest.mark.parametrize("fastest", [0, 1, 2])
+def test_auto_takes_the_precision_the_probe_timed_fastest(fastest):
+    _, target = tiny_pair(seed=3)
+    candidates = ["float32", "bfloat16", "int8"]
+    durations = [0.010, 0.010, 0.010]
+    durations[fastest] = 0.002
+    clock = ScriptedClock(durations, _reads_per_candidate(target))
+    apply_precision(target, "auto", gamma_max=3, candidates=candidates, repeats=1, clock=clock)
+    choice = precision_of(target)
+    assert choice.precision == candidates[fastest] and choice.requested == "auto"
+    layers = target.config.num_hidden_layers
+    # every timed interval lasted the scripted time: (layers + head) at M = 1 and at M = γmax + 1
+    for name, duration in zip(candidates, durations):
+        assert choice.probe_ms[name] == {"M=1": pytest.approx((layers + 1) * duration * 1e3),
+                                         "M=4": pytest.approx((layers + 1) * duration * 1e3)}
+    assert compute_dtype(target) == (torch.bfloat16 if candidates[fastest] == "bfloat16" else torch.float32)
+    if candidates[fastest] == "int8":
+        assert any(isinstance(m, Int8Linear) for m in target.modules())
+
+
+def test_an_unknown_precision_is_refused():
+    _, target = tiny_pair(seed=1)
+    with pytest.raises(ValueError, match="precision"):
+        apply_precision(target, "int3")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    precision=st.sampled_from(["float32", "int8"]),
+    seed=st.integers(0, 10_000),
+    noise=st.sampled_from([0.0, 0.05, 0.5]),
+    block=st.integers(1, 8),
+    gamma=st.one_of(st.none(), st.integers(0, 5)),
+    prompts=st.lists(st.lists(st.integers(0, 258), min_size=1, max_size=20), min_size=1, max_size=3),
+    max_new=st.integers(1, 12),
+)
+def test_greedy_speculative_output_equals_the_same_precision_target_greedy(
+    precision, seed, noise, block, gamma, prompts, max_new
+):
+    draft, target = tiny_pair(seed=seed, noise=noise, draft_layers=1)
+    apply_precision(draft, precision)
+    apply_precision(target, precision)
+    engine = Engine(draft, target, block_tokens=block, gamma=gamma)
+    batch = engine.generate_batch([np.asarray(p) for p in prompts], max_new_tokens=max_new)
+    for prompt, (ids, _) in zip(prompts, batch):
+        assert ids.tolist() == greedy_reference(target, prompt, max_new).tolist()
+
+
+def test_bfloat16_speculation_runs_and_mostly_agrees_with_its_target():
+    # bf16 rounds a forward of M tokens differently from M one-token forwards, so exact equality is
+    # not promised (the benchmark reports the agreement); the engine must still run and agree often
+    draft, target = tiny_pair(seed=4, noise=0.02, draft_layers=2)
+    apply_precision(draft, "bfloat16")
+    apply_precision(target, "bfloat16")
+    engine = Engine(draft, target, block_tokens=4, gamma=3)
+    prompt = np.arange(5, 25)
+    ids, stats = engine.generate_ids(prompt, 16)
+    reference = greedy_reference(target, prompt, 16)
+    assert len(ids) == 16 and stats["steps"] >= 4
+    assert ids[0] == reference[0]
+    assert engine.verifier.dtype == torch.bfloat16
+
+
+def test_int8_weights_are_counted_and_smaller_than_float32():
+    _, target = tiny_pair(seed=6, hidden=64, layers=2)
+    before = weight_bytes(target)
+    apply_precision(target, "int8")
+    after = precision_of(target).weight_bytes
+    assert after == weight_bytes(target) and after < before / 2
+
+
+def test_usage_counts_the_weights_of_both_models():
+    draft, target = tiny_pair(seed=7)
+    apply_precision(target, "int8")
+    engine = Engine(draft, target, block_tokens=4)
+    weights = engine.usage()["weights"]
+    assert weights == {"draft": weight_bytes(draft), "target": weight_bytes(target)}
+
+
+def test_a_memory_budget_leaves_the_kv_what_the_weights_do_not_take():
+    from specmemo.actors.engine import MemoryManager
+    from specmemo.actors.engine.errors import OverBudget
+
+    m = MemoryManager(0, block_tokens=4, memory_budget=10_000)
+    m.add_holder("target", 100, weight_bytes=6_000)
+    assert m.budget == 4_000 and m.usage()["weights"] == {"target": 6_000}
+    with pytest.raises(OverBudget):
+        m.add_holder("draft", 50, weight_bytes=3_700)   # 300 B left: below one 200 B + 400 B block pair
+    assert m.budget == 4_000 and "draft" not in m.usage()["weights"]
+
+
+def test_each_layer_keeps_its_kv_on_the_device_of_its_attention_weights():
+    # a fake layer-to-device map: layer 1's attention on the meta device stands for a second GPU
+    _, target = tiny_pair(seed=2, layers=3)
+    target.model.layers[1].self_attn.to("meta")
+    assert [d.type for d in layer_devices(target)] == ["cpu", "meta", "cpu"]
+    cache = CacheHolder(target, block_tokens=4, spare_blocks=1).new_cache()
+    cache.resize(2)
+    assert [layer.keys.device.type for layer in cache.layers] == ["cpu", "meta", "cpu"]
+    assert [layer.values.device.type for layer in cache.layers] == ["cpu", "meta", "cpu"]
+    key = torch.ones(1, cache.layers[0].keys.shape[1], 3, cache.layers[0].keys.shape[-1])
+    for layer in cache.layers:
+        layer.update(key, key)
+    assert cache.layers[0].keys[0, 0, :3].eq(1).all() and cache.length == 3
