@@ -12,14 +12,50 @@
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from specmemo.actors.engine.models import ModelSpec, load_model
 from specmemo.actors.engine.pull import default_pair_specs
 
 
+#: (model, tokenizer) loaded by the zygote before it forks, by `resident_key`: a forked actor finds
+#: its model here, its weights shared copy-on-write with the zygote and every other fork of it.
+_RESIDENT: dict[str, tuple[Any, Any]] = {}
+_MODEL_KEYS = ("model", "precision", "dtype", "device", "device_map", "gguf_file", "cache_dir",
+               "allow_network", "seed", "gamma_max")
+ROLE_OF_KIND = {"draft": "draft", "verifier": "target"}
+
+
+def resident_key(config: dict[str, Any], role: str) -> str | None:
+    """The key of a model the zygote may hold for this config, None if it may not: only CPU
+    models (a CUDA context does not survive a fork)."""
+    if str(config.get("device", "cpu")) != "cpu" or config.get("device_map"):
+        return None
+    return json.dumps([role, {k: config.get(k) for k in _MODEL_KEYS}], sort_keys=True, default=str)
+
+
+def load_resident(config: dict[str, Any], role: str) -> bool:
+    """In the zygote: load the model for ``role`` once, so every fork shares its weights. Answers
+    whether it is resident now."""
+    key = resident_key(config, role)
+    if key is None:
+        return False
+    if key not in _RESIDENT:
+        _RESIDENT[key] = load_actor_model(config, role)
+    return True
+
+
+def is_resident(model) -> bool:
+    return any(model is resident for resident, _ in _RESIDENT.values())
+
+
 def load_actor_model(config: dict[str, Any], role: str) -> tuple[Any, Any]:
-    """(model, tokenizer) for ``role`` ("draft" or "target") as the config asks."""
+    """(model, tokenizer) for ``role`` ("draft" or "target") as the config asks; the zygote's
+    resident copy when it holds one."""
+    key = resident_key(config, role)
+    if key in _RESIDENT:
+        return _RESIDENT[key]
     if config.get("model") == "tiny":
         from specmemo.actors.engine.precision import apply_precision
         from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
@@ -78,6 +114,7 @@ def model_info(core) -> dict[str, Any]:
     return {"bytes_per_token": core.bytes_per_token, "vocab_size": core.vocab_size,
             "max_context": core.max_context, "sessions": len(core.sessions()),
             "held": core.held_bytes(), "weight_bytes": core.weight_bytes, "rss_bytes": rss_bytes(),
+            "shared_weights": is_resident(core.model),
             "precision": choice.as_dict() if choice is not None else None}
 
 
@@ -101,5 +138,6 @@ def describe_precision(core) -> str:
         return f"dtype {core.dtype}"
     probe = "; ".join(f"{p} {' '.join(f'{k} {v:.1f} ms' for k, v in ms.items())}"
                       for p, ms in choice.probe_ms.items())
+    shared = ", shared with the zygote" if is_resident(core.model) else ""
     return (f"precision {choice.precision} (asked {choice.requested}{', probe: ' + probe if probe else ''}),"
-            f" weights {choice.weight_bytes / 2**20:.0f} MiB")
+            f" weights {choice.weight_bytes / 2**20:.0f} MiB{shared}")

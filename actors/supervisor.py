@@ -82,7 +82,9 @@ class Supervisor:
         targets = sorted({a.target for a in self.order if forked(a)})
         self.zygote: ZygoteClient | None = None
         if config.zygote and targets:
-            self.zygote = ZygoteClient(targets, dict(os.environ), self.say, self._pump_output)
+            # the zygote also loads each forked actor's model once: forks share those weights
+            models = [[a.kind, a.config] for a in self.order if forked(a) and "model" in a.config]
+            self.zygote = ZygoteClient(targets, dict(os.environ), self.say, self._pump_output, models=models)
 
     # ---------------------------------------------------------------- logging
 

@@ -5,13 +5,16 @@ and transformers, then transformers importing its model modules lazily at the fi
 built. The zygote pays that once, at deployment start, and each (re)start of such an actor
 is then a fork (tens of milliseconds) plus building the model from already imported code.
 
-    python -m specmemo.actors.zygote --fd 3 --preload '["mod:Cls"]'
+    python -m specmemo.actors.zygote --fd 3 --preload '["mod:Cls"]' --models '[["verifier", {...}]]'
 
 It imports :mod:`specmemo.actors.run` and each actor class, calls the class's ``preload()``
 (once per distinct hook)
-(imports only: a model built on the meta device computes nothing), stops the OpenBLAS
-thread pools that numpy and scipy start at load, then serves the kernel on the inherited
-``SOCK_SEQPACKET`` socket:
+(imports only: a model built on the meta device computes nothing), loads the weights of each
+model actor in ``--models`` (kind and config) on one torch thread, stops the OpenBLAS thread pools
+that numpy and scipy start at load, then serves the kernel on the inherited ``SOCK_SEQPACKET``
+socket. A forked draft or verifier finds its model already loaded (and converted to its
+precision): the weights exist once, shared copy-on-write by the zygote and every fork, and a
+restart is a fork plus registration, with no load at all.
 
 - it sends ``{"ready": true, "threads": n, "seconds": s}`` once;
 - each request is JSON ``{"name", "argv", "env", "kernel_pid"}`` carrying, as ``SCM_RIGHTS``,
@@ -45,6 +48,7 @@ from typing import Any
 from . import prctl
 
 MAX_REQUEST_BYTES = 1 << 20
+_THREADS = 0               # torch's thread count before the zygote went to one; forks get it back
 PARENT_WAIT_S = 5.0        # the actor waits this long to be adopted by the kernel
 
 
@@ -88,6 +92,25 @@ def preload(targets: list[str]) -> None:
             hook()
         except Exception as exc:  # the actor will meet the same error itself, and say so
             print(f"preload of {target} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def load_models(models: list[list[Any]]) -> int:
+    """Load each ``[kind, config]``'s model into the resident table the forks inherit, on one torch
+    thread (a thread pool would make forking unsafe); answers how many are resident."""
+    import torch
+
+    from specmemo.actors.modelconfig import ROLE_OF_KIND, load_resident
+    resident = 0
+    torch.set_num_threads(1)
+    for kind, config in models:
+        started = time.monotonic()
+        try:
+            if kind in ROLE_OF_KIND and load_resident(config, ROLE_OF_KIND[kind]):
+                resident += 1
+                print(f"{kind} model resident in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        except Exception as exc:  # the actor will load it itself, and meet the error there
+            print(f"loading the {kind} model failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return resident
 
 
 def serve(sock: socket.socket) -> int:
@@ -159,6 +182,8 @@ def become_actor(sock: socket.socket, request: dict[str, Any], out_fd: int) -> N
         _wait_for_adoption(int(request["kernel_pid"]))
         prctl.set_name(str(request.get("name", "actor")))
         _reseed()
+        if "torch" in sys.modules and _THREADS:
+            sys.modules["torch"].set_num_threads(_THREADS)   # the zygote ran on one
         argv = [str(a) for a in request["argv"]]
         sys.argv = ["specmemo.actors.run", *argv]
         from specmemo.actors import run
@@ -215,10 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="specmemo-zygote")
     p.add_argument("--fd", type=int, required=True, help="the SOCK_SEQPACKET socket to the kernel")
     p.add_argument("--preload", default="[]", help='JSON list of "module:Class" to preload')
+    p.add_argument("--models", default="[]", help='JSON list of [kind, config] whose models to load')
     args = p.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     t0 = time.monotonic()
     preload(json.loads(args.preload))
+    models = json.loads(args.models)
+    if models:
+        global _THREADS
+        import torch
+        _THREADS = torch.get_num_threads()
+        load_models(models)
     pools = stop_blas_pools()
     threads = thread_count()
     seconds = time.monotonic() - t0

@@ -26,12 +26,13 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 from . import prctl
 
 REPLY_TIMEOUT_S = 2.0        # a fork takes milliseconds; more means the zygote is stuck (routing waits meanwhile)
 READY_TIMEOUT_S = 300.0      # importing torch on a loaded machine can take a minute
+MODEL_LOAD_S = 600.0         # more time to be ready for each model it loads (one thread)
 MAX_FAILURES = 5             # failures in a row before the zygote is given up
 WAIT_FAILURES = 2            # from this many failures in a row on, actors do not wait for it
 
@@ -78,8 +79,10 @@ class ForkedProcess:
 class ZygoteClient:
     def __init__(self, targets: list[str], env: dict[str, str],
                  say: Callable[[str, str], None], pump: Callable[[str, TextIO], None],
-                 backoff_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
+                 backoff_s: float = 0.5, backoff_max_s: float = 30.0,
+                 models: list[list[Any]] | None = None) -> None:
         self.targets = targets   # "module:Class" of each actor class to preload
+        self.models = models or []   # [kind, config] of each actor whose model it loads once
         self.env = env
         self.say = say
         self.pump = pump
@@ -110,7 +113,7 @@ class ZygoteClient:
     def start(self, now: float) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [sys.executable, "-m", "specmemo.actors.zygote", "--fd", str(theirs.fileno()),
-                "--preload", json.dumps(self.targets)]
+                "--preload", json.dumps(self.targets), "--models", json.dumps(self.models)]
         try:
             self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, text=True, errors="replace",
@@ -138,8 +141,9 @@ class ZygoteClient:
             try:
                 data = self.sock.recv(4096, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                if now - self.started_at > READY_TIMEOUT_S:
-                    self._failed(now, f"not ready in {READY_TIMEOUT_S:.0f} s")
+                limit = READY_TIMEOUT_S + MODEL_LOAD_S * len(self.models)
+                if now - self.started_at > limit:
+                    self._failed(now, f"not ready in {limit:.0f} s")
                 return
             if not data:
                 self._failed(now, "closed its socket while preloading")

@@ -636,12 +636,18 @@ def write_docs_section(markdown: str, command: str, info: dict, path: Path) -> N
         f"RSS = peak resident growth during the run. Plot: `bench/results/specdecode.png`.\n\n"
         f"{markdown}\n"
     )
+    replace_section(path, SECTION, body)
+
+
+def replace_section(path: Path, title: str, body: str) -> None:
+    """Put `body` (starting with the `title` line) in place of that section of the markdown file,
+    or at its end; the other sections are kept."""
     text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    start = text.find(SECTION)
+    start = text.find(title + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + body
     else:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(title))
         text = text[:start] + body + (text[end + 1:] if end >= 0 else "")
     path.write_text(text)
 
@@ -673,6 +679,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["peers"]:
+        from specdecode_peers import main as peers
+        return peers(argv[1:])
     args = parse_args(argv)
     if args.exact_rss and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})

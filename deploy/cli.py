@@ -37,6 +37,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 2
     if args.endpoint:
         config.endpoint = args.endpoint
+    if args.precision:
+        set_precision(config, args.precision)
     try:
         kernel = Kernel(config)
     except (RuntimeError, PermissionError) as exc:
@@ -46,6 +48,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     if kernel.exit_message and code:
         print(f"specmemo up: {kernel.exit_message}", file=sys.stderr)
     return code
+
+
+def set_precision(config, precision: str) -> None:
+    """Every model actor (draft, verifier) of the deployment runs in `precision`."""
+    for actor in config.actors:
+        if actor.kind in ("draft", "verifier"):
+            actor.config.pop("dtype", None)
+            actor.config["precision"] = precision
 
 
 def _client(args: argparse.Namespace):
@@ -171,7 +181,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
 @command
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    return run_demo(args.config, args.max_new_tokens, args.quiet)
+    return run_demo(args.config, args.max_new_tokens, args.quiet, args.precision)
 
 
 @command
@@ -254,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start a local deployment (kernel + actors)")
     up.add_argument("--config", help="deployment TOML (default: deploy/local.toml)")
     up.add_argument("--endpoint", help="override the endpoint, e.g. tcp://127.0.0.1:5555")
+    up.add_argument("--precision", choices=["auto", "float32", "bfloat16", "int8"],
+                    help="override every model's precision (default: the config's, auto in local.toml)")
     status = client_cmd("status", "show the actors of a running deployment")
     status.add_argument("--metrics", action="store_true", help="also each actor's own gauges")
     call = client_cmd("call", "call one method: specmemo call echo echo data='\"hi\"'")
@@ -264,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="deployment TOML (default: deploy/local.toml)")
     demo.add_argument("--max-new-tokens", type=int, default=48)
     demo.add_argument("--quiet", action="store_true", help="hide the actors' log lines")
+    demo.add_argument("--precision", choices=["auto", "float32", "bfloat16", "int8"],
+                      help="override every model's precision (default: the config's, auto in local.toml)")
     chat = client_cmd("chat", "interactive chat with a running deployment")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0)

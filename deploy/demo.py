@@ -48,7 +48,7 @@ def _wait_ready(proc: subprocess.Popen, run_root: Path, name: str, actors: list[
     raise TimeoutError(f"actors not ready within {timeout:.0f} s")
 
 
-def run_demo(config: str | None, max_new_tokens: int, quiet_actors: bool) -> int:
+def run_demo(config: str | None, max_new_tokens: int, quiet_actors: bool, precision: str | None = None) -> int:
     from specmemo.actors.engine.pull import is_cached, pull_default_pair
     from specmemo.protocol import Client
 
@@ -65,14 +65,16 @@ def run_demo(config: str | None, max_new_tokens: int, quiet_actors: bool) -> int
     env = {**os.environ, "SPECMEMO_RUN_ROOT": str(run_root)}
     out = subprocess.DEVNULL if quiet_actors else None
     print(f"[demo] starting the deployment from {config_path}", flush=True)
-    proc = subprocess.Popen([sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(config_path)],
-                            env=env, stdout=out, stderr=out)
+    precision_args = ["--precision", precision] if precision else []
+    proc = subprocess.Popen([sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(config_path),
+                             *precision_args], env=env, stdout=out, stderr=out)
     code = 0
     try:
         actors = [a.name for a in cfg.actors]
         endpoint = _wait_ready(proc, run_root, cfg.name, actors, timeout=900)
         with Client(endpoint, timeout=900) as c:
             if "verifier" in actors:
+                _models(c, [a.name for a in cfg.actors if a.kind in ("draft", "verifier")])
                 _chat(c, max_new_tokens)
             if "solver" in actors:
                 _solve(c)
@@ -93,6 +95,21 @@ def run_demo(config: str | None, max_new_tokens: int, quiet_actors: bool) -> int
             p.unlink() if p.is_file() or p.is_socket() else p.rmdir()
         run_root.rmdir()
     return code or (0 if proc.returncode == 0 else 1)
+
+
+def _models(c, names: list[str]) -> None:
+    print("\n=== Models ===")
+    for name in names:
+        info = c.call(name, "info")
+        choice = info.get("precision") or {}
+        probe = ", ".join(f"{p} {'/'.join(f'{v:.0f}' for v in ms.values())} ms"
+                          for p, ms in (choice.get("probe_ms") or {}).items())
+        print(f"{name}: precision {choice.get('precision', '?')} (asked {choice.get('requested', '?')}"
+              f"{'; probe M=1/M=γmax+1: ' + probe if probe else ''}), weights {info['weight_bytes'] / 2**20:.0f} MiB, "
+              f"process RSS {info['rss_bytes'] / 2**20:.0f} MiB")
+    cpu = (c.call(names[0], "info").get("precision") or {}).get("cpu") or {}
+    if cpu:
+        print(f"CPU: {cpu.get('model')} ({', '.join(cpu.get('flags', []))})")
 
 
 def _chat(c, max_new_tokens: int) -> None:

@@ -170,3 +170,17 @@ def test_each_layer_keeps_its_kv_on_the_device_of_its_attention_weights():
     for layer in cache.layers:
         layer.update(key, key)
     assert cache.layers[0].keys[0, 0, :3].eq(1).all() and cache.length == 3
+
+
+def test_fused_parts_compute_exactly_what_separate_int8_linears_compute():
+    _, target = tiny_pair(seed=11, layers=1)
+    attention = target.model.layers[0].self_attn
+    separate = {n: Int8Linear(getattr(attention, n)) for n in ("q_proj", "k_proj", "v_proj")}
+    apply_precision(target, "int8")
+    assert not isinstance(target.model.layers[0].self_attn.q_proj, nn.Linear)
+    x = torch.randn(2, 5, attention.q_proj.in_features)
+    with torch.inference_mode():
+        for order in (("q_proj", "k_proj", "v_proj"), ("v_proj", "q_proj", "k_proj")):
+            for n in order:
+                assert torch.equal(getattr(attention, n)(x), separate[n](x))
+        assert torch.equal(attention.k_proj(x[:1]), separate["k_proj"](x[:1]))   # a new input alone

@@ -81,6 +81,13 @@ def test_the_torch_actors_are_forked_by_the_zygote_and_adopted_by_the_kernel(pai
     assert len(zygotes(pair.proc.pid, {r["pid"] for r in rows.values()})) == 1
 
 
+def test_forked_model_actors_run_on_the_weights_the_zygote_loaded_once(pair):
+    with pair.client(timeout=10) as c:
+        for name in TORCH_ACTORS:
+            info = c.call(name, "info")
+            assert info["shared_weights"] is True and info["weight_bytes"] > 0, (name, info)
+
+
 def test_a_forked_pair_chats_exactly_like_the_engine(pair):
     expected = soak.chat_reference(soak.CHAT_MESSAGES[:2])
     with pair.client(timeout=60) as c:
@@ -99,6 +106,7 @@ def test_a_killed_forked_actor_is_reaped_and_forked_again(pair):
                 back[name].append(round(soak.kill_and_wait(c, name, 120), 2))
                 assert gone(old), f"{name} pid {old} was not reaped: state {stat(old)[0]}"
                 assert_forked(pair, soak.actor_rows(c)[name]["pid"])
+                assert c.call(name, "info")["shared_weights"] is True   # no reload after a restart
         session = c.open_session()
         assert len(c.ask(session, "still there?", max_new_tokens=4).token_ids) >= 1
         c.close_session(session)

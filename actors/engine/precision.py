@@ -18,8 +18,9 @@ Precisions (the `precision` setting of a model):
   float32; norms, attention and the KV cache stay float32. Without VNNI, fbgemm's AVX2 kernels
   add u8·s8 pairs in saturating int16, so activations then use 7 bits (u8 codes ≤ 127), as
   torch's ``reduce_range`` does.
-- ``auto``: `choose` times one decoder layer and the LM head of the loaded model at M = 1 and
-  M = γ_max + 1 new tokens in each precision this machine supports and takes the fastest.
+- ``auto``: on the CPU, `choose` times one decoder layer and the LM head of the loaded model at
+  M = 1 and M = γ_max + 1 new tokens in each precision this machine supports and takes the
+  fastest; a model on an accelerator takes bfloat16.
 
 The chosen precision, the CPU features and the probe's numbers are a `Choice`, kept on the model
 (`precision_of`) so actors can report them.
@@ -96,13 +97,21 @@ def int8_supported() -> bool:
 
 
 class Int8Linear(nn.Module):
-    """A linear layer with per-channel int8 weights and per-token int8 activations (see module doc)."""
+    """A linear layer with per-channel int8 weights and per-token int8 activations (see module doc).
 
-    def __init__(self, linear: nn.Linear, activation_bits: int = 8):
+    Given several linears of one input size it is their fusion: one product of the concatenated
+    weights (output channels are independent, so each part is exactly what it would be alone).
+    """
+
+    def __init__(self, linear: nn.Linear | list[nn.Linear], activation_bits: int = 8):
         super().__init__()
         assert activation_bits in (7, 8)
-        weight = linear.weight.detach().float()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        parts = linear if isinstance(linear, list) else [linear]
+        assert len({p.in_features for p in parts}) == 1 and len({p.bias is None for p in parts}) == 1
+        weight = torch.cat([p.weight.detach().float() for p in parts])
+        self.splits = [p.out_features for p in parts]
+        self.in_features, self.out_features = parts[0].in_features, sum(self.splits)
+        bias = None if parts[0].bias is None else torch.cat([p.bias.detach().float() for p in parts])
         scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
         codes = torch.round(weight / scale[:, None]).clamp_(-127, 127)
         with warnings.catch_warnings():
@@ -111,7 +120,7 @@ class Int8Linear(nn.Module):
             quantized = torch._make_per_channel_quantized_tensor(
                 codes.to(torch.int8), scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
             self._packed = torch.ops.quantized.linear_prepack(quantized, None)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        self.register_buffer("bias", bias)
         # codes round(x/s) in [-q_max, q_max] become u8 codes + zero_point inside fbgemm (exactly)
         self.q_max = 127.0 if activation_bits == 8 else 63.0
         self.zero_point = 128 if activation_bits == 8 else 64
@@ -131,6 +140,48 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, activations={'8' if self.q_max == 127 else '7'}-bit"
+
+
+class Int8Part(nn.Module):
+    """One of the linears fused into an `Int8Linear` (q, k, v; gate, up): the first part called
+    with an input runs the fused product and keeps the other parts' slices for the same input
+    object, so one activation quantization and one weight pass serve all of them."""
+
+    def __init__(self, fused: Int8Linear, index: int, shared: dict):
+        super().__init__()
+        self.index, self.out_features, self.in_features = index, fused.splits[index], fused.in_features
+        self._shared = shared            # {"fused", "input", "outputs", "pending"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self._shared
+        # the same object (held here, so its id is not reused); these model families never write
+        # into the input between the sibling calls (inference tensors keep no version counter)
+        if s["input"] is not x or self.index not in s["pending"]:
+            fused = s["fused"]
+            s["outputs"] = fused(x).split(fused.splits, dim=-1)
+            s["input"], s["pending"] = x, set(range(len(fused.splits)))
+        s["pending"].discard(self.index)
+        out = s["outputs"][self.index]
+        if not s["pending"]:
+            s["input"] = s["outputs"] = None
+        return out
+
+
+#: Linear siblings that read the same input in the Llama/Qwen families: fused when all present.
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _fuse(parent: nn.Module, bits: int) -> None:
+    for names in FUSED:
+        parts = [getattr(parent, n, None) for n in names]
+        if not all(isinstance(p, nn.Linear) for p in parts):
+            continue
+        if len({p.in_features for p in parts}) != 1 or len({p.bias is None for p in parts}) != 1:
+            continue
+        shared = {"fused": Int8Linear(parts, bits), "input": None, "outputs": None, "pending": set()}
+        parent._specmemo_fused = getattr(parent, "_specmemo_fused", []) + [shared["fused"]]
+        for i, n in enumerate(names):
+            setattr(parent, n, Int8Part(shared["fused"], i, shared))
 
 
 class Bf16Embedding(nn.Module):
@@ -184,7 +235,8 @@ def weight_bytes(model) -> int:
         if key not in seen:
             seen.add(key)
             total += tensor.untyped_storage().nbytes()
-    return total + sum(m.weight_bytes for m in model.modules() if isinstance(m, Int8Linear))
+    fused = [f for m in model.modules() for f in getattr(m, "_specmemo_fused", [])]
+    return total + sum(m.weight_bytes for m in list(model.modules()) + fused if isinstance(m, Int8Linear))
 
 
 def apply_precision(model, precision: str, activation_bits: int | None = None, **probe_options):
@@ -196,8 +248,12 @@ def apply_precision(model, precision: str, activation_bits: int | None = None, *
     if precision not in CHOICES:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(CHOICES)}")
     requested, probe = precision, {}
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     if precision == "auto":
-        precision, probe = choose(model, **probe_options)
+        # the probe and the int8 kernels are the CPU's; an accelerator takes bfloat16
+        precision, probe = choose(model, **probe_options) if on_cpu else ("bfloat16", {})
+    if precision == "int8" and not on_cpu:
+        raise ValueError("precision int8 runs on the CPU only (fbgemm); use bfloat16 on an accelerator")
     _convert(model, precision, activation_bits)
     if precision == "int8":
         use_rowwise_attention(model)
@@ -224,13 +280,14 @@ def _quantize_linears(model, bits: int) -> None:
     # every nn.Linear -> Int8Linear (the tied LM head too: it gets its own int8 copy), every
     # nn.Embedding -> Bf16Embedding, what remains (norms, rotary buffers) -> float32
     for parent in list(model.modules()):
+        _fuse(parent, bits)
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 setattr(parent, name, Int8Linear(child, bits))
             elif isinstance(child, nn.Embedding):
                 setattr(parent, name, Bf16Embedding(child))
     for module in model.modules():
-        if not isinstance(module, (Int8Linear, Bf16Embedding)):
+        if not isinstance(module, (Int8Linear, Int8Part, Bf16Embedding)):
             for name, param in list(module.named_parameters(recurse=False)):
                 if param.dtype != torch.float32:
                     module._parameters[name] = nn.Parameter(param.detach().float(), requires_grad=False)
