@@ -61,7 +61,7 @@ def load_actor_model(config: dict[str, Any], role: str) -> tuple[Any, Any]:
         from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
         draft, target = tiny_pair(seed=int(config.get("seed", 0)))
         model = draft if role == "draft" else target
-        apply_precision(model, precision_setting(config), gamma_max=int(config.get("gamma_max", 8)))
+        apply_precision(model, precision_setting(config), gamma_max=int(config.get("gamma_max", 8)), role=role)
         return model, tiny_tokenizer()
     return load_model(model_spec(config, role))
 
@@ -104,7 +104,7 @@ def model_spec(config: dict[str, Any], role: str) -> ModelSpec:
                      device_map=config.get("device_map"),
                      allow_network=bool(config.get("allow_network", False)),
                      precision=None if precision == "float16" else precision,
-                     gamma_max=int(config.get("gamma_max", 8)))
+                     gamma_max=int(config.get("gamma_max", 8)), role=role)
 
 
 def model_info(core) -> dict[str, Any]:

@@ -74,7 +74,7 @@ class _Packed(nn.Module):
             q = torch.clamp(torch.round((g - lo[..., None]) / scale[..., None]), 0, 15).to(torch.int32).reshape(n, k)
             packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)
             zeros = lo + 8 * scale
-            sz = torch.stack([scale, zeros], -1).transpose(0, 1).contiguous().float()
+            sz = torch.stack([scale, zeros], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
             self.fn = lambda x: torch._weight_int4pack_mm_for_cpu(x, packed, group, sz)
 
     def forward(self, x):

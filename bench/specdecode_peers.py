@@ -5,8 +5,9 @@
 Same MT-Bench first turns (coding questions, and writing/roleplay/humanities questions as prose),
 same thread count, greedy, exactly N new tokens (no stop token), prefill included:
 
-- per precision (int8, bfloat16, float32): the target alone (transformers `generate`),
-  transformers assisted generation (`assistant_model=`, int8 only unless --assisted-all), and the
+- per precision (auto: what the default deployment picks on this machine, then bfloat16 and
+  float32): the target alone (transformers `generate`), transformers assisted generation
+  (`assistant_model=`, the first precision only unless --assisted-all), and the
   specmemo Engine (adaptive γ from the cost curve, memory manager at the default budget);
   float32 and bfloat16 run fewer new tokens (--slow-tokens): they are the reference points
   "today's default" and "bf16", not the product;
@@ -171,7 +172,7 @@ def run(args) -> dict:
     prompts = None
     for precision in precisions:
         n = args.max_new_tokens if precision == precisions[0] else args.slow_tokens
-        dtype = precision if precision != "int8" else "bfloat16"
+        dtype = precision if precision in ("float32", "bfloat16") else "bfloat16"   # the checkpoint's
         d_spec, t_spec = default_pair_specs(dtype=dtype)
         d_spec = dataclasses.replace(d_spec, precision=precision, gamma_max=args.gamma_max)
         t_spec = dataclasses.replace(t_spec, precision=precision, gamma_max=args.gamma_max)
@@ -180,6 +181,7 @@ def run(args) -> dict:
         print(f"[{precision}] loaded and converted in {time.perf_counter() - started:.1f} s", flush=True)
         prompts = prompts or pick_prompts(tokenizer, args.code, args.prose)
         result["precision"][precision] = {"target": precision_of(target).as_dict(), "draft": precision_of(draft).as_dict()}
+        print(f"[{precision}] target {precision_of(target).precision}, draft {precision_of(draft).precision}", flush=True)
         result["forward_ms"][precision] = {"target": forward_costs(target), "draft": forward_costs(draft)}
         print(f"[{precision}] forward ms {result['forward_ms'][precision]}", flush=True)
         alone = run_target(target, prompts, n)
@@ -242,10 +244,15 @@ def table(result: dict) -> str:
     for p, f in result["forward_ms"].items():
         lines.append(f"| {p} | " + " | ".join(str(v) for v in f["target"].values()) + " | "
                      + " | ".join(str(v) for v in f["draft"].values()) + " |")
-    lines += ["", "Weights in each precision:", ""]
+    lines += ["", "What each precision ran as, its weights, and (auto) what the load-time probe measured "
+              "(ms per forward estimated from one layer and the head, at M = 1 / M = γ_max + 1):", ""]
     for p, c in result["precision"].items():
-        lines.append(f"- {p}: target weights {c['target']['weight_bytes'] / 2**20:,.0f} MiB, "
-                     f"draft weights {c['draft']['weight_bytes'] / 2**20:,.0f} MiB")
+        probe = "; ".join(f"{role} probe " + ", ".join(f"{k} {'/'.join(f'{v:.0f}' for v in ms.values())}"
+                                                       for k, ms in c[role]["probe_ms"].items())
+                          for role in ("target", "draft") if c[role]["probe_ms"])
+        lines.append(f"- {p}: target {c['target']['precision']} {c['target']['weight_bytes'] / 2**20:,.0f} MiB, "
+                     f"draft {c['draft']['precision']} {c['draft']['weight_bytes'] / 2**20:,.0f} MiB"
+                     + (f"; {probe}" if probe else ""))
     return "\n".join(lines)
 
 
@@ -255,7 +262,8 @@ def parse_args(argv=None):
     parser.add_argument("--prose", type=int, default=4, help="MT-Bench writing/roleplay/humanities questions")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--slow-tokens", type=int, default=24, help="new tokens for the precisions after the first")
-    parser.add_argument("--precisions", type=lambda s: s.split(","), default=["int8", "bfloat16", "float32"])
+    parser.add_argument("--precisions", type=lambda s: s.split(","), default=["auto", "bfloat16", "float32"],
+                        help="the first is the product (auto: what the default deployment picks here)")
     parser.add_argument("--gamma-max", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--assisted-all", action="store_true", help="assisted generation in every precision")

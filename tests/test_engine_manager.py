@@ -127,6 +127,28 @@ def test_gamma_follows_the_acceptance_estimate():
     assert m.grant("a")["gamma"] < high
 
 
+def test_a_session_without_speculation_drafts_one_token_every_few_steps_to_measure_acceptance():
+    m = _manager(100_000, gamma_max=8, cost_ratio=2.0)   # a draft dearer than the target: γ* = 0
+    m.open_session("a")
+    m.prefill("a", 0, 4)
+    gammas = []
+    for _ in range(12):
+        gammas.append(m.grant("a")["gamma"])
+        m.commit("a", 0, 1)
+    assert gammas == [0, 0, 0, 1] * 3
+
+
+def test_gamma_grows_when_the_measured_target_cost_is_flat_in_m():
+    flat, steep = _manager(100_000, gamma_max=8), _manager(100_000, gamma_max=8)
+    for m, slope in ((flat, 0.0), (steep, 0.5)):
+        for g in range(1, 10):   # t_t(M) = 1 + slope·(M − 1), t_d = 0.3
+            m.observe_costs(0.3, g, 1.0 + slope * (g - 1))
+        m.open_session("a")
+        m.prefill("a", 0, 4)
+    assert flat.grant("a")["gamma"] > steep.grant("a")["gamma"]
+    assert flat.cost_ratio == pytest.approx(0.3)
+
+
 class ManagerMachine(RuleBasedStateMachine):
     """The manager against a plain-dict model of contexts, turns and open grants."""
 

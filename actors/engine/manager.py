@@ -23,6 +23,9 @@ from .blocks import blocks_after_rollback, blocks_for
 from .memory_model import CostCurve, gamma_for_budget, gamma_star, kv_tokens
 
 
+EXPLORE_EVERY = 4
+
+
 @dataclass
 class _Session:
     context: int = 0
@@ -33,6 +36,7 @@ class _Session:
     gamma: int | None = None
     accepted: int = 0
     considered: int = 0
+    plain_steps: int = 0      # steps in a row the policy granted γ = 0
 
 
 class MemoryManager:
@@ -137,6 +141,14 @@ class MemoryManager:
         Answers {"gamma": g, "blocks": {holder: n}, "evicted": [...], "rebuild": [holders]}."""
         s = self._get(session)
         want = self._wanted_gamma(s) if gamma is None else min(gamma, self.gamma_max)
+        if gamma is None and want == 0 and self.gamma_max > 0:
+            # α is only measured while drafting: every EXPLORE-th plain step drafts one token,
+            # so a session whose acceptance improves gets its speculation back
+            s.plain_steps += 1
+            if s.plain_steps >= EXPLORE_EVERY:
+                want, s.plain_steps = 1, 0
+        elif gamma is None:
+            s.plain_steps = 0
         want = max(0, want if limit is None else min(want, limit))
         rebuild = sorted(h for h in self._bytes_per_token if h in s.lost or h not in s.blocks)
         held = {h: (0 if h in rebuild else len(s.blocks.get(h, []))) for h in self._bytes_per_token}

@@ -44,6 +44,7 @@ class ModelSpec:
     precision: "float32", "bfloat16", "int8" or "auto" (probe this machine and pick the fastest,
         see `precision.py`); None keeps the loaded dtype.
     gamma_max: the longest chain verified in one forward, for the "auto" probe (M = γ_max + 1).
+    role: "target" or "draft": what the "auto" probe optimizes (a draft may also take "int4").
     device: device the whole model goes to when `device_map` is None.
     device_map: passed through to transformers/accelerate (e.g. "auto") to spread a big model.
     allow_network: let a hub id be fetched from the network; off by default.
@@ -59,6 +60,7 @@ class ModelSpec:
     attn_implementation: str | None = "sdpa"
     precision: str | None = None
     gamma_max: int = 8
+    role: str = "target"
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def _load_weights(spec: ModelSpec):
     model.eval()
     model.requires_grad_(False)
     if spec.precision is not None:
-        apply_precision(model, spec.precision, gamma_max=spec.gamma_max)
+        apply_precision(model, spec.precision, gamma_max=spec.gamma_max, role=spec.role)
     return model
 
 

@@ -41,7 +41,7 @@ from torch import nn
 
 from .attention import use_rowwise_attention
 
-PRECISIONS = ("float32", "bfloat16", "int8")
+PRECISIONS = ("float32", "bfloat16", "int8", "int4")
 CHOICES = PRECISIONS + ("auto",)
 
 
@@ -93,6 +93,10 @@ def int8_supported() -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines
 
 
+def int4_supported() -> bool:
+    return hasattr(torch, "_weight_int4pack_mm_for_cpu") and hasattr(torch, "_convert_weight_to_int4pack_for_cpu")
+
+
 # int8 modules
 
 
@@ -140,6 +144,45 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, activations={'8' if self.q_max == 127 else '7'}-bit"
+
+
+class Int4Linear(nn.Module):
+    """A linear layer with 4-bit weights (asymmetric, one scale and offset per group of `group`
+    inputs) and float activations: torch's weight-only CPU kernel. One row costs half an int8
+    product, but the cost grows linearly with the rows: for the draft, whose proposals are one
+    token per forward, not for verification."""
+
+    def __init__(self, linear: nn.Linear, group: int):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        n, k = weight.shape
+        assert k % group == 0 and n % 16 == 0, (n, k, group)
+        self.in_features, self.out_features, self.group = k, n, group
+        grouped = weight.reshape(n, k // group, group)
+        low, high = grouped.amin(-1), grouped.amax(-1)
+        scale = ((high - low) / 15).clamp_min(1e-12)
+        codes = torch.clamp(torch.round((grouped - low[..., None]) / scale[..., None]), 0, 15)
+        self._packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).reshape(n, k), 1)
+        # the kernel computes (code − 8)·scale + zero: zero = low + 8·scale
+        # (the kernel's fast path takes bfloat16 activations and scales; float32 is a slow reference)
+        self._scales = torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        self.weight_bytes = n * k // 2 + self._scales.numel() * 2 + (0 if self.bias is None else 4 * n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        out = torch._weight_int4pack_mm_for_cpu(rows, self._packed, self.group, self._scales).float()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*shape[:-1], self.out_features)
+
+    @staticmethod
+    def group_for(linear: nn.Linear) -> int | None:
+        """The largest supported group that divides the input size, None if the layer cannot be packed."""
+        if linear.out_features % 16:
+            return None
+        return next((g for g in (128, 64, 32) if linear.in_features % g == 0), None)
 
 
 class Int8Part(nn.Module):
@@ -236,10 +279,11 @@ def weight_bytes(model) -> int:
             seen.add(key)
             total += tensor.untyped_storage().nbytes()
     fused = [f for m in model.modules() for f in getattr(m, "_specmemo_fused", [])]
-    return total + sum(m.weight_bytes for m in list(model.modules()) + fused if isinstance(m, Int8Linear))
+    return total + sum(m.weight_bytes for m in list(model.modules()) + fused if isinstance(m, (Int8Linear, Int4Linear)))
 
 
-def apply_precision(model, precision: str, activation_bits: int | None = None, **probe_options):
+def apply_precision(model, precision: str, activation_bits: int | None = None, role: str = "target",
+                    **probe_options):
     """Convert `model` (in place) to `precision` ("auto" probes first, see `choose`); answers it.
 
     The chosen `Choice` is kept on the model (`precision_of`). Raises ValueError for an unknown
@@ -251,9 +295,9 @@ def apply_precision(model, precision: str, activation_bits: int | None = None, *
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     if precision == "auto":
         # the probe and the int8 kernels are the CPU's; an accelerator takes bfloat16
-        precision, probe = choose(model, **probe_options) if on_cpu else ("bfloat16", {})
-    if precision == "int8" and not on_cpu:
-        raise ValueError("precision int8 runs on the CPU only (fbgemm); use bfloat16 on an accelerator")
+        precision, probe = choose(model, role=role, **probe_options) if on_cpu else ("bfloat16", {})
+    if precision in ("int8", "int4") and not on_cpu:
+        raise ValueError(f"precision {precision} runs on the CPU only; use bfloat16 on an accelerator")
     _convert(model, precision, activation_bits)
     if precision == "int8":
         use_rowwise_attention(model)
@@ -271,23 +315,30 @@ def _convert(model, precision: str, activation_bits: int | None = None) -> None:
             raise ValueError("precision int8 needs torch's fbgemm quantized engine, absent from this build")
         bits = activation_bits or (8 if cpu_features().vnni else 7)
         _quantize_linears(model, bits)
+    elif precision == "int4":
+        if not int4_supported():
+            raise ValueError("precision int4 needs torch's CPU int4 weight-only kernel, absent from this build")
+        _quantize_linears(model, activation_bits or (8 if cpu_features().vnni else 7), four_bit=True)
     else:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     model.eval()
 
 
-def _quantize_linears(model, bits: int) -> None:
-    # every nn.Linear -> Int8Linear (the tied LM head too: it gets its own int8 copy), every
-    # nn.Embedding -> Bf16Embedding, what remains (norms, rotary buffers) -> float32
+def _quantize_linears(model, bits: int, four_bit: bool = False) -> None:
+    # every nn.Linear -> Int8Linear (the tied LM head too: it gets its own int8 copy), or with
+    # `four_bit` Int4Linear where its shape packs (Int8Linear elsewhere); every nn.Embedding ->
+    # Bf16Embedding; what remains (norms, rotary buffers) -> float32
     for parent in list(model.modules()):
-        _fuse(parent, bits)
+        if not four_bit:
+            _fuse(parent, bits)
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(parent, name, Int8Linear(child, bits))
+                group = Int4Linear.group_for(child) if four_bit else None
+                setattr(parent, name, Int4Linear(child, group) if group else Int8Linear(child, bits))
             elif isinstance(child, nn.Embedding):
                 setattr(parent, name, Bf16Embedding(child))
     for module in model.modules():
-        if not isinstance(module, (Int8Linear, Int8Part, Bf16Embedding)):
+        if not isinstance(module, (Int8Linear, Int4Linear, Int8Part, Bf16Embedding)):
             for name, param in list(module.named_parameters(recurse=False)):
                 if param.dtype != torch.float32:
                     module._parameters[name] = nn.Parameter(param.detach().float(), requires_grad=False)
@@ -304,10 +355,13 @@ def _layers_and_head(model) -> tuple[nn.Module, int, nn.Module]:
     return base.layers[0], len(base.layers), model.get_output_embeddings()
 
 
-def _supported() -> list[str]:
+def _supported(role: str) -> list[str]:
+    # int4 only for a draft: its cost grows with M, and its rows are not promised independent
     candidates = ["float32", "bfloat16"]
     if int8_supported():
         candidates.append("int8")
+    if role == "draft" and int4_supported():
+        candidates.append("int4")
     return candidates
 
 
@@ -317,18 +371,21 @@ def choose(
     candidates: list[str] | None = None,
     repeats: int = 3,
     clock: Callable[[], float] = time.perf_counter,
+    role: str = "target",
 ) -> tuple[str, dict[str, dict[str, float]]]:
     """The fastest precision for `model` here, and the probe's estimates in ms per forward.
 
     For each candidate a copy of the first decoder layer and of the LM head is converted and
     timed (median of `repeats`) on M = 1 and M = γ_max + 1 new tokens after a 64-token context;
-    a forward costs n_layers · t_layer + t_head. The score is t(1) + t(γ_max + 1), a draft
-    token plus a verification. `clock` is the timing source (tests replace it).
+    a forward costs n_layers · t_layer + t_head. A target's score is t(1) + t(γ_max + 1) (plain
+    steps and verifications); a draft's is t(1), its proposals being one token per forward.
+    `role` ("target" or "draft") also decides the candidates (int4 drafts only). `clock` is the
+    timing source (tests replace it).
     """
     layer, n_layers, head = _layers_and_head(model)
     config = model.config.get_text_config(decoder=True)
     hidden = config.hidden_size
-    candidates = candidates or _supported()
+    candidates = candidates or _supported(role)
     probe: dict[str, dict[str, float]] = {}
     for precision in candidates:
         part = nn.ModuleDict({"layer": copy.deepcopy(layer), "head": copy.deepcopy(head)})
@@ -340,8 +397,10 @@ def choose(
             times[f"M={m}"] += _time_head(part["head"], hidden, m, dtype, repeats, clock)
         probe[precision] = {k: round(v * 1e3, 3) for k, v in times.items()}
         del part
-    best = min(probe, key=lambda p: sum(probe[p].values()))
-    return best, probe
+    def score(p: str) -> float:
+        return probe[p]["M=1"] if role == "draft" else sum(probe[p].values())
+
+    return min(probe, key=score), probe
 
 
 def _median(samples: list[float]) -> float:

@@ -113,7 +113,7 @@ def default_pair_specs(
     if missing:
         raise ModelNotFound(f"default pair not cached ({', '.join(missing)}): run `specmemo models pull`")
     return (
-        ModelSpec(paths["draft"], dtype=dtype, device=device),
+        ModelSpec(paths["draft"], dtype=dtype, device=device, role="draft"),
         ModelSpec(paths["target"], dtype=dtype, device=device),
     )
 
