@@ -20,7 +20,8 @@ from specmemo.protocol.methods import AcceptRequest, DraftOpen, Empty, ProposeRe
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
-from .modelconfig import describe_precision, load_actor_model, model_info, preload_actor_model
+from .modelconfig import (describe_precision, load_actor_model, model_info, preload_actor_model,
+                          set_model_gauges)
 
 log = logging.getLogger("specmemo.draft")
 
@@ -45,6 +46,7 @@ class DraftActor(Actor):
         self.core = DraftCore(model, int(self.config.get("block_tokens", 16)),
                               int(self.config.get("spare_blocks", 1)))
         await self._add_holder()
+        set_model_gauges(self.metrics, self.core)
         log.info("draft model %s loaded (%d KV bytes/token, %s)", self.config.get("model", "default"),
                  self.core.bytes_per_token, describe_precision(self.core))
 

@@ -141,3 +141,20 @@ def describe_precision(core) -> str:
     shared = ", shared with the zygote" if is_resident(core.model) else ""
     return (f"precision {choice.precision} (asked {choice.requested}{', probe: ' + probe if probe else ''}),"
             f" weights {choice.weight_bytes / 2**20:.0f} MiB{shared}")
+
+
+def set_model_gauges(metrics, core) -> None:
+    """The model's facts as gauges (`<actor>.metrics`, Prometheus): weight bytes, bits per weight
+    of its precision, and each probe estimate as ``probe_ms{precision}_m{M}``."""
+    from specmemo.actors.engine.precision import precision_of
+    metrics.set("weight_bytes", core.weight_bytes, "Bytes of the model's weights in its precision")
+    metrics.set("rss_bytes", rss_bytes(), "Resident memory of the actor process when its model was ready")
+    choice = precision_of(core.model)
+    if choice is None:
+        return
+    bits = {"float32": 32, "bfloat16": 16, "int8": 8, "int4": 4}.get(choice.precision, 0)
+    metrics.set("weight_bits", bits, "Bits per weight of the precision the model runs in")
+    for precision, ms in choice.probe_ms.items():
+        for m, value in ms.items():
+            metrics.set(f"probe_ms_{precision}_{m.replace('=', '').lower()}", value,
+                        f"Load-time probe: ms per forward in {precision} at {m}")

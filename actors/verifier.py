@@ -36,7 +36,8 @@ from specmemo.protocol.methods import (ChatChunk, ChatRequest, Empty, GenerateRe
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
-from .modelconfig import describe_precision, load_actor_model, model_info, preload_actor_model
+from .modelconfig import (describe_precision, load_actor_model, model_info, preload_actor_model,
+                          set_model_gauges)
 
 log = logging.getLogger("specmemo.verifier")
 
@@ -201,9 +202,11 @@ class VerifierActor(Actor):
         if not self.config.get("stop_at_eos", True):
             eos = None  # benchmarks: always generate the requested count
         self.driver = Driver(self.core, self.draft, memory, (eos,) if eos is not None else (),
-                             measure_cost=self.config.get("cost_ratio") is None)
+                             measure_cost=self.config.get("cost_ratio") is None,
+                             gamma_max=int(self.config.get("gamma_max", 8)))
         self.memory = memory
         self.gamma = self.config.get("gamma")
+        set_model_gauges(self.metrics, self.core)
         log.info("target model %s loaded (%d KV bytes/token, %s)", self.config.get("model", "default"),
                  self.core.bytes_per_token, describe_precision(self.core))
 

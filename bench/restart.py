@@ -39,6 +39,35 @@ def wait_ready(root: Path, up: subprocess.Popen, timeout: float) -> str:
     raise TimeoutError(f"the deployment was not ready in {timeout:.0f} s")
 
 
+def _kib(path: str, key: str) -> int:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def print_memory(kernel_pid: int, client) -> None:
+    """Resident memory of every process of the deployment: RSS counts shared pages in each process
+    that maps them, PSS divides them among those processes, so the PSS sum is the physical total."""
+    rows = {name: row["pid"] for name, row in soak.actor_rows(client).items()}
+    children = Path(f"/proc/{kernel_pid}/task/{kernel_pid}/children").read_text().split()
+    for pid in map(int, children):
+        if pid not in rows.values():
+            rows[f"({Path(f'/proc/{pid}/comm').read_text().strip()})"] = pid
+    rows["kernel"] = kernel_pid
+    total_rss = total_pss = 0
+    for name, pid in rows.items():
+        rss, pss = _kib(f"/proc/{pid}/status", "VmRSS"), _kib(f"/proc/{pid}/smaps_rollup", "Pss")
+        total_rss, total_pss = total_rss + rss, total_pss + pss
+        print(f"  {name:12s} pid {pid:7d}  RSS {rss / 1024:8.0f} MiB  PSS {pss / 1024:8.0f} MiB  "
+              f"peak RSS {_kib(f'/proc/{pid}/status', 'VmHWM') / 1024:8.0f} MiB")
+    print(f"  {'all':12s}              RSS {total_rss / 1024:8.0f} MiB  PSS {total_pss / 1024:8.0f} MiB "
+          f"(PSS: shared weights counted once)", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="deploy/tiny.toml")
@@ -52,9 +81,10 @@ def main() -> int:
                           env={**os.environ, "SPECMEMO_RUN_ROOT": str(root / "run")})
     t0 = time.monotonic()
     try:
-        endpoint = wait_ready(root / "run", up, 600)
+        endpoint = wait_ready(root / "run", up, 900)
         print(f"deployment ready after {time.monotonic() - t0:.1f} s ({args.config})")
         with Client(endpoint, timeout=120) as c:
+            print_memory(up.pid, c)
             for _ in range(args.kills):
                 for name in args.actors.split(","):
                     print(f"{name} back after SIGKILL in {soak.kill_and_wait(c, name, 300):.2f} s", flush=True)

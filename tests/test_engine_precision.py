@@ -13,7 +13,7 @@ from torch import nn
 
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.kvcache import CacheHolder, layer_devices
-from specmemo.actors.engine.precision import (Int8Linear, apply_precision, choose, compute_dtype,
+from specmemo.actors.engine.precision import (Int4Linear, Int8Linear, apply_precision, choose, compute_dtype,
                                               precision_of, weight_bytes)
 from specmemo.actors.engine.tiny import tiny_pair
 from engine_helpers import greedy_reference, one_torch_thread  # noqa: F401
@@ -38,6 +38,18 @@ def test_an_int8_linear_computes_each_row_as_if_it_were_alone(k, n, rows, bias, 
     step = (x.abs().amax(1, keepdim=True) / (127 if bits == 8 else 63)) * linear.weight.abs().sum(1)
     step = step + (x.abs() @ (linear.weight.abs().amax(1, keepdim=True) / 127).T.expand(k, n))
     assert ((together - reference).abs() <= step + 1e-5).all()
+
+
+def test_an_int4_linear_is_close_to_its_float_layer_and_packs_only_shapes_it_can():
+    torch.manual_seed(1)
+    linear = nn.Linear(256, 64)
+    x = torch.randn(3, 256)
+    q = Int4Linear(linear, Int4Linear.group_for(linear))
+    with torch.inference_mode():
+        error = (q(x) - linear(x)).norm() / linear(x).norm()
+    assert error < 0.15
+    assert q.weight_bytes == 256 * 64 // 2 + (256 // 128) * 64 * 2 * 2 + 64 * 4   # codes, bf16 scale+zero, bias
+    assert Int4Linear.group_for(nn.Linear(256, 259)) is None and Int4Linear.group_for(nn.Linear(100, 64)) is None
 
 
 def test_an_int8_linear_keeps_the_leading_dimensions():
@@ -94,7 +106,7 @@ def test_an_unknown_precision_is_refused():
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    precision=st.sampled_from(["float32", "int8"]),
+    precisions=st.sampled_from([("float32", "float32"), ("int8", "int8"), ("int4", "int8"), ("float32", "int8")]),
     seed=st.integers(0, 10_000),
     noise=st.sampled_from([0.0, 0.05, 0.5]),
     block=st.integers(1, 8),
@@ -103,11 +115,12 @@ def test_an_unknown_precision_is_refused():
     max_new=st.integers(1, 12),
 )
 def test_greedy_speculative_output_equals_the_same_precision_target_greedy(
-    precision, seed, noise, block, gamma, prompts, max_new
+    precisions, seed, noise, block, gamma, prompts, max_new
 ):
+    # (draft, target) precisions: the draft's never matters, the target's own greedy is the reference
     draft, target = tiny_pair(seed=seed, noise=noise, draft_layers=1)
-    apply_precision(draft, precision)
-    apply_precision(target, precision)
+    apply_precision(draft, precisions[0], role="draft")
+    apply_precision(target, precisions[1])
     engine = Engine(draft, target, block_tokens=block, gamma=gamma)
     batch = engine.generate_batch([np.asarray(p) for p in prompts], max_new_tokens=max_new)
     for prompt, (ids, _) in zip(prompts, batch):

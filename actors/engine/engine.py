@@ -59,7 +59,8 @@ class Engine:
         self.memory.add_holder(TARGET, self.verifier.bytes_per_token, self.verifier.weight_bytes)
         eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
         self.driver = Driver(
-            self.verifier, self.draft, self.memory, (eos,) if eos is not None else (), measure_cost=cost_ratio is None
+            self.verifier, self.draft, self.memory, (eos,) if eos is not None else (), measure_cost=cost_ratio is None,
+            gamma_max=gamma_max,
         )
         self.gamma = gamma
         self._anonymous = 0

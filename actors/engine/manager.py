@@ -49,12 +49,15 @@ class MemoryManager:
         spare_blocks: int = 1,
         gamma_max: int = 8,
         cost_ratio: float = 0.1,
-        fraction: float = 0.96,
+        fraction: float = 1.0,
         prior_alpha: float = 0.7,
         memory_budget: int | None = None,
     ):
         """budget_bytes: the KV budget. memory_budget: if given, the budget of weights and KV
-        together; the KV budget is then what the registered holders' weights leave of it."""
+        together; the KV budget is then what the registered holders' weights leave of it.
+        fraction: a step wants the smallest γ whose expected speedup is within this fraction of
+        the best (1.0: the best; the budget then shrinks it only when it must). The lower-bound
+        budget of the memory model is computed at 0.96 (`lower_bound_budget`), a separate question."""
         assert budget_bytes >= 0 and block_tokens >= 1 and spare_blocks >= 0 and gamma_max >= 0
         self.budget = budget_bytes if memory_budget is None else memory_budget
         self.memory_budget = memory_budget

@@ -18,9 +18,15 @@ Precisions (the `precision` setting of a model):
   float32; norms, attention and the KV cache stay float32. Without VNNI, fbgemm's AVX2 kernels
   add u8·s8 pairs in saturating int16, so activations then use 7 bits (u8 codes ≤ 127), as
   torch's ``reduce_range`` does.
+- ``int4`` (drafts): 4-bit weights in groups of 128 inputs (asymmetric), bfloat16 activations,
+  torch's weight-only CPU kernel. Half the bytes of int8 at one token per forward, but the cost
+  grows linearly with the rows, and rows are not promised independent: a draft's precision
+  (its proposals are one token per forward, and the target verifies every token), not a target's.
+  A layer whose shape does not pack (outputs not a multiple of 16) stays int8.
 - ``auto``: on the CPU, `choose` times one decoder layer and the LM head of the loaded model at
   M = 1 and M = γ_max + 1 new tokens in each precision this machine supports and takes the
-  fastest; a model on an accelerator takes bfloat16.
+  fastest (a target by t(1) + t(γ_max + 1), a draft by t(1), int4 among its candidates); a
+  model on an accelerator takes bfloat16.
 
 The chosen precision, the CPU features and the probe's numbers are a `Choice`, kept on the model
 (`precision_of`) so actors can report them.

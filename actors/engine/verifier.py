@@ -186,6 +186,23 @@ class VerifierCore(CacheHolder):
         s.cache.resize(blocks)
         return s.cache.held_bytes()
 
+    def calibrate(self, ms: tuple[int, ...], context: int = 64, repeats: int = 3) -> dict[int, float]:
+        """Seconds of one target forward of m new tokens after `context` tokens, for each m (median
+        of `repeats`), on a throwaway cache of a few blocks: the cost curve's first points."""
+        ids = np.arange(context + max(ms), dtype=np.int64) % self.vocab_size
+        cache = self.new_cache()
+        forward_rows(self.model, [cache], [ids[:context]], [1])
+        out = {}
+        for m in ms:
+            samples = []
+            for _ in range(repeats):
+                with Timer() as timer:
+                    forward_rows(self.model, [cache], [ids[context : context + m]], [m])
+                cache.rollback(m)
+                samples.append(timer.seconds)
+            out[m] = sorted(samples)[len(samples) // 2]
+        return out
+
     def held_bytes(self, session: str | None = None) -> int:
         if session is not None:
             s = self._get(session)
@@ -222,13 +239,23 @@ class Driver:
     """
 
     def __init__(
-        self, verifier: VerifierCore, draft, memory, stop_ids: tuple[int, ...] = (), measure_cost: bool = False
+        self, verifier: VerifierCore, draft, memory, stop_ids: tuple[int, ...] = (), measure_cost: bool = False,
+        gamma_max: int = 8,
     ):
         self.verifier, self.draft, self.memory = verifier, draft, memory
         self.stop_ids = set(stop_ids)
         self.measure_cost = measure_cost
         self.cost_ratio: float | None = None
         self._turns: dict[str, _Turn] = {}
+        self.gamma_max = gamma_max
+        self._calibrated = False
+
+    def _calibrate(self) -> None:
+        # anchor t_t(M) at both ends before the first step: steps only observe the Ms they use, and
+        # a curve known at M = 1 and 2 alone would be extrapolated (and γ held back) by noise
+        for m, seconds in self.verifier.calibrate((1, self.gamma_max + 1)).items():
+            self.memory.observe_costs(None, m, seconds)
+        self._calibrated = True
 
     @property
     def active(self) -> list[str]:
@@ -275,6 +302,8 @@ class Driver:
         """One speculative step over every active session. Answers one event per session:
         {"session", "tokens": int64 array (new this step), "done": bool, "stats": dict,
         "error": None or (exception class name, message)}. Done sessions leave the batch."""
+        if self.measure_cost and not self._calibrated:
+            self._calibrate()
         events, granted = [], []
         turns = list(self._turns.values())
         requests = []
