@@ -35,6 +35,7 @@ class DraftActor(Actor):
         self.memory = config.get("memory", "memory")
         self.verifier = config.get("verifier", "verifier")
         self.core: DraftCore | None = None
+        self.token_seconds: float | None = None   # one-token forward, measured at start
 
     #: Imports for the zygote, before it forks this actor (see :mod:`specmemo.actors.zygote`).
     preload = staticmethod(preload_actor_model)
@@ -45,6 +46,7 @@ class DraftActor(Actor):
         model, _ = await self.run_sync(load_actor_model, self.config, "draft")
         self.core = DraftCore(model, int(self.config.get("block_tokens", 16)),
                               int(self.config.get("spare_blocks", 1)))
+        self.token_seconds = await self.run_sync(self.core.calibrate)
         await self._add_holder()
         set_model_gauges(self.metrics, self.core)
         log.info("draft model %s loaded (%d KV bytes/token, %s)", self.config.get("model", "default"),
@@ -73,7 +75,7 @@ class DraftActor(Actor):
             log.info("caches dropped and lease registered again after the memory actor restarted")
 
     async def rpc_info(self, req: Empty, call: Call) -> dict:
-        return model_info(self.core)
+        return {**model_info(self.core), "token_seconds": self.token_seconds}
 
     async def rpc_has(self, req: SessionRef, call: Call) -> dict:
         return {"has": self.core.has(req.session)}
@@ -88,7 +90,8 @@ class DraftActor(Actor):
     async def rpc_propose(self, req: ProposeRequest, call: Call) -> dict:
         out = await self.run_sync(self.core.propose, req.sessions, req.gammas, req.blocks,
                                   req.temperature, req.seeds)
-        return {"tokens": out["tokens"], "probs": out["probs"], "seconds": out["seconds"]}
+        return {"tokens": out["tokens"], "probs": out["probs"], "seconds": out["seconds"],
+                "token_seconds": out["token_seconds"]}
 
     async def rpc_accept(self, req: AcceptRequest, call: Call) -> dict:
         return {"held": await self.run_sync(self.core.accept, req.session, req.accepted,

@@ -203,7 +203,8 @@ class VerifierActor(Actor):
             eos = None  # benchmarks: always generate the requested count
         self.driver = Driver(self.core, self.draft, memory, (eos,) if eos is not None else (),
                              measure_cost=self.config.get("cost_ratio") is None,
-                             gamma_max=int(self.config.get("gamma_max", 8)))
+                             gamma_max=int(self.config.get("gamma_max", 8)),
+                             draft_token_s=info.get("token_seconds"))
         self.memory = memory
         self.gamma = self.config.get("gamma")
         set_model_gauges(self.metrics, self.core)

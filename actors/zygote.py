@@ -98,10 +98,14 @@ def load_models(models: list[list[Any]]) -> int:
     """Load each ``[kind, config]``'s model into the resident table the forks inherit, on one torch
     thread (a thread pool would make forking unsafe); answers how many are resident."""
     import torch
+    from tqdm import tqdm
+    from transformers.utils import logging as hf_logging
 
     from specmemo.actors.modelconfig import ROLE_OF_KIND, load_resident
     resident = 0
     torch.set_num_threads(1)
+    tqdm.monitor_interval = 0            # tqdm's monitor is a thread that would outlive the load
+    hf_logging.disable_progress_bar()
     for kind, config in models:
         started = time.monotonic()
         try:

@@ -392,6 +392,7 @@ class ModelInfo:
     weight_bytes: int = 0         # its model's weights in the precision it runs
     rss_bytes: int = 0            # the actor process's resident memory
     shared_weights: bool = False  # weights loaded once by the zygote, shared copy-on-write
+    token_seconds: float | None = None  # one forward of one new token after 64 (measured at start)
     precision: Any = None         # {"precision", "requested", "weight_bytes", "cpu", "probe_ms"}
 
 
@@ -422,6 +423,7 @@ class Proposal:
     tokens: np.ndarray                 # int64 [B, γmax], -1 past a row's γ
     probs: np.ndarray | None = None    # float32 [B, γmax, V] when sampling
     seconds: float = 0.0
+    token_seconds: float | None = None  # mean forward time of the positions that fed one token a row
 
 
 @message

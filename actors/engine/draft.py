@@ -69,7 +69,9 @@ class DraftCore(CacheHolder):
         `temperature` is one for all rows or one per row).
 
         Answers {"tokens": int64 [B, γmax] (-1 past a row's γ), "probs": float32 [B, γmax, V] of
-        the distributions the tokens were drawn from (None when greedy), "seconds": float}.
+        the distributions the tokens were drawn from (None when greedy), "seconds": float,
+        "token_seconds": the mean time of the forwards that fed one token a row (a catch-up of
+        several pending tokens costs more with some kernels, and is not a draft token's cost)}.
         """
         assert len(sessions) == len(gammas) == len(blocks)
         rows = [self._get(s) for s in sessions]
@@ -79,6 +81,7 @@ class DraftCore(CacheHolder):
         assert len(temps) == len(rows)
         probs = np.zeros((len(rows), width, self.vocab_size), dtype=np.float32) if max(temps, default=0) > 0 else None
         rngs = [np.random.default_rng(seed) for seed in (seeds or [0] * len(rows))]
+        single: list[float] = []       # forwards that fed exactly one token to every row
         with Timer() as timer:
             for row, n_blocks, gamma in zip(rows, blocks, gammas):
                 row.cache.resize(n_blocks)
@@ -88,7 +91,10 @@ class DraftCore(CacheHolder):
                 active = [b for b, g in enumerate(gammas) if g > j]
                 feeds = [rows[b].ids[rows[b].cache.length :] if j == 0 else tokens[b, j - 1 : j] for b in active]
                 caches = [rows[b].cache for b in active]
-                logits = [x[0] for x in forward_rows(self.model, caches, feeds, [1] * len(active))]
+                with Timer() as step:
+                    logits = [x[0] for x in forward_rows(self.model, caches, feeds, [1] * len(active))]
+                if all(len(f) == 1 for f in feeds):
+                    single.append(step.seconds)
                 for i, b in enumerate(active):
                     if temps[b] > 0:
                         p = torch.softmax(logits[i] / temps[b], dim=-1).cpu().numpy()
@@ -96,7 +102,22 @@ class DraftCore(CacheHolder):
                         tokens[b, j] = sample(p, rngs[b])
                     else:
                         tokens[b, j] = int(logits[i].argmax())
-        return {"tokens": tokens, "probs": probs, "seconds": timer.seconds}
+        return {"tokens": tokens, "probs": probs, "seconds": timer.seconds,
+                "token_seconds": sum(single) / len(single) if single else None}
+
+    def calibrate(self, context: int = 64, repeats: int = 3) -> float:
+        """Seconds of one forward of one new token after `context` tokens (median of `repeats`), on
+        a throwaway cache: t_d before any proposal has measured it."""
+        ids = np.arange(context + 1, dtype=np.int64) % self.vocab_size
+        cache = self.new_cache()
+        forward_rows(self.model, [cache], [ids[:context]], [1])
+        samples = []
+        for _ in range(repeats):
+            with Timer() as timer:
+                forward_rows(self.model, [cache], [ids[context:]], [1])
+            cache.rollback(1)
+            samples.append(timer.seconds)
+        return sorted(samples)[len(samples) // 2]
 
     def accept(self, session: str, accepted: int, tokens: np.ndarray, blocks: int) -> int:
         """The step's outcome: `accepted` of the proposed drafts were accepted and `tokens` (the

@@ -43,9 +43,9 @@ class CostCurve:
     """
 
     def __init__(self, cost_ratio: float = 0.1):
-        self.draft_s = cost_ratio
+        self.prior_ratio = cost_ratio
+        self.measured_draft_s: float | None = None
         self.target_s: dict[int, float] = {}
-        self._draft_seen = False
 
     @classmethod
     def from_ratio(cls, cost_ratio: float) -> "CostCurve":
@@ -54,8 +54,8 @@ class CostCurve:
     def observe(self, draft_s: float | None = None, m: int | None = None, target_s: float | None = None,
                 weight: float = 0.2) -> None:
         if draft_s is not None and draft_s >= 0:
-            self.draft_s = (1 - weight) * self.draft_s + weight * draft_s if self._draft_seen else draft_s
-            self._draft_seen = True
+            old = self.measured_draft_s
+            self.measured_draft_s = draft_s if old is None else (1 - weight) * old + weight * draft_s
         if m is not None and target_s is not None and target_s > 0 and m >= 1:
             old = self.target_s.get(m)
             self.target_s[m] = target_s if old is None else (1 - weight) * old + weight * target_s
@@ -78,6 +78,11 @@ class CostCurve:
         a, b = known[-2], known[-1]
         slope = (self.target_s[b] - self.target_s[a]) / (b - a)
         return max(self.target_s[b] + slope * (m - b), 1e-9)
+
+    @property
+    def draft_s(self) -> float:
+        """t_d: as measured, else the prior c times t_t(1) (in the target's units)."""
+        return self.measured_draft_s if self.measured_draft_s is not None else self.prior_ratio * self.target(1)
 
     @property
     def ratio(self) -> float:

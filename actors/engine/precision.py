@@ -35,6 +35,7 @@ The chosen precision, the CPU features and the probe's numbers are a `Choice`, k
 from __future__ import annotations
 
 import copy
+import ctypes
 import functools
 import inspect
 import time
@@ -307,6 +308,7 @@ def apply_precision(model, precision: str, activation_bits: int | None = None, r
     _convert(model, precision, activation_bits)
     if precision == "int8":
         use_rowwise_attention(model)
+    release_freed_memory()
     model._specmemo_precision = Choice(precision, requested, weight_bytes(model), cpu_features().as_dict(), probe)
     return model
 
@@ -351,6 +353,16 @@ def _quantize_linears(model, bits: int, four_bit: bool = False) -> None:
             for name, buf in list(module.named_buffers(recurse=False)):
                 if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
                     module._buffers[name] = buf.float()
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap memory freed by a conversion back to the OS (glibc keeps it otherwise, and a
+    zygote's forks would share the garbage); answers whether it could (glibc only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 # the probe

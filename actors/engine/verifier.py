@@ -240,9 +240,12 @@ class Driver:
 
     def __init__(
         self, verifier: VerifierCore, draft, memory, stop_ids: tuple[int, ...] = (), measure_cost: bool = False,
-        gamma_max: int = 8,
+        gamma_max: int = 8, draft_token_s: float | None = None,
     ):
+        """draft_token_s: the draft's measured seconds per one-token forward, to start the cost
+        curve from (else the prior c until the first proposal measures it)."""
         self.verifier, self.draft, self.memory = verifier, draft, memory
+        self.draft_token_s = draft_token_s
         self.stop_ids = set(stop_ids)
         self.measure_cost = measure_cost
         self.cost_ratio: float | None = None
@@ -254,7 +257,7 @@ class Driver:
         # anchor t_t(M) at both ends before the first step: steps only observe the Ms they use, and
         # a curve known at M = 1 and 2 alone would be extrapolated (and γ held back) by noise
         for m, seconds in self.verifier.calibrate((1, self.gamma_max + 1)).items():
-            self.memory.observe_costs(None, m, seconds)
+            self.memory.observe_costs(self.draft_token_s if m == 1 else None, m, seconds)
         self._calibrated = True
 
     @property
@@ -330,7 +333,7 @@ class Driver:
         sessions = [t.session for t, _, _ in granted]
         gammas = [g for _, g, _ in granted]
         drafts = np.zeros((len(granted), max(gammas)), dtype=np.int64)
-        probs, draft_s = None, 0.0
+        probs, draft_s, token_s = None, 0.0, None
         temperatures = [t.temperature for t, _, _ in granted]
         seeds = [t.rng.integers(0, 2**63, size=2) for t, _, _ in granted]
         speculating = [i for i, g in enumerate(gammas) if g > 0]
@@ -348,15 +351,16 @@ class Driver:
                 probs = np.zeros((len(granted), max(gammas), proposal["probs"].shape[-1]), dtype=np.float32)
                 probs[speculating, :width] = proposal["probs"]
             draft_s = proposal["seconds"]
+            token_s = proposal.get("token_seconds")
         target_blocks = [b[TARGET] for _, _, b in granted]
         verify_seeds = [int(s[1]) for s in seeds]
         verdict = self.verifier.verify(sessions, drafts, gammas, target_blocks, temperatures, probs, verify_seeds)
         if self.measure_cost and verdict["seconds"] > 0:
-            # t_d: one draft forward per draft position; t_t(M): the target forward of M = γmax + 1
-            per_draft = draft_s / max(gammas) if speculating else None
-            self.memory.observe_costs(per_draft, max(gammas) + 1, verdict["seconds"])
-            if per_draft is not None:
-                observed = per_draft / verdict["seconds"]
+            # t_d: the draft's one-token forwards (a catch-up of pending tokens is not a draft
+            # token's cost); t_t(M): the target forward of M = γmax + 1
+            self.memory.observe_costs(token_s, max(gammas) + 1, verdict["seconds"])
+            if token_s is not None:
+                observed = token_s / verdict["seconds"]
                 self.cost_ratio = observed if self.cost_ratio is None else 0.8 * self.cost_ratio + 0.2 * observed
         kept = []
         for i, (turn, _, _) in enumerate(granted):
