@@ -1,10 +1,12 @@
 """Sampled speculative decoding, end to end, follows the target's distribution."""
 
 import numpy as np
+import pytest
 import torch
 from scipy import stats
 
 from specmemo.actors.engine import Engine
+from specmemo.actors.engine.precision import apply_precision
 from specmemo.actors.engine.tiny import tiny_pair
 from engine_helpers import one_torch_thread  # noqa: F401
 
@@ -20,8 +22,12 @@ def _exact_pair_distribution(target, prompt, temperature):
     return (p1[:, None] * p2).numpy()
 
 
-def test_sampled_output_follows_the_target_distribution_over_two_tokens():
+@pytest.mark.parametrize("precisions", [("float32", "float32"), ("int4", "int8")])
+def test_sampled_output_follows_the_target_distribution_over_two_tokens(precisions):
+    # (draft, target) precisions; the reference is the same-precision target's own distribution
     draft, target = tiny_pair(seed=11, vocab_size=VOCAB, noise=0.3, draft_layers=2)
+    apply_precision(draft, precisions[0], role="draft")
+    apply_precision(target, precisions[1])
     engine = Engine(draft, target, budget_bytes=1 << 30, block_tokens=2, gamma=2)
     prompt = [5]  # one token: nothing to prefill, so each run costs only its speculative steps
     temperature = 0.8
