@@ -668,7 +668,7 @@ def parse_args(argv=None):
     parser.add_argument("--skip-assisted", action="store_true")
     parser.add_argument("--pilot-tokens", type=int, default=16, help="new tokens of the pilot that estimates α")
     parser.add_argument("--pilot-gamma", type=int, default=4, help="fixed γ of the pilot (α is measured whatever c is)")
-    parser.add_argument("--skip-actors", action="store_true", help="skip the through-the-actors row (issue 5)")
+    parser.add_argument("--skip-actors", action="store_true", help="skip the through-the-actors row")
     parser.add_argument("--cache-dir", default=None, help="models cache (default $SPECMEMO_HOME or ~/.cache/specmemo/models)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the section of docs/benchmarks.md")

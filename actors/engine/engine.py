@@ -1,7 +1,7 @@
 """`Engine`: the draft core, the verifier core, the memory manager and the driver in one process.
 
-For tests, benchmarks and in-process use. The actors of issue 5 run the same three cores in
-three processes; this class is the reference wiring.
+For tests, benchmarks and in-process use. The draft, memory and verifier actors run the same
+three cores in three processes; this class is the reference wiring.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ tokenizer's chat template, KV kept between turns) and its target block cache. `D
 speculative steps over the active sessions: grant (memory) -> propose (draft) -> verify in one
 target forward -> accept -> commit (memory) -> settle both caches. It talks to the draft side
 and to the memory side only through their methods, with plain data, so either may be a remote
-proxy with the same method names (issue 5's actors).
+proxy with the same method names (as the verifier actor's proxies of the draft and memory actors are).
 """
 
 from __future__ import annotations
