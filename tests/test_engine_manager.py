@@ -179,10 +179,12 @@ class ManagerMachine(RuleBasedStateMachine):
         s = self.model[sid]
         keep = data.draw(st.integers(0, s["context"]))
         before = self.m.usage()
+        need = {h: -(-(keep + add - 1) // B) for h in BPT}
         try:
             got = self.m.prefill(sid, keep, add)
         except OverBudget:
             assert self.m.usage() == before
+            self._assert_refusal_warranted(sid, need, before)
             return
         note(f"prefill {sid} {keep}+{add} -> {got}")
         self._evicted(got["evicted"])
@@ -194,10 +196,15 @@ class ManagerMachine(RuleBasedStateMachine):
     def grant(self, data, gamma):
         sid = data.draw(st.sampled_from(sorted(k for k, s in self.model.items() if s["context"])))
         before = self.m.usage()
+        held = {h: len(ids) for h, ids in self.m.session_blocks(sid).items()}
+        s = self.model[sid]
+        # γ = 0 needs ⌈L/b⌉ blocks in each cache; a lost cache is rebuilt from nothing
+        need = {h: max(0 if h in s["lost"] else held.get(h, 0), -(-s["context"] // B)) for h in BPT}
         try:
             got = self.m.grant(sid, gamma)
         except OverBudget:
             assert self.m.usage() == before
+            self._assert_refusal_warranted(sid, need, before)
             return
         note(f"grant {sid} {gamma} -> {got}")
         self._evicted(got["evicted"])
@@ -247,6 +254,14 @@ class ManagerMachine(RuleBasedStateMachine):
         assert self.m.usage()["holders"][holder] == 0
         for s in self.model.values():
             s["lost"].add(holder)
+
+    def _assert_refusal_warranted(self, sid, need, usage):
+        # OverBudget only when the blocks the session needs exceed what is free plus what
+        # evicting every idle session (by the model's own record of who is busy) would free
+        held = {h: len(ids) for h, ids in self.m.session_blocks(sid).items()}
+        extra = sum((need[h] - held.get(h, 0)) * B * BPT[h] for h in BPT)
+        evictable = sum(usage["sessions"][other] for other, s in self.model.items() if other != sid and not s["busy"])
+        assert extra > usage["budget"] - usage["live"] + evictable, (sid, need, held, usage, evictable)
 
     def _evicted(self, sids):
         for sid in sids:
