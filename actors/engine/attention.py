@@ -65,7 +65,13 @@ def register() -> str:
     return NAME
 
 
-def use_rowwise_attention(model) -> None:
-    """Make `model` attend row by row (see the module doc)."""
+def use_rowwise_attention(module) -> None:
+    """Make `module` (a model, or a part of one such as a decoder layer) attend row by row."""
     register()
-    model.set_attn_implementation(NAME)
+    if hasattr(module, "set_attn_implementation"):
+        module.set_attn_implementation(NAME)
+        return
+    for part in module.modules():       # attention layers read their config's implementation
+        config = getattr(part, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            config._attn_implementation = NAME

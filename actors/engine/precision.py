@@ -135,7 +135,8 @@ class Int8Linear(nn.Module):
         # codes round(x/s) in [-q_max, q_max] become u8 codes + zero_point inside fbgemm (exactly)
         self.q_max = 127.0 if activation_bits == 8 else 63.0
         self.zero_point = 128 if activation_bits == 8 else 64
-        self.weight_bytes = self.out_features * (self.in_features + 4) + (0 if self.bias is None else 4 * self.out_features)
+        # fbgemm's packed weight is opaque to torch: its int8 codes and float32 channel scales
+        self.packed_bytes = self.out_features * (self.in_features + 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -174,7 +175,7 @@ class Int4Linear(nn.Module):
         # (the kernel's fast path takes bfloat16 activations and scales; float32 is a slow reference)
         self._scales = torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
-        self.weight_bytes = n * k // 2 + self._scales.numel() * 2 + (0 if self.bias is None else 4 * n)
+        self.packed_bytes = self._packed.untyped_storage().nbytes() + self._scales.untyped_storage().nbytes()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -229,7 +230,7 @@ def _fuse(parent: nn.Module, bits: int) -> None:
         if len({p.in_features for p in parts}) != 1 or len({p.bias is None for p in parts}) != 1:
             continue
         shared = {"fused": Int8Linear(parts, bits), "input": None, "outputs": None, "pending": set()}
-        parent._specmemo_fused = getattr(parent, "_specmemo_fused", []) + [shared["fused"]]
+        parent.add_module("_".join(names) + "_fused", shared["fused"])   # counted, moved, saved with it
         for i, n in enumerate(names):
             setattr(parent, n, Int8Part(shared["fused"], i, shared))
 
@@ -278,15 +279,12 @@ def compute_dtype(model) -> torch.dtype:
 
 
 def weight_bytes(model) -> int:
-    """Bytes of every parameter and buffer, packed int8 weights included (shared storage counted once)."""
-    seen, total = set(), 0
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        key = tensor.untyped_storage().data_ptr()
-        if key not in seen:
-            seen.add(key)
-            total += tensor.untyped_storage().nbytes()
-    fused = [f for m in model.modules() for f in getattr(m, "_specmemo_fused", [])]
-    return total + sum(m.weight_bytes for m in list(model.modules()) + fused if isinstance(m, (Int8Linear, Int4Linear)))
+    """Bytes of every parameter and buffer (shared storage counted once) and of the packed
+    quantized weights, which torch does not see as tensors of the model."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in list(model.parameters()) + list(model.buffers())}
+    packed = sum(m.packed_bytes for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear)))
+    return sum(storages.values()) + packed
 
 
 def apply_precision(model, precision: str, activation_bits: int | None = None, role: str = "target",
@@ -306,8 +304,6 @@ def apply_precision(model, precision: str, activation_bits: int | None = None, r
     if precision in ("int8", "int4") and not on_cpu:
         raise ValueError(f"precision {precision} runs on the CPU only; use bfloat16 on an accelerator")
     _convert(model, precision, activation_bits)
-    if precision == "int8":
-        use_rowwise_attention(model)
     release_freed_memory()
     model._specmemo_precision = Choice(precision, requested, weight_bytes(model), cpu_features().as_dict(), probe)
     return model
@@ -318,15 +314,14 @@ def _convert(model, precision: str, activation_bits: int | None = None) -> None:
         model.float()
     elif precision == "bfloat16":
         model.to(torch.bfloat16)
-    elif precision == "int8":
+    elif precision in ("int8", "int4"):
         if not int8_supported():
-            raise ValueError("precision int8 needs torch's fbgemm quantized engine, absent from this build")
-        bits = activation_bits or (8 if cpu_features().vnni else 7)
-        _quantize_linears(model, bits)
-    elif precision == "int4":
-        if not int4_supported():
+            raise ValueError(f"precision {precision} needs torch's fbgemm quantized engine, absent from this build")
+        if precision == "int4" and not int4_supported():
             raise ValueError("precision int4 needs torch's CPU int4 weight-only kernel, absent from this build")
-        _quantize_linears(model, activation_bits or (8 if cpu_features().vnni else 7), four_bit=True)
+        _quantize_linears(model, activation_bits or (8 if cpu_features().vnni else 7), four_bit=precision == "int4")
+        if precision == "int8":
+            use_rowwise_attention(model)     # with exact rows, exact attention: see attention.py
     else:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     model.eval()
@@ -466,6 +461,8 @@ def _cache_name(layer) -> str:
 
 
 def _rotary(config, positions, dtype, head_dim: int):
-    angles = positions.float()[..., None] / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    # cos and sin of the rotary angles (their values matter little: this only times the layer)
+    base = float(getattr(config, "rope_theta", None) or 10000.0)
+    angles = positions.float()[..., None] / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
     emb = torch.cat([angles, angles], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
