@@ -35,7 +35,6 @@ class DraftActor(Actor):
         self.memory = config.get("memory", "memory")
         self.verifier = config.get("verifier", "verifier")
         self.core: DraftCore | None = None
-        self.token_seconds: float | None = None   # one-token forward, measured at start
 
     #: Imports for the zygote, before it forks this actor (see :mod:`specmemo.actors.zygote`).
     preload = staticmethod(preload_actor_model)
@@ -46,7 +45,6 @@ class DraftActor(Actor):
         model, _ = await self.run_sync(load_actor_model, self.config, "draft")
         self.core = DraftCore(model, int(self.config.get("block_tokens", 16)),
                               int(self.config.get("spare_blocks", 1)))
-        self.token_seconds = await self.run_sync(self.core.calibrate)
         await self._add_holder()
         set_model_gauges(self.metrics, self.core)
         log.info("draft model %s loaded (%d KV bytes/token, %s)", self.config.get("model", "default"),
@@ -75,7 +73,7 @@ class DraftActor(Actor):
             log.info("caches dropped and lease registered again after the memory actor restarted")
 
     async def rpc_info(self, req: Empty, call: Call) -> dict:
-        return {**model_info(self.core), "token_seconds": self.token_seconds}
+        return model_info(self.core)
 
     async def rpc_has(self, req: SessionRef, call: Call) -> dict:
         return {"has": self.core.has(req.session)}

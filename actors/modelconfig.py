@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from specmemo.actors.engine.models import ModelSpec, load_model
+from specmemo.actors.engine.precision import apply_precision, precision_of
 from specmemo.actors.engine.pull import default_pair_specs
 
 
@@ -57,7 +58,6 @@ def load_actor_model(config: dict[str, Any], role: str) -> tuple[Any, Any]:
     if key in _RESIDENT:
         return _RESIDENT[key]
     if config.get("model") == "tiny":
-        from specmemo.actors.engine.precision import apply_precision
         from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
         draft, target = tiny_pair(seed=int(config.get("seed", 0)))
         model = draft if role == "draft" else target
@@ -109,7 +109,6 @@ def model_spec(config: dict[str, Any], role: str) -> ModelSpec:
 
 def model_info(core) -> dict[str, Any]:
     """The `ModelInfo` reply of a draft or target core: its KV facts, weights, precision, RSS."""
-    from specmemo.actors.engine.precision import precision_of
     choice = precision_of(core.model)
     return {"bytes_per_token": core.bytes_per_token, "vocab_size": core.vocab_size,
             "max_context": core.max_context, "sessions": len(core.sessions()),
@@ -132,7 +131,6 @@ def rss_bytes() -> int:
 
 def describe_precision(core) -> str:
     """One log line: the precision chosen, why, and the probe's numbers."""
-    from specmemo.actors.engine.precision import precision_of
     choice = precision_of(core.model)
     if choice is None:
         return f"dtype {core.dtype}"
@@ -146,7 +144,6 @@ def describe_precision(core) -> str:
 def set_model_gauges(metrics, core) -> None:
     """The model's facts as gauges (`<actor>.metrics`, Prometheus): weight bytes, bits per weight
     of its precision, and each probe estimate as ``probe_ms{precision}_m{M}``."""
-    from specmemo.actors.engine.precision import precision_of
     metrics.set("weight_bytes", core.weight_bytes, "Bytes of the model's weights in its precision")
     metrics.set("rss_bytes", rss_bytes(), "Resident memory of the actor process when its model was ready")
     choice = precision_of(core.model)

@@ -83,7 +83,8 @@ class Supervisor:
         self.zygote: ZygoteClient | None = None
         if config.zygote and targets:
             # the zygote also loads each forked actor's model once: forks share those weights
-            models = [[a.kind, a.config] for a in self.order if forked(a) and "model" in a.config]
+            # (a config without `model` means the default pair, so every forked actor is listed)
+            models = [[a.kind, a.config] for a in self.order if forked(a)]
             self.zygote = ZygoteClient(targets, dict(os.environ), self.say, self._pump_output, models=models)
 
     # ---------------------------------------------------------------- logging

@@ -203,8 +203,7 @@ class VerifierActor(Actor):
             eos = None  # benchmarks: always generate the requested count
         self.driver = Driver(self.core, self.draft, memory, (eos,) if eos is not None else (),
                              measure_cost=self.config.get("cost_ratio") is None,
-                             gamma_max=int(self.config.get("gamma_max", 8)),
-                             draft_token_s=info.get("token_seconds"))
+                             gamma_max=int(self.config.get("gamma_max", 8)))
         self.memory = memory
         self.gamma = self.config.get("gamma")
         set_model_gauges(self.metrics, self.core)
@@ -251,6 +250,7 @@ class VerifierActor(Actor):
             for session in self.core.sessions():
                 self.core.drop(session)
         log.warning("the memory actor died: turns in flight failed, target caches dropped")
+        self.driver.memory_restarted()
         await self._add_holder()
 
     # ---------------------------------------------------------------- sessions

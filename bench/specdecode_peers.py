@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from specmemo.actors.engine import Engine
-from specmemo.actors.engine.batch import cache_kwarg
+from specmemo.actors.engine.kvcache import CacheHolder
 from specmemo.actors.engine.models import load_pair
 from specmemo.actors.engine.precision import cpu_features, precision_of
 from specmemo.actors.engine.pull import DRAFT, TARGET, default_cache_dir, default_pair_specs
@@ -71,23 +71,12 @@ def pick_prompts(tokenizer, code: int, prose: int) -> list[dict]:
             for q in coding + writing]
 
 
-def forward_costs(model, ms=(1, 5, 9), context: int = 64, repeats: int = 5) -> dict[str, float]:
-    """Milliseconds of one forward of m new tokens after `context` tokens (median of `repeats`)."""
-    from transformers import DynamicCache
-
-    out = {}
-    ids = torch.randint(0, 1000, (1, context))
-    with torch.inference_mode():
-        for m in ms:
-            samples = []
-            for _ in range(repeats + 1):
-                cache = DynamicCache(config=model.config)
-                model(ids, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1)
-                start = time.perf_counter()
-                model(torch.randint(0, 1000, (1, m)), **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=m)
-                samples.append(time.perf_counter() - start)
-            out[f"M={m}"] = round(sorted(samples[1:])[len(samples[1:]) // 2] * 1e3, 1)
-    return out
+def forward_costs(model, ms=(1, 5, 9), repeats: int = 5) -> dict[str, float]:
+    """Milliseconds of one forward of m new tokens after 64 tokens on a block cache (median of
+    `repeats`), as the engine's own cost curve times it."""
+    holder = CacheHolder(model, block_tokens=16, spare_blocks=1)
+    holder.time_forwards(ms[:1], repeats=1)                        # warm-up
+    return {f"M={m}": round(s * 1e3, 1) for m, s in holder.time_forwards(ms, repeats=repeats).items()}
 
 
 def run_target(target, prompts, n: int, assistant=None) -> dict:

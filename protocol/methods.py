@@ -392,7 +392,6 @@ class ModelInfo:
     weight_bytes: int = 0         # its model's weights in the precision it runs
     rss_bytes: int = 0            # the actor process's resident memory
     shared_weights: bool = False  # weights loaded once by the zygote, shared copy-on-write
-    token_seconds: float | None = None  # one forward of one new token after 64 (measured at start)
     precision: Any = None         # {"precision", "requested", "weight_bytes", "cpu", "probe_ms"}
 
 

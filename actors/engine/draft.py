@@ -105,20 +105,6 @@ class DraftCore(CacheHolder):
         return {"tokens": tokens, "probs": probs, "seconds": timer.seconds,
                 "token_seconds": sum(single) / len(single) if single else None}
 
-    def calibrate(self, context: int = 64, repeats: int = 3) -> float:
-        """Seconds of one forward of one new token after `context` tokens (median of `repeats`), on
-        a throwaway cache: t_d before any proposal has measured it."""
-        ids = np.arange(context + 1, dtype=np.int64) % self.vocab_size
-        cache = self.new_cache()
-        forward_rows(self.model, [cache], [ids[:context]], [1])
-        samples = []
-        for _ in range(repeats):
-            with Timer() as timer:
-                forward_rows(self.model, [cache], [ids[context:]], [1])
-            cache.rollback(1)
-            samples.append(timer.seconds)
-        return sorted(samples)[len(samples) // 2]
-
     def accept(self, session: str, accepted: int, tokens: np.ndarray, blocks: int) -> int:
         """The step's outcome: `accepted` of the proposed drafts were accepted and `tokens` (the
         accepted drafts, then the target's token, possibly cut short) joined the context. Drops

@@ -60,7 +60,7 @@ class Engine:
         eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
         self.driver = Driver(
             self.verifier, self.draft, self.memory, (eos,) if eos is not None else (), measure_cost=cost_ratio is None,
-            gamma_max=gamma_max, draft_token_s=self.draft.calibrate() if cost_ratio is None else None,
+            gamma_max=gamma_max,
         )
         self.gamma = gamma
         self._anonymous = 0

@@ -15,10 +15,12 @@ Per-session storage stays exact and sessions join or leave a batch at no cost.
 from __future__ import annotations
 
 
+import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .attention import NAME as ROWWISE
+from .precision import compute_dtype, weight_bytes
 from .blocks import blocks_after_rollback, blocks_for, kv_shape  # noqa: F401 (re-exported)
 
 
@@ -221,8 +223,6 @@ class CacheHolder:
     def __init__(self, model, block_tokens: int, spare_blocks: int, max_context: int | None = None):
         from .memory_model import kv_bytes_per_token
 
-        from .precision import compute_dtype, weight_bytes
-
         self.model = model.eval()
         self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
         self.dtype = compute_dtype(model)
@@ -233,6 +233,26 @@ class CacheHolder:
         text = model.config.get_text_config(decoder=True)
         self.vocab_size = text.vocab_size
         self.max_context = max_context or getattr(text, "max_position_embeddings", None) or 1 << 30
+
+    def time_forwards(self, ms: tuple[int, ...], context: int = 64, repeats: int = 3) -> dict[int, float]:
+        """Seconds of one forward of m new tokens after `context` tokens, for each m (median of
+        `repeats`), on a throwaway cache of a few blocks outside any budget."""
+        from .batch import forward_rows
+        from .speculative import Timer
+
+        ids = np.arange(context + max(ms), dtype=np.int64) % self.vocab_size
+        cache = self.new_cache()
+        forward_rows(self.model, [cache], [ids[:context]], [1])
+        out = {}
+        for m in ms:
+            samples = []
+            for _ in range(repeats):
+                with Timer() as timer:
+                    forward_rows(self.model, [cache], [ids[context : context + m]], [m])
+                cache.rollback(m)
+                samples.append(timer.seconds)
+            out[m] = sorted(samples)[len(samples) // 2]
+        return out
 
     def new_cache(self) -> "BlockKVCache":
         return BlockKVCache(self.model.config, self.block_tokens, self.dtype, self.layer_devices, self.spare_blocks)

@@ -96,10 +96,6 @@ class MemoryManager:
     def block_bytes(self, holder: str) -> int:
         return self.block_tokens * self._bytes_per_token[holder]
 
-    def min_budget(self) -> int:
-        """The smallest budget that holds one token: one block of every registered cache."""
-        return sum(self.block_bytes(h) for h in self._bytes_per_token)
-
     def release_holder(self, holder: str) -> dict:
         """Reclaim every block `holder` owns (its actor died). The sessions listed must rebuild
         that holder's cache from token ids at their next grant or prefill."""

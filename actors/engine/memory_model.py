@@ -47,10 +47,6 @@ class CostCurve:
         self.measured_draft_s: float | None = None
         self.target_s: dict[int, float] = {}
 
-    @classmethod
-    def from_ratio(cls, cost_ratio: float) -> "CostCurve":
-        return cls(cost_ratio)
-
     def observe(self, draft_s: float | None = None, m: int | None = None, target_s: float | None = None,
                 weight: float = 0.2) -> None:
         if draft_s is not None and draft_s >= 0:
@@ -104,7 +100,7 @@ def curve_speedup(alpha: float, gamma: int, curve: CostCurve) -> float:
 
 def gamma_star(alpha: float, cost_ratio: "float | CostCurve", fraction: float = 0.96, gamma_max: int = 16) -> int:
     """The smallest γ in [0, gamma_max] with S(γ) >= fraction · max S (a single c, or a `CostCurve`)."""
-    curve = cost_ratio if isinstance(cost_ratio, CostCurve) else CostCurve.from_ratio(cost_ratio)
+    curve = cost_ratio if isinstance(cost_ratio, CostCurve) else CostCurve(cost_ratio)
     speeds = [curve_speedup(alpha, g, curve) for g in range(gamma_max + 1)]
     best = max(speeds)
     return next(g for g, s in enumerate(speeds) if s >= fraction * best)

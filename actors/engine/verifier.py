@@ -186,23 +186,6 @@ class VerifierCore(CacheHolder):
         s.cache.resize(blocks)
         return s.cache.held_bytes()
 
-    def calibrate(self, ms: tuple[int, ...], context: int = 64, repeats: int = 3) -> dict[int, float]:
-        """Seconds of one target forward of m new tokens after `context` tokens, for each m (median
-        of `repeats`), on a throwaway cache of a few blocks: the cost curve's first points."""
-        ids = np.arange(context + max(ms), dtype=np.int64) % self.vocab_size
-        cache = self.new_cache()
-        forward_rows(self.model, [cache], [ids[:context]], [1])
-        out = {}
-        for m in ms:
-            samples = []
-            for _ in range(repeats):
-                with Timer() as timer:
-                    forward_rows(self.model, [cache], [ids[context : context + m]], [m])
-                cache.rollback(m)
-                samples.append(timer.seconds)
-            out[m] = sorted(samples)[len(samples) // 2]
-        return out
-
     def held_bytes(self, session: str | None = None) -> int:
         if session is not None:
             s = self._get(session)
@@ -235,30 +218,35 @@ class Driver:
     `memory` needs: has, open_session, prefill, grant_batch, commit_batch, finish, observe_costs
     (see MemoryManager). With `measure_cost`, each step's seconds per draft token and seconds of
     the target forward of M = γ + 1 tokens are sent to the memory side (it picks γ* from that
-    cost curve when no fixed γ is asked); `cost_ratio` keeps c = t_draft / t_target(M) for stats.
+    cost curve when no fixed γ is asked).
     """
 
     def __init__(
         self, verifier: VerifierCore, draft, memory, stop_ids: tuple[int, ...] = (), measure_cost: bool = False,
-        gamma_max: int = 8, draft_token_s: float | None = None,
+        gamma_max: int = 8,
     ):
-        """draft_token_s: the draft's measured seconds per one-token forward, to start the cost
-        curve from (else the prior c until the first proposal measures it)."""
         self.verifier, self.draft, self.memory = verifier, draft, memory
-        self.draft_token_s = draft_token_s
         self.stop_ids = set(stop_ids)
         self.measure_cost = measure_cost
-        self.cost_ratio: float | None = None
         self._turns: dict[str, _Turn] = {}
         self.gamma_max = gamma_max
-        self._calibrated = False
+        self._anchors: dict[int, float] | None = None    # t_t at M = 1 and γmax + 1, timed once
+        self._anchored = False                           # ... and sent to the memory side
 
-    def _calibrate(self) -> None:
-        # anchor t_t(M) at both ends before the first step: steps only observe the Ms they use, and
-        # a curve known at M = 1 and 2 alone would be extrapolated (and γ held back) by noise
-        for m, seconds in self.verifier.calibrate((1, self.gamma_max + 1)).items():
-            self.memory.observe_costs(self.draft_token_s if m == 1 else None, m, seconds)
-        self._calibrated = True
+    def anchor_costs(self) -> None:
+        """Send the memory side the target's cost at M = 1 and M = γmax + 1 (timed once, on the
+        first call): steps only observe the Ms they use, and a curve known at M = 1 and 2 alone
+        would be extrapolated (and γ held back) by noise. Called before the first step; call
+        `memory_restarted` when the memory side lost what it had."""
+        if self._anchors is None:
+            self._anchors = self.verifier.time_forwards((1, self.gamma_max + 1))
+        for m, seconds in self._anchors.items():
+            self.memory.observe_costs(None, m, seconds)
+        self._anchored = True
+
+    def memory_restarted(self) -> None:
+        """The memory side is new: its cost curve is empty; the next step sends the anchors again."""
+        self._anchored = False
 
     @property
     def active(self) -> list[str]:
@@ -305,8 +293,8 @@ class Driver:
         """One speculative step over every active session. Answers one event per session:
         {"session", "tokens": int64 array (new this step), "done": bool, "stats": dict,
         "error": None or (exception class name, message)}. Done sessions leave the batch."""
-        if self.measure_cost and not self._calibrated:
-            self._calibrate()
+        if self.measure_cost and not self._anchored:
+            self.anchor_costs()
         events, granted = [], []
         turns = list(self._turns.values())
         requests = []
@@ -359,9 +347,6 @@ class Driver:
             # t_d: the draft's one-token forwards (a catch-up of pending tokens is not a draft
             # token's cost); t_t(M): the target forward of M = γmax + 1
             self.memory.observe_costs(token_s, max(gammas) + 1, verdict["seconds"])
-            if token_s is not None:
-                observed = token_s / verdict["seconds"]
-                self.cost_ratio = observed if self.cost_ratio is None else 0.8 * self.cost_ratio + 0.2 * observed
         kept = []
         for i, (turn, _, _) in enumerate(granted):
             tokens = verdict["tokens"][i][: turn.remaining]
