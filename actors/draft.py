@@ -87,13 +87,14 @@ class DraftActor(Actor):
 
     async def rpc_propose(self, req: ProposeRequest, call: Call) -> dict:
         out = await self.run_sync(self.core.propose, req.sessions, req.gammas, req.blocks,
-                                  req.temperature, req.seeds)
-        return {"tokens": out["tokens"], "probs": out["probs"], "seconds": out["seconds"],
-                "token_seconds": out["token_seconds"]}
+                                  req.temperature, req.seeds, req.widths)
+        return {"tokens": out["tokens"], "parents": out["parents"], "probs": out["probs"],
+                "seconds": out["seconds"], "token_seconds": out["token_seconds"],
+                "forward_seconds": {str(m): s for m, s in out["forward_seconds"].items()}}
 
     async def rpc_accept(self, req: AcceptRequest, call: Call) -> dict:
         return {"held": await self.run_sync(self.core.accept, req.session, req.accepted,
-                                            np.asarray(req.tokens), req.blocks)}
+                                            np.asarray(req.tokens), req.blocks, req.path)}
 
     async def rpc_close(self, req: SessionRef, call: Call) -> dict:
         return {"held": self.core.close(req.session)}

@@ -48,7 +48,7 @@ class MemoryActor(Actor):
         self.manager = MemoryManager(
             budget_bytes(config), block_tokens=int(config.get("block_tokens", 16)),
             spare_blocks=int(config.get("spare_blocks", 1)), gamma_max=int(config.get("gamma_max", 8)),
-            cost_ratio=float(config.get("cost_ratio", 0.1)),
+            cost_ratio=float(config.get("cost_ratio", 0.1)), width_max=int(config.get("tree_width", 1)),
             memory_budget=int(float(config["memory_mb"]) * (1 << 20)) if "memory_mb" in config else None)
         self.leases: dict[str, str] = {}     # holder -> actor holding its caches
         self.owners: dict[str, str] = {}     # session -> actor driving it
@@ -83,7 +83,7 @@ class MemoryActor(Actor):
 
     def rpc_grant_batch(self, req: GrantBatch, call: Call) -> dict:
         answers = self.manager.grant_batch(
-            [{"session": r.session, "gamma": r.gamma, "limit": r.limit} for r in req.requests])
+            [{"session": r.session, "gamma": r.gamma, "limit": r.limit, "width": r.width} for r in req.requests])
         granted = [a["gamma"] for a in answers if "gamma" in a]
         if granted:
             self.metrics.set("gamma", sum(granted) / len(granted), "Mean γ of the last grant")
@@ -92,7 +92,8 @@ class MemoryActor(Actor):
 
     def rpc_commit_batch(self, req: CommitBatch, call: Call) -> dict:
         answers = self.manager.commit_batch(
-            [{"session": r.session, "accepted": r.accepted, "emitted": r.emitted} for r in req.requests])
+            [{"session": r.session, "accepted": r.accepted, "emitted": r.emitted, "tried": r.tried,
+              "hits": r.hits} for r in req.requests])
         self._gauges()
         return {"answers": answers}
 
@@ -118,7 +119,7 @@ class MemoryActor(Actor):
         return self.manager.release_holder(req.session)
 
     def rpc_observe_costs(self, req: Costs, call: Call) -> None:
-        self.manager.observe_costs(req.draft_s, req.m, req.target_s)
+        self.manager.observe_costs(req.draft_s, req.m, req.target_s, req.draft_by_m)
 
     def rpc_usage(self, req: Empty, call: Call) -> dict:
         return {**self.manager.usage(), "leases": dict(self.leases)}

@@ -71,8 +71,9 @@ class RemoteMemory:
     def release(self, session: str) -> int:
         return self._call(self.actor, "release", session=session)["freed"]
 
-    def observe_costs(self, draft_s: float | None, m: int, target_s: float) -> None:
-        self._call(self.actor, "observe_costs", draft_s=draft_s, m=m, target_s=target_s)
+    def observe_costs(self, draft_s: float | None, m: int | None, target_s: float | None,
+                      draft_by_m: dict | None = None) -> None:
+        self._call(self.actor, "observe_costs", draft_s=draft_s, m=m, target_s=target_s, draft_by_m=draft_by_m)
 
 
 class RemoteDraft:
@@ -121,22 +122,24 @@ class RemoteDraft:
             return self.open(session, token_ids, blocks)
 
     def propose(self, sessions: list[str], gammas: list[int], blocks: list[int],
-                temperature: float | list[float] = 0.0, seeds: list[int] | None = None) -> dict:
+                temperature: float | list[float] = 0.0, seeds: list[int] | None = None,
+                widths: list[int] | None = None) -> dict:
         def rebuild() -> None:
             for s, b in zip(sessions, blocks):
                 if not self._call(self.actor, "has", session=s)["has"]:
                     self._reopen(s, b)
         return self._retrying("propose", rebuild, sessions=sessions, gammas=gammas, blocks=blocks,
-                              temperature=temperature, seeds=seeds)
+                              temperature=temperature, seeds=seeds, widths=widths)
 
-    def accept(self, session: str, accepted: int, tokens: np.ndarray, blocks: int) -> int:
+    def accept(self, session: str, accepted: int, tokens: np.ndarray, blocks: int,
+               path: list[int] | None = None) -> int:
         if blocks == 0:
             # The memory actor reclaimed the draft's lease (a dead draft reported between this
             # step's grant and its commit): drop the cache; the next grant asks for a rebuild.
             return self.close(session)
         try:
             return self._retrying("accept", session=session, accepted=accepted,
-                                  tokens=np.asarray(tokens), blocks=blocks)["held"]
+                                  tokens=np.asarray(tokens), blocks=blocks, path=path)["held"]
         except wire.NotFound:
             # The draft restarted after proposing: the verifier already settled these tokens,
             # so a rebuild from its committed ids is the accepted state.
@@ -206,6 +209,7 @@ class VerifierActor(Actor):
                              gamma_max=int(self.config.get("gamma_max", 8)))
         self.memory = memory
         self.gamma = self.config.get("gamma")
+        self.tree = self.config.get("tree")
         set_model_gauges(self.metrics, self.core)
         log.info("target model %s loaded (%d KV bytes/token, %s)", self.config.get("model", "default"),
                  self.core.bytes_per_token, describe_precision(self.core))
@@ -404,7 +408,8 @@ class VerifierActor(Actor):
                 else:
                     ids, keep = self.core.check_prompt(stream.session, req.prompt_ids)
                 self.driver.join(stream.session, ids, keep, req.max_new_tokens, req.temperature,
-                                 req.seed, req.gamma if req.gamma is not None else self.gamma)
+                                 req.seed, req.gamma if req.gamma is not None else self.gamma,
+                                 req.tree if req.tree is not None else self.tree)
             except (EngineError, wire.SpecmemoError) as exc:
                 failed.append((stream, exc))
         return failed

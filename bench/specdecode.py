@@ -683,6 +683,9 @@ def main(argv=None) -> None:
     if argv[:1] == ["peers"]:
         from specdecode_peers import main as peers
         return peers(argv[1:])
+    if argv[:1] == ["trees"]:
+        from specdecode_trees import main as trees
+        return trees(argv[1:])
     args = parse_args(argv)
     if args.exact_rss and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})

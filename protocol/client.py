@@ -168,9 +168,11 @@ class Client:
         return self.call(actor, "close", session=session)["freed"]
 
     def chat(self, session: str, message: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
-             seed: int = 0, gamma: int | None = None, actor: str = "verifier",
+             seed: int = 0, gamma: int | None = None, tree: int | None = None, actor: str = "verifier",
              timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """One chat turn, streamed: yields a chunk per speculative step as its tokens are accepted.
+        ``gamma`` fixes the draft nodes per step and ``tree`` caps the token tree's width (1: a
+        chain); by default the memory actor picks both within the deployment's ``tree_width``.
 
         Each chunk has ``tokens`` (ids), ``text`` (their text), ``step`` (γ, accepted, times)
         and ``stats`` (the turn so far: tokens_per_s, mean_accepted, alpha, ...); the last has
@@ -178,7 +180,7 @@ class Client:
         """
         return self.stream(actor, "chat", session=session, message=message,
                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                           gamma=gamma, timeout=timeout)
+                           gamma=gamma, tree=tree, timeout=timeout)
 
     def ask(self, session: str, message: str, **kw: Any) -> "ChatResult":
         """The blocking form of :meth:`chat`: the reply text, its token ids and statistics."""

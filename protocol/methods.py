@@ -297,6 +297,7 @@ class GrantAnswer:
     evicted: list[str] = field(default_factory=list)
     rebuild: list[str] = field(default_factory=list)
     gamma: int = 0
+    width: int = 1                     # the tree's width (1: a chain)
     freed: int = 0
     error: list[str] | None = None     # [error class, message] for this session alone
 
@@ -306,6 +307,7 @@ class GrantItem:
     session: str
     gamma: int | None = None
     limit: int | None = None
+    width: int | None = None           # the widest tree (None: the memory actor's choice)
 
 
 @message
@@ -313,6 +315,8 @@ class CommitItem:
     session: str
     accepted: int
     emitted: int
+    tried: list[int] | None = None     # per rank: visited nodes with an r-th child
+    hits: list[int] | None = None      # per rank: r-th children accepted
 
 
 @message
@@ -341,6 +345,7 @@ class Costs:
     draft_s: float | None = None      # seconds per draft token
     m: int | None = None              # new tokens per session of the target forward timed
     target_s: float | None = None     # seconds of that target forward
+    draft_by_m: dict[str, float] | None = None   # {M: seconds} of draft forwards of M tokens (trees)
 
 
 @message
@@ -415,14 +420,17 @@ class ProposeRequest:
     blocks: list[int]
     temperature: float | list[float] = 0.0   # one for all rows, or one per row
     seeds: list[int] | None = None
+    widths: list[int] | None = None          # tree width per row (None: chains)
 
 
 @message
 class Proposal:
-    tokens: np.ndarray                 # int64 [B, γmax], -1 past a row's γ
-    probs: np.ndarray | None = None    # float32 [B, γmax, V] when sampling
+    tokens: np.ndarray                 # int64 [B, Nmax], -1 past a row's node count
+    parents: np.ndarray | None = None  # int64 [B, Nmax], each node's parent (−1: the root)
+    probs: np.ndarray | None = None    # float32 [B, Nmax, V] of sampled nodes
     seconds: float = 0.0
     token_seconds: float | None = None  # mean forward time of the positions that fed one token a row
+    forward_seconds: dict[str, float] | None = None   # {M: mean seconds of forwards feeding M a row}
 
 
 @message
@@ -431,6 +439,7 @@ class AcceptRequest:
     accepted: int
     tokens: np.ndarray
     blocks: int
+    path: list[int] | None = None      # accepted tree nodes (None: the chain's first `accepted`)
 
 
 method("draft.info", Empty, ModelInfo, idempotent=True,
@@ -440,8 +449,8 @@ method("draft.open", DraftOpen, Held, idempotent=True,
        doc="(Re)build a session's cache from its committed token ids.")
 method("draft.extend", DraftOpen, Held, doc="A new turn: the first `keep` ids are unchanged.")
 method("draft.propose", ProposeRequest, Proposal,
-       doc="Draft γ tokens per session (greedy, or sampled with their probabilities).")
-method("draft.accept", AcceptRequest, Held, doc="Roll back to the accepted prefix.")
+       doc="Draft a token tree (a chain at width 1) per session (greedy or top-k, or sampled with q).")
+method("draft.accept", AcceptRequest, Held, doc="Keep the accepted path (compacted), drop every other branch.")
 method("draft.close", SessionRef, Held, idempotent=True, doc="Drop a session's cache.")
 
 # ---------------------------------------------------------------- verifier (chat sessions)
@@ -459,7 +468,8 @@ class ChatRequest:
     max_new_tokens: int = 64
     temperature: float = 0.0
     seed: int = 0
-    gamma: int | None = None           # fixed γ; None = chosen by the memory actor
+    gamma: int | None = None           # fixed draft nodes per step; None = chosen by the memory actor
+    tree: int | None = None            # widest token tree (1: a chain); None = the deployment's
 
 
 @message
@@ -469,6 +479,7 @@ class GenerateRequest:
     temperature: float = 0.0
     seed: int = 0
     gamma: int | None = None
+    tree: int | None = None
 
 
 @message

@@ -19,20 +19,22 @@ prompt_st = st.lists(st.integers(0, 258), min_size=1, max_size=20)
     noise=st.sampled_from([0.0, 0.02, 0.5]),
     draft_layers=st.integers(1, 2),
     block=st.integers(1, 8),
-    gamma=st.one_of(st.none(), st.integers(0, 5)),
+    gamma=st.one_of(st.none(), st.integers(0, 6)),
+    widths=st.lists(st.integers(1, 4), min_size=3, max_size=3),
     prompts=st.lists(prompt_st, min_size=1, max_size=3),
     join_at=st.lists(st.integers(0, 3), min_size=3, max_size=3),
     max_new=st.integers(1, 12),
     slack=st.floats(1.0, 3.0),
 )
-def test_greedy_speculative_output_equals_target_greedy_for_any_models_gammas_budgets_and_batches(
-    seed, arch, noise, draft_layers, block, gamma, prompts, join_at, max_new, slack
+def test_greedy_speculative_output_equals_target_greedy_for_any_models_trees_budgets_and_batches(
+    seed, arch, noise, draft_layers, block, gamma, widths, prompts, join_at, max_new, slack
 ):
+    # each session drafts its own tree (width 1: a chain) of a fixed or a chosen node count
     draft, target = tiny_pair(seed=seed, arch=arch, noise=noise, draft_layers=draft_layers)
     probe = Engine(draft, target, budget_bytes=1 << 40, block_tokens=block)
     per_token = probe.draft.bytes_per_token + probe.verifier.bytes_per_token
     need = sum((-(-(len(p) + max_new) // block) + 1) * block * per_token for p in prompts)
-    engine = Engine(draft, target, budget_bytes=int(need * slack), block_tokens=block, gamma=gamma)
+    engine = Engine(draft, target, budget_bytes=int(need * slack), block_tokens=block, gamma=gamma, tree=4)
     out = {i: [] for i in range(len(prompts))}
     last_join = max(join_at[: len(prompts)])
     step = 0
@@ -42,7 +44,7 @@ def test_greedy_speculative_output_equals_target_greedy_for_any_models_gammas_bu
                 sid = str(i)
                 engine.verifier.open(sid)
                 ids, keep = engine.verifier.check_prompt(sid, p)
-                engine.driver.join(sid, ids, keep, max_new)
+                engine.driver.join(sid, ids, keep, max_new, gamma=gamma, width=widths[i])
         for event in engine.driver.step():
             assert event["error"] is None
             out[int(event["session"])] += event["tokens"].tolist()

@@ -22,20 +22,24 @@ def _exact_pair_distribution(target, prompt, temperature):
     return (p1[:, None] * p2).numpy()
 
 
-@pytest.mark.parametrize("precisions", [("float32", "float32"), ("int4", "int8")])
-def test_sampled_output_follows_the_target_distribution_over_two_tokens(precisions):
-    # (draft, target) precisions; the reference is the same-precision target's own distribution
+@pytest.mark.parametrize("precisions,tree", [(("float32", "float32"), 1), (("int4", "int8"), 1),
+                                             (("float32", "float32"), 2)])
+def test_sampled_output_follows_the_target_distribution_over_two_tokens(precisions, tree):
+    # (draft, target) precisions; the reference is the same-precision target's own distribution.
+    # tree 1: sampled chains (q-ratio rule); tree 2: the first step verifies the draft's top-2
+    # tokens as point masses (three tokens asked, so that step may draft two nodes)
     draft, target = tiny_pair(seed=11, vocab_size=VOCAB, noise=0.3, draft_layers=2)
     apply_precision(draft, precisions[0], role="draft")
     apply_precision(target, precisions[1])
-    engine = Engine(draft, target, budget_bytes=1 << 30, block_tokens=2, gamma=2)
+    engine = Engine(draft, target, budget_bytes=1 << 30, block_tokens=2, gamma=2, tree=tree)
     prompt = [5]  # one token: nothing to prefill, so each run costs only its speculative steps
     temperature = 0.8
     counts = np.zeros((VOCAB, VOCAB))
     accepted = []
     runs, batch = 2400, 400
     for first in range(0, runs, batch):
-        out = engine.generate_batch([prompt] * batch, 2, temperature, seeds=list(range(first, first + batch)))
+        out = engine.generate_batch([prompt] * batch, 2 if tree == 1 else 3, temperature,
+                                    seeds=list(range(first, first + batch)))
         for ids, st in out:
             counts[ids[0], ids[1]] += 1
             accepted += st["accepted_per_step"]

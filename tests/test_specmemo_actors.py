@@ -28,6 +28,7 @@ stop_timeout_s = 3
 kind = "memory"
 [actors.memory.config]
 budget_mb = 16
+tree_width = 3
 
 [actors.draft]
 kind = "draft"
@@ -89,6 +90,21 @@ def test_a_multi_turn_chat_through_the_actors_gives_the_in_process_tokens(spec, 
         gauges = c.call("memory", "metrics")["values"]
         assert gauges["kv_budget_bytes"] == 16 << 20 and gauges["kv_live_bytes"] == usage["live"]
         assert c.call("verifier", "metrics")["values"]["tokens_per_s"] > 0
+        c.close_session(session)
+        assert session not in c.usage()["sessions"]
+
+
+def test_a_tree_chat_through_the_actors_gives_the_in_process_tokens(spec):
+    import torch
+    torch.set_num_threads(1)
+    draft, target = tiny_pair(seed=0)
+    engine = Engine(draft, target, tiny_tokenizer(), budget_bytes=16 << 20, gamma=5, tree=2)
+    expected = reference(engine, "ref-tree", [("grow a tree", 30)])[0]
+    with spec.client(timeout=60) as c:
+        session = c.open_session()
+        chunks = list(c.chat(session, "grow a tree", max_new_tokens=30, gamma=5, tree=2))
+        assert [int(t) for ch in chunks for t in ch["tokens"]] == expected
+        assert {ch["step"]["width"] for ch in chunks if ch["step"]["gamma"] >= 2} == {2}
         c.close_session(session)
         assert session not in c.usage()["sessions"]
 

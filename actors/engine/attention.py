@@ -9,7 +9,8 @@ j of batch row b as a one-token decode would:
     n = keys row j may see (a prefix: the mask's allowed slots, or Lk − M + j + 1 when causal)
     o_bj = softmax(q_bj · K_b[:n]ᵀ · scale) · V_b[:n]           (per KV-head group, GQA)
 
-so prefill, verification and plain decoding all give bit-identical rows. Together with per-token
+so prefill, verification and plain decoding all give bit-identical rows. A tree node's row
+sees the prefix and its ancestors, gathered in slot order: what a one-token decode of its path sees. Together with per-token
 int8 linears (`precision.Int8Linear`, exact integer accumulation) the target's greedy output is
 the same whatever M its forwards use. The cost is one small matmul pair per row per layer,
 which is negligible for M ≤ γ_max + 1 and modest for prefill.
@@ -33,26 +34,36 @@ def rowwise_attention(module, query, key, value, attention_mask, dropout: float 
     assert heads % kv_heads == 0 and value.shape[:3] == key.shape[:3]
     group = heads // kv_heads
     scale = dim ** -0.5 if scaling is None else scaling
-    lengths = _visible_keys(attention_mask, batch, rows, keys)
+    visible = _visible_keys(attention_mask, batch, rows, keys)
     out = query.new_empty((batch, rows, heads, value.shape[-1]))
     for b in range(batch):
         for j in range(rows):
-            n = lengths[b][j]
+            seen = visible[b][j]
+            k, v = (key[b, :, :seen], value[b, :, :seen]) if isinstance(seen, int) else \
+                (key[b].index_select(1, seen), value[b].index_select(1, seen))
             q = query[b, :, j].reshape(kv_heads, group, dim)                 # head h uses kv head h // group
-            scores = torch.matmul(q, key[b, :, :n].transpose(1, 2)) * scale   # [kvH, G, n]
+            scores = torch.matmul(q, k.transpose(1, 2)) * scale              # [kvH, G, n]
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-            out[b, j] = torch.matmul(probs, value[b, :, :n]).reshape(heads, -1)
+            out[b, j] = torch.matmul(probs, v).reshape(heads, -1)
     return out, None
 
 
-def _visible_keys(mask, batch: int, rows: int, keys: int) -> list[list[int]]:
-    # how many leading key slots each query row may see; the mask's allowed slots form a prefix
+def _visible_keys(mask, batch: int, rows: int, keys: int) -> list[list]:
+    # per query row: how many leading key slots it sees (an int) when its allowed slots form a
+    # prefix, else the indices of its allowed slots (a tree node sees the prefix and its ancestors,
+    # in slot order, which is the order a one-token decode of its path would see them in)
     if mask is None:
         return [[keys - rows + j + 1 for j in range(rows)]] * batch
     allowed = mask if mask.dtype == torch.bool else mask == 0
     allowed = allowed[:, 0] if allowed.dim() == 4 else allowed
-    counts = allowed.expand(batch, rows, allowed.shape[-1])[..., :keys].sum(-1)
-    return counts.tolist()
+    allowed = allowed.expand(batch, rows, allowed.shape[-1])[..., :keys]
+    counts = allowed.sum(-1)
+    prefix = torch.cumprod(allowed.to(torch.int8), dim=-1).sum(-1) == counts
+    out = counts.tolist()
+    if not bool(prefix.all()):
+        for b, j in (~prefix).nonzero().tolist():
+            out[b][j] = allowed[b, j].nonzero().view(-1)
+    return out
 
 
 def register() -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .precision import compute_dtype
-from .kvcache import BlockKVCache, GatherCache, batch_inputs
+from .kvcache import BlockKVCache, GatherCache, TreeFeed, batch_inputs
 
 _CACHE_KW: dict[type, str] = {}
 
@@ -26,13 +26,15 @@ def cache_kwarg(model) -> str:
 
 
 def forward_rows(
-    model, caches: list[BlockKVCache], feeds: list[np.ndarray], keep_last: list[int]
+    model, caches: list[BlockKVCache], feeds: list[np.ndarray], keep_last: list[int],
+    trees: list[TreeFeed | None] | None = None,
 ) -> list[torch.Tensor]:
     """Append feeds[b] (token ids, n_b >= 1) to caches[b] for every row in one forward.
 
     Answers, for row b, the float32 logits `[keep_last[b], V]` of its last keep_last[b] fed
     tokens, oldest first. Inputs are right-padded with token 0 to q = max n_b; only the
     logits needed are computed (`logits_to_keep`), so a long prefill keeps no prompt logits.
+    trees[b], when given, makes row b's new tokens tree nodes (see `TreeFeed`).
     """
     n_new = [len(f) for f in feeds]
     assert len(caches) == len(feeds) == len(keep_last) and all(n >= k >= 0 for n, k in zip(n_new, keep_last))
@@ -45,13 +47,14 @@ def forward_rows(
     device = model.get_input_embeddings().weight.device
     inputs = torch.from_numpy(ids).to(device)
     with torch.inference_mode():
-        if len(caches) == 1:
+        if len(caches) == 1 and not any(t is not None for t in trees or []):
             # one row: the cache itself, default positions and transformers' own causal mask
             logits = model(input_ids=inputs, **{cache_kwarg(model): caches[0]}, use_cache=True,
                            logits_to_keep=keep).logits
         else:
             lengths = [c.length for c in caches]
-            positions, mask = batch_inputs(lengths, n_new, q, model.config._attn_implementation, compute_dtype(model))
+            positions, mask = batch_inputs(lengths, n_new, q, model.config._attn_implementation, compute_dtype(model),
+                                           trees)
             logits = model(
                 input_ids=inputs,
                 position_ids=positions.to(device),

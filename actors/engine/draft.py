@@ -8,14 +8,14 @@ memory manager: every call that may write takes the number of blocks the cache m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .batch import forward_rows
 from .errors import UnknownSession
-from .kvcache import BlockKVCache, CacheHolder
+from .kvcache import BlockKVCache, CacheHolder, TreeFeed
 from .speculative import Timer, sample
 
 
@@ -24,6 +24,52 @@ class _DraftSession:
     ids: np.ndarray
     cache: BlockKVCache
     proposed: int = 0
+    slots: list[int] = field(default_factory=list)   # cache slot of each proposed node (−1: not fed)
+
+
+@dataclass
+class _Node:
+    token: int
+    parent: int                  # −1: the root
+    logp: float                  # log path probability under the draft
+    slot: int = -1               # its cache slot once fed
+    q: np.ndarray | None = None  # the distribution it was sampled from
+
+
+@dataclass
+class _Growth:
+    """One row's tree while it grows: its nodes, the candidates, and the nodes fed last round."""
+
+    base: int                    # the first tree slot (the pending tokens end just below it)
+    nodes: list[_Node] = field(default_factory=list)
+    candidates: list[_Node] = field(default_factory=list)
+    fed: list[int] = field(default_factory=list)
+
+    def select(self, count: int) -> None:
+        # the `count` candidates of highest path probability become nodes (stable on ties)
+        self.candidates.sort(key=lambda c: -c.logp)
+        chosen, self.candidates = self.candidates[:count], self.candidates[count:]
+        self.fed = list(range(len(self.nodes), len(self.nodes) + len(chosen)))
+        self.nodes.extend(chosen)
+
+    def feed(self, length: int) -> np.ndarray:
+        # the nodes selected last are fed next, at slots length, length + 1, ...
+        for k, i in enumerate(self.fed):
+            self.nodes[i].slot = length + k
+        return np.array([self.nodes[i].token for i in self.fed], dtype=np.int64)
+
+    def tree_feed(self, length: int) -> TreeFeed:
+        # each fed node sees its fed ancestors and itself; position = base − 1 + depth
+        n = len(self.fed)
+        visible = np.zeros((n, length + n - self.base), dtype=bool)
+        positions = np.zeros(n, dtype=np.int64)
+        for k, i in enumerate(self.fed):
+            node, depth = i, 0
+            while node >= 0:
+                visible[k, self.nodes[node].slot - self.base] = True
+                node, depth = self.nodes[node].parent, depth + 1
+            positions[k] = self.base - 1 + depth
+        return TreeFeed(self.base, visible, positions)
 
 
 class DraftCore(CacheHolder):
@@ -64,61 +110,105 @@ class DraftCore(CacheHolder):
         blocks: list[int],
         temperature: float | list[float] = 0.0,
         seeds: list[int] | None = None,
+        widths: list[int] | None = None,
     ) -> dict:
-        """Draft gammas[b] tokens for sessions[b] (greedy at temperature 0, else sampled from q;
-        `temperature` is one for all rows or one per row).
+        """Draft a tree of gammas[b] nodes for sessions[b], grown widths[b] nodes per forward
+        (1, the default: a chain of γ tokens). `temperature` is one for all rows or one per row.
 
-        Answers {"tokens": int64 [B, γmax] (-1 past a row's γ), "probs": float32 [B, γmax, V] of
-        the distributions the tokens were drawn from (None when greedy), "seconds": float,
-        "token_seconds": the mean time of the forwards that fed one token a row (a catch-up of
-        several pending tokens costs more with some kernels, and is not a draft token's cost)}.
+        A tree grows best-first: the forward that feeds the root (the pending tokens) gives the
+        root's w most likely children as candidates; each round then takes the w candidates of
+        highest path probability as nodes and, unless the tree is full, feeds them in one forward
+        whose tree mask lets each see only its ancestors, adding each one's w most likely children
+        to the candidates. A chain at temperature > 0 samples each token from q (and answers q);
+        wider trees take the draft's top tokens (point masses, see `tree.verify_tree`).
+
+        Answers {"tokens": int64 [B, Nmax] (-1 past a row's N), "parents": int64 [B, Nmax] (−1:
+        the root), "probs": float32 [B, Nmax, V] of the sampled nodes' q (zeros for the others; None
+        when nothing was sampled), "seconds": float, "forward_seconds": {M: mean seconds of the
+        forwards that fed M tokens to every row} and "token_seconds" (its M = 1 entry: a catch-up
+        of several pending tokens is not a draft token's cost)}.
         """
         assert len(sessions) == len(gammas) == len(blocks)
         rows = [self._get(s) for s in sessions]
+        widths = list(widths) if widths is not None else [1] * len(rows)
         width = max(gammas, default=0)
         tokens = np.full((len(rows), width), -1, dtype=np.int64)
+        parents = np.full((len(rows), width), -1, dtype=np.int64)
         temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature] * len(rows)
-        assert len(temps) == len(rows)
-        probs = np.zeros((len(rows), width, self.vocab_size), dtype=np.float32) if max(temps, default=0) > 0 else None
+        assert len(temps) == len(rows) == len(widths)
+        sampled = [t > 0 and w == 1 for t, w in zip(temps, widths)]
+        probs = np.zeros((len(rows), width, self.vocab_size), dtype=np.float32) if any(sampled) else None
         rngs = [np.random.default_rng(seed) for seed in (seeds or [0] * len(rows))]
-        single: list[float] = []       # forwards that fed exactly one token to every row
+        grown = [_Growth(len(row.ids)) for row in rows]
+        timed: dict[int, list[float]] = {}
         with Timer() as timer:
             for row, n_blocks, gamma in zip(rows, blocks, gammas):
                 row.cache.resize(n_blocks)
                 row.proposed = gamma
                 assert gamma == 0 or len(row.ids) + gamma - 1 <= n_blocks * self.block_tokens, (gamma, n_blocks)
-            for j in range(width):
-                active = [b for b, g in enumerate(gammas) if g > j]
-                feeds = [rows[b].ids[rows[b].cache.length :] if j == 0 else tokens[b, j - 1 : j] for b in active]
-                caches = [rows[b].cache for b in active]
+            active = [b for b, g in enumerate(gammas) if g > 0]
+            feeds = [rows[b].ids[rows[b].cache.length:] for b in active]
+            trees: list = [None] * len(active)
+            while active:
                 with Timer() as step:
-                    logits = [x[0] for x in forward_rows(self.model, caches, feeds, [1] * len(active))]
-                if all(len(f) == 1 for f in feeds):
-                    single.append(step.seconds)
+                    logits = forward_rows(self.model, [rows[b].cache for b in active], feeds,
+                                          [len(f) if grown[b].nodes else 1 for b, f in zip(active, feeds)], trees)
+                if len({len(f) for f in feeds}) == 1:
+                    timed.setdefault(len(feeds[0]), []).append(step.seconds)
                 for i, b in enumerate(active):
-                    if temps[b] > 0:
-                        p = torch.softmax(logits[i] / temps[b], dim=-1).cpu().numpy()
-                        probs[b, j] = p
-                        tokens[b, j] = sample(p, rngs[b])
-                    else:
-                        tokens[b, j] = int(logits[i].argmax())
-        return {"tokens": tokens, "probs": probs, "seconds": timer.seconds,
-                "token_seconds": sum(single) / len(single) if single else None}
+                    g = grown[b]
+                    for k, node in enumerate(g.fed or [-1]):
+                        self._expand(g, node, logits[i][k], temps[b], widths[b], sampled[b], rngs[b])
+                    g.select(min(widths[b], gammas[b] - len(g.nodes)))
+                active = [b for b in active if len(grown[b].nodes) < gammas[b]]
+                feeds = [grown[b].feed(rows[b].cache.length) for b in active]
+                trees = [grown[b].tree_feed(rows[b].cache.length) if widths[b] > 1 else None for b in active]
+            for b, g in enumerate(grown):
+                n = len(g.nodes)
+                tokens[b, :n] = [node.token for node in g.nodes]
+                parents[b, :n] = [node.parent for node in g.nodes]
+                rows[b].slots = [node.slot for node in g.nodes]
+                for i, node in enumerate(g.nodes):
+                    if node.q is not None:
+                        probs[b, i] = node.q
+        seconds = {m: sum(v) / len(v) for m, v in timed.items()}
+        return {"tokens": tokens, "parents": parents, "probs": probs, "seconds": timer.seconds,
+                "forward_seconds": seconds, "token_seconds": seconds.get(1)}
 
-    def accept(self, session: str, accepted: int, tokens: np.ndarray, blocks: int) -> int:
-        """The step's outcome: `accepted` of the proposed drafts were accepted and `tokens` (the
-        accepted drafts, then the target's token, possibly cut short) joined the context. Drops
-        the rejected drafts from the cache and keeps `blocks` blocks; answers held bytes."""
+    def _expand(self, g: "_Growth", node: int, logits: torch.Tensor, temperature: float, width: int,
+                sampled: bool, rng: np.random.Generator) -> None:
+        # add `node`'s children as candidates: one sampled from q, or the `width` most likely
+        base = 0.0 if node < 0 else g.nodes[node].logp
+        if sampled:
+            p = torch.softmax(logits / temperature, dim=-1).cpu().numpy()
+            token = sample(p, rng)
+            g.candidates.append(_Node(token, node, base + float(np.log(max(p[token], 1e-30))), q=p))
+            return
+        scaled = logits / temperature if temperature > 0 else logits
+        top = torch.topk(torch.log_softmax(scaled.float(), dim=-1), width)
+        for logp, token in zip(top.values.tolist(), top.indices.tolist()):
+            g.candidates.append(_Node(int(token), node, base + logp))
+
+    def accept(self, session: str, accepted: int, tokens: np.ndarray, blocks: int,
+               path: list[int] | None = None) -> int:
+        """The step's outcome: the nodes on `path` (default: the chain's first `accepted`) were
+        accepted and `tokens` (their tokens, then the target's token, possibly cut short) joined the
+        context. Keeps the KV of the accepted nodes that were fed (compacted in place), drops every
+        other branch and keeps `blocks` blocks; answers held bytes."""
         s = self._get(session)
         tokens = np.asarray(tokens, dtype=np.int64)
-        assert 1 <= len(tokens) <= accepted + 1 and accepted <= s.proposed
-        base = len(s.ids)
+        path = list(range(accepted)) if path is None else list(path)
+        assert 1 <= len(tokens) <= accepted + 1 and accepted <= s.proposed and len(path) == accepted
         if s.proposed:
-            keep = base + min(accepted, len(tokens) - 1, s.proposed - 1)
-            s.cache.rollback(s.cache.length - keep, s.cache.blocks)
+            kept = []
+            for node in path[: len(tokens) - 1]:
+                if s.slots[node] < 0:
+                    break
+                kept.append(s.slots[node])
+            s.cache.keep_path(len(s.ids), kept, s.cache.blocks)
         s.cache.resize(blocks)
         s.ids = np.concatenate([s.ids, tokens])
-        s.proposed = 0
+        s.proposed, s.slots = 0, []
         return s.cache.held_bytes()
 
     def close(self, session: str) -> int:

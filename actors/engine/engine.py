@@ -25,7 +25,9 @@ class Engine:
 
     budget_bytes: the KV budget of both caches, all sessions (default: a static cache of the
     target's whole context for one session, both models). gamma: a fixed γ per step (default:
-    the manager picks γ* from the running α estimate and c). cost_ratio: a fixed c = t_draft /
+    the manager picks γ* from the running α estimate and c). tree: the widest token tree a step
+    may draft (1, the default: chains; the manager picks each step's shape, and with a fixed
+    `gamma` the tree has that many nodes grown `tree` at a time). cost_ratio: a fixed c = t_draft /
     t_target (default: measured online by the driver). max_context: a cap below the models' own.
 
     The Medusa-style static baseline is this class with block_tokens = max_context: each cache
@@ -44,6 +46,7 @@ class Engine:
         cost_ratio: float | None = None,
         spare_blocks: int = 1,
         max_context: int | None = None,
+        tree: int = 1,
     ):
         check_pair(draft_model, target_model, tokenizer)
         self.tokenizer = tokenizer
@@ -54,7 +57,8 @@ class Engine:
         if budget_bytes is None:
             tokens = blocks_for(self.verifier.max_context, block_tokens) * block_tokens
             budget_bytes = tokens * (self.draft.bytes_per_token + self.verifier.bytes_per_token)
-        self.memory = MemoryManager(budget_bytes, block_tokens, spare_blocks, gamma_max, cost_ratio or 0.1)
+        self.memory = MemoryManager(budget_bytes, block_tokens, spare_blocks, gamma_max, cost_ratio or 0.1,
+                                    width_max=tree)
         self.memory.add_holder(DRAFT, self.draft.bytes_per_token, self.draft.weight_bytes)
         self.memory.add_holder(TARGET, self.verifier.bytes_per_token, self.verifier.weight_bytes)
         eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
@@ -62,7 +66,7 @@ class Engine:
             self.verifier, self.draft, self.memory, (eos,) if eos is not None else (), measure_cost=cost_ratio is None,
             gamma_max=gamma_max,
         )
-        self.gamma = gamma
+        self.gamma, self.tree = gamma, tree
         self._anonymous = 0
 
     # chat
@@ -82,7 +86,7 @@ class Engine:
         if not self.verifier.has(session):
             self.verifier.open(session)
         ids, keep = self.verifier.chat_prompt(session, message)
-        self.driver.join(session, ids, keep, max_new_tokens, temperature, seed, self.gamma)
+        self.driver.join(session, ids, keep, max_new_tokens, temperature, seed, self.gamma, self.tree)
         reply: list[int] = []
         try:
             for event in self._drain(session):
@@ -103,11 +107,12 @@ class Engine:
         seed: int = 0,
         gamma: int | None = None,
         session: str | None = None,
+        tree: int | None = None,
     ) -> tuple[np.ndarray, dict]:
         """Continue `prompt_ids` (no chat template, no stop token); answers (new ids, stats).
         Without `session` a throwaway session is used and released."""
         out = self.generate_batch([prompt_ids], max_new_tokens, temperature, [seed], gamma,
-                                  None if session is None else [session])
+                                  None if session is None else [session], tree)
         return out[0]
 
     def generate_batch(
@@ -118,6 +123,7 @@ class Engine:
         seeds: list[int] | None = None,
         gamma: int | None = None,
         sessions: list[str] | None = None,
+        tree: int | None = None,
     ) -> list[tuple[np.ndarray, dict]]:
         """Continue several prompts as one batch (one draft pass and one target forward per step)."""
         throwaway = sessions is None
@@ -131,7 +137,7 @@ class Engine:
                     self.verifier.open(sid)
                 ids, keep = self.verifier.check_prompt(sid, prompt)
                 self.driver.join(sid, ids, keep, max_new_tokens, temperature, seed,
-                                 self.gamma if gamma is None else gamma)
+                                 self.gamma if gamma is None else gamma, self.tree if tree is None else tree)
             results = {sid: ([], {}) for sid in sessions}
             while self.driver.active:
                 for event in self.driver.step():

@@ -14,6 +14,7 @@ Per-session storage stays exact and sessions join or leave a batch at no cost.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -88,6 +89,17 @@ class BlockLayer(CacheLayerMixin):
             blocks = blocks_after_rollback(self.blocks, self.length, self.block_tokens, self.spare_blocks)
         self.resize(blocks)
 
+    def compact(self, start: int, slots: list[int]) -> None:
+        """Keep slots [0, start) and then `slots` (increasing, all >= start), moved down to
+        [start, start + len(slots)); forget the rest (capacity unchanged: `rollback` frees)."""
+        assert all(start <= a < b for a, b in zip(slots, slots[1:] + [self.length])), (start, slots, self.length)
+        if slots != list(range(start, start + len(slots))):
+            index = torch.tensor(slots, dtype=torch.long, device=self.device)
+            end = start + len(slots)
+            self.keys[:, :, start:end] = self.keys.index_select(2, index)
+            self.values[:, :, start:end] = self.values.index_select(2, index)
+        self.length = start + len(slots)
+
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove > 0:
             raise ValueError("crop takes a negative count of tokens to remove")
@@ -145,6 +157,13 @@ class BlockKVCache(Cache):
         for layer in self.layers:
             layer.rollback(n, blocks)
 
+    def keep_path(self, start: int, slots: list[int], blocks: int | None = None) -> None:
+        """Keep the first `start` tokens and then the tokens at `slots` (an accepted path through a
+        tree whose nodes sit past `start`), compacted in place; free the rest down to `blocks`."""
+        for layer in self.layers:
+            layer.compact(start, slots)
+            layer.rollback(0, blocks)
+
 
 class GatherLayer(CacheLayerMixin):
     """One layer of a batch: writes row b's first `n_new[b]` new tokens into its own cache layer,
@@ -196,12 +215,30 @@ class GatherCache(Cache):
         super().__init__(layers=layers)
 
 
-def batch_inputs(lengths: list[int], n_new: list[int], q: int, attn_implementation: str, dtype) -> tuple:
+@dataclass(frozen=True)
+class TreeFeed:
+    """How the n tokens fed to one row attend when they are tree nodes rather than a sequence.
+
+    The row's cache is a sequence up to slot `base`, then tree nodes: slots [base, length) from
+    earlier forwards of the same tree, then the n new ones. `visible` bool [n, length + n − base]
+    says which of those tree slots each new token sees (its ancestors and itself); every token
+    sees all of [0, base). `positions` int [n] are the new tokens' position ids (base − 1 + depth).
+    """
+
+    base: int
+    visible: np.ndarray
+    positions: np.ndarray
+
+
+def batch_inputs(lengths: list[int], n_new: list[int], q: int, attn_implementation: str, dtype,
+                 trees: list[TreeFeed | None] | None = None) -> tuple:
     """Position ids `[B, q]` and the 4-D mask `[B, 1, q, K]` for a `GatherCache` forward.
 
     Row b holds `lengths[b]` tokens before the forward; its query j sits at slot lengths[b]+j
-    and may see slots s <= lengths[b]+j. Dummy queries (j >= n_new[b]) see slot 0 only, so no
-    softmax row is empty. K = max(lengths[b] + n_new[b]) is the padded width of the keys.
+    and may see slots s <= lengths[b]+j, or, when trees[b] is given, the slots below its base and
+    the tree slots it marks visible, at the positions it gives. Dummy queries (j >= n_new[b]) see
+    slot 0 only, so no softmax row is empty. K = max(lengths[b] + n_new[b]) is the padded width
+    of the keys.
     """
     batch = len(lengths)
     width = max(l + n for l, n in zip(lengths, n_new))
@@ -210,6 +247,14 @@ def batch_inputs(lengths: list[int], n_new: list[int], q: int, attn_implementati
     slots = torch.arange(width).view(1, 1, width)
     real = torch.arange(q).view(1, q, 1) < torch.tensor(n_new).view(batch, 1, 1)
     allowed = torch.where(real, slots <= positions.view(batch, q, 1), slots == 0)
+    for b, tree in enumerate(trees or []):
+        if tree is None:
+            continue
+        n, end = n_new[b], lengths[b] + n_new[b]
+        assert tree.visible.shape == (n, end - tree.base) and tree.positions.shape == (n,)
+        allowed[b, :n, tree.base:end] = torch.from_numpy(tree.visible)
+        allowed[b, :n, end:] = False
+        positions[b, :n] = torch.from_numpy(np.asarray(tree.positions, dtype=np.int64))
     mask = allowed.view(batch, 1, q, width)
     if attn_implementation not in ("sdpa", ROWWISE):
         mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)

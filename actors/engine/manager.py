@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .errors import EngineError, OverBudget, SessionBusy, UnknownSession
 from .blocks import blocks_after_rollback, blocks_for
-from .memory_model import CostCurve, gamma_for_budget, gamma_star, kv_tokens
+from .memory_model import CostCurve, gamma_for_budget, kv_tokens, tree_shape
 
 
 EXPLORE_EVERY = 4
@@ -34,8 +34,9 @@ class _Session:
     busy: bool = False
     last_used: int = 0
     gamma: int | None = None
-    accepted: int = 0
-    considered: int = 0
+    width: int = 1
+    hits: list[int] = field(default_factory=list)    # per rank r: children of rank r accepted
+    tried: list[int] = field(default_factory=list)   # ... and visited nodes that had an r-th child
     plain_steps: int = 0      # steps in a row the policy granted γ = 0
 
 
@@ -52,17 +53,21 @@ class MemoryManager:
         fraction: float = 1.0,
         prior_alpha: float = 0.7,
         memory_budget: int | None = None,
+        width_max: int = 1,
     ):
         """budget_bytes: the KV budget. memory_budget: if given, the budget of weights and KV
         together; the KV budget is then what the registered holders' weights leave of it.
         fraction: a step wants the smallest γ whose expected speedup is within this fraction of
         the best (1.0: the best; the budget then shrinks it only when it must). The lower-bound
-        budget of the memory model is computed at 0.96 (`lower_bound_budget`), a separate question."""
-        assert budget_bytes >= 0 and block_tokens >= 1 and spare_blocks >= 0 and gamma_max >= 0
+        budget of the memory model is computed at 0.96 (`lower_bound_budget`), a separate question.
+        gamma_max: the most draft nodes per step (a chain's γ, a tree's N). width_max: the widest
+        tree a step may get (1: chains only); the shape is chosen from the rank acceptance rates."""
+        assert budget_bytes >= 0 and block_tokens >= 1 and spare_blocks >= 0 and gamma_max >= 0 and width_max >= 1
         self.budget = budget_bytes if memory_budget is None else memory_budget
         self.memory_budget = memory_budget
         self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
         self.gamma_max, self.fraction, self.prior_alpha = gamma_max, fraction, prior_alpha
+        self.width_max = width_max
         self.costs = CostCurve(cost_ratio)
         self._weights: dict[str, int] = {}
         self._bytes_per_token: dict[str, int] = {}
@@ -116,7 +121,8 @@ class MemoryManager:
     def open_session(self, session: str) -> None:
         if session in self._sessions:
             raise SessionBusy(f"session {session!r} is already open")
-        s = _Session(blocks={h: [] for h in self._bytes_per_token}, last_used=self._tick())
+        s = _Session(blocks={h: [] for h in self._bytes_per_token}, last_used=self._tick(),
+                     hits=[0] * self.width_max, tried=[0] * self.width_max)
         self._sessions[session] = s
 
     def prefill(self, session: str, keep: int, add: int) -> dict:
@@ -134,12 +140,19 @@ class MemoryManager:
         s.context, s.busy, s.gamma, s.last_used = length, True, None, self._tick()
         return {"blocks": self._block_counts(s), "evicted": evicted, "rebuild": rebuild}
 
-    def grant(self, session: str, gamma: int | None = None, limit: int | None = None) -> dict:
-        """Room for one speculative step of γ <= `gamma` (default: γ* from the session's α estimate),
-        and γ <= `limit` (the caller's cap: tokens left to generate, context left).
-        Answers {"gamma": g, "blocks": {holder: n}, "evicted": [...], "rebuild": [holders]}."""
+    def grant(self, session: str, gamma: int | None = None, limit: int | None = None,
+              width: int | None = None) -> dict:
+        """Room for one speculative step of γ <= `gamma` draft nodes (default: the tree (N*, w*) the
+        memory model picks from the session's rank acceptance rates and the cost curve), and
+        γ <= `limit` (the caller's cap: tokens left to generate, context left). `width` caps the
+        tree's width (default: `width_max` when the shape is chosen, 1 (a chain) for a fixed γ).
+        Answers {"gamma": g, "width": w, "blocks": {holder: n}, "evicted": [...], "rebuild": [holders]}."""
         s = self._get(session)
-        want = self._wanted_gamma(s) if gamma is None else min(gamma, self.gamma_max)
+        cap = max(1, min(width if width is not None else (self.width_max if gamma is None else 1), self.width_max))
+        if gamma is None:
+            want, wide = self._wanted_shape(s, cap)
+        else:
+            want, wide = min(gamma, self.gamma_max), cap
         if gamma is None and want == 0 and self.gamma_max > 0:
             # α is only measured while drafting: every EXPLORE-th plain step drafts one token,
             # so a session whose acceptance improves gets its speculation back
@@ -163,20 +176,28 @@ class MemoryManager:
         need = {h: max(held[h], blocks_for(kv_tokens(s.context, g), self.block_tokens)) for h in held}
         self._apply(session, s, need, rebuild)
         s.lost.clear()
-        s.gamma, s.busy, s.last_used = g, True, self._tick()
-        return {"gamma": g, "blocks": self._block_counts(s), "evicted": evicted, "rebuild": rebuild}
+        s.gamma, s.width, s.busy, s.last_used = g, max(1, min(wide, g)), True, self._tick()
+        return {"gamma": g, "width": s.width, "blocks": self._block_counts(s), "evicted": evicted,
+                "rebuild": rebuild}
 
-    def commit(self, session: str, accepted: int, emitted: int) -> dict:
-        """End a step: `accepted` of the γ drafts were accepted and `emitted` tokens joined the
-        context. Blocks past the new length (beyond `spare_blocks`) are freed at once.
+    def commit(self, session: str, accepted: int, emitted: int, tried: list[int] | None = None,
+               hits: list[int] | None = None) -> dict:
+        """End a step: `accepted` of the γ draft nodes were accepted and `emitted` tokens joined the
+        context. Blocks past the new length (beyond `spare_blocks`) are freed at once, the rejected
+        branches' with them. tried/hits: the walk's counts per rank (see `tree.verify_tree`);
+        without them the step counts as a chain's (min(accepted + 1, γ) tried at rank 1).
         Answers {"blocks": {holder: n}, "freed": bytes}."""
         s = self._get(session)
         if s.gamma is None:
             raise SessionBusy(f"session {session!r} has no open grant to commit")
         assert 0 <= accepted <= s.gamma and 0 <= emitted <= accepted + 1, (accepted, emitted, s.gamma)
         if s.gamma:
-            s.accepted += accepted
-            s.considered += min(accepted + 1, s.gamma)
+            if tried is None:
+                tried, hits = [min(accepted + 1, s.gamma)], [accepted]
+            assert len(tried) == len(hits) and sum(hits) == accepted, (tried, hits, accepted)
+            for r, (t, h) in enumerate(zip(tried[: self.width_max], hits[: self.width_max])):
+                s.tried[r] += t
+                s.hits[r] += h
         s.context += emitted
         s.gamma = None
         freed = 0
@@ -194,14 +215,16 @@ class MemoryManager:
         answers = []
         for r in requests:
             try:
-                answers.append(self.grant(r["session"], r.get("gamma"), r.get("limit")))
+                answers.append(self.grant(r["session"], r.get("gamma"), r.get("limit"), r.get("width")))
             except EngineError as exc:
                 answers.append({"error": [type(exc).__name__, str(exc)]})
         return answers
 
     def commit_batch(self, requests: list[dict]) -> list[dict]:
-        """`commit` for several sessions: requests {"session", "accepted", "emitted"}."""
-        return [self.commit(r["session"], r["accepted"], r["emitted"]) for r in requests]
+        """`commit` for several sessions: requests {"session", "accepted", "emitted", "tried"
+        (optional), "hits" (optional)}."""
+        return [self.commit(r["session"], r["accepted"], r["emitted"], r.get("tried"), r.get("hits"))
+                for r in requests]
 
     def finish(self, session: str) -> None:
         """End a turn: the session is idle (evictable) until its next prefill."""
@@ -221,10 +244,14 @@ class MemoryManager:
         self.costs = CostCurve(cost_ratio)
 
     def observe_costs(self, draft_s: float | None = None, m: int | None = None,
-                      target_s: float | None = None) -> None:
-        """A measured step: `draft_s` seconds per draft token, `target_s` seconds for a target
-        forward of `m` new tokens per session. γ* is then picked from the curve t_t(M)."""
+                      target_s: float | None = None, draft_by_m: dict | None = None) -> None:
+        """A measured step: `draft_s` seconds per one-token draft forward, `draft_by_m` {M: seconds}
+        of draft forwards of M new tokens per session (a tree's rounds), `target_s` seconds for a
+        target forward of `m` new tokens per session. The tree shape is then picked from the
+        curves t_d(M) and t_t(M)."""
         self.costs.observe(draft_s, m, target_s)
+        for width, seconds in (draft_by_m or {}).items():
+            self.costs.observe(seconds, draft_m=int(width))
 
     @property
     def cost_ratio(self) -> float:
@@ -232,8 +259,13 @@ class MemoryManager:
 
     def alpha(self, session: str) -> float:
         """The running acceptance estimate of the session (prior_alpha counted as 4 draft tokens)."""
-        s = self._get(session)
-        return (s.accepted + 4 * self.prior_alpha) / (s.considered + 4)
+        return self.rates(session)[0]
+
+    def rates(self, session: str) -> list[float]:
+        """The session's rank acceptance rates a_1..a_{width_max}: a_r = P(the target's token is the
+        draft's r-th choice), each with a prior counted as 4 trials (a_1: prior_alpha; a_r, r > 1:
+        (1 − prior_alpha) / (r + 1)), scaled so that they sum to at most 0.99."""
+        return self._rates(self._get(session), self.width_max)
 
     def usage(self) -> dict:
         per_session = {sid: self._session_bytes(s) for sid, s in self._sessions.items()}
@@ -274,9 +306,16 @@ class MemoryManager:
         self._clock += 1
         return self._clock
 
-    def _wanted_gamma(self, s: _Session) -> int:
-        alpha = min((s.accepted + 4 * self.prior_alpha) / (s.considered + 4), 0.99)
-        return gamma_star(alpha, self.costs, self.fraction, self.gamma_max)
+    def _priors(self) -> list[float]:
+        return [self.prior_alpha] + [(1 - self.prior_alpha) / (r + 1) for r in range(2, self.width_max + 1)]
+
+    def _rates(self, s: _Session, width: int) -> list[float]:
+        rates = [(h + 4 * p) / (t + 4) for h, t, p in zip(s.hits, s.tried, self._priors())][:width]
+        total = sum(rates)
+        return [a * min(1.0, 0.99 / total) for a in rates]
+
+    def _wanted_shape(self, s: _Session, width: int) -> tuple[int, int]:
+        return tree_shape(self._rates(s, width), self.costs, self.fraction, self.gamma_max, width)
 
     def _session_holder_bytes(self, s: _Session, holder: str) -> int:
         return len(s.blocks.get(holder, [])) * self.block_bytes(holder)

@@ -32,11 +32,12 @@ def speedup(alpha: float, gamma: int, cost_ratio: float) -> float:
 
 
 class CostCurve:
-    """Measured step costs: t_d seconds per draft token and t_t(M) seconds per target forward of M
-    new tokens, M = 1..γ_max+1. On a CPU t_t is far from flat in M for some precisions (float32
-    switches from GEMV to GEMM at M = 2) and nearly flat for others (int8 to M ≈ 9), which moves γ*.
+    """Measured step costs: t_t(M) seconds per target forward of M new tokens, M = 1..N_max+1, and
+    t_d(M) seconds per draft forward of M new tokens (M = 1 for a chain, the tree's width for a
+    tree). On a CPU the target's cost is far from flat in M for some precisions (float32 switches
+    from GEMV to GEMM at M = 2) and nearly flat for others (int8 to M ≈ 9), which moves γ*.
 
-    Each observation updates an exponential average (weight 0.2) of its own M; t_t at an M never
+    Each observation updates an exponential average (weight 0.2) of its own M; a cost at an M never
     observed is interpolated linearly between the nearest observed Ms, and beyond the last
     observed M extrapolated with the slope of the last two (flat with one). Without any target
     observation, t_t(M) = 1 and t_d = c: the single-ratio model S(γ) = E(γ)/(γc + 1).
@@ -44,53 +45,118 @@ class CostCurve:
 
     def __init__(self, cost_ratio: float = 0.1):
         self.prior_ratio = cost_ratio
-        self.measured_draft_s: float | None = None
+        self.draft_table: dict[int, float] = {}
         self.target_s: dict[int, float] = {}
 
     def observe(self, draft_s: float | None = None, m: int | None = None, target_s: float | None = None,
-                weight: float = 0.2) -> None:
-        if draft_s is not None and draft_s >= 0:
-            old = self.measured_draft_s
-            self.measured_draft_s = draft_s if old is None else (1 - weight) * old + weight * draft_s
+                weight: float = 0.2, draft_m: int = 1) -> None:
+        if draft_s is not None and draft_s >= 0 and draft_m >= 1:
+            _average(self.draft_table, draft_m, draft_s, weight)
         if m is not None and target_s is not None and target_s > 0 and m >= 1:
-            old = self.target_s.get(m)
-            self.target_s[m] = target_s if old is None else (1 - weight) * old + weight * target_s
+            _average(self.target_s, m, target_s, weight)
+
+    @property
+    def measured_draft_s(self) -> float | None:
+        return _interpolate(self.draft_table, 1) if self.draft_table else None
 
     def target(self, m: int) -> float:
-        if not self.target_s:
-            return 1.0
-        known = sorted(self.target_s)
-        if m in self.target_s:
-            return self.target_s[m]
-        lower = [k for k in known if k < m]
-        upper = [k for k in known if k > m]
-        if lower and upper:
-            a, b = lower[-1], upper[0]
-            return self.target_s[a] + (self.target_s[b] - self.target_s[a]) * (m - a) / (b - a)
-        if upper:
-            return self.target_s[upper[0]]
-        if len(known) == 1:
-            return self.target_s[known[0]]
-        a, b = known[-2], known[-1]
-        slope = (self.target_s[b] - self.target_s[a]) / (b - a)
-        return max(self.target_s[b] + slope * (m - b), 1e-9)
+        return _interpolate(self.target_s, m) if self.target_s else 1.0
+
+    def draft(self, m: int = 1) -> float:
+        """t_d(M): as measured, else the prior c times t_t(1) (in the target's units)."""
+        if not self.draft_table:
+            return self.prior_ratio * self.target(1)
+        return _interpolate(self.draft_table, m)
 
     @property
     def draft_s(self) -> float:
-        """t_d: as measured, else the prior c times t_t(1) (in the target's units)."""
-        return self.measured_draft_s if self.measured_draft_s is not None else self.prior_ratio * self.target(1)
+        """t_d = t_d(1), seconds per draft token of a chain."""
+        return self.draft(1)
 
     @property
     def ratio(self) -> float:
         """c = t_d / t_t(1)."""
         return self.draft_s / self.target(1)
 
-    def step_seconds(self, gamma: int) -> float:
-        # γ draft tokens then one target forward of γ + 1 tokens
-        return gamma * self.draft_s + self.target(gamma + 1)
+    def step_seconds(self, gamma: int, width: int = 1) -> float:
+        # the draft's forwards for a tree of γ nodes grown `width` at a time (a chain: γ one-token
+        # forwards), then one target forward of γ + 1 tokens
+        return draft_seconds(gamma, width, self) + self.target(gamma + 1)
 
     def as_dict(self) -> dict:
-        return {"draft_s": self.draft_s, "target_s": {str(m): t for m, t in sorted(self.target_s.items())}}
+        return {"draft_s": self.draft_s, "target_s": {str(m): t for m, t in sorted(self.target_s.items())},
+                "draft_by_m": {str(m): t for m, t in sorted(self.draft_table.items())}}
+
+
+def _average(table: dict[int, float], m: int, seconds: float, weight: float) -> None:
+    old = table.get(m)
+    table[m] = seconds if old is None else (1 - weight) * old + weight * seconds
+
+
+def _interpolate(table: dict[int, float], m: int) -> float:
+    # linear between the nearest observed Ms; flat below the first; the last two's slope beyond
+    if m in table:
+        return table[m]
+    known = sorted(table)
+    lower = [k for k in known if k < m]
+    upper = [k for k in known if k > m]
+    if lower and upper:
+        a, b = lower[-1], upper[0]
+        return table[a] + (table[b] - table[a]) * (m - a) / (b - a)
+    if upper:
+        return table[upper[0]]
+    if len(known) == 1:
+        return table[known[0]]
+    a, b = known[-2], known[-1]
+    slope = (table[b] - table[a]) / (b - a)
+    return max(table[b] + slope * (m - b), 1e-9)
+
+
+def draft_forwards(nodes: int, width: int) -> int:
+    # the draft grows a tree `width` nodes per round: ⌈N / w⌉ forwards (the first feeds the root)
+    return -(-nodes // width) if nodes > 0 else 0
+
+
+def draft_seconds(nodes: int, width: int, curve: CostCurve) -> float:
+    # t_d(1) for the forward that feeds the root, then t_d(w) for each round that feeds w nodes
+    forwards = draft_forwards(nodes, width)
+    return 0.0 if forwards == 0 else curve.draft(1) + (forwards - 1) * curve.draft(width)
+
+
+def tree_expected_tokens(rates: list[float], nodes: int, width: int | None = None) -> float:
+    """E(N, w): expected tokens per step of the N-node tree the draft grows `width` nodes per round,
+    when the r-th child of any node is accepted with probability a_r = rates[r−1], independently of
+    its position (Sequoia's model). A node's value is the product of the rates on its path (the
+    chance it is accepted), and E = 1 + the sum of the tree's values. Each round, like the draft,
+    takes the w candidates of highest value, then offers their w children each to the next round;
+    so a tree is at most ⌈N/w⌉ deep. A chain (w = 1) gives (1 − α^(N+1)) / (1 − α)."""
+    width = min(width or len(rates), len(rates))
+    rates = list(rates[:width])
+    assert nodes >= 0 and all(0.0 <= a <= 1.0 for a in rates) and sum(rates) <= 1.0 + 1e-9
+    total, taken, pool = 1.0, 0, list(rates)
+    while taken < nodes and pool:
+        pool.sort(reverse=True)
+        chosen, pool = pool[: min(width, nodes - taken)], pool[min(width, nodes - taken):]
+        taken += len(chosen)
+        total += sum(chosen)
+        pool += [v * a for v in chosen for a in rates]
+    return total
+
+
+def tree_speedup(rates: list[float], nodes: int, width: int, curve: CostCurve) -> float:
+    # S(N, w) = E(N, w) · t_t(1) / (draft seconds(N, w) + t_t(N + 1))
+    return tree_expected_tokens(rates, nodes, width) * curve.target(1) / curve.step_seconds(nodes, width)
+
+
+def tree_shape(
+    rates: list[float], curve: CostCurve, fraction: float = 0.96, nodes_max: int = 16, width_max: int = 1
+) -> tuple[int, int]:
+    """(N*, w*): the smallest tree (fewest nodes, then narrowest) whose expected speedup is within
+    `fraction` of the best over N <= nodes_max and w <= min(width_max, len(rates))."""
+    shapes = [(0, 1)] + [(n, w) for n in range(1, nodes_max + 1) for w in range(1, min(width_max, len(rates), n) + 1)]
+    speeds = {shape: tree_speedup(rates, shape[0], shape[1], curve) for shape in shapes}
+    best = max(speeds.values())
+    return next(shape for shape in shapes if speeds[shape] >= fraction * best)
 
 
 def curve_speedup(alpha: float, gamma: int, curve: CostCurve) -> float:
@@ -99,11 +165,10 @@ def curve_speedup(alpha: float, gamma: int, curve: CostCurve) -> float:
 
 
 def gamma_star(alpha: float, cost_ratio: "float | CostCurve", fraction: float = 0.96, gamma_max: int = 16) -> int:
-    """The smallest γ in [0, gamma_max] with S(γ) >= fraction · max S (a single c, or a `CostCurve`)."""
+    """The smallest γ in [0, gamma_max] with S(γ) >= fraction · max S (a single c, or a `CostCurve`):
+    the width-1 case of `tree_shape`."""
     curve = cost_ratio if isinstance(cost_ratio, CostCurve) else CostCurve(cost_ratio)
-    speeds = [curve_speedup(alpha, g, curve) for g in range(gamma_max + 1)]
-    best = max(speeds)
-    return next(g for g, s in enumerate(speeds) if s >= fraction * best)
+    return tree_shape([alpha], curve, fraction, gamma_max, 1)[0]
 
 
 @dataclass(frozen=True)
@@ -156,6 +221,24 @@ def lower_bound_budget(
     """(KV bytes, γ*): the smallest KV budget that keeps `fraction` of the best expected speedup."""
     g = gamma_star(alpha, cost_ratio, fraction, gamma_max)
     return kv_footprint(contexts, g, kv_target, kv_draft, block_tokens), g
+
+
+def tree_lower_bound_budget(
+    contexts: list[int],
+    rates: list[float],
+    curve: CostCurve,
+    kv_target: int,
+    kv_draft: int,
+    block_tokens: int,
+    fraction: float = 0.96,
+    nodes_max: int = 16,
+    width_max: int = 2,
+) -> tuple[int, tuple[int, int]]:
+    """(KV bytes, (N*, w*)): the smallest KV budget that keeps `fraction` of the best expected
+    speedup over trees of up to `nodes_max` nodes and `width_max` width. A tree of N nodes needs
+    the slots of a chain of γ = N (L + N per cache), so the budget is the chain's at γ = N*."""
+    nodes, width = tree_shape(rates, curve, fraction, nodes_max, width_max)
+    return kv_footprint(contexts, nodes, kv_target, kv_draft, block_tokens), (nodes, width)
 
 
 def gamma_for_budget(

@@ -87,6 +87,7 @@ class StepStats:
     emitted: int
     draft_s: float
     target_s: float
+    width: int = 1
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)

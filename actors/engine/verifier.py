@@ -16,8 +16,9 @@ import numpy as np
 
 from .batch import forward_rows
 from .errors import BadPrompt, ContextTooLong, SessionBusy, UnknownSession
-from .kvcache import BlockKVCache, CacheHolder
-from .speculative import SpecStats, StepStats, Timer, verify_chain
+from .kvcache import BlockKVCache, CacheHolder, TreeFeed
+from .speculative import SpecStats, StepStats, Timer
+from .tree import Tree, verify_tree
 
 DRAFT, TARGET = "draft", "target"
 _SENTINEL = "\u2063specmemo-reply\u2063"
@@ -28,6 +29,25 @@ class _TargetSession:
     ids: np.ndarray
     cache: BlockKVCache | None
     messages: list[dict] = field(default_factory=list)
+    prefilled: int = 0           # tokens the last prefill computed (the rest of the prompt was reused)
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages) -> list[dict]:
+    """A conversation as plain {"role", "content"} dicts; BadPrompt unless every role is one of
+    ROLES, every content a string, and the last message the user's."""
+    if not isinstance(messages, list) or not messages:
+        raise BadPrompt("messages must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise BadPrompt(f"message {i} must have a role in {ROLES} and a string content")
+        out.append({"role": m["role"], "content": m["content"]})
+    if out[-1]["role"] != "user" or not out[-1]["content"].strip():
+        raise BadPrompt("the last message must be a non-empty user message")
+    return out
 
 
 class VerifierCore(CacheHolder):
@@ -63,25 +83,36 @@ class VerifierCore(CacheHolder):
     def ids(self, session: str) -> np.ndarray:
         return self._get(session).ids.copy()
 
-    def chat_prompt(self, session: str, message: str) -> tuple[np.ndarray, int]:
-        """The whole conversation with `message` appended, as token ids, and how many of its first
-        ids equal the committed ids (their KV is reused).
+    def prefilled(self, session: str) -> int:
+        """Tokens the session's last prefill computed (its prompt's others were resident)."""
+        return self._get(session).prefilled
 
-        After the first turn the committed ids (earlier prompts and the replies exactly as
-        generated) are kept verbatim and only the template's continuation is tokenized: the part
-        the chat template renders after the last reply, found by rendering a sentinel in its place.
-        A reply that does not round-trip through text (or a template that alters the sentinel)
-        falls back to rendering everything, reusing the longest common prefix.
-        """
-        s = self._get(session)
+    def chat_prompt(self, session: str, message: str) -> tuple[np.ndarray, int]:
+        """The whole conversation with the user's `message` appended, as token ids, and how many of
+        its first ids equal the committed ids (their KV is reused); see `conversation_prompt`."""
         if not message or not message.strip():
             raise BadPrompt("empty message")
+        return self.conversation_prompt(session, self._get(session).messages + [{"role": "user", "content": message}])
+
+    def conversation_prompt(self, session: str, messages: list[dict]) -> tuple[np.ndarray, int]:
+        """A whole conversation (`messages`: {"role": system|user|assistant, "content": str}, ending
+        with a user message) as token ids, and how many of its first ids equal the committed ids.
+
+        When the session's own conversation (earlier prompts and the replies exactly as generated)
+        is a prefix of `messages`, the committed ids are kept verbatim and only what the chat
+        template renders after the last reply is tokenized, found by rendering a sentinel in the
+        reply's place. Otherwise (another history, a reply that does not round-trip through text,
+        a template that alters the sentinel) everything is rendered and the longest common prefix
+        of ids is reused.
+        """
+        s = self._get(session)
+        messages = check_messages(messages)
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
             raise BadPrompt("this verifier has no tokenizer with a chat template")
-        messages = s.messages + [{"role": "user", "content": message}]
         full = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
-        if s.messages and s.messages[-1]["role"] == "assistant":
-            marked = s.messages[:-1] + [{"role": "assistant", "content": _SENTINEL}, messages[-1]]
+        known = len(s.messages)
+        if known and s.messages[-1]["role"] == "assistant" and messages[:known] == s.messages:
+            marked = s.messages[:-1] + [{"role": "assistant", "content": _SENTINEL}] + messages[known:]
             text = self.tokenizer.apply_chat_template(marked, add_generation_prompt=True, tokenize=False)
             if text.count(_SENTINEL) == 1:
                 tail = self.tokenizer.encode(text.split(_SENTINEL)[1], add_special_tokens=False)
@@ -109,9 +140,14 @@ class VerifierCore(CacheHolder):
 
     def end_turn(self, session: str, message: str, reply_ids: np.ndarray) -> str:
         """Record the user message and the reply in the conversation; answers the reply text."""
+        return self.end_conversation(session, self._get(session).messages + [{"role": "user", "content": message}],
+                                     reply_ids)
+
+    def end_conversation(self, session: str, messages: list[dict], reply_ids: np.ndarray) -> str:
+        """The conversation is now `messages` and the reply; answers the reply text."""
         s = self._get(session)
         text = self.tokenizer.decode(np.asarray(reply_ids).tolist(), skip_special_tokens=True)
-        s.messages += [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
+        s.messages = [dict(m) for m in messages] + [{"role": "assistant", "content": text}]
         return text
 
     # caches
@@ -128,6 +164,7 @@ class VerifierCore(CacheHolder):
         s.cache.rollback(s.cache.length - resident, s.cache.blocks)
         s.cache.resize(blocks)
         s.ids = ids
+        s.prefilled = max(0, len(ids) - 1 - resident)
         if len(ids) - 1 > resident:
             forward_rows(self.model, [s.cache], [ids[resident:-1]], [0])
         return s.cache.held_bytes()
@@ -148,41 +185,55 @@ class VerifierCore(CacheHolder):
         temperature: float | list[float] = 0.0,
         draft_probs: np.ndarray | None = None,
         seeds: list[int] | None = None,
+        parents: np.ndarray | None = None,
     ) -> dict:
-        """One target forward over every session's pending token and its gammas[b] drafts.
+        """One target forward over every session's pending token and its tree of gammas[b] draft
+        nodes (tokens drafts[b], parents parents[b]; a chain when `parents` is None), each node
+        attending to its ancestors only and placed at the position of its depth.
 
-        drafts: int64 [B, γmax]; draft_probs: float32 [B, γmax, V] when any row samples;
+        drafts, parents: int64 [B, Nmax]; draft_probs: float32 [B, Nmax, V] when any row samples;
         temperature: one for all rows or one per row (0: greedy).
-        Answers {"accepted": [n_b], "tokens": [int64 arrays of n_b + 1 tokens], "seconds": float}.
+        Answers {"accepted": [n_b], "tokens": [int64 arrays of n_b + 1 tokens], "paths": [accepted
+        node indices], "tried", "hits": [per-rank counts], "seconds": float}.
         """
         rows = [self._get(s) for s in sessions]
         assert drafts.shape[0] == len(rows) == len(gammas) == len(blocks)
         temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature] * len(rows)
-        feeds = []
-        for row, gamma, n_blocks in zip(rows, gammas, blocks):
+        trees = [Tree.chain(drafts[b, :g]) if parents is None else Tree.from_rows(drafts[b], parents[b], g)
+                 for b, g in enumerate(gammas)]
+        feeds, masks = [], []
+        for row, tree, n_blocks in zip(rows, trees, blocks):
             assert row.cache is not None and row.cache.length == len(row.ids) - 1
             row.cache.resize(n_blocks)
-            feeds.append(np.concatenate([row.ids[-1:], drafts[len(feeds), :gamma]]))
+            feeds.append(np.concatenate([row.ids[-1:], tree.tokens]))
+            if tree.is_chain:
+                masks.append(None)
+            else:
+                visible, offsets = tree.target_feed()
+                masks.append(TreeFeed(row.cache.length, visible, row.cache.length + offsets))
         with Timer() as timer:
-            logits = forward_rows(self.model, [r.cache for r in rows], feeds, [g + 1 for g in gammas])
-            accepted, tokens = [], []
-            for b, gamma in enumerate(gammas):
-                row_logits = logits[b].cpu().numpy()
+            logits = forward_rows(self.model, [r.cache for r in rows], feeds, [len(t) + 1 for t in trees], masks)
+            verdicts = []
+            for b, tree in enumerate(trees):
                 rng = np.random.default_rng(seeds[b] if seeds else 0)
-                q = draft_probs[b, :gamma] if draft_probs is not None else np.zeros((gamma, row_logits.shape[-1]))
-                n, emitted = verify_chain(drafts[b, :gamma], row_logits, temps[b], q, rng)
-                accepted.append(n)
-                tokens.append(emitted)
-        return {"accepted": accepted, "tokens": tokens, "seconds": timer.seconds}
+                q = draft_probs[b, : len(tree)] if draft_probs is not None else None
+                verdicts.append(verify_tree(tree, logits[b].cpu().numpy(), temps[b], q, rng))
+        return {"accepted": [v.accepted for v in verdicts], "tokens": [v.tokens for v in verdicts],
+                "paths": [v.path for v in verdicts], "tried": [v.tried for v in verdicts],
+                "hits": [v.hits for v in verdicts], "seconds": timer.seconds}
 
-    def settle(self, session: str, tokens: np.ndarray, blocks: int) -> int:
-        """`tokens` joined the context: keep what the target cache holds of them (all but the
-        last), drop the rest, keep `blocks` blocks. Answers held bytes."""
+    def settle(self, session: str, tokens: np.ndarray, blocks: int, path: list[int] | None = None) -> int:
+        """`tokens` joined the context: keep what the target cache holds of them (the pending
+        token and the accepted nodes on `path`, default the chain's first ones, compacted in
+        place; all but the last token), drop every other branch, keep `blocks` blocks.
+        Answers held bytes."""
         s = self._get(session)
         tokens = np.asarray(tokens, dtype=np.int64)
         assert len(tokens) >= 1
+        start = len(s.ids)                       # the pending token sat at start − 1
+        path = list(range(len(tokens) - 1)) if path is None else list(path)
         s.ids = np.concatenate([s.ids, tokens])
-        s.cache.rollback(s.cache.length - (len(s.ids) - 1), s.cache.blocks)
+        s.cache.keep_path(start, [start + node for node in path[: len(tokens) - 1]], s.cache.blocks)
         s.cache.resize(blocks)
         return s.cache.held_bytes()
 
@@ -206,6 +257,9 @@ class _Turn:
     temperature: float
     gamma: int | None
     rng: np.random.Generator
+    width: int | None = None
+    prompt_tokens: int = 0
+    prefilled: int = 0            # prompt tokens computed at join (the rest were reused)
     stats: SpecStats = field(default_factory=SpecStats)
     new_ids: list[int] = field(default_factory=list)
 
@@ -261,9 +315,12 @@ class Driver:
         temperature: float = 0.0,
         seed: int = 0,
         gamma: int | None = None,
+        width: int | None = None,
     ) -> None:
         """Start a turn: make `token_ids` (whole context; first `keep` unchanged) resident in both
-        caches. Raises OverBudget (nothing changed) when the budget cannot hold the prompt."""
+        caches. `gamma` fixes the draft nodes per step and `width` caps the tree's width (default:
+        both chosen by the memory side; a fixed γ alone is a chain). Raises OverBudget (nothing
+        changed) when the budget cannot hold the prompt."""
         if session in self._turns:
             raise SessionBusy(f"session {session!r} is already generating")
         assert max_new_tokens >= 1
@@ -282,7 +339,8 @@ class Driver:
         else:
             self.draft.extend(session, ids, keep, blocks[DRAFT])
         remaining = min(max_new_tokens, self.verifier.max_context - len(ids))
-        self._turns[session] = _Turn(session, remaining, temperature, gamma, np.random.default_rng(seed))
+        self._turns[session] = _Turn(session, remaining, temperature, gamma, np.random.default_rng(seed), width,
+                                     len(ids), self.verifier.prefilled(session) + 1)
 
     def leave(self, session: str) -> None:
         """Stop a turn early; the session stays open (idle) for its next turn."""
@@ -301,7 +359,7 @@ class Driver:
         for turn in turns:
             context = len(self.verifier.ids(turn.session))
             limit = min(turn.remaining - 1, self.verifier.max_context - context)
-            requests.append({"session": turn.session, "gamma": turn.gamma, "limit": limit})
+            requests.append({"session": turn.session, "gamma": turn.gamma, "limit": limit, "width": turn.width})
         for turn, answer in zip(turns, self.memory.grant_batch(requests)):
             if "error" in answer:
                 self._turns.pop(turn.session)
@@ -315,55 +373,64 @@ class Driver:
                 self.verifier.prefill(turn.session, ids, 0, answer["blocks"][TARGET])
             if DRAFT in answer["rebuild"]:
                 self.draft.open(turn.session, ids, answer["blocks"][DRAFT])
-            granted.append((turn, answer["gamma"], answer["blocks"]))
+            granted.append((turn, answer["gamma"], answer.get("width", 1), answer["blocks"]))
         if not granted:
             return events
-        sessions = [t.session for t, _, _ in granted]
-        gammas = [g for _, g, _ in granted]
+        sessions = [t.session for t, _, _, _ in granted]
+        gammas = [g for _, g, _, _ in granted]
+        widths = [w for _, _, w, _ in granted]
         drafts = np.zeros((len(granted), max(gammas)), dtype=np.int64)
-        probs, draft_s, token_s = None, 0.0, None
-        temperatures = [t.temperature for t, _, _ in granted]
-        seeds = [t.rng.integers(0, 2**63, size=2) for t, _, _ in granted]
+        parents = np.tile(np.arange(-1, max(gammas) - 1, dtype=np.int64), (len(granted), 1))
+        probs, draft_s, forward_s = None, 0.0, {}
+        temperatures = [t.temperature for t, _, _, _ in granted]
+        seeds = [t.rng.integers(0, 2**63, size=2) for t, _, _, _ in granted]
         speculating = [i for i, g in enumerate(gammas) if g > 0]
         if speculating:
             proposal = self.draft.propose(
                 [sessions[i] for i in speculating],
                 [gammas[i] for i in speculating],
-                [granted[i][2][DRAFT] for i in speculating],
+                [granted[i][3][DRAFT] for i in speculating],
                 [temperatures[i] for i in speculating],
                 [int(seeds[i][0]) for i in speculating],
+                [widths[i] for i in speculating],
             )
             width = proposal["tokens"].shape[1]
             drafts[speculating, :width] = proposal["tokens"]
+            parents[speculating, :width] = proposal["parents"]
             if proposal["probs"] is not None:
                 probs = np.zeros((len(granted), max(gammas), proposal["probs"].shape[-1]), dtype=np.float32)
                 probs[speculating, :width] = proposal["probs"]
             draft_s = proposal["seconds"]
-            token_s = proposal.get("token_seconds")
-        target_blocks = [b[TARGET] for _, _, b in granted]
+            forward_s = {int(m): t for m, t in (proposal.get("forward_seconds") or {}).items()}
+        target_blocks = [b[TARGET] for _, _, _, b in granted]
         verify_seeds = [int(s[1]) for s in seeds]
-        verdict = self.verifier.verify(sessions, drafts, gammas, target_blocks, temperatures, probs, verify_seeds)
+        verdict = self.verifier.verify(sessions, drafts, gammas, target_blocks, temperatures, probs, verify_seeds,
+                                       parents)
         if self.measure_cost and verdict["seconds"] > 0:
-            # t_d: the draft's one-token forwards (a catch-up of pending tokens is not a draft
-            # token's cost); t_t(M): the target forward of M = γmax + 1
-            self.memory.observe_costs(token_s, max(gammas) + 1, verdict["seconds"])
+            # t_d(M): the draft's forwards that fed M tokens a row (M = 1 for a chain, the tree's
+            # width; a catch-up of pending tokens is not a draft token's cost); t_t(M): the target
+            # forward of M = Nmax + 1
+            wide = {str(m): seconds for m, seconds in forward_s.items() if m > 1}
+            self.memory.observe_costs(forward_s.get(1), max(gammas) + 1, verdict["seconds"], wide or None)
         kept = []
-        for i, (turn, _, _) in enumerate(granted):
+        for i, (turn, _, _, _) in enumerate(granted):
             tokens = verdict["tokens"][i][: turn.remaining]
             stops = [k for k, t in enumerate(tokens) if int(t) in self.stop_ids]
             kept.append(tokens[: stops[0] + 1] if stops else tokens)
         commits = self.memory.commit_batch(
-            [{"session": t.session, "accepted": verdict["accepted"][i], "emitted": len(kept[i])}
-             for i, (t, _, _) in enumerate(granted)]
+            [{"session": t.session, "accepted": verdict["accepted"][i], "emitted": len(kept[i]),
+              "tried": verdict["tried"][i], "hits": verdict["hits"][i]}
+             for i, (t, _, _, _) in enumerate(granted)]
         )
-        for i, (turn, gamma, _) in enumerate(granted):
+        for i, (turn, gamma, width, _) in enumerate(granted):
             n, tokens, blocks = verdict["accepted"][i], kept[i], commits[i]["blocks"]
+            path = [int(node) for node in verdict["paths"][i]]
             done = (len(tokens) and int(tokens[-1]) in self.stop_ids) or len(tokens) >= turn.remaining
-            self.verifier.settle(turn.session, tokens, blocks[TARGET])
-            self.draft.accept(turn.session, n, tokens, blocks[DRAFT])
+            self.verifier.settle(turn.session, tokens, blocks[TARGET], path)
+            self.draft.accept(turn.session, n, tokens, blocks[DRAFT], path)
             turn.remaining -= len(tokens)
             turn.new_ids.extend(int(t) for t in tokens)
-            step = StepStats(turn.session, gamma, n, len(tokens), draft_s, verdict["seconds"])
+            step = StepStats(turn.session, gamma, n, len(tokens), draft_s, verdict["seconds"], width)
             turn.stats.add(step)
             if done:
                 self._turns.pop(turn.session)
@@ -385,7 +452,8 @@ class Driver:
             "tokens": np.asarray(tokens, dtype=np.int64),
             "done": done,
             "step": step.as_dict() if step else None,
-            "stats": turn.stats.as_dict(),
+            "stats": {**turn.stats.as_dict(), "prompt_tokens": turn.prompt_tokens,
+                      "prefilled_tokens": turn.prefilled},
             "error": list(error) if error else None,
         }
 

@@ -1,0 +1,160 @@
+"""Token trees against chains, in one run, on the default pair in the default precision.
+
+    python bench/specdecode.py trees --code 4 --prose 4 --max-new-tokens 48
+
+Same MT-Bench first turns as `peers`, greedy, exactly N new tokens, prefill included. Rows:
+- chains: the adaptive chain (the default: γ from the cost curve) and fixed chains of N nodes;
+- trees of N nodes grown w per draft forward, for fixed (N, w);
+- adaptive trees: the memory model picks (N, w) each step, with w up to 2 and up to 3.
+Each row reports tok/s, its ratio to the best chain of the run (the fastest chain row), tokens
+per target forward (= per step), its ratio to the chain with the same node count (the same KV
+budget: a tree of N nodes holds the KV slots of a chain of γ = N), the measured rank acceptance
+rates a_1..a_w, and how many outputs equal the target's own greedy output. Writes
+bench/results/specdecode-trees.json and the "Token trees on the CPU" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specmemo.actors.engine import Engine
+from specmemo.actors.engine.models import load_pair
+from specmemo.actors.engine.precision import cpu_features, precision_of
+from specmemo.actors.engine.pull import default_pair_specs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from specdecode import replace_section  # noqa: E402
+from specdecode_peers import pick_prompts, run_target  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Token trees on the CPU"
+
+
+def shapes(args) -> list[tuple[str, int | None, int]]:
+    """(label, N or None for adaptive, width cap)."""
+    rows = [("chain, adaptive", None, 1)]
+    rows += [(f"chain N={n}", n, 1) for n in args.chains]
+    rows += [(f"tree N={n} w={w}", n, w) for n, w in args.trees]
+    rows += [(f"tree, adaptive w<={w}", None, w) for w in args.adaptive]
+    return rows
+
+
+def run_shape(draft, target, tokenizer, prompts, n: int, gamma: int | None, width: int, gamma_max: int) -> dict:
+    engine = Engine(draft, target, tokenizer, gamma_max=gamma_max, gamma=gamma, tree=width)
+    outputs, seconds, stats, rates = [], [], [], []
+    for i, p in enumerate(prompts):
+        session = f"bench{i}"
+        start = time.perf_counter()
+        ids, s = engine.generate_ids(np.asarray(p["ids"]), n, session=session)
+        seconds.append(time.perf_counter() - start)
+        rates.append(engine.memory.rates(session))
+        engine.close(session)
+        outputs.append(ids.tolist())
+        stats.append(s)
+    return {"outputs": outputs, "seconds": seconds, "stats": stats, "rates": rates,
+            "kv_peak": engine.memory.usage()["peak"], "costs": engine.memory.usage()["costs"]}
+
+
+def summarize(label: str, kind: str, run: dict, prompts, reference: list) -> dict:
+    rows = [i for i, p in enumerate(prompts) if kind == "all" or p["kind"] == kind]
+    st = [run["stats"][i] for i in rows]
+    steps = sum(s["steps"] for s in st)
+    tokens = sum(s["tokens"] for s in st)
+    return {"shape": label, "prompts": kind, "tokens_per_s": tokens / sum(run["seconds"][i] for i in rows),
+            "tokens_per_step": tokens / max(1, steps), "nodes_per_step": sum(s["drafted"] for s in st) / max(1, steps),
+            "rates": np.mean([run["rates"][i] for i in rows], axis=0).round(3).tolist(),
+            "equal": f"{sum(run['outputs'][i] == reference[i] for i in rows)}/{len(rows)}", "kv_peak": run["kv_peak"]}
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    d_spec, t_spec = default_pair_specs(dtype="bfloat16")
+    d_spec = dataclasses.replace(d_spec, precision=args.precision, gamma_max=args.gamma_max)
+    t_spec = dataclasses.replace(t_spec, precision=args.precision, gamma_max=args.gamma_max)
+    draft, target, tokenizer = load_pair(d_spec, t_spec)
+    prompts = pick_prompts(tokenizer, args.code, args.prose)
+    reference = run_target(target, prompts, args.max_new_tokens)["outputs"]
+    result = {"cpu": cpu_features().as_dict(), "torch": torch.__version__, "threads": args.threads,
+              "precision": {"target": precision_of(target).precision, "draft": precision_of(draft).precision},
+              "rows": [], "costs": {}}
+    for label, gamma, width in shapes(args):
+        r = run_shape(draft, target, tokenizer, prompts, args.max_new_tokens, gamma, width, args.gamma_max)
+        result["costs"][label] = r["costs"]
+        for kind in ("code", "prose", "all"):
+            result["rows"].append(summarize(label, kind, r, prompts, reference))
+        print(f"{label}: " + ", ".join(f"{row['prompts']} {row['tokens_per_s']:.2f} tok/s" for row in result["rows"][-3:]),
+              flush=True)
+    result["prompts"] = [{"kind": p["kind"], "id": p["id"], "tokens": len(p["ids"])} for p in prompts]
+    return result
+
+
+def table(result: dict) -> str:
+    rows = result["rows"]
+    lines = ["| shape | prompts | tok/s | x best chain | tokens / target forward | x chain of the same N | nodes / step | a_1..a_w | KV peak | = target output |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        chains = [c for c in rows if c["shape"].startswith("chain") and c["prompts"] == r["prompts"]]
+        best = max(chains, key=lambda c: c["tokens_per_s"])
+        same = None
+        if " N=" in r["shape"]:
+            n = r["shape"].split(" N=")[1].split()[0]
+            same = next((c for c in chains if c["shape"] == f"chain N={n}"), None)
+        ratio = f"{r['tokens_per_step'] / same['tokens_per_step']:.2f}x" if same and same is not r else "-"
+        lines.append(f"| {r['shape']} | {r['prompts']} | {r['tokens_per_s']:.2f} | {r['tokens_per_s'] / best['tokens_per_s']:.2f}x | "
+                     f"{r['tokens_per_step']:.2f} | {ratio} | {r['nodes_per_step']:.2f} | "
+                     f"{', '.join(f'{a:.2f}' for a in r['rates'])} | {r['kv_peak'] / 2**20:.1f} MiB | {r['equal']} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--code", type=int, default=4)
+    parser.add_argument("--prose", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--gamma-max", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chains", type=lambda s: [int(x) for x in s.split(",")], default=[4, 6, 8])
+    parser.add_argument("--trees", type=lambda s: [tuple(int(y) for y in x.split("x")) for x in s.split(",")],
+                        default=[(4, 2), (6, 2), (6, 3), (8, 2), (8, 3)], help="N x w, comma separated: 6x2,8x3")
+    parser.add_argument("--adaptive", type=lambda s: [int(x) for x in s.split(",")], default=[2, 3],
+                        help="width caps of the adaptive trees")
+    parser.add_argument("--no-docs", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    command = "python bench/specdecode.py trees " + " ".join(shlex.quote(a) for a in (sys.argv[2:] if argv is None else argv))
+    started = time.time()
+    result = run(args)
+    result["command"], result["seconds"] = command, time.time() - started
+    result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    (ROOT / "bench" / "results" / "specdecode-trees.json").write_text(json.dumps(result, indent=1))
+    markdown = table(result)
+    print(markdown)
+    if not args.no_docs:
+        cpu = result["cpu"]
+        body = (f"{SECTION}\n\nCommand (from the repository root, after `specmemo models pull`):\n\n    {command}\n\n"
+                f"Run {result['finished']}, {result['seconds'] / 60:.0f} min, CPU `{cpu['model']}` "
+                f"(flags {', '.join(cpu['flags'])}), {result['threads']} threads, torch {result['torch']}; target "
+                f"{result['precision']['target']}, draft {result['precision']['draft']} (the default deployment's "
+                f"choice here). Prompts: MT-Bench first turns {[p['id'] for p in result['prompts']]}, greedy, "
+                f"{args.max_new_tokens} new tokens, prefill included, KV budget: the engine default (one whole "
+                f"context, far above the peak). A tree of N nodes holds the KV slots of a chain of γ = N, so "
+                f"\"x chain of the same N\" compares at the same KV. Raw data: "
+                f"`bench/results/specdecode-trees.json`.\n\n{markdown}\n")
+        replace_section(ROOT / "docs" / "benchmarks.md", SECTION, body)
+
+
+if __name__ == "__main__":
+    main()

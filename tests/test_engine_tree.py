@@ -1,0 +1,237 @@
+"""Token trees: the walk, the memory model's tree sizing, the draft's growth, the KV kept."""
+
+import itertools
+
+import numpy as np
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from specmemo.actors.engine import Engine
+from specmemo.actors.engine.manager import MemoryManager
+from specmemo.actors.engine.memory_model import (CostCurve, expected_tokens, lower_bound_budget,
+                                                 tree_expected_tokens, tree_lower_bound_budget, tree_shape)
+from specmemo.actors.engine.speculative import probabilities, verify_chain
+from specmemo.actors.engine.tiny import tiny_pair
+from specmemo.actors.engine.tree import Tree, verify_tree
+from engine_helpers import assert_accounting_matches_tensors, greedy_reference, one_torch_thread  # noqa: F401
+
+
+def _logits_for(rows: list[int], vocab: int = 6) -> np.ndarray:
+    # one-hot-ish logits whose argmax is rows[i]
+    out = np.zeros((len(rows), vocab))
+    out[np.arange(len(rows)), rows] = 5.0
+    return out
+
+
+# ------------------------------------------------------------------ the walk
+
+
+def test_greedy_walk_takes_the_branch_that_matches_the_target_at_every_depth():
+    # root children: 3 (rank 1), 4 (rank 2); node 1 (token 4) has children 0, 2; node 3 (token 2) has child 5
+    tree = Tree.from_rows(np.array([3, 4, 0, 2, 5]), np.array([-1, -1, 1, 1, 3]), 5)
+    # target argmax: after root 4, after node1 2, after node3 5, after node4 1
+    logits = _logits_for([4, 0, 2, 0, 5, 1])
+    verdict = verify_tree(tree, logits, 0.0)
+    assert verdict.path == [1, 3, 4] and verdict.tokens.tolist() == [4, 2, 5, 1]
+    # visits: root (2 children, rank 2 hit), node 1 (2 children, rank 2 hit), node 3 (1 child, hit)
+    assert verdict.tried == [3, 2] and verdict.hits == [1, 2]
+
+
+def test_a_chain_walk_answers_what_the_chain_rule_answers():
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        gamma, vocab = int(rng.integers(0, 5)), 7
+        drafts = rng.integers(0, vocab, gamma)
+        logits = rng.normal(size=(gamma + 1, vocab)) * 2
+        q = probabilities(rng.normal(size=(gamma, vocab)), 1.0)
+        tree = Tree.chain(drafts)
+        for temperature in (0.0, 0.9):
+            n, tokens = verify_chain(drafts, logits, temperature, q, np.random.default_rng(trial))
+            verdict = verify_tree(tree, logits, temperature, q, np.random.default_rng(trial), ranks=1)
+            assert (verdict.accepted, verdict.tokens.tolist()) == (n, tokens.tolist())
+            assert verdict.hits == [n] and verdict.tried == [min(n + 1, gamma)] or gamma == 0
+
+
+def test_sampled_walk_over_point_mass_children_emits_the_target_distribution():
+    # two rounds of the multi-draft rule: root children 1, 2 (point masses), node 0 children 0, 3;
+    # the first two emitted tokens must follow p(x1) p(x2 | x1) whatever the tree
+    vocab, temperature = 5, 1.0
+    rng = np.random.default_rng(1)
+    root = rng.normal(size=vocab)
+    after = rng.normal(size=(vocab, vocab))
+    tree = Tree.from_rows(np.array([1, 2, 0, 3]), np.array([-1, -1, 0, 0]), 4)
+    p1 = probabilities(root, temperature)
+    p2 = probabilities(after, temperature)
+    exact = p1[:, None] * p2
+    counts = np.zeros((vocab, vocab))
+    runs = 6000
+    for seed in range(runs):
+        logits = np.stack([root, after[1], after[2], after[0], after[3]])
+        verdict = verify_tree(tree, logits, temperature, None, np.random.default_rng(seed))
+        x1 = int(verdict.tokens[0])
+        x2 = int(verdict.tokens[1]) if len(verdict.tokens) > 1 else \
+            int(np.random.default_rng(10**6 + seed).choice(vocab, p=p2[x1]))
+        counts[x1, x2] += 1
+    observed, expected = counts.ravel(), exact.ravel() * runs
+    big = expected >= 5
+    observed = np.append(observed[big], observed[~big].sum())
+    expected = np.append(expected[big], expected[~big].sum())
+    assert stats.chisquare(observed, expected).pvalue > 0.001
+
+
+# ------------------------------------------------------------------ the memory model
+
+
+@given(alpha=st.floats(0.0, 0.99), nodes=st.integers(0, 12))
+def test_a_width_one_tree_is_the_chain_formula(alpha, nodes):
+    assert np.isclose(tree_expected_tokens([alpha], nodes), expected_tokens(alpha, nodes))
+
+
+def _best_tree_by_enumeration(rates: list[float], nodes: int) -> float:
+    # every tree of `nodes` nodes whose children have ranks 1..len(rates) (each node's children
+    # take the lowest ranks), by brute force over parent choices: the largest sum of path products
+    best = 0.0
+    for parents in itertools.product(*[range(-1, i) for i in range(nodes)]):
+        counts: dict[int, int] = {}
+        value = {-1: 1.0}
+        ok = True
+        for i, p in enumerate(parents):
+            counts[p] = counts.get(p, 0) + 1
+            if counts[p] > len(rates):
+                ok = False
+                break
+            value[i] = value[p] * rates[counts[p] - 1]
+        if ok:
+            best = max(best, sum(v for k, v in value.items() if k >= 0))
+    return 1.0 + best
+
+
+@settings(max_examples=40, deadline=None)
+@given(a1=st.floats(0.05, 0.95), share=st.floats(0.0, 1.0), nodes=st.integers(1, 5), width=st.integers(1, 2))
+def test_the_model_never_promises_more_than_the_best_tree_and_one_round_is_the_root_children(
+    a1, share, nodes, width
+):
+    rates = [a1, min(a1, (1 - a1) * share * 0.9)]      # the draft's second choice is right less often
+    value = tree_expected_tokens(rates, nodes, width)
+    assert value <= _best_tree_by_enumeration(rates[:width], nodes) + 1e-12
+    assert tree_expected_tokens(rates, nodes + 1, width) >= value
+    assert np.isclose(tree_expected_tokens(rates, min(nodes, 2), 2), 1 + sum(rates[: min(nodes, 2)]))
+
+
+def test_a_flat_target_cost_and_a_useful_second_rank_choose_a_tree():
+    curve = CostCurve()
+    for m in range(1, 18):
+        curve.observe(m=m, target_s=0.05 + 0.001 * m)
+    curve.observe(draft_s=0.005)
+    curve.observe(draft_s=0.006, draft_m=3)
+    nodes, width = tree_shape([0.6, 0.2, 0.1], curve, 1.0, 16, 3)
+    assert width > 1 and nodes > 3
+    # the same costs with a useless second choice: a chain
+    assert tree_shape([0.6, 0.0, 0.0], curve, 1.0, 16, 3)[1] == 1
+    # a steep target cost in M: fewer nodes
+    steep = CostCurve()
+    for m in range(1, 18):
+        steep.observe(m=m, target_s=0.05 * m)
+    steep.observe(draft_s=0.005)
+    assert tree_shape([0.6, 0.2, 0.1], steep, 1.0, 16, 3)[0] < nodes
+
+
+def test_the_lower_bound_budget_of_a_tree_covers_its_nodes():
+    curve = CostCurve()
+    for m in range(1, 18):
+        curve.observe(m=m, target_s=0.05 + 0.001 * m)
+    curve.observe(draft_s=0.004)
+    kv, (nodes, width) = tree_lower_bound_budget([100], [0.6, 0.2], curve, 1000, 100, 16, width_max=2)
+    assert width == 2 and kv == -(-(100 + nodes) // 16) * 16 * 1100
+    chain_kv, gamma = lower_bound_budget([100], 0.6, curve, 1000, 100, 16)
+    assert (chain_kv, gamma) == tree_lower_bound_budget([100], [0.6], curve, 1000, 100, 16, width_max=1)[:1] + \
+        (tree_lower_bound_budget([100], [0.6], curve, 1000, 100, 16, width_max=1)[1][0],)
+
+
+def test_commits_feed_the_rank_rates_and_grants_answer_the_width():
+    m = MemoryManager(1 << 30, block_tokens=4, gamma_max=12, width_max=3)
+    m.add_holder("draft", 10)
+    m.add_holder("target", 20)
+    m.open_session("s")
+    m.prefill("s", 0, 20)
+    for m_ in range(1, 14):
+        m.observe_costs(None, m_, 0.05 + 0.0005 * m_)
+    m.observe_costs(0.004, None, None, {"3": 0.005})
+    before = m.rates("s")
+    for _ in range(30):
+        answer = m.grant("s")
+        assert 1 <= answer["width"] <= 3 and answer["gamma"] <= 12
+        # a walk whose second choice is right as often as the first
+        tried = [2, 2, 1][: answer["width"]] + [0] * (3 - answer["width"])
+        hits = [1, 1, 0] if answer["width"] > 1 and answer["gamma"] >= 2 else [0, 0, 0]
+        m.commit("s", sum(hits), sum(hits) + 1, tried, hits)
+    after = m.rates("s")
+    assert after[1] > before[1]
+    assert m.grant("s")["width"] > 1
+    # a fixed γ without a width is a chain; with one it is that wide
+    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
+    assert m.grant("s", gamma=4)["width"] == 1
+    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
+    assert m.grant("s", gamma=4, width=2)["width"] == 2
+
+
+# ------------------------------------------------------------------ the draft and the caches
+
+
+def test_the_draft_grows_its_tree_from_its_own_top_choices():
+    draft, _ = tiny_pair(seed=3, noise=0.3, draft_layers=2)
+    engine = Engine(draft, draft, block_tokens=4)
+    prompt = np.arange(5, 12)
+    engine.draft.open("s", prompt, 4)
+    out = engine.draft.propose(["s"], [7], [4], 0.0, None, [3])
+    tokens, parents = out["tokens"][0], out["parents"][0]
+    tree = Tree.from_rows(tokens, parents, 7)
+    with torch.no_grad():
+        first = draft(torch.tensor([prompt.tolist()])).logits[0, -1]
+    assert set(tokens[parents == -1].tolist()) <= set(torch.topk(first, 3).indices.tolist())
+    assert tokens[0] == int(first.argmax())
+    for node, kids in tree.children().items():
+        assert len(set(tokens[kids].tolist())) == len(kids) <= 3     # distinct siblings
+        if node >= 0:
+            # a child is one of its parent's top-3 tokens given the parent's path (plain forward)
+            path, n = [], node
+            while n >= 0:
+                path.insert(0, int(tokens[n]))
+                n = int(parents[n])
+            with torch.no_grad():
+                logits = draft(torch.tensor([prompt.tolist() + path])).logits[0, -1]
+            assert set(tokens[kids].tolist()) <= set(torch.topk(logits, 3).indices.tolist())
+
+
+def test_after_a_tree_step_both_caches_hold_exactly_a_plain_prefill_of_the_committed_tokens():
+    draft, target = tiny_pair(seed=6, noise=0.02, draft_layers=2)
+    engine = Engine(draft, target, block_tokens=4, gamma=6, tree=3)
+    engine.verifier.open("s")
+    ids, keep = engine.verifier.check_prompt("s", np.arange(2, 11))
+    engine.driver.join("s", ids, keep, 30, gamma=6, width=3)
+    for _ in range(3):
+        engine.driver.step()
+        assert_accounting_matches_tensors(engine)
+    committed = engine.verifier.ids("s")
+    for core, model in ((engine.verifier, target), (engine.draft, draft)):
+        cache = core._get("s").cache
+        with torch.no_grad():
+            ref = model(torch.tensor([committed[: cache.length].tolist()]), use_cache=True).past_key_values
+        for layer, ref_layer in zip(cache.layers, ref.layers):
+            torch.testing.assert_close(layer.keys[:, :, : cache.length], ref_layer.keys, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(layer.values[:, :, : cache.length], ref_layer.values, rtol=1e-4, atol=1e-5)
+
+
+def test_a_tree_gets_more_tokens_per_step_than_a_chain_of_the_same_nodes_on_a_noisy_draft():
+    draft, target = tiny_pair(seed=9, noise=0.3, draft_layers=2)
+    prompts = [np.arange(i, i + 6) % 250 for i in range(0, 60, 10)]
+    per_step = {}
+    for tree in (1, 3):
+        engine = Engine(draft, target, block_tokens=8, gamma=6, tree=tree)
+        runs = engine.generate_batch(prompts, 24)
+        per_step[tree] = sum(s["tokens"] for _, s in runs) / sum(s["steps"] for _, s in runs)
+        for p, (ids, _) in zip(prompts, runs):
+            assert ids.tolist() == greedy_reference(target, p, 24).tolist()
+    assert per_step[3] > per_step[1]
