@@ -97,5 +97,7 @@ class Actor:
             return exc
         for cls, mapped in self.errors.items():
             if isinstance(exc, cls):
-                return mapped(str(exc), origin=self.name)
+                # the domain class travels in the detail: a caller may tell (say) a prompt
+                # longer than the context from another invalid input
+                return mapped(str(exc), origin=self.name, detail={"reason": type(exc).__name__})
         return None

@@ -31,8 +31,8 @@ from specmemo.actors.engine import VerifierCore
 from specmemo.actors.engine.errors import EngineError, SessionBusy, UnknownSession
 from specmemo.actors.engine.verifier import DRAFT, TARGET, Driver
 from specmemo.protocol import errors as wire
-from specmemo.protocol.methods import (ChatChunk, ChatRequest, Empty, GenerateRequest, OpenChat,
-                                       SessionRef)
+from specmemo.protocol.methods import (ChatChunk, ChatRequest, CompleteRequest, Empty, GenerateRequest,
+                                       OpenChat, SessionRef)
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
@@ -160,6 +160,7 @@ class _Stream:
     session: str
     send: trio.MemorySendChannel
     message: str | None                # None for raw-id generation (no chat history)
+    messages: list[dict] | None = None  # a whole conversation (`complete`)
     reply: list[int] = field(default_factory=list)
     text: str = ""
     started: float = field(default_factory=time.perf_counter)
@@ -303,14 +304,20 @@ class VerifierActor(Actor):
         async for chunk in self._turn(req.session, req, req.message):
             yield chunk
 
+    async def rpc_complete(self, req: CompleteRequest, call: Call):
+        if not self.core.has(req.session):
+            raise wire.NotFound(f"no session {req.session!r}: open it first")
+        async for chunk in self._turn(req.session, req, None, messages=req.messages):
+            yield chunk
+
     async def rpc_generate(self, req: GenerateRequest, call: Call):
         session = f"g{next(self._ids)}"
         self.core.open(session)
         async for chunk in self._turn(session, req, None, close_after=True):
             yield chunk
 
-    async def _turn(self, session: str, req: ChatRequest | GenerateRequest, message: str | None,
-                    close_after: bool = False):
+    async def _turn(self, session: str, req: ChatRequest | CompleteRequest | GenerateRequest, message: str | None,
+                    close_after: bool = False, messages: list[dict] | None = None):
         await self.memory_ready.wait()
         if session in self.streams:
             raise wire.Conflict(f"session {session!r} is already generating for another caller")
@@ -319,7 +326,7 @@ class VerifierActor(Actor):
         if not (req.temperature >= 0 and math.isfinite(req.temperature)):
             raise wire.InvalidInput("temperature must be a finite number >= 0")
         send, recv = trio.open_memory_channel(math.inf)
-        stream = _Stream(session, send, message)
+        stream = _Stream(session, send, message, messages=messages)
         self.streams[session] = stream
         self.joins.append((req, stream))
         self.wake.set()
@@ -403,7 +410,9 @@ class VerifierActor(Actor):
             if stream.session not in self.streams:
                 continue
             try:
-                if stream.message is not None:
+                if stream.messages is not None:
+                    ids, keep = self.core.conversation_prompt(stream.session, stream.messages)
+                elif stream.message is not None:
                     ids, keep = self.core.chat_prompt(stream.session, stream.message)
                 else:
                     ids, keep = self.core.check_prompt(stream.session, req.prompt_ids)
@@ -446,7 +455,9 @@ class VerifierActor(Actor):
         reply = ""
         if event["done"]:
             self.streams.pop(stream.session, None)
-            if stream.message is not None:
+            if stream.messages is not None:
+                reply = self.core.end_conversation(stream.session, stream.messages, np.asarray(stream.reply))
+            elif stream.message is not None:
                 reply = self.core.end_turn(stream.session, stream.message, np.asarray(stream.reply))
             else:
                 reply = text

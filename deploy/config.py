@@ -24,6 +24,7 @@ ACTOR_KINDS: dict[str, str] = {
     "memory": "specmemo.actors.memory:MemoryActor",
     "draft": "specmemo.actors.draft:DraftActor",
     "verifier": "specmemo.actors.verifier:VerifierActor",
+    "http": "specmemo.actors.http:HttpActor",
 }
 
 DEFAULT_CONFIG = Path(__file__).with_name("local.toml")
@@ -147,6 +148,12 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> DeploymentConf
         if a.restart not in ("permanent", "transient", "temporary"):
             raise ConfigError(f"{source}: [actors.{a.name}] restart must be permanent, transient "
                               "or temporary")
+        if a.kind == "http":
+            from specmemo.actors.http import check_bind
+            try:
+                check_bind(a.config)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: [actors.{a.name}] {exc}") from None
     if cfg.curve_server_key:
         base = Path(source).parent if source != "<dict>" else Path(".")
         for key in ("curve_server_key", "curve_allowed", "curve_actor_key"):

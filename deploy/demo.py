@@ -76,6 +76,9 @@ def run_demo(config: str | None, max_new_tokens: int, quiet_actors: bool, precis
             if "verifier" in actors:
                 _models(c, [a.name for a in cfg.actors if a.kind in ("draft", "verifier")])
                 _chat(c, max_new_tokens)
+            for a in cfg.actors:
+                if a.kind == "http":
+                    _http(a.config, max_new_tokens)
             if "solver" in actors:
                 _solve(c)
     except KeyboardInterrupt:
@@ -136,6 +139,39 @@ def _chat(c, max_new_tokens: int) -> None:
           f"peak {u['peak'] / 2**20:.2f} MiB (KV of draft + target, block {u['block_tokens']} tokens), "
           f"evictions {u['evictions']}")
     c.close_session(session)
+
+
+def _http(config: dict, max_new_tokens: int) -> None:
+    """Two turns through the OpenAI-compatible API, the second sent with its whole history."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    base = f"http://{config.get('host', '127.0.0.1')}:{config.get('port', 8000)}/v1"
+    print(f"\n=== OpenAI-compatible API ({base}) ===")
+    headers = {"content-type": "application/json"}
+    for key_env in [config.get("api_key_env")] if config.get("api_key_env") else []:
+        headers["authorization"] = f"Bearer {os.environ.get(key_env, '')}"
+    messages = [{"role": "user", "content": "Name one sorting algorithm."}]
+    for turn in (1, 2):
+        body = json.dumps({"model": config.get("model_id", "specmemo"), "messages": messages,
+                           "max_tokens": max_new_tokens // 2, "temperature": 0}).encode()
+        deadline = time.monotonic() + 30
+        while True:                     # the gateway registers before its server listens
+            try:
+                request = urllib.request.Request(base + "/chat/completions", body, headers)
+                with urllib.request.urlopen(request, timeout=600) as r:
+                    out = json.loads(r.read())
+                break
+            except urllib.error.URLError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        reply, ext = out["choices"][0]["message"]["content"], out["specmemo"]
+        print(f"turn {turn}: {reply.strip()!r}\n--- {out['usage']['completion_tokens']} tokens, prompt "
+              f"{out['usage']['prompt_tokens']} tokens of which {ext['reused_tokens']} reused from the cache, "
+              f"first token after {ext['time_to_first_token_s']:.2f} s")
+        messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "And another?"}]
 
 
 def _solve(c) -> None:

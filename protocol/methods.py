@@ -483,12 +483,25 @@ class GenerateRequest:
 
 
 @message
+class CompleteRequest:
+    """A whole conversation, continued in `session`: the KV of the longest prefix it shares with
+    the session's committed tokens is reused (the HTTP gateway's stateless requests)."""
+    session: str
+    messages: list[dict[str, str]]     # {"role": system|user|assistant, "content": str}, last: user
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    seed: int = 0
+    gamma: int | None = None
+    tree: int | None = None
+
+
+@message
 class ChatChunk:
     tokens: np.ndarray                 # token ids accepted in this step
     text: str = ""                     # their text (a UTF-8-safe delta)
     done: bool = False
     step: dict[str, Any] | None = None  # this step: gamma, accepted, emitted, draft_s, target_s
-    stats: dict[str, Any] = field(default_factory=dict)   # the turn so far
+    stats: dict[str, Any] = field(default_factory=dict)   # the turn so far (+ prompt_tokens, prefilled_tokens)
     reply: str = ""                    # the whole reply text, on the final chunk
 
 
@@ -506,6 +519,13 @@ method("verifier.close", SessionRef, Freed, idempotent=True,
        doc="Close a chat session; its blocks are freed everywhere.")
 method("verifier.chat", ChatRequest, chunk=ChatChunk,
        doc="One chat turn, streamed: a chunk per speculative step, then END.")
+method("verifier.complete", CompleteRequest, chunk=ChatChunk,
+       doc="Continue a whole conversation in a session, reusing the KV of its common prefix; streamed like chat.")
 method("verifier.generate", GenerateRequest, chunk=ChatChunk,
        doc="Continue raw token ids in a throwaway session (benchmarks), streamed like chat.")
 method("verifier.sessions", Empty, SessionList, idempotent=True)
+
+# ---------------------------------------------------------------- http (the OpenAI-compatible gateway)
+
+method("http.sessions", Empty, SessionList, idempotent=True,
+       doc="The verifier sessions the gateway keeps for prefix reuse, and those serving a request now.")
