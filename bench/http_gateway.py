@@ -47,18 +47,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_health(base: str, proc: subprocess.Popen, timeout: float) -> None:
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Until GET url answers 200 (a server that exits first raises)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with {proc.returncode}")
         try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"{base} not healthy in {timeout:.0f} s")
+    raise TimeoutError(f"{url} did not answer in {timeout:.0f} s")
 
 
 def stream_turn(base: str, messages: list[dict], max_tokens: int, model: str) -> dict:
@@ -188,7 +189,7 @@ def run(args) -> dict:
               "max_tokens": args.max_tokens, "threads": args.threads}
     proc, base, root = start_specmemo(args)
     try:
-        wait_health(base, proc, 900)
+        wait_until_up(base + "/health", proc, 900)
         stream_turn(base, [{"role": "user", "content": "warm up"}], 4, "specmemo")
         result["reuse"] = prefix_reuse(base, args)
         result["specmemo"] = load(base, "specmemo", prompts, args, tokenizer)
@@ -198,26 +199,12 @@ def run(args) -> dict:
     if not args.skip_llama:
         proc, base = start_llama(args)
         try:
-            _wait_llama(base, proc)
+            wait_until_up(base + "/v1/models", proc, 300)
             result["llama"] = load(base, "target", prompts, args, tokenizer)
             print(f"[load] llama.cpp: {result['llama']}", flush=True)
         finally:
             stop(proc)
     return result
-
-
-def _wait_llama(base: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("llama.cpp's server exited")
-        try:
-            if httpx.get(base + "/v1/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("llama.cpp's server did not start")
 
 
 def table(result: dict) -> str:

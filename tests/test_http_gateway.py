@@ -15,34 +15,14 @@ from specmemo.actors.engine import Engine
 from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
 from specmemo.actors.http import HttpError, SessionPool, parse_completion
 from specmemo.deploy.config import ConfigError, parse_config
+from specmemo.deploy.soak import TINY_PAIR
 
 BASE = """
 [deployment]
 name = "{name}"
 heartbeat_s = 0.5
 heartbeat_misses = 20
-
-[actors.memory]
-kind = "memory"
-[actors.memory.config]
-budget_mb = 16
-
-[actors.draft]
-kind = "draft"
-after = ["memory"]
-[actors.draft.config]
-model = "tiny"
-seed = 0
-threads = 1
-
-[actors.verifier]
-kind = "verifier"
-after = ["memory"]
-[actors.verifier.config]
-model = "tiny"
-seed = 0
-threads = 1
-
+""" + TINY_PAIR + """
 [actors.http]
 kind = "http"
 after = ["verifier"]
@@ -91,7 +71,7 @@ def engine():
     import torch
     torch.set_num_threads(1)
     draft, target = tiny_pair(seed=0)
-    return Engine(draft, target, tiny_tokenizer(), budget_bytes=16 << 20)
+    return Engine(draft, target, tiny_tokenizer(), budget_bytes=64 << 20)
 
 
 def client(d, **kw) -> openai.OpenAI:
