@@ -215,3 +215,43 @@ def test_fused_parts_compute_exactly_what_separate_int8_linears_compute():
             for n in order:
                 assert torch.equal(getattr(attention, n)(x), separate[n](x))
         assert torch.equal(attention.k_proj(x[:1]), separate["k_proj"](x[:1]))   # a new input alone
+
+
+def test_a_conversion_drops_the_checkpoint_pages_it_consumed_and_loses_nothing(tmp_path):
+    # transformers maps a safetensors checkpoint and reads it lazily; the conversion drops the
+    # pages of each weight it has consumed (a later read faults them in from the file again)
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from specmemo.actors.engine.precision import SourcePages
+
+    draft, _ = tiny_pair(seed=1, hidden=256)
+    draft.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    in_memory = copy.deepcopy(loaded)                 # the same weights on the heap, never dropped
+    source = SourcePages()
+    assert source.maps, "the checkpoint should be mapped from its file"
+    weight = loaded.model.layers[0].mlp.up_proj.weight
+    before = weight.clone()
+    source.drop(weight)
+    assert source.dropped > 0 and torch.equal(weight, before)      # dropped, and read back from the file
+    heap = torch.arange(1 << 16, dtype=torch.float32)
+    SourcePages().drop(heap)                                        # not a file mapping: left alone
+    assert torch.equal(heap, torch.arange(1 << 16, dtype=torch.float32))
+    for model in (loaded, in_memory):
+        apply_precision(model, "int8")
+    ids = torch.tensor([[1, 5, 9, 200, 3]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, in_memory(ids).logits)
+
+
+def test_the_probe_times_a_slice_of_a_large_head_and_scales_it():
+    from specmemo.actors.engine.precision import HEAD_SAMPLE, _head_sample
+
+    head = torch.nn.Linear(64, 8192, bias=False)
+    sample, scale = _head_sample(head)
+    assert sample.out_features == 8192 // HEAD_SAMPLE and scale == HEAD_SAMPLE
+    assert torch.equal(sample.weight, head.weight[: sample.out_features])
+    small = torch.nn.Linear(64, 300)
+    assert _head_sample(small)[1] == 1.0

@@ -23,7 +23,7 @@ Precisions (the `precision` setting of a model):
   grows linearly with the rows, and rows are not promised independent: a draft's precision
   (its proposals are one token per forward, and the target verifies every token), not a target's.
   A layer whose shape does not pack (outputs not a multiple of 16) stays int8.
-- ``auto``: on the CPU, `choose` times one decoder layer and the LM head of the loaded model at
+- ``auto``: on the CPU, `choose` times one decoder layer and (a slice of) the LM head of the loaded model at
   M = 1 and M = γ_max + 1 new tokens in each precision this machine supports and takes the
   fastest (a target by t(1) + t(γ_max + 1), a draft by t(1), int4 among its candidates); a
   model on an accelerator takes bfloat16.
@@ -38,6 +38,7 @@ import copy
 import ctypes
 import functools
 import inspect
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -114,23 +115,34 @@ class Int8Linear(nn.Module):
     weights (output channels are independent, so each part is exactly what it would be alone).
     """
 
-    def __init__(self, linear: nn.Linear | list[nn.Linear], activation_bits: int = 8):
+    def __init__(self, linear: nn.Linear | list[nn.Linear], activation_bits: int = 8,
+                 source: "SourcePages | None" = None):
         super().__init__()
         assert activation_bits in (7, 8)
         parts = linear if isinstance(linear, list) else [linear]
         assert len({p.in_features for p in parts}) == 1 and len({p.bias is None for p in parts}) == 1
-        weight = torch.cat([p.weight.detach().float() for p in parts])
         self.splits = [p.out_features for p in parts]
         self.in_features, self.out_features = parts[0].in_features, sum(self.splits)
         bias = None if parts[0].bias is None else torch.cat([p.bias.detach().float() for p in parts])
-        scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
-        codes = torch.round(weight / scale[:, None]).clamp_(-127, 127)
+        # rows quantized a block at a time: a float32 copy of a whole LM head (152k x 1.5k) would
+        # be several times the int8 result
+        codes = torch.empty(self.out_features, self.in_features, dtype=torch.int8)
+        scale = torch.empty(self.out_features, dtype=torch.float32)
+        row = 0
+        for part in parts:
+            for rows in _row_blocks(part.weight.detach(), source):
+                block = rows.float()
+                s = (block.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+                codes[row : row + len(block)] = torch.round(block / s[:, None]).clamp_(-127, 127).to(torch.int8)
+                scale[row : row + len(block)] = s
+                row += len(block)
         with warnings.catch_warnings():
             # fbgemm's prepack takes a quantized tensor, whose creation functions warn of deprecation
             warnings.simplefilter("ignore", UserWarning)
             quantized = torch._make_per_channel_quantized_tensor(
-                codes.to(torch.int8), scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+                codes, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
             self._packed = torch.ops.quantized.linear_prepack(quantized, None)
+        del quantized, codes
         self.register_buffer("bias", bias)
         # codes round(x/s) in [-q_max, q_max] become u8 codes + zero_point inside fbgemm (exactly)
         self.q_max = 127.0 if activation_bits == 8 else 63.0
@@ -160,20 +172,23 @@ class Int4Linear(nn.Module):
     product, but the cost grows linearly with the rows: for the draft, whose proposals are one
     token per forward, not for verification."""
 
-    def __init__(self, linear: nn.Linear, group: int):
+    def __init__(self, linear: nn.Linear, group: int, source: "SourcePages | None" = None):
         super().__init__()
-        weight = linear.weight.detach().float()
-        n, k = weight.shape
+        n, k = linear.weight.shape
         assert k % group == 0 and n % 16 == 0, (n, k, group)
         self.in_features, self.out_features, self.group = k, n, group
-        grouped = weight.reshape(n, k // group, group)
-        low, high = grouped.amin(-1), grouped.amax(-1)
-        scale = ((high - low) / 15).clamp_min(1e-12)
-        codes = torch.clamp(torch.round((grouped - low[..., None]) / scale[..., None]), 0, 15)
-        self._packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).reshape(n, k), 1)
-        # the kernel computes (code − 8)·scale + zero: zero = low + 8·scale
+        packed, scales = [], []
+        for rows in _row_blocks(linear.weight.detach(), source):   # a block at a time (rows pack alone)
+            grouped = rows.float().reshape(len(rows), k // group, group)
+            low, high = grouped.amin(-1), grouped.amax(-1)
+            scale = ((high - low) / 15).clamp_min(1e-12)
+            codes = torch.clamp(torch.round((grouped - low[..., None]) / scale[..., None]), 0, 15)
+            packed.append(torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).reshape(len(rows), k), 1))
+            # the kernel computes (code − 8)·scale + zero: zero = low + 8·scale
+            scales.append(torch.stack([scale, low + 8 * scale], -1))
+        self._packed = torch.cat(packed) if len(packed) > 1 else packed[0]
         # (the kernel's fast path takes bfloat16 activations and scales; float32 is a slow reference)
-        self._scales = torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+        self._scales = torch.cat(scales).transpose(0, 1).contiguous().to(torch.bfloat16)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
         self.packed_bytes = self._packed.untyped_storage().nbytes() + self._scales.untyped_storage().nbytes()
 
@@ -191,6 +206,18 @@ class Int4Linear(nn.Module):
         if linear.out_features % 16:
             return None
         return next((g for g in (128, 64, 32) if linear.in_features % g == 0), None)
+
+
+ROW_BLOCK = 4096      # rows of a weight quantized at once (a multiple of int4's 16)
+
+
+def _row_blocks(weight: torch.Tensor, source: "SourcePages | None" = None):
+    # blocks of rows; with `source`, each block's checkpoint pages are dropped once it is consumed
+    for start in range(0, weight.shape[0], ROW_BLOCK):
+        block = weight[start : start + ROW_BLOCK]
+        yield block
+        if source is not None:
+            source.drop(block)
 
 
 class Int8Part(nn.Module):
@@ -222,14 +249,14 @@ class Int8Part(nn.Module):
 FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-def _fuse(parent: nn.Module, bits: int) -> None:
+def _fuse(parent: nn.Module, bits: int, source: "SourcePages | None" = None) -> None:
     for names in FUSED:
         parts = [getattr(parent, n, None) for n in names]
         if not all(isinstance(p, nn.Linear) for p in parts):
             continue
         if len({p.in_features for p in parts}) != 1 or len({p.bias is None for p in parts}) != 1:
             continue
-        shared = {"fused": Int8Linear(parts, bits), "input": None, "outputs": None, "pending": set()}
+        shared = {"fused": Int8Linear(parts, bits, source), "input": None, "outputs": None, "pending": set()}
         parent.add_module("_".join(names) + "_fused", shared["fused"])   # counted, moved, saved with it
         for i, n in enumerate(names):
             setattr(parent, n, Int8Part(shared["fused"], i, shared))
@@ -330,16 +357,19 @@ def _convert(model, precision: str, activation_bits: int | None = None) -> None:
 def _quantize_linears(model, bits: int, four_bit: bool = False) -> None:
     # every nn.Linear -> Int8Linear (the tied LM head too: it gets its own int8 copy), or with
     # `four_bit` Int4Linear where its shape packs (Int8Linear elsewhere); every nn.Embedding ->
-    # Bf16Embedding; what remains (norms, rotary buffers) -> float32
+    # Bf16Embedding; what remains (norms, rotary buffers) -> float32. The source weights' pages
+    # are dropped as each module is converted (`SourcePages`).
+    source = SourcePages()
     for parent in list(model.modules()):
         if not four_bit:
-            _fuse(parent, bits)
+            _fuse(parent, bits, source)
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 group = Int4Linear.group_for(child) if four_bit else None
-                setattr(parent, name, Int4Linear(child, group) if group else Int8Linear(child, bits))
+                setattr(parent, name, Int4Linear(child, group, source) if group else Int8Linear(child, bits, source))
             elif isinstance(child, nn.Embedding):
                 setattr(parent, name, Bf16Embedding(child))
+                source.drop(child.weight)
     for module in model.modules():
         if not isinstance(module, (Int8Linear, Int4Linear, Int8Part, Bf16Embedding)):
             for name, param in list(module.named_parameters(recurse=False)):
@@ -348,6 +378,50 @@ def _quantize_linears(model, bits: int, four_bit: bool = False) -> None:
             for name, buf in list(module.named_buffers(recurse=False)):
                 if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
                     module._buffers[name] = buf.float()
+
+
+class SourcePages:
+    """Drops the resident pages of weights a conversion has consumed, when they lie in a read-only
+    file mapping of a safetensors checkpoint (transformers maps the file and reads it lazily).
+
+    Without this a conversion would end holding every page of the float checkpoint it read beside
+    the quantized model: ~3 GB of file pages for a 1.5B bf16 target on top of its 2 GB int8 copy.
+    `madvise(MADV_DONTNEED)` on a private file mapping only forgets pages: a later read faults
+    them in again from the file (a tied LM head read after its embedding, say). Only weights the
+    conversion has just replaced are dropped, and the loader never writes into weights, so what
+    comes back is what was there. Anything outside such a mapping (heap, anonymous memory) is
+    left alone. Linux only; elsewhere a no-op."""
+
+    MADV_DONTNEED = 4
+
+    def __init__(self) -> None:
+        self.maps: list[tuple[int, int]] = []
+        self.dropped = 0
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    fields = line.split()
+                    if len(fields) >= 6 and fields[-1].endswith(".safetensors") and fields[1].endswith("p"):
+                        start, end = (int(x, 16) for x in fields[0].split("-"))
+                        self.maps.append((start, end))
+            self.madvise = ctypes.CDLL(None, use_errno=True).madvise if self.maps else None
+        except (OSError, AttributeError):
+            self.maps, self.madvise = [], None
+        self.page = os.sysconf("SC_PAGE_SIZE") if self.maps else 4096
+
+    def drop(self, *tensors: torch.Tensor) -> None:
+        for t in tensors:
+            if self.madvise is None or t.device.type != "cpu" or t.numel() == 0:
+                continue
+            start = t.data_ptr()
+            end = start + t.numel() * t.element_size()
+            if not any(lo <= start and end <= hi for lo, hi in self.maps):
+                continue
+            first = -(-start // self.page) * self.page          # whole pages inside the tensor only
+            last = end // self.page * self.page
+            if last > first and self.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first),
+                                             self.MADV_DONTNEED) == 0:
+                self.dropped += last - first
 
 
 def release_freed_memory() -> bool:
@@ -388,8 +462,8 @@ def choose(
 ) -> tuple[str, dict[str, dict[str, float]]]:
     """The fastest precision for `model` here, and the probe's estimates in ms per forward.
 
-    For each candidate a copy of the first decoder layer and of the LM head is converted and
-    timed (median of `repeats`) on M = 1 and M = γ_max + 1 new tokens after a 64-token context;
+    For each candidate a copy of the first decoder layer and of a slice of the LM head (its time
+    scaled to the whole head) is converted and timed (median of `repeats`) on M = 1 and M = γ_max + 1 new tokens after a 64-token context;
     a forward costs n_layers · t_layer + t_head. A target's score is t(1) + t(γ_max + 1) (plain
     steps and verifications); a draft's is t(1), its proposals being one token per forward.
     `role` ("target" or "draft") also decides the candidates (int4 drafts only). `clock` is the
@@ -401,19 +475,37 @@ def choose(
     candidates = candidates or _supported(role)
     probe: dict[str, dict[str, float]] = {}
     for precision in candidates:
-        part = nn.ModuleDict({"layer": copy.deepcopy(layer), "head": copy.deepcopy(head)})
+        sample, scale = _head_sample(head)
+        part = nn.ModuleDict({"layer": copy.deepcopy(layer), "head": sample})
         _convert(part, precision)
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         times = {}
         for m in (1, gamma_max + 1):
             times[f"M={m}"] = _time_part(part, config, hidden, m, dtype, repeats, clock) * n_layers
-            times[f"M={m}"] += _time_head(part["head"], hidden, m, dtype, repeats, clock)
+            times[f"M={m}"] += _time_head(part["head"], hidden, m, dtype, repeats, clock) * scale
         probe[precision] = {k: round(v * 1e3, 3) for k, v in times.items()}
         del part
     def score(p: str) -> float:
         return probe[p]["M=1"] if role == "draft" else sum(probe[p].values())
 
     return min(probe, key=score), probe
+
+
+HEAD_SAMPLE = 8      # the probe times 1/8 of the LM head's rows and scales (a GEMV/GEMM is linear in rows)
+
+
+def _head_sample(head) -> tuple[nn.Module, float]:
+    """A copy of a slice of the LM head's output rows (a multiple of 128, so int4 packs it), and
+    the factor that scales its time to the whole head's: a whole float32 copy of a 152k-row head
+    would be ~1 GB of transient memory at load."""
+    if not isinstance(head, nn.Linear) or head.out_features < 2 * 128 * HEAD_SAMPLE:
+        return copy.deepcopy(head), 1.0
+    rows = head.out_features // HEAD_SAMPLE // 128 * 128
+    sample = nn.Linear(head.in_features, rows, bias=head.bias is not None, device="meta")
+    sample.weight = nn.Parameter(head.weight.detach()[:rows].clone(), requires_grad=False)
+    if head.bias is not None:
+        sample.bias = nn.Parameter(head.bias.detach()[:rows].clone(), requires_grad=False)
+    return sample, head.out_features / rows
 
 
 def _median(samples: list[float]) -> float:
