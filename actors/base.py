@@ -78,6 +78,10 @@ class Actor:
         """Every actor's built-in method: its domain gauges."""
         return {"values": self.metrics.values()}
 
+    async def on_registered(self) -> None:
+        """Called once the kernel knows this process as an actor, before `background`: the place
+        for calls only actors may make (a memory lease, say), which the kernel refuses before."""
+
     async def background(self) -> None:
         """A task that runs beside the handlers from registration until the actor stops."""
 

@@ -45,10 +45,12 @@ class DraftActor(Actor):
         model, _ = await self.run_sync(load_actor_model, self.config, "draft")
         self.core = DraftCore(model, int(self.config.get("block_tokens", 16)),
                               int(self.config.get("spare_blocks", 1)))
-        await self._add_holder()
         set_model_gauges(self.metrics, self.core)
         log.info("draft model %s loaded (%d KV bytes/token, %s)", self.config.get("model", "default"),
                  self.core.bytes_per_token, describe_precision(self.core))
+
+    async def on_registered(self) -> None:
+        await self._add_holder()
 
     async def _add_holder(self) -> None:
         """Register the draft's lease; waits for a memory actor that is restarting."""

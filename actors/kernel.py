@@ -24,7 +24,7 @@ from specmemo.deploy.config import DeploymentConfig
 from specmemo.protocol.endpoint import ENDPOINT_FILE, PID_FILE, make_run_dir, run_dir
 from specmemo.protocol.errors import (ActorDied, BadRequest, Internal, MessageTooLarge, Overloaded,
                                       SpecmemoError, Unauthorized, UnknownActor, UnknownMethod)
-from specmemo.protocol.methods import ActorInfo, ActorsReply, PingReply
+from specmemo.protocol.methods import METHODS, ActorInfo, ActorsReply, PingReply
 from specmemo.protocol.schema import to_wire
 from specmemo.protocol.wire import (COMMAND_BYTES, FINAL_COMMANDS, MAGIC, Command, Header,
                                     check_magic, frames_size, parse_command, recv_frames,
@@ -156,6 +156,9 @@ class Kernel:
         """Serve until SIGINT/SIGTERM or an escalation; returns the process exit code."""
         self._claim_run_dir()
         self._bind()
+        if self.config.insecure and self.endpoint.startswith("tcp://") and not self.config.curve_server_key:
+            self.say(f"WARNING: INSECURE: {self.endpoint} accepts anyone who can reach it, without CURVE "
+                     "(insecure = true in the config); any peer may call any client method")
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -354,6 +357,13 @@ class Kernel:
             self._reply_error(peer, header.id, UnknownActor(
                 f"no actor named '{route}' (known: {', '.join(sorted(self.actors)) or 'none'})",
                 detail={"actor": route}))
+            return
+        if peer not in self.by_identity and _actor_only(entry.kind, header.method):
+            # one actor's calls to another (grants, releases, proposals): refused before routing,
+            # so no handler runs for a peer that never registered as an actor
+            self._reply_error(peer, header.id, Unauthorized(
+                f"{entry.kind}.{header.method} may be called by actors only",
+                detail={"actor": route, "method": header.method}))
             return
         if not entry.identity:
             self._reply_error(peer, header.id, ActorDied(
@@ -613,3 +623,12 @@ def _header_id(frame: Any) -> int:
         return call_id if ok else 0   # answer with id 0 what the caller could not decode
     except Exception:
         return 0
+
+
+_ACTOR_ONLY = frozenset(tuple(name.split(".", 1)) for name, spec in METHODS.items() if spec.role == "actor")
+
+
+def _actor_only(kind: str, method: str) -> bool:
+    """Whether `kind.method` is declared for actors only (protocol.methods roles)."""
+    return (kind, method) in _ACTOR_ONLY
+

@@ -88,6 +88,7 @@ class ActorRuntime:
                     nursery.cancel_scope.cancel()
                     return self.exit_reason
                 nursery.start_soon(self._heartbeat_loop)
+                await self.actor.on_registered()
                 nursery.start_soon(self.actor.background)
                 log.info("%s ready (pid %d)", self.actor.name, os.getpid())
                 await self._stop.wait()

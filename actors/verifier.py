@@ -197,8 +197,7 @@ class VerifierActor(Actor):
         if info["vocab_size"] != self.core.vocab_size:
             raise SystemExit(f"draft vocabulary {info['vocab_size']} != target vocabulary "
                              f"{self.core.vocab_size}: not a pair")
-        self.memory_ready = trio.Event()
-        await self._add_holder()
+        self.memory_ready = trio.Event()      # set by _add_holder, once registered (on_registered)
         self.trio_token = trio.lowlevel.current_trio_token()
         memory = RemoteMemory(self._blocking_call, self.memory_name, self.name)
         self.draft = RemoteDraft(self._blocking_call, self.draft_name, self.core.ids)
@@ -229,6 +228,9 @@ class VerifierActor(Actor):
         return trio.from_thread.run(lambda: self.peers.call(actor, method, timeout=120, **params),
                                     trio_token=self.trio_token)
 
+    async def on_registered(self) -> None:
+        await self._add_holder()
+
     async def _add_holder(self) -> None:
         """Register the target's lease; waits for a memory actor that is restarting."""
         while True:
@@ -239,6 +241,14 @@ class VerifierActor(Actor):
                 break
             except (wire.ActorDied, wire.UnknownActor, wire.DeadlineExceeded):
                 await trio.sleep(0.05)
+        # the draft registers its lease once it is registered itself: turns wait for both
+        while True:
+            try:
+                if DRAFT in (await self.peers.call(self.memory_name, "usage", timeout=10))["leases"]:
+                    break
+            except (wire.ActorDied, wire.UnknownActor, wire.DeadlineExceeded):
+                pass
+            await trio.sleep(0.05)
         self.memory_ready.set()
 
     async def on_peer_died(self, name: str) -> None:

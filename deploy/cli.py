@@ -29,14 +29,15 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 def cmd_up(args: argparse.Namespace) -> int:
     from specmemo.actors.kernel import Kernel
 
-    from .config import ConfigError, load_config
+    from .config import ConfigError, check_endpoint, load_config
     try:
         config = load_config(args.config)
+        if args.endpoint:
+            config.endpoint = args.endpoint
+            check_endpoint(config)
     except ConfigError as exc:
         print(f"specmemo up: {exc}", file=sys.stderr)
         return 2
-    if args.endpoint:
-        config.endpoint = args.endpoint
     if args.precision:
         set_precision(config, args.precision)
     try:

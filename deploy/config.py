@@ -67,6 +67,7 @@ class DeploymentConfig:
     curve_allowed: str = ""             # folder of public .key files allowed to connect
     curve_actor_key: str = ""           # .key_secret the spawned actors connect with (must be allowed)
     zygote: bool = True                 # fork the torch actors from a process that imported torch once
+    insecure: bool = False              # allow tcp beyond loopback without CURVE (logged at every start)
     coalesce_us: int = 0                # >= 16 calls in flight: wait this long between kernel passes; 0 = off
     actors: list[ActorConfig] = field(default_factory=list)
     source: str = ""
@@ -102,7 +103,7 @@ class DeploymentConfig:
 _DEPLOYMENT_KEYS = {"name", "endpoint", "heartbeat_s", "heartbeat_misses", "restart_intensity",
                     "restart_period_s", "backoff_s", "backoff_max_s", "stop_timeout_s",
                     "max_inflight", "max_message_bytes", "metrics_port", "curve_server_key", "curve_allowed",
-                    "curve_actor_key", "zygote", "coalesce_us"}
+                    "curve_actor_key", "zygote", "coalesce_us", "insecure"}
 _ACTOR_KEYS = {"kind", "after", "config", "restart", "start_timeout_s", "env"}
 
 
@@ -166,5 +167,20 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> DeploymentConf
             setattr(cfg, key, str(path))
         if not cfg.endpoint.startswith("tcp://"):
             raise ConfigError(f"{source}: CURVE needs a tcp endpoint (ipc is protected by the 0700 run directory)")
+    check_endpoint(cfg)
     cfg.start_order()
     return cfg
+
+
+def check_endpoint(cfg: DeploymentConfig) -> None:
+    """Refuse (ConfigError) a tcp endpoint beyond loopback without CURVE, unless `insecure = true`."""
+    if cfg.endpoint.startswith("tcp://") and not cfg.curve_server_key and not _loopback(cfg.endpoint) \
+            and cfg.insecure is not True:
+        raise ConfigError(f"{cfg.source}: endpoint {cfg.endpoint} would let anyone who reaches it call anything: "
+                          "set curve_server_key (docs/security.md), bind 127.0.0.1, or set insecure = true")
+
+
+def _loopback(endpoint: str) -> bool:
+    """Whether a tcp endpoint binds a loopback address only."""
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")

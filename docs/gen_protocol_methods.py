@@ -123,7 +123,8 @@ def method_section(spec: MethodSpec, nested: dict[str, type]) -> list[str]:
     flags = [f"Route: {where}; header `m` = `\"{name}\"`",
              "idempotent: safe to retry after `ActorDied`" if spec.idempotent
              else "not idempotent: at most once, do not retry blindly",
-             "streams" if spec.streams else "one reply"]
+             "streams" if spec.streams else "one reply",
+             "callers: registered actors only" if spec.role == "actor" else "callers: any client"]
     out = [f"#### `{spec.name}`", ""]
     if spec.doc:
         out += [spec.doc, ""]
@@ -156,10 +157,10 @@ def render() -> str:
                        for k, v in kinds.items()) + ".", ""]
     for kind, specs in kinds.items():
         out += ["### Every actor" if kind == "actor" else f"### Actor kind `{kind}`", ""]
-        out += ["| method | idempotent | streams | what it does |", "| --- | --- | --- | --- |"]
+        out += ["| method | role | idempotent | streams | what it does |", "| --- | --- | --- | --- | --- |"]
         for spec in specs:
             what = spec.doc.replace("|", "\\|")
-            out.append(f"| `{spec.name}` | {'yes' if spec.idempotent else 'no'} | "
+            out.append(f"| `{spec.name}` | {spec.role} | {'yes' if spec.idempotent else 'no'} | "
                        f"{'yes' if spec.streams else 'no'} | {what} |")
         out.append("")
         for spec in specs:

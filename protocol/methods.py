@@ -15,6 +15,12 @@ from .errors import UnknownMethod
 from .schema import from_wire, message
 
 
+#: Who may call a method. "client": any peer the deployment admits (the SDK, the CLI, an actor).
+#: "actor": only a peer registered as an actor; the kernel refuses anyone else with Unauthorized
+#: before routing (memory grants and releases, draft proposals: one actor's calls to another).
+ROLES = ("client", "actor")
+
+
 @dataclass(frozen=True, slots=True)
 class MethodSpec:
     name: str                    # "<kind>.<method>"
@@ -23,6 +29,7 @@ class MethodSpec:
     chunk: type | None = None    # stream chunk schema, for streaming methods
     idempotent: bool = False     # safe to retry after ActorDied
     doc: str = ""
+    role: str = "client"         # who may call it (ROLES)
 
     @property
     def streams(self) -> bool:
@@ -32,11 +39,14 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-def method(name: str, request: type, reply: type | None = None, *, chunk: type | None = None,
+def method(name: str, request: type, reply: type | None = None, *, role: str, chunk: type | None = None,
            idempotent: bool = False, doc: str = "") -> MethodSpec:
+    """Declare a method; `role` (required: a new method must say who may call it) is one of ROLES."""
     if name in METHODS:
         raise ValueError(f"method {name} declared twice")
-    spec = MethodSpec(name, request, reply, chunk, idempotent, doc)
+    if role not in ROLES:
+        raise ValueError(f"method {name}: role {role!r} is not one of {ROLES}")
+    spec = MethodSpec(name, request, reply, chunk, idempotent, doc, role)
     METHODS[name] = spec
     return spec
 
@@ -104,12 +114,12 @@ class ActorMetricsReply:
     values: dict[str, float] = field(default_factory=dict)
 
 
-method("actor.metrics", Empty, ActorMetricsReply, idempotent=True,
+method("actor.metrics", Empty, ActorMetricsReply, role="client", idempotent=True,
        doc="Every actor answers this: its domain gauges (KV bytes and γ, tokens/s, iterations, ...).")
-method("kernel.metrics", Empty, KernelMetricsReply, idempotent=True,
+method("kernel.metrics", Empty, KernelMetricsReply, role="client", idempotent=True,
        doc="What the kernel counted per actor: requests, errors by code, recent p50/p99 latency.")
-method("kernel.ping", Empty, PingReply, idempotent=True, doc="Liveness of the kernel.")
-method("kernel.actors", Empty, ActorsReply, idempotent=True,
+method("kernel.ping", Empty, PingReply, role="client", idempotent=True, doc="Liveness of the kernel.")
+method("kernel.actors", Empty, ActorsReply, role="client", idempotent=True,
        doc="The registry: every configured or registered actor, its pid, state and load.")
 
 # ---------------------------------------------------------------- echo (tests and benchmarks)
@@ -152,11 +162,11 @@ class CountChunk:
     i: int
 
 
-method("echo.echo", EchoRequest, EchoReply, idempotent=True, doc="Returns `data` unchanged (arrays included).")
-method("echo.sleep", SleepRequest, SleepReply, doc="Sleeps, honouring deadline and cancel.")
+method("echo.echo", EchoRequest, EchoReply, role="client", idempotent=True, doc="Returns `data` unchanged (arrays included).")
+method("echo.sleep", SleepRequest, SleepReply, role="client", doc="Sleeps, honouring deadline and cancel.")
 method("echo.fail", FailRequest, Empty,
-       doc="Fails on request: `internal` raises, `bad_request` refuses, `exit` kills the process.")
-method("echo.count", CountRequest, chunk=CountChunk, doc="Streams i = 0..n-1, one chunk each.")
+       role="client", doc="Fails on request: `internal` raises, `bad_request` refuses, `exit` kills the process.")
+method("echo.count", CountRequest, role="client", chunk=CountChunk, doc="Streams i = 0..n-1, one chunk each.")
 
 
 # ---------------------------------------------------------------- solver (PARS3 SpMV, MRS)
@@ -240,13 +250,13 @@ class MatrixList:
 
 
 method("solver.register", RegisterMatrix, MatrixReport,
-       doc="Check, reorder (RCM) and split a matrix once; later calls reuse the plan.")
-method("solver.describe", MatrixId, MatrixReport, idempotent=True, doc="The plan's report.")
-method("solver.matvec", MatvecRequest, MatvecReply, idempotent=True, doc="y = S x.")
-method("solver.solve", SolveRequest, SolveReply, idempotent=True,
+       role="client", doc="Check, reorder (RCM) and split a matrix once; later calls reuse the plan.")
+method("solver.describe", MatrixId, MatrixReport, role="client", idempotent=True, doc="The plan's report.")
+method("solver.matvec", MatvecRequest, MatvecReply, role="client", idempotent=True, doc="y = S x.")
+method("solver.solve", SolveRequest, SolveReply, role="client", idempotent=True,
        doc="Solve (αI + S) x = b by MRS (one SpMV per iteration).")
-method("solver.drop", MatrixId, Dropped, idempotent=True, doc="Forget a matrix.")
-method("solver.list", Empty, MatrixList, idempotent=True, doc="Every registered matrix.")
+method("solver.drop", MatrixId, Dropped, role="client", idempotent=True, doc="Forget a matrix.")
+method("solver.list", Empty, MatrixList, role="client", idempotent=True, doc="Every registered matrix.")
 
 # ---------------------------------------------------------------- memory (the KV budget)
 # Holders are "draft" and "target"; `actor` names the process that holds the lease, so the
@@ -365,23 +375,23 @@ class Usage:
     costs: Any = None                   # the measured cost curve: {"draft_s", "target_s": {M: s}}
 
 
-method("memory.add_holder", AddHolder, HolderReply, idempotent=True,
+method("memory.add_holder", AddHolder, HolderReply, role="actor", idempotent=True,
        doc="Register a cache holder, its KV bytes per token and its weight bytes (a lease of `actor`).")
-method("memory.open", OpenSession, Empty, doc="Open a session owned by `owner`.")
-method("memory.has", SessionRef, HasReply, idempotent=True)
+method("memory.open", OpenSession, Empty, role="actor", doc="Open a session owned by `owner`.")
+method("memory.has", SessionRef, HasReply, role="actor", idempotent=True)
 method("memory.prefill", PrefillRequest, GrantAnswer,
-       doc="Start a turn: the context becomes keep + add tokens, all but the last resident.")
+       role="actor", doc="Start a turn: the context becomes keep + add tokens, all but the last resident.")
 method("memory.grant_batch", GrantBatch, Answers,
-       doc="Room for one speculative step per session; answers the γ each can afford.")
+       role="actor", doc="Room for one speculative step per session; answers the γ each can afford.")
 method("memory.commit_batch", CommitBatch, Answers,
-       doc="End a step: accepted drafts and emitted tokens; rejected blocks are freed at once.")
-method("memory.finish", SessionRef, Empty, doc="End a turn: the session is idle (evictable).")
-method("memory.release", SessionRef, Freed, doc="Forget a session and free its blocks.")
+       role="actor", doc="End a step: accepted drafts and emitted tokens; rejected blocks are freed at once.")
+method("memory.finish", SessionRef, Empty, role="actor", doc="End a turn: the session is idle (evictable).")
+method("memory.release", SessionRef, Freed, role="actor", doc="Forget a session and free its blocks.")
 method("memory.release_holder", SessionRef, Freed,
-       doc="Reclaim every block of holder `session` (used when its actor died).")
+       role="actor", doc="Reclaim every block of holder `session` (used when its actor died).")
 method("memory.observe_costs", Costs, Empty,
-       doc="A measured step (seconds per draft token, target forward of m tokens): the cost curve γ* is picked from.")
-method("memory.usage", Empty, Usage, idempotent=True,
+       role="actor", doc="A measured step (seconds per draft token, target forward of m tokens): the cost curve γ* is picked from.")
+method("memory.usage", Empty, Usage, role="client", idempotent=True,
        doc="Budget, live and peak bytes, per session and per holder, leases.")
 
 # ---------------------------------------------------------------- draft (the small model)
@@ -442,16 +452,16 @@ class AcceptRequest:
     path: list[int] | None = None      # accepted tree nodes (None: the chain's first `accepted`)
 
 
-method("draft.info", Empty, ModelInfo, idempotent=True,
+method("draft.info", Empty, ModelInfo, role="client", idempotent=True,
        doc="Bytes per token, vocabulary, context, weights, precision and resident memory.")
-method("draft.has", SessionRef, HasReply, idempotent=True)
-method("draft.open", DraftOpen, Held, idempotent=True,
+method("draft.has", SessionRef, HasReply, role="actor", idempotent=True)
+method("draft.open", DraftOpen, Held, role="actor", idempotent=True,
        doc="(Re)build a session's cache from its committed token ids.")
-method("draft.extend", DraftOpen, Held, doc="A new turn: the first `keep` ids are unchanged.")
+method("draft.extend", DraftOpen, Held, role="actor", doc="A new turn: the first `keep` ids are unchanged.")
 method("draft.propose", ProposeRequest, Proposal,
-       doc="Draft a token tree (a chain at width 1) per session (greedy or top-k, or sampled with q).")
-method("draft.accept", AcceptRequest, Held, doc="Keep the accepted path (compacted), drop every other branch.")
-method("draft.close", SessionRef, Held, idempotent=True, doc="Drop a session's cache.")
+       role="actor", doc="Draft a token tree (a chain at width 1) per session (greedy or top-k, or sampled with q).")
+method("draft.accept", AcceptRequest, Held, role="actor", doc="Keep the accepted path (compacted), drop every other branch.")
+method("draft.close", SessionRef, Held, role="actor", idempotent=True, doc="Drop a session's cache.")
 
 # ---------------------------------------------------------------- verifier (chat sessions)
 
@@ -512,20 +522,20 @@ class SessionList:
     held: int = 0                      # target cache bytes held
 
 
-method("verifier.info", Empty, ModelInfo, idempotent=True,
+method("verifier.info", Empty, ModelInfo, role="client", idempotent=True,
        doc="The target's bytes per token, vocabulary, context, weights, precision and resident memory.")
-method("verifier.open", OpenChat, SessionRef, doc="Open a chat session.")
-method("verifier.close", SessionRef, Freed, idempotent=True,
+method("verifier.open", OpenChat, SessionRef, role="client", doc="Open a chat session.")
+method("verifier.close", SessionRef, Freed, role="client", idempotent=True,
        doc="Close a chat session; its blocks are freed everywhere.")
-method("verifier.chat", ChatRequest, chunk=ChatChunk,
+method("verifier.chat", ChatRequest, role="client", chunk=ChatChunk,
        doc="One chat turn, streamed: a chunk per speculative step, then END.")
-method("verifier.complete", CompleteRequest, chunk=ChatChunk,
+method("verifier.complete", CompleteRequest, role="client", chunk=ChatChunk,
        doc="Continue a whole conversation in a session, reusing the KV of its common prefix; streamed like chat.")
-method("verifier.generate", GenerateRequest, chunk=ChatChunk,
+method("verifier.generate", GenerateRequest, role="client", chunk=ChatChunk,
        doc="Continue raw token ids in a throwaway session (benchmarks), streamed like chat.")
-method("verifier.sessions", Empty, SessionList, idempotent=True)
+method("verifier.sessions", Empty, SessionList, role="client", idempotent=True)
 
 # ---------------------------------------------------------------- http (the OpenAI-compatible gateway)
 
-method("http.sessions", Empty, SessionList, idempotent=True,
+method("http.sessions", Empty, SessionList, role="client", idempotent=True,
        doc="The verifier sessions the gateway keeps for prefix reuse, and those serving a request now.")
