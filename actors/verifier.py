@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -175,6 +176,7 @@ class VerifierActor(Actor):
         self.memory_name = config.get("memory", "memory")
         self.draft_name = config.get("draft", "draft")
         self.streams: dict[str, _Stream] = {}
+        self.owners: dict[str, bytes] = {}      # session -> routing id of the client that opened it
         self.joins: list[tuple[ChatRequest | GenerateRequest, _Stream]] = []
         self.leaves: list[str] = []
         self.wake = trio.Event()
@@ -274,15 +276,21 @@ class VerifierActor(Actor):
         return model_info(self.core)
 
     async def rpc_open(self, req: OpenChat, call: Call) -> dict:
-        session = req.session or f"s{next(self._ids)}"
+        session = req.session or f"s-{secrets.token_urlsafe(12)}"     # unguessable unless the caller names it
         if self.core.has(session):
             raise wire.Conflict(f"session {session!r} is already open")
         self.core.open(session)
+        self.owners[session] = call.route
         return {"session": session}
 
+    def _owned(self, session: str, call: Call) -> None:
+        """NotFound unless `session` is open and was opened by this caller: another client cannot
+        tell someone else's session from one that does not exist."""
+        if not self.core.has(session) or self.owners.get(session) != call.route:
+            raise wire.NotFound(f"no session {session!r}")
+
     async def rpc_close(self, req: SessionRef, call: Call) -> dict:
-        if not self.core.has(req.session):
-            raise wire.NotFound(f"no session {req.session!r}")
+        self._owned(req.session, call)
         if req.session in self.streams:
             raise wire.Conflict(f"session {req.session!r} is generating; cancel its chat first")
         return {"freed": await self._close(req.session)}
@@ -290,6 +298,7 @@ class VerifierActor(Actor):
     def _close_now(self, session: str) -> int:
         """Close a session everywhere (target cache here, draft cache, memory blocks). Worker thread."""
         freed = self.core.close(session)
+        self.owners.pop(session, None)
         self.draft.close(session)
         try:
             if self.memory.has(session):
@@ -309,14 +318,12 @@ class VerifierActor(Actor):
     # ---------------------------------------------------------------- chat
 
     async def rpc_chat(self, req: ChatRequest, call: Call):
-        if not self.core.has(req.session):
-            raise wire.NotFound(f"no session {req.session!r}: open it first")
+        self._owned(req.session, call)
         async for chunk in self._turn(req.session, req, req.message):
             yield chunk
 
     async def rpc_complete(self, req: CompleteRequest, call: Call):
-        if not self.core.has(req.session):
-            raise wire.NotFound(f"no session {req.session!r}: open it first")
+        self._owned(req.session, call)
         async for chunk in self._turn(req.session, req, None, messages=req.messages):
             yield chunk
 

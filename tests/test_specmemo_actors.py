@@ -161,13 +161,19 @@ def test_bad_input_gets_typed_errors_and_leaks_nothing(spec):
         assert session not in c.usage()["sessions"]
 
 
-def test_two_clients_on_one_session_one_gets_conflict(spec):
+def test_a_session_belongs_to_the_client_that_opened_it(spec):
     with spec.client(timeout=60) as a, spec.client(timeout=60) as b:
         session = a.open_session()
+        assert len(session) > 12                                  # not a counter another client could guess
         stream = a.chat(session, "long answer please", max_new_tokens=200, gamma=GAMMA)
         next(stream)
-        with pytest.raises(Conflict):
-            b.ask(session, "me too")
+        for call in (lambda: b.ask(session, "me too"), lambda: b.close_session(session)):
+            with pytest.raises(NotFound):                          # as if it did not exist
+                call()
+        with pytest.raises(NotFound):
+            b.ask("s-no-such-session", "hello")
+        with pytest.raises(Conflict):                              # its owner, while it generates
+            a.ask(session, "me too")
         rest = list(stream)
         assert rest[-1]["done"]
         a.close_session(session)
