@@ -81,6 +81,7 @@ class Kernel:
                                          for a in config.actors}
         self.by_identity: dict[bytes, str] = {}
         self.calls: dict[tuple[bytes, int], InFlight] = {}
+        self.per_client: dict[bytes, int] = {}     # calls in flight per client (actors are not counted)
         self._coalesce_s = config.coalesce_us / 1e6
         self._outbox: list[tuple[list[Any], Any]] = []   # sends held while routing a batch
         self._holding = False
@@ -374,6 +375,14 @@ class Kernel:
             self._reply_error(peer, header.id, Overloaded(
                 f"actor '{route}' has {len(entry.inflight)} calls in flight", detail={"actor": route}))
             return
+        client = peer not in self.by_identity
+        if client and self.per_client.get(peer, 0) >= self.config.max_inflight_per_client:
+            # one client cannot take every slot of an actor from the others
+            self._reply_error(peer, header.id, Overloaded(
+                f"this client has {self.per_client[peer]} calls in flight "
+                f"(max_inflight_per_client = {self.config.max_inflight_per_client})",
+                detail={"limit": "max_inflight_per_client"}))
+            return
         key = (peer, header.id)
         if key in self.calls:
             self._reply_error(peer, header.id, BadRequest(f"call id {header.id} is already in flight"))
@@ -382,6 +391,8 @@ class Kernel:
         now = time.monotonic()
         deadline = now + header.deadline_ms / 1000 if header.deadline_ms else float("inf")
         self.calls[key] = InFlight(route, deadline, now)
+        if client:
+            self.per_client[peer] = self.per_client.get(peer, 0) + 1
         entry.inflight.add(key)
         self.metrics.count_request(route, header.method)
         identity = entry.identity
@@ -428,13 +439,23 @@ class Kernel:
 
     def _end_call(self, key: tuple[bytes, int], observe: bool = True) -> bool:
         """Forget a call in flight (False if it was not); ``observe`` its latency."""
-        call = self.calls.pop(key, None)
+        call = self._pop_call(key)
         if call is None:
             return False
         self.actors[call.actor].inflight.discard(key)
         if observe:
             self.metrics.observe(call.actor, time.monotonic() - call.started)
         return True
+
+    def _pop_call(self, key: tuple[bytes, int]) -> InFlight | None:
+        call = self.calls.pop(key, None)
+        n = self.per_client.get(key[0])
+        if call is not None and n is not None:
+            if n > 1:
+                self.per_client[key[0]] = n - 1
+            else:
+                del self.per_client[key[0]]
+        return call
 
     def _cancel(self, peer: bytes, frames: list[Any]) -> None:
         call_id = _header_id(frames[4])
@@ -498,7 +519,7 @@ class Kernel:
     def _fail_inflight(self, entry: Entry, message: str) -> int:
         keys = list(entry.inflight)
         for client, call_id in keys:
-            self.calls.pop((client, call_id), None)
+            self._pop_call((client, call_id))
             self._reply_error(client, call_id, ActorDied(message, detail={"actor": entry.name}),
                               origin=entry.name)
         entry.inflight.clear()
@@ -528,7 +549,7 @@ class Kernel:
         grace = 5.0
         for key, call in list(self.calls.items()):
             if now > call.deadline + grace:
-                del self.calls[key]
+                self._pop_call(key)
                 self.actors[call.actor].inflight.discard(key)
 
     # ---------------------------------------------------------------- the kernel's own methods

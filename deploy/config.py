@@ -61,6 +61,7 @@ class DeploymentConfig:
     backoff_max_s: float = 5.0
     stop_timeout_s: float = 5.0         # each rung of the stop ladder waits this long
     max_inflight: int = 4096            # calls in flight to one actor before Overloaded
+    max_inflight_per_client: int = 1024  # calls in flight from one client before Overloaded
     max_message_bytes: int = 256 * 1024 * 1024
     metrics_port: int = 0               # Prometheus: kernel on this port, n-th actor on port + n; 0 = off
     curve_server_key: str = ""          # the kernel's .key_secret file: turns CURVE on (tcp only)
@@ -102,7 +103,7 @@ class DeploymentConfig:
 
 _DEPLOYMENT_KEYS = {"name", "endpoint", "heartbeat_s", "heartbeat_misses", "restart_intensity",
                     "restart_period_s", "backoff_s", "backoff_max_s", "stop_timeout_s",
-                    "max_inflight", "max_message_bytes", "metrics_port", "curve_server_key", "curve_allowed",
+                    "max_inflight", "max_inflight_per_client", "max_message_bytes", "metrics_port", "curve_server_key", "curve_allowed",
                     "curve_actor_key", "zygote", "coalesce_us", "insecure"}
 _ACTOR_KEYS = {"kind", "after", "config", "restart", "start_timeout_s", "env"}
 

@@ -92,3 +92,35 @@ def test_tcp_beyond_loopback_without_curve_needs_an_explicit_insecure(endpoint, 
     else:
         with pytest.raises(ConfigError, match="insecure = true"):
             parse_config(data)
+
+
+def test_one_client_cannot_hold_more_than_its_share_of_calls_in_flight(start_deployment):
+    import trio
+
+    from specmemo.protocol import Client, Overloaded
+    from specmemo.protocol.client import AsyncClient
+
+    d = start_deployment('[deployment]\nname = "share"\nmax_inflight_per_client = 4\n'
+                         '[actors.echo]\nkind = "echo"\n', "share", ["echo"])
+    outcomes: list[str] = []
+
+    async def greedy() -> None:
+        async with AsyncClient(d.endpoint, timeout=30) as c:
+            async def one() -> None:
+                try:
+                    await c.call("echo", "sleep", seconds=1.0)
+                    outcomes.append("ok")
+                except Overloaded as exc:
+                    assert "max_inflight_per_client = 4" in str(exc)
+                    outcomes.append("refused")
+            async with trio.open_nursery() as nursery:
+                for _ in range(10):
+                    nursery.start_soon(one)
+                await trio.sleep(0.3)
+                with Client(d.endpoint, timeout=10) as other:           # another client is served
+                    assert other.call("echo", "echo", data=7)["data"] == 7
+
+    trio.run(greedy)
+    assert sorted(outcomes) == ["ok"] * 4 + ["refused"] * 6
+    with Client(d.endpoint, timeout=10) as c:                           # the slots came back
+        assert c.call("echo", "sleep", seconds=0.01)
