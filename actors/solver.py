@@ -1,7 +1,9 @@
 """The solver actor: registers skew-symmetric matrices once, serves SpMV and MRS solves.
 
 Its core is :class:`MatrixStore` (plain, synchronous, testable alone): it owns the plans,
-enforces the size limits, and maps ids to plans. The actor shell validates the wire
+enforces the size limits, and maps ids to plans. A matrix belongs to the client that registered
+it (its routing identity) unless registered as shared: ids live in one namespace per client plus
+the shared one, and another client's matrix is NotFound, as an id that does not exist. The actor shell validates the wire
 messages and runs the core in a worker thread so heartbeats keep flowing during a long solve.
 """
 from __future__ import annotations
@@ -23,26 +25,31 @@ from specmemo.protocol.methods import (Dropped, Empty, MatrixId, MatrixList, Mat
 from .base import Actor, Call
 
 
+SHARED = b""      # the owner of shared matrices (and of every matrix of an in-process store)
+
+
 class MatrixStore:
-    """Plans by id, within a limit on stored nonzeros."""
+    """Plans by (owner, id), within a limit on stored nonzeros. `owner` is the caller's identity;
+    a lookup sees the caller's own matrices, then the shared ones."""
 
     def __init__(self, threads: int = 2, max_nnz: int = 200_000_000, max_matrices: int = 64) -> None:
         self.threads = threads
         self.max_nnz = max_nnz
         self.max_matrices = max_matrices
-        self.plans: dict[str, Plan] = {}
+        self.plans: dict[tuple[bytes, str], Plan] = {}
         self._ids = itertools.count(1)
 
     def stored_nnz(self) -> int:
         return sum(p.describe().nnz for p in self.plans.values())
 
-    def register(self, req: RegisterMatrix) -> MatrixReport:
+    def register(self, req: RegisterMatrix, owner: bytes = SHARED) -> MatrixReport:
         if req.kind not in ("skew", "symmetric"):
             raise InvalidInput(f"kind must be 'skew' or 'symmetric', got {req.kind!r}")
         matrix = self._matrix(req)
         # A taken id first: a caller re-registering after a lost reply must learn that its
         # matrix is there, even when the store is full (it then holds that very matrix).
-        if req.id and req.id in self.plans:
+        owner = SHARED if req.shared else owner
+        if req.id and (owner, req.id) in self.plans:
             raise InvalidInput(f"a matrix with id {req.id!r} is already registered; drop it first")
         if len(self.plans) >= self.max_matrices:
             raise OverBudget(f"{len(self.plans)} matrices are registered, the limit; drop one first")
@@ -50,11 +57,11 @@ class MatrixStore:
             raise OverBudget(f"registering {matrix.nnz} nonzeros would exceed the solver's limit of "
                              f"{self.max_nnz} stored nonzeros")
         mid = req.id or f"m{next(self._ids)}"
-        if mid in self.plans:
+        if (owner, mid) in self.plans:
             raise InvalidInput(f"a matrix with id {mid!r} is already registered; drop it first")
         plan = Plan.build(matrix, req.kind, req.threads or self.threads, tol=req.tol)
-        self.plans[mid] = plan
-        return self.report(mid)
+        self.plans[(owner, mid)] = plan
+        return self.report(mid, owner)
 
     def _matrix(self, req: RegisterMatrix) -> sp.csr_array:
         if req.mtx is not None:
@@ -78,27 +85,34 @@ class MatrixStore:
             raise InvalidInput(f"column indices must lie in [0, {n})")
         return sp.csr_array((req.data, req.indices, indptr), shape=(n, n))
 
-    def plan(self, mid: str) -> Plan:
-        plan = self.plans.get(mid)
+    def visible(self, owner: bytes = SHARED) -> list[str]:
+        """The ids `owner` sees: its own, then the shared ones."""
+        keys = list(self.plans)         # a register in the worker thread may add one meanwhile
+        own = sorted(m for o, m in keys if o == owner)
+        return own + sorted(m for o, m in keys if o == SHARED and m not in own)
+
+    def plan(self, mid: str, owner: bytes = SHARED) -> Plan:
+        plan = self.plans.get((owner, mid)) or self.plans.get((SHARED, mid))
         if plan is None:
-            raise NotFound(f"no matrix with id {mid!r} (registered: {sorted(self.plans) or 'none'})",
+            raise NotFound(f"no matrix with id {mid!r} (yours and shared: {self.visible(owner) or 'none'})",
                            detail={"id": mid})
         return plan
 
-    def report(self, mid: str) -> MatrixReport:
-        return MatrixReport(id=mid, **self.plan(mid).describe().as_dict())
+    def report(self, mid: str, owner: bytes = SHARED) -> MatrixReport:
+        return MatrixReport(id=mid, **self.plan(mid, owner).describe().as_dict())
 
-    def matvec(self, mid: str, x: np.ndarray) -> np.ndarray:
-        return self.plan(mid).matvec(x)
+    def matvec(self, mid: str, x: np.ndarray, owner: bytes = SHARED) -> np.ndarray:
+        return self.plan(mid, owner).matvec(x)
 
-    def solve(self, req: SolveRequest) -> SolveReply:
-        result = mrs(self.plan(req.id), req.b, req.alpha, req.tol, req.maxiter or None)
+    def solve(self, req: SolveRequest, owner: bytes = SHARED) -> SolveReply:
+        result = mrs(self.plan(req.id, owner), req.b, req.alpha, req.tol, req.maxiter or None)
         return SolveReply(x=result.x, converged=result.converged, iterations=result.iterations,
                           residual=result.residual, seconds=result.seconds,
                           history=np.asarray(result.history) if req.history else None)
 
-    def drop(self, mid: str) -> bool:
-        return self.plans.pop(mid, None) is not None
+    def drop(self, mid: str, owner: bytes = SHARED) -> bool:
+        """Drop the caller's matrix `mid`, else a shared one of that id."""
+        return (self.plans.pop((owner, mid), None) or self.plans.pop((SHARED, mid), None)) is not None
 
 
 class SolverActor(Actor):
@@ -112,17 +126,17 @@ class SolverActor(Actor):
                                  max_matrices=int(config.get("max_matrices", 64)))
 
     async def rpc_register(self, req: RegisterMatrix, call: Call) -> MatrixReport:
-        return await self.run_sync(self.store.register, req)
+        return await self.run_sync(self.store.register, req, call.route)
 
     def rpc_describe(self, req: MatrixId, call: Call) -> MatrixReport:
-        return self.store.report(req.id)
+        return self.store.report(req.id, call.route)
 
     async def rpc_matvec(self, req: MatvecRequest, call: Call) -> MatvecReply:
-        return MatvecReply(y=await self.run_sync(self.store.matvec, req.id, req.x))
+        return MatvecReply(y=await self.run_sync(self.store.matvec, req.id, req.x, call.route))
 
     async def rpc_solve(self, req: SolveRequest, call: Call) -> SolveReply:
-        out = await self.run_sync(self.store.solve, req)
-        nnz = self.store.plan(req.id).describe().nnz
+        out = await self.run_sync(self.store.solve, req, call.route)
+        nnz = self.store.plan(req.id, call.route).describe().nnz
         self.metrics.set("solve_iterations", out.iterations, "Iterations of the last solve")
         if out.seconds > 0:
             self.metrics.set("solve_gflops", 2 * nnz * out.iterations / out.seconds / 1e9,
@@ -131,8 +145,8 @@ class SolverActor(Actor):
         return out
 
     def rpc_drop(self, req: MatrixId, call: Call) -> Dropped:
-        return Dropped(dropped=self.store.drop(req.id))
+        return Dropped(dropped=self.store.drop(req.id, call.route))
 
     def rpc_list(self, req: Empty, call: Call) -> MatrixList:
-        # A copy first: a register running in the worker thread may add a plan meanwhile.
-        return MatrixList(matrices=[self.store.report(m) for m in list(self.store.plans)])
+        # the caller's and the shared ones (a register in the worker thread may add one meanwhile)
+        return MatrixList(matrices=[self.store.report(m, call.route) for m in self.store.visible(call.route)])

@@ -184,6 +184,7 @@ class RegisterMatrix:
     data: np.ndarray | None = None
     threads: int = 0                   # 0 = the actor's default
     tol: float = 1e-12                 # skew/symmetry check tolerance (relative to max |a_ij|)
+    shared: bool = False               # visible to every client (default: to its registering client only)
 
 
 @message

@@ -59,6 +59,28 @@ def test_matvec_and_solve_through_the_actor_match_scipy(solver_deployment):
             c.matvec("grid", x)
 
 
+def test_a_matrix_belongs_to_its_client_unless_registered_as_shared(solver_deployment):
+    s = matrices.generate("convection2d", 400, seed=5)
+    x = np.ones(s.shape[0])
+    with solver_deployment.client() as a, solver_deployment.client() as b:
+        a.register_matrix(s, id="mine")
+        for call in (lambda: b.matvec("mine", x), lambda: b.call("solver", "describe", id="mine"),
+                     lambda: b.solve("mine", x)):
+            with pytest.raises(NotFound) as info:          # as if it did not exist
+                call()
+            assert "mine" not in str(info.value).split("yours and shared")[1]
+        assert b.drop_matrix("mine") is False
+        assert "mine" not in [m["id"] for m in b.call("solver", "list")["matrices"]]
+        b.register_matrix(2 * s, id="mine")               # b's own "mine": another matrix
+        assert np.allclose(b.matvec("mine", x), 2 * (s @ x)) and np.allclose(a.matvec("mine", x), s @ x)
+        a.register_matrix(3 * s, id="common", shared=True)
+        assert np.allclose(b.matvec("common", x), 3 * (s @ x))
+        assert [m["id"] for m in b.call("solver", "list")["matrices"]] == ["mine", "common"]
+        for client in (a, b):
+            assert client.drop_matrix("mine") is True
+        assert b.drop_matrix("common") is True
+
+
 def test_matrix_market_bytes_register_like_csr_arrays(solver_deployment):
     s = matrices.generate("saddle", 200, seed=1)
     buf = io.BytesIO()
