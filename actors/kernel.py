@@ -314,7 +314,8 @@ class Kernel:
         size = frames_size(frames)
         if size > self.config.max_message_bytes:
             self._reply_error(peer, _header_id(frames[4]), MessageTooLarge(
-                f"message of {size} bytes exceeds the limit of {self.config.max_message_bytes}"))
+                f"message of {size} bytes exceeds the limit of {self.config.max_message_bytes}",
+                detail={"size": size, "limit": self.config.max_message_bytes}))
             return
         name = self.by_identity.get(peer)
         if name is not None:
@@ -328,14 +329,16 @@ class Kernel:
             self._from_actor(peer, name, command, frames)
         elif command == Command.CANCEL:
             self._cancel(peer, frames)
+        elif command in (Command.HEARTBEAT, Command.BYE) and name is None:
+            # actors' commands, from a peer that is not one (a client)
+            self._reply_error(peer, _header_id(frames[4]),
+                              BadRequest(f"{command.name} is an actor's command; register first (READY)"))
         elif command == Command.HEARTBEAT:
-            if name is None:
-                self.warn_once("hb-unknown", "heartbeat from an unregistered peer ignored")
+            pass                                   # last_seen is updated above
         elif command == Command.READY:
             self._ready(peer, frames)
         elif command == Command.BYE:
-            if name is not None:
-                self._actor_died(name, "it said goodbye")
+            self._actor_died(name, "it said goodbye")
         else:
             self._reply_error(peer, _header_id(frames[4]),
                               BadRequest(f"{command.name} is not accepted by the kernel"))
@@ -460,8 +463,8 @@ class Kernel:
     def _cancel(self, peer: bytes, frames: list[Any]) -> None:
         call_id = _header_id(frames[4])
         call = self.calls.get((peer, call_id))
-        if call is None:
-            return  # a cancel for a call that already finished (or never was): nothing to do
+        if call is None or frames[3] != call.actor.encode():
+            return  # a cancel for a call that finished (or never was), or naming another actor: nothing to do
         entry = self.actors[call.actor]
         if entry.identity:
             self._send([entry.identity, frames[1], frames[2], peer, *frames[4:]])
@@ -556,7 +559,8 @@ class Kernel:
 
     def _kernel_method(self, peer: bytes, header: Header) -> None:
         if header.method == "ping":
-            body: Any = to_wire(PingReply(uptime_s=time.monotonic() - self.started, pid=os.getpid()))
+            body: Any = to_wire(PingReply(uptime_s=time.monotonic() - self.started, pid=os.getpid(),
+                                          max_message_bytes=self.config.max_message_bytes))
         elif header.method == "metrics":
             body = {"actors": self.metrics.snapshot()}
         elif header.method == "actors":

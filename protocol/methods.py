@@ -77,6 +77,7 @@ class PingReply:
     version: int = 1
     uptime_s: float = 0.0
     pid: int = 0
+    max_message_bytes: int = 0    # the deployment's limit on one message (set your socket's MAXMSGSIZE)
 
 
 @message
@@ -179,9 +180,9 @@ class RegisterMatrix:
     kind: str = "skew"                 # skew | symmetric
     mtx: bytes | None = None
     n: int = 0                         # rows (= columns) for CSR input
-    indptr: np.ndarray | None = None
-    indices: np.ndarray | None = None
-    data: np.ndarray | None = None
+    indptr: np.ndarray | None = None   # int32 or int64 [n + 1]
+    indices: np.ndarray | None = None  # int32 or int64 [nnz], column of each value
+    data: np.ndarray | None = None     # float64 [nnz]
     threads: int = 0                   # 0 = the actor's default
     tol: float = 1e-12                 # skew/symmetry check tolerance (relative to max |a_ij|)
     shared: bool = False               # visible to every client (default: to its registering client only)
@@ -212,18 +213,18 @@ class MatrixId:
 @message
 class MatvecRequest:
     id: str
-    x: np.ndarray
+    x: np.ndarray                      # float64 [n]
 
 
 @message
 class MatvecReply:
-    y: np.ndarray
+    y: np.ndarray                      # float64 [n]
 
 
 @message
 class SolveRequest:
     id: str
-    b: np.ndarray
+    b: np.ndarray                      # float64 [n]
     alpha: float = 1.0
     tol: float = 1e-10
     maxiter: int = 0                   # 0 = 10 n
@@ -232,12 +233,12 @@ class SolveRequest:
 
 @message
 class SolveReply:
-    x: np.ndarray
+    x: np.ndarray                      # float64 [n]
     converged: bool
     iterations: int
     residual: float                    # true ||b - (αI + S)x|| / ||b||
     seconds: float
-    history: np.ndarray | None = None
+    history: np.ndarray | None = None   # float64 [iterations], relative residual after each
 
 
 @message
@@ -414,7 +415,7 @@ class ModelInfo:
 @message
 class DraftOpen:
     session: str
-    token_ids: np.ndarray
+    token_ids: np.ndarray              # int64 committed token ids
     blocks: int
     keep: int = 0
 
@@ -448,7 +449,7 @@ class Proposal:
 class AcceptRequest:
     session: str
     accepted: int
-    tokens: np.ndarray
+    tokens: np.ndarray                 # int64: the accepted drafts, then the target's token
     blocks: int
     path: list[int] | None = None      # accepted tree nodes (None: the chain's first `accepted`)
 
@@ -508,7 +509,7 @@ class CompleteRequest:
 
 @message
 class ChatChunk:
-    tokens: np.ndarray                 # token ids accepted in this step
+    tokens: np.ndarray                 # int64 token ids accepted in this step
     text: str = ""                     # their text (a UTF-8-safe delta)
     done: bool = False
     step: dict[str, Any] | None = None  # this step: gamma, accepted, emitted, draft_s, target_s
@@ -525,7 +526,8 @@ class SessionList:
 
 method("verifier.info", Empty, ModelInfo, role="client", idempotent=True,
        doc="The target's bytes per token, vocabulary, context, weights, precision and resident memory.")
-method("verifier.open", OpenChat, SessionRef, role="client", doc="Open a chat session.")
+method("verifier.open", OpenChat, SessionRef, role="client",
+       doc="Open a chat session owned by the caller; an empty `session` gets a random id, a taken one `Conflict`.")
 method("verifier.close", SessionRef, Freed, role="client", idempotent=True,
        doc="Close a chat session; its blocks are freed everywhere.")
 method("verifier.chat", ChatRequest, role="client", chunk=ChatChunk,

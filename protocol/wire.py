@@ -89,7 +89,7 @@ class Header:
         hid, method, dl, schema = d.get("id", 0), d.get("m", ""), d.get("dl", 0), d.get("s", 1)
         # The common case in one test of exact types (msgpack yields exact int and str);
         # the checks below name the field that is wrong.
-        if type(hid) is int and type(method) is str and type(dl) is int and type(schema) is int \
+        if type(hid) is int and type(method) is str and type(dl) is int and type(schema) is int and schema == 1 \
                 and 0 <= hid < 2**64 and 0 <= dl < 2**63:
             return cls(hid, method, dl, schema)
         if not (isinstance(hid, int) and not isinstance(hid, bool) and 0 <= hid < 2**64):
@@ -98,8 +98,8 @@ class Header:
             raise BadRequest("header field 'm' (method) must be a string")
         if not (isinstance(dl, (int, float)) and not isinstance(dl, bool) and 0 <= dl < 2**63):
             raise BadRequest("header field 'dl' (deadline_ms) must be a finite non-negative number")
-        if not (isinstance(schema, int) and not isinstance(schema, bool)):
-            raise BadRequest("header field 's' (schema) must be an integer")
+        if not (isinstance(schema, int) and not isinstance(schema, bool)) or schema != 1:
+            raise BadRequest(f"header field 's' (schema) must be 1, the only body schema version, got {schema!r}")
         return cls(id=hid, method=method, deadline_ms=math.ceil(dl), schema=schema)
 
     def deadline_at(self, received_at: float | None = None) -> float:

@@ -154,6 +154,9 @@ def _raw(endpoint: str) -> zmq.Socket:
       msgpack.packb({"data": {"$nd": ["<f8", [100], 0]}}), b"short"], BadRequest),
     ([MAGIC, b"\x01", b"\xff\xfe", msgpack.packb({"id": 5}), b"\xc0"], BadRequest),
     ([MAGIC, b"\x02", b"somebody", msgpack.packb({"id": 5}), b"\xc0"], None),  # dropped, logged
+    ([MAGIC, b"\x01", b"echo", msgpack.packb({"id": 5, "m": "echo", "s": 2}), b"\xc0"], BadRequest),  # schema 2
+    ([MAGIC, b"\x05", b"kernel", msgpack.packb({"id": 0}), b"\xc0"], BadRequest),   # HEARTBEAT from a client
+    ([MAGIC, b"\x09", b"kernel", msgpack.packb({"id": 0}), b"\xc0"], BadRequest),   # BYE from a client
 ])
 def test_hostile_frames_get_typed_errors_and_normal_clients_are_still_served(echo_deployment, frames, expected):
     raw = _raw(echo_deployment.endpoint)
@@ -183,9 +186,13 @@ def test_oversized_messages_are_refused_with_a_clear_error(start_deployment):
         body, bufs = msgpack.packb({"data": [{"$nd": ["|u1", [40000], i]} for i in range(3)]}), [b"x" * 40000] * 3
         raw.send_multipart(encode(Command.REQUEST, b"echo", Header(id=9, method="echo"))[:4] + [body, *bufs])
         msg = decode(raw.recv_multipart())
-        assert isinstance(error_from_wire(msg.body), MessageTooLarge)
+        error = error_from_wire(msg.body)
+        assert isinstance(error, MessageTooLarge) and error.detail["limit"] == 65536
+        assert error.detail["size"] > 120000 and msg.header.id == 9
     finally:
         raw.close()
+    with d.client() as c:
+        assert c.call("kernel", "ping")["max_message_bytes"] == 65536
     with d.client() as c:
         assert c.call("echo", "echo", data=1)["data"] == 1
 
@@ -214,3 +221,21 @@ def test_the_async_client_serves_many_concurrent_calls(echo_deployment):
         return results
 
     assert sorted(trio.run(main)) == list(range(200))
+
+
+def test_a_cancel_naming_another_actor_cancels_nothing(echo_deployment):
+    raw = _raw(echo_deployment.endpoint)
+    try:
+        raw.send_multipart(encode(Command.REQUEST, b"echo", Header(id=7, method="sleep"), {"seconds": 0.3}))
+        time.sleep(0.05)
+        raw.send_multipart(encode(Command.CANCEL, b"nobody", Header(id=7)))
+        msg = decode(raw.recv_multipart())
+        assert msg.command == Command.REPLY and msg.header.id == 7      # slept its 0.3 s, not cancelled
+        raw.send_multipart(encode(Command.REQUEST, b"echo", Header(id=8, method="sleep"), {"seconds": 5}))
+        time.sleep(0.05)
+        raw.send_multipart(encode(Command.CANCEL, b"echo", Header(id=8)))
+        msg = decode(raw.recv_multipart())
+        assert msg.command == Command.ERROR and error_from_wire(msg.body).name == "Cancelled"
+    finally:
+        raw.close()
+
