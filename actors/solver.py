@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import time
 from typing import Any
 
 import numpy as np
@@ -29,14 +30,24 @@ SHARED = b""      # the owner of shared matrices (and of every matrix of an in-p
 
 
 class MatrixStore:
-    """Plans by (owner, id), within a limit on stored nonzeros. `owner` is the caller's identity;
-    a lookup sees the caller's own matrices, then the shared ones."""
+    """Plans by (owner, id), within limits on matrices and stored nonzeros. `owner` is the
+    caller's identity; a lookup sees the caller's own matrices, then the shared ones.
 
-    def __init__(self, threads: int = 2, max_nnz: int = 200_000_000, max_matrices: int = 64) -> None:
+    A private matrix outlives its client's connection, and nobody else can drop it (a client
+    that reconnects is a new identity). So when a registration finds the store full, private
+    matrices unused for `reclaim_idle_s` make room, least recently used first; their owners
+    would get NotFound and register again. Shared matrices are never reclaimed.
+    """
+
+    def __init__(self, threads: int = 2, max_nnz: int = 200_000_000, max_matrices: int = 64,
+                 reclaim_idle_s: float = 600.0) -> None:
         self.threads = threads
         self.max_nnz = max_nnz
         self.max_matrices = max_matrices
+        self.reclaim_idle_s = reclaim_idle_s
         self.plans: dict[tuple[bytes, str], Plan] = {}
+        self.used: dict[tuple[bytes, str], float] = {}     # last registration or use, monotonic
+        self.reclaimed = 0
         self._ids = itertools.count(1)
 
     def stored_nnz(self) -> int:
@@ -51,17 +62,41 @@ class MatrixStore:
         owner = SHARED if req.shared else owner
         if req.id and (owner, req.id) in self.plans:
             raise InvalidInput(f"a matrix with id {req.id!r} is already registered; drop it first")
-        if len(self.plans) >= self.max_matrices:
-            raise OverBudget(f"{len(self.plans)} matrices are registered, the limit; drop one first")
-        if self.stored_nnz() + matrix.nnz > self.max_nnz:
-            raise OverBudget(f"registering {matrix.nnz} nonzeros would exceed the solver's limit of "
-                             f"{self.max_nnz} stored nonzeros")
+        self._make_room(matrix.nnz)
         mid = req.id or f"m{next(self._ids)}"
         if (owner, mid) in self.plans:
             raise InvalidInput(f"a matrix with id {mid!r} is already registered; drop it first")
         plan = Plan.build(matrix, req.kind, req.threads or self.threads, tol=req.tol)
         self.plans[(owner, mid)] = plan
+        self.used[(owner, mid)] = time.monotonic()
         return self.report(mid, owner)
+
+    def _fits(self, nnz: int) -> bool:
+        return len(self.plans) < self.max_matrices and self.stored_nnz() + nnz <= self.max_nnz
+
+    def _make_room(self, nnz: int) -> None:
+        """Reclaim idle private matrices until one of `nnz` nonzeros fits, else OverBudget
+        (reclaiming nothing)."""
+        if self._fits(nnz):
+            return
+        cutoff = time.monotonic() - self.reclaim_idle_s
+        idle = sorted((t, key) for key, t in list(self.used.items()) if key[0] != SHARED and t <= cutoff)
+        count, stored = len(self.plans), self.stored_nnz()
+        freed_count = freed_nnz = 0
+        for _, key in idle:
+            if count - freed_count < self.max_matrices and stored - freed_nnz + nnz <= self.max_nnz:
+                break
+            freed_count += 1
+            freed_nnz += self.plans[key].describe().nnz
+        if count - freed_count >= self.max_matrices or stored - freed_nnz + nnz > self.max_nnz:
+            raise OverBudget(f"{count} matrices of {stored} nonzeros are registered (limits "
+                             f"{self.max_matrices} and {self.max_nnz}); registering {nnz} more "
+                             f"nonzeros does not fit, and no private matrix has been idle for "
+                             f"{self.reclaim_idle_s:g} s to make room; drop one first")
+        for _, key in idle[:freed_count]:
+            self.plans.pop(key, None)
+            self.used.pop(key, None)
+            self.reclaimed += 1
 
     def _matrix(self, req: RegisterMatrix) -> sp.csr_array:
         if req.mtx is not None:
@@ -92,7 +127,10 @@ class MatrixStore:
         return own + sorted(m for o, m in keys if o == SHARED and m not in own)
 
     def plan(self, mid: str, owner: bytes = SHARED) -> Plan:
-        plan = self.plans.get((owner, mid)) or self.plans.get((SHARED, mid))
+        key = (owner, mid) if (owner, mid) in self.plans else (SHARED, mid)
+        plan = self.plans.get(key)
+        if plan is not None:
+            self.used[key] = time.monotonic()
         if plan is None:
             raise NotFound(f"no matrix with id {mid!r} (yours and shared: {self.visible(owner) or 'none'})",
                            detail={"id": mid})
@@ -112,7 +150,9 @@ class MatrixStore:
 
     def drop(self, mid: str, owner: bytes = SHARED) -> bool:
         """Drop the caller's matrix `mid`, else a shared one of that id."""
-        return (self.plans.pop((owner, mid), None) or self.plans.pop((SHARED, mid), None)) is not None
+        key = (owner, mid) if (owner, mid) in self.plans else (SHARED, mid)
+        self.used.pop(key, None)
+        return self.plans.pop(key, None) is not None
 
 
 class SolverActor(Actor):
@@ -123,7 +163,8 @@ class SolverActor(Actor):
         super().__init__(name, config)
         self.store = MatrixStore(threads=int(config.get("threads", 2)),
                                  max_nnz=int(config.get("max_nnz", 200_000_000)),
-                                 max_matrices=int(config.get("max_matrices", 64)))
+                                 max_matrices=int(config.get("max_matrices", 64)),
+                                 reclaim_idle_s=float(config.get("reclaim_idle_s", 600)))
 
     async def rpc_register(self, req: RegisterMatrix, call: Call) -> MatrixReport:
         return await self.run_sync(self.store.register, req, call.route)

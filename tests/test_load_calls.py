@@ -46,10 +46,10 @@ def run_clients(d, clients: int, calls: int, chat_expected, ops=None) -> tuple[s
 def check_clean(d, tally: soak.Tally, expected_calls: int) -> None:
     assert tally.calls == expected_calls
     assert not tally.wrong, tally.wrong[:5]
-    assert not tally.errors, tally.errors
-    assert tally.hung == 0
     with d.client(timeout=10) as c:
         usage = soak.leaked_bytes(c)
+    assert not tally.errors, (tally.errors, usage)    # the memory actor's state explains OverBudget
+    assert tally.hung == 0
     assert usage["live"] == 0 and not usage["sessions"], usage
 
 

@@ -136,8 +136,33 @@ def test_a_full_matrix_store_still_answers_a_taken_id_as_taken():
         store.register(RegisterMatrix(id=mid, n=30, indptr=s.indptr, indices=s.indices, data=s.data))
     with pytest.raises(InvalidInput, match="already registered"):
         store.register(RegisterMatrix(id="a", n=30, indptr=s.indptr, indices=s.indices, data=s.data))
-    with pytest.raises(OverBudget, match="the limit"):
+    with pytest.raises(OverBudget, match="limits 2"):
         store.register(RegisterMatrix(id="c", n=30, indptr=s.indptr, indices=s.indices, data=s.data))
+
+
+def test_a_full_store_reclaims_idle_private_matrices_least_recently_used_first():
+    # A private matrix outlives its client's connection and nobody else can drop it.
+    s = matrices.generate("random", 30, seed=0).tocsr()
+
+    def req(mid: str, shared: bool = False) -> RegisterMatrix:
+        return RegisterMatrix(id=mid, n=30, indptr=s.indptr, indices=s.indices, data=s.data, shared=shared)
+    store = MatrixStore(threads=1, max_matrices=2, reclaim_idle_s=3600)
+    store.register(req("a"), b"gone")
+    store.register(req("b"), b"gone")
+    with pytest.raises(OverBudget, match="idle for 3600 s"):       # nothing idle long enough
+        store.register(req("c"), b"new")
+    assert store.visible(b"gone") == ["a", "b"]
+    store.reclaim_idle_s = 0.0
+    store.matvec("a", np.ones(30), b"gone")                          # "b" is now the least recent
+    store.register(req("c"), b"new")
+    assert store.visible(b"gone") == ["a"] and store.visible(b"new") == ["c"] and store.reclaimed == 1
+    with pytest.raises(NotFound):
+        store.matvec("b", np.ones(30), b"gone")
+    shared = MatrixStore(threads=1, max_matrices=1, reclaim_idle_s=0.0)
+    shared.register(req("s", shared=True), b"someone")
+    with pytest.raises(OverBudget):                                   # shared ones are never reclaimed
+        shared.register(req("t"), b"other")
+    assert shared.visible(b"other") == ["s"]
 
 
 def test_solve_cli_prints_iterations_and_residual(solver_deployment, tmp_path):
