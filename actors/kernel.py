@@ -8,7 +8,10 @@ when an actor dies); it never decodes a body.
 from __future__ import annotations
 
 import errno
+import heapq
+import itertools
 import os
+import random
 import signal
 import socket
 import sys
@@ -24,7 +27,7 @@ from specmemo.deploy.config import DeploymentConfig
 from specmemo.protocol.endpoint import ENDPOINT_FILE, PID_FILE, make_run_dir, run_dir
 from specmemo.protocol.errors import (ActorDied, BadRequest, Internal, MessageTooLarge, Overloaded,
                                       SpecmemoError, Unauthorized, UnknownActor, UnknownMethod)
-from specmemo.protocol.methods import METHODS, ActorInfo, ActorsReply, PingReply
+from specmemo.protocol.methods import ActorInfo, ActorsReply, PingReply, may_call, role_of
 from specmemo.protocol.schema import to_wire
 from specmemo.protocol.wire import (COMMAND_BYTES, FINAL_COMMANDS, MAGIC, Command, Header,
                                     check_magic, frames_size, parse_command, recv_frames,
@@ -44,6 +47,8 @@ HOUSEKEEPING_S = 0.02
 COALESCE_INFLIGHT = 16
 #: Most messages held while routing a batch before they go out (see ``Kernel._send``).
 FLUSH_EVERY = 32
+#: Most refusals held back at once (``Kernel._tarpit``); past it they are answered at once.
+TARPIT_MAX = 65536
 
 
 @dataclass(slots=True)
@@ -66,6 +71,7 @@ class InFlight:
     actor: str
     deadline: float                # monotonic; inf when the call carries none
     started: float = 0.0
+    client: Any = None             # whose limit it counts against (None: an actor's call)
 
 
 class Kernel:
@@ -81,7 +87,10 @@ class Kernel:
                                          for a in config.actors}
         self.by_identity: dict[bytes, str] = {}
         self.calls: dict[tuple[bytes, int], InFlight] = {}
-        self.per_client: dict[bytes, int] = {}     # calls in flight per client (actors are not counted)
+        # Calls in flight per client (actors are not counted): by CURVE key when CURVE is on (one
+        # key with many connections has one limit), else by connection.
+        self.per_client: dict[Any, int] = {}
+        self.keys = None                            # the CURVE KeyRing; None: every peer is an operator
         self._coalesce_s = config.coalesce_us / 1e6
         self._outbox: list[tuple[list[Any], Any]] = []   # sends held while routing a batch
         self._holding = False
@@ -89,6 +98,11 @@ class Kernel:
         self.exit_code = 0
         self.exit_message = ""
         self._warned: dict[str, float] = {}
+        # Overloaded replies to clients past their own limit, sent about `overload_delay_ms`
+        # late: a heap of (due, sequence, frames).
+        self._tarpit: list[tuple[float, int, list[Any]]] = []
+        self._tarpit_seq = itertools.count()
+        self._overload_delay_s = config.overload_delay_ms / 1000
         self.supervisor = Supervisor(config, self.endpoint, out=self.out)
         self.metrics = KernelMetrics()
 
@@ -139,11 +153,13 @@ class Kernel:
         """CURVE server: only peers whose public key is in ``curve_allowed`` may connect."""
         from zmq.auth.thread import ThreadAuthenticator
 
-        from specmemo.protocol.curve import load_pair
+        from specmemo.protocol.curve import KeyRing, load_pair
         public, secret = load_pair(self.config.curve_server_key)
+        self.keys = KeyRing.load(self.config.curve_allowed, self.config.curve_operators,
+                                 self.config.curve_actors, self.config.curve_actor_key)
         self.auth = ThreadAuthenticator(ctx)
         self.auth.start()
-        self.auth.configure_curve(domain="*", location=self.config.curve_allowed)
+        self.auth.configure_curve_callback(domain="*", credentials_provider=self.keys)
         router.curve_server = True
         router.curve_publickey = public
         router.curve_secretkey = secret
@@ -151,7 +167,8 @@ class Kernel:
         server_public.write_text(Path(self.config.curve_server_key).with_suffix(".key").read_text())
         self.supervisor.extra_env.update(SPECMEMO_CURVE_KEY=self.config.curve_actor_key,
                                          SPECMEMO_SERVER_KEY=str(server_public))
-        self.say(f"CURVE on: {len(list(Path(self.config.curve_allowed).glob('*.key')))} allowed keys")
+        self.say(f"CURVE on: {len(self.keys.admitted)} allowed keys ({len(self.keys.operators)} "
+                 f"operator, {len(self.keys.actors)} actor)")
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM or an escalation; returns the process exit code."""
@@ -210,6 +227,7 @@ class Kernel:
     def _stop_everything(self) -> None:
         for entry in self.actors.values():
             self._fail_inflight(entry, "the deployment is stopping")
+        self._release_tarpit(float("inf"))
 
         def ask(name: str) -> None:
             entry = self.actors[name]
@@ -264,7 +282,11 @@ class Kernel:
             # CPU that a small machine takes from the actors. Sleeping a little lets a batch
             # gather; a single call in flight never waits. bench/coalesce.py, docs/benchmarks.md.
             time.sleep(self._coalesce_s)
+        if self._tarpit:
+            timeout_s = min(timeout_s, max(0.0, self._tarpit[0][0] - time.monotonic()))
         events = dict(self.poller.poll(int(timeout_s * 1000)))
+        if self._tarpit:
+            self._release_tarpit(time.monotonic())
         woken = self.wake_r.fileno() in events
         if woken:
             try:
@@ -275,14 +297,15 @@ class Kernel:
         if self.router not in events:
             return woken
         self._holding = True
+        users = [] if self.keys is not None else None   # CURVE: each message's key (ZAP User-Id)
         try:
             for n in range(2000):
                 try:
-                    frames = recv_frames(self.router, zmq.NOBLOCK, small=6)
+                    frames = recv_frames(self.router, zmq.NOBLOCK, small=6, user_ids=users)
                 except zmq.Again:
                     break
                 try:
-                    self._route(frames)
+                    self._route(frames, users.pop() if users else None)
                 except Exception as exc:  # a routing bug must never take the kernel down
                     self.warn_once("route-bug", f"internal error while routing: {type(exc).__name__}: {exc}")
                 if n == 0 and not _get(self.router, _EVENTS) & _POLLIN:
@@ -299,7 +322,8 @@ class Kernel:
 
     # ---------------------------------------------------------------- routing
 
-    def _route(self, frames: list[Any]) -> None:
+    def _route(self, frames: list[Any], user: str | None = None) -> None:
+        """Route one message; ``user`` is the CURVE key (z85) it came with, None without CURVE."""
         peer = frames[0]
         if len(frames) < 6:
             self._reply_error(peer, 0, BadRequest(f"a message has at least 5 frames after the "
@@ -321,7 +345,7 @@ class Kernel:
         if name is not None:
             self.actors[name].last_seen = time.monotonic()
         if command == Command.REQUEST:
-            self._request(peer, frames)
+            self._request(peer, frames, user)
         elif command in (Command.REPLY, Command.ERROR, Command.STREAM, Command.END):
             if name is None:
                 self.warn_once("unregistered", f"dropped a {command.name} from an unregistered peer")
@@ -336,14 +360,33 @@ class Kernel:
         elif command == Command.HEARTBEAT:
             pass                                   # last_seen is updated above
         elif command == Command.READY:
-            self._ready(peer, frames)
+            self._ready(peer, frames, user)
         elif command == Command.BYE:
             self._actor_died(name, "it said goodbye")
         else:
             self._reply_error(peer, _header_id(frames[4]),
                               BadRequest(f"{command.name} is not accepted by the kernel"))
 
-    def _request(self, peer: bytes, frames: list[Any]) -> None:
+    def _role(self, peer: bytes, user: str | None) -> str:
+        """What this peer may do: a registered actor is an actor; without CURVE every other
+        peer is an operator (ipc admits only our own user); with CURVE its key decides."""
+        if peer in self.by_identity:
+            return "actor"
+        return "operator" if self.keys is None else self.keys.role(user)
+
+    def _refuse(self, peer: bytes, header: Header, kind: str, route: str, user: str | None) -> bool:
+        """Answer Unauthorized (True) when this peer may not call ``kind.method``: checked
+        before routing, so no handler runs."""
+        need = role_of(kind, header.method)
+        if need == "client" or may_call(self._role(peer, user), need):
+            return False
+        why = ("may be called by actors only" if need == "actor"
+               else "needs an operator key (curve_operators)")
+        self._reply_error(peer, header.id, Unauthorized(f"{kind}.{header.method} {why}",
+                                                        detail={"actor": route, "method": header.method}))
+        return True
+
+    def _request(self, peer: bytes, frames: list[Any], user: str | None = None) -> None:
         try:
             header = Header.unpack(frames[4])
             route = frames[3].decode()
@@ -354,7 +397,8 @@ class Kernel:
             self._reply_error(peer, 0, BadRequest("route frame is not UTF-8"))
             return
         if route == "kernel":
-            self._kernel_method(peer, header)
+            if not self._refuse(peer, header, "kernel", route, user):
+                self._kernel_method(peer, header)
             return
         entry = self.actors.get(route)
         if entry is None:
@@ -362,12 +406,7 @@ class Kernel:
                 f"no actor named '{route}' (known: {', '.join(sorted(self.actors)) or 'none'})",
                 detail={"actor": route}))
             return
-        if peer not in self.by_identity and _actor_only(entry.kind, header.method):
-            # one actor's calls to another (grants, releases, proposals): refused before routing,
-            # so no handler runs for a peer that never registered as an actor
-            self._reply_error(peer, header.id, Unauthorized(
-                f"{entry.kind}.{header.method} may be called by actors only",
-                detail={"actor": route, "method": header.method}))
+        if self._refuse(peer, header, entry.kind, route, user):
             return
         if not entry.identity:
             self._reply_error(peer, header.id, ActorDied(
@@ -378,13 +417,24 @@ class Kernel:
             self._reply_error(peer, header.id, Overloaded(
                 f"actor '{route}' has {len(entry.inflight)} calls in flight", detail={"actor": route}))
             return
-        client = peer not in self.by_identity
-        if client and self.per_client.get(peer, 0) >= self.config.max_inflight_per_client:
-            # one client cannot take every slot of an actor from the others
-            self._reply_error(peer, header.id, Overloaded(
-                f"this client has {self.per_client[peer]} calls in flight "
-                f"(max_inflight_per_client = {self.config.max_inflight_per_client})",
+        client = None if peer in self.by_identity else (user or peer)   # whose limit
+        if client is not None and self.per_client.get(client, 0) >= self.config.max_inflight_per_client:
+            # One client cannot take every slot of an actor from the others. The refusal is
+            # answered late (a tarpit): a client that sends again at once, as a flood does, is
+            # slowed to a call per delay per connection instead of costing the kernel a round
+            # trip every few microseconds (tests/test_security_curve.py, the flood).
+            frames = self._error_frames(peer, header.id, Overloaded(
+                f"this client has {self.per_client[client]} calls in flight "
+                f"(max_inflight_per_client = {self.config.max_inflight_per_client}"
+                + (", counted per key)" if user else ")"),
                 detail={"limit": "max_inflight_per_client"}))
+            if self._overload_delay_s and len(self._tarpit) < TARPIT_MAX:
+                # Jittered (0.5-1.5x), so that connections refused together do not come back
+                # together: a synchronized burst would delay everyone's calls queued behind it.
+                due = time.monotonic() + self._overload_delay_s * (0.5 + random.random())
+                heapq.heappush(self._tarpit, (due, next(self._tarpit_seq), frames))
+            else:
+                self._send(frames)
             return
         key = (peer, header.id)
         if key in self.calls:
@@ -393,9 +443,9 @@ class Kernel:
         # In flight from now on: the send may be held until the end of the batch.
         now = time.monotonic()
         deadline = now + header.deadline_ms / 1000 if header.deadline_ms else float("inf")
-        self.calls[key] = InFlight(route, deadline, now)
-        if client:
-            self.per_client[peer] = self.per_client.get(peer, 0) + 1
+        self.calls[key] = InFlight(route, deadline, now, client)
+        if client is not None:
+            self.per_client[client] = self.per_client.get(client, 0) + 1
         entry.inflight.add(key)
         self.metrics.count_request(route, header.method)
         identity = entry.identity
@@ -452,12 +502,12 @@ class Kernel:
 
     def _pop_call(self, key: tuple[bytes, int]) -> InFlight | None:
         call = self.calls.pop(key, None)
-        n = self.per_client.get(key[0])
-        if call is not None and n is not None:
+        if call is not None and call.client is not None:
+            n = self.per_client.get(call.client, 0)
             if n > 1:
-                self.per_client[key[0]] = n - 1
+                self.per_client[call.client] = n - 1
             else:
-                del self.per_client[key[0]]
+                self.per_client.pop(call.client, None)
         return call
 
     def _cancel(self, peer: bytes, frames: list[Any]) -> None:
@@ -469,8 +519,12 @@ class Kernel:
         if entry.identity:
             self._send([entry.identity, frames[1], frames[2], peer, *frames[4:]])
 
-    def _ready(self, peer: bytes, frames: list[Any]) -> None:
+    def _ready(self, peer: bytes, frames: list[Any], user: str | None = None) -> None:
         call_id = _header_id(frames[4])
+        if self.keys is not None and not self.keys.may_register(user):
+            self._reply_error(peer, call_id, Unauthorized(
+                "registering as an actor needs an actor key (curve_actor_key, or one in curve_actors)"))
+            return
         try:
             name = frames[3].decode()
             body = msgpack.unpackb(frames[5])
@@ -589,10 +643,18 @@ class Kernel:
     # ---------------------------------------------------------------- sending
 
     def _reply_error(self, peer: bytes, call_id: int, exc: SpecmemoError, origin: str = "kernel") -> None:
+        self._send(self._error_frames(peer, call_id, exc, origin))
+
+    def _error_frames(self, peer: bytes, call_id: int, exc: SpecmemoError, origin: str = "kernel") -> list[Any]:
+        """The ERROR message answering call ``call_id`` of ``peer`` (counted in the metrics)."""
         exc.origin = exc.origin or origin
         self.metrics.count_error(exc.origin, exc.name)
-        self._send([peer, MAGIC, _ERROR, KERNEL, Header(id=call_id).pack(),
-                          msgpack.packb(exc.to_wire())])
+        return [peer, MAGIC, _ERROR, KERNEL, Header(id=call_id).pack(), msgpack.packb(exc.to_wire())]
+
+    def _release_tarpit(self, now: float) -> None:
+        """Send the held refusals that are due by ``now``."""
+        while self._tarpit and self._tarpit[0][0] <= now:
+            self._send(heapq.heappop(self._tarpit)[2])
 
     def _send(self, frames: list[Any], on_fail: Any = None) -> None:
         """Send ``frames``; what cannot be delivered goes to ``on_fail(exc)``, or is dropped
@@ -648,12 +710,3 @@ def _header_id(frame: Any) -> int:
         return call_id if ok else 0   # answer with id 0 what the caller could not decode
     except Exception:
         return 0
-
-
-_ACTOR_ONLY = frozenset(tuple(name.split(".", 1)) for name, spec in METHODS.items() if spec.role == "actor")
-
-
-def _actor_only(kind: str, method: str) -> bool:
-    """Whether `kind.method` is declared for actors only (protocol.methods roles)."""
-    return (kind, method) in _ACTOR_ONLY
-

@@ -277,6 +277,12 @@ class VerifierActor(Actor):
 
     async def rpc_open(self, req: OpenChat, call: Call) -> dict:
         session = req.session or f"s-{secrets.token_urlsafe(12)}"     # unguessable unless the caller names it
+        limit = int(self.config.get("max_sessions_per_client", 64))
+        held = sum(1 for owner in self.owners.values() if owner == call.route)
+        if held >= limit:
+            # one client cannot fill the KV budget (and evict everyone else's idle sessions)
+            raise wire.Overloaded(f"this client has {held} open sessions (max_sessions_per_client "
+                                  f"= {limit}); close one first", detail={"limit": "max_sessions_per_client"})
         if self.core.has(session):
             raise wire.Conflict(f"session {session!r} is already open")
         self.core.open(session)

@@ -90,24 +90,32 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 @command
 def cmd_status(args: argparse.Namespace) -> int:
+    from specmemo.protocol import Unauthorized
     with _client(args) as c:
         reply = c.call("kernel", "actors")
-        counted = c.call("kernel", "metrics")["actors"]
+        try:
+            counted = c.call("kernel", "metrics")["actors"]
+        except Unauthorized:
+            if args.metrics:
+                raise
+            counted = None        # a client key under CURVE: the registry only, no counters
         rows = reply["actors"]
         for row in rows:
-            m = counted.get(row["name"], {})
-            row["calls"] = m.get("requests", 0)
-            row["errors"] = sum(m.get("errors", {}).values())
-            row["p50_ms"] = f"{m['p50_ms']:.2f}" if "p50_ms" in m else "-"
-            row["p99_ms"] = f"{m['p99_ms']:.2f}" if "p99_ms" in m else "-"
+            if counted is not None:
+                m = counted.get(row["name"], {})
+                row["calls"] = m.get("requests", 0)
+                row["errors"] = sum(m.get("errors", {}).values())
+                row["p50_ms"] = f"{m['p50_ms']:.2f}" if "p50_ms" in m else "-"
+                row["p99_ms"] = f"{m['p99_ms']:.2f}" if "p99_ms" in m else "-"
             if isinstance(row.get("uptime_s"), (int, float)):
                 row["uptime_s"] = f"{row['uptime_s']:.1f}"
             if args.metrics and row["state"] in ("ready", "external"):
                 values = c.call(row["name"], "metrics")["values"]
                 row["gauges"] = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())) or "-"
     print(f"deployment {reply['deployment']} at {reply['endpoint']}")
-    columns = ["name", "kind", "pid", "state", "restarts", "uptime_s", "inflight", "calls", "errors",
-               "p50_ms", "p99_ms"]
+    columns = ["name", "kind", "pid", "state", "restarts", "uptime_s", "inflight"]
+    if counted is not None:
+        columns += ["calls", "errors", "p50_ms", "p99_ms"]
     print_table(rows, columns + (["gauges"] if args.metrics else []))
     models = [row for row in rows if row["kind"] in ("draft", "verifier") and row["state"] == "ready"]
     if models:
@@ -188,6 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 @command
 def cmd_chat(args: argparse.Namespace) -> int:
     """Interactive chat against a running deployment."""
+    from specmemo.protocol import Unauthorized
     show = args.stats
     with _client(args) as c:
         session = c.open_session()
@@ -207,7 +216,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     print(f"statistics {'on' if show else 'off'}")
                     continue
                 if line == "/usage":
-                    u = c.usage()
+                    try:
+                        u = c.usage()
+                    except Unauthorized as exc:
+                        print(f"/usage: {exc}")
+                        continue
                     print(f"budget {u['budget']} B, live {u['live']} B, peak {u['peak']} B, "
                           f"sessions {u['sessions']}")
                     continue

@@ -62,11 +62,14 @@ class DeploymentConfig:
     stop_timeout_s: float = 5.0         # each rung of the stop ladder waits this long
     max_inflight: int = 4096            # calls in flight to one actor before Overloaded
     max_inflight_per_client: int = 1024  # calls in flight from one client before Overloaded
+    overload_delay_ms: int = 50         # that Overloaded is answered this late (a tarpit for floods); 0 = at once
     max_message_bytes: int = 256 * 1024 * 1024
     metrics_port: int = 0               # Prometheus: kernel on this port, n-th actor on port + n; 0 = off
     curve_server_key: str = ""          # the kernel's .key_secret file: turns CURVE on (tcp only)
     curve_allowed: str = ""             # folder of public .key files allowed to connect
-    curve_actor_key: str = ""           # .key_secret the spawned actors connect with (must be allowed)
+    curve_actor_key: str = ""           # .key_secret the spawned actors connect with (may register)
+    curve_operators: str = ""           # folder of operator public keys: metrics and every session id
+    curve_actors: str = ""              # folder of public keys of actors on other hosts (may register)
     zygote: bool = True                 # fork the torch actors from a process that imported torch once
     insecure: bool = False              # allow tcp beyond loopback without CURVE (logged at every start)
     coalesce_us: int = 0                # >= 16 calls in flight: wait this long between kernel passes; 0 = off
@@ -103,8 +106,8 @@ class DeploymentConfig:
 
 _DEPLOYMENT_KEYS = {"name", "endpoint", "heartbeat_s", "heartbeat_misses", "restart_intensity",
                     "restart_period_s", "backoff_s", "backoff_max_s", "stop_timeout_s",
-                    "max_inflight", "max_inflight_per_client", "max_message_bytes", "metrics_port", "curve_server_key", "curve_allowed",
-                    "curve_actor_key", "zygote", "coalesce_us", "insecure"}
+                    "max_inflight", "max_inflight_per_client", "overload_delay_ms", "max_message_bytes", "metrics_port", "curve_server_key", "curve_allowed",
+                    "curve_actor_key", "curve_operators", "curve_actors", "zygote", "coalesce_us", "insecure"}
 _ACTOR_KEYS = {"kind", "after", "config", "restart", "start_timeout_s", "env"}
 
 
@@ -166,6 +169,13 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> DeploymentConf
             if not path.exists():
                 raise ConfigError(f"{source}: {key} = {value!r} does not exist")
             setattr(cfg, key, str(path))
+        for key in ("curve_operators", "curve_actors"):      # optional role folders
+            value = getattr(cfg, key)
+            if value:
+                path = Path(value) if Path(value).is_absolute() else base / value
+                if not path.is_dir():
+                    raise ConfigError(f"{source}: {key} = {value!r} is not a folder")
+                setattr(cfg, key, str(path))
         if not cfg.endpoint.startswith("tcp://"):
             raise ConfigError(f"{source}: CURVE needs a tcp endpoint (ipc is protected by the 0700 run directory)")
     check_endpoint(cfg)

@@ -46,3 +46,45 @@ def apply_client(sock: zmq.Socket, curve: dict[str, bytes]) -> None:
     sock.curve_secretkey = curve["secret"]
     sock.curve_publickey = curve["public"]
     sock.curve_serverkey = curve["server"]
+
+
+def _folder_keys(folder: str | Path) -> set[str]:
+    """z85 text of every public ``.key`` file in ``folder`` ("" = none)."""
+    if not folder:
+        return set()
+    return {key.decode() for key in zmq.auth.load_certificates(str(folder))}
+
+
+class KeyRing:
+    """The public keys a CURVE deployment admits, and the role each holds.
+
+    Keys are z85 text, as the ZAP handler reports a connection's User-Id. ``allowed`` keys are
+    clients; ``operators`` may also read views across clients (metrics, every session id);
+    ``actors`` (the spawned actors' own key included) may register as actors. Every key of the
+    three is admitted; the folders are read once, when the kernel starts.
+    """
+
+    def __init__(self, clients: set[str], operators: set[str], actors: set[str]) -> None:
+        self.operators = frozenset(operators)
+        self.actors = frozenset(actors)
+        self.admitted = frozenset(clients | operators | actors)
+
+    @classmethod
+    def load(cls, allowed: str | Path, operators: str | Path = "", actors: str | Path = "",
+             actor_secret: str | Path = "") -> "KeyRing":
+        actor_keys = _folder_keys(actors)
+        if actor_secret:
+            actor_keys.add(load_pair(actor_secret)[0].decode())
+        return cls(_folder_keys(allowed), _folder_keys(operators), actor_keys)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP: admit a connection whose public key (z85) is on the ring."""
+        return key.decode() in self.admitted
+
+    def role(self, user_id: str | None) -> str:
+        """The role of an unregistered peer: "operator" for an operator's or an actor's key,
+        else "client" (a registered actor is an actor; that the kernel knows)."""
+        return "operator" if user_id in self.operators or user_id in self.actors else "client"
+
+    def may_register(self, user_id: str | None) -> bool:
+        return user_id in self.actors

@@ -15,10 +15,25 @@ from .errors import UnknownMethod
 from .schema import from_wire, message
 
 
-#: Who may call a method. "client": any peer the deployment admits (the SDK, the CLI, an actor).
-#: "actor": only a peer registered as an actor; the kernel refuses anyone else with Unauthorized
-#: before routing (memory grants and releases, draft proposals: one actor's calls to another).
-ROLES = ("client", "actor")
+#: Who may call a method, least privileged first; each role may call what the ones before it may.
+#: "client": any peer the deployment admits (the SDK, the CLI, the HTTP gateway).
+#: "operator": views across every client (metrics, every session id): over ipc and tcp without
+#: CURVE every peer is an operator; with CURVE only a key in `curve_operators` (or an actor's).
+#: "actor": only a peer registered as an actor (memory grants and releases, draft proposals:
+#: one actor's calls to another). The kernel refuses anyone else with Unauthorized before routing.
+ROLES = ("client", "operator", "actor")
+
+
+def may_call(peer_role: str, method_role: str) -> bool:
+    """Whether a peer holding `peer_role` may call a method declared with `method_role`."""
+    return ROLES.index(peer_role) >= ROLES.index(method_role)
+
+
+def role_of(kind: str, method_name: str) -> str:
+    """The role a call of `kind.method_name` needs (an unknown method: "client"; its actor answers
+    UnknownMethod)."""
+    spec = METHODS.get(f"{kind}.{method_name}") or METHODS.get(f"actor.{method_name}")
+    return spec.role if spec is not None else "client"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +130,9 @@ class ActorMetricsReply:
     values: dict[str, float] = field(default_factory=dict)
 
 
-method("actor.metrics", Empty, ActorMetricsReply, role="client", idempotent=True,
+method("actor.metrics", Empty, ActorMetricsReply, role="operator", idempotent=True,
        doc="Every actor answers this: its domain gauges (KV bytes and γ, tokens/s, iterations, ...).")
-method("kernel.metrics", Empty, KernelMetricsReply, role="client", idempotent=True,
+method("kernel.metrics", Empty, KernelMetricsReply, role="operator", idempotent=True,
        doc="What the kernel counted per actor: requests, errors by code, recent p50/p99 latency.")
 method("kernel.ping", Empty, PingReply, role="client", idempotent=True, doc="Liveness of the kernel.")
 method("kernel.actors", Empty, ActorsReply, role="client", idempotent=True,
@@ -393,7 +408,7 @@ method("memory.release_holder", SessionRef, Freed,
        role="actor", doc="Reclaim every block of holder `session` (used when its actor died).")
 method("memory.observe_costs", Costs, Empty,
        role="actor", doc="A measured step (seconds per draft token, target forward of m tokens): the cost curve γ* is picked from.")
-method("memory.usage", Empty, Usage, role="client", idempotent=True,
+method("memory.usage", Empty, Usage, role="operator", idempotent=True,
        doc="Budget, live and peak bytes, per session and per holder, leases.")
 
 # ---------------------------------------------------------------- draft (the small model)
@@ -536,9 +551,9 @@ method("verifier.complete", CompleteRequest, role="client", chunk=ChatChunk,
        doc="Continue a whole conversation in a session, reusing the KV of its common prefix; streamed like chat.")
 method("verifier.generate", GenerateRequest, role="client", chunk=ChatChunk,
        doc="Continue raw token ids in a throwaway session (benchmarks), streamed like chat.")
-method("verifier.sessions", Empty, SessionList, role="client", idempotent=True)
+method("verifier.sessions", Empty, SessionList, role="operator", idempotent=True)
 
 # ---------------------------------------------------------------- http (the OpenAI-compatible gateway)
 
-method("http.sessions", Empty, SessionList, role="client", idempotent=True,
+method("http.sessions", Empty, SessionList, role="operator", idempotent=True,
        doc="The verifier sessions the gateway keeps for prefix reuse, and those serving a request now.")

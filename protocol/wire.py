@@ -173,14 +173,18 @@ def send_frames(sock: Any, frames: Sequence[Any], flags: int = 0) -> None:
         raise
 
 
-def recv_frames(sock: Any, flags: int = 0, small: int = 5) -> list[Any]:
+def recv_frames(sock: Any, flags: int = 0, small: int = 5, user_ids: list | None = None) -> list[Any]:
     """Receive a multipart message: the first ``small`` parts as bytes, the rest as zero-copy frames.
 
-    The envelope frames are small and read often; buffers (arrays) may be large.
+    The envelope frames are small and read often; buffers (arrays) may be large. With a list
+    as ``user_ids``, the ZAP User-Id the message came with (under CURVE the z85 public key of
+    the peer's connection; None without authentication) is appended to it.
     """
     # Each part arrives as a zmq.Frame, whose ``more`` flag is read from the message itself:
     # asking the socket (getsockopt RCVMORE) goes through pyzmq's option enum, 1-2 µs a part.
     frame = _backend_recv(sock, int(flags), False, False)
+    if user_ids is not None:
+        user_ids.append(frame.get("User-Id"))
     frames = [frame.bytes]
     n = 1
     while frame.more:

@@ -45,6 +45,7 @@ after = ["memory"]            # loads its model while the draft loads; waits for
 model = "tiny"
 seed = 0
 threads = 1
+max_sessions_per_client = 4
 """
 
 GAMMA = 3
@@ -177,6 +178,21 @@ def test_a_session_belongs_to_the_client_that_opened_it(spec):
         rest = list(stream)
         assert rest[-1]["done"]
         a.close_session(session)
+
+
+def test_one_client_cannot_hold_more_sessions_than_its_limit(spec):
+    from specmemo.protocol import Overloaded
+    with spec.client(timeout=60) as greedy, spec.client(timeout=60) as other:
+        held = [greedy.open_session() for _ in range(4)]
+        with pytest.raises(Overloaded, match="max_sessions_per_client = 4"):
+            greedy.open_session()
+        mine = other.open_session()                    # the limit is per client: others still open
+        assert other.ask(mine, "hello", max_new_tokens=4, gamma=GAMMA).token_ids
+        greedy.close_session(held.pop())               # a closed session gives its slot back
+        held.append(greedy.open_session())
+        for session in held:
+            greedy.close_session(session)
+        other.close_session(mine)
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_session(spec):
