@@ -12,10 +12,18 @@ import numpy as np
 import pytest
 import zmq
 
+from specmemo.deploy.soak import TINY_PAIR
 from specmemo.protocol import Client, DeadlineExceeded, Unauthorized
 from specmemo.protocol.curve import client_keys, generate
 from specmemo.protocol.errors import error_from_wire
 from specmemo.protocol.wire import Command, Header, decode, encode
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +63,17 @@ max_inflight = 64
 
 [actors.echo]
 kind = "echo"
+
+[actors.solver]
+kind = "solver"
+[actors.solver.config]
+threads = 1
+""" + TINY_PAIR + f"""
+[actors.http]
+kind = "http"
+after = ["verifier"]
+[actors.http.config]
+port = {free_port()}
 """
     d = Deployment(config, "secure")
     d.env["SPECMEMO_CLIENT_KEY"] = str(keys / "alice.key_secret")
@@ -75,7 +94,7 @@ def _wait(d, keys, timeout=60.0):
             d.endpoint = ep.read_text().strip()
             try:
                 with Client(d.endpoint, timeout=2, curve=client_keys(keys / "alice.key_secret", keys / "server.key")) as c:
-                    if any(a["state"] == "ready" for a in c.actors()):
+                    if all(a["state"] == "ready" for a in c.actors()):
                         return
             except Exception:
                 pass
@@ -150,6 +169,26 @@ def test_a_client_key_is_refused_operator_methods_before_any_handler_runs(secure
                     alice.call(actor, method)
         # the refused echo.metrics never reached the echo actor: one request more (alice's echo)
         assert ops.call("kernel", "metrics")["actors"]["echo"]["requests"] == mid + 1
+
+
+def test_every_privileged_method_is_refused_to_a_client_key_and_reaches_no_actor(secure, keys):
+    """The method table enumerated: a client key calling an operator or an actor-only method of
+    any actor kind is refused before routing; an operator key may call the operator ones."""
+    from test_security_roles import ACTOR_ONLY, BODIES, OPERATOR
+    with _as(keys, "ops", secure.endpoint, timeout=10) as ops, _as(keys, "alice", secure.endpoint, timeout=10) as alice:
+        names = {a["kind"]: a["name"] for a in ops.actors()}
+        before = ops.call("kernel", "metrics")["actors"]
+        for method in sorted(OPERATOR | ACTOR_ONLY):
+            kind, bare = method.split(".")
+            targets = ["kernel"] if kind == "kernel" else sorted(names.values()) if kind == "actor" else [names[kind]]
+            for actor in targets:
+                with pytest.raises(Unauthorized):
+                    alice.call(actor, bare, **BODIES.get(method, {}))
+        after = ops.call("kernel", "metrics")["actors"]
+        assert {a: row["requests"] for a, row in after.items()} == {a: row["requests"] for a, row in before.items()}
+        for method in sorted(OPERATOR - {"kernel.metrics"}):            # the operator's are its to call
+            kind, bare = method.split(".")
+            ops.call(names[kind] if kind != "actor" else "echo", bare)
 
 
 def test_status_with_metrics_needs_an_operator_key(secure, keys):
@@ -286,3 +325,22 @@ def test_a_flood_of_64_connections_on_one_key_leaves_another_client_served(secur
     assert peak <= 4                                   # the key's limit held in the actor
     assert counts["refused"] > 10 * counts["accepted"] > 0, counts     # the flood was refused, not served
     assert loaded < 10 * max(before, after, 1.0), (before, loaded, after)
+
+
+def test_another_keys_session_and_matrix_are_untouchable_over_curve(secure, keys):
+    from specmemo.native import matrices
+    from specmemo.protocol import NotFound
+    s = matrices.generate("random", 60, seed=3).tocsr()
+    x = np.ones(60)
+    with _as(keys, "alice", secure.endpoint, timeout=60) as alice, _as(keys, "bob", secure.endpoint, timeout=60) as bob:
+        session = alice.open_session()
+        alice.register_matrix(s, id="private")
+        for call in (lambda: bob.ask(session, "hello", max_new_tokens=4), lambda: bob.close_session(session),
+                     lambda: bob.matvec("private", x), lambda: bob.solve("private", x)):
+            with pytest.raises(NotFound):                     # as if it did not exist
+                call()
+        assert bob.drop_matrix("private") is False
+        assert alice.ask(session, "hello", max_new_tokens=4).token_ids     # the owner's still work
+        assert np.allclose(alice.matvec("private", x), s @ x)
+        alice.close_session(session)
+        assert alice.drop_matrix("private") is True

@@ -16,6 +16,9 @@ ACTOR_ONLY = {"memory.add_holder", "memory.open", "memory.has", "memory.prefill"
               "memory.observe_costs", "draft.has", "draft.open", "draft.extend", "draft.propose",
               "draft.accept", "draft.close"}
 
+#: Views across every client: an operator's business (with CURVE, keys in curve_operators).
+OPERATOR = {"actor.metrics", "kernel.metrics", "memory.usage", "verifier.sessions", "http.sessions"}
+
 #: A valid body for each actor-only method (the refusal must not depend on the body being bad).
 BODIES = {
     "memory.add_holder": {"holder": "evil", "bytes_per_token": 1, "actor": "me"},
@@ -37,9 +40,10 @@ BODIES = {
 }
 
 
-def test_every_method_declares_a_role_and_the_actor_only_ones_are_the_engine_internals():
+def test_every_method_declares_a_role_and_the_privileged_ones_are_the_engine_internals_and_views():
     assert all(spec.role in ROLES for spec in METHODS.values())
     assert {name for name, spec in METHODS.items() if spec.role == "actor"} == ACTOR_ONLY
+    assert {name for name, spec in METHODS.items() if spec.role == "operator"} == OPERATOR
     assert set(BODIES) == ACTOR_ONLY
 
 
