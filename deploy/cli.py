@@ -159,6 +159,8 @@ def cmd_solve(args: argparse.Namespace) -> int:
     import numpy as np
 
     from specmemo.native.matrices import read_mtx
+    if args.ranks:
+        return _solve_on_ranks(args)
     try:
         matrix = read_mtx(args.file)
     except (OSError, ValueError) as exc:
@@ -184,6 +186,32 @@ def cmd_solve(args: argparse.Namespace) -> int:
     print(f"residual    {out['residual']:.3e} (relative); max |x - 1| = {err:.3e}")
     print(f"time        register+plan {t1 - t0:.3f} s, solve {out['seconds']:.3f} s on the actor, "
           f"{t2 - t1:.3f} s round trip")
+    return 0 if out["converged"] else 3
+
+
+def _solve_on_ranks(args: argparse.Namespace) -> int:
+    """The same solve as an MPI job of `--ranks` processes on this machine (no deployment)."""
+    import subprocess
+
+    from specmemo.native.mpi_solve import command
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.ranks)
+    argv, env = command(args.ranks, threads, str(args.file), "--alpha", str(args.alpha), "--tol",
+                        str(args.tol), "--maxiter", str(args.maxiter))
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        print(f"specmemo solve: the MPI job failed ({proc.returncode}):\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return 2
+    out = json.loads(lines[-1])
+    if "error" in out:
+        print(f"specmemo solve: {out['error']}", file=sys.stderr)
+        return 2
+    print(f"matrix      n={out['n']} on {out['ranks']} ranks x {out['threads']} threads; halo bytes "
+          f"per product {out['halo_bytes']}")
+    print(f"solve       alpha={args.alpha} tol={args.tol:g}: "
+          f"{'converged' if out['converged'] else 'NOT converged'} in {out['iterations']} iterations")
+    print(f"residual    {out['residual']:.3e} (relative); max |x - 1| = {out['max_err']:.3e}")
+    print(f"time        solve {out['seconds']:.3f} s (slowest rank)")
     return 0 if out["converged"] else 3
 
 
@@ -311,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--alpha", type=float, default=1.0)
     solve.add_argument("--tol", type=float, default=1e-10)
     solve.add_argument("--maxiter", type=int, default=0, help="0 = 10 n")
+    solve.add_argument("--ranks", type=int, default=0,
+                       help="solve as an MPI job of this many processes here (0: on the deployment's solver)")
+    solve.add_argument("--threads", type=int, default=0, help="OpenMP threads per rank (0: cores / ranks)")
     return p
 
 

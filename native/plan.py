@@ -49,6 +49,23 @@ def bandwidth(a) -> int:
     return int(np.abs(coo.row.astype(np.int64) - coo.col.astype(np.int64)).max())
 
 
+def reordered_lower(a: sp.csr_array, reorder: bool = True) -> tuple[np.ndarray, sp.csr_array]:
+    """(perm, L): the reverse Cuthill-McKee order of a checked matrix (identity without
+    `reorder`) and the strict lower triangle of A[perm][:, perm] in CSR, columns sorted."""
+    n = a.shape[0]
+    perm = reverse_cuthill_mckee(a, symmetric_mode=True) if reorder else np.arange(n)
+    perm = np.ascontiguousarray(perm, dtype=np.int64)
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(n)
+    coo = a.tocoo()
+    rows, cols = inverse[coo.row], inverse[coo.col]
+    lower = rows > cols
+    tril = sp.csr_array((coo.data[lower], (rows[lower], cols[lower])), shape=(n, n))
+    tril.sum_duplicates()
+    tril.sort_indices()
+    return perm, tril
+
+
 class Plan:
     """A skew-symmetric (or symmetric) matrix prepared for the banded 3-part kernel.
 
@@ -79,16 +96,7 @@ class Plan:
             threads = max(1, min(max_threads(), (a.nnz // 2) // MIN_NNZ_PER_THREAD))
         threads = check_threads(threads)
         n = a.shape[0]
-        perm = reverse_cuthill_mckee(a, symmetric_mode=True) if reorder else np.arange(n)
-        perm = np.ascontiguousarray(perm, dtype=np.int64)
-        inverse = np.empty_like(perm)
-        inverse[perm] = np.arange(n)
-        coo = a.tocoo()
-        rows, cols = inverse[coo.row], inverse[coo.col]
-        lower = rows > cols
-        tril = sp.csr_array((coo.data[lower], (rows[lower], cols[lower])), shape=(n, n))
-        tril.sum_duplicates()
-        tril.sort_indices()
+        perm, tril = reordered_lower(a, reorder)
         sign = -1 if kind == "skew" else 1
         diag = a.diagonal()[perm] if kind == "symmetric" else None
         half = HalfMatrix.from_lower(tril, diag, sign)
