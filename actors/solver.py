@@ -17,8 +17,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from specmemo.native import InvalidMatrix, InvalidOperand, KernelError, Plan, mrs
+from specmemo.native.mpi_job import JobPlan, RankFailure, RankJob
 from specmemo.native.matrices import read_mtx
-from specmemo.protocol.errors import Internal, InvalidInput, NotFound, OverBudget
+from specmemo.protocol.errors import ActorDied, Internal, InvalidInput, NotFound, OverBudget
 from specmemo.protocol.methods import (Dropped, Empty, MatrixId, MatrixList, MatrixReport,
                                        MatvecReply, MatvecRequest, RegisterMatrix, SolveReply,
                                        SolveRequest)
@@ -40,8 +41,9 @@ class MatrixStore:
     """
 
     def __init__(self, threads: int = 2, max_nnz: int = 200_000_000, max_matrices: int = 64,
-                 reclaim_idle_s: float = 600.0) -> None:
+                 reclaim_idle_s: float = 600.0, job: RankJob | None = None) -> None:
         self.threads = threads
+        self.job = job                  # plans live in this MPI job's ranks when given
         self.max_nnz = max_nnz
         self.max_matrices = max_matrices
         self.reclaim_idle_s = reclaim_idle_s
@@ -66,7 +68,10 @@ class MatrixStore:
         mid = req.id or f"m{next(self._ids)}"
         if (owner, mid) in self.plans:
             raise InvalidInput(f"a matrix with id {mid!r} is already registered; drop it first")
-        plan = Plan.build(matrix, req.kind, req.threads or self.threads, tol=req.tol)
+        if self.job is not None:
+            plan = JobPlan.build(self.job, f"p{next(self._ids)}", matrix, req.kind)
+        else:
+            plan = Plan.build(matrix, req.kind, req.threads or self.threads, tol=req.tol)
         self.plans[(owner, mid)] = plan
         self.used[(owner, mid)] = time.monotonic()
         return self.report(mid, owner)
@@ -94,9 +99,15 @@ class MatrixStore:
                              f"nonzeros does not fit, and no private matrix has been idle for "
                              f"{self.reclaim_idle_s:g} s to make room; drop one first")
         for _, key in idle[:freed_count]:
-            self.plans.pop(key, None)
-            self.used.pop(key, None)
+            self._forget(key)
             self.reclaimed += 1
+
+    def _forget(self, key: tuple[bytes, str]) -> bool:
+        self.used.pop(key, None)
+        plan = self.plans.pop(key, None)
+        if isinstance(plan, JobPlan):
+            plan.drop()
+        return plan is not None
 
     def _matrix(self, req: RegisterMatrix) -> sp.csr_array:
         if req.mtx is not None:
@@ -143,28 +154,38 @@ class MatrixStore:
         return self.plan(mid, owner).matvec(x)
 
     def solve(self, req: SolveRequest, owner: bytes = SHARED) -> SolveReply:
-        result = mrs(self.plan(req.id, owner), req.b, req.alpha, req.tol, req.maxiter or None)
+        plan = self.plan(req.id, owner)
+        if isinstance(plan, JobPlan):
+            result = plan.solve(req.b, req.alpha, req.tol, req.maxiter or None)
+        else:
+            result = mrs(plan, req.b, req.alpha, req.tol, req.maxiter or None)
         return SolveReply(x=result.x, converged=result.converged, iterations=result.iterations,
                           residual=result.residual, seconds=result.seconds,
                           history=np.asarray(result.history) if req.history else None)
 
     def drop(self, mid: str, owner: bytes = SHARED) -> bool:
         """Drop the caller's matrix `mid`, else a shared one of that id."""
-        key = (owner, mid) if (owner, mid) in self.plans else (SHARED, mid)
-        self.used.pop(key, None)
-        return self.plans.pop(key, None) is not None
+        return self._forget((owner, mid) if (owner, mid) in self.plans else (SHARED, mid))
 
 
 class SolverActor(Actor):
     kind = "solver"
-    errors = {InvalidMatrix: InvalidInput, InvalidOperand: InvalidInput, KernelError: Internal}
+    # a rank of the MPI job died: the call failed, the job restarts and plans register again
+    errors = {InvalidMatrix: InvalidInput, InvalidOperand: InvalidInput, KernelError: Internal,
+              RankFailure: ActorDied}
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
-        self.store = MatrixStore(threads=int(config.get("threads", 2)),
+        ranks, threads = int(config.get("ranks", 0)), int(config.get("threads", 2))
+        self.store = MatrixStore(threads=threads,
                                  max_nnz=int(config.get("max_nnz", 200_000_000)),
                                  max_matrices=int(config.get("max_matrices", 64)),
-                                 reclaim_idle_s=float(config.get("reclaim_idle_s", 600)))
+                                 reclaim_idle_s=float(config.get("reclaim_idle_s", 600)),
+                                 job=RankJob(ranks, threads) if ranks else None)
+
+    async def on_stop(self) -> None:
+        if self.store.job is not None:
+            await self.run_sync(self.store.job.close)
 
     async def rpc_register(self, req: RegisterMatrix, call: Call) -> MatrixReport:
         return await self.run_sync(self.store.register, req, call.route)

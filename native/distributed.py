@@ -73,6 +73,11 @@ class Part:
     def rows(self, link: Link) -> slice:
         return slice(link.lo - self.start, link.hi - self.start)
 
+    def shares(self) -> tuple[int, int, int]:
+        """Stored nonzeros of this rank's block in the inner, middle and outer parts."""
+        middle, outer = self.split.middle_count, self.split.outer_count
+        return self.half.nnz - middle - outer, middle, outer
+
     def halo_bytes(self) -> int:
         """Bytes this rank receives per product (x in from below, y in from above)."""
         return 8 * (sum(k.hi - k.lo for k in self.below) + sum(k.hi - k.lo for k in self.above))
@@ -183,6 +188,7 @@ class RankResult:
     iterations: int
     residual: float
     seconds: float
+    history: tuple[float, ...] = ()      # |g_j| / ||b|| per iteration, as native/solver.py's
 
 
 def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-10,
@@ -194,6 +200,7 @@ def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-1
     start = time.perf_counter()
     beta0 = math.sqrt(exchange.sum(float(np.dot(b_own, b_own))))
     x = np.zeros(m)
+    history: list[float] = []
     iterations, converged = 0, beta0 == 0.0
     if not converged:
         v, v_prev, w = np.zeros(m), np.zeros(m), np.empty(m)
@@ -216,6 +223,7 @@ def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-1
             mrs_update(r1, r2, rho, c * g, beta, v[own], w[own], d1[own], d2[own], x[own], v_prev[own], threads)
             g = -s * g
             iterations += 1
+            history.append(abs(g) / beta0)
             if abs(g) <= tol * beta0:
                 converged = True
                 break
@@ -229,7 +237,7 @@ def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-1
     r = apply(part, exchange, x.copy(), np.empty(m), alpha, x.copy())
     rr = r[own] - b_own
     residual = math.sqrt(exchange.sum(float(np.dot(rr, rr)))) / beta0 if beta0 > 0 else 0.0
-    return RankResult(x[own].copy(), converged, iterations, residual, seconds)
+    return RankResult(x[own].copy(), converged, iterations, residual, seconds, tuple(history))
 
 
 class LocalExchange:

@@ -1,6 +1,8 @@
 """The program every MPI rank runs for a distributed solve:
 
-    mpiexec -n N python -m specmemo.native.mpi_solve FILE.mtx [--alpha A] [--tol T] [--threads K]
+    mpiexec -n N python -m specmemo.native.mpi_solve FILE [--alpha A] [--tol T] [--threads K]
+
+FILE is a Matrix Market file, or a scipy `.npz` (save_npz: much faster to read for big matrices).
 
 Rank 0 reads and checks the matrix, orders it by reverse Cuthill-McKee, cuts the band into row
 blocks (native/distributed.py) and sends each rank its rows and its part of b = (alpha I + S) 1;
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 
 def mpiexec() -> str:
@@ -37,7 +40,10 @@ def command(ranks: int, threads: int, *args: str) -> tuple[list[str], dict[str, 
     if ranks < 1 or threads < 1:
         raise ValueError(f"ranks and threads must be >= 1, got {ranks} and {threads}")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    return [mpiexec(), "-n", str(ranks), sys.executable, "-m", "specmemo.native.mpi_solve", *args], env
+    # `-m mpi4py` aborts the whole job on an uncaught exception in any rank (else the others
+    # would wait for it forever)
+    return [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "specmemo.native.mpi_solve",
+            *args], env
 
 
 def scatter(comm, lower=None, b_perm=None, threads: int = 1):
@@ -55,7 +61,6 @@ def scatter(comm, lower=None, b_perm=None, threads: int = 1):
     else:
         share = comm.recv(source=0, tag=1)
     offsets, starts, indptr, indices, data, shape, b_own = share
-    import scipy.sparse as sp
     rows = sp.csr_array((data, indices, indptr), shape=shape)
     return make_part(rank, offsets, starts, rows, threads), b_own
 
@@ -70,7 +75,9 @@ def gather(comm, part, x_own: np.ndarray, n: int):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="distributed MRS on MPI ranks")
-    p.add_argument("file")
+    p.add_argument("file", nargs="?", help="a .mtx or .npz matrix to solve once")
+    p.add_argument("--serve", metavar="ENDPOINT", help="serve commands from this PAIR endpoint instead")
+    p.add_argument("--parent", type=int, default=0, help="with --serve: stop when this pid is gone")
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--tol", type=float, default=1e-10)
     p.add_argument("--maxiter", type=int, default=0, help="0: 10 n")
@@ -81,14 +88,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from .distributed import MpiExchange, mrs
     comm = MPI.COMM_WORLD
+    if args.serve:
+        return serve(comm, args.serve, args.threads, args.parent)
+    if not args.file:
+        p.error("give a matrix file, or --serve ENDPOINT")
     lower = b_perm = perm = None
     n = 0
     if comm.Get_rank() == 0:
+        from scipy.sparse import load_npz as read_npz
+
         from .matrices import read_mtx
         from .plan import reordered_lower
         from .validate import check_matrix
         try:
-            a = check_matrix(read_mtx(args.file), "skew")
+            source = read_npz(args.file) if args.file.endswith(".npz") else read_mtx(args.file)
+            a = check_matrix(source, "skew")
         except Exception as exc:                      # every rank must hear of it, not hang
             comm.bcast({"error": f"{type(exc).__name__}: {exc}"}, root=0)
             print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
@@ -118,6 +132,125 @@ def main(argv: list[str] | None = None) -> int:
                           "residual": result.residual, "seconds": seconds, "halo_bytes": halo,
                           "max_err": float(np.max(np.abs(x - 1.0))) if n else 0.0}), flush=True)
     return 0 if result.converged else 3
+
+
+
+# ---------------------------------------------------------------- a resident job (the solver actor's)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
+    """Serve commands from the process at `endpoint` (rank 0 connects a PAIR socket; the other
+    ranks follow through broadcasts) until "stop". Plans stay resident between commands.
+
+    Commands are dicts: register {key, indptr, indices, data, n}, solve {key, b, alpha, tol,
+    maxiter}, matvec {key, x}, drop {key}, stop. Replies: {"ok": ...} or {"error": [name, text]}.
+    Pickle is the encoding: the only peer is the actor that started this job, over an ipc
+    socket in its private (0700) directory. The job stops by itself when `parent` (the actor's
+    pid) is gone: an actor killed outright cannot ask it to.
+    """
+    import zmq
+    from mpi4py import MPI
+
+    from .distributed import MpiExchange, apply, mrs
+    from .plan import bandwidth, reordered_lower
+    from .validate import check_matrix
+    rank = comm.Get_rank()
+    sock = None
+    if rank == 0:
+        sock = zmq.Context.instance().socket(zmq.PAIR)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(endpoint)
+        sock.send_pyobj({"ok": {"ranks": comm.Get_size(), "pid": os.getpid()}})
+    held: dict[str, tuple] = {}          # key -> (Part, MpiExchange, perm (rank 0) or None, n)
+    while True:
+        head = cmd = lower = perm = a = before = None      # the matrix and the command: rank 0's
+        if rank == 0:
+            while not sock.poll(1000):
+                if parent and not _alive(parent):
+                    break
+            cmd = sock.recv_pyobj() if sock.poll(0) else {"op": "stop"}
+            op, key = cmd.get("op"), cmd.get("key")
+            try:                          # what can fail is checked here, before any collective step
+                if op == "register":
+                    a = check_matrix(sp.csr_array((cmd["data"], cmd["indices"], cmd["indptr"]),
+                                                  shape=(cmd["n"], cmd["n"])), "skew")
+                    perm, lower = reordered_lower(a)
+                    before = bandwidth(a)
+                elif op in ("solve", "matvec", "drop") and key not in held:
+                    raise KeyError(f"no matrix {key!r} in this job")
+                elif op not in ("solve", "matvec", "drop", "stop", "register"):
+                    raise ValueError(f"unknown command {op!r}")
+            except Exception as exc:
+                sock.send_pyobj({"error": [type(exc).__name__, str(exc)]})
+                continue
+            head = {"op": op, "key": key, **{k: cmd[k] for k in ("alpha", "tol", "maxiter") if k in cmd}}
+        head = comm.bcast(head, root=0)
+        op, key = head["op"], head["key"]
+        if op == "stop":
+            break
+        if op == "drop":
+            held.pop(key, None)
+            if rank == 0:
+                sock.send_pyobj({"ok": True})
+            continue
+        if op == "register":
+            n = comm.bcast(lower.shape[0] if rank == 0 else None, root=0)
+            part, _ = scatter(comm, lower, np.zeros(n) if rank == 0 else None, threads)
+            held[key] = (part, MpiExchange(comm, part), perm if rank == 0 else None, n)
+            counts = comm.gather((part.half.nnz, *part.shares(), part.split.work_size, part.halo_bytes(),
+                                  part.lo - part.start), root=0)
+            if rank == 0:
+                nnz, inner, middle, outer, window, halo, reach = (list(c) for c in zip(*counts))
+                stored = max(sum(nnz), 1)
+                sock.send_pyobj({"ok": {"n": n, "nnz": int(a.nnz), "nnz_stored": sum(nnz),
+                                        "bandwidth_before": before, "bandwidth_after": max(reach + [0]),
+                                        "share_inner": sum(inner) / stored, "share_middle": sum(middle) / stored,
+                                        "share_outer": sum(outer) / stored, "window_rows": sum(window),
+                                        "halo_bytes": halo}})
+            continue
+        part, exchange, perm, n = held[key]
+        vector = None
+        if rank == 0:
+            vector = np.asarray(cmd["b" if op == "solve" else "x"], dtype=np.float64)[perm]
+        counts = comm.gather(part.hi - part.lo, root=0)
+        mine = np.empty(part.hi - part.lo)
+        comm.Scatterv((vector, counts) if rank == 0 else None, mine, root=0)
+        if op == "solve":
+            result = mrs(part, exchange, mine, head["alpha"], head["tol"], head["maxiter"] or 10 * n)
+            seconds = comm.reduce(result.seconds, op=MPI.MAX, root=0)
+            x_perm = gather(comm, part, result.x, n)
+            if rank == 0:
+                x = np.empty(n)
+                x[perm] = x_perm
+                sock.send_pyobj({"ok": {"x": x, "converged": result.converged, "iterations": result.iterations,
+                                        "residual": result.residual, "seconds": seconds,
+                                        "history": result.history}})
+        else:
+            v = np.zeros(part.m)
+            v[part.own] = mine
+            w = apply(part, exchange, v, np.empty(part.m))
+            y_perm = gather(comm, part, w[part.own].copy(), n)
+            if rank == 0:
+                y = np.empty(n)
+                y[perm] = y_perm
+                sock.send_pyobj({"ok": {"y": y}})
+    if rank == 0:
+        try:
+            sock.send_pyobj({"ok": "stopped"}, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass                          # nobody left to tell
+        sock.close()
+    return 0
 
 
 if __name__ == "__main__":

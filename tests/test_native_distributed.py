@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -112,3 +113,63 @@ def test_the_solve_command_runs_on_ranks_and_reports_a_bad_file(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "specmemo.deploy.cli", "solve", str(tmp_path / "bad.mtx"),
                           "--ranks", "2"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "NotSkewSymmetric" in bad.stderr
+
+
+RANKS_CONFIG = """
+[deployment]
+name = "{name}"
+heartbeat_s = 0.5
+heartbeat_misses = 20
+stop_timeout_s = 5
+
+[actors.solver]
+kind = "solver"
+[actors.solver.config]
+ranks = 2
+threads = 1
+"""
+
+
+def _rank_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "specmemo.native.mpi_solve --serve"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_the_solver_actor_on_two_ranks_solves_like_scipy_and_survives_a_killed_rank(start_deployment):
+    import os
+    import signal
+
+    from specmemo.protocol import ActorDied, InvalidInput
+    d = start_deployment(RANKS_CONFIG.format(name="ranks"), "ranks", ["solver"])
+    a = matrices.generate("convection2d", 4000, seed=7)
+    b = np.random.default_rng(1).standard_normal(a.shape[0])
+    exact = spla.spsolve(sp.csc_array(sp.eye_array(a.shape[0]) + a), b)
+    with d.client(timeout=120) as c:
+        report = c.register_matrix(a, id="grid")
+        assert report["n"] == a.shape[0] and report["threads"] == 2
+        out = c.solve("grid", b, alpha=1.0, tol=1e-12, history=True)
+        assert out["converged"] and np.linalg.norm(out["x"] - exact) <= 1e-9 * np.linalg.norm(exact)
+        assert len(out["history"]) == out["iterations"]
+        x = np.ones(a.shape[0])
+        assert np.allclose(c.matvec("grid", x), a @ x, rtol=1e-12, atol=1e-12)
+        with pytest.raises(InvalidInput, match="NotSkewSymmetric|skew"):
+            c.register_matrix(sp.csr_array(np.array([[0.0, 1.0], [1.0, 0.0]])), id="bad")
+        ranks = _rank_pids()
+        assert len(ranks) >= 2
+        os.kill(ranks[-1], signal.SIGKILL)                  # one rank (mpiexec then ends the job)
+        with pytest.raises(ActorDied, match="MPI job"):
+            c.solve("grid", b, alpha=1.0, tol=1e-12)
+        again = c.solve("grid", b, alpha=1.0, tol=1e-12)    # a new job; the plan registers again
+        assert again["converged"] and np.allclose(again["x"], out["x"], rtol=1e-10, atol=1e-12)
+        assert _rank_pids()
+        actor = next(a["pid"] for a in c.actors() if a["name"] == "solver")
+        os.kill(actor, signal.SIGKILL)                      # the actor dies outright: its job stops itself
+        deadline = time.monotonic() + 20
+        while _rank_pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _rank_pids(), "the MPI job outlived its solver actor"
+    d.stop()
+    deadline = time.monotonic() + 15
+    while _rank_pids() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _rank_pids(), "the MPI job outlived its solver actor"
