@@ -14,7 +14,7 @@ from specmemo.actors.engine import errors as engine_errors
 from specmemo.actors.engine.manager import MemoryManager
 from specmemo.protocol import errors as wire
 from specmemo.protocol.methods import (AddHolder, CommitBatch, Costs, Empty, GrantBatch,
-                                       OpenSession, PrefillRequest, SessionRef)
+                                       OpenSession, PrefillRequest, Reserve, SessionRef, Unreserve)
 
 from .base import Actor, Call
 
@@ -60,6 +60,9 @@ class MemoryActor(Actor):
                 del self.leases[holder]
                 log.info("lease of %s (%s) reclaimed: %d bytes, %d sessions to rebuild",
                          holder, name, freed["freed"], len(freed["sessions"]))
+        held = self.manager.release_reservations(name)
+        if held:
+            log.info("reservations of %s released: %d bytes", name, held)
         for session, owner in list(self.owners.items()):
             if owner == name:
                 freed = self.manager.release(session)
@@ -117,6 +120,16 @@ class MemoryActor(Actor):
     def rpc_release_holder(self, req: SessionRef, call: Call) -> dict:
         self.leases.pop(req.session, None)
         return self.manager.release_holder(req.session)
+
+    def rpc_reserve(self, req: Reserve, call: Call) -> dict:
+        out = self.manager.reserve(req.owner, req.key, req.nbytes)
+        self._gauges()
+        return out
+
+    def rpc_unreserve(self, req: Unreserve, call: Call) -> dict:
+        freed = self.manager.unreserve(req.owner, req.key)
+        self._gauges()
+        return {"freed": freed}
 
     def rpc_observe_costs(self, req: Costs, call: Call) -> None:
         self.manager.observe_costs(req.draft_s, req.m, req.target_s, req.draft_by_m)

@@ -11,23 +11,46 @@ from __future__ import annotations
 import io
 import itertools
 import time
-from typing import Any
+import logging
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
+import trio
 
 from specmemo.native import InvalidMatrix, InvalidOperand, KernelError, Plan, mrs
+from specmemo.native.plan import footprint
 from specmemo.native.mpi_job import JobPlan, RankFailure, RankJob
 from specmemo.native.matrices import read_mtx
-from specmemo.protocol.errors import ActorDied, Internal, InvalidInput, NotFound, OverBudget
+from specmemo.protocol.errors import (ActorDied, DeadlineExceeded, Internal, InvalidInput, NotFound, OverBudget,
+                                      UnknownActor)
 from specmemo.protocol.methods import (Dropped, Empty, MatrixId, MatrixList, MatrixReport,
                                        MatvecReply, MatvecRequest, RegisterMatrix, SolveReply,
                                        SolveRequest)
 
 from .base import Actor, Call
 
+log = logging.getLogger("specmemo.solver")
+
 
 SHARED = b""      # the owner of shared matrices (and of every matrix of an in-process store)
+
+
+class MemoryBudget:
+    """The memory actor's budget as the store sees it: blocking calls made from the worker
+    thread into the actor's trio loop (`call(method, **params)`)."""
+
+    def __init__(self, call: Callable[..., Any], owner: str) -> None:
+        self.call, self.owner = call, owner
+
+    def reserve(self, key: str, nbytes: int) -> None:
+        self.call("reserve", owner=self.owner, key=key, nbytes=nbytes)
+
+    def unreserve(self, key: str) -> None:
+        try:
+            self.call("unreserve", owner=self.owner, key=key)
+        except (ActorDied, UnknownActor):
+            pass        # a memory actor that restarts starts empty: nothing is held there
 
 
 class MatrixStore:
@@ -41,9 +64,12 @@ class MatrixStore:
     """
 
     def __init__(self, threads: int = 2, max_nnz: int = 200_000_000, max_matrices: int = 64,
-                 reclaim_idle_s: float = 600.0, job: RankJob | None = None) -> None:
+                 reclaim_idle_s: float = 600.0, job: RankJob | None = None,
+                 budget: MemoryBudget | None = None) -> None:
         self.threads = threads
         self.job = job                  # plans live in this MPI job's ranks when given
+        self.budget = budget            # plans take their bytes from the memory actor's budget
+        self.reservations: dict[tuple[bytes, str], tuple[str, int]] = {}   # plan -> (key, bytes)
         self.max_nnz = max_nnz
         self.max_matrices = max_matrices
         self.reclaim_idle_s = reclaim_idle_s
@@ -68,10 +94,22 @@ class MatrixStore:
         mid = req.id or f"m{next(self._ids)}"
         if (owner, mid) in self.plans:
             raise InvalidInput(f"a matrix with id {mid!r} is already registered; drop it first")
+        key = f"p{next(self._ids)}"
+        nbytes = footprint(matrix.shape[0], matrix.nnz)
         if self.job is not None:
-            plan = JobPlan.build(self.job, f"p{next(self._ids)}", matrix, req.kind)
-        else:
-            plan = Plan.build(matrix, req.kind, req.threads or self.threads, tol=req.tol)
+            nbytes += 12 * matrix.nnz + 8 * (matrix.shape[0] + 1)    # the CSR kept to register again
+        if self.budget is not None:
+            self.budget.reserve(key, nbytes)        # OverBudget here: nothing is built
+        try:
+            if self.job is not None:
+                plan = JobPlan.build(self.job, key, matrix, req.kind)
+            else:
+                plan = Plan.build(matrix, req.kind, req.threads or self.threads, tol=req.tol)
+        except BaseException:
+            if self.budget is not None:
+                self.budget.unreserve(key)
+            raise
+        self.reservations[(owner, mid)] = (key, nbytes)
         self.plans[(owner, mid)] = plan
         self.used[(owner, mid)] = time.monotonic()
         return self.report(mid, owner)
@@ -107,6 +145,9 @@ class MatrixStore:
         plan = self.plans.pop(key, None)
         if isinstance(plan, JobPlan):
             plan.drop()
+        reserved = self.reservations.pop(key, None)
+        if reserved is not None and self.budget is not None:
+            self.budget.unreserve(reserved[0])
         return plan is not None
 
     def _matrix(self, req: RegisterMatrix) -> sp.csr_array:
@@ -177,11 +218,39 @@ class SolverActor(Actor):
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
         ranks, threads = int(config.get("ranks", 0)), int(config.get("threads", 2))
+        self.memory_name = str(config.get("memory", ""))      # "": the solver's own limits only
         self.store = MatrixStore(threads=threads,
                                  max_nnz=int(config.get("max_nnz", 200_000_000)),
                                  max_matrices=int(config.get("max_matrices", 64)),
                                  reclaim_idle_s=float(config.get("reclaim_idle_s", 600)),
-                                 job=RankJob(ranks, threads) if ranks else None)
+                                 job=RankJob(ranks, threads) if ranks else None,
+                                 budget=MemoryBudget(self._blocking_call, name) if self.memory_name else None)
+
+    def _blocking_call(self, method: str, **params: Any) -> Any:
+        """From the worker thread: one call to the memory actor, in the trio loop."""
+        return trio.from_thread.run(lambda: self.peers.call(self.memory_name, method, timeout=30, **params),
+                                    trio_token=self.trio_token)
+
+    async def on_start(self) -> None:
+        self.trio_token = trio.lowlevel.current_trio_token()
+
+    async def on_peer_died(self, name: str) -> None:
+        if name == self.memory_name and self.store.reservations:
+            await self._reserve_again()          # (the runtime runs this in a task of its own)
+
+    async def _reserve_again(self) -> None:
+        """A restarted memory actor starts empty: hold every registered plan's bytes again."""
+        while True:
+            try:
+                for key, nbytes in list(self.store.reservations.values()):
+                    await self.peers.call(self.memory_name, "reserve", owner=self.name, key=key,
+                                          nbytes=nbytes, timeout=30)
+                return
+            except (ActorDied, UnknownActor, DeadlineExceeded):
+                await trio.sleep(0.5)
+            except OverBudget as exc:
+                log.warning("the restarted memory actor cannot hold the solver's plans again: %s", exc)
+                return
 
     async def on_stop(self) -> None:
         if self.store.job is not None:
@@ -206,8 +275,9 @@ class SolverActor(Actor):
         self.metrics.set("matrices", len(self.store.plans), "Registered matrices")
         return out
 
-    def rpc_drop(self, req: MatrixId, call: Call) -> Dropped:
-        return Dropped(dropped=self.store.drop(req.id, call.route))
+    async def rpc_drop(self, req: MatrixId, call: Call) -> Dropped:
+        # in the worker thread: giving back a reservation or a rank job's plan is a blocking call
+        return Dropped(dropped=await self.run_sync(self.store.drop, req.id, call.route))
 
     def rpc_list(self, req: Empty, call: Call) -> MatrixList:
         # the caller's and the shared ones (a register in the worker thread may add one meanwhile)

@@ -41,6 +41,13 @@ class PlanReport:
         return asdict(self)
 
 
+def footprint(n: int, nnz: int) -> int:
+    """Bytes a plan of an n-row matrix with nnz nonzeros holds, with the vectors of one solve:
+    half storage of nnz/2 entries (8-byte values, 4-byte columns) and n+1 8-byte row offsets,
+    the permutation, a window buffer of at most n, and MRS's eight vectors of n doubles."""
+    return 12 * (nnz // 2 + 1) + 8 * (n + 1) + 8 * n + 8 * n + 8 * 8 * n
+
+
 def bandwidth(a) -> int:
     """max |i - j| over the stored nonzeros of a sparse matrix (0 if there are none)."""
     coo = sp.coo_array(a)

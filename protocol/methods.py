@@ -390,8 +390,31 @@ class Usage:
     weights: dict[str, int] = field(default_factory=dict)  # holder -> bytes of its model's weights
     memory_budget: int | None = None   # weights + KV budget, when the deployment sets one
     costs: Any = None                   # the measured cost curve: {"draft_s", "target_s": {M: s}}
+    reserved: dict[str, int] = field(default_factory=dict)   # actor -> bytes held that are not KV (solver plans)
 
 
+@message
+class Reserve:
+    owner: str                # the actor holding the bytes (released when it dies)
+    key: str                  # what they are for (a solver's plan: one key per matrix)
+    nbytes: int
+
+
+@message
+class ReserveReply:
+    reserved: int
+    evicted: list[str] = field(default_factory=list)   # idle sessions evicted to make room
+
+
+@message
+class Unreserve:
+    owner: str
+    key: str
+
+
+method("memory.reserve", Reserve, ReserveReply, role="actor", idempotent=True,
+       doc="Hold bytes that are not KV (a solver's plan and vectors) in the same budget; OverBudget if they do not fit.")
+method("memory.unreserve", Unreserve, Freed, role="actor", idempotent=True, doc="Give back what `reserve` held.")
 method("memory.add_holder", AddHolder, HolderReply, role="actor", idempotent=True,
        doc="Register a cache holder, its KV bytes per token and its weight bytes (a lease of `actor`).")
 method("memory.open", OpenSession, Empty, role="actor", doc="Open a session owned by `owner`.")

@@ -156,6 +156,7 @@ class ManagerMachine(RuleBasedStateMachine):
         super().__init__()
         self.m = None
         self.model: dict[str, dict] = {}
+        self.reserved: dict[tuple[str, str], int] = {}     # (owner, key) -> bytes: a solver's plans
 
     @rule(budget=st.integers(32, 40 * 32))
     @precondition(lambda self: self.m is None)
@@ -255,6 +256,40 @@ class ManagerMachine(RuleBasedStateMachine):
         for s in self.model.values():
             s["lost"].add(holder)
 
+    @rule(owner=st.sampled_from(["solver", "solver-2"]), key=st.sampled_from("pqr"),
+          nbytes=st.integers(0, 20 * 32))
+    @precondition(lambda self: self.m is not None)
+    def reserve(self, owner, key, nbytes):
+        before = self.m.usage()
+        try:
+            got = self.m.reserve(owner, key, nbytes)
+        except OverBudget:
+            assert self.m.usage() == before
+            # warranted: the growth exceeds what is free plus every idle session's bytes
+            extra = nbytes - self.reserved.get((owner, key), 0)
+            evictable = sum(before["sessions"][sid] for sid, s in self.model.items() if not s["busy"])
+            assert extra > before["budget"] - before["live"] + evictable, (extra, before, evictable)
+            return
+        note(f"reserve {owner} {key} {nbytes} -> {got}")
+        self._evicted(got["evicted"])
+        self.reserved[(owner, key)] = nbytes
+
+    @rule(data=st.data())
+    @precondition(lambda self: self.m is not None and self.reserved)
+    def unreserve(self, data):
+        owner, key = data.draw(st.sampled_from(sorted(self.reserved)))
+        live = self.m.usage()["live"]
+        held = self.reserved.pop((owner, key))
+        assert self.m.unreserve(owner, key) == held
+        assert self.m.usage()["live"] == live - held
+
+    @rule(owner=st.sampled_from(["solver", "solver-2"]))
+    @precondition(lambda self: self.m is not None)
+    def reserving_actor_dies(self, owner):
+        held = sum(b for (o, _), b in self.reserved.items() if o == owner)
+        assert self.m.release_reservations(owner) == held
+        self.reserved = {k: b for k, b in self.reserved.items() if k[0] != owner}
+
     def _assert_refusal_warranted(self, sid, need, usage):
         # OverBudget only when the blocks the session needs exceed what is free plus what
         # evicting every idle session (by the model's own record of who is busy) would free
@@ -275,7 +310,9 @@ class ManagerMachine(RuleBasedStateMachine):
             return
         u = self.m.usage()
         assert 0 <= u["live"] <= u["budget"] and u["peak"] <= u["budget"]
-        assert u["live"] == sum(u["sessions"].values()) == sum(u["holders"].values())
+        reserved = sum(self.reserved.values())
+        assert u["live"] == sum(u["sessions"].values()) + reserved == sum(u["holders"].values()) + reserved
+        assert sum(u["reserved"].values()) == reserved
 
     @invariant()
     def every_block_is_owned_by_exactly_one_holder_or_free(self):
@@ -289,7 +326,7 @@ class ManagerMachine(RuleBasedStateMachine):
                 assert all(owners[i] == (holder, sid) for i in ids)
         assert sorted(seen) == sorted(owners) and len(set(seen)) == len(seen)
         live = sum(len(ids) * B * BPT[h] for sid in self.model for h, ids in self.m.session_blocks(sid).items())
-        assert live == self.m.usage()["live"]
+        assert live + sum(self.reserved.values()) == self.m.usage()["live"]
 
     @invariant()
     def contexts_match_the_model(self):

@@ -13,7 +13,7 @@ from specmemo.protocol.methods import METHODS, ROLES
 #: What one actor asks of another: never a client's business.
 ACTOR_ONLY = {"memory.add_holder", "memory.open", "memory.has", "memory.prefill", "memory.grant_batch",
               "memory.commit_batch", "memory.finish", "memory.release", "memory.release_holder",
-              "memory.observe_costs", "draft.has", "draft.open", "draft.extend", "draft.propose",
+              "memory.observe_costs", "memory.reserve", "memory.unreserve", "draft.has", "draft.open", "draft.extend", "draft.propose",
               "draft.accept", "draft.close"}
 
 #: Views across every client: an operator's business (with CURVE, keys in curve_operators).
@@ -31,6 +31,8 @@ BODIES = {
     "memory.release": {"session": "x"},
     "memory.release_holder": {"session": "target"},
     "memory.observe_costs": {"draft_s": 1e-9, "m": 1, "target_s": 1e-9},
+    "memory.reserve": {"owner": "me", "key": "k", "nbytes": 1},
+    "memory.unreserve": {"owner": "me", "key": "k"},
     "draft.has": {"session": "x"},
     "draft.open": {"session": "x", "token_ids": np.arange(3), "blocks": 1},
     "draft.extend": {"session": "x", "token_ids": np.arange(3), "blocks": 1},

@@ -172,3 +172,66 @@ def test_solve_cli_prints_iterations_and_residual(solver_deployment, tmp_path):
                          env=solver_deployment.env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "converged in" in out.stdout and "residual" in out.stdout
+
+
+BUDGET_CONFIG = """
+[deployment]
+name = "{name}"
+heartbeat_s = 0.5
+heartbeat_misses = 20
+restart_intensity = 10
+
+[actors.memory]
+kind = "memory"
+[actors.memory.config]
+budget_mb = 4
+
+[actors.solver]
+kind = "solver"
+after = ["memory"]
+[actors.solver.config]
+threads = 1
+memory = "memory"
+"""
+
+
+def test_plans_take_their_bytes_from_the_memory_actors_budget(start_deployment):
+    import os
+    import signal
+    import time
+
+    from specmemo.native.plan import footprint
+    d = start_deployment(BUDGET_CONFIG.format(name="budget"), "budget", ["memory", "solver"])
+    small = matrices.generate("convection2d", 2500, seed=1)     # ~0.3 MB with its vectors
+    big = matrices.generate("convection2d", 40_000, seed=1)     # ~4.5 MB: more than the budget
+    with d.client(timeout=60) as c:
+        c.register_matrix(small, id="small")
+        u = c.usage()
+        held = footprint(small.shape[0], small.nnz)
+        assert u["reserved"] == {"solver": held} and u["live"] == held
+        with pytest.raises(OverBudget, match="solver needs"):
+            c.register_matrix(big, id="big")
+        assert c.usage()["reserved"] == {"solver": held}                   # nothing built, nothing held
+        assert [m["id"] for m in c.call("solver", "list")["matrices"]] == ["small"]
+        x = np.ones(small.shape[0])
+        assert np.allclose(c.matvec("small", x), small @ x)
+        memory = next(a["pid"] for a in c.actors() if a["name"] == "memory")
+        os.kill(memory, signal.SIGKILL)                                   # a new memory actor starts empty ...
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if c.usage()["reserved"] == {"solver": held}:              # ... and the solver holds its plan again
+                    break
+            except Exception:
+                pass
+            assert time.monotonic() < deadline, "the solver did not reserve its plans again"
+            time.sleep(0.2)
+        assert c.drop_matrix("small") is True
+        assert c.usage()["reserved"] == {} and c.usage()["live"] == 0
+        c.register_matrix(small, id="again")
+        solver = next(a["pid"] for a in c.actors() if a["name"] == "solver")
+        os.kill(solver, signal.SIGKILL)                                   # its plans die with it: bytes back
+        deadline = time.monotonic() + 30
+        while c.usage()["reserved"]:
+            assert time.monotonic() < deadline, c.usage()
+            time.sleep(0.2)

@@ -11,6 +11,10 @@ least recently used first (their holders drop their caches and rebuild them from
 the session's next turn), then raises `OverBudget`. No call ever takes the live bytes above the
 budget, and a call that raises changes nothing.
 
+Other memory on the same machine takes its bytes from the same budget: `reserve` holds bytes for
+an owner under a key (the solver's plan of a matrix and its solve vectors), evicting idle
+sessions first as a grant would, and `unreserve` gives them back.
+
 Every answer is plain data (ints, str, lists and dicts of those), so an actor can ship it as is.
 """
 
@@ -75,6 +79,7 @@ class MemoryManager:
         self._owner: dict[int, tuple[str, str]] = {}
         self._free_ids: list[int] = []
         self._next_id = 0
+        self._reserved: dict[str, dict[str, int]] = {}   # owner -> key -> bytes (not KV)
         self._live = 0
         self._peak = 0
         self._clock = 0
@@ -112,6 +117,39 @@ class MemoryManager:
             if holder in s.blocks:
                 s.lost.add(holder)
         return {"freed": freed, "sessions": sessions}
+
+    # reservations: memory that is not KV (a solver's plans and vectors)
+
+    def reserve(self, owner: str, key: str, nbytes: int) -> dict:
+        """Hold `nbytes` for `owner` under `key` (again for a held key: its new size). Idle
+        sessions are evicted for it as for a grant; OverBudget (nothing changed) if that would
+        not do. Answers the bytes held and the sessions evicted."""
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        extra = nbytes - self._reserved.get(owner, {}).get(key, 0)
+        try:
+            evicted = self._make_room("", extra)
+        except OverBudget:
+            raise OverBudget(f"{owner} needs {nbytes} B for {key!r}: {self.budget - self._live} B free "
+                             f"of {self.budget}, and the idle sessions cannot cover the rest") from None
+        self._reserved.setdefault(owner, {})[key] = nbytes
+        self._live += extra
+        self._peak = max(self._peak, self._live)
+        return {"reserved": nbytes, "evicted": evicted}
+
+    def unreserve(self, owner: str, key: str) -> int:
+        """Give back what `owner` held under `key` (0 if nothing); answers the bytes freed."""
+        held = self._reserved.get(owner, {}).pop(key, 0)
+        if owner in self._reserved and not self._reserved[owner]:
+            del self._reserved[owner]
+        self._live -= held
+        return held
+
+    def release_reservations(self, owner: str) -> int:
+        """Give back everything `owner` held (its actor died); answers the bytes freed."""
+        held = sum(self._reserved.pop(owner, {}).values())
+        self._live -= held
+        return held
 
     # sessions
 
@@ -284,6 +322,7 @@ class MemoryManager:
             "weights": dict(self._weights),
             "memory_budget": self.memory_budget,
             "costs": self.costs.as_dict(),
+            "reserved": {owner: sum(keys.values()) for owner, keys in self._reserved.items()},
         }
 
     def session_blocks(self, session: str) -> dict[str, list[int]]:
