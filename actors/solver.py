@@ -104,7 +104,8 @@ class MatrixStore:
             if self.job is not None:
                 plan = JobPlan.build(self.job, key, matrix, req.kind)
             else:
-                plan = Plan.build(matrix, req.kind, req.threads or self.threads, tol=req.tol)
+                plan = Plan.build(matrix, req.kind, req.threads or self.threads, tol=req.tol,
+                                  precision=req.precision)
         except BaseException:
             if self.budget is not None:
                 self.budget.unreserve(key)

@@ -66,8 +66,14 @@ def median_seconds(fns: dict, reps: int) -> dict:
     return {key: statistics.median(ts) for key, ts in times.items()}
 
 
+#: Bytes per stored entry (index + value) of the compact forms of the 3-part kernel.
+COMPACT_ENTRY_BYTES = {"3-part off16": 10, "3-part off16 f32": 6}
+
+
 def modelled_bytes(kernel: str, n: int, nnz: int) -> int:
-    return 12 * nnz + 20 * n if kernel in FULL_CSR_KERNELS else 6 * nnz + 28 * n
+    if kernel in FULL_CSR_KERNELS:
+        return 12 * nnz + 20 * n
+    return COMPACT_ENTRY_BYTES.get(kernel, 12) * nnz // 2 + 28 * n
 
 
 def triad_bandwidth(reps: int) -> dict:
@@ -80,7 +86,7 @@ def triad_bandwidth(reps: int) -> dict:
 
 def prepared(name: str, table: dict):
     a = sp.csr_array(table[name]())
-    plan = Plan.build(a, threads=1)
+    plan = Plan.build(a, threads=1, compact=False)     # the serial and colouring kernels need 32-bit columns
     ordered = sp.csr_array(a[plan.perm][:, plan.perm])
     ordered.sort_indices()
     return a, plan, ordered
@@ -104,11 +110,15 @@ def worker(names: list[str], table: dict, solves: list, reps: int) -> dict:
             ("half", 1): lambda: K.half_spmv(plan.half, xp, y),
         }
         reports = {}
+        off16 = plan.half.compacted(offsets=True)
+        off16_f32 = plan.half.compacted(offsets=True, float32=True)
         for t in THREADS:
             pt = plan if t == 1 else plan.for_threads(t)
             reports[t] = pt.describe().as_dict()
             fns[("colour", t)] = lambda t=t: K.colour_spmv(plan.half, colouring, xp, y, t)
             fns[("3-part", t)] = lambda pt=pt, work=pt.work(): pt.apply(xp, y, 0.0, None, work)
+            for label, half in (("3-part off16", off16), ("3-part off16 f32", off16_f32)):
+                fns[(label, t)] = lambda pt=pt, half=half, work=pt.work(): K.band_spmv(half, pt.split, xp, y, work)
         rows = [(k, t, sec) for (k, t), sec in median_seconds(fns, reps).items()]
         out["matrices"][name] = {
             "n": n,
@@ -263,7 +273,8 @@ def plot(results: dict, path: Path) -> None:
     rows = table_rows(results)
     policies = list(results["policies"])
     names = list(next(iter(results["policies"].values()))["matrices"])
-    labels = ["scipy as given", "scipy", "mkl 1", "mkl 2", "csr", "half", "colour 1", "colour 2", "3-part 1", "3-part 2"]
+    labels = ["scipy as given", "scipy", "mkl 1", "mkl 2", "csr", "half", "colour 1", "colour 2", "3-part 1", "3-part 2",
+              "3-part off16 1", "3-part off16 2", "3-part off16 f32 1", "3-part off16 f32 2"]
     fig, axes = plt.subplots(len(policies), 1, figsize=(11, 3.6 * len(policies)), squeeze=False)
     width = 0.8 / len(labels)
     for ax, policy in zip(axes[:, 0], policies):
@@ -290,6 +301,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per kernel (default 15, quick 5)")
     parser.add_argument("--policies", default="passive,active")
     parser.add_argument("--no-mkl", action="store_true")
+    parser.add_argument("--only", default=None, help="comma-separated matrix names of the table (default: all)")
     parser.add_argument("--render", default=None, metavar="JSON", help="redraw the table and plot from a saved run")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mkl-worker", default=None, help=argparse.SUPPRESS)
@@ -310,7 +322,8 @@ def main(argv=None) -> int:
         print(markdown(results))
         return 0
 
-    names = ",".join(table)
+    names = args.only or ",".join(table)
+    solves = [s for s in solves if s[0] in names.split(",")]
     common = (["--quick"] if args.quick else []) + ["--reps", str(reps)]
     results = {"command": "bench/spmv.py " + " ".join(sys.argv[1:] if argv is None else argv), "policies": {}}
     for policy in args.policies.split(","):

@@ -38,6 +38,8 @@ typedef struct {
     const double *val;
     const double *diag;
     int32_t sign;
+    const uint16_t *off;
+    const float *val32;
 } pars3_half;
 
 typedef struct {

@@ -16,56 +16,76 @@ static inline double shift(double alpha, const double *u, const double *diag, in
     return diag ? s + diag[i] * xi : s;
 }
 
-static void band_rows(const pars3_half *A, const pars3_band *P, int32_t t, double alpha,
-                      const double *u, const double *x, double *y, double *work)
-{
-    const int64_t *rowptr = A->rowptr;
-    const int32_t *col = A->col;
-    const double *val = A->val;
-    const double *diag = A->diag;
-    const double sign = (double)A->sign;
-    const int64_t r0 = P->row_start[t];
-    const int64_t r1 = P->row_start[t + 1];
-    const int64_t w = P->win_start[t];
-    const int64_t h0 = P->head_off[t];
-    const int64_t head_end = r0 + (P->head_off[t + 1] - h0);
-    double *buf = work + P->buf_off[t] - w;
+/* Entry k of row i: its column and its value, in each storage form (pars3.h). */
+#define COL_I32(k) ((int64_t)col[k])
+#define COL_OFF16(k) (i - (int64_t)off[k])
+#define VAL_F64(k) (val[k])
+#define VAL_F32(k) ((double)val32[k])
 
-    for (int64_t k = w; k < r0; k++)
-        buf[k] = 0.0;
-    for (int64_t i = r0; i < head_end; i++) {  /* head rows: outer, middle, inner entries */
-        const double xi = x[i];
-        const double sxi = sign * xi;
-        double sum = shift(alpha, u, diag, i, xi);
-        const int64_t km = P->mid_start[h0 + (i - r0)];
-        const int64_t ki = P->inner_start[h0 + (i - r0)];
-        int64_t k = rowptr[i];
-        for (; k < km; k++)
-            sum += val[k] * x[col[k]];
-        for (; k < ki; k++) {
-            const int32_t j = col[k];
-            sum += val[k] * x[j];
-            buf[j] += val[k] * sxi;
-        }
-        for (; k < rowptr[i + 1]; k++) {
-            const int32_t j = col[k];
-            sum += val[k] * x[j];
-            y[j] += val[k] * sxi;
-        }
-        y[i] = sum;
-    }
-    for (int64_t i = head_end; i < r1; i++) {  /* the rest: inner entries only */
-        const double xi = x[i];
-        const double sxi = sign * xi;
-        double sum = shift(alpha, u, diag, i, xi);
-        for (int64_t k = rowptr[i]; k < rowptr[i + 1]; k++) {
-            const int32_t j = col[k];
-            sum += val[k] * x[j];
-            y[j] += val[k] * sxi;
-        }
-        y[i] = sum;
-    }
+/* One row-block visit per storage form, the same loop: a branch per entry would cost more
+ * than the bytes saved. */
+#define BAND_ROWS(NAME, COL, VAL)                                                                    \
+static void NAME(const pars3_half *A, const pars3_band *P, int32_t t, double alpha,                  \
+                 const double *u, const double *x, double *y, double *work)                          \
+{                                                                                                    \
+    const int64_t *rowptr = A->rowptr;                                                               \
+    const int32_t *col = A->col;                                                                     \
+    const uint16_t *off = A->off;                                                                    \
+    const double *val = A->val;                                                                      \
+    const float *val32 = A->val32;                                                                   \
+    (void)col; (void)off; (void)val; (void)val32;                                                    \
+    const double *diag = A->diag;                                                                    \
+    const double sign = (double)A->sign;                                                             \
+    const int64_t r0 = P->row_start[t];                                                              \
+    const int64_t r1 = P->row_start[t + 1];                                                          \
+    const int64_t w = P->win_start[t];                                                               \
+    const int64_t h0 = P->head_off[t];                                                               \
+    const int64_t head_end = r0 + (P->head_off[t + 1] - h0);                                         \
+    double *buf = work + P->buf_off[t] - w;                                                          \
+                                                                                                     \
+    for (int64_t k = w; k < r0; k++)                                                                 \
+        buf[k] = 0.0;                                                                                \
+    for (int64_t i = r0; i < head_end; i++) {  /* head rows: outer, middle, inner entries */         \
+        const double xi = x[i];                                                                      \
+        const double sxi = sign * xi;                                                                \
+        double sum = shift(alpha, u, diag, i, xi);                                                   \
+        const int64_t km = P->mid_start[h0 + (i - r0)];                                              \
+        const int64_t ki = P->inner_start[h0 + (i - r0)];                                            \
+        int64_t k = rowptr[i];                                                                       \
+        for (; k < km; k++)                                                                          \
+            sum += VAL(k) * x[COL(k)];                                                               \
+        for (; k < ki; k++) {                                                                        \
+            const int64_t j = COL(k);                                                                \
+            sum += VAL(k) * x[j];                                                                    \
+            buf[j] += VAL(k) * sxi;                                                                  \
+        }                                                                                            \
+        for (; k < rowptr[i + 1]; k++) {                                                             \
+            const int64_t j = COL(k);                                                                \
+            sum += VAL(k) * x[j];                                                                    \
+            y[j] += VAL(k) * sxi;                                                                    \
+        }                                                                                            \
+        y[i] = sum;                                                                                  \
+    }                                                                                                \
+    for (int64_t i = head_end; i < r1; i++) {  /* the rest: inner entries only */                    \
+        const double xi = x[i];                                                                      \
+        const double sxi = sign * xi;                                                                \
+        double sum = shift(alpha, u, diag, i, xi);                                                   \
+        for (int64_t k = rowptr[i]; k < rowptr[i + 1]; k++) {                                        \
+            const int64_t j = COL(k);                                                                \
+            sum += VAL(k) * x[j];                                                                    \
+            y[j] += VAL(k) * sxi;                                                                    \
+        }                                                                                            \
+        y[i] = sum;                                                                                  \
+    }                                                                                                \
 }
+
+BAND_ROWS(band_rows_i32_f64, COL_I32, VAL_F64)
+BAND_ROWS(band_rows_i32_f32, COL_I32, VAL_F32)
+BAND_ROWS(band_rows_off16_f64, COL_OFF16, VAL_F64)
+BAND_ROWS(band_rows_off16_f32, COL_OFF16, VAL_F32)
+
+typedef void (*band_rows_fn)(const pars3_half *, const pars3_band *, int32_t, double, const double *,
+                             const double *, double *, double *);
 
 static void band_reduce(const pars3_half *A, const pars3_band *P, int32_t owner,
                         const double *x, double *y, const double *work)
@@ -97,6 +117,10 @@ int pars3_band_spmv(const pars3_half *A, const pars3_band *P, double alpha, cons
         return PARS3_EINVAL;
     if (P->buf_off[P->nblocks] > 0 && !work)
         return PARS3_EINVAL;
+    if (A->rowptr[A->n] > 0 && ((!A->col && !A->off) || (!A->val && !A->val32)))
+        return PARS3_EINVAL;
+    const band_rows_fn band_rows = A->off ? (A->val32 ? band_rows_off16_f32 : band_rows_off16_f64)
+                                          : (A->val32 ? band_rows_i32_f32 : band_rows_i32_f64);
     const int32_t T = P->nblocks;
     #pragma omp parallel num_threads(threads)
     {

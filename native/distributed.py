@@ -122,8 +122,9 @@ def make_part(rank: int, offsets: np.ndarray, starts: np.ndarray, rows: sp.csr_a
     indptr = np.concatenate((np.zeros(lo - start, dtype=np.int64), np.asarray(rows.indptr, dtype=np.int64)))
     block = sp.csr_array((rows.data, rows.indices - start, indptr), shape=(m, m))
     half = HalfMatrix.from_lower(block, None, -1)
+    split = split_band(half, threads)
     below, above = links(offsets, starts, rank)
-    return Part(rank, lo, hi, start, half, split_band(half, threads), below, above)
+    return Part(rank, lo, hi, start, half.compacted(offsets=True), split, below, above)
 
 
 def parts(lower: sp.csr_array, ranks: int, threads: int = 1, offsets: np.ndarray | None = None) -> list[Part]:

@@ -62,11 +62,13 @@ class HalfMatrix:
 
     n: int
     rowptr: np.ndarray
-    col: np.ndarray
-    val: np.ndarray
+    col: np.ndarray | None             # None in a compact matrix that keeps `off` instead
+    val: np.ndarray | None             # None in a compact matrix that keeps `val32` instead
     diag: np.ndarray | None
     sign: int
     struct: object = field(repr=False)
+    off: np.ndarray | None = None      # uint16 i - j per entry: bands narrower than 65536
+    val32: np.ndarray | None = None    # float32 values (products and sums stay in double)
 
     @classmethod
     def from_lower(cls, lower, diag: np.ndarray | None, sign: int) -> "HalfMatrix":
@@ -91,6 +93,54 @@ class HalfMatrix:
     @property
     def nnz(self) -> int:
         return int(self.rowptr[-1])
+
+    def row_of_entries(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n, dtype=np.int64), np.diff(self.rowptr))
+
+    def columns(self) -> np.ndarray:
+        """The int32 column of every entry (rebuilt from the offsets in a compact matrix)."""
+        if self.col is not None:
+            return self.col
+        return (self.row_of_entries() - self.off).astype(np.int32)
+
+    def values(self) -> np.ndarray:
+        """The float64 value of every entry (widened from float32 in a compact matrix)."""
+        return self.val if self.val is not None else self.val32.astype(np.float64)
+
+    def entry_bytes(self) -> int:
+        """Bytes the band kernel reads per stored entry (its index and its value)."""
+        return (2 if self.off is not None else 4) + (4 if self.val32 is not None else 8)
+
+    def compacted(self, offsets: bool = True, float32: bool = False) -> "HalfMatrix":
+        """The same matrix in the compact forms the band kernel reads (pars3.h): 16-bit row
+        offsets instead of 32-bit columns when `offsets` and every entry is within 65535 of its
+        row (else columns are kept), float32 values when `float32` (the caller accepts their
+        rounding). Only pars3_band_spmv takes a compact matrix."""
+        col, val = self.columns(), self.values()
+        distance = self.row_of_entries() - col
+        use_off = offsets and (distance.max(initial=0) <= np.iinfo(np.uint16).max)
+        off = np.ascontiguousarray(distance, dtype=np.uint16) if use_off else None
+        val32 = np.ascontiguousarray(val, dtype=np.float32) if float32 else None
+        s = ffi.new("pars3_half *")
+        keep = [_ptr("int64_t", self.rowptr)]
+        s.n, s.rowptr, s.sign = self.n, keep[0], self.sign
+        if off is None:
+            keep.append(_ptr("int32_t", col))
+            s.col = keep[-1]
+        else:
+            keep.append(ffi.from_buffer("uint16_t[]", off))
+            s.off = keep[-1]
+        if val32 is None:
+            keep.append(_ptr("double", val))
+            s.val = keep[-1]
+        else:
+            keep.append(ffi.from_buffer("float[]", val32))
+            s.val32 = keep[-1]
+        if self.diag is not None:
+            keep.append(_ptr("double", self.diag))
+            s.diag = keep[-1]
+        return HalfMatrix(self.n, self.rowptr, None if off is not None else col, None if val32 is not None else val,
+                          self.diag, self.sign, (s, keep), off, val32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,10 +223,10 @@ class Colouring:
     def of(cls, half: HalfMatrix) -> "Colouring":
         # greedy distance-2 colouring in C needs L^T (rows touching each y entry)
         n = half.n
-        order = np.argsort(half.col, kind="stable")
+        order = np.argsort(half.columns(), kind="stable")
         trow = np.repeat(np.arange(n, dtype=np.int32), np.diff(half.rowptr))[order]
         trowptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(half.col, minlength=n), out=trowptr[1:])
+        np.cumsum(np.bincount(half.columns(), minlength=n), out=trowptr[1:])
         colour = np.empty(n, dtype=np.int32)
         mark = np.empty(n, dtype=np.int32)
         _status(
@@ -199,8 +249,15 @@ def csr_spmv(a: CsrMatrix, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return y
 
 
+def _full_storage(a: HalfMatrix, kernel: str) -> None:
+    if a.col is None or a.val is None:
+        raise InvalidOperand(f"{kernel} reads 32-bit columns and float64 values; this matrix is compact "
+                             "(only band_spmv reads that: build the plan with compact=False)")
+
+
 def half_spmv(a: HalfMatrix, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """y = (L + D + sign L^T) x, serial; returns y."""
+    _full_storage(a, "half_spmv")
     check_buffer(x, a.n, "x")
     check_buffer(y, a.n, "y", writeable=True)
     check_distinct(y, x)
@@ -243,6 +300,7 @@ def band_spmv(
 
 def colour_spmv(a: HalfMatrix, colouring: Colouring, x: np.ndarray, y: np.ndarray, threads: int) -> np.ndarray:
     """y = (L + D + sign L^T) x colour by colour; returns y."""
+    _full_storage(a, "colour_spmv")
     check_buffer(x, a.n, "x")
     check_buffer(y, a.n, "y", writeable=True)
     if int(colouring.colour_off[-1]) != a.n:

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define PARS3_VERSION 1          /* bumped when a struct or signature changes */
+#define PARS3_VERSION 2          /* bumped when a struct or signature changes */
 #define PARS3_OK 0
 #define PARS3_EINVAL (-1)        /* a null pointer, a negative size, threads < 1 */
 
@@ -32,6 +32,13 @@ typedef struct {
     const double *val;           /* rowptr[n] values of L */
     const double *diag;          /* n values of D, or NULL */
     int32_t sign;                /* -1 or +1, as above */
+    /* Compact forms, read by pars3_band_spmv only (the others need col and val):
+     * off: when not NULL, entry k of row i lies in column i - off[k] (col may be NULL): 2 bytes
+     *      an entry instead of 4, for bands narrower than 65536;
+     * val32: when not NULL, the values as floats (val may be NULL): 4 bytes instead of 8;
+     *      products and sums stay in double. */
+    const uint16_t *off;
+    const float *val32;
 } pars3_half;
 
 /* The 3-part split of a banded half-storage matrix over T row blocks.

@@ -36,6 +36,8 @@ class PlanReport:
     share_outer: float
     window_rows: int  # window buffer length summed over blocks (doubles)
     build_seconds: float
+    index_bytes: int = 4  # per stored entry: 2 with 16-bit row offsets, 4 with 32-bit columns
+    value_bytes: int = 8  # per stored entry: 4 for float32 values
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,12 +93,16 @@ class Plan:
 
     @classmethod
     def build(cls, matrix, kind: str = "skew", threads: int | None = None, tol: float = 1e-12,
-              reorder: bool = True) -> "Plan":
+              reorder: bool = True, precision: str = "float64", compact: bool = True) -> "Plan":
         """Check `matrix` (any scipy sparse matrix or 2-D array), reorder it by RCM (unless
         reorder is False) and split it for `threads` threads (default: OpenMP's count, fewer for
-        a small matrix).
+        a small matrix). With `compact` (the default) entries are stored as 16-bit offsets from
+        their row when the band allows; `precision` "float32" stores the values rounded to
+        float32 (the plan is then of the rounded matrix; products and sums stay in double).
 
         Raises InvalidMatrix, NotSkewSymmetric / NotSymmetric or InvalidOperand."""
+        if precision not in ("float64", "float32"):
+            raise InvalidOperand(f"precision must be 'float64' or 'float32', got {precision!r}")
         start = time.perf_counter()
         a = check_matrix(matrix, kind, tol)
         if threads is None:  # a thread per MIN_NNZ_PER_THREAD stored nonzeros, at most OpenMP's count
@@ -104,10 +110,15 @@ class Plan:
         threads = check_threads(threads)
         n = a.shape[0]
         perm, tril = reordered_lower(a, reorder)
+        if precision == "float32":           # the split's far values must be the rounded ones too
+            tril.data = tril.data.astype(np.float32).astype(np.float64)
         sign = -1 if kind == "skew" else 1
         diag = a.diagonal()[perm] if kind == "symmetric" else None
         half = HalfMatrix.from_lower(tril, diag, sign)
         split = split_band(half, threads)
+        bandwidth_after = int((half.row_of_entries() - half.col).max(initial=0))
+        if compact or precision == "float32":
+            half = half.compacted(offsets=compact, float32=precision == "float32")
         stored = max(half.nnz, 1)
         report = PlanReport(
             kind=kind,
@@ -115,13 +126,15 @@ class Plan:
             nnz=int(a.nnz),
             nnz_stored=half.nnz,
             bandwidth_before=bandwidth(a),
-            bandwidth_after=int((np.repeat(np.arange(n), np.diff(half.rowptr)) - half.col).max(initial=0)),
+            bandwidth_after=bandwidth_after,
             threads=threads,
             share_inner=(half.nnz - split.middle_count - split.outer_count) / stored,
             share_middle=split.middle_count / stored,
             share_outer=split.outer_count / stored,
             window_rows=split.work_size,
             build_seconds=0.0,
+            index_bytes=2 if half.off is not None else 4,
+            value_bytes=4 if half.val32 is not None else 8,
         )
         plan = cls(kind, perm, half, split, report)
         plan._report = PlanReport(**{**asdict(report), "build_seconds": time.perf_counter() - start})

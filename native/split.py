@@ -42,7 +42,7 @@ def window_length(distances: np.ndarray, buffer_cost: float, far_cost: float) ->
 
 def split_band(half: HalfMatrix, blocks: int, buffer_cost: float = 1.0, far_cost: float = 8.0) -> BandSplit:
     """Split `half` for `blocks` threads into inner / middle / outer parts."""
-    n, rowptr, col = half.n, half.rowptr, half.col
+    n, rowptr, col = half.n, half.rowptr, half.columns()
     row_start = row_blocks(rowptr, blocks)
     entry_row = np.repeat(np.arange(n, dtype=np.int64), np.diff(rowptr))
     row_block = np.searchsorted(row_start, np.arange(n), side="right") - 1
@@ -88,5 +88,5 @@ def split_band(half: HalfMatrix, blocks: int, buffer_cost: float = 1.0, far_cost
         far_off=far_off,
         far_target=np.ascontiguousarray(far_target[far_order], dtype=np.int32),
         far_source=np.ascontiguousarray(entry_row[far][far_order], dtype=np.int32),
-        far_val=np.ascontiguousarray(half.val[far][far_order], dtype=np.float64),
+        far_val=np.ascontiguousarray(half.values()[far][far_order], dtype=np.float64),
     )

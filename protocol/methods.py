@@ -201,6 +201,7 @@ class RegisterMatrix:
     threads: int = 0                   # 0 = the actor's default
     tol: float = 1e-12                 # skew/symmetry check tolerance (relative to max |a_ij|)
     shared: bool = False               # visible to every client (default: to its registering client only)
+    precision: str = "float64"         # float32: values stored rounded (fewer bytes a product; see docs/kernels.md)
 
 
 @message
@@ -218,6 +219,8 @@ class MatrixReport:
     share_outer: float
     window_rows: int
     build_seconds: float
+    index_bytes: int = 4               # per stored entry: 2 with 16-bit offsets from the row
+    value_bytes: int = 8               # per stored entry: 4 with float32 values
 
 
 @message

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from specmemo.native import VERSION, Plan, matrices, max_threads
 from specmemo.native import kernels as K
+from specmemo.native.errors import InvalidOperand
 from specmemo.native.split import split_band
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -72,7 +73,7 @@ def symmetric_twin(a: sp.csr_array, seed: int) -> sp.csr_array:
 
 
 def test_library_loads_and_reports_its_version():
-    assert VERSION == K.lib.PARS3_VERSION == 1
+    assert VERSION == K.lib.PARS3_VERSION == 2
     assert max_threads() >= 1
 
 
@@ -80,7 +81,7 @@ def test_library_loads_and_reports_its_version():
 @given(a=skew_matrices(), threads=st.integers(1, 8), reorder=st.booleans(), seed=st.integers(0, 2**16))
 def test_banded_kernel_equals_scipy(a, threads, reorder, seed):
     x = np.random.default_rng(seed).standard_normal(a.shape[0])
-    plan = Plan.build(a, threads=threads, reorder=reorder)
+    plan = Plan.build(a, threads=threads, reorder=reorder, compact=False)
     assert_matches(plan.matvec(x), a, x)
 
 
@@ -95,7 +96,7 @@ def test_banded_kernel_equals_scipy(a, threads, reorder, seed):
 def test_banded_kernel_with_any_window_split_equals_scipy(a, threads, far_cost, alpha, seed):
     # far_cost near 0 leaves entries in the outer part; 1e12 puts every outlier in a window,
     # so a block with an outlier reaches back further than its neighbours (windows not monotone)
-    plan = Plan.build(a, threads=threads)
+    plan = Plan.build(a, threads=threads, compact=False)
     split = split_band(plan.half, threads, far_cost=far_cost)
     b = a[plan.perm][:, plan.perm]
     rng = np.random.default_rng(seed)
@@ -110,7 +111,7 @@ def test_banded_kernel_with_any_window_split_equals_scipy(a, threads, far_cost, 
 def test_serial_and_colouring_kernels_equal_scipy(a, threads, seed):
     n = a.shape[0]
     x = np.random.default_rng(seed).standard_normal(n)
-    plan = Plan.build(a, threads=threads)
+    plan = Plan.build(a, threads=threads, compact=False)
     b = sp.csr_array(a[plan.perm][:, plan.perm])
     full = K.CsrMatrix.from_scipy(b)
     assert_matches(K.csr_spmv(full, x, np.full(n, np.nan)), b, x)
@@ -125,7 +126,7 @@ def test_symmetric_twin_kernels_equal_scipy(a, threads, seed, far_cost):
     s = symmetric_twin(a, seed)
     n = s.shape[0]
     x = np.random.default_rng(seed + 1).standard_normal(n)
-    plan = Plan.build(s, kind="symmetric", threads=threads)
+    plan = Plan.build(s, kind="symmetric", threads=threads, compact=False)
     assert_matches(plan.matvec(x), s, x)
     b = sp.csr_array(s[plan.perm][:, plan.perm])
     assert_matches(K.half_spmv(plan.half, x, np.full(n, np.nan)), b, x)
@@ -138,12 +139,12 @@ def test_symmetric_twin_kernels_equal_scipy(a, threads, seed, far_cost):
 @given(a=skew_matrices(), alpha=st.floats(-100, 100), threads=st.integers(1, 4), seed=st.integers(0, 2**16))
 def test_fused_shifted_product_equals_alpha_x_plus_sx(a, alpha, threads, seed):
     x = np.random.default_rng(seed).standard_normal(a.shape[0])
-    assert_matches(Plan.build(a, threads=threads).shifted(alpha, x), a, x, alpha, x)
+    assert_matches(Plan.build(a, threads=threads, compact=False).shifted(alpha, x), a, x, alpha, x)
 
 
 def test_colouring_gives_no_two_rows_of_a_colour_a_shared_target():
     a = matrices.generate("random", 400, seed=5)
-    half = Plan.build(a, threads=2).half
+    half = Plan.build(a, threads=2, compact=False).half
     colouring = K.Colouring.of(half)
     assert sorted(colouring.rows.tolist()) == list(range(half.n))
     for c in range(colouring.colours):
@@ -158,7 +159,7 @@ def test_outliers_beyond_the_band_go_to_the_outer_part():
     a = matrices.band_with_outliers(n, 1, 1.0, 0, seed=1)
     far = sp.csr_array(([1.0, 2.0, 3.0], ([1999, 1500, 1800], [3, 10, 700])), shape=(n, n))
     a = sp.csr_array(a + far - far.T)
-    plan = Plan.build(a, threads=4, reorder=False)
+    plan = Plan.build(a, threads=4, reorder=False, compact=False)
     report = plan.describe()
     assert report.share_outer == pytest.approx(3 / plan.half.nnz)
     assert report.window_rows <= 3 * 1
@@ -172,7 +173,7 @@ def test_reduction_visits_every_later_window_when_windows_are_not_monotone():
     # the owner of block 0 must not stop at block 1's empty window
     lower = sp.csr_array(([1.0, 2.0, 3.0, 4.0], ([2, 5, 9, 10], [0, 4, 1, 9])), shape=(12, 12))
     a = sp.csr_array(lower - lower.T)
-    plan = Plan.build(a, threads=3, reorder=False)
+    plan = Plan.build(a, threads=3, reorder=False, compact=False)
     split = split_band(plan.half, 3, far_cost=1e12)
     assert split.row_start.tolist() == [0, 4, 8, 12]
     assert split.win_start.tolist() == [0, 4, 1]
@@ -182,7 +183,7 @@ def test_reduction_visits_every_later_window_when_windows_are_not_monotone():
 
 def test_more_threads_than_rows_leaves_blocks_empty_and_still_matches():
     a = single_nonzero(3, 2, 0, 4.0)
-    plan = Plan.build(a, threads=8)
+    plan = Plan.build(a, threads=8, compact=False)
     assert np.sum(np.diff(plan.split.row_start) == 0) >= 5
     x = np.array([1.0, 2.0, 3.0])
     assert_matches(plan.matvec(x), a, x)
@@ -190,7 +191,7 @@ def test_more_threads_than_rows_leaves_blocks_empty_and_still_matches():
 
 def test_fewer_threads_than_blocks_share_the_blocks_out():
     a = matrices.generate("outliers", 3000, seed=4)
-    plan = Plan.build(a, threads=6)
+    plan = Plan.build(a, threads=6, compact=False)
     x = np.random.default_rng(2).standard_normal(3000)
     b = sp.csr_array(a[plan.perm][:, plan.perm])
     for threads in (1, 2, 4, 7):
@@ -214,3 +215,38 @@ def test_mrs_update_fuses_the_three_vector_updates():
     K.mrs_update(0.3, -1.2, 0.7, 2.5, 4.0, v, w, d1, d2, x, vnext, threads=2)
     assert np.allclose(d2, want_d, rtol=1e-14, atol=0) and np.allclose(x, want_x, rtol=1e-13, atol=1e-15)
     assert np.array_equal(vnext, w * 0.25)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(matrices.FAMILIES)), st.integers(2, 400), st.integers(0, 3), st.integers(1, 4),
+       st.booleans(), st.sampled_from(["float64", "float32"]), st.sampled_from(["skew", "symmetric"]))
+def test_compact_storage_gives_the_products_of_the_matrix_it_stores(family, size, seed, threads, compact,
+                                                                    precision, kind):
+    a = matrices.generate(family, size, seed=seed)
+    if kind == "symmetric":
+        a = sp.csr_array(abs(a) + sp.diags_array(np.arange(a.shape[0], dtype=float)))
+    plan = Plan.build(a, kind, threads=threads, compact=compact, precision=precision)
+    report = plan.describe()
+    assert report.index_bytes == (2 if compact else 4) and report.value_bytes == (4 if precision == "float32" else 8)
+    x = np.random.default_rng(seed).standard_normal(a.shape[0])
+    if precision == "float32":       # exactly the product of the rounded matrix; near the original
+        stored = a.copy()               # (not sharing a's index arrays: scipy may sort them in place)
+        stored.data = stored.data.astype(np.float32).astype(np.float64)
+        assert_matches(plan.matvec(x), stored, x)
+        want = a @ x
+        assert np.linalg.norm(plan.matvec(x) - want) <= 1e-6 * np.linalg.norm(abs(a) @ abs(x))
+    else:
+        assert_matches(plan.matvec(x), a, x)
+
+
+def test_a_band_wider_than_16_bits_keeps_32_bit_columns():
+    n = 70_000
+    a = sp.csr_array(([1.0, -1.0, 2.0, -2.0], ([n - 1, 0, 1, 0], [0, n - 1, 0, 1])), shape=(n, n))
+    plan = Plan.build(a, threads=1, reorder=False)
+    assert plan.describe().index_bytes == 4 and plan.describe().bandwidth_after == n - 1
+    x = np.random.default_rng(0).standard_normal(n)
+    assert_matches(plan.matvec(x), a, x)
+    narrow = Plan.build(matrices.generate("convection2d", 400, seed=0), threads=2)
+    assert narrow.describe().index_bytes == 2
+    with pytest.raises(InvalidOperand, match="compact"):
+        K.half_spmv(narrow.half, np.ones(narrow.n), np.empty(narrow.n))
