@@ -141,30 +141,38 @@ class MpiExchange:
         self.comm, self.part = comm, part
         self.inbox = [np.empty(k.hi - k.lo) for k in part.above]
         self._sum = np.empty(1)
+        self.halo_s = 0.0       # seconds in the halo exchanges (waits included) ...
+        self.reduce_s = 0.0     # ... and in Allreduce, for the scale model (docs/kernels.md)
 
     def x(self, v: np.ndarray) -> None:
         """Fill v's halo with the owners' values; send my rows to the halos above."""
         from mpi4py import MPI
         p = self.part
+        t0 = time.perf_counter()
         reqs = [self.comm.Irecv(v[p.rows(k)], source=k.peer, tag=X_TAG) for k in p.below]
         reqs += [self.comm.Isend(v[p.rows(k)], dest=k.peer, tag=X_TAG) for k in p.above]
         MPI.Request.Waitall(reqs)
+        self.halo_s += time.perf_counter() - t0
 
     def y(self, w: np.ndarray) -> None:
         """Send my halo rows' contributions to their owners; add what the ranks above computed
         for my rows."""
         from mpi4py import MPI
         p = self.part
+        t0 = time.perf_counter()
         reqs = [self.comm.Irecv(buf, source=k.peer, tag=Y_TAG) for k, buf in zip(p.above, self.inbox)]
         reqs += [self.comm.Isend(w[p.rows(k)], dest=k.peer, tag=Y_TAG) for k in p.below]
         MPI.Request.Waitall(reqs)
+        self.halo_s += time.perf_counter() - t0
         for k, buf in zip(p.above, self.inbox):
             w[p.rows(k)] += buf
 
     def sum(self, value: float) -> float:
         from mpi4py import MPI
+        t0 = time.perf_counter()
         self._sum[0] = value
         self.comm.Allreduce(MPI.IN_PLACE, self._sum, op=MPI.SUM)
+        self.reduce_s += time.perf_counter() - t0
         return float(self._sum[0])
 
 

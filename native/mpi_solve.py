@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         n = head["n"]
     part, b_own = scatter(comm, lower, b_perm, args.threads)
     comm.Barrier()
-    result = mrs(part, MpiExchange(comm, part), b_own, args.alpha, args.tol, args.maxiter or 10 * n)
+    exchange = MpiExchange(comm, part)
+    result = mrs(part, exchange, b_own, args.alpha, args.tol, args.maxiter or 10 * n)
     seconds = comm.reduce(result.seconds, op=MPI.MAX, root=0)
+    waits = comm.gather((exchange.halo_s, exchange.reduce_s), root=0)
     halo = comm.gather(part.halo_bytes(), root=0)
     x_perm = gather(comm, part, result.x, n)
     if comm.Get_rank() == 0:
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"n": n, "ranks": comm.Get_size(), "threads": args.threads,
                           "converged": result.converged, "iterations": result.iterations,
                           "residual": result.residual, "seconds": seconds, "halo_bytes": halo,
+                          "halo_s": [w[0] for w in waits], "allreduce_s": [w[1] for w in waits],
                           "max_err": float(np.max(np.abs(x - 1.0))) if n else 0.0}), flush=True)
     return 0 if result.converged else 3
 
@@ -146,6 +149,21 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+def _broadcast_idle(comm, head):
+    """Rank 0's next command to every rank. The other ranks wait for it by testing a
+    non-blocking broadcast every 2 ms: MPICH's blocking calls spin, and an idle job would keep
+    a core busy per rank (between commands, not during a solve)."""
+    import time
+    signal_ = np.zeros(1, dtype=np.int64)
+    request = comm.Ibcast(signal_, root=0)
+    if comm.Get_rank() == 0:
+        request.Wait()
+    else:
+        while not request.Test():
+            time.sleep(0.002)
+    return comm.bcast(head, root=0)
 
 
 def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
@@ -194,7 +212,7 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
                 sock.send_pyobj({"error": [type(exc).__name__, str(exc)]})
                 continue
             head = {"op": op, "key": key, **{k: cmd[k] for k in ("alpha", "tol", "maxiter") if k in cmd}}
-        head = comm.bcast(head, root=0)
+        head = _broadcast_idle(comm, head)
         op, key = head["op"], head["key"]
         if op == "stop":
             break
