@@ -30,6 +30,7 @@ import scipy.sparse as sp
 
 from .errors import InvalidOperand
 from .kernels import BandSplit, HalfMatrix, band_spmv, mrs_update
+from .solver import Rotations
 from .split import row_blocks, split_band
 
 X_TAG, Y_TAG = 11, 12
@@ -216,19 +217,14 @@ def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-1
         v[own] = b_own / beta0
         d1, d2 = np.zeros(m), np.zeros(m)
         beta_prev = 0.0
-        c1, s1, c2, s2 = 1.0, 0.0, 1.0, 0.0
+        rotations = Rotations()
         g = beta0
         for _ in range(maxiter):
             apply(part, exchange, v, w, beta_prev, v_prev)
             beta = math.sqrt(exchange.sum(float(np.dot(w[own], w[own]))))
-            r2 = -s2 * beta_prev
-            t = -c2 * beta_prev
-            r1 = c1 * t + s1 * alpha
-            t2 = -s1 * t + c1 * alpha
-            rho = math.hypot(t2, beta)
+            r1, r2, rho, c, s = rotations.step(alpha, beta_prev, beta)
             if rho == 0.0:
                 break
-            c, s = t2 / rho, beta / rho
             mrs_update(r1, r2, rho, c * g, beta, v[own], w[own], d1[own], d2[own], x[own], v_prev[own], threads)
             g = -s * g
             iterations += 1
@@ -239,7 +235,7 @@ def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-1
             if beta == 0.0:
                 break
             d1, d2 = d2, d1
-            c2, s2, c1, s1 = c1, s1, c, s
+            rotations.advance(c, s)
             v_prev, v = v, v_prev
             beta_prev = beta
     seconds = time.perf_counter() - start

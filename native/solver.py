@@ -46,6 +46,27 @@ class SolveResult:
         }
 
 
+class Rotations:
+    """The Givens rotations of MRS's QR of (alpha I + T_j): each step applies the two previous
+    rotations to the new column (.., -beta_prev, alpha, beta) and makes the one that zeroes beta."""
+
+    def __init__(self) -> None:
+        self.c1, self.s1, self.c2, self.s2 = 1.0, 0.0, 1.0, 0.0
+
+    def step(self, alpha: float, beta_prev: float, beta: float) -> tuple[float, float, float, float, float]:
+        """(r1, r2, rho, c, s) of this column; rho == 0 means a breakdown (c, s are then 0)."""
+        r2 = -self.s2 * beta_prev                      # rotation j-2
+        t = -self.c2 * beta_prev
+        r1 = self.c1 * t + self.s1 * alpha             # rotation j-1
+        t2 = -self.s1 * t + self.c1 * alpha
+        rho = math.hypot(t2, beta)                     # rotation j zeroes beta
+        c, s = (t2 / rho, beta / rho) if rho != 0.0 else (0.0, 0.0)
+        return r1, r2, rho, c, s
+
+    def advance(self, c: float, s: float) -> None:
+        self.c2, self.s2, self.c1, self.s1 = self.c1, self.s1, c, s
+
+
 def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = None) -> SolveResult:
     """Solve (alpha I + S) x = b to ||r|| <= tol ||b|| with at most maxiter products
     (default 10 n). Raises InvalidOperand for a symmetric plan or bad b, alpha, tol, maxiter."""
@@ -73,19 +94,14 @@ def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = N
         w = np.empty(n)
         d1, d2 = np.zeros(n), np.zeros(n)
         beta_prev = 0.0
-        c1, s1, c2, s2 = 1.0, 0.0, 1.0, 0.0
+        rotations = Rotations()
         g = beta0
         for _ in range(maxiter):
             plan.apply(v, w, beta_prev, v_prev, work)  # w = S v + beta_prev v_prev
             beta = math.sqrt(float(np.dot(w, w)))
-            r2 = -s2 * beta_prev  # rotation j-2 on the column (.., -beta_prev, alpha, beta)
-            t = -c2 * beta_prev
-            r1 = c1 * t + s1 * alpha  # rotation j-1
-            t2 = -s1 * t + c1 * alpha
-            rho = math.hypot(t2, beta)  # rotation j zeroes beta
+            r1, r2, rho, c, s = rotations.step(alpha, beta_prev, beta)
             if rho == 0.0:
                 break
-            c, s = t2 / rho, beta / rho
             # d_j = (v_j - r1 d_{j-1} - r2 d_{j-2}) / rho over d_{j-2}; x += c g d_j; v_prev <- w / beta
             mrs_update(r1, r2, rho, c * g, beta, v, w, d1, d2, xp, v_prev, plan.threads)
             g = -s * g
@@ -96,7 +112,7 @@ def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = N
             if beta == 0.0:
                 break
             d1, d2 = d2, d1
-            c2, s2, c1, s1 = c1, s1, c, s
+            rotations.advance(c, s)
             v_prev, v = v, v_prev
             beta_prev = beta
     seconds = time.perf_counter() - start
