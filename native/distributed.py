@@ -53,10 +53,11 @@ class Part:
     lo: int
     hi: int
     start: int                     # first row of the local block (halo included)
-    half: HalfMatrix
+    half: HalfMatrix               # every entry that does not read the halo of x
     split: BandSplit
     below: list[Link]              # ranks owning rows of my halo: x from them, y to them
     above: list[Link]              # ranks whose halo holds my rows: x to them, y from them
+    edge: sp.csr_array | None = None   # the entries that read it (column in the halo), a corner block
     work: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -74,10 +75,14 @@ class Part:
     def rows(self, link: Link) -> slice:
         return slice(link.lo - self.start, link.hi - self.start)
 
+    @property
+    def nnz(self) -> int:
+        return self.half.nnz + (self.edge.nnz if self.edge is not None else 0)
+
     def shares(self) -> tuple[int, int, int]:
         """Stored nonzeros of this rank's block in the inner, middle and outer parts."""
         middle, outer = self.split.middle_count, self.split.outer_count
-        return self.half.nnz - middle - outer, middle, outer
+        return self.nnz - middle - outer, middle, outer     # the edge counts as inner
 
     def halo_bytes(self) -> int:
         """Bytes this rank receives per product (x in from below, y in from above)."""
@@ -119,13 +124,22 @@ def make_part(rank: int, offsets: np.ndarray, starts: np.ndarray, rows: sp.csr_a
               threads: int) -> Part:
     """Rank `rank`'s part from its own rows of L (`rows`: shape (hi-lo, n), global columns)."""
     lo, hi, start = int(offsets[rank]), int(offsets[rank + 1]), int(starts[rank])
-    m = hi - start
-    indptr = np.concatenate((np.zeros(lo - start, dtype=np.int64), np.asarray(rows.indptr, dtype=np.int64)))
-    block = sp.csr_array((rows.data, rows.indices - start, indptr), shape=(m, m))
-    half = HalfMatrix.from_lower(block, None, -1)
+    m, h = hi - start, lo - start
+    indptr = np.concatenate((np.zeros(h, dtype=np.int64), np.asarray(rows.indptr, dtype=np.int64)))
+    block = sp.csr_array((rows.data, rows.indices - start, indptr), shape=(m, m)).tocoo()
+    # Entries whose column lies in the halo read x from other ranks: they wait for it, in a
+    # small corner block, while the kernel runs over all the others (overlap).
+    at_edge = block.col < h
+    rest = sp.csr_array((block.data[~at_edge], (block.row[~at_edge], block.col[~at_edge])), shape=(m, m))
+    rest.sort_indices()
+    edge = None
+    if at_edge.any():
+        corner = int(block.row[at_edge].max()) + 1
+        edge = sp.csr_array((block.data[at_edge], (block.row[at_edge], block.col[at_edge])), shape=(corner, corner))
+    half = HalfMatrix.from_lower(rest, None, -1)
     split = split_band(half, threads)
     below, above = links(offsets, starts, rank)
-    return Part(rank, lo, hi, start, half.compacted(offsets=True), split, below, above)
+    return Part(rank, lo, hi, start, half.compacted(offsets=True), split, below, above, edge)
 
 
 def parts(lower: sp.csr_array, ranks: int, threads: int = 1, offsets: np.ndarray | None = None) -> list[Part]:
@@ -145,13 +159,16 @@ class MpiExchange:
         self.halo_s = 0.0       # seconds in the halo exchanges (waits included) ...
         self.reduce_s = 0.0     # ... and in Allreduce, for the scale model (docs/kernels.md)
 
-    def x(self, v: np.ndarray) -> None:
-        """Fill v's halo with the owners' values; send my rows to the halos above."""
-        from mpi4py import MPI
+    def x_start(self, v: np.ndarray) -> list:
+        """Start filling v's halo with the owners' values and sending my rows to the halos
+        above; `x_finish` waits for it."""
         p = self.part
-        t0 = time.perf_counter()
         reqs = [self.comm.Irecv(v[p.rows(k)], source=k.peer, tag=X_TAG) for k in p.below]
-        reqs += [self.comm.Isend(v[p.rows(k)], dest=k.peer, tag=X_TAG) for k in p.above]
+        return reqs + [self.comm.Isend(v[p.rows(k)], dest=k.peer, tag=X_TAG) for k in p.above]
+
+    def x_finish(self, reqs: list) -> None:
+        from mpi4py import MPI
+        t0 = time.perf_counter()
         MPI.Request.Waitall(reqs)
         self.halo_s += time.perf_counter() - t0
 
@@ -180,13 +197,23 @@ class MpiExchange:
 def apply(part: Part, exchange, v: np.ndarray, w: np.ndarray, alpha: float = 0.0,
           u: np.ndarray | None = None) -> np.ndarray:
     """w = alpha u + B v on this rank's own rows (local vectors, halo first). v's halo is
-    filled in, and u's halo zeroed (its halo rows must carry only B's contributions)."""
-    exchange.x(v)
+    filled in while the kernel runs over the entries that do not read it; u's halo is zeroed
+    (its halo rows must carry only B's contributions)."""
+    pending = exchange.x_start(v)
     if u is not None:
         u[:part.own.start] = 0.0
     band_spmv(part.half, part.split, v, w, part.work, alpha, u)
+    exchange.x_finish(pending)
+    add_edge(part, v, w)
     exchange.y(w)
     return w
+
+
+def add_edge(part: Part, v: np.ndarray, w: np.ndarray) -> None:
+    """w += (E - E^T) v for the entries E that read the halo (once it is filled)."""
+    if part.edge is not None:
+        k = part.edge.shape[0]
+        w[:k] += part.edge @ v[:k] - part.edge.T @ v[:k]
 
 
 @dataclass(frozen=True)
@@ -252,7 +279,10 @@ class LocalExchange:
     def __init__(self, all_parts: list[Part]) -> None:
         self.parts = all_parts
 
-    def x(self, vs: list[np.ndarray]) -> None:
+    def x_start(self, vs: list[np.ndarray]) -> list:
+        return []
+
+    def x_finish(self, vs: list[np.ndarray]) -> None:
         for p, v in zip(self.parts, vs):
             for k in p.below:
                 q = self.parts[k.peer]
@@ -271,10 +301,12 @@ def local_product(all_parts: list[Part], x: np.ndarray) -> np.ndarray:
     ex = LocalExchange(all_parts)
     vs = []
     for p in all_parts:
-        v = np.zeros(p.m)
+        v = np.full(p.m, np.nan)             # the halo is not there yet: the kernel must not read it
         v[p.own] = x[p.lo:p.hi]
         vs.append(v)
-    ex.x(vs)
     ws = [band_spmv(p.half, p.split, v, np.empty(p.m), p.work) for p, v in zip(all_parts, vs)]
+    ex.x_finish(vs)
+    for p, v, w in zip(all_parts, vs, ws):
+        add_edge(p, v, w)
     ex.y(ws)
     return np.concatenate([w[p.own] for p, w in zip(all_parts, ws)]) if all_parts else np.zeros(0)

@@ -225,7 +225,7 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
             n = comm.bcast(lower.shape[0] if rank == 0 else None, root=0)
             part, _ = scatter(comm, lower, np.zeros(n) if rank == 0 else None, threads)
             held[key] = (part, MpiExchange(comm, part), perm if rank == 0 else None, n)
-            counts = comm.gather((part.half.nnz, *part.shares(), part.split.work_size, part.halo_bytes(),
+            counts = comm.gather((part.nnz, *part.shares(), part.split.work_size, part.halo_bytes(),
                                   part.lo - part.start), root=0)
             if rank == 0:
                 nnz, inner, middle, outer, window, halo, reach = (list(c) for c in zip(*counts))
