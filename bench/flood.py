@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from specdecode import replace_section  # noqa: E402
 
+from specmemo.deploy.local import LocalDeployment  # noqa: E402
 from specmemo.protocol import Client  # noqa: E402
 from specmemo.protocol.curve import client_keys, generate  # noqa: E402
 
@@ -50,27 +50,11 @@ kind = "echo"
 """
 
 
-def start(root: Path, keys: Path, delay: int) -> tuple[subprocess.Popen, str]:
+def start(keys: Path, delay: int) -> LocalDeployment:
     name = f"flood{delay}"
-    config = root / f"{name}.toml"
-    config.write_text(CONFIG.format(name=name, keys=keys, delay=delay))
-    env = {**os.environ, "SPECMEMO_RUN_ROOT": str(root / "run")}
-    proc = subprocess.Popen([sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(config)],
-                            stdout=(root / f"{name}.log").open("w"), stderr=subprocess.STDOUT, env=env)
-    endpoint_file = root / "run" / name / "endpoint"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if endpoint_file.exists() and endpoint_file.read_text().startswith("tcp://"):
-            endpoint = endpoint_file.read_text().strip()
-            try:
-                with Client(endpoint, timeout=2, curve=client_keys(keys / "bob.key_secret", keys / "server.key")) as c:
-                    if any(a["name"] == "echo" and a["state"] == "ready" for a in c.actors()):
-                        return proc, endpoint
-            except Exception:
-                pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise TimeoutError((root / f"{name}.log").read_text())
+    dep = LocalDeployment(CONFIG.format(name=name, keys=keys, delay=delay), name, prefix="smflood",
+                          curve=client_keys(keys / "bob.key_secret", keys / "server.key"))
+    return dep.wait_ready(["echo"], timeout=60)
 
 
 def latencies_ms(client: Client, calls: int) -> np.ndarray:
@@ -114,22 +98,21 @@ def main() -> int:
         public, _ = generate(keys, name)
         shutil.copy(public, keys / "allowed" / public.name)
     delays = [50, 0]
-    deployments = {}
+    deployments: dict[int, LocalDeployment] = {}
     rounds: dict[int, list[dict]] = {d: [] for d in delays}
     try:
         for d in delays:
-            deployments[d] = start(root, keys, d)
+            deployments[d] = start(keys, d)
         for r in range(args.rounds):
             for d in (delays if r % 2 == 0 else delays[::-1]):
-                row = one_round(deployments[d][1], keys, args.calls, 8.0)
+                row = one_round(deployments[d].endpoint, keys, args.calls, 8.0)
                 rounds[d].append(row)
                 print(f"round {r + 1} overload_delay_ms={d}: p99 {row['p99_ms']['before']:.2f} / "
                       f"{row['p99_ms']['during']:.2f} / {row['p99_ms']['after']:.2f} ms (before / flood / after), "
                       f"ratio {row['ratio']:.2f}; flood {row['flood_calls_per_s']:.0f} calls/s", flush=True)
     finally:
-        for proc, _ in deployments.values():
-            proc.terminate()
-            proc.wait(30)
+        for dep in deployments.values():
+            dep.cleanup()
         shutil.rmtree(root, ignore_errors=True)
     cpu = cpu_features().as_dict()
     result = {"cpu": cpu, "rounds": {str(d): rows for d, rows in rounds.items()},

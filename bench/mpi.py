@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from specdecode import replace_section  # noqa: E402
 
+from specmemo.deploy.local import LocalDeployment  # noqa: E402
 from specmemo.native import matrices  # noqa: E402
 from specmemo.native.mpi_solve import command  # noqa: E402
 
@@ -50,27 +51,12 @@ ranks = {ranks}
 """
 
 
-def through_the_actor(root: Path, a: sp.csr_array, b: np.ndarray, ranks: int, threads: int, tol: float) -> dict:
+def through_the_actor(a: sp.csr_array, b: np.ndarray, ranks: int, threads: int, tol: float) -> dict:
     """One deployment: register `a`, solve once to warm, then time a solve from the client."""
-    import os
-
-    from specmemo.protocol import Client
-    name = f"mpiactor{ranks}"
-    config = root / f"{name}.toml"
-    config.write_text(ACTOR_CONFIG.format(name=name, threads=threads, ranks=ranks))
-    env = {**os.environ, "SPECMEMO_RUN_ROOT": str(root / "run")}
-    up = subprocess.Popen([sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(config)],
-                          stdout=(root / f"{name}.log").open("w"), stderr=subprocess.STDOUT, env=env)
+    dep = LocalDeployment(ACTOR_CONFIG.format(name=f"mpiactor{ranks}", threads=threads, ranks=ranks),
+                          prefix="smmpiactor").wait_ready(["solver"], timeout=120)
     try:
-        endpoint = root / "run" / name / "endpoint"
-        deadline = time.monotonic() + 120
-        while not endpoint.exists() or not endpoint.read_text().strip():
-            if time.monotonic() > deadline or up.poll() is not None:
-                raise RuntimeError((root / f"{name}.log").read_text())
-            time.sleep(0.2)
-        with Client(endpoint.read_text().strip(), timeout=600) as c:
-            while not any(x["name"] == "solver" and x["state"] == "ready" for x in c.actors()):
-                time.sleep(0.2)
+        with dep.client(timeout=600) as c:
             t0 = time.perf_counter()
             c.register_matrix(a, id="grid")
             register_s = time.perf_counter() - t0
@@ -81,8 +67,7 @@ def through_the_actor(root: Path, a: sp.csr_array, b: np.ndarray, ranks: int, th
         return {"ranks": ranks, "threads": threads, "register_s": register_s, "solve_s": wall,
                 "actor_s": out["seconds"], "iterations": out["iterations"], "residual": out["residual"]}
     finally:
-        up.terminate()
-        up.wait(60)
+        dep.cleanup()
 
 
 def gmres_seconds(a: sp.csr_array, b: np.ndarray, tol: float) -> dict:
@@ -133,7 +118,7 @@ def main() -> int:
             print(f"round {i + 1} {ranks} ranks x {threads} threads: {report['seconds']:.3f} s, "
                   f"{report['iterations']} iterations, residual {report['residual']:.2e}", flush=True)
     b = np.random.default_rng(1).standard_normal(grid.shape[0])
-    actor = [through_the_actor(root, grid, b, 2, 1, args.actor_tol), through_the_actor(root, grid, b, 0, 2, args.actor_tol)]
+    actor = [through_the_actor(grid, b, 2, 1, args.actor_tol), through_the_actor(grid, b, 0, 2, args.actor_tol)]
     gmres = gmres_seconds(grid, b, args.actor_tol)
     for row in actor:
         print(f"through the actor, ranks {row['ranks']} x {row['threads']} threads: {row['solve_s']:.3f} s "

@@ -7,10 +7,7 @@ through the SDK, prints what happened, and stops everything.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,37 +19,11 @@ DEMO_TURNS = [
 ]
 
 
-def _wait_ready(proc: subprocess.Popen, run_root: Path, name: str, actors: list[str],
-                timeout: float) -> str:
-    from specmemo.protocol import Client
-    deadline = time.monotonic() + timeout
-    endpoint_file = run_root / name / "endpoint"
-    shown = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the deployment exited early (code {proc.returncode}); see its log above")
-        if endpoint_file.exists() and endpoint_file.read_text().strip():
-            endpoint = endpoint_file.read_text().strip()
-            try:
-                with Client(endpoint, timeout=2) as c:
-                    states = {a["name"]: a["state"] for a in c.actors()}
-            except Exception:
-                states = {}
-            line = ", ".join(f"{n} {states.get(n, '...')}" for n in actors)
-            if line != shown:
-                print(f"[demo] actors: {line}", flush=True)
-                shown = line
-            if all(states.get(n) == "ready" for n in actors):
-                return endpoint
-        time.sleep(0.5)
-    raise TimeoutError(f"actors not ready within {timeout:.0f} s")
-
-
 def run_demo(config: str | None, max_new_tokens: int, quiet_actors: bool, precision: str | None = None) -> int:
     from specmemo.actors.engine.pull import is_cached, pull_default_pair
-    from specmemo.protocol import Client
 
     from .config import DEFAULT_CONFIG, load_config
+    from .local import LocalDeployment
 
     config_path = Path(config) if config else DEFAULT_CONFIG
     cfg = load_config(config_path)
@@ -61,18 +32,16 @@ def run_demo(config: str | None, max_new_tokens: int, quiet_actors: bool, precis
         print("[demo] the default model pair is not cached yet: pulling it (about 1.6 GB, once)")
         pull_default_pair(progress=lambda msg: print(f"[pull] {msg}", flush=True))
 
-    run_root = Path(tempfile.mkdtemp(prefix="smdemo", dir="/tmp"))
-    env = {**os.environ, "SPECMEMO_RUN_ROOT": str(run_root)}
-    out = subprocess.DEVNULL if quiet_actors else None
     print(f"[demo] starting the deployment from {config_path}", flush=True)
-    precision_args = ["--precision", precision] if precision else []
-    proc = subprocess.Popen([sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(config_path),
-                             *precision_args], env=env, stdout=out, stderr=out)
+    precision_args = ("--precision", precision) if precision else ()
+    dep = LocalDeployment(config_path, cfg.name, args=precision_args, prefix="smdemo",
+                          output="discard" if quiet_actors else "inherit")
     code = 0
     try:
         actors = [a.name for a in cfg.actors]
-        endpoint = _wait_ready(proc, run_root, cfg.name, actors, timeout=900)
-        with Client(endpoint, timeout=900) as c:
+        dep.wait_ready(actors, timeout=900, progress=lambda states: print(
+            "[demo] actors: " + ", ".join(f"{n} {states.get(n, '...')}" for n in actors), flush=True))
+        with dep.client(timeout=900) as c:
             if "verifier" in actors:
                 _models(c, [a.name for a in cfg.actors if a.kind in ("draft", "verifier")])
                 _chat(c, max_new_tokens)
@@ -85,19 +54,13 @@ def run_demo(config: str | None, max_new_tokens: int, quiet_actors: bool, precis
         code = 130
     finally:
         print("[demo] stopping the deployment", flush=True)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(120)
+            dep.stop(timeout=120)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        leftovers = [p for p in (run_root / cfg.name).glob("*")] if (run_root / cfg.name).exists() else []
-        print(f"[demo] stopped (exit {proc.returncode}); leftover run files: {len(leftovers)}")
-        for p in sorted(run_root.glob("**/*"), reverse=True):
-            p.unlink() if p.is_file() or p.is_socket() else p.rmdir()
-        run_root.rmdir()
-    return code or (0 if proc.returncode == 0 else 1)
+            pass
+        print(f"[demo] stopped (exit {dep.proc.returncode}); leftover run files: {len(dep.leftovers())}")
+        dep.cleanup()
+    return code or (0 if dep.proc.returncode == 0 else 1)
 
 
 def _models(c, names: list[str]) -> None:

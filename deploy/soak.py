@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import typing
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import msgpack
@@ -36,6 +32,8 @@ import zmq
 
 from specmemo.protocol import Client
 from specmemo.protocol import errors as wire
+
+from .local import LocalDeployment
 from specmemo.protocol.methods import METHODS
 from specmemo.protocol.schema import from_wire
 from specmemo.protocol.wire import Command, Header, decode, encode
@@ -141,52 +139,6 @@ class Tally:
 
 
 # ---------------------------------------------------------------- a deployment of its own
-
-
-class LocalDeployment:
-    """``specmemo up`` in a temporary run root (the soak command's own deployment)."""
-
-    def __init__(self, config_text: str, name: str) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="smsoak", dir="/tmp"))
-        (self.root / "deploy.toml").write_text(config_text)
-        self.name = name
-        self.env = {**os.environ, "SPECMEMO_RUN_ROOT": str(self.root / "run")}
-        self.log = self.root / "up.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(self.root / "deploy.toml")],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=self.env)
-        self.endpoint = ""
-
-    def wait_ready(self, actors: list[str], timeout: float = 180.0) -> "LocalDeployment":
-        ep = self.root / "run" / self.name / "endpoint"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"deployment exited early:\n{self.log.read_text()}")
-            if ep.exists() and ep.read_text().strip():
-                self.endpoint = ep.read_text().strip()
-                try:
-                    with Client(self.endpoint, timeout=2) as c:
-                        states = {a["name"]: a["state"] for a in c.actors()}
-                    if all(states.get(a) == "ready" for a in actors):
-                        return self
-                except wire.SpecmemoError:
-                    pass
-            time.sleep(0.1)
-        raise TimeoutError(f"actors {actors} not ready in {timeout} s:\n{self.log.read_text()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def actor_rows(client: Client) -> dict[str, dict[str, Any]]:

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from specmemo.deploy.local import LocalDeployment
 
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow],
                           print_blob=True)
@@ -43,66 +40,11 @@ def load_bench(name: str):
     return module
 
 
-class Deployment:
-    """A ``specmemo up`` process with its own run root; stopped (and checked clean) on exit."""
-
-    def __init__(self, config_text: str, name: str) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="sm", dir="/tmp"))
-        self.config = self.root / "deploy.toml"
-        self.config.write_text(config_text)
-        self.name = name
-        self.env = {**os.environ, "SPECMEMO_RUN_ROOT": str(self.root / "run")}
-        self.log = self.root / "up.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(self.config)],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=self.env)
-        self.endpoint = ""
-
-    @property
-    def run_dir(self) -> Path:
-        return self.root / "run" / self.name
+class Deployment(LocalDeployment):
+    """A ``specmemo up`` process with its own run root, as the product starts one (deploy/local.py)."""
 
     def wait_ready(self, actors: list[str], timeout: float = 60.0) -> "Deployment":
-        from specmemo.protocol import Client
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"deployment exited early:\n{self.log.read_text()}")
-            ep = self.run_dir / "endpoint"
-            if ep.exists() and ep.read_text().strip():
-                self.endpoint = ep.read_text().strip()
-                try:
-                    with Client(self.endpoint, timeout=2) as c:
-                        table = {a["name"]: a for a in c.actors()}
-                    if all(table.get(a, {}).get("state") == "ready" for a in actors):
-                        return self
-                except Exception:
-                    pass
-            time.sleep(0.1)
-        raise TimeoutError(f"actors {actors} not ready in {timeout} s:\n{self.log.read_text()}")
-
-    def client(self, **kw):
-        from specmemo.protocol import Client
-        return Client(self.endpoint, **kw)
-
-    def actor_pid(self, name: str) -> int:
-        with self.client(timeout=5) as c:
-            return next(a["pid"] for a in c.actors() if a["name"] == name)
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
-    def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+        return super().wait_ready(actors, timeout)
 
 
 @pytest.fixture

@@ -1,0 +1,110 @@
+"""A local deployment as a child process: `specmemo up` in a temporary run root, waited on until
+its actors are ready, stopped, and checked for leftovers. Used by the demo, the soak command,
+the tests and the benchmarks, so that each of them starts deployments the same way.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+
+class LocalDeployment:
+    """``specmemo up --config CONFIG`` with its own run root (``SPECMEMO_RUN_ROOT``).
+
+    `config` is TOML text or the path of a file; `name` defaults to the config's deployment name.
+    `output`: "log" (a file, `self.log`), "inherit" (this process's stdout and stderr) or
+    "discard". `curve` is the client keys (`protocol.curve.client_keys`) for a CURVE deployment:
+    used to wait for it and by `client()`.
+    """
+
+    def __init__(self, config: str | Path, name: str | None = None, *, args: tuple[str, ...] = (),
+                 output: str = "log", prefix: str = "sm", curve: dict | None = None) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        if isinstance(config, Path):
+            self.config = config
+        else:
+            self.config = self.root / "deploy.toml"
+            self.config.write_text(config)
+        self.name = name or tomllib.loads(self.config.read_text())["deployment"]["name"]
+        self.curve = curve
+        self.env = {**os.environ, "SPECMEMO_RUN_ROOT": str(self.root / "run")}
+        self.log = self.root / "up.log"
+        out = {"log": self.log.open("w"), "inherit": None, "discard": subprocess.DEVNULL}[output]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(self.config), *args],
+            stdout=out, stderr=subprocess.STDOUT if output == "log" else out, env=self.env)
+        self.endpoint = ""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run" / self.name
+
+    def wait_ready(self, actors: list[str] | None = None, timeout: float = 60.0,
+                   progress: Callable[[dict[str, str]], None] | None = None) -> "LocalDeployment":
+        """Wait until every actor in `actors` (default: every one the kernel lists) is ready;
+        `progress(states)` hears each change of the actors' states."""
+        from specmemo.protocol import Client
+        deadline = time.monotonic() + timeout
+        shown: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the deployment exited early (code {self.proc.returncode}):\n{self._log_tail()}")
+            endpoint = self.run_dir / "endpoint"
+            if endpoint.exists() and endpoint.read_text().strip():
+                self.endpoint = endpoint.read_text().strip()
+                try:
+                    with Client(self.endpoint, timeout=2, curve=self.curve) as c:
+                        states = {a["name"]: a["state"] for a in c.actors()}
+                except Exception:        # not answering yet (or a CURVE handshake in progress)
+                    states = None
+                if states is not None:
+                    if progress is not None and states != shown:
+                        progress(states)
+                        shown = states
+                    wanted = actors if actors is not None else list(states)
+                    if all(states.get(a) == "ready" for a in wanted):
+                        return self
+            time.sleep(0.1)
+        raise TimeoutError(f"actors {actors or 'all'} not ready in {timeout:.0f} s:\n{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        return self.log.read_text()[-4000:] if self.log.exists() else "(its output went to the terminal)"
+
+    def client(self, **kw: Any):
+        from specmemo.protocol import Client
+        return Client(self.endpoint, **({"curve": self.curve} | kw))
+
+    def actor_pid(self, name: str) -> int:
+        with self.client(timeout=5) as c:
+            return next(a["pid"] for a in c.actors() if a["name"] == name)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60.0) -> int:
+        """Ask the kernel to stop (SIGINT: it stops every actor); kill it after `timeout`."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def leftovers(self) -> list[Path]:
+        """Files the deployment left in its run directory (none after a clean stop)."""
+        return sorted(self.run_dir.glob("*")) if self.run_dir.exists() else []
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.stop()
+            except subprocess.TimeoutExpired:
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)
