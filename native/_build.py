@@ -71,6 +71,7 @@ int pars3_colour_rows(const pars3_half *A, const int64_t *trowptr, const int32_t
 int pars3_colour_spmv(const pars3_half *A, const pars3_colouring *C, const double *x, double *y,
                       int32_t threads);
 int pars3_triad(int64_t n, double s, const double *b, const double *c, double *a, int32_t threads);
+int pars3_dot(int64_t n, const double *x, const double *y, int32_t threads, double *out);
 int pars3_mrs_update(int64_t n, double r1, double r2, double rho, double cg, double beta,
                      const double *v, const double *w, const double *d1, double *d2, double *x,
                      double *vnext, int32_t threads);

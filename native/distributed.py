@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import InvalidOperand
-from .kernels import BandSplit, HalfMatrix, band_spmv, mrs_update
+from .kernels import BandSplit, HalfMatrix, band_spmv, dot, mrs_update
 from .solver import Rotations
 from .split import row_blocks, split_band
 
@@ -235,7 +235,7 @@ def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-1
     m, own = part.m, part.own
     threads = part.split.blocks
     start = time.perf_counter()
-    beta0 = math.sqrt(exchange.sum(float(np.dot(b_own, b_own))))
+    beta0 = math.sqrt(exchange.sum(dot(b_own, b_own, threads)))
     x = np.zeros(m)
     history: list[float] = []
     iterations, converged = 0, beta0 == 0.0
@@ -248,7 +248,7 @@ def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-1
         g = beta0
         for _ in range(maxiter):
             apply(part, exchange, v, w, beta_prev, v_prev)
-            beta = math.sqrt(exchange.sum(float(np.dot(w[own], w[own]))))
+            beta = math.sqrt(exchange.sum(dot(w[own], w[own], threads)))
             r1, r2, rho, c, s = rotations.step(alpha, beta_prev, beta)
             if rho == 0.0:
                 break

@@ -314,6 +314,17 @@ def colour_spmv(a: HalfMatrix, colouring: Colouring, x: np.ndarray, y: np.ndarra
     return y
 
 
+def dot(x: np.ndarray, y: np.ndarray, threads: int) -> float:
+    """x . y over equal-length float64 vectors, on `threads` OpenMP threads."""
+    n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 1 else -1
+    check_buffer(x, n, "x")
+    check_buffer(y, n, "y")
+    threads = check_threads(threads)
+    out = ffi.new("double *")
+    _status(lib.pars3_dot(n, _ptr("double", x), _ptr("double", y), threads, out), "pars3_dot")
+    return float(out[0])
+
+
 def triad(a: np.ndarray, b: np.ndarray, c: np.ndarray, s: float, threads: int) -> np.ndarray:
     """a = b + s c over equal-length float64 vectors; returns a."""
     n = a.shape[0] if isinstance(a, np.ndarray) and a.ndim == 1 else -1

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InvalidOperand
-from .kernels import mrs_update
+from .kernels import dot, mrs_update
 from .plan import Plan
 from .validate import as_vector, check_scalar
 
@@ -83,7 +83,7 @@ def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = N
     b = as_vector(b, n, "b")
     start = time.perf_counter()
     bp = b[plan.perm]
-    beta0 = math.sqrt(float(np.dot(bp, bp)))
+    beta0 = math.sqrt(dot(bp, bp, plan.threads))
     xp = np.zeros(n)
     history: list[float] = []
     converged = beta0 == 0.0
@@ -98,7 +98,7 @@ def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = N
         g = beta0
         for _ in range(maxiter):
             plan.apply(v, w, beta_prev, v_prev, work)  # w = S v + beta_prev v_prev
-            beta = math.sqrt(float(np.dot(w, w)))
+            beta = math.sqrt(dot(w, w, plan.threads))
             r1, r2, rho, c, s = rotations.step(alpha, beta_prev, beta)
             if rho == 0.0:
                 break

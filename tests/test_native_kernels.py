@@ -73,7 +73,7 @@ def symmetric_twin(a: sp.csr_array, seed: int) -> sp.csr_array:
 
 
 def test_library_loads_and_reports_its_version():
-    assert VERSION == K.lib.PARS3_VERSION == 2
+    assert VERSION == K.lib.PARS3_VERSION == 3
     assert max_threads() >= 1
 
 
@@ -250,3 +250,13 @@ def test_a_band_wider_than_16_bits_keeps_32_bit_columns():
     assert narrow.describe().index_bytes == 2
     with pytest.raises(InvalidOperand, match="compact"):
         K.half_spmv(narrow.half, np.ones(narrow.n), np.empty(narrow.n))
+
+
+@FAST
+@given(st.integers(0, 5000), st.integers(1, 4), st.integers(0, 2**31 - 1))
+def test_the_dot_kernel_equals_numpy(n, threads, seed):
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal(n), rng.standard_normal(n)
+    assert abs(K.dot(x, y, threads) - float(np.dot(x, y))) <= 1e-12 * max(1.0, float(np.abs(x) @ np.abs(y)))
+    with pytest.raises(InvalidOperand):
+        K.dot(x, np.ones(n + 1), threads)
