@@ -29,8 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import InvalidOperand
-from .kernels import BandSplit, HalfMatrix, band_spmv, dot, mrs_update
-from .solver import Rotations
+from .kernels import BandSplit, HalfMatrix, band_spmv, dot
+from .solver import iterate
 from .split import row_blocks, split_band
 
 X_TAG, Y_TAG = 11, 12
@@ -237,39 +237,15 @@ def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-1
     start = time.perf_counter()
     beta0 = math.sqrt(exchange.sum(dot(b_own, b_own, threads)))
     x = np.zeros(m)
-    history: list[float] = []
-    iterations, converged = 0, beta0 == 0.0
-    if not converged:
-        v, v_prev, w = np.zeros(m), np.zeros(m), np.empty(m)
-        v[own] = b_own / beta0
-        d1, d2 = np.zeros(m), np.zeros(m)
-        beta_prev = 0.0
-        rotations = Rotations()
-        g = beta0
-        for _ in range(maxiter):
-            apply(part, exchange, v, w, beta_prev, v_prev)
-            beta = math.sqrt(exchange.sum(dot(w[own], w[own], threads)))
-            r1, r2, rho, c, s = rotations.step(alpha, beta_prev, beta)
-            if rho == 0.0:
-                break
-            mrs_update(r1, r2, rho, c * g, beta, v[own], w[own], d1[own], d2[own], x[own], v_prev[own], threads)
-            g = -s * g
-            iterations += 1
-            history.append(abs(g) / beta0)
-            if abs(g) <= tol * beta0:
-                converged = True
-                break
-            if beta == 0.0:
-                break
-            d1, d2 = d2, d1
-            rotations.advance(c, s)
-            v_prev, v = v, v_prev
-            beta_prev = beta
+    converged, history = iterate(
+        b_own, beta0, alpha, tol, maxiter, x,
+        product=lambda v, w, beta_prev, v_prev: apply(part, exchange, v, w, beta_prev, v_prev),
+        norm=lambda w: math.sqrt(exchange.sum(dot(w[own], w[own], threads))), threads=threads, own=own)
     seconds = time.perf_counter() - start
     r = apply(part, exchange, x.copy(), np.empty(m), alpha, x.copy())
     rr = r[own] - b_own
     residual = math.sqrt(exchange.sum(float(np.dot(rr, rr)))) / beta0 if beta0 > 0 else 0.0
-    return RankResult(x[own].copy(), converged, iterations, residual, seconds, tuple(history))
+    return RankResult(x[own].copy(), converged, len(history), residual, seconds, tuple(history))
 
 
 class LocalExchange:

@@ -67,6 +67,44 @@ class Rotations:
         self.c2, self.s2, self.c1, self.s1 = self.c1, self.s1, c, s
 
 
+def iterate(b: np.ndarray, beta0: float, alpha: float, tol: float, maxiter: int, x: np.ndarray,
+            product, norm, threads: int, own: slice = slice(None)) -> tuple[bool, list[float]]:
+    """MRS's iterations on x (in place), shared by the one-process and the distributed solver.
+
+    Vectors have x's length; `own` is the part of them this process updates (all of them in one
+    process; a rank's own rows, after its halo). `product(v, w, beta_prev, v_prev)` makes
+    w = S v + beta_prev v_prev on the own rows; `norm(w)` is ||w|| over every process.
+    Answers whether it converged and the recurrence's |g_j| / ||b|| per iteration."""
+    history: list[float] = []
+    if beta0 == 0.0:
+        return True, history
+    n = len(x)
+    v, v_prev, w = np.zeros(n), np.zeros(n), np.empty(n)
+    v[own] = b / beta0
+    d1, d2 = np.zeros(n), np.zeros(n)
+    beta_prev, g = 0.0, beta0
+    rotations = Rotations()
+    for _ in range(maxiter):
+        product(v, w, beta_prev, v_prev)
+        beta = norm(w)
+        r1, r2, rho, c, s = rotations.step(alpha, beta_prev, beta)
+        if rho == 0.0:
+            break
+        # d_j = (v_j - r1 d_{j-1} - r2 d_{j-2}) / rho over d_{j-2}; x += c g d_j; v_prev <- w / beta
+        mrs_update(r1, r2, rho, c * g, beta, v[own], w[own], d1[own], d2[own], x[own], v_prev[own], threads)
+        g = -s * g
+        history.append(abs(g) / beta0)
+        if abs(g) <= tol * beta0:
+            return True, history
+        if beta == 0.0:
+            break
+        d1, d2 = d2, d1
+        rotations.advance(c, s)
+        v_prev, v = v, v_prev
+        beta_prev = beta
+    return False, history
+
+
 def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = None) -> SolveResult:
     """Solve (alpha I + S) x = b to ||r|| <= tol ||b|| with at most maxiter products
     (default 10 n). Raises InvalidOperand for a symmetric plan or bad b, alpha, tol, maxiter."""
@@ -85,36 +123,11 @@ def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = N
     bp = b[plan.perm]
     beta0 = math.sqrt(dot(bp, bp, plan.threads))
     xp = np.zeros(n)
-    history: list[float] = []
-    converged = beta0 == 0.0
-    if not converged:
-        work = plan.work()
-        v = bp / beta0
-        v_prev = np.zeros(n)
-        w = np.empty(n)
-        d1, d2 = np.zeros(n), np.zeros(n)
-        beta_prev = 0.0
-        rotations = Rotations()
-        g = beta0
-        for _ in range(maxiter):
-            plan.apply(v, w, beta_prev, v_prev, work)  # w = S v + beta_prev v_prev
-            beta = math.sqrt(dot(w, w, plan.threads))
-            r1, r2, rho, c, s = rotations.step(alpha, beta_prev, beta)
-            if rho == 0.0:
-                break
-            # d_j = (v_j - r1 d_{j-1} - r2 d_{j-2}) / rho over d_{j-2}; x += c g d_j; v_prev <- w / beta
-            mrs_update(r1, r2, rho, c * g, beta, v, w, d1, d2, xp, v_prev, plan.threads)
-            g = -s * g
-            history.append(abs(g) / beta0)
-            if abs(g) <= tol * beta0:
-                converged = True
-                break
-            if beta == 0.0:
-                break
-            d1, d2 = d2, d1
-            rotations.advance(c, s)
-            v_prev, v = v, v_prev
-            beta_prev = beta
+    work = plan.work()
+    converged, history = iterate(
+        bp, beta0, alpha, tol, maxiter, xp,
+        product=lambda v, w, beta_prev, v_prev: plan.apply(v, w, beta_prev, v_prev, work),
+        norm=lambda w: math.sqrt(dot(w, w, plan.threads)), threads=plan.threads)
     seconds = time.perf_counter() - start
     x = plan.unpermute(xp)
     residual = _residual(plan, alpha, bp, xp) / beta0 if beta0 > 0 else 0.0
