@@ -144,11 +144,14 @@ class MatrixStore:
     def _forget(self, key: tuple[bytes, str]) -> bool:
         self.used.pop(key, None)
         plan = self.plans.pop(key, None)
-        if isinstance(plan, JobPlan):
-            plan.drop()
         reserved = self.reservations.pop(key, None)
         if reserved is not None and self.budget is not None:
             self.budget.unreserve(reserved[0])
+        if isinstance(plan, JobPlan):
+            try:
+                plan.drop()
+            except RankFailure:
+                pass            # the job ended: its copy of the plan is gone with it
         return plan is not None
 
     def _matrix(self, req: RegisterMatrix) -> sp.csr_array:
