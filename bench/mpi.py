@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from specdecode import replace_section  # noqa: E402
 
 from specmemo.deploy.local import LocalDeployment  # noqa: E402
 from specmemo.native import matrices  # noqa: E402
-from specmemo.native.mpi_solve import command  # noqa: E402
+from specmemo.native.mpi_solve import command, mpiexec  # noqa: E402
 
 SECTION = "## MRS on MPI ranks"
 CONFIGS = [(1, 2), (2, 1), (1, 1)]      # (ranks, threads per rank)
@@ -86,6 +87,44 @@ def gmres_seconds(a: sp.csr_array, b: np.ndarray, tol: float) -> dict:
             "residual": float(np.linalg.norm(bp - (x + ordered @ x)) / np.linalg.norm(bp))}
 
 
+LATENCY = """
+import json, time
+import numpy as np
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+other, out = 1 - comm.rank, {}
+for name, n in (("exchange_8B", 1), ("exchange_16kB", 2000)):
+    mine, theirs = np.ones(n), np.empty(n)
+    for rep in range(2):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(2000):
+            MPI.Request.Waitall([comm.Irecv(theirs, source=other), comm.Isend(mine, dest=other)])
+        out[name] = (time.perf_counter() - t0) / 2000 * 1e6
+one, total = np.ones(1), np.empty(1)
+for rep in range(2):
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(2000):
+        comm.Allreduce(one, total)
+    out["allreduce_8B"] = (time.perf_counter() - t0) / 2000 * 1e6
+if comm.rank == 0:
+    print(json.dumps(out))
+"""
+
+
+def mpi_latency(root: Path) -> dict:
+    """Microseconds of a neighbour exchange (8 B and 16 kB, both ways at once) and of an 8-byte
+    Allreduce between 2 ranks: the model's latency (docs/kernels.md, "Scale model")."""
+    script = root / "latency.py"
+    script.write_text(LATENCY)
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stdout + proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run(path: Path, ranks: int, threads: int, out: Path, tol: float) -> dict:
     argv, env = command(ranks, threads, str(path), "--alpha", "1.0", "--tol", str(tol), "--out", str(out))
     t0 = time.perf_counter()
@@ -93,6 +132,8 @@ def run(path: Path, ranks: int, threads: int, out: Path, tol: float) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(proc.stdout + proc.stderr)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
+    if (report["ranks"], report["threads"]) != (ranks, threads):
+        raise RuntimeError(f"asked for {ranks} x {threads}, the job ran {report['ranks']} x {report['threads']}")
     report["job_seconds"] = time.perf_counter() - t0
     return report
 
@@ -109,6 +150,8 @@ def main() -> int:
     path = root / "grid.npz"
     grid = matrices.scramble(matrices.convection_2d(args.grid, args.grid), 1)
     sp.save_npz(path, grid)
+    latency = mpi_latency(root)
+    print(f"MPI latency (µs): {latency}", flush=True)
     rows: dict[str, list[dict]] = {f"{r}x{t}": [] for r, t in CONFIGS}
     for i in range(args.rounds):
         for ranks, threads in (CONFIGS if i % 2 == 0 else CONFIGS[::-1]):
@@ -131,6 +174,7 @@ def main() -> int:
     def med(key: str, field: str) -> float:
         return statistics.median(r[field] for r in rows[key])
     result = {"cpu": cpu, "n": n, "rows": rows, "x_2rank_vs_1rank": diff, "actor": actor, "gmres": gmres,
+              "latency_us": latency,
               "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "mpi.json").write_text(json.dumps(result, indent=1))
@@ -149,6 +193,9 @@ def main() -> int:
         lines.append(f"| {key.replace('x', ' x ')} | {med(key, 'seconds'):.3f} | {med(key, 'seconds') / it * 1e3:.2f} ms "
                      f"| {it} | {base / med(key, 'seconds'):.2f}x | {rows[key][0]['halo_bytes']} | {halo:.0f} µs, {reduce:.0f} µs |")
     lines += ["", f"x from 2 ranks against x from 1 rank: {diff:.1e} relative (goal 1e-12).", "",
+              f"MPI between 2 ranks here (2000 rounds each): a neighbour exchange both ways "
+              f"{latency['exchange_8B']:.1f} µs for 8 bytes, {latency['exchange_16kB']:.1f} µs for 16 kB (one "
+              f"halo of this grid); an 8-byte Allreduce {latency['allreduce_8B']:.1f} µs.", "",
               f"Through the solver actor (client call to reply, b and x over the wire; second solve of a registered "
               f"matrix), tol {args.actor_tol:g}, against scipy gmres(20) to the same tolerance (RCM order, "
               f"{gmres['seconds']:.2f} s, residual {gmres['residual']:.1e}):", "",

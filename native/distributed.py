@@ -7,17 +7,19 @@ its rows reach: the halo rows [start_r, lo_r) hold no entries. The 3-part kernel
 the rank's own rows, L x plus the transposed contributions of its own entries, and for the halo
 rows only transposed contributions, which belong to the ranks that own those rows. One product:
 
-1. x of the halo in, from the ranks below that own it (a halo may span several ranks);
-2. the kernel on the local block (OpenMP threads inside the rank);
-3. y of the halo out, to the same ranks, which add it to their rows.
+1. x of the halo starts coming in from the ranks below that own it (a halo may span several);
+2. meanwhile the kernel runs on every entry that does not read the halo (OpenMP threads inside
+   the rank); the few that do (`Part.edge`, a corner block) are added once it has arrived;
+3. y of the halo goes out to the same ranks, which add it to their rows.
 
 After RCM the halo is one bandwidth wide, so a product moves O(bandwidth) doubles per rank.
 MRS's one dot product per iteration is an `Allreduce`; its vector update is local.
 
 `Part` is what one rank holds; `parts()` cuts a matrix for every rank at once (the rank that
-reads the file does this and sends each rank its part). The exchange is an object with `x(v)`
-and `y(w)`: `MpiExchange` over a communicator, and in tests `LocalExchange`, which runs every
-rank's exchanges in one process (the partition logic checked without MPI).
+reads the file does this and sends each rank its part). The exchange is an object with
+`x_start(v)`, `x_finish(requests)` and `y(w)`: `MpiExchange` over a communicator, and in tests
+`LocalExchange`, which runs every rank's exchanges in one process (the partition logic checked
+without MPI).
 """
 from __future__ import annotations
 
@@ -255,10 +257,8 @@ class LocalExchange:
     def __init__(self, all_parts: list[Part]) -> None:
         self.parts = all_parts
 
-    def x_start(self, vs: list[np.ndarray]) -> list:
-        return []
-
     def x_finish(self, vs: list[np.ndarray]) -> None:
+        """Every rank's halo of x, filled from its owners (MpiExchange's x_start and x_finish)."""
         for p, v in zip(self.parts, vs):
             for k in p.below:
                 q = self.parts[k.peer]

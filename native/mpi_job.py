@@ -45,21 +45,20 @@ class RankJob:
         self.sock: zmq.Socket | None = None
         self.lock = threading.Lock()
         self.dir = tempfile.mkdtemp(prefix="specmemo-mpi-")          # 0700
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else 0
+        self.log = os.path.join(self.dir, "job.log")
 
     def _start(self) -> None:
         endpoint = f"ipc://{self.dir}/job.sock"
         self.sock = zmq.Context.instance().socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(endpoint)
-        argv, env = command(self.ranks, self.threads, "--serve", endpoint, "--threads", str(self.threads),
-                            "--parent", str(os.getpid()))
-        # a session of its own: the whole job (mpiexec, its proxies, the ranks) is one group to kill
-        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+        argv, env = command(self.ranks, self.threads, "--serve", endpoint, "--parent", str(os.getpid()))
+        # A session of its own: the whole job (mpiexec, its proxies, the ranks) is one group to
+        # kill. Its output goes to a file (a pipe nobody reads would fill and stop the ranks);
+        # its tail explains a failure.
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         self.generation += 1
         self._wait(START_S)
 
@@ -68,7 +67,8 @@ class RankJob:
         while not self.sock.poll(100):
             code = self.proc.poll()
             if code is not None:
-                err = self.proc.stderr.read().decode(errors="replace")[-1500:] if self.proc.stderr else ""
+                with open(self.log, "rb") as log:
+                    err = log.read()[-1500:].decode(errors="replace")
                 self._end()
                 raise RankFailure(f"the MPI job of {self.ranks} ranks ended (exit {code}) {err.strip()}".strip())
             if deadline is not None and time.monotonic() > deadline:

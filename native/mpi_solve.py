@@ -34,20 +34,21 @@ def mpiexec() -> str:
 
 def command(ranks: int, threads: int, *args: str) -> tuple[list[str], dict[str, str]]:
     """(argv, env) of an `mpiexec` job running this program on `ranks` ranks of `threads`
-    OpenMP threads each. OMP_NUM_THREADS must be set before the kernels' library loads: an
-    OpenMP runtime that starts with the machine's thread count keeps spinning threads that
-    the other ranks' cores need (2 ranks on 2 cores ran 100x slower without it)."""
+    OpenMP threads each: the row blocks of each rank's split (`--threads`) and OMP_NUM_THREADS,
+    which must be set before the kernels' library loads (an OpenMP runtime that starts with the
+    machine's thread count keeps spinning threads that the other ranks' cores need)."""
     if ranks < 1 or threads < 1:
         raise ValueError(f"ranks and threads must be >= 1, got {ranks} and {threads}")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     # `-m mpi4py` aborts the whole job on an uncaught exception in any rank (else the others
     # would wait for it forever)
     return [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "specmemo.native.mpi_solve",
-            *args], env
+            "--threads", str(threads), *args], env
 
 
 def scatter(comm, lower=None, b_perm=None, threads: int = 1):
-    """Rank 0 holds the permuted lower triangle and b; every rank gets its Part and its rows of b."""
+    """Rank 0 holds the permuted lower triangle (and b, or None); every rank gets its Part and
+    its rows of b (None without b)."""
     from .distributed import cut, make_part
     rank, size = comm.Get_rank(), comm.Get_size()
     if rank == 0:
@@ -55,7 +56,8 @@ def scatter(comm, lower=None, b_perm=None, threads: int = 1):
         for r in range(size - 1, -1, -1):
             lo, hi = int(offsets[r]), int(offsets[r + 1])
             rows = lower[lo:hi]
-            share = (offsets, starts, rows.indptr, rows.indices, rows.data, rows.shape, b_perm[lo:hi].copy())
+            b_own = b_perm[lo:hi].copy() if b_perm is not None else None
+            share = (offsets, starts, rows.indptr, rows.indices, rows.data, rows.shape, b_own)
             if r:
                 comm.send(share, dest=r, tag=1)
     else:
@@ -65,11 +67,20 @@ def scatter(comm, lower=None, b_perm=None, threads: int = 1):
     return make_part(rank, offsets, starts, rows, threads), b_own
 
 
-def gather(comm, part, x_own: np.ndarray, n: int):
-    """x in band order on rank 0 (None elsewhere)."""
-    counts = comm.gather(len(x_own), root=0)
-    out = np.empty(n) if comm.Get_rank() == 0 else None
-    comm.Gatherv(x_own, (out, counts) if out is not None else None, root=0)
+def row_counts(comm, part) -> list[int] | None:
+    """Every rank's number of rows, on rank 0 (None elsewhere): the layout of gathers and scatters."""
+    return comm.gather(part.hi - part.lo, root=0)
+
+
+def gather(comm, x_own: np.ndarray, counts: list[int] | None, perm: np.ndarray | None) -> np.ndarray | None:
+    """The rows of every rank, on rank 0, back in the input's order (None elsewhere)."""
+    if comm.Get_rank() != 0:
+        comm.Gatherv(x_own, None, root=0)
+        return None
+    banded = np.empty(sum(counts))
+    comm.Gatherv(x_own, (banded, counts), root=0)
+    out = np.empty_like(banded)
+    out[perm] = banded
     return out
 
 
@@ -123,10 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = comm.reduce(result.seconds, op=MPI.MAX, root=0)
     waits = comm.gather((exchange.halo_s, exchange.reduce_s), root=0)
     halo = comm.gather(part.halo_bytes(), root=0)
-    x_perm = gather(comm, part, result.x, n)
+    x = gather(comm, result.x, row_counts(comm, part), perm)
     if comm.Get_rank() == 0:
-        x = np.empty(n)
-        x[perm] = x_perm
         if args.out:
             np.save(args.out, x)
         print(json.dumps({"n": n, "ranks": comm.Get_size(), "threads": args.threads,
@@ -189,7 +198,7 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
         sock.setsockopt(zmq.LINGER, 1000)
         sock.connect(endpoint)
         sock.send_pyobj({"ok": {"ranks": comm.Get_size(), "pid": os.getpid()}})
-    held: dict[str, tuple] = {}          # key -> (Part, MpiExchange, perm (rank 0) or None, n)
+    held: dict[str, tuple] = {}   # key -> (Part, MpiExchange, n, and on rank 0: perm, row counts)
     while True:
         head = cmd = lower = perm = a = before = None      # the matrix and the command: rank 0's
         if rank == 0:
@@ -223,12 +232,12 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
             continue
         if op == "register":
             n = comm.bcast(lower.shape[0] if rank == 0 else None, root=0)
-            part, _ = scatter(comm, lower, np.zeros(n) if rank == 0 else None, threads)
-            held[key] = (part, MpiExchange(comm, part), perm if rank == 0 else None, n)
-            counts = comm.gather((part.nnz, *part.shares(), part.split.work_size, part.halo_bytes(),
-                                  part.lo - part.start), root=0)
+            part, _ = scatter(comm, lower, None, threads)
+            held[key] = (part, MpiExchange(comm, part), n, perm, row_counts(comm, part))
+            stats = comm.gather((part.nnz, *part.shares(), part.split.work_size, part.halo_bytes(),
+                                 part.lo - part.start), root=0)
             if rank == 0:
-                nnz, inner, middle, outer, window, halo, reach = (list(c) for c in zip(*counts))
+                nnz, inner, middle, outer, window, halo, reach = (list(c) for c in zip(*stats))
                 stored = max(sum(nnz), 1)
                 sock.send_pyobj({"ok": {"n": n, "nnz": int(a.nnz), "nnz_stored": sum(nnz),
                                         "bandwidth_before": before, "bandwidth_after": max(reach + [0]),
@@ -236,20 +245,17 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
                                         "share_outer": sum(outer) / stored, "window_rows": sum(window),
                                         "halo_bytes": halo}})
             continue
-        part, exchange, perm, n = held[key]
+        part, exchange, n, perm, counts = held[key]
         vector = None
         if rank == 0:
             vector = np.asarray(cmd["b" if op == "solve" else "x"], dtype=np.float64)[perm]
-        counts = comm.gather(part.hi - part.lo, root=0)
         mine = np.empty(part.hi - part.lo)
         comm.Scatterv((vector, counts) if rank == 0 else None, mine, root=0)
         if op == "solve":
             result = mrs(part, exchange, mine, head["alpha"], head["tol"], head["maxiter"] or 10 * n)
             seconds = comm.reduce(result.seconds, op=MPI.MAX, root=0)
-            x_perm = gather(comm, part, result.x, n)
+            x = gather(comm, result.x, counts, perm)
             if rank == 0:
-                x = np.empty(n)
-                x[perm] = x_perm
                 sock.send_pyobj({"ok": {"x": x, "converged": result.converged, "iterations": result.iterations,
                                         "residual": result.residual, "seconds": seconds,
                                         "history": result.history}})
@@ -257,10 +263,8 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
             v = np.zeros(part.m)
             v[part.own] = mine
             w = apply(part, exchange, v, np.empty(part.m))
-            y_perm = gather(comm, part, w[part.own].copy(), n)
+            y = gather(comm, w[part.own].copy(), counts, perm)
             if rank == 0:
-                y = np.empty(n)
-                y[perm] = y_perm
                 sock.send_pyobj({"ok": {"y": y}})
     if rank == 0:
         try:

@@ -79,11 +79,13 @@ def _mpi_solve(path, ranks: int, out, alpha: float = 1.0, threads: int = 1) -> d
     argv, env = command(ranks, threads, str(path), "--alpha", str(alpha), "--tol", "1e-12", "--out", str(out))
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (report["ranks"], report["threads"]) == (ranks, threads)    # the job ran as asked
+    return report
 
 
 @pytest.mark.parametrize("family", sorted(matrices.FAMILIES))
-def test_two_and_three_ranks_solve_like_one_process_and_scipy(family, tmp_path):
+def test_ranks_and_threads_solve_like_one_process_and_scipy(family, tmp_path):
     a = matrices.generate(family, 3000, seed=4)
     path = tmp_path / "m.mtx"
     matrices.write_mtx(path, a)
@@ -92,8 +94,8 @@ def test_two_and_three_ranks_solve_like_one_process_and_scipy(family, tmp_path):
     a = matrices.read_mtx(path)
     b = alpha * np.ones(a.shape[0]) + a @ np.ones(a.shape[0])
     exact = spla.spsolve(sp.csc_array(alpha * sp.eye_array(a.shape[0]) + a), b)
-    for ranks in (2, 3):
-        report = _mpi_solve(path, ranks, tmp_path / f"x{ranks}.npy", alpha)
+    for ranks, threads in ((2, 1), (3, 1), (1, 2)):
+        report = _mpi_solve(path, ranks, tmp_path / f"x{ranks}.npy", alpha, threads)
         x = np.load(tmp_path / f"x{ranks}.npy")
         assert report["converged"] and report["ranks"] == ranks
         assert report["iterations"] == serial.iterations
@@ -131,7 +133,7 @@ threads = 1
 
 
 def _rank_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "specmemo.native.mpi_solve --serve"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", "specmemo.native.mpi_solve .*--serve"], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
 
