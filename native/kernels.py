@@ -107,10 +107,6 @@ class HalfMatrix:
         """The float64 value of every entry (widened from float32 in a compact matrix)."""
         return self.val if self.val is not None else self.val32.astype(np.float64)
 
-    def entry_bytes(self) -> int:
-        """Bytes the band kernel reads per stored entry (its index and its value)."""
-        return (2 if self.off is not None else 4) + (4 if self.val32 is not None else 8)
-
     def compacted(self, offsets: bool = True, float32: bool = False) -> "HalfMatrix":
         """The same matrix in the compact forms the band kernel reads (pars3.h): 16-bit row
         offsets instead of 32-bit columns when `offsets` and every entry is within 65535 of its
@@ -122,23 +118,14 @@ class HalfMatrix:
         off = np.ascontiguousarray(distance, dtype=np.uint16) if use_off else None
         val32 = np.ascontiguousarray(val, dtype=np.float32) if float32 else None
         s = ffi.new("pars3_half *")
-        keep = [_ptr("int64_t", self.rowptr)]
-        s.n, s.rowptr, s.sign = self.n, keep[0], self.sign
-        if off is None:
-            keep.append(_ptr("int32_t", col))
-            s.col = keep[-1]
-        else:
-            keep.append(ffi.from_buffer("uint16_t[]", off))
-            s.off = keep[-1]
-        if val32 is None:
-            keep.append(_ptr("double", val))
-            s.val = keep[-1]
-        else:
-            keep.append(ffi.from_buffer("float[]", val32))
-            s.val32 = keep[-1]
-        if self.diag is not None:
-            keep.append(_ptr("double", self.diag))
-            s.diag = keep[-1]
+        s.n, s.sign = self.n, self.sign
+        keep = []
+        for name, ctype, arr in (("rowptr", "int64_t", self.rowptr), ("col", "int32_t", col if off is None else None),
+                                 ("off", "uint16_t", off), ("val", "double", val if val32 is None else None),
+                                 ("val32", "float", val32), ("diag", "double", self.diag)):
+            if arr is not None:              # a field left NULL is a form the kernel does not read
+                keep.append(_ptr(ctype, arr))
+                setattr(s, name, keep[-1])
         return HalfMatrix(self.n, self.rowptr, None if off is not None else col, None if val32 is not None else val,
                           self.diag, self.sign, (s, keep), off, val32)
 

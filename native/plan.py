@@ -44,9 +44,10 @@ class PlanReport:
 
 
 def footprint(n: int, nnz: int) -> int:
-    """Bytes a plan of an n-row matrix with nnz nonzeros holds, with the vectors of one solve:
-    half storage of nnz/2 entries (8-byte values, 4-byte columns) and n+1 8-byte row offsets,
-    the permutation, a window buffer of at most n, and MRS's eight vectors of n doubles."""
+    """At most the bytes a plan of an n-row matrix with nnz nonzeros holds, with the vectors of
+    one solve: nnz/2 stored entries at 12 bytes (a compact plan keeps 10 or 6) and n+1 8-byte
+    row offsets, the permutation, a window buffer of at most n, and MRS's eight vectors of n
+    doubles (the split's head and outer lists are not counted: a few per cent of a band)."""
     return 12 * (nnz // 2 + 1) + 8 * (n + 1) + 8 * n + 8 * n + 8 * 8 * n
 
 

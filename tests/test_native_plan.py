@@ -217,3 +217,19 @@ def test_window_length_minimises_the_cost_model(distances, far_cost):
 
     chosen = split.window_length(d, 1.0, far_cost)
     assert cost(chosen) == pytest.approx(min(cost(length) for length in range(61)))
+
+
+@pytest.mark.parametrize("family,size", [("convection2d", 40_000), ("convection3d", 27_000), ("random", 5_000)])
+def test_the_footprint_covers_what_a_plan_and_a_solve_hold(family, size):
+    # the memory actor is asked for footprint(n, nnz) before a plan is built: it must not be less
+    # than the arrays the plan and MRS really hold, counted from the objects themselves
+    from specmemo.native.plan import footprint
+    a = matrices.generate(family, size, seed=1)
+    plan = Plan.build(a, threads=2)
+    held = sum(arr.nbytes for arr in (plan.half.rowptr, plan.half.col, plan.half.off, plan.half.val,
+                                      plan.half.val32, plan.perm, plan.work()) if arr is not None)
+    held += sum(getattr(plan.split, f).nbytes for f in ("row_start", "win_start", "buf_off", "head_off",
+                                                       "mid_start", "inner_start", "far_off", "far_target",
+                                                       "far_source", "far_val"))
+    held += 8 * 8 * a.shape[0]          # MRS: v, v_prev, w, d1, d2, x, b permuted, x unpermuted
+    assert held <= footprint(a.shape[0], a.nnz) <= 1.5 * held
