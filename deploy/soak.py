@@ -32,11 +32,11 @@ import zmq
 
 from specmemo.protocol import Client
 from specmemo.protocol import errors as wire
-
-from .local import LocalDeployment
 from specmemo.protocol.methods import METHODS
 from specmemo.protocol.schema import from_wire
 from specmemo.protocol.wire import Command, Header, decode, encode
+
+from .local import LocalDeployment
 
 #: Calls that show an actor serves again after a restart, by actor kind.
 PROBES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -209,62 +209,56 @@ def mixed_calls(endpoint: str, seed: int, n_calls: int, tally: Tally, *,
     rng = np.random.default_rng(seed)
     matrix = small_skew(48, seed)
     mid = f"load-{os.getpid()}-{seed}"
+    registered = False
+    limit = timeout + 2.0
     with Client(endpoint, timeout=timeout) as c:
         try:
-            _mixed(c, rng, names, weights, matrix, mid, n_calls, tally, stop, timeout, chat_expected)
+            for _ in range(n_calls):
+                if stop is not None and stop.is_set():
+                    return
+                op = names[rng.choice(len(names), p=weights)]
+                t0 = time.monotonic()
+                error, wrong = None, ""
+                try:
+                    if op in ("matvec", "solve") and not registered:
+                        try:
+                            c.register_matrix(matrix, id=mid)
+                        except wire.InvalidInput:
+                            pass  # registered by a call whose reply was lost
+                        registered = True
+                    if op == "echo":
+                        data = rng.integers(0, 1 << 30, size=int(rng.integers(1, 600)))
+                        got = c.call("echo", "echo", data={"a": data, "n": int(data[0])})["data"]
+                        if not (np.array_equal(got["a"], data) and got["n"] == int(data[0])):
+                            wrong = "echo returned other data"
+                    elif op == "matvec":
+                        x = rng.standard_normal(matrix.shape[0])
+                        if not np.allclose(c.matvec(mid, x), matrix @ x, rtol=1e-12, atol=1e-12):
+                            wrong = "y != S x"
+                    elif op == "solve":
+                        b = rng.standard_normal(matrix.shape[0])
+                        out = c.solve(mid, b, alpha=1.0, tol=1e-12)
+                        ref = sp.linalg.spsolve(sp.csc_array(sp.eye_array(matrix.shape[0]) + matrix), b)
+                        if not (out["converged"] and np.allclose(out["x"], ref, rtol=1e-8, atol=1e-9)):
+                            wrong = "x != scipy's solution"
+                    else:
+                        wrong, seconds = _chat(c, rng, timeout, chat_expected)
+                except wire.SpecmemoError as exc:
+                    if isinstance(exc, wire.NotFound) and op in ("matvec", "solve"):
+                        registered = False
+                    error = exc.name
+                    seconds = exc.detail.get("turn_seconds", time.monotonic() - t0)
+                else:
+                    if op != "chat":
+                        seconds = time.monotonic() - t0
+                tally.record(op, seconds, error, wrong, limit)
+                if error in ("ActorDied", "UnknownActor"):
+                    time.sleep(0.05)   # the actor is restarting: back off as a real client would
         finally:
             try:
                 c.call("solver", "drop", id=mid)   # a private matrix outlives its client: drop it
             except wire.SpecmemoError:
                 pass
-
-
-def _mixed(c: Client, rng: np.random.Generator, names: list[str], weights: np.ndarray,
-           matrix: sp.csr_array, mid: str, n_calls: int, tally: Tally, stop: threading.Event | None,
-           timeout: float, chat_expected: dict[str, list[int]] | None) -> None:
-    registered = False
-    limit = timeout + 2.0
-    for _ in range(n_calls):
-        if stop is not None and stop.is_set():
-            return
-        op = names[rng.choice(len(names), p=weights)]
-        t0 = time.monotonic()
-        error, wrong = None, ""
-        try:
-            if op in ("matvec", "solve") and not registered:
-                try:
-                    c.register_matrix(matrix, id=mid)
-                except wire.InvalidInput:
-                    pass  # registered by a call whose reply was lost
-                registered = True
-            if op == "echo":
-                data = rng.integers(0, 1 << 30, size=int(rng.integers(1, 600)))
-                got = c.call("echo", "echo", data={"a": data, "n": int(data[0])})["data"]
-                if not (np.array_equal(got["a"], data) and got["n"] == int(data[0])):
-                    wrong = "echo returned other data"
-            elif op == "matvec":
-                x = rng.standard_normal(matrix.shape[0])
-                if not np.allclose(c.matvec(mid, x), matrix @ x, rtol=1e-12, atol=1e-12):
-                    wrong = "y != S x"
-            elif op == "solve":
-                b = rng.standard_normal(matrix.shape[0])
-                out = c.solve(mid, b, alpha=1.0, tol=1e-12)
-                ref = sp.linalg.spsolve(sp.csc_array(sp.eye_array(matrix.shape[0]) + matrix), b)
-                if not (out["converged"] and np.allclose(out["x"], ref, rtol=1e-8, atol=1e-9)):
-                    wrong = "x != scipy's solution"
-            else:
-                wrong, seconds = _chat(c, rng, timeout, chat_expected)
-        except wire.SpecmemoError as exc:
-            if isinstance(exc, wire.NotFound) and op in ("matvec", "solve"):
-                registered = False
-            error = exc.name
-            seconds = exc.detail.get("turn_seconds", time.monotonic() - t0)
-        else:
-            if op != "chat":
-                seconds = time.monotonic() - t0
-        tally.record(op, seconds, error, wrong, limit)
-        if error in ("ActorDied", "UnknownActor"):
-            time.sleep(0.05)   # the actor is restarting: back off as a real client would
 
 
 def _chat(c: Client, rng: np.random.Generator, timeout: float,

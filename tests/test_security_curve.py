@@ -7,7 +7,6 @@ import stat
 import tempfile
 from pathlib import Path
 
-import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -116,17 +115,22 @@ def test_a_client_without_an_allowed_key_cannot_call_anything(secure, keys, who)
             c.ping()
 
 
-def test_an_actor_without_an_allowed_key_cannot_register(secure, keys):
+def _ready_as(keys, key_name: str, endpoint: str, actor: bytes, wait_ms: int):
+    """Send READY for `actor` from a raw DEALER holding key `key_name`; the reply, or None."""
+    from specmemo.protocol.curve import apply_client
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    mallory = client_keys(keys / "mallory.key_secret", keys / "server.key")
-    sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = mallory["secret"], mallory["public"], mallory["server"]
-    sock.connect(secure.endpoint)
+    apply_client(sock, client_keys(keys / f"{key_name}.key_secret", keys / "server.key"))
+    sock.connect(endpoint)
     try:
-        sock.send_multipart(encode(Command.READY, b"intruder", Header(id=1), {"kind": "echo", "pid": 1}))
-        assert sock.poll(1000) == 0
+        sock.send_multipart(encode(Command.READY, actor, Header(id=1), {"kind": "echo", "pid": os.getpid()}))
+        return decode(sock.recv_multipart()) if sock.poll(wait_ms) else None
     finally:
         sock.close()
+
+
+def test_an_actor_without_an_allowed_key_cannot_register(secure, keys):
+    assert _ready_as(keys, "mallory", secure.endpoint, b"intruder", 1000) is None   # no handshake, no answer
     with Client(secure.endpoint, timeout=5, curve=client_keys(keys / "alice.key_secret", keys / "server.key")) as c:
         assert "intruder" not in {a["name"] for a in c.actors()}
 
@@ -209,20 +213,10 @@ def test_status_with_metrics_needs_an_operator_key(secure, keys):
 
 
 def test_a_client_key_cannot_register_an_actor(secure, keys):
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    alice = client_keys(keys / "alice.key_secret", keys / "server.key")
-    sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = alice["secret"], alice["public"], alice["server"]
-    sock.connect(secure.endpoint)
-    try:
-        sock.send_multipart(encode(Command.READY, b"impostor", Header(id=5), {"kind": "echo", "pid": os.getpid()}))
-        assert sock.poll(5000)
-        msg = decode(sock.recv_multipart())
-        assert msg.command == Command.ERROR
-        err = error_from_wire(msg.body)
-        assert isinstance(err, Unauthorized) and "actor key" in str(err)
-    finally:
-        sock.close()
+    msg = _ready_as(keys, "alice", secure.endpoint, b"impostor", 5000)
+    assert msg is not None and msg.command == Command.ERROR
+    err = error_from_wire(msg.body)
+    assert isinstance(err, Unauthorized) and "actor key" in str(err)
     with _as(keys, "ops", secure.endpoint, timeout=5) as c:
         assert "impostor" not in {a["name"] for a in c.actors()}
 
