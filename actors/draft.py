@@ -15,7 +15,7 @@ import trio
 
 from specmemo.actors.engine import DraftCore
 from specmemo.actors.engine.verifier import DRAFT
-from specmemo.protocol import errors as wire
+from specmemo.protocol import errors
 from specmemo.protocol.methods import AcceptRequest, DraftOpen, Empty, ProposeRequest, SessionRef
 
 from .base import Actor, Call
@@ -61,7 +61,7 @@ class DraftActor(Actor):
                                       weight_bytes=self.core.weight_bytes,
                                       timeout=10)
                 return
-            except (wire.ActorDied, wire.UnknownActor, wire.DeadlineExceeded):
+            except (errors.ActorDied, errors.UnknownActor, errors.DeadlineExceeded):
                 await trio.sleep(0.05)
 
     async def on_peer_died(self, name: str) -> None:

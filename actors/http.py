@@ -43,7 +43,7 @@ from typing import Any
 
 import trio
 
-from specmemo.protocol import errors as wire
+from specmemo.protocol import errors
 from specmemo.protocol.methods import Empty
 
 from .base import Actor, Call
@@ -66,23 +66,23 @@ class HttpError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
-def from_wire_error(exc: wire.SpecmemoError) -> HttpError:
+def from_wire_error(exc: errors.SpecmemoError) -> HttpError:
     """The HTTP status and OpenAI error type of a specmemo wire error."""
     reason = exc.detail.get("reason", "") if isinstance(exc.detail, dict) else ""
     message = exc.message or str(exc)
     if reason == "ContextTooLong":
         return HttpError(413, message, "invalid_request_error", "context_length_exceeded", "messages")
     table: dict[type, tuple[int, str, str]] = {
-        wire.InvalidInput: (400, "invalid_request_error", "invalid_input"),
-        wire.BadRequest: (400, "invalid_request_error", "bad_request"),
-        wire.MessageTooLarge: (413, "invalid_request_error", "request_too_large"),
-        wire.Overloaded: (429, "rate_limit_error", "overloaded"),
-        wire.OverBudget: (503, "server_error", "over_budget"),
-        wire.ActorDied: (503, "server_error", "actor_down"),
-        wire.UnknownActor: (503, "server_error", "actor_down"),
-        wire.DeadlineExceeded: (504, "server_error", "deadline_exceeded"),
-        wire.Conflict: (409, "invalid_request_error", "conflict"),
-        wire.NotFound: (404, "invalid_request_error", "not_found"),
+        errors.InvalidInput: (400, "invalid_request_error", "invalid_input"),
+        errors.BadRequest: (400, "invalid_request_error", "bad_request"),
+        errors.MessageTooLarge: (413, "invalid_request_error", "request_too_large"),
+        errors.Overloaded: (429, "rate_limit_error", "overloaded"),
+        errors.OverBudget: (503, "server_error", "over_budget"),
+        errors.ActorDied: (503, "server_error", "actor_down"),
+        errors.UnknownActor: (503, "server_error", "actor_down"),
+        errors.DeadlineExceeded: (504, "server_error", "deadline_exceeded"),
+        errors.Conflict: (409, "invalid_request_error", "conflict"),
+        errors.NotFound: (404, "invalid_request_error", "not_found"),
     }
     status, kind, code = table.get(type(exc), (500, "server_error", "internal"))
     return HttpError(status, message, kind, code)
@@ -455,7 +455,7 @@ class HttpActor(Actor):
                 continue
             try:
                 values = (await self.peers.call(info["name"], "metrics", timeout=5))["values"]
-            except wire.SpecmemoError:
+            except errors.SpecmemoError:
                 continue
             for name, value in sorted(values.items()):
                 lines.append(f'specmemo_{name}{{actor="{info["name"]}"}} {float(value)!r}')
@@ -488,7 +488,7 @@ class _Turn:
                 a.pool.forget(stale)
                 try:
                     await a.peers.call(a.verifier, "close", session=stale, timeout=30)
-                except wire.SpecmemoError:
+                except errors.SpecmemoError:
                     pass
             self.session = a.pool.pick(self.req.messages)
             if self.session is None:
@@ -499,7 +499,7 @@ class _Turn:
                                          seed=self.req.seed, gamma=self.req.gamma, tree=self.req.tree,
                                          timeout=a.deadline_s)
             return await self.stream.__anext__()
-        except wire.SpecmemoError as exc:
+        except errors.SpecmemoError as exc:
             raise from_wire_error(exc) from None
         except StopAsyncIteration:
             raise HttpError(502, "the verifier ended the turn without a reply", "server_error") from None
@@ -529,7 +529,7 @@ class _Turn:
     async def _next(self) -> dict | None:
         try:
             return await self.stream.__anext__()
-        except wire.SpecmemoError as exc:
+        except errors.SpecmemoError as exc:
             raise from_wire_error(exc) from None
         except StopAsyncIteration:
             return None
@@ -589,5 +589,5 @@ class _Turn:
         with trio.move_on_after(10):
             try:   # a cancelled turn's session is closed by the verifier itself: NotFound or Conflict here
                 await a.peers.call(a.verifier, "close", session=self.session, timeout=10)
-            except wire.SpecmemoError:
+            except errors.SpecmemoError:
                 pass

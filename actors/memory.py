@@ -12,7 +12,7 @@ from typing import Any
 
 from specmemo.actors.engine import errors as engine_errors
 from specmemo.actors.engine.manager import MemoryManager
-from specmemo.protocol import errors as wire
+from specmemo.protocol import errors
 from specmemo.protocol.methods import (AddHolder, CommitBatch, Costs, Empty, GrantBatch,
                                        OpenSession, PrefillRequest, Reserve, SessionRef, Unreserve)
 
@@ -21,15 +21,15 @@ from .base import Actor, Call
 log = logging.getLogger("specmemo.memory")
 
 #: How the engine's errors cross the wire (shared by the draft and verifier actors).
-ENGINE_ERRORS: dict[type[BaseException], type[wire.SpecmemoError]] = {
-    engine_errors.OverBudget: wire.OverBudget,
-    engine_errors.UnknownSession: wire.NotFound,
-    engine_errors.SessionBusy: wire.Conflict,
-    engine_errors.ContextTooLong: wire.InvalidInput,
-    engine_errors.BadPrompt: wire.InvalidInput,
-    engine_errors.TokenizerMismatch: wire.InvalidInput,
-    engine_errors.ModelNotFound: wire.NotFound,
-    engine_errors.CorruptModel: wire.InvalidInput,
+ENGINE_ERRORS: dict[type[BaseException], type[errors.SpecmemoError]] = {
+    engine_errors.OverBudget: errors.OverBudget,
+    engine_errors.UnknownSession: errors.NotFound,
+    engine_errors.SessionBusy: errors.Conflict,
+    engine_errors.ContextTooLong: errors.InvalidInput,
+    engine_errors.BadPrompt: errors.InvalidInput,
+    engine_errors.TokenizerMismatch: errors.InvalidInput,
+    engine_errors.ModelNotFound: errors.NotFound,
+    engine_errors.CorruptModel: errors.InvalidInput,
 }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import trio
 
-from specmemo.native import InvalidMatrix, InvalidOperand, KernelError, Plan, mrs
+from specmemo.native import InvalidMatrix, InvalidOperand, NativeError, Plan, mrs
 from specmemo.native.plan import footprint
 from specmemo.native.mpi_job import JobPlan, RankFailure, RankJob
 from specmemo.native.matrices import read_mtx
@@ -216,7 +216,7 @@ class MatrixStore:
 class SolverActor(Actor):
     kind = "solver"
     # a rank of the MPI job died: the call failed, the job restarts and plans register again
-    errors = {InvalidMatrix: InvalidInput, InvalidOperand: InvalidInput, KernelError: Internal,
+    errors = {InvalidMatrix: InvalidInput, InvalidOperand: InvalidInput, NativeError: Internal,
               RankFailure: ActorDied}
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ import trio
 from specmemo.actors.engine import VerifierCore
 from specmemo.actors.engine.errors import EngineError, SessionBusy, UnknownSession
 from specmemo.actors.engine.verifier import DRAFT, TARGET, Driver
-from specmemo.protocol import errors as wire
+from specmemo.protocol import errors
 from specmemo.protocol.methods import (ChatChunk, ChatRequest, CompleteRequest, Empty, GenerateRequest,
                                        OpenChat, SessionRef)
 
@@ -95,10 +95,10 @@ class RemoteDraft:
         while True:
             try:
                 return self._call(self.actor, method, **params)
-            except (wire.ActorDied, wire.NotFound) as exc:
+            except (errors.ActorDied, errors.NotFound) as exc:
                 if time.monotonic() > deadline:
-                    raise wire.ActorDied(f"draft actor did not come back in {self.wait_s:.0f} s: {exc}")
-                if isinstance(exc, wire.ActorDied):
+                    raise errors.ActorDied(f"draft actor did not come back in {self.wait_s:.0f} s: {exc}")
+                if isinstance(exc, errors.ActorDied):
                     time.sleep(0.05)
                     continue
                 if rebuild is None:
@@ -119,7 +119,7 @@ class RemoteDraft:
         try:
             return self._retrying("extend", session=session, token_ids=np.asarray(token_ids), keep=keep,
                                   blocks=blocks)["held"]
-        except wire.NotFound:
+        except errors.NotFound:
             return self.open(session, token_ids, blocks)
 
     def propose(self, sessions: list[str], gammas: list[int], blocks: list[int],
@@ -141,7 +141,7 @@ class RemoteDraft:
         try:
             return self._retrying("accept", session=session, accepted=accepted,
                                   tokens=np.asarray(tokens), blocks=blocks, path=path)["held"]
-        except wire.NotFound:
+        except errors.NotFound:
             # The draft restarted after proposing: the verifier already settled these tokens,
             # so a rebuild from its committed ids is the accepted state.
             self._reopen(session, blocks)
@@ -150,7 +150,7 @@ class RemoteDraft:
     def close(self, session: str) -> int:
         try:
             return self._call(self.actor, "close", session=session)["held"]
-        except wire.SpecmemoError:
+        except errors.SpecmemoError:
             return 0
 
 
@@ -221,7 +221,7 @@ class VerifierActor(Actor):
         while True:
             try:
                 return await self.peers.call(self.draft_name, "info", timeout=30)
-            except (wire.UnknownActor, wire.ActorDied, wire.DeadlineExceeded):
+            except (errors.UnknownActor, errors.ActorDied, errors.DeadlineExceeded):
                 log.info("waiting for the draft actor '%s'", self.draft_name)
                 await trio.sleep(1.0)
 
@@ -241,14 +241,14 @@ class VerifierActor(Actor):
                                       bytes_per_token=self.core.bytes_per_token, actor=self.name,
                                       weight_bytes=self.core.weight_bytes, timeout=10)
                 break
-            except (wire.ActorDied, wire.UnknownActor, wire.DeadlineExceeded):
+            except (errors.ActorDied, errors.UnknownActor, errors.DeadlineExceeded):
                 await trio.sleep(0.05)
         # the draft registers its lease once it is registered itself: turns wait for both
         while True:
             try:
                 if DRAFT in (await self.peers.call(self.memory_name, "usage", timeout=10))["leases"]:
                     break
-            except (wire.ActorDied, wire.UnknownActor, wire.DeadlineExceeded):
+            except (errors.ActorDied, errors.UnknownActor, errors.DeadlineExceeded):
                 pass
             await trio.sleep(0.05)
         self.memory_ready.set()
@@ -257,7 +257,7 @@ class VerifierActor(Actor):
         if name != self.memory_name or not hasattr(self, "driver"):
             return
         self.memory_ready = trio.Event()
-        lost = wire.ActorDied("the memory actor restarted during this turn; the session stays "
+        lost = errors.ActorDied("the memory actor restarted during this turn; the session stays "
                               "open, send the message again", origin=self.name)
         async with self._core_lock:
             for session in self.driver.active:
@@ -281,10 +281,10 @@ class VerifierActor(Actor):
         held = sum(1 for owner in self.owners.values() if owner == call.route)
         if held >= limit:
             # one client cannot fill the KV budget (and evict everyone else's idle sessions)
-            raise wire.Overloaded(f"this client has {held} open sessions (max_sessions_per_client "
+            raise errors.Overloaded(f"this client has {held} open sessions (max_sessions_per_client "
                                   f"= {limit}); close one first", detail={"limit": "max_sessions_per_client"})
         if self.core.has(session):
-            raise wire.Conflict(f"session {session!r} is already open")
+            raise errors.Conflict(f"session {session!r} is already open")
         self.core.open(session)
         self.owners[session] = call.route
         return {"session": session}
@@ -293,12 +293,12 @@ class VerifierActor(Actor):
         """NotFound unless `session` is open and was opened by this caller: another client cannot
         tell someone else's session from one that does not exist."""
         if not self.core.has(session) or self.owners.get(session) != call.route:
-            raise wire.NotFound(f"no session {session!r}")
+            raise errors.NotFound(f"no session {session!r}")
 
     async def rpc_close(self, req: SessionRef, call: Call) -> dict:
         self._owned(req.session, call)
         if req.session in self.streams:
-            raise wire.Conflict(f"session {req.session!r} is generating; cancel its chat first")
+            raise errors.Conflict(f"session {req.session!r} is generating; cancel its chat first")
         return {"freed": await self._close(req.session)}
 
     def _close_now(self, session: str) -> int:
@@ -309,7 +309,7 @@ class VerifierActor(Actor):
         try:
             if self.memory.has(session):
                 self.memory.release(session)
-        except wire.ActorDied:
+        except errors.ActorDied:
             pass  # a restarting memory actor starts empty: nothing of this session is left there
         return freed
 
@@ -343,11 +343,11 @@ class VerifierActor(Actor):
                     close_after: bool = False, messages: list[dict] | None = None):
         await self.memory_ready.wait()
         if session in self.streams:
-            raise wire.Conflict(f"session {session!r} is already generating for another caller")
+            raise errors.Conflict(f"session {session!r} is already generating for another caller")
         if req.max_new_tokens < 1:
-            raise wire.InvalidInput("max_new_tokens must be at least 1")
+            raise errors.InvalidInput("max_new_tokens must be at least 1")
         if not (req.temperature >= 0 and math.isfinite(req.temperature)):
-            raise wire.InvalidInput("temperature must be a finite number >= 0")
+            raise errors.InvalidInput("temperature must be a finite number >= 0")
         send, recv = trio.open_memory_channel(math.inf)
         stream = _Stream(session, send, message, messages=messages)
         self.streams[session] = stream
@@ -413,7 +413,7 @@ class VerifierActor(Actor):
             with trio.move_on_after(5):
                 try:
                     await self.peers.call(self.memory_name, "finish", session=session)
-                except wire.SpecmemoError:
+                except errors.SpecmemoError:
                     pass
 
     def _between_steps(self, leaves: list[str]) -> list[tuple[_Stream, Exception]]:
@@ -442,12 +442,12 @@ class VerifierActor(Actor):
                 self.driver.join(stream.session, ids, keep, req.max_new_tokens, req.temperature,
                                  req.seed, req.gamma if req.gamma is not None else self.gamma,
                                  req.tree if req.tree is not None else self.tree)
-            except (EngineError, wire.SpecmemoError) as exc:
+            except (EngineError, errors.SpecmemoError) as exc:
                 failed.append((stream, exc))
         return failed
 
     def _fail(self, stream: _Stream, exc: BaseException) -> None:
-        mapped = self.map_error(exc) or wire.Internal(f"{type(exc).__name__}: {exc}")
+        mapped = self.map_error(exc) or errors.Internal(f"{type(exc).__name__}: {exc}")
         self.streams.pop(stream.session, None)
         _deliver(stream, mapped)
         stream.send.close()

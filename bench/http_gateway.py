@@ -38,7 +38,7 @@ from specdecode import mtbench_questions, replace_section  # noqa: E402
 from specdecode_peers import LLAMA_VERSION, ensure_llama_python  # noqa: E402
 
 SECTION = "## HTTP gateway (OpenAI API) under load"
-DOCUMENTS = ["docs/memory-model.md", "docs/decisions.md", "docs/kernels.md", "docs/security.md"]
+DOCUMENTS = ["docs/memory-model.md", "docs/decisions.md", "docs/spmv.md", "docs/security.md"]
 
 
 def free_port() -> int:

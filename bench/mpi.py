@@ -115,7 +115,7 @@ if comm.rank == 0:
 
 def mpi_latency(root: Path) -> dict:
     """Microseconds of a neighbour exchange (8 B and 16 kB, both ways at once) and of an 8-byte
-    Allreduce between 2 ranks: the model's latency (docs/kernels.md, "Scale model")."""
+    Allreduce between 2 ranks: the model's latency (docs/spmv.md, "Scale model")."""
     script = root / "latency.py"
     script.write_text(LATENCY)
     proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(script)],

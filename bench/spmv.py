@@ -28,7 +28,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
 from specmemo.native import Plan, matrices
-from specmemo.native import kernels as K
+from specmemo.native import spmv as K
 from specmemo.native.solver import mrs
 
 RESULTS = Path(__file__).resolve().parent / "results"

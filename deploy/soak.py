@@ -31,7 +31,7 @@ import scipy.sparse as sp
 import zmq
 
 from specmemo.protocol import Client
-from specmemo.protocol import errors as wire
+from specmemo.protocol import errors
 from specmemo.protocol.methods import METHODS
 from specmemo.protocol.schema import from_wire
 from specmemo.protocol.wire import Command, Header, decode, encode
@@ -189,9 +189,9 @@ def close_quietly(client: Client, session: str, attempts: int = 20) -> None:
         try:
             client.call("verifier", "close", session=session, timeout=5)
             return
-        except wire.NotFound:
+        except errors.NotFound:
             return
-        except (wire.Conflict, wire.ActorDied, wire.DeadlineExceeded, wire.UnknownActor):
+        except (errors.Conflict, errors.ActorDied, errors.DeadlineExceeded, errors.UnknownActor):
             time.sleep(0.1)
 
 
@@ -223,7 +223,7 @@ def mixed_calls(endpoint: str, seed: int, n_calls: int, tally: Tally, *,
                     if op in ("matvec", "solve") and not registered:
                         try:
                             c.register_matrix(matrix, id=mid)
-                        except wire.InvalidInput:
+                        except errors.InvalidInput:
                             pass  # registered by a call whose reply was lost
                         registered = True
                     if op == "echo":
@@ -243,8 +243,8 @@ def mixed_calls(endpoint: str, seed: int, n_calls: int, tally: Tally, *,
                             wrong = "x != scipy's solution"
                     else:
                         wrong, seconds = _chat(c, rng, timeout, chat_expected)
-                except wire.SpecmemoError as exc:
-                    if isinstance(exc, wire.NotFound) and op in ("matvec", "solve"):
+                except errors.SpecmemoError as exc:
+                    if isinstance(exc, errors.NotFound) and op in ("matvec", "solve"):
                         registered = False
                     error = exc.name
                     seconds = exc.detail.get("turn_seconds", time.monotonic() - t0)
@@ -257,7 +257,7 @@ def mixed_calls(endpoint: str, seed: int, n_calls: int, tally: Tally, *,
         finally:
             try:
                 c.call("solver", "drop", id=mid)   # a private matrix outlives its client: drop it
-            except wire.SpecmemoError:
+            except errors.SpecmemoError:
                 pass
 
 
@@ -270,7 +270,7 @@ def _chat(c: Client, rng: np.random.Generator, timeout: float,
     started = time.monotonic()
     try:
         reply = c.ask(session, message, max_new_tokens=CHAT_TOKENS, timeout=timeout)
-    except wire.SpecmemoError as exc:
+    except errors.SpecmemoError as exc:
         exc.detail["turn_seconds"] = time.monotonic() - started
         raise
     finally:
@@ -299,7 +299,7 @@ def kill_and_wait(client: Client, name: str, timeout: float = 30.0) -> float:
             if row["state"] == "ready" and row["pid"] != old:
                 client.call(name, method, timeout=5, **params)
                 return time.monotonic() - t0
-        except (wire.ActorDied, wire.UnknownActor, wire.DeadlineExceeded):
+        except (errors.ActorDied, errors.UnknownActor, errors.DeadlineExceeded):
             pass
         time.sleep(0.01)
     raise TimeoutError(f"{name} was not back {timeout:.0f} s after SIGKILL")
@@ -341,7 +341,7 @@ def _wrong_bodies() -> list[tuple[str, str, dict[str, Any]]]:
                 body = {f.name: value}
                 try:
                     from_wire(spec.request, body)
-                except wire.BadRequest:
+                except errors.BadRequest:
                     out.append((kind, method, body))
     return out
 
@@ -488,7 +488,7 @@ def _drain(sock: zmq.Socket, report: FuzzReport, until: int, quiet_s: float) -> 
     while report.replies < until and sock.poll(int(quiet_s * 1000)):
         try:
             msg = decode(sock.recv_multipart())
-        except wire.SpecmemoError:
+        except errors.SpecmemoError:
             report.not_errors += 1
             report.replies += 1
             continue
@@ -496,7 +496,7 @@ def _drain(sock: zmq.Socket, report: FuzzReport, until: int, quiet_s: float) -> 
         if msg.command != Command.ERROR:
             report.not_errors += 1
             continue
-        report.errors[wire.error_from_wire(msg.body).name] += 1
+        report.errors[errors.error_from_wire(msg.body).name] += 1
 
 
 # ---------------------------------------------------------------- exactly-once replies
@@ -546,7 +546,7 @@ def pipelined_echo(endpoint: str, n_calls: int, window: int = 32, *, timeout: fl
             done.add(cid)
             seconds = time.monotonic() - sent_at[cid]
             if msg.command == Command.ERROR:
-                report.errors[wire.error_from_wire(msg.body).name] += 1
+                report.errors[errors.error_from_wire(msg.body).name] += 1
                 report.error_latencies.append(seconds)
                 continue
             report.latencies.append(seconds)

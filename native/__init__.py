@@ -5,8 +5,8 @@ mrs / solve / solve_file with SolveResult, the errors, VERSION (of the C library
 max_threads. Test matrices and Matrix Market I/O are in specmemo.native.matrices.
 """
 
-from .errors import InvalidMatrix, InvalidOperand, KernelError, NotSkewSymmetric, NotSymmetric
-from .kernels import VERSION, max_threads
+from .errors import InvalidMatrix, InvalidOperand, NativeError, NotSkewSymmetric, NotSymmetric
+from .spmv import VERSION, max_threads
 from .plan import Plan, PlanReport
 from .solver import SolveResult, mrs, solve, solve_file
 
@@ -14,7 +14,7 @@ __all__ = [
     "VERSION",
     "InvalidMatrix",
     "InvalidOperand",
-    "KernelError",
+    "NativeError",
     "NotSkewSymmetric",
     "NotSymmetric",
     "Plan",

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import InvalidOperand
-from .kernels import BandSplit, HalfMatrix, band_spmv, dot
+from .spmv import BandSplit, HalfMatrix, band_spmv, dot
 from .solver import iterate
 from .split import row_blocks, split_band
 
@@ -159,7 +159,7 @@ class MpiExchange:
         self.inbox = [np.empty(k.hi - k.lo) for k in part.above]
         self._sum = np.empty(1)
         self.halo_s = 0.0       # seconds in the halo exchanges (waits included) ...
-        self.reduce_s = 0.0     # ... and in Allreduce, for the scale model (docs/kernels.md)
+        self.reduce_s = 0.0     # ... and in Allreduce, for the scale model (docs/spmv.md)
 
     def x_start(self, v: np.ndarray) -> list:
         """Start filling v's halo with the owners' values and sending my rows to the halos

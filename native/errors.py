@@ -1,7 +1,7 @@
 """The errors specmemo.native raises; each has one meaning.
 
-All but KernelError are ValueError subclasses raised before any C call, so a caller (the
-solver actor) can map them to the protocol's BadRequest. KernelError means a C kernel returned
+All but NativeError are ValueError subclasses raised before any C call, so a caller (the
+solver actor) can map them to the protocol's BadRequest. NativeError means a C kernel returned
 a failure status for arguments the Python layer had accepted: a bug, not bad input.
 """
 
@@ -37,5 +37,5 @@ class InvalidOperand(ValueError):
     aliasing, NaN or inf, out of range)."""
 
 
-class KernelError(RuntimeError):
+class NativeError(RuntimeError):
     """A C kernel returned a failure status for arguments already validated: a bug."""

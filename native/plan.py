@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from .errors import InvalidOperand
-from .kernels import BandSplit, HalfMatrix, band_spmv, max_threads
+from .spmv import BandSplit, HalfMatrix, band_spmv, max_threads
 from .split import split_band
 from .validate import as_vector, check_matrix, check_scalar, check_threads
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InvalidOperand
-from .kernels import dot, mrs_update
+from .spmv import dot, mrs_update
 from .plan import Plan
 from .validate import as_vector, check_scalar
 

@@ -10,7 +10,7 @@ band matrix the window is the band; a few long-range outliers stay outside it.
 
 import numpy as np
 
-from .kernels import BandSplit, HalfMatrix
+from .spmv import BandSplit, HalfMatrix
 
 BYTES_PER_NONZERO = 12
 BYTES_PER_ROW = 28

@@ -201,7 +201,7 @@ class RegisterMatrix:
     threads: int = 0                   # 0 = the actor's default
     tol: float = 1e-12                 # skew/symmetry check tolerance (relative to max |a_ij|)
     shared: bool = False               # visible to every client (default: to its registering client only)
-    precision: str = "float64"         # float32: values stored rounded (fewer bytes a product; see docs/kernels.md)
+    precision: str = "float64"         # float32: values stored rounded (fewer bytes a product; see docs/spmv.md)
 
 
 @message

@@ -100,10 +100,10 @@ def test_requests_are_validated_field_by_field():
 
 def test_wire_errors_map_to_the_statuses_clients_expect():
     from specmemo.actors.http import from_wire_error
-    from specmemo.protocol import errors as wire
-    cases = [(wire.OverBudget("x"), 503), (wire.ActorDied("x"), 503), (wire.DeadlineExceeded("x"), 504),
-             (wire.Overloaded("x"), 429), (wire.InvalidInput("x"), 400),
-             (wire.InvalidInput("x", detail={"reason": "ContextTooLong"}), 413), (wire.Internal("x"), 500)]
+    from specmemo.protocol import errors
+    cases = [(errors.OverBudget("x"), 503), (errors.ActorDied("x"), 503), (errors.DeadlineExceeded("x"), 504),
+             (errors.Overloaded("x"), 429), (errors.InvalidInput("x"), 400),
+             (errors.InvalidInput("x", detail={"reason": "ContextTooLong"}), 413), (errors.Internal("x"), 500)]
     for exc, status in cases:
         mapped = from_wire_error(exc)
         assert mapped.status == status and mapped.body()["error"]["message"] == "x"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from specmemo.native import KernelError, kernels
+from specmemo.native import NativeError, spmv
 from specmemo.native import _build
 from specmemo.native._pars3 import ffi, lib
 
@@ -41,6 +41,6 @@ def test_c_kernels_refuse_null_pointers_and_bad_sizes_with_a_status():
 
 
 def test_a_failure_status_becomes_kernel_error():
-    with pytest.raises(KernelError, match="pars3_triad returned status -1"):
-        kernels._status(lib.PARS3_EINVAL, "pars3_triad")
-    kernels._status(lib.PARS3_OK, "pars3_triad")
+    with pytest.raises(NativeError, match="pars3_triad returned status -1"):
+        spmv._status(lib.PARS3_EINVAL, "pars3_triad")
+    spmv._status(lib.PARS3_OK, "pars3_triad")

@@ -12,7 +12,7 @@ from specmemo.native import (
     NotSkewSymmetric,
     NotSymmetric,
     Plan,
-    kernels,
+    spmv,
     matrices,
     split,
     validate,
@@ -32,7 +32,7 @@ def no_c(monkeypatch):
         def __getattr__(self, name):
             raise AssertionError(f"C was called: {name}")
 
-    monkeypatch.setattr(kernels, "lib", Forbidden())
+    monkeypatch.setattr(spmv, "lib", Forbidden())
 
 
 def test_rcm_shrinks_the_bandwidth_of_a_scrambled_grid(skew):
@@ -167,7 +167,7 @@ def test_building_a_plan_never_writes_to_the_callers_arrays(writable):
 )
 def test_bad_vectors_are_refused_before_c(skew, monkeypatch, x, message):
     plan = Plan.build(skew, threads=2)
-    monkeypatch.setattr(kernels, "lib", None)
+    monkeypatch.setattr(spmv, "lib", None)
     with pytest.raises(InvalidOperand, match=message):
         plan.matvec(x)
 
@@ -178,7 +178,7 @@ def test_low_level_buffers_are_checked_before_c(skew, monkeypatch):
     x, y = np.ones(n), np.empty(n)
     frozen = np.empty(n)
     frozen.flags.writeable = False
-    monkeypatch.setattr(kernels, "lib", None)
+    monkeypatch.setattr(spmv, "lib", None)
     cases = [
         (dict(x=np.ones(2 * n)[::2]), "C-contiguous"),
         (dict(x=np.ones(n, dtype=np.float32)), "dtype float64"),
@@ -192,16 +192,16 @@ def test_low_level_buffers_are_checked_before_c(skew, monkeypatch):
     for change, message in cases:
         args = dict(x=x, y=y, work=work, alpha=0.0, threads=None) | change
         with pytest.raises(InvalidOperand, match=message):
-            kernels.band_spmv(plan.half, plan.split, args["x"], args["y"], args["work"], args["alpha"],
+            spmv.band_spmv(plan.half, plan.split, args["x"], args["y"], args["work"], args["alpha"],
                               threads=args["threads"])
 
 
 def test_a_split_for_another_matrix_is_refused(skew, monkeypatch):
     plan = Plan.build(skew, threads=2)
     other = Plan.build(matrices.generate("random", 50, seed=1), threads=2)
-    monkeypatch.setattr(kernels, "lib", None)
+    monkeypatch.setattr(spmv, "lib", None)
     with pytest.raises(InvalidOperand, match="split covers 50 rows"):
-        kernels.band_spmv(plan.half, other.split, np.ones(400), np.empty(400), np.empty(other.split.work_size))
+        spmv.band_spmv(plan.half, other.split, np.ones(400), np.empty(400), np.empty(other.split.work_size))
 
 
 @settings(max_examples=60, deadline=None)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from specmemo.native import VERSION, Plan, matrices, max_threads
-from specmemo.native import kernels as K
+from specmemo.native import spmv as K
 from specmemo.native.errors import InvalidOperand
 from specmemo.native.split import split_band
 

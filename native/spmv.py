@@ -2,7 +2,7 @@
 
 `CsrMatrix`, `HalfMatrix`, `BandSplit` and `Colouring` own the arrays a C struct points into
 (so the pointers stay valid while the object lives) and the struct itself. The functions check
-every vector handed to C (validate.check_buffer) and turn a failure status into KernelError.
+every vector handed to C (validate.check_buffer) and turn a failure status into NativeError.
 """
 
 from dataclasses import dataclass, field
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._pars3 import ffi, lib
-from .errors import InvalidOperand, KernelError
+from .errors import InvalidOperand, NativeError
 from .validate import MAX_INDEX, check_buffer, check_distinct, check_scalar, check_threads
 
 VERSION = int(lib.PARS3_VERSION)
@@ -22,7 +22,7 @@ def _ptr(ctype: str, arr: np.ndarray):
 
 def _status(code: int, kernel: str) -> None:
     if code != lib.PARS3_OK:
-        raise KernelError(f"{kernel} returned status {code} for arguments the Python layer accepted")
+        raise NativeError(f"{kernel} returned status {code} for arguments the Python layer accepted")
 
 
 def max_threads() -> int:
