@@ -6,9 +6,9 @@ max_threads. Test matrices and Matrix Market I/O are in specmemo.native.matrices
 """
 
 from .errors import InvalidMatrix, InvalidOperand, NativeError, NotSkewSymmetric, NotSymmetric
-from .spmv import VERSION, max_threads
 from .plan import Plan, PlanReport
 from .solver import SolveResult, mrs, solve, solve_file
+from .spmv import VERSION, max_threads
 
 __all__ = [
     "VERSION",

@@ -21,6 +21,7 @@ reads the file does this and sends each rank its part). The exchange is an objec
 `LocalExchange`, which runs every rank's exchanges in one process (the partition logic checked
 without MPI).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import InvalidOperand
-from .spmv import BandSplit, HalfMatrix, band_spmv, dot
 from .solver import iterate
 from .split import row_blocks, split_band
+from .spmv import BandSplit, HalfMatrix, band_spmv, dot
 
 X_TAG, Y_TAG = 11, 12
 
@@ -54,12 +55,12 @@ class Part:
     rank: int
     lo: int
     hi: int
-    start: int                     # first row of the local block (halo included)
-    half: HalfMatrix               # every entry that does not read the halo of x
+    start: int  # first row of the local block (halo included)
+    half: HalfMatrix  # every entry that does not read the halo of x
     split: BandSplit
-    below: list[Link]              # ranks owning rows of my halo: x from them, y to them
-    above: list[Link]              # ranks whose halo holds my rows: x to them, y from them
-    edge: sp.csr_array | None = None   # the entries that read it (column in the halo), a corner block
+    below: list[Link]  # ranks owning rows of my halo: x from them, y to them
+    above: list[Link]  # ranks whose halo holds my rows: x to them, y from them
+    edge: sp.csr_array | None = None  # the entries that read it (column in the halo), a corner block
     work: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +85,7 @@ class Part:
     def shares(self) -> tuple[int, int, int]:
         """Stored nonzeros of this rank's block in the inner, middle and outer parts."""
         middle, outer = self.split.middle_count, self.split.outer_count
-        return self.nnz - middle - outer, middle, outer     # the edge counts as inner
+        return self.nnz - middle - outer, middle, outer  # the edge counts as inner
 
     def halo_bytes(self) -> int:
         """Bytes this rank receives per product (x in from below, y in from above)."""
@@ -105,7 +106,7 @@ def cut(lower: sp.csr_array, ranks: int, offsets: np.ndarray | None = None) -> t
     starts = np.empty(ranks, dtype=np.int64)
     for r in range(ranks):
         lo, hi = int(offsets[r]), int(offsets[r + 1])
-        cols = lower.indices[lower.indptr[lo]:lower.indptr[hi]]
+        cols = lower.indices[lower.indptr[lo] : lower.indptr[hi]]
         starts[r] = min(lo, int(cols.min())) if len(cols) else lo
     return offsets, starts
 
@@ -115,15 +116,12 @@ def links(offsets: np.ndarray, starts: np.ndarray, rank: int) -> tuple[list[Link
     rows with higher ranks' halos."""
     ranks = len(starts)
     lo, hi = int(offsets[rank]), int(offsets[rank + 1])
-    below = [Link(s, max(int(starts[rank]), int(offsets[s])), min(lo, int(offsets[s + 1])))
-             for s in range(rank)]
-    above = [Link(d, max(lo, int(starts[d])), min(hi, int(offsets[d])))
-             for d in range(rank + 1, ranks)]
+    below = [Link(s, max(int(starts[rank]), int(offsets[s])), min(lo, int(offsets[s + 1]))) for s in range(rank)]
+    above = [Link(d, max(lo, int(starts[d])), min(hi, int(offsets[d]))) for d in range(rank + 1, ranks)]
     return [k for k in below if k.hi > k.lo], [k for k in above if k.hi > k.lo]
 
 
-def make_part(rank: int, offsets: np.ndarray, starts: np.ndarray, rows: sp.csr_array,
-              threads: int) -> Part:
+def make_part(rank: int, offsets: np.ndarray, starts: np.ndarray, rows: sp.csr_array, threads: int) -> Part:
     """Rank `rank`'s part from its own rows of L (`rows`: shape (hi-lo, n), global columns)."""
     lo, hi, start = int(offsets[rank]), int(offsets[rank + 1]), int(starts[rank])
     m, h = hi - start, lo - start
@@ -147,8 +145,7 @@ def make_part(rank: int, offsets: np.ndarray, starts: np.ndarray, rows: sp.csr_a
 def parts(lower: sp.csr_array, ranks: int, threads: int = 1, offsets: np.ndarray | None = None) -> list[Part]:
     """Every rank's part of the skew band matrix L - L^T (for tests and one-process runs)."""
     offsets, starts = cut(lower, ranks, offsets)
-    return [make_part(r, offsets, starts, lower[int(offsets[r]):int(offsets[r + 1])], threads)
-            for r in range(ranks)]
+    return [make_part(r, offsets, starts, lower[int(offsets[r]) : int(offsets[r + 1])], threads) for r in range(ranks)]
 
 
 class MpiExchange:
@@ -158,8 +155,8 @@ class MpiExchange:
         self.comm, self.part = comm, part
         self.inbox = [np.empty(k.hi - k.lo) for k in part.above]
         self._sum = np.empty(1)
-        self.halo_s = 0.0       # seconds in the halo exchanges (waits included) ...
-        self.reduce_s = 0.0     # ... and in Allreduce, for the scale model (docs/spmv.md)
+        self.halo_s = 0.0  # seconds in the halo exchanges (waits included) ...
+        self.reduce_s = 0.0  # ... and in Allreduce, for the scale model (docs/spmv.md)
 
     def x_start(self, v: np.ndarray) -> list:
         """Start filling v's halo with the owners' values and sending my rows to the halos
@@ -170,6 +167,7 @@ class MpiExchange:
 
     def x_finish(self, reqs: list) -> None:
         from mpi4py import MPI
+
         t0 = time.perf_counter()
         MPI.Request.Waitall(reqs)
         self.halo_s += time.perf_counter() - t0
@@ -178,6 +176,7 @@ class MpiExchange:
         """Send my halo rows' contributions to their owners; add what the ranks above computed
         for my rows."""
         from mpi4py import MPI
+
         p = self.part
         t0 = time.perf_counter()
         reqs = [self.comm.Irecv(buf, source=k.peer, tag=Y_TAG) for k, buf in zip(p.above, self.inbox)]
@@ -189,6 +188,7 @@ class MpiExchange:
 
     def sum(self, value: float) -> float:
         from mpi4py import MPI
+
         t0 = time.perf_counter()
         self._sum[0] = value
         self.comm.Allreduce(MPI.IN_PLACE, self._sum, op=MPI.SUM)
@@ -196,14 +196,15 @@ class MpiExchange:
         return float(self._sum[0])
 
 
-def apply(part: Part, exchange, v: np.ndarray, w: np.ndarray, alpha: float = 0.0,
-          u: np.ndarray | None = None) -> np.ndarray:
+def apply(
+    part: Part, exchange, v: np.ndarray, w: np.ndarray, alpha: float = 0.0, u: np.ndarray | None = None
+) -> np.ndarray:
     """w = alpha u + B v on this rank's own rows (local vectors, halo first). v's halo is
     filled in while the kernel runs over the entries that do not read it; u's halo is zeroed
     (its halo rows must carry only B's contributions)."""
     pending = exchange.x_start(v)
     if u is not None:
-        u[:part.own.start] = 0.0
+        u[: part.own.start] = 0.0
     band_spmv(part.half, part.split, v, w, part.work, alpha, u)
     exchange.x_finish(pending)
     add_edge(part, v, w)
@@ -227,11 +228,10 @@ class RankResult:
     iterations: int
     residual: float
     seconds: float
-    history: tuple[float, ...] = ()      # |g_j| / ||b|| per iteration, as native/solver.py's
+    history: tuple[float, ...] = ()  # |g_j| / ||b|| per iteration, as native/solver.py's
 
 
-def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-10,
-        maxiter: int = 1000) -> RankResult:
+def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-10, maxiter: int = 1000) -> RankResult:
     """MRS (native/solver.py's recurrence) on distributed vectors: `b_own` is this rank's rows
     of the permuted b; every rank calls it at once with the same alpha, tol and maxiter."""
     m, own = part.m, part.own
@@ -240,9 +240,17 @@ def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-1
     beta0 = math.sqrt(exchange.sum(dot(b_own, b_own, threads)))
     x = np.zeros(m)
     converged, history = iterate(
-        b_own, beta0, alpha, tol, maxiter, x,
+        b_own,
+        beta0,
+        alpha,
+        tol,
+        maxiter,
+        x,
         product=lambda v, w, beta_prev, v_prev: apply(part, exchange, v, w, beta_prev, v_prev),
-        norm=lambda w: math.sqrt(exchange.sum(dot(w[own], w[own], threads))), threads=threads, own=own)
+        norm=lambda w: math.sqrt(exchange.sum(dot(w[own], w[own], threads))),
+        threads=threads,
+        own=own,
+    )
     seconds = time.perf_counter() - start
     r = apply(part, exchange, x.copy(), np.empty(m), alpha, x.copy())
     rr = r[own] - b_own
@@ -277,8 +285,8 @@ def local_product(all_parts: list[Part], x: np.ndarray) -> np.ndarray:
     ex = LocalExchange(all_parts)
     vs = []
     for p in all_parts:
-        v = np.full(p.m, np.nan)             # the halo is not there yet: the kernel must not read it
-        v[p.own] = x[p.lo:p.hi]
+        v = np.full(p.m, np.nan)  # the halo is not there yet: the kernel must not read it
+        v[p.own] = x[p.lo : p.hi]
         vs.append(v)
     ws = [band_spmv(p.half, p.split, v, np.empty(p.m), p.work) for p, v in zip(all_parts, vs)]
     ex.x_finish(vs)

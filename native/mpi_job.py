@@ -7,6 +7,7 @@ in progress raises `RankFailure`, and the next call starts a new job. `JobPlan` 
 registered in the job: it keeps its CSR arrays, so that after a new job started it registers
 again by itself (the caller's next solve works without registering anew).
 """
+
 from __future__ import annotations
 
 import os
@@ -40,11 +41,11 @@ class RankJob:
         if ranks < 1 or threads < 1:
             raise ValueError(f"ranks and threads must be >= 1, got {ranks} and {threads}")
         self.ranks, self.threads = ranks, threads
-        self.generation = 0              # counts jobs started; plans of an older one are gone
+        self.generation = 0  # counts jobs started; plans of an older one are gone
         self.proc: subprocess.Popen | None = None
         self.sock: zmq.Socket | None = None
         self.lock = threading.Lock()
-        self.dir = tempfile.mkdtemp(prefix="specmemo-mpi-")          # 0700
+        self.dir = tempfile.mkdtemp(prefix="specmemo-mpi-")  # 0700
         self.log = os.path.join(self.dir, "job.log")
 
     def _start(self) -> None:
@@ -57,15 +58,16 @@ class RankJob:
         # kill. Its output goes to a file (a pipe nobody reads would fill and stop the ranks);
         # its tail explains a failure.
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.generation += 1
         self._wait(START_S)
 
     def _wait(self, timeout: float | None) -> dict:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.sock.poll(100):
-            code = self.proc.poll()
+        sock, proc = self.sock, self.proc
+        assert sock is not None and proc is not None, "the job is started"
+        while not sock.poll(100):
+            code = proc.poll()
             if code is not None:
                 with open(self.log, "rb") as log:
                     err = log.read()[-1500:].decode(errors="replace")
@@ -74,13 +76,14 @@ class RankJob:
             if deadline is not None and time.monotonic() > deadline:
                 self._end()
                 raise RankFailure(f"the MPI job of {self.ranks} ranks did not answer in {timeout:.0f} s")
-        return self.sock.recv_pyobj()
+        return sock.recv_pyobj()
 
     def call(self, op: str, **fields) -> dict:
         """Send one command and wait for its reply; RankFailure if the job ends meanwhile."""
         with self.lock:
             if self.proc is None:
                 self._start()
+            assert self.sock is not None
             self.sock.send_pyobj({"op": op, **fields})
             reply = self._wait(None)
         if "error" in reply:
@@ -105,7 +108,7 @@ class RankJob:
     def close(self) -> None:
         """Stop the job (asked first, then killed) and remove its directory."""
         with self.lock:
-            if self.proc is not None and self.proc.poll() is None:
+            if self.proc is not None and self.proc.poll() is None and self.sock is not None:
                 try:
                     self.sock.send_pyobj({"op": "stop"})
                     if self.sock.poll(5000):
@@ -128,7 +131,7 @@ class JobPlan:
     generation: int = -1
 
     @classmethod
-    def build(cls, job: RankJob, key: str, matrix, kind: str = "skew") -> "JobPlan":
+    def build(cls, job: RankJob, key: str, matrix, kind: str = "skew") -> JobPlan:
         if kind != "skew":
             raise InvalidOperand("the solver on MPI ranks takes skew-symmetric matrices only")
         plan = cls(job, key, sp.csr_array(matrix))
@@ -142,17 +145,29 @@ class JobPlan:
         a = self.matrix
         out = self.job.call("register", key=self.key, indptr=a.indptr, indices=a.indices, data=a.data, n=a.shape[0])
         self.generation = self.job.generation
-        self.report = PlanReport(kind="skew", n=out["n"], nnz=out["nnz"], nnz_stored=out["nnz_stored"],
-                                 bandwidth_before=out["bandwidth_before"], bandwidth_after=out["bandwidth_after"],
-                                 threads=self.job.ranks * self.job.threads, share_inner=out["share_inner"],
-                                 share_middle=out["share_middle"], share_outer=out["share_outer"],
-                                 window_rows=out["window_rows"], build_seconds=time.perf_counter() - start)
+        self.report = PlanReport(
+            kind="skew",
+            n=out["n"],
+            nnz=out["nnz"],
+            nnz_stored=out["nnz_stored"],
+            bandwidth_before=out["bandwidth_before"],
+            bandwidth_after=out["bandwidth_after"],
+            threads=self.job.ranks * self.job.threads,
+            share_inner=out["share_inner"],
+            share_middle=out["share_middle"],
+            share_outer=out["share_outer"],
+            window_rows=out["window_rows"],
+            build_seconds=time.perf_counter() - start,
+        )
 
     @property
     def n(self) -> int:
         return self.matrix.shape[0]
 
     def describe(self) -> PlanReport:
+        if self.report is None:
+            self._ensure()
+        assert self.report is not None
         return self.report
 
     def matvec(self, x) -> np.ndarray:
@@ -161,10 +176,24 @@ class JobPlan:
 
     def solve(self, b, alpha: float, tol: float, maxiter: int | None) -> SolveResult:
         self._ensure()
-        out = self.job.call("solve", key=self.key, b=np.asarray(b, dtype=np.float64), alpha=float(alpha),
-                            tol=float(tol), maxiter=int(maxiter or 0))
-        return SolveResult(out["x"], out["converged"], out["iterations"], out["residual"], tuple(out["history"]),
-                           out["seconds"], alpha, tol)
+        out = self.job.call(
+            "solve",
+            key=self.key,
+            b=np.asarray(b, dtype=np.float64),
+            alpha=float(alpha),
+            tol=float(tol),
+            maxiter=int(maxiter or 0),
+        )
+        return SolveResult(
+            out["x"],
+            out["converged"],
+            out["iterations"],
+            out["residual"],
+            tuple(out["history"]),
+            out["seconds"],
+            alpha,
+            tol,
+        )
 
     def drop(self) -> None:
         if self.generation == self.job.generation and self.job.proc is not None:

@@ -9,6 +9,7 @@ blocks (native/distributed.py) and sends each rank its rows and its part of b = 
 every rank builds its part and runs MRS; rank 0 gathers x and prints one JSON line (with
 `--out X.npy`, x in the file's order is saved there).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,14 +44,26 @@ def command(ranks: int, threads: int, *args: str) -> tuple[list[str], dict[str, 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     # `-m mpi4py` aborts the whole job on an uncaught exception in any rank (else the others
     # would wait for it forever)
-    return [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "specmemo.native.mpi_solve",
-            "--threads", str(threads), *args], env
+    return [
+        mpiexec(),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "mpi4py",
+        "-m",
+        "specmemo.native.mpi_solve",
+        "--threads",
+        str(threads),
+        *args,
+    ], env
 
 
 def scatter(comm, lower=None, b_perm=None, threads: int = 1):
     """Rank 0 holds the permuted lower triangle (and b, or None); every rank gets its Part and
     its rows of b (None without b)."""
     from .distributed import cut, make_part
+
     rank, size = comm.Get_rank(), comm.Get_size()
     if rank == 0:
         offsets, starts = cut(lower, size)
@@ -77,6 +91,7 @@ def gather(comm, x_own: np.ndarray, counts: list[int] | None, perm: np.ndarray |
     if comm.Get_rank() != 0:
         comm.Gatherv(x_own, None, root=0)
         return None
+    assert counts is not None, "rank 0 holds the row counts"
     banded = np.empty(sum(counts))
     comm.Gatherv(x_own, (banded, counts), root=0)
     out = np.empty_like(banded)
@@ -98,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from mpi4py import MPI
 
     from .distributed import MpiExchange, mrs
+
     comm = MPI.COMM_WORLD
     if args.serve:
         return serve(comm, args.serve, args.threads, args.parent)
@@ -111,10 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         from .matrices import read_mtx
         from .plan import reordered_lower
         from .validate import check_matrix
+
         try:
             source = read_npz(args.file) if args.file.endswith(".npz") else read_mtx(args.file)
             a = check_matrix(source, "skew")
-        except Exception as exc:                      # every rank must hear of it, not hang
+        except Exception as exc:  # every rank must hear of it, not hang
             comm.bcast({"error": f"{type(exc).__name__}: {exc}"}, root=0)
             print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
             return 2
@@ -136,15 +153,28 @@ def main(argv: list[str] | None = None) -> int:
     halo = comm.gather(part.halo_bytes(), root=0)
     x = gather(comm, result.x, row_counts(comm, part), perm)
     if comm.Get_rank() == 0:
+        assert x is not None and waits is not None, "rank 0 gathers"
         if args.out:
             np.save(args.out, x)
-        print(json.dumps({"n": n, "ranks": comm.Get_size(), "threads": args.threads,
-                          "converged": result.converged, "iterations": result.iterations,
-                          "residual": result.residual, "seconds": seconds, "halo_bytes": halo,
-                          "halo_s": [w[0] for w in waits], "allreduce_s": [w[1] for w in waits],
-                          "max_err": float(np.max(np.abs(x - 1.0))) if n else 0.0}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "n": n,
+                    "ranks": comm.Get_size(),
+                    "threads": args.threads,
+                    "converged": result.converged,
+                    "iterations": result.iterations,
+                    "residual": result.residual,
+                    "seconds": seconds,
+                    "halo_bytes": halo,
+                    "halo_s": [w[0] for w in waits],
+                    "allreduce_s": [w[1] for w in waits],
+                    "max_err": float(np.max(np.abs(x - 1.0))) if n else 0.0,
+                }
+            ),
+            flush=True,
+        )
     return 0 if result.converged else 3
-
 
 
 # ---------------------------------------------------------------- a resident job (the solver actor's)
@@ -165,6 +195,7 @@ def _broadcast_idle(comm, head):
     non-blocking broadcast every 2 ms: MPICH's blocking calls spin, and an idle job would keep
     a core busy per rank (between commands, not during a solve)."""
     import time
+
     signal_ = np.zeros(1, dtype=np.int64)
     request = comm.Ibcast(signal_, root=0)
     if comm.Get_rank() == 0:
@@ -191,26 +222,34 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
     from .distributed import MpiExchange, apply, mrs
     from .plan import bandwidth, reordered_lower
     from .validate import check_matrix
+
     rank = comm.Get_rank()
-    sock = None
+    sock: Any = None  # rank 0's channel to the actor; the others never touch it
     if rank == 0:
         sock = zmq.Context.instance().socket(zmq.PAIR)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.connect(endpoint)
         sock.send_pyobj({"ok": {"ranks": comm.Get_size(), "pid": os.getpid()}})
-    held: dict[str, tuple] = {}   # key -> (Part, MpiExchange, n, and on rank 0: perm, row counts)
+    held: dict[str, tuple] = {}  # key -> (Part, MpiExchange, n, and on rank 0: perm, row counts)
     while True:
-        head = cmd = lower = perm = a = before = None      # the matrix and the command: rank 0's
+        # the matrix and the command: rank 0's (None on the other ranks until broadcast)
+        head: Any = None
+        cmd: Any = None
+        lower: Any = None
+        perm: Any = None
+        a: Any = None
+        before: Any = None
         if rank == 0:
             while not sock.poll(1000):
                 if parent and not _alive(parent):
                     break
             cmd = sock.recv_pyobj() if sock.poll(0) else {"op": "stop"}
             op, key = cmd.get("op"), cmd.get("key")
-            try:                          # what can fail is checked here, before any collective step
+            try:  # what can fail is checked here, before any collective step
                 if op == "register":
-                    a = check_matrix(sp.csr_array((cmd["data"], cmd["indices"], cmd["indptr"]),
-                                                  shape=(cmd["n"], cmd["n"])), "skew")
+                    a = check_matrix(
+                        sp.csr_array((cmd["data"], cmd["indices"], cmd["indptr"]), shape=(cmd["n"], cmd["n"])), "skew"
+                    )
                     perm, lower = reordered_lower(a)
                     before = bandwidth(a)
                 elif op in ("solve", "matvec", "drop") and key not in held:
@@ -234,16 +273,28 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
             n = comm.bcast(lower.shape[0] if rank == 0 else None, root=0)
             part, _ = scatter(comm, lower, None, threads)
             held[key] = (part, MpiExchange(comm, part), n, perm, row_counts(comm, part))
-            stats = comm.gather((part.nnz, *part.shares(), part.split.work_size, part.halo_bytes(),
-                                 part.lo - part.start), root=0)
+            stats = comm.gather(
+                (part.nnz, *part.shares(), part.split.work_size, part.halo_bytes(), part.lo - part.start), root=0
+            )
             if rank == 0:
                 nnz, inner, middle, outer, window, halo, reach = (list(c) for c in zip(*stats))
                 stored = max(sum(nnz), 1)
-                sock.send_pyobj({"ok": {"n": n, "nnz": int(a.nnz), "nnz_stored": sum(nnz),
-                                        "bandwidth_before": before, "bandwidth_after": max(reach + [0]),
-                                        "share_inner": sum(inner) / stored, "share_middle": sum(middle) / stored,
-                                        "share_outer": sum(outer) / stored, "window_rows": sum(window),
-                                        "halo_bytes": halo}})
+                sock.send_pyobj(
+                    {
+                        "ok": {
+                            "n": n,
+                            "nnz": int(a.nnz),
+                            "nnz_stored": sum(nnz),
+                            "bandwidth_before": before,
+                            "bandwidth_after": max(reach + [0]),
+                            "share_inner": sum(inner) / stored,
+                            "share_middle": sum(middle) / stored,
+                            "share_outer": sum(outer) / stored,
+                            "window_rows": sum(window),
+                            "halo_bytes": halo,
+                        }
+                    }
+                )
             continue
         part, exchange, n, perm, counts = held[key]
         vector = None
@@ -256,9 +307,18 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
             seconds = comm.reduce(result.seconds, op=MPI.MAX, root=0)
             x = gather(comm, result.x, counts, perm)
             if rank == 0:
-                sock.send_pyobj({"ok": {"x": x, "converged": result.converged, "iterations": result.iterations,
-                                        "residual": result.residual, "seconds": seconds,
-                                        "history": result.history}})
+                sock.send_pyobj(
+                    {
+                        "ok": {
+                            "x": x,
+                            "converged": result.converged,
+                            "iterations": result.iterations,
+                            "residual": result.residual,
+                            "seconds": seconds,
+                            "history": result.history,
+                        }
+                    }
+                )
         else:
             v = np.zeros(part.m)
             v[part.own] = mine
@@ -270,7 +330,7 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
         try:
             sock.send_pyobj({"ok": "stopped"}, flags=zmq.NOBLOCK)
         except zmq.Again:
-            pass                          # nobody left to tell
+            pass  # nobody left to tell
         sock.close()
     return 0
 

@@ -13,8 +13,8 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from .errors import InvalidOperand
-from .spmv import BandSplit, HalfMatrix, band_spmv, max_threads
 from .split import split_band
+from .spmv import BandSplit, HalfMatrix, band_spmv, max_threads
 from .validate import as_vector, check_matrix, check_scalar, check_threads
 
 MIN_NNZ_PER_THREAD = 20_000  # below this a second thread costs more in wake-up than it saves
@@ -93,8 +93,16 @@ class Plan:
         self._report = report
 
     @classmethod
-    def build(cls, matrix, kind: str = "skew", threads: int | None = None, tol: float = 1e-12,
-              reorder: bool = True, precision: str = "float64", compact: bool = True) -> "Plan":
+    def build(
+        cls,
+        matrix,
+        kind: str = "skew",
+        threads: int | None = None,
+        tol: float = 1e-12,
+        reorder: bool = True,
+        precision: str = "float64",
+        compact: bool = True,
+    ) -> "Plan":
         """Check `matrix` (any scipy sparse matrix or 2-D array), reorder it by RCM (unless
         reorder is False) and split it for `threads` threads (default: OpenMP's count, fewer for
         a small matrix). With `compact` (the default) entries are stored as 16-bit offsets from
@@ -111,7 +119,7 @@ class Plan:
         threads = check_threads(threads)
         n = a.shape[0]
         perm, tril = reordered_lower(a, reorder)
-        if precision == "float32":           # the split's far values must be the rounded ones too
+        if precision == "float32":  # the split's far values must be the rounded ones too
             tril.data = tril.data.astype(np.float32).astype(np.float64)
         sign = -1 if kind == "skew" else 1
         diag = a.diagonal()[perm] if kind == "symmetric" else None
@@ -146,14 +154,16 @@ class Plan:
         threads = check_threads(threads)
         split = split_band(self.half, threads)
         stored = max(self.half.nnz, 1)
-        report = PlanReport(**{
-            **asdict(self._report),
-            "threads": threads,
-            "share_inner": (self.half.nnz - split.middle_count - split.outer_count) / stored,
-            "share_middle": split.middle_count / stored,
-            "share_outer": split.outer_count / stored,
-            "window_rows": split.work_size,
-        })
+        report = PlanReport(
+            **{
+                **asdict(self._report),
+                "threads": threads,
+                "share_inner": (self.half.nnz - split.middle_count - split.outer_count) / stored,
+                "share_middle": split.middle_count / stored,
+                "share_outer": split.outer_count / stored,
+                "window_rows": split.work_size,
+            }
+        )
         return Plan(self.kind, self.perm, self.half, split, report)
 
     def describe(self) -> PlanReport:
@@ -163,8 +173,15 @@ class Plan:
         """A window buffer for apply(); one per concurrent caller."""
         return np.empty(self.split.work_size)
 
-    def apply(self, x: np.ndarray, y: np.ndarray, alpha: float = 0.0, u: np.ndarray | None = None,
-              work: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+    def apply(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        alpha: float = 0.0,
+        u: np.ndarray | None = None,
+        work: np.ndarray | None = None,
+        threads: int | None = None,
+    ) -> np.ndarray:
         """y = alpha u + B x in the permuted space (B the band matrix), with float64 buffers
         given as is; u None means no shift term. threads defaults to the plan's block count
         (fewer threads share the blocks out). Returns y."""

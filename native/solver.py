@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InvalidOperand
-from .spmv import dot, mrs_update
 from .plan import Plan
+from .spmv import dot, mrs_update
 from .validate import as_vector, check_scalar
 
 
@@ -55,11 +55,11 @@ class Rotations:
 
     def step(self, alpha: float, beta_prev: float, beta: float) -> tuple[float, float, float, float, float]:
         """(r1, r2, rho, c, s) of this column; rho == 0 means a breakdown (c, s are then 0)."""
-        r2 = -self.s2 * beta_prev                      # rotation j-2
+        r2 = -self.s2 * beta_prev  # rotation j-2
         t = -self.c2 * beta_prev
-        r1 = self.c1 * t + self.s1 * alpha             # rotation j-1
+        r1 = self.c1 * t + self.s1 * alpha  # rotation j-1
         t2 = -self.s1 * t + self.c1 * alpha
-        rho = math.hypot(t2, beta)                     # rotation j zeroes beta
+        rho = math.hypot(t2, beta)  # rotation j zeroes beta
         c, s = (t2 / rho, beta / rho) if rho != 0.0 else (0.0, 0.0)
         return r1, r2, rho, c, s
 
@@ -67,8 +67,18 @@ class Rotations:
         self.c2, self.s2, self.c1, self.s1 = self.c1, self.s1, c, s
 
 
-def iterate(b: np.ndarray, beta0: float, alpha: float, tol: float, maxiter: int, x: np.ndarray,
-            product, norm, threads: int, own: slice = slice(None)) -> tuple[bool, list[float]]:
+def iterate(
+    b: np.ndarray,
+    beta0: float,
+    alpha: float,
+    tol: float,
+    maxiter: int,
+    x: np.ndarray,
+    product,
+    norm,
+    threads: int,
+    own: slice = slice(None),
+) -> tuple[bool, list[float]]:
     """MRS's iterations on x (in place), shared by the one-process and the distributed solver.
 
     Vectors have x's length; `own` is the part of them this process updates (all of them in one
@@ -125,9 +135,16 @@ def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = N
     xp = np.zeros(n)
     work = plan.work()
     converged, history = iterate(
-        bp, beta0, alpha, tol, maxiter, xp,
+        bp,
+        beta0,
+        alpha,
+        tol,
+        maxiter,
+        xp,
         product=lambda v, w, beta_prev, v_prev: plan.apply(v, w, beta_prev, v_prev, work),
-        norm=lambda w: math.sqrt(dot(w, w, plan.threads)), threads=plan.threads)
+        norm=lambda w: math.sqrt(dot(w, w, plan.threads)),
+        threads=plan.threads,
+    )
     seconds = time.perf_counter() - start
     x = plan.unpermute(xp)
     residual = _residual(plan, alpha, bp, xp) / beta0 if beta0 > 0 else 0.0
@@ -141,14 +158,16 @@ def _residual(plan: Plan, alpha: float, bp: np.ndarray, xp: np.ndarray) -> float
     return math.sqrt(float(np.dot(r, r)))
 
 
-def solve(matrix, b, alpha: float, tol: float = 1e-10, maxiter: int | None = None,
-          threads: int | None = None) -> SolveResult:
+def solve(
+    matrix, b, alpha: float, tol: float = 1e-10, maxiter: int | None = None, threads: int | None = None
+) -> SolveResult:
     """Plan `matrix` (checked skew-symmetric) and solve (alpha I + S) x = b with MRS."""
     return mrs(Plan.build(matrix, "skew", threads), b, alpha, tol, maxiter)
 
 
-def solve_file(path, alpha: float = 1.0, tol: float = 1e-10, maxiter: int | None = None,
-               threads: int | None = None) -> SolveResult:
+def solve_file(
+    path, alpha: float = 1.0, tol: float = 1e-10, maxiter: int | None = None, threads: int | None = None
+) -> SolveResult:
     """Solve (alpha I + S) x = b for S read from a Matrix Market file, with b = (alpha I + S) 1
     (consistent even when S is singular; the exact solution is all ones when it is not)."""
     # imported here, not at the top: the package imports this module, and matrices is also run

@@ -57,7 +57,7 @@ def split_band(half: HalfMatrix, blocks: int, buffer_cost: float = 1.0, far_cost
     order = np.argsort(b_block, kind="stable")
     cuts = np.searchsorted(b_block[order], np.arange(blocks + 1))
     for t in range(blocks):
-        win_len[t] = window_length(b_dist[order[cuts[t]:cuts[t + 1]]], buffer_cost, far_cost)
+        win_len[t] = window_length(b_dist[order[cuts[t] : cuts[t + 1]]], buffer_cost, far_cost)
     win_start = row_start[:-1] - win_len
     assert np.all(win_start >= 0)
     outer = col[before] < win_start[b_block]

@@ -6,6 +6,7 @@ every vector handed to C (validate.check_buffer) and turn a failure status into 
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class CsrMatrix:
     rowptr: np.ndarray
     col: np.ndarray
     val: np.ndarray
-    struct: object = field(repr=False)
+    struct: Any = field(repr=False)  # the cffi struct (and what it points into)
 
     @classmethod
     def from_scipy(cls, a) -> "CsrMatrix":
@@ -62,13 +63,13 @@ class HalfMatrix:
 
     n: int
     rowptr: np.ndarray
-    col: np.ndarray | None             # None in a compact matrix that keeps `off` instead
-    val: np.ndarray | None             # None in a compact matrix that keeps `val32` instead
+    col: np.ndarray | None  # None in a compact matrix that keeps `off` instead
+    val: np.ndarray | None  # None in a compact matrix that keeps `val32` instead
     diag: np.ndarray | None
     sign: int
-    struct: object = field(repr=False)
-    off: np.ndarray | None = None      # uint16 i - j per entry: bands narrower than 65536
-    val32: np.ndarray | None = None    # float32 values (products and sums stay in double)
+    struct: Any = field(repr=False)  # the cffi struct (and what it points into)
+    off: np.ndarray | None = None  # uint16 i - j per entry: bands narrower than 65536
+    val32: np.ndarray | None = None  # float32 values (products and sums stay in double)
 
     @classmethod
     def from_lower(cls, lower, diag: np.ndarray | None, sign: int) -> "HalfMatrix":
@@ -105,7 +106,10 @@ class HalfMatrix:
 
     def values(self) -> np.ndarray:
         """The float64 value of every entry (widened from float32 in a compact matrix)."""
-        return self.val if self.val is not None else self.val32.astype(np.float64)
+        if self.val is not None:
+            return self.val
+        assert self.val32 is not None, "a matrix keeps float64 or float32 values"
+        return self.val32.astype(np.float64)
 
     def compacted(self, offsets: bool = True, float32: bool = False) -> "HalfMatrix":
         """The same matrix in the compact forms the band kernel reads (pars3.h): 16-bit row
@@ -120,14 +124,28 @@ class HalfMatrix:
         s = ffi.new("pars3_half *")
         s.n, s.sign = self.n, self.sign
         keep = []
-        for name, ctype, arr in (("rowptr", "int64_t", self.rowptr), ("col", "int32_t", col if off is None else None),
-                                 ("off", "uint16_t", off), ("val", "double", val if val32 is None else None),
-                                 ("val32", "float", val32), ("diag", "double", self.diag)):
-            if arr is not None:              # a field left NULL is a form the kernel does not read
+        for name, ctype, arr in (
+            ("rowptr", "int64_t", self.rowptr),
+            ("col", "int32_t", col if off is None else None),
+            ("off", "uint16_t", off),
+            ("val", "double", val if val32 is None else None),
+            ("val32", "float", val32),
+            ("diag", "double", self.diag),
+        ):
+            if arr is not None:  # a field left NULL is a form the kernel does not read
                 keep.append(_ptr(ctype, arr))
                 setattr(s, name, keep[-1])
-        return HalfMatrix(self.n, self.rowptr, None if off is not None else col, None if val32 is not None else val,
-                          self.diag, self.sign, (s, keep), off, val32)
+        return HalfMatrix(
+            self.n,
+            self.rowptr,
+            None if off is not None else col,
+            None if val32 is not None else val,
+            self.diag,
+            self.sign,
+            (s, keep),
+            off,
+            val32,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,7 +162,7 @@ class BandSplit:
     far_target: np.ndarray  # (far_off[T],) int32
     far_source: np.ndarray  # (far_off[T],) int32
     far_val: np.ndarray  # (far_off[T],) float64
-    struct: object = field(repr=False, default=None)
+    struct: Any = field(repr=False, default=None)
 
     def __post_init__(self):
         t = len(self.win_start)
@@ -166,8 +184,18 @@ class BandSplit:
             _ptr("double", self.far_val),
         ]
         s.nblocks = t
-        (s.row_start, s.win_start, s.buf_off, s.head_off, s.mid_start, s.inner_start,
-         s.far_off, s.far_target, s.far_source, s.far_val) = keep
+        (
+            s.row_start,
+            s.win_start,
+            s.buf_off,
+            s.head_off,
+            s.mid_start,
+            s.inner_start,
+            s.far_off,
+            s.far_target,
+            s.far_source,
+            s.far_val,
+        ) = keep
         object.__setattr__(self, "struct", (s, keep))
 
     @property
@@ -193,7 +221,7 @@ class Colouring:
 
     colour_off: np.ndarray  # (C+1,) int64
     rows: np.ndarray  # (n,) int32
-    struct: object = field(repr=False, default=None)
+    struct: Any = field(repr=False, default=None)
 
     def __post_init__(self):
         assert self.colour_off.ndim == 1 and self.rows.shape == (self.colour_off[-1],)
@@ -217,8 +245,13 @@ class Colouring:
         colour = np.empty(n, dtype=np.int32)
         mark = np.empty(n, dtype=np.int32)
         _status(
-            lib.pars3_colour_rows(half.struct[0], _ptr("int64_t", trowptr), _ptr("int32_t", trow),
-                                  _ptr("int32_t", colour), _ptr("int32_t", mark)),
+            lib.pars3_colour_rows(
+                half.struct[0],
+                _ptr("int64_t", trowptr),
+                _ptr("int32_t", trow),
+                _ptr("int32_t", colour),
+                _ptr("int32_t", mark),
+            ),
             "pars3_colour_rows",
         )
         rows = np.argsort(colour, kind="stable").astype(np.int32)
@@ -238,8 +271,10 @@ def csr_spmv(a: CsrMatrix, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _full_storage(a: HalfMatrix, kernel: str) -> None:
     if a.col is None or a.val is None:
-        raise InvalidOperand(f"{kernel} reads 32-bit columns and float64 values; this matrix is compact "
-                             "(only band_spmv reads that: build the plan with compact=False)")
+        raise InvalidOperand(
+            f"{kernel} reads 32-bit columns and float64 values; this matrix is compact "
+            "(only band_spmv reads that: build the plan with compact=False)"
+        )
 
 
 def half_spmv(a: HalfMatrix, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -277,8 +312,14 @@ def band_spmv(
     check_distinct(work, x, u)
     _status(
         lib.pars3_band_spmv(
-            a.struct[0], split.struct[0], alpha, ffi.NULL if u is None else _ptr("double", u),
-            _ptr("double", x), _ptr("double", y), _ptr("double", work), threads,
+            a.struct[0],
+            split.struct[0],
+            alpha,
+            ffi.NULL if u is None else _ptr("double", u),
+            _ptr("double", x),
+            _ptr("double", y),
+            _ptr("double", work),
+            threads,
         ),
         "pars3_band_spmv",
     )
@@ -325,8 +366,20 @@ def triad(a: np.ndarray, b: np.ndarray, c: np.ndarray, s: float, threads: int) -
     return a
 
 
-def mrs_update(r1: float, r2: float, rho: float, cg: float, beta: float, v: np.ndarray, w: np.ndarray,
-               d1: np.ndarray, d2: np.ndarray, x: np.ndarray, vnext: np.ndarray, threads: int) -> None:
+def mrs_update(
+    r1: float,
+    r2: float,
+    rho: float,
+    cg: float,
+    beta: float,
+    v: np.ndarray,
+    w: np.ndarray,
+    d1: np.ndarray,
+    d2: np.ndarray,
+    x: np.ndarray,
+    vnext: np.ndarray,
+    threads: int,
+) -> None:
     """d2 <- (v - r1 d1 - r2 d2)/rho; x <- x + cg d2; vnext <- w/beta (unless beta == 0)."""
     n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 1 else -1
     for name, arr in (("v", v), ("w", w), ("d1", d1)):
@@ -336,12 +389,26 @@ def mrs_update(r1: float, r2: float, rho: float, cg: float, beta: float, v: np.n
     check_distinct(d2, v, w, d1, x, vnext)
     check_distinct(x, v, w, d1, vnext)
     check_distinct(vnext, v, w, d1)
-    r1, r2, rho, cg, beta = (check_scalar(s, name) for s, name in ((r1, "r1"), (r2, "r2"), (rho, "rho"), (cg, "cg"), (beta, "beta")))
+    scalars = ((r1, "r1"), (r2, "r2"), (rho, "rho"), (cg, "cg"), (beta, "beta"))
+    r1, r2, rho, cg, beta = (check_scalar(s, name) for s, name in scalars)
     if rho == 0.0:
         raise InvalidOperand("rho must be nonzero")
     threads = check_threads(threads)
     _status(
-        lib.pars3_mrs_update(n, r1, r2, rho, cg, beta, _ptr("double", v), _ptr("double", w), _ptr("double", d1),
-                             _ptr("double", d2), _ptr("double", x), _ptr("double", vnext), threads),
+        lib.pars3_mrs_update(
+            n,
+            r1,
+            r2,
+            rho,
+            cg,
+            beta,
+            _ptr("double", v),
+            _ptr("double", w),
+            _ptr("double", d1),
+            _ptr("double", d2),
+            _ptr("double", x),
+            _ptr("double", vnext),
+            threads,
+        ),
         "pars3_mrs_update",
     )

@@ -44,7 +44,7 @@ def check_matrix(matrix, kind: str = "skew", tol: float = 1e-12) -> sp.csr_array
     nnz = matrix.nnz if sp.issparse(matrix) else int(np.count_nonzero(matrix))
     if nnz > MAX_NNZ:
         raise InvalidMatrix(f"matrix has {nnz} nonzeros; at most {MAX_NNZ} are supported")
-    a = sp.csr_array(matrix, dtype=np.float64)   # shares the caller's arrays when it can
+    a = sp.csr_array(matrix, dtype=np.float64)  # shares the caller's arrays when it can
     if not a.has_canonical_format or not a.data.all():
         # The clean-ups below work in place: on a copy, so that the caller's matrix (or a
         # read-only array received from the wire) is never written.
@@ -129,7 +129,7 @@ def check_buffer(x, n: int, name: str, writeable: bool = False) -> None:
         raise InvalidOperand(f"{name} must be writeable")
 
 
-def check_distinct(out: np.ndarray, *inputs: np.ndarray) -> None:
+def check_distinct(out: np.ndarray, *inputs: np.ndarray | None) -> None:
     """The output must not overlap an input: the kernels read inputs while writing out."""
     for x in inputs:
         if x is not None and np.may_share_memory(out, x):
@@ -150,6 +150,7 @@ def check_threads(threads) -> int:
     """A thread count in 1 .. MAX_THREADS."""
     if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, numbers.Integral):
         raise InvalidOperand(f"threads must be an integer, got {type(threads).__name__}")
-    if not 1 <= threads <= MAX_THREADS:
-        raise InvalidOperand(f"threads must be in 1..{MAX_THREADS}, got {threads}")
-    return int(threads)
+    count = int(threads)
+    if not 1 <= count <= MAX_THREADS:
+        raise InvalidOperand(f"threads must be in 1..{MAX_THREADS}, got {count}")
+    return count
