@@ -101,8 +101,8 @@ class _RoutedCollector:
                                         labels=["actor"])
         for actor, counts in list(self.m._latency.items()):
             running, buckets = 0.0, []
-            for le, n in zip([*map(floatToGoString, LATENCY_BUCKETS), "+Inf"], counts):
-                running += n
+            for le, count in zip([*map(floatToGoString, LATENCY_BUCKETS), "+Inf"], counts):
+                running += count
                 buckets.append((le, running))
             latency.add_metric([actor], buckets, sum_value=counts[-1])
         yield from (requests, errors, misses, latency)
