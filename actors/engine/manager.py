@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import EngineError, OverBudget, SessionBusy, UnknownSession
+from .errors import EngineError, OverBudget, SessionBusy, UnknownSession, as_answer
 from .blocks import blocks_after_rollback, blocks_for
 from .memory_model import CostCurve, gamma_for_budget, kv_tokens, tree_shape
 
@@ -249,13 +249,13 @@ class MemoryManager:
     def grant_batch(self, requests: list[dict]) -> list[dict]:
         """`grant` for several sessions in order, one message for a batched step. Each request is
         {"session", "gamma" (optional), "limit" (optional)}; each answer is grant's, or
-        {"error": [exception class name, message]} for that session alone."""
+        {"error": as_answer(exc)} (a [class name, message] pair) for that session alone."""
         answers = []
         for r in requests:
             try:
                 answers.append(self.grant(r["session"], r.get("gamma"), r.get("limit"), r.get("width")))
             except EngineError as exc:
-                answers.append({"error": [type(exc).__name__, str(exc)]})
+                answers.append({"error": as_answer(exc)})
         return answers
 
     def commit_batch(self, requests: list[dict]) -> list[dict]:
