@@ -14,9 +14,9 @@ import numpy as np
 import trio
 
 from specmemo.actors.engine import DraftCore
-from specmemo.actors.engine.verifier import DRAFT
+from specmemo.actors.engine.driver import DRAFT
 from specmemo.protocol import errors
-from specmemo.protocol.methods import AcceptRequest, DraftOpen, Empty, ProposeRequest, SessionRef
+from specmemo.protocol.methods import AcceptBatch, AcceptRequest, DraftOpen, Empty, ProposeRequest, SessionRef
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
@@ -35,6 +35,7 @@ class DraftActor(Actor):
         self.memory = config.get("memory", "memory")
         self.verifier = config.get("verifier", "verifier")
         self.core: DraftCore | None = None
+        self._accept_calls = 0
 
     #: Imports for the zygote, before it forks this actor (see :mod:`specmemo.actors.zygote`).
     preload = staticmethod(preload_actor_model)
@@ -97,6 +98,14 @@ class DraftActor(Actor):
     async def rpc_accept(self, req: AcceptRequest, call: Call) -> dict:
         return {"held": await self.run_sync(self.core.accept, req.session, req.accepted,
                                             np.asarray(req.tokens), req.blocks, req.path)}
+
+    async def rpc_accept_batch(self, req: AcceptBatch, call: Call) -> dict:
+        r = req.requests
+        held = await self.run_sync(self.core.accept_batch, [x.session for x in r], [x.accepted for x in r],
+                                   [np.asarray(x.tokens) for x in r], [x.blocks for x in r], [x.path for x in r])
+        self._accept_calls += 1
+        self.metrics.set("accept_calls", self._accept_calls, "Accept calls served (one per speculative step)")
+        return {"held": held}
 
     async def rpc_close(self, req: SessionRef, call: Call) -> dict:
         return {"held": self.core.close(req.session)}

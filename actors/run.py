@@ -10,9 +10,9 @@ import sys
 
 import trio
 
-from specmemo.deploy.config import ACTOR_KINDS
 from specmemo.protocol.curve import client_keys
 
+from .kinds import ACTOR_KINDS
 from .metrics import serve
 from .runtime import ActorRuntime
 

@@ -23,14 +23,14 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import trio
 
 from specmemo.actors.engine import VerifierCore
-from specmemo.actors.engine.errors import EngineError, SessionBusy, UnknownSession
-from specmemo.actors.engine.verifier import DRAFT, TARGET, Driver
+from specmemo.actors.engine.driver import DRAFT, TARGET, Driver, TurnEvent
+from specmemo.actors.engine.errors import EngineError
 from specmemo.protocol import errors
 from specmemo.protocol.methods import (ChatChunk, ChatRequest, CompleteRequest, Empty, GenerateRequest,
                                        OpenChat, SessionRef)
@@ -39,119 +39,11 @@ from .base import Actor, Call
 from .memory import ENGINE_ERRORS
 from .modelconfig import (describe_precision, load_actor_model, model_info, preload_actor_model,
                           set_model_gauges)
+from .proxies import RemoteDraft, RemoteMemory
+
+__all__ = ["RemoteDraft", "RemoteMemory", "VerifierActor"]   # the proxies, re-exported
 
 log = logging.getLogger("specmemo.verifier")
-
-_ENGINE_BY_NAME = {cls.__name__: cls for cls in ENGINE_ERRORS}
-
-
-class RemoteMemory:
-    """The memory actor, called synchronously from the Driver's worker thread."""
-
-    def __init__(self, call: Callable[..., Any], actor: str, owner: str) -> None:
-        self._call, self.actor, self.owner = call, actor, owner
-
-    def has(self, session: str) -> bool:
-        return self._call(self.actor, "has", session=session)["has"]
-
-    def open_session(self, session: str) -> None:
-        self._call(self.actor, "open", session=session, owner=self.owner)
-
-    def prefill(self, session: str, keep: int, add: int) -> dict:
-        return self._call(self.actor, "prefill", session=session, keep=keep, add=add)
-
-    def grant_batch(self, requests: list[dict]) -> list[dict]:
-        return self._call(self.actor, "grant_batch", requests=requests)["answers"]
-
-    def commit_batch(self, requests: list[dict]) -> list[dict]:
-        return self._call(self.actor, "commit_batch", requests=requests)["answers"]
-
-    def finish(self, session: str) -> None:
-        self._call(self.actor, "finish", session=session)
-
-    def release(self, session: str) -> int:
-        return self._call(self.actor, "release", session=session)["freed"]
-
-    def observe_costs(self, draft_s: float | None, m: int | None, target_s: float | None,
-                      draft_by_m: dict | None = None) -> None:
-        self._call(self.actor, "observe_costs", draft_s=draft_s, m=m, target_s=target_s, draft_by_m=draft_by_m)
-
-
-class RemoteDraft:
-    """The draft actor, called synchronously from the Driver's worker thread.
-
-    A call that meets a dead or restarted draft (``ActorDied``, or ``NotFound`` for a session
-    the new process never saw) waits for the draft to be back, rebuilds the sessions involved
-    from the verifier's committed token ids, and retries.
-    """
-
-    def __init__(self, call: Callable[..., Any], actor: str, ids: Callable[[str], np.ndarray],
-                 wait_s: float = 60.0) -> None:
-        self._call, self.actor, self._ids, self.wait_s = call, actor, ids, wait_s
-        self.rebuilds = 0
-
-    def _retrying(self, method: str, rebuild: Callable[[], None] | None = None, **params: Any) -> Any:
-        deadline = time.monotonic() + self.wait_s
-        while True:
-            try:
-                return self._call(self.actor, method, **params)
-            except (errors.ActorDied, errors.NotFound) as exc:
-                if time.monotonic() > deadline:
-                    raise errors.ActorDied(f"draft actor did not come back in {self.wait_s:.0f} s: {exc}")
-                if isinstance(exc, errors.ActorDied):
-                    time.sleep(0.05)
-                    continue
-                if rebuild is None:
-                    raise
-                rebuild()
-
-    def _reopen(self, session: str, blocks: int) -> None:
-        self.rebuilds += 1
-        self._retrying("open", session=session, token_ids=self._ids(session), blocks=blocks)
-
-    def has(self, session: str) -> bool:
-        return self._retrying("has", session=session)["has"]
-
-    def open(self, session: str, token_ids: np.ndarray, blocks: int) -> int:
-        return self._retrying("open", session=session, token_ids=np.asarray(token_ids), blocks=blocks)["held"]
-
-    def extend(self, session: str, token_ids: np.ndarray, keep: int, blocks: int) -> int:
-        try:
-            return self._retrying("extend", session=session, token_ids=np.asarray(token_ids), keep=keep,
-                                  blocks=blocks)["held"]
-        except errors.NotFound:
-            return self.open(session, token_ids, blocks)
-
-    def propose(self, sessions: list[str], gammas: list[int], blocks: list[int],
-                temperature: float | list[float] = 0.0, seeds: list[int] | None = None,
-                widths: list[int] | None = None) -> dict:
-        def rebuild() -> None:
-            for s, b in zip(sessions, blocks):
-                if not self._call(self.actor, "has", session=s)["has"]:
-                    self._reopen(s, b)
-        return self._retrying("propose", rebuild, sessions=sessions, gammas=gammas, blocks=blocks,
-                              temperature=temperature, seeds=seeds, widths=widths)
-
-    def accept(self, session: str, accepted: int, tokens: np.ndarray, blocks: int,
-               path: list[int] | None = None) -> int:
-        if blocks == 0:
-            # The memory actor reclaimed the draft's lease (a dead draft reported between this
-            # step's grant and its commit): drop the cache; the next grant asks for a rebuild.
-            return self.close(session)
-        try:
-            return self._retrying("accept", session=session, accepted=accepted,
-                                  tokens=np.asarray(tokens), blocks=blocks, path=path)["held"]
-        except errors.NotFound:
-            # The draft restarted after proposing: the verifier already settled these tokens,
-            # so a rebuild from its committed ids is the accepted state.
-            self._reopen(session, blocks)
-            return 0
-
-    def close(self, session: str) -> int:
-        try:
-            return self._call(self.actor, "close", session=session)["held"]
-        except errors.SpecmemoError:
-            return 0
 
 
 @dataclass
@@ -261,7 +153,7 @@ class VerifierActor(Actor):
                               "open, send the message again", origin=self.name)
         async with self._core_lock:
             for session in self.driver.active:
-                self.driver._turns.pop(session, None)
+                self.driver.abort(session)
             for stream in list(self.streams.values()):
                 self._fail(stream, lost)
             for session in self.core.sessions():
@@ -394,19 +286,17 @@ class VerifierActor(Actor):
                     await self._abort_active(exc)
                     continue
                 for event in events:
-                    if event["step"] is not None:
-                        event["step"]["batch"] = len(events)
-                    self._dispatch(event)
-                steps = [e["step"] for e in events if e["step"]]
+                    self._dispatch(event, len(events))
+                steps = [e.step for e in events if e.step is not None]
                 if steps:
-                    self.metrics.set("accepted_per_step", sum(x["accepted"] for x in steps) / len(steps),
+                    self.metrics.set("accepted_per_step", sum(x.accepted for x in steps) / len(steps),
                                      "Mean accepted drafts per step, last batch")
                     self.metrics.set("batch", len(steps), "Sessions in the last step")
 
     async def _abort_active(self, exc: Exception) -> None:
         """Fail every turn in the batch (their sessions stay open, their turn state is dropped)."""
-        for session in list(self.driver.active):
-            self.driver._turns.pop(session, None)
+        for session in self.driver.active:
+            self.driver.abort(session)
             stream = self.streams.get(session)
             if stream is not None:
                 self._fail(stream, exc)
@@ -452,31 +342,30 @@ class VerifierActor(Actor):
         _deliver(stream, mapped)
         stream.send.close()
 
-    def _dispatch(self, event: dict) -> None:
-        stream = self.streams.get(event["session"])
+    def _dispatch(self, event: TurnEvent, batch: int) -> None:
+        """Stream one session's event of a step that batched `batch` sessions to its caller."""
+        stream = self.streams.get(event.session)
         if stream is None:
             return
-        if event["error"]:
-            name, text = event["error"]
-            cls = _ENGINE_BY_NAME.get(name, EngineError)
-            self._fail(stream, cls(text))
+        if event.error is not None:
+            self._fail(stream, event.error)
             return
-        tokens = event["tokens"]
+        tokens = event.tokens
         stream.reply.extend(int(t) for t in tokens)
         text = self.core.tokenizer.decode(stream.reply, skip_special_tokens=True) \
             if self.core.tokenizer is not None else ""
-        if event["done"] or not text.endswith("\ufffd"):
+        if event.done or not text.endswith("\ufffd"):
             delta, stream.text = text[len(stream.text):], text
         else:
             delta = ""
-        stats = dict(event["stats"])
+        stats = dict(event.stats)
         elapsed = time.perf_counter() - stream.started
         stats["tokens_per_s"] = len(stream.reply) / elapsed if elapsed > 0 else 0.0
         stats["seconds"] = elapsed
-        if event["done"]:
+        if event.done:
             self.metrics.set("tokens_per_s", stats["tokens_per_s"], "Tokens/s of the last finished turn")
         reply = ""
-        if event["done"]:
+        if event.done:
             self.streams.pop(stream.session, None)
             if stream.messages is not None:
                 reply = self.core.end_conversation(stream.session, stream.messages, np.asarray(stream.reply))
@@ -484,9 +373,10 @@ class VerifierActor(Actor):
                 reply = self.core.end_turn(stream.session, stream.message, np.asarray(stream.reply))
             else:
                 reply = text
-        _deliver(stream, ChatChunk(tokens=tokens, text=delta, done=bool(event["done"]),
-                                   step=event["step"], stats=stats, reply=reply))
-        if event["done"]:
+        step = None if event.step is None else {**event.step.as_dict(), "batch": batch}
+        _deliver(stream, ChatChunk(tokens=tokens, text=delta, done=bool(event.done),
+                                   step=step, stats=stats, reply=reply))
+        if event.done:
             stream.send.close()
 
 

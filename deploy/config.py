@@ -17,15 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Actor kinds and their classes, importable by name in the actor process.
-ACTOR_KINDS: dict[str, str] = {
-    "echo": "specmemo.actors.echo:EchoActor",
-    "solver": "specmemo.actors.solver:SolverActor",
-    "memory": "specmemo.actors.memory:MemoryActor",
-    "draft": "specmemo.actors.draft:DraftActor",
-    "verifier": "specmemo.actors.verifier:VerifierActor",
-    "http": "specmemo.actors.http:HttpActor",
-}
+from specmemo.actors.kinds import ACTOR_KINDS
 
 DEFAULT_CONFIG = Path(__file__).with_name("local.toml")
 

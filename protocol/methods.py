@@ -495,6 +495,16 @@ class AcceptRequest:
     path: list[int] | None = None      # accepted tree nodes (None: the chain's first `accepted`)
 
 
+@message
+class AcceptBatch:
+    requests: list[AcceptRequest]      # one per session of the step
+
+
+@message
+class HeldEach:
+    held: list[int]                    # per request, in order
+
+
 method("draft.info", Empty, ModelInfo, role="client", idempotent=True,
        doc="Bytes per token, vocabulary, context, weights, precision and resident memory.")
 method("draft.has", SessionRef, HasReply, role="actor", idempotent=True)
@@ -504,6 +514,8 @@ method("draft.extend", DraftOpen, Held, role="actor", doc="A new turn: the first
 method("draft.propose", ProposeRequest, Proposal,
        role="actor", doc="Draft a token tree (a chain at width 1) per session (greedy or top-k, or sampled with q).")
 method("draft.accept", AcceptRequest, Held, role="actor", doc="Keep the accepted path (compacted), drop every other branch.")
+method("draft.accept_batch", AcceptBatch, HeldEach, role="actor",
+       doc="`accept` for every session of a step; NotFound, with nothing changed, unless all are open.")
 method("draft.close", SessionRef, Held, role="actor", idempotent=True, doc="Drop a session's cache.")
 
 # ---------------------------------------------------------------- verifier (chat sessions)

@@ -100,7 +100,7 @@ def test_a_prompt_over_the_budget_is_refused_and_disturbs_no_other_session(pair,
     engine.verifier.open("a")
     ids_a, keep = engine.verifier.check_prompt("a", np.arange(10, 20))
     engine.driver.join("a", ids_a, keep, 8)
-    out = engine.driver.step()[0]["tokens"].tolist()
+    out = engine.driver.step()[0].tokens.tolist()
     engine.verifier.open("b")
     ids_b, keep = engine.verifier.check_prompt("b", np.arange(60))
     before = engine.memory.usage()
@@ -108,7 +108,7 @@ def test_a_prompt_over_the_budget_is_refused_and_disturbs_no_other_session(pair,
         engine.driver.join("b", ids_b, keep, 8)
     assert engine.memory.usage()["sessions"]["a"] == before["sessions"]["a"]
     while engine.driver.active:
-        out += engine.driver.step()[0]["tokens"].tolist()
+        out += engine.driver.step()[0].tokens.tolist()
     assert out == greedy_reference(target, np.arange(10, 20), 8).tolist()
 
 

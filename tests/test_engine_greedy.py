@@ -46,8 +46,8 @@ def test_greedy_speculative_output_equals_target_greedy_for_any_models_trees_bud
                 ids, keep = engine.verifier.check_prompt(sid, p)
                 engine.driver.join(sid, ids, keep, max_new, gamma=gamma, width=widths[i])
         for event in engine.driver.step():
-            assert event["error"] is None
-            out[int(event["session"])] += event["tokens"].tolist()
+            assert event.error is None
+            out[int(event.session)] += event.tokens.tolist()
         assert_accounting_matches_tensors(engine)
         step += 1
     for i, p in enumerate(prompts):
@@ -92,7 +92,7 @@ def test_a_greedy_session_batched_with_sampled_ones_still_decodes_greedily():
     out = {sid: [] for sid in prompts}
     while engine.driver.active:
         for event in engine.driver.step():
-            out[event["session"]] += event["tokens"].tolist()
+            out[event.session] += event.tokens.tolist()
     assert out["greedy"] == greedy_reference(target, prompts["greedy"], 14).tolist()
     assert len(out["hot"]) == len(out["warm"]) == 14
 
@@ -106,7 +106,7 @@ def test_a_static_whole_context_cache_is_one_block_that_never_shrinks():
     per_token = engine.draft.bytes_per_token + engine.verifier.bytes_per_token
     out = []
     while engine.driver.active:
-        out += engine.driver.step()[0]["tokens"].tolist()
+        out += engine.driver.step()[0].tokens.tolist()
         assert engine.usage()["live"] == 64 * per_token
     assert_accounting_matches_tensors(engine)
     assert out == greedy_reference(target, np.arange(5, 15), 20).tolist()

@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -121,10 +122,16 @@ def test_chunks_stream_as_steps_are_accepted(spec):
         c.close_session(session)
 
 
+def accept_calls(spec) -> int:
+    with spec.client(timeout=60) as c:
+        return int(c.call("draft", "metrics")["values"].get("accept_calls", 0))
+
+
 def test_two_concurrent_chats_are_batched_and_both_correct(spec, engine):
     messages = {"left": "first conversation", "right": "a second one"}
     expected = {k: reference(engine, f"ref-{k}", [(m, 40)])[0] for k, m in messages.items()}
     got, batches = {}, []
+    calls_before = accept_calls(spec)
 
     def run(key: str) -> None:
         with spec.client(timeout=120) as c:
@@ -143,6 +150,9 @@ def test_two_concurrent_chats_are_batched_and_both_correct(spec, engine):
         t.join(120)
     assert got == expected
     assert max(batches) == 2, "the two sessions never shared a target forward"
+    # a step of b sessions streams b chunks, each saying b, and settles the draft in one call
+    steps = sum(Fraction(1, b) for b in batches)
+    assert accept_calls(spec) - calls_before == steps < len(batches)
 
 
 def test_bad_input_gets_typed_errors_and_leaks_nothing(spec):

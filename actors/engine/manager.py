@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import EngineError, OverBudget, SessionBusy, UnknownSession
+from .acceptance import RankAcceptance
+from .errors import EngineError, OverBudget, SessionBusy, UnknownSession, as_answer
 from .blocks import blocks_after_rollback, blocks_for
 from .memory_model import CostCurve, gamma_for_budget, kv_tokens, tree_shape
 
@@ -32,6 +33,7 @@ EXPLORE_EVERY = 4
 
 @dataclass
 class _Session:
+    acceptance: RankAcceptance       # the rank acceptance counts (acceptance.py)
     context: int = 0
     blocks: dict[str, list[int]] = field(default_factory=dict)
     lost: set[str] = field(default_factory=set)
@@ -39,8 +41,6 @@ class _Session:
     last_used: int = 0
     gamma: int | None = None
     width: int = 1
-    hits: list[int] = field(default_factory=list)    # per rank r: children of rank r accepted
-    tried: list[int] = field(default_factory=list)   # ... and visited nodes that had an r-th child
     plain_steps: int = 0      # steps in a row the policy granted γ = 0
 
 
@@ -160,7 +160,7 @@ class MemoryManager:
         if session in self._sessions:
             raise SessionBusy(f"session {session!r} is already open")
         s = _Session(blocks={h: [] for h in self._bytes_per_token}, last_used=self._tick(),
-                     hits=[0] * self.width_max, tried=[0] * self.width_max)
+                     acceptance=RankAcceptance.empty(self.width_max))
         self._sessions[session] = s
 
     def prefill(self, session: str, keep: int, add: int) -> dict:
@@ -230,12 +230,7 @@ class MemoryManager:
             raise SessionBusy(f"session {session!r} has no open grant to commit")
         assert 0 <= accepted <= s.gamma and 0 <= emitted <= accepted + 1, (accepted, emitted, s.gamma)
         if s.gamma:
-            if tried is None:
-                tried, hits = [min(accepted + 1, s.gamma)], [accepted]
-            assert len(tried) == len(hits) and sum(hits) == accepted, (tried, hits, accepted)
-            for r, (t, h) in enumerate(zip(tried[: self.width_max], hits[: self.width_max])):
-                s.tried[r] += t
-                s.hits[r] += h
+            s.acceptance.record(accepted, s.gamma, tried, hits)
         s.context += emitted
         s.gamma = None
         freed = 0
@@ -249,13 +244,13 @@ class MemoryManager:
     def grant_batch(self, requests: list[dict]) -> list[dict]:
         """`grant` for several sessions in order, one message for a batched step. Each request is
         {"session", "gamma" (optional), "limit" (optional)}; each answer is grant's, or
-        {"error": [exception class name, message]} for that session alone."""
+        {"error": as_answer(exc)} (a [class name, message] pair) for that session alone."""
         answers = []
         for r in requests:
             try:
                 answers.append(self.grant(r["session"], r.get("gamma"), r.get("limit"), r.get("width")))
             except EngineError as exc:
-                answers.append({"error": [type(exc).__name__, str(exc)]})
+                answers.append({"error": as_answer(exc)})
         return answers
 
     def commit_batch(self, requests: list[dict]) -> list[dict]:
@@ -303,7 +298,7 @@ class MemoryManager:
         """The session's rank acceptance rates a_1..a_{width_max}: a_r = P(the target's token is the
         draft's r-th choice), each with a prior counted as 4 trials (a_1: prior_alpha; a_r, r > 1:
         (1 − prior_alpha) / (r + 1)), scaled so that they sum to at most 0.99."""
-        return self._rates(self._get(session), self.width_max)
+        return self._get(session).acceptance.rates(self.prior_alpha, self.width_max)
 
     def usage(self) -> dict:
         per_session = {sid: self._session_bytes(s) for sid, s in self._sessions.items()}
@@ -345,16 +340,9 @@ class MemoryManager:
         self._clock += 1
         return self._clock
 
-    def _priors(self) -> list[float]:
-        return [self.prior_alpha] + [(1 - self.prior_alpha) / (r + 1) for r in range(2, self.width_max + 1)]
-
-    def _rates(self, s: _Session, width: int) -> list[float]:
-        rates = [(h + 4 * p) / (t + 4) for h, t, p in zip(s.hits, s.tried, self._priors())][:width]
-        total = sum(rates)
-        return [a * min(1.0, 0.99 / total) for a in rates]
-
     def _wanted_shape(self, s: _Session, width: int) -> tuple[int, int]:
-        return tree_shape(self._rates(s, width), self.costs, self.fraction, self.gamma_max, width)
+        rates = s.acceptance.rates(self.prior_alpha, width)
+        return tree_shape(rates, self.costs, self.fraction, self.gamma_max, width)
 
     def _session_holder_bytes(self, s: _Session, holder: str) -> int:
         return len(s.blocks.get(holder, [])) * self.block_bytes(holder)

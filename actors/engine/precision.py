@@ -29,18 +29,15 @@ Precisions (the `precision` setting of a model):
   model on an accelerator takes bfloat16.
 
 The chosen precision, the CPU features and the probe's numbers are a `Choice`, kept on the model
-(`precision_of`) so actors can report them.
+(`precision_of`) so actors can report them. The CPU's features are read in `cpu`; the quantized
+modules and the conversion to them are in `quantized`.
 """
 
 from __future__ import annotations
 
 import copy
-import ctypes
-import functools
 import inspect
-import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -48,231 +45,17 @@ import torch
 from torch import nn
 
 from .attention import use_rowwise_attention
+from .cpu import CpuFeatures, cpu_features, int4_supported, int8_supported
+from .quantized import (Bf16Embedding, Int4Linear, Int8Linear, Int8Part, SourcePages, quantize_linears,
+                        release_freed_memory)
+
+# the CPU's features and the quantized modules, re-exported: callers import them from here
+__all__ = ["CHOICES", "PRECISIONS", "Bf16Embedding", "Choice", "CpuFeatures", "Int4Linear", "Int8Linear",
+           "Int8Part", "SourcePages", "apply_precision", "choose", "compute_dtype", "cpu_features",
+           "int4_supported", "int8_supported", "precision_of", "release_freed_memory", "weight_bytes"]
 
 PRECISIONS = ("float32", "bfloat16", "int8", "int4")
 CHOICES = PRECISIONS + ("auto",)
-
-
-@dataclass(frozen=True)
-class CpuFeatures:
-    """What decides which kernels are fast: the CPU model and the flags that matter."""
-
-    model: str
-    flags: tuple[str, ...]
-    capability: str
-
-    @property
-    def vnni(self) -> bool:
-        return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(self.flags))
-
-    @property
-    def bf16(self) -> bool:
-        return bool({"avx512_bf16", "amx_bf16"} & set(self.flags))
-
-    def as_dict(self) -> dict:
-        return {"model": self.model, "flags": list(self.flags), "capability": self.capability,
-                "vnni": self.vnni, "bf16": self.bf16}
-
-
-_FLAGS_OF_NOTE = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
-                  "amx_bf16", "amx_int8", "amx_tile", "asimd", "sve", "bf16", "i8mm")
-
-
-@functools.cache
-def cpu_features() -> CpuFeatures:
-    """The CPU model name, its SIMD flags of note, and torch's dispatch capability."""
-    model, flags = "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model == "unknown":
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return CpuFeatures(model, tuple(f for f in _FLAGS_OF_NOTE if f in flags),
-                       torch.backends.cpu.get_cpu_capability())
-
-
-def int8_supported() -> bool:
-    return "fbgemm" in torch.backends.quantized.supported_engines
-
-
-def int4_supported() -> bool:
-    return hasattr(torch, "_weight_int4pack_mm_for_cpu") and hasattr(torch, "_convert_weight_to_int4pack_for_cpu")
-
-
-# int8 modules
-
-
-class Int8Linear(nn.Module):
-    """A linear layer with per-channel int8 weights and per-token int8 activations (see module doc).
-
-    Given several linears of one input size it is their fusion: one product of the concatenated
-    weights (output channels are independent, so each part is exactly what it would be alone).
-    """
-
-    def __init__(self, linear: nn.Linear | list[nn.Linear], activation_bits: int = 8,
-                 source: "SourcePages | None" = None):
-        super().__init__()
-        assert activation_bits in (7, 8)
-        parts = linear if isinstance(linear, list) else [linear]
-        assert len({p.in_features for p in parts}) == 1 and len({p.bias is None for p in parts}) == 1
-        self.splits = [p.out_features for p in parts]
-        self.in_features, self.out_features = parts[0].in_features, sum(self.splits)
-        bias = None if parts[0].bias is None else torch.cat([p.bias.detach().float() for p in parts])
-        # rows quantized a block at a time: a float32 copy of a whole LM head (152k x 1.5k) would
-        # be several times the int8 result
-        codes = torch.empty(self.out_features, self.in_features, dtype=torch.int8)
-        scale = torch.empty(self.out_features, dtype=torch.float32)
-        row = 0
-        for part in parts:
-            for rows in _row_blocks(part.weight.detach(), source):
-                block = rows.float()
-                s = (block.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
-                codes[row : row + len(block)] = torch.round(block / s[:, None]).clamp_(-127, 127).to(torch.int8)
-                scale[row : row + len(block)] = s
-                row += len(block)
-        with warnings.catch_warnings():
-            # fbgemm's prepack takes a quantized tensor, whose creation functions warn of deprecation
-            warnings.simplefilter("ignore", UserWarning)
-            quantized = torch._make_per_channel_quantized_tensor(
-                codes, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
-            self._packed = torch.ops.quantized.linear_prepack(quantized, None)
-        del quantized, codes
-        self.register_buffer("bias", bias)
-        # codes round(x/s) in [-q_max, q_max] become u8 codes + zero_point inside fbgemm (exactly)
-        self.q_max = 127.0 if activation_bits == 8 else 63.0
-        self.zero_point = 128 if activation_bits == 8 else 64
-        # fbgemm's packed weight is opaque to torch: its int8 codes and float32 channel scales
-        self.packed_bytes = self.out_features * (self.in_features + 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        rows = x.reshape(-1, self.in_features).float()
-        scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) / self.q_max
-        codes = torch.round(rows / scale)
-        out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-            codes, 1.0, self.zero_point, self._packed)
-        out = out * scale
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*shape[:-1], self.out_features)
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, activations={'8' if self.q_max == 127 else '7'}-bit"
-
-
-class Int4Linear(nn.Module):
-    """A linear layer with 4-bit weights (asymmetric, one scale and offset per group of `group`
-    inputs) and float activations: torch's weight-only CPU kernel. One row costs half an int8
-    product, but the cost grows linearly with the rows: for the draft, whose proposals are one
-    token per forward, not for verification."""
-
-    def __init__(self, linear: nn.Linear, group: int, source: "SourcePages | None" = None):
-        super().__init__()
-        n, k = linear.weight.shape
-        assert k % group == 0 and n % 16 == 0, (n, k, group)
-        self.in_features, self.out_features, self.group = k, n, group
-        packed, scales = [], []
-        for rows in _row_blocks(linear.weight.detach(), source):   # a block at a time (rows pack alone)
-            grouped = rows.float().reshape(len(rows), k // group, group)
-            low, high = grouped.amin(-1), grouped.amax(-1)
-            scale = ((high - low) / 15).clamp_min(1e-12)
-            codes = torch.clamp(torch.round((grouped - low[..., None]) / scale[..., None]), 0, 15)
-            packed.append(torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).reshape(len(rows), k), 1))
-            # the kernel computes (code − 8)·scale + zero: zero = low + 8·scale
-            scales.append(torch.stack([scale, low + 8 * scale], -1))
-        self._packed = torch.cat(packed) if len(packed) > 1 else packed[0]
-        # (the kernel's fast path takes bfloat16 activations and scales; float32 is a slow reference)
-        self._scales = torch.cat(scales).transpose(0, 1).contiguous().to(torch.bfloat16)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
-        self.packed_bytes = self._packed.untyped_storage().nbytes() + self._scales.untyped_storage().nbytes()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        out = torch._weight_int4pack_mm_for_cpu(rows, self._packed, self.group, self._scales).float()
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*shape[:-1], self.out_features)
-
-    @staticmethod
-    def group_for(linear: nn.Linear) -> int | None:
-        """The largest supported group that divides the input size, None if the layer cannot be packed."""
-        if linear.out_features % 16:
-            return None
-        return next((g for g in (128, 64, 32) if linear.in_features % g == 0), None)
-
-
-ROW_BLOCK = 4096      # rows of a weight quantized at once (a multiple of int4's 16)
-
-
-def _row_blocks(weight: torch.Tensor, source: "SourcePages | None" = None):
-    # blocks of rows; with `source`, each block's checkpoint pages are dropped once it is consumed
-    for start in range(0, weight.shape[0], ROW_BLOCK):
-        block = weight[start : start + ROW_BLOCK]
-        yield block
-        if source is not None:
-            source.drop(block)
-
-
-class Int8Part(nn.Module):
-    """One of the linears fused into an `Int8Linear` (q, k, v; gate, up): the first part called
-    with an input runs the fused product and keeps the other parts' slices for the same input
-    object, so one activation quantization and one weight pass serve all of them."""
-
-    def __init__(self, fused: Int8Linear, index: int, shared: dict):
-        super().__init__()
-        self.index, self.out_features, self.in_features = index, fused.splits[index], fused.in_features
-        self._shared = shared            # {"fused", "input", "outputs", "pending"}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self._shared
-        # the same object (held here, so its id is not reused); these model families never write
-        # into the input between the sibling calls (inference tensors keep no version counter)
-        if s["input"] is not x or self.index not in s["pending"]:
-            fused = s["fused"]
-            s["outputs"] = fused(x).split(fused.splits, dim=-1)
-            s["input"], s["pending"] = x, set(range(len(fused.splits)))
-        s["pending"].discard(self.index)
-        out = s["outputs"][self.index]
-        if not s["pending"]:
-            s["input"] = s["outputs"] = None
-        return out
-
-
-#: Linear siblings that read the same input in the Llama/Qwen families: fused when all present.
-FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-
-
-def _fuse(parent: nn.Module, bits: int, source: "SourcePages | None" = None) -> None:
-    for names in FUSED:
-        parts = [getattr(parent, n, None) for n in names]
-        if not all(isinstance(p, nn.Linear) for p in parts):
-            continue
-        if len({p.in_features for p in parts}) != 1 or len({p.bias is None for p in parts}) != 1:
-            continue
-        shared = {"fused": Int8Linear(parts, bits, source), "input": None, "outputs": None, "pending": set()}
-        parent.add_module("_".join(names) + "_fused", shared["fused"])   # counted, moved, saved with it
-        for i, n in enumerate(names):
-            setattr(parent, n, Int8Part(shared["fused"], i, shared))
-
-
-class Bf16Embedding(nn.Module):
-    """An embedding table stored in bfloat16, looked up into float32 (exact for bf16 checkpoints)."""
-
-    def __init__(self, embedding: nn.Embedding):
-        super().__init__()
-        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
-        self.padding_idx = embedding.padding_idx
-        self.register_buffer("weight", embedding.weight.detach().to(torch.bfloat16).clone())
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return nn.functional.embedding(ids, self.weight).float()
 
 
 # applying a precision
@@ -346,92 +129,12 @@ def _convert(model, precision: str, activation_bits: int | None = None) -> None:
             raise ValueError(f"precision {precision} needs torch's fbgemm quantized engine, absent from this build")
         if precision == "int4" and not int4_supported():
             raise ValueError("precision int4 needs torch's CPU int4 weight-only kernel, absent from this build")
-        _quantize_linears(model, activation_bits or (8 if cpu_features().vnni else 7), four_bit=precision == "int4")
+        quantize_linears(model, activation_bits or (8 if cpu_features().vnni else 7), four_bit=precision == "int4")
         if precision == "int8":
             use_rowwise_attention(model)     # with exact rows, exact attention: see attention.py
     else:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     model.eval()
-
-
-def _quantize_linears(model, bits: int, four_bit: bool = False) -> None:
-    # every nn.Linear -> Int8Linear (the tied LM head too: it gets its own int8 copy), or with
-    # `four_bit` Int4Linear where its shape packs (Int8Linear elsewhere); every nn.Embedding ->
-    # Bf16Embedding; what remains (norms, rotary buffers) -> float32. The source weights' pages
-    # are dropped as each module is converted (`SourcePages`).
-    source = SourcePages()
-    for parent in list(model.modules()):
-        if not four_bit:
-            _fuse(parent, bits, source)
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                group = Int4Linear.group_for(child) if four_bit else None
-                setattr(parent, name, Int4Linear(child, group, source) if group else Int8Linear(child, bits, source))
-            elif isinstance(child, nn.Embedding):
-                setattr(parent, name, Bf16Embedding(child))
-                source.drop(child.weight)
-    for module in model.modules():
-        if not isinstance(module, (Int8Linear, Int4Linear, Int8Part, Bf16Embedding)):
-            for name, param in list(module.named_parameters(recurse=False)):
-                if param.dtype != torch.float32:
-                    module._parameters[name] = nn.Parameter(param.detach().float(), requires_grad=False)
-            for name, buf in list(module.named_buffers(recurse=False)):
-                if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
-                    module._buffers[name] = buf.float()
-
-
-class SourcePages:
-    """Drops the resident pages of weights a conversion has consumed, when they lie in a read-only
-    file mapping of a safetensors checkpoint (transformers maps the file and reads it lazily).
-
-    Without this a conversion would end holding every page of the float checkpoint it read beside
-    the quantized model: ~3 GB of file pages for a 1.5B bf16 target on top of its 2 GB int8 copy.
-    `madvise(MADV_DONTNEED)` on a private file mapping only forgets pages: a later read faults
-    them in again from the file (a tied LM head read after its embedding, say). Only weights the
-    conversion has just replaced are dropped, and the loader never writes into weights, so what
-    comes back is what was there. Anything outside such a mapping (heap, anonymous memory) is
-    left alone. Linux only; elsewhere a no-op."""
-
-    MADV_DONTNEED = 4
-
-    def __init__(self) -> None:
-        self.maps: list[tuple[int, int]] = []
-        self.dropped = 0
-        try:
-            with open("/proc/self/maps") as f:
-                for line in f:
-                    fields = line.split()
-                    if len(fields) >= 6 and fields[-1].endswith(".safetensors") and fields[1].endswith("p"):
-                        start, end = (int(x, 16) for x in fields[0].split("-"))
-                        self.maps.append((start, end))
-            self.madvise = ctypes.CDLL(None, use_errno=True).madvise if self.maps else None
-        except (OSError, AttributeError):
-            self.maps, self.madvise = [], None
-        self.page = os.sysconf("SC_PAGE_SIZE") if self.maps else 4096
-
-    def drop(self, *tensors: torch.Tensor) -> None:
-        for t in tensors:
-            if self.madvise is None or t.device.type != "cpu" or t.numel() == 0:
-                continue
-            start = t.data_ptr()
-            end = start + t.numel() * t.element_size()
-            if not any(lo <= start and end <= hi for lo, hi in self.maps):
-                continue
-            first = -(-start // self.page) * self.page          # whole pages inside the tensor only
-            last = end // self.page * self.page
-            if last > first and self.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first),
-                                             self.MADV_DONTNEED) == 0:
-                self.dropped += last - first
-
-
-def release_freed_memory() -> bool:
-    """Hand the heap memory freed by a conversion back to the OS (glibc keeps it otherwise, and a
-    zygote's forks would share the garbage); answers whether it could (glibc only)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
 
 
 # the probe

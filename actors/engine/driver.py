@@ -1,0 +1,252 @@
+"""`Driver`: speculative steps over the sessions that joined, batched across sessions.
+
+Each step is grant (memory) -> propose (draft) -> verify in one target forward -> commit
+(memory) -> settle both caches, with one call to each side for the whole batch. The Driver
+talks to the draft and the memory side only through their methods, with plain data, so either
+may be a remote proxy with the same method names (as the verifier actor's proxies of the draft
+and memory actors are). Each step answers one `TurnEvent` per session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import EngineError, SessionBusy, from_answer
+from .speculative import SpecStats, StepStats
+
+if TYPE_CHECKING:
+    from .verifier import VerifierCore
+
+#: The cache holders the memory side grants blocks to.
+DRAFT, TARGET = "draft", "target"
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    """What one step did for one session's turn."""
+
+    session: str
+    tokens: np.ndarray                # int64: the tokens this step added (none when `error` ended the turn)
+    done: bool                        # the turn is over: it finished, or `error` ended it
+    stats: dict                       # the turn so far: SpecStats.as_dict(), prompt_tokens, prefilled_tokens
+    step: StepStats | None = None     # this step; None when the turn failed before it
+    error: EngineError | None = None  # what ended the turn (the session stays open)
+
+
+@dataclass
+class _Turn:
+    session: str
+    remaining: int
+    temperature: float
+    gamma: int | None
+    rng: np.random.Generator
+    width: int | None = None
+    prompt_tokens: int = 0
+    prefilled: int = 0            # prompt tokens computed at join (the rest were reused)
+    stats: SpecStats = field(default_factory=SpecStats)
+    new_ids: list[int] = field(default_factory=list)
+
+
+class Driver:
+    """Runs speculative steps for the sessions that joined, batched: one draft pass and one
+    target forward per step for all of them; sessions join and leave between steps.
+
+    `draft` needs: has, open, extend, propose, accept_batch, close (see DraftCore).
+    `memory` needs: has, open_session, prefill, grant_batch, commit_batch, finish, observe_costs
+    (see MemoryManager). With `measure_cost`, each step's seconds per draft token and seconds of
+    the target forward of M = γ + 1 tokens are sent to the memory side (it picks γ* from that
+    cost curve when no fixed γ is asked).
+    """
+
+    def __init__(
+        self, verifier: VerifierCore, draft, memory, stop_ids: tuple[int, ...] = (), measure_cost: bool = False,
+        gamma_max: int = 8,
+    ):
+        self.verifier, self.draft, self.memory = verifier, draft, memory
+        self.stop_ids = set(stop_ids)
+        self.measure_cost = measure_cost
+        self._turns: dict[str, _Turn] = {}
+        self.gamma_max = gamma_max
+        self._anchors: dict[int, float] | None = None    # t_t at M = 1 and γmax + 1, timed once
+        self._anchored = False                           # ... and sent to the memory side
+
+    def anchor_costs(self) -> None:
+        """Send the memory side the target's cost at M = 1 and M = γmax + 1 (timed once, on the
+        first call): steps only observe the Ms they use, and a curve known at M = 1 and 2 alone
+        would be extrapolated (and γ held back) by noise. Called before the first step; call
+        `memory_restarted` when the memory side lost what it had."""
+        if self._anchors is None:
+            self._anchors = self.verifier.time_forwards((1, self.gamma_max + 1))
+        for m, seconds in self._anchors.items():
+            self.memory.observe_costs(None, m, seconds)
+        self._anchored = True
+
+    def memory_restarted(self) -> None:
+        """The memory side is new: its cost curve is empty; the next step sends the anchors again."""
+        self._anchored = False
+
+    @property
+    def active(self) -> list[str]:
+        return list(self._turns)
+
+    def join(
+        self,
+        session: str,
+        token_ids: np.ndarray,
+        keep: int,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int = 0,
+        gamma: int | None = None,
+        width: int | None = None,
+    ) -> None:
+        """Start a turn: make `token_ids` (whole context; first `keep` unchanged) resident in both
+        caches. `gamma` fixes the draft nodes per step and `width` caps the tree's width (default:
+        both chosen by the memory side; a fixed γ alone is a chain). Raises OverBudget (nothing
+        changed) when the budget cannot hold the prompt."""
+        if session in self._turns:
+            raise SessionBusy(f"session {session!r} is already generating")
+        assert max_new_tokens >= 1
+        ids = np.asarray(token_ids, dtype=np.int64)
+        if not self.memory.has(session):
+            self.memory.open_session(session)
+            keep = 0
+        answer = self.memory.prefill(session, keep, len(ids) - keep)
+        self._drop_evicted(answer["evicted"])
+        blocks = answer["blocks"]
+        if TARGET in answer["rebuild"]:
+            self.verifier.drop(session)
+        self.verifier.prefill(session, ids, keep, blocks[TARGET])
+        if DRAFT in answer["rebuild"] or not self.draft.has(session):
+            self.draft.open(session, ids, blocks[DRAFT])
+        else:
+            self.draft.extend(session, ids, keep, blocks[DRAFT])
+        remaining = min(max_new_tokens, self.verifier.max_context - len(ids))
+        self._turns[session] = _Turn(session, remaining, temperature, gamma, np.random.default_rng(seed), width,
+                                     len(ids), self.verifier.prefilled(session) + 1)
+
+    def leave(self, session: str) -> None:
+        """Stop a turn early; the session stays open (idle) for its next turn."""
+        self._turns.pop(session)
+        self.memory.finish(session)
+
+    def abort(self, session: str) -> bool:
+        """Drop a turn's state without a word to the memory side (it lost the turn with its own
+        state, or the caller ends the turn there itself); the session stays open, its caches
+        hold what was committed. Answers whether a turn was active. Call between steps."""
+        return self._turns.pop(session, None) is not None
+
+    def step(self) -> list[TurnEvent]:
+        """One speculative step over every active session; answers one event per session. A
+        session the memory side cannot grant a step ends its turn with that error (an event with
+        `error` set); the others go on. Done sessions leave the batch."""
+        if self.measure_cost and not self._anchored:
+            self.anchor_costs()
+        events, granted = [], []
+        turns = list(self._turns.values())
+        requests = []
+        for turn in turns:
+            context = len(self.verifier.ids(turn.session))
+            limit = min(turn.remaining - 1, self.verifier.max_context - context)
+            requests.append({"session": turn.session, "gamma": turn.gamma, "limit": limit, "width": turn.width})
+        for turn, answer in zip(turns, self.memory.grant_batch(requests)):
+            if "error" in answer:
+                self._turns.pop(turn.session)
+                self.memory.finish(turn.session)
+                events.append(self._event(turn, np.zeros(0, dtype=np.int64), True, None, from_answer(answer["error"])))
+                continue
+            self._drop_evicted(answer["evicted"])
+            ids = self.verifier.ids(turn.session)
+            if TARGET in answer["rebuild"]:
+                self.verifier.drop(turn.session)
+                self.verifier.prefill(turn.session, ids, 0, answer["blocks"][TARGET])
+            if DRAFT in answer["rebuild"]:
+                self.draft.open(turn.session, ids, answer["blocks"][DRAFT])
+            granted.append((turn, answer["gamma"], answer.get("width", 1), answer["blocks"]))
+        if not granted:
+            return events
+        sessions = [t.session for t, _, _, _ in granted]
+        gammas = [g for _, g, _, _ in granted]
+        widths = [w for _, _, w, _ in granted]
+        drafts = np.zeros((len(granted), max(gammas)), dtype=np.int64)
+        parents = np.tile(np.arange(-1, max(gammas) - 1, dtype=np.int64), (len(granted), 1))
+        probs, draft_s, forward_s = None, 0.0, {}
+        temperatures = [t.temperature for t, _, _, _ in granted]
+        seeds = [t.rng.integers(0, 2**63, size=2) for t, _, _, _ in granted]
+        speculating = [i for i, g in enumerate(gammas) if g > 0]
+        if speculating:
+            proposal = self.draft.propose(
+                [sessions[i] for i in speculating],
+                [gammas[i] for i in speculating],
+                [granted[i][3][DRAFT] for i in speculating],
+                [temperatures[i] for i in speculating],
+                [int(seeds[i][0]) for i in speculating],
+                [widths[i] for i in speculating],
+            )
+            width = proposal["tokens"].shape[1]
+            drafts[speculating, :width] = proposal["tokens"]
+            parents[speculating, :width] = proposal["parents"]
+            if proposal["probs"] is not None:
+                probs = np.zeros((len(granted), max(gammas), proposal["probs"].shape[-1]), dtype=np.float32)
+                probs[speculating, :width] = proposal["probs"]
+            draft_s = proposal["seconds"]
+            forward_s = {int(m): t for m, t in (proposal.get("forward_seconds") or {}).items()}
+        target_blocks = [b[TARGET] for _, _, _, b in granted]
+        verify_seeds = [int(s[1]) for s in seeds]
+        verdict = self.verifier.verify(sessions, drafts, gammas, target_blocks, temperatures, probs, verify_seeds,
+                                       parents)
+        if self.measure_cost and verdict["seconds"] > 0:
+            # t_d(M): the draft's forwards that fed M tokens a row (M = 1 for a chain, the tree's
+            # width; a catch-up of pending tokens is not a draft token's cost); t_t(M): the target
+            # forward of M = Nmax + 1
+            wide = {str(m): seconds for m, seconds in forward_s.items() if m > 1}
+            self.memory.observe_costs(forward_s.get(1), max(gammas) + 1, verdict["seconds"], wide or None)
+        kept = []
+        for i, (turn, _, _, _) in enumerate(granted):
+            tokens = verdict["tokens"][i][: turn.remaining]
+            stops = [k for k, t in enumerate(tokens) if int(t) in self.stop_ids]
+            kept.append(tokens[: stops[0] + 1] if stops else tokens)
+        commits = self.memory.commit_batch(
+            [{"session": t.session, "accepted": verdict["accepted"][i], "emitted": len(kept[i]),
+              "tried": verdict["tried"][i], "hits": verdict["hits"][i]}
+             for i, (t, _, _, _) in enumerate(granted)]
+        )
+        paths = [[int(node) for node in verdict["paths"][i]] for i in range(len(granted))]
+        for i, (turn, _, _, _) in enumerate(granted):
+            self.verifier.settle(turn.session, kept[i], commits[i]["blocks"][TARGET], paths[i])
+        self.draft.accept_batch(sessions, verdict["accepted"], kept,
+                                [c["blocks"][DRAFT] for c in commits], paths)
+        for i, (turn, gamma, width, _) in enumerate(granted):
+            n, tokens = verdict["accepted"][i], kept[i]
+            done = (len(tokens) and int(tokens[-1]) in self.stop_ids) or len(tokens) >= turn.remaining
+            turn.remaining -= len(tokens)
+            turn.new_ids.extend(int(t) for t in tokens)
+            step = StepStats(turn.session, gamma, n, len(tokens), draft_s, verdict["seconds"], width)
+            turn.stats.add(step)
+            if done:
+                self._turns.pop(turn.session)
+                self.memory.finish(turn.session)
+            events.append(self._event(turn, tokens, bool(done), step, None))
+        return events
+
+    def run(self):
+        """Step until no session is active, yielding each step's events."""
+        while self._turns:
+            yield self.step()
+
+    def turn_ids(self, session: str) -> np.ndarray:
+        return np.asarray(self._turns[session].new_ids, dtype=np.int64)
+
+    def _event(self, turn: _Turn, tokens, done: bool, step: StepStats | None,
+               error: EngineError | None) -> TurnEvent:
+        stats = {**turn.stats.as_dict(), "prompt_tokens": turn.prompt_tokens, "prefilled_tokens": turn.prefilled}
+        return TurnEvent(turn.session, np.asarray(tokens, dtype=np.int64), done, stats, step, error)
+
+    def _drop_evicted(self, sessions: list[str]) -> None:
+        for sid in sessions:
+            if self.verifier.has(sid):
+                self.verifier.drop(sid)
+            self.draft.close(sid)
