@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from engine_helpers import assert_accounting_matches_tensors, greedy_reference, one_torch_thread  # noqa: F401
 
 from specmemo.actors.engine import (
     BadPrompt,
@@ -14,7 +15,6 @@ from specmemo.actors.engine import (
     UnknownSession,
 )
 from specmemo.actors.engine.tiny import EOS_ID, tiny_pair, tiny_tokenizer
-from engine_helpers import assert_accounting_matches_tensors, greedy_reference, one_torch_thread  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,11 @@ def test_a_reply_that_round_trips_through_text_gives_the_same_ids_as_rendering_e
     engine.verifier.prefill("t", np.concatenate([first, reply]), 0, 4)
     engine.verifier.end_turn("t", "hi", reply)
     ids, keep = engine.verifier.chat_prompt("t", "how are you?")
-    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"},
-                {"role": "user", "content": "how are you?"}]
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello there"},
+        {"role": "user", "content": "how are you?"},
+    ]
     assert ids.tolist() == tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
     assert keep == len(first) + len(reply)
 

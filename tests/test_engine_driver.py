@@ -3,11 +3,10 @@ abort, and one draft accept per step for the whole batch."""
 
 import numpy as np
 import pytest
-
-from specmemo.actors.engine import DraftCore, Engine, OverBudget, TurnEvent, UnknownSession
-from specmemo.actors.engine import errors
-from specmemo.actors.engine.tiny import tiny_pair
 from engine_helpers import assert_accounting_matches_tensors, greedy_reference, one_torch_thread  # noqa: F401
+
+from specmemo.actors.engine import DraftCore, Engine, OverBudget, TurnEvent, UnknownSession, errors
+from specmemo.actors.engine.tiny import tiny_pair
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +65,7 @@ def test_a_session_the_memory_side_cannot_grant_ends_its_turn_with_the_engine_er
     assert isinstance(event.error, OverBudget) and "needs" in str(event.error)
     assert event.done and event.step is None and len(event.tokens) == 0 and event.stats["prompt_tokens"] == 5
     assert engine.driver.active == []
-    engine.memory.release("s")        # the turn was finished on the memory side: the session is idle
+    engine.memory.release("s")  # the turn was finished on the memory side: the session is idle
     assert engine.memory.usage()["live"] == 0
 
 
@@ -83,7 +82,7 @@ def test_an_aborted_turn_leaves_the_batch_and_its_session_can_take_a_new_turn(pa
         assert event.session == "b"
         out_b += event.tokens.tolist()
     assert out_b == greedy_reference(target, np.arange(60, 66), 12).tolist()
-    engine.memory.finish("a")         # the caller ends an aborted turn on the memory side itself
+    engine.memory.finish("a")  # the caller ends an aborted turn on the memory side itself
     ids, keep = engine.verifier.check_prompt("a", np.arange(5, 12))
     engine.driver.join("a", ids, keep, 12)
     out_a = []
@@ -107,9 +106,18 @@ def test_a_batched_accept_with_an_unknown_session_changes_no_session(pair):
 
 
 def test_every_engine_error_crosses_a_batched_answer_as_its_own_class():
-    classes = [errors.OverBudget, errors.UnknownSession, errors.SessionBusy, errors.ContextTooLong,
-               errors.BadPrompt, errors.TokenizerMismatch, errors.ModelNotFound, errors.CorruptModel,
-               errors.DownloadFailed, errors.EngineError]
+    classes = [
+        errors.OverBudget,
+        errors.UnknownSession,
+        errors.SessionBusy,
+        errors.ContextTooLong,
+        errors.BadPrompt,
+        errors.TokenizerMismatch,
+        errors.ModelNotFound,
+        errors.CorruptModel,
+        errors.DownloadFailed,
+        errors.EngineError,
+    ]
     for cls in classes:
         back = errors.from_answer(errors.as_answer(cls("why")))
         assert type(back) is cls and str(back) == "why"

@@ -2,12 +2,12 @@
 
 import numpy as np
 import torch
+from engine_helpers import assert_accounting_matches_tensors, greedy_reference, one_torch_thread  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.tiny import tiny_pair
-from engine_helpers import assert_accounting_matches_tensors, greedy_reference, one_torch_thread  # noqa: F401
 
 prompt_st = st.lists(st.integers(0, 258), min_size=1, max_size=20)
 

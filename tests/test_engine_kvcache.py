@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from engine_helpers import one_torch_thread  # noqa: F401
 from transformers import DynamicCache
 
 from specmemo.actors.engine.batch import cache_kwarg, forward_rows
 from specmemo.actors.engine.kvcache import BlockKVCache, blocks_after_rollback
 from specmemo.actors.engine.memory_model import kv_bytes_per_token
 from specmemo.actors.engine.tiny import tiny_config, tiny_model
-from engine_helpers import one_torch_thread  # noqa: F401
 
 
 @pytest.fixture(scope="module", params=[("qwen2", "sdpa"), ("llama", "eager")])

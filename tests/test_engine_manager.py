@@ -128,7 +128,7 @@ def test_gamma_follows_the_acceptance_estimate():
 
 
 def test_a_session_without_speculation_drafts_one_token_every_few_steps_to_measure_acceptance():
-    m = _manager(100_000, gamma_max=8, cost_ratio=2.0)   # a draft dearer than the target: γ* = 0
+    m = _manager(100_000, gamma_max=8, cost_ratio=2.0)  # a draft dearer than the target: γ* = 0
     m.open_session("a")
     m.prefill("a", 0, 4)
     gammas = []
@@ -141,7 +141,7 @@ def test_a_session_without_speculation_drafts_one_token_every_few_steps_to_measu
 def test_gamma_grows_when_the_measured_target_cost_is_flat_in_m():
     flat, steep = _manager(100_000, gamma_max=8), _manager(100_000, gamma_max=8)
     for m, slope in ((flat, 0.0), (steep, 0.5)):
-        for g in range(1, 10):   # t_t(M) = 1 + slope·(M − 1), t_d = 0.3
+        for g in range(1, 10):  # t_t(M) = 1 + slope·(M − 1), t_d = 0.3
             m.observe_costs(0.3, g, 1.0 + slope * (g - 1))
         m.open_session("a")
         m.prefill("a", 0, 4)
@@ -156,7 +156,7 @@ class ManagerMachine(RuleBasedStateMachine):
         super().__init__()
         self.m = None
         self.model: dict[str, dict] = {}
-        self.reserved: dict[tuple[str, str], int] = {}     # (owner, key) -> bytes: a solver's plans
+        self.reserved: dict[tuple[str, str], int] = {}  # (owner, key) -> bytes: a solver's plans
 
     @rule(budget=st.integers(32, 40 * 32))
     @precondition(lambda self: self.m is None)
@@ -256,8 +256,7 @@ class ManagerMachine(RuleBasedStateMachine):
         for s in self.model.values():
             s["lost"].add(holder)
 
-    @rule(owner=st.sampled_from(["solver", "solver-2"]), key=st.sampled_from("pqr"),
-          nbytes=st.integers(0, 20 * 32))
+    @rule(owner=st.sampled_from(["solver", "solver-2"]), key=st.sampled_from("pqr"), nbytes=st.integers(0, 20 * 32))
     @precondition(lambda self: self.m is not None)
     def reserve(self, owner, key, nbytes):
         before = self.m.usage()

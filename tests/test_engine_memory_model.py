@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from engine_helpers import one_torch_thread  # noqa: F401
 
 from specmemo.actors.engine import DRAFT, TARGET, Engine
 from specmemo.actors.engine.memory_model import (
@@ -15,7 +16,6 @@ from specmemo.actors.engine.memory_model import (
     speedup,
 )
 from specmemo.actors.engine.tiny import tiny_config, tiny_pair
-from engine_helpers import one_torch_thread  # noqa: F401
 
 
 def test_bytes_per_token_is_two_layers_kv_heads_head_dim_element():

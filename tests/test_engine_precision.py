@@ -7,22 +7,34 @@ import time
 import numpy as np
 import pytest
 import torch
+from engine_helpers import greedy_reference, one_torch_thread  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.kvcache import CacheHolder, layer_devices
-from specmemo.actors.engine.precision import (Int4Linear, Int8Linear, apply_precision, choose, compute_dtype,
-                                              precision_of, weight_bytes)
+from specmemo.actors.engine.precision import (
+    Int4Linear,
+    Int8Linear,
+    apply_precision,
+    choose,
+    compute_dtype,
+    precision_of,
+    weight_bytes,
+)
 from specmemo.actors.engine.tiny import tiny_pair
-from engine_helpers import greedy_reference, one_torch_thread  # noqa: F401
 
 
 @settings(max_examples=40, deadline=None)
 @given(
-    k=st.integers(1, 96), n=st.integers(1, 64), rows=st.integers(1, 12), bias=st.booleans(),
-    bits=st.sampled_from([7, 8]), seed=st.integers(0, 2**31 - 1), scale=st.floats(1e-3, 1e3),
+    k=st.integers(1, 96),
+    n=st.integers(1, 64),
+    rows=st.integers(1, 12),
+    bias=st.booleans(),
+    bits=st.sampled_from([7, 8]),
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.floats(1e-3, 1e3),
 )
 def test_an_int8_linear_computes_each_row_as_if_it_were_alone(k, n, rows, bias, bits, seed, scale):
     torch.manual_seed(seed)
@@ -92,8 +104,10 @@ def test_auto_takes_the_precision_the_probe_timed_fastest(fastest):
     layers = target.config.num_hidden_layers
     # every timed interval lasted the scripted time: (layers + head) at M = 1 and at M = γmax + 1
     for name, duration in zip(candidates, durations):
-        assert choice.probe_ms[name] == {"M=1": pytest.approx((layers + 1) * duration * 1e3),
-                                         "M=4": pytest.approx((layers + 1) * duration * 1e3)}
+        assert choice.probe_ms[name] == {
+            "M=1": pytest.approx((layers + 1) * duration * 1e3),
+            "M=4": pytest.approx((layers + 1) * duration * 1e3),
+        }
     assert compute_dtype(target) == (torch.bfloat16 if candidates[fastest] == "bfloat16" else torch.float32)
     if candidates[fastest] == "int8":
         assert any(isinstance(m, Int8Linear) for m in target.modules())
@@ -162,7 +176,7 @@ def _int8_reference_bytes(model) -> int:
 def test_int8_weights_are_counted_once_each_fused_or_not():
     _, target = tiny_pair(seed=6, hidden=64, layers=2)
     target.config.tie_word_embeddings = False
-    target.lm_head.weight = nn.Parameter(target.lm_head.weight.detach().clone())   # untied: counted apart
+    target.lm_head.weight = nn.Parameter(target.lm_head.weight.detach().clone())  # untied: counted apart
     reference = _int8_reference_bytes(target)
     apply_precision(target, "int8")
     assert precision_of(target).weight_bytes == weight_bytes(target) == reference
@@ -184,7 +198,7 @@ def test_a_memory_budget_leaves_the_kv_what_the_weights_do_not_take():
     m.add_holder("target", 100, weight_bytes=6_000)
     assert m.budget == 4_000 and m.usage()["weights"] == {"target": 6_000}
     with pytest.raises(OverBudget):
-        m.add_holder("draft", 50, weight_bytes=3_700)   # 300 B left: below one 200 B + 400 B block pair
+        m.add_holder("draft", 50, weight_bytes=3_700)  # 300 B left: below one 200 B + 400 B block pair
     assert m.budget == 4_000 and "draft" not in m.usage()["weights"]
 
 
@@ -214,7 +228,7 @@ def test_fused_parts_compute_exactly_what_separate_int8_linears_compute():
         for order in (("q_proj", "k_proj", "v_proj"), ("v_proj", "q_proj", "k_proj")):
             for n in order:
                 assert torch.equal(getattr(attention, n)(x), separate[n](x))
-        assert torch.equal(attention.k_proj(x[:1]), separate["k_proj"](x[:1]))   # a new input alone
+        assert torch.equal(attention.k_proj(x[:1]), separate["k_proj"](x[:1]))  # a new input alone
 
 
 def test_a_conversion_drops_the_checkpoint_pages_it_consumed_and_loses_nothing(tmp_path):
@@ -229,15 +243,15 @@ def test_a_conversion_drops_the_checkpoint_pages_it_consumed_and_loses_nothing(t
     draft, _ = tiny_pair(seed=1, hidden=256)
     draft.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
-    in_memory = copy.deepcopy(loaded)                 # the same weights on the heap, never dropped
+    in_memory = copy.deepcopy(loaded)  # the same weights on the heap, never dropped
     source = SourcePages()
     assert source.maps, "the checkpoint should be mapped from its file"
     weight = loaded.model.layers[0].mlp.up_proj.weight
     before = weight.clone()
     source.drop(weight)
-    assert source.dropped > 0 and torch.equal(weight, before)      # dropped, and read back from the file
+    assert source.dropped > 0 and torch.equal(weight, before)  # dropped, and read back from the file
     heap = torch.arange(1 << 16, dtype=torch.float32)
-    SourcePages().drop(heap)                                        # not a file mapping: left alone
+    SourcePages().drop(heap)  # not a file mapping: left alone
     assert torch.equal(heap, torch.arange(1 << 16, dtype=torch.float32))
     for model in (loaded, in_memory):
         apply_precision(model, "int8")

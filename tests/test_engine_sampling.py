@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from engine_helpers import one_torch_thread  # noqa: F401
 from scipy import stats
 
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.precision import apply_precision
 from specmemo.actors.engine.tiny import tiny_pair
-from engine_helpers import one_torch_thread  # noqa: F401
 
 VOCAB = 8
 
@@ -22,8 +22,9 @@ def _exact_pair_distribution(target, prompt, temperature):
     return (p1[:, None] * p2).numpy()
 
 
-@pytest.mark.parametrize("precisions,tree", [(("float32", "float32"), 1), (("int4", "int8"), 1),
-                                             (("float32", "float32"), 2)])
+@pytest.mark.parametrize(
+    "precisions,tree", [(("float32", "float32"), 1), (("int4", "int8"), 1), (("float32", "float32"), 2)]
+)
 def test_sampled_output_follows_the_target_distribution_over_two_tokens(precisions, tree):
     # (draft, target) precisions; the reference is the same-precision target's own distribution.
     # tree 1: sampled chains (q-ratio rule); tree 2: the first step verifies the draft's top-2
@@ -38,8 +39,9 @@ def test_sampled_output_follows_the_target_distribution_over_two_tokens(precisio
     accepted = []
     runs, batch = 2400, 400
     for first in range(0, runs, batch):
-        out = engine.generate_batch([prompt] * batch, 2 if tree == 1 else 3, temperature,
-                                    seeds=list(range(first, first + batch)))
+        out = engine.generate_batch(
+            [prompt] * batch, 2 if tree == 1 else 3, temperature, seeds=list(range(first, first + batch))
+        )
         for ids, st in out:
             counts[ids[0], ids[1]] += 1
             accepted += st["accepted_per_step"]

@@ -2,11 +2,11 @@
 
 import numpy as np
 import torch
+from engine_helpers import greedy_reference, one_torch_thread  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.tiny import EOS_ID, PAD_ID, save_tiny_pair, tiny_pair, tiny_tokenizer
-from engine_helpers import greedy_reference, one_torch_thread  # noqa: F401
 
 
 def test_the_same_seed_builds_the_same_models_and_leaves_the_global_rng_alone():

@@ -4,18 +4,24 @@ import itertools
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, given, settings
+from engine_helpers import assert_accounting_matches_tensors, greedy_reference, one_torch_thread  # noqa: F401
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.manager import MemoryManager
-from specmemo.actors.engine.memory_model import (CostCurve, expected_tokens, lower_bound_budget,
-                                                 tree_expected_tokens, tree_lower_bound_budget, tree_shape)
+from specmemo.actors.engine.memory_model import (
+    CostCurve,
+    expected_tokens,
+    lower_bound_budget,
+    tree_expected_tokens,
+    tree_lower_bound_budget,
+    tree_shape,
+)
 from specmemo.actors.engine.speculative import probabilities, verify_chain
 from specmemo.actors.engine.tiny import tiny_pair
 from specmemo.actors.engine.tree import Tree, verify_tree
-from engine_helpers import assert_accounting_matches_tensors, greedy_reference, one_torch_thread  # noqa: F401
 
 
 def _logits_for(rows: list[int], vocab: int = 6) -> np.ndarray:
@@ -71,8 +77,11 @@ def test_sampled_walk_over_point_mass_children_emits_the_target_distribution():
         logits = np.stack([root, after[1], after[2], after[0], after[3]])
         verdict = verify_tree(tree, logits, temperature, None, np.random.default_rng(seed))
         x1 = int(verdict.tokens[0])
-        x2 = int(verdict.tokens[1]) if len(verdict.tokens) > 1 else \
-            int(np.random.default_rng(10**6 + seed).choice(vocab, p=p2[x1]))
+        x2 = (
+            int(verdict.tokens[1])
+            if len(verdict.tokens) > 1
+            else int(np.random.default_rng(10**6 + seed).choice(vocab, p=p2[x1]))
+        )
         counts[x1, x2] += 1
     observed, expected = counts.ravel(), exact.ravel() * runs
     big = expected >= 5
@@ -110,10 +119,8 @@ def _best_tree_by_enumeration(rates: list[float], nodes: int) -> float:
 
 @settings(max_examples=40, deadline=None)
 @given(a1=st.floats(0.05, 0.95), share=st.floats(0.0, 1.0), nodes=st.integers(1, 5), width=st.integers(1, 2))
-def test_the_model_never_promises_more_than_the_best_tree_and_one_round_is_the_root_children(
-    a1, share, nodes, width
-):
-    rates = [a1, min(a1, (1 - a1) * share * 0.9)]      # the draft's second choice is right less often
+def test_the_model_never_promises_more_than_the_best_tree_and_one_round_is_the_root_children(a1, share, nodes, width):
+    rates = [a1, min(a1, (1 - a1) * share * 0.9)]  # the draft's second choice is right less often
     value = tree_expected_tokens(rates, nodes, width)
     assert value <= _best_tree_by_enumeration(rates[:width], nodes) + 1e-12
     assert tree_expected_tokens(rates, nodes + 1, width) >= value
@@ -146,8 +153,9 @@ def test_the_lower_bound_budget_of_a_tree_covers_its_nodes():
     kv, (nodes, width) = tree_lower_bound_budget([100], [0.6, 0.2], curve, 1000, 100, 16, width_max=2)
     assert width == 2 and kv == -(-(100 + nodes) // 16) * 16 * 1100
     chain_kv, gamma = lower_bound_budget([100], 0.6, curve, 1000, 100, 16)
-    assert (chain_kv, gamma) == tree_lower_bound_budget([100], [0.6], curve, 1000, 100, 16, width_max=1)[:1] + \
-        (tree_lower_bound_budget([100], [0.6], curve, 1000, 100, 16, width_max=1)[1][0],)
+    assert (chain_kv, gamma) == tree_lower_bound_budget([100], [0.6], curve, 1000, 100, 16, width_max=1)[:1] + (
+        tree_lower_bound_budget([100], [0.6], curve, 1000, 100, 16, width_max=1)[1][0],
+    )
 
 
 def test_commits_feed_the_rank_rates_and_grants_answer_the_width():
@@ -193,7 +201,7 @@ def test_the_draft_grows_its_tree_from_its_own_top_choices():
     assert set(tokens[parents == -1].tolist()) <= set(torch.topk(first, 3).indices.tolist())
     assert tokens[0] == int(first.argmax())
     for node, kids in tree.children().items():
-        assert len(set(tokens[kids].tolist())) == len(kids) <= 3     # distinct siblings
+        assert len(set(tokens[kids].tolist())) == len(kids) <= 3  # distinct siblings
         if node >= 0:
             # a child is one of its parent's top-3 tokens given the parent's path (plain forward)
             path, n = [], node

@@ -23,11 +23,10 @@ class RankAcceptance:
     def empty(cls, width_max: int) -> RankAcceptance:
         return cls(hits=[0] * width_max, tried=[0] * width_max)
 
-    def record(self, accepted: int, gamma: int, tried: list[int] | None = None,
-               hits: list[int] | None = None) -> None:
+    def record(self, accepted: int, gamma: int, tried: list[int] | None = None, hits: list[int] | None = None) -> None:
         """A step that drafted γ > 0 nodes and accepted `accepted`; without the walk's counts it
         counts as a chain's (min(accepted + 1, γ) tried at rank 1). Ranks past width_max are dropped."""
-        if tried is None:
+        if tried is None or hits is None:
             tried, hits = [min(accepted + 1, gamma)], [accepted]
         assert len(tried) == len(hits) and sum(hits) == accepted, (tried, hits, accepted)
         for r, (t, h) in enumerate(zip(tried[: len(self.tried)], hits[: len(self.hits)])):

@@ -10,8 +10,8 @@ j of batch row b as a one-token decode would:
     o_bj = softmax(q_bj · K_b[:n]ᵀ · scale) · V_b[:n]           (per KV-head group, GQA)
 
 so prefill, verification and plain decoding all give bit-identical rows. A tree node's row
-sees the prefix and its ancestors, gathered in slot order: what a one-token decode of its path sees. Together with per-token
-int8 linears (`precision.Int8Linear`, exact integer accumulation) the target's greedy output is
+sees the prefix and its ancestors, gathered in slot order: what a one-token decode of its path sees.
+Together with per-token int8 linears (`quantized.Int8Linear`, exact integer accumulation) the target's greedy output is
 the same whatever M its forwards use. The cost is one small matmul pair per row per layer,
 which is negligible for M ≤ γ_max + 1 and modest for prefill.
 
@@ -26,23 +26,27 @@ import torch
 NAME = "specmemo_rowwise"
 
 
-def rowwise_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-                      scaling: float | None = None, **kwargs):
+def rowwise_attention(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs
+):
     # query [B, H, M, d]; key, value [B, kvH, Lk, d]; answers ([B, M, H, d], None)
     batch, heads, rows, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     assert heads % kv_heads == 0 and value.shape[:3] == key.shape[:3]
     group = heads // kv_heads
-    scale = dim ** -0.5 if scaling is None else scaling
+    scale = dim**-0.5 if scaling is None else scaling
     visible = _visible_keys(attention_mask, batch, rows, keys)
     out = query.new_empty((batch, rows, heads, value.shape[-1]))
     for b in range(batch):
         for j in range(rows):
             seen = visible[b][j]
-            k, v = (key[b, :, :seen], value[b, :, :seen]) if isinstance(seen, int) else \
-                (key[b].index_select(1, seen), value[b].index_select(1, seen))
-            q = query[b, :, j].reshape(kv_heads, group, dim)                 # head h uses kv head h // group
-            scores = torch.matmul(q, k.transpose(1, 2)) * scale              # [kvH, G, n]
+            k, v = (
+                (key[b, :, :seen], value[b, :, :seen])
+                if isinstance(seen, int)
+                else (key[b].index_select(1, seen), value[b].index_select(1, seen))
+            )
+            q = query[b, :, j].reshape(kv_heads, group, dim)  # head h uses kv head h // group
+            scores = torch.matmul(q, k.transpose(1, 2)) * scale  # [kvH, G, n]
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
             out[b, j] = torch.matmul(probs, v).reshape(heads, -1)
     return out, None
@@ -82,7 +86,7 @@ def use_rowwise_attention(module) -> None:
     if hasattr(module, "set_attn_implementation"):
         module.set_attn_implementation(NAME)
         return
-    for part in module.modules():       # attention layers read their config's implementation
+    for part in module.modules():  # attention layers read their config's implementation
         config = getattr(part, "config", None)
         if config is not None and hasattr(config, "_attn_implementation"):
             config._attn_implementation = NAME

@@ -7,8 +7,8 @@ import inspect
 import numpy as np
 import torch
 
-from .precision import compute_dtype
 from .kvcache import BlockKVCache, GatherCache, TreeFeed, batch_inputs
+from .precision import compute_dtype
 
 _CACHE_KW: dict[type, str] = {}
 
@@ -26,7 +26,10 @@ def cache_kwarg(model) -> str:
 
 
 def forward_rows(
-    model, caches: list[BlockKVCache], feeds: list[np.ndarray], keep_last: list[int],
+    model,
+    caches: list[BlockKVCache],
+    feeds: list[np.ndarray],
+    keep_last: list[int],
     trees: list[TreeFeed | None] | None = None,
 ) -> list[torch.Tensor]:
     """Append feeds[b] (token ids, n_b >= 1) to caches[b] for every row in one forward.
@@ -49,12 +52,14 @@ def forward_rows(
     with torch.inference_mode():
         if len(caches) == 1 and not any(t is not None for t in trees or []):
             # one row: the cache itself, default positions and transformers' own causal mask
-            logits = model(input_ids=inputs, **{cache_kwarg(model): caches[0]}, use_cache=True,
-                           logits_to_keep=keep).logits
+            logits = model(
+                input_ids=inputs, **{cache_kwarg(model): caches[0]}, use_cache=True, logits_to_keep=keep
+            ).logits
         else:
             lengths = [c.length for c in caches]
-            positions, mask = batch_inputs(lengths, n_new, q, model.config._attn_implementation, compute_dtype(model),
-                                           trees)
+            positions, mask = batch_inputs(
+                lengths, n_new, q, model.config._attn_implementation, compute_dtype(model), trees
+            )
             logits = model(
                 input_ids=inputs,
                 position_ids=positions.to(device),

@@ -26,18 +26,37 @@ class CpuFeatures:
         return bool({"avx512_bf16", "amx_bf16"} & set(self.flags))
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "flags": list(self.flags), "capability": self.capability,
-                "vnni": self.vnni, "bf16": self.bf16}
+        return {
+            "model": self.model,
+            "flags": list(self.flags),
+            "capability": self.capability,
+            "vnni": self.vnni,
+            "bf16": self.bf16,
+        }
 
 
-_FLAGS_OF_NOTE = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
-                  "amx_bf16", "amx_int8", "amx_tile", "asimd", "sve", "bf16", "i8mm")
+_FLAGS_OF_NOTE = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+    "asimd",
+    "sve",
+    "bf16",
+    "i8mm",
+)
 
 
 @functools.cache
 def cpu_features() -> CpuFeatures:
     """The CPU model name, its SIMD flags of note, and torch's dispatch capability."""
-    model, flags = "unknown", set()
+    model, flags = "unknown", set[str]()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -49,8 +68,7 @@ def cpu_features() -> CpuFeatures:
                     flags = set(value.split())
     except OSError:
         pass
-    return CpuFeatures(model, tuple(f for f in _FLAGS_OF_NOTE if f in flags),
-                       torch.backends.cpu.get_cpu_capability())
+    return CpuFeatures(model, tuple(f for f in _FLAGS_OF_NOTE if f in flags), torch.backends.cpu.get_cpu_capability())
 
 
 def int8_supported() -> bool:

@@ -24,15 +24,15 @@ class _DraftSession:
     ids: np.ndarray
     cache: BlockKVCache
     proposed: int = 0
-    slots: list[int] = field(default_factory=list)   # cache slot of each proposed node (−1: not fed)
+    slots: list[int] = field(default_factory=list)  # cache slot of each proposed node (−1: not fed)
 
 
 @dataclass
 class _Node:
     token: int
-    parent: int                  # −1: the root
-    logp: float                  # log path probability under the draft
-    slot: int = -1               # its cache slot once fed
+    parent: int  # −1: the root
+    logp: float  # log path probability under the draft
+    slot: int = -1  # its cache slot once fed
     q: np.ndarray | None = None  # the distribution it was sampled from
 
 
@@ -40,7 +40,7 @@ class _Node:
 class _Growth:
     """One row's tree while it grows: its nodes, the candidates, and the nodes fed last round."""
 
-    base: int                    # the first tree slot (the pending tokens end just below it)
+    base: int  # the first tree slot (the pending tokens end just below it)
     nodes: list[_Node] = field(default_factory=list)
     candidates: list[_Node] = field(default_factory=list)
     fed: list[int] = field(default_factory=list)
@@ -147,18 +147,23 @@ class DraftCore(CacheHolder):
                 row.proposed = gamma
                 assert gamma == 0 or len(row.ids) + gamma - 1 <= n_blocks * self.block_tokens, (gamma, n_blocks)
             active = [b for b, g in enumerate(gammas) if g > 0]
-            feeds = [rows[b].ids[rows[b].cache.length:] for b in active]
+            feeds = [rows[b].ids[rows[b].cache.length :] for b in active]
             trees: list = [None] * len(active)
             while active:
                 with Timer() as step:
-                    logits = forward_rows(self.model, [rows[b].cache for b in active], feeds,
-                                          [len(f) if grown[b].nodes else 1 for b, f in zip(active, feeds)], trees)
+                    logits = forward_rows(
+                        self.model,
+                        [rows[b].cache for b in active],
+                        feeds,
+                        [len(f) if grown[b].nodes else 1 for b, f in zip(active, feeds)],
+                        trees,
+                    )
                 if len({len(f) for f in feeds}) == 1:
                     timed.setdefault(len(feeds[0]), []).append(step.seconds)
                 for i, b in enumerate(active):
                     g = grown[b]
-                    for k, node in enumerate(g.fed or [-1]):
-                        self._expand(g, node, logits[i][k], temps[b], widths[b], sampled[b], rngs[b])
+                    for k, fed in enumerate(g.fed or [-1]):
+                        self._expand(g, fed, logits[i][k], temps[b], widths[b], sampled[b], rngs[b])
                     g.select(min(widths[b], gammas[b] - len(g.nodes)))
                 active = [b for b in active if len(grown[b].nodes) < gammas[b]]
                 feeds = [grown[b].feed(rows[b].cache.length) for b in active]
@@ -170,13 +175,28 @@ class DraftCore(CacheHolder):
                 rows[b].slots = [node.slot for node in g.nodes]
                 for i, node in enumerate(g.nodes):
                     if node.q is not None:
+                        assert probs is not None  # a node keeps its q only when sampled
                         probs[b, i] = node.q
         seconds = {m: sum(v) / len(v) for m, v in timed.items()}
-        return {"tokens": tokens, "parents": parents, "probs": probs, "seconds": timer.seconds,
-                "forward_seconds": seconds, "token_seconds": seconds.get(1)}
+        return {
+            "tokens": tokens,
+            "parents": parents,
+            "probs": probs,
+            "seconds": timer.seconds,
+            "forward_seconds": seconds,
+            "token_seconds": seconds.get(1),
+        }
 
-    def _expand(self, g: "_Growth", node: int, logits: torch.Tensor, temperature: float, width: int,
-                sampled: bool, rng: np.random.Generator) -> None:
+    def _expand(
+        self,
+        g: _Growth,
+        node: int,
+        logits: torch.Tensor,
+        temperature: float,
+        width: int,
+        sampled: bool,
+        rng: np.random.Generator,
+    ) -> None:
         # add `node`'s children as candidates: one sampled from q, or the `width` most likely
         base = 0.0 if node < 0 else g.nodes[node].logp
         if sampled:
@@ -189,8 +209,9 @@ class DraftCore(CacheHolder):
         for logp, token in zip(top.values.tolist(), top.indices.tolist()):
             g.candidates.append(_Node(int(token), node, base + logp))
 
-    def accept(self, session: str, accepted: int, tokens: np.ndarray, blocks: int,
-               path: list[int] | None = None) -> int:
+    def accept(
+        self, session: str, accepted: int, tokens: np.ndarray, blocks: int, path: list[int] | None = None
+    ) -> int:
         """The step's outcome: the nodes on `path` (default: the chain's first `accepted`) were
         accepted and `tokens` (their tokens, then the target's token, possibly cut short) joined the
         context. Keeps the KV of the accepted nodes that were fed (compacted in place), drops every
@@ -211,8 +232,14 @@ class DraftCore(CacheHolder):
         s.proposed, s.slots = 0, []
         return s.cache.held_bytes()
 
-    def accept_batch(self, sessions: list[str], accepted: list[int], tokens: list[np.ndarray],
-                     blocks: list[int], paths: list[list[int] | None] | None = None) -> list[int]:
+    def accept_batch(
+        self,
+        sessions: list[str],
+        accepted: list[int],
+        tokens: list[np.ndarray],
+        blocks: list[int],
+        paths: list[list[int] | None] | None = None,
+    ) -> list[int]:
         """`accept` for every session of a step at once (one message when the draft is an actor);
         UnknownSession, with nothing changed, unless every session is open. Answers held bytes."""
         assert len(sessions) == len(accepted) == len(tokens) == len(blocks)

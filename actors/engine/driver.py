@@ -29,10 +29,10 @@ class TurnEvent:
     """What one step did for one session's turn."""
 
     session: str
-    tokens: np.ndarray                # int64: the tokens this step added (none when `error` ended the turn)
-    done: bool                        # the turn is over: it finished, or `error` ended it
-    stats: dict                       # the turn so far: SpecStats.as_dict(), prompt_tokens, prefilled_tokens
-    step: StepStats | None = None     # this step; None when the turn failed before it
+    tokens: np.ndarray  # int64: the tokens this step added (none when `error` ended the turn)
+    done: bool  # the turn is over: it finished, or `error` ended it
+    stats: dict  # the turn so far: SpecStats.as_dict(), prompt_tokens, prefilled_tokens
+    step: StepStats | None = None  # this step; None when the turn failed before it
     error: EngineError | None = None  # what ended the turn (the session stays open)
 
 
@@ -45,7 +45,7 @@ class _Turn:
     rng: np.random.Generator
     width: int | None = None
     prompt_tokens: int = 0
-    prefilled: int = 0            # prompt tokens computed at join (the rest were reused)
+    prefilled: int = 0  # prompt tokens computed at join (the rest were reused)
     stats: SpecStats = field(default_factory=SpecStats)
     new_ids: list[int] = field(default_factory=list)
 
@@ -62,7 +62,12 @@ class Driver:
     """
 
     def __init__(
-        self, verifier: VerifierCore, draft, memory, stop_ids: tuple[int, ...] = (), measure_cost: bool = False,
+        self,
+        verifier: VerifierCore,
+        draft,
+        memory,
+        stop_ids: tuple[int, ...] = (),
+        measure_cost: bool = False,
         gamma_max: int = 8,
     ):
         self.verifier, self.draft, self.memory = verifier, draft, memory
@@ -70,8 +75,8 @@ class Driver:
         self.measure_cost = measure_cost
         self._turns: dict[str, _Turn] = {}
         self.gamma_max = gamma_max
-        self._anchors: dict[int, float] | None = None    # t_t at M = 1 and γmax + 1, timed once
-        self._anchored = False                           # ... and sent to the memory side
+        self._anchors: dict[int, float] | None = None  # t_t at M = 1 and γmax + 1, timed once
+        self._anchored = False  # ... and sent to the memory side
 
     def anchor_costs(self) -> None:
         """Send the memory side the target's cost at M = 1 and M = γmax + 1 (timed once, on the
@@ -125,8 +130,16 @@ class Driver:
         else:
             self.draft.extend(session, ids, keep, blocks[DRAFT])
         remaining = min(max_new_tokens, self.verifier.max_context - len(ids))
-        self._turns[session] = _Turn(session, remaining, temperature, gamma, np.random.default_rng(seed), width,
-                                     len(ids), self.verifier.prefilled(session) + 1)
+        self._turns[session] = _Turn(
+            session,
+            remaining,
+            temperature,
+            gamma,
+            np.random.default_rng(seed),
+            width,
+            len(ids),
+            self.verifier.prefilled(session) + 1,
+        )
 
     def leave(self, session: str) -> None:
         """Stop a turn early; the session stays open (idle) for its next turn."""
@@ -196,8 +209,9 @@ class Driver:
             forward_s = {int(m): t for m, t in (proposal.get("forward_seconds") or {}).items()}
         target_blocks = [b[TARGET] for _, _, _, b in granted]
         verify_seeds = [int(s[1]) for s in seeds]
-        verdict = self.verifier.verify(sessions, drafts, gammas, target_blocks, temperatures, probs, verify_seeds,
-                                       parents)
+        verdict = self.verifier.verify(
+            sessions, drafts, gammas, target_blocks, temperatures, probs, verify_seeds, parents
+        )
         if self.measure_cost and verdict["seconds"] > 0:
             # t_d(M): the draft's forwards that fed M tokens a row (M = 1 for a chain, the tree's
             # width; a catch-up of pending tokens is not a draft token's cost); t_t(M): the target
@@ -210,15 +224,21 @@ class Driver:
             stops = [k for k, t in enumerate(tokens) if int(t) in self.stop_ids]
             kept.append(tokens[: stops[0] + 1] if stops else tokens)
         commits = self.memory.commit_batch(
-            [{"session": t.session, "accepted": verdict["accepted"][i], "emitted": len(kept[i]),
-              "tried": verdict["tried"][i], "hits": verdict["hits"][i]}
-             for i, (t, _, _, _) in enumerate(granted)]
+            [
+                {
+                    "session": t.session,
+                    "accepted": verdict["accepted"][i],
+                    "emitted": len(kept[i]),
+                    "tried": verdict["tried"][i],
+                    "hits": verdict["hits"][i],
+                }
+                for i, (t, _, _, _) in enumerate(granted)
+            ]
         )
         paths = [[int(node) for node in verdict["paths"][i]] for i in range(len(granted))]
         for i, (turn, _, _, _) in enumerate(granted):
             self.verifier.settle(turn.session, kept[i], commits[i]["blocks"][TARGET], paths[i])
-        self.draft.accept_batch(sessions, verdict["accepted"], kept,
-                                [c["blocks"][DRAFT] for c in commits], paths)
+        self.draft.accept_batch(sessions, verdict["accepted"], kept, [c["blocks"][DRAFT] for c in commits], paths)
         for i, (turn, gamma, width, _) in enumerate(granted):
             n, tokens = verdict["accepted"][i], kept[i]
             done = (len(tokens) and int(tokens[-1]) in self.stop_ids) or len(tokens) >= turn.remaining
@@ -240,8 +260,7 @@ class Driver:
     def turn_ids(self, session: str) -> np.ndarray:
         return np.asarray(self._turns[session].new_ids, dtype=np.int64)
 
-    def _event(self, turn: _Turn, tokens, done: bool, step: StepStats | None,
-               error: EngineError | None) -> TurnEvent:
+    def _event(self, turn: _Turn, tokens, done: bool, step: StepStats | None, error: EngineError | None) -> TurnEvent:
         stats = {**turn.stats.as_dict(), "prompt_tokens": turn.prompt_tokens, "prefilled_tokens": turn.prefilled}
         return TurnEvent(turn.session, np.asarray(tokens, dtype=np.int64), done, stats, step, error)
 

@@ -56,13 +56,18 @@ class Engine:
         if budget_bytes is None:
             tokens = blocks_for(self.verifier.max_context, block_tokens) * block_tokens
             budget_bytes = tokens * (self.draft.bytes_per_token + self.verifier.bytes_per_token)
-        self.memory = MemoryManager(budget_bytes, block_tokens, spare_blocks, gamma_max, cost_ratio or 0.1,
-                                    width_max=tree)
+        self.memory = MemoryManager(
+            budget_bytes, block_tokens, spare_blocks, gamma_max, cost_ratio or 0.1, width_max=tree
+        )
         self.memory.add_holder(DRAFT, self.draft.bytes_per_token, self.draft.weight_bytes)
         self.memory.add_holder(TARGET, self.verifier.bytes_per_token, self.verifier.weight_bytes)
         eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
         self.driver = Driver(
-            self.verifier, self.draft, self.memory, (eos,) if eos is not None else (), measure_cost=cost_ratio is None,
+            self.verifier,
+            self.draft,
+            self.memory,
+            (eos,) if eos is not None else (),
+            measure_cost=cost_ratio is None,
             gamma_max=gamma_max,
         )
         self.gamma, self.tree = gamma, tree
@@ -72,9 +77,11 @@ class Engine:
 
     def chat(self, session: str, message: str, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0):
         """One chat turn: answers (reply text, reply token ids, stats dict)."""
-        ids, stats = [], {}
-        for tokens, stats in self.chat_stream(session, message, max_new_tokens, temperature, seed):
+        ids: list[int] = []
+        stats: dict = {}
+        for tokens, turn_stats in self.chat_stream(session, message, max_new_tokens, temperature, seed):
             ids.extend(tokens.tolist())
+            stats = turn_stats
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return text, np.asarray(ids, dtype=np.int64), stats
 
@@ -110,8 +117,9 @@ class Engine:
     ) -> tuple[np.ndarray, dict]:
         """Continue `prompt_ids` (no chat template, no stop token); answers (new ids, stats).
         Without `session` a throwaway session is used and released."""
-        out = self.generate_batch([prompt_ids], max_new_tokens, temperature, [seed], gamma,
-                                  None if session is None else [session], tree)
+        out = self.generate_batch(
+            [prompt_ids], max_new_tokens, temperature, [seed], gamma, None if session is None else [session], tree
+        )
         return out[0]
 
     def generate_batch(
@@ -126,7 +134,7 @@ class Engine:
     ) -> list[tuple[np.ndarray, dict]]:
         """Continue several prompts as one batch (one draft pass and one target forward per step)."""
         throwaway = sessions is None
-        if throwaway:
+        if sessions is None:
             sessions = [self._new_session() for _ in prompts]
         seeds = seeds or list(range(len(prompts)))
         stop_ids, self.driver.stop_ids = self.driver.stop_ids, set()
@@ -135,9 +143,17 @@ class Engine:
                 if not self.verifier.has(sid):
                     self.verifier.open(sid)
                 ids, keep = self.verifier.check_prompt(sid, prompt)
-                self.driver.join(sid, ids, keep, max_new_tokens, temperature, seed,
-                                 self.gamma if gamma is None else gamma, self.tree if tree is None else tree)
-            results = {sid: ([], {}) for sid in sessions}
+                self.driver.join(
+                    sid,
+                    ids,
+                    keep,
+                    max_new_tokens,
+                    temperature,
+                    seed,
+                    self.gamma if gamma is None else gamma,
+                    self.tree if tree is None else tree,
+                )
+            results: dict[str, tuple[list[int], dict]] = {sid: ([], {}) for sid in sessions}
             while self.driver.active:
                 for event in self.driver.step():
                     _raise(event)
@@ -169,8 +185,14 @@ class Engine:
         sessions of these committed lengths (memory_model.lower_bound_budget with this engine's
         bytes per token and block size)."""
         return lower_bound_budget(
-            contexts, alpha, cost_ratio, self.verifier.bytes_per_token, self.draft.bytes_per_token,
-            self.memory.block_tokens, fraction, self.memory.gamma_max,
+            contexts,
+            alpha,
+            cost_ratio,
+            self.verifier.bytes_per_token,
+            self.draft.bytes_per_token,
+            self.memory.block_tokens,
+            fraction,
+            self.memory.gamma_max,
         )
 
     def usage(self) -> dict:

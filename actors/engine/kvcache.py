@@ -21,8 +21,8 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .attention import NAME as ROWWISE
-from .precision import compute_dtype, weight_bytes
 from .blocks import blocks_after_rollback, blocks_for, kv_shape  # noqa: F401 (re-exported)
+from .precision import compute_dtype, weight_bytes
 
 
 class BlockLayer(CacheLayerMixin):
@@ -230,8 +230,14 @@ class TreeFeed:
     positions: np.ndarray
 
 
-def batch_inputs(lengths: list[int], n_new: list[int], q: int, attn_implementation: str, dtype,
-                 trees: list[TreeFeed | None] | None = None) -> tuple:
+def batch_inputs(
+    lengths: list[int],
+    n_new: list[int],
+    q: int,
+    attn_implementation: str,
+    dtype,
+    trees: list[TreeFeed | None] | None = None,
+) -> tuple:
     """Position ids `[B, q]` and the 4-D mask `[B, 1, q, K]` for a `GatherCache` forward.
 
     Row b holds `lengths[b]` tokens before the forward; its query j sits at slot lengths[b]+j
@@ -241,7 +247,7 @@ def batch_inputs(lengths: list[int], n_new: list[int], q: int, attn_implementati
     of the keys.
     """
     batch = len(lengths)
-    width = max(l + n for l, n in zip(lengths, n_new))
+    width = max(length + n for length, n in zip(lengths, n_new))
     start = torch.tensor(lengths).view(batch, 1)
     positions = start + torch.arange(q).view(1, q)
     slots = torch.arange(width).view(1, 1, width)
@@ -252,7 +258,7 @@ def batch_inputs(lengths: list[int], n_new: list[int], q: int, attn_implementati
             continue
         n, end = n_new[b], lengths[b] + n_new[b]
         assert tree.visible.shape == (n, end - tree.base) and tree.positions.shape == (n,)
-        allowed[b, :n, tree.base:end] = torch.from_numpy(tree.visible)
+        allowed[b, :n, tree.base : end] = torch.from_numpy(tree.visible)
         allowed[b, :n, end:] = False
         positions[b, :n] = torch.from_numpy(np.asarray(tree.positions, dtype=np.int64))
     mask = allowed.view(batch, 1, q, width)
@@ -299,7 +305,7 @@ class CacheHolder:
             out[m] = sorted(samples)[len(samples) // 2]
         return out
 
-    def new_cache(self) -> "BlockKVCache":
+    def new_cache(self) -> BlockKVCache:
         return BlockKVCache(self.model.config, self.block_tokens, self.dtype, self.layer_devices, self.spare_blocks)
 
 

@@ -23,17 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .acceptance import RankAcceptance
-from .errors import EngineError, OverBudget, SessionBusy, UnknownSession, as_answer
 from .blocks import blocks_after_rollback, blocks_for
+from .errors import EngineError, OverBudget, SessionBusy, UnknownSession, as_answer
 from .memory_model import CostCurve, gamma_for_budget, kv_tokens, tree_shape
-
 
 EXPLORE_EVERY = 4
 
 
 @dataclass
 class _Session:
-    acceptance: RankAcceptance       # the rank acceptance counts (acceptance.py)
+    acceptance: RankAcceptance  # the rank acceptance counts (acceptance.py)
     context: int = 0
     blocks: dict[str, list[int]] = field(default_factory=dict)
     lost: set[str] = field(default_factory=set)
@@ -41,7 +40,7 @@ class _Session:
     last_used: int = 0
     gamma: int | None = None
     width: int = 1
-    plain_steps: int = 0      # steps in a row the policy granted γ = 0
+    plain_steps: int = 0  # steps in a row the policy granted γ = 0
 
 
 class MemoryManager:
@@ -79,7 +78,7 @@ class MemoryManager:
         self._owner: dict[int, tuple[str, str]] = {}
         self._free_ids: list[int] = []
         self._next_id = 0
-        self._reserved: dict[str, dict[str, int]] = {}   # owner -> key -> bytes (not KV)
+        self._reserved: dict[str, dict[str, int]] = {}  # owner -> key -> bytes (not KV)
         self._live = 0
         self._peak = 0
         self._clock = 0
@@ -99,7 +98,8 @@ class MemoryManager:
         if budget < max(need, self._live):
             raise OverBudget(
                 f"KV budget {budget} B (after {sum(weights.values())} B of weights) is below one block of every"
-                f" cache ({need} B) or the {self._live} B granted now")
+                f" cache ({need} B) or the {self._live} B granted now"
+            )
         self._bytes_per_token[holder] = bytes_per_token
         self._weights, self.budget = weights, budget
 
@@ -130,8 +130,10 @@ class MemoryManager:
         try:
             evicted = self._make_room("", extra)
         except OverBudget:
-            raise OverBudget(f"{owner} needs {nbytes} B for {key!r}: {self.budget - self._live} B free "
-                             f"of {self.budget}, and the idle sessions cannot cover the rest") from None
+            raise OverBudget(
+                f"{owner} needs {nbytes} B for {key!r}: {self.budget - self._live} B free "
+                f"of {self.budget}, and the idle sessions cannot cover the rest"
+            ) from None
         self._reserved.setdefault(owner, {})[key] = nbytes
         self._live += extra
         self._peak = max(self._peak, self._live)
@@ -159,8 +161,11 @@ class MemoryManager:
     def open_session(self, session: str) -> None:
         if session in self._sessions:
             raise SessionBusy(f"session {session!r} is already open")
-        s = _Session(blocks={h: [] for h in self._bytes_per_token}, last_used=self._tick(),
-                     acceptance=RankAcceptance.empty(self.width_max))
+        s = _Session(
+            blocks={h: [] for h in self._bytes_per_token},
+            last_used=self._tick(),
+            acceptance=RankAcceptance.empty(self.width_max),
+        )
         self._sessions[session] = s
 
     def prefill(self, session: str, keep: int, add: int) -> dict:
@@ -178,8 +183,7 @@ class MemoryManager:
         s.context, s.busy, s.gamma, s.last_used = length, True, None, self._tick()
         return {"blocks": self._block_counts(s), "evicted": evicted, "rebuild": rebuild}
 
-    def grant(self, session: str, gamma: int | None = None, limit: int | None = None,
-              width: int | None = None) -> dict:
+    def grant(self, session: str, gamma: int | None = None, limit: int | None = None, width: int | None = None) -> dict:
         """Room for one speculative step of γ <= `gamma` draft nodes (default: the tree (N*, w*) the
         memory model picks from the session's rank acceptance rates and the cost curve), and
         γ <= `limit` (the caller's cap: tokens left to generate, context left). `width` caps the
@@ -215,11 +219,11 @@ class MemoryManager:
         self._apply(session, s, need, rebuild)
         s.lost.clear()
         s.gamma, s.width, s.busy, s.last_used = g, max(1, min(wide, g)), True, self._tick()
-        return {"gamma": g, "width": s.width, "blocks": self._block_counts(s), "evicted": evicted,
-                "rebuild": rebuild}
+        return {"gamma": g, "width": s.width, "blocks": self._block_counts(s), "evicted": evicted, "rebuild": rebuild}
 
-    def commit(self, session: str, accepted: int, emitted: int, tried: list[int] | None = None,
-               hits: list[int] | None = None) -> dict:
+    def commit(
+        self, session: str, accepted: int, emitted: int, tried: list[int] | None = None, hits: list[int] | None = None
+    ) -> dict:
         """End a step: `accepted` of the γ draft nodes were accepted and `emitted` tokens joined the
         context. Blocks past the new length (beyond `spare_blocks`) are freed at once, the rejected
         branches' with them. tried/hits: the walk's counts per rank (see `tree.verify_tree`);
@@ -256,8 +260,7 @@ class MemoryManager:
     def commit_batch(self, requests: list[dict]) -> list[dict]:
         """`commit` for several sessions: requests {"session", "accepted", "emitted", "tried"
         (optional), "hits" (optional)}."""
-        return [self.commit(r["session"], r["accepted"], r["emitted"], r.get("tried"), r.get("hits"))
-                for r in requests]
+        return [self.commit(r["session"], r["accepted"], r["emitted"], r.get("tried"), r.get("hits")) for r in requests]
 
     def finish(self, session: str) -> None:
         """End a turn: the session is idle (evictable) until its next prefill."""
@@ -276,8 +279,13 @@ class MemoryManager:
         assert cost_ratio >= 0.0
         self.costs = CostCurve(cost_ratio)
 
-    def observe_costs(self, draft_s: float | None = None, m: int | None = None,
-                      target_s: float | None = None, draft_by_m: dict | None = None) -> None:
+    def observe_costs(
+        self,
+        draft_s: float | None = None,
+        m: int | None = None,
+        target_s: float | None = None,
+        draft_by_m: dict | None = None,
+    ) -> None:
         """A measured step: `draft_s` seconds per one-token draft forward, `draft_by_m` {M: seconds}
         of draft forwards of M new tokens per session (a tree's rounds), `target_s` seconds for a
         target forward of `m` new tokens per session. The tree shape is then picked from the
@@ -302,8 +310,10 @@ class MemoryManager:
 
     def usage(self) -> dict:
         per_session = {sid: self._session_bytes(s) for sid, s in self._sessions.items()}
-        per_holder = {h: sum(len(s.blocks.get(h, [])) for s in self._sessions.values()) * self.block_bytes(h)
-                      for h in self._bytes_per_token}
+        per_holder = {
+            h: sum(len(s.blocks.get(h, [])) for s in self._sessions.values()) * self.block_bytes(h)
+            for h in self._bytes_per_token
+        }
         return {
             "budget": self.budget,
             "live": self._live,
@@ -369,8 +379,11 @@ class MemoryManager:
         free = self.budget - self._live
         if extra <= free:
             return []
-        idle = sorted((s.last_used, sid) for sid, s in self._sessions.items()
-                      if not s.busy and sid != session and self._session_bytes(s) > 0)
+        idle = sorted(
+            (s.last_used, sid)
+            for sid, s in self._sessions.items()
+            if not s.busy and sid != session and self._session_bytes(s) > 0
+        )
         if free + sum(self._session_bytes(self._sessions[sid]) for _, sid in idle) < extra:
             raise OverBudget(
                 f"session {session!r} needs {extra} B more; {free} B free and {len(idle)} idle sessions cannot cover it"

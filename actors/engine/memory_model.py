@@ -48,8 +48,14 @@ class CostCurve:
         self.draft_table: dict[int, float] = {}
         self.target_s: dict[int, float] = {}
 
-    def observe(self, draft_s: float | None = None, m: int | None = None, target_s: float | None = None,
-                weight: float = 0.2, draft_m: int = 1) -> None:
+    def observe(
+        self,
+        draft_s: float | None = None,
+        m: int | None = None,
+        target_s: float | None = None,
+        weight: float = 0.2,
+        draft_m: int = 1,
+    ) -> None:
         if draft_s is not None and draft_s >= 0 and draft_m >= 1:
             _average(self.draft_table, draft_m, draft_s, weight)
         if m is not None and target_s is not None and target_s > 0 and m >= 1:
@@ -84,8 +90,11 @@ class CostCurve:
         return draft_seconds(gamma, width, self) + self.target(gamma + 1)
 
     def as_dict(self) -> dict:
-        return {"draft_s": self.draft_s, "target_s": {str(m): t for m, t in sorted(self.target_s.items())},
-                "draft_by_m": {str(m): t for m, t in sorted(self.draft_table.items())}}
+        return {
+            "draft_s": self.draft_s,
+            "target_s": {str(m): t for m, t in sorted(self.target_s.items())},
+            "draft_by_m": {str(m): t for m, t in sorted(self.draft_table.items())},
+        }
 
 
 def _average(table: dict[int, float], m: int, seconds: float, weight: float) -> None:
@@ -136,7 +145,7 @@ def tree_expected_tokens(rates: list[float], nodes: int, width: int | None = Non
     total, taken, pool = 1.0, 0, list(rates)
     while taken < nodes and pool:
         pool.sort(reverse=True)
-        chosen, pool = pool[: min(width, nodes - taken)], pool[min(width, nodes - taken):]
+        chosen, pool = pool[: min(width, nodes - taken)], pool[min(width, nodes - taken) :]
         taken += len(chosen)
         total += sum(chosen)
         pool += [v * a for v in chosen for a in rates]
@@ -164,7 +173,7 @@ def curve_speedup(alpha: float, gamma: int, curve: CostCurve) -> float:
     return expected_tokens(alpha, gamma) * curve.target(1) / curve.step_seconds(gamma)
 
 
-def gamma_star(alpha: float, cost_ratio: "float | CostCurve", fraction: float = 0.96, gamma_max: int = 16) -> int:
+def gamma_star(alpha: float, cost_ratio: float | CostCurve, fraction: float = 0.96, gamma_max: int = 16) -> int:
     """The smallest γ in [0, gamma_max] with S(γ) >= fraction · max S (a single c, or a `CostCurve`):
     the width-1 case of `tree_shape`."""
     curve = cost_ratio if isinstance(cost_ratio, CostCurve) else CostCurve(cost_ratio)
@@ -211,7 +220,7 @@ def generation_footprint(
 def lower_bound_budget(
     contexts: list[int],
     alpha: float,
-    cost_ratio: "float | CostCurve",
+    cost_ratio: float | CostCurve,
     kv_target: int,
     kv_draft: int,
     block_tokens: int,

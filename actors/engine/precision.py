@@ -40,19 +40,44 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from .attention import use_rowwise_attention
 from .cpu import CpuFeatures, cpu_features, int4_supported, int8_supported
-from .quantized import (Bf16Embedding, Int4Linear, Int8Linear, Int8Part, SourcePages, quantize_linears,
-                        release_freed_memory)
+from .quantized import (
+    Bf16Embedding,
+    Int4Linear,
+    Int8Linear,
+    Int8Part,
+    SourcePages,
+    quantize_linears,
+    release_freed_memory,
+)
 
 # the CPU's features and the quantized modules, re-exported: callers import them from here
-__all__ = ["CHOICES", "PRECISIONS", "Bf16Embedding", "Choice", "CpuFeatures", "Int4Linear", "Int8Linear",
-           "Int8Part", "SourcePages", "apply_precision", "choose", "compute_dtype", "cpu_features",
-           "int4_supported", "int8_supported", "precision_of", "release_freed_memory", "weight_bytes"]
+__all__ = [
+    "CHOICES",
+    "PRECISIONS",
+    "Bf16Embedding",
+    "Choice",
+    "CpuFeatures",
+    "Int4Linear",
+    "Int8Linear",
+    "Int8Part",
+    "SourcePages",
+    "apply_precision",
+    "choose",
+    "compute_dtype",
+    "cpu_features",
+    "int4_supported",
+    "int8_supported",
+    "precision_of",
+    "release_freed_memory",
+    "weight_bytes",
+]
 
 PRECISIONS = ("float32", "bfloat16", "int8", "int4")
 CHOICES = PRECISIONS + ("auto",)
@@ -91,14 +116,15 @@ def compute_dtype(model) -> torch.dtype:
 def weight_bytes(model) -> int:
     """Bytes of every parameter and buffer (shared storage counted once) and of the packed
     quantized weights, which torch does not see as tensors of the model."""
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for t in list(model.parameters()) + list(model.buffers())}
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in list(model.parameters()) + list(model.buffers())
+    }
     packed = sum(m.packed_bytes for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear)))
     return sum(storages.values()) + packed
 
 
-def apply_precision(model, precision: str, activation_bits: int | None = None, role: str = "target",
-                    **probe_options):
+def apply_precision(model, precision: str, activation_bits: int | None = None, role: str = "target", **probe_options):
     """Convert `model` (in place) to `precision` ("auto" probes first, see `choose`); answers it.
 
     The chosen `Choice` is kept on the model (`precision_of`). Raises ValueError for an unknown
@@ -106,7 +132,7 @@ def apply_precision(model, precision: str, activation_bits: int | None = None, r
     """
     if precision not in CHOICES:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(CHOICES)}")
-    requested, probe = precision, {}
+    requested, probe = precision, dict[str, Any]()
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     if precision == "auto":
         # the probe and the int8 kernels are the CPU's; an accelerator takes bfloat16
@@ -131,7 +157,7 @@ def _convert(model, precision: str, activation_bits: int | None = None) -> None:
             raise ValueError("precision int4 needs torch's CPU int4 weight-only kernel, absent from this build")
         quantize_linears(model, activation_bits or (8 if cpu_features().vnni else 7), four_bit=precision == "int4")
         if precision == "int8":
-            use_rowwise_attention(model)     # with exact rows, exact attention: see attention.py
+            use_rowwise_attention(model)  # with exact rows, exact attention: see attention.py
     else:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     model.eval()
@@ -166,7 +192,8 @@ def choose(
     """The fastest precision for `model` here, and the probe's estimates in ms per forward.
 
     For each candidate a copy of the first decoder layer and of a slice of the LM head (its time
-    scaled to the whole head) is converted and timed (median of `repeats`) on M = 1 and M = γ_max + 1 new tokens after a 64-token context;
+    scaled to the whole head) is converted and timed (median of `repeats`) on M = 1 and
+    M = γ_max + 1 new tokens after a 64-token context;
     a forward costs n_layers · t_layer + t_head. A target's score is t(1) + t(γ_max + 1) (plain
     steps and verifications); a draft's is t(1), its proposals being one token per forward.
     `role` ("target" or "draft") also decides the candidates (int4 drafts only). `clock` is the
@@ -188,13 +215,14 @@ def choose(
             times[f"M={m}"] += _time_head(part["head"], hidden, m, dtype, repeats, clock) * scale
         probe[precision] = {k: round(v * 1e3, 3) for k, v in times.items()}
         del part
+
     def score(p: str) -> float:
         return probe[p]["M=1"] if role == "draft" else sum(probe[p].values())
 
     return min(probe, key=score), probe
 
 
-HEAD_SAMPLE = 8      # the probe times 1/8 of the LM head's rows and scales (a GEMV/GEMM is linear in rows)
+HEAD_SAMPLE = 8  # the probe times 1/8 of the LM head's rows and scales (a GEMV/GEMM is linear in rows)
 
 
 def _head_sample(head) -> tuple[nn.Module, float]:
@@ -236,17 +264,26 @@ def _time_part(part, config, hidden: int, m: int, dtype, repeats: int, clock) ->
     context = 64
     samples = []
     with torch.inference_mode():
-        for i in range(repeats + 1):
+        for _ in range(repeats + 1):
             cache = DynamicCache(config=config)
             kv_heads = config.num_key_value_heads
-            cache.update(torch.zeros(1, kv_heads, context, head_dim, dtype=dtype),
-                         torch.zeros(1, kv_heads, context, head_dim, dtype=dtype), 0)
+            cache.update(
+                torch.zeros(1, kv_heads, context, head_dim, dtype=dtype),
+                torch.zeros(1, kv_heads, context, head_dim, dtype=dtype),
+                0,
+            )
             x = torch.randn(1, m, hidden).to(dtype)
             positions = torch.arange(context, context + m).view(1, m)
             cos_sin = _rotary(config, positions, dtype, head_dim)
             start = clock()
-            layer(x, attention_mask=None, position_ids=positions, use_cache=True,
-                  position_embeddings=cos_sin, **{_cache_name(layer): cache})
+            layer(
+                x,
+                attention_mask=None,
+                position_ids=positions,
+                use_cache=True,
+                position_embeddings=cos_sin,
+                **{_cache_name(layer): cache},
+            )
             samples.append(clock() - start)
     return _median(samples[1:])
 

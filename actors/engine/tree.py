@@ -43,13 +43,13 @@ class Tree:
         assert all(-1 <= p < i for i, p in enumerate(self.parents)), "nodes must be in topological order"
 
     @classmethod
-    def chain(cls, tokens) -> "Tree":
+    def chain(cls, tokens) -> Tree:
         tokens = np.asarray(tokens, dtype=np.int64)
         n = len(tokens)
         return cls(tokens, np.arange(-1, n - 1, dtype=np.int64), np.ones(n, dtype=np.int64))
 
     @classmethod
-    def from_rows(cls, tokens: np.ndarray, parents: np.ndarray, n: int) -> "Tree":
+    def from_rows(cls, tokens: np.ndarray, parents: np.ndarray, n: int) -> Tree:
         """The first n nodes of a padded proposal row; ranks recomputed from sibling order."""
         tokens = np.asarray(tokens[:n], dtype=np.int64)
         parents = np.asarray(parents[:n], dtype=np.int64)
@@ -162,7 +162,7 @@ def verify_tree(
                 residual = np.maximum(p - q, 0.0)
                 if residual.sum() > 0.0:
                     p = residual / residual.sum()
-            emit = None if chosen is not None else sample(p, rng)
+            emit = -1 if chosen is not None else sample(p, rng)  # read only when nothing is chosen
         if chosen is None:
             tokens = np.append(tree.tokens[path], emit).astype(np.int64)
             return Verdict(path, tokens, tried, hits)

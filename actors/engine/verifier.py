@@ -19,7 +19,7 @@ from .kvcache import BlockKVCache, CacheHolder, TreeFeed
 from .speculative import Timer
 from .tree import Tree, verify_tree
 
-__all__ = ["DRAFT", "TARGET", "Driver", "VerifierCore", "check_messages"]   # the driver, re-exported
+__all__ = ["DRAFT", "TARGET", "Driver", "VerifierCore", "check_messages"]  # the driver, re-exported
 
 _SENTINEL = "\u2063specmemo-reply\u2063"
 
@@ -29,7 +29,7 @@ class _TargetSession:
     ids: np.ndarray
     cache: BlockKVCache | None
     messages: list[dict] = field(default_factory=list)
-    prefilled: int = 0           # tokens the last prefill computed (the rest of the prompt was reused)
+    prefilled: int = 0  # tokens the last prefill computed (the rest of the prompt was reused)
 
 
 ROLES = ("system", "user", "assistant")
@@ -140,8 +140,9 @@ class VerifierCore(CacheHolder):
 
     def end_turn(self, session: str, message: str, reply_ids: np.ndarray) -> str:
         """Record the user message and the reply in the conversation; answers the reply text."""
-        return self.end_conversation(session, self._get(session).messages + [{"role": "user", "content": message}],
-                                     reply_ids)
+        return self.end_conversation(
+            session, self._get(session).messages + [{"role": "user", "content": message}], reply_ids
+        )
 
     def end_conversation(self, session: str, messages: list[dict], reply_ids: np.ndarray) -> str:
         """The conversation is now `messages` and the reply; answers the reply text."""
@@ -199,11 +200,16 @@ class VerifierCore(CacheHolder):
         rows = [self._get(s) for s in sessions]
         assert drafts.shape[0] == len(rows) == len(gammas) == len(blocks)
         temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature] * len(rows)
-        trees = [Tree.chain(drafts[b, :g]) if parents is None else Tree.from_rows(drafts[b], parents[b], g)
-                 for b, g in enumerate(gammas)]
-        feeds, masks = [], []
+        trees = [
+            Tree.chain(drafts[b, :g]) if parents is None else Tree.from_rows(drafts[b], parents[b], g)
+            for b, g in enumerate(gammas)
+        ]
+        feeds: list[np.ndarray] = []
+        masks: list[TreeFeed | None] = []
+        caches: list[BlockKVCache] = []
         for row, tree, n_blocks in zip(rows, trees, blocks):
             assert row.cache is not None and row.cache.length == len(row.ids) - 1
+            caches.append(row.cache)
             row.cache.resize(n_blocks)
             feeds.append(np.concatenate([row.ids[-1:], tree.tokens]))
             if tree.is_chain:
@@ -212,15 +218,20 @@ class VerifierCore(CacheHolder):
                 visible, offsets = tree.target_feed()
                 masks.append(TreeFeed(row.cache.length, visible, row.cache.length + offsets))
         with Timer() as timer:
-            logits = forward_rows(self.model, [r.cache for r in rows], feeds, [len(t) + 1 for t in trees], masks)
+            logits = forward_rows(self.model, caches, feeds, [len(t) + 1 for t in trees], masks)
             verdicts = []
             for b, tree in enumerate(trees):
                 rng = np.random.default_rng(seeds[b] if seeds else 0)
                 q = draft_probs[b, : len(tree)] if draft_probs is not None else None
                 verdicts.append(verify_tree(tree, logits[b].cpu().numpy(), temps[b], q, rng))
-        return {"accepted": [v.accepted for v in verdicts], "tokens": [v.tokens for v in verdicts],
-                "paths": [v.path for v in verdicts], "tried": [v.tried for v in verdicts],
-                "hits": [v.hits for v in verdicts], "seconds": timer.seconds}
+        return {
+            "accepted": [v.accepted for v in verdicts],
+            "tokens": [v.tokens for v in verdicts],
+            "paths": [v.path for v in verdicts],
+            "tried": [v.tried for v in verdicts],
+            "hits": [v.hits for v in verdicts],
+            "seconds": timer.seconds,
+        }
 
     def settle(self, session: str, tokens: np.ndarray, blocks: int, path: list[int] | None = None) -> int:
         """`tokens` joined the context: keep what the target cache holds of them (the pending
@@ -230,9 +241,10 @@ class VerifierCore(CacheHolder):
         s = self._get(session)
         tokens = np.asarray(tokens, dtype=np.int64)
         assert len(tokens) >= 1
-        start = len(s.ids)                       # the pending token sat at start − 1
+        start = len(s.ids)  # the pending token sat at start − 1
         path = list(range(len(tokens) - 1)) if path is None else list(path)
         s.ids = np.concatenate([s.ids, tokens])
+        assert s.cache is not None, "a session in a turn has its cache"
         s.cache.keep_path(start, [start + node for node in path[: len(tokens) - 1]], s.cache.blocks)
         s.cache.resize(blocks)
         return s.cache.held_bytes()
