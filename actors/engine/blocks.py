@@ -23,3 +23,25 @@ def blocks_after_rollback(blocks: int, length: int, block_tokens: int, spare_blo
     """Blocks kept after a rollback to `length`: shrink only past `spare_blocks` unused blocks, so
     a length sitting on a block boundary does not reallocate up and down every step."""
     return min(blocks, blocks_for(length, block_tokens) + spare_blocks)
+
+
+class BlockIds:
+    """The logical block ids of one budget: each owned by a (holder, session), freed ids reused
+    before new ones are minted (so ids stay dense however sessions come and go)."""
+
+    def __init__(self) -> None:
+        self.owner: dict[int, tuple[str, str]] = {}
+        self._free: list[int] = []
+        self._next = 0
+
+    def take(self, holder: str, session: str) -> int:
+        if self._free:
+            block = self._free.pop()
+        else:
+            block, self._next = self._next, self._next + 1
+        self.owner[block] = (holder, session)
+        return block
+
+    def give(self, block: int) -> None:
+        del self.owner[block]
+        self._free.append(block)

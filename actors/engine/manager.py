@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .acceptance import RankAcceptance
-from .blocks import blocks_after_rollback, blocks_for
+from .blocks import BlockIds, blocks_after_rollback, blocks_for
 from .errors import EngineError, OverBudget, SessionBusy, UnknownSession, as_answer
 from .memory_model import CostCurve, gamma_for_budget, kv_tokens, tree_shape
 
@@ -75,9 +75,7 @@ class MemoryManager:
         self._weights: dict[str, int] = {}
         self._bytes_per_token: dict[str, int] = {}
         self._sessions: dict[str, _Session] = {}
-        self._owner: dict[int, tuple[str, str]] = {}
-        self._free_ids: list[int] = []
-        self._next_id = 0
+        self._ids = BlockIds()
         self._reserved: dict[str, dict[str, int]] = {}  # owner -> key -> bytes (not KV)
         self._live = 0
         self._peak = 0
@@ -336,7 +334,7 @@ class MemoryManager:
 
     def block_owners(self) -> dict[int, tuple[str, str]]:
         """Every owned block id -> (holder, session)."""
-        return dict(self._owner)
+        return dict(self._ids.owner)
 
     # internals
 
@@ -406,17 +404,9 @@ class MemoryManager:
         delta = (n - len(ids)) * self.block_bytes(holder)
         assert self._live + delta <= self.budget, "the manager never exceeds its budget"
         while len(ids) > n:
-            block = ids.pop()
-            del self._owner[block]
-            self._free_ids.append(block)
+            self._ids.give(ids.pop())
         while len(ids) < n:
-            block = self._free_ids.pop() if self._free_ids else self._new_id()
-            self._owner[block] = (holder, sid)
-            ids.append(block)
+            ids.append(self._ids.take(holder, sid))
         self._live += delta
         self._peak = max(self._peak, self._live)
         return -delta
-
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id - 1
