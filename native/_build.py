@@ -1,10 +1,11 @@
 """cffi build of the pars3 kernels (out-of-line API mode), run by `pip install` through setup.py.
 
-The cdef mirrors pars3.h. OpenMP is required: the build compiles a tiny OpenMP program
+The cdef is read from pars3.h. OpenMP is required: the build compiles a tiny OpenMP program
 first and stops with a message saying what is missing if that fails.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -19,64 +20,24 @@ SOURCES = sorted(
 COMPILE_ARGS = ["-O3", "-std=c11", "-fopenmp"]
 LINK_ARGS = ["-fopenmp"]
 
-CDEF = """
-#define PARS3_VERSION ...
-#define PARS3_OK ...
-#define PARS3_EINVAL ...
+HEADER = os.path.join(HERE, "pars3.h")
 
-typedef struct {
-    int64_t n;
-    const int64_t *rowptr;
-    const int32_t *col;
-    const double *val;
-} pars3_csr;
 
-typedef struct {
-    int64_t n;
-    const int64_t *rowptr;
-    const int32_t *col;
-    const double *val;
-    const double *diag;
-    int32_t sign;
-    const uint16_t *off;
-    const float *val32;
-} pars3_half;
+def cdef_from_header(path: str = HEADER) -> str:
+    """The cdef is pars3.h itself, read the way cffi's parser wants it: no comments, no include
+    guard or #include, and each PARS3_* constant as `#define NAME ...` (its value comes from the
+    compiled header). One declaration of every struct and function, in the header."""
+    with open(path) as f:
+        text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
+    lines = []
+    for line in text.splitlines():
+        define = re.match(r"\s*#define\s+(PARS3_\w+)\s+\S", line)
+        if define:
+            lines.append(f"#define {define.group(1)} ...")
+        elif not line.lstrip().startswith("#"):
+            lines.append(line)
+    return "\n".join(lines)
 
-typedef struct {
-    int32_t nblocks;
-    const int64_t *row_start;
-    const int64_t *win_start;
-    const int64_t *buf_off;
-    const int64_t *head_off;
-    const int64_t *mid_start;
-    const int64_t *inner_start;
-    const int64_t *far_off;
-    const int32_t *far_target;
-    const int32_t *far_source;
-    const double *far_val;
-} pars3_band;
-
-typedef struct {
-    int32_t ncolours;
-    const int64_t *colour_off;
-    const int32_t *rows;
-} pars3_colouring;
-
-int pars3_csr_spmv(const pars3_csr *A, const double *x, double *y);
-int pars3_half_spmv(const pars3_half *A, const double *x, double *y);
-int pars3_band_spmv(const pars3_half *A, const pars3_band *P, double alpha, const double *u,
-                    const double *x, double *y, double *work, int32_t threads);
-int pars3_colour_rows(const pars3_half *A, const int64_t *trowptr, const int32_t *tcol,
-                      int32_t *colour, int32_t *mark);
-int pars3_colour_spmv(const pars3_half *A, const pars3_colouring *C, const double *x, double *y,
-                      int32_t threads);
-int pars3_triad(int64_t n, double s, const double *b, const double *c, double *a, int32_t threads);
-int pars3_dot(int64_t n, const double *x, const double *y, int32_t threads, double *out);
-int pars3_mrs_update(int64_t n, double r1, double r2, double rho, double cg, double beta,
-                     const double *v, const double *w, const double *d1, double *d2, double *x,
-                     double *vnext, int32_t threads);
-int pars3_max_threads(void);
-"""
 
 OPENMP_PROBE = """
 #include <omp.h>
@@ -107,7 +68,7 @@ def require_openmp() -> None:
 
 
 ffi = FFI()
-ffi.cdef(CDEF)
+ffi.cdef(cdef_from_header())
 ffi.set_source(
     "specmemo.native._pars3",
     '#include "pars3.h"',
