@@ -1,5 +1,6 @@
 """An echo actor whose ``sleep`` handler is an ``async def`` behind a plain decorator, so that
 ``inspect`` sees a plain function: the runtime must still await what it returns."""
+
 from __future__ import annotations
 
 import functools
@@ -9,9 +10,10 @@ from specmemo.actors.echo import EchoActor
 
 def logged(fn):
     @functools.wraps(fn)
-    def wrapper(self, req, call):   # a sync wrapper that hands back the coroutine
+    def wrapper(self, req, call):  # a sync wrapper that hands back the coroutine
         return fn(self, req, call)
-    wrapper.__wrapped__ = None      # hide the coroutine function from inspect.unwrap too
+
+    wrapper.__wrapped__ = None  # hide the coroutine function from inspect.unwrap too
     return wrapper
 
 

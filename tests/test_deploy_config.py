@@ -1,4 +1,5 @@
 """Deployment configs: the shipped ones parse, mistakes are named in a ConfigError."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,18 +15,21 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 def test_every_shipped_config_parses(path):
     cfg = load_config(path)
     assert cfg.actors and [a.name for a in cfg.start_order()]
-    assert cfg.coalesce_us == 0     # the documented default: off
+    assert cfg.coalesce_us == 0  # the documented default: off
 
 
-@pytest.mark.parametrize("data, words", [
-    ({"deployment": {"nmae": "x"}}, "unknown [deployment] keys ['nmae']"),
-    ({"deployment": {"coalesce_us": -1}}, "coalesce_us"),
-    ({"deployment": {"coalesce_us": 0.5}}, "coalesce_us"),
-    ({"actors": {"a": {"kind": "nope"}}}, "unknown kind 'nope'"),
-    ({"actors": {"a": {"kind": "echo", "after": ["b"]}}}, "after unknown actors ['b']"),
-    ({"actors": {"a": {"kind": "echo", "restart": "sometimes"}}}, "restart must be"),
-    ({"actors": {"kernel": {"kind": "echo"}}}, "not a valid actor name"),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"deployment": {"nmae": "x"}}, "unknown [deployment] keys ['nmae']"),
+        ({"deployment": {"coalesce_us": -1}}, "coalesce_us"),
+        ({"deployment": {"coalesce_us": 0.5}}, "coalesce_us"),
+        ({"actors": {"a": {"kind": "nope"}}}, "unknown kind 'nope'"),
+        ({"actors": {"a": {"kind": "echo", "after": ["b"]}}}, "after unknown actors ['b']"),
+        ({"actors": {"a": {"kind": "echo", "restart": "sometimes"}}}, "restart must be"),
+        ({"actors": {"kernel": {"kind": "echo"}}}, "not a valid actor name"),
+    ],
+)
 def test_mistakes_are_named(data, words):
     with pytest.raises(ConfigError) as info:
         parse_config(data)

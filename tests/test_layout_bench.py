@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import load_bench
 
 from specmemo.actors.engine.batch import forward_rows
 from specmemo.actors.engine.tiny import tiny_config, tiny_model
-
-from conftest import load_bench
 
 
 @pytest.fixture(scope="module")

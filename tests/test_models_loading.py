@@ -80,8 +80,14 @@ def test_device_map_on_one_device_loads_the_same_model(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="spreading a model needs a second device")
 def test_device_map_spreads_layers_over_devices(tmp_path):
     saved = save_tiny_model(tmp_path, make_tokenizer())
-    placement = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
-                 "model.layers.1": 0, "model.norm": 0, "lm_head": 0}
+    placement = {
+        "model.embed_tokens": "cpu",
+        "model.rotary_emb": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": 0,
+        "model.norm": 0,
+        "lm_head": 0,
+    }
     model, _ = load_model(ModelSpec(tmp_path, device_map=placement))
     assert model.model.layers[0].mlp.up_proj.weight.device.type == "cpu"
     assert model.lm_head.weight.device.type == "cuda"

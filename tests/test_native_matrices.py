@@ -60,7 +60,9 @@ def test_cli_writes_a_matrix_market_file(tmp_path):
     out = tmp_path / "c.mtx"
     proc = subprocess.run(
         [sys.executable, "-m", "specmemo.native.matrices", "convection3d", "125", "--seed", "4", "-o", str(out)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""

@@ -12,9 +12,9 @@ from specmemo.native import (
     NotSkewSymmetric,
     NotSymmetric,
     Plan,
-    spmv,
     matrices,
     split,
+    spmv,
     validate,
 )
 
@@ -136,10 +136,10 @@ def test_building_a_plan_never_writes_to_the_callers_arrays(writable):
     dense = matrices.generate("random", 40, seed=5).toarray()
     coo = sp.coo_array(dense)
     rows, cols = np.append(coo.row, [0, 1]), np.append(coo.col, [1, 1])
-    vals = np.append(coo.data, [0.0, 0.0])      # (0,1) twice (sums to itself), a stored 0 at (1,1)
+    vals = np.append(coo.data, [0.0, 0.0])  # (0,1) twice (sums to itself), a stored 0 at (1,1)
     a = sp.csr_array((vals, (rows, cols)), shape=dense.shape)
     data, indices, indptr = a.data.copy(), a.indices.copy(), a.indptr.copy()
-    for i in range(len(indptr) - 1):            # each row's columns in descending order
+    for i in range(len(indptr) - 1):  # each row's columns in descending order
         lo, hi = indptr[i], indptr[i + 1]
         order = lo + np.argsort(-indices[lo:hi], kind="stable")
         data[lo:hi], indices[lo:hi] = data[order], indices[order]
@@ -192,8 +192,9 @@ def test_low_level_buffers_are_checked_before_c(skew, monkeypatch):
     for change, message in cases:
         args = dict(x=x, y=y, work=work, alpha=0.0, threads=None) | change
         with pytest.raises(InvalidOperand, match=message):
-            spmv.band_spmv(plan.half, plan.split, args["x"], args["y"], args["work"], args["alpha"],
-                              threads=args["threads"])
+            spmv.band_spmv(
+                plan.half, plan.split, args["x"], args["y"], args["work"], args["alpha"], threads=args["threads"]
+            )
 
 
 def test_a_split_for_another_matrix_is_refused(skew, monkeypatch):
@@ -224,12 +225,36 @@ def test_the_footprint_covers_what_a_plan_and_a_solve_hold(family, size):
     # the memory actor is asked for footprint(n, nnz) before a plan is built: it must not be less
     # than the arrays the plan and MRS really hold, counted from the objects themselves
     from specmemo.native.plan import footprint
+
     a = matrices.generate(family, size, seed=1)
     plan = Plan.build(a, threads=2)
-    held = sum(arr.nbytes for arr in (plan.half.rowptr, plan.half.col, plan.half.off, plan.half.val,
-                                      plan.half.val32, plan.perm, plan.work()) if arr is not None)
-    held += sum(getattr(plan.split, f).nbytes for f in ("row_start", "win_start", "buf_off", "head_off",
-                                                       "mid_start", "inner_start", "far_off", "far_target",
-                                                       "far_source", "far_val"))
-    held += 8 * 8 * a.shape[0]          # MRS: v, v_prev, w, d1, d2, x, b permuted, x unpermuted
+    held = sum(
+        arr.nbytes
+        for arr in (
+            plan.half.rowptr,
+            plan.half.col,
+            plan.half.off,
+            plan.half.val,
+            plan.half.val32,
+            plan.perm,
+            plan.work(),
+        )
+        if arr is not None
+    )
+    held += sum(
+        getattr(plan.split, f).nbytes
+        for f in (
+            "row_start",
+            "win_start",
+            "buf_off",
+            "head_off",
+            "mid_start",
+            "inner_start",
+            "far_off",
+            "far_target",
+            "far_source",
+            "far_val",
+        )
+    )
+    held += 8 * 8 * a.shape[0]  # MRS: v, v_prev, w, d1, d2, x, b permuted, x unpermuted
     assert held <= footprint(a.shape[0], a.nnz) <= 1.5 * held

@@ -148,8 +148,8 @@ def test_colouring_gives_no_two_rows_of_a_colour_a_shared_target():
     colouring = K.Colouring.of(half)
     assert sorted(colouring.rows.tolist()) == list(range(half.n))
     for c in range(colouring.colours):
-        rows = colouring.rows[colouring.colour_off[c]:colouring.colour_off[c + 1]]
-        touched = np.concatenate([np.concatenate(([r], half.col[half.rowptr[r]:half.rowptr[r + 1]])) for r in rows])
+        rows = colouring.rows[colouring.colour_off[c] : colouring.colour_off[c + 1]]
+        touched = np.concatenate([np.concatenate(([r], half.col[half.rowptr[r] : half.rowptr[r + 1]])) for r in rows])
         assert len(np.unique(touched)) == len(touched)
 
 
@@ -218,10 +218,18 @@ def test_mrs_update_fuses_the_three_vector_updates():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(sorted(matrices.FAMILIES)), st.integers(2, 400), st.integers(0, 3), st.integers(1, 4),
-       st.booleans(), st.sampled_from(["float64", "float32"]), st.sampled_from(["skew", "symmetric"]))
-def test_compact_storage_gives_the_products_of_the_matrix_it_stores(family, size, seed, threads, compact,
-                                                                    precision, kind):
+@given(
+    st.sampled_from(sorted(matrices.FAMILIES)),
+    st.integers(2, 400),
+    st.integers(0, 3),
+    st.integers(1, 4),
+    st.booleans(),
+    st.sampled_from(["float64", "float32"]),
+    st.sampled_from(["skew", "symmetric"]),
+)
+def test_compact_storage_gives_the_products_of_the_matrix_it_stores(
+    family, size, seed, threads, compact, precision, kind
+):
     a = matrices.generate(family, size, seed=seed)
     if kind == "symmetric":
         a = sp.csr_array(abs(a) + sp.diags_array(np.arange(a.shape[0], dtype=float)))
@@ -229,8 +237,8 @@ def test_compact_storage_gives_the_products_of_the_matrix_it_stores(family, size
     report = plan.describe()
     assert report.index_bytes == (2 if compact else 4) and report.value_bytes == (4 if precision == "float32" else 8)
     x = np.random.default_rng(seed).standard_normal(a.shape[0])
-    if precision == "float32":       # exactly the product of the rounded matrix; near the original
-        stored = a.copy()               # (not sharing a's index arrays: scipy may sort them in place)
+    if precision == "float32":  # exactly the product of the rounded matrix; near the original
+        stored = a.copy()  # (not sharing a's index arrays: scipy may sort them in place)
         stored.data = stored.data.astype(np.float32).astype(np.float64)
         assert_matches(plan.matvec(x), stored, x)
         want = a @ x

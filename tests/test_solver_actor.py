@@ -1,4 +1,5 @@
 """The solver actor in a real deployment, checked against scipy."""
+
 from __future__ import annotations
 
 import io
@@ -33,6 +34,7 @@ max_nnz = {max_nnz}
 @pytest.fixture(scope="module")
 def solver_deployment():
     from conftest import Deployment
+
     d = Deployment(SOLVER_CONFIG.format(name="solver", max_nnz=2_000_000), "solver")
     try:
         yield d.wait_ready(["solver"])
@@ -64,14 +66,17 @@ def test_a_matrix_belongs_to_its_client_unless_registered_as_shared(solver_deplo
     x = np.ones(s.shape[0])
     with solver_deployment.client() as a, solver_deployment.client() as b:
         a.register_matrix(s, id="mine")
-        for call in (lambda: b.matvec("mine", x), lambda: b.call("solver", "describe", id="mine"),
-                     lambda: b.solve("mine", x)):
-            with pytest.raises(NotFound) as info:          # as if it did not exist
+        for call in (
+            lambda: b.matvec("mine", x),
+            lambda: b.call("solver", "describe", id="mine"),
+            lambda: b.solve("mine", x),
+        ):
+            with pytest.raises(NotFound) as info:  # as if it did not exist
                 call()
             assert "mine" not in str(info.value).split("yours and shared")[1]
         assert b.drop_matrix("mine") is False
         assert "mine" not in [m["id"] for m in b.call("solver", "list")["matrices"]]
-        b.register_matrix(2 * s, id="mine")               # b's own "mine": another matrix
+        b.register_matrix(2 * s, id="mine")  # b's own "mine": another matrix
         assert np.allclose(b.matvec("mine", x), 2 * (s @ x)) and np.allclose(a.matvec("mine", x), s @ x)
         a.register_matrix(3 * s, id="common", shared=True)
         assert np.allclose(b.matvec("common", x), 3 * (s @ x))
@@ -96,7 +101,7 @@ def test_bad_matrices_get_typed_errors_and_the_actor_keeps_serving(solver_deploy
     a = sp.random(50, 50, density=0.1, random_state=0, format="csr")
     with solver_deployment.client() as c:
         with pytest.raises(InvalidInput, match="skew"):
-            c.register_matrix(a)                       # not skew-symmetric
+            c.register_matrix(a)  # not skew-symmetric
         nan = matrices.generate("random", 50, seed=2).tocsr()
         nan.data[0] = np.nan
         with pytest.raises(InvalidInput):
@@ -104,13 +109,19 @@ def test_bad_matrices_get_typed_errors_and_the_actor_keeps_serving(solver_deploy
         with pytest.raises(InvalidInput, match="Matrix Market"):
             c.register_matrix(mtx=b"%%MatrixMarket nonsense")
         with pytest.raises(InvalidInput, match="indptr"):
-            c.call("solver", "register", n=3, indptr=np.array([0, 5, 1, 2]), indices=np.zeros(2, np.int32),
-                   data=np.zeros(2))
+            c.call(
+                "solver",
+                "register",
+                n=3,
+                indptr=np.array([0, 5, 1, 2]),
+                indices=np.zeros(2, np.int32),
+                data=np.zeros(2),
+            )
         with pytest.raises(BadRequest):
-            c.call("solver", "matvec", id="x", x=[1, 2, 3])   # not an array
+            c.call("solver", "matvec", id="x", x=[1, 2, 3])  # not an array
         rep = c.register_matrix(matrices.generate("random", 60, seed=4))
         with pytest.raises(InvalidInput):
-            c.matvec(rep["id"], np.ones(7))                # wrong length
+            c.matvec(rep["id"], np.ones(7))  # wrong length
         with pytest.raises(OverBudget, match="limit"):
             c.register_matrix(matrices.generate("convection2d", 640_000, seed=0, scrambled=False))
         assert c.matvec(rep["id"], np.ones(60)).shape == (60,)
@@ -146,21 +157,22 @@ def test_a_full_store_reclaims_idle_private_matrices_least_recently_used_first()
 
     def req(mid: str, shared: bool = False) -> RegisterMatrix:
         return RegisterMatrix(id=mid, n=30, indptr=s.indptr, indices=s.indices, data=s.data, shared=shared)
+
     store = MatrixStore(threads=1, max_matrices=2, reclaim_idle_s=3600)
     store.register(req("a"), b"gone")
     store.register(req("b"), b"gone")
-    with pytest.raises(OverBudget, match="idle for 3600 s"):       # nothing idle long enough
+    with pytest.raises(OverBudget, match="idle for 3600 s"):  # nothing idle long enough
         store.register(req("c"), b"new")
     assert store.visible(b"gone") == ["a", "b"]
     store.reclaim_idle_s = 0.0
-    store.matvec("a", np.ones(30), b"gone")                          # "b" is now the least recent
+    store.matvec("a", np.ones(30), b"gone")  # "b" is now the least recent
     store.register(req("c"), b"new")
     assert store.visible(b"gone") == ["a"] and store.visible(b"new") == ["c"] and store.reclaimed == 1
     with pytest.raises(NotFound):
         store.matvec("b", np.ones(30), b"gone")
     shared = MatrixStore(threads=1, max_matrices=1, reclaim_idle_s=0.0)
     shared.register(req("s", shared=True), b"someone")
-    with pytest.raises(OverBudget):                                   # shared ones are never reclaimed
+    with pytest.raises(OverBudget):  # shared ones are never reclaimed
         shared.register(req("t"), b"other")
     assert shared.visible(b"other") == ["s"]
 
@@ -168,8 +180,13 @@ def test_a_full_store_reclaims_idle_private_matrices_least_recently_used_first()
 def test_solve_cli_prints_iterations_and_residual(solver_deployment, tmp_path):
     path = tmp_path / "m.mtx"
     matrices.write_mtx(path, matrices.generate("convection2d", 400, seed=5))
-    out = subprocess.run([sys.executable, "-m", "specmemo.deploy.cli", "solve", str(path), "--alpha", "0.5"],
-                         env=solver_deployment.env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "specmemo.deploy.cli", "solve", str(path), "--alpha", "0.5"],
+        env=solver_deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "converged in" in out.stdout and "residual" in out.stdout
 
@@ -201,9 +218,10 @@ def test_plans_take_their_bytes_from_the_memory_actors_budget(start_deployment):
     import time
 
     from specmemo.native.plan import footprint
+
     d = start_deployment(BUDGET_CONFIG.format(name="budget"), "budget", ["memory", "solver"])
-    small = matrices.generate("convection2d", 2500, seed=1)     # ~0.3 MB with its vectors
-    big = matrices.generate("convection2d", 40_000, seed=1)     # ~4.5 MB: more than the budget
+    small = matrices.generate("convection2d", 2500, seed=1)  # ~0.3 MB with its vectors
+    big = matrices.generate("convection2d", 40_000, seed=1)  # ~4.5 MB: more than the budget
     with d.client(timeout=60) as c:
         c.register_matrix(small, id="small")
         u = c.usage()
@@ -211,16 +229,16 @@ def test_plans_take_their_bytes_from_the_memory_actors_budget(start_deployment):
         assert u["reserved"] == {"solver": held} and u["live"] == held
         with pytest.raises(OverBudget, match="solver needs"):
             c.register_matrix(big, id="big")
-        assert c.usage()["reserved"] == {"solver": held}                   # nothing built, nothing held
+        assert c.usage()["reserved"] == {"solver": held}  # nothing built, nothing held
         assert [m["id"] for m in c.call("solver", "list")["matrices"]] == ["small"]
         x = np.ones(small.shape[0])
         assert np.allclose(c.matvec("small", x), small @ x)
         memory = next(a["pid"] for a in c.actors() if a["name"] == "memory")
-        os.kill(memory, signal.SIGKILL)                                   # a new memory actor starts empty ...
+        os.kill(memory, signal.SIGKILL)  # a new memory actor starts empty ...
         deadline = time.monotonic() + 30
         while True:
             try:
-                if c.usage()["reserved"] == {"solver": held}:              # ... and the solver holds its plan again
+                if c.usage()["reserved"] == {"solver": held}:  # ... and the solver holds its plan again
                     break
             except Exception:
                 pass
@@ -230,7 +248,7 @@ def test_plans_take_their_bytes_from_the_memory_actors_budget(start_deployment):
         assert c.usage()["reserved"] == {} and c.usage()["live"] == 0
         c.register_matrix(small, id="again")
         solver = next(a["pid"] for a in c.actors() if a["name"] == "solver")
-        os.kill(solver, signal.SIGKILL)                                   # its plans die with it: bytes back
+        os.kill(solver, signal.SIGKILL)  # its plans die with it: bytes back
         deadline = time.monotonic() + 30
         while c.usage()["reserved"]:
             assert time.monotonic() < deadline, c.usage()

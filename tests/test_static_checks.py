@@ -73,4 +73,4 @@ def test_mypy_catches_an_import_between_packages_that_does_not_resolve():
     out = mypy("-c", "from specmemo.protocol.methods import METHODS\nfrom specmemo.protocol.nosuch import X\n")
     assert out.returncode == 1
     assert "specmemo.protocol.nosuch" in out.stdout and "import-not-found" in out.stdout
-    assert "methods" not in out.stdout      # the real module resolved
+    assert "methods" not in out.stdout  # the real module resolved

@@ -1,8 +1,10 @@
 """A draft actor whose preload starts a thread: a zygote that imported it must not fork."""
+
 from __future__ import annotations
 
 import threading
 import time
+
 from specmemo.actors.draft import DraftActor
 
 
