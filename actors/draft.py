@@ -16,7 +16,8 @@ import trio
 from specmemo.actors.engine import DraftCore
 from specmemo.actors.engine.verifier import DRAFT
 from specmemo.protocol import errors
-from specmemo.protocol.methods import AcceptRequest, DraftOpen, Empty, ProposeRequest, SessionRef
+from specmemo.protocol.methods import (AcceptRequest, DraftOpen, Empty, HasReply, Held, ModelInfo,
+                                       Proposal, ProposeRequest, SessionRef)
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
@@ -74,29 +75,29 @@ class DraftActor(Actor):
             await self._add_holder()
             log.info("caches dropped and lease registered again after the memory actor restarted")
 
-    async def rpc_info(self, req: Empty, call: Call) -> dict:
-        return model_info(self.core)
+    async def rpc_info(self, req: Empty, call: Call) -> ModelInfo:
+        return ModelInfo(**model_info(self.core))
 
-    async def rpc_has(self, req: SessionRef, call: Call) -> dict:
-        return {"has": self.core.has(req.session)}
+    async def rpc_has(self, req: SessionRef, call: Call) -> HasReply:
+        return HasReply(has=self.core.has(req.session))
 
-    async def rpc_open(self, req: DraftOpen, call: Call) -> dict:
-        return {"held": await self.run_sync(self.core.open, req.session, req.token_ids, req.blocks)}
+    async def rpc_open(self, req: DraftOpen, call: Call) -> Held:
+        return Held(held=await self.run_sync(self.core.open, req.session, req.token_ids, req.blocks))
 
-    async def rpc_extend(self, req: DraftOpen, call: Call) -> dict:
-        return {"held": await self.run_sync(self.core.extend, req.session, req.token_ids, req.keep,
-                                            req.blocks)}
+    async def rpc_extend(self, req: DraftOpen, call: Call) -> Held:
+        return Held(held=await self.run_sync(self.core.extend, req.session, req.token_ids, req.keep,
+                                             req.blocks))
 
-    async def rpc_propose(self, req: ProposeRequest, call: Call) -> dict:
+    async def rpc_propose(self, req: ProposeRequest, call: Call) -> Proposal:
         out = await self.run_sync(self.core.propose, req.sessions, req.gammas, req.blocks,
                                   req.temperature, req.seeds, req.widths)
-        return {"tokens": out["tokens"], "parents": out["parents"], "probs": out["probs"],
-                "seconds": out["seconds"], "token_seconds": out["token_seconds"],
-                "forward_seconds": {str(m): s for m, s in out["forward_seconds"].items()}}
+        return Proposal(tokens=out["tokens"], parents=out["parents"], probs=out["probs"],
+                        seconds=out["seconds"], token_seconds=out["token_seconds"],
+                        forward_seconds={str(m): s for m, s in out["forward_seconds"].items()})
 
-    async def rpc_accept(self, req: AcceptRequest, call: Call) -> dict:
-        return {"held": await self.run_sync(self.core.accept, req.session, req.accepted,
-                                            np.asarray(req.tokens), req.blocks, req.path)}
+    async def rpc_accept(self, req: AcceptRequest, call: Call) -> Held:
+        return Held(held=await self.run_sync(self.core.accept, req.session, req.accepted,
+                                             np.asarray(req.tokens), req.blocks, req.path))
 
-    async def rpc_close(self, req: SessionRef, call: Call) -> dict:
-        return {"held": self.core.close(req.session)}
+    async def rpc_close(self, req: SessionRef, call: Call) -> Held:
+        return Held(held=self.core.close(req.session))
