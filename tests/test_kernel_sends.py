@@ -149,7 +149,7 @@ def test_an_async_client_at_its_high_water_mark_keeps_order_and_loses_no_request
     import trio
 
     from specmemo.protocol import AsyncClient
-    from specmemo.protocol import client as client_module
+    from specmemo.protocol import async_client
 
     endpoint = f"inproc://held-hwm-{time.monotonic_ns()}"
     router = zmq.Context.instance().socket(zmq.ROUTER)
@@ -164,7 +164,7 @@ def test_an_async_client_at_its_high_water_mark_keeps_order_and_loses_no_request
         sock.connect(ep)
         return sock
 
-    monkeypatch.setattr(client_module, "_dealer", tiny_dealer)
+    monkeypatch.setattr(async_client, "dealer", tiny_dealer)
     seen: list[tuple[Command, int, Any]] = []
 
     def kernel() -> None:
