@@ -16,7 +16,7 @@ import msgpack
 import zmq
 
 from specmemo.deploy.config import DeploymentConfig
-from specmemo.protocol.control import kernel_frames
+from specmemo.protocol.control import forwarded_frames, kernel_frames
 from specmemo.protocol.errors import (ActorDied, BadRequest, Internal, MessageTooLarge, Overloaded,
                                       SpecmemoError, Unauthorized, UnknownActor)
 from specmemo.protocol.method_table import may_call, role_of
@@ -167,7 +167,7 @@ class Router:
         self.calls.open(key, route, deadline, now, client)
         self.metrics.count_request(route, header.method)
         identity = entry.identity
-        self.outbox.send([identity, frames[1], frames[2], peer, *frames[4:]],
+        self.outbox.send(forwarded_frames(frames, identity, peer),
                          lambda exc: self._not_forwarded(exc, key, route, identity))
 
     def _not_forwarded(self, exc: zmq.ZMQError, key: CallKey, route: str, identity: bytes) -> None:
@@ -189,7 +189,7 @@ class Router:
         client = frames[3]
         final = command in FINAL_COMMANDS
         call_id = header_id(frames[4]) if final or command == Command.STREAM else 0
-        self.outbox.send([client, frames[1], frames[2], name.encode(), *frames[4:]],
+        self.outbox.send(forwarded_frames(frames, client, name.encode()),
                          lambda exc: self._not_delivered(exc, peer, name, command, (client, call_id)))
         if command == Command.ERROR:
             self.metrics.count_error(name, _error_name(frames[5]))
@@ -221,7 +221,7 @@ class Router:
             return  # a cancel for a call that finished (or never was), or naming another actor: nothing to do
         entry = self.registry[call.actor]
         if entry.identity:
-            self.outbox.send([entry.identity, frames[1], frames[2], peer, *frames[4:]])
+            self.outbox.send(forwarded_frames(frames, entry.identity, peer))
 
     # ---------------------------------------------------------------- errors
 

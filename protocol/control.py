@@ -1,5 +1,6 @@
 """The kernel's control messages: the READY and NOTICE bodies, and the frames of every message
-the kernel sends of its own (its replies and errors, HEARTBEAT, BYE, NOTICE, a CANCEL).
+the kernel sends: of its own (its replies and errors, HEARTBEAT, BYE, NOTICE, a CANCEL), and
+the messages it passes on from one peer to another.
 
 Each control body is a message class, built with :func:`pack_control` and decoded with
 :func:`unpack_control`, the same on both sides: the actor runtime packs READY and unpacks
@@ -68,3 +69,10 @@ def kernel_frames(peer: bytes, command: Command, call_id: int = 0, body: bytes =
     """
     header = Header(id=call_id).pack() if call_id else _NO_CALL
     return [peer, MAGIC, COMMAND_BYTES[command], route, header, body]
+
+
+def forwarded_frames(frames: list[Any], to: bytes, route: bytes) -> list[Any]:
+    """A received message (``frames`` with the sender's ROUTER identity first) passed on to
+    ``to`` with ``route`` in its route frame (the sender's identity or an actor's name); magic,
+    command, header, body and buffers go as they came, never decoded."""
+    return [to, frames[1], frames[2], route, *frames[4:]]

@@ -150,3 +150,16 @@ def test_the_outbox_holds_sends_while_routing_then_sends_them_in_order_and_repor
     finally:
         peer.close(0)
         router.close(0)
+
+
+def test_a_forwarded_message_changes_only_its_address_and_route():
+    from specmemo.protocol.control import forwarded_frames
+    from specmemo.protocol.wire import Header, encode
+
+    sent = [b"client-id", *encode(Command.REQUEST, b"echo", Header(id=5, method="echo"), {"data": 1})]
+    passed = forwarded_frames(sent, b"actor-id", b"client-id")
+    assert passed[0] == b"actor-id" and passed[4:] == sent[4:]
+    msg = decode(passed[1:])
+    assert (msg.command, msg.route, msg.header.id, msg.body) == (Command.REQUEST, b"client-id", 5, {"data": 1})
+    own = decode(kernel_frames(b"peer", Command.ERROR, 9, b"\x80")[1:])
+    assert (own.command, own.route, own.header.id, own.body) == (Command.ERROR, b"kernel", 9, {})
