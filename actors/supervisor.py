@@ -11,6 +11,10 @@
   torch once (see :mod:`specmemo.actors.zygote`); every other actor, and a torch actor that
   sets its own ``env`` or meets a zygote that is down, is a fresh ``python -m
   specmemo.actors.run``. The zygote is stopped last.
+
+A child's state is an :class:`~specmemo.protocol.actor_state.ActorState`: ``waiting`` until it
+may start, ``starting`` until it registers, ``ready``, ``restarting`` during a backoff,
+``stopped`` when not restarted, ``failed`` when its restarts escalated.
 """
 from __future__ import annotations
 
