@@ -32,6 +32,7 @@ import trio
 
 from specmemo.protocol.client import AsyncCaller
 from specmemo.protocol.errors import SpecmemoError
+from specmemo.protocol.kernel_messages import ActorMetricsReply
 
 from .metrics import ActorMetrics
 
@@ -74,9 +75,9 @@ class Actor:
     async def on_start(self) -> None:
         """Load what the actor needs (models, plans). Called before the actor registers."""
 
-    def rpc_metrics(self, req: Any, call: Call) -> dict:
+    def rpc_metrics(self, req: Any, call: Call) -> ActorMetricsReply:
         """Every actor's built-in method: its domain gauges."""
-        return {"values": self.metrics.values()}
+        return ActorMetricsReply(values=self.metrics.values())
 
     async def on_registered(self) -> None:
         """Called once the kernel knows this process as an actor, before `background`: the place

@@ -16,7 +16,8 @@ import trio
 from specmemo.actors.engine import DraftCore
 from specmemo.actors.engine.driver import DRAFT
 from specmemo.protocol import errors
-from specmemo.protocol.methods import AcceptBatch, AcceptRequest, DraftOpen, Empty, ProposeRequest, SessionRef
+from specmemo.protocol.methods import (AcceptBatch, DraftOpen, Empty, HasReply, Held, HeldEach, ModelInfo,
+                                       Proposal, ProposeRequest, SessionRef)
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
@@ -75,37 +76,33 @@ class DraftActor(Actor):
             await self._add_holder()
             log.info("caches dropped and lease registered again after the memory actor restarted")
 
-    async def rpc_info(self, req: Empty, call: Call) -> dict:
-        return model_info(self.core)
+    async def rpc_info(self, req: Empty, call: Call) -> ModelInfo:
+        return ModelInfo(**model_info(self.core))
 
-    async def rpc_has(self, req: SessionRef, call: Call) -> dict:
-        return {"has": self.core.has(req.session)}
+    async def rpc_has(self, req: SessionRef, call: Call) -> HasReply:
+        return HasReply(has=self.core.has(req.session))
 
-    async def rpc_open(self, req: DraftOpen, call: Call) -> dict:
-        return {"held": await self.run_sync(self.core.open, req.session, req.token_ids, req.blocks)}
+    async def rpc_open(self, req: DraftOpen, call: Call) -> Held:
+        return Held(held=await self.run_sync(self.core.open, req.session, req.token_ids, req.blocks))
 
-    async def rpc_extend(self, req: DraftOpen, call: Call) -> dict:
-        return {"held": await self.run_sync(self.core.extend, req.session, req.token_ids, req.keep,
-                                            req.blocks)}
+    async def rpc_extend(self, req: DraftOpen, call: Call) -> Held:
+        return Held(held=await self.run_sync(self.core.extend, req.session, req.token_ids, req.keep,
+                                             req.blocks))
 
-    async def rpc_propose(self, req: ProposeRequest, call: Call) -> dict:
+    async def rpc_propose(self, req: ProposeRequest, call: Call) -> Proposal:
         out = await self.run_sync(self.core.propose, req.sessions, req.gammas, req.blocks,
                                   req.temperature, req.seeds, req.widths)
-        return {"tokens": out["tokens"], "parents": out["parents"], "probs": out["probs"],
-                "seconds": out["seconds"], "token_seconds": out["token_seconds"],
-                "forward_seconds": {str(m): s for m, s in out["forward_seconds"].items()}}
+        return Proposal(tokens=out["tokens"], parents=out["parents"], probs=out["probs"],
+                        seconds=out["seconds"], token_seconds=out["token_seconds"],
+                        forward_seconds={str(m): s for m, s in out["forward_seconds"].items()})
 
-    async def rpc_accept(self, req: AcceptRequest, call: Call) -> dict:
-        return {"held": await self.run_sync(self.core.accept, req.session, req.accepted,
-                                            np.asarray(req.tokens), req.blocks, req.path)}
-
-    async def rpc_accept_batch(self, req: AcceptBatch, call: Call) -> dict:
+    async def rpc_accept_batch(self, req: AcceptBatch, call: Call) -> HeldEach:
         r = req.requests
         held = await self.run_sync(self.core.accept_batch, [x.session for x in r], [x.accepted for x in r],
                                    [np.asarray(x.tokens) for x in r], [x.blocks for x in r], [x.path for x in r])
         self._accept_calls += 1
         self.metrics.set("accept_calls", self._accept_calls, "Accept calls served (one per speculative step)")
-        return {"held": held}
+        return HeldEach(held=held)
 
-    async def rpc_close(self, req: SessionRef, call: Call) -> dict:
-        return {"held": self.core.close(req.session)}
+    async def rpc_close(self, req: SessionRef, call: Call) -> Held:
+        return Held(held=self.core.close(req.session))

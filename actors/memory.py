@@ -13,8 +13,10 @@ from typing import Any
 from specmemo.actors.engine import errors as engine_errors
 from specmemo.actors.engine.manager import MemoryManager
 from specmemo.protocol import errors
-from specmemo.protocol.methods import (AddHolder, CommitBatch, Costs, Empty, GrantBatch,
-                                       OpenSession, PrefillRequest, Reserve, SessionRef, Unreserve)
+from specmemo.protocol.methods import (AddHolder, Answers, CommitBatch, Costs, Empty, Freed,
+                                       GrantAnswer, GrantBatch, HasReply, HolderReply, OpenSession,
+                                       PrefillRequest, Reserve, ReserveReply, SessionRef, Unreserve,
+                                       Usage)
 
 from .base import Actor, Call
 
@@ -69,36 +71,37 @@ class MemoryActor(Actor):
                 del self.owners[session]
                 log.info("session %s of %s released: %d bytes", session, name, freed)
 
-    def rpc_add_holder(self, req: AddHolder, call: Call) -> dict:
+    def rpc_add_holder(self, req: AddHolder, call: Call) -> HolderReply:
         self.manager.add_holder(req.holder, req.bytes_per_token, req.weight_bytes)
         self.leases[req.holder] = req.actor
-        return {"budget": self.manager.budget, "block_tokens": self.manager.block_tokens}
+        return HolderReply(budget=self.manager.budget, block_tokens=self.manager.block_tokens)
 
-    def rpc_open(self, req: OpenSession, call: Call) -> None:
+    def rpc_open(self, req: OpenSession, call: Call) -> Empty:
         self.manager.open_session(req.session)
         self.owners[req.session] = req.owner
+        return Empty()
 
-    def rpc_has(self, req: SessionRef, call: Call) -> dict:
-        return {"has": self.manager.has(req.session)}
+    def rpc_has(self, req: SessionRef, call: Call) -> HasReply:
+        return HasReply(has=self.manager.has(req.session))
 
-    def rpc_prefill(self, req: PrefillRequest, call: Call) -> dict:
-        return self.manager.prefill(req.session, req.keep, req.add)
+    def rpc_prefill(self, req: PrefillRequest, call: Call) -> GrantAnswer:
+        return GrantAnswer(**self.manager.prefill(req.session, req.keep, req.add))
 
-    def rpc_grant_batch(self, req: GrantBatch, call: Call) -> dict:
+    def rpc_grant_batch(self, req: GrantBatch, call: Call) -> Answers:
         answers = self.manager.grant_batch(
             [{"session": r.session, "gamma": r.gamma, "limit": r.limit, "width": r.width} for r in req.requests])
         granted = [a["gamma"] for a in answers if "gamma" in a]
         if granted:
             self.metrics.set("gamma", sum(granted) / len(granted), "Mean γ of the last grant")
         self._gauges()
-        return {"answers": answers}
+        return Answers(answers=[GrantAnswer(**a) for a in answers])
 
-    def rpc_commit_batch(self, req: CommitBatch, call: Call) -> dict:
+    def rpc_commit_batch(self, req: CommitBatch, call: Call) -> Answers:
         answers = self.manager.commit_batch(
             [{"session": r.session, "accepted": r.accepted, "emitted": r.emitted, "tried": r.tried,
               "hits": r.hits} for r in req.requests])
         self._gauges()
-        return {"answers": answers}
+        return Answers(answers=[GrantAnswer(**a) for a in answers])
 
     def _gauges(self) -> None:
         u = self.manager.usage()
@@ -108,31 +111,33 @@ class MemoryActor(Actor):
         self.metrics.set("sessions", len(u["sessions"]), "Open sessions")
         self.metrics.set("evictions", u["evictions"], "Idle sessions evicted under pressure")
 
-    def rpc_finish(self, req: SessionRef, call: Call) -> None:
+    def rpc_finish(self, req: SessionRef, call: Call) -> Empty:
         self.manager.finish(req.session)
+        return Empty()
 
-    def rpc_release(self, req: SessionRef, call: Call) -> dict:
+    def rpc_release(self, req: SessionRef, call: Call) -> Freed:
         self.owners.pop(req.session, None)
         freed = self.manager.release(req.session)
         self._gauges()
-        return {"freed": freed}
+        return Freed(freed=freed)
 
-    def rpc_release_holder(self, req: SessionRef, call: Call) -> dict:
+    def rpc_release_holder(self, req: SessionRef, call: Call) -> Freed:
         self.leases.pop(req.session, None)
-        return self.manager.release_holder(req.session)
+        return Freed(**self.manager.release_holder(req.session))
 
-    def rpc_reserve(self, req: Reserve, call: Call) -> dict:
+    def rpc_reserve(self, req: Reserve, call: Call) -> ReserveReply:
         out = self.manager.reserve(req.owner, req.key, req.nbytes)
         self._gauges()
-        return out
+        return ReserveReply(**out)
 
-    def rpc_unreserve(self, req: Unreserve, call: Call) -> dict:
+    def rpc_unreserve(self, req: Unreserve, call: Call) -> Freed:
         freed = self.manager.unreserve(req.owner, req.key)
         self._gauges()
-        return {"freed": freed}
+        return Freed(freed=freed)
 
-    def rpc_observe_costs(self, req: Costs, call: Call) -> None:
+    def rpc_observe_costs(self, req: Costs, call: Call) -> Empty:
         self.manager.observe_costs(req.draft_s, req.m, req.target_s, req.draft_by_m)
+        return Empty()
 
-    def rpc_usage(self, req: Empty, call: Call) -> dict:
-        return {**self.manager.usage(), "leases": dict(self.leases)}
+    def rpc_usage(self, req: Empty, call: Call) -> Usage:
+        return Usage(**self.manager.usage(), leases=dict(self.leases))

@@ -2,7 +2,9 @@
 
 One DEALER socket connected to the kernel carries everything: requests in, replies out,
 calls the actor makes to other actors, heartbeats both ways. The shell decodes and
-validates every request at the boundary and answers anything malformed with a typed error.
+validates every request at the boundary and answers anything malformed with a typed error;
+what a handler returns (or yields) is checked against the method's declared reply (or chunk)
+class on the way out, and a mismatch is answered as ``Internal``.
 """
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ import zmq
 
 from specmemo.protocol import methods
 from specmemo.protocol.client import AsyncCaller
+from specmemo.protocol.control import Notice, NoticeEvent, ReadyBody, unpack_control
 from specmemo.protocol.curve import apply_client
 from specmemo.protocol.errors import (ActorDied, BadRequest, Cancelled, DeadlineExceeded, Internal,
                                       Overloaded, SpecmemoError, UnknownMethod, error_from_wire)
+from specmemo.protocol.method_table import result_to_wire
 from specmemo.protocol.schema import to_wire
 from specmemo.protocol.trio_zmq import TrioSocket
 from specmemo.protocol.wire import (DEFAULT_MAX_MESSAGE_BYTES, Command, Header, Message, decode,
@@ -37,6 +41,7 @@ log = logging.getLogger("specmemo.actor")
 class Handler(NamedTuple):
     fn: Any
     request: type          # the request message class
+    result: type           # the reply message class, or the chunk class of a streaming method
     streams: bool
     inline: bool           # a plain ``def``: run at once on the event loop, no task
 
@@ -123,8 +128,9 @@ class ActorRuntime:
 
     async def _register(self) -> None:
         names = [n[4:] for n in dir(self.actor) if n.startswith("rpc_")]
-        body = {"kind": self.actor.kind, "pid": os.getpid(), "methods": names}
-        reply = await self.actor.peers.call_command(Command.READY, self.actor.name, body, timeout=30)
+        body = ReadyBody(kind=self.actor.kind, pid=os.getpid(), methods=names)
+        reply = await self.actor.peers.call_command(Command.READY, self.actor.name, to_wire(body),
+                                                    timeout=30)
         if reply.command == Command.ERROR:
             err = error_from_wire(reply.body)
             raise SystemExit(f"{self.actor.name}: the kernel refused registration: {err}")
@@ -192,11 +198,12 @@ class ActorRuntime:
 
     def _on_notice(self, msg: Message) -> None:
         try:
-            body = _body(msg)
-        except SpecmemoError:
+            notice = unpack_control(Notice, frame_bytes(msg.raw_body), "NOTICE")
+        except SpecmemoError as exc:   # an event this actor does not know: not for it
+            log.debug("%s: ignored a notice: %s", self.actor.name, exc)
             return
-        if isinstance(body, dict) and body.get("event") == "actor_died":
-            self.nursery.start_soon(self.actor.on_peer_died, str(body.get("name", "")))
+        if notice.event == NoticeEvent.ACTOR_DIED:
+            self.nursery.start_soon(self.actor.on_peer_died, notice.name)
 
     def _handler(self, method: str) -> Handler:
         """The handler of ``method``, looked up once: its schema and whether it runs inline."""
@@ -208,7 +215,8 @@ class ActorRuntime:
                 raise UnknownMethod(f"{self.actor.name} does not implement '{method}'")
             inline = not (spec.streams or inspect.iscoroutinefunction(fn)
                           or inspect.isasyncgenfunction(fn))
-            handler = self._handlers[method] = Handler(fn, spec.request, spec.streams, inline)
+            result = spec.chunk if spec.streams else spec.reply
+            handler = self._handlers[method] = Handler(fn, spec.request, result, spec.streams, inline)
         return handler
 
     def _on_request(self, msg: Message) -> None:
@@ -233,7 +241,8 @@ class ActorRuntime:
             try:
                 result = fn(request, call)
                 if not _is_awaitable(result):
-                    self._reply(Command.REPLY, call.route, Header(id=call.id), _plain(result))
+                    body = self._result(handler.result, result, call, "reply")
+                    self._reply(Command.REPLY, call.route, Header(id=call.id), body)
                     return
             except Exception as raw:
                 self._reply(Command.ERROR, call.route, Header(id=call.id), self._error_body(raw, call))
@@ -246,7 +255,7 @@ class ActorRuntime:
         # The scope exists before the task runs, so a CANCEL read in the same burst (before the
         # task started) still cancels it: trio cancels a scope on entry if it was cancelled.
         call.scope = trio.CancelScope(deadline=deadline)
-        self.nursery.start_soon(self._serve, call, fn, request, handler.streams)
+        self.nursery.start_soon(self._serve, call, fn, request, handler)
 
     def _error_body(self, raw: Exception, call: Call) -> dict[str, Any]:
         mapped = self.actor.map_error(raw)
@@ -256,20 +265,30 @@ class ActorRuntime:
         mapped.origin = mapped.origin or self.actor.name
         return mapped.to_wire()
 
-    async def _serve(self, call: Call, handler: Any, request: Any, streams: bool) -> None:
+    def _result(self, cls: type, value: Any, call: Call, what: str) -> dict[str, Any]:
+        """The wire map of a handler's reply or chunk, checked against its declared class."""
+        try:
+            return result_to_wire(cls, value, what)
+        except Internal as exc:   # the handler's bug: logged here, answered as Internal
+            log.error("%s.%s: %s", self.actor.name, call.method, exc)
+            raise
+
+    async def _serve(self, call: Call, fn: Any, request: Any, handler: Handler) -> None:
         header = Header(id=call.id)
         scope = call.scope
         assert scope is not None
         try:
             with scope:
-                if streams:
-                    agen = handler(request, call)
+                if handler.streams:
+                    agen = fn(request, call)
                     async with aclosing(agen):
                         async for chunk in agen:
-                            await self._send(Command.STREAM, call.route, header, _plain(chunk))
+                            body = self._result(handler.result, chunk, call, "stream chunk")
+                            await self._send(Command.STREAM, call.route, header, body)
                     final = (Command.END, None)
                 else:
-                    final = (Command.REPLY, _plain(await handler(request, call)))
+                    reply = await fn(request, call)
+                    final = (Command.REPLY, self._result(handler.result, reply, call, "reply"))
             if scope.cancelled_caught:
                 if call.cancelled_by_peer:
                     exc: SpecmemoError = Cancelled(f"call {call.id} was cancelled by its caller")
@@ -360,10 +379,4 @@ def _is_awaitable(value: Any) -> bool:
 
 def _body(msg: Message) -> Any:
     return unpack_body(frame_bytes(msg.raw_body), msg.buffers)
-
-
-def _plain(value: Any) -> Any:
-    if value is None or isinstance(value, dict):
-        return value
-    return to_wire(value)
 

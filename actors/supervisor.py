@@ -11,6 +11,10 @@
   torch once (see :mod:`specmemo.actors.zygote`); every other actor, and a torch actor that
   sets its own ``env`` or meets a zygote that is down, is a fresh ``python -m
   specmemo.actors.run``. The zygote is stopped last.
+
+A child's state is an :class:`~specmemo.protocol.actor_state.ActorState`: ``waiting`` until it
+may start, ``starting`` until it registers, ``ready``, ``restarting`` during a backoff,
+``stopped`` when not restarted, ``failed`` when its restarts escalated.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from specmemo.deploy.config import ActorConfig, DeploymentConfig
+from specmemo.protocol.actor_state import ActorState
 
 from .prctl import die_with_parent
 from .zygote_client import ForkedProcess, ZygoteClient, ZygoteError, how_it_ended
@@ -51,7 +56,7 @@ def forked(cfg: ActorConfig) -> bool:
 class Child:
     cfg: ActorConfig
     proc: subprocess.Popen | ForkedProcess | None = None
-    state: str = "waiting"         # waiting | starting | ready | backoff | stopped | failed
+    state: ActorState = ActorState.WAITING   # WAITING, STARTING, READY, RESTARTING, STOPPED, FAILED
     restarts: int = 0
     recent: deque = field(default_factory=deque)
     next_start: float = 0.0
@@ -125,7 +130,7 @@ class Supervisor:
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, text=True, env=env,
                                           start_new_session=True, preexec_fn=die_with_parent)
-        child.state = "starting"
+        child.state = ActorState.STARTING
         child.started_at = now
         child.pump = threading.Thread(target=self._pump_output, args=(cfg.name, child.proc.stdout),
                                       daemon=True)
@@ -141,20 +146,20 @@ class Supervisor:
         if self.zygote is not None:
             self.zygote.tick(now)
         for child in self.children.values():
-            if child.state in ("waiting", "backoff") and now >= child.next_start \
+            if child.state in (ActorState.WAITING, ActorState.RESTARTING) and now >= child.next_start \
                     and all(dep in ready for dep in child.cfg.after):
                 if self._forks(child.cfg) and self.zygote.worth_waiting:
                     continue
                 self.spawn(child, now)
-            elif child.state == "starting" and now - child.started_at > child.cfg.start_timeout_s:
+            elif child.state == ActorState.STARTING and now - child.started_at > child.cfg.start_timeout_s:
                 self.say("kernel", f"{child.cfg.name} did not become ready in "
                                    f"{child.cfg.start_timeout_s:.0f} s; killing it")
                 self.kill(child)
 
     def mark_ready(self, name: str) -> None:
         child = self.children.get(name)
-        if child is not None and child.state == "starting":
-            child.state = "ready"
+        if child is not None and child.state == ActorState.STARTING:
+            child.state = ActorState.READY
 
     def reap(self, now: float) -> list[tuple[str, int]]:
         """Collect dead children and schedule their restarts; returns ``(name, returncode)``.
@@ -163,7 +168,7 @@ class Supervisor:
         """
         dead = []
         for child in self.children.values():
-            if child.proc is None or child.state not in ("starting", "ready"):
+            if child.proc is None or child.state not in (ActorState.STARTING, ActorState.READY):
                 continue
             code = child.proc.poll()
             if code is None:
@@ -199,21 +204,21 @@ class Supervisor:
         uptime = now - child.started_at
         how = how_it_ended(code)
         if cfg.restart == "temporary" or (cfg.restart == "transient" and code == 0):
-            child.state = "stopped"
+            child.state = ActorState.STOPPED
             self.say("kernel", f"{cfg.name} exited ({how}); not restarted ({cfg.restart})")
             return
         period = self.config.restart_period_s
         while child.recent and now - child.recent[0] > period:
             child.recent.popleft()
         if len(child.recent) >= self.config.restart_intensity:
-            child.state = "failed"
+            child.state = ActorState.FAILED
             raise Escalation(f"actor '{cfg.name}' died {len(child.recent) + 1} times within "
                              f"{period:.0f} s (last: {how}); stopping the deployment")
         child.recent.append(now)
         child.quick_failures = child.quick_failures + 1 if uptime < period else 0
         delay = min(self.config.backoff_max_s,
                     self.config.backoff_s * (2 ** max(0, child.quick_failures - 1)))
-        child.state = "backoff"
+        child.state = ActorState.RESTARTING
         child.restarts += 1
         child.next_start = now + delay
         self.say("kernel", f"{cfg.name} died ({how}) after {uptime:.1f} s; restarting in {delay:.2f} s")
@@ -229,7 +234,7 @@ class Supervisor:
         for cfg in reversed(self.order):
             child = self.children[cfg.name]
             if child.proc is None:
-                child.state = "stopped"
+                child.state = ActorState.STOPPED
                 continue
             rungs: list[Callable[[], None]] = [lambda: ask(cfg.name),
                                                lambda: child.proc.send_signal(signal.SIGTERM),
@@ -247,7 +252,7 @@ class Supervisor:
             child.proc.wait()
             if child.pump is not None:
                 child.pump.join(timeout=2)
-            child.state = "stopped"
+            child.state = ActorState.STOPPED
         if self.zygote is not None:
             self.zygote.stop()
             self.reap_orphans()

@@ -32,8 +32,8 @@ from specmemo.actors.engine import VerifierCore
 from specmemo.actors.engine.driver import DRAFT, TARGET, Driver, TurnEvent
 from specmemo.actors.engine.errors import EngineError
 from specmemo.protocol import errors
-from specmemo.protocol.methods import (ChatChunk, ChatRequest, CompleteRequest, Empty, GenerateRequest,
-                                       OpenChat, SessionRef)
+from specmemo.protocol.methods import (ChatChunk, ChatRequest, CompleteRequest, Empty, Freed,
+                                       GenerateRequest, ModelInfo, OpenChat, SessionList, SessionRef)
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
@@ -164,10 +164,10 @@ class VerifierActor(Actor):
 
     # ---------------------------------------------------------------- sessions
 
-    async def rpc_info(self, req: Empty, call: Call) -> dict:
-        return model_info(self.core)
+    async def rpc_info(self, req: Empty, call: Call) -> ModelInfo:
+        return ModelInfo(**model_info(self.core))
 
-    async def rpc_open(self, req: OpenChat, call: Call) -> dict:
+    async def rpc_open(self, req: OpenChat, call: Call) -> SessionRef:
         session = req.session or f"s-{secrets.token_urlsafe(12)}"     # unguessable unless the caller names it
         limit = int(self.config.get("max_sessions_per_client", 64))
         held = sum(1 for owner in self.owners.values() if owner == call.route)
@@ -179,7 +179,7 @@ class VerifierActor(Actor):
             raise errors.Conflict(f"session {session!r} is already open")
         self.core.open(session)
         self.owners[session] = call.route
-        return {"session": session}
+        return SessionRef(session=session)
 
     def _owned(self, session: str, call: Call) -> None:
         """NotFound unless `session` is open and was opened by this caller: another client cannot
@@ -187,11 +187,11 @@ class VerifierActor(Actor):
         if not self.core.has(session) or self.owners.get(session) != call.route:
             raise errors.NotFound(f"no session {session!r}")
 
-    async def rpc_close(self, req: SessionRef, call: Call) -> dict:
+    async def rpc_close(self, req: SessionRef, call: Call) -> Freed:
         self._owned(req.session, call)
         if req.session in self.streams:
             raise errors.Conflict(f"session {req.session!r} is generating; cancel its chat first")
-        return {"freed": await self._close(req.session)}
+        return Freed(freed=await self._close(req.session))
 
     def _close_now(self, session: str) -> int:
         """Close a session everywhere (target cache here, draft cache, memory blocks). Worker thread."""
@@ -209,9 +209,9 @@ class VerifierActor(Actor):
         async with self._core_lock:
             return await trio.to_thread.run_sync(self._close_now, session)
 
-    async def rpc_sessions(self, req: Empty, call: Call) -> dict:
-        return {"sessions": self.core.sessions(), "active": list(self.streams),
-                "held": self.core.held_bytes()}
+    async def rpc_sessions(self, req: Empty, call: Call) -> SessionList:
+        return SessionList(sessions=self.core.sessions(), active=list(self.streams),
+                           held=self.core.held_bytes())
 
     # ---------------------------------------------------------------- chat
 

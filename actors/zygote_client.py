@@ -1,15 +1,18 @@
 """The kernel's side of the zygote: start it, ask it for actors, watch it, stop it.
 
 :class:`ZygoteClient` owns the zygote process and the ``SOCK_SEQPACKET`` socket to it (see
-:mod:`specmemo.actors.zygote` for the protocol). Its states:
+:mod:`specmemo.actors.zygote` for the protocol). Its states are the actors' vocabulary
+(:class:`~specmemo.protocol.actor_state.ActorState`):
 
+- ``waiting``: not started yet (it starts at the first tick);
 - ``starting``: importing (seconds); the supervisor defers the actors it would fork, unless
   the zygote failed ``WAIT_FAILURES`` times in a row;
 - ``ready``: :meth:`ZygoteClient.spawn` forks actors;
-- ``backoff``: it died, refused to fork (more than one thread) or did not become ready; it
+- ``restarting``: it died, refused to fork (more than one thread) or did not become ready; it
   is started again after a delay that doubles, and meanwhile actors are started with exec;
-- ``off``: given up after ``MAX_FAILURES`` failures in a row, or never possible here
-  (the kernel could not become a child subreaper).
+- ``failed``: given up after ``MAX_FAILURES`` failures in a row, or never possible here
+  (the kernel could not become a child subreaper);
+- ``stopped``: stopped with the deployment.
 
 :class:`ForkedProcess` is what the supervisor keeps for a forked actor: the surface of
 :class:`subprocess.Popen` it uses (``pid``, ``poll``, ``wait``, ``send_signal``, ``kill``,
@@ -27,6 +30,8 @@ import sys
 import threading
 import time
 from typing import Any, Callable, TextIO
+
+from specmemo.protocol.actor_state import ActorState
 
 from . import prctl
 
@@ -91,22 +96,22 @@ class ZygoteClient:
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
         self.pump_thread: threading.Thread | None = None
-        self.state = "backoff"
+        self.state = ActorState.WAITING
         self.next_start = 0.0
         self.started_at = 0.0
         self.failures = 0
         if not prctl.become_subreaper():
-            self.state = "off"
+            self.state = ActorState.FAILED
             self.say("kernel", "cannot become a child subreaper; actors are started with exec")
 
     @property
     def worth_waiting(self) -> bool:
         """Starting, and not after failing twice in a row: the actors it forks wait for it."""
-        return self.state == "starting" and self.failures < WAIT_FAILURES
+        return self.state == ActorState.STARTING and self.failures < WAIT_FAILURES
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        return self.state == ActorState.READY
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -123,7 +128,7 @@ class ZygoteClient:
         finally:
             theirs.close()
         self.sock = ours
-        self.state, self.started_at = "starting", now
+        self.state, self.started_at = ActorState.STARTING, now
         self.pump_thread = threading.Thread(target=self.pump, args=("zygote", self.proc.stdout),
                                             daemon=True)
         self.pump_thread.start()
@@ -132,9 +137,9 @@ class ZygoteClient:
 
     def tick(self, now: float) -> None:
         """Notice readiness, death or a start that takes too long; start again after a backoff."""
-        if self.state == "backoff" and now >= self.next_start:
+        if self.state in (ActorState.WAITING, ActorState.RESTARTING) and now >= self.next_start:
             self.start(now)
-        elif self.state == "starting":
+        elif self.state == ActorState.STARTING:
             if self.proc.poll() is not None:
                 self._failed(now, f"exited ({how_it_ended(self.proc.returncode)}) while preloading")
                 return
@@ -153,21 +158,21 @@ class ZygoteClient:
                 self._failed(now, f"runs {hello.get('threads')} threads after preloading; "
                                   "forking it would not be safe")
                 return
-            self.state, self.failures = "ready", 0
+            self.state, self.failures = ActorState.READY, 0
             self.say("kernel", f"zygote ready in {now - self.started_at:.1f} s")
-        elif self.state == "ready" and self.proc.poll() is not None:
+        elif self.state == ActorState.READY and self.proc.poll() is not None:
             self._failed(now, f"died ({how_it_ended(self.proc.returncode)})")
 
     def _failed(self, now: float, why: str) -> None:
         self._close()
         self.failures += 1
         if self.failures >= MAX_FAILURES:
-            self.state = "off"
+            self.state = ActorState.FAILED
             self.say("kernel", f"zygote {why}; {self.failures} failures in a row, actors are "
                                "started with exec from now on")
             return
         delay = min(self.backoff_max_s, self.backoff_s * 2 ** (self.failures - 1))
-        self.state, self.next_start = "backoff", now + delay
+        self.state, self.next_start = ActorState.RESTARTING, now + delay
         self.say("kernel", f"zygote {why}; restarting it in {delay:.1f} s")
 
     def _close(self) -> None:
@@ -191,7 +196,7 @@ class ZygoteClient:
     def stop(self) -> None:
         """Stop for good (the deployment stops): nothing left running, nothing unreaped."""
         self._close()
-        self.state = "off"
+        self.state = ActorState.STOPPED
 
     # ---------------------------------------------------------------- forking
 

@@ -6,12 +6,13 @@
 
 Everything between the two marker lines of ``docs/protocol.md`` is replaced; the rest of
 the document is hand-written. Field notes come from the trailing ``# comment`` of each
-field in ``protocol/methods.py``.
+field of a message class (the ``protocol/*_messages.py`` modules).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import inspect
 import io
 import sys
@@ -75,6 +76,8 @@ def type_name(tp: Any, nested: dict[str, type]) -> str:
               np.ndarray: "array"}
     if tp in simple:
         return simple[tp]
+    if isinstance(tp, type) and issubclass(tp, enum.StrEnum):
+        return "str, one of " + ", ".join(f"`{m.value}`" for m in tp)
     if dataclasses.is_dataclass(tp):
         nested[tp.__name__] = tp
         return f"[{tp.__name__}](#type-{tp.__name__.lower()})"

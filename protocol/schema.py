@@ -2,13 +2,16 @@
 
 A message class is a ``@message`` dataclass whose fields have simple annotations:
 ``int``, ``float``, ``str``, ``bool``, ``bytes``, ``np.ndarray``, ``Any``, ``list[T]``,
-``dict[str, T]``, another message class, or ``T | None``. :func:`from_wire` checks a decoded
-msgpack body against the class, ignoring unknown fields (forward compatibility) and raising
-:class:`BadRequest` naming the first offending field.
+``dict[str, T]``, a ``str`` enum (:class:`enum.StrEnum`: one of its values), another message
+class, or ``T | None``. :func:`from_wire` checks a decoded msgpack body against the class,
+ignoring unknown fields (forward compatibility) and raising :class:`BadRequest` naming the
+first offending field. A field declared with :func:`absent_if_none` is left out of the wire
+map while it is None (the reader tests for the key, not for nil).
 """
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from typing import Any, TypeVar
@@ -21,7 +24,9 @@ T = TypeVar("T")
 #: Per message class, its fields as (name, annotation, required), worked out once: calling
 #: ``dataclasses.fields`` and ``typing.get_type_hints`` per message cost more than decoding it.
 _PLANS: dict[type, tuple[tuple[str, Any, bool], ...]] = {}
-_NAMES: dict[type, tuple[str, ...]] = {}
+_NAMES: dict[type, tuple[tuple[str, bool], ...]] = {}   # (name, left out while None)
+#: The metadata key that :func:`absent_if_none` sets.
+_ABSENT_IF_NONE = "absent_if_none"
 #: Values that ``_plain`` passes through unchanged.
 _LEAVES = (str, int, float, bool, bytes, type(None), np.ndarray)
 
@@ -29,6 +34,11 @@ _LEAVES = (str, int, float, bool, bytes, type(None), np.ndarray)
 def message(cls: type[T]) -> type[T]:
     """Class decorator: a frozen-free, slotted dataclass usable as a wire schema."""
     return dataclasses.dataclass(slots=True)(cls)
+
+
+def absent_if_none() -> Any:
+    """A field that defaults to None and is not written to the wire while it is None."""
+    return dataclasses.field(default=None, metadata={_ABSENT_IF_NONE: True})
 
 
 def _plan(cls: type) -> tuple[tuple[str, Any, bool], ...]:
@@ -63,10 +73,13 @@ def to_wire(msg: Any) -> dict[str, Any]:
     cls = type(msg)
     names = _NAMES.get(cls)
     if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(msg))
+        names = _NAMES[cls] = tuple((f.name, bool(f.metadata.get(_ABSENT_IF_NONE)))
+                                    for f in dataclasses.fields(msg))
     out = {}
-    for name in names:
+    for name, absent in names:
         value = getattr(msg, name)
+        if value is None and absent:
+            continue
         out[name] = value if isinstance(value, _LEAVES) else _plain(value)
     return out
 
@@ -136,4 +149,10 @@ def _check(tp: Any, value: Any, where: str) -> Any:
         return value
     if dataclasses.is_dataclass(tp):
         return from_wire(tp, value, where)
+    if isinstance(tp, type) and issubclass(tp, enum.StrEnum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise BadRequest(f"{where} must be one of {', '.join(m.value for m in tp)}, "
+                             f"got {value!r:.40}") from None
     raise TypeError(f"unsupported schema annotation {tp!r} at {where}")

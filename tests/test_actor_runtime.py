@@ -200,3 +200,34 @@ def test_replies_that_cannot_be_sent_stop_the_actor_reading_more_requests():
     assert len(answered) == n and all(answered[i + 1] == i for i in range(n))
     assert runtime.stalled_peak >= 1, "the test never filled the actor's socket"
     assert peak_while_held[0] <= 2, f"{peak_while_held[0]} replies were left waiting at once"
+
+
+def test_a_reply_of_another_type_than_declared_becomes_an_internal_error(start_deployment, monkeypatch):
+    import os
+    from pathlib import Path
+
+    import pytest
+
+    from conftest import ECHO_CONFIG
+    from specmemo.protocol.errors import Internal
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    config = ECHO_CONFIG.format(name="wrong", intensity=20).replace(
+        '[actors.echo]\nkind = "echo"', '[actors.echo]\nkind = "echo"\nconfig = { class = "wrong_reply_actor:WrongReplies" }')
+    d = start_deployment(config, "wrong", ["echo"])
+    with d.client() as c:
+        with pytest.raises(Internal) as inline:               # a plain def, answered inline
+            c.call("echo", "echo", data=1)
+        assert "SleepReply, not the declared EchoReply" in inline.value.message
+        assert inline.value.origin == "echo" and inline.value.detail["expected"] == "EchoReply"
+        with pytest.raises(Internal) as task:                 # an async def, served by a task
+            c.call("echo", "sleep", seconds=0.0)
+        assert "does not fit SleepReply" in task.value.message and "slept" in task.value.message
+        chunks = []
+        with pytest.raises(Internal) as stream:
+            for chunk in c.stream("echo", "count", n=2):
+                chunks.append(chunk)
+        assert chunks == [{"i": 0}] and "not the declared CountChunk" in stream.value.message
+        assert isinstance(c.call("echo", "metrics")["values"], dict)   # and it keeps serving
+        assert next(a for a in c.actors() if a["name"] == "echo")["restarts"] == 0

@@ -71,7 +71,7 @@ def test_an_actor_whose_socket_went_away_fails_the_call_and_is_marked_down(start
     assert "went away" in str(replies[1])
     with d.client(timeout=5) as c:
         row = next(a for a in c.actors() if a["name"] == "ghost")
-        assert row["state"] == "down" and row["inflight"] == 0, row
+        assert row["state"] == "stopped" and row["inflight"] == 0, row
         assert c.ping()["pid"] > 0                   # and the kernel serves on
     client.close()
 
@@ -149,7 +149,7 @@ def test_an_async_client_at_its_high_water_mark_keeps_order_and_loses_no_request
     import trio
 
     from specmemo.protocol import AsyncClient
-    from specmemo.protocol import client as client_module
+    from specmemo.protocol import async_client
 
     endpoint = f"inproc://held-hwm-{time.monotonic_ns()}"
     router = zmq.Context.instance().socket(zmq.ROUTER)
@@ -164,7 +164,7 @@ def test_an_async_client_at_its_high_water_mark_keeps_order_and_loses_no_request
         sock.connect(ep)
         return sock
 
-    monkeypatch.setattr(client_module, "_dealer", tiny_dealer)
+    monkeypatch.setattr(async_client, "dealer", tiny_dealer)
     seen: list[tuple[Command, int, Any]] = []
 
     def kernel() -> None:

@@ -165,10 +165,10 @@ def test_a_message_that_fails_partway_is_ended_and_the_next_one_arrives_whole():
 
 
 def test_deadlines_round_trip_without_overflow_or_rounding_to_none():
-    from specmemo.protocol.client import _request_frames
+    from specmemo.protocol.calls import request_frames
 
     for timeout, expected in ((1e17, 0), (1e16, 0), (float("inf"), 0), (None, 0), (0.0004, 1), (2.5, 2500)):
-        frames = _request_frames(1, "echo", "echo", {"data": 1}, timeout, 1 << 20)
+        frames = request_frames(1, "echo", "echo", {"data": 1}, timeout, 1 << 20)
         assert Header.unpack(frames[3]).deadline_ms == expected, timeout
     # a foreign peer's float deadline below 1 ms is still a deadline, not "none"
     assert Header.unpack(msgpack.packb({"id": 1, "dl": 0.4})).deadline_ms == 1

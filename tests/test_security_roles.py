@@ -14,7 +14,7 @@ from specmemo.protocol.methods import METHODS, ROLES
 ACTOR_ONLY = {"memory.add_holder", "memory.open", "memory.has", "memory.prefill", "memory.grant_batch",
               "memory.commit_batch", "memory.finish", "memory.release", "memory.release_holder",
               "memory.observe_costs", "memory.reserve", "memory.unreserve", "draft.has", "draft.open", "draft.extend", "draft.propose",
-              "draft.accept", "draft.accept_batch", "draft.close"}
+              "draft.accept_batch", "draft.close"}
 
 #: Views across every client: an operator's business (with CURVE, keys in curve_operators).
 OPERATOR = {"actor.metrics", "kernel.metrics", "memory.usage", "verifier.sessions", "http.sessions"}
@@ -37,7 +37,6 @@ BODIES = {
     "draft.open": {"session": "x", "token_ids": np.arange(3), "blocks": 1},
     "draft.extend": {"session": "x", "token_ids": np.arange(3), "blocks": 1},
     "draft.propose": {"sessions": ["x"], "gammas": [1], "blocks": [1]},
-    "draft.accept": {"session": "x", "accepted": 0, "tokens": np.arange(1), "blocks": 1},
     "draft.accept_batch": {"requests": [{"session": "x", "accepted": 0, "tokens": np.arange(1), "blocks": 1}]},
     "draft.close": {"session": "x"},
 }
