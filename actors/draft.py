@@ -35,7 +35,7 @@ class DraftActor(Actor):
         super().__init__(name, config)
         self.memory = config.get("memory", "memory")
         self.verifier = config.get("verifier", "verifier")
-        self.core: DraftCore | None = None
+        self.core: DraftCore      # loaded in start()
         self._accept_calls = 0
 
     #: Imports for the zygote, before it forks this actor (see :mod:`specmemo.actors.zygote`).

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import zmq
 
@@ -36,7 +36,8 @@ from .routing import Router, header_id
 from .run_dir import RunDir
 from .supervisor import Escalation, Supervisor
 
-_get = zmq.backend.Socket.get
+# the unbound getter (no attribute lookup on the hot path); EVENTS reads an int
+_get: Callable[[Any, int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 #: Most seconds between two looks at the children (reap, restart, start) while traffic flows.
 HOUSEKEEPING_S = 0.02
@@ -67,8 +68,8 @@ class Kernel:
         self.supervisor = Supervisor(config, self.endpoint, out=self.out)
         self.metrics = KernelMetrics()
         self.tarpit = Tarpit(config.overload_delay_ms / 1000)
-        self.outbox: Outbox | None = None     # on the socket, once bound
-        self.router: Router | None = None
+        self.outbox: Outbox       # set when the socket is bound (_bind)
+        self.router: Router
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -213,7 +214,7 @@ class Kernel:
             return woken
         outbox, route = self.outbox, self.router.route
         outbox.holding = True
-        users = [] if self.router.keys is not None else None   # CURVE: each message's key (ZAP User-Id)
+        users: list[str] | None = [] if self.router.keys is not None else None   # CURVE: each message's key (ZAP User-Id)
         try:
             for n in range(2000):
                 try:

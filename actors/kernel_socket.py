@@ -24,7 +24,7 @@ class BoundRouter:
 def bind_router(config: DeploymentConfig, endpoint: str, run_dir: RunDir) -> BoundRouter:
     """A ROUTER bound to ``endpoint`` (under CURVE when the config names a server key), its
     endpoint published in the run directory."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     r = ctx.socket(zmq.ROUTER)
     r.setsockopt(zmq.ROUTER_MANDATORY, 1)
     r.setsockopt(zmq.LINGER, 500)

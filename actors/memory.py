@@ -67,9 +67,9 @@ class MemoryActor(Actor):
             log.info("reservations of %s released: %d bytes", name, held)
         for session, owner in list(self.owners.items()):
             if owner == name:
-                freed = self.manager.release(session)
+                released = self.manager.release(session)
                 del self.owners[session]
-                log.info("session %s of %s released: %d bytes", session, name, freed)
+                log.info("session %s of %s released: %d bytes", session, name, released)
 
     def rpc_add_holder(self, req: AddHolder, call: Call) -> HolderReply:
         self.manager.add_holder(req.holder, req.bytes_per_token, req.weight_bytes)

@@ -87,7 +87,7 @@ class Router:
             pass                                   # last_seen is updated above
         elif command == Command.READY:
             self.control.ready(peer, frames, user)
-        elif command == Command.BYE:
+        elif command == Command.BYE and name is not None:
             self.control.actor_died(name, "it said goodbye")
         else:
             self.reply_error(peer, header_id(frames[4]),

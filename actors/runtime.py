@@ -71,7 +71,7 @@ class ActorRuntime:
     # ---------------------------------------------------------------- lifecycle
 
     async def run(self) -> str:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context = zmq.Context.instance()
         raw = ctx.socket(zmq.DEALER)
         raw.setsockopt(zmq.LINGER, 1000)
         raw.setsockopt(zmq.ROUTING_ID, f"a-{self.actor.name}-{os.getpid()}".encode())
@@ -216,6 +216,7 @@ class ActorRuntime:
             inline = not (spec.streams or inspect.iscoroutinefunction(fn)
                           or inspect.isasyncgenfunction(fn))
             result = spec.chunk if spec.streams else spec.reply
+            assert result is not None, f"{spec.name} declares no reply class"
             handler = self._handlers[method] = Handler(fn, spec.request, result, spec.streams, inline)
         return handler
 
@@ -227,7 +228,7 @@ class ActorRuntime:
             handler = self._handler(msg.header.method)
             if not handler.inline and len(self.active) >= self.actor.max_concurrency:
                 raise Overloaded(f"{self.actor.name} is serving {len(self.active)} async calls, its limit")
-            request = methods.from_wire(handler.request, _body(msg), "params")
+            request: Any = methods.from_wire(handler.request, _body(msg), "params")
         except SpecmemoError as exc:
             exc.origin = exc.origin or self.actor.name
             self._reply(Command.ERROR, msg.route, Header(id=msg.header.id), exc.to_wire())
@@ -285,7 +286,7 @@ class ActorRuntime:
                         async for chunk in agen:
                             body = self._result(handler.result, chunk, call, "stream chunk")
                             await self._send(Command.STREAM, call.route, header, body)
-                    final = (Command.END, None)
+                    final: tuple[Command, Any] = (Command.END, None)
                 else:
                     reply = await fn(request, call)
                     final = (Command.REPLY, self._result(handler.result, reply, call, "reply"))

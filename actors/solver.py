@@ -73,7 +73,7 @@ class MatrixStore:
         self.max_nnz = max_nnz
         self.max_matrices = max_matrices
         self.reclaim_idle_s = reclaim_idle_s
-        self.plans: dict[tuple[bytes, str], Plan] = {}
+        self.plans: dict[tuple[bytes, str], Plan | JobPlan] = {}
         self.used: dict[tuple[bytes, str], float] = {}     # last registration or use, monotonic
         self.reclaimed = 0
         self._ids = itertools.count(1)
@@ -100,6 +100,7 @@ class MatrixStore:
             nbytes += 12 * matrix.nnz + 8 * (matrix.shape[0] + 1)    # the CSR kept to register again
         if self.budget is not None:
             self.budget.reserve(key, nbytes)        # OverBudget here: nothing is built
+        plan: Plan | JobPlan
         try:
             if self.job is not None:
                 plan = JobPlan.build(self.job, key, matrix, req.kind)
@@ -182,7 +183,7 @@ class MatrixStore:
         own = sorted(m for o, m in keys if o == owner)
         return own + sorted(m for o, m in keys if o == SHARED and m not in own)
 
-    def plan(self, mid: str, owner: bytes = SHARED) -> Plan:
+    def plan(self, mid: str, owner: bytes = SHARED) -> Plan | JobPlan:
         key = (owner, mid) if (owner, mid) in self.plans else (SHARED, mid)
         plan = self.plans.get(key)
         if plan is not None:

@@ -106,9 +106,6 @@ class Supervisor:
 
     # ---------------------------------------------------------------- start and restart
 
-    def _forks(self, cfg: ActorConfig) -> bool:
-        return self.zygote is not None and forked(cfg)
-
     def spawn(self, child: Child, now: float) -> None:
         cfg = child.cfg
         argv = ["--name", cfg.name, "--kind", cfg.kind,
@@ -120,9 +117,10 @@ class Supervisor:
             argv += ["--metrics-port", str(self.config.metrics_port + 1 + self.order.index(cfg))]
         env = {**os.environ, **self.extra_env, **cfg.env, "PYTHONUNBUFFERED": "1"}
         child.proc, how = None, ""
-        if self._forks(cfg) and self.zygote.ready:
+        zygote = self.zygote
+        if zygote is not None and forked(cfg) and zygote.ready:
             try:
-                child.proc, how = self.zygote.spawn(cfg.name, argv, env), ", forked by the zygote"
+                child.proc, how = zygote.spawn(cfg.name, argv, env), ", forked by the zygote"
             except ZygoteError as exc:
                 self.say("kernel", f"the zygote could not fork {cfg.name} ({exc}); starting it with exec")
         if child.proc is None:
@@ -148,7 +146,7 @@ class Supervisor:
         for child in self.children.values():
             if child.state in (ActorState.WAITING, ActorState.RESTARTING) and now >= child.next_start \
                     and all(dep in ready for dep in child.cfg.after):
-                if self._forks(child.cfg) and self.zygote.worth_waiting:
+                if self.zygote is not None and forked(child.cfg) and self.zygote.worth_waiting:
                     continue
                 self.spawn(child, now)
             elif child.state == ActorState.STARTING and now - child.started_at > child.cfg.start_timeout_s:
@@ -224,32 +222,33 @@ class Supervisor:
         self.say("kernel", f"{cfg.name} died ({how}) after {uptime:.1f} s; restarting in {delay:.2f} s")
 
     def kill(self, child: Child) -> None:
-        if child.alive:
+        if child.proc is not None and child.alive:
             child.proc.kill()
 
     # ---------------------------------------------------------------- stop ladder
 
-    def stop_all(self, ask: Callable[[str], None], pump: Callable[[float], None]) -> None:
+    def stop_all(self, ask: Callable[[str], None], pump: Callable[[float], object]) -> None:
         """Stop every child in reverse start order: ask, SIGTERM, SIGKILL; reap all."""
         for cfg in reversed(self.order):
             child = self.children[cfg.name]
-            if child.proc is None:
+            proc = child.proc
+            if proc is None:
                 child.state = ActorState.STOPPED
                 continue
             rungs: list[Callable[[], None]] = [lambda: ask(cfg.name),
-                                               lambda: child.proc.send_signal(signal.SIGTERM),
-                                               lambda: child.proc.kill()]
+                                               lambda: proc.send_signal(signal.SIGTERM),
+                                               proc.kill]
             for rung in rungs:
-                if child.proc.poll() is not None:
+                if proc.poll() is not None:
                     break
                 try:
                     rung()
                 except (ProcessLookupError, OSError):
                     pass
                 deadline = time.monotonic() + self.config.stop_timeout_s
-                while child.proc.poll() is None and time.monotonic() < deadline:
+                while proc.poll() is None and time.monotonic() < deadline:
                     pump(0.02)
-            child.proc.wait()
+            proc.wait()
             if child.pump is not None:
                 child.pump.join(timeout=2)
             child.state = ActorState.STOPPED

@@ -69,7 +69,7 @@ class VerifierActor(Actor):
         self.draft_name = config.get("draft", "draft")
         self.streams: dict[str, _Stream] = {}
         self.owners: dict[str, bytes] = {}      # session -> routing id of the client that opened it
-        self.joins: list[tuple[ChatRequest | GenerateRequest, _Stream]] = []
+        self.joins: list[tuple[ChatRequest | GenerateRequest | CompleteRequest, _Stream]] = []
         self.leaves: list[str] = []
         self.wake = trio.Event()
         self._ids = itertools.count(1)
@@ -328,6 +328,7 @@ class VerifierActor(Actor):
                 elif stream.message is not None:
                     ids, keep = self.core.chat_prompt(stream.session, stream.message)
                 else:
+                    assert isinstance(req, GenerateRequest), "a stream without messages is a generate call"
                     ids, keep = self.core.check_prompt(stream.session, req.prompt_ids)
                 self.driver.join(stream.session, ids, keep, req.max_new_tokens, req.temperature,
                                  req.seed, req.gamma if req.gamma is not None else self.gamma,

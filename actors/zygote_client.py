@@ -69,8 +69,9 @@ class ForkedProcess:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
             if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
             time.sleep(0.005)
+        assert self.returncode is not None
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -140,6 +141,7 @@ class ZygoteClient:
         if self.state in (ActorState.WAITING, ActorState.RESTARTING) and now >= self.next_start:
             self.start(now)
         elif self.state == ActorState.STARTING:
+            assert self.proc is not None and self.sock is not None, "a starting zygote has both"
             if self.proc.poll() is not None:
                 self._failed(now, f"exited ({how_it_ended(self.proc.returncode)}) while preloading")
                 return
@@ -160,7 +162,7 @@ class ZygoteClient:
                 return
             self.state, self.failures = ActorState.READY, 0
             self.say("kernel", f"zygote ready in {now - self.started_at:.1f} s")
-        elif self.state == ActorState.READY and self.proc.poll() is not None:
+        elif self.state == ActorState.READY and self.proc is not None and self.proc.poll() is not None:
             self._failed(now, f"died ({how_it_ended(self.proc.returncode)})")
 
     def _failed(self, now: float, why: str) -> None:
@@ -202,7 +204,7 @@ class ZygoteClient:
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> ForkedProcess:
         """Fork the actor ``specmemo.actors.run.main(argv)`` with ``env``; raises :class:`ZygoteError`."""
-        if not self.ready:
+        if not self.ready or self.sock is None:
             raise ZygoteError(f"the zygote is {self.state}")
         r, w = os.pipe()
         try:

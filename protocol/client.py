@@ -52,7 +52,7 @@ class Client:
         self.endpoint = find_endpoint(endpoint)
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._sock = dealer(self._ctx, self.endpoint, curve)
         self._ids = itertools.count(1)
         self._poll_items = [(self._sock, zmq.POLLIN)]   # zmq_poll itself: Poller adds a layer

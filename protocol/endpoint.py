@@ -45,7 +45,7 @@ def _alive(pid: int) -> bool:
 
 def local_deployments() -> list[tuple[str, str]]:
     """``(deployment name, endpoint)`` of every local deployment whose kernel is alive."""
-    found = []
+    found: list[tuple[str, str]] = []
     root = runtime_root()
     if not root.is_dir():
         return found

@@ -118,7 +118,7 @@ def error_from_wire(body: Any) -> SpecmemoError:
     """Rebuild a typed error from an error body; a malformed body becomes ``Internal``."""
     if not isinstance(body, dict):
         return Internal(f"malformed error body: {body!r:.200}")
-    cls = ERROR_CLASSES.get(body.get("code"), Internal)
+    cls = ERROR_CLASSES.get(body.get("code", -1), Internal)
     detail = body.get("detail")
     return cls(str(body.get("message", "")), detail=detail if isinstance(detail, dict) else None,
                origin=str(body.get("origin", "")), traceback=str(body.get("traceback", "")))

@@ -31,6 +31,7 @@ _ABSENT_IF_NONE = "absent_if_none"
 _LEAVES = (str, int, float, bool, bytes, type(None), np.ndarray)
 
 
+@typing.dataclass_transform()
 def message(cls: type[T]) -> type[T]:
     """Class decorator: a frozen-free, slotted dataclass usable as a wire schema."""
     return dataclasses.dataclass(slots=True)(cls)
@@ -147,7 +148,7 @@ def _check(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, np.ndarray):
             raise BadRequest(f"{where} must be an array, got {type(value).__name__}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_wire(tp, value, where)
     if isinstance(tp, type) and issubclass(tp, enum.StrEnum):
         try:

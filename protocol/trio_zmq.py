@@ -23,7 +23,7 @@ the edge.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import trio
 import zmq
@@ -31,7 +31,8 @@ import zmq.backend
 
 from .wire import recv_frames, send_frames
 
-_get = zmq.backend.Socket.get
+# the unbound getter (no attribute lookup on the hot path); EVENTS reads an int
+_get: Callable[[Any, int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
 _EVENTS = int(zmq.EVENTS)
 # Plain ints: pyzmq's flags are IntFlag members, and ``events & zmq.POLLIN`` on one costs
 # 0.6 µs (an enum is built), 20 times the int operation; a wait does several.
@@ -44,7 +45,7 @@ class TrioSocket:
 
     def __init__(self, sock: zmq.Socket) -> None:
         self.sock = sock
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]  # FD is an int option
         self._changed = trio.Event()
         self._watching = False       # a task sleeps on the fd
         self._interrupted = False    # ... and has been told to look again

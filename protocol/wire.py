@@ -185,7 +185,7 @@ def recv_frames(sock: Any, flags: int = 0, small: int = 5, user_ids: list | None
     frame = _backend_recv(sock, int(flags), False, False)
     if user_ids is not None:
         user_ids.append(frame.get("User-Id"))
-    frames = [frame.bytes]
+    frames: list[Any] = [frame.bytes]
     n = 1
     while frame.more:
         frame = _backend_recv(sock, 0, False, False)
