@@ -3,7 +3,7 @@
     .venv/bin/python bench/restart.py --config deploy/local.toml --actors draft,verifier --kills 2
 
 Starts ``specmemo up`` with its own run root, waits for every actor, SIGKILLs each named actor
-``--kills`` times in turn (``deploy.soak.kill_and_wait``: back = a new process ready that answers
+``--kills`` times in turn (``deploy.kill_and_wait``: back = a new process ready that answers
 a probe call), then asks the verifier one short chat turn (when there is one) to show the
 restarted pair still answers, and stops the deployment with Ctrl-C's path.
 """
@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from specmemo.deploy import soak
+from specmemo.deploy.faults import kill_and_wait
+from specmemo.deploy.local import actor_rows
 from specmemo.protocol import Client
 
 
@@ -31,7 +32,7 @@ def wait_ready(root: Path, up: subprocess.Popen, timeout: float) -> str:
             endpoint = file.read_text().strip()
             try:
                 with Client(endpoint, timeout=5) as c:
-                    if all(r["state"] == "ready" for r in soak.actor_rows(c).values()):
+                    if all(r["state"] == "ready" for r in actor_rows(c).values()):
                         return endpoint
             except Exception:
                 pass   # not up yet
@@ -52,7 +53,7 @@ def _kib(path: str, key: str) -> int:
 def print_memory(kernel_pid: int, client) -> None:
     """Resident memory of every process of the deployment: RSS counts shared pages in each process
     that maps them, PSS divides them among those processes, so the PSS sum is the physical total."""
-    rows = {name: row["pid"] for name, row in soak.actor_rows(client).items()}
+    rows = {name: row["pid"] for name, row in actor_rows(client).items()}
     children = Path(f"/proc/{kernel_pid}/task/{kernel_pid}/children").read_text().split()
     for pid in map(int, children):
         if pid not in rows.values():
@@ -87,8 +88,8 @@ def main() -> int:
             print_memory(up.pid, c)
             for _ in range(args.kills):
                 for name in args.actors.split(","):
-                    print(f"{name} back after SIGKILL in {soak.kill_and_wait(c, name, 300):.2f} s", flush=True)
-            if "verifier" in soak.actor_rows(c):
+                    print(f"{name} back after SIGKILL in {kill_and_wait(c, name, 300):.2f} s", flush=True)
+            if "verifier" in actor_rows(c):
                 reply = c.ask(c.open_session(), "Say hello in Python.", max_new_tokens=12)
                 print(f"chat after the kills: {reply.text[:60]!r}, {reply.tokens_per_s:.2f} tok/s")
     finally:

@@ -1,6 +1,6 @@
 """Hostile frames from a raw DEALER, to the kernel and through it to every actor's runtime.
 
-The fuzzer (``specmemo.deploy.soak.hostile_frames``) is seeded: random bytes, truncated
+The fuzzer (``specmemo.deploy.fuzz.hostile_frames``) is seeded: random bytes, truncated
 multipart messages, wrong magic or version, bad msgpack, maps of wrong types, huge declared
 array sizes, buffers that do not match their shape, READY/NOTICE/REPLY from a client, floods
 of cancels for unknown ids. Nothing it sends is a valid call.
@@ -14,7 +14,9 @@ import time
 import msgpack
 import pytest
 
-from specmemo.deploy import soak
+from specmemo.deploy.fuzz import FuzzReport, fuzz, hostile_frames
+from specmemo.deploy.local import actor_rows
+from specmemo.deploy.soak import soak_config
 from specmemo.protocol import BadRequest
 from specmemo.protocol.wire import unpack_body
 
@@ -26,17 +28,17 @@ LONG = os.environ.get("SPECMEMO_LONG") == "1"
 @pytest.fixture(scope="module")
 def deployment():
     from conftest import Deployment
-    d = Deployment(soak.SOAK_CONFIG.format(name="fuzz"), "fuzz")
+    d = Deployment(soak_config("fuzz"))
     try:
         yield d.wait_ready(["echo", "solver", "memory", "draft", "verifier"], timeout=240)
     finally:
         d.cleanup()
 
 
-def fuzz_while_serving(d, seed: int, count: int) -> tuple[soak.FuzzReport, float, dict]:
+def fuzz_while_serving(d, seed: int, count: int) -> tuple[FuzzReport, float, dict]:
     """Fuzz ``count`` frames while a normal client calls echo; its success rate comes back."""
     with d.client(timeout=10) as c:
-        before = soak.actor_rows(c)
+        before = actor_rows(c)
     stop, outcomes = threading.Event(), []
 
     def normal_client() -> None:
@@ -53,12 +55,12 @@ def fuzz_while_serving(d, seed: int, count: int) -> tuple[soak.FuzzReport, float
     th = threading.Thread(target=normal_client)
     th.start()
     try:
-        report = soak.fuzz(d.endpoint, seed, count, {n: r["kind"] for n, r in before.items()})
+        report = fuzz(d.endpoint, seed, count, {n: r["kind"] for n, r in before.items()})
     finally:
         stop.set()
         th.join(30)
     with d.client(timeout=10) as c:
-        after = soak.actor_rows(c)
+        after = actor_rows(c)
     assert d.proc.poll() is None, "the kernel died"
     assert {n: (r["pid"], r["restarts"]) for n, r in after.items()} == \
         {n: (r["pid"], 0) for n, r in before.items()}, "an actor died under the fuzz"

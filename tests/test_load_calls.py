@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from specmemo.deploy import soak
+from specmemo.deploy.load import Tally, chat_reference, leaked_bytes, mixed_calls, pipelined_echo
+from specmemo.deploy.soak import soak_config
 
 from conftest import ECHO_CONFIG
 
@@ -18,7 +19,7 @@ LONG = os.environ.get("SPECMEMO_LONG") == "1"
 @pytest.fixture(scope="module")
 def deployment():
     from conftest import Deployment
-    d = Deployment(soak.SOAK_CONFIG.format(name="load"), "load")
+    d = Deployment(soak_config("load"))
     try:
         yield d.wait_ready(["echo", "solver", "memory", "draft", "verifier"], timeout=240)
     finally:
@@ -27,12 +28,12 @@ def deployment():
 
 @pytest.fixture(scope="module")
 def chat_expected():
-    return soak.chat_reference()
+    return chat_reference()
 
 
-def run_clients(d, clients: int, calls: int, chat_expected, ops=None) -> tuple[soak.Tally, float]:
-    tally = soak.Tally()
-    threads = [threading.Thread(target=soak.mixed_calls, args=(d.endpoint, seed, calls, tally),
+def run_clients(d, clients: int, calls: int, chat_expected, ops=None) -> tuple[Tally, float]:
+    tally = Tally()
+    threads = [threading.Thread(target=mixed_calls, args=(d.endpoint, seed, calls, tally),
                                 kwargs={"chat_expected": chat_expected, "ops": ops, "timeout": 60})
                for seed in range(clients)]
     t0 = time.monotonic()
@@ -43,11 +44,11 @@ def run_clients(d, clients: int, calls: int, chat_expected, ops=None) -> tuple[s
     return tally, time.monotonic() - t0
 
 
-def check_clean(d, tally: soak.Tally, expected_calls: int) -> None:
+def check_clean(d, tally: Tally, expected_calls: int) -> None:
     assert tally.calls == expected_calls
     assert not tally.wrong, tally.wrong[:5]
     with d.client(timeout=10) as c:
-        usage = soak.leaked_bytes(c)
+        usage = leaked_bytes(c)
     assert not tally.errors, (tally.errors, usage)    # the memory actor's state explains OverBudget
     assert tally.hung == 0
     assert usage["live"] == 0 and not usage["sessions"], usage
@@ -65,7 +66,7 @@ def test_pipelined_calls_on_four_sockets_are_answered_exactly_once(deployment):
     reports = []
 
     def one() -> None:
-        reports.append(soak.pipelined_echo(deployment.endpoint, 2000, window=64))
+        reports.append(pipelined_echo(deployment.endpoint, 2000, window=64))
 
     threads = [threading.Thread(target=one) for _ in range(4)]
     for t in threads:
@@ -95,7 +96,7 @@ def test_a_full_actor_answers_overloaded_at_once_and_serves_what_it_accepted(sta
     config = ECHO_CONFIG.format(name="full", intensity=5).replace(
         "stop_timeout_s = 3", "stop_timeout_s = 3\nmax_inflight = 8")
     d = start_deployment(config, "full", ["echo"])
-    r = soak.pipelined_echo(d.endpoint, 40, window=40, method="sleep",
+    r = pipelined_echo(d.endpoint, 40, window=40, method="sleep",
                             params=lambda i: {"seconds": 0.5})
     assert r.lost == r.duplicated == 0
     assert len(r.latencies) == 8 and r.errors == {"Overloaded": 32}, r

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zmq
 
-from specmemo.deploy.soak import TINY_PAIR
+from specmemo.deploy.tiny import tiny_config
 from specmemo.protocol import Client, DeadlineExceeded, Unauthorized
 from specmemo.protocol.curve import client_keys, generate
 from specmemo.protocol.errors import error_from_wire
@@ -46,59 +46,19 @@ def keys():
 @pytest.fixture(scope="module")
 def secure(keys):
     from conftest import Deployment
-    config = f"""
-[deployment]
-name = "secure"
-endpoint = "tcp://127.0.0.1:0"
-heartbeat_s = 0.3
-stop_timeout_s = 3
-curve_server_key = "{keys / 'server.key_secret'}"
-curve_allowed = "{keys / 'allowed'}"
-curve_actor_key = "{keys / 'actor.key_secret'}"
-curve_operators = "{keys / 'operators'}"
-curve_actors = "{keys / 'actors'}"
-max_inflight_per_client = 4
-max_inflight = 64
-
-[actors.echo]
-kind = "echo"
-
-[actors.solver]
-kind = "solver"
-[actors.solver.config]
-threads = 1
-""" + TINY_PAIR + f"""
-[actors.http]
-kind = "http"
-after = ["verifier"]
-[actors.http.config]
-port = {free_port()}
-"""
-    d = Deployment(config, "secure")
+    config = tiny_config("secure", deployment={
+        "endpoint": "tcp://127.0.0.1:0", "heartbeat_s": 0.3, "stop_timeout_s": 3,
+        "curve_server_key": str(keys / "server.key_secret"), "curve_allowed": str(keys / "allowed"),
+        "curve_actor_key": str(keys / "actor.key_secret"), "curve_operators": str(keys / "operators"),
+        "curve_actors": str(keys / "actors"), "max_inflight_per_client": 4, "max_inflight": 64,
+    }, solver={"config": {"threads": 1}}, http={"config": {"port": free_port()}})
+    d = Deployment(config, "secure", curve=client_keys(keys / "alice.key_secret", keys / "server.key"))
     d.env["SPECMEMO_CLIENT_KEY"] = str(keys / "alice.key_secret")
     d.env["SPECMEMO_SERVER_PUBLIC"] = str(keys / "server.key")
     try:
-        _wait(d, keys)
-        yield d
+        yield d.wait_ready()
     finally:
         d.cleanup()
-
-
-def _wait(d, keys, timeout=60.0):
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ep = d.run_dir / "endpoint"
-        if ep.exists() and ep.read_text().startswith("tcp://"):
-            d.endpoint = ep.read_text().strip()
-            try:
-                with Client(d.endpoint, timeout=2, curve=client_keys(keys / "alice.key_secret", keys / "server.key")) as c:
-                    if all(a["state"] == "ready" for a in c.actors()):
-                        return
-            except Exception:
-                pass
-        time.sleep(0.1)
-    raise TimeoutError(d.log.read_text())
 
 
 def test_an_allowed_key_calls_and_the_spawned_actor_registered_with_its_key(secure, keys):
