@@ -10,10 +10,8 @@ per-round ratios (held / at once).
 from __future__ import annotations
 
 import argparse
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import messaging as m  # noqa: E402  (the messaging benchmark's deployment pieces)
 
+from specmemo.deploy.tiny import tiny_config  # noqa: E402
 from specmemo.protocol import client as client_module  # noqa: E402
 
 
@@ -59,10 +58,8 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=6000)
     p.add_argument("--tasks", default="2,8,64")
     args = p.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="smh", dir="/tmp"))
-    config = root / "bench.toml"
-    config.write_text(m.ECHO_ONLY)
-    kernel, endpoint, _ = m.start_deployment(config, root, None)
+    dep, _ = m.start_deployment(tiny_config("bench", ["echo"]), None)
+    endpoint = dep.endpoint
     try:
         print(f"HOLD_FROM = {client_module.HOLD_FROM}; {args.rounds} alternated rounds of {args.calls} calls")
         print("| tasks | held calls/s | at once calls/s | held / at once |")
@@ -76,8 +73,7 @@ def main() -> int:
             ratio = statistics.median(a / b for a, b in zip(held, direct))
             print(f"| {tasks} | {statistics.median(held):,.0f} | {statistics.median(direct):,.0f} | {ratio:.2f}x |")
     finally:
-        kernel.send_signal(signal.SIGINT)
-        kernel.wait(60)
+        dep.cleanup()
     return 0
 
 

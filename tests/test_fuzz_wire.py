@@ -14,7 +14,7 @@ import time
 import msgpack
 import pytest
 
-from specmemo.deploy.fuzz import FuzzReport, fuzz, hostile_frames
+from specmemo.deploy.fuzz import FuzzReport, fuzz
 from specmemo.deploy.local import actor_rows
 from specmemo.deploy.soak import soak_config
 from specmemo.protocol import BadRequest

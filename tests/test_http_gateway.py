@@ -13,7 +13,8 @@ import pytest
 
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
-from specmemo.actors.http import HttpError, SessionPool, parse_completion
+from specmemo.actors.openai_api import HttpError, parse_completion
+from specmemo.actors.session_pool import SessionPool
 from specmemo.deploy.config import ConfigError, parse_config
 from specmemo.deploy.tiny import PAIR, tiny_config
 
@@ -87,7 +88,7 @@ def test_requests_are_validated_field_by_field():
 
 
 def test_wire_errors_map_to_the_statuses_clients_expect():
-    from specmemo.actors.http import from_wire_error
+    from specmemo.actors.openai_api import from_wire_error
     from specmemo.protocol import errors
     cases = [(errors.OverBudget("x"), 503), (errors.ActorDied("x"), 503), (errors.DeadlineExceeded("x"), 504),
              (errors.Overloaded("x"), 429), (errors.InvalidInput("x"), 400),
