@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
-
-import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import messaging as m  # noqa: E402  (the messaging benchmark's deployment pieces)
@@ -29,27 +26,6 @@ class AtOnce(client_module.AsyncClient):
 
     async def _post(self, frames, call_id=0):
         await client_module.AsyncCaller._post(self, frames, call_id)
-
-
-def rate(cls: type, endpoint: str, total: int, tasks: int) -> float:
-    async def main() -> float:
-        left = total
-        async with cls(endpoint) as c:
-            async def worker() -> None:
-                nonlocal left
-                while left > 0:
-                    left -= 1
-                    reply = await c.call("echo", "echo", data=m.ECHO_DATA)
-                    assert reply["data"] == m.ECHO_DATA
-            for _ in range(50):
-                await c.call("echo", "echo", data=m.ECHO_DATA)
-            t0 = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                for _ in range(tasks):
-                    nursery.start_soon(worker)
-            return total / (time.perf_counter() - t0)
-
-    return trio.run(main)
 
 
 def main() -> int:
@@ -69,7 +45,7 @@ def main() -> int:
             for r in range(args.rounds):
                 pair = [(client_module.AsyncClient, held), (AtOnce, direct)]
                 for cls, out in (pair if r % 2 == 0 else pair[::-1]):
-                    out.append(rate(cls, endpoint, args.calls, tasks))
+                    out.append(m.async_client_rate(endpoint, args.calls, tasks, cls))
             ratio = statistics.median(a / b for a, b in zip(held, direct))
             print(f"| {tasks} | {statistics.median(held):,.0f} | {statistics.median(direct):,.0f} | {ratio:.2f}x |")
     finally:

@@ -329,10 +329,11 @@ def client_round(client: Client, size: dict[str, int]) -> dict[str, Any]:
     return summary(latencies_us(rt, size["lat"]))
 
 
-def async_client_rate(endpoint: str, total: int, tasks: int) -> float:
+def async_client_rate(endpoint: str, total: int, tasks: int, client_cls: type = AsyncClient) -> float:
+    """Calls per second of ``tasks`` trio tasks sharing one ``client_cls`` (``total`` echo calls)."""
     async def main() -> float:
         left = total
-        async with AsyncClient(endpoint) as c:
+        async with client_cls(endpoint) as c:
             async def worker() -> None:
                 nonlocal left
                 while left > 0:

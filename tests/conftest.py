@@ -76,3 +76,21 @@ kind = "echo"
 def echo_deployment(start_deployment):
     return start_deployment(ECHO_CONFIG.format(name="echo", intensity=20), "echo", ["echo"])
 
+
+
+@pytest.fixture(scope="module")
+def soak_deployment():
+    """The soak command's deployment (echo, solver and the tiny pair), one per test module."""
+    from specmemo.deploy.soak import SOAK_ACTORS, soak_config
+    d = Deployment(soak_config("soak"))
+    try:
+        yield d.wait_ready(list(SOAK_ACTORS), timeout=240)
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture(scope="session")
+def chat_expected():
+    """The in-process engine's greedy replies to the load's chat messages (the actors must match)."""
+    from specmemo.deploy.load import chat_reference
+    return chat_reference()

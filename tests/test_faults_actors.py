@@ -13,30 +13,14 @@ import time
 import pytest
 
 from specmemo.deploy.faults import killer
-from specmemo.deploy.load import CHAT_MESSAGES, CHAT_TOKENS, Tally, chat_reference, leaked_bytes, mixed_calls
+from specmemo.deploy.load import CHAT_MESSAGES, CHAT_TOKENS, Tally, leaked_bytes, mixed_calls
 from specmemo.deploy.local import actor_rows
-from specmemo.deploy.soak import soak_config
 from specmemo.protocol import ActorDied
 
 from conftest import pid_alive
 
 LONG = os.environ.get("SPECMEMO_LONG") == "1"
 GAMMA = 3
-
-
-@pytest.fixture(scope="module")
-def deployment():
-    from conftest import Deployment
-    d = Deployment(soak_config("faults"))
-    try:
-        yield d.wait_ready(["echo", "solver", "memory", "draft", "verifier"], timeout=240)
-    finally:
-        d.cleanup()
-
-
-@pytest.fixture(scope="module")
-def chat_expected():
-    return chat_reference()
 
 
 def kill_under_load(d, chat_expected, rounds: int, clients: int = 4):
@@ -56,8 +40,8 @@ def kill_under_load(d, chat_expected, rounds: int, clients: int = 4):
     return tally, kills
 
 
-def test_actors_killed_under_load_fail_calls_cleanly_come_back_and_leak_no_block(deployment, chat_expected):
-    tally, kills = kill_under_load(deployment, chat_expected, rounds=2, clients=3)
+def test_actors_killed_under_load_fail_calls_cleanly_come_back_and_leak_no_block(soak_deployment, chat_expected):
+    tally, kills = kill_under_load(soak_deployment, chat_expected, rounds=2, clients=3)
     assert tally.hung == 0, "a call outlived its deadline"
     assert not tally.wrong, tally.wrong[:5]
     # In flight at a kill: ActorDied. A matrix of a restarted solver: NotFound (registered again).
@@ -73,7 +57,7 @@ def test_actors_killed_under_load_fail_calls_cleanly_come_back_and_leak_no_block
     # stretch with whatever else the machine runs (docs/reliability.md). The killer gives up
     # (TimeoutError) when an actor is not back in 120 s.
     assert set(back) == {"draft", "verifier", "memory", "solver"}
-    with deployment.client(timeout=10) as c:
+    with soak_deployment.client(timeout=10) as c:
         usage = leaked_bytes(c)
         rows = actor_rows(c)
     assert usage["live"] == 0 and not usage["sessions"], usage
@@ -81,9 +65,9 @@ def test_actors_killed_under_load_fail_calls_cleanly_come_back_and_leak_no_block
     assert rows["echo"]["restarts"] == 0 and all(rows[n]["restarts"] >= 2 for n in back)
 
 
-def test_the_memory_actor_killed_mid_turn_fails_the_turn_and_the_session_goes_on(deployment, chat_expected):
+def test_the_memory_actor_killed_mid_turn_fails_the_turn_and_the_session_goes_on(soak_deployment, chat_expected):
     message = CHAT_MESSAGES[0]
-    with deployment.client(timeout=60) as c:
+    with soak_deployment.client(timeout=60) as c:
         session = c.open_session()
         stream = c.chat(session, "a long turn that will not finish", max_new_tokens=400, gamma=GAMMA)
         next(stream)
@@ -115,13 +99,13 @@ def test_the_memory_actor_killed_mid_turn_fails_the_turn_and_the_session_goes_on
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.skipif(not LONG, reason="long run: SPECMEMO_LONG=1")
-def test_each_actor_killed_twenty_times_under_load(deployment, chat_expected):
-    tally, kills = kill_under_load(deployment, chat_expected, rounds=20, clients=8)
+def test_each_actor_killed_twenty_times_under_load(soak_deployment, chat_expected):
+    tally, kills = kill_under_load(soak_deployment, chat_expected, rounds=20, clients=8)
     back = {n: round(max(s for m, s in kills if m == n), 2) for n, _ in kills}
     print(f"{tally.calls} calls, errors {dict(tally.errors)}; back after SIGKILL (max s): {back}")
     assert tally.hung == 0 and not tally.wrong
     assert set(tally.errors) <= {"ActorDied", "NotFound", "DeadlineExceeded"}, tally.errors
-    with deployment.client(timeout=10) as c:
+    with soak_deployment.client(timeout=10) as c:
         usage = leaked_bytes(c)
     assert usage["live"] == 0 and not usage["sessions"]
 

@@ -16,23 +16,12 @@ import pytest
 
 from specmemo.deploy.fuzz import FuzzReport, fuzz
 from specmemo.deploy.local import actor_rows
-from specmemo.deploy.soak import soak_config
 from specmemo.protocol import BadRequest
 from specmemo.protocol.wire import unpack_body
 
 from conftest import raw_dealer
 
 LONG = os.environ.get("SPECMEMO_LONG") == "1"
-
-
-@pytest.fixture(scope="module")
-def deployment():
-    from conftest import Deployment
-    d = Deployment(soak_config("fuzz"))
-    try:
-        yield d.wait_ready(["echo", "solver", "memory", "draft", "verifier"], timeout=240)
-    finally:
-        d.cleanup()
 
 
 def fuzz_while_serving(d, seed: int, count: int) -> tuple[FuzzReport, float, dict]:
@@ -70,8 +59,8 @@ def fuzz_while_serving(d, seed: int, count: int) -> tuple[FuzzReport, float, dic
     return report, sum(outcomes) / len(outcomes), after
 
 
-def test_thousands_of_hostile_frames_each_get_one_typed_error_and_kill_nothing(deployment):
-    report, success, _ = fuzz_while_serving(deployment, seed=1, count=3000)
+def test_thousands_of_hostile_frames_each_get_one_typed_error_and_kill_nothing(soak_deployment):
+    report, success, _ = fuzz_while_serving(soak_deployment, seed=1, count=3000)
     assert report.sent == 3000 and report.expected_replies > 2000
     assert report.replies == report.expected_replies, report
     assert report.not_errors == 0
@@ -82,8 +71,8 @@ def test_thousands_of_hostile_frames_each_get_one_typed_error_and_kill_nothing(d
     assert success == 1.0, f"the normal client succeeded in {success:.1%} of its calls during the fuzz"
 
 
-def test_the_memory_actor_holds_nothing_after_the_fuzz(deployment):
-    with deployment.client(timeout=10) as c:
+def test_the_memory_actor_holds_nothing_after_the_fuzz(soak_deployment):
+    with soak_deployment.client(timeout=10) as c:
         usage = c.usage()
         sessions = c.call("verifier", "sessions")
     assert usage["live"] == 0 and not usage["sessions"] and sessions["sessions"] == []
@@ -91,8 +80,8 @@ def test_the_memory_actor_holds_nothing_after_the_fuzz(deployment):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not LONG, reason="long run: SPECMEMO_LONG=1")
-def test_a_hundred_thousand_hostile_frames_kill_nothing(deployment):
-    report, success, _ = fuzz_while_serving(deployment, seed=2, count=100_000)
+def test_a_hundred_thousand_hostile_frames_kill_nothing(soak_deployment):
+    report, success, _ = fuzz_while_serving(soak_deployment, seed=2, count=100_000)
     assert report.replies == report.expected_replies and report.not_errors == 0
     assert "Internal" not in report.errors and success == 1.0
 
@@ -104,10 +93,10 @@ def test_an_array_shape_whose_int64_product_wraps_around_is_refused_by_its_size(
         unpack_body(body)
 
 
-def test_a_header_id_of_true_is_answered_with_a_header_the_caller_can_decode(deployment):
+def test_a_header_id_of_true_is_answered_with_a_header_the_caller_can_decode(soak_deployment):
     from specmemo.protocol.errors import error_from_wire
     from specmemo.protocol.wire import MAGIC, Command, decode
-    s = raw_dealer(deployment.endpoint)
+    s = raw_dealer(soak_deployment.endpoint)
     try:
         s.send_multipart([MAGIC, b"\x01", b"echo", msgpack.packb({"id": True}), b"\xc0"])
         assert s.poll(5000)

@@ -8,27 +8,11 @@ import time
 
 import pytest
 
-from specmemo.deploy.load import Tally, chat_reference, leaked_bytes, mixed_calls, pipelined_echo
-from specmemo.deploy.soak import soak_config
+from specmemo.deploy.load import Tally, leaked_bytes, mixed_calls, pipelined_echo
 
 from conftest import ECHO_CONFIG
 
 LONG = os.environ.get("SPECMEMO_LONG") == "1"
-
-
-@pytest.fixture(scope="module")
-def deployment():
-    from conftest import Deployment
-    d = Deployment(soak_config("load"))
-    try:
-        yield d.wait_ready(["echo", "solver", "memory", "draft", "verifier"], timeout=240)
-    finally:
-        d.cleanup()
-
-
-@pytest.fixture(scope="module")
-def chat_expected():
-    return chat_reference()
 
 
 def run_clients(d, clients: int, calls: int, chat_expected, ops=None) -> tuple[Tally, float]:
@@ -54,19 +38,19 @@ def check_clean(d, tally: Tally, expected_calls: int) -> None:
     assert usage["live"] == 0 and not usage["sessions"], usage
 
 
-def test_sixteen_clients_of_mixed_calls_get_every_result_right(deployment, chat_expected):
+def test_sixteen_clients_of_mixed_calls_get_every_result_right(soak_deployment, chat_expected):
     ops = {"echo": 0.5, "matvec": 0.25, "solve": 0.15, "chat": 0.1}
-    tally, seconds = run_clients(deployment, 16, 50, chat_expected, ops)
-    check_clean(deployment, tally, 16 * 50)
+    tally, seconds = run_clients(soak_deployment, 16, 50, chat_expected, ops)
+    check_clean(soak_deployment, tally, 16 * 50)
     print(f"16 x 50 mixed calls in {seconds:.2f} s ({tally.calls / seconds:.0f} calls/s): "
           + ", ".join(f"{op} {tally.percentiles(op)}" for op in ops))
 
 
-def test_pipelined_calls_on_four_sockets_are_answered_exactly_once(deployment):
+def test_pipelined_calls_on_four_sockets_are_answered_exactly_once(soak_deployment):
     reports = []
 
     def one() -> None:
-        reports.append(pipelined_echo(deployment.endpoint, 2000, window=64))
+        reports.append(pipelined_echo(soak_deployment.endpoint, 2000, window=64))
 
     threads = [threading.Thread(target=one) for _ in range(4)]
     for t in threads:
@@ -84,10 +68,10 @@ def test_pipelined_calls_on_four_sockets_are_answered_exactly_once(deployment):
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.skipif(not LONG, reason="long run: SPECMEMO_LONG=1")
-def test_sixty_four_clients_of_five_hundred_mixed_calls_get_every_result_right(deployment, chat_expected):
+def test_sixty_four_clients_of_five_hundred_mixed_calls_get_every_result_right(soak_deployment, chat_expected):
     ops = {"echo": 0.5, "matvec": 0.25, "solve": 0.15, "chat": 0.1}
-    tally, seconds = run_clients(deployment, 64, 500, chat_expected, ops)
-    check_clean(deployment, tally, 64 * 500)
+    tally, seconds = run_clients(soak_deployment, 64, 500, chat_expected, ops)
+    check_clean(soak_deployment, tally, 64 * 500)
     print(f"64 x 500 mixed calls in {seconds:.2f} s ({tally.calls / seconds:.0f} calls/s): "
           + ", ".join(f"{op} {tally.percentiles(op)}" for op in ops))
 
