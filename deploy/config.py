@@ -210,7 +210,12 @@ def to_toml(table: dict[str, Any], _prefix: str = "") -> str:
 
 
 def _key(key: str) -> str:
-    return key if key and key.replace("_", "").replace("-", "").isalnum() and key.isascii() else json.dumps(key)
+    return key if key and key.replace("_", "").replace("-", "").isalnum() and key.isascii() else _toml_string(key)
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: JSON's escapes of quotes, backslashes and control characters, plus DEL."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _toml_value(value: Any) -> str:
@@ -219,7 +224,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)        # a JSON string is a TOML basic string
+        return _toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML form for {type(value).__name__}")
