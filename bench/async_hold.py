@@ -10,18 +10,14 @@ per-round ratios (held / at once).
 from __future__ import annotations
 
 import argparse
-import signal
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
-
-import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import messaging as m  # noqa: E402  (the messaging benchmark's deployment pieces)
 
+from specmemo.deploy.tiny import tiny_config  # noqa: E402
 from specmemo.protocol import client as client_module  # noqa: E402
 
 
@@ -32,37 +28,14 @@ class AtOnce(client_module.AsyncClient):
         await client_module.AsyncCaller._post(self, frames, call_id)
 
 
-def rate(cls: type, endpoint: str, total: int, tasks: int) -> float:
-    async def main() -> float:
-        left = total
-        async with cls(endpoint) as c:
-            async def worker() -> None:
-                nonlocal left
-                while left > 0:
-                    left -= 1
-                    reply = await c.call("echo", "echo", data=m.ECHO_DATA)
-                    assert reply["data"] == m.ECHO_DATA
-            for _ in range(50):
-                await c.call("echo", "echo", data=m.ECHO_DATA)
-            t0 = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                for _ in range(tasks):
-                    nursery.start_soon(worker)
-            return total / (time.perf_counter() - t0)
-
-    return trio.run(main)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--calls", type=int, default=6000)
     p.add_argument("--tasks", default="2,8,64")
     args = p.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="smh", dir="/tmp"))
-    config = root / "bench.toml"
-    config.write_text(m.ECHO_ONLY)
-    kernel, endpoint, _ = m.start_deployment(config, root, None)
+    dep, _ = m.start_deployment(tiny_config("bench", ["echo"]), None)
+    endpoint = dep.endpoint
     try:
         print(f"HOLD_FROM = {client_module.HOLD_FROM}; {args.rounds} alternated rounds of {args.calls} calls")
         print("| tasks | held calls/s | at once calls/s | held / at once |")
@@ -72,12 +45,11 @@ def main() -> int:
             for r in range(args.rounds):
                 pair = [(client_module.AsyncClient, held), (AtOnce, direct)]
                 for cls, out in (pair if r % 2 == 0 else pair[::-1]):
-                    out.append(rate(cls, endpoint, args.calls, tasks))
+                    out.append(m.async_client_rate(endpoint, args.calls, tasks, cls))
             ratio = statistics.median(a / b for a, b in zip(held, direct))
             print(f"| {tasks} | {statistics.median(held):,.0f} | {statistics.median(direct):,.0f} | {ratio:.2f}x |")
     finally:
-        kernel.send_signal(signal.SIGINT)
-        kernel.wait(60)
+        dep.cleanup()
     return 0
 
 

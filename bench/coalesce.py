@@ -15,23 +15,19 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import messaging as m  # noqa: E402  (the messaging benchmark's measuring functions)
 
-from specmemo.protocol import Client  # noqa: E402
+from specmemo.deploy.tiny import tiny_config  # noqa: E402
 
 
-def deployment(root: Path, coalesce_us: int):
-    config = root / f"c{coalesce_us}.toml"
-    config.write_text(m.ECHO_ONLY.replace('name = "bench"', f'name = "c{coalesce_us}"\ncoalesce_us = {coalesce_us}'))
-    kernel, endpoint, _ = m.start_deployment(config, root, None)
-    with Client(endpoint) as c:
-        actor = next(a["pid"] for a in c.actors() if a["name"] == "echo")
-    return kernel, endpoint, actor
+def deployment(coalesce_us: int):
+    """The messaging benchmark's deployment (the kernel and one echo actor) with ``coalesce_us``."""
+    dep, _ = m.start_deployment(tiny_config(f"c{coalesce_us}", ["echo"], {"coalesce_us": coalesce_us}), None)
+    return dep, dep.actor_pid("echo")
 
 
 def main() -> int:
@@ -42,30 +38,26 @@ def main() -> int:
     args = p.parse_args()
     values = [int(v) for v in args.values.split(",")]
     size = m.SIZES["quick" if args.quick else "full"]
-    root = Path(tempfile.mkdtemp(prefix="smc", dir="/tmp"))
     deps = {}
     try:
         for v in values:
-            (root / f"d{v}").mkdir()
-            deps[v] = deployment(root / f"d{v}", v)
+            deps[v] = deployment(v)
         rows = {v: [] for v in values}
         for r in range(args.rounds):
             for v in (values if r % 2 == 0 else values[::-1]):
-                kernel, endpoint, actor = deps[v]
-                sock = m.dealer(endpoint)
+                dep, actor = deps[v]
+                sock = m.dealer(dep.endpoint)
                 out = m.frames_round(sock, b"echo", "echo", {"data": m.ECHO_DATA}, size,
-                                     {"client": os.getpid(), "kernel": kernel.pid, "actor": actor})
+                                     {"client": os.getpid(), "kernel": dep.proc.pid, "actor": actor})
                 sock.close()
-                out["async_rate"] = m.async_client_rate(endpoint, size["msgs"], 64)
+                out["async_rate"] = m.async_client_rate(dep.endpoint, size["msgs"], 64)
                 rows[v].append(out)
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{v} µs: {rows[v][-1]['rate']:,.0f}/s p50 {rows[v][-1]['p50_us']:.0f} µs" for v in values),
                 flush=True)
     finally:
-        for kernel, _, _ in deps.values():
-            kernel.terminate()
-        for kernel, _, _ in deps.values():
-            kernel.wait(30)
+        for dep, _ in deps.values():
+            dep.cleanup()
     ref = values[0]
     print("\n| coalesce_us | pipelined msgs/s | x ref | p50 µs (1 in flight) | x ref | AsyncClient msgs/s | x ref | kernel CPU µs/msg |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shlex
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
+import tomllib
 import time
 from pathlib import Path
 
@@ -36,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from specdecode import mtbench_questions, replace_section  # noqa: E402
 from specdecode_peers import LLAMA_VERSION, ensure_llama_python  # noqa: E402
+
+from specmemo.deploy.config import DEFAULT_CONFIG, to_toml  # noqa: E402
+from specmemo.deploy.local import LocalDeployment  # noqa: E402
 
 SECTION = "## HTTP gateway (OpenAI API) under load"
 DOCUMENTS = ["docs/memory-model.md", "docs/decisions.md", "docs/spmv.md", "docs/security.md"]
@@ -141,16 +142,18 @@ def load(base: str, model: str, prompts: list[str], args, tokenizer) -> dict:
             "tokens_per_s": tokens / wall}
 
 
-def start_specmemo(args) -> tuple[subprocess.Popen, str, Path]:
+def start_specmemo() -> tuple[LocalDeployment, str]:
+    """The default deployment (deploy/local.toml) with its gateway on a free port, ready."""
     port = free_port()
-    root = Path(tempfile.mkdtemp(prefix="smhttp", dir="/tmp"))
-    config = (ROOT / "deploy" / "local.toml").read_text()
-    config = re.sub(r"(\[actors\.http\.config\][^\[]*?port = )\d+", rf"\g<1>{port}", config, flags=re.S)
-    (root / "deploy.toml").write_text(config)
-    proc = subprocess.Popen([sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(root / "deploy.toml")],
-                            env={**os.environ, "SPECMEMO_RUN_ROOT": str(root / "run")},
-                            stdout=(root / "up.log").open("w"), stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}", root
+    config = tomllib.loads(DEFAULT_CONFIG.read_text())
+    config["actors"]["http"]["config"]["port"] = port
+    dep = LocalDeployment(to_toml(config), prefix="smhttp")
+    try:
+        dep.wait_ready(timeout=900)
+    except BaseException:
+        dep.cleanup()
+        raise
+    return dep, f"http://127.0.0.1:{port}"
 
 
 def start_llama(args) -> tuple[subprocess.Popen, str]:
@@ -187,15 +190,15 @@ def run(args) -> dict:
     prompts = [q["turns"][0] for q in mtbench_questions()][: args.prompts]
     result = {"cpu": cpu_features().as_dict(), "clients": args.clients, "seconds": args.seconds,
               "max_tokens": args.max_tokens, "threads": args.threads}
-    proc, base, root = start_specmemo(args)
+    dep, base = start_specmemo()
     try:
-        wait_until_up(base + "/health", proc, 900)
+        wait_until_up(base + "/health", dep.proc, 60)   # the actor is ready before hypercorn listens
         stream_turn(base, [{"role": "user", "content": "warm up"}], 4, "specmemo")
         result["reuse"] = prefix_reuse(base, args)
         result["specmemo"] = load(base, "specmemo", prompts, args, tokenizer)
         print(f"[load] specmemo: {result['specmemo']}", flush=True)
     finally:
-        stop(proc)
+        dep.cleanup()
     if not args.skip_llama:
         proc, base = start_llama(args)
         try:

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,8 @@ import numpy as np
 import trio
 import zmq
 
+from specmemo.deploy.local import LocalDeployment, actor_rows
+from specmemo.deploy.tiny import tiny_config
 from specmemo.protocol import AsyncClient, Client
 from specmemo.protocol.wire import Command, Header, encode, recv_frames, send_frames
 
@@ -57,17 +58,6 @@ SMALL = b"m" * 40                      # the raw echo's message
 ECHO_DATA = "hi"                      # echo.echo request: 41 bytes in 5 frames
 BIG_BYTES = 8 * 1024 * 1024
 GOAL_RATIO, GOAL_RATE = 4.0, 20_000
-
-# The default deployment: deploy/tiny.toml's settings, with only the echo actor.
-ECHO_ONLY = """
-[deployment]
-name = "bench"
-heartbeat_s = 0.5
-heartbeat_misses = 10
-
-[actors.echo]
-kind = "echo"
-"""
 
 SIZES = {  # latency samples, throughput messages, throughput window, big-array reps
     "full": dict(lat=5000, msgs=30000, window=128, big=30),
@@ -258,47 +248,36 @@ finally:
 """
 
 
-def start_deployment(config: Path, root: Path, profile: Path | None
-                     ) -> tuple[subprocess.Popen, str, subprocess.Popen | None]:
-    """Start ``specmemo up`` and wait for its echo actor; returns (kernel, endpoint, actor).
+def start_deployment(config: str | Path, profile: Path | None) -> tuple[LocalDeployment, subprocess.Popen | None]:
+    """Start ``specmemo up`` and wait for its echo actor; returns (deployment, actor).
 
     With ``profile``, the kernel runs under cProfile on a config without actors, and the echo
     actor is started here, also profiled, and registers itself (as an external actor would).
     """
-    env = {**os.environ, "SPECMEMO_RUN_ROOT": str(root / "run")}
-    argv = [sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(config)]
-    if profile is not None:
-        profile.mkdir(parents=True, exist_ok=True)
-        config = root / "profile.toml"
-        config.write_text('[deployment]\nname = "bench"\n')
-        argv = [sys.executable, "-c", PROFILED, str(profile / "kernel.prof"),
-                "specmemo.deploy.cli", "up", "--config", str(config)]
-    proc = subprocess.Popen(argv, stdout=(root / "up.log").open("w"), stderr=subprocess.STDOUT, env=env)
-    actor = None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the deployment exited:\n{(root / 'up.log').read_text()}")
-        files = list((root / "run").glob("*/endpoint"))
-        if files and files[0].read_text().strip():
-            endpoint = files[0].read_text().strip()
-            if profile is not None and actor is None:
-                actor = subprocess.Popen(
-                    [sys.executable, "-c", PROFILED, str(profile / "actor.prof"), "specmemo.actors.run",
-                     "--name", "echo", "--kind", "echo", "--endpoint", endpoint],
-                    stdout=(root / "actor.log").open("w"), stderr=subprocess.STDOUT)
-            try:
-                with Client(endpoint, timeout=2) as c:
-                    if any(a["name"] == "echo" and a["state"] in ("ready", "external")
-                           for a in c.actors()):
-                        return proc, endpoint, actor
-            except Exception:
-                pass
-        time.sleep(0.2)
-    proc.terminate()
-    if actor is not None:
+    if profile is None:
+        dep = LocalDeployment(config, prefix="smb")
+        return _ready(dep, ["echo"]), None
+    profile.mkdir(parents=True, exist_ok=True)
+    dep = LocalDeployment('[deployment]\nname = "bench"\n', prefix="smb",
+                          runner=(sys.executable, "-c", PROFILED, str(profile / "kernel.prof")))
+    _ready(dep, [])
+    actor = subprocess.Popen(
+        [sys.executable, "-c", PROFILED, str(profile / "actor.prof"), "specmemo.actors.run",
+         "--name", "echo", "--kind", "echo", "--endpoint", dep.endpoint],
+        stdout=(dep.root / "actor.log").open("w"), stderr=subprocess.STDOUT)
+    try:
+        return _ready(dep, ["echo"]), actor
+    except BaseException:
         actor.terminate()
-    raise TimeoutError(f"the echo actor was not ready in 120 s:\n{(root / 'up.log').read_text()}")
+        raise
+
+
+def _ready(dep: LocalDeployment, actors: list[str]) -> LocalDeployment:
+    try:
+        return dep.wait_ready(actors, timeout=120, accept=("ready", "external"))
+    except BaseException:
+        dep.cleanup()
+        raise
 
 
 def dealer(endpoint: str) -> zmq.Socket:
@@ -350,10 +329,11 @@ def client_round(client: Client, size: dict[str, int]) -> dict[str, Any]:
     return summary(latencies_us(rt, size["lat"]))
 
 
-def async_client_rate(endpoint: str, total: int, tasks: int) -> float:
+def async_client_rate(endpoint: str, total: int, tasks: int, client_cls: type = AsyncClient) -> float:
+    """Calls per second of ``tasks`` trio tasks sharing one ``client_cls`` (``total`` echo calls)."""
     async def main() -> float:
         left = total
-        async with AsyncClient(endpoint) as c:
+        async with client_cls(endpoint) as c:
             async def worker() -> None:
                 nonlocal left
                 while left > 0:
@@ -566,14 +546,14 @@ def main(argv: list[str] | None = None) -> int:
     raw_ep = f"ipc://{root}/raw.sock"
     server = subprocess.Popen([sys.executable, __file__, "--raw-server", raw_ep])
     blocking = None
-    config = Path(args.config) if args.config else root / "bench.toml"
-    if not args.config:
-        config.write_text(ECHO_ONLY)
+    # The default deployment: deploy/tiny.toml's settings, with only the echo actor.
+    config = Path(args.config) if args.config else tiny_config("bench", ["echo"])
     try:
-        kernel, endpoint, own_actor = start_deployment(config, root, args.profile)
+        dep, own_actor = start_deployment(config, args.profile)
     except BaseException:
         server.terminate()
         raise
+    endpoint = dep.endpoint
     res: dict[str, Any] = {"mode": mode, "rounds": rounds, "size": size, "tasks": args.tasks,
                            "config": args.config or "kernel + echo", "cpus": os.cpu_count(),
                            "load_before": os.getloadavg(), "commit": _commit(),
@@ -587,14 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         raw_sock, k_sock = dealer(raw_ep), dealer(endpoint)
         blocking = subprocess.Popen([sys.executable, __file__, "--blocking-actor", endpoint])
+        dep.wait_ready(["blocking"], timeout=30, accept=("ready", "external"))
         with Client(endpoint) as client:
-            actor_pid = next(a["pid"] for a in client.actors() if a["name"] == "echo")
-            deadline = time.monotonic() + 30
-            while not any(a["name"] == "blocking" and a["state"] in ("ready", "external")
-                          for a in client.actors()):
-                if blocking.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the blocking echo actor did not register")
-                time.sleep(0.1)
+            actor_pid = actor_rows(client)["echo"]["pid"]
             for r in range(rounds):
                 paths = res["paths"]
                 paths["raw"].append(raw_round(raw_sock, size, {"client": os.getpid(),
@@ -602,10 +577,10 @@ def main(argv: list[str] | None = None) -> int:
                 paths["ping"].append(frames_round(k_sock, b"kernel", "ping", None, size))
                 paths["echo_frames"].append(frames_round(
                     k_sock, b"echo", "echo", {"data": ECHO_DATA}, size,
-                    {"client": os.getpid(), "kernel": kernel.pid, "actor": actor_pid}))
+                    {"client": os.getpid(), "kernel": dep.proc.pid, "actor": actor_pid}))
                 paths["echo_blocking"].append(frames_round(
                     k_sock, b"blocking", "echo", {"data": ECHO_DATA}, size,
-                    {"client": os.getpid(), "kernel": kernel.pid, "actor": blocking.pid}))
+                    {"client": os.getpid(), "kernel": dep.proc.pid, "actor": blocking.pid}))
                 paths["echo_client"].append(client_round(client, size))
                 paths["echo_async"].append({"rate": async_client_rate(endpoint, size["msgs"], args.tasks)})
                 res["big"]["raw"].append(raw_big(raw_sock, size["big"]))
@@ -616,11 +591,10 @@ def main(argv: list[str] | None = None) -> int:
         raw_sock.close()
         k_sock.close()
     finally:
-        kernel.send_signal(signal.SIGINT)
         server.kill()                       # stateless, and may sit in a zero-copy send
         if blocking is not None:
             blocking.terminate()
-        kernel.wait(60)
+        dep.stop(timeout=60)
         server.wait()
         for proc in (own_actor, blocking):
             if proc is not None:
@@ -628,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        dep.cleanup()
     if args.profile is not None:
         print_profiles(args.profile)
     if args.ray_python:

@@ -3,40 +3,19 @@
     .venv/bin/python bench/restart.py --config deploy/local.toml --actors draft,verifier --kills 2
 
 Starts ``specmemo up`` with its own run root, waits for every actor, SIGKILLs each named actor
-``--kills`` times in turn (``deploy.soak.kill_and_wait``: back = a new process ready that answers
+``--kills`` times in turn (``deploy.faults.kill_and_wait``: back = a new process ready that answers
 a probe call), then asks the verifier one short chat turn (when there is one) to show the
 restarted pair still answers, and stops the deployment with Ctrl-C's path.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from specmemo.deploy import soak
-from specmemo.protocol import Client
-
-
-def wait_ready(root: Path, up: subprocess.Popen, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if up.poll() is not None:
-            raise RuntimeError(f"the deployment exited with code {up.returncode}")
-        for file in root.glob("*/endpoint"):
-            endpoint = file.read_text().strip()
-            try:
-                with Client(endpoint, timeout=5) as c:
-                    if all(r["state"] == "ready" for r in soak.actor_rows(c).values()):
-                        return endpoint
-            except Exception:
-                pass   # not up yet
-        time.sleep(0.5)
-    raise TimeoutError(f"the deployment was not ready in {timeout:.0f} s")
+from specmemo.deploy.faults import kill_and_wait
+from specmemo.deploy.local import LocalDeployment, actor_rows
 
 
 def _kib(path: str, key: str) -> int:
@@ -52,7 +31,7 @@ def _kib(path: str, key: str) -> int:
 def print_memory(kernel_pid: int, client) -> None:
     """Resident memory of every process of the deployment: RSS counts shared pages in each process
     that maps them, PSS divides them among those processes, so the PSS sum is the physical total."""
-    rows = {name: row["pid"] for name, row in soak.actor_rows(client).items()}
+    rows = {name: row["pid"] for name, row in actor_rows(client).items()}
     children = Path(f"/proc/{kernel_pid}/task/{kernel_pid}/children").read_text().split()
     for pid in map(int, children):
         if pid not in rows.values():
@@ -74,26 +53,22 @@ def main() -> int:
     p.add_argument("--actors", default="draft,verifier")
     p.add_argument("--kills", type=int, default=2, help="SIGKILLs per actor")
     args = p.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="smr", dir="/tmp"))
-    log = (root / "up.log").open("w")
-    up = subprocess.Popen([sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", args.config],
-                          stdout=log, stderr=subprocess.STDOUT,
-                          env={**os.environ, "SPECMEMO_RUN_ROOT": str(root / "run")})
+    dep = LocalDeployment(Path(args.config), prefix="smr")
     t0 = time.monotonic()
     try:
-        endpoint = wait_ready(root / "run", up, 900)
+        dep.wait_ready(timeout=900)
         print(f"deployment ready after {time.monotonic() - t0:.1f} s ({args.config})")
-        with Client(endpoint, timeout=120) as c:
-            print_memory(up.pid, c)
+        with dep.client(timeout=120) as c:
+            print_memory(dep.proc.pid, c)
             for _ in range(args.kills):
                 for name in args.actors.split(","):
-                    print(f"{name} back after SIGKILL in {soak.kill_and_wait(c, name, 300):.2f} s", flush=True)
-            if "verifier" in soak.actor_rows(c):
+                    print(f"{name} back after SIGKILL in {kill_and_wait(c, name, 300):.2f} s", flush=True)
+            if "verifier" in actor_rows(c):
                 reply = c.ask(c.open_session(), "Say hello in Python.", max_new_tokens=12)
                 print(f"chat after the kills: {reply.text[:60]!r}, {reply.tokens_per_s:.2f} tok/s")
     finally:
-        up.send_signal(signal.SIGINT)
-        up.wait(120)
+        dep.stop(timeout=120)
+        dep.cleanup()
     return 0
 
 

@@ -292,68 +292,28 @@ def through_actors_rows(context: dict) -> list[Row]:
     The deployment gets the in-process run's settings (budget, block size, fixed c) so the only
     difference is the process split. Tokens are timed at the client, from request to last chunk.
     """
-    import signal
-    import subprocess
-    import sys
-    import tempfile
-
-    from specmemo.protocol import Client
+    from specmemo.deploy.config import to_toml
+    from specmemo.deploy.local import LocalDeployment
 
     args = context["args"]
-    root = Path(tempfile.mkdtemp(prefix="smbench", dir="/tmp"))
-    config = root / "bench.toml"
     model = {"model": "default", "dtype": args.dtype, "block_tokens": args.block_tokens,
              "cost_ratio": context["cost_ratio"], "stop_at_eos": False}
     if args.cache_dir:
         model["cache_dir"] = str(args.cache_dir)
 
-    def table(values: dict) -> str:
-        return "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
-
-    config.write_text(f"""
-[deployment]
-name = "bench"
-heartbeat_s = 2.0
-heartbeat_misses = 30
-
-[actors.memory]
-kind = "memory"
-[actors.memory.config]
-{table({"budget_bytes": int(context["lower_bound"]), "block_tokens": args.block_tokens,
-        "gamma_max": args.gamma_max, "cost_ratio": context["cost_ratio"], "spare_blocks": args.spare_blocks})}
-
-[actors.draft]
-kind = "draft"
-after = ["memory"]
-[actors.draft.config]
-{table(model)}
-
-[actors.verifier]
-kind = "verifier"
-after = ["memory"]            # loads its model while the draft loads; waits for it after
-[actors.verifier.config]
-{table(model)}
-""")
-    env = {**os.environ, "SPECMEMO_RUN_ROOT": str(root / "run")}
-    log = (root / "up.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(config)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    memory = {"budget_bytes": int(context["lower_bound"]), "block_tokens": args.block_tokens,
+              "gamma_max": args.gamma_max, "cost_ratio": context["cost_ratio"], "spare_blocks": args.spare_blocks}
+    config = to_toml({
+        "deployment": {"name": "bench", "heartbeat_s": 2.0, "heartbeat_misses": 30},
+        "actors": {"memory": {"kind": "memory", "config": memory},
+                   "draft": {"kind": "draft", "after": ["memory"], "config": model},
+                   "verifier": {"kind": "verifier", "after": ["memory"], "config": model}},
+    })
     row = Row("ours through the actors, 1 x lower bound", budget=int(context["lower_bound"]), budget_ratio=1.0)
+    dep = LocalDeployment(config, prefix="smbench")
     try:
-        endpoint_file = root / "run" / "bench" / "endpoint"
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"deployment exited: {(root / 'up.log').read_text()[-2000:]}")
-            if endpoint_file.exists():
-                try:
-                    with Client(endpoint_file.read_text().strip(), timeout=5) as c:
-                        if all(a["state"] == "ready" for a in c.actors()):
-                            break
-                except Exception:
-                    pass
-            time.sleep(1)
-        with Client(endpoint_file.read_text().strip(), timeout=1800) as c:
+        dep.wait_ready(timeout=900)
+        with dep.client(timeout=1800) as c:
             list(c.stream("verifier", "generate", prompt_ids=np.asarray(context["prompts"][0]), max_new_tokens=4))
             for ids in context["prompts"]:
                 new = []
@@ -372,10 +332,7 @@ after = ["memory"]            # loads its model while the draft loads; waits for
     except Exception as exc:  # a broken deployment is reported in the table, not a crash of the run
         row.refused, row.note = True, f"through-actors run failed: {type(exc).__name__}: {exc}"[:200]
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        proc.wait(120)
-        log.close()
+        dep.cleanup()
     in_process = next((r for r in context["rows"] if r.budget_ratio == 1.0 and r.batch == 1 and not r.refused), None)
     if in_process is not None and row.tokens_per_s and not row.refused:
         row.note = f"{row.tokens_per_s / in_process.tokens_per_s:.3f} x the in-process 1 x lower bound row"

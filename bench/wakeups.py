@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import messaging as m  # noqa: E402  (the messaging benchmark's deployment and echo pieces)
 
+from specmemo.deploy.local import actor_rows  # noqa: E402
+from specmemo.deploy.tiny import tiny_config  # noqa: E402
 from specmemo.protocol import Client  # noqa: E402
 from specmemo.protocol.trio_zmq import TrioSocket  # noqa: E402
 from specmemo.protocol.wire import Command, Header, encode, recv_frames, send_frames  # noqa: E402
@@ -115,19 +116,18 @@ def main() -> int:
         plain_server(args.plain_server)
         return 0
     root = Path(tempfile.mkdtemp(prefix="smw", dir="/tmp"))
-    config = root / "bench.toml"
-    config.write_text(m.ECHO_ONLY)
     raw_ep, trio_ep = f"ipc://{root}/raw.sock", f"ipc://{root}/trio.sock"
     plain_ep = f"ipc://{root}/plain.sock"
     servers = {"raw": subprocess.Popen([sys.executable, m.__file__, "--raw-server", raw_ep]),
                "plain": subprocess.Popen([sys.executable, __file__, "--plain-server", plain_ep]),
                "trio": subprocess.Popen([sys.executable, __file__, "--trio-server", trio_ep])}
-    kernel, endpoint, _ = m.start_deployment(config, root, None)
+    dep, _ = m.start_deployment(tiny_config("bench", ["echo"]), None)
+    endpoint = dep.endpoint
     try:
         with Client(endpoint) as client:
-            actor = next(a["pid"] for a in client.actors() if a["name"] == "echo")
+            actor = actor_rows(client)["echo"]["pid"]
             if args.pin:
-                pin([os.getpid(), kernel.pid, actor, *(s.pid for s in servers.values())], args.pin)
+                pin([os.getpid(), dep.proc.pid, actor, *(s.pid for s in servers.values())], args.pin)
             raw, trio_sock, k_sock = m.dealer(raw_ep), m.dealer(trio_ep), m.dealer(endpoint)
             plain = m.dealer(plain_ep)
             small = [b"x" * 20]
@@ -146,10 +146,10 @@ def main() -> int:
                     {"client": me, "server": servers["trio"].pid}),
                 "echo via kernel to the trio actor, raw DEALER": (
                     lambda: (send_frames(k_sock, request), recv_frames(k_sock)),
-                    {"client": me, "kernel": kernel.pid, "actor": actor}),
+                    {"client": me, "kernel": dep.proc.pid, "actor": actor}),
                 "echo.echo, Client.call": (
                     lambda: client.call("echo", "echo", data=m.ECHO_DATA),
-                    {"client": me, "kernel": kernel.pid, "actor": actor}),
+                    {"client": me, "kernel": dep.proc.pid, "actor": actor}),
             }
             results: dict[str, list[dict]] = {name: [] for name in paths}
             for r in range(args.rounds):
@@ -159,10 +159,9 @@ def main() -> int:
             for s in (raw, plain, trio_sock, k_sock):
                 s.close()
     finally:
-        kernel.send_signal(signal.SIGINT)
         for s in servers.values():
             s.kill()
-        kernel.wait(60)
+        dep.cleanup()
     print(f"{'pinned to CPU ' + args.pin if args.pin else 'placed by the scheduler'}; "
           f"{os.cpu_count()} CPUs; medians of {args.rounds} rounds of {args.seconds:g} s\n")
     print("| path | p50 µs | on-CPU µs per call: main thread / libzmq I/O threads |")

@@ -22,11 +22,13 @@ class LocalDeployment:
     `config` is TOML text or the path of a file; `name` defaults to the config's deployment name.
     `output`: "log" (a file, `self.log`), "inherit" (this process's stdout and stderr) or
     "discard". `curve` is the client keys (`protocol.curve.client_keys`) for a CURVE deployment:
-    used to wait for it and by `client()`.
+    used to wait for it and by `client()`. `runner` is the command that runs a Python module
+    (e.g. one under a profiler).
     """
 
     def __init__(self, config: str | Path, name: str | None = None, *, args: tuple[str, ...] = (),
-                 output: str = "log", prefix: str = "sm", curve: dict | None = None) -> None:
+                 output: str = "log", prefix: str = "sm", curve: dict | None = None,
+                 runner: tuple[str, ...] = (sys.executable, "-m")) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         if isinstance(config, Path):
             self.config = config
@@ -37,20 +39,27 @@ class LocalDeployment:
         self.curve = curve
         self.env = {**os.environ, "SPECMEMO_RUN_ROOT": str(self.root / "run")}
         self.log = self.root / "up.log"
-        out = {"log": self.log.open("w"), "inherit": None, "discard": subprocess.DEVNULL}[output]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(self.config), *args],
-            stdout=out, stderr=subprocess.STDOUT if output == "log" else out, env=self.env)
+        self.args, self.output, self.runner = args, output, runner
         self.endpoint = ""
+        self.start()
+
+    def start(self) -> None:
+        """Start ``specmemo up`` (again, after a stop or a kill: same run root, same config)."""
+        out = {"log": self.log.open("w"), "inherit": None, "discard": subprocess.DEVNULL}[self.output]
+        self.proc = subprocess.Popen(
+            [*self.runner, "specmemo.deploy.cli", "up", "--config", str(self.config), *self.args],
+            stdout=out, stderr=subprocess.STDOUT if self.output == "log" else out, env=self.env)
 
     @property
     def run_dir(self) -> Path:
         return self.root / "run" / self.name
 
     def wait_ready(self, actors: list[str] | None = None, timeout: float = 60.0,
-                   progress: Callable[[dict[str, str]], None] | None = None) -> "LocalDeployment":
-        """Wait until every actor in `actors` (default: every one the kernel lists) is ready;
-        `progress(states)` hears each change of the actors' states."""
+                   progress: Callable[[dict[str, str]], None] | None = None,
+                   accept: tuple[str, ...] = ("ready",)) -> "LocalDeployment":
+        """Wait until every actor in `actors` (default: every one the kernel lists) is in a state
+        of `accept` (an actor that registers itself is "external"); `actors=[]` waits for the
+        kernel alone. `progress(states)` hears each change of the actors' states."""
         from specmemo.protocol import Client
         deadline = time.monotonic() + timeout
         shown: dict[str, str] = {}
@@ -70,7 +79,7 @@ class LocalDeployment:
                         progress(states)
                         shown = states
                     wanted = actors if actors is not None else list(states)
-                    if all(states.get(a) == "ready" for a in wanted):
+                    if all(states.get(a) in accept for a in wanted):
                         return self
             time.sleep(0.1)
         raise TimeoutError(f"actors {actors or 'all'} not ready in {timeout:.0f} s:\n{self._log_tail()}")
@@ -84,7 +93,7 @@ class LocalDeployment:
 
     def actor_pid(self, name: str) -> int:
         with self.client(timeout=5) as c:
-            return next(a["pid"] for a in c.actors() if a["name"] == name)
+            return actor_rows(c)[name]["pid"]
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 60.0) -> int:
         """Ask the kernel to stop (SIGINT: it stops every actor); kill it after `timeout`."""
@@ -108,3 +117,17 @@ class LocalDeployment:
             except subprocess.TimeoutExpired:
                 pass
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def actor_rows(client) -> dict[str, dict[str, Any]]:
+    """The kernel's actor table by actor name (kind, pid, state, restarts ...)."""
+    return {a["name"]: a for a in client.actors()}
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone): the check for processes left behind."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

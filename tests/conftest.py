@@ -1,7 +1,6 @@
 """Shared fixtures: real deployments started as real processes, on short ipc paths."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -9,7 +8,7 @@ from typing import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from specmemo.deploy.local import LocalDeployment
+from specmemo.deploy.local import LocalDeployment, pid_alive  # pid_alive: for the tests
 
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow],
                           print_blob=True)
@@ -40,11 +39,8 @@ def load_bench(name: str):
     return module
 
 
-class Deployment(LocalDeployment):
-    """A ``specmemo up`` process with its own run root, as the product starts one (deploy/local.py)."""
-
-    def wait_ready(self, actors: list[str], timeout: float = 60.0) -> "Deployment":
-        return super().wait_ready(actors, timeout)
+#: A ``specmemo up`` process with its own run root, as the product starts one (deploy/local.py).
+Deployment = LocalDeployment
 
 
 @pytest.fixture
@@ -81,13 +77,20 @@ def echo_deployment(start_deployment):
     return start_deployment(ECHO_CONFIG.format(name="echo", intensity=20), "echo", ["echo"])
 
 
-def pid_alive(pid: int) -> bool:
+
+@pytest.fixture(scope="module")
+def soak_deployment():
+    """The soak command's deployment (echo, solver and the tiny pair), one per test module."""
+    from specmemo.deploy.soak import SOAK_ACTORS, soak_config
+    d = Deployment(soak_config("soak"))
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
+        yield d.wait_ready(list(SOAK_ACTORS), timeout=240)
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture(scope="session")
+def chat_expected():
+    """The in-process engine's greedy replies to the load's chat messages (the actors must match)."""
+    from specmemo.deploy.load import chat_reference
+    return chat_reference()

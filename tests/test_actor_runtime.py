@@ -59,14 +59,14 @@ def test_a_burst_of_inline_and_task_calls_gets_one_right_reply_each(echo_deploym
 
 def test_with_kernel_coalescing_on_every_pipelined_call_comes_back_once(start_deployment):
     from conftest import ECHO_CONFIG
-    from specmemo.deploy import soak
+    from specmemo.deploy.load import pipelined_echo
 
     # A 100 ms sleep makes a wait that should not happen visible: 20 lone calls would take
     # at least 2 s if the kernel slept before passes with fewer than 16 calls in flight.
     config = ECHO_CONFIG.format(name="coal", intensity=20).replace(
         "stop_timeout_s = 3", "stop_timeout_s = 3\ncoalesce_us = 100000")
     d = start_deployment(config, "coal", ["echo"])
-    report = soak.pipelined_echo(d.endpoint, 1000, window=64)
+    report = pipelined_echo(d.endpoint, 1000, window=64)
     assert (report.answered, report.lost, report.duplicated, report.wrong) == (1000, 0, 0, 0)
     with d.client() as c:   # one call in flight: no coalescing wait on its path
         t0 = time.monotonic()

@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from specmemo.deploy import soak
+from specmemo.deploy.faults import killer
+from specmemo.deploy.load import CHAT_MESSAGES, CHAT_TOKENS, Tally, leaked_bytes, mixed_calls
+from specmemo.deploy.local import actor_rows
 from specmemo.protocol import ActorDied
 
 from conftest import pid_alive
@@ -21,30 +23,15 @@ LONG = os.environ.get("SPECMEMO_LONG") == "1"
 GAMMA = 3
 
 
-@pytest.fixture(scope="module")
-def deployment():
-    from conftest import Deployment
-    d = Deployment(soak.SOAK_CONFIG.format(name="faults"), "faults")
-    try:
-        yield d.wait_ready(["echo", "solver", "memory", "draft", "verifier"], timeout=240)
-    finally:
-        d.cleanup()
-
-
-@pytest.fixture(scope="module")
-def chat_expected():
-    return soak.chat_reference()
-
-
 def kill_under_load(d, chat_expected, rounds: int, clients: int = 4):
-    tally, kills, stop = soak.Tally(), [], threading.Event()
-    load = [threading.Thread(target=soak.mixed_calls, args=(d.endpoint, seed, 10**6, tally),
+    tally, kills, stop = Tally(), [], threading.Event()
+    load = [threading.Thread(target=mixed_calls, args=(d.endpoint, seed, 10**6, tally),
                              kwargs={"stop": stop, "chat_expected": chat_expected, "timeout": 30})
             for seed in range(clients)]
     for t in load:
         t.start()
     try:
-        soak.killer(d.endpoint, ["draft", "verifier", "memory", "solver"], rounds, 0.3, kills)
+        killer(d.endpoint, ["draft", "verifier", "memory", "solver"], rounds, 0.3, kills)
     finally:
         stop.set()
         for t in load:
@@ -53,8 +40,8 @@ def kill_under_load(d, chat_expected, rounds: int, clients: int = 4):
     return tally, kills
 
 
-def test_actors_killed_under_load_fail_calls_cleanly_come_back_and_leak_no_block(deployment, chat_expected):
-    tally, kills = kill_under_load(deployment, chat_expected, rounds=2, clients=3)
+def test_actors_killed_under_load_fail_calls_cleanly_come_back_and_leak_no_block(soak_deployment, chat_expected):
+    tally, kills = kill_under_load(soak_deployment, chat_expected, rounds=2, clients=3)
     assert tally.hung == 0, "a call outlived its deadline"
     assert not tally.wrong, tally.wrong[:5]
     # In flight at a kill: ActorDied. A matrix of a restarted solver: NotFound (registered again).
@@ -70,21 +57,21 @@ def test_actors_killed_under_load_fail_calls_cleanly_come_back_and_leak_no_block
     # stretch with whatever else the machine runs (docs/reliability.md). The killer gives up
     # (TimeoutError) when an actor is not back in 120 s.
     assert set(back) == {"draft", "verifier", "memory", "solver"}
-    with deployment.client(timeout=10) as c:
-        usage = soak.leaked_bytes(c)
-        rows = soak.actor_rows(c)
+    with soak_deployment.client(timeout=10) as c:
+        usage = leaked_bytes(c)
+        rows = actor_rows(c)
     assert usage["live"] == 0 and not usage["sessions"], usage
     assert usage["leases"] == {"draft": "draft", "target": "verifier"}
     assert rows["echo"]["restarts"] == 0 and all(rows[n]["restarts"] >= 2 for n in back)
 
 
-def test_the_memory_actor_killed_mid_turn_fails_the_turn_and_the_session_goes_on(deployment, chat_expected):
-    message = soak.CHAT_MESSAGES[0]
-    with deployment.client(timeout=60) as c:
+def test_the_memory_actor_killed_mid_turn_fails_the_turn_and_the_session_goes_on(soak_deployment, chat_expected):
+    message = CHAT_MESSAGES[0]
+    with soak_deployment.client(timeout=60) as c:
         session = c.open_session()
         stream = c.chat(session, "a long turn that will not finish", max_new_tokens=400, gamma=GAMMA)
         next(stream)
-        pid = soak.actor_rows(c)["memory"]["pid"]
+        pid = actor_rows(c)["memory"]["pid"]
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(ActorDied):
@@ -102,7 +89,7 @@ def test_the_memory_actor_killed_mid_turn_fails_the_turn_and_the_session_goes_on
         again = c.ask(session, "and now?", max_new_tokens=6, gamma=GAMMA)
         assert len(again.token_ids) >= 1 and c.usage()["sessions"][session] > 0
         fresh = c.open_session()
-        assert c.ask(fresh, message, max_new_tokens=soak.CHAT_TOKENS).token_ids == chat_expected[message]
+        assert c.ask(fresh, message, max_new_tokens=CHAT_TOKENS).token_ids == chat_expected[message]
         c.close_session(session)
         c.close_session(fresh)
         usage = c.usage()
@@ -112,14 +99,14 @@ def test_the_memory_actor_killed_mid_turn_fails_the_turn_and_the_session_goes_on
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.skipif(not LONG, reason="long run: SPECMEMO_LONG=1")
-def test_each_actor_killed_twenty_times_under_load(deployment, chat_expected):
-    tally, kills = kill_under_load(deployment, chat_expected, rounds=20, clients=8)
+def test_each_actor_killed_twenty_times_under_load(soak_deployment, chat_expected):
+    tally, kills = kill_under_load(soak_deployment, chat_expected, rounds=20, clients=8)
     back = {n: round(max(s for m, s in kills if m == n), 2) for n, _ in kills}
     print(f"{tally.calls} calls, errors {dict(tally.errors)}; back after SIGKILL (max s): {back}")
     assert tally.hung == 0 and not tally.wrong
     assert set(tally.errors) <= {"ActorDied", "NotFound", "DeadlineExceeded"}, tally.errors
-    with deployment.client(timeout=10) as c:
-        usage = soak.leaked_bytes(c)
+    with soak_deployment.client(timeout=10) as c:
+        usage = leaked_bytes(c)
     assert usage["live"] == 0 and not usage["sessions"]
 
 
@@ -144,7 +131,7 @@ kind = "solver"
 def test_a_killed_kernel_leaves_no_actor_running_and_the_deployment_starts_again(start_deployment):
     d = start_deployment(KERNEL_CONFIG.format(name="kk"), "kk", ["echo", "memory", "solver"])
     with d.client(timeout=10) as c:
-        pids = {n: r["pid"] for n, r in soak.actor_rows(c).items()}
+        pids = {n: r["pid"] for n, r in actor_rows(c).items()}
     d.proc.kill()
     d.proc.wait(10)
     t0 = time.monotonic()
@@ -154,8 +141,7 @@ def test_a_killed_kernel_leaves_no_actor_running_and_the_deployment_starts_again
     assert not [n for n, p in pids.items() if pid_alive(p)], f"orphans after {gone_after:.1f} s"
     print(f"every actor exited {gone_after:.2f} s after the kernel was killed")
     # The same run root again: the stale pid file and socket of the killed kernel are reclaimed.
-    d.proc = subprocess.Popen([sys.executable, "-m", "specmemo.deploy.cli", "up", "--config", str(d.config)],
-                              stdout=d.log.open("w"), stderr=subprocess.STDOUT, env=d.env)
+    d.start()
     d.wait_ready(["echo"], timeout=60)
     with d.client(timeout=10) as c:
         assert c.call("echo", "echo", data=1)["data"] == 1

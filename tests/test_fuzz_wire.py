@@ -1,6 +1,6 @@
 """Hostile frames from a raw DEALER, to the kernel and through it to every actor's runtime.
 
-The fuzzer (``specmemo.deploy.soak.hostile_frames``) is seeded: random bytes, truncated
+The fuzzer (``specmemo.deploy.fuzz.hostile_frames``) is seeded: random bytes, truncated
 multipart messages, wrong magic or version, bad msgpack, maps of wrong types, huge declared
 array sizes, buffers that do not match their shape, READY/NOTICE/REPLY from a client, floods
 of cancels for unknown ids. Nothing it sends is a valid call.
@@ -14,7 +14,8 @@ import time
 import msgpack
 import pytest
 
-from specmemo.deploy import soak
+from specmemo.deploy.fuzz import FuzzReport, fuzz
+from specmemo.deploy.local import actor_rows
 from specmemo.protocol import BadRequest
 from specmemo.protocol.wire import unpack_body
 
@@ -23,20 +24,10 @@ from conftest import raw_dealer
 LONG = os.environ.get("SPECMEMO_LONG") == "1"
 
 
-@pytest.fixture(scope="module")
-def deployment():
-    from conftest import Deployment
-    d = Deployment(soak.SOAK_CONFIG.format(name="fuzz"), "fuzz")
-    try:
-        yield d.wait_ready(["echo", "solver", "memory", "draft", "verifier"], timeout=240)
-    finally:
-        d.cleanup()
-
-
-def fuzz_while_serving(d, seed: int, count: int) -> tuple[soak.FuzzReport, float, dict]:
+def fuzz_while_serving(d, seed: int, count: int) -> tuple[FuzzReport, float, dict]:
     """Fuzz ``count`` frames while a normal client calls echo; its success rate comes back."""
     with d.client(timeout=10) as c:
-        before = soak.actor_rows(c)
+        before = actor_rows(c)
     stop, outcomes = threading.Event(), []
 
     def normal_client() -> None:
@@ -53,12 +44,12 @@ def fuzz_while_serving(d, seed: int, count: int) -> tuple[soak.FuzzReport, float
     th = threading.Thread(target=normal_client)
     th.start()
     try:
-        report = soak.fuzz(d.endpoint, seed, count, {n: r["kind"] for n, r in before.items()})
+        report = fuzz(d.endpoint, seed, count, {n: r["kind"] for n, r in before.items()})
     finally:
         stop.set()
         th.join(30)
     with d.client(timeout=10) as c:
-        after = soak.actor_rows(c)
+        after = actor_rows(c)
     assert d.proc.poll() is None, "the kernel died"
     assert {n: (r["pid"], r["restarts"]) for n, r in after.items()} == \
         {n: (r["pid"], 0) for n, r in before.items()}, "an actor died under the fuzz"
@@ -68,8 +59,8 @@ def fuzz_while_serving(d, seed: int, count: int) -> tuple[soak.FuzzReport, float
     return report, sum(outcomes) / len(outcomes), after
 
 
-def test_thousands_of_hostile_frames_each_get_one_typed_error_and_kill_nothing(deployment):
-    report, success, _ = fuzz_while_serving(deployment, seed=1, count=3000)
+def test_thousands_of_hostile_frames_each_get_one_typed_error_and_kill_nothing(soak_deployment):
+    report, success, _ = fuzz_while_serving(soak_deployment, seed=1, count=3000)
     assert report.sent == 3000 and report.expected_replies > 2000
     assert report.replies == report.expected_replies, report
     assert report.not_errors == 0
@@ -80,8 +71,8 @@ def test_thousands_of_hostile_frames_each_get_one_typed_error_and_kill_nothing(d
     assert success == 1.0, f"the normal client succeeded in {success:.1%} of its calls during the fuzz"
 
 
-def test_the_memory_actor_holds_nothing_after_the_fuzz(deployment):
-    with deployment.client(timeout=10) as c:
+def test_the_memory_actor_holds_nothing_after_the_fuzz(soak_deployment):
+    with soak_deployment.client(timeout=10) as c:
         usage = c.usage()
         sessions = c.call("verifier", "sessions")
     assert usage["live"] == 0 and not usage["sessions"] and sessions["sessions"] == []
@@ -89,8 +80,8 @@ def test_the_memory_actor_holds_nothing_after_the_fuzz(deployment):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not LONG, reason="long run: SPECMEMO_LONG=1")
-def test_a_hundred_thousand_hostile_frames_kill_nothing(deployment):
-    report, success, _ = fuzz_while_serving(deployment, seed=2, count=100_000)
+def test_a_hundred_thousand_hostile_frames_kill_nothing(soak_deployment):
+    report, success, _ = fuzz_while_serving(soak_deployment, seed=2, count=100_000)
     assert report.replies == report.expected_replies and report.not_errors == 0
     assert "Internal" not in report.errors and success == 1.0
 
@@ -102,10 +93,10 @@ def test_an_array_shape_whose_int64_product_wraps_around_is_refused_by_its_size(
         unpack_body(body)
 
 
-def test_a_header_id_of_true_is_answered_with_a_header_the_caller_can_decode(deployment):
+def test_a_header_id_of_true_is_answered_with_a_header_the_caller_can_decode(soak_deployment):
     from specmemo.protocol.errors import error_from_wire
     from specmemo.protocol.wire import MAGIC, Command, decode
-    s = raw_dealer(deployment.endpoint)
+    s = raw_dealer(soak_deployment.endpoint)
     try:
         s.send_multipart([MAGIC, b"\x01", b"echo", msgpack.packb({"id": True}), b"\xc0"])
         assert s.poll(5000)

@@ -13,26 +13,13 @@ import pytest
 
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
-from specmemo.actors.http import HttpError, SessionPool, parse_completion
+from specmemo.actors.openai_api import HttpError, parse_completion
+from specmemo.actors.session_pool import SessionPool
 from specmemo.deploy.config import ConfigError, parse_config
-from specmemo.deploy.soak import TINY_PAIR
+from specmemo.deploy.tiny import PAIR, tiny_config
 
-BASE = """
-[deployment]
-name = "{name}"
-heartbeat_s = 0.5
-heartbeat_misses = 20
-""" + TINY_PAIR + """
-[actors.http]
-kind = "http"
-after = ["verifier"]
-[actors.http.config]
-port = {port}
-read_timeout_s = 1
-keep_alive_s = 1
-max_body_bytes = 20000
-{extra}
-"""
+#: The gateway's config in these tests: short timeouts and a small body limit.
+HTTP_CONFIG = {"read_timeout_s": 1, "keep_alive_s": 1, "max_body_bytes": 20000}
 
 
 def free_port() -> int:
@@ -41,10 +28,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(name: str, extra: str = "", tail: str = ""):
+def start(name: str, config: dict | None = None, env: dict | None = None):
+    """The tiny pair and the gateway; ``config`` and ``env`` go into the gateway's tables."""
     from conftest import Deployment
     port = free_port()
-    d = Deployment(BASE.format(name=name, port=port, extra=extra) + tail, name)
+    http = {"config": {**HTTP_CONFIG, "port": port, **(config or {})}, "env": env or {}}
+    d = Deployment(tiny_config(name, [*PAIR, "http"], {"heartbeat_s": 0.5, "heartbeat_misses": 20}, http=http))
     d.wait_ready(["memory", "draft", "verifier", "http"], timeout=180)
     d.base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -99,7 +88,7 @@ def test_requests_are_validated_field_by_field():
 
 
 def test_wire_errors_map_to_the_statuses_clients_expect():
-    from specmemo.actors.http import from_wire_error
+    from specmemo.actors.openai_api import from_wire_error
     from specmemo.protocol import errors
     cases = [(errors.OverBudget("x"), 503), (errors.ActorDied("x"), 503), (errors.DeadlineExceeded("x"), 504),
              (errors.Overloaded("x"), 429), (errors.InvalidInput("x"), 400),
@@ -248,8 +237,7 @@ def test_health_models_and_metrics(gateway):
 
 
 def test_an_api_key_is_required_when_set_and_the_in_flight_limit_answers_429():
-    d = start("gwkey", 'api_key_env = "SPECMEMO_TEST_KEY"\nmax_inflight = 1',
-              '[actors.http.env]\nSPECMEMO_TEST_KEY = "s3cret"\n')
+    d = start("gwkey", {"api_key_env": "SPECMEMO_TEST_KEY", "max_inflight": 1}, {"SPECMEMO_TEST_KEY": "s3cret"})
     try:
         messages = [{"role": "user", "content": "k"}]
         with pytest.raises(openai.AuthenticationError):

@@ -8,31 +8,16 @@ import time
 
 import pytest
 
-from specmemo.deploy import soak
+from specmemo.deploy.load import Tally, leaked_bytes, mixed_calls, pipelined_echo
 
 from conftest import ECHO_CONFIG
 
 LONG = os.environ.get("SPECMEMO_LONG") == "1"
 
 
-@pytest.fixture(scope="module")
-def deployment():
-    from conftest import Deployment
-    d = Deployment(soak.SOAK_CONFIG.format(name="load"), "load")
-    try:
-        yield d.wait_ready(["echo", "solver", "memory", "draft", "verifier"], timeout=240)
-    finally:
-        d.cleanup()
-
-
-@pytest.fixture(scope="module")
-def chat_expected():
-    return soak.chat_reference()
-
-
-def run_clients(d, clients: int, calls: int, chat_expected, ops=None) -> tuple[soak.Tally, float]:
-    tally = soak.Tally()
-    threads = [threading.Thread(target=soak.mixed_calls, args=(d.endpoint, seed, calls, tally),
+def run_clients(d, clients: int, calls: int, chat_expected, ops=None) -> tuple[Tally, float]:
+    tally = Tally()
+    threads = [threading.Thread(target=mixed_calls, args=(d.endpoint, seed, calls, tally),
                                 kwargs={"chat_expected": chat_expected, "ops": ops, "timeout": 60})
                for seed in range(clients)]
     t0 = time.monotonic()
@@ -43,29 +28,29 @@ def run_clients(d, clients: int, calls: int, chat_expected, ops=None) -> tuple[s
     return tally, time.monotonic() - t0
 
 
-def check_clean(d, tally: soak.Tally, expected_calls: int) -> None:
+def check_clean(d, tally: Tally, expected_calls: int) -> None:
     assert tally.calls == expected_calls
     assert not tally.wrong, tally.wrong[:5]
     with d.client(timeout=10) as c:
-        usage = soak.leaked_bytes(c)
+        usage = leaked_bytes(c)
     assert not tally.errors, (tally.errors, usage)    # the memory actor's state explains OverBudget
     assert tally.hung == 0
     assert usage["live"] == 0 and not usage["sessions"], usage
 
 
-def test_sixteen_clients_of_mixed_calls_get_every_result_right(deployment, chat_expected):
+def test_sixteen_clients_of_mixed_calls_get_every_result_right(soak_deployment, chat_expected):
     ops = {"echo": 0.5, "matvec": 0.25, "solve": 0.15, "chat": 0.1}
-    tally, seconds = run_clients(deployment, 16, 50, chat_expected, ops)
-    check_clean(deployment, tally, 16 * 50)
+    tally, seconds = run_clients(soak_deployment, 16, 50, chat_expected, ops)
+    check_clean(soak_deployment, tally, 16 * 50)
     print(f"16 x 50 mixed calls in {seconds:.2f} s ({tally.calls / seconds:.0f} calls/s): "
           + ", ".join(f"{op} {tally.percentiles(op)}" for op in ops))
 
 
-def test_pipelined_calls_on_four_sockets_are_answered_exactly_once(deployment):
+def test_pipelined_calls_on_four_sockets_are_answered_exactly_once(soak_deployment):
     reports = []
 
     def one() -> None:
-        reports.append(soak.pipelined_echo(deployment.endpoint, 2000, window=64))
+        reports.append(pipelined_echo(soak_deployment.endpoint, 2000, window=64))
 
     threads = [threading.Thread(target=one) for _ in range(4)]
     for t in threads:
@@ -83,10 +68,10 @@ def test_pipelined_calls_on_four_sockets_are_answered_exactly_once(deployment):
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.skipif(not LONG, reason="long run: SPECMEMO_LONG=1")
-def test_sixty_four_clients_of_five_hundred_mixed_calls_get_every_result_right(deployment, chat_expected):
+def test_sixty_four_clients_of_five_hundred_mixed_calls_get_every_result_right(soak_deployment, chat_expected):
     ops = {"echo": 0.5, "matvec": 0.25, "solve": 0.15, "chat": 0.1}
-    tally, seconds = run_clients(deployment, 64, 500, chat_expected, ops)
-    check_clean(deployment, tally, 64 * 500)
+    tally, seconds = run_clients(soak_deployment, 64, 500, chat_expected, ops)
+    check_clean(soak_deployment, tally, 64 * 500)
     print(f"64 x 500 mixed calls in {seconds:.2f} s ({tally.calls / seconds:.0f} calls/s): "
           + ", ".join(f"{op} {tally.percentiles(op)}" for op in ops))
 
@@ -95,7 +80,7 @@ def test_a_full_actor_answers_overloaded_at_once_and_serves_what_it_accepted(sta
     config = ECHO_CONFIG.format(name="full", intensity=5).replace(
         "stop_timeout_s = 3", "stop_timeout_s = 3\nmax_inflight = 8")
     d = start_deployment(config, "full", ["echo"])
-    r = soak.pipelined_echo(d.endpoint, 40, window=40, method="sleep",
+    r = pipelined_echo(d.endpoint, 40, window=40, method="sleep",
                             params=lambda i: {"seconds": 0.5})
     assert r.lost == r.duplicated == 0
     assert len(r.latencies) == 8 and r.errors == {"Overloaded": 32}, r

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from specmemo.deploy.config import ConfigError, parse_config
-from specmemo.deploy.soak import TINY_PAIR
+from specmemo.deploy.tiny import PAIR, tiny_config
 from specmemo.protocol import Unauthorized
 from specmemo.protocol.methods import METHODS, ROLES
 
@@ -52,7 +52,7 @@ def test_every_method_declares_a_role_and_the_privileged_ones_are_the_engine_int
 @pytest.fixture(scope="module")
 def spec():
     from conftest import Deployment
-    d = Deployment('[deployment]\nname = "roles"\nheartbeat_s = 0.5\nheartbeat_misses = 20\n' + TINY_PAIR, "roles")
+    d = Deployment(tiny_config("roles", PAIR, {"heartbeat_s": 0.5, "heartbeat_misses": 20}))
     try:
         yield d.wait_ready(["memory", "draft", "verifier"], timeout=180)
     finally:

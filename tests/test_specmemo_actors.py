@@ -13,41 +13,13 @@ import pytest
 
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
+from specmemo.deploy.tiny import PAIR, tiny_config
 from specmemo.protocol import ActorDied, Conflict, InvalidInput, NotFound
 
-CONFIG = """
-[deployment]
-name = "spec"
-heartbeat_s = 0.5
-heartbeat_misses = 20
-restart_intensity = 10
-restart_period_s = 60
-backoff_s = 0.05
-stop_timeout_s = 3
-
-[actors.memory]
-kind = "memory"
-[actors.memory.config]
-budget_mb = 16
-tree_width = 3
-
-[actors.draft]
-kind = "draft"
-after = ["memory"]
-[actors.draft.config]
-model = "tiny"
-seed = 0
-threads = 1
-
-[actors.verifier]
-kind = "verifier"
-after = ["memory"]            # loads its model while the draft loads; waits for it after
-[actors.verifier.config]
-model = "tiny"
-seed = 0
-threads = 1
-max_sessions_per_client = 4
-"""
+CONFIG = tiny_config("spec", PAIR, {
+    "heartbeat_s": 0.5, "heartbeat_misses": 20, "restart_intensity": 10, "restart_period_s": 60,
+    "backoff_s": 0.05, "stop_timeout_s": 3,
+}, memory={"config": {"budget_mb": 16, "tree_width": 3}}, verifier={"config": {"max_sessions_per_client": 4}})
 
 GAMMA = 3
 

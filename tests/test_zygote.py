@@ -1,6 +1,5 @@
 """The zygote forks the torch actors: adopted by the kernel, reaped when killed, replaced when
 it dies itself, gone with a killed kernel; a forked pair chats exactly like the engine."""
-
 from __future__ import annotations
 
 import os
@@ -9,14 +8,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Deployment, pid_alive
 
-from specmemo.deploy import soak
+from specmemo.deploy.faults import kill_and_wait
+from specmemo.deploy.load import CHAT_MESSAGES, CHAT_TOKENS, chat_reference
+from specmemo.deploy.local import actor_rows
+from specmemo.deploy.soak import soak_config
+from specmemo.deploy.tiny import PAIR
+
+from conftest import Deployment, pid_alive
 
 TORCH_ACTORS = ("draft", "verifier")
 
-#: The soak's deployment without echo and solver; ``{draft_extra}`` lands in the draft's config.
-PAIR_CONFIG = soak.SOAK_HEADER + soak.TINY_PAIR + "{draft_extra}\n"
 
 
 def stat(pid: int) -> tuple[str, int]:
@@ -64,7 +66,7 @@ def assert_forked(d: Deployment, pid: int) -> None:
 
 @pytest.fixture(scope="module")
 def pair():
-    d = Deployment(PAIR_CONFIG.format(name="zyg", draft_extra=""), "zyg")
+    d = Deployment(soak_config("zyg", PAIR), "zyg")
     try:
         yield d.wait_ready(["memory", *TORCH_ACTORS], timeout=240)
     finally:
@@ -73,11 +75,11 @@ def pair():
 
 def test_the_torch_actors_are_forked_by_the_zygote_and_adopted_by_the_kernel(pair):
     with pair.client(timeout=10) as c:
-        rows = soak.actor_rows(c)
+        rows = actor_rows(c)
     for name in TORCH_ACTORS:
         assert_forked(pair, rows[name]["pid"])
         assert Path(f"/proc/{rows[name]['pid']}/comm").read_text().strip() == name
-    assert "specmemo.actors.run" in cmdline(rows["memory"]["pid"])  # the others exec
+    assert "specmemo.actors.run" in cmdline(rows["memory"]["pid"])   # the others exec
     assert len(zygotes(pair.proc.pid, {r["pid"] for r in rows.values()})) == 1
 
 
@@ -89,11 +91,11 @@ def test_forked_model_actors_run_on_the_weights_the_zygote_loaded_once(pair):
 
 
 def test_a_forked_pair_chats_exactly_like_the_engine(pair):
-    expected = soak.chat_reference(soak.CHAT_MESSAGES[:2])
+    expected = chat_reference(CHAT_MESSAGES[:2])
     with pair.client(timeout=60) as c:
         for message, tokens in expected.items():
             session = c.open_session()
-            assert c.ask(session, message, max_new_tokens=soak.CHAT_TOKENS).token_ids == tokens
+            assert c.ask(session, message, max_new_tokens=CHAT_TOKENS).token_ids == tokens
             c.close_session(session)
 
 
@@ -102,11 +104,11 @@ def test_a_killed_forked_actor_is_reaped_and_forked_again(pair):
     with pair.client(timeout=10) as c:
         for _ in range(2):
             for name in TORCH_ACTORS:
-                old = soak.actor_rows(c)[name]["pid"]
-                back[name].append(round(soak.kill_and_wait(c, name, 120), 2))
+                old = actor_rows(c)[name]["pid"]
+                back[name].append(round(kill_and_wait(c, name, 120), 2))
                 assert gone(old), f"{name} pid {old} was not reaped: state {stat(old)[0]}"
-                assert_forked(pair, soak.actor_rows(c)[name]["pid"])
-                assert c.call(name, "info")["shared_weights"] is True  # no reload after a restart
+                assert_forked(pair, actor_rows(c)[name]["pid"])
+                assert c.call(name, "info")["shared_weights"] is True   # no reload after a restart
         session = c.open_session()
         assert len(c.ask(session, "still there?", max_new_tokens=4).token_ids) >= 1
         c.close_session(session)
@@ -115,7 +117,7 @@ def test_a_killed_forked_actor_is_reaped_and_forked_again(pair):
 
 def test_a_killed_zygote_is_replaced_and_the_actors_keep_serving(pair):
     with pair.client(timeout=30) as c:
-        rows = soak.actor_rows(c)
+        rows = actor_rows(c)
         pids = {r["pid"] for r in rows.values()}
         [zygote] = zygotes(pair.proc.pid, pids)
         os.kill(zygote, signal.SIGKILL)
@@ -124,23 +126,22 @@ def test_a_killed_zygote_is_replaced_and_the_actors_keep_serving(pair):
         assert len(c.ask(session, "hello", max_new_tokens=4).token_ids) >= 1
         c.close_session(session)
         # A restart right away: it waits for the new zygote (or is an exec); either way back.
-        seconds = soak.kill_and_wait(c, "draft", 120)
+        seconds = kill_and_wait(c, "draft", 120)
         deadline = time.monotonic() + 120
         while pair.log.read_text().count("zygote ready in") < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        later = soak.kill_and_wait(c, "verifier", 120)
-        assert_forked(pair, soak.actor_rows(c)["verifier"]["pid"])
-    print(
-        f"after the zygote's death: draft back in {seconds:.2f} s; verifier forked by the new "
-        f"zygote, back in {later:.2f} s"
-    )
+        later = kill_and_wait(c, "verifier", 120)
+        assert_forked(pair, actor_rows(c)["verifier"]["pid"])
+    print(f"after the zygote's death: draft back in {seconds:.2f} s; verifier forked by the new "
+          f"zygote, back in {later:.2f} s")
     assert "zygote died (signal SIGKILL)" in pair.log.read_text()
 
 
 def test_a_killed_kernel_leaves_no_zygote_and_no_actor(start_deployment):
-    d = start_deployment(PAIR_CONFIG.format(name="zk", draft_extra=""), "zk", ["memory", *TORCH_ACTORS], timeout=240)
+    d = start_deployment(soak_config("zk", PAIR), "zk",
+                         ["memory", *TORCH_ACTORS], timeout=240)
     with d.client(timeout=10) as c:
-        actors = {r["pid"] for r in soak.actor_rows(c).values()}
+        actors = {r["pid"] for r in actor_rows(c).values()}
     processes = actors | set(zygotes(d.proc.pid, actors))
     assert len(processes) == len(actors) + 1
     d.proc.kill()
@@ -156,24 +157,26 @@ def test_a_killed_kernel_leaves_no_zygote_and_no_actor(start_deployment):
 
 
 def test_a_torch_actor_with_its_own_env_is_started_with_exec(start_deployment):
-    extra = '[actors.draft.env]\nOMP_NUM_THREADS = "1"\n'
-    d = start_deployment(PAIR_CONFIG.format(name="ze", draft_extra=extra), "ze", ["memory", *TORCH_ACTORS], timeout=240)
+    d = start_deployment(soak_config("ze", PAIR, draft={"env": {"OMP_NUM_THREADS": "1"}}), "ze",
+                         ["memory", *TORCH_ACTORS], timeout=240)
     with d.client(timeout=10) as c:
-        rows = soak.actor_rows(c)
+        rows = actor_rows(c)
     assert "specmemo.actors.run" in cmdline(rows["draft"]["pid"])
     assert_forked(d, rows["verifier"]["pid"])
     processes = {r["pid"] for r in rows.values()} | set(zygotes(d.proc.pid, set()))
-    assert d.stop() == 0  # Ctrl-C: actors first, the zygote last, every one reaped
+    assert d.stop() == 0   # Ctrl-C: actors first, the zygote last, every one reaped
     assert not [p for p in processes if pid_alive(p)]
 
 
 def test_a_zygote_with_a_second_thread_forks_nothing_and_the_actors_exec(start_deployment, monkeypatch):
     # fork() copies only the calling thread: a lock another thread holds would never be released.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    extra = 'class = "threaded_actor:ThreadedDraft"\n'
-    d = start_deployment(PAIR_CONFIG.format(name="zt", draft_extra=extra), "zt", ["memory", *TORCH_ACTORS], timeout=240)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    draft = {"config": {"class": "threaded_actor:ThreadedDraft"}}
+    d = start_deployment(soak_config("zt", PAIR, draft=draft), "zt",
+                         ["memory", *TORCH_ACTORS], timeout=240)
     with d.client(timeout=30) as c:
-        rows = soak.actor_rows(c)
+        rows = actor_rows(c)
         session = c.open_session()
         assert len(c.ask(session, "hello", max_new_tokens=4).token_ids) >= 1
     for name in TORCH_ACTORS:
