@@ -23,10 +23,12 @@ anything else as ``Internal`` with the traceback. The actor keeps serving either
 Blocking work (a model forward, a C kernel) goes through :meth:`Actor.run_sync`, which runs
 it in a worker thread, one at a time per actor, so heartbeats and cancels keep flowing.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import trio
 
@@ -45,8 +47,8 @@ class Call:
 
     id: int
     method: str
-    route: bytes                     # the caller's routing id, where the reply goes
-    deadline: float                  # trio.current_time() deadline; inf when none
+    route: bytes  # the caller's routing id, where the reply goes
+    deadline: float  # trio.current_time() deadline; inf when none
     scope: trio.CancelScope | None = None
     cancelled_by_peer: bool = False
     started: float = field(default=0.0)
@@ -68,7 +70,7 @@ class Actor:
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         self.name = name
         self.config = config
-        self.peers: AsyncCaller = AsyncCaller()   # replaced by the runtime with a connected one
+        self.peers: AsyncCaller = AsyncCaller()  # replaced by the runtime with a connected one
         self._core_lock = trio.Lock()
         self.metrics = ActorMetrics(name)
 

@@ -1,5 +1,6 @@
 """The kernel's calls in flight: who called which actor, until when, and whose limit each
 counts against, so that a dead actor's calls can be failed and a client's share bounded."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,9 +13,9 @@ CallKey = tuple[bytes, int]
 @dataclass(slots=True)
 class InFlight:
     actor: str
-    deadline: float                # monotonic; inf when the call carries none
+    deadline: float  # monotonic; inf when the call carries none
     started: float = 0.0
-    client: Any = None             # whose limit it counts against (None: an actor's call)
+    client: Any = None  # whose limit it counts against (None: an actor's call)
 
 
 class CallTable:

@@ -5,6 +5,7 @@ registered with the memory actor at start, and again whenever the memory actor r
 new process starts empty: every cache is dropped, the verifier rebuilds them on the next
 turn). When the verifier that drives its sessions dies, it drops their caches.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,13 +17,22 @@ import trio
 from specmemo.actors.engine import DraftCore
 from specmemo.actors.engine.driver import DRAFT
 from specmemo.protocol import errors
-from specmemo.protocol.methods import (AcceptBatch, DraftOpen, Empty, HasReply, Held, HeldEach, ModelInfo,
-                                       Proposal, ProposeRequest, SessionRef)
+from specmemo.protocol.methods import (
+    AcceptBatch,
+    DraftOpen,
+    Empty,
+    HasReply,
+    Held,
+    HeldEach,
+    ModelInfo,
+    Proposal,
+    ProposeRequest,
+    SessionRef,
+)
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
-from .modelconfig import (describe_precision, load_actor_model, model_info, preload_actor_model,
-                          set_model_gauges)
+from .modelconfig import describe_precision, load_actor_model, model_info, preload_actor_model, set_model_gauges
 
 log = logging.getLogger("specmemo.draft")
 
@@ -35,7 +45,7 @@ class DraftActor(Actor):
         super().__init__(name, config)
         self.memory = config.get("memory", "memory")
         self.verifier = config.get("verifier", "verifier")
-        self.core: DraftCore      # loaded in start()
+        self.core: DraftCore  # loaded in start()
         self._accept_calls = 0
 
     #: Imports for the zygote, before it forks this actor (see :mod:`specmemo.actors.zygote`).
@@ -43,13 +53,17 @@ class DraftActor(Actor):
 
     async def on_start(self) -> None:
         import torch
+
         torch.set_num_threads(int(self.config.get("threads", torch.get_num_threads())))
         model, _ = await self.run_sync(load_actor_model, self.config, "draft")
-        self.core = DraftCore(model, int(self.config.get("block_tokens", 16)),
-                              int(self.config.get("spare_blocks", 1)))
+        self.core = DraftCore(model, int(self.config.get("block_tokens", 16)), int(self.config.get("spare_blocks", 1)))
         set_model_gauges(self.metrics, self.core)
-        log.info("draft model %s loaded (%d KV bytes/token, %s)", self.config.get("model", "default"),
-                 self.core.bytes_per_token, describe_precision(self.core))
+        log.info(
+            "draft model %s loaded (%d KV bytes/token, %s)",
+            self.config.get("model", "default"),
+            self.core.bytes_per_token,
+            describe_precision(self.core),
+        )
 
     async def on_registered(self) -> None:
         await self._add_holder()
@@ -58,10 +72,15 @@ class DraftActor(Actor):
         """Register the draft's lease; waits for a memory actor that is restarting."""
         while True:
             try:
-                await self.peers.call(self.memory, "add_holder", holder=DRAFT,
-                                      bytes_per_token=self.core.bytes_per_token, actor=self.name,
-                                      weight_bytes=self.core.weight_bytes,
-                                      timeout=10)
+                await self.peers.call(
+                    self.memory,
+                    "add_holder",
+                    holder=DRAFT,
+                    bytes_per_token=self.core.bytes_per_token,
+                    actor=self.name,
+                    weight_bytes=self.core.weight_bytes,
+                    timeout=10,
+                )
                 return
             except (errors.ActorDied, errors.UnknownActor, errors.DeadlineExceeded):
                 await trio.sleep(0.05)
@@ -86,20 +105,31 @@ class DraftActor(Actor):
         return Held(held=await self.run_sync(self.core.open, req.session, req.token_ids, req.blocks))
 
     async def rpc_extend(self, req: DraftOpen, call: Call) -> Held:
-        return Held(held=await self.run_sync(self.core.extend, req.session, req.token_ids, req.keep,
-                                             req.blocks))
+        return Held(held=await self.run_sync(self.core.extend, req.session, req.token_ids, req.keep, req.blocks))
 
     async def rpc_propose(self, req: ProposeRequest, call: Call) -> Proposal:
-        out = await self.run_sync(self.core.propose, req.sessions, req.gammas, req.blocks,
-                                  req.temperature, req.seeds, req.widths)
-        return Proposal(tokens=out["tokens"], parents=out["parents"], probs=out["probs"],
-                        seconds=out["seconds"], token_seconds=out["token_seconds"],
-                        forward_seconds={str(m): s for m, s in out["forward_seconds"].items()})
+        out = await self.run_sync(
+            self.core.propose, req.sessions, req.gammas, req.blocks, req.temperature, req.seeds, req.widths
+        )
+        return Proposal(
+            tokens=out["tokens"],
+            parents=out["parents"],
+            probs=out["probs"],
+            seconds=out["seconds"],
+            token_seconds=out["token_seconds"],
+            forward_seconds={str(m): s for m, s in out["forward_seconds"].items()},
+        )
 
     async def rpc_accept_batch(self, req: AcceptBatch, call: Call) -> HeldEach:
         r = req.requests
-        held = await self.run_sync(self.core.accept_batch, [x.session for x in r], [x.accepted for x in r],
-                                   [np.asarray(x.tokens) for x in r], [x.blocks for x in r], [x.path for x in r])
+        held = await self.run_sync(
+            self.core.accept_batch,
+            [x.session for x in r],
+            [x.accepted for x in r],
+            [np.asarray(x.tokens) for x in r],
+            [x.blocks for x in r],
+            [x.path for x in r],
+        )
         self._accept_calls += 1
         self.metrics.set("accept_calls", self._accept_calls, "Accept calls served (one per speculative step)")
         return HeldEach(held=held)

@@ -1,4 +1,5 @@
 """A small built-in actor for tests and benchmarks: echo, sleep, fail and count on request."""
+
 from __future__ import annotations
 
 import os
@@ -6,8 +7,16 @@ import os
 import trio
 
 from specmemo.protocol.errors import BadRequest
-from specmemo.protocol.methods import (CountChunk, CountRequest, EchoReply, EchoRequest, Empty,
-                                       FailRequest, SleepReply, SleepRequest)
+from specmemo.protocol.methods import (
+    CountChunk,
+    CountRequest,
+    EchoReply,
+    EchoRequest,
+    Empty,
+    FailRequest,
+    SleepReply,
+    SleepRequest,
+)
 
 from .base import Actor, Call
 

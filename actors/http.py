@@ -29,6 +29,7 @@ still sending its headers included) closes after ``keep_alive_s``, a body must a
 An API key (``api_key_file`` or ``api_key_env``) is required as ``Authorization: Bearer`` on every
 path but ``/health``; a non-loopback ``host`` without one is refused when the config is loaded.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -72,8 +73,10 @@ def check_bind(config: dict[str, Any]) -> None:
     """Refuse a non-loopback bind address without an API key (ValueError names the fix)."""
     host = str(config.get("host", "127.0.0.1"))
     if host not in LOOPBACK and not (config.get("api_key_file") or config.get("api_key_env")):
-        raise ValueError(f"the http gateway would listen on {host} without an API key: set api_key_file or "
-                         "api_key_env, or listen on 127.0.0.1")
+        raise ValueError(
+            f"the http gateway would listen on {host} without an API key: set api_key_file or "
+            "api_key_env, or listen on 127.0.0.1"
+        )
 
 
 class HttpActor(Actor):
@@ -116,14 +119,22 @@ class HttpActor(Actor):
         config.accesslog = None
         config.errorlog = logging.getLogger("specmemo.http.server")
         self.metrics.set("http_inflight", 0, "HTTP requests being served")
-        log.info("OpenAI-compatible API on http://%s:%d/v1 (model '%s'%s)", self.host, self.port, self.model,
-                 ", API key required" if self.key else "")
+        log.info(
+            "OpenAI-compatible API on http://%s:%d/v1 (model '%s'%s)",
+            self.host,
+            self.port,
+            self.model,
+            ", API key required" if self.key else "",
+        )
         await serve(self.app(), config, mode="asgi")
 
     def rpc_sessions(self, req: Empty, call: Call) -> dict:
         """The verifier sessions the gateway keeps for prefix reuse."""
-        return {"sessions": sorted(self.pool.sessions),
-                "active": sorted(s for s, p in self.pool.sessions.items() if p.busy), "held": 0}
+        return {
+            "sessions": sorted(self.pool.sessions),
+            "active": sorted(s for s, p in self.pool.sessions.items() if p.busy),
+            "held": 0,
+        }
 
     # ------------------------------------------------------------ the ASGI app
 
@@ -152,30 +163,43 @@ class HttpActor(Actor):
         async def metrics(request):
             async def render(r):
                 return PlainTextResponse(await self._metrics_text(), media_type="text/plain; version=0.0.4")
+
             return await guarded(request, render)
 
         async def not_found(request, exc):
-            return JSONResponse(HttpError(404, f"no route {request.method} {request.url.path}",
-                                          code="not_found").body(), status_code=404)
+            return JSONResponse(
+                HttpError(404, f"no route {request.method} {request.url.path}", code="not_found").body(),
+                status_code=404,
+            )
 
-        return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"]),
-                                 Route("/v1/models", models, methods=["GET"]),
-                                 Route("/health", health, methods=["GET"]),
-                                 Route("/metrics", metrics, methods=["GET"])],
-                         exception_handlers={404: not_found, 405: not_found})
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", completions, methods=["POST"]),
+                Route("/v1/models", models, methods=["GET"]),
+                Route("/health", health, methods=["GET"]),
+                Route("/metrics", metrics, methods=["GET"]),
+            ],
+            exception_handlers={404: not_found, 405: not_found},
+        )
 
     def _authorize(self, header: str) -> None:
         if self.key is None:
             return
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key.encode()):
-            raise HttpError(401, "a valid API key is required (Authorization: Bearer ...)",
-                            "invalid_request_error", "invalid_api_key")
+            raise HttpError(
+                401,
+                "a valid API key is required (Authorization: Bearer ...)",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
 
     async def _models(self):
         from starlette.responses import JSONResponse
-        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model",
-                                                         "created": 0, "owned_by": "specmemo"}]})
+
+        return JSONResponse(
+            {"object": "list", "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "specmemo"}]}
+        )
 
     async def _read_json(self, request) -> Any:
         declared = request.headers.get("content-length")
@@ -188,8 +212,9 @@ class HttpActor(Actor):
                 if len(body) > self.max_body:
                     raise HttpError(413, f"request body over {self.max_body} bytes", code="request_too_large")
         if scope.cancelled_caught:
-            raise HttpError(408, f"the request body did not arrive within {self.read_timeout:g} s",
-                            code="request_timeout")
+            raise HttpError(
+                408, f"the request body did not arrive within {self.read_timeout:g} s", code="request_timeout"
+            )
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -199,14 +224,19 @@ class HttpActor(Actor):
         from starlette.responses import JSONResponse, StreamingResponse
 
         if self.inflight >= self.max_inflight:
-            raise HttpError(429, f"{self.inflight} requests in flight (max_inflight {self.max_inflight})",
-                            "rate_limit_error", "overloaded")
-        self.inflight += 1          # from here on, every path ends in _leave()
+            raise HttpError(
+                429,
+                f"{self.inflight} requests in flight (max_inflight {self.max_inflight})",
+                "rate_limit_error",
+                "overloaded",
+            )
+        self.inflight += 1  # from here on, every path ends in _leave()
         self.metrics.set("http_inflight", self.inflight, "HTTP requests being served")
         turn = None
         try:
-            req = parse_completion(await self._read_json(request), self.model, self.max_tokens_cap,
-                                   self.default_max_tokens)
+            req = parse_completion(
+                await self._read_json(request), self.model, self.max_tokens_cap, self.default_max_tokens
+            )
             turn = Turn(self, req)
             first = await turn.start()
         except BaseException:
@@ -228,7 +258,7 @@ class HttpActor(Actor):
 
         closed = False
 
-        async def finish() -> None:       # once, whether the body was streamed, cut, or never started
+        async def finish() -> None:  # once, whether the body was streamed, cut, or never started
             nonlocal closed
             if not closed:
                 closed = True

@@ -2,6 +2,7 @@
 picks or opens a session, streams ``verifier.complete``, applies the stop strings, and leaves
 the session pooled (finished) or closed (cut short).
 """
+
 from __future__ import annotations
 
 import time
@@ -27,12 +28,12 @@ class Turn:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.session: str | None = None
-        self.stream = None
-        self.text = ""                 # the reply so far, stop strings applied
+        self.stream: Any = None  # the verifier stream, once open
+        self.text = ""  # the reply so far, stop strings applied
         self.reply_tokens = 0
         self.stats: dict[str, Any] = {}
         self.gammas: list[int] = []
-        self.finished = False          # the verifier ended the turn (EOS or max_tokens)
+        self.finished = False  # the verifier ended the turn (EOS or max_tokens)
         self.finish_reason = "length"
         self.started = time.perf_counter()
         self.first_token_s: float | None = None
@@ -50,10 +51,18 @@ class Turn:
             if self.session is None:
                 self.session = (await a.peers.call(a.verifier, "open", session="", timeout=30))["session"]
             a.pool.take(self.session)
-            self.stream = a.peers.stream(a.verifier, "complete", session=self.session, messages=self.req.messages,
-                                         max_new_tokens=self.req.max_tokens, temperature=self.req.temperature,
-                                         seed=self.req.seed, gamma=self.req.gamma, tree=self.req.tree,
-                                         timeout=a.deadline_s)
+            self.stream = a.peers.stream(
+                a.verifier,
+                "complete",
+                session=self.session,
+                messages=self.req.messages,
+                max_new_tokens=self.req.max_tokens,
+                temperature=self.req.temperature,
+                seed=self.req.seed,
+                gamma=self.req.gamma,
+                tree=self.req.tree,
+                timeout=a.deadline_s,
+            )
             return await self.stream.__anext__()
         except errors.SpecmemoError as exc:
             raise from_wire_error(exc) from None
@@ -76,11 +85,11 @@ class Turn:
             at = whole.find(stop, max(0, len(before) - len(stop) + 1))
             if at >= 0:
                 self.text, self.finish_reason = whole[:at], "stop"
-                return self.text[len(before):], True
+                return self.text[len(before) :], True
         self.text = whole
         if done:
             self.finish_reason = "length" if self.reply_tokens >= self.req.max_tokens else "stop"
-        return whole[len(before):], done
+        return whole[len(before) :], done
 
     async def _next(self) -> dict | None:
         try:
@@ -95,10 +104,21 @@ class Turn:
         while chunk is not None:
             _, over = self._take(chunk)
             chunk = None if over else await self._next()
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.actor.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text},
-                             "finish_reason": self.finish_reason}],
-                "usage": self.usage(), "specmemo": self.extension()}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.actor.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.text},
+                    "finish_reason": self.finish_reason,
+                }
+            ],
+            "usage": self.usage(),
+            "specmemo": self.extension(),
+        }
 
     async def events(self, first: dict):
         head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.actor.model}
@@ -119,16 +139,22 @@ class Turn:
 
     def usage(self) -> dict:
         prompt = int(self.stats.get("prompt_tokens", 0))
-        return {"prompt_tokens": prompt, "completion_tokens": self.reply_tokens,
-                "total_tokens": prompt + self.reply_tokens}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": self.reply_tokens,
+            "total_tokens": prompt + self.reply_tokens,
+        }
 
     def extension(self) -> dict:
-        return {"session": self.session, "prefilled_tokens": int(self.stats.get("prefilled_tokens", 0)),
-                "reused_tokens": int(self.stats.get("prompt_tokens", 0)) - int(self.stats.get("prefilled_tokens", 0)),
-                "accepted_per_step": float(self.stats.get("mean_accepted", 0.0)),
-                "gamma_mean": sum(self.gammas) / len(self.gammas) if self.gammas else 0.0,
-                "tokens_per_s": float(self.stats.get("tokens_per_s", 0.0)),
-                "time_to_first_token_s": self.first_token_s}
+        return {
+            "session": self.session,
+            "prefilled_tokens": int(self.stats.get("prefilled_tokens", 0)),
+            "reused_tokens": int(self.stats.get("prompt_tokens", 0)) - int(self.stats.get("prefilled_tokens", 0)),
+            "accepted_per_step": float(self.stats.get("mean_accepted", 0.0)),
+            "gamma_mean": sum(self.gammas) / len(self.gammas) if self.gammas else 0.0,
+            "tokens_per_s": float(self.stats.get("tokens_per_s", 0.0)),
+            "time_to_first_token_s": self.first_token_s,
+        }
 
     async def close(self) -> None:
         """Pool the session with the conversation it now holds when the verifier finished the turn;
@@ -143,7 +169,7 @@ class Turn:
             return
         a.pool.forget(self.session)
         with trio.move_on_after(10):
-            try:   # a cancelled turn's session is closed by the verifier itself: NotFound or Conflict here
+            try:  # a cancelled turn's session is closed by the verifier itself: NotFound or Conflict here
                 await a.peers.call(a.verifier, "close", session=self.session, timeout=10)
             except errors.SpecmemoError:
                 pass

@@ -9,6 +9,7 @@ the bound socket (:mod:`.run_dir`, :mod:`.kernel_socket`), and the
 :class:`~.supervisor.Supervisor` (the processes). What is left here is the loop, the
 control plane (READY, deaths, heartbeats) and the kernel's own methods.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,13 +17,13 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import zmq
 
 from specmemo.deploy.config import DeploymentConfig
-from specmemo.protocol.control import (Notice, NoticeEvent, ReadyBody, kernel_frames, pack_control,
-                                       unpack_control)
+from specmemo.protocol.control import Notice, NoticeEvent, ReadyBody, kernel_frames, pack_control, unpack_control
 from specmemo.protocol.errors import ActorDied, BadRequest, SpecmemoError, Unauthorized, UnknownMethod
 from specmemo.protocol.methods import ActorInfo, ActorsReply, KernelMetricsReply, PingReply
 from specmemo.protocol.wire import Command, Header, recv_frames
@@ -50,8 +51,7 @@ SWEEP_GRACE_S = 5.0
 
 
 class Kernel:
-    def __init__(self, config: DeploymentConfig, *, out: TextIO | None = None,
-                 spawn: bool = True) -> None:
+    def __init__(self, config: DeploymentConfig, *, out: TextIO | None = None, spawn: bool = True) -> None:
         self.config = config
         self.out = out or sys.stdout
         self.spawn = spawn
@@ -68,7 +68,7 @@ class Kernel:
         self.supervisor = Supervisor(config, self.endpoint, out=self.out)
         self.metrics = KernelMetrics()
         self.tarpit = Tarpit(config.overload_delay_ms / 1000)
-        self.outbox: Outbox       # set when the socket is bound (_bind)
+        self.outbox: Outbox  # set when the socket is bound (_bind)
         self.router: Router
 
     # ---------------------------------------------------------------- lifecycle
@@ -89,20 +89,23 @@ class Kernel:
         self.supervisor.endpoint = self.endpoint
         self.supervisor.extra_env.update(bound.actor_env)
         self.outbox = Outbox(self.socket, self.warn_once)
-        self.router = Router(self.config, self.registry, self.calls, self.outbox, self.tarpit,
-                             self.metrics, self)
+        self.router = Router(self.config, self.registry, self.calls, self.outbox, self.tarpit, self.metrics, self)
         self.router.keys = bound.keys
         if bound.keys is not None:
-            self.say(f"CURVE on: {len(bound.keys.admitted)} allowed keys ({len(bound.keys.operators)} "
-                     f"operator, {len(bound.keys.actors)} actor)")
+            self.say(
+                f"CURVE on: {len(bound.keys.admitted)} allowed keys ({len(bound.keys.operators)} "
+                f"operator, {len(bound.keys.actors)} actor)"
+            )
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM or an escalation; returns the process exit code."""
         self.run_dir.claim()
         self._bind()
         if self.config.insecure and self.endpoint.startswith("tcp://") and not self.config.curve_server_key:
-            self.say(f"WARNING: INSECURE: {self.endpoint} accepts anyone who can reach it, without CURVE "
-                     "(insecure = true in the config); any peer may call any client method")
+            self.say(
+                f"WARNING: INSECURE: {self.endpoint} accepts anyone who can reach it, without CURVE "
+                "(insecure = true in the config); any peer may call any client method"
+            )
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -214,7 +217,9 @@ class Kernel:
             return woken
         outbox, route = self.outbox, self.router.route
         outbox.holding = True
-        users: list[str] | None = [] if self.router.keys is not None else None   # CURVE: each message's key (ZAP User-Id)
+        users: list[str] | None = (
+            [] if self.router.keys is not None else None
+        )  # CURVE: each message's key (ZAP User-Id)
         try:
             for n in range(2000):
                 try:
@@ -226,7 +231,7 @@ class Kernel:
                 except Exception as exc:  # a routing bug must never take the kernel down
                     self.warn_once("route-bug", f"internal error while routing: {type(exc).__name__}: {exc}")
                 if n == 0 and not _get(self.socket, _EVENTS) & _POLLIN:
-                    break   # a lone message: sent now, not after a failed receive (bench/wire_micro.py)
+                    break  # a lone message: sent now, not after a failed receive (bench/wire_micro.py)
                 if len(outbox.held) >= FLUSH_EVERY:
                     outbox.flush()
         finally:
@@ -247,14 +252,16 @@ class Kernel:
         keys = self.router.keys
         try:
             if keys is not None and not keys.may_register(user):
-                raise Unauthorized("registering as an actor needs an actor key (curve_actor_key, "
-                                   "or one in curve_actors)")
+                raise Unauthorized(
+                    "registering as an actor needs an actor key (curve_actor_key, or one in curve_actors)"
+                )
             try:
                 name = frames[3].decode()
                 body = unpack_control(ReadyBody, frames[5], "READY body")
             except (UnicodeDecodeError, BadRequest) as exc:
-                raise BadRequest(f"READY needs a route (the actor name) and a body {{kind, pid, "
-                                 f"methods}}: {exc}") from None
+                raise BadRequest(
+                    f"READY needs a route (the actor name) and a body {{kind, pid, methods}}: {exc}"
+                ) from None
             child = self.supervisor.children.get(name)
             self.registry.register(peer, name, body, time.monotonic(), child.pid if child else None)
         except SpecmemoError as exc:
@@ -301,13 +308,15 @@ class Kernel:
 
     def kernel_method(self, peer: bytes, header: Header) -> None:
         if header.method == "ping":
-            reply: Any = PingReply(uptime_s=time.monotonic() - self.started, pid=os.getpid(),
-                                   max_message_bytes=self.config.max_message_bytes)
+            reply: Any = PingReply(
+                uptime_s=time.monotonic() - self.started,
+                pid=os.getpid(),
+                max_message_bytes=self.config.max_message_bytes,
+            )
         elif header.method == "metrics":
             reply = KernelMetricsReply(actors=self.metrics.snapshot())
         elif header.method == "actors":
-            reply = ActorsReply(actors=self.actor_table(), endpoint=self.endpoint,
-                                deployment=self.config.name)
+            reply = ActorsReply(actors=self.actor_table(), endpoint=self.endpoint, deployment=self.config.name)
         else:
             self.router.reply_error(peer, header.id, UnknownMethod(f"the kernel has no method '{header.method}'"))
             return

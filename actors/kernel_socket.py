@@ -1,4 +1,5 @@
 """The kernel's ROUTER socket: its options, the CURVE server in front of it, and its bind."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,10 +16,10 @@ from .run_dir import RunDir
 @dataclass(slots=True)
 class BoundRouter:
     socket: zmq.Socket
-    endpoint: str                          # with the port a "tcp://...:0" endpoint was given
-    keys: Any = None                       # the CURVE KeyRing; None: every peer is an operator
-    auth: Any = None                       # the ZAP authenticator thread, stopped with the socket
-    actor_env: dict[str, str] = field(default_factory=dict)   # what the actors need to connect
+    endpoint: str  # with the port a "tcp://...:0" endpoint was given
+    keys: Any = None  # the CURVE KeyRing; None: every peer is an operator
+    auth: Any = None  # the ZAP authenticator thread, stopped with the socket
+    actor_env: dict[str, str] = field(default_factory=dict)  # what the actors need to connect
 
 
 def bind_router(config: DeploymentConfig, endpoint: str, run_dir: RunDir) -> BoundRouter:
@@ -46,9 +47,9 @@ def _start_curve(ctx: zmq.Context, bound: BoundRouter, config: DeploymentConfig,
     from zmq.auth.thread import ThreadAuthenticator
 
     from specmemo.protocol.curve import KeyRing, load_pair
+
     public, secret = load_pair(config.curve_server_key)
-    bound.keys = KeyRing.load(config.curve_allowed, config.curve_operators,
-                              config.curve_actors, config.curve_actor_key)
+    bound.keys = KeyRing.load(config.curve_allowed, config.curve_operators, config.curve_actors, config.curve_actor_key)
     bound.auth = ThreadAuthenticator(ctx)
     bound.auth.start()
     bound.auth.configure_curve_callback(domain="*", credentials_provider=bound.keys)
@@ -57,5 +58,4 @@ def _start_curve(ctx: zmq.Context, bound: BoundRouter, config: DeploymentConfig,
     router.curve_publickey = public
     router.curve_secretkey = secret
     server_public = run_dir.publish_server_key(Path(config.curve_server_key).with_suffix(".key"))
-    bound.actor_env = {"SPECMEMO_CURVE_KEY": config.curve_actor_key,
-                       "SPECMEMO_SERVER_KEY": str(server_public)}
+    bound.actor_env = {"SPECMEMO_CURVE_KEY": config.curve_actor_key, "SPECMEMO_SERVER_KEY": str(server_public)}

@@ -1,4 +1,5 @@
 """The actor kinds: each kind's class, named "module:Class" so it is imported only in its own process."""
+
 from __future__ import annotations
 
 #: Actor kinds and their classes, importable by name in the actor process.

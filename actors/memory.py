@@ -5,6 +5,7 @@ actor that holds their caches, and sessions by the actor that drives them; when 
 reports one of those actors dead (a NOTICE), its blocks are reclaimed at once: a dead holder's
 blocks are freed and its sessions marked for a rebuild, a dead owner's sessions are released.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,10 +14,25 @@ from typing import Any
 from specmemo.actors.engine import errors as engine_errors
 from specmemo.actors.engine.manager import MemoryManager
 from specmemo.protocol import errors
-from specmemo.protocol.methods import (AddHolder, Answers, CommitBatch, Costs, Empty, Freed,
-                                       GrantAnswer, GrantBatch, HasReply, HolderReply, OpenSession,
-                                       PrefillRequest, Reserve, ReserveReply, SessionRef, Unreserve,
-                                       Usage)
+from specmemo.protocol.methods import (
+    AddHolder,
+    Answers,
+    CommitBatch,
+    Costs,
+    Empty,
+    Freed,
+    GrantAnswer,
+    GrantBatch,
+    HasReply,
+    HolderReply,
+    OpenSession,
+    PrefillRequest,
+    Reserve,
+    ReserveReply,
+    SessionRef,
+    Unreserve,
+    Usage,
+)
 
 from .base import Actor, Call
 
@@ -48,20 +64,29 @@ class MemoryActor(Actor):
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
         self.manager = MemoryManager(
-            budget_bytes(config), block_tokens=int(config.get("block_tokens", 16)),
-            spare_blocks=int(config.get("spare_blocks", 1)), gamma_max=int(config.get("gamma_max", 8)),
-            cost_ratio=float(config.get("cost_ratio", 0.1)), width_max=int(config.get("tree_width", 1)),
-            memory_budget=int(float(config["memory_mb"]) * (1 << 20)) if "memory_mb" in config else None)
-        self.leases: dict[str, str] = {}     # holder -> actor holding its caches
-        self.owners: dict[str, str] = {}     # session -> actor driving it
+            budget_bytes(config),
+            block_tokens=int(config.get("block_tokens", 16)),
+            spare_blocks=int(config.get("spare_blocks", 1)),
+            gamma_max=int(config.get("gamma_max", 8)),
+            cost_ratio=float(config.get("cost_ratio", 0.1)),
+            width_max=int(config.get("tree_width", 1)),
+            memory_budget=int(float(config["memory_mb"]) * (1 << 20)) if "memory_mb" in config else None,
+        )
+        self.leases: dict[str, str] = {}  # holder -> actor holding its caches
+        self.owners: dict[str, str] = {}  # session -> actor driving it
 
     async def on_peer_died(self, name: str) -> None:
         for holder, actor in list(self.leases.items()):
             if actor == name:
                 freed = self.manager.release_holder(holder)
                 del self.leases[holder]
-                log.info("lease of %s (%s) reclaimed: %d bytes, %d sessions to rebuild",
-                         holder, name, freed["freed"], len(freed["sessions"]))
+                log.info(
+                    "lease of %s (%s) reclaimed: %d bytes, %d sessions to rebuild",
+                    holder,
+                    name,
+                    freed["freed"],
+                    len(freed["sessions"]),
+                )
         held = self.manager.release_reservations(name)
         if held:
             log.info("reservations of %s released: %d bytes", name, held)
@@ -89,7 +114,8 @@ class MemoryActor(Actor):
 
     def rpc_grant_batch(self, req: GrantBatch, call: Call) -> Answers:
         answers = self.manager.grant_batch(
-            [{"session": r.session, "gamma": r.gamma, "limit": r.limit, "width": r.width} for r in req.requests])
+            [{"session": r.session, "gamma": r.gamma, "limit": r.limit, "width": r.width} for r in req.requests]
+        )
         granted = [a["gamma"] for a in answers if "gamma" in a]
         if granted:
             self.metrics.set("gamma", sum(granted) / len(granted), "Mean γ of the last grant")
@@ -98,8 +124,11 @@ class MemoryActor(Actor):
 
     def rpc_commit_batch(self, req: CommitBatch, call: Call) -> Answers:
         answers = self.manager.commit_batch(
-            [{"session": r.session, "accepted": r.accepted, "emitted": r.emitted, "tried": r.tried,
-              "hits": r.hits} for r in req.requests])
+            [
+                {"session": r.session, "accepted": r.accepted, "emitted": r.emitted, "tried": r.tried, "hits": r.hits}
+                for r in req.requests
+            ]
+        )
         self._gauges()
         return Answers(answers=[GrantAnswer(**a) for a in answers])
 

@@ -7,18 +7,38 @@ tokens/s and accepted per step for the verifier, iterations and GFLOP/s for the 
 With ``metrics_port`` set in the deployment, each process serves its registry over HTTP on
 127.0.0.1 (the kernel on that port, the n-th actor on port + n).
 """
+
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict, deque
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                   0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 
 
 class KernelMetrics:
@@ -31,7 +51,7 @@ class KernelMetrics:
         r = self.registry
         self._requests: dict[tuple[str, str], int] = defaultdict(int)
         self._errors: dict[tuple[str, str], int] = defaultdict(int)
-        self._latency: dict[str, list[float]] = {}    # actor -> bucket counts + [sum]
+        self._latency: dict[str, list[float]] = {}  # actor -> bucket counts + [sum]
         self._heartbeat_misses: dict[str, int] = defaultdict(int)
         self.inflight = Gauge("specmemo_inflight", "Calls in flight", ["actor"], registry=r)
         self.restarts = Gauge("specmemo_restarts", "Restarts of a supervised actor", ["actor"], registry=r)
@@ -53,7 +73,7 @@ class KernelMetrics:
         if counts is None:
             counts = self._latency[actor] = [0.0] * (len(LATENCY_BUCKETS) + 2)
             self._recent[actor] = deque(maxlen=2048)
-        counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1    # the last bucket but one is +Inf
+        counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the last bucket but one is +Inf
         counts[-1] += seconds
         self._recent[actor].append(seconds)
 
@@ -86,19 +106,18 @@ class _RoutedCollector:
         self.m = metrics
 
     def collect(self) -> Iterator[Any]:
-        requests = CounterMetricFamily("specmemo_requests", "Requests routed to an actor",
-                                       labels=["actor", "method"])
+        requests = CounterMetricFamily("specmemo_requests", "Requests routed to an actor", labels=["actor", "method"])
         for labels, n in list(self.m._requests.items()):
             requests.add_metric(list(labels), n)
         errors = CounterMetricFamily("specmemo_errors", "Error replies by code", labels=["actor", "code"])
         for labels, n in list(self.m._errors.items()):
             errors.add_metric(list(labels), n)
-        misses = CounterMetricFamily("specmemo_heartbeat_misses", "Actors declared dead for silence",
-                                     labels=["actor"])
+        misses = CounterMetricFamily("specmemo_heartbeat_misses", "Actors declared dead for silence", labels=["actor"])
         for actor, n in list(self.m._heartbeat_misses.items()):
             misses.add_metric([actor], n)
-        latency = HistogramMetricFamily("specmemo_latency_seconds", "Request to final reply, as routed",
-                                        labels=["actor"])
+        latency = HistogramMetricFamily(
+            "specmemo_latency_seconds", "Request to final reply, as routed", labels=["actor"]
+        )
         for actor, counts in list(self.m._latency.items()):
             running, buckets = 0.0, []
             for le, count in zip([*map(floatToGoString, LATENCY_BUCKETS), "+Inf"], counts):
@@ -120,8 +139,7 @@ class ActorMetrics:
     def set(self, name: str, value: float, help: str = "") -> None:
         gauge = self._gauges.get(name)
         if gauge is None:
-            gauge = self._gauges[name] = Gauge(f"specmemo_{name}", help or name, ["actor"],
-                                               registry=self.registry)
+            gauge = self._gauges[name] = Gauge(f"specmemo_{name}", help or name, ["actor"], registry=self.registry)
         gauge.labels(self.actor).set(value)
         self._values[name] = float(value)
 

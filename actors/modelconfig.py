@@ -1,15 +1,16 @@
 """The model part of an actor's config, mapped onto a :class:`ModelSpec`.
 
-    [actors.draft.config]
-    model = "default"        # the pulled embedded pair (`specmemo models pull`), "tiny" (a
-                             # random-weight test pair built from a config, `seed`), or a
-                             # local directory, a .gguf file, or a hub id (allow_network = true)
-    precision = "auto"       # "float32", "bfloat16", "int8", or "auto": probe this machine at
-                             # load and take the fastest (engine/precision.py); "dtype" is
-                             # the older name of the same setting
-    device = "cpu"
-    device_map = "auto"      # optional: spread a big model over devices (transformers/accelerate)
+[actors.draft.config]
+model = "default"        # the pulled embedded pair (`specmemo models pull`), "tiny" (a
+                         # random-weight test pair built from a config, `seed`), or a
+                         # local directory, a .gguf file, or a hub id (allow_network = true)
+precision = "auto"       # "float32", "bfloat16", "int8", or "auto": probe this machine at
+                         # load and take the fastest (engine/precision.py); "dtype" is
+                         # the older name of the same setting
+device = "cpu"
+device_map = "auto"      # optional: spread a big model over devices (transformers/accelerate)
 """
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,21 @@ from specmemo.actors.engine.models import ModelSpec, load_model
 from specmemo.actors.engine.precision import apply_precision, precision_of
 from specmemo.actors.engine.pull import default_pair_specs
 
-
 #: (model, tokenizer) loaded by the zygote before it forks, by `resident_key`: a forked actor finds
 #: its model here, its weights shared copy-on-write with the zygote and every other fork of it.
 _RESIDENT: dict[str, tuple[Any, Any]] = {}
-_MODEL_KEYS = ("model", "precision", "dtype", "device", "device_map", "gguf_file", "cache_dir",
-               "allow_network", "seed", "gamma_max")
+_MODEL_KEYS = (
+    "model",
+    "precision",
+    "dtype",
+    "device",
+    "device_map",
+    "gguf_file",
+    "cache_dir",
+    "allow_network",
+    "seed",
+    "gamma_max",
+)
 ROLE_OF_KIND = {"draft": "draft", "verifier": "target"}
 
 
@@ -59,6 +69,7 @@ def load_actor_model(config: dict[str, Any], role: str) -> tuple[Any, Any]:
         return _RESIDENT[key]
     if config.get("model") == "tiny":
         from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
+
         draft, target = tiny_pair(seed=int(config.get("seed", 0)))
         model = draft if role == "draft" else target
         apply_precision(model, precision_setting(config), gamma_max=int(config.get("gamma_max", 8)), role=role)
@@ -85,6 +96,7 @@ def preload_actor_model() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     from specmemo.actors.engine.tiny import tiny_config
+
     with torch.device("meta"):
         AutoModelForCausalLM.from_config(tiny_config())
 
@@ -100,21 +112,33 @@ def model_spec(config: dict[str, Any], role: str) -> ModelSpec:
         draft, target = default_pair_specs(dtype=dtype, device=device, cache_dir=config.get("cache_dir"))
         spec = draft if role == "draft" else target
         source = spec.source
-    return ModelSpec(source, gguf_file=config.get("gguf_file"), dtype=dtype, device=device,
-                     device_map=config.get("device_map"),
-                     allow_network=bool(config.get("allow_network", False)),
-                     precision=None if precision == "float16" else precision,
-                     gamma_max=int(config.get("gamma_max", 8)), role=role)
+    return ModelSpec(
+        source,
+        gguf_file=config.get("gguf_file"),
+        dtype=dtype,
+        device=device,
+        device_map=config.get("device_map"),
+        allow_network=bool(config.get("allow_network", False)),
+        precision=None if precision == "float16" else precision,
+        gamma_max=int(config.get("gamma_max", 8)),
+        role=role,
+    )
 
 
 def model_info(core) -> dict[str, Any]:
     """The `ModelInfo` reply of a draft or target core: its KV facts, weights, precision, RSS."""
     choice = precision_of(core.model)
-    return {"bytes_per_token": core.bytes_per_token, "vocab_size": core.vocab_size,
-            "max_context": core.max_context, "sessions": len(core.sessions()),
-            "held": core.held_bytes(), "weight_bytes": core.weight_bytes, "rss_bytes": rss_bytes(),
-            "shared_weights": is_resident(core.model),
-            "precision": choice.as_dict() if choice is not None else None}
+    return {
+        "bytes_per_token": core.bytes_per_token,
+        "vocab_size": core.vocab_size,
+        "max_context": core.max_context,
+        "sessions": len(core.sessions()),
+        "held": core.held_bytes(),
+        "weight_bytes": core.weight_bytes,
+        "rss_bytes": rss_bytes(),
+        "shared_weights": is_resident(core.model),
+        "precision": choice.as_dict() if choice is not None else None,
+    }
 
 
 def rss_bytes() -> int:
@@ -134,11 +158,12 @@ def describe_precision(core) -> str:
     choice = precision_of(core.model)
     if choice is None:
         return f"dtype {core.dtype}"
-    probe = "; ".join(f"{p} {' '.join(f'{k} {v:.1f} ms' for k, v in ms.items())}"
-                      for p, ms in choice.probe_ms.items())
+    probe = "; ".join(f"{p} {' '.join(f'{k} {v:.1f} ms' for k, v in ms.items())}" for p, ms in choice.probe_ms.items())
     shared = ", shared with the zygote" if is_resident(core.model) else ""
-    return (f"precision {choice.precision} (asked {choice.requested}{', probe: ' + probe if probe else ''}),"
-            f" weights {choice.weight_bytes / 2**20:.0f} MiB{shared}")
+    return (
+        f"precision {choice.precision} (asked {choice.requested}{', probe: ' + probe if probe else ''}),"
+        f" weights {choice.weight_bytes / 2**20:.0f} MiB{shared}"
+    )
 
 
 def set_model_gauges(metrics, core) -> None:
@@ -153,5 +178,8 @@ def set_model_gauges(metrics, core) -> None:
     metrics.set("weight_bits", bits, "Bits per weight of the precision the model runs in")
     for precision, ms in choice.probe_ms.items():
         for m, value in ms.items():
-            metrics.set(f"probe_ms_{precision}_{m.replace('=', '').lower()}", value,
-                        f"Load-time probe: ms per forward in {precision} at {m}")
+            metrics.set(
+                f"probe_ms_{precision}_{m.replace('=', '').lower()}",
+                value,
+                f"Load-time probe: ms per forward in {precision} at {m}",
+            )

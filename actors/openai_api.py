@@ -2,6 +2,7 @@
 boundary into a :class:`Completion`, and errors as OpenAI error bodies (:class:`HttpError`), with
 the HTTP status of each specmemo wire error (:func:`from_wire_error`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +17,14 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 class HttpError(Exception):
     """An error answered as an OpenAI error body."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
 
@@ -67,8 +74,13 @@ def parse_completion(body: Any, model: str, max_tokens_cap: int, default_max_tok
     if not isinstance(body, dict):
         raise HttpError(400, "the request body must be a JSON object")
     if body.get("model", model) != model:
-        raise HttpError(404, f"the model '{body.get('model')}' does not exist; this server serves '{model}'",
-                        "invalid_request_error", "model_not_found", "model")
+        raise HttpError(
+            404,
+            f"the model '{body.get('model')}' does not exist; this server serves '{model}'",
+            "invalid_request_error",
+            "model_not_found",
+            "model",
+        )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise HttpError(400, "'messages' must be a non-empty array", param="messages")
@@ -78,13 +90,17 @@ def parse_completion(body: Any, model: str, max_tokens_cap: int, default_max_tok
             raise HttpError(400, f"messages[{i}].role must be one of {sorted(ROLES)}", param=f"messages[{i}].role")
         content = m.get("content")
         if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise HttpError(400, f"messages[{i}].content: only text parts are supported",
-                                param=f"messages[{i}].content")
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
+                raise HttpError(
+                    400, f"messages[{i}].content: only text parts are supported", param=f"messages[{i}].content"
+                )
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
-            raise HttpError(400, f"messages[{i}].content must be a string or text parts", param=f"messages[{i}].content")
+            raise HttpError(
+                400, f"messages[{i}].content must be a string or text parts", param=f"messages[{i}].content"
+            )
         plain.append({"role": ROLES[m["role"]], "content": content})
     if plain[-1]["role"] != "user":
         raise HttpError(400, "the last message must be the user's", param="messages")
@@ -127,8 +143,11 @@ def parse_completion(body: Any, model: str, max_tokens_cap: int, default_max_tok
     extra = {}
     for name in ("gamma", "tree"):
         value = body.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "gamma" else 1)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "gamma" else 1)
+        ):
             raise HttpError(400, f"'{name}' must be a non-negative integer", param=name)
         extra[name] = value
-    return Completion(plain, limit, float(temperature), seed % (1 << 63), stop, stream,
-                      bool(options.get("include_usage")), **extra)
+    return Completion(
+        plain, limit, float(temperature), seed % (1 << 63), stop, stream, bool(options.get("include_usage")), **extra
+    )

@@ -1,10 +1,12 @@
 """What the kernel sends: held while a batch is routed and sent together, and the refusals it
 answers late (the tarpit)."""
+
 from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -53,9 +55,8 @@ class Outbox:
                             self.warn_once(f"send-{exc.errno}", f"could not deliver a message: {exc}")
                         else:
                             on_fail(exc)
-                except Exception as bug:   # a bug never takes the kernel down
-                    self.warn_once("route-bug", f"internal error while sending: "
-                                                f"{type(bug).__name__}: {bug}")
+                except Exception as bug:  # a bug never takes the kernel down
+                    self.warn_once("route-bug", f"internal error while sending: {type(bug).__name__}: {bug}")
         finally:
             box.clear()
             self.holding = holding
@@ -72,7 +73,7 @@ class Tarpit:
     def __init__(self, delay_s: float, limit: int = TARPIT_MAX) -> None:
         self.delay_s = delay_s
         self.limit = limit
-        self._heap: list[tuple[float, int, list[Any]]] = []   # (due, sequence, frames)
+        self._heap: list[tuple[float, int, list[Any]]] = []  # (due, sequence, frames)
         self._seq = itertools.count()
 
     def __len__(self) -> int:

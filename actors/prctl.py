@@ -9,6 +9,7 @@
 
 Each returns False where prctl is unavailable (not Linux); callers decide what that means.
 """
+
 from __future__ import annotations
 
 import ctypes

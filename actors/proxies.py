@@ -4,10 +4,12 @@ The Driver runs in a worker thread and calls its memory and draft sides by the c
 names; these proxies turn each call into one request through the verifier actor's socket, in
 its trio loop (`call`). RemoteDraft also rides out a draft actor that dies or restarts.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +43,9 @@ class RemoteMemory:
     def release(self, session: str) -> int:
         return self._call(self.actor, "release", session=session)["freed"]
 
-    def observe_costs(self, draft_s: float | None, m: int | None, target_s: float | None,
-                      draft_by_m: dict | None = None) -> None:
+    def observe_costs(
+        self, draft_s: float | None, m: int | None, target_s: float | None, draft_by_m: dict | None = None
+    ) -> None:
         self._call(self.actor, "observe_costs", draft_s=draft_s, m=m, target_s=target_s, draft_by_m=draft_by_m)
 
 
@@ -54,8 +57,9 @@ class RemoteDraft:
     from the verifier's committed token ids, and retries.
     """
 
-    def __init__(self, call: Callable[..., Any], actor: str, ids: Callable[[str], np.ndarray],
-                 wait_s: float = 60.0) -> None:
+    def __init__(
+        self, call: Callable[..., Any], actor: str, ids: Callable[[str], np.ndarray], wait_s: float = 60.0
+    ) -> None:
         self._call, self.actor, self._ids, self.wait_s = call, actor, ids, wait_s
         self.rebuilds = 0
 
@@ -66,7 +70,7 @@ class RemoteDraft:
                 return self._call(self.actor, method, **params)
             except (errors.ActorDied, errors.NotFound) as exc:
                 if time.monotonic() > deadline:
-                    raise errors.ActorDied(f"draft actor did not come back in {self.wait_s:.0f} s: {exc}")
+                    raise errors.ActorDied(f"draft actor did not come back in {self.wait_s:.0f} s: {exc}") from exc
                 if isinstance(exc, errors.ActorDied):
                     time.sleep(0.05)
                     continue
@@ -86,23 +90,45 @@ class RemoteDraft:
 
     def extend(self, session: str, token_ids: np.ndarray, keep: int, blocks: int) -> int:
         try:
-            return self._retrying("extend", session=session, token_ids=np.asarray(token_ids), keep=keep,
-                                  blocks=blocks)["held"]
+            return self._retrying("extend", session=session, token_ids=np.asarray(token_ids), keep=keep, blocks=blocks)[
+                "held"
+            ]
         except errors.NotFound:
             return self.open(session, token_ids, blocks)
 
-    def propose(self, sessions: list[str], gammas: list[int], blocks: list[int],
-                temperature: float | list[float] = 0.0, seeds: list[int] | None = None,
-                widths: list[int] | None = None) -> dict:
+    def propose(
+        self,
+        sessions: list[str],
+        gammas: list[int],
+        blocks: list[int],
+        temperature: float | list[float] = 0.0,
+        seeds: list[int] | None = None,
+        widths: list[int] | None = None,
+    ) -> dict:
         def rebuild() -> None:
             for s, b in zip(sessions, blocks):
                 if not self._call(self.actor, "has", session=s)["has"]:
                     self._reopen(s, b)
-        return self._retrying("propose", rebuild, sessions=sessions, gammas=gammas, blocks=blocks,
-                              temperature=temperature, seeds=seeds, widths=widths)
 
-    def accept_batch(self, sessions: list[str], accepted: list[int], tokens: list[np.ndarray],
-                     blocks: list[int], paths: list[list[int] | None]) -> list[int]:
+        return self._retrying(
+            "propose",
+            rebuild,
+            sessions=sessions,
+            gammas=gammas,
+            blocks=blocks,
+            temperature=temperature,
+            seeds=seeds,
+            widths=widths,
+        )
+
+    def accept_batch(
+        self,
+        sessions: list[str],
+        accepted: list[int],
+        tokens: list[np.ndarray],
+        blocks: list[int],
+        paths: list[list[int] | None],
+    ) -> list[int]:
         """The step's outcome for every session, in one call."""
         held, live = [0] * len(sessions), []
         for i, (session, n_blocks) in enumerate(zip(sessions, blocks)):
@@ -114,9 +140,19 @@ class RemoteDraft:
                 live.append(i)
         while live:
             try:
-                answer = self._retrying("accept_batch", requests=[
-                    {"session": sessions[i], "accepted": accepted[i], "tokens": np.asarray(tokens[i]),
-                     "blocks": blocks[i], "path": paths[i]} for i in live])["held"]
+                answer = self._retrying(
+                    "accept_batch",
+                    requests=[
+                        {
+                            "session": sessions[i],
+                            "accepted": accepted[i],
+                            "tokens": np.asarray(tokens[i]),
+                            "blocks": blocks[i],
+                            "path": paths[i],
+                        }
+                        for i in live
+                    ],
+                )["held"]
             except errors.NotFound:
                 # The draft restarted after proposing (and accepted none of these): the verifier
                 # already settled the tokens, so a rebuild from its committed ids is the accepted

@@ -1,9 +1,10 @@
 """The kernel's registry: every configured or registered actor by name, who may register
 under a name (READY), who went away, and the table ``kernel.actors`` answers."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from specmemo.protocol.actor_state import ActorState
 from specmemo.protocol.control import ReadyBody
@@ -17,20 +18,19 @@ class Entry:
 
     name: str
     kind: str
-    identity: bytes = b""          # ZeroMQ routing id of its DEALER; empty while not routable
+    identity: bytes = b""  # ZeroMQ routing id of its DEALER; empty while not routable
     pid: int = 0
-    state: ActorState = ActorState.WAITING   # WAITING, then READY or EXTERNAL, STOPPED once gone
+    state: ActorState = ActorState.WAITING  # WAITING, then READY or EXTERNAL, STOPPED once gone
     registered_at: float = 0.0
     last_seen: float = 0.0
-    managed: bool = False          # supervised by this kernel (only its own process may register)
+    managed: bool = False  # supervised by this kernel (only its own process may register)
 
 
 class Registry:
     def __init__(self, configured: Iterable[tuple[str, str]], *, managed: bool) -> None:
         """``configured``: (name, kind) of each actor of the deployment; ``managed``: whether
         this kernel starts them (else they register as external actors)."""
-        self.actors: dict[str, Entry] = {name: Entry(name, kind, managed=managed)
-                                         for name, kind in configured}
+        self.actors: dict[str, Entry] = {name: Entry(name, kind, managed=managed) for name, kind in configured}
         self.by_identity: dict[bytes, str] = {}
 
     def __contains__(self, name: str) -> bool:
@@ -52,8 +52,7 @@ class Registry:
     def routable(self) -> list[Entry]:
         return [e for e in self.actors.values() if e.identity]
 
-    def register(self, identity: bytes, name: str, ready: ReadyBody, now: float,
-                 supervised_pid: int | None) -> Entry:
+    def register(self, identity: bytes, name: str, ready: ReadyBody, now: float, supervised_pid: int | None) -> Entry:
         """Register ``name`` on connection ``identity``; ``supervised_pid``: the pid of the
         process this kernel started under that name (None: not supervised here).
 
@@ -85,8 +84,12 @@ class Registry:
         entry.state = ActorState.STOPPED
         return entry
 
-    def table(self, now: float, inflight: Callable[[str], int],
-              child_state: Callable[[str], tuple[ActorState, int, int] | None]) -> list[ActorInfo]:
+    def table(
+        self,
+        now: float,
+        inflight: Callable[[str], int],
+        child_state: Callable[[str], tuple[ActorState, int, int] | None],
+    ) -> list[ActorInfo]:
         """The rows of ``kernel.actors``. ``child_state(name)``: the supervisor's (state, pid,
         restarts) of a supervised actor, None for the others; a registered actor is ``ready``
         whatever its process's state says."""
@@ -100,6 +103,15 @@ class Registry:
             else:
                 state, pid, restarts = e.state, e.pid, 0
             uptime = now - e.registered_at if e.identity else 0.0
-            rows.append(ActorInfo(name=name, kind=e.kind, pid=pid, state=state, restarts=restarts,
-                                  uptime_s=round(uptime, 3), inflight=inflight(name)))
+            rows.append(
+                ActorInfo(
+                    name=name,
+                    kind=e.kind,
+                    pid=pid,
+                    state=state,
+                    restarts=restarts,
+                    uptime_s=round(uptime, 3),
+                    inflight=inflight(name),
+                )
+            )
         return rows

@@ -5,6 +5,7 @@ the kernel can fail calls in flight when an actor dies); it never decodes a body
 routing (READY, an actor leaving, the kernel's own methods) goes to the kernel, its
 ``control``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -17,8 +18,16 @@ import zmq
 
 from specmemo.deploy.config import DeploymentConfig
 from specmemo.protocol.control import forwarded_frames, kernel_frames
-from specmemo.protocol.errors import (ActorDied, BadRequest, Internal, MessageTooLarge, Overloaded,
-                                      SpecmemoError, Unauthorized, UnknownActor)
+from specmemo.protocol.errors import (
+    ActorDied,
+    BadRequest,
+    Internal,
+    MessageTooLarge,
+    Overloaded,
+    SpecmemoError,
+    Unauthorized,
+    UnknownActor,
+)
 from specmemo.protocol.method_table import may_call, role_of
 from specmemo.protocol.wire import FINAL_COMMANDS, Command, Header, check_magic, frames_size, parse_command
 
@@ -37,8 +46,16 @@ class Control(Protocol):
 
 
 class Router:
-    def __init__(self, config: DeploymentConfig, registry: Registry, calls: CallTable, outbox: Outbox,
-                 tarpit: Tarpit, metrics: KernelMetrics, control: Control) -> None:
+    def __init__(
+        self,
+        config: DeploymentConfig,
+        registry: Registry,
+        calls: CallTable,
+        outbox: Outbox,
+        tarpit: Tarpit,
+        metrics: KernelMetrics,
+        control: Control,
+    ) -> None:
         self.config = config
         self.registry = registry
         self.calls = calls
@@ -46,14 +63,15 @@ class Router:
         self.tarpit = tarpit
         self.metrics = metrics
         self.control = control
-        self.keys: Any = None       # the CURVE KeyRing; None: every peer is an operator
+        self.keys: Any = None  # the CURVE KeyRing; None: every peer is an operator
 
     def route(self, frames: list[Any], user: str | None = None) -> None:
         """Route one message; ``user`` is the CURVE key (z85) it came with, None without CURVE."""
         peer = frames[0]
         if len(frames) < 6:
-            self.reply_error(peer, 0, BadRequest(f"a message has at least 5 frames after the "
-                                                 f"routing id, got {len(frames) - 1}"))
+            self.reply_error(
+                peer, 0, BadRequest(f"a message has at least 5 frames after the routing id, got {len(frames) - 1}")
+            )
             return
         try:
             check_magic(frames[1])
@@ -63,9 +81,14 @@ class Router:
             return
         size = frames_size(frames)
         if size > self.config.max_message_bytes:
-            self.reply_error(peer, header_id(frames[4]), MessageTooLarge(
-                f"message of {size} bytes exceeds the limit of {self.config.max_message_bytes}",
-                detail={"size": size, "limit": self.config.max_message_bytes}))
+            self.reply_error(
+                peer,
+                header_id(frames[4]),
+                MessageTooLarge(
+                    f"message of {size} bytes exceeds the limit of {self.config.max_message_bytes}",
+                    detail={"size": size, "limit": self.config.max_message_bytes},
+                ),
+            )
             return
         name = self.registry.name_of(peer)
         if name is not None:
@@ -81,17 +104,17 @@ class Router:
             self._cancel(peer, frames)
         elif command in (Command.HEARTBEAT, Command.BYE) and name is None:
             # actors' commands, from a peer that is not one (a client)
-            self.reply_error(peer, header_id(frames[4]),
-                             BadRequest(f"{command.name} is an actor's command; register first (READY)"))
+            self.reply_error(
+                peer, header_id(frames[4]), BadRequest(f"{command.name} is an actor's command; register first (READY)")
+            )
         elif command == Command.HEARTBEAT:
-            pass                                   # last_seen is updated above
+            pass  # last_seen is updated above
         elif command == Command.READY:
             self.control.ready(peer, frames, user)
         elif command == Command.BYE and name is not None:
             self.control.actor_died(name, "it said goodbye")
         else:
-            self.reply_error(peer, header_id(frames[4]),
-                             BadRequest(f"{command.name} is not accepted by the kernel"))
+            self.reply_error(peer, header_id(frames[4]), BadRequest(f"{command.name} is not accepted by the kernel"))
 
     def _refuse(self, peer: bytes, header: Header, kind: str, route: str, user: str | None) -> bool:
         """Answer Unauthorized (True) when this peer may not call ``kind.method``: checked
@@ -105,10 +128,12 @@ class Router:
         role = "operator" if self.keys is None else self.keys.role(user)
         if need == "client" or may_call(role, need):
             return False
-        why = ("may be called by actors only" if need == "actor"
-               else "needs an operator key (curve_operators)")
-        self.reply_error(peer, header.id, Unauthorized(f"{kind}.{header.method} {why}",
-                                                       detail={"actor": route, "method": header.method}))
+        why = "may be called by actors only" if need == "actor" else "needs an operator key (curve_operators)"
+        self.reply_error(
+            peer,
+            header.id,
+            Unauthorized(f"{kind}.{header.method} {why}", detail={"actor": route, "method": header.method}),
+        )
         return True
 
     def _request(self, peer: bytes, frames: list[Any], user: str | None = None) -> None:
@@ -127,33 +152,49 @@ class Router:
             return
         entry = self.registry.get(route)
         if entry is None:
-            self.reply_error(peer, header.id, UnknownActor(
-                f"no actor named '{route}' (known: {', '.join(sorted(self.registry.actors)) or 'none'})",
-                detail={"actor": route}))
+            self.reply_error(
+                peer,
+                header.id,
+                UnknownActor(
+                    f"no actor named '{route}' (known: {', '.join(sorted(self.registry.actors)) or 'none'})",
+                    detail={"actor": route},
+                ),
+            )
             return
         if self._refuse(peer, header, entry.kind, route, user):
             return
         if not entry.identity:
-            self.reply_error(peer, header.id, ActorDied(
-                f"actor '{route}' is not running right now (state {entry.state}); retry later",
-                detail={"actor": route, "state": entry.state}))
+            self.reply_error(
+                peer,
+                header.id,
+                ActorDied(
+                    f"actor '{route}' is not running right now (state {entry.state}); retry later",
+                    detail={"actor": route, "state": entry.state},
+                ),
+            )
             return
         inflight = self.calls.of_actor(route)
         if inflight >= self.config.max_inflight:
-            self.reply_error(peer, header.id, Overloaded(
-                f"actor '{route}' has {inflight} calls in flight", detail={"actor": route}))
+            self.reply_error(
+                peer, header.id, Overloaded(f"actor '{route}' has {inflight} calls in flight", detail={"actor": route})
+            )
             return
-        client = None if peer in self.registry.by_identity else (user or peer)   # whose limit
+        client = None if peer in self.registry.by_identity else (user or peer)  # whose limit
         if client is not None and self.calls.of_client(client) >= self.config.max_inflight_per_client:
             # One client cannot take every slot of an actor from the others. The refusal is
             # answered late (a tarpit), jittered (0.5-1.5x) so that connections refused
             # together do not come back together: a synchronized burst would delay everyone's
             # calls queued behind it.
-            frames = self.error_frames(peer, header.id, Overloaded(
-                f"this client has {self.calls.of_client(client)} calls in flight "
-                f"(max_inflight_per_client = {self.config.max_inflight_per_client}"
-                + (", counted per key)" if user else ")"),
-                detail={"limit": "max_inflight_per_client"}))
+            frames = self.error_frames(
+                peer,
+                header.id,
+                Overloaded(
+                    f"this client has {self.calls.of_client(client)} calls in flight "
+                    f"(max_inflight_per_client = {self.config.max_inflight_per_client}"
+                    + (", counted per key)" if user else ")"),
+                    detail={"limit": "max_inflight_per_client"},
+                ),
+            )
             if not self.tarpit.hold(frames, time.monotonic(), 0.5 + random.random()):
                 self.outbox.send(frames)
             return
@@ -167,19 +208,20 @@ class Router:
         self.calls.open(key, route, deadline, now, client)
         self.metrics.count_request(route, header.method)
         identity = entry.identity
-        self.outbox.send(forwarded_frames(frames, identity, peer),
-                         lambda exc: self._not_forwarded(exc, key, route, identity))
+        self.outbox.send(
+            forwarded_frames(frames, identity, peer), lambda exc: self._not_forwarded(exc, key, route, identity)
+        )
 
     def _not_forwarded(self, exc: zmq.ZMQError, key: CallKey, route: str, identity: bytes) -> None:
         """A request could not be handed to its actor: the caller gets the reason."""
         if not self.end_call(key, observe=False):
-            return   # already answered (the actor was found dead meanwhile)
+            return  # already answered (the actor was found dead meanwhile)
         entry = self.registry[route]
         peer, call_id = key
         if exc.errno == errno.EAGAIN:
             self.reply_error(peer, call_id, Overloaded(f"actor '{route}' is not reading its queue"))
         elif exc.errno == errno.EHOSTUNREACH:
-            if entry.identity == identity:   # not a newer process that registered meanwhile
+            if entry.identity == identity:  # not a newer process that registered meanwhile
                 self.control.actor_died(route, "its socket went away")
             self.reply_error(peer, call_id, ActorDied(f"actor '{route}' went away"))
         else:
@@ -189,19 +231,21 @@ class Router:
         client = frames[3]
         final = command in FINAL_COMMANDS
         call_id = header_id(frames[4]) if final or command == Command.STREAM else 0
-        self.outbox.send(forwarded_frames(frames, client, name.encode()),
-                         lambda exc: self._not_delivered(exc, peer, name, command, (client, call_id)))
+        self.outbox.send(
+            forwarded_frames(frames, client, name.encode()),
+            lambda exc: self._not_delivered(exc, peer, name, command, (client, call_id)),
+        )
         if command == Command.ERROR:
             self.metrics.count_error(name, _error_name(frames[5]))
         if final:
             self.end_call((client, call_id))
 
-    def _not_delivered(self, exc: zmq.ZMQError, actor: bytes, name: str, command: Command,
-                       key: CallKey) -> None:
+    def _not_delivered(self, exc: zmq.ZMQError, actor: bytes, name: str, command: Command, key: CallKey) -> None:
         """A reply or chunk could not reach its caller (gone, or not reading): drop it, and
         ask the actor to stop a stream nobody reads."""
-        self.outbox.warn_once("client-gone", f"dropped a {command.name} from {name}: its caller is gone "
-                                             f"or not reading ({exc})")
+        self.outbox.warn_once(
+            "client-gone", f"dropped a {command.name} from {name}: its caller is gone or not reading ({exc})"
+        )
         if command not in FINAL_COMMANDS and self.end_call(key):
             client, call_id = key
             self.outbox.send(kernel_frames(actor, Command.CANCEL, call_id, route=client))
@@ -249,6 +293,6 @@ def header_id(frame: Any) -> int:
         header = msgpack.unpackb(frame)
         call_id = header.get("id", 0)
         ok = isinstance(call_id, int) and not isinstance(call_id, bool) and 0 <= call_id < 2**64
-        return call_id if ok else 0   # answer with id 0 what the caller could not decode
+        return call_id if ok else 0  # answer with id 0 what the caller could not decode
     except Exception:
         return 0

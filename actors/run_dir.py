@@ -1,5 +1,6 @@
 """The deployment's run directory: who runs it (the kernel's pid), where to reach it (the
 endpoint), the kernel's public CURVE key; claimed at start, removed at stop."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ class RunDir:
         except (OSError, ValueError):
             other = 0
         if other and other != os.getpid():
-            raise RuntimeError(f"deployment '{self.deployment}' is already running (kernel pid "
-                               f"{other}, run directory {self.path})")
+            raise RuntimeError(
+                f"deployment '{self.deployment}' is already running (kernel pid {other}, run directory {self.path})"
+            )
         for stale in self.path.iterdir():
             stale.unlink(missing_ok=True)
         pid_file.write_text(str(os.getpid()))

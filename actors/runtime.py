@@ -6,6 +6,7 @@ validates every request at the boundary and answers anything malformed with a ty
 what a handler returns (or yields) is checked against the method's declared reply (or chunk)
 class on the way out, and a mismatch is answered as ``Internal``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -25,13 +26,30 @@ from specmemo.protocol import methods
 from specmemo.protocol.client import AsyncCaller
 from specmemo.protocol.control import Notice, NoticeEvent, ReadyBody, unpack_control
 from specmemo.protocol.curve import apply_client
-from specmemo.protocol.errors import (ActorDied, BadRequest, Cancelled, DeadlineExceeded, Internal,
-                                      Overloaded, SpecmemoError, UnknownMethod, error_from_wire)
+from specmemo.protocol.errors import (
+    ActorDied,
+    BadRequest,
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    Overloaded,
+    SpecmemoError,
+    UnknownMethod,
+    error_from_wire,
+)
 from specmemo.protocol.method_table import result_to_wire
 from specmemo.protocol.schema import to_wire
 from specmemo.protocol.trio_zmq import TrioSocket
-from specmemo.protocol.wire import (DEFAULT_MAX_MESSAGE_BYTES, Command, Header, Message, decode,
-                                    encode, frame_bytes, unpack_body)
+from specmemo.protocol.wire import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Command,
+    Header,
+    Message,
+    decode,
+    encode,
+    frame_bytes,
+    unpack_body,
+)
 
 from .base import Actor, Call
 
@@ -40,16 +58,23 @@ log = logging.getLogger("specmemo.actor")
 
 class Handler(NamedTuple):
     fn: Any
-    request: type          # the request message class
-    result: type           # the reply message class, or the chunk class of a streaming method
+    request: type  # the request message class
+    result: type  # the reply message class, or the chunk class of a streaming method
     streams: bool
-    inline: bool           # a plain ``def``: run at once on the event loop, no task
+    inline: bool  # a plain ``def``: run at once on the event loop, no task
 
 
 class ActorRuntime:
-    def __init__(self, actor: Actor, endpoint: str, *, heartbeat_s: float = 1.0,
-                 heartbeat_misses: int = 5, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 curve: dict[str, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        actor: Actor,
+        endpoint: str,
+        *,
+        heartbeat_s: float = 1.0,
+        heartbeat_misses: int = 5,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        curve: dict[str, bytes] | None = None,
+    ) -> None:
         self.actor = actor
         self.endpoint = endpoint
         self.heartbeat_s = heartbeat_s
@@ -58,12 +83,12 @@ class ActorRuntime:
         self.curve = curve
         self.active: dict[tuple[bytes, int], Call] = {}
         self._handlers: dict[str, Handler] = {}
-        self._outbox: list[list[Any]] = []    # replies held until the burst is dispatched
-        self._stalled = 0                      # batches of replies waiting for socket room
+        self._outbox: list[list[Any]] = []  # replies held until the burst is dispatched
+        self._stalled = 0  # batches of replies waiting for socket room
         self._unstalled = trio.Event()
-        self.stalled_peak = 0                  # the most at once (a test checks it stays small)
+        self.stalled_peak = 0  # the most at once (a test checks it stays small)
         self._stop = trio.Event()
-        self._starting = trio.CancelScope()   # cancelled by a stop that comes during on_start
+        self._starting = trio.CancelScope()  # cancelled by a stop that comes during on_start
         self._last_kernel = time.monotonic()
         self._parent = os.getppid()
         self.exit_reason = ""
@@ -129,8 +154,7 @@ class ActorRuntime:
     async def _register(self) -> None:
         names = [n[4:] for n in dir(self.actor) if n.startswith("rpc_")]
         body = ReadyBody(kind=self.actor.kind, pid=os.getpid(), methods=names)
-        reply = await self.actor.peers.call_command(Command.READY, self.actor.name, to_wire(body),
-                                                    timeout=30)
+        reply = await self.actor.peers.call_command(Command.READY, self.actor.name, to_wire(body), timeout=30)
         if reply.command == Command.ERROR:
             err = error_from_wire(reply.body)
             raise SystemExit(f"{self.actor.name}: the kernel refused registration: {err}")
@@ -156,9 +180,10 @@ class ActorRuntime:
                     for frames in burst:
                         try:
                             self._dispatch(frames)
-                        except Exception:   # a bug must cost one message, not the actor
-                            log.error("%s: a message could not be handled:\n%s", self.actor.name,
-                                      traceback.format_exc())
+                        except Exception:  # a bug must cost one message, not the actor
+                            log.error(
+                                "%s: a message could not be handled:\n%s", self.actor.name, traceback.format_exc()
+                            )
                 finally:
                     # The replies of the burst go out together: sent one by one, each would
                     # wake libzmq's I/O thread (and then the kernel) on its own
@@ -199,7 +224,7 @@ class ActorRuntime:
     def _on_notice(self, msg: Message) -> None:
         try:
             notice = unpack_control(Notice, frame_bytes(msg.raw_body), "NOTICE")
-        except SpecmemoError as exc:   # an event this actor does not know: not for it
+        except SpecmemoError as exc:  # an event this actor does not know: not for it
             log.debug("%s: ignored a notice: %s", self.actor.name, exc)
             return
         if notice.event == NoticeEvent.ACTOR_DIED:
@@ -213,8 +238,7 @@ class ActorRuntime:
             fn = getattr(self.actor, f"rpc_{method}", None)
             if fn is None:
                 raise UnknownMethod(f"{self.actor.name} does not implement '{method}'")
-            inline = not (spec.streams or inspect.iscoroutinefunction(fn)
-                          or inspect.isasyncgenfunction(fn))
+            inline = not (spec.streams or inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn))
             result = spec.chunk if spec.streams else spec.reply
             assert result is not None, f"{spec.name} declares no reply class"
             handler = self._handlers[method] = Handler(fn, spec.request, result, spec.streams, inline)
@@ -270,7 +294,7 @@ class ActorRuntime:
         """The wire map of a handler's reply or chunk, checked against its declared class."""
         try:
             return result_to_wire(cls, value, what)
-        except Internal as exc:   # the handler's bug: logged here, answered as Internal
+        except Internal as exc:  # the handler's bug: logged here, answered as Internal
             log.error("%s.%s: %s", self.actor.name, call.method, exc)
             raise
 
@@ -310,13 +334,12 @@ class ActorRuntime:
         that says why, so the caller always gets an answer and the actor keeps serving."""
         try:
             return encode(command, route, header, body, max_bytes=self.max_message_bytes)
-        except SpecmemoError as exc:   # the reply is too large
+        except SpecmemoError as exc:  # the reply is too large
             exc.origin = exc.origin or self.actor.name
             return encode(Command.ERROR, route, header, exc.to_wire())
-        except Exception as exc:       # a value msgpack cannot carry: a handler bug
+        except Exception as exc:  # a value msgpack cannot carry: a handler bug
             log.error("%s: a reply to call %d could not be encoded: %s", self.actor.name, header.id, exc)
-            err = Internal(f"the reply could not be encoded: {type(exc).__name__}: {exc}",
-                           origin=self.actor.name)
+            err = Internal(f"the reply could not be encoded: {type(exc).__name__}: {exc}", origin=self.actor.name)
             return encode(Command.ERROR, route, header, err.to_wire())
 
     def _reply(self, command: Command, route: bytes, header: Header, body: Any = None) -> None:
@@ -373,11 +396,10 @@ def _is_awaitable(value: Any) -> bool:
         return False
     if inspect.isawaitable(value):
         return True
-    if kind is not types.GeneratorType:   # a generator's awaitability depends on its code
+    if kind is not types.GeneratorType:  # a generator's awaitability depends on its code
         _PLAIN_RESULTS.add(kind)
     return False
 
 
 def _body(msg: Message) -> Any:
     return unpack_body(frame_bytes(msg.raw_body), msg.buffers)
-

@@ -5,6 +5,7 @@ the idle session whose conversation shares the longest prefix of messages with i
 verifier reuses the KV of what it has seen; idle sessions beyond the pool are closed least
 recently used first.
 """
+
 from __future__ import annotations
 
 import time
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class _Pooled:
-    conversation: list[dict[str, str]] = field(default_factory=list)   # prompts and replies it holds
+    conversation: list[dict[str, str]] = field(default_factory=list)  # prompts and replies it holds
     busy: bool = False
     last_used: float = 0.0
 
@@ -40,8 +41,9 @@ class SessionPool:
                 if a != b:
                     break
                 shared += 1
-            if shared > best_len or (shared == best_len and best is not None and shared
-                                     and s.last_used > self.sessions[best].last_used):
+            if shared > best_len or (
+                shared == best_len and best is not None and shared and s.last_used > self.sessions[best].last_used
+            ):
                 best, best_len = sid, shared
         return best if best_len > 0 else None
 
@@ -61,4 +63,4 @@ class SessionPool:
         """Idle sessions to close, least recently used first, so that one more fits."""
         idle = sorted((s.last_used, sid) for sid, s in self.sessions.items() if not s.busy)
         extra = len(self.sessions) + 1 - self.max_sessions
-        return [sid for _, sid in idle[:max(0, extra)]]
+        return [sid for _, sid in idle[: max(0, extra)]]

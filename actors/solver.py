@@ -3,37 +3,55 @@
 Its core is :class:`MatrixStore` (plain, synchronous, testable alone): it owns the plans,
 enforces the size limits, and maps ids to plans. A matrix belongs to the client that registered
 it (its routing identity) unless registered as shared: ids live in one namespace per client plus
-the shared one, and another client's matrix is NotFound, as an id that does not exist. The actor shell validates the wire
-messages and runs the core in a worker thread so heartbeats keep flowing during a long solve.
+the shared one, and another client's matrix is NotFound, as an id that does not exist. The actor
+shell validates the wire messages and runs the core in a worker thread so heartbeats keep flowing during a long solve.
 """
+
 from __future__ import annotations
 
 import io
 import itertools
-import time
 import logging
-from typing import Any, Callable
+import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import trio
 
 from specmemo.native import InvalidMatrix, InvalidOperand, NativeError, Plan, mrs
-from specmemo.native.plan import footprint
-from specmemo.native.mpi_job import JobPlan, RankFailure, RankJob
 from specmemo.native.matrices import read_mtx
-from specmemo.protocol.errors import (ActorDied, DeadlineExceeded, Internal, InvalidInput, NotFound, OverBudget,
-                                      UnknownActor)
-from specmemo.protocol.methods import (Dropped, Empty, MatrixId, MatrixList, MatrixReport,
-                                       MatvecReply, MatvecRequest, RegisterMatrix, SolveReply,
-                                       SolveRequest)
+from specmemo.native.mpi_job import JobPlan, RankFailure, RankJob
+from specmemo.native.plan import footprint
+from specmemo.protocol.errors import (
+    ActorDied,
+    DeadlineExceeded,
+    Internal,
+    InvalidInput,
+    NotFound,
+    OverBudget,
+    UnknownActor,
+)
+from specmemo.protocol.methods import (
+    Dropped,
+    Empty,
+    MatrixId,
+    MatrixList,
+    MatrixReport,
+    MatvecReply,
+    MatvecRequest,
+    RegisterMatrix,
+    SolveReply,
+    SolveRequest,
+)
 
 from .base import Actor, Call
 
 log = logging.getLogger("specmemo.solver")
 
 
-SHARED = b""      # the owner of shared matrices (and of every matrix of an in-process store)
+SHARED = b""  # the owner of shared matrices (and of every matrix of an in-process store)
 
 
 class MemoryBudget:
@@ -50,7 +68,7 @@ class MemoryBudget:
         try:
             self.call("unreserve", owner=self.owner, key=key)
         except (ActorDied, UnknownActor):
-            pass        # a memory actor that restarts starts empty: nothing is held there
+            pass  # a memory actor that restarts starts empty: nothing is held there
 
 
 class MatrixStore:
@@ -63,18 +81,24 @@ class MatrixStore:
     would get NotFound and register again. Shared matrices are never reclaimed.
     """
 
-    def __init__(self, threads: int = 2, max_nnz: int = 200_000_000, max_matrices: int = 64,
-                 reclaim_idle_s: float = 600.0, job: RankJob | None = None,
-                 budget: MemoryBudget | None = None) -> None:
+    def __init__(
+        self,
+        threads: int = 2,
+        max_nnz: int = 200_000_000,
+        max_matrices: int = 64,
+        reclaim_idle_s: float = 600.0,
+        job: RankJob | None = None,
+        budget: MemoryBudget | None = None,
+    ) -> None:
         self.threads = threads
-        self.job = job                  # plans live in this MPI job's ranks when given
-        self.budget = budget            # plans take their bytes from the memory actor's budget
-        self.reservations: dict[tuple[bytes, str], tuple[str, int]] = {}   # plan -> (key, bytes)
+        self.job = job  # plans live in this MPI job's ranks when given
+        self.budget = budget  # plans take their bytes from the memory actor's budget
+        self.reservations: dict[tuple[bytes, str], tuple[str, int]] = {}  # plan -> (key, bytes)
         self.max_nnz = max_nnz
         self.max_matrices = max_matrices
         self.reclaim_idle_s = reclaim_idle_s
         self.plans: dict[tuple[bytes, str], Plan | JobPlan] = {}
-        self.used: dict[tuple[bytes, str], float] = {}     # last registration or use, monotonic
+        self.used: dict[tuple[bytes, str], float] = {}  # last registration or use, monotonic
         self.reclaimed = 0
         self._ids = itertools.count(1)
 
@@ -97,16 +121,15 @@ class MatrixStore:
         key = f"p{next(self._ids)}"
         nbytes = footprint(matrix.shape[0], matrix.nnz)
         if self.job is not None:
-            nbytes += 12 * matrix.nnz + 8 * (matrix.shape[0] + 1)    # the CSR kept to register again
+            nbytes += 12 * matrix.nnz + 8 * (matrix.shape[0] + 1)  # the CSR kept to register again
         if self.budget is not None:
-            self.budget.reserve(key, nbytes)        # OverBudget here: nothing is built
+            self.budget.reserve(key, nbytes)  # OverBudget here: nothing is built
         plan: Plan | JobPlan
         try:
             if self.job is not None:
                 plan = JobPlan.build(self.job, key, matrix, req.kind)
             else:
-                plan = Plan.build(matrix, req.kind, req.threads or self.threads, tol=req.tol,
-                                  precision=req.precision)
+                plan = Plan.build(matrix, req.kind, req.threads or self.threads, tol=req.tol, precision=req.precision)
         except BaseException:
             if self.budget is not None:
                 self.budget.unreserve(key)
@@ -134,10 +157,12 @@ class MatrixStore:
             freed_count += 1
             freed_nnz += self.plans[key].describe().nnz
         if count - freed_count >= self.max_matrices or stored - freed_nnz + nnz > self.max_nnz:
-            raise OverBudget(f"{count} matrices of {stored} nonzeros are registered (limits "
-                             f"{self.max_matrices} and {self.max_nnz}); registering {nnz} more "
-                             f"nonzeros does not fit, and no private matrix has been idle for "
-                             f"{self.reclaim_idle_s:g} s to make room; drop one first")
+            raise OverBudget(
+                f"{count} matrices of {stored} nonzeros are registered (limits "
+                f"{self.max_matrices} and {self.max_nnz}); registering {nnz} more "
+                f"nonzeros does not fit, and no private matrix has been idle for "
+                f"{self.reclaim_idle_s:g} s to make room; drop one first"
+            )
         for _, key in idle[:freed_count]:
             self._forget(key)
             self.reclaimed += 1
@@ -152,7 +177,7 @@ class MatrixStore:
             try:
                 plan.drop()
             except RankFailure:
-                pass            # the job ended: its copy of the plan is gone with it
+                pass  # the job ended: its copy of the plan is gone with it
         return plan is not None
 
     def _matrix(self, req: RegisterMatrix) -> sp.csr_array:
@@ -179,7 +204,7 @@ class MatrixStore:
 
     def visible(self, owner: bytes = SHARED) -> list[str]:
         """The ids `owner` sees: its own, then the shared ones."""
-        keys = list(self.plans)         # a register in the worker thread may add one meanwhile
+        keys = list(self.plans)  # a register in the worker thread may add one meanwhile
         own = sorted(m for o, m in keys if o == owner)
         return own + sorted(m for o, m in keys if o == SHARED and m not in own)
 
@@ -189,8 +214,9 @@ class MatrixStore:
         if plan is not None:
             self.used[key] = time.monotonic()
         if plan is None:
-            raise NotFound(f"no matrix with id {mid!r} (yours and shared: {self.visible(owner) or 'none'})",
-                           detail={"id": mid})
+            raise NotFound(
+                f"no matrix with id {mid!r} (yours and shared: {self.visible(owner) or 'none'})", detail={"id": mid}
+            )
         return plan
 
     def report(self, mid: str, owner: bytes = SHARED) -> MatrixReport:
@@ -205,9 +231,14 @@ class MatrixStore:
             result = plan.solve(req.b, req.alpha, req.tol, req.maxiter or None)
         else:
             result = mrs(plan, req.b, req.alpha, req.tol, req.maxiter or None)
-        return SolveReply(x=result.x, converged=result.converged, iterations=result.iterations,
-                          residual=result.residual, seconds=result.seconds,
-                          history=np.asarray(result.history) if req.history else None)
+        return SolveReply(
+            x=result.x,
+            converged=result.converged,
+            iterations=result.iterations,
+            residual=result.residual,
+            seconds=result.seconds,
+            history=np.asarray(result.history) if req.history else None,
+        )
 
     def drop(self, mid: str, owner: bytes = SHARED) -> bool:
         """Drop the caller's matrix `mid`, else a shared one of that id."""
@@ -217,39 +248,42 @@ class MatrixStore:
 class SolverActor(Actor):
     kind = "solver"
     # a rank of the MPI job died: the call failed, the job restarts and plans register again
-    errors = {InvalidMatrix: InvalidInput, InvalidOperand: InvalidInput, NativeError: Internal,
-              RankFailure: ActorDied}
+    errors = {InvalidMatrix: InvalidInput, InvalidOperand: InvalidInput, NativeError: Internal, RankFailure: ActorDied}
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
         ranks, threads = int(config.get("ranks", 0)), int(config.get("threads", 2))
-        self.memory_name = str(config.get("memory", ""))      # "": the solver's own limits only
-        self.store = MatrixStore(threads=threads,
-                                 max_nnz=int(config.get("max_nnz", 200_000_000)),
-                                 max_matrices=int(config.get("max_matrices", 64)),
-                                 reclaim_idle_s=float(config.get("reclaim_idle_s", 600)),
-                                 job=RankJob(ranks, threads) if ranks else None,
-                                 budget=MemoryBudget(self._blocking_call, name) if self.memory_name else None)
+        self.memory_name = str(config.get("memory", ""))  # "": the solver's own limits only
+        self.store = MatrixStore(
+            threads=threads,
+            max_nnz=int(config.get("max_nnz", 200_000_000)),
+            max_matrices=int(config.get("max_matrices", 64)),
+            reclaim_idle_s=float(config.get("reclaim_idle_s", 600)),
+            job=RankJob(ranks, threads) if ranks else None,
+            budget=MemoryBudget(self._blocking_call, name) if self.memory_name else None,
+        )
 
     def _blocking_call(self, method: str, **params: Any) -> Any:
         """From the worker thread: one call to the memory actor, in the trio loop."""
-        return trio.from_thread.run(lambda: self.peers.call(self.memory_name, method, timeout=30, **params),
-                                    trio_token=self.trio_token)
+        return trio.from_thread.run(
+            lambda: self.peers.call(self.memory_name, method, timeout=30, **params), trio_token=self.trio_token
+        )
 
     async def on_start(self) -> None:
         self.trio_token = trio.lowlevel.current_trio_token()
 
     async def on_peer_died(self, name: str) -> None:
         if name == self.memory_name and self.store.reservations:
-            await self._reserve_again()          # (the runtime runs this in a task of its own)
+            await self._reserve_again()  # (the runtime runs this in a task of its own)
 
     async def _reserve_again(self) -> None:
         """A restarted memory actor starts empty: hold every registered plan's bytes again."""
         while True:
             try:
                 for key, nbytes in list(self.store.reservations.values()):
-                    await self.peers.call(self.memory_name, "reserve", owner=self.name, key=key,
-                                          nbytes=nbytes, timeout=30)
+                    await self.peers.call(
+                        self.memory_name, "reserve", owner=self.name, key=key, nbytes=nbytes, timeout=30
+                    )
                 return
             except (ActorDied, UnknownActor, DeadlineExceeded):
                 await trio.sleep(0.5)
@@ -275,8 +309,11 @@ class SolverActor(Actor):
         nnz = self.store.plan(req.id, call.route).describe().nnz
         self.metrics.set("solve_iterations", out.iterations, "Iterations of the last solve")
         if out.seconds > 0:
-            self.metrics.set("solve_gflops", 2 * nnz * out.iterations / out.seconds / 1e9,
-                             "Useful GFLOP/s of the last solve's SpMVs (2 nnz per iteration)")
+            self.metrics.set(
+                "solve_gflops",
+                2 * nnz * out.iterations / out.seconds / 1e9,
+                "Useful GFLOP/s of the last solve's SpMVs (2 nnz per iteration)",
+            )
         self.metrics.set("matrices", len(self.store.plans), "Registered matrices")
         return out
 

@@ -16,8 +16,10 @@ A child's state is an :class:`~specmemo.protocol.actor_state.ActorState`: ``wait
 may start, ``starting`` until it registers, ``ready``, ``restarting`` during a backoff,
 ``stopped`` when not restarted, ``failed`` when its restarts escalated.
 """
+
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -26,8 +28,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import TextIO
 
 from specmemo.deploy.config import ActorConfig, DeploymentConfig
 from specmemo.protocol.actor_state import ActorState
@@ -56,7 +59,7 @@ def forked(cfg: ActorConfig) -> bool:
 class Child:
     cfg: ActorConfig
     proc: subprocess.Popen | ForkedProcess | None = None
-    state: ActorState = ActorState.WAITING   # WAITING, STARTING, READY, RESTARTING, STOPPED, FAILED
+    state: ActorState = ActorState.WAITING  # WAITING, STARTING, READY, RESTARTING, STOPPED, FAILED
     restarts: int = 0
     recent: deque = field(default_factory=deque)
     next_start: float = 0.0
@@ -74,8 +77,14 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: DeploymentConfig, endpoint: str, *, out: TextIO | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: DeploymentConfig,
+        endpoint: str,
+        *,
+        out: TextIO | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.config = config
         self.endpoint = endpoint
         self.out = out or sys.stdout
@@ -108,11 +117,22 @@ class Supervisor:
 
     def spawn(self, child: Child, now: float) -> None:
         cfg = child.cfg
-        argv = ["--name", cfg.name, "--kind", cfg.kind,
-                "--endpoint", self.endpoint, "--config", json.dumps(cfg.config),
-                "--heartbeat", str(self.config.heartbeat_s),
-                "--heartbeat-misses", str(self.config.heartbeat_misses),
-                "--max-message-bytes", str(self.config.max_message_bytes)]
+        argv = [
+            "--name",
+            cfg.name,
+            "--kind",
+            cfg.kind,
+            "--endpoint",
+            self.endpoint,
+            "--config",
+            json.dumps(cfg.config),
+            "--heartbeat",
+            str(self.config.heartbeat_s),
+            "--heartbeat-misses",
+            str(self.config.heartbeat_misses),
+            "--max-message-bytes",
+            str(self.config.max_message_bytes),
+        ]
         if self.config.metrics_port:
             argv += ["--metrics-port", str(self.config.metrics_port + 1 + self.order.index(cfg))]
         env = {**os.environ, **self.extra_env, **cfg.env, "PYTHONUNBUFFERED": "1"}
@@ -124,14 +144,19 @@ class Supervisor:
             except ZygoteError as exc:
                 self.say("kernel", f"the zygote could not fork {cfg.name} ({exc}); starting it with exec")
         if child.proc is None:
-            child.proc = subprocess.Popen([sys.executable, "-m", "specmemo.actors.run", *argv],
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, text=True, env=env,
-                                          start_new_session=True, preexec_fn=die_with_parent)
+            child.proc = subprocess.Popen(
+                [sys.executable, "-m", "specmemo.actors.run", *argv],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         child.state = ActorState.STARTING
         child.started_at = now
-        child.pump = threading.Thread(target=self._pump_output, args=(cfg.name, child.proc.stdout),
-                                      daemon=True)
+        child.pump = threading.Thread(target=self._pump_output, args=(cfg.name, child.proc.stdout), daemon=True)
         child.pump.start()
         self.say("kernel", f"started {cfg.name} ({cfg.kind}) pid {child.proc.pid}{how}")
 
@@ -144,14 +169,18 @@ class Supervisor:
         if self.zygote is not None:
             self.zygote.tick(now)
         for child in self.children.values():
-            if child.state in (ActorState.WAITING, ActorState.RESTARTING) and now >= child.next_start \
-                    and all(dep in ready for dep in child.cfg.after):
+            if (
+                child.state in (ActorState.WAITING, ActorState.RESTARTING)
+                and now >= child.next_start
+                and all(dep in ready for dep in child.cfg.after)
+            ):
                 if self.zygote is not None and forked(child.cfg) and self.zygote.worth_waiting:
                     continue
                 self.spawn(child, now)
             elif child.state == ActorState.STARTING and now - child.started_at > child.cfg.start_timeout_s:
-                self.say("kernel", f"{child.cfg.name} did not become ready in "
-                                   f"{child.cfg.start_timeout_s:.0f} s; killing it")
+                self.say(
+                    "kernel", f"{child.cfg.name} did not become ready in {child.cfg.start_timeout_s:.0f} s; killing it"
+                )
                 self.kill(child)
 
     def mark_ready(self, name: str) -> None:
@@ -192,7 +221,7 @@ class Supervisor:
                 return
             proc = own.get(info.si_pid)
             if proc is not None:
-                proc.poll()     # reaps it and keeps its exit code for reap()
+                proc.poll()  # reaps it and keeps its exit code for reap()
             else:
                 os.waitpid(info.si_pid, 0)
                 self.say("kernel", f"reaped orphaned process {info.si_pid}")
@@ -210,12 +239,13 @@ class Supervisor:
             child.recent.popleft()
         if len(child.recent) >= self.config.restart_intensity:
             child.state = ActorState.FAILED
-            raise Escalation(f"actor '{cfg.name}' died {len(child.recent) + 1} times within "
-                             f"{period:.0f} s (last: {how}); stopping the deployment")
+            raise Escalation(
+                f"actor '{cfg.name}' died {len(child.recent) + 1} times within "
+                f"{period:.0f} s (last: {how}); stopping the deployment"
+            )
         child.recent.append(now)
         child.quick_failures = child.quick_failures + 1 if uptime < period else 0
-        delay = min(self.config.backoff_max_s,
-                    self.config.backoff_s * (2 ** max(0, child.quick_failures - 1)))
+        delay = min(self.config.backoff_max_s, self.config.backoff_s * (2 ** max(0, child.quick_failures - 1)))
         child.state = ActorState.RESTARTING
         child.restarts += 1
         child.next_start = now + delay
@@ -235,9 +265,11 @@ class Supervisor:
             if proc is None:
                 child.state = ActorState.STOPPED
                 continue
-            rungs: list[Callable[[], None]] = [lambda: ask(cfg.name),
-                                               lambda: proc.send_signal(signal.SIGTERM),
-                                               proc.kill]
+            rungs: list[Callable[[], None]] = [
+                functools.partial(ask, cfg.name),
+                functools.partial(proc.send_signal, signal.SIGTERM),
+                proc.kill,
+            ]
             for rung in rungs:
                 if proc.poll() is not None:
                     break

@@ -15,6 +15,7 @@ dies, its accounting is gone: the turns in flight fail with ``ActorDied``, every
 is dropped (the conversations stay), the lease is registered with the restarted memory actor,
 and each session's next turn rebuilds its caches from its committed token ids.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -32,16 +33,25 @@ from specmemo.actors.engine import VerifierCore
 from specmemo.actors.engine.driver import DRAFT, TARGET, Driver, TurnEvent
 from specmemo.actors.engine.errors import EngineError
 from specmemo.protocol import errors
-from specmemo.protocol.methods import (ChatChunk, ChatRequest, CompleteRequest, Empty, Freed,
-                                       GenerateRequest, ModelInfo, OpenChat, SessionList, SessionRef)
+from specmemo.protocol.methods import (
+    ChatChunk,
+    ChatRequest,
+    CompleteRequest,
+    Empty,
+    Freed,
+    GenerateRequest,
+    ModelInfo,
+    OpenChat,
+    SessionList,
+    SessionRef,
+)
 
 from .base import Actor, Call
 from .memory import ENGINE_ERRORS
-from .modelconfig import (describe_precision, load_actor_model, model_info, preload_actor_model,
-                          set_model_gauges)
+from .modelconfig import describe_precision, load_actor_model, model_info, preload_actor_model, set_model_gauges
 from .proxies import RemoteDraft, RemoteMemory
 
-__all__ = ["RemoteDraft", "RemoteMemory", "VerifierActor"]   # the proxies, re-exported
+__all__ = ["RemoteDraft", "RemoteMemory", "VerifierActor"]  # the proxies, re-exported
 
 log = logging.getLogger("specmemo.verifier")
 
@@ -52,7 +62,7 @@ class _Stream:
 
     session: str
     send: trio.MemorySendChannel
-    message: str | None                # None for raw-id generation (no chat history)
+    message: str | None  # None for raw-id generation (no chat history)
     messages: list[dict] | None = None  # a whole conversation (`complete`)
     reply: list[int] = field(default_factory=list)
     text: str = ""
@@ -68,7 +78,7 @@ class VerifierActor(Actor):
         self.memory_name = config.get("memory", "memory")
         self.draft_name = config.get("draft", "draft")
         self.streams: dict[str, _Stream] = {}
-        self.owners: dict[str, bytes] = {}      # session -> routing id of the client that opened it
+        self.owners: dict[str, bytes] = {}  # session -> routing id of the client that opened it
         self.joins: list[tuple[ChatRequest | GenerateRequest | CompleteRequest, _Stream]] = []
         self.leaves: list[str] = []
         self.wake = trio.Event()
@@ -81,32 +91,44 @@ class VerifierActor(Actor):
 
     async def on_start(self) -> None:
         import torch
+
         torch.set_num_threads(int(self.config.get("threads", torch.get_num_threads())))
         model, tokenizer = await self.run_sync(load_actor_model, self.config, "target")
         block_tokens = int(self.config.get("block_tokens", 16))
         info = await self._wait_for_draft()
         context = model.config.get_text_config(decoder=True).max_position_embeddings
-        self.core = VerifierCore(model, tokenizer, block_tokens, int(self.config.get("spare_blocks", 1)),
-                                 min(info["max_context"], context))
+        self.core = VerifierCore(
+            model, tokenizer, block_tokens, int(self.config.get("spare_blocks", 1)), min(info["max_context"], context)
+        )
         if info["vocab_size"] != self.core.vocab_size:
-            raise SystemExit(f"draft vocabulary {info['vocab_size']} != target vocabulary "
-                             f"{self.core.vocab_size}: not a pair")
-        self.memory_ready = trio.Event()      # set by _add_holder, once registered (on_registered)
+            raise SystemExit(
+                f"draft vocabulary {info['vocab_size']} != target vocabulary {self.core.vocab_size}: not a pair"
+            )
+        self.memory_ready = trio.Event()  # set by _add_holder, once registered (on_registered)
         self.trio_token = trio.lowlevel.current_trio_token()
         memory = RemoteMemory(self._blocking_call, self.memory_name, self.name)
         self.draft = RemoteDraft(self._blocking_call, self.draft_name, self.core.ids)
         eos = tokenizer.eos_token_id if tokenizer is not None else None
         if not self.config.get("stop_at_eos", True):
             eos = None  # benchmarks: always generate the requested count
-        self.driver = Driver(self.core, self.draft, memory, (eos,) if eos is not None else (),
-                             measure_cost=self.config.get("cost_ratio") is None,
-                             gamma_max=int(self.config.get("gamma_max", 8)))
+        self.driver = Driver(
+            self.core,
+            self.draft,
+            memory,
+            (eos,) if eos is not None else (),
+            measure_cost=self.config.get("cost_ratio") is None,
+            gamma_max=int(self.config.get("gamma_max", 8)),
+        )
         self.memory = memory
         self.gamma = self.config.get("gamma")
         self.tree = self.config.get("tree")
         set_model_gauges(self.metrics, self.core)
-        log.info("target model %s loaded (%d KV bytes/token, %s)", self.config.get("model", "default"),
-                 self.core.bytes_per_token, describe_precision(self.core))
+        log.info(
+            "target model %s loaded (%d KV bytes/token, %s)",
+            self.config.get("model", "default"),
+            self.core.bytes_per_token,
+            describe_precision(self.core),
+        )
 
     async def _wait_for_draft(self) -> dict:
         """The draft's info; the draft may run elsewhere and register later than this actor."""
@@ -119,8 +141,9 @@ class VerifierActor(Actor):
 
     def _blocking_call(self, actor: str, method: str, **params: Any) -> Any:
         """From the worker thread: one call through this actor's socket, in the trio loop."""
-        return trio.from_thread.run(lambda: self.peers.call(actor, method, timeout=120, **params),
-                                    trio_token=self.trio_token)
+        return trio.from_thread.run(
+            lambda: self.peers.call(actor, method, timeout=120, **params), trio_token=self.trio_token
+        )
 
     async def on_registered(self) -> None:
         await self._add_holder()
@@ -129,9 +152,15 @@ class VerifierActor(Actor):
         """Register the target's lease; waits for a memory actor that is restarting."""
         while True:
             try:
-                await self.peers.call(self.memory_name, "add_holder", holder=TARGET,
-                                      bytes_per_token=self.core.bytes_per_token, actor=self.name,
-                                      weight_bytes=self.core.weight_bytes, timeout=10)
+                await self.peers.call(
+                    self.memory_name,
+                    "add_holder",
+                    holder=TARGET,
+                    bytes_per_token=self.core.bytes_per_token,
+                    actor=self.name,
+                    weight_bytes=self.core.weight_bytes,
+                    timeout=10,
+                )
                 break
             except (errors.ActorDied, errors.UnknownActor, errors.DeadlineExceeded):
                 await trio.sleep(0.05)
@@ -149,8 +178,10 @@ class VerifierActor(Actor):
         if name != self.memory_name or not hasattr(self, "driver"):
             return
         self.memory_ready = trio.Event()
-        lost = errors.ActorDied("the memory actor restarted during this turn; the session stays "
-                              "open, send the message again", origin=self.name)
+        lost = errors.ActorDied(
+            "the memory actor restarted during this turn; the session stays open, send the message again",
+            origin=self.name,
+        )
         async with self._core_lock:
             for session in self.driver.active:
                 self.driver.abort(session)
@@ -168,13 +199,15 @@ class VerifierActor(Actor):
         return ModelInfo(**model_info(self.core))
 
     async def rpc_open(self, req: OpenChat, call: Call) -> SessionRef:
-        session = req.session or f"s-{secrets.token_urlsafe(12)}"     # unguessable unless the caller names it
+        session = req.session or f"s-{secrets.token_urlsafe(12)}"  # unguessable unless the caller names it
         limit = int(self.config.get("max_sessions_per_client", 64))
         held = sum(1 for owner in self.owners.values() if owner == call.route)
         if held >= limit:
             # one client cannot fill the KV budget (and evict everyone else's idle sessions)
-            raise errors.Overloaded(f"this client has {held} open sessions (max_sessions_per_client "
-                                  f"= {limit}); close one first", detail={"limit": "max_sessions_per_client"})
+            raise errors.Overloaded(
+                f"this client has {held} open sessions (max_sessions_per_client = {limit}); close one first",
+                detail={"limit": "max_sessions_per_client"},
+            )
         if self.core.has(session):
             raise errors.Conflict(f"session {session!r} is already open")
         self.core.open(session)
@@ -210,8 +243,7 @@ class VerifierActor(Actor):
             return await trio.to_thread.run_sync(self._close_now, session)
 
     async def rpc_sessions(self, req: Empty, call: Call) -> SessionList:
-        return SessionList(sessions=self.core.sessions(), active=list(self.streams),
-                           held=self.core.held_bytes())
+        return SessionList(sessions=self.core.sessions(), active=list(self.streams), held=self.core.held_bytes())
 
     # ---------------------------------------------------------------- chat
 
@@ -231,8 +263,14 @@ class VerifierActor(Actor):
         async for chunk in self._turn(session, req, None, close_after=True):
             yield chunk
 
-    async def _turn(self, session: str, req: ChatRequest | CompleteRequest | GenerateRequest, message: str | None,
-                    close_after: bool = False, messages: list[dict] | None = None):
+    async def _turn(
+        self,
+        session: str,
+        req: ChatRequest | CompleteRequest | GenerateRequest,
+        message: str | None,
+        close_after: bool = False,
+        messages: list[dict] | None = None,
+    ):
         await self.memory_ready.wait()
         if session in self.streams:
             raise errors.Conflict(f"session {session!r} is already generating for another caller")
@@ -279,8 +317,7 @@ class VerifierActor(Actor):
                     async with self._core_lock:
                         for stream, exc in await trio.to_thread.run_sync(self._between_steps, leaves):
                             self._fail(stream, exc)
-                        events = await trio.to_thread.run_sync(self.driver.step) \
-                            if self.driver.active else []
+                        events = await trio.to_thread.run_sync(self.driver.step) if self.driver.active else []
                 except Exception as exc:  # a failed step fails its turns, not the actor
                     log.exception("speculative step failed")
                     await self._abort_active(exc)
@@ -289,8 +326,11 @@ class VerifierActor(Actor):
                     self._dispatch(event, len(events))
                 steps = [e.step for e in events if e.step is not None]
                 if steps:
-                    self.metrics.set("accepted_per_step", sum(x.accepted for x in steps) / len(steps),
-                                     "Mean accepted drafts per step, last batch")
+                    self.metrics.set(
+                        "accepted_per_step",
+                        sum(x.accepted for x in steps) / len(steps),
+                        "Mean accepted drafts per step, last batch",
+                    )
                     self.metrics.set("batch", len(steps), "Sessions in the last step")
 
     async def _abort_active(self, exc: Exception) -> None:
@@ -330,9 +370,16 @@ class VerifierActor(Actor):
                 else:
                     assert isinstance(req, GenerateRequest), "a stream without messages is a generate call"
                     ids, keep = self.core.check_prompt(stream.session, req.prompt_ids)
-                self.driver.join(stream.session, ids, keep, req.max_new_tokens, req.temperature,
-                                 req.seed, req.gamma if req.gamma is not None else self.gamma,
-                                 req.tree if req.tree is not None else self.tree)
+                self.driver.join(
+                    stream.session,
+                    ids,
+                    keep,
+                    req.max_new_tokens,
+                    req.temperature,
+                    req.seed,
+                    req.gamma if req.gamma is not None else self.gamma,
+                    req.tree if req.tree is not None else self.tree,
+                )
             except (EngineError, errors.SpecmemoError) as exc:
                 failed.append((stream, exc))
         return failed
@@ -353,10 +400,13 @@ class VerifierActor(Actor):
             return
         tokens = event.tokens
         stream.reply.extend(int(t) for t in tokens)
-        text = self.core.tokenizer.decode(stream.reply, skip_special_tokens=True) \
-            if self.core.tokenizer is not None else ""
+        text = (
+            self.core.tokenizer.decode(stream.reply, skip_special_tokens=True)
+            if self.core.tokenizer is not None
+            else ""
+        )
         if event.done or not text.endswith("\ufffd"):
-            delta, stream.text = text[len(stream.text):], text
+            delta, stream.text = text[len(stream.text) :], text
         else:
             delta = ""
         stats = dict(event.stats)
@@ -375,8 +425,9 @@ class VerifierActor(Actor):
             else:
                 reply = text
         step = None if event.step is None else {**event.step.as_dict(), "batch": batch}
-        _deliver(stream, ChatChunk(tokens=tokens, text=delta, done=bool(event.done),
-                                   step=step, stats=stats, reply=reply))
+        _deliver(
+            stream, ChatChunk(tokens=tokens, text=delta, done=bool(event.done), step=step, stats=stats, reply=reply)
+        )
         if event.done:
             stream.send.close()
 

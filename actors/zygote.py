@@ -31,11 +31,11 @@ Process tree: the zygote forks an intermediate child that forks the actor and ex
 once; the zygote reaps the intermediate and only then replies. The orphaned actor is
 adopted by the kernel (a child subreaper), which waits on it like on any child of its own.
 """
+
 from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib
 import json
 import os
 import signal
@@ -48,8 +48,8 @@ from typing import Any
 from . import prctl
 
 MAX_REQUEST_BYTES = 1 << 20
-_THREADS = 0               # torch's thread count before the zygote went to one; forks get it back
-PARENT_WAIT_S = 5.0        # the actor waits this long to be adopted by the kernel
+_THREADS = 0  # torch's thread count before the zygote went to one; forks get it back
+PARENT_WAIT_S = 5.0  # the actor waits this long to be adopted by the kernel
 
 
 class Refused(Exception):
@@ -82,6 +82,7 @@ def preload(targets: list[str]) -> None:
     """Import the runner and each actor class, and let the class import what it will need
     (classes that share a hook, like draft and verifier, run it once)."""
     from specmemo.actors.run import load_actor_class
+
     done: set[Any] = set()
     for target in targets:
         hook = getattr(load_actor_class("", target), "preload", None)
@@ -102,9 +103,10 @@ def load_models(models: list[list[Any]]) -> int:
     from transformers.utils import logging as hf_logging
 
     from specmemo.actors.modelconfig import ROLE_OF_KIND, load_resident
+
     resident = 0
     torch.set_num_threads(1)
-    tqdm.monitor_interval = 0            # tqdm's monitor is a thread that would outlive the load
+    tqdm.monitor_interval = 0  # tqdm's monitor is a thread that would outlive the load
     hf_logging.disable_progress_bar()
     for kind, config in models:
         started = time.monotonic()
@@ -187,10 +189,11 @@ def become_actor(sock: socket.socket, request: dict[str, Any], out_fd: int) -> N
         prctl.set_name(str(request.get("name", "actor")))
         _reseed()
         if "torch" in sys.modules and _THREADS:
-            sys.modules["torch"].set_num_threads(_THREADS)   # the zygote ran on one
+            sys.modules["torch"].set_num_threads(_THREADS)  # the zygote ran on one
         argv = [str(a) for a in request["argv"]]
         sys.argv = ["specmemo.actors.run", *argv]
         from specmemo.actors import run
+
         code = run.main(argv)
     except SystemExit as exc:
         code = _exit_code(exc)
@@ -215,8 +218,9 @@ def _wait_for_adoption(kernel_pid: int) -> None:
     deadline = time.monotonic() + PARENT_WAIT_S
     while os.getppid() != kernel_pid:
         if time.monotonic() > deadline:
-            raise SystemExit(f"not adopted by the kernel (pid {kernel_pid}) in {PARENT_WAIT_S:.0f} s; "
-                             f"parent is {os.getppid()}")
+            raise SystemExit(
+                f"not adopted by the kernel (pid {kernel_pid}) in {PARENT_WAIT_S:.0f} s; parent is {os.getppid()}"
+            )
         time.sleep(0.001)
     prctl.die_with_parent(signal.SIGTERM)
     if os.getppid() != kernel_pid:
@@ -244,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="specmemo-zygote")
     p.add_argument("--fd", type=int, required=True, help="the SOCK_SEQPACKET socket to the kernel")
     p.add_argument("--preload", default="[]", help='JSON list of "module:Class" to preload')
-    p.add_argument("--models", default="[]", help='JSON list of [kind, config] whose models to load')
+    p.add_argument("--models", default="[]", help="JSON list of [kind, config] whose models to load")
     args = p.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     t0 = time.monotonic()
@@ -253,13 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     if models:
         global _THREADS
         import torch
+
         _THREADS = torch.get_num_threads()
         load_models(models)
     pools = stop_blas_pools()
     threads = thread_count()
     seconds = time.monotonic() - t0
-    print(f"preloaded in {seconds:.1f} s ({pools} BLAS pools stopped, {threads} threads)",
-          file=sys.stderr)
+    print(f"preloaded in {seconds:.1f} s ({pools} BLAS pools stopped, {threads} threads)", file=sys.stderr)
     sock.send(json.dumps({"ready": True, "threads": threads, "seconds": seconds}).encode())
     return serve(sock)
 

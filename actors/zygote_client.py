@@ -19,6 +19,7 @@
 ``returncode``, ``stdout``), built on ``waitpid`` since the kernel adopted the actor
 without having started it.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,17 +30,18 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from specmemo.protocol.actor_state import ActorState
 
 from . import prctl
 
-REPLY_TIMEOUT_S = 2.0        # a fork takes milliseconds; more means the zygote is stuck (routing waits meanwhile)
-READY_TIMEOUT_S = 300.0      # importing torch on a loaded machine can take a minute
-MODEL_LOAD_S = 600.0         # more time to be ready for each model it loads (one thread)
-MAX_FAILURES = 5             # failures in a row before the zygote is given up
-WAIT_FAILURES = 2            # from this many failures in a row on, actors do not wait for it
+REPLY_TIMEOUT_S = 2.0  # a fork takes milliseconds; more means the zygote is stuck (routing waits meanwhile)
+READY_TIMEOUT_S = 300.0  # importing torch on a loaded machine can take a minute
+MODEL_LOAD_S = 600.0  # more time to be ready for each model it loads (one thread)
+MAX_FAILURES = 5  # failures in a row before the zygote is given up
+WAIT_FAILURES = 2  # from this many failures in a row on, actors do not wait for it
 
 
 class ZygoteError(RuntimeError):
@@ -58,7 +60,7 @@ class ForkedProcess:
         if self.returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:   # not ours (never adopted): nothing to wait for
+            except ChildProcessError:  # not ours (never adopted): nothing to wait for
                 self.returncode = 255
             else:
                 if pid:
@@ -75,7 +77,7 @@ class ForkedProcess:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None:   # never signal a pid that was reaped (it may be reused)
+        if self.poll() is None:  # never signal a pid that was reaped (it may be reused)
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
@@ -83,12 +85,18 @@ class ForkedProcess:
 
 
 class ZygoteClient:
-    def __init__(self, targets: list[str], env: dict[str, str],
-                 say: Callable[[str, str], None], pump: Callable[[str, TextIO], None],
-                 backoff_s: float = 0.5, backoff_max_s: float = 30.0,
-                 models: list[list[Any]] | None = None) -> None:
-        self.targets = targets   # "module:Class" of each actor class to preload
-        self.models = models or []   # [kind, config] of each actor whose model it loads once
+    def __init__(
+        self,
+        targets: list[str],
+        env: dict[str, str],
+        say: Callable[[str, str], None],
+        pump: Callable[[str, TextIO], None],
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        models: list[list[Any]] | None = None,
+    ) -> None:
+        self.targets = targets  # "module:Class" of each actor class to preload
+        self.models = models or []  # [kind, config] of each actor whose model it loads once
         self.env = env
         self.say = say
         self.pump = pump
@@ -118,23 +126,37 @@ class ZygoteClient:
 
     def start(self, now: float) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = [sys.executable, "-m", "specmemo.actors.zygote", "--fd", str(theirs.fileno()),
-                "--preload", json.dumps(self.targets), "--models", json.dumps(self.models)]
+        argv = [
+            sys.executable,
+            "-m",
+            "specmemo.actors.zygote",
+            "--fd",
+            str(theirs.fileno()),
+            "--preload",
+            json.dumps(self.targets),
+            "--models",
+            json.dumps(self.models),
+        ]
         try:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                         env={**self.env, "PYTHONUNBUFFERED": "1"},
-                                         pass_fds=[theirs.fileno()], start_new_session=True,
-                                         preexec_fn=prctl.die_with_parent)
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+                env={**self.env, "PYTHONUNBUFFERED": "1"},
+                pass_fds=[theirs.fileno()],
+                start_new_session=True,
+                preexec_fn=prctl.die_with_parent,
+            )
         finally:
             theirs.close()
         self.sock = ours
         self.state, self.started_at = ActorState.STARTING, now
-        self.pump_thread = threading.Thread(target=self.pump, args=("zygote", self.proc.stdout),
-                                            daemon=True)
+        self.pump_thread = threading.Thread(target=self.pump, args=("zygote", self.proc.stdout), daemon=True)
         self.pump_thread.start()
-        self.say("kernel", f"started the zygote pid {self.proc.pid} (preloading "
-                           f"{', '.join(self.targets)})")
+        self.say("kernel", f"started the zygote pid {self.proc.pid} (preloading {', '.join(self.targets)})")
 
     def tick(self, now: float) -> None:
         """Notice readiness, death or a start that takes too long; start again after a backoff."""
@@ -157,8 +179,7 @@ class ZygoteClient:
                 return
             hello = json.loads(data)
             if hello.get("threads") != 1:
-                self._failed(now, f"runs {hello.get('threads')} threads after preloading; "
-                                  "forking it would not be safe")
+                self._failed(now, f"runs {hello.get('threads')} threads after preloading; forking it would not be safe")
                 return
             self.state, self.failures = ActorState.READY, 0
             self.say("kernel", f"zygote ready in {now - self.started_at:.1f} s")
@@ -170,8 +191,9 @@ class ZygoteClient:
         self.failures += 1
         if self.failures >= MAX_FAILURES:
             self.state = ActorState.FAILED
-            self.say("kernel", f"zygote {why}; {self.failures} failures in a row, actors are "
-                               "started with exec from now on")
+            self.say(
+                "kernel", f"zygote {why}; {self.failures} failures in a row, actors are started with exec from now on"
+            )
             return
         delay = min(self.backoff_max_s, self.backoff_s * 2 ** (self.failures - 1))
         self.state, self.next_start = ActorState.RESTARTING, now + delay
@@ -213,7 +235,7 @@ class ZygoteClient:
             try:
                 socket.send_fds(self.sock, [request.encode()], [w])
                 data = self.sock.recv(4096)
-            except OSError as exc:   # includes the timeout
+            except OSError as exc:  # includes the timeout
                 self._failed(time.monotonic(), f"did not answer ({type(exc).__name__}: {exc})")
                 raise ZygoteError("the zygote did not answer") from None
             finally:
@@ -225,7 +247,7 @@ class ZygoteClient:
         finally:
             os.close(w)
         reply = json.loads(data or b"{}")
-        if "pid" not in reply:   # a zygote that refuses once would refuse again: start a new one
+        if "pid" not in reply:  # a zygote that refuses once would refuse again: start a new one
             os.close(r)
             why = reply.get("error", "closed its socket")
             self._failed(time.monotonic(), why)

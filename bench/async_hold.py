@@ -7,6 +7,7 @@ by round against one deployment (kernel + echo actor).
 Prints, per number of concurrent tasks, the median calls/s of each and the median of the
 per-round ratios (held / at once).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ def main() -> int:
             held, direct = [], []
             for r in range(args.rounds):
                 pair = [(client_module.AsyncClient, held), (AtOnce, direct)]
-                for cls, out in (pair if r % 2 == 0 else pair[::-1]):
+                for cls, out in pair if r % 2 == 0 else pair[::-1]:
                     out.append(m.async_client_rate(endpoint, args.calls, tasks, cls))
             ratio = statistics.median(a / b for a, b in zip(held, direct))
             print(f"| {tasks} | {statistics.median(held):,.0f} | {statistics.median(direct):,.0f} | {ratio:.2f}x |")

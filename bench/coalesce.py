@@ -8,6 +8,7 @@ the case coalescing is for), the p50 of single round trips (one call in flight: 
 not touch it), and the rate of an AsyncClient with 64 tasks. Prints medians and the median of
 the per-round ratios against the first value.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,24 +45,36 @@ def main() -> int:
             deps[v] = deployment(v)
         rows = {v: [] for v in values}
         for r in range(args.rounds):
-            for v in (values if r % 2 == 0 else values[::-1]):
+            for v in values if r % 2 == 0 else values[::-1]:
                 dep, actor = deps[v]
                 sock = m.dealer(dep.endpoint)
-                out = m.frames_round(sock, b"echo", "echo", {"data": m.ECHO_DATA}, size,
-                                     {"client": os.getpid(), "kernel": dep.proc.pid, "actor": actor})
+                out = m.frames_round(
+                    sock,
+                    b"echo",
+                    "echo",
+                    {"data": m.ECHO_DATA},
+                    size,
+                    {"client": os.getpid(), "kernel": dep.proc.pid, "actor": actor},
+                )
                 sock.close()
                 out["async_rate"] = m.async_client_rate(dep.endpoint, size["msgs"], 64)
                 rows[v].append(out)
-            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-                f"{v} µs: {rows[v][-1]['rate']:,.0f}/s p50 {rows[v][-1]['p50_us']:.0f} µs" for v in values),
-                flush=True)
+            print(
+                f"round {r + 1}/{args.rounds}: "
+                + ", ".join(f"{v} µs: {rows[v][-1]['rate']:,.0f}/s p50 {rows[v][-1]['p50_us']:.0f} µs" for v in values),
+                flush=True,
+            )
     finally:
         for dep, _ in deps.values():
             dep.cleanup()
     ref = values[0]
-    print("\n| coalesce_us | pipelined msgs/s | x ref | p50 µs (1 in flight) | x ref | AsyncClient msgs/s | x ref | kernel CPU µs/msg |")
+    print(
+        "\n| coalesce_us | pipelined msgs/s | x ref | p50 µs (1 in flight) | x ref | AsyncClient msgs/s | x ref | "
+        "kernel CPU µs/msg |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for v in values:
+
         def med(key, rows=rows[v]):
             return statistics.median(x[key] for x in rows)
 
@@ -69,11 +82,13 @@ def main() -> int:
             return statistics.median(a[key] / b[key] for a, b in zip(rows[v], rows[ref]))
 
         kcpu = statistics.median(x["cpu_us"]["kernel"] for x in rows[v])
-        print(f"| {v} | {med('rate'):,.0f} | {ratio('rate'):.2f}x | {med('p50_us'):.0f} | {ratio('p50_us'):.2f}x "
-              f"| {med('async_rate'):,.0f} | {ratio('async_rate'):.2f}x | {kcpu:.0f} |")
-    (m.RESULTS / "coalesce.json").write_text(json.dumps({"values": values, "rows": rows,
-                                                          "when": time.strftime("%Y-%m-%d %H:%M")},
-                                                         default=float, indent=1))
+        print(
+            f"| {v} | {med('rate'):,.0f} | {ratio('rate'):.2f}x | {med('p50_us'):.0f} | {ratio('p50_us'):.2f}x "
+            f"| {med('async_rate'):,.0f} | {ratio('async_rate'):.2f}x | {kcpu:.0f} |"
+        )
+    (m.RESULTS / "coalesce.json").write_text(
+        json.dumps({"values": values, "rows": rows, "when": time.strftime("%Y-%m-%d %H:%M")}, default=float, indent=1)
+    )
     return 0
 
 

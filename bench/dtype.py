@@ -6,6 +6,7 @@ Backs the choice of fp32 for the default deployment on CPUs without bf16 matrix 
 (docs/decisions.md). Prints, for each dtype, seconds per 1-token decode step and per 6-token
 verify step (γ = 5; means of 5, each after a 64-token prefill) and for one 64-token prefill.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     for dtype in (torch.bfloat16, torch.float32):
         step, verify, prefill = measure(args.model, dtype)
-        print(f"{str(dtype):16s} decode step {step:.3f} s   6-token verify {verify:.3f} s   "
-              f"64-token prefill {prefill:.3f} s")
+        print(
+            f"{str(dtype):16s} decode step {step:.3f} s   6-token verify {verify:.3f} s   "
+            f"64-token prefill {prefill:.3f} s"
+        )
 
 
 if __name__ == "__main__":

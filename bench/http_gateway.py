@@ -13,6 +13,7 @@
    (replies re-tokenized with the target's tokenizer, so both servers are counted alike).
 Writes bench/results/http-gateway.json and the "HTTP gateway" section of docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import socket
 import subprocess
 import sys
 import threading
-import tomllib
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -65,8 +66,14 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float) -> None:
 
 def stream_turn(base: str, messages: list[dict], max_tokens: int, model: str) -> dict:
     """One streamed completion: the reply text, time to first content, total time, the extension."""
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start, first, text, extension, error = time.perf_counter(), None, "", {}, None
     with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=900) as r:
         if r.status_code != 200:
@@ -85,8 +92,7 @@ def stream_turn(base: str, messages: list[dict], max_tokens: int, model: str) ->
                 if delta and first is None:
                     first = time.perf_counter() - start
                 text += delta
-    return {"text": text, "ttft": first, "seconds": time.perf_counter() - start, "specmemo": extension,
-            "error": error}
+    return {"text": text, "ttft": first, "seconds": time.perf_counter() - start, "specmemo": extension, "error": error}
 
 
 def prefix_reuse(base: str, args) -> dict:
@@ -95,16 +101,27 @@ def prefix_reuse(base: str, args) -> dict:
         document = (ROOT / path).read_text()[: args.document_chars]
         messages = [{"role": "user", "content": f"Here is a document:\n\n{document}\n\nSummarize it in one sentence."}]
         one = stream_turn(base, messages, args.reuse_tokens, "specmemo")
-        messages += [{"role": "assistant", "content": one["text"]},
-                     {"role": "user", "content": "Name one concrete detail it gives."}]
+        messages += [
+            {"role": "assistant", "content": one["text"]},
+            {"role": "user", "content": "Name one concrete detail it gives."},
+        ]
         two = stream_turn(base, messages, args.reuse_tokens, "specmemo")
-        rows.append({"document": path, "ttft_1": one["ttft"], "ttft_2": two["ttft"],
-                     "prompt_1": one["specmemo"].get("prefilled_tokens", 0) + one["specmemo"].get("reused_tokens", 0),
-                     "prompt_2": two["specmemo"].get("prefilled_tokens", 0) + two["specmemo"].get("reused_tokens", 0),
-                     "reused_2": two["specmemo"].get("reused_tokens", 0),
-                     "prefilled_2": two["specmemo"].get("prefilled_tokens", 0)})
-        print(f"[reuse] {path}: TTFT {one['ttft']:.2f} s -> {two['ttft']:.2f} s, turn 2 reused "
-              f"{rows[-1]['reused_2']} of {rows[-1]['prompt_2']} prompt tokens", flush=True)
+        rows.append(
+            {
+                "document": path,
+                "ttft_1": one["ttft"],
+                "ttft_2": two["ttft"],
+                "prompt_1": one["specmemo"].get("prefilled_tokens", 0) + one["specmemo"].get("reused_tokens", 0),
+                "prompt_2": two["specmemo"].get("prefilled_tokens", 0) + two["specmemo"].get("reused_tokens", 0),
+                "reused_2": two["specmemo"].get("reused_tokens", 0),
+                "prefilled_2": two["specmemo"].get("prefilled_tokens", 0),
+            }
+        )
+        print(
+            f"[reuse] {path}: TTFT {one['ttft']:.2f} s -> {two['ttft']:.2f} s, turn 2 reused "
+            f"{rows[-1]['reused_2']} of {rows[-1]['prompt_2']} prompt tokens",
+            flush=True,
+        )
     return {"rows": rows, "ratio_median": float(np.median([r["ttft_2"] / r["ttft_1"] for r in rows]))}
 
 
@@ -136,10 +153,17 @@ def load(base: str, model: str, prompts: list[str], args, tokenizer) -> dict:
     tokens = sum(len(tokenizer.encode(r["text"], add_special_tokens=False)) for r in ok)
     ttft = sorted(r["ttft"] for r in ok if r["ttft"] is not None)
     pick = (lambda q: ttft[min(len(ttft) - 1, int(q * len(ttft)))]) if ttft else (lambda q: float("nan"))
-    return {"requests": len(results), "errors": len(results) - len(ok), "empty": sum(not r["text"] for r in ok),
-            "error_samples": [r["error"] for r in results if r.get("error")][:3],
-            "ttft_p50": pick(0.5), "ttft_p99": pick(0.99), "tokens": tokens, "wall_s": wall,
-            "tokens_per_s": tokens / wall}
+    return {
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "empty": sum(not r["text"] for r in ok),
+        "error_samples": [r["error"] for r in results if r.get("error")][:3],
+        "ttft_p50": pick(0.5),
+        "ttft_p99": pick(0.99),
+        "tokens": tokens,
+        "wall_s": wall,
+        "tokens_per_s": tokens / wall,
+    }
 
 
 def start_specmemo() -> tuple[LocalDeployment, str]:
@@ -158,15 +182,34 @@ def start_specmemo() -> tuple[LocalDeployment, str]:
 
 def start_llama(args) -> tuple[subprocess.Popen, str]:
     from specmemo.actors.engine.pull import TARGET, default_cache_dir
+
     python = ensure_llama_python(args.llama_python)
     if subprocess.run([python, "-c", "import llama_cpp.server.app"], capture_output=True).returncode:
         subprocess.run([python, "-m", "pip", "install", "-q", f"llama-cpp-python[server]=={LLAMA_VERSION}"], check=True)
     port = free_port()
-    proc = subprocess.Popen([python, "-m", "llama_cpp.server", "--model", str(default_cache_dir() / TARGET.gguf_name),
-                             "--n_threads", str(args.threads), "--n_ctx", "4096", "--host", "127.0.0.1",
-                             "--port", str(port), "--model_alias", "target",
-                             "--interrupt_requests", "False"],   # queue concurrent requests, do not cancel them
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(default_cache_dir() / TARGET.gguf_name),
+            "--n_threads",
+            str(args.threads),
+            "--n_ctx",
+            "4096",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model_alias",
+            "target",
+            "--interrupt_requests",
+            "False",
+        ],  # queue concurrent requests, do not cancel them
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -183,16 +226,21 @@ def stop(proc: subprocess.Popen) -> None:
 def run(args) -> dict:
     from transformers import AutoTokenizer
 
-    from specmemo.actors.engine.pull import TARGET, default_cache_dir
     from specmemo.actors.engine.precision import cpu_features
+    from specmemo.actors.engine.pull import TARGET, default_cache_dir
 
     tokenizer = AutoTokenizer.from_pretrained(default_cache_dir() / TARGET.name)
     prompts = [q["turns"][0] for q in mtbench_questions()][: args.prompts]
-    result = {"cpu": cpu_features().as_dict(), "clients": args.clients, "seconds": args.seconds,
-              "max_tokens": args.max_tokens, "threads": args.threads}
+    result = {
+        "cpu": cpu_features().as_dict(),
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "max_tokens": args.max_tokens,
+        "threads": args.threads,
+    }
     dep, base = start_specmemo()
     try:
-        wait_until_up(base + "/health", dep.proc, 60)   # the actor is ready before hypercorn listens
+        wait_until_up(base + "/health", dep.proc, 60)  # the actor is ready before hypercorn listens
         stream_turn(base, [{"role": "user", "content": "warm up"}], 4, "specmemo")
         result["reuse"] = prefix_reuse(base, args)
         result["specmemo"] = load(base, "specmemo", prompts, args, tokenizer)
@@ -212,25 +260,42 @@ def run(args) -> dict:
 
 def table(result: dict) -> str:
     reuse = result["reuse"]
-    lines = ["Prefix reuse (turn 2 sent with the whole history):", "",
-             "| document | prompt tokens turn 1 | TTFT turn 1 s | prompt tokens turn 2 | reused | prefilled | TTFT turn 2 s | turn 2 / turn 1 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "Prefix reuse (turn 2 sent with the whole history):",
+        "",
+        "| document | prompt tokens turn 1 | TTFT turn 1 s | prompt tokens turn 2 | reused | prefilled | "
+        "TTFT turn 2 s | turn 2 / turn 1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in reuse["rows"]:
-        lines.append(f"| {r['document']} | {r['prompt_1']} | {r['ttft_1']:.2f} | {r['prompt_2']} | {r['reused_2']} | "
-                     f"{r['prefilled_2']} | {r['ttft_2']:.2f} | {r['ttft_2'] / r['ttft_1']:.2f} |")
-    lines += ["", f"Median TTFT ratio turn 2 / turn 1: {reuse['ratio_median']:.2f}.", "",
-              f"Load: {result['clients']} streaming clients for {result['seconds']} s, max_tokens {result['max_tokens']}, "
-              "MT-Bench first turns:", "",
-              "| server | requests | errors | empty replies | TTFT p50 s | TTFT p99 s | completion tokens | aggregate tok/s | x llama.cpp |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['document']} | {r['prompt_1']} | {r['ttft_1']:.2f} | {r['prompt_2']} | {r['reused_2']} | "
+            f"{r['prefilled_2']} | {r['ttft_2']:.2f} | {r['ttft_2'] / r['ttft_1']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Median TTFT ratio turn 2 / turn 1: {reuse['ratio_median']:.2f}.",
+        "",
+        f"Load: {result['clients']} streaming clients for {result['seconds']} s, max_tokens {result['max_tokens']}, "
+        "MT-Bench first turns:",
+        "",
+        "| server | requests | errors | empty replies | TTFT p50 s | TTFT p99 s | completion tokens | "
+        "aggregate tok/s | x llama.cpp |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     peer = result.get("llama")
-    for name, key in (("specmemo gateway (default deployment)", "specmemo"), ("llama.cpp server, Q4_K_M target", "llama")):
+    for name, key in (
+        ("specmemo gateway (default deployment)", "specmemo"),
+        ("llama.cpp server, Q4_K_M target", "llama"),
+    ):
         r = result.get(key)
         if r is None:
             continue
         ratio = f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x" if peer and peer["tokens_per_s"] else "-"
-        lines.append(f"| {name} | {r['requests']} | {r['errors']} | {r['empty']} | {r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | "
-                     f"{r['tokens']} | {r['tokens_per_s']:.2f} | {ratio} |")
+        lines.append(
+            f"| {name} | {r['requests']} | {r['errors']} | {r['empty']} | {r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | "
+            f"{r['tokens']} | {r['tokens_per_s']:.2f} | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -252,7 +317,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    command = "python bench/http_gateway.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python bench/http_gateway.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
     started = time.time()
     result = run(args)
     result["command"], result["finished"] = command, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -262,12 +329,14 @@ def main(argv=None) -> None:
     print(markdown)
     if not args.no_docs:
         cpu = result["cpu"]
-        body = (f"{SECTION}\n\nCommand (from the repository root, after `specmemo models pull`; installs "
-                f"llama-cpp-python[server] {LLAMA_VERSION} into the peers' venv the first time):\n\n    {command}\n\n"
-                f"Run {result['finished']}, {result['wall_s'] / 60:.0f} min, CPU `{cpu['model']}` (flags "
-                f"{', '.join(cpu['flags'])}), {args.threads} threads for each server. The gateway is the default "
-                f"deployment (deploy/local.toml: int8 target, int4 draft here, adaptive γ); llama.cpp serves the "
-                f"Q4_K_M target alone. Raw data: `bench/results/http-gateway.json`.\n\n{markdown}\n")
+        body = (
+            f"{SECTION}\n\nCommand (from the repository root, after `specmemo models pull`; installs "
+            f"llama-cpp-python[server] {LLAMA_VERSION} into the peers' venv the first time):\n\n    {command}\n\n"
+            f"Run {result['finished']}, {result['wall_s'] / 60:.0f} min, CPU `{cpu['model']}` (flags "
+            f"{', '.join(cpu['flags'])}), {args.threads} threads for each server. The gateway is the default "
+            f"deployment (deploy/local.toml: int8 target, int4 draft here, adaptive γ); llama.cpp serves the "
+            f"Q4_K_M target alone. Raw data: `bench/results/http-gateway.json`.\n\n{markdown}\n"
+        )
         replace_section(ROOT / "docs" / "benchmarks.md", SECTION, body)
 
 

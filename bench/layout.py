@@ -126,7 +126,9 @@ def verify_forward(model, caches: list[BlockKVCache], feeds: list[np.ndarray]) -
     answers the logits `[B, q, V]` and the seconds spent in the cache updates."""
     q = len(feeds[0])
     assert len(caches) > 1 and all(len(f) == q for f in feeds)
-    positions, mask = batch_inputs([c.length for c in caches], [q] * len(caches), q, model.config._attn_implementation, torch.float32)
+    positions, mask = batch_inputs(
+        [c.length for c in caches], [q] * len(caches), q, model.config._attn_implementation, torch.float32
+    )
     cache = TimedGatherCache(caches, [q] * len(caches))
     with torch.inference_mode():
         logits = model(
@@ -175,8 +177,11 @@ def table(config, contexts, gamma, block_tokens, times, mem: Memory) -> str:
     forwards = [f for f, _, _ in times]
     inside = [i for _, i, _ in times]
     alone = [a for _, _, a in times]
+
     def span(xs, scale, fmt):
-        return f"{fmt.format(statistics.median(xs) * scale)} ({fmt.format(min(xs) * scale)}-{fmt.format(max(xs) * scale)})"
+        return (
+            f"{fmt.format(statistics.median(xs) * scale)} ({fmt.format(min(xs) * scale)}-{fmt.format(max(xs) * scale)})"
+        )
 
     lines = [
         f"B={len(contexts)}, contexts {contexts}, γ={gamma}, block {block_tokens} tokens, "

@@ -86,13 +86,15 @@ def candidates(base: list[nn.Linear], torchao: bool):
     yield "bfloat16 F.linear", [copy.deepcopy(m).to(torch.bfloat16) for m in base], torch.bfloat16
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        per_tensor = [torch.ao.quantization.quantize_dynamic(nn.Sequential(m), {nn.Linear}, dtype=torch.qint8)[0]
-                      for m in base]
+        per_tensor = [
+            torch.ao.quantization.quantize_dynamic(nn.Sequential(m), {nn.Linear}, dtype=torch.qint8)[0] for m in base
+        ]
     yield "int8 per-tensor (quantize_dynamic, fbgemm)", per_tensor, torch.float32
     del per_tensor
     yield "int8 per-token (specmemo Int8Linear, fbgemm)", [Int8Linear(m) for m in base], torch.float32
     if torchao:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
         mods = [copy.deepcopy(m) for m in base]
         for m in mods:
             quantize_(nn.Sequential(m), Int8DynamicActivationInt8WeightConfig())
@@ -111,16 +113,21 @@ def main(argv=None) -> None:
     base = layers(args.layers)
     params = sum(m.weight.numel() for m in base)
     cpu = cpu_features()
-    print(f"CPU {cpu.model}, flags {', '.join(cpu.flags)}, torch {torch.__version__} ({cpu.capability}), "
-          f"{args.threads} threads, {args.layers} layers = {params / 1e6:.0f}M weights")
+    print(
+        f"CPU {cpu.model}, flags {', '.join(cpu.flags)}, torch {torch.__version__} ({cpu.capability}), "
+        f"{args.threads} threads, {args.layers} layers = {params / 1e6:.0f}M weights"
+    )
     print("| kernel | M=1 ms | M=5 ms | M=9 ms | M=1 weight GB/s |")
     print("|---|---:|---:|---:|---:|")
     bytes_per = {"float32": 4, "bfloat16": 2, "int8": 1, "int4": 0.5}
     for name, mods, dtype in candidates(base, args.torchao):
         times = [time_pass(mods, m, dtype) for m in (1, 5, 9)]
         width = next(v for k, v in bytes_per.items() if name.startswith(k))
-        print(f"| {name} | {times[0] * 1e3:.1f} | {times[1] * 1e3:.1f} | {times[2] * 1e3:.1f} | "
-              f"{params * width / times[0] / 1e9:.1f} |", flush=True)
+        print(
+            f"| {name} | {times[0] * 1e3:.1f} | {times[1] * 1e3:.1f} | {times[2] * 1e3:.1f} | "
+            f"{params * width / times[0] / 1e9:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -132,9 +132,7 @@ def generate_exact(llm: llama_cpp.Llama, prompt: list[int], n_new: int) -> dict[
     tokens: list[int] = []
     t_start = time.perf_counter()
     t_first = t_start
-    gen = llm.generate(
-        prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True
-    )
+    gen = llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True)
     try:
         for token in gen:
             if not tokens:

@@ -28,6 +28,7 @@ GB/s = 2 x 8 MB / median round trip. The deployment is `specmemo up` on a config
 kernel and one echo actor (or --config) in a temporary SPECMEMO_RUN_ROOT, as a subprocess. Writes
 bench/results/messaging[-quick].json and .md and prints the markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -54,8 +56,8 @@ from specmemo.protocol.wire import Command, Header, encode, recv_frames, send_fr
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-SMALL = b"m" * 40                      # the raw echo's message
-ECHO_DATA = "hi"                      # echo.echo request: 41 bytes in 5 frames
+SMALL = b"m" * 40  # the raw echo's message
+ECHO_DATA = "hi"  # echo.echo request: 41 bytes in 5 frames
 BIG_BYTES = 8 * 1024 * 1024
 GOAL_RATIO, GOAL_RATE = 4.0, 20_000
 
@@ -82,12 +84,14 @@ def latencies_us(round_trip: Callable[[], Any], n: int, warm: int = 200) -> np.n
 
 
 def summary(samples_us: np.ndarray) -> dict[str, float]:
-    return {"p50_us": float(np.percentile(samples_us, 50)),
-            "p99_us": float(np.percentile(samples_us, 99)), "n": int(len(samples_us))}
+    return {
+        "p50_us": float(np.percentile(samples_us, 50)),
+        "p99_us": float(np.percentile(samples_us, 99)),
+        "n": int(len(samples_us)),
+    }
 
 
-def windowed_rate(send: Callable[[int], None], recv: Callable[[], int], total: int,
-                  window: int) -> float:
+def windowed_rate(send: Callable[[int], None], recv: Callable[[], int], total: int, window: int) -> float:
     """Messages per second with ``window`` requests in flight: one new request per reply.
 
     ``send(slot)`` sends request ``slot`` (0 <= slot < window); ``recv()`` waits for one
@@ -127,7 +131,7 @@ def thread_stats(pid: int) -> tuple[float, int]:
                 fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
                 io += (int(fields[11]) + int(fields[12])) / tick
         except OSError:
-            continue   # a thread that ended meanwhile
+            continue  # a thread that ended meanwhile
         for line in status.splitlines():
             if line.startswith("voluntary_ctxt_switches"):
                 sleeps += int(line.split()[1])
@@ -142,10 +146,12 @@ def metered_rate(pids: dict[str, int], run: Callable[[], float], total: int) -> 
     rate = run()
     after = {name: (cpu_seconds(pid), *thread_stats(pid)) for name, pid in pids.items()}
     per = {name: [(a - b) / total for a, b in zip(after[name], before[name])] for name in pids}
-    return {"rate": rate,
-            "cpu_us": {name: v[0] * 1e6 for name, v in per.items()},
-            "io_us": {name: v[1] * 1e6 for name, v in per.items()},
-            "sleeps": {name: v[2] for name, v in per.items()}}
+    return {
+        "rate": rate,
+        "cpu_us": {name: v[0] * 1e6 for name, v in per.items()},
+        "io_us": {name: v[1] * 1e6 for name, v in per.items()},
+        "sleeps": {name: v[2] for name, v in per.items()},
+    }
 
 
 # ---------------------------------------------------------------- raw pyzmq echo
@@ -175,8 +181,7 @@ def raw_round(sock: zmq.Socket, size: dict[str, int], pids: dict[str, int]) -> d
     def recv() -> int:
         return int.from_bytes(sock.recv()[:2], "little")
 
-    lat.update(metered_rate(pids, lambda: windowed_rate(send, recv, size["msgs"], size["window"]),
-                            size["msgs"]))
+    lat.update(metered_rate(pids, lambda: windowed_rate(send, recv, size["msgs"], size["window"]), size["msgs"]))
     return lat
 
 
@@ -206,11 +211,18 @@ def blocking_actor(endpoint: str, name: str, heartbeat_s: float) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     ready_header = msgpack.packb({"v": 1, "id": 1, "m": "", "dl": 0, "s": 1})
-    sock.send_multipart([MAGIC, READY, name.encode(), ready_header,
-                         msgpack.packb({"kind": "echo", "pid": os.getpid(), "methods": ["echo"]})])
+    sock.send_multipart(
+        [
+            MAGIC,
+            READY,
+            name.encode(),
+            ready_header,
+            msgpack.packb({"kind": "echo", "pid": os.getpid(), "methods": ["echo"]}),
+        ]
+    )
     beat = [MAGIC, HEARTBEAT, b"", msgpack.packb({"v": 1, "id": 0, "m": "", "dl": 0, "s": 1}), b"\xc0"]
     next_beat = heard = time.monotonic()
-    while time.monotonic() - heard < 20 * heartbeat_s:    # the kernel went silent: leave
+    while time.monotonic() - heard < 20 * heartbeat_s:  # the kernel went silent: leave
         if sock.poll(int(heartbeat_s * 1000)):
             frames = sock.recv_multipart(copy=False)
             heard = time.monotonic()
@@ -258,13 +270,29 @@ def start_deployment(config: str | Path, profile: Path | None) -> tuple[LocalDep
         dep = LocalDeployment(config, prefix="smb")
         return _ready(dep, ["echo"]), None
     profile.mkdir(parents=True, exist_ok=True)
-    dep = LocalDeployment('[deployment]\nname = "bench"\n', prefix="smb",
-                          runner=(sys.executable, "-c", PROFILED, str(profile / "kernel.prof")))
+    dep = LocalDeployment(
+        '[deployment]\nname = "bench"\n',
+        prefix="smb",
+        runner=(sys.executable, "-c", PROFILED, str(profile / "kernel.prof")),
+    )
     _ready(dep, [])
     actor = subprocess.Popen(
-        [sys.executable, "-c", PROFILED, str(profile / "actor.prof"), "specmemo.actors.run",
-         "--name", "echo", "--kind", "echo", "--endpoint", dep.endpoint],
-        stdout=(dep.root / "actor.log").open("w"), stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-c",
+            PROFILED,
+            str(profile / "actor.prof"),
+            "specmemo.actors.run",
+            "--name",
+            "echo",
+            "--kind",
+            "echo",
+            "--endpoint",
+            dep.endpoint,
+        ],
+        stdout=(dep.root / "actor.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         return _ready(dep, ["echo"]), actor
     except BaseException:
@@ -287,8 +315,9 @@ def dealer(endpoint: str) -> zmq.Socket:
     return sock
 
 
-def frames_round(sock: zmq.Socket, route: bytes, method: str, body: Any, size: dict[str, int],
-                 pids: dict[str, int] | None = None) -> dict[str, Any]:
+def frames_round(
+    sock: zmq.Socket, route: bytes, method: str, body: Any, size: dict[str, int], pids: dict[str, int] | None = None
+) -> dict[str, Any]:
     """Latency (and windowed throughput) of pre-encoded requests sent from a raw DEALER."""
     one = encode(Command.REQUEST, route, Header(id=1, method=method, deadline_ms=30000), body)
 
@@ -302,8 +331,10 @@ def frames_round(sock: zmq.Socket, route: bytes, method: str, body: Any, size: d
 
     out = summary(latencies_us(rt, size["lat"]))
     if pids is not None:
-        requests = [encode(Command.REQUEST, route, Header(id=slot + 1, method=method, deadline_ms=30000),
-                           body) for slot in range(size["window"])]
+        requests = [
+            encode(Command.REQUEST, route, Header(id=slot + 1, method=method, deadline_ms=30000), body)
+            for slot in range(size["window"])
+        ]
         errors = []
 
         def send(slot: int) -> None:
@@ -315,8 +346,7 @@ def frames_round(sock: zmq.Socket, route: bytes, method: str, body: Any, size: d
                 errors.append(msgpack.unpackb(reply[4]))
             return msgpack.unpackb(reply[3])["id"] - 1
 
-        out.update(metered_rate(pids, lambda: windowed_rate(send, recv, size["msgs"], size["window"]),
-                                size["msgs"]))
+        out.update(metered_rate(pids, lambda: windowed_rate(send, recv, size["msgs"], size["window"]), size["msgs"]))
         if errors:
             raise RuntimeError(f"{len(errors)} calls failed in the throughput run, e.g. {errors[0]}")
     return out
@@ -331,9 +361,11 @@ def client_round(client: Client, size: dict[str, int]) -> dict[str, Any]:
 
 def async_client_rate(endpoint: str, total: int, tasks: int, client_cls: type = AsyncClient) -> float:
     """Calls per second of ``tasks`` trio tasks sharing one ``client_cls`` (``total`` echo calls)."""
+
     async def main() -> float:
         left = total
         async with client_cls(endpoint) as c:
+
             async def worker() -> None:
                 nonlocal left
                 while left > 0:
@@ -414,25 +446,26 @@ ray.shutdown()
 
 def run_ray(python: str, size: dict[str, int], rounds: int) -> dict[str, Any]:
     """Ray numbers from ``python`` (which must import ray), or the reason they are missing."""
-    cfg = {"lat": min(size["lat"], 2000), "msgs": min(size["msgs"], 10000),
-           "window": size["window"], "rounds": rounds}
+    cfg = {"lat": min(size["lat"], 2000), "msgs": min(size["msgs"], 10000), "window": size["window"], "rounds": rounds}
     try:
-        out = subprocess.run([python, "-c", RAY_WORKER, json.dumps(cfg)], capture_output=True,
-                             text=True, timeout=900)
+        out = subprocess.run([python, "-c", RAY_WORKER, json.dumps(cfg)], capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"skipped": f"Ray run failed: {exc}"}
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
-    return {"skipped": f"Ray not available with {python} ({tail[0][:160]}); install it "
-                       f"(`pip install ray`) or pass --ray-python"}
+    return {
+        "skipped": f"Ray not available with {python} ({tail[0][:160]}); install it "
+        f"(`pip install ray`) or pass --ray-python"
+    }
 
 
 def print_profiles(where: Path, top: int = 18) -> None:
     """The costliest functions of the kernel and the actor (CPU time of their main threads)."""
     import io
     import pstats
+
     for name in ("kernel", "actor"):
         text = io.StringIO()
         pstats.Stats(str(where / f"{name}.prof"), stream=text).sort_stats("tottime").print_stats(top)
@@ -450,15 +483,19 @@ def median_of(rounds: list[dict[str, Any]], key: str) -> float:
 def table(res: dict[str, Any]) -> str:
     raw = res["paths"]["raw"]
     base_p50, base_rate = median_of(raw, "p50_us"), median_of(raw, "rate")
-    lines = ["| path | p50 µs | p99 µs | p50 / raw | msgs/s pipelined | rate / raw |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for label, key in [("raw pyzmq DEALER/ROUTER echo (1 hop)", "raw"),
-                       ("kernel.ping, raw DEALER (1 hop, kernel only)", "ping"),
-                       ("echo via kernel to a blocking pyzmq actor, raw DEALER", "echo_blocking"),
-                       ("echo.echo via kernel to the trio echo actor, raw DEALER", "echo_frames"),
-                       ("echo.echo, blocking Client.call", "echo_client"),
-                       ("echo.echo, AsyncClient", "echo_async"),
-                       ("Ray actor method", "ray")]:
+    lines = [
+        "| path | p50 µs | p99 µs | p50 / raw | msgs/s pipelined | rate / raw |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, key in [
+        ("raw pyzmq DEALER/ROUTER echo (1 hop)", "raw"),
+        ("kernel.ping, raw DEALER (1 hop, kernel only)", "ping"),
+        ("echo via kernel to a blocking pyzmq actor, raw DEALER", "echo_blocking"),
+        ("echo.echo via kernel to the trio echo actor, raw DEALER", "echo_frames"),
+        ("echo.echo, blocking Client.call", "echo_client"),
+        ("echo.echo, AsyncClient", "echo_async"),
+        ("Ray actor method", "ray"),
+    ]:
         rounds = res["paths"].get(key)
         if not rounds:
             continue
@@ -474,33 +511,52 @@ def table(res: dict[str, Any]) -> str:
         else:
             cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
-    cpu = ["", "CPU time per message while pipelining (µs, all threads of each process; in brackets "
-                 "the part spent in libzmq's I/O thread, and the times the process slept and was "
-                 "woken per message):", ""]
-    for label, key in [("raw echo", "raw"), ("via kernel to the blocking actor", "echo_blocking"),
-                       ("via kernel to the trio echo actor", "echo_frames")]:
+    cpu = [
+        "",
+        "CPU time per message while pipelining (µs, all threads of each process; in brackets "
+        "the part spent in libzmq's I/O thread, and the times the process slept and was "
+        "woken per message):",
+        "",
+    ]
+    for label, key in [
+        ("raw echo", "raw"),
+        ("via kernel to the blocking actor", "echo_blocking"),
+        ("via kernel to the trio echo actor", "echo_frames"),
+    ]:
         rounds = res["paths"][key]
 
         def med(field: str, name: str) -> float:
             return statistics.median(r.get(field, {}).get(name, float("nan")) for r in rounds)
 
-        cpu.append(f"- {label}: " + ", ".join(
-            f"{name} {med('cpu_us', name):.0f} (I/O {med('io_us', name):.0f}; {med('sleeps', name):.2f})"
-            for name in rounds[0]["cpu_us"]))
+        cpu.append(
+            f"- {label}: "
+            + ", ".join(
+                f"{name} {med('cpu_us', name):.0f} (I/O {med('io_us', name):.0f}; {med('sleeps', name):.2f})"
+                for name in rounds[0]["cpu_us"]
+            )
+        )
     lines += cpu
     big = res["big"]
-    lines += ["", "| 8 MB float64 echo | median round trip ms | GB/s (2 x 8 MB / round trip) |",
-              "| --- | ---: | ---: |"]
-    for label, key in [("raw pyzmq, one zero-copy frame", "raw"),
-                       ("echo.echo through the kernel, Client.call", "kernel")]:
+    lines += [
+        "",
+        "| 8 MB float64 echo | median round trip ms | GB/s (2 x 8 MB / round trip) |",
+        "| --- | ---: | ---: |",
+    ]
+    for label, key in [
+        ("raw pyzmq, one zero-copy frame", "raw"),
+        ("echo.echo through the kernel, Client.call", "kernel"),
+    ]:
         us = float(statistics.median(big[key]))
         lines.append(f"| {label} | {us / 1000:.2f} | {2 * BIG_BYTES / us / 1000:.2f} |")
     p50 = median_of(res["paths"]["echo_client"], "p50_us")
     rate = max(median_of(res["paths"][k], "rate") for k in ("echo_frames", "echo_async"))
-    lines += ["", f"Goals: p50 through the kernel (Client.call) {p50 / base_p50:.2f}x raw "
-                  f"(goal <= {GOAL_RATIO:.0f}x): {'met' if p50 / base_p50 <= GOAL_RATIO else 'MISSED'}; "
-                  f"pipelined {rate:,.0f} msgs/s (goal >= {GOAL_RATE:,}): "
-                  f"{'met' if rate >= GOAL_RATE else 'MISSED'}."]
+    lines += [
+        "",
+        f"Goals: p50 through the kernel (Client.call) {p50 / base_p50:.2f}x raw "
+        f"(goal <= {GOAL_RATIO:.0f}x): {'met' if p50 / base_p50 <= GOAL_RATIO else 'MISSED'}; "
+        f"pipelined {rate:,.0f} msgs/s (goal >= {GOAL_RATE:,}): "
+        f"{'met' if rate >= GOAL_RATE else 'MISSED'}.",
+    ]
     if "ray_note" in res:
         lines.append(f"Ray: {res['ray_note']}")
     return "\n".join(lines)
@@ -510,10 +566,12 @@ def _commit() -> str:
     """The commit the results belong to (with "+dirty" when the tree has changes)."""
     repo = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
@@ -523,12 +581,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer samples and one round")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
-    p.add_argument("--config", default=None,
-                   help="deployment config with an actor named echo (default: the kernel and "
-                        "one echo actor, nothing else competing for the CPUs)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="deployment config with an actor named echo (default: the kernel and "
+        "one echo actor, nothing else competing for the CPUs)",
+    )
     p.add_argument("--tasks", type=int, default=64, help="concurrent AsyncClient tasks")
-    p.add_argument("--ray-python", default=sys.executable,
-                   help="interpreter that imports ray ('' skips Ray)")
+    p.add_argument("--ray-python", default=sys.executable, help="interpreter that imports ray ('' skips Ray)")
     p.add_argument("--profile", type=Path, default=None, help="write kernel.prof (cProfile) here")
     p.add_argument("--raw-server", default=None, help=argparse.SUPPRESS)
     p.add_argument("--blocking-actor", default=None, help=argparse.SUPPRESS)
@@ -554,16 +614,26 @@ def main(argv: list[str] | None = None) -> int:
         server.terminate()
         raise
     endpoint = dep.endpoint
-    res: dict[str, Any] = {"mode": mode, "rounds": rounds, "size": size, "tasks": args.tasks,
-                           "config": args.config or "kernel + echo", "cpus": os.cpu_count(),
-                           "load_before": os.getloadavg(), "commit": _commit(),
-                           "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "versions": {
-                               "python": sys.version.split()[0], "pyzmq": zmq.__version__,
-                               "libzmq": zmq.zmq_version(), "msgpack": msgpack.version,
-                               "trio": trio.__version__},
-                           "paths": {k: [] for k in ("raw", "ping", "echo_blocking", "echo_frames",
-                                                     "echo_client", "echo_async")},
-                           "big": {"raw": [], "kernel": []}}
+    res: dict[str, Any] = {
+        "mode": mode,
+        "rounds": rounds,
+        "size": size,
+        "tasks": args.tasks,
+        "config": args.config or "kernel + echo",
+        "cpus": os.cpu_count(),
+        "load_before": os.getloadavg(),
+        "commit": _commit(),
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "versions": {
+            "python": sys.version.split()[0],
+            "pyzmq": zmq.__version__,
+            "libzmq": zmq.zmq_version(),
+            "msgpack": msgpack.version,
+            "trio": trio.__version__,
+        },
+        "paths": {k: [] for k in ("raw", "ping", "echo_blocking", "echo_frames", "echo_client", "echo_async")},
+        "big": {"raw": [], "kernel": []},
+    }
     try:
         raw_sock, k_sock = dealer(raw_ep), dealer(endpoint)
         blocking = subprocess.Popen([sys.executable, __file__, "--blocking-actor", endpoint])
@@ -572,26 +642,42 @@ def main(argv: list[str] | None = None) -> int:
             actor_pid = actor_rows(client)["echo"]["pid"]
             for r in range(rounds):
                 paths = res["paths"]
-                paths["raw"].append(raw_round(raw_sock, size, {"client": os.getpid(),
-                                                                "server": server.pid}))
+                paths["raw"].append(raw_round(raw_sock, size, {"client": os.getpid(), "server": server.pid}))
                 paths["ping"].append(frames_round(k_sock, b"kernel", "ping", None, size))
-                paths["echo_frames"].append(frames_round(
-                    k_sock, b"echo", "echo", {"data": ECHO_DATA}, size,
-                    {"client": os.getpid(), "kernel": dep.proc.pid, "actor": actor_pid}))
-                paths["echo_blocking"].append(frames_round(
-                    k_sock, b"blocking", "echo", {"data": ECHO_DATA}, size,
-                    {"client": os.getpid(), "kernel": dep.proc.pid, "actor": blocking.pid}))
+                paths["echo_frames"].append(
+                    frames_round(
+                        k_sock,
+                        b"echo",
+                        "echo",
+                        {"data": ECHO_DATA},
+                        size,
+                        {"client": os.getpid(), "kernel": dep.proc.pid, "actor": actor_pid},
+                    )
+                )
+                paths["echo_blocking"].append(
+                    frames_round(
+                        k_sock,
+                        b"blocking",
+                        "echo",
+                        {"data": ECHO_DATA},
+                        size,
+                        {"client": os.getpid(), "kernel": dep.proc.pid, "actor": blocking.pid},
+                    )
+                )
                 paths["echo_client"].append(client_round(client, size))
                 paths["echo_async"].append({"rate": async_client_rate(endpoint, size["msgs"], args.tasks)})
                 res["big"]["raw"].append(raw_big(raw_sock, size["big"]))
                 res["big"]["kernel"].append(kernel_big(client, size["big"]))
-                print(f"round {r + 1}/{rounds}: raw p50 {paths['raw'][-1]['p50_us']:.0f} µs, "
-                      f"Client.call p50 {paths['echo_client'][-1]['p50_us']:.0f} µs, "
-                      f"pipelined {paths['echo_frames'][-1]['rate']:,.0f}/s", file=sys.stderr)
+                print(
+                    f"round {r + 1}/{rounds}: raw p50 {paths['raw'][-1]['p50_us']:.0f} µs, "
+                    f"Client.call p50 {paths['echo_client'][-1]['p50_us']:.0f} µs, "
+                    f"pipelined {paths['echo_frames'][-1]['rate']:,.0f}/s",
+                    file=sys.stderr,
+                )
         raw_sock.close()
         k_sock.close()
     finally:
-        server.kill()                       # stateless, and may sit in a zero-copy send
+        server.kill()  # stateless, and may sit in a zero-copy send
         if blocking is not None:
             blocking.terminate()
         dep.stop(timeout=60)
@@ -609,28 +695,33 @@ def main(argv: list[str] | None = None) -> int:
         ray = run_ray(args.ray_python, size, rounds)
         if "rounds" in ray:
             res["paths"]["ray"] = ray["rounds"]
-            res["ray_note"] = (f"Ray {ray['version']}, one actor, ray.init(num_cpus=2); its rate is the "
-                               f"better of a window of {size['window']} calls kept in flight with "
-                               f"ray.wait and batches of {size['window']} with ray.get.")
+            res["ray_note"] = (
+                f"Ray {ray['version']}, one actor, ray.init(num_cpus=2); its rate is the "
+                f"better of a window of {size['window']} calls kept in flight with "
+                f"ray.wait and batches of {size['window']} with ray.get."
+            )
         else:
             res["ray_note"] = ray["skipped"]
     else:
         res["ray_note"] = "skipped (--ray-python '')"
     res["load_after"] = os.getloadavg()
     text = table(res)
-    where = args.profile if args.profile is not None else RESULTS   # profiled timings are not results
+    where = args.profile if args.profile is not None else RESULTS  # profiled timings are not results
     where.mkdir(parents=True, exist_ok=True)
     stem = "messaging-quick" if args.quick else "messaging"
     (where / f"{stem}.json").write_text(json.dumps(res, indent=1))
-    command = "bench/messaging.py" + (" --quick" if args.quick else "") + \
-        (f" --rounds {args.rounds}" if args.rounds else "") + \
-        (f" --config {args.config}" if args.config else "") + \
-        (f" --ray-python {shlex.quote(args.ray_python)}" if args.ray_python != sys.executable else "")
+    command = (
+        "bench/messaging.py"
+        + (" --quick" if args.quick else "")
+        + (f" --rounds {args.rounds}" if args.rounds else "")
+        + (f" --config {args.config}" if args.config else "")
+        + (f" --ray-python {shlex.quote(args.ray_python)}" if args.ray_python != sys.executable else "")
+    )
     (where / f"{stem}.md").write_text(
         f"`.venv/bin/python {command}` at {res['commit']}, {res['started']} ({rounds} round(s), "
         f"medians; {os.cpu_count()} CPUs, "
-        f"load average {res['load_before'][0]:.1f} before, {res['load_after'][0]:.1f} after)\n\n"
-        + text + "\n")
+        f"load average {res['load_before'][0]:.1f} before, {res['load_after'][0]:.1f} after)\n\n" + text + "\n"
+    )
     print(text)
     return 0
 

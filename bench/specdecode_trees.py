@@ -60,8 +60,14 @@ def run_shape(draft, target, tokenizer, prompts, n: int, gamma: int | None, widt
         engine.close(session)
         outputs.append(ids.tolist())
         stats.append(s)
-    return {"outputs": outputs, "seconds": seconds, "stats": stats, "rates": rates,
-            "kv_peak": engine.memory.usage()["peak"], "costs": engine.memory.usage()["costs"]}
+    return {
+        "outputs": outputs,
+        "seconds": seconds,
+        "stats": stats,
+        "rates": rates,
+        "kv_peak": engine.memory.usage()["peak"],
+        "costs": engine.memory.usage()["costs"],
+    }
 
 
 def summarize(label: str, kind: str, run: dict, prompts, reference: list) -> dict:
@@ -69,10 +75,16 @@ def summarize(label: str, kind: str, run: dict, prompts, reference: list) -> dic
     st = [run["stats"][i] for i in rows]
     steps = sum(s["steps"] for s in st)
     tokens = sum(s["tokens"] for s in st)
-    return {"shape": label, "prompts": kind, "tokens_per_s": tokens / sum(run["seconds"][i] for i in rows),
-            "tokens_per_step": tokens / max(1, steps), "nodes_per_step": sum(s["drafted"] for s in st) / max(1, steps),
-            "rates": np.mean([run["rates"][i] for i in rows], axis=0).round(3).tolist(),
-            "equal": f"{sum(run['outputs'][i] == reference[i] for i in rows)}/{len(rows)}", "kv_peak": run["kv_peak"]}
+    return {
+        "shape": label,
+        "prompts": kind,
+        "tokens_per_s": tokens / sum(run["seconds"][i] for i in rows),
+        "tokens_per_step": tokens / max(1, steps),
+        "nodes_per_step": sum(s["drafted"] for s in st) / max(1, steps),
+        "rates": np.mean([run["rates"][i] for i in rows], axis=0).round(3).tolist(),
+        "equal": f"{sum(run['outputs'][i] == reference[i] for i in rows)}/{len(rows)}",
+        "kv_peak": run["kv_peak"],
+    }
 
 
 def run(args) -> dict:
@@ -83,24 +95,35 @@ def run(args) -> dict:
     draft, target, tokenizer = load_pair(d_spec, t_spec)
     prompts = pick_prompts(tokenizer, args.code, args.prose)
     reference = run_target(target, prompts, args.max_new_tokens)["outputs"]
-    result = {"cpu": cpu_features().as_dict(), "torch": torch.__version__, "threads": args.threads,
-              "precision": {"target": precision_of(target).precision, "draft": precision_of(draft).precision},
-              "rows": [], "costs": {}}
+    result = {
+        "cpu": cpu_features().as_dict(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "precision": {"target": precision_of(target).precision, "draft": precision_of(draft).precision},
+        "rows": [],
+        "costs": {},
+    }
     for label, gamma, width in shapes(args):
         r = run_shape(draft, target, tokenizer, prompts, args.max_new_tokens, gamma, width, args.gamma_max)
         result["costs"][label] = r["costs"]
         for kind in ("code", "prose", "all"):
             result["rows"].append(summarize(label, kind, r, prompts, reference))
-        print(f"{label}: " + ", ".join(f"{row['prompts']} {row['tokens_per_s']:.2f} tok/s" for row in result["rows"][-3:]),
-              flush=True)
+        print(
+            f"{label}: "
+            + ", ".join(f"{row['prompts']} {row['tokens_per_s']:.2f} tok/s" for row in result["rows"][-3:]),
+            flush=True,
+        )
     result["prompts"] = [{"kind": p["kind"], "id": p["id"], "tokens": len(p["ids"])} for p in prompts]
     return result
 
 
 def table(result: dict) -> str:
     rows = result["rows"]
-    lines = ["| shape | prompts | tok/s | x best chain | tokens / target forward | x chain of the same N | nodes / step | a_1..a_w | KV peak | = target output |",
-             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines = [
+        "| shape | prompts | tok/s | x best chain | tokens / target forward | x chain of the same N | "
+        "nodes / step | a_1..a_w | KV peak | = target output |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
     for r in rows:
         chains = [c for c in rows if c["shape"].startswith("chain") and c["prompts"] == r["prompts"]]
         best = max(chains, key=lambda c: c["tokens_per_s"])
@@ -109,9 +132,12 @@ def table(result: dict) -> str:
             n = r["shape"].split(" N=")[1].split()[0]
             same = next((c for c in chains if c["shape"] == f"chain N={n}"), None)
         ratio = f"{r['tokens_per_step'] / same['tokens_per_step']:.2f}x" if same and same is not r else "-"
-        lines.append(f"| {r['shape']} | {r['prompts']} | {r['tokens_per_s']:.2f} | {r['tokens_per_s'] / best['tokens_per_s']:.2f}x | "
-                     f"{r['tokens_per_step']:.2f} | {ratio} | {r['nodes_per_step']:.2f} | "
-                     f"{', '.join(f'{a:.2f}' for a in r['rates'])} | {r['kv_peak'] / 2**20:.1f} MiB | {r['equal']} |")
+        lines.append(
+            f"| {r['shape']} | {r['prompts']} | {r['tokens_per_s']:.2f} | "
+            f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}x | "
+            f"{r['tokens_per_step']:.2f} | {ratio} | {r['nodes_per_step']:.2f} | "
+            f"{', '.join(f'{a:.2f}' for a in r['rates'])} | {r['kv_peak'] / 2**20:.1f} MiB | {r['equal']} |"
+        )
     return "\n".join(lines)
 
 
@@ -124,17 +150,27 @@ def parse_args(argv=None):
     parser.add_argument("--gamma-max", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chains", type=lambda s: [int(x) for x in s.split(",")], default=[4, 6, 8])
-    parser.add_argument("--trees", type=lambda s: [tuple(int(y) for y in x.split("x")) for x in s.split(",")],
-                        default=[(4, 2), (6, 2), (6, 3), (8, 2), (8, 3)], help="N x w, comma separated: 6x2,8x3")
-    parser.add_argument("--adaptive", type=lambda s: [int(x) for x in s.split(",")], default=[2, 3],
-                        help="width caps of the adaptive trees")
+    parser.add_argument(
+        "--trees",
+        type=lambda s: [tuple(int(y) for y in x.split("x")) for x in s.split(",")],
+        default=[(4, 2), (6, 2), (6, 3), (8, 2), (8, 3)],
+        help="N x w, comma separated: 6x2,8x3",
+    )
+    parser.add_argument(
+        "--adaptive",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[2, 3],
+        help="width caps of the adaptive trees",
+    )
     parser.add_argument("--no-docs", action="store_true")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    command = "python bench/specdecode.py trees " + " ".join(shlex.quote(a) for a in (sys.argv[2:] if argv is None else argv))
+    command = "python bench/specdecode.py trees " + " ".join(
+        shlex.quote(a) for a in (sys.argv[2:] if argv is None else argv)
+    )
     started = time.time()
     result = run(args)
     result["command"], result["seconds"] = command, time.time() - started
@@ -144,15 +180,17 @@ def main(argv=None) -> None:
     print(markdown)
     if not args.no_docs:
         cpu = result["cpu"]
-        body = (f"{SECTION}\n\nCommand (from the repository root, after `specmemo models pull`):\n\n    {command}\n\n"
-                f"Run {result['finished']}, {result['seconds'] / 60:.0f} min, CPU `{cpu['model']}` "
-                f"(flags {', '.join(cpu['flags'])}), {result['threads']} threads, torch {result['torch']}; target "
-                f"{result['precision']['target']}, draft {result['precision']['draft']} (the default deployment's "
-                f"choice here). Prompts: MT-Bench first turns {[p['id'] for p in result['prompts']]}, greedy, "
-                f"{args.max_new_tokens} new tokens, prefill included, KV budget: the engine default (one whole "
-                f"context, far above the peak). A tree of N nodes holds the KV slots of a chain of γ = N, so "
-                f"\"x chain of the same N\" compares at the same KV. Raw data: "
-                f"`bench/results/specdecode-trees.json`.\n\n{markdown}\n")
+        body = (
+            f"{SECTION}\n\nCommand (from the repository root, after `specmemo models pull`):\n\n    {command}\n\n"
+            f"Run {result['finished']}, {result['seconds'] / 60:.0f} min, CPU `{cpu['model']}` "
+            f"(flags {', '.join(cpu['flags'])}), {result['threads']} threads, torch {result['torch']}; target "
+            f"{result['precision']['target']}, draft {result['precision']['draft']} (the default deployment's "
+            f"choice here). Prompts: MT-Bench first turns {[p['id'] for p in result['prompts']]}, greedy, "
+            f"{args.max_new_tokens} new tokens, prefill included, KV budget: the engine default (one whole "
+            f"context, far above the peak). A tree of N nodes holds the KV slots of a chain of γ = N, so "
+            f'"x chain of the same N" compares at the same KV. Raw data: '
+            f"`bench/results/specdecode-trees.json`.\n\n{markdown}\n"
+        )
         replace_section(ROOT / "docs" / "benchmarks.md", SECTION, body)
 
 

@@ -86,7 +86,7 @@ def triad_bandwidth(reps: int) -> dict:
 
 def prepared(name: str, table: dict):
     a = sp.csr_array(table[name]())
-    plan = Plan.build(a, threads=1, compact=False)     # the serial and colouring kernels need 32-bit columns
+    plan = Plan.build(a, threads=1, compact=False)  # the serial and colouring kernels need 32-bit columns
     ordered = sp.csr_array(a[plan.perm][:, plan.perm])
     ordered.sort_indices()
     return a, plan, ordered
@@ -130,7 +130,7 @@ def worker(names: list[str], table: dict, solves: list, reps: int) -> dict:
         for sname, alpha, tol in solves:
             if sname == name:
                 out["solves"].append(compare_solvers(name, a, plan.for_threads(max(THREADS)), ordered, alpha, tol))
-        del a, plan, ordered, full, colouring
+        a = plan = ordered = full = colouring = None  # freed before the next matrix is built
     return out
 
 
@@ -180,6 +180,7 @@ def mkl_worker(names: list[str], table: dict, reps: int) -> dict:
         a, plan, ordered = prepared(name, table)
         xp = np.random.default_rng(0).standard_normal(a.shape[0])[plan.perm]
         y = np.empty(a.shape[0])
+
         def product(t):
             sparse_dot_mkl.mkl_set_num_threads(t)
             sparse_dot_mkl.dot_product_mkl(ordered, xp, out=y)
@@ -216,12 +217,18 @@ def table_rows(results: dict) -> list[dict]:
             scipy_t = next(k["seconds"] for k in m["kernels"] if k["kernel"] == "scipy")
             for k in kernels:
                 bw = modelled_bytes(k["kernel"], m["n"], m["nnz"]) / k["seconds"]
-                rows.append({
-                    "matrix": name, "policy": policy if k["kernel"] != "mkl" else "mkl",
-                    "kernel": k["kernel"], "threads": k["threads"],
-                    "ms": 1e3 * k["seconds"], "gflops": 2 * m["nnz"] / k["seconds"] / 1e9,
-                    "roofline": bw / res["triad"][str(k["threads"])], "vs_scipy": scipy_t / k["seconds"],
-                })
+                rows.append(
+                    {
+                        "matrix": name,
+                        "policy": policy if k["kernel"] != "mkl" else "mkl",
+                        "kernel": k["kernel"],
+                        "threads": k["threads"],
+                        "ms": 1e3 * k["seconds"],
+                        "gflops": 2 * m["nnz"] / k["seconds"] / 1e9,
+                        "roofline": bw / res["triad"][str(k["threads"])],
+                        "vs_scipy": scipy_t / k["seconds"],
+                    }
+                )
     return rows
 
 
@@ -232,8 +239,10 @@ def markdown(results: dict) -> str:
     lines.append("|---|---:|---:|---|---|---:|")
     for name, m in first["matrices"].items():
         p = m["plans"]["2"]
-        lines.append(f"| {name} | {m['n']:,} | {m['nnz']:,} | {p['bandwidth_before']:,} -> {p['bandwidth_after']:,} | "
-                     f"{p['share_inner']:.4f} / {p['share_middle']:.4f} / {p['share_outer']:.4f} | {m['colours']} |")
+        lines.append(
+            f"| {name} | {m['n']:,} | {m['nnz']:,} | {p['bandwidth_before']:,} -> {p['bandwidth_after']:,} | "
+            f"{p['share_inner']:.4f} / {p['share_middle']:.4f} / {p['share_outer']:.4f} | {m['colours']} |"
+        )
     lines.append("")
     lines.append("| policy | threads | triad GB/s |")
     lines.append("|---|---:|---:|")
@@ -244,15 +253,19 @@ def markdown(results: dict) -> str:
     lines.append("| matrix | OMP_WAIT_POLICY | kernel | threads | ms | GFLOP/s | of triad roofline | x scipy |")
     lines.append("|---|---|---|---:|---:|---:|---:|---:|")
     for r in table_rows(results):
-        lines.append(f"| {r['matrix']} | {r['policy']} | {r['kernel']} | {r['threads']} | {r['ms']:.2f} | "
-                     f"{r['gflops']:.2f} | {r['roofline']:.2f} | {r['vs_scipy']:.2f} |")
+        lines.append(
+            f"| {r['matrix']} | {r['policy']} | {r['kernel']} | {r['threads']} | {r['ms']:.2f} | "
+            f"{r['gflops']:.2f} | {r['roofline']:.2f} | {r['vs_scipy']:.2f} |"
+        )
     if isinstance(results.get("mkl"), str):
         lines.append(f"\nMKL not measured: {results['mkl']}")
     solves = [s | {"policy": p} for p, res in results["policies"].items() for s in res["solves"]]
     if solves:
         lines.append("")
-        lines.append("| matrix | alpha | tol | policy | MRS s (iters, threads) | plan build s | gmres(20) s (products) | "
-                     "gmres / MRS | true residual MRS, gmres |")
+        lines.append(
+            "| matrix | alpha | tol | policy | MRS s (iters, threads) | plan build s | gmres(20) s (products) | "
+            "gmres / MRS | true residual MRS, gmres |"
+        )
         lines.append("|---|---:|---:|---|---|---:|---|---:|---|")
         for s in solves:
             conv = "" if s["gmres_converged"] else " not converged"
@@ -260,7 +273,8 @@ def markdown(results: dict) -> str:
                 f"| {s['matrix']} | {s['alpha']} | {s['tol']:g} | {s['policy']} | {s['mrs_seconds']:.2f} "
                 f"({s['mrs_iterations']}, {s['threads']}) | {s['plan_seconds']:.1f} | {s['gmres_seconds']:.2f} "
                 f"({s['gmres_products']}{conv}) | {s['gmres_seconds'] / s['mrs_seconds']:.1f} | "
-                f"{s['mrs_residual']:.1e}, {s['gmres_residual']:.1e} |")
+                f"{s['mrs_residual']:.1e}, {s['gmres_residual']:.1e} |"
+            )
     return "\n".join(lines)
 
 
@@ -273,18 +287,40 @@ def plot(results: dict, path: Path) -> None:
     rows = table_rows(results)
     policies = list(results["policies"])
     names = list(next(iter(results["policies"].values()))["matrices"])
-    labels = ["scipy as given", "scipy", "mkl 1", "mkl 2", "csr", "half", "colour 1", "colour 2", "3-part 1", "3-part 2",
-              "3-part off16 1", "3-part off16 2", "3-part off16 f32 1", "3-part off16 f32 2"]
+    labels = [
+        "scipy as given",
+        "scipy",
+        "mkl 1",
+        "mkl 2",
+        "csr",
+        "half",
+        "colour 1",
+        "colour 2",
+        "3-part 1",
+        "3-part 2",
+        "3-part off16 1",
+        "3-part off16 2",
+        "3-part off16 f32 1",
+        "3-part off16 f32 2",
+    ]
     fig, axes = plt.subplots(len(policies), 1, figsize=(11, 3.6 * len(policies)), squeeze=False)
     width = 0.8 / len(labels)
     for ax, policy in zip(axes[:, 0], policies):
         for li, label in enumerate(labels):
             vals = []
             for name in names:
-                match = [r["gflops"] for r in rows if r["matrix"] == name
-                         and (r["policy"] == policy or r["kernel"] == "mkl")
-                         and (r["kernel"] if r["kernel"] in ("scipy as given", "scipy", "csr", "half")
-                              else f"{r['kernel']} {r['threads']}") == label]
+                match = [
+                    r["gflops"]
+                    for r in rows
+                    if r["matrix"] == name
+                    and (r["policy"] == policy or r["kernel"] == "mkl")
+                    and (
+                        r["kernel"]
+                        if r["kernel"] in ("scipy as given", "scipy", "csr", "half")
+                        else f"{r['kernel']} {r['threads']}"
+                    )
+                    == label
+                ]
                 vals.append(match[0] if match else 0.0)
             ax.bar(np.arange(len(names)) + li * width, vals, width, label=label)
         ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)

@@ -14,6 +14,7 @@ exact, unlike the tick-sampled times in ``/proc/<pid>/stat``, which charge a thr
 wakes often for time it did not run). A call's CPU far above the work it does warm (see
 bench/wire_micro.py) is the cost of running it with cold caches after every wake-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import trio
 import zmq
@@ -71,7 +72,7 @@ def on_cpu(pid: int) -> tuple[float, float]:
             ns = int((task / "schedstat").read_text().split()[0])
             comm = (task / "comm").read_text()
         except OSError:
-            continue   # a thread that ended meanwhile
+            continue  # a thread that ended meanwhile
         if comm.startswith("ZMQbg/IO"):
             io += ns / 1e9
         elif task.name == str(pid):
@@ -91,13 +92,15 @@ def measure(round_trip: Callable[[], object], pids: dict[str, int], seconds: flo
         samples.append(time.perf_counter() - t0)
     after = {name: on_cpu(pid) for name, pid in pids.items()}
     n = len(samples)
-    return {"p50_us": statistics.median(samples) * 1e6, "n": n,
-            "cpu_us": {name: [(a - b) / n * 1e6 for a, b in zip(after[name], before[name])]
-                       for name in pids}}
+    return {
+        "p50_us": statistics.median(samples) * 1e6,
+        "n": n,
+        "cpu_us": {name: [(a - b) / n * 1e6 for a, b in zip(after[name], before[name])] for name in pids},
+    }
 
 
 def pin(pids: list[int], cpu: str) -> None:
-    for pid in pids:   # -a: every thread, libzmq's I/O threads included
+    for pid in pids:  # -a: every thread, libzmq's I/O threads included
         subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(pid)], check=True, capture_output=True)
 
 
@@ -118,9 +121,11 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="smw", dir="/tmp"))
     raw_ep, trio_ep = f"ipc://{root}/raw.sock", f"ipc://{root}/trio.sock"
     plain_ep = f"ipc://{root}/plain.sock"
-    servers = {"raw": subprocess.Popen([sys.executable, m.__file__, "--raw-server", raw_ep]),
-               "plain": subprocess.Popen([sys.executable, __file__, "--plain-server", plain_ep]),
-               "trio": subprocess.Popen([sys.executable, __file__, "--trio-server", trio_ep])}
+    servers = {
+        "raw": subprocess.Popen([sys.executable, m.__file__, "--raw-server", raw_ep]),
+        "plain": subprocess.Popen([sys.executable, __file__, "--plain-server", plain_ep]),
+        "trio": subprocess.Popen([sys.executable, __file__, "--trio-server", trio_ep]),
+    }
     dep, _ = m.start_deployment(tiny_config("bench", ["echo"]), None)
     endpoint = dep.endpoint
     try:
@@ -131,25 +136,31 @@ def main() -> int:
             raw, trio_sock, k_sock = m.dealer(raw_ep), m.dealer(trio_ep), m.dealer(endpoint)
             plain = m.dealer(plain_ep)
             small = [b"x" * 20]
-            request = encode(Command.REQUEST, b"echo", Header(id=1, method="echo", deadline_ms=30000),
-                             {"data": m.ECHO_DATA})
+            request = encode(
+                Command.REQUEST, b"echo", Header(id=1, method="echo", deadline_ms=30000), {"data": m.ECHO_DATA}
+            )
             me = os.getpid()
             paths = {
                 "raw pyzmq echo (blocking server)": (
                     lambda: (send_frames(raw, small), recv_frames(raw)),
-                    {"client": me, "server": servers["raw"].pid}),
+                    {"client": me, "server": servers["raw"].pid},
+                ),
                 "raw pyzmq echo, send_multipart/recv_multipart": (
                     lambda: (plain.send_multipart(small), plain.recv_multipart()),
-                    {"client": me, "server": servers["plain"].pid}),
+                    {"client": me, "server": servers["plain"].pid},
+                ),
                 "trio echo server (TrioSocket)": (
                     lambda: (send_frames(trio_sock, small), recv_frames(trio_sock)),
-                    {"client": me, "server": servers["trio"].pid}),
+                    {"client": me, "server": servers["trio"].pid},
+                ),
                 "echo via kernel to the trio actor, raw DEALER": (
                     lambda: (send_frames(k_sock, request), recv_frames(k_sock)),
-                    {"client": me, "kernel": dep.proc.pid, "actor": actor}),
+                    {"client": me, "kernel": dep.proc.pid, "actor": actor},
+                ),
                 "echo.echo, Client.call": (
                     lambda: client.call("echo", "echo", data=m.ECHO_DATA),
-                    {"client": me, "kernel": dep.proc.pid, "actor": actor}),
+                    {"client": me, "kernel": dep.proc.pid, "actor": actor},
+                ),
             }
             results: dict[str, list[dict]] = {name: [] for name in paths}
             for r in range(args.rounds):
@@ -162,15 +173,20 @@ def main() -> int:
         for s in servers.values():
             s.kill()
         dep.cleanup()
-    print(f"{'pinned to CPU ' + args.pin if args.pin else 'placed by the scheduler'}; "
-          f"{os.cpu_count()} CPUs; medians of {args.rounds} rounds of {args.seconds:g} s\n")
+    print(
+        f"{'pinned to CPU ' + args.pin if args.pin else 'placed by the scheduler'}; "
+        f"{os.cpu_count()} CPUs; medians of {args.rounds} rounds of {args.seconds:g} s\n"
+    )
     print("| path | p50 µs | on-CPU µs per call: main thread / libzmq I/O threads |")
     print("| --- | ---: | --- |")
     for name, rounds in results.items():
         p50 = statistics.median(x["p50_us"] for x in rounds)
         procs = rounds[0]["cpu_us"].keys()
-        cpu = ", ".join(f"{proc} {statistics.median(x['cpu_us'][proc][0] for x in rounds):.0f} / "
-                        f"{statistics.median(x['cpu_us'][proc][1] for x in rounds):.0f}" for proc in procs)
+        cpu = ", ".join(
+            f"{proc} {statistics.median(x['cpu_us'][proc][0] for x in rounds):.0f} / "
+            f"{statistics.median(x['cpu_us'][proc][1] for x in rounds):.0f}"
+            for proc in procs
+        )
         print(f"| {name} | {p50:.0f} | {cpu} |")
     return 0
 

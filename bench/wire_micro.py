@@ -17,6 +17,7 @@ Each line is the median of 5 runs of N operations on an ipc PAIR inside this pro
   handler, encode the reply and hand it to the socket (a stub that drops it). bench/wakeups.py
   shows what the same work costs with cold caches, once per wake-up.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,7 @@ def pair() -> tuple[zmq.Socket, zmq.Socket]:
 def fill(sock: zmq.Socket, frames: list[bytes]) -> None:
     for _ in range(N):
         send_frames(sock, frames)
-    time.sleep(0.3)   # let the I/O threads move everything to the receiving side
+    time.sleep(0.3)  # let the I/O threads move everything to the receiving side
 
 
 def per_op_us(op, before=lambda: None, after=lambda: None) -> float:
@@ -141,13 +142,16 @@ def main() -> None:
         except zmq.Again:
             pass
 
-    print(f"empty queue, failed receive (zmq.Again): {per_op_us(empty_receive):.2f} µs; "
-          f"EVENTS read: {per_op_us(lambda: get(b, events)):.2f} µs")
-    print(f"trio cancel scope entered and left: {trio_cancel_scope_us():.2f} µs; "
-          f"events & POLLIN on IntFlag: {per_op_us(lambda: 3 & zmq.POLLIN):.2f} µs, "
-          f"on int: {per_op_us(lambda: 3 & _POLLIN):.2f} µs")
-    print(f"actor runtime, one echo request dispatched and answered (no socket): "
-          f"{actor_dispatch_us():.2f} µs")
+    print(
+        f"empty queue, failed receive (zmq.Again): {per_op_us(empty_receive):.2f} µs; "
+        f"EVENTS read: {per_op_us(lambda: get(b, events)):.2f} µs"
+    )
+    print(
+        f"trio cancel scope entered and left: {trio_cancel_scope_us():.2f} µs; "
+        f"events & POLLIN on IntFlag: {per_op_us(lambda: 3 & zmq.POLLIN):.2f} µs, "
+        f"on int: {per_op_us(lambda: 3 & _POLLIN):.2f} µs"
+    )
+    print(f"actor runtime, one echo request dispatched and answered (no socket): {actor_dispatch_us():.2f} µs")
     print(f"(pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, {os.cpu_count()} CPUs, N = {N})")
 
 

@@ -1,21 +1,23 @@
 """The ``specmemo`` command line.
 
-    specmemo demo                                the main job: deployment, chat and solve, stop
-    specmemo up [--config deploy/local.toml]     start a local deployment (Ctrl-C stops it)
-    specmemo chat [--stats]                      chat with a running deployment
-    specmemo models pull                         fetch and convert the default model pair
-    specmemo status [--endpoint E]               the actor table of a running deployment
-    specmemo call ACTOR METHOD [key=value ...]   call any method (values parsed as JSON)
-    specmemo soak [--minutes N]                  load, faults and fuzz together, then a summary
-    specmemo solve FILE.mtx [--alpha A]          solve (alpha I + S) x = b on the solver actor
+specmemo demo                                the main job: deployment, chat and solve, stop
+specmemo up [--config deploy/local.toml]     start a local deployment (Ctrl-C stops it)
+specmemo chat [--stats]                      chat with a running deployment
+specmemo models pull                         fetch and convert the default model pair
+specmemo status [--endpoint E]               the actor table of a running deployment
+specmemo call ACTOR METHOD [key=value ...]   call any method (values parsed as JSON)
+specmemo soak [--minutes N]                  load, faults and fuzz together, then a summary
+specmemo solve FILE.mtx [--alpha A]          solve (alpha I + S) x = b on the solver actor
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -30,6 +32,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from specmemo.actors.kernel import Kernel
 
     from .config import ConfigError, check_endpoint, load_config
+
     try:
         config = load_config(args.config)
         if args.endpoint:
@@ -61,9 +64,11 @@ def set_precision(config, precision: str) -> None:
 
 def _client(args: argparse.Namespace):
     from specmemo.protocol import Client
+
     curve = None
     if args.curve_key:
         from specmemo.protocol.curve import client_keys
+
         if not args.server_key:
             raise SystemExit("--curve-key needs --server-key (the kernel's public .key file)")
         curve = client_keys(args.curve_key, args.server_key)
@@ -74,15 +79,17 @@ def _client(args: argparse.Namespace):
 def cmd_keys(args: argparse.Namespace) -> int:
     """Generate a CURVE key pair (NAME.key public, NAME.key_secret secret)."""
     from specmemo.protocol.curve import generate
+
     public, secret = generate(args.dir, args.name)
-    print(f"public key: {public}\nsecret key: {secret} (keep it private; copy only the public key "
-          f"into the kernel's curve_allowed folder)")
+    print(
+        f"public key: {public}\nsecret key: {secret} (keep it private; copy only the public key "
+        f"into the kernel's curve_allowed folder)"
+    )
     return 0
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c)
-              for c in columns}
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
@@ -91,6 +98,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 @command
 def cmd_status(args: argparse.Namespace) -> int:
     from specmemo.protocol import Unauthorized
+
     with _client(args) as c:
         reply = c.call("kernel", "actors")
         try:
@@ -98,7 +106,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         except Unauthorized:
             if args.metrics:
                 raise
-            counted = None        # a client key under CURVE: the registry only, no counters
+            counted = None  # a client key under CURVE: the registry only, no counters
         rows = reply["actors"]
         for row in rows:
             if counted is not None:
@@ -122,19 +130,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         with _client(args) as c:
             infos = [(row["name"], c.call(row["name"], "info")) for row in models]
         print()
-        print_table([_model_row(name, info) for name, info in infos],
-                    ["name", "precision", "asked", "weights_mib", "kv_held_mib", "rss_mib", "probe_ms"])
+        print_table(
+            [_model_row(name, info) for name, info in infos],
+            ["name", "precision", "asked", "weights_mib", "kv_held_mib", "rss_mib", "probe_ms"],
+        )
     return 0
 
 
 def _model_row(name: str, info: dict) -> dict:
     choice = info.get("precision") or {}
-    probe = " ".join(f"{p}:{'/'.join(f'{v:.0f}' for v in ms.values())}"
-                     for p, ms in (choice.get("probe_ms") or {}).items())
-    return {"name": name, "precision": choice.get("precision", "-"), "asked": choice.get("requested", "-"),
-            "weights_mib": f"{info.get('weight_bytes', 0) / 2**20:.0f}",
-            "kv_held_mib": f"{info.get('held', 0) / 2**20:.1f}",
-            "rss_mib": f"{info.get('rss_bytes', 0) / 2**20:.0f}", "probe_ms": probe or "-"}
+    probe = " ".join(
+        f"{p}:{'/'.join(f'{v:.0f}' for v in ms.values())}" for p, ms in (choice.get("probe_ms") or {}).items()
+    )
+    return {
+        "name": name,
+        "precision": choice.get("precision", "-"),
+        "asked": choice.get("requested", "-"),
+        "weights_mib": f"{info.get('weight_bytes', 0) / 2**20:.0f}",
+        "kv_held_mib": f"{info.get('held', 0) / 2**20:.1f}",
+        "rss_mib": f"{info.get('rss_bytes', 0) / 2**20:.0f}",
+        "probe_ms": probe or "-",
+    }
 
 
 @command
@@ -159,6 +175,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     import numpy as np
 
     from specmemo.native.matrices import read_mtx
+
     if args.ranks:
         return _solve_on_ranks(args)
     try:
@@ -178,14 +195,20 @@ def cmd_solve(args: argparse.Namespace) -> int:
             c.drop_matrix(report["id"])
         t2 = time.perf_counter()
     err = float(np.max(np.abs(out["x"] - 1.0))) if len(b) else 0.0
-    print(f"matrix      n={report['n']} nnz={report['nnz']} bandwidth {report['bandwidth_before']} -> "
-          f"{report['bandwidth_after']} after RCM; parts inner/middle/outer "
-          f"{report['share_inner']:.3f}/{report['share_middle']:.3f}/{report['share_outer']:.3f}")
-    print(f"solve       alpha={args.alpha} tol={args.tol:g}: "
-          f"{'converged' if out['converged'] else 'NOT converged'} in {out['iterations']} iterations")
+    print(
+        f"matrix      n={report['n']} nnz={report['nnz']} bandwidth {report['bandwidth_before']} -> "
+        f"{report['bandwidth_after']} after RCM; parts inner/middle/outer "
+        f"{report['share_inner']:.3f}/{report['share_middle']:.3f}/{report['share_outer']:.3f}"
+    )
+    print(
+        f"solve       alpha={args.alpha} tol={args.tol:g}: "
+        f"{'converged' if out['converged'] else 'NOT converged'} in {out['iterations']} iterations"
+    )
     print(f"residual    {out['residual']:.3e} (relative); max |x - 1| = {err:.3e}")
-    print(f"time        register+plan {t1 - t0:.3f} s, solve {out['seconds']:.3f} s on the actor, "
-          f"{t2 - t1:.3f} s round trip")
+    print(
+        f"time        register+plan {t1 - t0:.3f} s, solve {out['seconds']:.3f} s on the actor, "
+        f"{t2 - t1:.3f} s round trip"
+    )
     return 0 if out["converged"] else 3
 
 
@@ -194,9 +217,19 @@ def _solve_on_ranks(args: argparse.Namespace) -> int:
     import subprocess
 
     from specmemo.native.mpi_solve import command
+
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.ranks)
-    argv, env = command(args.ranks, threads, str(args.file), "--alpha", str(args.alpha), "--tol",
-                        str(args.tol), "--maxiter", str(args.maxiter))
+    argv, env = command(
+        args.ranks,
+        threads,
+        str(args.file),
+        "--alpha",
+        str(args.alpha),
+        "--tol",
+        str(args.tol),
+        "--maxiter",
+        str(args.maxiter),
+    )
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
@@ -206,10 +239,14 @@ def _solve_on_ranks(args: argparse.Namespace) -> int:
     if "error" in out:
         print(f"specmemo solve: {out['error']}", file=sys.stderr)
         return 2
-    print(f"matrix      n={out['n']} on {out['ranks']} ranks x {out['threads']} threads; halo bytes "
-          f"per product {out['halo_bytes']}")
-    print(f"solve       alpha={args.alpha} tol={args.tol:g}: "
-          f"{'converged' if out['converged'] else 'NOT converged'} in {out['iterations']} iterations")
+    print(
+        f"matrix      n={out['n']} on {out['ranks']} ranks x {out['threads']} threads; halo bytes "
+        f"per product {out['halo_bytes']}"
+    )
+    print(
+        f"solve       alpha={args.alpha} tol={args.tol:g}: "
+        f"{'converged' if out['converged'] else 'NOT converged'} in {out['iterations']} iterations"
+    )
     print(f"residual    {out['residual']:.3e} (relative); max |x - 1| = {out['max_err']:.3e}")
     print(f"time        solve {out['seconds']:.3f} s (slowest rank)")
     return 0 if out["converged"] else 3
@@ -218,6 +255,7 @@ def _solve_on_ranks(args: argparse.Namespace) -> int:
 @command
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+
     return run_demo(args.config, args.max_new_tokens, args.quiet, args.precision)
 
 
@@ -225,6 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     """Interactive chat against a running deployment."""
     from specmemo.protocol import Unauthorized
+
     show = args.stats
     with _client(args) as c:
         session = c.open_session()
@@ -249,20 +288,20 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     except Unauthorized as exc:
                         print(f"/usage: {exc}")
                         continue
-                    print(f"budget {u['budget']} B, live {u['live']} B, peak {u['peak']} B, "
-                          f"sessions {u['sessions']}")
+                    print(f"budget {u['budget']} B, live {u['live']} B, peak {u['peak']} B, sessions {u['sessions']}")
                     continue
                 print("assistant> ", end="", flush=True)
                 last: dict[str, Any] = {}
-                for chunk in c.chat(session, line, max_new_tokens=args.max_new_tokens,
-                                    temperature=args.temperature):
+                for chunk in c.chat(session, line, max_new_tokens=args.max_new_tokens, temperature=args.temperature):
                     print(chunk["text"], end="", flush=True)
                     last = chunk
                 print()
                 if show and last:
                     s = last["stats"]
-                    print(f"  [{s['tokens']} tokens, {s['tokens_per_s']:.2f} tokens/s, "
-                          f"{s['tokens_per_step']:.2f} tokens/step, alpha {s['alpha']:.2f}]")
+                    print(
+                        f"  [{s['tokens']} tokens, {s['tokens_per_s']:.2f} tokens/s, "
+                        f"{s['tokens_per_step']:.2f} tokens/step, alpha {s['alpha']:.2f}]"
+                    )
         finally:
             c.close_session(session)
     return 0
@@ -271,6 +310,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 @command
 def cmd_models(args: argparse.Namespace) -> int:
     from specmemo.actors.engine.pull import default_pair_paths, is_cached, pull_default_pair
+
     if args.action == "pull":
         paths = pull_default_pair(progress=lambda msg: print(msg, flush=True))
     else:
@@ -285,29 +325,38 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_soak(args: argparse.Namespace) -> int:
     """Load, SIGKILLs and hostile frames together on a fresh tiny deployment; prints a summary."""
     from .soak import run_soak
+
     return run_soak(args.minutes, clients=args.clients, kill_pause=args.kill_pause, seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="specmemo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="specmemo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def client_cmd(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)
         sp.add_argument("--endpoint", help="kernel endpoint (default: the local deployment)")
         sp.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
-        sp.add_argument("--curve-key", default=os.environ.get("SPECMEMO_CLIENT_KEY"),
-                        help="this client's .key_secret (tcp deployments with CURVE)")
-        sp.add_argument("--server-key", default=os.environ.get("SPECMEMO_SERVER_PUBLIC"),
-                        help="the kernel's public .key")
+        sp.add_argument(
+            "--curve-key",
+            default=os.environ.get("SPECMEMO_CLIENT_KEY"),
+            help="this client's .key_secret (tcp deployments with CURVE)",
+        )
+        sp.add_argument(
+            "--server-key", default=os.environ.get("SPECMEMO_SERVER_PUBLIC"), help="the kernel's public .key"
+        )
         return sp
 
     up = sub.add_parser("up", help="start a local deployment (kernel + actors)")
     up.add_argument("--config", help="deployment TOML (default: deploy/local.toml)")
     up.add_argument("--endpoint", help="override the endpoint, e.g. tcp://127.0.0.1:5555")
-    up.add_argument("--precision", choices=["auto", "float32", "bfloat16", "int8"],
-                    help="override every model's precision (default: the config's, auto in local.toml)")
+    up.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16", "int8"],
+        help="override every model's precision (default: the config's, auto in local.toml)",
+    )
     status = client_cmd("status", "show the actors of a running deployment")
     status.add_argument("--metrics", action="store_true", help="also each actor's own gauges")
     call = client_cmd("call", "call one method: specmemo call echo echo data='\"hi\"'")
@@ -318,8 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="deployment TOML (default: deploy/local.toml)")
     demo.add_argument("--max-new-tokens", type=int, default=48)
     demo.add_argument("--quiet", action="store_true", help="hide the actors' log lines")
-    demo.add_argument("--precision", choices=["auto", "float32", "bfloat16", "int8"],
-                      help="override every model's precision (default: the config's, auto in local.toml)")
+    demo.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16", "int8"],
+        help="override every model's precision (default: the config's, auto in local.toml)",
+    )
     chat = client_cmd("chat", "interactive chat with a running deployment")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0)
@@ -339,8 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--alpha", type=float, default=1.0)
     solve.add_argument("--tol", type=float, default=1e-10)
     solve.add_argument("--maxiter", type=int, default=0, help="0 = 10 n")
-    solve.add_argument("--ranks", type=int, default=0,
-                       help="solve as an MPI job of this many processes here (0: on the deployment's solver)")
+    solve.add_argument(
+        "--ranks",
+        type=int,
+        default=0,
+        help="solve as an MPI job of this many processes here (0: on the deployment's solver)",
+    )
     solve.add_argument("--threads", type=int, default=0, help="OpenMP threads per rank (0: cores / ranks)")
     return p
 
@@ -348,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from specmemo.protocol.errors import SpecmemoError
+
     try:
         return COMMANDS[args.command](args)
     except SpecmemoError as exc:

@@ -1,15 +1,16 @@
 """A deployment described by one TOML file, mapped onto dataclasses with working defaults.
 
-    [deployment]
-    name = "local"              # run directory /tmp/specmemo-<uid>/<name>
-    endpoint = ""               # "" = ipc in the run directory; or "tcp://127.0.0.1:5555"
+[deployment]
+name = "local"              # run directory /tmp/specmemo-<uid>/<name>
+endpoint = ""               # "" = ipc in the run directory; or "tcp://127.0.0.1:5555"
 
-    [actors.solver]
-    kind = "solver"             # which Actor class (see ACTOR_KINDS); defaults to the table name
-    after = []                  # started after these are ready, stopped before them
-    [actors.solver.config]      # passed to the actor as a plain dict
-    threads = 2
+[actors.solver]
+kind = "solver"             # which Actor class (see ACTOR_KINDS); defaults to the table name
+after = []                  # started after these are ready, stopped before them
+[actors.solver.config]      # passed to the actor as a plain dict
+threads = 2
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,8 @@ class ActorConfig:
     kind: str
     after: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
-    restart: str = "permanent"          # permanent | transient | temporary (OTP vocabulary)
-    start_timeout_s: float = 600.0      # model loads can be slow on first use
+    restart: str = "permanent"  # permanent | transient | temporary (OTP vocabulary)
+    start_timeout_s: float = 600.0  # model loads can be slow on first use
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -45,27 +46,27 @@ class ActorConfig:
 @dataclass(slots=True)
 class DeploymentConfig:
     name: str = "local"
-    endpoint: str = ""                  # "" -> ipc://<run_dir>/kernel.sock
+    endpoint: str = ""  # "" -> ipc://<run_dir>/kernel.sock
     heartbeat_s: float = 1.0
     heartbeat_misses: int = 5
-    restart_intensity: int = 5          # at most this many restarts of one actor ...
-    restart_period_s: float = 30.0      # ... within this many seconds, else the deployment stops
-    backoff_s: float = 0.05             # first restart delay, doubled per quick failure
+    restart_intensity: int = 5  # at most this many restarts of one actor ...
+    restart_period_s: float = 30.0  # ... within this many seconds, else the deployment stops
+    backoff_s: float = 0.05  # first restart delay, doubled per quick failure
     backoff_max_s: float = 5.0
-    stop_timeout_s: float = 5.0         # each rung of the stop ladder waits this long
-    max_inflight: int = 4096            # calls in flight to one actor before Overloaded
+    stop_timeout_s: float = 5.0  # each rung of the stop ladder waits this long
+    max_inflight: int = 4096  # calls in flight to one actor before Overloaded
     max_inflight_per_client: int = 1024  # calls in flight from one client before Overloaded
-    overload_delay_ms: int = 50         # that Overloaded is answered this late (a tarpit for floods); 0 = at once
+    overload_delay_ms: int = 50  # that Overloaded is answered this late (a tarpit for floods); 0 = at once
     max_message_bytes: int = 256 * 1024 * 1024
-    metrics_port: int = 0               # Prometheus: kernel on this port, n-th actor on port + n; 0 = off
-    curve_server_key: str = ""          # the kernel's .key_secret file: turns CURVE on (tcp only)
-    curve_allowed: str = ""             # folder of public .key files allowed to connect
-    curve_actor_key: str = ""           # .key_secret the spawned actors connect with (may register)
-    curve_operators: str = ""           # folder of operator public keys: metrics and every session id
-    curve_actors: str = ""              # folder of public keys of actors on other hosts (may register)
-    zygote: bool = True                 # fork the torch actors from a process that imported torch once
-    insecure: bool = False              # allow tcp beyond loopback without CURVE (logged at every start)
-    coalesce_us: int = 0                # >= 16 calls in flight: wait this long between kernel passes; 0 = off
+    metrics_port: int = 0  # Prometheus: kernel on this port, n-th actor on port + n; 0 = off
+    curve_server_key: str = ""  # the kernel's .key_secret file: turns CURVE on (tcp only)
+    curve_allowed: str = ""  # folder of public .key files allowed to connect
+    curve_actor_key: str = ""  # .key_secret the spawned actors connect with (may register)
+    curve_operators: str = ""  # folder of operator public keys: metrics and every session id
+    curve_actors: str = ""  # folder of public keys of actors on other hosts (may register)
+    zygote: bool = True  # fork the torch actors from a process that imported torch once
+    insecure: bool = False  # allow tcp beyond loopback without CURVE (logged at every start)
+    coalesce_us: int = 0  # >= 16 calls in flight: wait this long between kernel passes; 0 = off
     actors: list[ActorConfig] = field(default_factory=list)
     source: str = ""
 
@@ -97,10 +98,30 @@ class DeploymentConfig:
         return order
 
 
-_DEPLOYMENT_KEYS = {"name", "endpoint", "heartbeat_s", "heartbeat_misses", "restart_intensity",
-                    "restart_period_s", "backoff_s", "backoff_max_s", "stop_timeout_s",
-                    "max_inflight", "max_inflight_per_client", "overload_delay_ms", "max_message_bytes", "metrics_port", "curve_server_key", "curve_allowed",
-                    "curve_actor_key", "curve_operators", "curve_actors", "zygote", "coalesce_us", "insecure"}
+_DEPLOYMENT_KEYS = {
+    "name",
+    "endpoint",
+    "heartbeat_s",
+    "heartbeat_misses",
+    "restart_intensity",
+    "restart_period_s",
+    "backoff_s",
+    "backoff_max_s",
+    "stop_timeout_s",
+    "max_inflight",
+    "max_inflight_per_client",
+    "overload_delay_ms",
+    "max_message_bytes",
+    "metrics_port",
+    "curve_server_key",
+    "curve_allowed",
+    "curve_actor_key",
+    "curve_operators",
+    "curve_actors",
+    "zygote",
+    "coalesce_us",
+    "insecure",
+}
 _ACTOR_KEYS = {"kind", "after", "config", "restart", "start_timeout_s", "env"}
 
 
@@ -133,8 +154,9 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> DeploymentConf
             raise ConfigError(f"{source}: unknown keys {sorted(unknown)} in [actors.{name}]")
         kind = table.pop("kind", name)
         if kind not in ACTOR_KINDS and "class" not in table.get("config", {}):
-            raise ConfigError(f"{source}: [actors.{name}] has unknown kind '{kind}' "
-                              f"(known: {', '.join(sorted(ACTOR_KINDS))})")
+            raise ConfigError(
+                f"{source}: [actors.{name}] has unknown kind '{kind}' (known: {', '.join(sorted(ACTOR_KINDS))})"
+            )
         if name == "kernel" or not name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"{source}: '{name}' is not a valid actor name")
         cfg.actors.append(ActorConfig(name=name, kind=kind, **table))
@@ -144,10 +166,10 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> DeploymentConf
         if missing:
             raise ConfigError(f"{source}: [actors.{a.name}] is after unknown actors {missing}")
         if a.restart not in ("permanent", "transient", "temporary"):
-            raise ConfigError(f"{source}: [actors.{a.name}] restart must be permanent, transient "
-                              "or temporary")
+            raise ConfigError(f"{source}: [actors.{a.name}] restart must be permanent, transient or temporary")
         if a.kind == "http":
             from specmemo.actors.http import check_bind
+
             try:
                 check_bind(a.config)
             except ValueError as exc:
@@ -162,7 +184,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> DeploymentConf
             if not path.exists():
                 raise ConfigError(f"{source}: {key} = {value!r} does not exist")
             setattr(cfg, key, str(path))
-        for key in ("curve_operators", "curve_actors"):      # optional role folders
+        for key in ("curve_operators", "curve_actors"):  # optional role folders
             value = getattr(cfg, key)
             if value:
                 path = Path(value) if Path(value).is_absolute() else base / value
@@ -178,15 +200,21 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> DeploymentConf
 
 def check_endpoint(cfg: DeploymentConfig) -> None:
     """Refuse (ConfigError) a tcp endpoint beyond loopback without CURVE, unless `insecure = true`."""
-    if cfg.endpoint.startswith("tcp://") and not cfg.curve_server_key and not _loopback(cfg.endpoint) \
-            and cfg.insecure is not True:
-        raise ConfigError(f"{cfg.source}: endpoint {cfg.endpoint} would let anyone who reaches it call anything: "
-                          "set curve_server_key (docs/security.md), bind 127.0.0.1, or set insecure = true")
+    if (
+        cfg.endpoint.startswith("tcp://")
+        and not cfg.curve_server_key
+        and not _loopback(cfg.endpoint)
+        and cfg.insecure is not True
+    ):
+        raise ConfigError(
+            f"{cfg.source}: endpoint {cfg.endpoint} would let anyone who reaches it call anything: "
+            "set curve_server_key (docs/security.md), bind 127.0.0.1, or set insecure = true"
+        )
 
 
 def _loopback(endpoint: str) -> bool:
     """Whether a tcp endpoint binds a loopback address only."""
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 

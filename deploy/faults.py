@@ -3,6 +3,7 @@
 - :func:`kill_and_wait`: SIGKILL one actor; seconds until its restarted process serves a call;
 - :func:`killer`: kill each of some actors in turn, for a number of rounds (a thread's loop).
 """
+
 from __future__ import annotations
 
 import os
@@ -11,15 +12,17 @@ import threading
 import time
 from typing import Any
 
-from specmemo.protocol import Client
-from specmemo.protocol import errors
+from specmemo.protocol import Client, errors
 
 from .local import actor_rows
 
 #: Calls that show an actor serves again after a restart, by actor kind.
 PROBES: dict[str, tuple[str, dict[str, Any]]] = {
-    "echo": ("echo", {"data": 1}), "solver": ("list", {}), "memory": ("usage", {}),
-    "draft": ("info", {}), "verifier": ("sessions", {}),
+    "echo": ("echo", {"data": 1}),
+    "solver": ("list", {}),
+    "memory": ("usage", {}),
+    "draft": ("info", {}),
+    "verifier": ("sessions", {}),
 }
 
 
@@ -44,8 +47,15 @@ def kill_and_wait(client: Client, name: str, timeout: float = 30.0) -> float:
     raise TimeoutError(f"{name} was not back {timeout:.0f} s after SIGKILL")
 
 
-def killer(endpoint: str, names: list[str], rounds: int, pause: float, out: list[tuple[str, float]],
-           stop: threading.Event | None = None, back_timeout: float = 120.0) -> None:
+def killer(
+    endpoint: str,
+    names: list[str],
+    rounds: int,
+    pause: float,
+    out: list[tuple[str, float]],
+    stop: threading.Event | None = None,
+    back_timeout: float = 120.0,
+) -> None:
     """Kill each actor of ``names`` in turn, ``rounds`` times; appends (name, seconds back)."""
     with Client(endpoint, timeout=10) as c:
         for _ in range(rounds):

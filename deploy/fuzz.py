@@ -4,13 +4,16 @@
 - :func:`hostile_frames`: a seeded generator of malformed messages, each marked answered or not;
 - :func:`fuzz`: send them from a raw DEALER and count the typed errors that come back.
 """
+
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import typing
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -36,8 +39,11 @@ def _wrong_bodies() -> list[tuple[str, str, dict[str, Any]]]:
             continue
         hints = typing.get_type_hints(spec.request)
         for f in dataclasses.fields(spec.request):
-            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING \
-                    or hints[f.name] is Any:
+            if (
+                f.default is not dataclasses.MISSING
+                or f.default_factory is not dataclasses.MISSING
+                or hints[f.name] is Any
+            ):
                 continue
             for value in wrong_values:
                 body = {f.name: value}
@@ -68,17 +74,17 @@ def hostile_frames(seed: int, count: int, actors: dict[str, str]) -> Iterator[tu
 
     def array_spec() -> tuple[list[Any], list[bytes]]:
         case = int(rng.integers(7))
-        if case == 0:   # a huge declared size, no buffer
+        if case == 0:  # a huge declared size, no buffer
             return ["<f8", [int(rng.integers(1 << 30, 1 << 47))], 0], []
-        if case == 1:   # a buffer that does not match its shape
+        if case == 1:  # a buffer that does not match its shape
             n = int(rng.integers(1, 200))
             return ["<f4", [n + int(rng.integers(1, 9))], 0], [rng.bytes(4 * n)]
-        if case == 2:   # a shape whose int64 product wraps around to the buffer's size
+        if case == 2:  # a shape whose int64 product wraps around to the buffer's size
             return ["<f8", [1 << 32, 1 << 32], b""], []
         if case == 3:
             return [pick(["|O", ">f8", "<c16", "V8", "x"]), [2], b"\x00" * 16], []
         if case == 4:
-            return ["<i8", [2], int(rng.integers(1, 9))], [b"\x00" * 16][:int(rng.integers(2))]
+            return ["<i8", [2], int(rng.integers(1, 9))], [b"\x00" * 16][: int(rng.integers(2))]
         if case == 5:
             return ["<i8", [-1, 2], b""], []
         return ["<i8", [1] * 9, b"\x00" * 8], []
@@ -90,7 +96,7 @@ def hostile_frames(seed: int, count: int, actors: dict[str, str]) -> Iterator[tu
         if case == 0:
             yield [rand(0, 40) for _ in range(int(rng.integers(1, 4)))], True, "random frames"
         elif case == 1:
-            yield _request(route, cid, "echo", {"data": 1})[:int(rng.integers(1, 5))], True, "truncated"
+            yield _request(route, cid, "echo", {"data": 1})[: int(rng.integers(1, 5))], True, "truncated"
         elif case == 2:
             magic = rand(0, 6)
             if magic[:2] == b"SM":
@@ -107,8 +113,9 @@ def hostile_frames(seed: int, count: int, actors: dict[str, str]) -> Iterator[tu
             frames = _request(route, cid, "echo")
             yield [*frames[:3], b"\xc1" + rand(0, 20), *frames[4:]], True, "bad header msgpack"
         elif case == 6:
-            header = pick([{"id": "x"}, {"id": -1}, {"id": 1.5}, {"m": 5}, {"dl": -3}, {"s": "a"},
-                           [1, 2], "text", {"id": True}])
+            header = pick(
+                [{"id": "x"}, {"id": -1}, {"id": 1.5}, {"m": 5}, {"dl": -3}, {"s": "a"}, [1, 2], "text", {"id": True}]
+            )
             frames = _request(route, cid, "echo")
             yield [*frames[:3], msgpack.packb(header), *frames[4:]], True, "header of wrong types"
         elif case == 7:
@@ -124,8 +131,16 @@ def hostile_frames(seed: int, count: int, actors: dict[str, str]) -> Iterator[tu
             name = pick(routes)
             method = pick([n.partition(".")[2] for n in METHODS if n.startswith(actors[name] + ".")])
             frames = _request(name.encode(), cid, method)
-            body = pick([b"\xc1" + rand(0, 30), msgpack.packb([1, 2]), msgpack.packb("s"),
-                         msgpack.packb(7), b"\x91" * 2000 + b"\xc0", msgpack.packb({}) + b"\x00"])
+            body = pick(
+                [
+                    b"\xc1" + rand(0, 30),
+                    msgpack.packb([1, 2]),
+                    msgpack.packb("s"),
+                    msgpack.packb(7),
+                    b"\x91" * 2000 + b"\xc0",
+                    msgpack.packb({}) + b"\x00",
+                ]
+            )
             yield [*frames[:4], body], True, "bad body msgpack"
         elif case == 12:
             spec, buffers = array_spec()
@@ -154,24 +169,24 @@ class FuzzReport:
     sent: int = 0
     expected_replies: int = 0
     replies: int = 0
-    not_errors: int = 0                                   # replies that were not ERROR
-    errors: Counter = field(default_factory=Counter)      # typed errors received, by name
+    not_errors: int = 0  # replies that were not ERROR
+    errors: Counter = field(default_factory=Counter)  # typed errors received, by name
     labels: Counter = field(default_factory=Counter)
 
 
-def fuzz(endpoint: str, seed: int, count: int, actors: dict[str, str], *, batch: int = 200,
-         drain_s: float = 5.0) -> FuzzReport:
+def fuzz(
+    endpoint: str, seed: int, count: int, actors: dict[str, str], *, batch: int = 200, drain_s: float = 5.0
+) -> FuzzReport:
     """Send ``count`` hostile messages from one raw DEALER in batches; collect every answer."""
     report = FuzzReport()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(endpoint)
     try:
         frames_iter = hostile_frames(seed, count, actors)
         while True:
-            chunk = [next(frames_iter, None) for _ in range(batch)]
-            chunk = [c for c in chunk if c is not None]
+            chunk = list(itertools.islice(frames_iter, batch))
             for frames, answered, label in chunk:
                 sock.send_multipart(frames)
                 report.sent += 1
@@ -180,7 +195,7 @@ def fuzz(endpoint: str, seed: int, count: int, actors: dict[str, str], *, batch:
             _drain(sock, report, report.expected_replies, drain_s)
             if len(chunk) < batch:
                 break
-        _drain(sock, report, report.expected_replies + 1, 0.3)   # nothing more may come
+        _drain(sock, report, report.expected_replies + 1, 0.3)  # nothing more may come
     finally:
         sock.close()
     return report

@@ -8,21 +8,22 @@ the load tests.
 - :class:`Tally`: thread-safe counts of calls, errors by name, wrong results and latencies;
 - :func:`leaked_bytes`: the memory actor's usage once the load has stopped.
 """
+
 from __future__ import annotations
 
 import os
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import zmq
 
-from specmemo.protocol import Client
-from specmemo.protocol import errors
+from specmemo.protocol import Client, errors
 from specmemo.protocol.wire import Command, Header, decode, encode
 
 #: Chat messages of the mixed load; their greedy replies are checked against the engine.
@@ -37,13 +38,14 @@ class Tally:
     calls: int = 0
     ok: int = 0
     errors: Counter = field(default_factory=Counter)
-    wrong: list[str] = field(default_factory=list)      # results that differ from the reference
-    hung: int = 0                                       # calls that outlived deadline + grace
+    wrong: list[str] = field(default_factory=list)  # results that differ from the reference
+    hung: int = 0  # calls that outlived deadline + grace
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, op: str, seconds: float, error: str | None = None, wrong: str = "",
-               limit: float = float("inf")) -> None:
+    def record(
+        self, op: str, seconds: float, error: str | None = None, wrong: str = "", limit: float = float("inf")
+    ) -> None:
         with self.lock:
             self.calls += 1
             if error:
@@ -73,13 +75,15 @@ def small_skew(n: int, seed: int) -> sp.csr_array:
     return sp.csr_array(upper - upper.T)
 
 
-def chat_reference(messages: tuple[str, ...] = CHAT_MESSAGES, max_new_tokens: int = CHAT_TOKENS
-                   ) -> dict[str, list[int]]:
+def chat_reference(
+    messages: tuple[str, ...] = CHAT_MESSAGES, max_new_tokens: int = CHAT_TOKENS
+) -> dict[str, list[int]]:
     """Greedy replies of the in-process engine on the tiny pair (the actors must match them)."""
     import torch
 
     from specmemo.actors.engine import Engine
     from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
+
     torch.set_num_threads(1)
     draft, target = tiny_pair(seed=0)
     engine = Engine(draft, target, tiny_tokenizer(), budget_bytes=16 << 20, gamma=3)
@@ -103,10 +107,17 @@ def close_quietly(client: Client, session: str, attempts: int = 20) -> None:
             time.sleep(0.1)
 
 
-def mixed_calls(endpoint: str, seed: int, n_calls: int, tally: Tally, *,
-                stop: threading.Event | None = None, timeout: float = 20.0,
-                ops: dict[str, float] | None = None,
-                chat_expected: dict[str, list[int]] | None = None) -> None:
+def mixed_calls(
+    endpoint: str,
+    seed: int,
+    n_calls: int,
+    tally: Tally,
+    *,
+    stop: threading.Event | None = None,
+    timeout: float = 20.0,
+    ops: dict[str, float] | None = None,
+    chat_expected: dict[str, list[int]] | None = None,
+) -> None:
     """One client's calls, drawn by weight from ``ops`` (echo, matvec, solve, chat), all checked.
 
     A matrix lost with a restarted solver (``NotFound``) is registered again; a chat session is
@@ -161,16 +172,17 @@ def mixed_calls(endpoint: str, seed: int, n_calls: int, tally: Tally, *,
                         seconds = time.monotonic() - t0
                 tally.record(op, seconds, error, wrong, limit)
                 if error in ("ActorDied", "UnknownActor"):
-                    time.sleep(0.05)   # the actor is restarting: back off as a real client would
+                    time.sleep(0.05)  # the actor is restarting: back off as a real client would
         finally:
             try:
-                c.call("solver", "drop", id=mid)   # a private matrix outlives its client: drop it
+                c.call("solver", "drop", id=mid)  # a private matrix outlives its client: drop it
             except errors.SpecmemoError:
                 pass
 
 
-def _chat(c: Client, rng: np.random.Generator, timeout: float,
-          expected: dict[str, list[int]] | None) -> tuple[str, float]:
+def _chat(
+    c: Client, rng: np.random.Generator, timeout: float, expected: dict[str, list[int]] | None
+) -> tuple[str, float]:
     """Open a session, one greedy turn, close it. Answers what is wrong ("" if nothing) and the
     turn's seconds: a chat's latency (and its deadline) is the turn's alone."""
     message = CHAT_MESSAGES[int(rng.integers(len(CHAT_MESSAGES)))]
@@ -197,18 +209,25 @@ class PipelineReport:
     duplicated: int = 0
     wrong: int = 0
     errors: Counter = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)          # of replies
-    error_latencies: list[float] = field(default_factory=list)    # of typed errors
+    latencies: list[float] = field(default_factory=list)  # of replies
+    error_latencies: list[float] = field(default_factory=list)  # of typed errors
     seconds: float = 0.0
 
 
-def pipelined_echo(endpoint: str, n_calls: int, window: int = 32, *, timeout: float = 30.0,
-                   method: str = "echo", params: Callable[[int], dict] | None = None) -> PipelineReport:
+def pipelined_echo(
+    endpoint: str,
+    n_calls: int,
+    window: int = 32,
+    *,
+    timeout: float = 30.0,
+    method: str = "echo",
+    params: Callable[[int], dict] | None = None,
+) -> PipelineReport:
     """Keep ``window`` echo calls in flight on one raw DEALER; every id must come back once,
     carrying its own data (a lost, duplicated or crossed reply is counted)."""
     params = params or (lambda i: {"data": i})
     report = PipelineReport()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     sent_at: dict[int, float] = {}
@@ -218,9 +237,15 @@ def pipelined_echo(endpoint: str, n_calls: int, window: int = 32, *, timeout: fl
     try:
         while len(done) < n_calls and time.monotonic() - t0 < timeout:
             while next_id <= n_calls and len(sent_at) - len(done) < window:
-                sock.send_multipart(encode(Command.REQUEST, b"echo",
-                                           Header(id=next_id, method=method, deadline_ms=int(timeout * 1000)),
-                                           params(next_id)), copy=False)
+                sock.send_multipart(
+                    encode(
+                        Command.REQUEST,
+                        b"echo",
+                        Header(id=next_id, method=method, deadline_ms=int(timeout * 1000)),
+                        params(next_id),
+                    ),
+                    copy=False,
+                )
                 sent_at[next_id] = time.monotonic()
                 next_id += 1
             if not sock.poll(100):
@@ -239,7 +264,7 @@ def pipelined_echo(endpoint: str, n_calls: int, window: int = 32, *, timeout: fl
             report.latencies.append(seconds)
             if method == "echo" and msg.body != {"data": cid}:
                 report.wrong += 1
-        while sock.poll(200):   # anything after the last reply is a duplicate
+        while sock.poll(200):  # anything after the last reply is a duplicate
             sock.recv_multipart()
             report.duplicated += 1
     finally:

@@ -2,6 +2,7 @@
 its actors are ready, stopped, and checked for leftovers. Used by the demo, the soak command,
 the tests and the benchmarks, so that each of them starts deployments the same way.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,9 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 class LocalDeployment:
@@ -26,9 +28,17 @@ class LocalDeployment:
     (e.g. one under a profiler).
     """
 
-    def __init__(self, config: str | Path, name: str | None = None, *, args: tuple[str, ...] = (),
-                 output: str = "log", prefix: str = "sm", curve: dict | None = None,
-                 runner: tuple[str, ...] = (sys.executable, "-m")) -> None:
+    def __init__(
+        self,
+        config: str | Path,
+        name: str | None = None,
+        *,
+        args: tuple[str, ...] = (),
+        output: str = "log",
+        prefix: str = "sm",
+        curve: dict | None = None,
+        runner: tuple[str, ...] = (sys.executable, "-m"),
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         if isinstance(config, Path):
             self.config = config
@@ -48,19 +58,27 @@ class LocalDeployment:
         out = {"log": self.log.open("w"), "inherit": None, "discard": subprocess.DEVNULL}[self.output]
         self.proc = subprocess.Popen(
             [*self.runner, "specmemo.deploy.cli", "up", "--config", str(self.config), *self.args],
-            stdout=out, stderr=subprocess.STDOUT if self.output == "log" else out, env=self.env)
+            stdout=out,
+            stderr=subprocess.STDOUT if self.output == "log" else out,
+            env=self.env,
+        )
 
     @property
     def run_dir(self) -> Path:
         return self.root / "run" / self.name
 
-    def wait_ready(self, actors: list[str] | None = None, timeout: float = 60.0,
-                   progress: Callable[[dict[str, str]], None] | None = None,
-                   accept: tuple[str, ...] = ("ready",)) -> "LocalDeployment":
+    def wait_ready(
+        self,
+        actors: list[str] | None = None,
+        timeout: float = 60.0,
+        progress: Callable[[dict[str, str]], None] | None = None,
+        accept: tuple[str, ...] = ("ready",),
+    ) -> LocalDeployment:
         """Wait until every actor in `actors` (default: every one the kernel lists) is in a state
         of `accept` (an actor that registers itself is "external"); `actors=[]` waits for the
         kernel alone. `progress(states)` hears each change of the actors' states."""
         from specmemo.protocol import Client
+
         deadline = time.monotonic() + timeout
         shown: dict[str, str] = {}
         while time.monotonic() < deadline:
@@ -72,7 +90,7 @@ class LocalDeployment:
                 try:
                     with Client(self.endpoint, timeout=2, curve=self.curve) as c:
                         states = {a["name"]: a["state"] for a in c.actors()}
-                except Exception:        # not answering yet (or a CURVE handshake in progress)
+                except Exception:  # not answering yet (or a CURVE handshake in progress)
                     states = None
                 if states is not None:
                     if progress is not None and states != shown:
@@ -89,6 +107,7 @@ class LocalDeployment:
 
     def client(self, **kw: Any):
         from specmemo.protocol import Client
+
         return Client(self.endpoint, **({"curve": self.curve} | kw))
 
     def actor_pid(self, name: str) -> int:

@@ -4,6 +4,7 @@ minutes, then a summary that says whether everything held.
 The pieces are the modules the CI tests drive at small sizes: :mod:`.load` (checked client
 calls, exactly-once pipelining), :mod:`.faults` (SIGKILLs) and :mod:`.fuzz` (hostile frames).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,14 @@ from .tiny import tiny_config
 
 #: The soak's [deployment] keys: fast heartbeats, quick restarts.
 SOAK_DEPLOYMENT: dict[str, Any] = {
-    "heartbeat_s": 0.3, "heartbeat_misses": 10, "restart_intensity": 100, "restart_period_s": 30,
-    "backoff_s": 0.05, "backoff_max_s": 0.2, "stop_timeout_s": 3, "max_message_bytes": 4 << 20,
+    "heartbeat_s": 0.3,
+    "heartbeat_misses": 10,
+    "restart_intensity": 100,
+    "restart_period_s": 30,
+    "backoff_s": 0.05,
+    "backoff_max_s": 0.2,
+    "stop_timeout_s": 3,
+    "max_message_bytes": 4 << 20,
 }
 
 #: The soak's actors: echo and solver beside the tiny pair (no HTTP gateway).
@@ -41,16 +48,16 @@ def soak_config(name: str, actors: tuple[str, ...] = SOAK_ACTORS, **tables: dict
     return tiny_config(name, actors, SOAK_DEPLOYMENT, **tables)
 
 
-def run_soak(minutes: float, clients: int = 4, kill_pause: float = 2.0, fuzz_batch: int = 500,
-             seed: int = 0, out: Any = None) -> int:
+def run_soak(
+    minutes: float, clients: int = 4, kill_pause: float = 2.0, fuzz_batch: int = 500, seed: int = 0, out: Any = None
+) -> int:
     """Load + faults + fuzz together on a fresh tiny deployment; prints a summary; 0 when clean."""
     out = out or sys.stdout
 
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
-    say(f"soak: {minutes:g} min, {clients} clients, kills every {kill_pause:g} s, "
-        f"fuzz bursts of {fuzz_batch}")
+    say(f"soak: {minutes:g} min, {clients} clients, kills every {kill_pause:g} s, fuzz bursts of {fuzz_batch}")
     expected = chat_reference()
     dep = LocalDeployment(soak_config(f"soak{os.getpid()}"))
     pids: dict[str, int] = {}
@@ -60,7 +67,8 @@ def run_soak(minutes: float, clients: int = 4, kill_pause: float = 2.0, fuzz_bat
             rows = actor_rows(c)
         actors = {n: r["kind"] for n, r in rows.items()}
         stop = threading.Event()
-        tally, kills, fuzzed = Tally(), [], FuzzReport()
+        tally, fuzzed = Tally(), FuzzReport()
+        kills: list[tuple[str, float]] = []
         end = time.monotonic() + minutes * 60
 
         def fuzz_loop() -> None:
@@ -74,11 +82,22 @@ def run_soak(minutes: float, clients: int = 4, kill_pause: float = 2.0, fuzz_bat
                 fuzzed.errors.update(r.errors)
                 i += 1
 
-        threads = [threading.Thread(target=mixed_calls, args=(dep.endpoint, seed + i, 10**9, tally),
-                                    kwargs={"stop": stop, "chat_expected": expected}, daemon=True)
-                   for i in range(clients)]
-        threads.append(threading.Thread(target=killer, daemon=True, args=(
-            dep.endpoint, ["draft", "verifier", "memory", "solver"], 10**9, kill_pause, kills, stop)))
+        threads = [
+            threading.Thread(
+                target=mixed_calls,
+                args=(dep.endpoint, seed + i, 10**9, tally),
+                kwargs={"stop": stop, "chat_expected": expected},
+                daemon=True,
+            )
+            for i in range(clients)
+        ]
+        threads.append(
+            threading.Thread(
+                target=killer,
+                daemon=True,
+                args=(dep.endpoint, ["draft", "verifier", "memory", "solver"], 10**9, kill_pause, kills, stop),
+            )
+        )
         threads.append(threading.Thread(target=fuzz_loop, daemon=True))
         for t in threads:
             t.start()
@@ -107,22 +126,39 @@ def run_soak(minutes: float, clients: int = 4, kill_pause: float = 2.0, fuzz_bat
         say(f"  {op:<8} {tally.percentiles(op)}")
     say(f"errors       {dict(tally.errors.most_common())}")
     for name, xs in sorted(back.items()):
-        say(f"kills        {name:<9} {len(xs):3d} x, back in max {max(xs):.2f} s, "
-            f"median {np.median(xs):.2f} s")
-    say(f"restarts     {({n: r['restarts'] for n, r in rows.items()})}")
-    say(f"fuzz         {fuzzed.sent} frames, {fuzzed.replies}/{fuzzed.expected_replies} typed errors "
-        f"expected back, {fuzzed.not_errors} untyped; {dict(fuzzed.errors.most_common())}")
-    say(f"exactly-once {pipe.answered}/{pipe.sent} answered, lost {pipe.lost}, duplicated {pipe.duplicated}, "
-        f"wrong {pipe.wrong}, {pipe.sent / pipe.seconds:.0f} calls/s")
-    say(f"memory       live {usage['live']} B, sessions {len(usage['sessions'])}, peak {usage['peak']} B "
-        f"-> leaked blocks: {'none' if usage['live'] == 0 else 'YES'}")
-    say(f"deployment   kernel alive to the end: {kernel_alive}, echo never restarted: {echo_restarts == 0}, "
-        f"stopped with code {code}, orphans {orphans or 'none'}")
-    clean = (not tally.wrong and tally.hung == 0 and usage["live"] == 0 and kernel_alive
-             and fuzzed.replies == fuzzed.expected_replies and fuzzed.not_errors == 0
-             and "Internal" not in tally.errors and "Internal" not in fuzzed.errors
-             and pipe.lost == pipe.duplicated == pipe.wrong == 0 and echo_restarts == 0
-             and not crashed and code == 0 and not orphans)
+        say(f"kills        {name:<9} {len(xs):3d} x, back in max {max(xs):.2f} s, median {np.median(xs):.2f} s")
+    say(f"restarts     { ({n: r['restarts'] for n, r in rows.items()}) }")
+    say(
+        f"fuzz         {fuzzed.sent} frames, {fuzzed.replies}/{fuzzed.expected_replies} typed errors "
+        f"expected back, {fuzzed.not_errors} untyped; {dict(fuzzed.errors.most_common())}"
+    )
+    say(
+        f"exactly-once {pipe.answered}/{pipe.sent} answered, lost {pipe.lost}, duplicated {pipe.duplicated}, "
+        f"wrong {pipe.wrong}, {pipe.sent / pipe.seconds:.0f} calls/s"
+    )
+    say(
+        f"memory       live {usage['live']} B, sessions {len(usage['sessions'])}, peak {usage['peak']} B "
+        f"-> leaked blocks: {'none' if usage['live'] == 0 else 'YES'}"
+    )
+    say(
+        f"deployment   kernel alive to the end: {kernel_alive}, echo never restarted: {echo_restarts == 0}, "
+        f"stopped with code {code}, orphans {orphans or 'none'}"
+    )
+    clean = (
+        not tally.wrong
+        and tally.hung == 0
+        and usage["live"] == 0
+        and kernel_alive
+        and fuzzed.replies == fuzzed.expected_replies
+        and fuzzed.not_errors == 0
+        and "Internal" not in tally.errors
+        and "Internal" not in fuzzed.errors
+        and pipe.lost == pipe.duplicated == pipe.wrong == 0
+        and echo_restarts == 0
+        and not crashed
+        and code == 0
+        and not orphans
+    )
     if tally.wrong:
         say("wrong results: " + "; ".join(tally.wrong[:5]))
     say("soak: " + ("clean" if clean else "FAILED"))

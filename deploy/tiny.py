@@ -4,11 +4,13 @@ Tests, the soak command and the benchmarks take its tables and change a few keys
 writing the tiny random-weight pair out again, so that a change to the tiny pair (a model
 setting, a memory budget) reaches all of them at once.
 """
+
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .config import to_toml
 
@@ -18,8 +20,9 @@ TINY_CONFIG = Path(__file__).with_name("tiny.toml")
 PAIR = ("memory", "draft", "verifier")
 
 
-def tiny_config(name: str, actors: Iterable[str] | None = None, deployment: dict[str, Any] | None = None,
-                **tables: dict[str, Any]) -> str:
+def tiny_config(
+    name: str, actors: Iterable[str] | None = None, deployment: dict[str, Any] | None = None, **tables: dict[str, Any]
+) -> str:
     """TOML text of ``deploy/tiny.toml`` named ``name``, with only ``actors`` (default: all, in
     the file's order), its ``[deployment]`` keys updated from ``deployment`` and each actor's
     table merged with ``tables[actor]`` (nested tables merged key by key, e.g.
@@ -30,10 +33,12 @@ def tiny_config(name: str, actors: Iterable[str] | None = None, deployment: dict
     names = list(actors) if actors is not None else list(shipped)
     if set(tables) - set(names):
         raise ValueError(f"tables for actors not in the deployment: {sorted(set(tables) - set(names))}")
-    return to_toml({
-        "deployment": {**data["deployment"], **(deployment or {}), "name": name},
-        "actors": {n: _merged(shipped.get(n, {}), tables.get(n, {})) for n in names},
-    })
+    return to_toml(
+        {
+            "deployment": {**data["deployment"], **(deployment or {}), "name": name},
+            "actors": {n: _merged(shipped.get(n, {}), tables.get(n, {})) for n in names},
+        }
+    )
 
 
 def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

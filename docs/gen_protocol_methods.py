@@ -8,6 +8,7 @@ Everything between the two marker lines of ``docs/protocol.md`` is replaced; the
 the document is hand-written. Field notes come from the trailing ``# comment`` of each
 field of a message class (the ``protocol/*_messages.py`` modules).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ def field_notes(cls: type) -> dict[str, str]:
     except (OSError, TypeError):
         return {}
     notes: dict[str, str] = {}
-    line_start: str | None = None   # the NAME that opened the current logical line
+    line_start: str | None = None  # the NAME that opened the current logical line
     last_line = 0
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.start[0] != last_line:
@@ -72,8 +73,7 @@ def type_name(tp: Any, nested: dict[str, type]) -> str:
     if origin is dict:
         _, item = typing.get_args(tp) or (str, Any)
         return f"map str → {type_name(item, nested)}"
-    simple = {int: "int", float: "float", str: "str", bool: "bool", bytes: "bin",
-              np.ndarray: "array"}
+    simple = {int: "int", float: "float", str: "str", bool: "bool", bytes: "bin", np.ndarray: "array"}
     if tp in simple:
         return simple[tp]
     if isinstance(tp, type) and issubclass(tp, enum.StrEnum):
@@ -123,11 +123,14 @@ def method_section(spec: MethodSpec, nested: dict[str, type]) -> list[str]:
         where = "any actor's name (every actor answers it)"
     else:
         where = f"an actor of kind `{kind}` (shipped configs name it `{kind}`)"
-    flags = [f"Route: {where}; header `m` = `\"{name}\"`",
-             "idempotent: safe to retry after `ActorDied`" if spec.idempotent
-             else "not idempotent: at most once, do not retry blindly",
-             "streams" if spec.streams else "one reply",
-             "callers: registered actors only" if spec.role == "actor" else "callers: any client"]
+    flags = [
+        f'Route: {where}; header `m` = `"{name}"`',
+        "idempotent: safe to retry after `ActorDied`"
+        if spec.idempotent
+        else "not idempotent: at most once, do not retry blindly",
+        "streams" if spec.streams else "one reply",
+        "callers: registered actors only" if spec.role == "actor" else "callers: any client",
+    ]
     out = [f"#### `{spec.name}`", ""]
     if spec.doc:
         out += [spec.doc, ""]
@@ -137,8 +140,7 @@ def method_section(spec: MethodSpec, nested: dict[str, type]) -> list[str]:
     out += ([doc, ""] if doc else []) + fields_table(spec.request, nested) + [""]
     if spec.streams:
         assert spec.chunk is not None
-        out += [f"Stream: zero or more STREAM chunks `{spec.chunk.__name__}`, then END "
-                "(or one ERROR):", ""]
+        out += [f"Stream: zero or more STREAM chunks `{spec.chunk.__name__}`, then END (or one ERROR):", ""]
         doc = class_doc(spec.chunk)
         out += ([doc, ""] if doc else []) + fields_table(spec.chunk, nested) + [""]
     else:
@@ -154,23 +156,29 @@ def render() -> str:
     kinds: dict[str, list[MethodSpec]] = {}
     for spec in METHODS.values():
         kinds.setdefault(spec.name.partition(".")[0], []).append(spec)
-    out = [BEGIN, "",
-           f"{len(METHODS)} methods: "
-           + ", ".join(f"`{k}` ({len(v)}{', answered by every actor' if k == 'actor' else ''})"
-                       for k, v in kinds.items()) + ".", ""]
+    out = [
+        BEGIN,
+        "",
+        f"{len(METHODS)} methods: "
+        + ", ".join(f"`{k}` ({len(v)}{', answered by every actor' if k == 'actor' else ''})" for k, v in kinds.items())
+        + ".",
+        "",
+    ]
     for kind, specs in kinds.items():
         out += ["### Every actor" if kind == "actor" else f"### Actor kind `{kind}`", ""]
         out += ["| method | role | idempotent | streams | what it does |", "| --- | --- | --- | --- | --- |"]
         for spec in specs:
             what = spec.doc.replace("|", "\\|")
-            out.append(f"| `{spec.name}` | {spec.role} | {'yes' if spec.idempotent else 'no'} | "
-                       f"{'yes' if spec.streams else 'no'} | {what} |")
+            out.append(
+                f"| `{spec.name}` | {spec.role} | {'yes' if spec.idempotent else 'no'} | "
+                f"{'yes' if spec.streams else 'no'} | {what} |"
+            )
         out.append("")
         for spec in specs:
             out += method_section(spec, nested)
     out += ["### Types used inside bodies", ""]
     done: set[str] = set()
-    while len(done) < len(nested):          # nested types may name further nested types
+    while len(done) < len(nested):  # nested types may name further nested types
         for name in sorted(set(nested) - done):
             cls = nested[name]
             done.add(name)

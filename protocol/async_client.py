@@ -1,5 +1,6 @@
 """The trio side of the SDK: :class:`AsyncCaller` (calls over a socket someone else reads,
 as the actor runtime does) and :class:`AsyncClient` (with a socket and a reader of its own)."""
+
 from __future__ import annotations
 
 import itertools
@@ -31,7 +32,7 @@ class _Slot:
 
     def send_nowait(self, msg: Message) -> None:
         if self.event.is_set():
-            raise trio.WouldBlock   # a second answer to one call: not ours to keep
+            raise trio.WouldBlock  # a second answer to one call: not ours to keep
         self.msg = msg
         self.event.set()
 
@@ -48,8 +49,13 @@ class AsyncCaller:
     socket; :class:`AsyncClient` adds a socket of its own and the loop that reads it.
     """
 
-    def __init__(self, sock: TrioSocket | None = None, *, timeout: float = DEFAULT_TIMEOUT,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        sock: TrioSocket | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
         self._sock = sock
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
@@ -67,27 +73,27 @@ class AsyncCaller:
             return False
         return True
 
-    async def call_command(self, command: Command, route: str, body: Any, *,
-                           timeout: float) -> Message:
+    async def call_command(self, command: Command, route: str, body: Any, *, timeout: float) -> Message:
         """Send a non-request command that the kernel answers (READY) and return the answer."""
         assert self._sock is not None
         call_id = next(self._ids)
         send, recv = trio.open_memory_channel(1)
         self._pending[call_id] = send
         try:
-            await self._sock.send_multipart(encode(Command(command), route.encode(),
-                                                   Header(id=call_id), body))
+            await self._sock.send_multipart(encode(Command(command), route.encode(), Header(id=call_id), body))
             with trio.fail_after(timeout):
                 return await recv.receive()
         finally:
             self._pending.pop(call_id, None)
 
-    async def _open(self, actor: str, method: str, params: dict[str, Any],
-                    timeout: float | None, single: bool = False) -> tuple[int, Any]:
+    async def _open(
+        self, actor: str, method: str, params: dict[str, Any], timeout: float | None, single: bool = False
+    ) -> tuple[int, Any]:
         assert self._sock is not None, "use AsyncClient as an async context manager"
         call_id = next(self._ids)
-        frames = request_frames(call_id, actor, method, params,
-                                 self.timeout if timeout is None else timeout, self.max_message_bytes)
+        frames = request_frames(
+            call_id, actor, method, params, self.timeout if timeout is None else timeout, self.max_message_bytes
+        )
         # One reply expected: a slot. A stream: a channel (chunks may come faster than read).
         inbox: Any = _Slot() if single else trio.open_memory_channel(1024)
         send, recv = (inbox, inbox) if single else inbox
@@ -102,7 +108,7 @@ class AsyncCaller:
     async def _post(self, frames: list[Any], call_id: int = 0) -> None:
         assert self._sock is not None
         try:
-            self._sock.send_multipart_nowait(frames)   # no checkpoint: the caller waits next anyway
+            self._sock.send_multipart_nowait(frames)  # no checkpoint: the caller waits next anyway
         except zmq.Again:
             await self._sock.send_multipart(frames)
 
@@ -119,8 +125,9 @@ class AsyncCaller:
                 msg = await recv.receive()
             if scope.cancelled_caught:
                 await self._cancel(actor, call_id)
-                raise DeadlineExceeded(f"{actor}.{method} got no reply in time",
-                                       detail={"actor": actor, "method": method})
+                raise DeadlineExceeded(
+                    f"{actor}.{method} got no reply in time", detail={"actor": actor, "method": method}
+                )
         except trio.Cancelled:
             await self._cancel(actor, call_id)
             raise
@@ -157,9 +164,14 @@ class AsyncClient(AsyncCaller):
     to callers by correlation id.
     """
 
-    def __init__(self, endpoint: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 curve: dict[str, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        curve: dict[str, bytes] | None = None,
+    ) -> None:
         super().__init__(None, timeout=timeout, max_message_bytes=max_message_bytes)
         self.endpoint = find_endpoint(endpoint)
         self._curve = curve
@@ -167,10 +179,10 @@ class AsyncClient(AsyncCaller):
         # Messages waiting for the flusher, in order: (call id, frames); id 0 for a cancel.
         # An entry leaves only once sent, so a cancel can see whether its request has.
         self._held: deque[tuple[int, list[Any]]] = deque()
-        self._sending = False                 # the flusher is sending _held[0]
+        self._sending = False  # the flusher is sending _held[0]
         self._kick = trio.Event()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         self._sock = TrioSocket(dealer(zmq.Context.instance(), self.endpoint, self._curve))
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
@@ -197,7 +209,7 @@ class AsyncClient(AsyncCaller):
                 self._sending = True
                 try:
                     await super()._post(self._held[0][1])
-                except Exception as exc:   # this message's caller fails, the others go on
+                except Exception as exc:  # this message's caller fails, the others go on
                     call_id = self._held[0][0]
                     if call_id:
                         err = Internal(f"the request could not be sent: {type(exc).__name__}: {exc}")

@@ -1,5 +1,6 @@
 """What every client does for one call: connect a DEALER, build a request's frames (validated
 locally first), and turn the answer into a value or the typed error it carries."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,9 @@ def dealer(ctx: zmq.Context, endpoint: str, curve: dict[str, bytes] | None) -> z
     return sock
 
 
-def request_frames(call_id: int, actor: str, method: str, params: dict[str, Any],
-                    timeout: float | None, max_bytes: int) -> list[Any]:
+def request_frames(
+    call_id: int, actor: str, method: str, params: dict[str, Any], timeout: float | None, max_bytes: int
+) -> list[Any]:
     # Actor names equal their kinds in the shipped configs; other names skip local validation
     # (the callee validates every request anyway).
     spec = METHODS.get(f"{actor}.{method}")

@@ -12,12 +12,14 @@ Errors raise the typed exceptions of :mod:`specmemo.protocol.errors`. A call tha
 sends a cancel to the callee and raises :class:`DeadlineExceeded`; replies that arrive after
 that are dropped by correlation id. A client is not thread-safe: use one per thread.
 """
+
 from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import zmq
 
@@ -25,8 +27,7 @@ from .async_client import HOLD_FROM, AsyncCaller, AsyncClient
 from .calls import DEFAULT_TIMEOUT, dealer, request_frames, result_of, stream_chunk
 from .endpoint import find_endpoint
 from .errors import BadRequest, DeadlineExceeded, SpecmemoError
-from .wire import (DEFAULT_MAX_MESSAGE_BYTES, Command, Header, Message, decode, encode,
-                   recv_frames, send_frames)
+from .wire import DEFAULT_MAX_MESSAGE_BYTES, Command, Header, Message, decode, encode, recv_frames, send_frames
 
 __all__ = ["AsyncCaller", "AsyncClient", "ChatResult", "Client", "DEFAULT_TIMEOUT", "HOLD_FROM"]
 
@@ -38,26 +39,31 @@ class ChatResult:
     text: str
     token_ids: list[int]
     tokens_per_s: float
-    accepted_per_step: float       # mean accepted draft tokens per speculative step
-    gamma_mean: float              # mean γ the memory actor granted
+    accepted_per_step: float  # mean accepted draft tokens per speculative step
+    gamma_mean: float  # mean γ the memory actor granted
     stats: dict[str, Any] = field(default_factory=dict)
 
 
 class Client:
     """Blocking client of a specmemo deployment (scripts, notebooks, the CLI)."""
 
-    def __init__(self, endpoint: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 curve: dict[str, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        curve: dict[str, bytes] | None = None,
+    ) -> None:
         self.endpoint = find_endpoint(endpoint)
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
         self._ctx: zmq.Context = zmq.Context.instance()
         self._sock = dealer(self._ctx, self.endpoint, curve)
         self._ids = itertools.count(1)
-        self._poll_items = [(self._sock, zmq.POLLIN)]   # zmq_poll itself: Poller adds a layer
+        self._poll_items = [(self._sock, zmq.POLLIN)]  # zmq_poll itself: Poller adds a layer
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -78,8 +84,7 @@ class Client:
             raise BadRequest(f"{actor}.{method} streams: use Client.stream()")
         return result_of(msg, actor, method)
 
-    def stream(self, actor: str, method: str, /, *, timeout: float | None = None,
-               **params: Any) -> Iterator[Any]:
+    def stream(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any) -> Iterator[Any]:
         """Call a streaming method; yield each chunk until the stream ends.
 
         ``timeout`` bounds the whole stream. Closing the iterator early cancels the call.
@@ -114,9 +119,19 @@ class Client:
         """Close a chat session; its KV blocks are freed everywhere. Returns the target bytes freed."""
         return self.call(actor, "close", session=session)["freed"]
 
-    def chat(self, session: str, message: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
-             seed: int = 0, gamma: int | None = None, tree: int | None = None, actor: str = "verifier",
-             timeout: float | None = None) -> Iterator[dict[str, Any]]:
+    def chat(
+        self,
+        session: str,
+        message: str,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+        gamma: int | None = None,
+        tree: int | None = None,
+        actor: str = "verifier",
+        timeout: float | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """One chat turn, streamed: yields a chunk per speculative step as its tokens are accepted.
         ``gamma`` fixes the draft nodes per step and ``tree`` caps the token tree's width (1: a
         chain); by default the memory actor picks both within the deployment's ``tree_width``.
@@ -125,11 +140,20 @@ class Client:
         and ``stats`` (the turn so far: tokens_per_s, mean_accepted, alpha, ...); the last has
         ``done=True`` and the whole ``reply``. Closing the iterator early cancels the turn.
         """
-        return self.stream(actor, "chat", session=session, message=message,
-                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                           gamma=gamma, tree=tree, timeout=timeout)
+        return self.stream(
+            actor,
+            "chat",
+            session=session,
+            message=message,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            gamma=gamma,
+            tree=tree,
+            timeout=timeout,
+        )
 
-    def ask(self, session: str, message: str, **kw: Any) -> "ChatResult":
+    def ask(self, session: str, message: str, **kw: Any) -> ChatResult:
         """The blocking form of :meth:`chat`: the reply text, its token ids and statistics."""
         tokens: list[int] = []
         last: dict[str, Any] = {}
@@ -140,10 +164,14 @@ class Client:
                 gammas.append(int(chunk["step"]["gamma"]))
             last = chunk
         stats = last.get("stats", {})
-        return ChatResult(text=last.get("reply", ""), token_ids=tokens, stats=stats,
-                          tokens_per_s=float(stats.get("tokens_per_s", 0.0)),
-                          accepted_per_step=float(stats.get("mean_accepted", 0.0)),
-                          gamma_mean=sum(gammas) / len(gammas) if gammas else 0.0)
+        return ChatResult(
+            text=last.get("reply", ""),
+            token_ids=tokens,
+            stats=stats,
+            tokens_per_s=float(stats.get("tokens_per_s", 0.0)),
+            accepted_per_step=float(stats.get("mean_accepted", 0.0)),
+            gamma_mean=sum(gammas) / len(gammas) if gammas else 0.0,
+        )
 
     def usage(self, *, actor: str = "memory") -> dict[str, Any]:
         """The memory actor's accounting: budget, live, peak, per session, per holder, leases."""
@@ -151,8 +179,16 @@ class Client:
 
     # ---------------------------------------------------------------- solver helpers
 
-    def register_matrix(self, matrix: Any = None, *, mtx: bytes | None = None, kind: str = "skew",
-                        id: str = "", actor: str = "solver", **kw: Any) -> dict[str, Any]:
+    def register_matrix(
+        self,
+        matrix: Any = None,
+        *,
+        mtx: bytes | None = None,
+        kind: str = "skew",
+        id: str = "",
+        actor: str = "solver",
+        **kw: Any,
+    ) -> dict[str, Any]:
         """Register a scipy sparse matrix (sent as zero-copy CSR arrays) or Matrix Market bytes.
 
         Returns the plan's report (``id``, ``n``, ``nnz``, bandwidth before/after RCM, parts).
@@ -166,12 +202,22 @@ class Client:
         """y = S x on the solver actor."""
         return self.call(actor, "matvec", id=matrix_id, x=x)["y"]
 
-    def solve(self, matrix_id: str, b: Any, *, alpha: float = 1.0, tol: float = 1e-10,
-              maxiter: int = 0, history: bool = False, actor: str = "solver",
-              timeout: float | None = None) -> dict[str, Any]:
+    def solve(
+        self,
+        matrix_id: str,
+        b: Any,
+        *,
+        alpha: float = 1.0,
+        tol: float = 1e-10,
+        maxiter: int = 0,
+        history: bool = False,
+        actor: str = "solver",
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         """Solve (alpha I + S) x = b by MRS; returns x, converged, iterations, residual, seconds."""
-        return self.call(actor, "solve", id=matrix_id, b=b, alpha=alpha, tol=tol, maxiter=maxiter,
-                         history=history, timeout=timeout)
+        return self.call(
+            actor, "solve", id=matrix_id, b=b, alpha=alpha, tol=tol, maxiter=maxiter, history=history, timeout=timeout
+        )
 
     def drop_matrix(self, matrix_id: str, *, actor: str = "solver") -> bool:
         return self.call(actor, "drop", id=matrix_id)["dropped"]
@@ -180,15 +226,15 @@ class Client:
 
     def _send(self, actor: str, method: str, params: dict[str, Any], timeout: float | None) -> int:
         call_id = next(self._ids)
-        frames = request_frames(call_id, actor, method, params,
-                                 self.timeout if timeout is None else timeout, self.max_message_bytes)
+        frames = request_frames(
+            call_id, actor, method, params, self.timeout if timeout is None else timeout, self.max_message_bytes
+        )
         send_frames(self._sock, frames)
         return call_id
 
     def _cancel(self, actor: str, call_id: int) -> None:
         try:
-            send_frames(self._sock, encode(Command.CANCEL, actor.encode(), Header(id=call_id)),
-                        zmq.NOBLOCK)
+            send_frames(self._sock, encode(Command.CANCEL, actor.encode(), Header(id=call_id)), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 
@@ -198,8 +244,9 @@ class Client:
             if left <= 0 or not zmq.zmq_poll(self._poll_items, max(1, int(left * 1000))):
                 if time.monotonic() >= deadline:
                     self._cancel(actor, call_id)
-                    raise DeadlineExceeded(f"{actor}.{method} got no reply in time",
-                                           detail={"actor": actor, "method": method})
+                    raise DeadlineExceeded(
+                        f"{actor}.{method} got no reply in time", detail={"actor": actor, "method": method}
+                    )
                 continue
             frames = recv_frames(self._sock)
             try:

@@ -6,6 +6,7 @@ Each control body is a message class, built with :func:`pack_control` and decode
 :func:`unpack_control`, the same on both sides: the actor runtime packs READY and unpacks
 NOTICE, the kernel the other way round.
 """
+
 from __future__ import annotations
 
 import enum
@@ -24,26 +25,28 @@ T = TypeVar("T")
 KERNEL_ROUTE = b"kernel"
 #: msgpack nil: the body of a message that carries none.
 NIL = b"\xc0"
-_NO_CALL = Header().pack()   # the header of a message that is not about a call
+_NO_CALL = Header().pack()  # the header of a message that is not about a call
 
 
 @message
 class ReadyBody:
     """READY (actor -> kernel): register the actor named in the route frame."""
+
     kind: str
     pid: int
     methods: list[str] = field(default_factory=list)
 
 
 class NoticeEvent(enum.StrEnum):
-    ACTOR_DIED = "actor_died"   # `name` went away; its calls in flight failed with ActorDied
+    ACTOR_DIED = "actor_died"  # `name` went away; its calls in flight failed with ActorDied
 
 
 @message
 class Notice:
     """NOTICE (kernel -> every registered actor): an event of the deployment."""
+
     event: NoticeEvent
-    name: str = ""              # the actor it is about
+    name: str = ""  # the actor it is about
 
 
 def pack_control(msg: Any) -> bytes:
@@ -55,13 +58,14 @@ def unpack_control(cls: type[T], raw: bytes | memoryview, where: str = "body") -
     """Decode the body of a control message as ``cls``; :class:`BadRequest` if it is not one."""
     try:
         body = msgpack.unpackb(raw)
-    except Exception as exc:   # msgpack raises several unrelated types
+    except Exception as exc:  # msgpack raises several unrelated types
         raise BadRequest(f"{where} is not valid msgpack: {type(exc).__name__}") from None
     return from_wire(cls, body, where)
 
 
-def kernel_frames(peer: bytes, command: Command, call_id: int = 0, body: bytes = NIL,
-                  route: bytes = KERNEL_ROUTE) -> list[Any]:
+def kernel_frames(
+    peer: bytes, command: Command, call_id: int = 0, body: bytes = NIL, route: bytes = KERNEL_ROUTE
+) -> list[Any]:
     """The frames of a message the kernel sends of its own to ``peer`` (its ROUTER identity).
 
     ``call_id`` names the call it answers (0: none); ``route`` is ``kernel`` except for a

@@ -5,6 +5,7 @@ keys: every client and every actor connects with a key pair of its own, and the 
 authenticator admits only the public keys in that folder. Files are pyzmq's certificate
 format (``NAME.key`` public, ``NAME.key_secret`` secret, mode 0600).
 """
+
 from __future__ import annotations
 
 import os
@@ -70,8 +71,9 @@ class KeyRing:
         self.admitted = frozenset(clients | operators | actors)
 
     @classmethod
-    def load(cls, allowed: str | Path, operators: str | Path = "", actors: str | Path = "",
-             actor_secret: str | Path = "") -> "KeyRing":
+    def load(
+        cls, allowed: str | Path, operators: str | Path = "", actors: str | Path = "", actor_secret: str | Path = ""
+    ) -> KeyRing:
         actor_keys = _folder_keys(actors)
         if actor_secret:
             actor_keys.add(load_pair(actor_secret)[0].decode())

@@ -1,4 +1,5 @@
 """The echo actor's methods: a small built-in actor for tests and benchmarks."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,7 +31,7 @@ class SleepReply:
 
 @message
 class FailRequest:
-    kind: str = "internal"   # internal | bad_request | exit
+    kind: str = "internal"  # internal | bad_request | exit
     message: str = "failure requested"
 
 
@@ -45,8 +46,20 @@ class CountChunk:
     i: int
 
 
-method("echo.echo", EchoRequest, EchoReply, role="client", idempotent=True, doc="Returns `data` unchanged (arrays included).")
+method(
+    "echo.echo",
+    EchoRequest,
+    EchoReply,
+    role="client",
+    idempotent=True,
+    doc="Returns `data` unchanged (arrays included).",
+)
 method("echo.sleep", SleepRequest, SleepReply, role="client", doc="Sleeps, honouring deadline and cancel.")
-method("echo.fail", FailRequest, Empty,
-       role="client", doc="Fails on request: `internal` raises, `bad_request` refuses, `exit` kills the process.")
+method(
+    "echo.fail",
+    FailRequest,
+    Empty,
+    role="client",
+    doc="Fails on request: `internal` raises, `bad_request` refuses, `exit` kills the process.",
+)
 method("echo.count", CountRequest, role="client", chunk=CountChunk, doc="Streams i = 0..n-1, one chunk each.")

@@ -1,4 +1,5 @@
 """Where a local deployment lives: its 0700 run directory and the endpoint file in it."""
+
 from __future__ import annotations
 
 import os
@@ -69,8 +70,7 @@ def find_endpoint(endpoint: str | None = None) -> str:
         return env
     found = local_deployments()
     if not found:
-        raise ConnectionError("no running local deployment found (start one with `specmemo up`, "
-                              "or pass --endpoint)")
+        raise ConnectionError("no running local deployment found (start one with `specmemo up`, or pass --endpoint)")
     if len(found) > 1:
         names = ", ".join(f"{n} at {e}" for n, e in found)
         raise ConnectionError(f"several local deployments are running ({names}); pass --endpoint")

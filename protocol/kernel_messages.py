@@ -1,4 +1,5 @@
 """The kernel's own methods (``kernel.*``) and the one every actor answers (``actor.metrics``)."""
+
 from __future__ import annotations
 
 from dataclasses import field
@@ -20,7 +21,7 @@ class PingReply:
     version: int = 1
     uptime_s: float = 0.0
     pid: int = 0
-    max_message_bytes: int = 0    # the deployment's limit on one message (set your socket's MAXMSGSIZE)
+    max_message_bytes: int = 0  # the deployment's limit on one message (set your socket's MAXMSGSIZE)
 
 
 @message
@@ -28,7 +29,7 @@ class ActorInfo:
     name: str
     kind: str
     pid: int
-    state: ActorState      # see "Actor states"
+    state: ActorState  # see "Actor states"
     restarts: int
     uptime_s: float
     inflight: int
@@ -43,7 +44,7 @@ class ActorsReply:
 
 @message
 class KernelMetricsReply:
-    actors: dict[str, Any] = field(default_factory=dict)   # name -> requests, errors by code, p50_ms, p99_ms
+    actors: dict[str, Any] = field(default_factory=dict)  # name -> requests, errors by code, p50_ms, p99_ms
 
 
 @message
@@ -51,10 +52,28 @@ class ActorMetricsReply:
     values: dict[str, float] = field(default_factory=dict)
 
 
-method("actor.metrics", Empty, ActorMetricsReply, role="operator", idempotent=True,
-       doc="Every actor answers this: its domain gauges (KV bytes and γ, tokens/s, iterations, ...).")
-method("kernel.metrics", Empty, KernelMetricsReply, role="operator", idempotent=True,
-       doc="What the kernel counted per actor: requests, errors by code, recent p50/p99 latency.")
+method(
+    "actor.metrics",
+    Empty,
+    ActorMetricsReply,
+    role="operator",
+    idempotent=True,
+    doc="Every actor answers this: its domain gauges (KV bytes and γ, tokens/s, iterations, ...).",
+)
+method(
+    "kernel.metrics",
+    Empty,
+    KernelMetricsReply,
+    role="operator",
+    idempotent=True,
+    doc="What the kernel counted per actor: requests, errors by code, recent p50/p99 latency.",
+)
 method("kernel.ping", Empty, PingReply, role="client", idempotent=True, doc="Liveness of the kernel.")
-method("kernel.actors", Empty, ActorsReply, role="client", idempotent=True,
-       doc="The registry: every configured or registered actor, its pid, state and load.")
+method(
+    "kernel.actors",
+    Empty,
+    ActorsReply,
+    role="client",
+    idempotent=True,
+    doc="The registry: every configured or registered actor, its pid, state and load.",
+)

@@ -3,6 +3,7 @@
 Holders are "draft" and "target"; `actor` names the process that holds the lease, so the
 memory actor can reclaim its blocks when the kernel reports that actor dead.
 """
+
 from __future__ import annotations
 
 from dataclasses import field
@@ -18,7 +19,7 @@ class AddHolder:
     holder: str
     bytes_per_token: int
     actor: str
-    weight_bytes: int = 0     # the holder's model weights, counted beside its KV
+    weight_bytes: int = 0  # the holder's model weights, counted beside its KV
 
 
 @message
@@ -35,7 +36,7 @@ class SessionRef:
 @message
 class OpenSession:
     session: str
-    owner: str                         # the actor that drives the session (its lease holder)
+    owner: str  # the actor that drives the session (its lease holder)
 
 
 @message
@@ -53,13 +54,14 @@ class PrefillRequest:
 @message
 class GrantAnswer:
     """Blocks per holder after the call; sessions evicted to make room; holders to rebuild."""
+
     blocks: dict[str, int] = field(default_factory=dict)
     evicted: list[str] = field(default_factory=list)
     rebuild: list[str] = field(default_factory=list)
     gamma: int = 0
-    width: int = 1                     # the tree's width (1: a chain)
+    width: int = 1  # the tree's width (1: a chain)
     freed: int = 0
-    error: list[str] | None = absent_if_none()   # [error class, message] for this session alone (absent: none)
+    error: list[str] | None = absent_if_none()  # [error class, message] for this session alone (absent: none)
 
 
 @message
@@ -67,7 +69,7 @@ class GrantItem:
     session: str
     gamma: int | None = None
     limit: int | None = None
-    width: int | None = None           # the widest tree (None: the memory actor's choice)
+    width: int | None = None  # the widest tree (None: the memory actor's choice)
 
 
 @message
@@ -75,8 +77,8 @@ class CommitItem:
     session: str
     accepted: int
     emitted: int
-    tried: list[int] | None = None     # per rank: visited nodes with an r-th child
-    hits: list[int] | None = None      # per rank: r-th children accepted
+    tried: list[int] | None = None  # per rank: visited nodes with an r-th child
+    hits: list[int] | None = None  # per rank: r-th children accepted
 
 
 @message
@@ -102,10 +104,10 @@ class Freed:
 
 @message
 class Costs:
-    draft_s: float | None = None      # seconds per draft token
-    m: int | None = None              # new tokens per session of the target forward timed
-    target_s: float | None = None     # seconds of that target forward
-    draft_by_m: dict[str, float] | None = None   # {M: seconds} of draft forwards of M tokens (trees)
+    draft_s: float | None = None  # seconds per draft token
+    m: int | None = None  # new tokens per session of the target forward timed
+    target_s: float | None = None  # seconds of that target forward
+    draft_by_m: dict[str, float] | None = None  # {M: seconds} of draft forwards of M tokens (trees)
 
 
 @message
@@ -119,24 +121,24 @@ class Usage:
     holders: dict[str, int] = field(default_factory=dict)
     contexts: dict[str, int] = field(default_factory=dict)
     evictions: int = 0
-    leases: dict[str, str] = field(default_factory=dict)   # holder -> actor
+    leases: dict[str, str] = field(default_factory=dict)  # holder -> actor
     weights: dict[str, int] = field(default_factory=dict)  # holder -> bytes of its model's weights
-    memory_budget: int | None = None   # weights + KV budget, when the deployment sets one
-    costs: Any = None                   # the measured cost curve: {"draft_s", "target_s": {M: s}}
-    reserved: dict[str, int] = field(default_factory=dict)   # actor -> bytes held that are not KV (solver plans)
+    memory_budget: int | None = None  # weights + KV budget, when the deployment sets one
+    costs: Any = None  # the measured cost curve: {"draft_s", "target_s": {M: s}}
+    reserved: dict[str, int] = field(default_factory=dict)  # actor -> bytes held that are not KV (solver plans)
 
 
 @message
 class Reserve:
-    owner: str                # the actor holding the bytes (released when it dies)
-    key: str                  # what they are for (a solver's plan: one key per matrix)
+    owner: str  # the actor holding the bytes (released when it dies)
+    key: str  # what they are for (a solver's plan: one key per matrix)
     nbytes: int
 
 
 @message
 class ReserveReply:
     reserved: int
-    evicted: list[str] = field(default_factory=list)   # idle sessions evicted to make room
+    evicted: list[str] = field(default_factory=list)  # idle sessions evicted to make room
 
 
 @message
@@ -145,24 +147,67 @@ class Unreserve:
     key: str
 
 
-method("memory.reserve", Reserve, ReserveReply, role="actor", idempotent=True,
-       doc="Hold bytes that are not KV (a solver's plan and vectors) in the same budget; OverBudget if they do not fit.")
+method(
+    "memory.reserve",
+    Reserve,
+    ReserveReply,
+    role="actor",
+    idempotent=True,
+    doc="Hold bytes that are not KV (a solver's plan and vectors) in the same budget; OverBudget if they do not fit.",
+)
 method("memory.unreserve", Unreserve, Freed, role="actor", idempotent=True, doc="Give back what `reserve` held.")
-method("memory.add_holder", AddHolder, HolderReply, role="actor", idempotent=True,
-       doc="Register a cache holder, its KV bytes per token and its weight bytes (a lease of `actor`).")
+method(
+    "memory.add_holder",
+    AddHolder,
+    HolderReply,
+    role="actor",
+    idempotent=True,
+    doc="Register a cache holder, its KV bytes per token and its weight bytes (a lease of `actor`).",
+)
 method("memory.open", OpenSession, Empty, role="actor", doc="Open a session owned by `owner`.")
 method("memory.has", SessionRef, HasReply, role="actor", idempotent=True)
-method("memory.prefill", PrefillRequest, GrantAnswer,
-       role="actor", doc="Start a turn: the context becomes keep + add tokens, all but the last resident.")
-method("memory.grant_batch", GrantBatch, Answers,
-       role="actor", doc="Room for one speculative step per session; answers the γ each can afford.")
-method("memory.commit_batch", CommitBatch, Answers,
-       role="actor", doc="End a step: accepted drafts and emitted tokens; rejected blocks are freed at once.")
+method(
+    "memory.prefill",
+    PrefillRequest,
+    GrantAnswer,
+    role="actor",
+    doc="Start a turn: the context becomes keep + add tokens, all but the last resident.",
+)
+method(
+    "memory.grant_batch",
+    GrantBatch,
+    Answers,
+    role="actor",
+    doc="Room for one speculative step per session; answers the γ each can afford.",
+)
+method(
+    "memory.commit_batch",
+    CommitBatch,
+    Answers,
+    role="actor",
+    doc="End a step: accepted drafts and emitted tokens; rejected blocks are freed at once.",
+)
 method("memory.finish", SessionRef, Empty, role="actor", doc="End a turn: the session is idle (evictable).")
 method("memory.release", SessionRef, Freed, role="actor", doc="Forget a session and free its blocks.")
-method("memory.release_holder", SessionRef, Freed,
-       role="actor", doc="Reclaim every block of holder `session` (used when its actor died).")
-method("memory.observe_costs", Costs, Empty,
-       role="actor", doc="A measured step (seconds per draft token, target forward of m tokens): the cost curve γ* is picked from.")
-method("memory.usage", Empty, Usage, role="operator", idempotent=True,
-       doc="Budget, live and peak bytes, per session and per holder, leases.")
+method(
+    "memory.release_holder",
+    SessionRef,
+    Freed,
+    role="actor",
+    doc="Reclaim every block of holder `session` (used when its actor died).",
+)
+method(
+    "memory.observe_costs",
+    Costs,
+    Empty,
+    role="actor",
+    doc="A measured step (seconds per draft token, target forward of m tokens): the cost curve γ* is picked from.",
+)
+method(
+    "memory.usage",
+    Empty,
+    Usage,
+    role="operator",
+    idempotent=True,
+    doc="Budget, live and peak bytes, per session and per holder, leases.",
+)

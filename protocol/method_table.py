@@ -4,6 +4,7 @@ request and reply are checked at the boundary.
 The methods themselves are declared by actor kind in the ``*_messages`` modules;
 :mod:`specmemo.protocol.methods` gathers them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +12,6 @@ from typing import Any
 
 from .errors import BadRequest, Internal, UnknownMethod
 from .schema import from_wire, to_wire
-
 
 #: Who may call a method, least privileged first; each role may call what the ones before it may.
 #: "client": any peer the deployment admits (the SDK, the CLI, the HTTP gateway).
@@ -36,13 +36,13 @@ def role_of(kind: str, method_name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class MethodSpec:
-    name: str                    # "<kind>.<method>"
+    name: str  # "<kind>.<method>"
     request: type
-    reply: type | None           # None for streaming methods (they END instead)
-    chunk: type | None = None    # stream chunk schema, for streaming methods
-    idempotent: bool = False     # safe to retry after ActorDied
+    reply: type | None  # None for streaming methods (they END instead)
+    chunk: type | None = None  # stream chunk schema, for streaming methods
+    idempotent: bool = False  # safe to retry after ActorDied
     doc: str = ""
-    role: str = "client"         # who may call it (ROLES)
+    role: str = "client"  # who may call it (ROLES)
 
     @property
     def streams(self) -> bool:
@@ -52,8 +52,16 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-def method(name: str, request: type, reply: type | None = None, *, role: str, chunk: type | None = None,
-           idempotent: bool = False, doc: str = "") -> MethodSpec:
+def method(
+    name: str,
+    request: type,
+    reply: type | None = None,
+    *,
+    role: str,
+    chunk: type | None = None,
+    idempotent: bool = False,
+    doc: str = "",
+) -> MethodSpec:
     """Declare a method; `role` (required: a new method must say who may call it) is one of ROLES."""
     if name in METHODS:
         raise ValueError(f"method {name} declared twice")
@@ -67,8 +75,9 @@ def method(name: str, request: type, reply: type | None = None, *, role: str, ch
 def lookup(kind: str, method_name: str) -> MethodSpec:
     spec = METHODS.get(f"{kind}.{method_name}") or METHODS.get(f"actor.{method_name}")
     if spec is None:
-        raise UnknownMethod(f"actor kind '{kind}' has no method '{method_name}'",
-                            detail={"kind": kind, "method": method_name})
+        raise UnknownMethod(
+            f"actor kind '{kind}' has no method '{method_name}'", detail={"kind": kind, "method": method_name}
+        )
     return spec
 
 
@@ -90,7 +99,10 @@ def result_to_wire(cls: type, value: Any, what: str) -> dict[str, Any]:
         try:
             return to_wire(from_wire(cls, value, what))
         except BadRequest as exc:
-            raise Internal(f"the {what} does not fit {cls.__name__}: {exc}",
-                           detail={"expected": cls.__name__}) from None
-    raise Internal(f"the {what} is a {type(value).__name__}, not the declared {cls.__name__}",
-                   detail={"expected": cls.__name__, "got": type(value).__name__})
+            raise Internal(
+                f"the {what} does not fit {cls.__name__}: {exc}", detail={"expected": cls.__name__}
+            ) from None
+    raise Internal(
+        f"the {what} is a {type(value).__name__}, not the declared {cls.__name__}",
+        detail={"expected": cls.__name__, "got": type(value).__name__},
+    )

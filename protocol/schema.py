@@ -8,6 +8,7 @@ ignoring unknown fields (forward compatibility) and raising :class:`BadRequest` 
 first offending field. A field declared with :func:`absent_if_none` is left out of the wire
 map while it is None (the reader tests for the key, not for nil).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ T = TypeVar("T")
 #: Per message class, its fields as (name, annotation, required), worked out once: calling
 #: ``dataclasses.fields`` and ``typing.get_type_hints`` per message cost more than decoding it.
 _PLANS: dict[type, tuple[tuple[str, Any, bool], ...]] = {}
-_NAMES: dict[type, tuple[tuple[str, bool], ...]] = {}   # (name, left out while None)
+_NAMES: dict[type, tuple[tuple[str, bool], ...]] = {}  # (name, left out while None)
 #: The metadata key that :func:`absent_if_none` sets.
 _ABSENT_IF_NONE = "absent_if_none"
 #: Values that ``_plain`` passes through unchanged.
@@ -47,9 +48,9 @@ def _plan(cls: type) -> tuple[tuple[str, Any, bool], ...]:
     if plan is None:
         hints = typing.get_type_hints(cls)
         plan = _PLANS[cls] = tuple(
-            (f.name, hints[f.name],
-             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-            for f in dataclasses.fields(cls))
+            (f.name, hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)
+        )
     return plan
 
 
@@ -74,8 +75,7 @@ def to_wire(msg: Any) -> dict[str, Any]:
     cls = type(msg)
     names = _NAMES.get(cls)
     if names is None:
-        names = _NAMES[cls] = tuple((f.name, bool(f.metadata.get(_ABSENT_IF_NONE)))
-                                    for f in dataclasses.fields(msg))
+        names = _NAMES[cls] = tuple((f.name, bool(f.metadata.get(_ABSENT_IF_NONE))) for f in dataclasses.fields(msg))
     out = {}
     for name, absent in names:
         value = getattr(msg, name)
@@ -154,6 +154,5 @@ def _check(tp: Any, value: Any, where: str) -> Any:
         try:
             return tp(value)
         except ValueError:
-            raise BadRequest(f"{where} must be one of {', '.join(m.value for m in tp)}, "
-                             f"got {value!r:.40}") from None
+            raise BadRequest(f"{where} must be one of {', '.join(m.value for m in tp)}, got {value!r:.40}") from None
     raise TypeError(f"unsupported schema annotation {tp!r} at {where}")

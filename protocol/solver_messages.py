@@ -1,4 +1,5 @@
 """The solver actor's methods: skew-symmetric SpMV (PARS3 split) and MRS solves."""
+
 from __future__ import annotations
 
 from dataclasses import field
@@ -13,17 +14,18 @@ from .schema import message
 @message
 class RegisterMatrix:
     """A matrix as Matrix Market bytes (``mtx``) or as CSR arrays (``indptr``, ``indices``, ``data``)."""
-    id: str = ""                       # "" = the actor picks one
-    kind: str = "skew"                 # skew | symmetric
+
+    id: str = ""  # "" = the actor picks one
+    kind: str = "skew"  # skew | symmetric
     mtx: bytes | None = None
-    n: int = 0                         # rows (= columns) for CSR input
-    indptr: np.ndarray | None = None   # int32 or int64 [n + 1]
+    n: int = 0  # rows (= columns) for CSR input
+    indptr: np.ndarray | None = None  # int32 or int64 [n + 1]
     indices: np.ndarray | None = None  # int32 or int64 [nnz], column of each value
-    data: np.ndarray | None = None     # float64 [nnz]
-    threads: int = 0                   # 0 = the actor's default
-    tol: float = 1e-12                 # skew/symmetry check tolerance (relative to max |a_ij|)
-    shared: bool = False               # visible to every client (default: to its registering client only)
-    precision: str = "float64"         # float32: values stored rounded (fewer bytes a product; see docs/spmv.md)
+    data: np.ndarray | None = None  # float64 [nnz]
+    threads: int = 0  # 0 = the actor's default
+    tol: float = 1e-12  # skew/symmetry check tolerance (relative to max |a_ij|)
+    shared: bool = False  # visible to every client (default: to its registering client only)
+    precision: str = "float64"  # float32: values stored rounded (fewer bytes a product; see docs/spmv.md)
 
 
 @message
@@ -41,8 +43,8 @@ class MatrixReport:
     share_outer: float
     window_rows: int
     build_seconds: float
-    index_bytes: int = 4               # per stored entry: 2 with 16-bit offsets from the row
-    value_bytes: int = 8               # per stored entry: 4 with float32 values
+    index_bytes: int = 4  # per stored entry: 2 with 16-bit offsets from the row
+    value_bytes: int = 8  # per stored entry: 4 with float32 values
 
 
 @message
@@ -53,32 +55,32 @@ class MatrixId:
 @message
 class MatvecRequest:
     id: str
-    x: np.ndarray                      # float64 [n]
+    x: np.ndarray  # float64 [n]
 
 
 @message
 class MatvecReply:
-    y: np.ndarray                      # float64 [n]
+    y: np.ndarray  # float64 [n]
 
 
 @message
 class SolveRequest:
     id: str
-    b: np.ndarray                      # float64 [n]
+    b: np.ndarray  # float64 [n]
     alpha: float = 1.0
     tol: float = 1e-10
-    maxiter: int = 0                   # 0 = 10 n
-    history: bool = False              # return the residual history too
+    maxiter: int = 0  # 0 = 10 n
+    history: bool = False  # return the residual history too
 
 
 @message
 class SolveReply:
-    x: np.ndarray                      # float64 [n]
+    x: np.ndarray  # float64 [n]
     converged: bool
     iterations: int
-    residual: float                    # true ||b - (αI + S)x|| / ||b||
+    residual: float  # true ||b - (αI + S)x|| / ||b||
     seconds: float
-    history: np.ndarray | None = None   # float64 [iterations], relative residual after each
+    history: np.ndarray | None = None  # float64 [iterations], relative residual after each
 
 
 @message
@@ -91,11 +93,22 @@ class MatrixList:
     matrices: list[MatrixReport] = field(default_factory=list)
 
 
-method("solver.register", RegisterMatrix, MatrixReport,
-       role="client", doc="Check, reorder (RCM) and split a matrix once; later calls reuse the plan.")
+method(
+    "solver.register",
+    RegisterMatrix,
+    MatrixReport,
+    role="client",
+    doc="Check, reorder (RCM) and split a matrix once; later calls reuse the plan.",
+)
 method("solver.describe", MatrixId, MatrixReport, role="client", idempotent=True, doc="The plan's report.")
 method("solver.matvec", MatvecRequest, MatvecReply, role="client", idempotent=True, doc="y = S x.")
-method("solver.solve", SolveRequest, SolveReply, role="client", idempotent=True,
-       doc="Solve (αI + S) x = b by MRS (one SpMV per iteration).")
+method(
+    "solver.solve",
+    SolveRequest,
+    SolveReply,
+    role="client",
+    idempotent=True,
+    doc="Solve (αI + S) x = b by MRS (one SpMV per iteration).",
+)
 method("solver.drop", MatrixId, Dropped, role="client", idempotent=True, doc="Forget a matrix.")
 method("solver.list", Empty, MatrixList, role="client", idempotent=True, doc="Every registered matrix.")

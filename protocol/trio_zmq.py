@@ -21,9 +21,11 @@ consumed, and hangs. The rules this adapter follows (all in :meth:`TrioSocket._w
 Every access to the socket goes through this class, because even ``getsockopt`` can consume
 the edge.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 import zmq
@@ -47,8 +49,8 @@ class TrioSocket:
         self.sock = sock
         self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]  # FD is an int option
         self._changed = trio.Event()
-        self._watching = False       # a task sleeps on the fd
-        self._interrupted = False    # ... and has been told to look again
+        self._watching = False  # a task sleeps on the fd
+        self._interrupted = False  # ... and has been told to look again
         self._closed = False
         self._waiters = {_POLLIN: 0, _POLLOUT: 0}
 
@@ -88,7 +90,7 @@ class TrioSocket:
                 waited = await self._wait(_POLLIN) or waited
                 continue
             self._notify()
-            if not waited:   # a wait that slept was this call's checkpoint; a second costs a pass
+            if not waited:  # a wait that slept was this call's checkpoint; a second costs a pass
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return frames
 
@@ -120,7 +122,7 @@ class TrioSocket:
                 except zmq.Again:
                     break
                 if len(burst) == 1 and not self._events() & _POLLIN:
-                    break   # a lone message: served now, not after a failed receive
+                    break  # a lone message: served now, not after a failed receive
             if burst:
                 yield burst
 
@@ -209,7 +211,7 @@ class TrioSocket:
             try:
                 await trio.lowlevel.wait_readable(self._fd)
             except trio.ClosedResourceError:
-                self._check_open()   # closed for real; else interrupted by _wake: look again
+                self._check_open()  # closed for real; else interrupted by _wake: look again
             finally:
                 self._watching = False
                 # Hand the role on: waiters re-check, one of them becomes the watcher.

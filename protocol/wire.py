@@ -13,13 +13,15 @@ A ROUTER socket sees one more frame in front, the peer's routing id. The kernel 
 ``command`` and ``route`` and reads the small header (for the correlation id); it never
 decodes the body.
 """
+
 from __future__ import annotations
 
 import enum
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -38,28 +40,42 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 INLINE_ARRAY_BYTES = 1024
 #: Array dtypes that may cross the wire (little-endian numeric types and bool).
 ALLOWED_DTYPES = frozenset(
-    np.dtype(t).str for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
-                              "uint32", "uint64", "float16", "float32", "float64"))
+    np.dtype(t).str
+    for t in (
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+    )
+)
 #: Key that marks a numpy array in a msgpack body.
 ARRAY_KEY = "$nd"
-_ARRAY_KEY_BYTES = ARRAY_KEY.encode()   # in the packed body whatever str type carries the key
+_ARRAY_KEY_BYTES = ARRAY_KEY.encode()  # in the packed body whatever str type carries the key
 
 
 class Command(enum.IntEnum):
-    REQUEST = 1    # peer -> actor: call a method
-    REPLY = 2      # actor -> caller: the one result of a call
-    ERROR = 3      # actor/kernel -> caller: the call failed (body is an error map)
-    CANCEL = 4     # caller -> actor: stop working on a call
+    REQUEST = 1  # peer -> actor: call a method
+    REPLY = 2  # actor -> caller: the one result of a call
+    ERROR = 3  # actor/kernel -> caller: the call failed (body is an error map)
+    CANCEL = 4  # caller -> actor: stop working on a call
     HEARTBEAT = 5  # kernel <-> actor: liveness, both ways
-    READY = 6      # actor -> kernel: register under ``route`` (routable from now on)
-    STREAM = 7     # actor -> caller: one chunk of a streaming reply
-    END = 8        # actor -> caller: a streaming reply is complete
-    BYE = 9        # kernel -> actor: please stop; actor -> kernel: I am stopping
-    NOTICE = 10    # kernel -> actors: an event of the deployment (today: an actor died)
+    READY = 6  # actor -> kernel: register under ``route`` (routable from now on)
+    STREAM = 7  # actor -> caller: one chunk of a streaming reply
+    END = 8  # actor -> caller: a streaming reply is complete
+    BYE = 9  # kernel -> actor: please stop; actor -> kernel: I am stopping
+    NOTICE = 10  # kernel -> actors: an event of the deployment (today: an actor died)
 
 
 COMMAND_BYTES = {c: bytes([c]) for c in Command}
-_COMMAND_AND_MAGIC = len(MAGIC) + 1   # the two fixed frames, in a message's size
+_COMMAND_AND_MAGIC = len(MAGIC) + 1  # the two fixed frames, in a message's size
 #: Commands that end a call (the kernel forgets the call when it forwards one of these).
 FINAL_COMMANDS = frozenset({Command.REPLY, Command.ERROR, Command.END})
 
@@ -68,18 +84,17 @@ FINAL_COMMANDS = frozenset({Command.REPLY, Command.ERROR, Command.END})
 class Header:
     """Routing metadata of one message (never the payload)."""
 
-    id: int = 0                 # correlation id, chosen by the caller, unique per caller
-    method: str = ""            # method name, local to the actor (``"solve"``)
-    deadline_ms: int = 0        # time budget left when sent, in ms; 0 = none
-    schema: int = 1             # schema version of the method's body
+    id: int = 0  # correlation id, chosen by the caller, unique per caller
+    method: str = ""  # method name, local to the actor (``"solve"``)
+    deadline_ms: int = 0  # time budget left when sent, in ms; 0 = none
+    schema: int = 1  # schema version of the method's body
     v: int = PROTOCOL_VERSION
 
     def pack(self) -> bytes:
-        return msgpack.packb({"v": self.v, "id": self.id, "m": self.method,
-                              "dl": self.deadline_ms, "s": self.schema})
+        return msgpack.packb({"v": self.v, "id": self.id, "m": self.method, "dl": self.deadline_ms, "s": self.schema})
 
     @classmethod
-    def unpack(cls, raw: bytes | memoryview) -> "Header":
+    def unpack(cls, raw: bytes | memoryview) -> Header:
         try:
             d = msgpack.unpackb(raw)
         except Exception as exc:  # msgpack raises several unrelated types
@@ -89,8 +104,15 @@ class Header:
         hid, method, dl, schema = d.get("id", 0), d.get("m", ""), d.get("dl", 0), d.get("s", 1)
         # The common case in one test of exact types (msgpack yields exact int and str);
         # the checks below name the field that is wrong.
-        if type(hid) is int and type(method) is str and type(dl) is int and type(schema) is int and schema == 1 \
-                and 0 <= hid < 2**64 and 0 <= dl < 2**63:
+        if (
+            type(hid) is int
+            and type(method) is str
+            and type(dl) is int
+            and type(schema) is int
+            and schema == 1
+            and 0 <= hid < 2**64
+            and 0 <= dl < 2**63
+        ):
             return cls(hid, method, dl, schema)
         if not (isinstance(hid, int) and not isinstance(hid, bool) and 0 <= hid < 2**64):
             raise BadRequest("header field 'id' must be an unsigned integer")
@@ -117,7 +139,7 @@ class Message:
     route: bytes
     header: Header
     body: Any = None
-    raw_body: Any = None                       # undecoded body frame, for routers
+    raw_body: Any = None  # undecoded body frame, for routers
     buffers: list[Any] = field(default_factory=list)
 
 
@@ -126,8 +148,10 @@ def check_magic(frame: bytes | memoryview) -> None:
         return
     magic = bytes(frame)
     if len(magic) == 3 and magic[:2] == MAGIC_PREFIX:
-        raise VersionMismatch(f"peer speaks protocol version {magic[2]}, this side speaks "
-                              f"{PROTOCOL_VERSION}", detail={"theirs": magic[2], "ours": PROTOCOL_VERSION})
+        raise VersionMismatch(
+            f"peer speaks protocol version {magic[2]}, this side speaks {PROTOCOL_VERSION}",
+            detail={"theirs": magic[2], "ours": PROTOCOL_VERSION},
+        )
     raise BadRequest(f"bad magic frame {magic[:8]!r}: not a specmemo message")
 
 
@@ -161,8 +185,7 @@ def send_frames(sock: Any, frames: Sequence[Any], flags: int = 0) -> None:
     i = 0
     try:
         for i, f in enumerate(frames):
-            copy = type(f) is bytes or not (getattr(f, "nbytes", 0) >= ZERO_COPY_BYTES
-                                            or hasattr(f, "buffer"))
+            copy = type(f) is bytes or not (getattr(f, "nbytes", 0) >= ZERO_COPY_BYTES or hasattr(f, "buffer"))
             _backend_send(sock, f, more if i < last else flags, copy, False)
     except Exception:
         # ZeroMQ refuses a message (EAGAIN, EHOSTUNREACH) at its first part only; a later part
@@ -196,7 +219,7 @@ def recv_frames(sock: Any, flags: int = 0, small: int = 5, user_ids: list | None
 
 def frame_bytes(frame: Any) -> memoryview | bytes:
     """The contents of a frame received with ``copy=False`` (or of a plain bytes frame)."""
-    if type(frame) is bytes:   # the envelope frames: first, and without a failed attribute lookup
+    if type(frame) is bytes:  # the envelope frames: first, and without a failed attribute lookup
         return frame
     return frame.buffer if hasattr(frame, "buffer") else frame
 
@@ -213,7 +236,7 @@ def pack_body(body: Any) -> tuple[bytes, list[Any]]:
         # Most bodies are plain maps: no hook, no closure (msgpack calls ``default`` only
         # for what it cannot pack itself, and then the general path below runs).
         return msgpack.packb(body), []
-    except (TypeError, OverflowError):   # e.g. an int beyond 64 bits: the hook names it
+    except (TypeError, OverflowError):  # e.g. an int beyond 64 bits: the hook names it
         pass
     buffers: list[Any] = []
 
@@ -265,14 +288,12 @@ def unpack_body(raw: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
 
 
 def _decode_array(spec: Any, views: Sequence[Any]) -> np.ndarray:
-    if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)
-            and isinstance(spec[1], list)):
+    if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and isinstance(spec[1], list)):
         raise BadRequest(f"malformed array reference {spec!r:.120}")
     dtype_str, shape, ref = spec
     if dtype_str not in ALLOWED_DTYPES:
         raise BadRequest(f"array dtype {dtype_str!r} is not allowed")
-    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**48 for d in shape) \
-            or len(shape) > 8:
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**48 for d in shape) or len(shape) > 8:
         raise BadRequest(f"array shape {shape!r:.120} is invalid")
     dtype = np.dtype(dtype_str)
     if isinstance(ref, (bytes, bytearray)):
@@ -281,31 +302,35 @@ def _decode_array(spec: Any, views: Sequence[Any]) -> np.ndarray:
         data = views[ref]
     else:
         raise BadRequest(f"array reference {ref!r:.40} names no buffer (message has {len(views)})")
-    expected = math.prod(shape) * dtype.itemsize   # exact: int64 products wrap around
+    expected = math.prod(shape) * dtype.itemsize  # exact: int64 products wrap around
     if len(memoryview(data).cast("B")) != expected:
-        raise BadRequest(f"buffer holds {len(memoryview(data).cast('B'))} bytes, but dtype "
-                         f"{dtype_str} and shape {shape} need {expected}")
+        raise BadRequest(
+            f"buffer holds {len(memoryview(data).cast('B'))} bytes, but dtype "
+            f"{dtype_str} and shape {shape} need {expected}"
+        )
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 # ---------------------------------------------------------------- whole messages
 
 
-def encode(command: Command, route: bytes, header: Header, body: Any = None,
-           *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[Any]:
+def encode(
+    command: Command, route: bytes, header: Header, body: Any = None, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> list[Any]:
     """Frames of one message, ready for ``send_multipart(copy=False)``."""
     raw_body, buffers = pack_body(body)
     packed = header.pack()
     frames: list[Any] = [MAGIC, COMMAND_BYTES[command], route, packed, raw_body, *buffers]
     size = _COMMAND_AND_MAGIC + len(route) + len(packed) + len(raw_body) + sum(b.nbytes for b in buffers)
     if size > max_bytes:
-        raise MessageTooLarge(f"message of {size} bytes exceeds the limit of {max_bytes} bytes",
-                              detail={"size": size, "limit": max_bytes})
+        raise MessageTooLarge(
+            f"message of {size} bytes exceeds the limit of {max_bytes} bytes", detail={"size": size, "limit": max_bytes}
+        )
     return frames
 
 
 def frames_size(frames: Sequence[Any]) -> int:
-    return sum(map(len, frames))   # bytes and zmq.Frame both have a length
+    return sum(map(len, frames))  # bytes and zmq.Frame both have a length
 
 
 def decode(frames: Sequence[Any], *, decode_body: bool = True) -> Message:

@@ -1,17 +1,17 @@
 """Shared fixtures: real deployments started as real processes, on short ipc paths."""
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from specmemo.deploy.local import LocalDeployment, pid_alive  # pid_alive: for the tests
+from specmemo.deploy.local import LocalDeployment
 
-settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow],
-                          print_blob=True)
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
 settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 def raw_dealer(endpoint: str, ident: bytes | None = None, timeout_ms: int = -1):
     """A bare pyzmq DEALER on ``endpoint``, for tests that speak the wire protocol by hand."""
     import zmq
+
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
@@ -32,9 +33,10 @@ def raw_dealer(endpoint: str, ident: bytes | None = None, timeout_ms: int = -1):
 def load_bench(name: str):
     """Import ``bench/<name>.py`` (scripts, not a package) as the module ``<name>_bench``."""
     import importlib.util
+
     spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses in the module look themselves up here
+    sys.modules[spec.name] = module  # dataclasses in the module look themselves up here
     spec.loader.exec_module(module)
     return module
 
@@ -77,11 +79,11 @@ def echo_deployment(start_deployment):
     return start_deployment(ECHO_CONFIG.format(name="echo", intensity=20), "echo", ["echo"])
 
 
-
 @pytest.fixture(scope="module")
 def soak_deployment():
     """The soak command's deployment (echo, solver and the tiny pair), one per test module."""
     from specmemo.deploy.soak import SOAK_ACTORS, soak_config
+
     d = Deployment(soak_config("soak"))
     try:
         yield d.wait_ready(list(SOAK_ACTORS), timeout=240)
@@ -93,4 +95,5 @@ def soak_deployment():
 def chat_expected():
     """The in-process engine's greedy replies to the load's chat messages (the actors must match)."""
     from specmemo.deploy.load import chat_reference
+
     return chat_reference()

@@ -5,6 +5,7 @@
 
 Prints one JSON line: calls answered, accepted and refused (Overloaded), by the end.
 """
+
 from __future__ import annotations
 
 import json

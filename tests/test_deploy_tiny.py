@@ -1,4 +1,5 @@
 """Tiny-pair configs derived from deploy/tiny.toml, and TOML written back from a config table."""
+
 from __future__ import annotations
 
 import tomllib
@@ -12,11 +13,18 @@ from specmemo.deploy.soak import SOAK_ACTORS, SOAK_DEPLOYMENT, soak_config
 from specmemo.deploy.tiny import PAIR, TINY_CONFIG, tiny_config
 
 keys = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=8)
-scalars = st.one_of(st.booleans(), st.integers(-2**63, 2**63 - 1),
-                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12))
+scalars = st.one_of(
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+)
 values = st.one_of(scalars, st.lists(st.integers(), max_size=4), st.lists(st.text(max_size=5), max_size=4))
-tables = st.recursive(st.dictionaries(keys, values, max_size=4),
-                      lambda inner: st.dictionaries(keys, st.one_of(values, inner), max_size=4), max_leaves=12)
+tables = st.recursive(
+    st.dictionaries(keys, values, max_size=4),
+    lambda inner: st.dictionaries(keys, st.one_of(values, inner), max_size=4),
+    max_leaves=12,
+)
 
 
 @given(tables)
@@ -34,9 +42,15 @@ def test_the_whole_tiny_config_is_the_shipped_file_renamed():
 
 def test_overrides_change_only_the_keys_they_name():
     shipped = tomllib.loads(TINY_CONFIG.read_text())["actors"]
-    derived = tomllib.loads(tiny_config("t", PAIR, {"heartbeat_s": 0.3},
-                                        memory={"config": {"budget_mb": 16}},
-                                        draft={"env": {"OMP_NUM_THREADS": "1"}}))
+    derived = tomllib.loads(
+        tiny_config(
+            "t",
+            PAIR,
+            {"heartbeat_s": 0.3},
+            memory={"config": {"budget_mb": 16}},
+            draft={"env": {"OMP_NUM_THREADS": "1"}},
+        )
+    )
     assert list(derived["actors"]) == list(PAIR)
     assert derived["deployment"]["heartbeat_s"] == 0.3
     assert derived["actors"]["memory"]["config"] == {**shipped["memory"]["config"], "budget_mb": 16}

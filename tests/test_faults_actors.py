@@ -1,6 +1,7 @@
 """SIGKILL under load: draft, verifier, memory and solver killed again and again while clients
 call echo, matvec, solve and chat. No caller hangs, results stay right, the memory actor ends
 with no block leased, a killed memory actor is survived, a killed kernel leaves no process."""
+
 from __future__ import annotations
 
 import os
@@ -14,10 +15,8 @@ import pytest
 
 from specmemo.deploy.faults import killer
 from specmemo.deploy.load import CHAT_MESSAGES, CHAT_TOKENS, Tally, leaked_bytes, mixed_calls
-from specmemo.deploy.local import actor_rows
+from specmemo.deploy.local import actor_rows, pid_alive
 from specmemo.protocol import ActorDied
-
-from conftest import pid_alive
 
 LONG = os.environ.get("SPECMEMO_LONG") == "1"
 GAMMA = 3
@@ -25,9 +24,14 @@ GAMMA = 3
 
 def kill_under_load(d, chat_expected, rounds: int, clients: int = 4):
     tally, kills, stop = Tally(), [], threading.Event()
-    load = [threading.Thread(target=mixed_calls, args=(d.endpoint, seed, 10**6, tally),
-                             kwargs={"stop": stop, "chat_expected": chat_expected, "timeout": 30})
-            for seed in range(clients)]
+    load = [
+        threading.Thread(
+            target=mixed_calls,
+            args=(d.endpoint, seed, 10**6, tally),
+            kwargs={"stop": stop, "chat_expected": chat_expected, "timeout": 30},
+        )
+        for seed in range(clients)
+    ]
     for t in load:
         t.start()
     try:
@@ -78,7 +82,7 @@ def test_the_memory_actor_killed_mid_turn_fails_the_turn_and_the_session_goes_on
             list(stream)
         assert time.monotonic() - t0 < 5
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:   # the holders register again with the new process
+        while time.monotonic() < deadline:  # the holders register again with the new process
             try:
                 if len(c.usage().get("leases", {})) == 2:
                     break
@@ -149,8 +153,10 @@ def test_a_killed_kernel_leaves_no_actor_running_and_the_deployment_starts_again
 
 def test_the_memory_actor_process_starts_without_importing_torch():
     # A restarted memory actor is back in about a second only because it skips torch (seconds).
-    code = "import sys, specmemo.actors.run, specmemo.actors.memory; print(sorted({'torch', " \
-           "'transformers'} & set(sys.modules)))"
+    code = (
+        "import sys, specmemo.actors.run, specmemo.actors.memory; print(sorted({'torch', "
+        "'transformers'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

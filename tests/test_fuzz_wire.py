@@ -5,6 +5,7 @@ multipart messages, wrong magic or version, bad msgpack, maps of wrong types, hu
 array sizes, buffers that do not match their shape, READY/NOTICE/REPLY from a client, floods
 of cancels for unknown ids. Nothing it sends is a valid call.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,13 +14,12 @@ import time
 
 import msgpack
 import pytest
+from conftest import raw_dealer
 
 from specmemo.deploy.fuzz import FuzzReport, fuzz
 from specmemo.deploy.local import actor_rows
 from specmemo.protocol import BadRequest
 from specmemo.protocol.wire import unpack_body
-
-from conftest import raw_dealer
 
 LONG = os.environ.get("SPECMEMO_LONG") == "1"
 
@@ -51,11 +51,14 @@ def fuzz_while_serving(d, seed: int, count: int) -> tuple[FuzzReport, float, dic
     with d.client(timeout=10) as c:
         after = actor_rows(c)
     assert d.proc.poll() is None, "the kernel died"
-    assert {n: (r["pid"], r["restarts"]) for n, r in after.items()} == \
-        {n: (r["pid"], 0) for n, r in before.items()}, "an actor died under the fuzz"
+    assert {n: (r["pid"], r["restarts"]) for n, r in after.items()} == {n: (r["pid"], 0) for n, r in before.items()}, (
+        "an actor died under the fuzz"
+    )
     assert outcomes, "the normal client made no call"
-    print(f"{report.sent} hostile frames: {report.replies}/{report.expected_replies} typed errors back, "
-          f"{dict(report.errors)}; normal client {sum(outcomes)}/{len(outcomes)} calls served")
+    print(
+        f"{report.sent} hostile frames: {report.replies}/{report.expected_replies} typed errors back, "
+        f"{dict(report.errors)}; normal client {sum(outcomes)}/{len(outcomes)} calls served"
+    )
     return report, sum(outcomes) / len(outcomes), after
 
 
@@ -65,8 +68,7 @@ def test_thousands_of_hostile_frames_each_get_one_typed_error_and_kill_nothing(s
     assert report.replies == report.expected_replies, report
     assert report.not_errors == 0
     assert "Internal" not in report.errors, report.errors
-    assert set(report.errors) <= {"BadRequest", "UnknownActor", "UnknownMethod", "VersionMismatch",
-                                  "Unauthorized"}
+    assert set(report.errors) <= {"BadRequest", "UnknownActor", "UnknownMethod", "VersionMismatch", "Unauthorized"}
     assert len(report.labels) == 17, "a category of hostile frames was never generated"
     assert success == 1.0, f"the normal client succeeded in {success:.1%} of its calls during the fuzz"
 
@@ -96,6 +98,7 @@ def test_an_array_shape_whose_int64_product_wraps_around_is_refused_by_its_size(
 def test_a_header_id_of_true_is_answered_with_a_header_the_caller_can_decode(soak_deployment):
     from specmemo.protocol.errors import error_from_wire
     from specmemo.protocol.wire import MAGIC, Command, decode
+
     s = raw_dealer(soak_deployment.endpoint)
     try:
         s.send_multipart([MAGIC, b"\x01", b"echo", msgpack.packb({"id": True}), b"\xc0"])

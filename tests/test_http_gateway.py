@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP gateway, through the official `openai` client against a real
 deployment (tiny models): replies equal the in-process engine's, streaming, prefix reuse,
 errors with their HTTP statuses, disconnects, slow clients, limits and the API-key rule."""
+
 from __future__ import annotations
 
 import json
@@ -31,13 +32,14 @@ def free_port() -> int:
 def start(name: str, config: dict | None = None, env: dict | None = None):
     """The tiny pair and the gateway; ``config`` and ``env`` go into the gateway's tables."""
     from conftest import Deployment
+
     port = free_port()
     http = {"config": {**HTTP_CONFIG, "port": port, **(config or {})}, "env": env or {}}
     d = Deployment(tiny_config(name, [*PAIR, "http"], {"heartbeat_s": 0.5, "heartbeat_misses": 20}, http=http))
     d.wait_ready(["memory", "draft", "verifier", "http"], timeout=180)
     d.base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:           # the actor is ready before hypercorn listens
+    while time.monotonic() < deadline:  # the actor is ready before hypercorn listens
         try:
             if httpx.get(d.base + "/health", timeout=2).status_code == 200:
                 return d
@@ -58,6 +60,7 @@ def gateway():
 @pytest.fixture(scope="module")
 def engine():
     import torch
+
     torch.set_num_threads(1)
     draft, target = tiny_pair(seed=0)
     return Engine(draft, target, tiny_tokenizer(), budget_bytes=64 << 20)
@@ -71,15 +74,39 @@ def client(d, **kw) -> openai.OpenAI:
 
 
 def test_requests_are_validated_field_by_field():
-    ok = parse_completion({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-                           "max_completion_tokens": 5, "stop": "x", "stream": True,
-                           "stream_options": {"include_usage": True}}, "m", 100, 10)
-    assert (ok.messages, ok.max_tokens, ok.stop, ok.stream, ok.include_usage) == \
-        ([{"role": "user", "content": "hi"}], 5, ["x"], True, True)
-    bad = [({"model": "other"}, 404), ({"messages": []}, 400), ({"top_p": 0.9}, 400), ({"n": 2}, 400),
-           ({"max_tokens": 0}, 400), ({"max_tokens": 101}, 400), ({"temperature": -1}, 400),
-           ({"tools": [{"type": "function"}]}, 400), ({"stop": ["a"] * 5}, 400),
-           ({"messages": [{"role": "assistant", "content": "x"}]}, 400), ({"presence_penalty": 0.5}, 400)]
+    ok = parse_completion(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            "max_completion_tokens": 5,
+            "stop": "x",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        "m",
+        100,
+        10,
+    )
+    assert (ok.messages, ok.max_tokens, ok.stop, ok.stream, ok.include_usage) == (
+        [{"role": "user", "content": "hi"}],
+        5,
+        ["x"],
+        True,
+        True,
+    )
+    bad = [
+        ({"model": "other"}, 404),
+        ({"messages": []}, 400),
+        ({"top_p": 0.9}, 400),
+        ({"n": 2}, 400),
+        ({"max_tokens": 0}, 400),
+        ({"max_tokens": 101}, 400),
+        ({"temperature": -1}, 400),
+        ({"tools": [{"type": "function"}]}, 400),
+        ({"stop": ["a"] * 5}, 400),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, 400),
+        ({"presence_penalty": 0.5}, 400),
+    ]
     for patch, status in bad:
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **patch}
         with pytest.raises(HttpError) as info:
@@ -90,9 +117,16 @@ def test_requests_are_validated_field_by_field():
 def test_wire_errors_map_to_the_statuses_clients_expect():
     from specmemo.actors.openai_api import from_wire_error
     from specmemo.protocol import errors
-    cases = [(errors.OverBudget("x"), 503), (errors.ActorDied("x"), 503), (errors.DeadlineExceeded("x"), 504),
-             (errors.Overloaded("x"), 429), (errors.InvalidInput("x"), 400),
-             (errors.InvalidInput("x", detail={"reason": "ContextTooLong"}), 413), (errors.Internal("x"), 500)]
+
+    cases = [
+        (errors.OverBudget("x"), 503),
+        (errors.ActorDied("x"), 503),
+        (errors.DeadlineExceeded("x"), 504),
+        (errors.Overloaded("x"), 429),
+        (errors.InvalidInput("x"), 400),
+        (errors.InvalidInput("x", detail={"reason": "ContextTooLong"}), 413),
+        (errors.Internal("x"), 500),
+    ]
     for exc, status in cases:
         mapped = from_wire_error(exc)
         assert mapped.status == status and mapped.body()["error"]["message"] == "x"
@@ -108,8 +142,8 @@ def test_the_pool_picks_the_idle_session_sharing_the_longest_history():
     assert pool.pick(a + [{"role": "user", "content": "2"}]) == "x"
     assert pool.pick([{"role": "user", "content": "other"}]) is None
     pool.take("x")
-    assert pool.pick(a + [{"role": "user", "content": "2"}]) == "y"      # x is busy
-    assert pool.surplus() == ["y"]                                       # full: the idle one goes
+    assert pool.pick(a + [{"role": "user", "content": "2"}]) == "y"  # x is busy
+    assert pool.surplus() == ["y"]  # full: the idle one goes
 
 
 def test_a_public_address_without_an_api_key_is_refused_at_load():
@@ -128,7 +162,8 @@ def test_a_completion_equals_the_in_process_chat_and_reports_usage(gateway, engi
     expected = engine.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
     engine.close("ref-1")
     resp = client(gateway).chat.completions.create(
-        model="specmemo", messages=[{"role": "user", "content": "hello gateway"}], max_tokens=12, temperature=0)
+        model="specmemo", messages=[{"role": "user", "content": "hello gateway"}], max_tokens=12, temperature=0
+    )
     assert resp.choices[0].message.content == expected
     assert resp.usage.completion_tokens == len(ids) and resp.usage.prompt_tokens > 0
     assert resp.choices[0].finish_reason == ("length" if len(ids) == 12 else "stop")
@@ -139,9 +174,16 @@ def test_a_completion_equals_the_in_process_chat_and_reports_usage(gateway, engi
 def test_streaming_gives_the_same_text_and_a_final_usage_chunk(gateway):
     messages = [{"role": "user", "content": "stream this"}]
     whole = client(gateway).chat.completions.create(model="specmemo", messages=messages, max_tokens=16, temperature=0)
-    chunks = list(client(gateway).chat.completions.create(model="specmemo", messages=messages, max_tokens=16,
-                                                           temperature=0, stream=True,
-                                                           stream_options={"include_usage": True}))
+    chunks = list(
+        client(gateway).chat.completions.create(
+            model="specmemo",
+            messages=messages,
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -179,9 +221,12 @@ def test_errors_have_openai_bodies_and_statuses(gateway):
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     r = httpx.post(gateway.base + "/v1/chat/completions", content=b"x" * 30000, timeout=10)
     assert r.status_code == 413
-    long = "y" * 600                                   # the tiny model's context is 512 tokens
-    r = httpx.post(gateway.base + "/v1/chat/completions", timeout=30,
-                   json={"model": "specmemo", "messages": [{"role": "user", "content": long}]})
+    long = "y" * 600  # the tiny model's context is 512 tokens
+    r = httpx.post(
+        gateway.base + "/v1/chat/completions",
+        timeout=30,
+        json={"model": "specmemo", "messages": [{"role": "user", "content": long}]},
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "context_length_exceeded"
     assert httpx.get(gateway.base + "/nowhere", timeout=10).status_code == 404
     # the gateway keeps serving
@@ -190,8 +235,12 @@ def test_errors_have_openai_bodies_and_statuses(gateway):
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_session(gateway):
-    body = {"model": "specmemo", "messages": [{"role": "user", "content": "a long reply please"}],
-            "max_tokens": 400, "stream": True}
+    body = {
+        "model": "specmemo",
+        "messages": [{"role": "user", "content": "a long reply please"}],
+        "max_tokens": 400,
+        "stream": True,
+    }
     with httpx.stream("POST", gateway.base + "/v1/chat/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         first = next(line for line in lines if line.startswith("data: "))
@@ -207,13 +256,13 @@ def test_a_client_that_disconnects_mid_stream_frees_its_session(gateway):
             time.sleep(0.1)
         assert not held["active"]
         pooled = set(sdk.call("http", "sessions")["sessions"])
-        assert set(held["sessions"]) <= pooled               # the cut-short session was closed
+        assert set(held["sessions"]) <= pooled  # the cut-short session was closed
         assert sdk.usage()["live"] == sum(sdk.usage()["sessions"].get(s, 0) for s in pooled)
 
 
 def test_a_slow_client_is_cut_off_and_others_are_served(gateway):
     with socket.create_connection(("127.0.0.1", int(gateway.base.rsplit(":", 1)[1]))) as s:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")     # and nothing more
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # and nothing more
         s.settimeout(10)
         started = time.monotonic()
         ok = client(gateway).models.list()
@@ -221,12 +270,12 @@ def test_a_slow_client_is_cut_off_and_others_are_served(gateway):
         rest = s.recv(4096)
         while rest and b"\r\n\r\n" not in rest:
             rest += s.recv(4096)
-        assert time.monotonic() - started < 8                            # keep_alive_s = 1
+        assert time.monotonic() - started < 8  # keep_alive_s = 1
     with socket.create_connection(("127.0.0.1", int(gateway.base.rsplit(":", 1)[1]))) as s:
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         s.settimeout(10)
         answer = s.recv(4096)
-        assert answer.startswith(b"HTTP/1.1 408")                        # read_timeout_s = 1
+        assert answer.startswith(b"HTTP/1.1 408")  # read_timeout_s = 1
 
 
 def test_health_models_and_metrics(gateway):
@@ -248,8 +297,10 @@ def test_an_api_key_is_required_when_set_and_the_in_flight_limit_answers_429():
         assert good.chat.completions.create(model="specmemo", messages=messages, max_tokens=2).choices
         # a request whose body is still arriving holds the one slot (for up to read_timeout_s)
         with socket.create_connection(("127.0.0.1", int(d.base.rsplit(":", 1)[1]))) as s:
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
-                      b"Content-Length: 100\r\n\r\n{")
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
             time.sleep(0.2)
             with pytest.raises(openai.RateLimitError, match="max_inflight"):
                 good.chat.completions.create(model="specmemo", messages=messages, max_tokens=2)

@@ -1,4 +1,5 @@
 """A real deployment (kernel + echo actor as processes) driven through the SDK and raw sockets."""
+
 from __future__ import annotations
 
 import os
@@ -13,13 +14,22 @@ import numpy as np
 import pytest
 import trio
 import zmq
+from conftest import ECHO_CONFIG, raw_dealer
 
-from specmemo.protocol import (ActorDied, AsyncClient, BadRequest, DeadlineExceeded, Internal,
-                               MessageTooLarge, UnknownActor, UnknownMethod, VersionMismatch)
+from specmemo.deploy.local import pid_alive
+from specmemo.protocol import (
+    ActorDied,
+    AsyncClient,
+    BadRequest,
+    DeadlineExceeded,
+    Internal,
+    MessageTooLarge,
+    UnknownActor,
+    UnknownMethod,
+    VersionMismatch,
+)
 from specmemo.protocol.errors import error_from_wire
 from specmemo.protocol.wire import MAGIC, Command, Header, decode, encode
-
-from conftest import ECHO_CONFIG, pid_alive, raw_dealer
 
 
 def test_calls_streams_and_arrays_round_trip_through_the_kernel(echo_deployment):
@@ -56,7 +66,7 @@ def test_a_deadline_stops_the_callee_and_raises_deadline_exceeded(echo_deploymen
             c.call("echo", "sleep", seconds=30, timeout=0.3)
         assert time.monotonic() - t0 < 2
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:   # the callee dropped the call: nothing in flight
+        while time.monotonic() < deadline:  # the callee dropped the call: nothing in flight
             if next(a for a in c.actors() if a["name"] == "echo")["inflight"] == 0:
                 break
             time.sleep(0.05)
@@ -131,8 +141,13 @@ def test_ctrl_c_leaves_no_process_and_no_socket_file(start_deployment):
 
 
 def test_status_command_prints_the_actor_table(echo_deployment):
-    out = subprocess.run([sys.executable, "-m", "specmemo.deploy.cli", "status"], env=echo_deployment.env,
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "specmemo.deploy.cli", "status"],
+        env=echo_deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert "NAME" in out.stdout and "echo" in out.stdout and "ready" in out.stdout
 
@@ -141,23 +156,38 @@ def _raw(endpoint: str) -> zmq.Socket:
     return raw_dealer(endpoint, timeout_ms=5000)
 
 
-@pytest.mark.parametrize("frames, expected", [
-    ([b"garbage"], BadRequest),
-    ([b"a", b"b", b"c", b"d", b"e"], BadRequest),
-    ([b"SM\x07", b"\x01", b"echo", msgpack.packb({"id": 5}), b"\xc0"], VersionMismatch),
-    ([MAGIC, b"\x63", b"echo", msgpack.packb({"id": 5}), b"\xc0"], BadRequest),
-    ([MAGIC, b"\x01", b"echo", b"\xff\xfe", b"\xc0"], BadRequest),
-    ([MAGIC, b"\x01", b"echo", msgpack.packb({"id": "x"}), b"\xc0"], BadRequest),
-    ([MAGIC, b"\x01", b"echo", msgpack.packb({"id": 5, "m": "echo"}), b"\xc1"], BadRequest),
-    ([MAGIC, b"\x01", b"echo", msgpack.packb({"id": 5, "m": "sleep"}), msgpack.packb({"seconds": [1]})], BadRequest),
-    ([MAGIC, b"\x01", b"echo", msgpack.packb({"id": 5, "m": "echo"}),
-      msgpack.packb({"data": {"$nd": ["<f8", [100], 0]}}), b"short"], BadRequest),
-    ([MAGIC, b"\x01", b"\xff\xfe", msgpack.packb({"id": 5}), b"\xc0"], BadRequest),
-    ([MAGIC, b"\x02", b"somebody", msgpack.packb({"id": 5}), b"\xc0"], None),  # dropped, logged
-    ([MAGIC, b"\x01", b"echo", msgpack.packb({"id": 5, "m": "echo", "s": 2}), b"\xc0"], BadRequest),  # schema 2
-    ([MAGIC, b"\x05", b"kernel", msgpack.packb({"id": 0}), b"\xc0"], BadRequest),   # HEARTBEAT from a client
-    ([MAGIC, b"\x09", b"kernel", msgpack.packb({"id": 0}), b"\xc0"], BadRequest),   # BYE from a client
-])
+@pytest.mark.parametrize(
+    "frames, expected",
+    [
+        ([b"garbage"], BadRequest),
+        ([b"a", b"b", b"c", b"d", b"e"], BadRequest),
+        ([b"SM\x07", b"\x01", b"echo", msgpack.packb({"id": 5}), b"\xc0"], VersionMismatch),
+        ([MAGIC, b"\x63", b"echo", msgpack.packb({"id": 5}), b"\xc0"], BadRequest),
+        ([MAGIC, b"\x01", b"echo", b"\xff\xfe", b"\xc0"], BadRequest),
+        ([MAGIC, b"\x01", b"echo", msgpack.packb({"id": "x"}), b"\xc0"], BadRequest),
+        ([MAGIC, b"\x01", b"echo", msgpack.packb({"id": 5, "m": "echo"}), b"\xc1"], BadRequest),
+        (
+            [MAGIC, b"\x01", b"echo", msgpack.packb({"id": 5, "m": "sleep"}), msgpack.packb({"seconds": [1]})],
+            BadRequest,
+        ),
+        (
+            [
+                MAGIC,
+                b"\x01",
+                b"echo",
+                msgpack.packb({"id": 5, "m": "echo"}),
+                msgpack.packb({"data": {"$nd": ["<f8", [100], 0]}}),
+                b"short",
+            ],
+            BadRequest,
+        ),
+        ([MAGIC, b"\x01", b"\xff\xfe", msgpack.packb({"id": 5}), b"\xc0"], BadRequest),
+        ([MAGIC, b"\x02", b"somebody", msgpack.packb({"id": 5}), b"\xc0"], None),  # dropped, logged
+        ([MAGIC, b"\x01", b"echo", msgpack.packb({"id": 5, "m": "echo", "s": 2}), b"\xc0"], BadRequest),  # schema 2
+        ([MAGIC, b"\x05", b"kernel", msgpack.packb({"id": 0}), b"\xc0"], BadRequest),  # HEARTBEAT from a client
+        ([MAGIC, b"\x09", b"kernel", msgpack.packb({"id": 0}), b"\xc0"], BadRequest),  # BYE from a client
+    ],
+)
 def test_hostile_frames_get_typed_errors_and_normal_clients_are_still_served(echo_deployment, frames, expected):
     raw = _raw(echo_deployment.endpoint)
     try:
@@ -176,12 +206,13 @@ def test_hostile_frames_get_typed_errors_and_normal_clients_are_still_served(ech
 
 def test_oversized_messages_are_refused_with_a_clear_error(start_deployment):
     config = ECHO_CONFIG.format(name="small", intensity=5).replace(
-        "stop_timeout_s = 3", "stop_timeout_s = 3\nmax_message_bytes = 65536")
+        "stop_timeout_s = 3", "stop_timeout_s = 3\nmax_message_bytes = 65536"
+    )
     d = start_deployment(config, "small", ["echo"])
     with d.client(max_message_bytes=65536) as c:
         with pytest.raises(MessageTooLarge, match="exceeds the limit"):
             c.call("echo", "echo", data=np.zeros(20000))
-    raw = _raw(d.endpoint)   # a peer that ignores the limit: many frames, each under it
+    raw = _raw(d.endpoint)  # a peer that ignores the limit: many frames, each under it
     try:
         body, bufs = msgpack.packb({"data": [{"$nd": ["|u1", [40000], i]} for i in range(3)]}), [b"x" * 40000] * 3
         raw.send_multipart(encode(Command.REQUEST, b"echo", Header(id=9, method="echo"))[:4] + [body, *bufs])
@@ -211,8 +242,10 @@ def test_the_async_client_serves_many_concurrent_calls(echo_deployment):
     async def main() -> list:
         results = []
         async with AsyncClient(echo_deployment.endpoint) as c:
+
             async def one(i: int) -> None:
                 results.append((await c.call("echo", "echo", data=i))["data"])
+
             async with trio.open_nursery() as n:
                 for i in range(200):
                     n.start_soon(one, i)
@@ -230,7 +263,7 @@ def test_a_cancel_naming_another_actor_cancels_nothing(echo_deployment):
         time.sleep(0.05)
         raw.send_multipart(encode(Command.CANCEL, b"nobody", Header(id=7)))
         msg = decode(raw.recv_multipart())
-        assert msg.command == Command.REPLY and msg.header.id == 7      # slept its 0.3 s, not cancelled
+        assert msg.command == Command.REPLY and msg.header.id == 7  # slept its 0.3 s, not cancelled
         raw.send_multipart(encode(Command.REQUEST, b"echo", Header(id=8, method="sleep"), {"seconds": 5}))
         time.sleep(0.05)
         raw.send_multipart(encode(Command.CANCEL, b"echo", Header(id=8)))
@@ -238,4 +271,3 @@ def test_a_cancel_naming_another_actor_cancels_nothing(echo_deployment):
         assert msg.command == Command.ERROR and error_from_wire(msg.body).name == "Cancelled"
     finally:
         raw.close()
-

@@ -1,5 +1,6 @@
 """The kernel's parts on their own, without a kernel: the registry, the call table, the
 tarpit, the run directory, and the outbox on real inproc sockets."""
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,7 @@ def test_a_live_name_cannot_be_taken_and_a_supervised_name_only_by_its_own_proce
     reg.register(b"id-1", "echo", _ready(100), now=1.0, supervised_pid=100)
     with pytest.raises(Unauthorized, match="held by a live actor"):
         reg.register(b"id-9", "echo", _ready(100), now=2.0, supervised_pid=100)
-    reg.register(b"id-1", "echo", _ready(100), now=3.0, supervised_pid=100)   # the same one again
+    reg.register(b"id-1", "echo", _ready(100), now=3.0, supervised_pid=100)  # the same one again
     assert reg["echo"].registered_at == 3.0
 
 
@@ -69,15 +70,22 @@ def test_every_component_keeps_its_states_in_the_one_vocabulary():
 
     assert Child(ActorConfig(name="echo", kind="echo")).state is ActorState.WAITING
     assert Registry([("echo", "echo")], managed=True)["echo"].state is ActorState.WAITING
-    assert [s.value for s in ActorState] == ["waiting", "starting", "ready", "external",
-                                            "restarting", "stopped", "failed"]
+    assert [s.value for s in ActorState] == [
+        "waiting",
+        "starting",
+        "ready",
+        "external",
+        "restarting",
+        "stopped",
+        "failed",
+    ]
 
 
 def test_the_call_table_counts_per_actor_and_per_client_and_forgets_a_dead_actors_calls():
     calls = CallTable()
     calls.open((b"c1", 1), "echo", float("inf"), 0.0, client=b"c1")
     calls.open((b"c1", 2), "echo", float("inf"), 0.0, client=b"c1")
-    calls.open((b"a-draft", 1), "memory", float("inf"), 0.0)             # an actor's call: no client
+    calls.open((b"a-draft", 1), "memory", float("inf"), 0.0)  # an actor's call: no client
     assert (len(calls), calls.of_actor("echo"), calls.of_client(b"c1")) == (3, 2, 2)
     assert calls.pop((b"c1", 1)).actor == "echo" and calls.pop((b"c1", 1)) is None
     assert (calls.of_actor("echo"), calls.of_client(b"c1")) == (1, 1)
@@ -97,7 +105,7 @@ def test_calls_long_past_their_deadline_are_forgotten_and_the_others_kept():
 def test_the_tarpit_releases_refusals_in_due_order_and_holds_none_when_off_or_full():
     pit = Tarpit(0.1, limit=2)
     assert pit.hold(["late"], now=0.0, jitter=1.5) and pit.hold(["early"], now=0.0, jitter=0.5)
-    assert not pit.hold(["third"], now=0.0, jitter=1.0)                # full: send at once
+    assert not pit.hold(["third"], now=0.0, jitter=1.0)  # full: send at once
     assert pit.next_due() == pytest.approx(0.05) and pit.due(0.01) == []
     assert pit.due(1.0) == [["early"], ["late"]] and len(pit) == 0 and pit.next_due() is None
     assert not Tarpit(0.0).hold(["x"], now=0.0, jitter=1.0)
@@ -105,11 +113,11 @@ def test_the_tarpit_releases_refusals_in_due_order_and_holds_none_when_off_or_fu
 
 def test_a_run_directory_is_claimed_once_and_what_a_dead_kernel_left_is_cleared(tmp_path):
     d = RunDir("t", tmp_path / "run")
-    (d.path / "kernel.pid").write_text("999999999")                   # no such process
+    (d.path / "kernel.pid").write_text("999999999")  # no such process
     (d.path / "stale").write_text("x")
     d.claim()
     assert (d.path / "kernel.pid").read_text() == str(os.getpid()) and not (d.path / "stale").exists()
-    (d.path / "kernel.pid").write_text(str(os.getppid()))              # another live process
+    (d.path / "kernel.pid").write_text(str(os.getppid()))  # another live process
     with pytest.raises(RuntimeError, match="already running"):
         d.claim()
     d.publish_endpoint("ipc:///nonexistent")
@@ -145,7 +153,7 @@ def test_the_outbox_holds_sends_while_routing_then_sends_them_in_order_and_repor
         assert ids == [1, 2, 3]
         assert len(failed) == 1 and failed[0].errno == zmq.EHOSTUNREACH and warned == []
         out.holding = False
-        out.send(kernel_frames(b"gone", Command.HEARTBEAT))               # no handler: logged
+        out.send(kernel_frames(b"gone", Command.HEARTBEAT))  # no handler: logged
         assert warned == [f"send-{zmq.EHOSTUNREACH}"]
     finally:
         peer.close(0)

@@ -1,17 +1,17 @@
 """The kernel holds what it sends while it routes a batch and sends it at the end of the batch:
 order must survive that, and a send that fails at the end must still answer its caller."""
+
 from __future__ import annotations
 
 import time
 from typing import Any
 
 import zmq
+from conftest import raw_dealer
 
 from specmemo.protocol import ActorDied
 from specmemo.protocol.errors import error_from_wire
 from specmemo.protocol.wire import MAGIC, Command, Header, decode, encode, unpack_body
-
-from conftest import raw_dealer
 
 BARE = """
 [deployment]
@@ -24,8 +24,9 @@ heartbeat_misses = 20
 def _register(endpoint: str, name: str) -> zmq.Socket:
     """A raw external actor (docs/protocol.md: READY, then requests come in)."""
     actor = raw_dealer(endpoint, f"a-{name}".encode())
-    actor.send_multipart(encode(Command.READY, name.encode(), Header(id=1),
-                                {"kind": "echo", "pid": 1, "methods": ["echo"]}))
+    actor.send_multipart(
+        encode(Command.READY, name.encode(), Header(id=1), {"kind": "echo", "pid": 1, "methods": ["echo"]})
+    )
     assert actor.poll(5000), "no answer to READY"
     assert decode(actor.recv_multipart()).command == Command.REPLY
     return actor
@@ -36,7 +37,7 @@ def test_a_request_and_its_cancel_sent_back_to_back_reach_the_actor_in_order(sta
     actor = _register(d.endpoint, "slow")
     client = raw_dealer(d.endpoint)
     n = 300
-    for i in range(1, n + 1):   # all queued before the kernel reads: they route as one batch
+    for i in range(1, n + 1):  # all queued before the kernel reads: they route as one batch
         client.send_multipart(encode(Command.REQUEST, b"slow", Header(id=i, method="echo"), {"data": i}))
         client.send_multipart(encode(Command.CANCEL, b"slow", Header(id=i)))
     seen: list[tuple[Command, int]] = []
@@ -55,8 +56,8 @@ def test_a_request_and_its_cancel_sent_back_to_back_reach_the_actor_in_order(sta
 
 def test_an_actor_whose_socket_went_away_fails_the_call_and_is_marked_down(start_deployment):
     d = start_deployment(BARE.format(name="ghost"), "ghost", [])
-    _register(d.endpoint, "ghost").close()   # gone without BYE: only a send can find out
-    time.sleep(0.3)                          # the kernel's I/O thread sees the socket close
+    _register(d.endpoint, "ghost").close()  # gone without BYE: only a send can find out
+    time.sleep(0.3)  # the kernel's I/O thread sees the socket close
     client = raw_dealer(d.endpoint)
     for i in (1, 2):
         client.send_multipart(encode(Command.REQUEST, b"ghost", Header(id=i, method="echo"), {"data": i}))
@@ -72,7 +73,7 @@ def test_an_actor_whose_socket_went_away_fails_the_call_and_is_marked_down(start
     with d.client(timeout=5) as c:
         row = next(a for a in c.actors() if a["name"] == "ghost")
         assert row["state"] == "stopped" and row["inflight"] == 0, row
-        assert c.ping()["pid"] > 0                   # and the kernel serves on
+        assert c.ping()["pid"] > 0  # and the kernel serves on
     client.close()
 
 
@@ -93,8 +94,9 @@ def test_error_replies_and_forwarded_calls_from_one_batch_all_arrive(start_deplo
             frames = actor.recv_multipart()
             msg = decode(frames, decode_body=False)
             if msg.command == Command.REQUEST:
-                actor.send_multipart([MAGIC, bytes([Command.REPLY]), msg.route,
-                                      Header(id=msg.header.id).pack(), frames[4]])
+                actor.send_multipart(
+                    [MAGIC, bytes([Command.REPLY]), msg.route, Header(id=msg.header.id).pack(), frames[4]]
+                )
         if client.poll(10):
             msg = decode(client.recv_multipart())
             assert msg.header.id not in answered, f"call {msg.header.id} answered twice"
@@ -127,7 +129,7 @@ def test_the_async_client_never_lets_a_cancel_overtake_its_held_request(start_de
             async with trio.open_nursery() as nursery:
                 for i in range(24):
                     nursery.start_soon(lambda i=i: c.call("ext", "echo", data=i, timeout=30))
-                nursery.cancel_scope.cancel()   # before any of them, or the flusher, ran
+                nursery.cancel_scope.cancel()  # before any of them, or the flusher, ran
             # Read while the client is still open: closing it (linger 0) drops what its I/O
             # thread has not sent yet. Blocking here is fine, that thread does the sending.
             while actor.poll(500):
@@ -148,8 +150,7 @@ def test_an_async_client_at_its_high_water_mark_keeps_order_and_loses_no_request
 
     import trio
 
-    from specmemo.protocol import AsyncClient
-    from specmemo.protocol import async_client
+    from specmemo.protocol import AsyncClient, async_client
 
     endpoint = f"inproc://held-hwm-{time.monotonic_ns()}"
     router = zmq.Context.instance().socket(zmq.ROUTER)
@@ -209,8 +210,7 @@ def _call_of(frames: list[bytes]) -> tuple[Command, int, Any]:
     return msg.command, msg.header.id, (msg.body or {}).get("data") if msg.command == Command.REQUEST else None
 
 
-def _check_request_cancel_order(seen: list[tuple[Command, int, Any]], cancelled: set[int],
-                                expected: set[int]) -> None:
+def _check_request_cancel_order(seen: list[tuple[Command, int, Any]], cancelled: set[int], expected: set[int]) -> None:
     """Calls are told apart by their ``data`` (call ids follow the order trio ran the tasks):
     every ``expected`` one was requested once; a ``cancelled`` one was requested then
     cancelled, or never heard of; no cancel arrived for a call not requested before it."""
@@ -219,13 +219,14 @@ def _check_request_cancel_order(seen: list[tuple[Command, int, Any]], cancelled:
         if command == Command.REQUEST:
             assert call_id not in data_of, f"call {call_id} was requested twice"
             data_of[call_id] = data
-        elif command == Command.CANCEL:   # (an actor also gets the kernel's heartbeats)
+        elif command == Command.CANCEL:  # (an actor also gets the kernel's heartbeats)
             assert call_id in data_of, f"the cancel of call {call_id} came before its request"
     requested = set(data_of.values())
     assert expected <= requested, f"requests never sent: {sorted(expected - requested)}"
     cancels = {data_of[i] for c, i, _ in seen if c == Command.CANCEL}
-    assert cancels == requested & cancelled, \
+    assert cancels == requested & cancelled, (
         f"cancelled calls the peer heard of: {sorted(requested & cancelled)}, cancels: {sorted(cancels)}"
+    )
 
 
 def test_a_held_request_that_cannot_be_sent_fails_its_call_and_no_other(monkeypatch):
@@ -245,7 +246,7 @@ def test_a_held_request_that_cannot_be_sent_fails_its_call_and_no_other(monkeypa
     router.bind(endpoint)
     done = threading.Event()
 
-    def echo() -> None:   # a stand-in kernel + actor: every request answered with its body
+    def echo() -> None:  # a stand-in kernel + actor: every request answered with its body
         while not done.is_set():
             if router.poll(50):
                 ident, *frames = router.recv_multipart()
@@ -275,7 +276,7 @@ def test_a_held_request_that_cannot_be_sent_fails_its_call_and_no_other(monkeypa
     async def main() -> None:
         async with AsyncClient(endpoint) as c:
             async with trio.open_nursery() as nursery:
-                for i in range(20):              # all opened in one pass: ids 8.. are held
+                for i in range(20):  # all opened in one pass: ids 8.. are held
                     nursery.start_soon(one, c, i)
             assert not c._held
 

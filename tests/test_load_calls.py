@@ -1,5 +1,6 @@
 """Many clients at once: every reply arrives exactly once and right, and a full actor answers
 ``Overloaded`` at once instead of queueing without bound."""
+
 from __future__ import annotations
 
 import os
@@ -7,19 +8,23 @@ import threading
 import time
 
 import pytest
+from conftest import ECHO_CONFIG
 
 from specmemo.deploy.load import Tally, leaked_bytes, mixed_calls, pipelined_echo
-
-from conftest import ECHO_CONFIG
 
 LONG = os.environ.get("SPECMEMO_LONG") == "1"
 
 
 def run_clients(d, clients: int, calls: int, chat_expected, ops=None) -> tuple[Tally, float]:
     tally = Tally()
-    threads = [threading.Thread(target=mixed_calls, args=(d.endpoint, seed, calls, tally),
-                                kwargs={"chat_expected": chat_expected, "ops": ops, "timeout": 60})
-               for seed in range(clients)]
+    threads = [
+        threading.Thread(
+            target=mixed_calls,
+            args=(d.endpoint, seed, calls, tally),
+            kwargs={"chat_expected": chat_expected, "ops": ops, "timeout": 60},
+        )
+        for seed in range(clients)
+    ]
     t0 = time.monotonic()
     for t in threads:
         t.start()
@@ -33,7 +38,7 @@ def check_clean(d, tally: Tally, expected_calls: int) -> None:
     assert not tally.wrong, tally.wrong[:5]
     with d.client(timeout=10) as c:
         usage = leaked_bytes(c)
-    assert not tally.errors, (tally.errors, usage)    # the memory actor's state explains OverBudget
+    assert not tally.errors, (tally.errors, usage)  # the memory actor's state explains OverBudget
     assert tally.hung == 0
     assert usage["live"] == 0 and not usage["sessions"], usage
 
@@ -42,8 +47,10 @@ def test_sixteen_clients_of_mixed_calls_get_every_result_right(soak_deployment, 
     ops = {"echo": 0.5, "matvec": 0.25, "solve": 0.15, "chat": 0.1}
     tally, seconds = run_clients(soak_deployment, 16, 50, chat_expected, ops)
     check_clean(soak_deployment, tally, 16 * 50)
-    print(f"16 x 50 mixed calls in {seconds:.2f} s ({tally.calls / seconds:.0f} calls/s): "
-          + ", ".join(f"{op} {tally.percentiles(op)}" for op in ops))
+    print(
+        f"16 x 50 mixed calls in {seconds:.2f} s ({tally.calls / seconds:.0f} calls/s): "
+        + ", ".join(f"{op} {tally.percentiles(op)}" for op in ops)
+    )
 
 
 def test_pipelined_calls_on_four_sockets_are_answered_exactly_once(soak_deployment):
@@ -72,22 +79,26 @@ def test_sixty_four_clients_of_five_hundred_mixed_calls_get_every_result_right(s
     ops = {"echo": 0.5, "matvec": 0.25, "solve": 0.15, "chat": 0.1}
     tally, seconds = run_clients(soak_deployment, 64, 500, chat_expected, ops)
     check_clean(soak_deployment, tally, 64 * 500)
-    print(f"64 x 500 mixed calls in {seconds:.2f} s ({tally.calls / seconds:.0f} calls/s): "
-          + ", ".join(f"{op} {tally.percentiles(op)}" for op in ops))
+    print(
+        f"64 x 500 mixed calls in {seconds:.2f} s ({tally.calls / seconds:.0f} calls/s): "
+        + ", ".join(f"{op} {tally.percentiles(op)}" for op in ops)
+    )
 
 
 def test_a_full_actor_answers_overloaded_at_once_and_serves_what_it_accepted(start_deployment):
     config = ECHO_CONFIG.format(name="full", intensity=5).replace(
-        "stop_timeout_s = 3", "stop_timeout_s = 3\nmax_inflight = 8")
+        "stop_timeout_s = 3", "stop_timeout_s = 3\nmax_inflight = 8"
+    )
     d = start_deployment(config, "full", ["echo"])
-    r = pipelined_echo(d.endpoint, 40, window=40, method="sleep",
-                            params=lambda i: {"seconds": 0.5})
+    r = pipelined_echo(d.endpoint, 40, window=40, method="sleep", params=lambda i: {"seconds": 0.5})
     assert r.lost == r.duplicated == 0
     assert len(r.latencies) == 8 and r.errors == {"Overloaded": 32}, r
     assert max(r.error_latencies) < 0.25, "Overloaded must come back at once, not after a wait"
     assert min(r.latencies) >= 0.5
-    print(f"Overloaded answered within {max(r.error_latencies) * 1e3:.1f} ms; the 8 accepted calls "
-          f"took {min(r.latencies):.3f}-{max(r.latencies):.3f} s")
+    print(
+        f"Overloaded answered within {max(r.error_latencies) * 1e3:.1f} ms; the 8 accepted calls "
+        f"took {min(r.latencies):.3f}-{max(r.latencies):.3f} s"
+    )
     with d.client() as c:
         assert next(a for a in c.actors() if a["name"] == "echo")["inflight"] == 0
         assert c.call("echo", "echo", data="after")["data"] == "after"

@@ -1,4 +1,5 @@
 """Typed messages: validated at the boundary, unknown fields ignored."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,15 +28,18 @@ def test_unknown_fields_are_ignored():
     assert from_wire(Sample, {"n": 1, "future_field": {"x": 1}}).n == 1
 
 
-@pytest.mark.parametrize("body, where", [
-    ({}, "missing required field 'n'"),
-    ({"n": "1"}, "params.n must be an integer"),
-    ({"n": True}, "params.n must be an integer"),
-    ({"n": 1, "x": "fast"}, "params.x must be a number"),
-    ({"n": 1, "tags": ["a", 2]}, r"params.tags\[1\] must be a string"),
-    ({"n": 1, "arr": [1, 2]}, "params.arr must be an array"),
-    ([1, 2], "params must be a map"),
-])
+@pytest.mark.parametrize(
+    "body, where",
+    [
+        ({}, "missing required field 'n'"),
+        ({"n": "1"}, "params.n must be an integer"),
+        ({"n": True}, "params.n must be an integer"),
+        ({"n": 1, "x": "fast"}, "params.x must be a number"),
+        ({"n": 1, "tags": ["a", 2]}, r"params.tags\[1\] must be a string"),
+        ({"n": 1, "arr": [1, 2]}, "params.arr must be an array"),
+        ([1, 2], "params must be a map"),
+    ],
+)
 def test_schema_violations_name_the_offending_field(body, where):
     with pytest.raises(BadRequest, match=where):
         from_wire(Sample, body, "params")
@@ -61,8 +65,7 @@ def test_every_method_is_named_kind_dot_method_and_answers_with_a_reply_or_chunk
 def test_a_str_enum_field_takes_one_of_its_values_and_refuses_any_other():
     from specmemo.protocol.actor_state import ActorState
 
-    row = {"name": "a", "kind": "echo", "pid": 1, "state": "restarting", "restarts": 1,
-           "uptime_s": 0.0, "inflight": 0}
+    row = {"name": "a", "kind": "echo", "pid": 1, "state": "restarting", "restarts": 1, "uptime_s": 0.0, "inflight": 0}
     info = from_wire(ActorInfo, row)
     assert info.state is ActorState.RESTARTING and to_wire(info)["state"] == "restarting"
     with pytest.raises(BadRequest, match="body.state must be one of waiting, starting, ready"):
@@ -99,8 +102,7 @@ def test_a_result_of_the_declared_class_or_a_map_that_fits_it_is_encoded_and_any
 def test_ready_and_notice_bodies_round_trip_and_a_malformed_one_is_a_bad_request():
     import msgpack
 
-    from specmemo.protocol.control import (Notice, NoticeEvent, ReadyBody, pack_control,
-                                           unpack_control)
+    from specmemo.protocol.control import Notice, NoticeEvent, ReadyBody, pack_control, unpack_control
 
     ready = ReadyBody(kind="echo", pid=42, methods=["echo", "sleep"])
     assert unpack_control(ReadyBody, pack_control(ready)) == ready

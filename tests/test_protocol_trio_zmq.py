@@ -1,4 +1,5 @@
 """The trio adapter under stress: many tasks, tiny high-water marks, random cancellations."""
+
 from __future__ import annotations
 
 import os
@@ -26,13 +27,20 @@ def _pair(hwm: int) -> tuple[zmq.Socket, zmq.Socket]:
 
 
 @settings(max_examples=int(os.environ.get("SPECMEMO_ADAPTER_EXAMPLES", "100")))
-@given(hwm=st.integers(1, 50), tasks=st.integers(1, 24), per_task=st.integers(1, 12),
-       sizes=st.lists(st.integers(0, 70_000), min_size=1, max_size=8),
-       cancel_every=st.integers(0, 5), servers=st.integers(1, 4), seed=st.integers(0, 2**16))
+@given(
+    hwm=st.integers(1, 50),
+    tasks=st.integers(1, 24),
+    per_task=st.integers(1, 12),
+    sizes=st.lists(st.integers(0, 70_000), min_size=1, max_size=8),
+    cancel_every=st.integers(0, 5),
+    servers=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
 def test_every_sent_request_gets_exactly_one_reply_and_nothing_hangs(
-        hwm, tasks, per_task, sizes, cancel_every, servers, seed):
-    attempted: set[bytes] = set()   # a send was started (recorded first, as a real caller
-    sent: set[bytes] = set()        # registers its call before sending); sent: it completed
+    hwm, tasks, per_task, sizes, cancel_every, servers, seed
+):
+    attempted: set[bytes] = set()  # a send was started (recorded first, as a real caller
+    sent: set[bytes] = set()  # registers its call before sending); sent: it completed
     replies: dict[bytes, int] = {}
     waiting: dict[bytes, trio.Event] = {}
 
@@ -105,7 +113,7 @@ def test_a_cancelled_watcher_hands_the_fd_to_the_next_waiter():
                     async def recv() -> None:
                         got.append(await client.recv_multipart(small=1))
 
-                    with trio.move_on_after(0.05):   # first waiter becomes the watcher, then leaves
+                    with trio.move_on_after(0.05):  # first waiter becomes the watcher, then leaves
                         await client.recv_multipart()
                     n.start_soon(recv)
                     n.start_soon(recv)
@@ -151,7 +159,7 @@ def test_a_reader_coming_back_to_wait_does_not_strand_a_blocked_sender():
                 assert not done.is_set() and sock._waiters[zmq.POLLOUT] == 1, "the sender should be blocked"
                 drain()
                 with trio.move_on_after(0.01):
-                    await sock.wait_readable()      # the read loop coming back to wait
+                    await sock.wait_readable()  # the read loop coming back to wait
                 with trio.fail_after(2):
                     while not done.is_set():
                         await trio.sleep(0.02)

@@ -1,4 +1,5 @@
 """The envelope and body codec: round trips, and garbage always becomes a typed error."""
+
 from __future__ import annotations
 
 import msgpack
@@ -9,24 +10,33 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from specmemo.protocol.errors import BadRequest, MessageTooLarge, VersionMismatch
-from specmemo.protocol.wire import (INLINE_ARRAY_BYTES, MAGIC, Command, Header, decode, encode,
-                                    pack_body, unpack_body)
+from specmemo.protocol.wire import INLINE_ARRAY_BYTES, MAGIC, Command, Header, decode, encode, pack_body, unpack_body
 
 plain = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
-    | st.text(max_size=20) | st.binary(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 arrays = hnp.arrays(
     dtype=st.sampled_from([np.int64, np.int32, np.float32, np.float64, np.uint8, np.bool_]),
-    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40))
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40),
+)
 
 
 def _same(a, b) -> bool:
     if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape \
+        return (
+            isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
             and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        )
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, list):
@@ -34,9 +44,14 @@ def _same(a, b) -> bool:
     return a == b
 
 
-@given(body=plain, arrs=st.lists(arrays, max_size=3), call_id=st.integers(0, 2**64 - 1),
-       method=st.text(max_size=12), deadline=st.integers(0, 10**9),
-       command=st.sampled_from(list(Command)))
+@given(
+    body=plain,
+    arrs=st.lists(arrays, max_size=3),
+    call_id=st.integers(0, 2**64 - 1),
+    method=st.text(max_size=12),
+    deadline=st.integers(0, 10**9),
+    command=st.sampled_from(list(Command)),
+)
 def test_every_message_survives_a_round_trip(body, arrs, call_id, method, deadline, command):
     payload = {"body": body, "arrays": arrs}
     frames = encode(command, b"route", Header(id=call_id, method=method, deadline_ms=deadline), payload)
@@ -120,8 +135,17 @@ def test_a_message_over_the_limit_is_refused_before_sending():
 
 
 def test_header_fields_of_the_wrong_type_are_bad_requests():
-    for bad in ({"id": -1}, {"id": "x"}, {"m": 3}, {"dl": -5}, {"s": "1"}, [1, 2],
-                {"dl": float("inf")}, {"dl": float("nan")}, {"dl": 1e300}):
+    for bad in (
+        {"id": -1},
+        {"id": "x"},
+        {"m": 3},
+        {"dl": -5},
+        {"s": "1"},
+        [1, 2],
+        {"dl": float("inf")},
+        {"dl": float("nan")},
+        {"dl": 1e300},
+    ):
         with pytest.raises(BadRequest):
             Header.unpack(msgpack.packb(bad))
 
@@ -134,7 +158,7 @@ def test_an_array_key_packed_as_any_msgpack_str_type_is_an_array():
         assert isinstance(got, np.ndarray) and got.shape == (2,), key
 
 
-@given(value=st.integers(2**64, 2**80) | st.integers(-2**80, -2**63 - 1))
+@given(value=st.integers(2**64, 2**80) | st.integers(-(2**80), -(2**63) - 1))
 def test_an_int_msgpack_cannot_carry_is_refused_as_a_type_error(value):
     # Not an OverflowError from the fast path: encode's callers map TypeError to a clear error.
     with pytest.raises(TypeError, match="cannot encode int"):
@@ -155,7 +179,7 @@ def test_a_message_that_fails_partway_is_ended_and_the_next_one_arrives_whole():
     a.connect(endpoint)
     try:
         with pytest.raises(TypeError):
-            send_frames(a, [b"first", None, b"never"])   # a bad part after one went out
+            send_frames(a, [b"first", None, b"never"])  # a bad part after one went out
         send_frames(a, [b"x", b"y"])
         assert recv_frames(b) == [b"first", b""], "the half-sent message was not ended"
         assert recv_frames(b) == [b"x", b"y"], "the next message was glued to it"

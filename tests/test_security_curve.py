@@ -1,4 +1,5 @@
 """CURVE on tcp: only allowed keys can call or register; names of live actors cannot be taken."""
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,7 @@ from specmemo.protocol.wire import Command, Header, decode, encode
 
 def free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -34,11 +36,11 @@ def keys():
     for name in ("actor", "alice", "bob", "carol"):
         public, _ = generate(d, name)
         shutil.copy(public, allowed / public.name)
-    for name, folder in (("ops", "operators"), ("remote", "actors")):   # role folders
+    for name, folder in (("ops", "operators"), ("remote", "actors")):  # role folders
         (d / folder).mkdir()
         public, _ = generate(d, name)
         shutil.copy(public, d / folder / public.name)
-    generate(d, "mallory")                      # a valid key pair that is not allowed
+    generate(d, "mallory")  # a valid key pair that is not allowed
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
@@ -46,12 +48,24 @@ def keys():
 @pytest.fixture(scope="module")
 def secure(keys):
     from conftest import Deployment
-    config = tiny_config("secure", deployment={
-        "endpoint": "tcp://127.0.0.1:0", "heartbeat_s": 0.3, "stop_timeout_s": 3,
-        "curve_server_key": str(keys / "server.key_secret"), "curve_allowed": str(keys / "allowed"),
-        "curve_actor_key": str(keys / "actor.key_secret"), "curve_operators": str(keys / "operators"),
-        "curve_actors": str(keys / "actors"), "max_inflight_per_client": 4, "max_inflight": 64,
-    }, solver={"config": {"threads": 1}}, http={"config": {"port": free_port()}})
+
+    config = tiny_config(
+        "secure",
+        deployment={
+            "endpoint": "tcp://127.0.0.1:0",
+            "heartbeat_s": 0.3,
+            "stop_timeout_s": 3,
+            "curve_server_key": str(keys / "server.key_secret"),
+            "curve_allowed": str(keys / "allowed"),
+            "curve_actor_key": str(keys / "actor.key_secret"),
+            "curve_operators": str(keys / "operators"),
+            "curve_actors": str(keys / "actors"),
+            "max_inflight_per_client": 4,
+            "max_inflight": 64,
+        },
+        solver={"config": {"threads": 1}},
+        http={"config": {"port": free_port()}},
+    )
     d = Deployment(config, "secure", curve=client_keys(keys / "alice.key_secret", keys / "server.key"))
     d.env["SPECMEMO_CLIENT_KEY"] = str(keys / "alice.key_secret")
     d.env["SPECMEMO_SERVER_PUBLIC"] = str(keys / "server.key")
@@ -78,6 +92,7 @@ def test_a_client_without_an_allowed_key_cannot_call_anything(secure, keys, who)
 def _ready_as(keys, key_name: str, endpoint: str, actor: bytes, wait_ms: int):
     """Send READY for `actor` from a raw DEALER holding key `key_name`; the reply, or None."""
     from specmemo.protocol.curve import apply_client
+
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     apply_client(sock, client_keys(keys / f"{key_name}.key_secret", keys / "server.key"))
@@ -90,7 +105,7 @@ def _ready_as(keys, key_name: str, endpoint: str, actor: bytes, wait_ms: int):
 
 
 def test_an_actor_without_an_allowed_key_cannot_register(secure, keys):
-    assert _ready_as(keys, "mallory", secure.endpoint, b"intruder", 1000) is None   # no handshake, no answer
+    assert _ready_as(keys, "mallory", secure.endpoint, b"intruder", 1000) is None  # no handshake, no answer
     with Client(secure.endpoint, timeout=5, curve=client_keys(keys / "alice.key_secret", keys / "server.key")) as c:
         assert "intruder" not in {a["name"] for a in c.actors()}
 
@@ -122,12 +137,12 @@ def _as(keys, name: str, endpoint: str, **kw) -> Client:
 def test_a_client_key_is_refused_operator_methods_before_any_handler_runs(secure, keys):
     with _as(keys, "ops", secure.endpoint, timeout=5) as ops:
         before = ops.call("kernel", "metrics")["actors"]["echo"]["requests"]
-        assert isinstance(ops.call("echo", "metrics")["values"], dict)     # an operator may
+        assert isinstance(ops.call("echo", "metrics")["values"], dict)  # an operator may
         mid = ops.call("kernel", "metrics")["actors"]["echo"]["requests"]
-        assert mid == before + 1                        # the operator's own call was routed
+        assert mid == before + 1  # the operator's own call was routed
         with _as(keys, "alice", secure.endpoint, timeout=5) as alice:
-            assert alice.call("echo", "echo", data=3)["data"] == 3          # a client method
-            assert any(a["name"] == "echo" for a in alice.actors())        # the registry: client
+            assert alice.call("echo", "echo", data=3)["data"] == 3  # a client method
+            assert any(a["name"] == "echo" for a in alice.actors())  # the registry: client
             for actor, method in (("kernel", "metrics"), ("echo", "metrics")):
                 with pytest.raises(Unauthorized, match="operator key"):
                     alice.call(actor, method)
@@ -139,6 +154,7 @@ def test_every_privileged_method_is_refused_to_a_client_key_and_reaches_no_actor
     """The method table enumerated: a client key calling an operator or an actor-only method of
     any actor kind is refused before routing; an operator key may call the operator ones."""
     from test_security_roles import ACTOR_ONLY, BODIES, OPERATOR
+
     with _as(keys, "ops", secure.endpoint, timeout=10) as ops, _as(keys, "alice", secure.endpoint, timeout=10) as alice:
         names = {a["kind"]: a["name"] for a in ops.actors()}
         before = ops.call("kernel", "metrics")["actors"]
@@ -150,7 +166,7 @@ def test_every_privileged_method_is_refused_to_a_client_key_and_reaches_no_actor
                     alice.call(actor, bare, **BODIES.get(method, {}))
         after = ops.call("kernel", "metrics")["actors"]
         assert {a: row["requests"] for a, row in after.items()} == {a: row["requests"] for a, row in before.items()}
-        for method in sorted(OPERATOR - {"kernel.metrics"}):            # the operator's are its to call
+        for method in sorted(OPERATOR - {"kernel.metrics"}):  # the operator's are its to call
             kind, bare = method.split(".")
             ops.call(names[kind] if kind != "actor" else "echo", bare)
 
@@ -160,15 +176,31 @@ def test_status_with_metrics_needs_an_operator_key(secure, keys):
     import sys
 
     def status(name: str, *extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "specmemo.deploy.cli", "status", "--endpoint",
-                               secure.endpoint, "--curve-key", str(keys / f"{name}.key_secret"),
-                               "--server-key", str(keys / "server.key"), *extra],
-                              capture_output=True, text=True, timeout=60, env=secure.env)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "specmemo.deploy.cli",
+                "status",
+                "--endpoint",
+                secure.endpoint,
+                "--curve-key",
+                str(keys / f"{name}.key_secret"),
+                "--server-key",
+                str(keys / "server.key"),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=secure.env,
+        )
+
     ops = status("ops", "--metrics")
     assert ops.returncode == 0 and "P99_MS" in ops.stdout and "GAUGES" in ops.stdout, ops.stderr
     alice = status("alice", "--metrics")
     assert alice.returncode != 0 and "Unauthorized" in alice.stdout + alice.stderr
-    plain = status("alice")                     # the registry without the kernel's counters
+    plain = status("alice")  # the registry without the kernel's counters
     assert plain.returncode == 0 and "echo" in plain.stdout and "P99_MS" not in plain.stdout, plain.stderr
 
 
@@ -185,10 +217,27 @@ def test_an_actor_on_another_host_registers_with_a_key_from_curve_actors(secure,
     import subprocess
     import sys
     import time
-    proc = subprocess.Popen([sys.executable, "-m", "specmemo.actors.run", "--kind", "echo", "--name", "remote",
-                             "--endpoint", secure.endpoint, "--curve-key", str(keys / "remote.key_secret"),
-                             "--server-key", str(keys / "server.key")], env=secure.env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "specmemo.actors.run",
+            "--kind",
+            "echo",
+            "--name",
+            "remote",
+            "--endpoint",
+            secure.endpoint,
+            "--curve-key",
+            str(keys / "remote.key_secret"),
+            "--server-key",
+            str(keys / "server.key"),
+        ],
+        env=secure.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         with _as(keys, "alice", secure.endpoint, timeout=5) as alice:
             deadline = time.monotonic() + 60
@@ -206,6 +255,7 @@ def test_the_in_flight_limit_counts_every_connection_of_one_key(secure, keys):
 
     from specmemo.protocol import Overloaded
     from specmemo.protocol.client import AsyncClient
+
     outcomes: list[str] = []
     alice = client_keys(keys / "alice.key_secret", keys / "server.key")
 
@@ -217,13 +267,16 @@ def test_the_in_flight_limit_counts_every_connection_of_one_key(secure, keys):
             except Overloaded as exc:
                 assert "max_inflight_per_client = 4, counted per key" in str(exc)
                 outcomes.append("refused")
-        async with AsyncClient(secure.endpoint, timeout=30, curve=alice) as a, \
-                AsyncClient(secure.endpoint, timeout=30, curve=alice) as b:
+
+        async with (
+            AsyncClient(secure.endpoint, timeout=30, curve=alice) as a,
+            AsyncClient(secure.endpoint, timeout=30, curve=alice) as b,
+        ):
             async with trio.open_nursery() as nursery:
-                for i in range(8):                       # 4 on each of two connections
+                for i in range(8):  # 4 on each of two connections
                     nursery.start_soon(one, a if i % 2 else b)
                 await trio.sleep(0.3)
-                with _as(keys, "bob", secure.endpoint, timeout=10) as bob:   # another key is served
+                with _as(keys, "bob", secure.endpoint, timeout=10) as bob:  # another key is served
                     assert bob.call("echo", "echo", data=7)["data"] == 7
 
     trio.run(flood)
@@ -235,6 +288,7 @@ def _p99_ms(client: Client, calls: int) -> tuple[float, int]:
     import time
 
     from specmemo.protocol import Overloaded
+
     latencies, refused = [], 0
     for i in range(calls):
         t0 = time.perf_counter()
@@ -256,16 +310,29 @@ def test_a_flood_of_64_connections_on_one_key_leaves_another_client_served(secur
     import subprocess
     import sys
     import time
+
     here = Path(__file__).parent
     with _as(keys, "bob", secure.endpoint, timeout=10) as bob, _as(keys, "ops", secure.endpoint, timeout=10) as ops:
-        _p99_ms(bob, 100)                                              # warm
+        _p99_ms(bob, 100)  # warm
         before, _ = _p99_ms(bob, 400)
-        flood = subprocess.Popen([sys.executable, str(here / "flood_clients.py"), secure.endpoint,
-                                  str(keys / "carol.key_secret"), str(keys / "server.key"), "64", "10"],
-                                 env=secure.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        flood = subprocess.Popen(
+            [
+                sys.executable,
+                str(here / "flood_clients.py"),
+                secure.endpoint,
+                str(keys / "carol.key_secret"),
+                str(keys / "server.key"),
+                "64",
+                "10",
+            ],
+            env=secure.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 30
-            while next(a for a in ops.actors() if a["name"] == "echo")["inflight"] < 4:   # flooding
+            while next(a for a in ops.actors() if a["name"] == "echo")["inflight"] < 4:  # flooding
                 assert flood.poll() is None and time.monotonic() < deadline, flood.stderr.read()
                 time.sleep(0.05)
             loaded, refused = _p99_ms(bob, 400)
@@ -276,25 +343,30 @@ def test_a_flood_of_64_connections_on_one_key_leaves_another_client_served(secur
     counts = json.loads(out.strip().splitlines()[-1])
     print(f"bob's p99: {before:.2f} / {loaded:.2f} / {after:.2f} ms (before / flood / after); flood: {counts}")
     assert refused == 0
-    assert peak <= 4                                   # the key's limit held in the actor
-    assert counts["refused"] > 10 * counts["accepted"] > 0, counts     # the flood was refused, not served
+    assert peak <= 4  # the key's limit held in the actor
+    assert counts["refused"] > 10 * counts["accepted"] > 0, counts  # the flood was refused, not served
     assert loaded < 10 * max(before, after, 1.0), (before, loaded, after)
 
 
 def test_another_keys_session_and_matrix_are_untouchable_over_curve(secure, keys):
     from specmemo.native import matrices
     from specmemo.protocol import NotFound
+
     s = matrices.generate("random", 60, seed=3).tocsr()
     x = np.ones(60)
     with _as(keys, "alice", secure.endpoint, timeout=60) as alice, _as(keys, "bob", secure.endpoint, timeout=60) as bob:
         session = alice.open_session()
         alice.register_matrix(s, id="private")
-        for call in (lambda: bob.ask(session, "hello", max_new_tokens=4), lambda: bob.close_session(session),
-                     lambda: bob.matvec("private", x), lambda: bob.solve("private", x)):
-            with pytest.raises(NotFound):                     # as if it did not exist
+        for call in (
+            lambda: bob.ask(session, "hello", max_new_tokens=4),
+            lambda: bob.close_session(session),
+            lambda: bob.matvec("private", x),
+            lambda: bob.solve("private", x),
+        ):
+            with pytest.raises(NotFound):  # as if it did not exist
                 call()
         assert bob.drop_matrix("private") is False
-        assert alice.ask(session, "hello", max_new_tokens=4).token_ids     # the owner's still work
+        assert alice.ask(session, "hello", max_new_tokens=4).token_ids  # the owner's still work
         assert np.allclose(alice.matvec("private", x), s @ x)
         alice.close_session(session)
         assert alice.drop_matrix("private") is True

@@ -1,5 +1,6 @@
 """Least privilege: every method declares who may call it and the kernel enforces it before
 routing; a tcp endpoint beyond loopback without CURVE is refused unless the config says so."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,10 +12,26 @@ from specmemo.protocol import Unauthorized
 from specmemo.protocol.methods import METHODS, ROLES
 
 #: What one actor asks of another: never a client's business.
-ACTOR_ONLY = {"memory.add_holder", "memory.open", "memory.has", "memory.prefill", "memory.grant_batch",
-              "memory.commit_batch", "memory.finish", "memory.release", "memory.release_holder",
-              "memory.observe_costs", "memory.reserve", "memory.unreserve", "draft.has", "draft.open", "draft.extend", "draft.propose",
-              "draft.accept_batch", "draft.close"}
+ACTOR_ONLY = {
+    "memory.add_holder",
+    "memory.open",
+    "memory.has",
+    "memory.prefill",
+    "memory.grant_batch",
+    "memory.commit_batch",
+    "memory.finish",
+    "memory.release",
+    "memory.release_holder",
+    "memory.observe_costs",
+    "memory.reserve",
+    "memory.unreserve",
+    "draft.has",
+    "draft.open",
+    "draft.extend",
+    "draft.propose",
+    "draft.accept_batch",
+    "draft.close",
+}
 
 #: Views across every client: an operator's business (with CURVE, keys in curve_operators).
 OPERATOR = {"actor.metrics", "kernel.metrics", "memory.usage", "verifier.sessions", "http.sessions"}
@@ -52,6 +69,7 @@ def test_every_method_declares_a_role_and_the_privileged_ones_are_the_engine_int
 @pytest.fixture(scope="module")
 def spec():
     from conftest import Deployment
+
     d = Deployment(tiny_config("roles", PAIR, {"heartbeat_s": 0.5, "heartbeat_misses": 20}))
     try:
         yield d.wait_ready(["memory", "draft", "verifier"], timeout=180)
@@ -81,18 +99,21 @@ def test_a_client_calling_an_actor_only_method_is_refused_and_nothing_runs(spec)
         c.close_session(session)
 
 
-@pytest.mark.parametrize("endpoint,extra,ok", [
-    ("tcp://0.0.0.0:5555", "", False),
-    ("tcp://10.1.2.3:5555", "", False),
-    ("tcp://0.0.0.0:5555", "insecure = true", True),
-    ("tcp://127.0.0.1:5555", "", True),
-    ("tcp://[::1]:5555", "", True),
-    ("", "", True),
-])
+@pytest.mark.parametrize(
+    "endpoint,extra,ok",
+    [
+        ("tcp://0.0.0.0:5555", "", False),
+        ("tcp://10.1.2.3:5555", "", False),
+        ("tcp://0.0.0.0:5555", "insecure = true", True),
+        ("tcp://127.0.0.1:5555", "", True),
+        ("tcp://[::1]:5555", "", True),
+        ("", "", True),
+    ],
+)
 def test_tcp_beyond_loopback_without_curve_needs_an_explicit_insecure(endpoint, extra, ok):
     import tomllib
-    data = tomllib.loads(f'[deployment]\nname = "x"\nendpoint = "{endpoint}"\n{extra}\n'
-                         '[actors.echo]\nkind = "echo"\n')
+
+    data = tomllib.loads(f'[deployment]\nname = "x"\nendpoint = "{endpoint}"\n{extra}\n[actors.echo]\nkind = "echo"\n')
     if ok:
         assert parse_config(data).endpoint == endpoint
     else:
@@ -106,12 +127,14 @@ def test_one_client_cannot_hold_more_than_its_share_of_calls_in_flight(start_dep
     from specmemo.protocol import Client, Overloaded
     from specmemo.protocol.client import AsyncClient
 
-    d = start_deployment('[deployment]\nname = "share"\nmax_inflight_per_client = 4\n'
-                         '[actors.echo]\nkind = "echo"\n', "share", ["echo"])
+    d = start_deployment(
+        '[deployment]\nname = "share"\nmax_inflight_per_client = 4\n[actors.echo]\nkind = "echo"\n', "share", ["echo"]
+    )
     outcomes: list[str] = []
 
     async def greedy() -> None:
         async with AsyncClient(d.endpoint, timeout=30) as c:
+
             async def one() -> None:
                 try:
                     await c.call("echo", "sleep", seconds=1.0)
@@ -119,14 +142,15 @@ def test_one_client_cannot_hold_more_than_its_share_of_calls_in_flight(start_dep
                 except Overloaded as exc:
                     assert "max_inflight_per_client = 4" in str(exc)
                     outcomes.append("refused")
+
             async with trio.open_nursery() as nursery:
                 for _ in range(10):
                     nursery.start_soon(one)
                 await trio.sleep(0.3)
-                with Client(d.endpoint, timeout=10) as other:           # another client is served
+                with Client(d.endpoint, timeout=10) as other:  # another client is served
                     assert other.call("echo", "echo", data=7)["data"] == 7
 
     trio.run(greedy)
     assert sorted(outcomes) == ["ok"] * 4 + ["refused"] * 6
-    with Client(d.endpoint, timeout=10) as c:                           # the slots came back
+    with Client(d.endpoint, timeout=10) as c:  # the slots came back
         assert c.call("echo", "sleep", seconds=0.01)

@@ -1,5 +1,6 @@
 """`specmemo soak` as a user runs it: its own tiny deployment under load, SIGKILLs and hostile
 frames at once, for a few seconds; it must end clean (exit 0) and say why in its summary."""
+
 from __future__ import annotations
 
 import os
@@ -13,13 +14,29 @@ LONG = os.environ.get("SPECMEMO_LONG") == "1"
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("minutes", [pytest.param(5.0, marks=pytest.mark.skipif(
-    not LONG, reason="long run: SPECMEMO_LONG=1")), 0.3])
+@pytest.mark.parametrize(
+    "minutes", [pytest.param(5.0, marks=pytest.mark.skipif(not LONG, reason="long run: SPECMEMO_LONG=1")), 0.3]
+)
 def test_the_soak_command_ends_clean_and_reports_it(tmp_path, minutes):
     env = {**os.environ, "SPECMEMO_RUN_ROOT": str(tmp_path / "run")}
-    out = subprocess.run([sys.executable, "-m", "specmemo.deploy.cli", "soak", "--minutes", str(minutes),
-                          "--clients", "3", "--kill-pause", "1"],
-                         capture_output=True, text=True, env=env, timeout=560)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "specmemo.deploy.cli",
+            "soak",
+            "--minutes",
+            str(minutes),
+            "--clients",
+            "3",
+            "--kill-pause",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=560,
+    )
     print(out.stdout[-3000:])
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     text = out.stdout

@@ -1,5 +1,6 @@
 """SpecMemo through real actor processes (tiny models): same tokens as in-process, batching,
 faults (draft and verifier killed mid-chat), and bad input."""
+
 from __future__ import annotations
 
 import os
@@ -16,10 +17,20 @@ from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
 from specmemo.deploy.tiny import PAIR, tiny_config
 from specmemo.protocol import ActorDied, Conflict, InvalidInput, NotFound
 
-CONFIG = tiny_config("spec", PAIR, {
-    "heartbeat_s": 0.5, "heartbeat_misses": 20, "restart_intensity": 10, "restart_period_s": 60,
-    "backoff_s": 0.05, "stop_timeout_s": 3,
-}, memory={"config": {"budget_mb": 16, "tree_width": 3}}, verifier={"config": {"max_sessions_per_client": 4}})
+CONFIG = tiny_config(
+    "spec",
+    PAIR,
+    {
+        "heartbeat_s": 0.5,
+        "heartbeat_misses": 20,
+        "restart_intensity": 10,
+        "restart_period_s": 60,
+        "backoff_s": 0.05,
+        "stop_timeout_s": 3,
+    },
+    memory={"config": {"budget_mb": 16, "tree_width": 3}},
+    verifier={"config": {"max_sessions_per_client": 4}},
+)
 
 GAMMA = 3
 
@@ -27,6 +38,7 @@ GAMMA = 3
 @pytest.fixture(scope="module")
 def spec():
     from conftest import Deployment
+
     d = Deployment(CONFIG, "spec")
     try:
         yield d.wait_ready(["memory", "draft", "verifier"], timeout=180)
@@ -37,6 +49,7 @@ def spec():
 @pytest.fixture(scope="module")
 def engine():
     import torch
+
     torch.set_num_threads(1)
     draft, target = tiny_pair(seed=0)
     return Engine(draft, target, tiny_tokenizer(), budget_bytes=16 << 20, gamma=GAMMA)
@@ -70,6 +83,7 @@ def test_a_multi_turn_chat_through_the_actors_gives_the_in_process_tokens(spec, 
 
 def test_a_tree_chat_through_the_actors_gives_the_in_process_tokens(spec):
     import torch
+
     torch.set_num_threads(1)
     draft, target = tiny_pair(seed=0)
     engine = Engine(draft, target, tiny_tokenizer(), budget_bytes=16 << 20, gamma=5, tree=2)
@@ -135,7 +149,7 @@ def test_bad_input_gets_typed_errors_and_leaks_nothing(spec):
         with pytest.raises(InvalidInput, match="empty"):
             c.ask(session, "   ")
         with pytest.raises(InvalidInput, match="context"):
-            c.ask(session, "x" * 600)           # the tiny models' context is 512 tokens
+            c.ask(session, "x" * 600)  # the tiny models' context is 512 tokens
         with pytest.raises(InvalidInput):
             c.ask(session, "hi", max_new_tokens=0)
         c.close_session(session)
@@ -147,15 +161,15 @@ def test_bad_input_gets_typed_errors_and_leaks_nothing(spec):
 def test_a_session_belongs_to_the_client_that_opened_it(spec):
     with spec.client(timeout=60) as a, spec.client(timeout=60) as b:
         session = a.open_session()
-        assert len(session) > 12                                  # not a counter another client could guess
+        assert len(session) > 12  # not a counter another client could guess
         stream = a.chat(session, "long answer please", max_new_tokens=200, gamma=GAMMA)
         next(stream)
         for call in (lambda: b.ask(session, "me too"), lambda: b.close_session(session)):
-            with pytest.raises(NotFound):                          # as if it did not exist
+            with pytest.raises(NotFound):  # as if it did not exist
                 call()
         with pytest.raises(NotFound):
             b.ask("s-no-such-session", "hello")
-        with pytest.raises(Conflict):                              # its owner, while it generates
+        with pytest.raises(Conflict):  # its owner, while it generates
             a.ask(session, "me too")
         rest = list(stream)
         assert rest[-1]["done"]
@@ -164,13 +178,14 @@ def test_a_session_belongs_to_the_client_that_opened_it(spec):
 
 def test_one_client_cannot_hold_more_sessions_than_its_limit(spec):
     from specmemo.protocol import Overloaded
+
     with spec.client(timeout=60) as greedy, spec.client(timeout=60) as other:
         held = [greedy.open_session() for _ in range(4)]
         with pytest.raises(Overloaded, match="max_sessions_per_client = 4"):
             greedy.open_session()
-        mine = other.open_session()                    # the limit is per client: others still open
+        mine = other.open_session()  # the limit is per client: others still open
         assert other.ask(mine, "hello", max_new_tokens=4, gamma=GAMMA).token_ids
-        greedy.close_session(held.pop())               # a closed session gives its slot back
+        greedy.close_session(held.pop())  # a closed session gives its slot back
         held.append(greedy.open_session())
         for session in held:
             greedy.close_session(session)
@@ -182,12 +197,12 @@ def test_a_client_that_disconnects_mid_stream_frees_its_session(spec):
         session = c.open_session()
         stream = c.chat(session, "talk for a while", max_new_tokens=300, gamma=GAMMA)
         next(stream)
-        stream.close()                         # cancels the call
+        stream.close()  # cancels the call
         deadline = time.monotonic() + 10
         while session in c.usage()["sessions"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert session not in c.usage()["sessions"]
-        other = c.open_session()               # everyone else is undisturbed
+        other = c.open_session()  # everyone else is undisturbed
         assert len(c.ask(other, "still fine?", max_new_tokens=4).token_ids) == 4
         c.close_session(other)
 
@@ -195,9 +210,15 @@ def test_a_client_that_disconnects_mid_stream_frees_its_session(spec):
 def test_the_chat_command_streams_replies_and_prints_statistics_on_request(spec):
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "specmemo.deploy.cli", "chat", "--max-new-tokens", "6"],
-                         input="hello\n/stats\nagain\n/usage\n/quit\n", env=spec.env,
-                         capture_output=True, text=True, timeout=120)
+
+    out = subprocess.run(
+        [sys.executable, "-m", "specmemo.deploy.cli", "chat", "--max-new-tokens", "6"],
+        input="hello\n/stats\nagain\n/usage\n/quit\n",
+        env=spec.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("assistant> ") == 2
     assert "statistics on" in out.stdout and "6 tokens" in out.stdout and "tokens/s" in out.stdout

@@ -1,5 +1,6 @@
 """The zygote forks the torch actors: adopted by the kernel, reaped when killed, replaced when
 it dies itself, gone with a killed kernel; a forked pair chats exactly like the engine."""
+
 from __future__ import annotations
 
 import os
@@ -8,17 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Deployment
 
 from specmemo.deploy.faults import kill_and_wait
 from specmemo.deploy.load import CHAT_MESSAGES, CHAT_TOKENS, chat_reference
-from specmemo.deploy.local import actor_rows
+from specmemo.deploy.local import actor_rows, pid_alive
 from specmemo.deploy.soak import soak_config
 from specmemo.deploy.tiny import PAIR
 
-from conftest import Deployment, pid_alive
-
 TORCH_ACTORS = ("draft", "verifier")
-
 
 
 def stat(pid: int) -> tuple[str, int]:
@@ -79,7 +78,7 @@ def test_the_torch_actors_are_forked_by_the_zygote_and_adopted_by_the_kernel(pai
     for name in TORCH_ACTORS:
         assert_forked(pair, rows[name]["pid"])
         assert Path(f"/proc/{rows[name]['pid']}/comm").read_text().strip() == name
-    assert "specmemo.actors.run" in cmdline(rows["memory"]["pid"])   # the others exec
+    assert "specmemo.actors.run" in cmdline(rows["memory"]["pid"])  # the others exec
     assert len(zygotes(pair.proc.pid, {r["pid"] for r in rows.values()})) == 1
 
 
@@ -108,7 +107,7 @@ def test_a_killed_forked_actor_is_reaped_and_forked_again(pair):
                 back[name].append(round(kill_and_wait(c, name, 120), 2))
                 assert gone(old), f"{name} pid {old} was not reaped: state {stat(old)[0]}"
                 assert_forked(pair, actor_rows(c)[name]["pid"])
-                assert c.call(name, "info")["shared_weights"] is True   # no reload after a restart
+                assert c.call(name, "info")["shared_weights"] is True  # no reload after a restart
         session = c.open_session()
         assert len(c.ask(session, "still there?", max_new_tokens=4).token_ids) >= 1
         c.close_session(session)
@@ -132,14 +131,15 @@ def test_a_killed_zygote_is_replaced_and_the_actors_keep_serving(pair):
             time.sleep(0.1)
         later = kill_and_wait(c, "verifier", 120)
         assert_forked(pair, actor_rows(c)["verifier"]["pid"])
-    print(f"after the zygote's death: draft back in {seconds:.2f} s; verifier forked by the new "
-          f"zygote, back in {later:.2f} s")
+    print(
+        f"after the zygote's death: draft back in {seconds:.2f} s; verifier forked by the new "
+        f"zygote, back in {later:.2f} s"
+    )
     assert "zygote died (signal SIGKILL)" in pair.log.read_text()
 
 
 def test_a_killed_kernel_leaves_no_zygote_and_no_actor(start_deployment):
-    d = start_deployment(soak_config("zk", PAIR), "zk",
-                         ["memory", *TORCH_ACTORS], timeout=240)
+    d = start_deployment(soak_config("zk", PAIR), "zk", ["memory", *TORCH_ACTORS], timeout=240)
     with d.client(timeout=10) as c:
         actors = {r["pid"] for r in actor_rows(c).values()}
     processes = actors | set(zygotes(d.proc.pid, actors))
@@ -157,24 +157,23 @@ def test_a_killed_kernel_leaves_no_zygote_and_no_actor(start_deployment):
 
 
 def test_a_torch_actor_with_its_own_env_is_started_with_exec(start_deployment):
-    d = start_deployment(soak_config("ze", PAIR, draft={"env": {"OMP_NUM_THREADS": "1"}}), "ze",
-                         ["memory", *TORCH_ACTORS], timeout=240)
+    d = start_deployment(
+        soak_config("ze", PAIR, draft={"env": {"OMP_NUM_THREADS": "1"}}), "ze", ["memory", *TORCH_ACTORS], timeout=240
+    )
     with d.client(timeout=10) as c:
         rows = actor_rows(c)
     assert "specmemo.actors.run" in cmdline(rows["draft"]["pid"])
     assert_forked(d, rows["verifier"]["pid"])
     processes = {r["pid"] for r in rows.values()} | set(zygotes(d.proc.pid, set()))
-    assert d.stop() == 0   # Ctrl-C: actors first, the zygote last, every one reaped
+    assert d.stop() == 0  # Ctrl-C: actors first, the zygote last, every one reaped
     assert not [p for p in processes if pid_alive(p)]
 
 
 def test_a_zygote_with_a_second_thread_forks_nothing_and_the_actors_exec(start_deployment, monkeypatch):
     # fork() copies only the calling thread: a lock another thread holds would never be released.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent),
-                                                      os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     draft = {"config": {"class": "threaded_actor:ThreadedDraft"}}
-    d = start_deployment(soak_config("zt", PAIR, draft=draft), "zt",
-                         ["memory", *TORCH_ACTORS], timeout=240)
+    d = start_deployment(soak_config("zt", PAIR, draft=draft), "zt", ["memory", *TORCH_ACTORS], timeout=240)
     with d.client(timeout=30) as c:
         rows = actor_rows(c)
         session = c.open_session()
