@@ -151,11 +151,17 @@ def method_section(spec: MethodSpec, nested: dict[str, type]) -> list[str]:
     return out
 
 
+#: The order of the sections: the kernel and the small actors first, then the model actors.
+KIND_ORDER = ("actor", "kernel", "echo", "solver", "memory", "draft", "verifier", "http")
+
+
 def render() -> str:
     nested: dict[str, type] = {}
     kinds: dict[str, list[MethodSpec]] = {}
     for spec in METHODS.values():
         kinds.setdefault(spec.name.partition(".")[0], []).append(spec)
+    rank = {kind: i for i, kind in enumerate(KIND_ORDER)}
+    kinds = dict(sorted(kinds.items(), key=lambda item: rank.get(item[0], len(rank))))
     out = [
         BEGIN,
         "",

@@ -4,7 +4,7 @@
 addressed as ``<actor kind>.<method>``; a request names the actor instance in its route
 frame and the bare method in its header. The table and its checks live in
 :mod:`.method_table`; each actor kind's messages and methods in its own ``*_messages`` module,
-imported here in the order the documentation lists them.
+all imported here (the documentation orders the kinds itself).
 """
 
 from __future__ import annotations
