@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import zmq
 
-from specmemo.deploy.config import DeploymentConfig
+from specmemo.actors.config import DeploymentConfig
 from specmemo.protocol.control import Notice, NoticeEvent, ReadyBody, kernel_frames, pack_control, unpack_control
 from specmemo.protocol.errors import ActorDied, BadRequest, SpecmemoError, Unauthorized, UnknownMethod
 from specmemo.protocol.methods import ActorInfo, ActorsReply, KernelMetricsReply, PingReply

@@ -8,7 +8,7 @@ from typing import Any
 
 import zmq
 
-from specmemo.deploy.config import DeploymentConfig
+from specmemo.actors.config import DeploymentConfig
 
 from .run_dir import RunDir
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import msgpack
 import zmq
 
-from specmemo.deploy.config import DeploymentConfig
+from specmemo.actors.config import DeploymentConfig
 from specmemo.protocol.control import forwarded_frames, kernel_frames
 from specmemo.protocol.errors import (
     ActorDied,

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from specmemo.deploy.config import ActorConfig, DeploymentConfig
+from specmemo.actors.config import ActorConfig, DeploymentConfig
 from specmemo.protocol.actor_state import ActorState
 
 from .prctl import die_with_parent

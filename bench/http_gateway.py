@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from specdecode import mtbench_questions, replace_section  # noqa: E402
 from specdecode_peers import LLAMA_VERSION, ensure_llama_python  # noqa: E402
 
-from specmemo.deploy.config import DEFAULT_CONFIG, to_toml  # noqa: E402
-from specmemo.deploy.local import LocalDeployment  # noqa: E402
+from specmemo.deploy.local import DEFAULT_CONFIG, LocalDeployment  # noqa: E402
+from specmemo.deploy.toml_writer import to_toml  # noqa: E402
 
 SECTION = "## HTTP gateway (OpenAI API) under load"
 DOCUMENTS = ["docs/memory-model.md", "docs/decisions.md", "docs/spmv.md", "docs/security.md"]

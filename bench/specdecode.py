@@ -302,8 +302,8 @@ def through_actors_rows(context: dict) -> list[Row]:
     The deployment gets the in-process run's settings (budget, block size, fixed c) so the only
     difference is the process split. Tokens are timed at the client, from request to last chunk.
     """
-    from specmemo.deploy.config import to_toml
     from specmemo.deploy.local import LocalDeployment
+    from specmemo.deploy.toml_writer import to_toml
 
     args = context["args"]
     model = {

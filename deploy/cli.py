@@ -29,12 +29,13 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 
 @command
 def cmd_up(args: argparse.Namespace) -> int:
+    from specmemo.actors.config import ConfigError, check_endpoint, load_config
     from specmemo.actors.kernel import Kernel
 
-    from .config import ConfigError, check_endpoint, load_config
+    from .local import DEFAULT_CONFIG
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config or DEFAULT_CONFIG)
         if args.endpoint:
             config.endpoint = args.endpoint
             check_endpoint(config)

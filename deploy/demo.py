@@ -21,10 +21,10 @@ DEMO_TURNS = [
 
 
 def run_demo(config: str | None, max_new_tokens: int, quiet_actors: bool, precision: str | None = None) -> int:
+    from specmemo.actors.config import load_config
     from specmemo.actors.engine.pull import is_cached, pull_default_pair
 
-    from .config import DEFAULT_CONFIG, load_config
-    from .local import LocalDeployment
+    from .local import DEFAULT_CONFIG, LocalDeployment
 
     config_path = Path(config) if config else DEFAULT_CONFIG
     cfg = load_config(config_path)

@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: The deployment `specmemo up`, `demo` and the other commands run when no --config is given.
+DEFAULT_CONFIG = Path(__file__).with_name("local.toml")
+
 
 class LocalDeployment:
     """``specmemo up --config CONFIG`` with its own run root (``SPECMEMO_RUN_ROOT``).

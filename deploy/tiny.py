@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .config import to_toml
+from .toml_writer import to_toml
 
 TINY_CONFIG = Path(__file__).with_name("tiny.toml")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from specmemo.deploy.config import ConfigError, load_config, parse_config
+from specmemo.actors.config import ConfigError, load_config, parse_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

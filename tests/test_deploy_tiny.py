@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specmemo.deploy.config import load_config, parse_config, to_toml
+from specmemo.actors.config import load_config, parse_config
 from specmemo.deploy.soak import SOAK_ACTORS, SOAK_DEPLOYMENT, soak_config
 from specmemo.deploy.tiny import PAIR, TINY_CONFIG, tiny_config
+from specmemo.deploy.toml_writer import to_toml
 
 keys = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=8)
 scalars = st.one_of(

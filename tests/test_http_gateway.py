@@ -12,11 +12,11 @@ import httpx
 import openai
 import pytest
 
+from specmemo.actors.config import ConfigError, parse_config
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
 from specmemo.actors.openai_api import HttpError, parse_completion
 from specmemo.actors.session_pool import SessionPool
-from specmemo.deploy.config import ConfigError, parse_config
 from specmemo.deploy.tiny import PAIR, tiny_config
 
 #: The gateway's config in these tests: short timeouts and a small body limit.

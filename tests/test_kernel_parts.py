@@ -66,7 +66,7 @@ def test_the_actors_table_shows_the_supervisors_state_until_the_actor_registers(
 
 
 def test_every_component_keeps_its_states_in_the_one_vocabulary():
-    from specmemo.deploy.config import ActorConfig
+    from specmemo.actors.config import ActorConfig
 
     assert Child(ActorConfig(name="echo", kind="echo")).state is ActorState.WAITING
     assert Registry([("echo", "echo")], managed=True)["echo"].state is ActorState.WAITING

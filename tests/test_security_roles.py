@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specmemo.deploy.config import ConfigError, parse_config
+from specmemo.actors.config import ConfigError, parse_config
 from specmemo.deploy.tiny import PAIR, tiny_config
 from specmemo.protocol import Unauthorized
 from specmemo.protocol.methods import METHODS, ROLES

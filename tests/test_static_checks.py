@@ -7,6 +7,7 @@ packages then resolves (pyproject makes an unresolved `specmemo.*` import an err
 last test shows that it would be caught.
 """
 
+import ast
 import os
 import shutil
 import subprocess
@@ -74,3 +75,44 @@ def test_mypy_catches_an_import_between_packages_that_does_not_resolve():
     assert out.returncode == 1
     assert "specmemo.protocol.nosuch" in out.stdout and "import-not-found" in out.stdout
     assert "methods" not in out.stdout  # the real module resolved
+
+
+#: What each package may import of ours (docs/decisions.md, "Layout"): the arrows point one way.
+ALLOWED = {
+    "protocol": {"protocol"},
+    "native": {"native"},
+    "actors": {"actors", "protocol", "native"},
+    "deploy": {"deploy", "actors", "protocol", "native"},
+}
+
+
+def our_imports(path: Path) -> set[str]:
+    """The top-level packages of ours that a module imports (absolute `specmemo.<pkg>` imports;
+    relative ones stay inside their package)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if node.module == "specmemo"]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "specmemo" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_imports_between_packages_point_one_way(package):
+    wrong = {
+        str(path.relative_to(ROOT)): sorted(our_imports(path) - ALLOWED[package])
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert not {k: v for k, v in wrong.items() if v}
+
+
+def test_the_import_check_sees_a_wrong_arrow(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("from specmemo.deploy.local import DEFAULT_CONFIG\nimport specmemo.actors.kinds\n")
+    assert our_imports(module) - ALLOWED["protocol"] == {"deploy", "actors"}

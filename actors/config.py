@@ -1,4 +1,5 @@
-"""A deployment described by one TOML file, mapped onto dataclasses with working defaults.
+"""A deployment described by one TOML file, mapped onto dataclasses with working defaults: what
+the kernel and its supervisor run from (deploy/local.toml is the shipped default).
 
 [deployment]
 name = "local"              # run directory /tmp/specmemo-<uid>/<name>
@@ -13,15 +14,12 @@ threads = 2
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specmemo.actors.kinds import ACTOR_KINDS
-
-DEFAULT_CONFIG = Path(__file__).with_name("local.toml")
+from .kinds import ACTOR_KINDS
 
 
 class ConfigError(ValueError):
@@ -125,8 +123,8 @@ _DEPLOYMENT_KEYS = {
 _ACTOR_KEYS = {"kind", "after", "config", "restart", "start_timeout_s", "env"}
 
 
-def load_config(path: str | Path | None = None) -> DeploymentConfig:
-    path = Path(path) if path else DEFAULT_CONFIG
+def load_config(path: str | Path) -> DeploymentConfig:
+    path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -216,35 +214,3 @@ def _loopback(endpoint: str) -> bool:
     """Whether a tcp endpoint binds a loopback address only."""
     host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
-
-
-def to_toml(table: dict[str, Any], _prefix: str = "") -> str:
-    """TOML text of a config table as ``tomllib`` reads it (strings, numbers, booleans, lists,
-    nested tables): the way back from a dict to a file that ``specmemo up --config`` takes."""
-    scalars = [f"{_key(k)} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-    tables = [(k, v) for k, v in table.items() if isinstance(v, dict)]
-    lines = [f"[{_prefix}]"] if _prefix and (scalars or not tables) else []
-    parts = ["\n".join(lines + scalars)] if lines or scalars else []
-    parts += [to_toml(v, f"{_prefix}.{_key(k)}" if _prefix else _key(k)) for k, v in tables]
-    return "\n\n".join(p for p in parts if p) + ("\n" if not _prefix else "")
-
-
-def _key(key: str) -> str:
-    return key if key and key.replace("_", "").replace("-", "").isalnum() and key.isascii() else _toml_string(key)
-
-
-def _toml_string(text: str) -> str:
-    """A TOML basic string: JSON's escapes of quotes, backslashes and control characters, plus DEL."""
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
