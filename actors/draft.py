@@ -12,11 +12,9 @@ import logging
 from typing import Any
 
 import numpy as np
-import trio
 
 from specmemo.actors.engine import DraftCore
 from specmemo.actors.engine.driver import DRAFT
-from specmemo.protocol import errors
 from specmemo.protocol.methods import (
     AcceptBatch,
     DraftOpen,
@@ -31,6 +29,7 @@ from specmemo.protocol.methods import (
 )
 
 from .base import Actor, Call
+from .lease import register_lease
 from .memory import ENGINE_ERRORS
 from .modelconfig import describe_precision, load_actor_model, model_info, preload_actor_model, set_model_gauges
 
@@ -45,6 +44,7 @@ class DraftActor(Actor):
         super().__init__(name, config)
         self.memory = config.get("memory", "memory")
         self.verifier = config.get("verifier", "verifier")
+        self.peers.kinds.update({self.memory: "memory", self.verifier: "verifier"})
         self.core: DraftCore  # loaded in start()
         self._accept_calls = 0
 
@@ -70,20 +70,7 @@ class DraftActor(Actor):
 
     async def _add_holder(self) -> None:
         """Register the draft's lease; waits for a memory actor that is restarting."""
-        while True:
-            try:
-                await self.peers.call(
-                    self.memory,
-                    "add_holder",
-                    holder=DRAFT,
-                    bytes_per_token=self.core.bytes_per_token,
-                    actor=self.name,
-                    weight_bytes=self.core.weight_bytes,
-                    timeout=10,
-                )
-                return
-            except (errors.ActorDied, errors.UnknownActor, errors.DeadlineExceeded):
-                await trio.sleep(0.05)
+        await register_lease(self.peers, self.memory, DRAFT, self.name, self.core)
 
     async def on_peer_died(self, name: str) -> None:
         if self.core is None or name not in (self.verifier, self.memory):

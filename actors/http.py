@@ -42,7 +42,7 @@ from typing import Any
 import trio
 
 from specmemo.protocol import errors
-from specmemo.protocol.methods import Empty
+from specmemo.protocol.methods import Empty, SessionList
 
 from .base import Actor, Call
 from .http_turn import Turn
@@ -85,6 +85,7 @@ class HttpActor(Actor):
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
         self.verifier = config.get("verifier", "verifier")
+        self.peers.kinds[self.verifier] = "verifier"
         self.model = str(config.get("model_id", "specmemo"))
         self.host = str(config.get("host", "127.0.0.1"))
         self.port = int(config.get("port", 8000))
@@ -128,13 +129,13 @@ class HttpActor(Actor):
         )
         await serve(self.app(), config, mode="asgi")
 
-    def rpc_sessions(self, req: Empty, call: Call) -> dict:
+    def rpc_sessions(self, req: Empty, call: Call) -> SessionList:
         """The verifier sessions the gateway keeps for prefix reuse."""
-        return {
-            "sessions": sorted(self.pool.sessions),
-            "active": sorted(s for s, p in self.pool.sessions.items() if p.busy),
-            "held": 0,
-        }
+        return SessionList(
+            sessions=sorted(self.pool.sessions),
+            active=sorted(s for s, p in self.pool.sessions.items() if p.busy),
+            held=0,
+        )
 
     # ------------------------------------------------------------ the ASGI app
 
@@ -291,18 +292,18 @@ class HttpActor(Actor):
         lines = []
         kernel = await self.peers.call("kernel", "metrics", timeout=10)
         actors = await self.peers.call("kernel", "actors", timeout=10)
-        for actor, row in sorted(kernel["actors"].items()):
+        for actor, row in sorted(kernel.actors.items()):
             lines.append(f'specmemo_requests_total{{actor="{actor}"}} {row["requests"]}')
             for code, n in sorted(row["errors"].items()):
                 lines.append(f'specmemo_errors_total{{actor="{actor}",code="{code}"}} {n}')
             lines.append(f'specmemo_heartbeat_misses_total{{actor="{actor}"}} {row["heartbeat_misses"]}')
-        for info in actors["actors"]:
-            if info["state"] not in ("ready", "external"):
+        for info in actors.actors:
+            if info.state not in ("ready", "external"):
                 continue
             try:
-                values = (await self.peers.call(info["name"], "metrics", timeout=5))["values"]
+                values = (await self.peers.call(info.name, "metrics", timeout=5)).values
             except errors.SpecmemoError:
                 continue
             for name, value in sorted(values.items()):
-                lines.append(f'specmemo_{name}{{actor="{info["name"]}"}} {float(value)!r}')
+                lines.append(f'specmemo_{name}{{actor="{info.name}"}} {float(value)!r}')
         return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from specmemo.protocol import errors
+from specmemo.protocol.methods import ChatChunk
 
 from .openai_api import Completion, HttpError, from_wire_error
 
@@ -38,7 +39,7 @@ class Turn:
         self.started = time.perf_counter()
         self.first_token_s: float | None = None
 
-    async def start(self) -> dict:
+    async def start(self) -> ChatChunk:
         a = self.actor
         try:
             for stale in a.pool.surplus():
@@ -49,7 +50,7 @@ class Turn:
                     pass
             self.session = a.pool.pick(self.req.messages)
             if self.session is None:
-                self.session = (await a.peers.call(a.verifier, "open", session="", timeout=30))["session"]
+                self.session = (await a.peers.call(a.verifier, "open", session="", timeout=30)).session
             a.pool.take(self.session)
             self.stream = a.peers.stream(
                 a.verifier,
@@ -69,18 +70,18 @@ class Turn:
         except StopAsyncIteration:
             raise HttpError(502, "the verifier ended the turn without a reply", "server_error") from None
 
-    def _take(self, chunk: dict) -> tuple[str, bool]:
+    def _take(self, chunk: ChatChunk) -> tuple[str, bool]:
         """The text this chunk adds (cut at a stop string), and whether the turn is over."""
         if self.first_token_s is None:
             self.first_token_s = time.perf_counter() - self.started
-        self.stats = chunk.get("stats") or self.stats
-        if chunk.get("step"):
-            self.gammas.append(int(chunk["step"]["gamma"]))
-        self.reply_tokens += len(chunk["tokens"])
-        done = bool(chunk.get("done"))
+        self.stats = chunk.stats or self.stats
+        if chunk.step:
+            self.gammas.append(int(chunk.step["gamma"]))
+        self.reply_tokens += len(chunk.tokens)
+        done = chunk.done
         self.finished = self.finished or done
         before = self.text
-        whole = chunk.get("reply") or before + chunk.get("text", "") if done else before + chunk.get("text", "")
+        whole = chunk.reply or before + chunk.text if done else before + chunk.text
         for stop in self.req.stop:
             at = whole.find(stop, max(0, len(before) - len(stop) + 1))
             if at >= 0:
@@ -91,7 +92,7 @@ class Turn:
             self.finish_reason = "length" if self.reply_tokens >= self.req.max_tokens else "stop"
         return whole[len(before) :], done
 
-    async def _next(self) -> dict | None:
+    async def _next(self) -> ChatChunk | None:
         try:
             return await self.stream.__anext__()
         except errors.SpecmemoError as exc:
@@ -99,8 +100,8 @@ class Turn:
         except StopAsyncIteration:
             return None
 
-    async def collect(self, first: dict) -> dict:
-        chunk: dict | None = first
+    async def collect(self, first: ChatChunk) -> dict:
+        chunk: ChatChunk | None = first
         while chunk is not None:
             _, over = self._take(chunk)
             chunk = None if over else await self._next()
@@ -120,10 +121,10 @@ class Turn:
             "specmemo": self.extension(),
         }
 
-    async def events(self, first: dict):
+    async def events(self, first: ChatChunk):
         head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.actor.model}
         yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-        chunk: dict | None = first
+        chunk: ChatChunk | None = first
         while chunk is not None:
             delta, over = self._take(chunk)
             if delta:

@@ -2,7 +2,9 @@
 
 The Driver runs in a worker thread and calls its memory and draft sides by the cores' method
 names; these proxies turn each call into one request through the verifier actor's socket, in
-its trio loop (`call`). RemoteDraft also rides out a draft actor that dies or restarts.
+its trio loop (`call`), and each typed reply into what the core's method answers (a plain map
+where the core answers one: `to_wire`). RemoteDraft also rides out a draft actor that dies or
+restarts.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from specmemo.protocol import errors
+from specmemo.protocol.schema import to_wire
 
 
 class RemoteMemory:
@@ -23,25 +26,25 @@ class RemoteMemory:
         self._call, self.actor, self.owner = call, actor, owner
 
     def has(self, session: str) -> bool:
-        return self._call(self.actor, "has", session=session)["has"]
+        return self._call(self.actor, "has", session=session).has
 
     def open_session(self, session: str) -> None:
         self._call(self.actor, "open", session=session, owner=self.owner)
 
     def prefill(self, session: str, keep: int, add: int) -> dict:
-        return self._call(self.actor, "prefill", session=session, keep=keep, add=add)
+        return to_wire(self._call(self.actor, "prefill", session=session, keep=keep, add=add))
 
     def grant_batch(self, requests: list[dict]) -> list[dict]:
-        return self._call(self.actor, "grant_batch", requests=requests)["answers"]
+        return [to_wire(a) for a in self._call(self.actor, "grant_batch", requests=requests).answers]
 
     def commit_batch(self, requests: list[dict]) -> list[dict]:
-        return self._call(self.actor, "commit_batch", requests=requests)["answers"]
+        return [to_wire(a) for a in self._call(self.actor, "commit_batch", requests=requests).answers]
 
     def finish(self, session: str) -> None:
         self._call(self.actor, "finish", session=session)
 
     def release(self, session: str) -> int:
-        return self._call(self.actor, "release", session=session)["freed"]
+        return self._call(self.actor, "release", session=session).freed
 
     def observe_costs(
         self, draft_s: float | None, m: int | None, target_s: float | None, draft_by_m: dict | None = None
@@ -83,16 +86,15 @@ class RemoteDraft:
         self._retrying("open", session=session, token_ids=self._ids(session), blocks=blocks)
 
     def has(self, session: str) -> bool:
-        return self._retrying("has", session=session)["has"]
+        return self._retrying("has", session=session).has
 
     def open(self, session: str, token_ids: np.ndarray, blocks: int) -> int:
-        return self._retrying("open", session=session, token_ids=np.asarray(token_ids), blocks=blocks)["held"]
+        return self._retrying("open", session=session, token_ids=np.asarray(token_ids), blocks=blocks).held
 
     def extend(self, session: str, token_ids: np.ndarray, keep: int, blocks: int) -> int:
         try:
-            return self._retrying("extend", session=session, token_ids=np.asarray(token_ids), keep=keep, blocks=blocks)[
-                "held"
-            ]
+            ids = np.asarray(token_ids)
+            return self._retrying("extend", session=session, token_ids=ids, keep=keep, blocks=blocks).held
         except errors.NotFound:
             return self.open(session, token_ids, blocks)
 
@@ -107,10 +109,10 @@ class RemoteDraft:
     ) -> dict:
         def rebuild() -> None:
             for s, b in zip(sessions, blocks):
-                if not self._call(self.actor, "has", session=s)["has"]:
+                if not self._call(self.actor, "has", session=s).has:
                     self._reopen(s, b)
 
-        return self._retrying(
+        proposal = self._retrying(
             "propose",
             rebuild,
             sessions=sessions,
@@ -120,6 +122,7 @@ class RemoteDraft:
             seeds=seeds,
             widths=widths,
         )
+        return to_wire(proposal)
 
     def accept_batch(
         self,
@@ -152,7 +155,7 @@ class RemoteDraft:
                         }
                         for i in live
                     ],
-                )["held"]
+                ).held
             except errors.NotFound:
                 # The draft restarted after proposing (and accepted none of these): the verifier
                 # already settled the tokens, so a rebuild from its committed ids is the accepted
@@ -171,6 +174,6 @@ class RemoteDraft:
 
     def close(self, session: str) -> int:
         try:
-            return self._call(self.actor, "close", session=session)["held"]
+            return self._call(self.actor, "close", session=session).held
         except errors.SpecmemoError:
             return 0

@@ -105,7 +105,9 @@ class ActorRuntime:
             apply_client(raw, self.curve)
         raw.connect(self.endpoint)
         self.sock = TrioSocket(raw)
-        self.actor.peers = AsyncCaller(self.sock, max_message_bytes=self.max_message_bytes)
+        self.actor.peers = AsyncCaller(
+            self.sock, max_message_bytes=self.max_message_bytes, kinds=self.actor.peers.kinds
+        )
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery

@@ -254,6 +254,8 @@ class SolverActor(Actor):
         super().__init__(name, config)
         ranks, threads = int(config.get("ranks", 0)), int(config.get("threads", 2))
         self.memory_name = str(config.get("memory", ""))  # "": the solver's own limits only
+        if self.memory_name:
+            self.peers.kinds[self.memory_name] = "memory"
         self.store = MatrixStore(
             threads=threads,
             max_nnz=int(config.get("max_nnz", 200_000_000)),

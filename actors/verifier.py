@@ -47,6 +47,7 @@ from specmemo.protocol.methods import (
 )
 
 from .base import Actor, Call
+from .lease import register_lease
 from .memory import ENGINE_ERRORS
 from .modelconfig import describe_precision, load_actor_model, model_info, preload_actor_model, set_model_gauges
 from .proxies import RemoteDraft, RemoteMemory
@@ -77,6 +78,7 @@ class VerifierActor(Actor):
         super().__init__(name, config)
         self.memory_name = config.get("memory", "memory")
         self.draft_name = config.get("draft", "draft")
+        self.peers.kinds.update({self.memory_name: "memory", self.draft_name: "draft"})
         self.streams: dict[str, _Stream] = {}
         self.owners: dict[str, bytes] = {}  # session -> routing id of the client that opened it
         self.joins: list[tuple[ChatRequest | GenerateRequest | CompleteRequest, _Stream]] = []
@@ -98,11 +100,11 @@ class VerifierActor(Actor):
         info = await self._wait_for_draft()
         context = model.config.get_text_config(decoder=True).max_position_embeddings
         self.core = VerifierCore(
-            model, tokenizer, block_tokens, int(self.config.get("spare_blocks", 1)), min(info["max_context"], context)
+            model, tokenizer, block_tokens, int(self.config.get("spare_blocks", 1)), min(info.max_context, context)
         )
-        if info["vocab_size"] != self.core.vocab_size:
+        if info.vocab_size != self.core.vocab_size:
             raise SystemExit(
-                f"draft vocabulary {info['vocab_size']} != target vocabulary {self.core.vocab_size}: not a pair"
+                f"draft vocabulary {info.vocab_size} != target vocabulary {self.core.vocab_size}: not a pair"
             )
         self.memory_ready = trio.Event()  # set by _add_holder, once registered (on_registered)
         self.trio_token = trio.lowlevel.current_trio_token()
@@ -130,7 +132,7 @@ class VerifierActor(Actor):
             describe_precision(self.core),
         )
 
-    async def _wait_for_draft(self) -> dict:
+    async def _wait_for_draft(self) -> ModelInfo:
         """The draft's info; the draft may run elsewhere and register later than this actor."""
         while True:
             try:
@@ -150,24 +152,11 @@ class VerifierActor(Actor):
 
     async def _add_holder(self) -> None:
         """Register the target's lease; waits for a memory actor that is restarting."""
-        while True:
-            try:
-                await self.peers.call(
-                    self.memory_name,
-                    "add_holder",
-                    holder=TARGET,
-                    bytes_per_token=self.core.bytes_per_token,
-                    actor=self.name,
-                    weight_bytes=self.core.weight_bytes,
-                    timeout=10,
-                )
-                break
-            except (errors.ActorDied, errors.UnknownActor, errors.DeadlineExceeded):
-                await trio.sleep(0.05)
+        await register_lease(self.peers, self.memory_name, TARGET, self.name, self.core)
         # the draft registers its lease once it is registered itself: turns wait for both
         while True:
             try:
-                if DRAFT in (await self.peers.call(self.memory_name, "usage", timeout=10))["leases"]:
+                if DRAFT in (await self.peers.call(self.memory_name, "usage", timeout=10)).leases:
                     break
             except (errors.ActorDied, errors.UnknownActor, errors.DeadlineExceeded):
                 pass

@@ -371,7 +371,7 @@ def async_client_rate(endpoint: str, total: int, tasks: int, client_cls: type = 
                 while left > 0:
                     left -= 1
                     reply = await c.call("echo", "echo", data=ECHO_DATA)
-                    assert reply["data"] == ECHO_DATA
+                    assert reply.data == ECHO_DATA
 
             for _ in range(50):
                 await c.call("echo", "echo", data=ECHO_DATA)
@@ -386,7 +386,7 @@ def async_client_rate(endpoint: str, total: int, tasks: int, client_cls: type = 
 
 def kernel_big(client: Client, reps: int) -> float:
     big = np.random.default_rng(0).standard_normal(BIG_BYTES // 8)
-    back = client.call("echo", "echo", data=big)["data"]
+    back = client.call("echo", "echo", data=big).data
     if not np.array_equal(back, big):
         raise RuntimeError("the 8 MB echo came back different")
 
@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         blocking = subprocess.Popen([sys.executable, __file__, "--blocking-actor", endpoint])
         dep.wait_ready(["blocking"], timeout=30, accept=("ready", "external"))
         with Client(endpoint) as client:
-            actor_pid = actor_rows(client)["echo"]["pid"]
+            actor_pid = actor_rows(client)["echo"].pid
             for r in range(rounds):
                 paths = res["paths"]
                 paths["raw"].append(raw_round(raw_sock, size, {"client": os.getpid(), "server": server.pid}))

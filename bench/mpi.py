@@ -72,9 +72,9 @@ def through_the_actor(a: sp.csr_array, b: np.ndarray, ranks: int, threads: int, 
             "threads": threads,
             "register_s": register_s,
             "solve_s": wall,
-            "actor_s": out["seconds"],
-            "iterations": out["iterations"],
-            "residual": out["residual"],
+            "actor_s": out.seconds,
+            "iterations": out.iterations,
+            "residual": out.residual,
         }
     finally:
         dep.cleanup()

@@ -32,7 +32,7 @@ def _kib(path: str, key: str) -> int:
 def print_memory(kernel_pid: int, client) -> None:
     """Resident memory of every process of the deployment: RSS counts shared pages in each process
     that maps them, PSS divides them among those processes, so the PSS sum is the physical total."""
-    rows = {name: row["pid"] for name, row in actor_rows(client).items()}
+    rows = {name: row.pid for name, row in actor_rows(client).items()}
     children = Path(f"/proc/{kernel_pid}/task/{kernel_pid}/children").read_text().split()
     for pid in map(int, children):
         if pid not in rows.values():

@@ -348,15 +348,15 @@ def through_actors_rows(context: dict) -> list[Row]:
                     prompt_ids=np.asarray(ids, dtype=np.int64),
                     max_new_tokens=context["max_new_tokens"],
                 ):
-                    new.extend(int(t) for t in chunk["tokens"])
-                    if chunk["step"]:
+                    new.extend(int(t) for t in chunk.tokens)
+                    if chunk.step:
                         row.steps += 1
-                        row.accepted += chunk["step"]["accepted"]
-                        row.drafted += chunk["step"]["gamma"]
+                        row.accepted += chunk.step["accepted"]
+                        row.drafted += chunk.step["gamma"]
                 row.seconds += time.perf_counter() - start
                 row.tokens += len(new)
                 row.outputs.append(new)
-            row.accounted_peak = c.usage()["peak"]
+            row.accounted_peak = c.usage().peak
     except Exception as exc:  # a broken deployment is reported in the table, not a crash of the run
         row.refused, row.note = True, f"through-actors run failed: {type(exc).__name__}: {exc}"[:200]
     finally:

@@ -130,7 +130,7 @@ def main() -> int:
     endpoint = dep.endpoint
     try:
         with Client(endpoint) as client:
-            actor = actor_rows(client)["echo"]["pid"]
+            actor = actor_rows(client)["echo"].pid
             if args.pin:
                 pin([os.getpid(), dep.proc.pid, actor, *(s.pid for s in servers.values())], args.pin)
             raw, trio_sock, k_sock = m.dealer(raw_ep), m.dealer(trio_ep), m.dealer(endpoint)

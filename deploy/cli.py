@@ -13,6 +13,7 @@ specmemo solve FILE.mtx [--alpha A]          solve (alpha I + S) x = b on the so
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -99,16 +100,17 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 @command
 def cmd_status(args: argparse.Namespace) -> int:
     from specmemo.protocol import Unauthorized
+    from specmemo.protocol.schema import to_wire
 
     with _client(args) as c:
         reply = c.call("kernel", "actors")
         try:
-            counted = c.call("kernel", "metrics")["actors"]
+            counted = c.call("kernel", "metrics").actors
         except Unauthorized:
             if args.metrics:
                 raise
             counted = None  # a client key under CURVE: the registry only, no counters
-        rows = reply["actors"]
+        rows = [to_wire(row) for row in reply.actors]  # table rows, annotated below
         for row in rows:
             if counted is not None:
                 m = counted.get(row["name"], {})
@@ -119,9 +121,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             if isinstance(row.get("uptime_s"), (int, float)):
                 row["uptime_s"] = f"{row['uptime_s']:.1f}"
             if args.metrics and row["state"] in ("ready", "external"):
-                values = c.call(row["name"], "metrics")["values"]
+                values = c.call(row["name"], "metrics").values
                 row["gauges"] = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())) or "-"
-    print(f"deployment {reply['deployment']} at {reply['endpoint']}")
+    print(f"deployment {reply.deployment} at {reply.endpoint}")
     columns = ["name", "kind", "pid", "state", "restarts", "uptime_s", "inflight"]
     if counted is not None:
         columns += ["calls", "errors", "p50_ms", "p99_ms"]
@@ -129,7 +131,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     models = [row for row in rows if row["kind"] in ("draft", "verifier") and row["state"] == "ready"]
     if models:
         with _client(args) as c:
-            infos = [(row["name"], c.call(row["name"], "info")) for row in models]
+            infos = [(row["name"], to_wire(c.call(row["name"], "info"))) for row in models]
         print()
         print_table(
             [_model_row(name, info) for name, info in infos],
@@ -156,6 +158,8 @@ def _model_row(name: str, info: dict) -> dict:
 
 @command
 def cmd_call(args: argparse.Namespace) -> int:
+    from specmemo.protocol.schema import to_wire
+
     params = {}
     for kv in args.params:
         key, _, value = kv.partition("=")
@@ -164,7 +168,8 @@ def cmd_call(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             params[key] = value
     with _client(args) as c:
-        print(json.dumps(c.call(args.actor, args.method, **params), default=repr, indent=2))
+        reply = c.call(args.actor, args.method, **params)
+    print(json.dumps(to_wire(reply) if dataclasses.is_dataclass(reply) else reply, default=repr, indent=2))
     return 0
 
 
@@ -191,26 +196,25 @@ def cmd_solve(args: argparse.Namespace) -> int:
         report = c.register_matrix(matrix)
         t1 = time.perf_counter()
         try:
-            out = c.solve(report["id"], b, alpha=args.alpha, tol=args.tol, maxiter=args.maxiter)
+            out = c.solve(report.id, b, alpha=args.alpha, tol=args.tol, maxiter=args.maxiter)
         finally:
-            c.drop_matrix(report["id"])
+            c.drop_matrix(report.id)
         t2 = time.perf_counter()
-    err = float(np.max(np.abs(out["x"] - 1.0))) if len(b) else 0.0
+    err = float(np.max(np.abs(out.x - 1.0))) if len(b) else 0.0
     print(
-        f"matrix      n={report['n']} nnz={report['nnz']} bandwidth {report['bandwidth_before']} -> "
-        f"{report['bandwidth_after']} after RCM; parts inner/middle/outer "
-        f"{report['share_inner']:.3f}/{report['share_middle']:.3f}/{report['share_outer']:.3f}"
+        f"matrix      n={report.n} nnz={report.nnz} bandwidth {report.bandwidth_before} -> "
+        f"{report.bandwidth_after} after RCM; parts inner/middle/outer "
+        f"{report.share_inner:.3f}/{report.share_middle:.3f}/{report.share_outer:.3f}"
     )
     print(
         f"solve       alpha={args.alpha} tol={args.tol:g}: "
-        f"{'converged' if out['converged'] else 'NOT converged'} in {out['iterations']} iterations"
+        f"{'converged' if out.converged else 'NOT converged'} in {out.iterations} iterations"
     )
-    print(f"residual    {out['residual']:.3e} (relative); max |x - 1| = {err:.3e}")
+    print(f"residual    {out.residual:.3e} (relative); max |x - 1| = {err:.3e}")
     print(
-        f"time        register+plan {t1 - t0:.3f} s, solve {out['seconds']:.3f} s on the actor, "
-        f"{t2 - t1:.3f} s round trip"
+        f"time        register+plan {t1 - t0:.3f} s, solve {out.seconds:.3f} s on the actor, {t2 - t1:.3f} s round trip"
     )
-    return 0 if out["converged"] else 3
+    return 0 if out.converged else 3
 
 
 def _solve_on_ranks(args: argparse.Namespace) -> int:
@@ -289,16 +293,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     except Unauthorized as exc:
                         print(f"/usage: {exc}")
                         continue
-                    print(f"budget {u['budget']} B, live {u['live']} B, peak {u['peak']} B, sessions {u['sessions']}")
+                    print(f"budget {u.budget} B, live {u.live} B, peak {u.peak} B, sessions {u.sessions}")
                     continue
                 print("assistant> ", end="", flush=True)
-                last: dict[str, Any] = {}
+                last = None
                 for chunk in c.chat(session, line, max_new_tokens=args.max_new_tokens, temperature=args.temperature):
-                    print(chunk["text"], end="", flush=True)
+                    print(chunk.text, end="", flush=True)
                     last = chunk
                 print()
-                if show and last:
-                    s = last["stats"]
+                if show and last is not None:
+                    s = last.stats
                     print(
                         f"  [{s['tokens']} tokens, {s['tokens_per_s']:.2f} tokens/s, "
                         f"{s['tokens_per_step']:.2f} tokens/step, alpha {s['alpha']:.2f}]"

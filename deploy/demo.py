@@ -76,16 +76,16 @@ def _models(c, names: list[str]) -> None:
     print("\n=== Models ===")
     for name in names:
         info = c.call(name, "info")
-        choice = info.get("precision") or {}
+        choice = info.precision or {}
         probe = ", ".join(
             f"{p} {'/'.join(f'{v:.0f}' for v in ms.values())} ms" for p, ms in (choice.get("probe_ms") or {}).items()
         )
         print(
             f"{name}: precision {choice.get('precision', '?')} (asked {choice.get('requested', '?')}"
-            f"{'; probe M=1/M=γmax+1: ' + probe if probe else ''}), weights {info['weight_bytes'] / 2**20:.0f} MiB, "
-            f"process RSS {info['rss_bytes'] / 2**20:.0f} MiB"
+            f"{'; probe M=1/M=γmax+1: ' + probe if probe else ''}), weights {info.weight_bytes / 2**20:.0f} MiB, "
+            f"process RSS {info.rss_bytes / 2**20:.0f} MiB"
         )
-    cpu = (c.call(names[0], "info").get("precision") or {}).get("cpu") or {}
+    cpu = (c.call(names[0], "info").precision or {}).get("cpu") or {}
     if cpu:
         print(f"CPU: {cpu.get('model')} ({', '.join(cpu.get('flags', []))})")
 
@@ -95,16 +95,18 @@ def _chat(c, max_new_tokens: int) -> None:
     print(f"\n=== SpecMemo chat (session {session}) ===")
     for message in DEMO_TURNS:
         print(f"\nuser> {message}\nassistant> ", end="", flush=True)
-        gammas, last = [], {}
+        gammas: list[int] = []
+        last = None
         first_at, t0 = None, time.perf_counter()
         for chunk in c.chat(session, message, max_new_tokens=max_new_tokens):
             if first_at is None:
                 first_at = time.perf_counter() - t0
-            print(chunk["text"], end="", flush=True)
-            if chunk["step"]:
-                gammas.append(chunk["step"]["gamma"])
+            print(chunk.text, end="", flush=True)
+            if chunk.step:
+                gammas.append(chunk.step["gamma"])
             last = chunk
-        s = last["stats"]
+        assert last is not None, "a turn ends with its final chunk"
+        s = last.stats
         print(
             f"\n--- {s['tokens']} tokens in {s['seconds']:.1f} s = {s['tokens_per_s']:.2f} tokens/s; "
             f"{s['steps']} steps, {s['tokens_per_step']:.2f} tokens and {s['mean_accepted']:.2f} "
@@ -113,9 +115,9 @@ def _chat(c, max_new_tokens: int) -> None:
         )
     u = c.usage()
     print(
-        f"\nmemory: budget {u['budget'] / 2**20:.0f} MiB, live {u['live'] / 2**20:.2f} MiB, "
-        f"peak {u['peak'] / 2**20:.2f} MiB (KV of draft + target, block {u['block_tokens']} tokens), "
-        f"evictions {u['evictions']}"
+        f"\nmemory: budget {u.budget / 2**20:.0f} MiB, live {u.live / 2**20:.2f} MiB, "
+        f"peak {u.peak / 2**20:.2f} MiB (KV of draft + target, block {u.block_tokens} tokens), "
+        f"evictions {u.evictions}"
     )
     c.close_session(session)
 
@@ -173,13 +175,13 @@ def _solve(c) -> None:
     out = c.solve("demo", b, alpha=0.5, tol=1e-10)
     c.drop_matrix("demo")
     print(
-        f"matrix: 2-D convection, n={rep['n']}, nnz={rep['nnz']}, bandwidth {rep['bandwidth_before']} "
-        f"-> {rep['bandwidth_after']} after RCM, {rep['threads']} threads; parts inner/middle/outer "
-        f"{rep['share_inner']:.3f}/{rep['share_middle']:.3f}/{rep['share_outer']:.3f}"
+        f"matrix: 2-D convection, n={rep.n}, nnz={rep.nnz}, bandwidth {rep.bandwidth_before} "
+        f"-> {rep.bandwidth_after} after RCM, {rep.threads} threads; parts inner/middle/outer "
+        f"{rep.share_inner:.3f}/{rep.share_middle:.3f}/{rep.share_outer:.3f}"
     )
     print(
-        f"(0.5 I + S) x = b by MRS: {'converged' if out['converged'] else 'NOT converged'} in "
-        f"{out['iterations']} iterations, relative residual {out['residual']:.2e}, "
-        f"max |x - 1| = {np.abs(out['x'] - 1).max():.2e}, {out['seconds']:.2f} s on the actor "
+        f"(0.5 I + S) x = b by MRS: {'converged' if out.converged else 'NOT converged'} in "
+        f"{out.iterations} iterations, relative residual {out.residual:.2e}, "
+        f"max |x - 1| = {np.abs(out.x - 1).max():.2e}, {out.seconds:.2f} s on the actor "
         f"({time.perf_counter() - t0:.2f} s with registration and transfer)"
     )

@@ -29,16 +29,16 @@ PROBES: dict[str, tuple[str, dict[str, Any]]] = {
 def kill_and_wait(client: Client, name: str, timeout: float = 30.0) -> float:
     """SIGKILL actor ``name``; seconds until a new process is ready and answers a probe call."""
     row = actor_rows(client)[name]
-    if row["state"] != "ready":
-        raise RuntimeError(f"{name} is not ready (state {row['state']}); cannot kill it")
-    old = row["pid"]
-    method, params = PROBES[row["kind"]]
+    if row.state != "ready":
+        raise RuntimeError(f"{name} is not ready (state {row.state}); cannot kill it")
+    old = row.pid
+    method, params = PROBES[row.kind]
     os.kill(old, signal.SIGKILL)
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         try:
             row = actor_rows(client)[name]
-            if row["state"] == "ready" and row["pid"] != old:
+            if row.state == "ready" and row.pid != old:
                 client.call(name, method, timeout=5, **params)
                 return time.monotonic() - t0
         except (errors.ActorDied, errors.UnknownActor, errors.DeadlineExceeded):

@@ -17,13 +17,13 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import zmq
 
 from specmemo.protocol import Client, errors
+from specmemo.protocol.methods import Usage
 from specmemo.protocol.wire import Command, Header, decode, encode
 
 #: Chat messages of the mixed load; their greedy replies are checked against the engine.
@@ -147,7 +147,7 @@ def mixed_calls(
                         registered = True
                     if op == "echo":
                         data = rng.integers(0, 1 << 30, size=int(rng.integers(1, 600)))
-                        got = c.call("echo", "echo", data={"a": data, "n": int(data[0])})["data"]
+                        got = c.call("echo", "echo", data={"a": data, "n": int(data[0])}).data
                         if not (np.array_equal(got["a"], data) and got["n"] == int(data[0])):
                             wrong = "echo returned other data"
                     elif op == "matvec":
@@ -158,7 +158,7 @@ def mixed_calls(
                         b = rng.standard_normal(matrix.shape[0])
                         out = c.solve(mid, b, alpha=1.0, tol=1e-12)
                         ref = sp.linalg.spsolve(sp.csc_array(sp.eye_array(matrix.shape[0]) + matrix), b)
-                        if not (out["converged"] and np.allclose(out["x"], ref, rtol=1e-8, atol=1e-9)):
+                        if not (out.converged and np.allclose(out.x, ref, rtol=1e-8, atol=1e-9)):
                             wrong = "x != scipy's solution"
                     else:
                         wrong, seconds = _chat(c, rng, timeout, chat_expected)
@@ -275,11 +275,11 @@ def pipelined_echo(
     return report
 
 
-def leaked_bytes(client: Client, wait_s: float = 10.0) -> dict[str, Any]:
+def leaked_bytes(client: Client, wait_s: float = 10.0) -> Usage:
     """The memory actor's usage once its sessions are gone (waits for late closes)."""
     deadline = time.monotonic() + wait_s
     while True:
         usage = client.usage()
-        if (usage["live"] == 0 and not usage["sessions"]) or time.monotonic() > deadline:
+        if (usage.live == 0 and not usage.sessions) or time.monotonic() > deadline:
             return usage
         time.sleep(0.1)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from specmemo.protocol.methods import ActorInfo
+
 #: The deployment `specmemo up`, `demo` and the other commands run when no --config is given.
 DEFAULT_CONFIG = Path(__file__).with_name("local.toml")
 
@@ -92,7 +94,7 @@ class LocalDeployment:
                 self.endpoint = endpoint.read_text().strip()
                 try:
                     with Client(self.endpoint, timeout=2, curve=self.curve) as c:
-                        states = {a["name"]: a["state"] for a in c.actors()}
+                        states = {a.name: str(a.state) for a in c.actors()}
                 except Exception:  # not answering yet (or a CURVE handshake in progress)
                     states = None
                 if states is not None:
@@ -115,7 +117,7 @@ class LocalDeployment:
 
     def actor_pid(self, name: str) -> int:
         with self.client(timeout=5) as c:
-            return actor_rows(c)[name]["pid"]
+            return actor_rows(c)[name].pid
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 60.0) -> int:
         """Ask the kernel to stop (SIGINT: it stops every actor); kill it after `timeout`."""
@@ -141,9 +143,9 @@ class LocalDeployment:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def actor_rows(client) -> dict[str, dict[str, Any]]:
+def actor_rows(client) -> dict[str, ActorInfo]:
     """The kernel's actor table by actor name (kind, pid, state, restarts ...)."""
-    return {a["name"]: a for a in client.actors()}
+    return {a.name: a for a in client.actors()}
 
 
 def pid_alive(pid: int) -> bool:

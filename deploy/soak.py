@@ -65,7 +65,7 @@ def run_soak(
         dep.wait_ready(list(SOAK_ACTORS))
         with Client(dep.endpoint, timeout=10) as c:
             rows = actor_rows(c)
-        actors = {n: r["kind"] for n, r in rows.items()}
+        actors = {n: r.kind for n, r in rows.items()}
         stop = threading.Event()
         tally, fuzzed = Tally(), FuzzReport()
         kills: list[tuple[str, float]] = []
@@ -111,9 +111,9 @@ def run_soak(
         with Client(dep.endpoint, timeout=10) as c:
             usage = leaked_bytes(c)
             rows = actor_rows(c)
-        echo_restarts = rows["echo"]["restarts"]
+        echo_restarts = rows["echo"].restarts
         kernel_alive = dep.proc.poll() is None
-        pids = {n: r["pid"] for n, r in rows.items()}
+        pids = {n: r.pid for n, r in rows.items()}
     finally:
         code = dep.stop()
         dep.cleanup()
@@ -127,7 +127,7 @@ def run_soak(
     say(f"errors       {dict(tally.errors.most_common())}")
     for name, xs in sorted(back.items()):
         say(f"kills        {name:<9} {len(xs):3d} x, back in max {max(xs):.2f} s, median {np.median(xs):.2f} s")
-    say(f"restarts     { ({n: r['restarts'] for n, r in rows.items()}) }")
+    say(f"restarts     { ({n: r.restarts for n, r in rows.items()}) }")
     say(
         f"fuzz         {fuzzed.sent} frames, {fuzzed.replies}/{fuzzed.expected_replies} typed errors "
         f"expected back, {fuzzed.not_errors} untyped; {dict(fuzzed.errors.most_common())}"
@@ -137,8 +137,8 @@ def run_soak(
         f"wrong {pipe.wrong}, {pipe.sent / pipe.seconds:.0f} calls/s"
     )
     say(
-        f"memory       live {usage['live']} B, sessions {len(usage['sessions'])}, peak {usage['peak']} B "
-        f"-> leaked blocks: {'none' if usage['live'] == 0 else 'YES'}"
+        f"memory       live {usage.live} B, sessions {len(usage.sessions)}, peak {usage.peak} B "
+        f"-> leaked blocks: {'none' if usage.live == 0 else 'YES'}"
     )
     say(
         f"deployment   kernel alive to the end: {kernel_alive}, echo never restarted: {echo_restarts == 0}, "
@@ -147,7 +147,7 @@ def run_soak(
     clean = (
         not tally.wrong
         and tally.hung == 0
-        and usage["live"] == 0
+        and usage.live == 0
         and kernel_alive
         and fuzzed.replies == fuzzed.expected_replies
         and fuzzed.not_errors == 0

@@ -11,9 +11,10 @@ from typing import Any
 import trio
 import zmq
 
-from .calls import DEFAULT_TIMEOUT, dealer, request_frames, result_of, stream_chunk
+from .calls import DEFAULT_TIMEOUT, dealer, request_frames, result_of, spec_for, stream_chunk
 from .endpoint import find_endpoint
 from .errors import DeadlineExceeded, Internal, SpecmemoError
+from .methods import MethodSpec
 from .trio_zmq import TrioSocket
 from .wire import DEFAULT_MAX_MESSAGE_BYTES, Command, Header, Message, decode, encode
 
@@ -55,8 +56,10 @@ class AsyncCaller:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        kinds: dict[str, str] | None = None,
     ) -> None:
         self._sock = sock
+        self.kinds = dict(kinds or {})  # actor name -> kind, where they differ
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
         self._ids = itertools.count(1)
@@ -87,13 +90,18 @@ class AsyncCaller:
             self._pending.pop(call_id, None)
 
     async def _open(
-        self, actor: str, method: str, params: dict[str, Any], timeout: float | None, single: bool = False
+        self,
+        actor: str,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        spec: MethodSpec | None,
+        single: bool = False,
     ) -> tuple[int, Any]:
         assert self._sock is not None, "use AsyncClient as an async context manager"
         call_id = next(self._ids)
-        frames = request_frames(
-            call_id, actor, method, params, self.timeout if timeout is None else timeout, self.max_message_bytes
-        )
+        limit = self.timeout if timeout is None else timeout
+        frames = request_frames(call_id, actor, method, params, limit, self.max_message_bytes, spec)
         # One reply expected: a slot. A stream: a channel (chunks may come faster than read).
         inbox: Any = _Slot() if single else trio.open_memory_channel(1024)
         send, recv = (inbox, inbox) if single else inbox
@@ -119,7 +127,8 @@ class AsyncCaller:
 
     async def call(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any) -> Any:
         limit = self.timeout if timeout is None else timeout
-        call_id, recv = await self._open(actor, method, params, limit, single=True)
+        spec = spec_for(actor, method, self.kinds)
+        call_id, recv = await self._open(actor, method, params, limit, spec, single=True)
         try:
             with trio.move_on_after(limit) as scope:
                 msg = await recv.receive()
@@ -133,12 +142,13 @@ class AsyncCaller:
             raise
         finally:
             self._pending.pop(call_id, None)
-        return result_of(msg, actor, method)
+        return result_of(msg, spec)
 
     async def stream(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any):
         """Async generator of the chunks of a streaming call."""
         limit = self.timeout if timeout is None else timeout
-        call_id, recv = await self._open(actor, method, params, limit)
+        spec = spec_for(actor, method, self.kinds)
+        call_id, recv = await self._open(actor, method, params, limit, spec)
         deadline = trio.current_time() + limit
         finished = False
         try:
@@ -148,7 +158,7 @@ class AsyncCaller:
                 if scope.cancelled_caught:
                     raise DeadlineExceeded(f"{actor}.{method} stream did not finish in time")
                 finished = msg.command != Command.STREAM
-                chunk = stream_chunk(msg)
+                chunk = stream_chunk(msg, spec)
                 if chunk is not None:
                     yield chunk
         finally:
@@ -171,8 +181,9 @@ class AsyncClient(AsyncCaller):
         timeout: float = DEFAULT_TIMEOUT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         curve: dict[str, bytes] | None = None,
+        kinds: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(None, timeout=timeout, max_message_bytes=max_message_bytes)
+        super().__init__(None, timeout=timeout, max_message_bytes=max_message_bytes, kinds=kinds)
         self.endpoint = find_endpoint(endpoint)
         self._curve = curve
         self._nursery_cm: Any = None

@@ -1,17 +1,24 @@
 """What every client does for one call: connect a DEALER, build a request's frames (validated
-locally first), and turn the answer into a value or the typed error it carries."""
+locally first), and turn the answer into its typed message or the typed error it carries.
+
+A call names an actor instance; what its method takes and answers is declared per actor kind
+(protocol/methods.py). The kind of an instance is its name unless the client's `kinds` map says
+otherwise (the shipped configs name every actor after its kind). A call to an instance whose kind
+is unknown, of a method nobody declares, sends its parameters as given and returns the reply map
+as it came."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import zmq
 
 from .curve import apply_client
-from .errors import error_from_wire
-from .methods import METHODS
+from .errors import BadRequest, Internal, error_from_wire
+from .methods import METHODS, MethodSpec
 from .schema import from_wire, to_wire
 from .wire import Command, Header, Message, encode
 
@@ -28,12 +35,22 @@ def dealer(ctx: zmq.Context, endpoint: str, curve: dict[str, bytes] | None) -> z
     return sock
 
 
+def spec_for(actor: str, method: str, kinds: Mapping[str, str] | None = None) -> MethodSpec | None:
+    """The declared method a call of ``actor.method`` reaches, if the actor's kind is known."""
+    kind = (kinds or {}).get(actor, actor)
+    return METHODS.get(f"{kind}.{method}") or METHODS.get(f"actor.{method}")
+
+
 def request_frames(
-    call_id: int, actor: str, method: str, params: dict[str, Any], timeout: float | None, max_bytes: int
+    call_id: int,
+    actor: str,
+    method: str,
+    params: dict[str, Any],
+    timeout: float | None,
+    max_bytes: int,
+    spec: MethodSpec | None = None,
 ) -> list[Any]:
-    # Actor names equal their kinds in the shipped configs; other names skip local validation
-    # (the callee validates every request anyway).
-    spec = METHODS.get(f"{actor}.{method}")
+    # An unknown kind skips local validation (the callee validates every request anyway).
     body: Any = params
     if spec is not None:
         # Validate locally first: a schema violation is the caller's bug, report it here.
@@ -45,14 +62,26 @@ def request_frames(
     return encode(Command.REQUEST, actor.encode(), header, body, max_bytes=max_bytes)
 
 
-def result_of(msg: Message, actor: str, method: str) -> Any:
+def decoded(spec: MethodSpec | None, body: Any) -> Any:
+    """A reply or chunk body as its declared class (the map as it came when none is known); a
+    body that does not fit is the callee's bug: :class:`Internal`."""
+    cls = None if spec is None else spec.chunk if spec.streams else spec.reply
+    if cls is None:
+        return body
+    try:
+        return from_wire(cls, body, "reply")
+    except BadRequest as exc:
+        raise Internal(f"the answer does not fit {cls.__name__}: {exc}", detail={"expected": cls.__name__}) from None
+
+
+def result_of(msg: Message, spec: MethodSpec | None) -> Any:
     """The value a finished call returns, or the typed error it raises."""
     if msg.command == Command.ERROR:
         raise error_from_wire(msg.body)
-    return msg.body
+    return decoded(spec, msg.body)
 
 
-def stream_chunk(msg: Message) -> Any:
+def stream_chunk(msg: Message, spec: MethodSpec | None) -> Any:
     """What one message of a stream yields: a chunk, nothing (END), or the typed error it raises.
 
     A plain REPLY to a streaming call is taken as its one and last chunk.
@@ -61,4 +90,4 @@ def stream_chunk(msg: Message) -> Any:
         return None
     if msg.command == Command.ERROR:
         raise error_from_wire(msg.body)
-    return msg.body
+    return decoded(spec, msg.body)

@@ -21,12 +21,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import zmq
 
 from .async_client import HOLD_FROM, AsyncCaller, AsyncClient
-from .calls import DEFAULT_TIMEOUT, dealer, request_frames, result_of, stream_chunk
+from .calls import DEFAULT_TIMEOUT, dealer, request_frames, result_of, spec_for, stream_chunk
 from .endpoint import find_endpoint
 from .errors import BadRequest, DeadlineExceeded, SpecmemoError
+from .methods import ActorInfo, ChatChunk, MatrixReport, MethodSpec, PingReply, SolveReply, Usage
 from .wire import DEFAULT_MAX_MESSAGE_BYTES, Command, Header, Message, decode, encode, recv_frames, send_frames
 
 __all__ = ["AsyncCaller", "AsyncClient", "ChatResult", "Client", "DEFAULT_TIMEOUT", "HOLD_FROM"]
@@ -54,8 +56,10 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         curve: dict[str, bytes] | None = None,
+        kinds: dict[str, str] | None = None,
     ) -> None:
         self.endpoint = find_endpoint(endpoint)
+        self.kinds = dict(kinds or {})  # actor name -> kind, where they differ
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
         self._ctx: zmq.Context = zmq.Context.instance()
@@ -77,47 +81,49 @@ class Client:
 
     def call(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any) -> Any:
         """Call ``actor.method(**params)`` and return its reply body (a dict)."""
-        call_id = self._send(actor, method, params, timeout)
+        spec = spec_for(actor, method, self.kinds)
+        call_id = self._send(actor, method, params, timeout, spec)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         msg = self._recv_for(call_id, deadline, actor, method)
         if msg.command == Command.STREAM:
             raise BadRequest(f"{actor}.{method} streams: use Client.stream()")
-        return result_of(msg, actor, method)
+        return result_of(msg, spec)
 
     def stream(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any) -> Iterator[Any]:
         """Call a streaming method; yield each chunk until the stream ends.
 
         ``timeout`` bounds the whole stream. Closing the iterator early cancels the call.
         """
-        call_id = self._send(actor, method, params, timeout)
+        spec = spec_for(actor, method, self.kinds)
+        call_id = self._send(actor, method, params, timeout, spec)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         finished = False
         try:
             while not finished:
                 msg = self._recv_for(call_id, deadline, actor, method)
                 finished = msg.command != Command.STREAM
-                chunk = stream_chunk(msg)
+                chunk = stream_chunk(msg, spec)
                 if chunk is not None:
                     yield chunk
         finally:
             if not finished:
                 self._cancel(actor, call_id)
 
-    def ping(self) -> dict[str, Any]:
+    def ping(self) -> PingReply:
         return self.call("kernel", "ping")
 
-    def actors(self) -> list[dict[str, Any]]:
-        return self.call("kernel", "actors")["actors"]
+    def actors(self) -> list[ActorInfo]:
+        return self.call("kernel", "actors").actors
 
     # ---------------------------------------------------------------- chat helpers
 
     def open_session(self, session: str = "", *, actor: str = "verifier") -> str:
         """Open a chat session on the verifier; returns its id."""
-        return self.call(actor, "open", session=session)["session"]
+        return self.call(actor, "open", session=session).session
 
     def close_session(self, session: str, *, actor: str = "verifier") -> int:
         """Close a chat session; its KV blocks are freed everywhere. Returns the target bytes freed."""
-        return self.call(actor, "close", session=session)["freed"]
+        return self.call(actor, "close", session=session).freed
 
     def chat(
         self,
@@ -131,7 +137,7 @@ class Client:
         tree: int | None = None,
         actor: str = "verifier",
         timeout: float | None = None,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[ChatChunk]:
         """One chat turn, streamed: yields a chunk per speculative step as its tokens are accepted.
         ``gamma`` fixes the draft nodes per step and ``tree`` caps the token tree's width (1: a
         chain); by default the memory actor picks both within the deployment's ``tree_width``.
@@ -156,16 +162,16 @@ class Client:
     def ask(self, session: str, message: str, **kw: Any) -> ChatResult:
         """The blocking form of :meth:`chat`: the reply text, its token ids and statistics."""
         tokens: list[int] = []
-        last: dict[str, Any] = {}
+        last = ChatChunk(tokens=np.zeros(0, dtype=np.int64))
         gammas: list[int] = []
         for chunk in self.chat(session, message, **kw):
-            tokens.extend(int(t) for t in chunk["tokens"])
-            if chunk.get("step"):
-                gammas.append(int(chunk["step"]["gamma"]))
+            tokens.extend(int(t) for t in chunk.tokens)
+            if chunk.step:
+                gammas.append(int(chunk.step["gamma"]))
             last = chunk
-        stats = last.get("stats", {})
+        stats = last.stats
         return ChatResult(
-            text=last.get("reply", ""),
+            text=last.reply,
             token_ids=tokens,
             stats=stats,
             tokens_per_s=float(stats.get("tokens_per_s", 0.0)),
@@ -173,7 +179,7 @@ class Client:
             gamma_mean=sum(gammas) / len(gammas) if gammas else 0.0,
         )
 
-    def usage(self, *, actor: str = "memory") -> dict[str, Any]:
+    def usage(self, *, actor: str = "memory") -> Usage:
         """The memory actor's accounting: budget, live, peak, per session, per holder, leases."""
         return self.call(actor, "usage")
 
@@ -188,7 +194,7 @@ class Client:
         id: str = "",
         actor: str = "solver",
         **kw: Any,
-    ) -> dict[str, Any]:
+    ) -> MatrixReport:
         """Register a scipy sparse matrix (sent as zero-copy CSR arrays) or Matrix Market bytes.
 
         Returns the plan's report (``id``, ``n``, ``nnz``, bandwidth before/after RCM, parts).
@@ -200,7 +206,7 @@ class Client:
 
     def matvec(self, matrix_id: str, x: Any, *, actor: str = "solver") -> Any:
         """y = S x on the solver actor."""
-        return self.call(actor, "matvec", id=matrix_id, x=x)["y"]
+        return self.call(actor, "matvec", id=matrix_id, x=x).y
 
     def solve(
         self,
@@ -213,22 +219,23 @@ class Client:
         history: bool = False,
         actor: str = "solver",
         timeout: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> SolveReply:
         """Solve (alpha I + S) x = b by MRS; returns x, converged, iterations, residual, seconds."""
         return self.call(
             actor, "solve", id=matrix_id, b=b, alpha=alpha, tol=tol, maxiter=maxiter, history=history, timeout=timeout
         )
 
     def drop_matrix(self, matrix_id: str, *, actor: str = "solver") -> bool:
-        return self.call(actor, "drop", id=matrix_id)["dropped"]
+        return self.call(actor, "drop", id=matrix_id).dropped
 
     # ---------------------------------------------------------------- plumbing
 
-    def _send(self, actor: str, method: str, params: dict[str, Any], timeout: float | None) -> int:
+    def _send(
+        self, actor: str, method: str, params: dict[str, Any], timeout: float | None, spec: MethodSpec | None
+    ) -> int:
         call_id = next(self._ids)
-        frames = request_frames(
-            call_id, actor, method, params, self.timeout if timeout is None else timeout, self.max_message_bytes
-        )
+        limit = self.timeout if timeout is None else timeout
+        frames = request_frames(call_id, actor, method, params, limit, self.max_message_bytes, spec)
         send_frames(self._sock, frames)
         return call_id
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadRequest, Internal, UnknownMethod
+from .errors import Internal, UnknownMethod
 from .schema import from_wire, to_wire
 
 #: Who may call a method, least privileged first; each role may call what the ones before it may.
@@ -89,19 +89,12 @@ def result_to_wire(cls: type, value: Any, what: str) -> dict[str, Any]:
     """The wire map of what a handler returned as ``what`` (a reply or a stream chunk), checked
     against its declared message class ``cls``.
 
-    An instance of ``cls`` is encoded as it is; a plain map is decoded against ``cls`` first,
-    as a request is. Anything else (another class, None, a map that does not fit) is the
-    handler's bug: :class:`Internal`, naming the method's declared class and what came instead.
+    The sender builds the declared class: an instance of ``cls`` is encoded as it is. Anything
+    else (another class, None, a plain map) is the handler's bug: :class:`Internal`, naming the
+    method's declared class and what came instead.
     """
     if type(value) is cls:
         return to_wire(value)
-    if isinstance(value, dict):
-        try:
-            return to_wire(from_wire(cls, value, what))
-        except BadRequest as exc:
-            raise Internal(
-                f"the {what} does not fit {cls.__name__}: {exc}", detail={"expected": cls.__name__}
-            ) from None
     raise Internal(
         f"the {what} is a {type(value).__name__}, not the declared {cls.__name__}",
         detail={"expected": cls.__name__, "got": type(value).__name__},

@@ -64,9 +64,9 @@ def test_actors_killed_under_load_fail_calls_cleanly_come_back_and_leak_no_block
     with soak_deployment.client(timeout=10) as c:
         usage = leaked_bytes(c)
         rows = actor_rows(c)
-    assert usage["live"] == 0 and not usage["sessions"], usage
-    assert usage["leases"] == {"draft": "draft", "target": "verifier"}
-    assert rows["echo"]["restarts"] == 0 and all(rows[n]["restarts"] >= 2 for n in back)
+    assert usage.live == 0 and not usage.sessions, usage
+    assert usage.leases == {"draft": "draft", "target": "verifier"}
+    assert rows["echo"].restarts == 0 and all(rows[n].restarts >= 2 for n in back)
 
 
 def test_the_memory_actor_killed_mid_turn_fails_the_turn_and_the_session_goes_on(soak_deployment, chat_expected):
@@ -75,7 +75,7 @@ def test_the_memory_actor_killed_mid_turn_fails_the_turn_and_the_session_goes_on
         session = c.open_session()
         stream = c.chat(session, "a long turn that will not finish", max_new_tokens=400, gamma=GAMMA)
         next(stream)
-        pid = actor_rows(c)["memory"]["pid"]
+        pid = actor_rows(c)["memory"].pid
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(ActorDied):
@@ -84,20 +84,20 @@ def test_the_memory_actor_killed_mid_turn_fails_the_turn_and_the_session_goes_on
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the holders register again with the new process
             try:
-                if len(c.usage().get("leases", {})) == 2:
+                if len(c.usage().leases) == 2:
                     break
             except ActorDied:
                 pass
             time.sleep(0.05)
-        assert c.usage()["leases"] == {"draft": "draft", "target": "verifier"}
+        assert c.usage().leases == {"draft": "draft", "target": "verifier"}
         again = c.ask(session, "and now?", max_new_tokens=6, gamma=GAMMA)
-        assert len(again.token_ids) >= 1 and c.usage()["sessions"][session] > 0
+        assert len(again.token_ids) >= 1 and c.usage().sessions[session] > 0
         fresh = c.open_session()
         assert c.ask(fresh, message, max_new_tokens=CHAT_TOKENS).token_ids == chat_expected[message]
         c.close_session(session)
         c.close_session(fresh)
         usage = c.usage()
-    assert usage["live"] == 0 and not usage["sessions"]
+    assert usage.live == 0 and not usage.sessions
 
 
 @pytest.mark.slow
@@ -111,7 +111,7 @@ def test_each_actor_killed_twenty_times_under_load(soak_deployment, chat_expecte
     assert set(tally.errors) <= {"ActorDied", "NotFound", "DeadlineExceeded"}, tally.errors
     with soak_deployment.client(timeout=10) as c:
         usage = leaked_bytes(c)
-    assert usage["live"] == 0 and not usage["sessions"]
+    assert usage.live == 0 and not usage.sessions
 
 
 KERNEL_CONFIG = """
@@ -135,7 +135,7 @@ kind = "solver"
 def test_a_killed_kernel_leaves_no_actor_running_and_the_deployment_starts_again(start_deployment):
     d = start_deployment(KERNEL_CONFIG.format(name="kk"), "kk", ["echo", "memory", "solver"])
     with d.client(timeout=10) as c:
-        pids = {n: r["pid"] for n, r in actor_rows(c).items()}
+        pids = {n: r.pid for n, r in actor_rows(c).items()}
     d.proc.kill()
     d.proc.wait(10)
     t0 = time.monotonic()
@@ -148,7 +148,7 @@ def test_a_killed_kernel_leaves_no_actor_running_and_the_deployment_starts_again
     d.start()
     d.wait_ready(["echo"], timeout=60)
     with d.client(timeout=10) as c:
-        assert c.call("echo", "echo", data=1)["data"] == 1
+        assert c.call("echo", "echo", data=1).data == 1
 
 
 def test_the_memory_actor_process_starts_without_importing_torch():

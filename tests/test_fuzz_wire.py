@@ -35,7 +35,7 @@ def fuzz_while_serving(d, seed: int, count: int) -> tuple[FuzzReport, float, dic
             i = 0
             while not stop.is_set():
                 try:
-                    outcomes.append(c.call("echo", "echo", data=i)["data"] == i)
+                    outcomes.append(c.call("echo", "echo", data=i).data == i)
                 except Exception:
                     outcomes.append(False)
                 i += 1
@@ -44,14 +44,14 @@ def fuzz_while_serving(d, seed: int, count: int) -> tuple[FuzzReport, float, dic
     th = threading.Thread(target=normal_client)
     th.start()
     try:
-        report = fuzz(d.endpoint, seed, count, {n: r["kind"] for n, r in before.items()})
+        report = fuzz(d.endpoint, seed, count, {n: r.kind for n, r in before.items()})
     finally:
         stop.set()
         th.join(30)
     with d.client(timeout=10) as c:
         after = actor_rows(c)
     assert d.proc.poll() is None, "the kernel died"
-    assert {n: (r["pid"], r["restarts"]) for n, r in after.items()} == {n: (r["pid"], 0) for n, r in before.items()}, (
+    assert {n: (r.pid, r.restarts) for n, r in after.items()} == {n: (r.pid, 0) for n, r in before.items()}, (
         "an actor died under the fuzz"
     )
     assert outcomes, "the normal client made no call"
@@ -77,7 +77,7 @@ def test_the_memory_actor_holds_nothing_after_the_fuzz(soak_deployment):
     with soak_deployment.client(timeout=10) as c:
         usage = c.usage()
         sessions = c.call("verifier", "sessions")
-    assert usage["live"] == 0 and not usage["sessions"] and sessions["sessions"] == []
+    assert usage.live == 0 and not usage.sessions and sessions.sessions == []
 
 
 @pytest.mark.slow

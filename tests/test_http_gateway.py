@@ -246,18 +246,18 @@ def test_a_client_that_disconnects_mid_stream_frees_its_session(gateway):
         first = next(line for line in lines if line.startswith("data: "))
         assert json.loads(first[6:])["object"] == "chat.completion.chunk"
         with gateway.client(timeout=10) as sdk:
-            assert sdk.call("http", "sessions")["active"]
+            assert sdk.call("http", "sessions").active
     with gateway.client(timeout=10) as sdk:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             held = sdk.call("verifier", "sessions")
-            if not held["active"] and not sdk.call("http", "sessions")["active"]:
+            if not held.active and not sdk.call("http", "sessions").active:
                 break
             time.sleep(0.1)
-        assert not held["active"]
-        pooled = set(sdk.call("http", "sessions")["sessions"])
-        assert set(held["sessions"]) <= pooled  # the cut-short session was closed
-        assert sdk.usage()["live"] == sum(sdk.usage()["sessions"].get(s, 0) for s in pooled)
+        assert not held.active
+        pooled = set(sdk.call("http", "sessions").sessions)
+        assert set(held.sessions) <= pooled  # the cut-short session was closed
+        assert sdk.usage().live == sum(sdk.usage().sessions.get(s, 0) for s in pooled)
 
 
 def test_a_slow_client_is_cut_off_and_others_are_served(gateway):

@@ -34,13 +34,13 @@ from specmemo.protocol.wire import MAGIC, Command, Header, decode, encode
 
 def test_calls_streams_and_arrays_round_trip_through_the_kernel(echo_deployment):
     with echo_deployment.client() as c:
-        assert c.ping()["pong"] is True
+        assert c.ping().pong is True
         a = np.random.default_rng(0).standard_normal((300, 7))
-        out = c.call("echo", "echo", data={"a": a, "s": "x", "n": [1, 2]})["data"]
+        out = c.call("echo", "echo", data={"a": a, "s": "x", "n": [1, 2]}).data
         assert np.array_equal(out["a"], a) and out["s"] == "x" and out["n"] == [1, 2]
-        assert [chunk["i"] for chunk in c.stream("echo", "count", n=5)] == list(range(5))
-        table = {row["name"]: row for row in c.actors()}
-        assert table["echo"]["state"] == "ready" and table["echo"]["pid"] > 0
+        assert [chunk.i for chunk in c.stream("echo", "count", n=5)] == list(range(5))
+        table = {row.name: row for row in c.actors()}
+        assert table["echo"].state == "ready" and table["echo"].pid > 0
 
 
 def test_errors_are_typed_and_the_actor_keeps_serving(echo_deployment):
@@ -56,7 +56,7 @@ def test_errors_are_typed_and_the_actor_keeps_serving(echo_deployment):
         assert "RuntimeError: boom" in info.value.traceback and info.value.origin == "echo"
         with pytest.raises(BadRequest, match="refused"):
             c.call("echo", "fail", kind="bad_request", message="refused")
-        assert c.call("echo", "echo", data=7)["data"] == 7
+        assert c.call("echo", "echo", data=7).data == 7
 
 
 def test_a_deadline_stops_the_callee_and_raises_deadline_exceeded(echo_deployment):
@@ -67,12 +67,12 @@ def test_a_deadline_stops_the_callee_and_raises_deadline_exceeded(echo_deploymen
         assert time.monotonic() - t0 < 2
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # the callee dropped the call: nothing in flight
-            if next(a for a in c.actors() if a["name"] == "echo")["inflight"] == 0:
+            if next(a for a in c.actors() if a.name == "echo").inflight == 0:
                 break
             time.sleep(0.05)
         else:
             pytest.fail("the call stayed in flight after its deadline")
-        assert c.call("echo", "echo", data=1)["data"] == 1
+        assert c.call("echo", "echo", data=1).data == 1
 
 
 def test_a_killed_actor_fails_calls_in_flight_at_once_and_is_restarted(echo_deployment):
@@ -98,12 +98,12 @@ def test_a_killed_actor_fails_calls_in_flight_at_once_and_is_restarted(echo_depl
     with echo_deployment.client() as c:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            row = next(a for a in c.actors() if a["name"] == "echo")
-            if row["state"] == "ready" and row["pid"] != old:
+            row = next(a for a in c.actors() if a.name == "echo")
+            if row.state == "ready" and row.pid != old:
                 break
             time.sleep(0.05)
-        assert row["restarts"] == 1 and row["pid"] != old
-        assert c.call("echo", "echo", data="back")["data"] == "back"
+        assert row.restarts == 1 and row.pid != old
+        assert c.call("echo", "echo", data="back").data == "back"
 
 
 def test_restart_intensity_exceeded_stops_the_deployment_with_a_clear_message(start_deployment):
@@ -118,7 +118,7 @@ def test_restart_intensity_exceeded_stops_the_deployment_with_a_clear_message(st
         while d.proc.poll() is None and time.monotonic() < deadline:
             try:
                 with d.client(timeout=1) as c:
-                    if next(a for a in c.actors() if a["name"] == "echo")["state"] == "ready":
+                    if next(a for a in c.actors() if a.name == "echo").state == "ready":
                         break
             except Exception:
                 pass
@@ -201,7 +201,7 @@ def test_hostile_frames_get_typed_errors_and_normal_clients_are_still_served(ech
     finally:
         raw.close()
     with echo_deployment.client() as c:
-        assert c.call("echo", "echo", data="still here")["data"] == "still here"
+        assert c.call("echo", "echo", data="still here").data == "still here"
 
 
 def test_oversized_messages_are_refused_with_a_clear_error(start_deployment):
@@ -223,9 +223,9 @@ def test_oversized_messages_are_refused_with_a_clear_error(start_deployment):
     finally:
         raw.close()
     with d.client() as c:
-        assert c.call("kernel", "ping")["max_message_bytes"] == 65536
+        assert c.call("kernel", "ping").max_message_bytes == 65536
     with d.client() as c:
-        assert c.call("echo", "echo", data=1)["data"] == 1
+        assert c.call("echo", "echo", data=1).data == 1
 
 
 def test_a_client_that_vanishes_mid_call_does_not_disturb_others(echo_deployment):
@@ -234,8 +234,8 @@ def test_a_client_that_vanishes_mid_call_does_not_disturb_others(echo_deployment
     raw.close()
     time.sleep(0.6)
     with echo_deployment.client() as c:
-        assert c.call("echo", "echo", data=2)["data"] == 2
-        assert next(a for a in c.actors() if a["name"] == "echo")["inflight"] == 0
+        assert c.call("echo", "echo", data=2).data == 2
+        assert next(a for a in c.actors() if a.name == "echo").inflight == 0
 
 
 def test_the_async_client_serves_many_concurrent_calls(echo_deployment):
@@ -244,12 +244,12 @@ def test_the_async_client_serves_many_concurrent_calls(echo_deployment):
         async with AsyncClient(echo_deployment.endpoint) as c:
 
             async def one(i: int) -> None:
-                results.append((await c.call("echo", "echo", data=i))["data"])
+                results.append((await c.call("echo", "echo", data=i)).data)
 
             async with trio.open_nursery() as n:
                 for i in range(200):
                     n.start_soon(one, i)
-            chunks = [x["i"] async for x in c.stream("echo", "count", n=3)]
+            chunks = [x.i async for x in c.stream("echo", "count", n=3)]
             assert chunks == [0, 1, 2]
         return results
 

@@ -71,9 +71,9 @@ def test_an_actor_whose_socket_went_away_fails_the_call_and_is_marked_down(start
     assert all(isinstance(e, ActorDied) for e in replies.values()), replies
     assert "went away" in str(replies[1])
     with d.client(timeout=5) as c:
-        row = next(a for a in c.actors() if a["name"] == "ghost")
-        assert row["state"] == "stopped" and row["inflight"] == 0, row
-        assert c.ping()["pid"] > 0  # and the kernel serves on
+        row = next(a for a in c.actors() if a.name == "ghost")
+        assert row.state == "stopped" and row.inflight == 0, row
+        assert c.ping().pid > 0  # and the kernel serves on
     client.close()
 
 

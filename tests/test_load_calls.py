@@ -40,7 +40,7 @@ def check_clean(d, tally: Tally, expected_calls: int) -> None:
         usage = leaked_bytes(c)
     assert not tally.errors, (tally.errors, usage)  # the memory actor's state explains OverBudget
     assert tally.hung == 0
-    assert usage["live"] == 0 and not usage["sessions"], usage
+    assert usage.live == 0 and not usage.sessions, usage
 
 
 def test_sixteen_clients_of_mixed_calls_get_every_result_right(soak_deployment, chat_expected):
@@ -100,5 +100,5 @@ def test_a_full_actor_answers_overloaded_at_once_and_serves_what_it_accepted(sta
         f"took {min(r.latencies):.3f}-{max(r.latencies):.3f} s"
     )
     with d.client() as c:
-        assert next(a for a in c.actors() if a["name"] == "echo")["inflight"] == 0
-        assert c.call("echo", "echo", data="after")["data"] == "after"
+        assert next(a for a in c.actors() if a.name == "echo").inflight == 0
+        assert c.call("echo", "echo", data="after").data == "after"

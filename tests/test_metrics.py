@@ -54,7 +54,7 @@ def test_the_kernel_counts_requests_errors_and_latency_per_actor(deployment):
             c.call("echo", "echo", data=i)
         with pytest.raises(UnknownMethod):
             c.call("echo", "nope")
-        counted = c.call("kernel", "metrics")["actors"]["echo"]
+        counted = c.call("kernel", "metrics").actors["echo"]
     assert counted["requests"] >= 21
     assert counted["errors"].get("UnknownMethod") == 1
     assert 0 < counted["p50_ms"] <= counted["p99_ms"]
@@ -67,9 +67,9 @@ def test_the_solver_publishes_iterations_and_gflops(deployment):
     s = matrices.generate("convection2d", 2500, seed=1)
     with deployment.client() as c:
         rep = c.register_matrix(s)
-        out = c.solve(rep["id"], np.ones(s.shape[0]), alpha=1.0)
-        values = c.call("solver", "metrics")["values"]
-    assert values["solve_iterations"] == out["iterations"] and values["solve_gflops"] > 0
+        out = c.solve(rep.id, np.ones(s.shape[0]), alpha=1.0)
+        values = c.call("solver", "metrics").values
+    assert values["solve_iterations"] == out.iterations and values["solve_gflops"] > 0
     solver_port = deployment.port + 2  # echo is the first actor, solver the second
     assert "specmemo_solve_iterations" in _scrape(solver_port)
 

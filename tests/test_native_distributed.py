@@ -159,10 +159,10 @@ def test_the_solver_actor_on_two_ranks_solves_like_scipy_and_survives_a_killed_r
     exact = spla.spsolve(sp.csc_array(sp.eye_array(a.shape[0]) + a), b)
     with d.client(timeout=120) as c:
         report = c.register_matrix(a, id="grid")
-        assert report["n"] == a.shape[0] and report["threads"] == 2
+        assert report.n == a.shape[0] and report.threads == 2
         out = c.solve("grid", b, alpha=1.0, tol=1e-12, history=True)
-        assert out["converged"] and np.linalg.norm(out["x"] - exact) <= 1e-9 * np.linalg.norm(exact)
-        assert len(out["history"]) == out["iterations"]
+        assert out.converged and np.linalg.norm(out.x - exact) <= 1e-9 * np.linalg.norm(exact)
+        assert len(out.history) == out.iterations
         x = np.ones(a.shape[0])
         assert np.allclose(c.matvec("grid", x), a @ x, rtol=1e-12, atol=1e-12)
         with pytest.raises(InvalidInput, match="NotSkewSymmetric|skew"):
@@ -173,9 +173,9 @@ def test_the_solver_actor_on_two_ranks_solves_like_scipy_and_survives_a_killed_r
         with pytest.raises(ActorDied, match="MPI job"):
             c.solve("grid", b, alpha=1.0, tol=1e-12)
         again = c.solve("grid", b, alpha=1.0, tol=1e-12)  # a new job; the plan registers again
-        assert again["converged"] and np.allclose(again["x"], out["x"], rtol=1e-10, atol=1e-12)
+        assert again.converged and np.allclose(again.x, out.x, rtol=1e-10, atol=1e-12)
         assert _rank_pids()
-        actor = next(a["pid"] for a in c.actors() if a["name"] == "solver")
+        actor = next(a.pid for a in c.actors() if a.name == "solver")
         os.kill(actor, signal.SIGKILL)  # the actor dies outright: its job stops itself
         deadline = time.monotonic() + 20
         while _rank_pids() and time.monotonic() < deadline:

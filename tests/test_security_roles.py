@@ -80,16 +80,16 @@ def spec():
 def test_a_client_calling_an_actor_only_method_is_refused_and_nothing_runs(spec):
     with spec.client(timeout=30) as c:
         before = c.usage()
-        requests_before = c.call("kernel", "metrics")["actors"]
+        requests_before = c.call("kernel", "metrics").actors
         for name in sorted(ACTOR_ONLY):
             kind, method = name.split(".")
             with pytest.raises(Unauthorized, match="actors only"):
                 c.call(kind, method, **BODIES[name])
         after = c.usage()
         # no handler ran: no session, no holder, no cost observed; the actors counted no request
-        assert after["sessions"] == before["sessions"] and after["leases"] == before["leases"]
-        assert after["costs"] == before["costs"] and after["budget"] == before["budget"]
-        requests_after = c.call("kernel", "metrics")["actors"]
+        assert after.sessions == before.sessions and after.leases == before.leases
+        assert after.costs == before.costs and after.budget == before.budget
+        requests_after = c.call("kernel", "metrics").actors
         for kind in ("memory", "draft"):
             assert requests_after[kind]["requests"] == requests_before[kind]["requests"] + (kind == "memory")
         # the engine still serves its clients (and its actors still reach each other)
@@ -148,7 +148,7 @@ def test_one_client_cannot_hold_more_than_its_share_of_calls_in_flight(start_dep
                     nursery.start_soon(one)
                 await trio.sleep(0.3)
                 with Client(d.endpoint, timeout=10) as other:  # another client is served
-                    assert other.call("echo", "echo", data=7)["data"] == 7
+                    assert other.call("echo", "echo", data=7).data == 7
 
     trio.run(greedy)
     assert sorted(outcomes) == ["ok"] * 4 + ["refused"] * 6

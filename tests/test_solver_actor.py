@@ -48,14 +48,14 @@ def test_matvec_and_solve_through_the_actor_match_scipy(solver_deployment):
     x, b = rng.standard_normal(s.shape[0]), rng.standard_normal(s.shape[0])
     with solver_deployment.client() as c:
         rep = c.register_matrix(s, id="grid")
-        assert rep["n"] == s.shape[0] and rep["bandwidth_after"] <= rep["bandwidth_before"]
+        assert rep.n == s.shape[0] and rep.bandwidth_after <= rep.bandwidth_before
         y = c.matvec("grid", x)
         assert np.allclose(y, s @ x, rtol=1e-12, atol=1e-12 * np.abs(s @ x).max())
         out = c.solve("grid", b, alpha=0.5, tol=1e-10, history=True)
         ref = spla.spsolve(sp.csc_matrix(0.5 * sp.eye(s.shape[0]) + s), b)
-        assert out["converged"] and np.linalg.norm(out["x"] - ref) <= 1e-8 * np.linalg.norm(ref)
-        assert len(out["history"]) == out["iterations"]
-        assert c.call("solver", "describe", id="grid")["nnz"] == s.nnz
+        assert out.converged and np.linalg.norm(out.x - ref) <= 1e-8 * np.linalg.norm(ref)
+        assert len(out.history) == out.iterations
+        assert c.call("solver", "describe", id="grid").nnz == s.nnz
         assert c.drop_matrix("grid") is True
         with pytest.raises(NotFound, match="grid"):
             c.matvec("grid", x)
@@ -75,12 +75,12 @@ def test_a_matrix_belongs_to_its_client_unless_registered_as_shared(solver_deplo
                 call()
             assert "mine" not in str(info.value).split("yours and shared")[1]
         assert b.drop_matrix("mine") is False
-        assert "mine" not in [m["id"] for m in b.call("solver", "list")["matrices"]]
+        assert "mine" not in [m.id for m in b.call("solver", "list").matrices]
         b.register_matrix(2 * s, id="mine")  # b's own "mine": another matrix
         assert np.allclose(b.matvec("mine", x), 2 * (s @ x)) and np.allclose(a.matvec("mine", x), s @ x)
         a.register_matrix(3 * s, id="common", shared=True)
         assert np.allclose(b.matvec("common", x), 3 * (s @ x))
-        assert [m["id"] for m in b.call("solver", "list")["matrices"]] == ["mine", "common"]
+        assert [m.id for m in b.call("solver", "list").matrices] == ["mine", "common"]
         for client in (a, b):
             assert client.drop_matrix("mine") is True
         assert b.drop_matrix("common") is True
@@ -93,8 +93,8 @@ def test_matrix_market_bytes_register_like_csr_arrays(solver_deployment):
     x = np.arange(s.shape[0], dtype=float)
     with solver_deployment.client() as c:
         rep = c.register_matrix(mtx=buf.getvalue())
-        assert np.allclose(c.matvec(rep["id"], x), s @ x, rtol=1e-12, atol=1e-12)
-        c.drop_matrix(rep["id"])
+        assert np.allclose(c.matvec(rep.id, x), s @ x, rtol=1e-12, atol=1e-12)
+        c.drop_matrix(rep.id)
 
 
 def test_bad_matrices_get_typed_errors_and_the_actor_keeps_serving(solver_deployment):
@@ -121,10 +121,10 @@ def test_bad_matrices_get_typed_errors_and_the_actor_keeps_serving(solver_deploy
             c.call("solver", "matvec", id="x", x=[1, 2, 3])  # not an array
         rep = c.register_matrix(matrices.generate("random", 60, seed=4))
         with pytest.raises(InvalidInput):
-            c.matvec(rep["id"], np.ones(7))  # wrong length
+            c.matvec(rep.id, np.ones(7))  # wrong length
         with pytest.raises(OverBudget, match="limit"):
             c.register_matrix(matrices.generate("convection2d", 640_000, seed=0, scrambled=False))
-        assert c.matvec(rep["id"], np.ones(60)).shape == (60,)
+        assert c.matvec(rep.id, np.ones(60)).shape == (60,)
 
 
 def test_matrix_store_refuses_duplicate_ids_and_unknown_kinds():
@@ -226,30 +226,30 @@ def test_plans_take_their_bytes_from_the_memory_actors_budget(start_deployment):
         c.register_matrix(small, id="small")
         u = c.usage()
         held = footprint(small.shape[0], small.nnz)
-        assert u["reserved"] == {"solver": held} and u["live"] == held
+        assert u.reserved == {"solver": held} and u.live == held
         with pytest.raises(OverBudget, match="solver needs"):
             c.register_matrix(big, id="big")
-        assert c.usage()["reserved"] == {"solver": held}  # nothing built, nothing held
-        assert [m["id"] for m in c.call("solver", "list")["matrices"]] == ["small"]
+        assert c.usage().reserved == {"solver": held}  # nothing built, nothing held
+        assert [m.id for m in c.call("solver", "list").matrices] == ["small"]
         x = np.ones(small.shape[0])
         assert np.allclose(c.matvec("small", x), small @ x)
-        memory = next(a["pid"] for a in c.actors() if a["name"] == "memory")
+        memory = next(a.pid for a in c.actors() if a.name == "memory")
         os.kill(memory, signal.SIGKILL)  # a new memory actor starts empty ...
         deadline = time.monotonic() + 30
         while True:
             try:
-                if c.usage()["reserved"] == {"solver": held}:  # ... and the solver holds its plan again
+                if c.usage().reserved == {"solver": held}:  # ... and the solver holds its plan again
                     break
             except Exception:
                 pass
             assert time.monotonic() < deadline, "the solver did not reserve its plans again"
             time.sleep(0.2)
         assert c.drop_matrix("small") is True
-        assert c.usage()["reserved"] == {} and c.usage()["live"] == 0
+        assert c.usage().reserved == {} and c.usage().live == 0
         c.register_matrix(small, id="again")
-        solver = next(a["pid"] for a in c.actors() if a["name"] == "solver")
+        solver = next(a.pid for a in c.actors() if a.name == "solver")
         os.kill(solver, signal.SIGKILL)  # its plans die with it: bytes back
         deadline = time.monotonic() + 30
-        while c.usage()["reserved"]:
+        while c.usage().reserved:
             assert time.monotonic() < deadline, c.usage()
             time.sleep(0.2)

@@ -73,12 +73,12 @@ def test_a_multi_turn_chat_through_the_actors_gives_the_in_process_tokens(spec, 
         assert [r.token_ids for r in got] == expected
         assert got[0].text and got[0].tokens_per_s > 0 and got[0].gamma_mean > 0
         usage = c.usage()
-        assert usage["sessions"][session] > 0 and usage["live"] <= usage["budget"]
-        gauges = c.call("memory", "metrics")["values"]
-        assert gauges["kv_budget_bytes"] == 16 << 20 and gauges["kv_live_bytes"] == usage["live"]
-        assert c.call("verifier", "metrics")["values"]["tokens_per_s"] > 0
+        assert usage.sessions[session] > 0 and usage.live <= usage.budget
+        gauges = c.call("memory", "metrics").values
+        assert gauges["kv_budget_bytes"] == 16 << 20 and gauges["kv_live_bytes"] == usage.live
+        assert c.call("verifier", "metrics").values["tokens_per_s"] > 0
         c.close_session(session)
-        assert session not in c.usage()["sessions"]
+        assert session not in c.usage().sessions
 
 
 def test_a_tree_chat_through_the_actors_gives_the_in_process_tokens(spec):
@@ -91,26 +91,26 @@ def test_a_tree_chat_through_the_actors_gives_the_in_process_tokens(spec):
     with spec.client(timeout=60) as c:
         session = c.open_session()
         chunks = list(c.chat(session, "grow a tree", max_new_tokens=30, gamma=5, tree=2))
-        assert [int(t) for ch in chunks for t in ch["tokens"]] == expected
-        assert {ch["step"]["width"] for ch in chunks if ch["step"]["gamma"] >= 2} == {2}
+        assert [int(t) for ch in chunks for t in ch.tokens] == expected
+        assert {ch.step["width"] for ch in chunks if ch.step["gamma"] >= 2} == {2}
         c.close_session(session)
-        assert session not in c.usage()["sessions"]
+        assert session not in c.usage().sessions
 
 
 def test_chunks_stream_as_steps_are_accepted(spec):
     with spec.client(timeout=60) as c:
         session = c.open_session()
         chunks = list(c.chat(session, "stream me", max_new_tokens=12, gamma=GAMMA))
-        assert len(chunks) >= 2 and chunks[-1]["done"] and not any(ch["done"] for ch in chunks[:-1])
-        assert sum(len(ch["tokens"]) for ch in chunks) == 12
-        assert all(isinstance(ch["tokens"], np.ndarray) for ch in chunks)
-        assert chunks[-1]["reply"].startswith("".join(ch["text"] for ch in chunks[:-1]))
+        assert len(chunks) >= 2 and chunks[-1].done and not any(ch.done for ch in chunks[:-1])
+        assert sum(len(ch.tokens) for ch in chunks) == 12
+        assert all(isinstance(ch.tokens, np.ndarray) for ch in chunks)
+        assert chunks[-1].reply.startswith("".join(ch.text for ch in chunks[:-1]))
         c.close_session(session)
 
 
 def accept_calls(spec) -> int:
     with spec.client(timeout=60) as c:
-        return int(c.call("draft", "metrics")["values"].get("accept_calls", 0))
+        return int(c.call("draft", "metrics").values.get("accept_calls", 0))
 
 
 def test_two_concurrent_chats_are_batched_and_both_correct(spec, engine):
@@ -124,8 +124,8 @@ def test_two_concurrent_chats_are_batched_and_both_correct(spec, engine):
             session = c.open_session()
             ids = []
             for ch in c.chat(session, messages[key], max_new_tokens=40, gamma=GAMMA):
-                ids.extend(int(t) for t in ch["tokens"])
-                batches.append(ch["step"]["batch"])
+                ids.extend(int(t) for t in ch.tokens)
+                batches.append(ch.step["batch"])
             got[key] = ids
             c.close_session(session)
 
@@ -155,7 +155,7 @@ def test_bad_input_gets_typed_errors_and_leaks_nothing(spec):
         c.close_session(session)
         with pytest.raises(NotFound):
             c.ask(session, "closed now")
-        assert session not in c.usage()["sessions"]
+        assert session not in c.usage().sessions
 
 
 def test_a_session_belongs_to_the_client_that_opened_it(spec):
@@ -172,7 +172,7 @@ def test_a_session_belongs_to_the_client_that_opened_it(spec):
         with pytest.raises(Conflict):  # its owner, while it generates
             a.ask(session, "me too")
         rest = list(stream)
-        assert rest[-1]["done"]
+        assert rest[-1].done
         a.close_session(session)
 
 
@@ -199,9 +199,9 @@ def test_a_client_that_disconnects_mid_stream_frees_its_session(spec):
         next(stream)
         stream.close()  # cancels the call
         deadline = time.monotonic() + 10
-        while session in c.usage()["sessions"] and time.monotonic() < deadline:
+        while session in c.usage().sessions and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert session not in c.usage()["sessions"]
+        assert session not in c.usage().sessions
         other = c.open_session()  # everyone else is undisturbed
         assert len(c.ask(other, "still fine?", max_new_tokens=4).token_ids) == 4
         c.close_session(other)
@@ -232,7 +232,7 @@ def test_the_draft_killed_mid_chat_is_restarted_and_the_chat_completes_unchanged
         session = c.open_session()
         ids = []
         for i, ch in enumerate(c.chat(session, "survive a crash", max_new_tokens=120, gamma=GAMMA)):
-            ids.extend(int(t) for t in ch["tokens"])
+            ids.extend(int(t) for t in ch.tokens)
             if i == 2:
                 os.kill(draft_pid, signal.SIGKILL)
         assert ids == expected
@@ -246,13 +246,13 @@ def test_the_verifier_killed_mid_chat_gives_actor_died_and_its_blocks_are_reclai
         session = c.open_session()
         stream = c.chat(session, "this will not finish", max_new_tokens=400, gamma=GAMMA)
         next(stream)
-        assert c.usage()["sessions"].get(session, 0) > 0
+        assert c.usage().sessions.get(session, 0) > 0
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(ActorDied):
             list(stream)
         assert time.monotonic() - t0 < 2.0
         deadline = time.monotonic() + 5
-        while session in c.usage()["sessions"] and time.monotonic() < deadline:
+        while session in c.usage().sessions and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert session not in c.usage()["sessions"]
+        assert session not in c.usage().sessions

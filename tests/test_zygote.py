@@ -76,17 +76,17 @@ def test_the_torch_actors_are_forked_by_the_zygote_and_adopted_by_the_kernel(pai
     with pair.client(timeout=10) as c:
         rows = actor_rows(c)
     for name in TORCH_ACTORS:
-        assert_forked(pair, rows[name]["pid"])
-        assert Path(f"/proc/{rows[name]['pid']}/comm").read_text().strip() == name
-    assert "specmemo.actors.run" in cmdline(rows["memory"]["pid"])  # the others exec
-    assert len(zygotes(pair.proc.pid, {r["pid"] for r in rows.values()})) == 1
+        assert_forked(pair, rows[name].pid)
+        assert Path(f"/proc/{rows[name].pid}/comm").read_text().strip() == name
+    assert "specmemo.actors.run" in cmdline(rows["memory"].pid)  # the others exec
+    assert len(zygotes(pair.proc.pid, {r.pid for r in rows.values()})) == 1
 
 
 def test_forked_model_actors_run_on_the_weights_the_zygote_loaded_once(pair):
     with pair.client(timeout=10) as c:
         for name in TORCH_ACTORS:
             info = c.call(name, "info")
-            assert info["shared_weights"] is True and info["weight_bytes"] > 0, (name, info)
+            assert info.shared_weights is True and info.weight_bytes > 0, (name, info)
 
 
 def test_a_forked_pair_chats_exactly_like_the_engine(pair):
@@ -103,11 +103,11 @@ def test_a_killed_forked_actor_is_reaped_and_forked_again(pair):
     with pair.client(timeout=10) as c:
         for _ in range(2):
             for name in TORCH_ACTORS:
-                old = actor_rows(c)[name]["pid"]
+                old = actor_rows(c)[name].pid
                 back[name].append(round(kill_and_wait(c, name, 120), 2))
                 assert gone(old), f"{name} pid {old} was not reaped: state {stat(old)[0]}"
-                assert_forked(pair, actor_rows(c)[name]["pid"])
-                assert c.call(name, "info")["shared_weights"] is True  # no reload after a restart
+                assert_forked(pair, actor_rows(c)[name].pid)
+                assert c.call(name, "info").shared_weights is True  # no reload after a restart
         session = c.open_session()
         assert len(c.ask(session, "still there?", max_new_tokens=4).token_ids) >= 1
         c.close_session(session)
@@ -117,7 +117,7 @@ def test_a_killed_forked_actor_is_reaped_and_forked_again(pair):
 def test_a_killed_zygote_is_replaced_and_the_actors_keep_serving(pair):
     with pair.client(timeout=30) as c:
         rows = actor_rows(c)
-        pids = {r["pid"] for r in rows.values()}
+        pids = {r.pid for r in rows.values()}
         [zygote] = zygotes(pair.proc.pid, pids)
         os.kill(zygote, signal.SIGKILL)
         assert gone(zygote), "the killed zygote was not reaped"
@@ -130,7 +130,7 @@ def test_a_killed_zygote_is_replaced_and_the_actors_keep_serving(pair):
         while pair.log.read_text().count("zygote ready in") < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         later = kill_and_wait(c, "verifier", 120)
-        assert_forked(pair, actor_rows(c)["verifier"]["pid"])
+        assert_forked(pair, actor_rows(c)["verifier"].pid)
     print(
         f"after the zygote's death: draft back in {seconds:.2f} s; verifier forked by the new "
         f"zygote, back in {later:.2f} s"
@@ -141,7 +141,7 @@ def test_a_killed_zygote_is_replaced_and_the_actors_keep_serving(pair):
 def test_a_killed_kernel_leaves_no_zygote_and_no_actor(start_deployment):
     d = start_deployment(soak_config("zk", PAIR), "zk", ["memory", *TORCH_ACTORS], timeout=240)
     with d.client(timeout=10) as c:
-        actors = {r["pid"] for r in actor_rows(c).values()}
+        actors = {r.pid for r in actor_rows(c).values()}
     processes = actors | set(zygotes(d.proc.pid, actors))
     assert len(processes) == len(actors) + 1
     d.proc.kill()
@@ -162,9 +162,9 @@ def test_a_torch_actor_with_its_own_env_is_started_with_exec(start_deployment):
     )
     with d.client(timeout=10) as c:
         rows = actor_rows(c)
-    assert "specmemo.actors.run" in cmdline(rows["draft"]["pid"])
-    assert_forked(d, rows["verifier"]["pid"])
-    processes = {r["pid"] for r in rows.values()} | set(zygotes(d.proc.pid, set()))
+    assert "specmemo.actors.run" in cmdline(rows["draft"].pid)
+    assert_forked(d, rows["verifier"].pid)
+    processes = {r.pid for r in rows.values()} | set(zygotes(d.proc.pid, set()))
     assert d.stop() == 0  # Ctrl-C: actors first, the zygote last, every one reaped
     assert not [p for p in processes if pid_alive(p)]
 
@@ -179,5 +179,5 @@ def test_a_zygote_with_a_second_thread_forks_nothing_and_the_actors_exec(start_d
         session = c.open_session()
         assert len(c.ask(session, "hello", max_new_tokens=4).token_ids) >= 1
     for name in TORCH_ACTORS:
-        assert "specmemo.actors.run" in cmdline(rows[name]["pid"])
+        assert "specmemo.actors.run" in cmdline(rows[name].pid)
     assert "zygote runs 2 threads after preloading" in d.log.read_text()
