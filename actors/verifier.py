@@ -22,8 +22,6 @@ import itertools
 import logging
 import math
 import secrets
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,23 +49,11 @@ from .lease import register_lease
 from .memory import ENGINE_ERRORS
 from .modelconfig import describe_precision, load_actor_model, model_info, preload_actor_model, set_model_gauges
 from .proxies import RemoteDraft, RemoteMemory
+from .turn_stream import TurnStream
 
 __all__ = ["RemoteDraft", "RemoteMemory", "VerifierActor"]  # the proxies, re-exported
 
 log = logging.getLogger("specmemo.verifier")
-
-
-@dataclass
-class _Stream:
-    """One chat turn being streamed to a client."""
-
-    session: str
-    send: trio.MemorySendChannel
-    message: str | None  # None for raw-id generation (no chat history)
-    messages: list[dict] | None = None  # a whole conversation (`complete`)
-    reply: list[int] = field(default_factory=list)
-    text: str = ""
-    started: float = field(default_factory=time.perf_counter)
 
 
 class VerifierActor(Actor):
@@ -79,9 +65,9 @@ class VerifierActor(Actor):
         self.memory_name = config.get("memory", "memory")
         self.draft_name = config.get("draft", "draft")
         self.peers.kinds.update({self.memory_name: "memory", self.draft_name: "draft"})
-        self.streams: dict[str, _Stream] = {}
+        self.streams: dict[str, TurnStream] = {}
         self.owners: dict[str, bytes] = {}  # session -> routing id of the client that opened it
-        self.joins: list[tuple[ChatRequest | GenerateRequest | CompleteRequest, _Stream]] = []
+        self.joins: list[tuple[ChatRequest | GenerateRequest | CompleteRequest, TurnStream]] = []
         self.leaves: list[str] = []
         self.wake = trio.Event()
         self._ids = itertools.count(1)
@@ -268,7 +254,7 @@ class VerifierActor(Actor):
         if not (req.temperature >= 0 and math.isfinite(req.temperature)):
             raise errors.InvalidInput("temperature must be a finite number >= 0")
         send, recv = trio.open_memory_channel(math.inf)
-        stream = _Stream(session, send, message, messages=messages)
+        stream = TurnStream(session, send, message, messages=messages)
         self.streams[session] = stream
         self.joins.append((req, stream))
         self.wake.set()
@@ -335,7 +321,7 @@ class VerifierActor(Actor):
                 except errors.SpecmemoError:
                     pass
 
-    def _between_steps(self, leaves: list[str]) -> list[tuple[_Stream, Exception]]:
+    def _between_steps(self, leaves: list[str]) -> list[tuple[TurnStream, Exception]]:
         """Leaves, then joins (prefill forwards included); answers the joins that failed.
 
         Runs in the worker thread, so it never touches a stream's channel (trio's channels
@@ -346,7 +332,7 @@ class VerifierActor(Actor):
                 self.driver.leave(session)
             if self.core.has(session):
                 self._close_now(session)
-        failed: list[tuple[_Stream, Exception]] = []
+        failed: list[tuple[TurnStream, Exception]] = []
         joins, self.joins = self.joins, []
         for req, stream in joins:
             if stream.session not in self.streams:
@@ -373,10 +359,10 @@ class VerifierActor(Actor):
                 failed.append((stream, exc))
         return failed
 
-    def _fail(self, stream: _Stream, exc: BaseException) -> None:
+    def _fail(self, stream: TurnStream, exc: BaseException) -> None:
         mapped = self.map_error(exc) or errors.Internal(f"{type(exc).__name__}: {exc}")
         self.streams.pop(stream.session, None)
-        _deliver(stream, mapped)
+        stream.deliver(mapped)
         stream.send.close()
 
     def _dispatch(self, event: TurnEvent, batch: int) -> None:
@@ -388,20 +374,9 @@ class VerifierActor(Actor):
             self._fail(stream, event.error)
             return
         tokens = event.tokens
-        stream.reply.extend(int(t) for t in tokens)
-        text = (
-            self.core.tokenizer.decode(stream.reply, skip_special_tokens=True)
-            if self.core.tokenizer is not None
-            else ""
-        )
-        if event.done or not text.endswith("\ufffd"):
-            delta, stream.text = text[len(stream.text) :], text
-        else:
-            delta = ""
+        text, delta = stream.extend(tokens, self.core.tokenizer, bool(event.done))
         stats = dict(event.stats)
-        elapsed = time.perf_counter() - stream.started
-        stats["tokens_per_s"] = len(stream.reply) / elapsed if elapsed > 0 else 0.0
-        stats["seconds"] = elapsed
+        stats["tokens_per_s"], stats["seconds"] = stream.rate()
         if event.done:
             self.metrics.set("tokens_per_s", stats["tokens_per_s"], "Tokens/s of the last finished turn")
         reply = ""
@@ -414,16 +389,6 @@ class VerifierActor(Actor):
             else:
                 reply = text
         step = None if event.step is None else {**event.step.as_dict(), "batch": batch}
-        _deliver(
-            stream, ChatChunk(tokens=tokens, text=delta, done=bool(event.done), step=step, stats=stats, reply=reply)
-        )
+        stream.deliver(ChatChunk(tokens=tokens, text=delta, done=bool(event.done), step=step, stats=stats, reply=reply))
         if event.done:
             stream.send.close()
-
-
-def _deliver(stream: _Stream, item: Any) -> None:
-    """Queue a chunk or an error for the task streaming this turn; its caller may be gone."""
-    try:
-        stream.send.send_nowait(item)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
