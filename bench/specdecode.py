@@ -506,18 +506,21 @@ def run(args) -> tuple[list[Row], dict]:
             budget, label = floor, "ours, memory manager, no-speculation floor"
         managed[label] = budget
 
+    def managed_engine(budget: int) -> Engine:
+        return Engine(
+            draft,
+            target,
+            tokenizer,
+            budget_bytes=budget,
+            block_tokens=args.block_tokens,
+            gamma_max=args.gamma_max,
+            cost_ratio=cost_ratio,
+            spare_blocks=args.spare_blocks,
+        )
+
     def managed_method(budget: int):
         try:
-            engine = Engine(
-                draft,
-                target,
-                tokenizer,
-                budget_bytes=budget,
-                block_tokens=args.block_tokens,
-                gamma_max=args.gamma_max,
-                cost_ratio=cost_ratio,
-                spare_blocks=args.spare_blocks,
-            )
+            engine = managed_engine(budget)
         except EngineError as exc:
             note = f"refused: {type(exc).__name__}: {exc}"[:200]
             return lambda group: Row("", budget=budget, refused=True, note=note)
@@ -553,16 +556,7 @@ def run(args) -> tuple[list[Row], dict]:
         budget, _ = lower_bound_budget(
             contexts, alpha, cost_ratio, kv_t, kv_d, args.block_tokens, gamma_max=args.gamma_max
         )
-        engine = Engine(
-            draft,
-            target,
-            tokenizer,
-            budget_bytes=budget,
-            block_tokens=args.block_tokens,
-            gamma_max=args.gamma_max,
-            cost_ratio=cost_ratio,
-            spare_blocks=args.spare_blocks,
-        )
+        engine = managed_engine(budget)
         row = run_engine(label, engine, group, args.max_new_tokens, batch=batch)
         row.budget_ratio = 1.0
         rows.append(row)

@@ -42,3 +42,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_engine(budget_bytes: int, **kw):
+    """The in-process Engine on the tiny pair the deployments' `tiny` model names (seed 0), on one
+    torch thread: the reference the actor tests compare their tokens with."""
+    from specmemo.actors.engine import Engine
+    from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
+
+    torch.set_num_threads(1)
+    draft, target = tiny_pair(seed=0)
+    return Engine(draft, target, tiny_tokenizer(), budget_bytes=budget_bytes, **kw)

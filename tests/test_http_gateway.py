@@ -11,10 +11,9 @@ import time
 import httpx
 import openai
 import pytest
+from engine_helpers import tiny_engine
 
 from specmemo.actors.config import ConfigError, parse_config
-from specmemo.actors.engine import Engine
-from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
 from specmemo.actors.openai_api import HttpError, parse_completion
 from specmemo.actors.session_pool import SessionPool
 from specmemo.deploy.tiny import PAIR, tiny_config
@@ -59,11 +58,7 @@ def gateway():
 
 @pytest.fixture(scope="module")
 def engine():
-    import torch
-
-    torch.set_num_threads(1)
-    draft, target = tiny_pair(seed=0)
-    return Engine(draft, target, tiny_tokenizer(), budget_bytes=64 << 20)
+    return tiny_engine(64 << 20)
 
 
 def client(d, **kw) -> openai.OpenAI:

@@ -11,6 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from engine_helpers import tiny_engine
 
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
@@ -48,11 +49,7 @@ def spec():
 
 @pytest.fixture(scope="module")
 def engine():
-    import torch
-
-    torch.set_num_threads(1)
-    draft, target = tiny_pair(seed=0)
-    return Engine(draft, target, tiny_tokenizer(), budget_bytes=16 << 20, gamma=GAMMA)
+    return tiny_engine(16 << 20, gamma=GAMMA)
 
 
 def reference(engine: Engine, session: str, turns: list[tuple[str, int]]) -> list[list[int]]:
