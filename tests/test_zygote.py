@@ -30,6 +30,22 @@ def cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
+def why_alive(pid: int) -> str:
+    """What a process left behind is doing: its command line, state, parent, signal masks and the
+    kernel function it sleeps in (what a rare failure needs to explain itself)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        keep = [
+            line
+            for line in status
+            if line.split(":")[0] in ("State", "PPid", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "Threads")
+        ]
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError as exc:
+        return f"{pid}: gone ({exc})"
+    return f"{pid} {cmdline(pid)[:80]!r} {'; '.join(keep)}; wchan {wchan}"
+
+
 def zygotes(kernel: int, actor_pids: set[int]) -> list[int]:
     """Children of the kernel running the zygote's command line that are not actors."""
     out = []
@@ -153,7 +169,7 @@ def test_a_killed_kernel_leaves_no_zygote_and_no_actor(start_deployment):
     while any(pid_alive(p) for p in processes) and time.monotonic() < deadline:
         time.sleep(0.05)
     left = [p for p in processes if pid_alive(p)]
-    assert not left, f"orphans after the kernel was killed: {[(p, cmdline(p)) for p in left]}"
+    assert not left, f"orphans after the kernel was killed: {[why_alive(p) for p in left]}"
 
 
 def test_a_torch_actor_with_its_own_env_is_started_with_exec(start_deployment):
