@@ -83,6 +83,10 @@ int pars3_dot(int64_t n, const double *x, const double *y, int32_t threads, doub
 int pars3_mrs_update(int64_t n, double r1, double r2, double rho, double cg, double beta,
                      const double *v, const double *w, const double *d1, double *d2, double *x,
                      double *vnext, int32_t threads);
+/* dst[k] = src[perm[k]] (gather) and dst[perm[k]] = src[k] (scatter), k < n; perm is a
+ * permutation of 0..n-1 (a plan's own, not checked here); dst must not overlap src. */
+int pars3_gather(int64_t n, const int64_t *perm, const double *src, double *dst, int32_t threads);
+int pars3_scatter(int64_t n, const int64_t *perm, const double *src, double *dst, int32_t threads);
 int pars3_max_threads(void);
 
 #endif

@@ -14,7 +14,7 @@ from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from .errors import InvalidOperand
 from .split import split_band
-from .spmv import BandSplit, HalfMatrix, band_spmv, max_threads
+from .spmv import BandSplit, HalfMatrix, band_spmv, max_threads, permuted
 from .validate import as_vector, check_matrix, check_scalar, check_threads
 
 MIN_NNZ_PER_THREAD = 20_000  # below this a second thread costs more in wake-up than it saves
@@ -195,20 +195,16 @@ class Plan:
     def shifted(self, alpha: float, x) -> np.ndarray:
         """(alpha I + A) x in the input's ordering: the fused product."""
         alpha = check_scalar(alpha, "alpha")
-        xp = as_vector(x, self.n, "x")[self.perm]
+        xp = self.permute(x)
         yp = self.apply(xp, np.empty(self.n), alpha, xp if alpha != 0.0 else None)
-        y = np.empty(self.n)
-        y[self.perm] = yp
-        return y
+        return self.unpermute(yp)
 
     def permute(self, x) -> np.ndarray:
-        """x in the permuted space."""
-        return as_vector(x, self.n, "x")[self.perm]
+        """x in the permuted space (a parallel gather: after RCM every access misses the cache)."""
+        return permuted(self.perm, as_vector(x, self.n, "x"), self.threads)
 
     def unpermute(self, xp: np.ndarray) -> np.ndarray:
-        """x back in the input's ordering."""
+        """x back in the input's ordering (a parallel scatter)."""
         if xp.shape != (self.n,):
             raise InvalidOperand(f"expected shape ({self.n},), got {xp.shape}")
-        x = np.empty(self.n)
-        x[self.perm] = xp
-        return x
+        return permuted(self.perm, xp, self.threads, inverse=True)

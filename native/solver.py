@@ -130,7 +130,7 @@ def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = N
         raise InvalidOperand(f"maxiter must be an integer >= 0, got {maxiter!r}")
     b = as_vector(b, n, "b")
     start = time.perf_counter()
-    bp = b[plan.perm]
+    bp = plan.permute(b)
     beta0 = math.sqrt(dot(bp, bp, plan.threads))
     xp = np.zeros(n)
     work = plan.work()
@@ -155,7 +155,7 @@ def _residual(plan: Plan, alpha: float, bp: np.ndarray, xp: np.ndarray) -> float
     """||b - (alpha I + S) x|| in the permuted space."""
     r = plan.apply(xp, np.empty(plan.n), alpha, xp)
     r -= bp
-    return math.sqrt(float(np.dot(r, r)))
+    return math.sqrt(dot(r, r, plan.threads))
 
 
 def solve(

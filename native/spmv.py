@@ -353,6 +353,21 @@ def dot(x: np.ndarray, y: np.ndarray, threads: int) -> float:
     return float(out[0])
 
 
+def permuted(perm: np.ndarray, src: np.ndarray, threads: int, inverse: bool = False) -> np.ndarray:
+    """A new vector: src[perm] (the band's order), or with `inverse` the x with x[perm] = src
+    (back to the input's order). `perm` must be a permutation of 0..n-1 (a plan's own: C does
+    not check its entries)."""
+    n = perm.shape[0] if isinstance(perm, np.ndarray) and perm.ndim == 1 else -1
+    if not (isinstance(perm, np.ndarray) and perm.dtype == np.int64 and perm.flags.c_contiguous):
+        raise InvalidOperand("perm must be a contiguous int64 vector")
+    check_buffer(src, n, "src")
+    threads = check_threads(threads)
+    dst = np.empty(n)
+    fn, name = (lib.pars3_scatter, "pars3_scatter") if inverse else (lib.pars3_gather, "pars3_gather")
+    _status(fn(n, _ptr("int64_t", perm), _ptr("double", src), _ptr("double", dst), threads), name)
+    return dst
+
+
 def triad(a: np.ndarray, b: np.ndarray, c: np.ndarray, s: float, threads: int) -> np.ndarray:
     """a = b + s c over equal-length float64 vectors; returns a."""
     n = a.shape[0] if isinstance(a, np.ndarray) and a.ndim == 1 else -1

@@ -268,3 +268,25 @@ def test_the_dot_kernel_equals_numpy(n, threads, seed):
     assert abs(K.dot(x, y, threads) - float(np.dot(x, y))) <= 1e-12 * max(1.0, float(np.abs(x) @ np.abs(y)))
     with pytest.raises(InvalidOperand):
         K.dot(x, np.ones(n + 1), threads)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 3000), threads=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
+def test_the_parallel_permutation_equals_numpy_indexing_both_ways(n, threads, seed):
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n).astype(np.int64)
+    x = rng.standard_normal(n)
+    gathered = K.permuted(perm, x, threads)
+    assert np.array_equal(gathered, x[perm])
+    back = K.permuted(perm, gathered, threads, inverse=True)
+    assert np.array_equal(back, x)
+
+
+def test_the_permutation_refuses_a_perm_of_another_dtype_and_a_vector_of_another_length():
+    perm = np.arange(5, dtype=np.int64)
+    with pytest.raises(InvalidOperand, match="int64"):
+        K.permuted(perm.astype(np.int32), np.zeros(5), 1)
+    with pytest.raises(InvalidOperand):
+        K.permuted(perm, np.zeros(4), 1)
+    with pytest.raises(InvalidOperand):
+        K.permuted(perm, np.zeros(5), 0)
