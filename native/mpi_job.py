@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import zmq
 
 from .errors import InvalidMatrix, InvalidOperand
+from .job_wire import recv_obj, send_obj
 from .mpi_solve import command
 from .plan import PlanReport
 from .solver import SolveResult
@@ -76,7 +77,7 @@ class RankJob:
             if deadline is not None and time.monotonic() > deadline:
                 self._end()
                 raise RankFailure(f"the MPI job of {self.ranks} ranks did not answer in {timeout:.0f} s")
-        return sock.recv_pyobj()
+        return recv_obj(sock)
 
     def call(self, op: str, **fields) -> dict:
         """Send one command and wait for its reply; RankFailure if the job ends meanwhile."""
@@ -84,7 +85,7 @@ class RankJob:
             if self.proc is None:
                 self._start()
             assert self.sock is not None
-            self.sock.send_pyobj({"op": op, **fields})
+            send_obj(self.sock, {"op": op, **fields})
             reply = self._wait(None)
         if "error" in reply:
             name, text = reply["error"]
@@ -110,9 +111,9 @@ class RankJob:
         with self.lock:
             if self.proc is not None and self.proc.poll() is None and self.sock is not None:
                 try:
-                    self.sock.send_pyobj({"op": "stop"})
+                    send_obj(self.sock, {"op": "stop"})
                     if self.sock.poll(5000):
-                        self.sock.recv_pyobj()
+                        recv_obj(self.sock)
                     self.proc.wait(5)
                 except (zmq.ZMQError, subprocess.TimeoutExpired):
                     pass

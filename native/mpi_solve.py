@@ -86,7 +86,9 @@ def row_counts(comm, part) -> list[int] | None:
     return comm.gather(part.hi - part.lo, root=0)
 
 
-def gather(comm, x_own: np.ndarray, counts: list[int] | None, perm: np.ndarray | None) -> np.ndarray | None:
+def gather(
+    comm, x_own: np.ndarray, counts: list[int] | None, perm: np.ndarray | None, threads: int = 1
+) -> np.ndarray | None:
     """The rows of every rank, on rank 0, back in the input's order (None elsewhere)."""
     if comm.Get_rank() != 0:
         comm.Gatherv(x_own, None, root=0)
@@ -94,9 +96,10 @@ def gather(comm, x_own: np.ndarray, counts: list[int] | None, perm: np.ndarray |
     assert counts is not None, "rank 0 holds the row counts"
     banded = np.empty(sum(counts))
     comm.Gatherv(x_own, (banded, counts), root=0)
-    out = np.empty_like(banded)
-    out[perm] = banded
-    return out
+    assert perm is not None, "rank 0 holds the permutation"
+    from .spmv import permuted  # after the environment is set (see command())
+
+    return permuted(perm, banded, threads, inverse=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +223,9 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
     from mpi4py import MPI
 
     from .distributed import MpiExchange, apply, mrs
+    from .job_wire import recv_obj, send_obj
     from .plan import bandwidth, reordered_lower
+    from .spmv import permuted
     from .validate import check_matrix
 
     rank = comm.Get_rank()
@@ -229,7 +234,7 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
         sock = zmq.Context.instance().socket(zmq.PAIR)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.connect(endpoint)
-        sock.send_pyobj({"ok": {"ranks": comm.Get_size(), "pid": os.getpid()}})
+        send_obj(sock, {"ok": {"ranks": comm.Get_size(), "pid": os.getpid()}})
     held: dict[str, tuple] = {}  # key -> (Part, MpiExchange, n, and on rank 0: perm, row counts)
     while True:
         # the matrix and the command: rank 0's (None on the other ranks until broadcast)
@@ -243,7 +248,7 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
             while not sock.poll(1000):
                 if parent and not _alive(parent):
                     break
-            cmd = sock.recv_pyobj() if sock.poll(0) else {"op": "stop"}
+            cmd = recv_obj(sock) if sock.poll(0) else {"op": "stop"}
             op, key = cmd.get("op"), cmd.get("key")
             try:  # what can fail is checked here, before any collective step
                 if op == "register":
@@ -257,7 +262,7 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
                 elif op not in ("solve", "matvec", "drop", "stop", "register"):
                     raise ValueError(f"unknown command {op!r}")
             except Exception as exc:
-                sock.send_pyobj({"error": [type(exc).__name__, str(exc)]})
+                send_obj(sock, {"error": [type(exc).__name__, str(exc)]})
                 continue
             head = {"op": op, "key": key, **{k: cmd[k] for k in ("alpha", "tol", "maxiter") if k in cmd}}
         head = _broadcast_idle(comm, head)
@@ -267,7 +272,7 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
         if op == "drop":
             held.pop(key, None)
             if rank == 0:
-                sock.send_pyobj({"ok": True})
+                send_obj(sock, {"ok": True})
             continue
         if op == "register":
             n = comm.bcast(lower.shape[0] if rank == 0 else None, root=0)
@@ -279,7 +284,8 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
             if rank == 0:
                 nnz, inner, middle, outer, window, halo, reach = (list(c) for c in zip(*stats))
                 stored = max(sum(nnz), 1)
-                sock.send_pyobj(
+                send_obj(
+                    sock,
                     {
                         "ok": {
                             "n": n,
@@ -293,21 +299,22 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
                             "window_rows": sum(window),
                             "halo_bytes": halo,
                         }
-                    }
+                    },
                 )
             continue
         part, exchange, n, perm, counts = held[key]
         vector = None
         if rank == 0:
-            vector = np.asarray(cmd["b" if op == "solve" else "x"], dtype=np.float64)[perm]
+            vector = permuted(perm, np.ascontiguousarray(cmd["b" if op == "solve" else "x"], dtype=np.float64), threads)
         mine = np.empty(part.hi - part.lo)
         comm.Scatterv((vector, counts) if rank == 0 else None, mine, root=0)
         if op == "solve":
             result = mrs(part, exchange, mine, head["alpha"], head["tol"], head["maxiter"] or 10 * n)
             seconds = comm.reduce(result.seconds, op=MPI.MAX, root=0)
-            x = gather(comm, result.x, counts, perm)
+            x = gather(comm, result.x, counts, perm, threads)
             if rank == 0:
-                sock.send_pyobj(
+                send_obj(
+                    sock,
                     {
                         "ok": {
                             "x": x,
@@ -317,18 +324,18 @@ def serve(comm, endpoint: str, threads: int, parent: int = 0) -> int:
                             "seconds": seconds,
                             "history": result.history,
                         }
-                    }
+                    },
                 )
         else:
             v = np.zeros(part.m)
             v[part.own] = mine
             w = apply(part, exchange, v, np.empty(part.m))
-            y = gather(comm, w[part.own].copy(), counts, perm)
+            y = gather(comm, w[part.own].copy(), counts, perm, threads)
             if rank == 0:
-                sock.send_pyobj({"ok": {"y": y}})
+                send_obj(sock, {"ok": {"y": y}})
     if rank == 0:
         try:
-            sock.send_pyobj({"ok": "stopped"}, flags=zmq.NOBLOCK)
+            send_obj(sock, {"ok": "stopped"}, flags=zmq.NOBLOCK)
         except zmq.Again:
             pass  # nobody left to tell
         sock.close()
