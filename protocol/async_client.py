@@ -126,6 +126,7 @@ class AsyncCaller:
                 await self._sock.send_multipart(encode(Command.CANCEL, actor.encode(), Header(id=call_id)))
 
     async def call(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any) -> Any:
+        """``await`` the reply of ``actor.method(**params)``, decoded as :meth:`Client.call`'s is."""
         limit = self.timeout if timeout is None else timeout
         spec = spec_for(actor, method, self.kinds)
         call_id, recv = await self._open(actor, method, params, limit, spec, single=True)

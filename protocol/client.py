@@ -3,11 +3,12 @@
 
     from specmemo.protocol import Client
     with Client() as c:                      # finds the local deployment
-        c.call("kernel", "ping")
-        x = c.call("solver", "solve", matrix="m1", b=b, alpha=0.5)
-        for chunk in c.stream("echo", "count", n=3):
+        c.call("kernel", "ping").pid
+        out = c.call("solver", "solve", id="m1", b=b, alpha=0.5)   # a SolveReply: out.x, out.iterations
+        for chunk in c.stream("echo", "count", n=3):                # CountChunk(i=0), ...
             ...
 
+Replies and chunks are the classes protocol/methods.py declares, decoded here at the boundary.
 Errors raise the typed exceptions of :mod:`specmemo.protocol.errors`. A call that times out
 sends a cancel to the callee and raises :class:`DeadlineExceeded`; replies that arrive after
 that are dropped by correlation id. A client is not thread-safe: use one per thread.
@@ -80,7 +81,8 @@ class Client:
     # ---------------------------------------------------------------- calls
 
     def call(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any) -> Any:
-        """Call ``actor.method(**params)`` and return its reply body (a dict)."""
+        """Call ``actor.method(**params)`` and return its reply, an instance of the method's declared
+        class (the map as it came for an actor whose kind this client does not know: ``kinds``)."""
         spec = spec_for(actor, method, self.kinds)
         call_id = self._send(actor, method, params, timeout, spec)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
