@@ -14,9 +14,10 @@ A handler written as a plain ``def`` runs inline on the actor's event loop as it
 read, with no task and no cancel scope: the fast path, for work of microseconds that never
 blocks (a lookup, an echo, a counter). An ``async def`` handler gets a task of its own, its
 deadline as a cancel scope, and honours cancels; anything that waits or computes for long
-belongs there. A handler receives the validated request message (see :mod:`specmemo.protocol.methods`) and
-a :class:`Call` (id, deadline, caller route). It returns the reply message (or a plain map);
-a streaming handler is an async generator yielding chunks. Exceptions become typed error
+belongs there. A handler receives the validated request message (see :mod:`specmemo.protocol.methods`)
+and a :class:`Call` (id, deadline, caller route). It returns an instance of the method's reply
+class (anything else is answered ``Internal``); a streaming handler is an async generator
+yielding chunks. Exceptions become typed error
 replies: a :class:`SpecmemoError` as itself, a class listed in ``errors`` as its mapped code,
 anything else as ``Internal`` with the traceback. The actor keeps serving either way.
 
@@ -72,6 +73,7 @@ class Actor:
         self.config = config
         self.peers: AsyncCaller = AsyncCaller()  # replaced by the runtime with a connected one
         self._core_lock = trio.Lock()
+        self.trio_token: trio.lowlevel.TrioToken | None = None  # set in on_start by actors that call from threads
         self.metrics = ActorMetrics(name)
 
     async def on_start(self) -> None:
@@ -98,6 +100,13 @@ class Actor:
         """Run blocking ``fn(*args)`` in a worker thread, serialised with the actor's other core calls."""
         async with self._core_lock:
             return await trio.to_thread.run_sync(fn, *args)
+
+    def call_from_thread(self, actor: str, method: str, /, *, timeout: float, **params: Any) -> Any:
+        """From a worker thread (a core call under :meth:`run_sync`): one call to another actor
+        through this actor's socket, made in its trio loop; blocks the thread until the reply."""
+        return trio.from_thread.run(
+            lambda: self.peers.call(actor, method, timeout=timeout, **params), trio_token=self.trio_token
+        )
 
     def map_error(self, exc: BaseException) -> SpecmemoError | None:
         if isinstance(exc, SpecmemoError):

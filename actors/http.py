@@ -42,6 +42,7 @@ from typing import Any
 import trio
 
 from specmemo.protocol import errors
+from specmemo.protocol.actor_state import ROUTABLE
 from specmemo.protocol.methods import Empty, SessionList
 
 from .base import Actor, Call
@@ -298,7 +299,7 @@ class HttpActor(Actor):
                 lines.append(f'specmemo_errors_total{{actor="{actor}",code="{code}"}} {n}')
             lines.append(f'specmemo_heartbeat_misses_total{{actor="{actor}"}} {row["heartbeat_misses"]}')
         for info in actors.actors:
-            if info.state not in ("ready", "external"):
+            if info.state not in ROUTABLE:
                 continue
             try:
                 values = (await self.peers.call(info.name, "metrics", timeout=5)).values

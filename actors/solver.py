@@ -262,14 +262,12 @@ class SolverActor(Actor):
             max_matrices=int(config.get("max_matrices", 64)),
             reclaim_idle_s=float(config.get("reclaim_idle_s", 600)),
             job=RankJob(ranks, threads) if ranks else None,
-            budget=MemoryBudget(self._blocking_call, name) if self.memory_name else None,
+            budget=MemoryBudget(self._memory_call, name) if self.memory_name else None,
         )
 
-    def _blocking_call(self, method: str, **params: Any) -> Any:
-        """From the worker thread: one call to the memory actor, in the trio loop."""
-        return trio.from_thread.run(
-            lambda: self.peers.call(self.memory_name, method, timeout=30, **params), trio_token=self.trio_token
-        )
+    def _memory_call(self, method: str, **params: Any) -> Any:
+        """From the worker thread: one call to the memory actor."""
+        return self.call_from_thread(self.memory_name, method, timeout=30, **params)
 
     async def on_start(self) -> None:
         self.trio_token = trio.lowlevel.current_trio_token()

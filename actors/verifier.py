@@ -94,8 +94,8 @@ class VerifierActor(Actor):
             )
         self.memory_ready = trio.Event()  # set by _add_holder, once registered (on_registered)
         self.trio_token = trio.lowlevel.current_trio_token()
-        memory = RemoteMemory(self._blocking_call, self.memory_name, self.name)
-        self.draft = RemoteDraft(self._blocking_call, self.draft_name, self.core.ids)
+        memory = RemoteMemory(self._peer_call, self.memory_name, self.name)
+        self.draft = RemoteDraft(self._peer_call, self.draft_name, self.core.ids)
         eos = tokenizer.eos_token_id if tokenizer is not None else None
         if not self.config.get("stop_at_eos", True):
             eos = None  # benchmarks: always generate the requested count
@@ -127,11 +127,9 @@ class VerifierActor(Actor):
                 log.info("waiting for the draft actor '%s'", self.draft_name)
                 await trio.sleep(1.0)
 
-    def _blocking_call(self, actor: str, method: str, **params: Any) -> Any:
-        """From the worker thread: one call through this actor's socket, in the trio loop."""
-        return trio.from_thread.run(
-            lambda: self.peers.call(actor, method, timeout=120, **params), trio_token=self.trio_token
-        )
+    def _peer_call(self, actor: str, method: str, **params: Any) -> Any:
+        """From the Driver's worker thread: one call to the memory or draft actor."""
+        return self.call_from_thread(actor, method, timeout=120, **params)
 
     async def on_registered(self) -> None:
         await self._add_holder()

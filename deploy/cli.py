@@ -100,10 +100,13 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 @command
 def cmd_status(args: argparse.Namespace) -> int:
     from specmemo.protocol import Unauthorized
+    from specmemo.protocol.actor_state import ROUTABLE
     from specmemo.protocol.schema import to_wire
 
     with _client(args) as c:
         reply = c.call("kernel", "actors")
+        kinds = {a.name: a.kind for a in reply.actors}  # actors named other than their kind decode too
+        c.kinds.update(kinds)
         try:
             counted = c.call("kernel", "metrics").actors
         except Unauthorized:
@@ -120,7 +123,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 row["p99_ms"] = f"{m['p99_ms']:.2f}" if "p99_ms" in m else "-"
             if isinstance(row.get("uptime_s"), (int, float)):
                 row["uptime_s"] = f"{row['uptime_s']:.1f}"
-            if args.metrics and row["state"] in ("ready", "external"):
+            if args.metrics and row["state"] in ROUTABLE:
                 values = c.call(row["name"], "metrics").values
                 row["gauges"] = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())) or "-"
     print(f"deployment {reply.deployment} at {reply.endpoint}")
@@ -131,6 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     models = [row for row in rows if row["kind"] in ("draft", "verifier") and row["state"] == "ready"]
     if models:
         with _client(args) as c:
+            c.kinds.update(kinds)
             infos = [(row["name"], to_wire(c.call(row["name"], "info"))) for row in models]
         print()
         print_table(

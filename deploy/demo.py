@@ -50,7 +50,7 @@ def run_demo(config: str | None, max_new_tokens: int, quiet_actors: bool, precis
                 "[demo] actors: " + ", ".join(f"{n} {states.get(n, '...')}" for n in actors), flush=True
             ),
         )
-        with dep.client(timeout=900) as c:
+        with dep.client(timeout=900, kinds={a.name: a.kind for a in cfg.actors}) as c:
             if "verifier" in actors:
                 _models(c, [a.name for a in cfg.actors if a.kind in ("draft", "verifier")])
                 _chat(c, max_new_tokens)

@@ -143,6 +143,8 @@ class AsyncCaller:
             raise
         finally:
             self._pending.pop(call_id, None)
+        if msg.command == Command.STREAM:
+            await self._cancel(actor, call_id)
         return result_of(msg, spec)
 
     async def stream(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any):

@@ -75,9 +75,12 @@ def decoded(spec: MethodSpec | None, body: Any) -> Any:
 
 
 def result_of(msg: Message, spec: MethodSpec | None) -> Any:
-    """The value a finished call returns, or the typed error it raises."""
+    """The value a finished call returns, or the typed error it raises (a stream's first chunk
+    answering a plain call: BadRequest; the caller cancels the stream)."""
     if msg.command == Command.ERROR:
         raise error_from_wire(msg.body)
+    if msg.command == Command.STREAM:
+        raise BadRequest(f"{spec.name if spec else 'the method'} streams: call stream() for it")
     return decoded(spec, msg.body)
 
 

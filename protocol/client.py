@@ -28,7 +28,7 @@ import zmq
 from .async_client import HOLD_FROM, AsyncCaller, AsyncClient
 from .calls import DEFAULT_TIMEOUT, dealer, request_frames, result_of, spec_for, stream_chunk
 from .endpoint import find_endpoint
-from .errors import BadRequest, DeadlineExceeded, SpecmemoError
+from .errors import DeadlineExceeded, SpecmemoError
 from .methods import ActorInfo, ChatChunk, MatrixReport, MethodSpec, PingReply, SolveReply, Usage
 from .wire import DEFAULT_MAX_MESSAGE_BYTES, Command, Header, Message, decode, encode, recv_frames, send_frames
 
@@ -88,7 +88,7 @@ class Client:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         msg = self._recv_for(call_id, deadline, actor, method)
         if msg.command == Command.STREAM:
-            raise BadRequest(f"{actor}.{method} streams: use Client.stream()")
+            self._cancel(actor, call_id)
         return result_of(msg, spec)
 
     def stream(self, actor: str, method: str, /, *, timeout: float | None = None, **params: Any) -> Iterator[Any]:

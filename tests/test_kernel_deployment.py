@@ -271,3 +271,20 @@ def test_a_cancel_naming_another_actor_cancels_nothing(echo_deployment):
         assert msg.command == Command.ERROR and error_from_wire(msg.body).name == "Cancelled"
     finally:
         raw.close()
+
+
+def test_a_streaming_method_called_as_a_plain_call_is_a_bad_request_in_both_clients(echo_deployment):
+    from specmemo.protocol.errors import BadRequest
+
+    with echo_deployment.client() as c:
+        with pytest.raises(BadRequest, match="echo.count streams"):
+            c.call("echo", "count", n=3)
+        assert c.call("echo", "echo", data=1).data == 1  # the cancelled stream left nothing behind
+
+    async def main() -> None:
+        async with AsyncClient(echo_deployment.endpoint) as c:
+            with pytest.raises(BadRequest, match="echo.count streams"):
+                await c.call("echo", "count", n=3)
+            assert (await c.call("echo", "echo", data=2)).data == 2
+
+    trio.run(main)
