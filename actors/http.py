@@ -294,10 +294,10 @@ class HttpActor(Actor):
         kernel = await self.peers.call("kernel", "metrics", timeout=10)
         actors = await self.peers.call("kernel", "actors", timeout=10)
         for actor, row in sorted(kernel.actors.items()):
-            lines.append(f'specmemo_requests_total{{actor="{actor}"}} {row["requests"]}')
-            for code, n in sorted(row["errors"].items()):
+            lines.append(f'specmemo_requests_total{{actor="{actor}"}} {row.requests}')
+            for code, n in sorted(row.errors.items()):
                 lines.append(f'specmemo_errors_total{{actor="{actor}",code="{code}"}} {n}')
-            lines.append(f'specmemo_heartbeat_misses_total{{actor="{actor}"}} {row["heartbeat_misses"]}')
+            lines.append(f'specmemo_heartbeat_misses_total{{actor="{actor}"}} {row.heartbeat_misses}')
         for info in actors.actors:
             if info.state not in ROUTABLE:
                 continue

@@ -76,7 +76,7 @@ class Turn:
             self.first_token_s = time.perf_counter() - self.started
         self.stats = chunk.stats or self.stats
         if chunk.step:
-            self.gammas.append(int(chunk.step["gamma"]))
+            self.gammas.append(int(chunk.step.gamma))
         self.reply_tokens += len(chunk.tokens)
         done = chunk.done
         self.finished = self.finished or done

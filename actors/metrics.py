@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from specmemo.protocol.kernel_messages import ActorCounts
+
 LATENCY_BUCKETS = (
     0.0001,
     0.00025,
@@ -77,25 +79,25 @@ class KernelMetrics:
         counts[-1] += seconds
         self._recent[actor].append(seconds)
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
+    def snapshot(self) -> dict[str, ActorCounts]:
         """Per actor: requests, errors (by code), p50/p99 ms of recent calls, heartbeat misses
         (read from the plain counters: no Prometheus rendering for `status`)."""
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, ActorCounts] = {}
 
-        def row(actor: str) -> dict[str, Any]:
-            return out.setdefault(actor, {"requests": 0, "errors": {}, "heartbeat_misses": 0})
+        def row(actor: str) -> ActorCounts:
+            return out.setdefault(actor, ActorCounts())
 
         for (actor, _method), n in list(self._requests.items()):
-            row(actor)["requests"] += n
+            row(actor).requests += n
         for (actor, code), n in list(self._errors.items()):
-            row(actor)["errors"][code] = n
+            row(actor).errors[code] = n
         for actor, n in list(self._heartbeat_misses.items()):
-            row(actor)["heartbeat_misses"] = n
+            row(actor).heartbeat_misses = n
         for actor, ring in list(self._recent.items()):
             window = sorted(ring)
             if window:
-                row(actor)["p50_ms"] = 1000 * window[len(window) // 2]
-                row(actor)["p99_ms"] = 1000 * window[min(len(window) - 1, int(len(window) * 0.99))]
+                row(actor).p50_ms = 1000 * window[len(window) // 2]
+                row(actor).p99_ms = 1000 * window[min(len(window) - 1, int(len(window) * 0.99))]
         return out
 
 

@@ -42,6 +42,7 @@ from specmemo.protocol.methods import (
     OpenChat,
     SessionList,
     SessionRef,
+    StepInfo,
 )
 
 from .base import Actor, Call
@@ -386,7 +387,7 @@ class VerifierActor(Actor):
                 reply = self.core.end_turn(stream.session, stream.message, np.asarray(stream.reply))
             else:
                 reply = text
-        step = None if event.step is None else {**event.step.as_dict(), "batch": batch}
+        step = None if event.step is None else StepInfo(**event.step.as_dict(), batch=batch)
         stream.deliver(ChatChunk(tokens=tokens, text=delta, done=bool(event.done), step=step, stats=stats, reply=reply))
         if event.done:
             stream.send.close()

@@ -351,8 +351,8 @@ def through_actors_rows(context: dict) -> list[Row]:
                     new.extend(int(t) for t in chunk.tokens)
                     if chunk.step:
                         row.steps += 1
-                        row.accepted += chunk.step["accepted"]
-                        row.drafted += chunk.step["gamma"]
+                        row.accepted += chunk.step.accepted
+                        row.drafted += chunk.step.gamma
                 row.seconds += time.perf_counter() - start
                 row.tokens += len(new)
                 row.outputs.append(new)

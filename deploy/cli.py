@@ -101,6 +101,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from specmemo.protocol import Unauthorized
     from specmemo.protocol.actor_state import ROUTABLE
+    from specmemo.protocol.kernel_messages import ActorCounts
     from specmemo.protocol.schema import to_wire
 
     with _client(args) as c:
@@ -116,11 +117,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = [to_wire(row) for row in reply.actors]  # table rows, annotated below
         for row in rows:
             if counted is not None:
-                m = counted.get(row["name"], {})
-                row["calls"] = m.get("requests", 0)
-                row["errors"] = sum(m.get("errors", {}).values())
-                row["p50_ms"] = f"{m['p50_ms']:.2f}" if "p50_ms" in m else "-"
-                row["p99_ms"] = f"{m['p99_ms']:.2f}" if "p99_ms" in m else "-"
+                m = counted.get(row["name"]) or ActorCounts()
+                row["calls"] = m.requests
+                row["errors"] = sum(m.errors.values())
+                row["p50_ms"] = f"{m.p50_ms:.2f}" if m.p50_ms is not None else "-"
+                row["p99_ms"] = f"{m.p99_ms:.2f}" if m.p99_ms is not None else "-"
             if isinstance(row.get("uptime_s"), (int, float)):
                 row["uptime_s"] = f"{row['uptime_s']:.1f}"
             if args.metrics and row["state"] in ROUTABLE:

@@ -103,7 +103,7 @@ def _chat(c, max_new_tokens: int) -> None:
                 first_at = time.perf_counter() - t0
             print(chunk.text, end="", flush=True)
             if chunk.step:
-                gammas.append(chunk.step["gamma"])
+                gammas.append(chunk.step.gamma)
             last = chunk
         assert last is not None, "a turn ends with its final chunk"
         s = last.stats

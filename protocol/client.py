@@ -169,7 +169,7 @@ class Client:
         for chunk in self.chat(session, message, **kw):
             tokens.extend(int(t) for t in chunk.tokens)
             if chunk.step:
-                gammas.append(int(chunk.step["gamma"]))
+                gammas.append(int(chunk.step.gamma))
             last = chunk
         stats = last.stats
         return ChatResult(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any
 
 from .actor_state import ActorState
 from .method_table import method
@@ -43,8 +42,19 @@ class ActorsReply:
 
 
 @message
+class ActorCounts:
+    """What the kernel counted for one actor since it started."""
+
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # typed errors answered, by code name
+    heartbeat_misses: int = 0
+    p50_ms: float | None = None  # of its recent calls, request to final reply (None: no call yet)
+    p99_ms: float | None = None
+
+
+@message
 class KernelMetricsReply:
-    actors: dict[str, Any] = field(default_factory=dict)  # name -> requests, errors by code, p50_ms, p99_ms
+    actors: dict[str, ActorCounts] = field(default_factory=dict)  # by actor name
 
 
 @message

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from .control import Notice, ReadyBody
 from .echo_messages import CountChunk, CountRequest, EchoReply, EchoRequest, FailRequest, SleepReply, SleepRequest
-from .kernel_messages import ActorInfo, ActorMetricsReply, ActorsReply, Empty, KernelMetricsReply, PingReply
+from .kernel_messages import (
+    ActorCounts,
+    ActorInfo,
+    ActorMetricsReply,
+    ActorsReply,
+    Empty,
+    KernelMetricsReply,
+    PingReply,
+)
 from .memory_messages import (
     AddHolder,
     Answers,
@@ -58,6 +66,7 @@ from .model_messages import (
     Proposal,
     ProposeRequest,
     SessionList,
+    StepInfo,
 )
 from .schema import from_wire, message, to_wire
 from .solver_messages import (
@@ -73,6 +82,8 @@ from .solver_messages import (
 )
 
 __all__ = [
+    "ActorCounts",
+    "StepInfo",
     "Notice",
     "ReadyBody",
     "METHODS",

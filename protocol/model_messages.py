@@ -156,11 +156,25 @@ class CompleteRequest:
 
 
 @message
+class StepInfo:
+    """One speculative step of one session, as its chat chunk reports it."""
+
+    session: str
+    gamma: int  # draft nodes granted (0: a plain decoding step)
+    accepted: int  # draft tokens the target accepted
+    emitted: int  # tokens the step added (accepted + the target's own)
+    draft_s: float
+    target_s: float
+    width: int = 1  # the token tree's widest level (1: a chain)
+    batch: int = 1  # sessions in the step's target forward
+
+
+@message
 class ChatChunk:
     tokens: np.ndarray  # int64 token ids accepted in this step
     text: str = ""  # their text (a UTF-8-safe delta)
     done: bool = False
-    step: dict[str, Any] | None = None  # this step: gamma, accepted, emitted, draft_s, target_s
+    step: StepInfo | None = None  # this step (None on a final chunk that carries no step)
     stats: dict[str, Any] = field(default_factory=dict)  # the turn so far (+ prompt_tokens, prefilled_tokens)
     reply: str = ""  # the whole reply text, on the final chunk
 

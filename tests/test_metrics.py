@@ -55,9 +55,9 @@ def test_the_kernel_counts_requests_errors_and_latency_per_actor(deployment):
         with pytest.raises(UnknownMethod):
             c.call("echo", "nope")
         counted = c.call("kernel", "metrics").actors["echo"]
-    assert counted["requests"] >= 21
-    assert counted["errors"].get("UnknownMethod") == 1
-    assert 0 < counted["p50_ms"] <= counted["p99_ms"]
+    assert counted.requests >= 21
+    assert counted.errors.get("UnknownMethod") == 1
+    assert 0 < counted.p50_ms <= counted.p99_ms
     text = _scrape(deployment.port)
     assert 'specmemo_requests_total{actor="echo",method="echo"}' in text
     assert 'specmemo_latency_seconds_bucket{actor="echo"' in text
@@ -90,6 +90,7 @@ def test_kernel_counters_reach_both_the_status_snapshot_and_the_scrape():
     from prometheus_client import generate_latest
 
     from specmemo.actors.metrics import KernelMetrics
+    from specmemo.protocol.methods import ActorCounts
 
     m = KernelMetrics()
     for method in ("echo", "echo", "sleep"):
@@ -98,14 +99,8 @@ def test_kernel_counters_reach_both_the_status_snapshot_and_the_scrape():
     m.count_heartbeat_miss("solver")
     m.observe("echo", 0.002)
     snap = m.snapshot()
-    assert snap["echo"] == {
-        "requests": 3,
-        "errors": {"BadRequest": 1},
-        "heartbeat_misses": 0,
-        "p50_ms": 2.0,
-        "p99_ms": 2.0,
-    }
-    assert snap["solver"] == {"requests": 0, "errors": {}, "heartbeat_misses": 1}
+    assert snap["echo"] == ActorCounts(requests=3, errors={"BadRequest": 1}, heartbeat_misses=0, p50_ms=2.0, p99_ms=2.0)
+    assert snap["solver"] == ActorCounts(requests=0, errors={}, heartbeat_misses=1)  # no call: no latency
     text = generate_latest(m.registry).decode()
     for line in (
         'specmemo_requests_total{actor="echo",method="echo"} 2.0',

@@ -136,9 +136,9 @@ def _as(keys, name: str, endpoint: str, **kw) -> Client:
 
 def test_a_client_key_is_refused_operator_methods_before_any_handler_runs(secure, keys):
     with _as(keys, "ops", secure.endpoint, timeout=5) as ops:
-        before = ops.call("kernel", "metrics").actors["echo"]["requests"]
+        before = ops.call("kernel", "metrics").actors["echo"].requests
         assert isinstance(ops.call("echo", "metrics").values, dict)  # an operator may
-        mid = ops.call("kernel", "metrics").actors["echo"]["requests"]
+        mid = ops.call("kernel", "metrics").actors["echo"].requests
         assert mid == before + 1  # the operator's own call was routed
         with _as(keys, "alice", secure.endpoint, timeout=5) as alice:
             assert alice.call("echo", "echo", data=3).data == 3  # a client method
@@ -147,7 +147,7 @@ def test_a_client_key_is_refused_operator_methods_before_any_handler_runs(secure
                 with pytest.raises(Unauthorized, match="operator key"):
                     alice.call(actor, method)
         # the refused echo.metrics never reached the echo actor: one request more (alice's echo)
-        assert ops.call("kernel", "metrics").actors["echo"]["requests"] == mid + 1
+        assert ops.call("kernel", "metrics").actors["echo"].requests == mid + 1
 
 
 def test_every_privileged_method_is_refused_to_a_client_key_and_reaches_no_actor(secure, keys):
@@ -165,7 +165,7 @@ def test_every_privileged_method_is_refused_to_a_client_key_and_reaches_no_actor
                 with pytest.raises(Unauthorized):
                     alice.call(actor, bare, **BODIES.get(method, {}))
         after = ops.call("kernel", "metrics").actors
-        assert {a: row["requests"] for a, row in after.items()} == {a: row["requests"] for a, row in before.items()}
+        assert {a: row.requests for a, row in after.items()} == {a: row.requests for a, row in before.items()}
         for method in sorted(OPERATOR - {"kernel.metrics"}):  # the operator's are its to call
             kind, bare = method.split(".")
             ops.call(names[kind] if kind != "actor" else "echo", bare)

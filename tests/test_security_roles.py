@@ -91,7 +91,7 @@ def test_a_client_calling_an_actor_only_method_is_refused_and_nothing_runs(spec)
         assert after.costs == before.costs and after.budget == before.budget
         requests_after = c.call("kernel", "metrics").actors
         for kind in ("memory", "draft"):
-            assert requests_after[kind]["requests"] == requests_before[kind]["requests"] + (kind == "memory")
+            assert requests_after[kind].requests == requests_before[kind].requests + (kind == "memory")
         # the engine still serves its clients (and its actors still reach each other)
         session = c.open_session()
         reply = c.ask(session, "still working?", max_new_tokens=6)

@@ -89,7 +89,7 @@ def test_a_tree_chat_through_the_actors_gives_the_in_process_tokens(spec):
         session = c.open_session()
         chunks = list(c.chat(session, "grow a tree", max_new_tokens=30, gamma=5, tree=2))
         assert [int(t) for ch in chunks for t in ch.tokens] == expected
-        assert {ch.step["width"] for ch in chunks if ch.step["gamma"] >= 2} == {2}
+        assert {ch.step.width for ch in chunks if ch.step.gamma >= 2} == {2}
         c.close_session(session)
         assert session not in c.usage().sessions
 
@@ -122,7 +122,7 @@ def test_two_concurrent_chats_are_batched_and_both_correct(spec, engine):
             ids = []
             for ch in c.chat(session, messages[key], max_new_tokens=40, gamma=GAMMA):
                 ids.extend(int(t) for t in ch.tokens)
-                batches.append(ch.step["batch"])
+                batches.append(ch.step.batch)
             got[key] = ids
             c.close_session(session)
 
