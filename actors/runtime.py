@@ -9,15 +9,13 @@ class on the way out, and a mismatch is answered as ``Internal``.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import signal
 import time
 import traceback
-import types
 from contextlib import aclosing
-from typing import Any, NamedTuple
+from typing import Any
 
 import trio
 import zmq
@@ -34,7 +32,6 @@ from specmemo.protocol.errors import (
     Internal,
     Overloaded,
     SpecmemoError,
-    UnknownMethod,
     error_from_wire,
 )
 from specmemo.protocol.method_table import result_to_wire
@@ -52,16 +49,9 @@ from specmemo.protocol.wire import (
 )
 
 from .base import Actor, Call
+from .handlers import Handler, Handlers, is_awaitable
 
 log = logging.getLogger("specmemo.actor")
-
-
-class Handler(NamedTuple):
-    fn: Any
-    request: type  # the request message class
-    result: type  # the reply message class, or the chunk class of a streaming method
-    streams: bool
-    inline: bool  # a plain ``def``: run at once on the event loop, no task
 
 
 class ActorRuntime:
@@ -82,7 +72,7 @@ class ActorRuntime:
         self.max_message_bytes = max_message_bytes
         self.curve = curve
         self.active: dict[tuple[bytes, int], Call] = {}
-        self._handlers: dict[str, Handler] = {}
+        self.handlers = Handlers(actor)
         self._outbox: list[list[Any]] = []  # replies held until the burst is dispatched
         self._stalled = 0  # batches of replies waiting for socket room
         self._unstalled = trio.Event()
@@ -232,26 +222,12 @@ class ActorRuntime:
         if notice.event == NoticeEvent.ACTOR_DIED:
             self.nursery.start_soon(self.actor.on_peer_died, notice.name)
 
-    def _handler(self, method: str) -> Handler:
-        """The handler of ``method``, looked up once: its schema and whether it runs inline."""
-        handler = self._handlers.get(method)
-        if handler is None:
-            spec = methods.lookup(self.actor.kind, method)
-            fn = getattr(self.actor, f"rpc_{method}", None)
-            if fn is None:
-                raise UnknownMethod(f"{self.actor.name} does not implement '{method}'")
-            inline = not (spec.streams or inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn))
-            result = spec.chunk if spec.streams else spec.reply
-            assert result is not None, f"{spec.name} declares no reply class"
-            handler = self._handlers[method] = Handler(fn, spec.request, result, spec.streams, inline)
-        return handler
-
     def _on_request(self, msg: Message) -> None:
         key = (msg.route, msg.header.id)
         try:
             if key in self.active:
                 raise BadRequest(f"call id {msg.header.id} is already in flight from this caller")
-            handler = self._handler(msg.header.method)
+            handler = self.handlers.get(msg.header.method)
             if not handler.inline and len(self.active) >= self.actor.max_concurrency:
                 raise Overloaded(f"{self.actor.name} is serving {len(self.active)} async calls, its limit")
             request: Any = methods.from_wire(handler.request, _body(msg), "params")
@@ -267,7 +243,7 @@ class ActorRuntime:
             # A plain ``def`` handler: answered here, without a task or a cancel scope.
             try:
                 result = fn(request, call)
-                if not _is_awaitable(result):
+                if not is_awaitable(result):
                     body = self._result(handler.result, result, call, "reply")
                     self._reply(Command.REPLY, call.route, Header(id=call.id), body)
                     return
@@ -276,7 +252,7 @@ class ActorRuntime:
                 return
             # It returned an awaitable after all (a decorated or partial ``async def`` that
             # inspection missed): serve this call and the method's next ones from a task.
-            self._handlers[call.method] = handler._replace(inline=False)
+            self.handlers.to_task(call.method)
             fn = lambda _request, _call, awaitable=result: awaitable  # noqa: E731
         self.active[key] = call
         # The scope exists before the task runs, so a CANCEL read in the same burst (before the
@@ -389,19 +365,5 @@ class ActorRuntime:
 
 #: Result types seen from handlers that are not awaitable: ``inspect.isawaitable`` goes
 #: through an ABC check (µs) and runs on every inline call, the type lookup does not.
-_PLAIN_RESULTS: set[type] = {dict, type(None)}
-
-
-def _is_awaitable(value: Any) -> bool:
-    kind = type(value)
-    if kind in _PLAIN_RESULTS:
-        return False
-    if inspect.isawaitable(value):
-        return True
-    if kind is not types.GeneratorType:  # a generator's awaitability depends on its code
-        _PLAIN_RESULTS.add(kind)
-    return False
-
-
 def _body(msg: Message) -> Any:
     return unpack_body(frame_bytes(msg.raw_body), msg.buffers)

@@ -116,3 +116,13 @@ def test_the_import_check_sees_a_wrong_arrow(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("from specmemo.deploy.local import DEFAULT_CONFIG\nimport specmemo.actors.kinds\n")
     assert our_imports(module) - ALLOWED["protocol"] == {"deploy", "actors"}
+
+
+def test_no_module_of_the_actors_or_the_protocol_is_over_400_lines():
+    long = {
+        str(path.relative_to(ROOT)): n
+        for folder in ("actors", "protocol")
+        for path in (ROOT / folder).rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 400
+    }
+    assert not long, f"split these by concept: {long}"

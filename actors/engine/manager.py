@@ -26,6 +26,7 @@ from .acceptance import RankAcceptance
 from .blocks import BlockIds, blocks_after_rollback, blocks_for
 from .errors import EngineError, OverBudget, SessionBusy, UnknownSession, as_answer
 from .memory_model import CostCurve, gamma_for_budget, kv_tokens, tree_shape
+from .reservations import Reservations
 
 EXPLORE_EVERY = 4
 
@@ -43,7 +44,7 @@ class _Session:
     plain_steps: int = 0  # steps in a row the policy granted γ = 0
 
 
-class MemoryManager:
+class MemoryManager(Reservations):
     """Grants KV blocks under `budget_bytes`; see the module doc for the protocol."""
 
     def __init__(
@@ -115,41 +116,6 @@ class MemoryManager:
             if holder in s.blocks:
                 s.lost.add(holder)
         return {"freed": freed, "sessions": sessions}
-
-    # reservations: memory that is not KV (a solver's plans and vectors)
-
-    def reserve(self, owner: str, key: str, nbytes: int) -> dict:
-        """Hold `nbytes` for `owner` under `key` (again for a held key: its new size). Idle
-        sessions are evicted for it as for a grant; OverBudget (nothing changed) if that would
-        not do. Answers the bytes held and the sessions evicted."""
-        if nbytes < 0:
-            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
-        extra = nbytes - self._reserved.get(owner, {}).get(key, 0)
-        try:
-            evicted = self._make_room("", extra)
-        except OverBudget:
-            raise OverBudget(
-                f"{owner} needs {nbytes} B for {key!r}: {self.budget - self._live} B free "
-                f"of {self.budget}, and the idle sessions cannot cover the rest"
-            ) from None
-        self._reserved.setdefault(owner, {})[key] = nbytes
-        self._live += extra
-        self._peak = max(self._peak, self._live)
-        return {"reserved": nbytes, "evicted": evicted}
-
-    def unreserve(self, owner: str, key: str) -> int:
-        """Give back what `owner` held under `key` (0 if nothing); answers the bytes freed."""
-        held = self._reserved.get(owner, {}).pop(key, 0)
-        if owner in self._reserved and not self._reserved[owner]:
-            del self._reserved[owner]
-        self._live -= held
-        return held
-
-    def release_reservations(self, owner: str) -> int:
-        """Give back everything `owner` held (its actor died); answers the bytes freed."""
-        held = sum(self._reserved.pop(owner, {}).values())
-        self._live -= held
-        return held
 
     # sessions
 
