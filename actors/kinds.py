@@ -11,3 +11,6 @@ ACTOR_KINDS: dict[str, str] = {
     "verifier": "specmemo.actors.verifier:VerifierActor",
     "http": "specmemo.actors.http:HttpActor",
 }
+
+#: The kinds that hold a model (torch and transformers, seconds to import; the zygote forks them).
+MODEL_KINDS = ("draft", "verifier")

@@ -7,7 +7,7 @@
   with a message naming the actor.
 - Stop: reverse start order; each actor is asked (BYE), then SIGTERM, then SIGKILL, each rung
   waiting ``stop_timeout_s``; every child is reaped (no zombies).
-- Spawn: the torch actors (:data:`FORKED_KINDS`) are forked by the zygote, which imported
+- Spawn: the torch actors (:data:`MODEL_KINDS`) are forked by the zygote, which imported
   torch once (see :mod:`specmemo.actors.zygote`); every other actor, and a torch actor that
   sets its own ``env`` or meets a zygote that is down, is a fresh ``python -m
   specmemo.actors.run``. The zygote is stopped last.
@@ -35,11 +35,9 @@ from typing import TextIO
 from specmemo.actors.config import ActorConfig, DeploymentConfig
 from specmemo.protocol.actor_state import ActorState
 
+from .kinds import MODEL_KINDS
 from .prctl import die_with_parent
 from .zygote_client import ForkedProcess, ZygoteClient, ZygoteError, how_it_ended
-
-#: Kinds whose actors import torch and transformers (seconds in a fresh Python).
-FORKED_KINDS = ("draft", "verifier")
 
 
 class Escalation(RuntimeError):
@@ -52,7 +50,7 @@ def forked(cfg: ActorConfig) -> bool:
     Native libraries read variables such as ``OMP_NUM_THREADS`` when they are loaded, which
     for a forked actor happened in the zygote: an actor that sets them needs its own exec.
     """
-    return cfg.kind in FORKED_KINDS and not cfg.env
+    return cfg.kind in MODEL_KINDS and not cfg.env
 
 
 @dataclass(slots=True)

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from specmemo.actors.kinds import MODEL_KINDS
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -59,7 +61,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def set_precision(config, precision: str) -> None:
     """Every model actor (draft, verifier) of the deployment runs in `precision`."""
     for actor in config.actors:
-        if actor.kind in ("draft", "verifier"):
+        if actor.kind in MODEL_KINDS:
             actor.config.pop("dtype", None)
             actor.config["precision"] = precision
 
@@ -132,7 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if counted is not None:
         columns += ["calls", "errors", "p50_ms", "p99_ms"]
     print_table(rows, columns + (["gauges"] if args.metrics else []))
-    models = [row for row in rows if row["kind"] in ("draft", "verifier") and row["state"] == "ready"]
+    models = [row for row in rows if row["kind"] in MODEL_KINDS and row["state"] == "ready"]
     if models:
         with _client(args) as c:
             c.kinds.update(kinds)

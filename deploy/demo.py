@@ -23,13 +23,14 @@ DEMO_TURNS = [
 def run_demo(config: str | None, max_new_tokens: int, quiet_actors: bool, precision: str | None = None) -> int:
     from specmemo.actors.config import load_config
     from specmemo.actors.engine.pull import is_cached, pull_default_pair
+    from specmemo.actors.kinds import MODEL_KINDS
 
     from .local import DEFAULT_CONFIG, LocalDeployment
 
     config_path = Path(config) if config else DEFAULT_CONFIG
     cfg = load_config(config_path)
     if (
-        any(a.config.get("model", "default") == "default" for a in cfg.actors if a.kind in ("draft", "verifier"))
+        any(a.config.get("model", "default") == "default" for a in cfg.actors if a.kind in MODEL_KINDS)
         and not is_cached()
     ):
         print("[demo] the default model pair is not cached yet: pulling it (about 1.6 GB, once)")
@@ -52,7 +53,7 @@ def run_demo(config: str | None, max_new_tokens: int, quiet_actors: bool, precis
         )
         with dep.client(timeout=900, kinds={a.name: a.kind for a in cfg.actors}) as c:
             if "verifier" in actors:
-                _models(c, [a.name for a in cfg.actors if a.kind in ("draft", "verifier")])
+                _models(c, [a.name for a in cfg.actors if a.kind in MODEL_KINDS])
                 _chat(c, max_new_tokens)
             for a in cfg.actors:
                 if a.kind == "http":
