@@ -129,16 +129,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             if args.metrics and row["state"] in ROUTABLE:
                 values = c.call(row["name"], "metrics").values
                 row["gauges"] = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())) or "-"
+        models = [row["name"] for row in rows if row["kind"] in MODEL_KINDS and row["state"] == "ready"]
+        infos = [(name, to_wire(c.call(name, "info"))) for name in models]
     print(f"deployment {reply.deployment} at {reply.endpoint}")
     columns = ["name", "kind", "pid", "state", "restarts", "uptime_s", "inflight"]
     if counted is not None:
         columns += ["calls", "errors", "p50_ms", "p99_ms"]
     print_table(rows, columns + (["gauges"] if args.metrics else []))
-    models = [row for row in rows if row["kind"] in MODEL_KINDS and row["state"] == "ready"]
-    if models:
-        with _client(args) as c:
-            c.kinds.update(kinds)
-            infos = [(row["name"], to_wire(c.call(row["name"], "info"))) for row in models]
+    if infos:
         print()
         print_table(
             [_model_row(name, info) for name, info in infos],
