@@ -1,6 +1,7 @@
-"""cffi build of the pars3 kernels (out-of-line API mode), run by `pip install` through setup.py.
+"""cffi builds of the native libraries (out-of-line API mode), run by `pip install` through setup.py:
+`_pars3` (the SpMV kernels, every .c here but q4.c) and `_q4` (4-bit linear layers, q4.c).
 
-The cdef is read from pars3.h. OpenMP is required: the build compiles a tiny OpenMP program
+Each cdef is read from its header (pars3.h, q4.h). OpenMP is required: the build compiles a tiny OpenMP program
 first and stops with a message saying what is missing if that fails.
 """
 
@@ -14,8 +15,11 @@ import tempfile
 from cffi import FFI
 
 HERE = os.path.relpath(os.path.dirname(os.path.abspath(__file__)))
+Q4_SOURCES = [os.path.join(HERE, "q4.c")]
 SOURCES = sorted(
-    os.path.join(HERE, name) for name in os.listdir(HERE) if name.endswith(".c") and not name.startswith("_")
+    os.path.join(HERE, name)
+    for name in os.listdir(HERE)
+    if name.endswith(".c") and not name.startswith("_") and os.path.join(HERE, name) not in Q4_SOURCES
 )
 COMPILE_ARGS = ["-O3", "-std=c11", "-fopenmp"]
 LINK_ARGS = ["-fopenmp"]
@@ -23,15 +27,15 @@ LINK_ARGS = ["-fopenmp"]
 HEADER = os.path.join(HERE, "pars3.h")
 
 
-def cdef_from_header(path: str = HEADER) -> str:
-    """The cdef is pars3.h itself, read the way cffi's parser wants it: no comments, no include
-    guard or #include, and each PARS3_* constant as `#define NAME ...` (its value comes from the
+def cdef_from_header(path: str = HEADER, prefix: str = "PARS3_") -> str:
+    """The cdef is the header itself, read the way cffi's parser wants it: no comments, no include
+    guard or #include, and each <prefix>* constant as `#define NAME ...` (its value comes from the
     compiled header). One declaration of every struct and function, in the header."""
     with open(path) as f:
         text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
     lines = []
     for line in text.splitlines():
-        define = re.match(r"\s*#define\s+(PARS3_\w+)\s+\S", line)
+        define = re.match(rf"\s*#define\s+({prefix}\w+)\s+\S", line)
         if define:
             lines.append(f"#define {define.group(1)} ...")
         elif not line.lstrip().startswith("#"):
@@ -78,8 +82,20 @@ ffi.set_source(
     extra_link_args=LINK_ARGS,
 )
 
+q4_ffi = FFI()
+q4_ffi.cdef(cdef_from_header(os.path.join(HERE, "q4.h"), "Q4_"))
+q4_ffi.set_source(
+    "specmemo.native._q4",
+    '#include "q4.h"',
+    sources=Q4_SOURCES,
+    include_dirs=[HERE],
+    extra_compile_args=COMPILE_ARGS,
+    extra_link_args=LINK_ARGS + ["-lm"],
+)
+
 if __name__ in ("__main__", "__cffi__"):
     require_openmp()
 
 if __name__ == "__main__":
     ffi.compile(verbose=True)
+    q4_ffi.compile(verbose=True)

@@ -52,17 +52,36 @@ def test_an_int8_linear_computes_each_row_as_if_it_were_alone(k, n, rows, bias, 
     assert ((together - reference).abs() <= step + 1e-5).all()
 
 
-def test_an_int4_linear_is_close_to_its_float_layer_and_packs_only_shapes_it_can():
-    torch.manual_seed(1)
-    linear = nn.Linear(256, 64)
-    x = torch.randn(3, 256)
-    q = Int4Linear(linear, Int4Linear.group_for(linear))
+@settings(max_examples=30, deadline=None)
+@given(
+    k=st.sampled_from([32, 64, 96, 256]),
+    parts=st.lists(st.sampled_from([16, 32, 48]), min_size=1, max_size=3),
+    rows=st.integers(1, 12),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_an_int4_linear_computes_each_row_as_if_it_were_alone_and_fuses_exactly(k, parts, rows, bias, seed):
+    torch.manual_seed(seed)
+    linears = [nn.Linear(k, n, bias=bias) for n in parts]
+    x = torch.randn(2, rows, k)
+    fused = Int4Linear(linears, 32)
+    alone = [Int4Linear(linear, 32) for linear in linears]
     with torch.inference_mode():
-        error = (q(x) - linear(x)).norm() / linear(x).norm()
-    assert error < 0.15
-    # half a byte a weight, and a bf16 scale and offset for each group of 128 inputs of each output
-    assert 256 * 64 // 2 <= q.packed_bytes <= 256 * 64 // 2 + 2 * 64 * 2 * 2 + 64
-    assert Int4Linear.group_for(nn.Linear(256, 259)) is None and Int4Linear.group_for(nn.Linear(100, 64)) is None
+        together = fused(x)
+        assert together.shape == (2, rows, sum(parts))
+        one_by_one = torch.cat([fused(x[:, i : i + 1]) for i in range(rows)], dim=1)
+        assert torch.equal(together, one_by_one)
+        assert torch.equal(together, torch.cat([q(x) for q in alone], dim=-1))
+        reference = torch.cat([linear(x) for linear in linears], dim=-1)
+    assert (together - reference).norm() / reference.norm() < 0.15
+    # half a byte a weight, and a float16 scale and zero for each group of 32 inputs of each output
+    assert fused.packed_bytes == sum(parts) * k // 2 + sum(parts) * (k // 32) * 4
+
+
+def test_int4_packs_only_the_shapes_it_can():
+    assert Int4Linear.group_for(nn.Linear(256, 259)) is None
+    assert Int4Linear.group_for(nn.Linear(100, 64)) is None
+    assert Int4Linear.group_for(nn.Linear(96, 64)) == 32 and Int4Linear.group_for(nn.Linear(24, 64)) == 8
 
 
 def test_an_int8_linear_keeps_the_leading_dimensions():
@@ -121,7 +140,16 @@ def test_an_unknown_precision_is_refused():
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    precisions=st.sampled_from([("float32", "float32"), ("int8", "int8"), ("int4", "int8"), ("float32", "int8")]),
+    precisions=st.sampled_from(
+        [
+            ("float32", "float32"),
+            ("int8", "int8"),
+            ("int4", "int8"),
+            ("float32", "int8"),
+            ("int4", "int4"),
+            ("int8", "int4"),
+        ]
+    ),
     seed=st.integers(0, 10_000),
     noise=st.sampled_from([0.0, 0.05, 0.5]),
     block=st.integers(1, 8),

@@ -7,6 +7,7 @@ import inspect
 import numpy as np
 import torch
 
+from . import lean
 from .kvcache import BlockKVCache, GatherCache, TreeFeed, batch_inputs
 from .precision import compute_dtype
 
@@ -31,13 +32,15 @@ def forward_rows(
     feeds: list[np.ndarray],
     keep_last: list[int],
     trees: list[TreeFeed | None] | None = None,
+    exact: bool = True,
 ) -> list[torch.Tensor]:
     """Append feeds[b] (token ids, n_b >= 1) to caches[b] for every row in one forward.
 
     Answers, for row b, the float32 logits `[keep_last[b], V]` of its last keep_last[b] fed
     tokens, oldest first. Inputs are right-padded with token 0 to q = max n_b; only the
     logits needed are computed (`logits_to_keep`), so a long prefill keeps no prompt logits.
-    trees[b], when given, makes row b's new tokens tree nodes (see `TreeFeed`).
+    trees[b], when given, makes row b's new tokens tree nodes (see `TreeFeed`). One row without
+    a tree goes through `lean.forward` where the model supports it (`exact=False`: its draft path).
     """
     n_new = [len(f) for f in feeds]
     assert len(caches) == len(feeds) == len(keep_last) and all(n >= k >= 0 for n, k in zip(n_new, keep_last))
@@ -52,9 +55,12 @@ def forward_rows(
     with torch.inference_mode():
         if len(caches) == 1 and not any(t is not None for t in trees or []):
             # one row: the cache itself, default positions and transformers' own causal mask
-            logits = model(
-                input_ids=inputs, **{cache_kwarg(model): caches[0]}, use_cache=True, logits_to_keep=keep
-            ).logits
+            if lean.supports(model):
+                logits = lean.forward(model, inputs, caches[0], keep, exact=exact)
+            else:
+                logits = model(
+                    input_ids=inputs, **{cache_kwarg(model): caches[0]}, use_cache=True, logits_to_keep=keep
+                ).logits
         else:
             lengths = [c.length for c in caches]
             positions, mask = batch_inputs(

@@ -1,5 +1,5 @@
 """The CPU this process runs on: its model, the SIMD flags that decide which kernels are fast,
-and whether this torch build has the int8 and int4 kernels."""
+and whether the int8 (torch's fbgemm) and int4 (native/q4.c) kernels run here."""
 
 from __future__ import annotations
 
@@ -76,4 +76,7 @@ def int8_supported() -> bool:
 
 
 def int4_supported() -> bool:
-    return hasattr(torch, "_weight_int4pack_mm_for_cpu") and hasattr(torch, "_convert_weight_to_int4pack_for_cpu")
+    """Whether `specmemo.native.q4` has a SIMD path here (its portable C path is a slow reference)."""
+    from specmemo.native import q4
+
+    return q4.best_isa() != "scalar"

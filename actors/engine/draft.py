@@ -76,7 +76,7 @@ class DraftCore(CacheHolder):
     """Proposes γ tokens per session per step, in one batched forward per draft position."""
 
     def __init__(self, model, block_tokens: int = 16, spare_blocks: int = 1):
-        super().__init__(model, block_tokens, spare_blocks)
+        super().__init__(model, block_tokens, spare_blocks, exact=False)
         self._sessions: dict[str, _DraftSession] = {}
 
     def open(self, session: str, token_ids: np.ndarray, blocks: int) -> int:
@@ -99,7 +99,7 @@ class DraftCore(CacheHolder):
         s.cache.resize(blocks)
         s.ids, s.proposed = ids, 0
         if len(ids) - 1 > resident:
-            forward_rows(self.model, [s.cache], [ids[resident:-1]], [0])
+            forward_rows(self.model, [s.cache], [ids[resident:-1]], [0], exact=False)
         assert s.cache.blocks == blocks
         return s.cache.held_bytes()
 
@@ -157,6 +157,7 @@ class DraftCore(CacheHolder):
                         feeds,
                         [len(f) if grown[b].nodes else 1 for b, f in zip(active, feeds)],
                         trees,
+                        exact=False,
                     )
                 if len({len(f) for f in feeds}) == 1:
                     timed.setdefault(len(feeds[0]), []).append(step.seconds)

@@ -269,12 +269,15 @@ def batch_inputs(
 
 class CacheHolder:
     """What the draft and the target side share: a model in eval mode, the facts their caches are
-    sized from (dtype, device, KV bytes per token, vocabulary, context), and a new block cache."""
+    sized from (dtype, device, KV bytes per token, vocabulary, context), and a new block cache.
+    `exact`: forwards compute what the model's own forward computes, bit for bit (a target's
+    must; a draft's may take `lean`'s faster, nearly equal path)."""
 
-    def __init__(self, model, block_tokens: int, spare_blocks: int, max_context: int | None = None):
+    def __init__(self, model, block_tokens: int, spare_blocks: int, max_context: int | None = None, exact: bool = True):
         from .memory_model import kv_bytes_per_token
 
         self.model = model.eval()
+        self.exact = exact
         self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
         self.dtype = compute_dtype(model)
         self.layer_devices = layer_devices(model)
@@ -293,13 +296,13 @@ class CacheHolder:
 
         ids = np.arange(context + max(ms), dtype=np.int64) % self.vocab_size
         cache = self.new_cache()
-        forward_rows(self.model, [cache], [ids[:context]], [1])
+        forward_rows(self.model, [cache], [ids[:context]], [1], exact=self.exact)
         out = {}
         for m in ms:
             samples = []
             for _ in range(repeats):
                 with Timer() as timer:
-                    forward_rows(self.model, [cache], [ids[context : context + m]], [m])
+                    forward_rows(self.model, [cache], [ids[context : context + m]], [m], exact=self.exact)
                 cache.rollback(m)
                 samples.append(timer.seconds)
             out[m] = sorted(samples)[len(samples) // 2]

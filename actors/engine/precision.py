@@ -18,14 +18,19 @@ Precisions (the `precision` setting of a model):
   float32; norms, attention and the KV cache stay float32. Without VNNI, fbgemm's AVX2 kernels
   add u8·s8 pairs in saturating int16, so activations then use 7 bits (u8 codes ≤ 127), as
   torch's ``reduce_range`` does.
-- ``int4`` (drafts): 4-bit weights in groups of 128 inputs (asymmetric), bfloat16 activations,
-  torch's weight-only CPU kernel. Half the bytes of int8 at one token per forward, but the cost
-  grows linearly with the rows, and rows are not promised independent: a draft's precision
-  (its proposals are one token per forward, and the target verifies every token), not a target's.
-  A layer whose shape does not pack (outputs not a multiple of 16) stays int8.
+- ``int4``: every linear layer whose outputs are a multiple of 16 holds 4-bit weights in groups
+  of 32 inputs (asymmetric: a float16 scale and zero per output channel and group), the others
+  int8; activations are quantized per token as for int8 and multiplied by `specmemo.native.q4`
+  (AVX-512 VNNI, AVX2 or portable C, chosen at run time), exact integer dot products per group:
+
+      y_ij = s_i · Σ_g ( scale_jg · Σ_{k∈g} round(x_ik / s_i) · Q_jk + zero_jg · Σ_{k∈g} round(x_ik / s_i) )
+
+  so rows are independent (exact verification, as int8) and the weights are read once per forward
+  whatever M is: half the bytes of int8. Groups of 32 keep what a Q4_K GGUF file holds (16 levels
+  per 32 weights, a scale and a minimum each); its 6-bit tensors lose their low bits.
 - ``auto``: on the CPU, `choose` times one decoder layer and (a slice of) the LM head of the loaded model at
   M = 1 and M = γ_max + 1 new tokens in each precision this machine supports and takes the
-  fastest (a target by t(1) + t(γ_max + 1), a draft by t(1), int4 among its candidates); a
+  fastest (a target by t(1) + t(γ_max + 1), a draft by t(1)); a
   model on an accelerator takes bfloat16.
 
 The chosen precision, the CPU features and the probe's numbers are a `Choice`, kept on the model
@@ -51,7 +56,7 @@ from .quantized import (
     Bf16Embedding,
     Int4Linear,
     Int8Linear,
-    Int8Part,
+    LinearPart,
     SourcePages,
     quantize_linears,
     release_freed_memory,
@@ -66,7 +71,7 @@ __all__ = [
     "CpuFeatures",
     "Int4Linear",
     "Int8Linear",
-    "Int8Part",
+    "LinearPart",
     "SourcePages",
     "apply_precision",
     "choose",
@@ -139,13 +144,15 @@ def apply_precision(model, precision: str, activation_bits: int | None = None, r
         precision, probe = choose(model, role=role, **probe_options) if on_cpu else ("bfloat16", {})
     if precision in ("int8", "int4") and not on_cpu:
         raise ValueError(f"precision {precision} runs on the CPU only; use bfloat16 on an accelerator")
-    _convert(model, precision, activation_bits)
+    _convert(model, precision, activation_bits, exact_rows=role != "draft")
     release_freed_memory()
     model._specmemo_precision = Choice(precision, requested, weight_bytes(model), cpu_features().as_dict(), probe)
     return model
 
 
-def _convert(model, precision: str, activation_bits: int | None = None) -> None:
+def _convert(model, precision: str, activation_bits: int | None = None, exact_rows: bool = True) -> None:
+    # exact_rows: with int8/int4, attention computes each row alone too (a target's verification
+    # must equal one-token steps; a draft's need not, and keeps sdpa's faster prefill)
     if precision == "float32":
         model.float()
     elif precision == "bfloat16":
@@ -153,10 +160,8 @@ def _convert(model, precision: str, activation_bits: int | None = None) -> None:
     elif precision in ("int8", "int4"):
         if not int8_supported():
             raise ValueError(f"precision {precision} needs torch's fbgemm quantized engine, absent from this build")
-        if precision == "int4" and not int4_supported():
-            raise ValueError("precision int4 needs torch's CPU int4 weight-only kernel, absent from this build")
         quantize_linears(model, activation_bits or (8 if cpu_features().vnni else 7), four_bit=precision == "int4")
-        if precision == "int8":
+        if exact_rows:
             use_rowwise_attention(model)  # with exact rows, exact attention: see attention.py
     else:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -171,13 +176,12 @@ def _layers_and_head(model) -> tuple[nn.Module, int, nn.Module]:
     return base.layers[0], len(base.layers), model.get_output_embeddings()
 
 
-def _supported(role: str) -> list[str]:
-    # int4 only for a draft: its cost grows with M, and its rows are not promised independent
+def _supported() -> list[str]:
     candidates = ["float32", "bfloat16"]
     if int8_supported():
         candidates.append("int8")
-    if role == "draft" and int4_supported():
-        candidates.append("int4")
+        if int4_supported():  # its kernel has a SIMD path on this CPU
+            candidates.append("int4")
     return candidates
 
 
@@ -196,18 +200,18 @@ def choose(
     M = γ_max + 1 new tokens after a 64-token context;
     a forward costs n_layers · t_layer + t_head. A target's score is t(1) + t(γ_max + 1) (plain
     steps and verifications); a draft's is t(1), its proposals being one token per forward.
-    `role` ("target" or "draft") also decides the candidates (int4 drafts only). `clock` is the
+    `role` ("target" or "draft") also decides how the copies attend (exact rows for a target). `clock` is the
     timing source (tests replace it).
     """
     layer, n_layers, head = _layers_and_head(model)
     config = model.config.get_text_config(decoder=True)
     hidden = config.hidden_size
-    candidates = candidates or _supported(role)
+    candidates = candidates or _supported()
     probe: dict[str, dict[str, float]] = {}
     for precision in candidates:
         sample, scale = _head_sample(head)
         part = nn.ModuleDict({"layer": copy.deepcopy(layer), "head": sample})
-        _convert(part, precision)
+        _convert(part, precision, exact_rows=role != "draft")
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         times = {}
         for m in (1, gamma_max + 1):

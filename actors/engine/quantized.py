@@ -1,7 +1,8 @@
 """Quantized modules and the conversion that puts them in a model (the math is in `precision`'s doc).
 
 `Int8Linear` (per-channel int8 weights, per-token int8 activations, fbgemm), `Int4Linear`
-(weight-only int4 in groups), `Int8Part` (one output of a fused int8 projection),
+(int4 weights in groups, per-token int8 activations, native/q4.c), `LinearPart` (one output of
+a fused projection),
 `Bf16Embedding`; `quantize_linears` swaps them into a model, dropping the pages of the float
 weights it consumed (`SourcePages`).
 """
@@ -13,8 +14,11 @@ import os
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from specmemo.native import q4
 
 # int8 modules
 
@@ -81,45 +85,64 @@ class Int8Linear(nn.Module):
 
 
 class Int4Linear(nn.Module):
-    """A linear layer with 4-bit weights (asymmetric, one scale and offset per group of `group`
-    inputs) and float activations: torch's weight-only CPU kernel. One row costs half an int8
-    product, but the cost grows linearly with the rows: for the draft, whose proposals are one
-    token per forward, not for verification."""
+    """A linear layer with 4-bit weights (asymmetric, a float16 scale and zero per output row and
+    group of `group` inputs) and per-token 8-bit activations: `specmemo.native.q4` (exact integer
+    dot products, so each row is independent of the others, as with `Int8Linear`; the weights are
+    read once per call, so a forward of a few tokens costs about what one costs).
 
-    def __init__(self, linear: nn.Linear, group: int, source: SourcePages | None = None):
+    Given several linears of one input size (each with a multiple of 16 outputs) it is their
+    fusion, as `Int8Linear` is.
+    """
+
+    def __init__(self, linear: nn.Linear | list[nn.Linear], group: int = 32, source: SourcePages | None = None):
         super().__init__()
-        n, k = linear.weight.shape
-        assert k % group == 0 and n % 16 == 0, (n, k, group)
-        self.in_features, self.out_features, self.group = k, n, group
-        packed, scales = [], []
-        for rows in _row_blocks(linear.weight.detach(), source):  # a block at a time (rows pack alone)
-            grouped = rows.float().reshape(len(rows), k // group, group)
-            low, high = grouped.amin(-1), grouped.amax(-1)
-            scale = ((high - low) / 15).clamp_min(1e-12)
-            codes = torch.clamp(torch.round((grouped - low[..., None]) / scale[..., None]), 0, 15)
-            packed.append(torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).reshape(len(rows), k), 1))
-            # the kernel computes (code − 8)·scale + zero: zero = low + 8·scale
-            scales.append(torch.stack([scale, low + 8 * scale], -1))
-        self._packed = torch.cat(packed) if len(packed) > 1 else packed[0]
-        # (the kernel's fast path takes bfloat16 activations and scales; float32 is a slow reference)
-        self._scales = torch.cat(scales).transpose(0, 1).contiguous().to(torch.bfloat16)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
-        self.packed_bytes = self._packed.untyped_storage().nbytes() + self._scales.untyped_storage().nbytes()
+        parts = linear if isinstance(linear, list) else [linear]
+        assert len({p.in_features for p in parts}) == 1 and len({p.bias is None for p in parts}) == 1
+        self.splits = [p.out_features for p in parts]
+        self.in_features, self.out_features, self.group = parts[0].in_features, sum(self.splits), group
+        codes, scales = [], []
+        for part in parts:
+            for rows in _row_blocks(part.weight.detach(), source):  # a block at a time (rows pack alone)
+                packed = q4.pack(rows.float().numpy(), group)
+                codes.append(packed.codes)
+                scales.append(packed.scales)
+        self.weights = q4.Q4Weights(
+            self.out_features, self.in_features, group, np.concatenate(codes), np.concatenate(scales)
+        )
+        # torch views of the arrays: their data_ptr() is what each call passes (and forks share them)
+        self._codes, self._scales = torch.from_numpy(self.weights.codes), torch.from_numpy(self.weights.scales)
+        bias = None if parts[0].bias is None else torch.cat([p.bias.detach().float() for p in parts])
+        self.register_buffer("bias", bias)
+        self.packed_bytes = self.weights.nbytes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        out = torch._weight_int4pack_mm_for_cpu(rows, self._packed, self.group, self._scales).float()
+        rows = x.reshape(-1, self.in_features).float().contiguous()
+        out = torch.empty(rows.shape[0], self.out_features)
+        q4.linear_ptr(
+            rows.shape[0],
+            self.weights,
+            self._codes.data_ptr(),
+            self._scales.data_ptr(),
+            rows.data_ptr(),
+            out.data_ptr(),
+            torch.get_num_threads(),
+        )
         if self.bias is not None:
-            out = out + self.bias
+            out += self.bias
         return out.reshape(*shape[:-1], self.out_features)
 
     @staticmethod
-    def group_for(linear: nn.Linear) -> int | None:
-        """The largest supported group that divides the input size, None if the layer cannot be packed."""
-        if linear.out_features % 16:
+    def group_for(linear: nn.Linear, preferred: int = 32) -> int | None:
+        """The largest group up to `preferred` that divides the input size (32 keeps a Q4_K file's
+        sub-blocks: their 16 levels per 32 inputs are what a group of 32 represents), None if the
+        layer cannot be packed (outputs not a multiple of 16)."""
+        if linear.out_features % q4.BLOCK_ROWS:
             return None
-        return next((g for g in (128, 64, 32) if linear.in_features % g == 0), None)
+        return next((g for g in (128, 64, 32, 16, 8) if g <= preferred and linear.in_features % g == 0), None)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, group={self.group}"
 
 
 ROW_BLOCK = 4096  # rows of a weight quantized at once (a multiple of int4's 16)
@@ -134,12 +157,12 @@ def _row_blocks(weight: torch.Tensor, source: SourcePages | None = None):
             source.drop(block)
 
 
-class Int8Part(nn.Module):
-    """One of the linears fused into an `Int8Linear` (q, k, v; gate, up): the first part called
+class LinearPart(nn.Module):
+    """One of the linears fused into an `Int8Linear` or `Int4Linear` (q, k, v; gate, up): the first part called
     with an input runs the fused product and keeps the other parts' slices for the same input
     object, so one activation quantization and one weight pass serve all of them."""
 
-    def __init__(self, fused: Int8Linear, index: int, shared: dict):
+    def __init__(self, fused: Int8Linear | Int4Linear, index: int, shared: dict):
         super().__init__()
         self.index, self.out_features, self.in_features = index, fused.splits[index], fused.in_features
         self._shared = shared  # {"fused", "input", "outputs", "pending"}
@@ -163,7 +186,7 @@ class Int8Part(nn.Module):
 FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-def _fuse(parent: nn.Module, bits: int, source: SourcePages | None = None) -> None:
+def _fuse(parent: nn.Module, bits: int, source: SourcePages | None = None, four_bit: bool = False) -> None:
     for names in FUSED:
         found = [getattr(parent, n, None) for n in names]
         parts = [p for p in found if isinstance(p, nn.Linear)]
@@ -171,11 +194,19 @@ def _fuse(parent: nn.Module, bits: int, source: SourcePages | None = None) -> No
             continue
         if len({p.in_features for p in parts}) != 1 or len({p.bias is None for p in parts}) != 1:
             continue
-        fused = Int8Linear(parts, bits, source)
+        fused: Int8Linear | Int4Linear
+        if four_bit:
+            groups = {Int4Linear.group_for(p) for p in parts}
+            group = groups.pop() if len(groups) == 1 else None
+            if group is None:
+                continue  # each part alone: Int4Linear where it packs, Int8Linear elsewhere
+            fused = Int4Linear(parts, group, source)
+        else:
+            fused = Int8Linear(parts, bits, source)
         shared: dict[str, Any] = {"fused": fused, "input": None, "outputs": None, "pending": set()}
         parent.add_module("_".join(names) + "_fused", fused)  # counted, moved, saved with it
         for i, n in enumerate(names):
-            setattr(parent, n, Int8Part(fused, i, shared))
+            setattr(parent, n, LinearPart(fused, i, shared))
 
 
 class Bf16Embedding(nn.Module):
@@ -201,8 +232,7 @@ def quantize_linears(model, bits: int, four_bit: bool = False) -> None:
     # are dropped as each module is converted (`SourcePages`).
     source = SourcePages()
     for parent in list(model.modules()):
-        if not four_bit:
-            _fuse(parent, bits, source)
+        _fuse(parent, bits, source, four_bit)
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 group = Int4Linear.group_for(child) if four_bit else None
@@ -211,7 +241,7 @@ def quantize_linears(model, bits: int, four_bit: bool = False) -> None:
                 setattr(parent, name, Bf16Embedding(child))
                 source.drop(child.weight)
     for module in model.modules():
-        if not isinstance(module, (Int8Linear, Int4Linear, Int8Part, Bf16Embedding)):
+        if not isinstance(module, (Int8Linear, Int4Linear, LinearPart, Bf16Embedding)):
             for name, param in list(module.named_parameters(recurse=False)):
                 if param.dtype != torch.float32:
                     module._parameters[name] = nn.Parameter(param.detach().float(), requires_grad=False)

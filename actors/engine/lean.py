@@ -1,0 +1,165 @@
+"""A lean forward of one sequence through a Llama/Qwen2-family decoder, for the engine's hot path.
+
+transformers' module tree spends about as long in Python as a 4-bit 0.5B draft spends in its
+matrix products on a CPU: per decoder layer, a dozen module calls, argument-forwarding
+decorators, output capturing and kwargs plumbing around ~50 small tensor ops. `forward` runs
+the same tensor operations, in the same order, on the same modules' weights (so its logits are
+bit-identical to the model's own forward: a test holds it), without the wrappers:
+
+    h = embed(ids);  cos, sin = rotary(positions);  mask = the model's own causal mask
+    per layer:  h += o(attn(rope(q(n1(h))), rope(k(n1(h))), v(n1(h)), cache))
+                h += down(act(gate(n2(h))) * up(n2(h)))
+    logits = head(norm(h)[-keep:])
+
+`supports(model)` says whether a model has that shape (Qwen2 and Llama causal LMs without sliding
+windows); anything else goes through the model's own forward.
+
+`forward(..., exact=False)` is for a draft, whose numbers only decide how many tokens the target
+accepts: the same layer in about half the tensor ops (torch's fused RMSNorm, one fused q/k/v
+product and gate/up product per layer, rotary embedding on queries and keys together, sdpa
+called directly). Its logits differ from the model's own in the last bits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_FAMILIES = ("Qwen2ForCausalLM", "LlamaForCausalLM")
+
+
+def supports(model) -> bool:
+    """Whether `forward` computes what `model`'s own forward computes."""
+    if type(model).__name__ not in _FAMILIES or getattr(model, "training", False):
+        return False
+    config = model.config
+    if (
+        getattr(config, "use_sliding_window", False)
+        or getattr(config, "sliding_window", None)
+        and any(t != "full_attention" for t in getattr(config, "layer_types", None) or [])
+    ):
+        return False
+    layer = model.model.layers[0]
+    return all(hasattr(layer, n) for n in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm"))
+
+
+def _interfaces(model):
+    from transformers.masking_utils import create_causal_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    module = __import__(type(model).__module__, fromlist=["apply_rotary_pos_emb", "eager_attention_forward"])
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(model.config._attn_implementation, module.eager_attention_forward)
+    return create_causal_mask, attention, module.apply_rotary_pos_emb
+
+
+def forward(model, ids: torch.Tensor, cache, keep: int, exact: bool = True) -> torch.Tensor:
+    """Logits [1, keep, V] of the last `keep` of `ids` ([1, q]) appended to `cache` (one
+    sequence's transformers Cache): what ``model(input_ids=ids, cache=cache, use_cache=True,
+    logits_to_keep=keep).logits`` answers, bit for bit (`exact`), or nearly (see the module doc)."""
+    if not exact:
+        return _fast_forward(model, ids, cache, keep)
+    create_causal_mask, attention, apply_rope = _interfaces(model)
+    base = model.model
+    h = base.embed_tokens(ids)
+    past = cache.get_seq_length()
+    positions = (torch.arange(ids.shape[1], device=h.device) + past).unsqueeze(0)
+    mask = create_causal_mask(
+        config=base.config, inputs_embeds=h, attention_mask=None, cache=cache, position_ids=positions
+    )
+    cos, sin = base.rotary_emb(h, positions)
+    shape = (*h.shape[:-1], -1)
+    for i, layer in enumerate(base.layers[: base.config.num_hidden_layers]):
+        attn = layer.self_attn
+        residual = h
+        x = layer.input_layernorm(h)
+        head_shape = (*h.shape[:-1], -1, attn.head_dim)
+        q = attn.q_proj(x).view(head_shape).transpose(1, 2)
+        k = attn.k_proj(x).view(head_shape).transpose(1, 2)
+        v = attn.v_proj(x).view(head_shape).transpose(1, 2)
+        q, k = apply_rope(q, k, cos, sin)
+        k, v = cache.update(k, v, i)
+        out, _ = attention(
+            attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling, sliding_window=getattr(attn, "sliding_window", None)
+        )
+        h = residual + attn.o_proj(out.reshape(shape).contiguous())
+        residual = h
+        mlp = layer.mlp
+        x = layer.post_attention_layernorm(h)
+        h = residual + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+    h = base.norm(h)
+    return model.lm_head(h[:, -keep:, :])
+
+
+class _Layer:
+    """One decoder layer's parts, looked up once (module attribute lookups cost microseconds)."""
+
+    def __init__(self, layer):
+        attn, mlp = layer.self_attn, layer.mlp
+        config = attn.config
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.scaling = attn.head_dim, attn.scaling
+        self.norm1, self.norm2 = layer.input_layernorm, layer.post_attention_layernorm
+        self.eps1, self.eps2 = _eps(self.norm1), _eps(self.norm2)
+        self.qkv = getattr(attn, "q_proj_k_proj_v_proj_fused", None) or _Concat(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.o = attn.o_proj
+        self.gate_up = getattr(mlp, "gate_proj_up_proj_fused", None) or _Concat(mlp.gate_proj, mlp.up_proj)
+        self.down, self.act = mlp.down_proj, mlp.act_fn
+        self.intermediate = mlp.down_proj.in_features
+
+
+class _Concat:
+    def __init__(self, *linears):
+        self.linears = linears
+
+    def __call__(self, x):
+        return torch.cat([linear(x) for linear in self.linears], dim=-1)
+
+
+def _eps(norm) -> float:
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None)
+    return 1e-6 if eps is None else float(eps)
+
+
+def _layers(model) -> list[_Layer]:
+    layers = model.__dict__.get("_specmemo_lean_layers")
+    if layers is None:
+        layers = [_Layer(layer) for layer in model.model.layers[: model.config.num_hidden_layers]]
+        model.__dict__["_specmemo_lean_layers"] = layers
+    return layers
+
+
+def _fast_forward(model, ids: torch.Tensor, cache, keep: int) -> torch.Tensor:
+    base = model.model
+    h = base.embed_tokens(ids)
+    q_len, past = ids.shape[1], cache.get_seq_length()
+    positions = (torch.arange(q_len, device=h.device) + past).unsqueeze(0)
+    cos, sin = base.rotary_emb(h, positions)
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [1, q, 1, d]: over the heads
+    mask = None
+    if q_len > 1 and past > 0:  # row j sees the past and the new tokens up to itself
+        mask = torch.ones(q_len, past + q_len, dtype=torch.bool, device=h.device).tril(past)
+    hidden = h.shape[-1]
+    for i, part in enumerate(_layers(model)):
+        x = torch.rms_norm(h, (hidden,), part.norm1.weight, part.eps1)
+        qkv = part.qkv(x).view(1, q_len, part.heads + 2 * part.kv_heads, part.head_dim)
+        rotated = qkv[:, :, : part.heads + part.kv_heads]
+        half = part.head_dim // 2
+        rotated = rotated * cos + torch.cat((-rotated[..., half:], rotated[..., :half]), dim=-1) * sin
+        query = rotated[:, :, : part.heads].transpose(1, 2)
+        key = rotated[:, :, part.heads :].transpose(1, 2)
+        value = qkv[:, :, part.heads + part.kv_heads :].transpose(1, 2)
+        key, value = cache.update(key, value, i)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=mask,
+            is_causal=mask is None and q_len > 1,
+            scale=part.scaling,
+            enable_gqa=part.heads != part.kv_heads,
+        )
+        h = h + part.o(out.transpose(1, 2).reshape(1, q_len, -1))
+        x = torch.rms_norm(h, (hidden,), part.norm2.weight, part.eps2)
+        gate, up = part.gate_up(x).split(part.intermediate, dim=-1)
+        h = h + part.down(part.act(gate) * up)
+    h = torch.rms_norm(h, (hidden,), base.norm.weight, _eps(base.norm))
+    return model.lm_head(h[:, -keep:, :])

@@ -1,0 +1,293 @@
+/* 4-bit-weight linear layers for a few rows (the math and the layout are in q4.h).
+ *
+ * One pass over a block of 16 output rows serves up to CHUNK input rows: the block's codes are
+ * loaded and unpacked once, then every row takes its integer dot products from them. The
+ * weights are read once per call whatever M is, so a forward of a few tokens costs about what
+ * one token costs while the weights stream from memory.
+ *
+ * Three paths compute identical bits: integer dot products are exact on each, and every path
+ * runs the same float operations per output (an fma with the scale, an fma with the zero, per
+ * group in order; one multiply by the row's scale). AVX-512 VNNI multiplies unsigned codes by
+ * signed activations with vpdpbusd; AVX2 with vpmaddubsw (15 * 127 * 2 < 32767: no saturation)
+ * and vpmaddwd; the scalar path is portable C.
+ */
+#include "q4.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define Q4_X86 1
+#include <immintrin.h>
+#else
+#define Q4_X86 0
+#endif
+
+#define BLOCK_ROWS 16
+#define CHUNK 8      /* input rows per pass over a block's codes (accumulators stay in registers) */
+#define ROW_TILE 32  /* input rows whose activations stay in cache while every block passes */
+
+typedef struct {
+    int64_t n, k, group, groups;
+    const uint8_t *codes;
+    const uint16_t *scales;
+    const int8_t *a;      /* m x k quantized activations */
+    const float *asum;    /* m x groups sums of a over each group (exact: |sum| < 2^24) */
+    const float *sa;      /* m activation scales */
+    float *y;             /* m x n */
+} q4_job;
+
+typedef void (*q4_block_fn)(const q4_job *job, int64_t block, int64_t row, int rows);
+
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu, bits;
+    if (exp == 0 && mant == 0) {
+        bits = sign;
+    } else if (exp == 0) { /* subnormal: normalize */
+        uint32_t shift = 0;
+        while (!(mant & 0x400u)) {
+            mant <<= 1;
+            shift++;
+        }
+        bits = sign | ((uint32_t)(113 - shift) << 23) | ((mant & 0x3FFu) << 13);
+    } else if (exp == 31) {
+        bits = sign | 0x7F800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static void block_scalar(const q4_job *j, int64_t b, int64_t row, int rows) {
+    const uint8_t *codes = j->codes + b * (j->k / 8) * 64;
+    const int64_t octets = j->group / 8;
+    for (int r = 0; r < rows; r++) {
+        const int8_t *a = j->a + (row + r) * j->k;
+        float acc[BLOCK_ROWS] = {0};
+        for (int64_t g = 0; g < j->groups; g++) {
+            int32_t dot[BLOCK_ROWS] = {0};
+            for (int64_t o = g * octets; o < (g + 1) * octets; o++) {
+                const uint8_t *c = codes + o * 64;
+                for (int i = 0; i < BLOCK_ROWS; i++)
+                    for (int t = 0; t < 4; t++)
+                        dot[i] += (c[4 * i + t] & 15) * a[8 * o + t] + (c[4 * i + t] >> 4) * a[8 * o + 4 + t];
+            }
+            const uint16_t *s = j->scales + (b * j->groups + g) * 2 * BLOCK_ROWS;
+            const float sum = j->asum[(row + r) * j->groups + g];
+            for (int i = 0; i < BLOCK_ROWS; i++) {
+                acc[i] = fmaf(half_to_float(s[i]), (float)dot[i], acc[i]);
+                acc[i] = fmaf(half_to_float(s[BLOCK_ROWS + i]), sum, acc[i]);
+            }
+        }
+        float *y = j->y + (row + r) * j->n + b * BLOCK_ROWS;
+        for (int i = 0; i < BLOCK_ROWS; i++)
+            y[i] = acc[i] * j->sa[row + r];
+    }
+}
+
+#if Q4_X86
+
+static int32_t load4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vnni,fma,f16c")))
+#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+/* `rows` is a constant at each call site below, so the accumulators become registers. */
+static inline __attribute__((always_inline)) TARGET_AVX512 void avx512_rows(const q4_job *j, int64_t b, int64_t row,
+                                                                             const int rows) {
+    const __m512i nibble = _mm512_set1_epi8(15);
+    const uint8_t *codes = j->codes + b * (j->k / 8) * 64;
+    const int64_t octets = j->group / 8;
+    __m512 acc[CHUNK];
+    for (int r = 0; r < rows; r++)
+        acc[r] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < j->groups; g++) {
+        __m512i dot[CHUNK];
+        for (int r = 0; r < rows; r++)
+            dot[r] = _mm512_setzero_si512();
+        for (int64_t o = g * octets; o < (g + 1) * octets; o++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(codes + o * 64));
+            const __m512i lo = _mm512_and_si512(v, nibble);
+            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+            for (int r = 0; r < rows; r++) {
+                const int8_t *a = j->a + (row + r) * j->k + 8 * o;
+                dot[r] = _mm512_dpbusd_epi32(dot[r], lo, _mm512_set1_epi32(load4(a)));
+                dot[r] = _mm512_dpbusd_epi32(dot[r], hi, _mm512_set1_epi32(load4(a + 4)));
+            }
+        }
+        const uint16_t *s = j->scales + (b * j->groups + g) * 2 * BLOCK_ROWS;
+        const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
+        const __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + BLOCK_ROWS)));
+        for (int r = 0; r < rows; r++) {
+            const float sum = j->asum[(row + r) * j->groups + g];
+            acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot[r]), acc[r]);
+            acc[r] = _mm512_fmadd_ps(zero, _mm512_set1_ps(sum), acc[r]);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        _mm512_storeu_ps(j->y + (row + r) * j->n + b * BLOCK_ROWS,
+                         _mm512_mul_ps(acc[r], _mm512_set1_ps(j->sa[row + r])));
+}
+
+TARGET_AVX512 static void block_avx512(const q4_job *j, int64_t b, int64_t row, int rows) {
+    switch (rows) {
+    case 8: avx512_rows(j, b, row, 8); break;
+    case 7: avx512_rows(j, b, row, 7); break;
+    case 6: avx512_rows(j, b, row, 6); break;
+    case 5: avx512_rows(j, b, row, 5); break;
+    case 4: avx512_rows(j, b, row, 4); break;
+    case 3: avx512_rows(j, b, row, 3); break;
+    case 2: avx512_rows(j, b, row, 2); break;
+    default: avx512_rows(j, b, row, 1); break;
+    }
+}
+
+/* AVX2: rows 0-7 of a block from the first 32 bytes of each 64, rows 8-15 from the second. */
+static inline __attribute__((always_inline)) TARGET_AVX2 void avx2_rows(const q4_job *j, int64_t b, int64_t row,
+                                                                         const int rows) {
+    const __m256i nibble = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const uint8_t *codes = j->codes + b * (j->k / 8) * 64;
+    const int64_t octets = j->group / 8;
+    __m256 acc[2][2];
+    for (int r = 0; r < rows; r++)
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < j->groups; g++) {
+        __m256i dot[2][2];
+        for (int r = 0; r < rows; r++)
+            dot[r][0] = dot[r][1] = _mm256_setzero_si256();
+        for (int64_t o = g * octets; o < (g + 1) * octets; o++) {
+            for (int h = 0; h < 2; h++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(codes + o * 64 + 32 * h));
+                const __m256i lo = _mm256_and_si256(v, nibble);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                for (int r = 0; r < rows; r++) {
+                    const int8_t *a = j->a + (row + r) * j->k + 8 * o;
+                    const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(load4(a)));
+                    const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load4(a + 4)));
+                    dot[r][h] = _mm256_add_epi32(dot[r][h], _mm256_madd_epi16(_mm256_add_epi16(plo, phi), ones));
+                }
+            }
+        }
+        const uint16_t *s = j->scales + (b * j->groups + g) * 2 * BLOCK_ROWS;
+        for (int h = 0; h < 2; h++) {
+            const __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 8 * h)));
+            const __m256 zero = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + BLOCK_ROWS + 8 * h)));
+            for (int r = 0; r < rows; r++) {
+                const float sum = j->asum[(row + r) * j->groups + g];
+                acc[r][h] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot[r][h]), acc[r][h]);
+                acc[r][h] = _mm256_fmadd_ps(zero, _mm256_set1_ps(sum), acc[r][h]);
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int h = 0; h < 2; h++)
+            _mm256_storeu_ps(j->y + (row + r) * j->n + b * BLOCK_ROWS + 8 * h,
+                             _mm256_mul_ps(acc[r][h], _mm256_set1_ps(j->sa[row + r])));
+}
+
+TARGET_AVX2 static void block_avx2(const q4_job *j, int64_t b, int64_t row, int rows) {
+    for (; rows >= 2; rows -= 2, row += 2)
+        avx2_rows(j, b, row, 2);
+    if (rows == 1)
+        avx2_rows(j, b, row, 1);
+}
+
+#endif /* Q4_X86 */
+
+int q4_has_isa(int isa) {
+    if (isa == Q4_ISA_SCALAR)
+        return 1;
+#if Q4_X86
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (isa == Q4_ISA_AVX2)
+        return avx2;
+    if (isa == Q4_ISA_AVX512VNNI)
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vnni");
+#endif
+    return 0;
+}
+
+int q4_best_isa(void) {
+    if (q4_has_isa(Q4_ISA_AVX512VNNI))
+        return Q4_ISA_AVX512VNNI;
+    if (q4_has_isa(Q4_ISA_AVX2))
+        return Q4_ISA_AVX2;
+    return Q4_ISA_SCALAR;
+}
+
+static void quantize_row(const float *x, int64_t k, int64_t group, int8_t *a, float *asum, float *sa) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < k; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    *sa = amax / 127.0f;
+    for (int64_t g = 0; g < k / group; g++) {
+        int32_t sum = 0;
+        for (int64_t i = g * group; i < (g + 1) * group; i++) {
+            long q = lrintf(x[i] * inv);
+            q = q > 127 ? 127 : (q < -127 ? -127 : q);
+            a[i] = (int8_t)q;
+            sum += (int32_t)q;
+        }
+        asum[g] = (float)sum;
+    }
+}
+
+int q4_linear(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes, const uint16_t *scales,
+              const float *x, float *y, int threads, int isa) {
+    if (!codes || !scales || !x || !y || m < 0 || n < 0 || k <= 0 || group < 8 || group > Q4_MAX_GROUP ||
+        group % 8 || k % group || n % BLOCK_ROWS || threads < 1)
+        return Q4_EINVAL;
+    if (isa == Q4_ISA_AUTO)
+        isa = q4_best_isa();
+    else if (!q4_has_isa(isa))
+        return Q4_ENOISA;
+    if (m == 0 || n == 0)
+        return Q4_OK;
+    const int64_t groups = k / group;
+    int8_t *a = malloc((size_t)(m * k));
+    float *asum = malloc((size_t)(m * groups) * sizeof *asum);
+    float *sa = malloc((size_t)m * sizeof *sa);
+    if (!a || !asum || !sa) {
+        free(a);
+        free(asum);
+        free(sa);
+        return Q4_ENOMEM;
+    }
+    q4_job job = {n, k, group, groups, codes, scales, a, asum, sa, y};
+    q4_block_fn block = block_scalar;
+    int chunk = CHUNK;
+#if Q4_X86
+    if (isa == Q4_ISA_AVX512VNNI)
+        block = block_avx512;
+    else if (isa == Q4_ISA_AVX2)
+        block = block_avx2;
+#endif
+    const int64_t blocks = n / BLOCK_ROWS;
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r++)
+            quantize_row(x + r * k, k, group, a + r * k, asum + r * groups, sa + r);
+        for (int64_t tile = 0; tile < m; tile += ROW_TILE) {
+            const int64_t end = tile + ROW_TILE < m ? tile + ROW_TILE : m;
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < blocks; b++)
+                for (int64_t r = tile; r < end; r += chunk)
+                    block(&job, b, r, (int)(end - r < chunk ? end - r : chunk));
+        }
+    }
+    free(a);
+    free(asum);
+    free(sa);
+    return Q4_OK;
+}

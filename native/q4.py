@@ -1,0 +1,172 @@
+"""Linear layers with 4-bit weights and per-token 8-bit activations (`q4.c`; math and layout in q4.h).
+
+    w = pack(weight, group=64)            # weight: float [n, k], n % 16 == 0, k % group == 0
+    y = linear(x, w, threads=2)           # x: float32 [m, k] -> float32 [m, n]
+
+A row's result depends on that row alone (exact integer dot products, one fixed float order), so
+a product of M rows equals M products of one row bit for bit, on every instruction-set path
+(`ISAS`; `best_isa()` is what this CPU runs fastest). `reference` computes the same quantity with
+numpy, independently of the C code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._q4 import ffi, lib
+from .errors import NativeError
+
+BLOCK_ROWS = 16
+ISAS = {"scalar": lib.Q4_ISA_SCALAR, "avx2": lib.Q4_ISA_AVX2, "avx512vnni": lib.Q4_ISA_AVX512VNNI}
+_NAMES = {v: k for k, v in ISAS.items()}
+_ERRORS = {
+    lib.Q4_EINVAL: "invalid arguments",
+    lib.Q4_ENOISA: "this CPU lacks the requested instruction set",
+    lib.Q4_ENOMEM: "out of memory",
+}
+
+
+@dataclass(frozen=True)
+class Q4Weights:
+    """A packed weight: codes (uint8, n/16 x k/8 x 64) and float16 scales and zeros
+    (n/16 x k/group x 2 x 16), for W[i, j] ~ scale[i, g] * q[i, j] + zero[i, g]."""
+
+    n: int
+    k: int
+    group: int
+    codes: np.ndarray
+    scales: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.scales.nbytes
+
+
+def best_isa() -> str:
+    """The fastest path this CPU runs: "avx512vnni", "avx2" or "scalar"."""
+    return _NAMES[lib.q4_best_isa()]
+
+
+def available_isas() -> list[str]:
+    return [name for name, code in ISAS.items() if lib.q4_has_isa(code)]
+
+
+def quantize(weight: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codes q (uint8 in 0..15, [n, k]) and float16 scale and zero ([n, k/group]): per row and
+    group, the 16 levels span [min, max]; codes are chosen against the float16-rounded scale."""
+    n, k = weight.shape
+    grouped = np.asarray(weight, dtype=np.float32).reshape(n, k // group, group)
+    low, high = grouped.min(-1), grouped.max(-1)
+    scale = ((high - low) / 15).astype(np.float16)
+    zero = low.astype(np.float16)
+    s, z = scale.astype(np.float32)[..., None], zero.astype(np.float32)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        codes = np.where(s > 0, np.rint((grouped - z) / s), 0)
+    return np.clip(codes, 0, 15).astype(np.uint8).reshape(n, k), scale, zero
+
+
+def pack(weight, group: int = 64) -> Q4Weights:
+    """Quantize a float weight [n, k] (numpy or anything `np.asarray` takes) and lay it out for
+    `linear`. n must be a multiple of 16, k of `group`, `group` of 8 (at most 1024)."""
+    weight = np.asarray(weight)
+    n, k = weight.shape
+    if n % BLOCK_ROWS or group % 8 or not 8 <= group <= lib.Q4_MAX_GROUP or k % group:
+        raise ValueError(f"cannot pack a {n}x{k} weight in groups of {group}")
+    codes, scale, zero = quantize(weight, group)
+    return Q4Weights(n, k, group, layout_codes(codes), layout_scales(scale, zero))
+
+
+def layout_codes(codes: np.ndarray) -> np.ndarray:
+    n, k = codes.shape
+    # [block, row r, octet o, half h, t] -> [block, octet, r, t]: low nibble h = 0, high h = 1
+    q = codes.reshape(n // BLOCK_ROWS, BLOCK_ROWS, k // 8, 2, 4)
+    packed = q[:, :, :, 0, :] | (q[:, :, :, 1, :] << 4)
+    return np.ascontiguousarray(packed.transpose(0, 2, 1, 3)).reshape(n // BLOCK_ROWS, k // 8, 64)
+
+
+def layout_scales(scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    n, groups = scale.shape
+    both = np.stack([scale, zero], axis=-1).reshape(n // BLOCK_ROWS, BLOCK_ROWS, groups, 2)
+    return np.ascontiguousarray(both.transpose(0, 2, 3, 1)).view(np.uint16)
+
+
+def unpack_codes(w: Q4Weights) -> np.ndarray:
+    """The codes q [n, k] back from the layout (for tests and the reference)."""
+    packed = w.codes.reshape(w.n // BLOCK_ROWS, w.k // 8, BLOCK_ROWS, 4)
+    halves = np.stack([packed & 15, packed >> 4], axis=3)  # [block, octet, r, h, t]
+    return np.ascontiguousarray(halves.transpose(0, 2, 1, 3, 4)).reshape(w.n, w.k)
+
+
+def unpack_scales(w: Q4Weights) -> tuple[np.ndarray, np.ndarray]:
+    s = w.scales.view(np.float16).astype(np.float32)  # [block, group, 2, r]
+    s = s.transpose(0, 3, 1, 2).reshape(w.n, w.k // w.group, 2)
+    return s[..., 0], s[..., 1]
+
+
+def linear(x: np.ndarray, w: Q4Weights, threads: int = 1, isa: str | None = None, out: np.ndarray | None = None):
+    """y = x W^T for float32 x [m, k] (C-contiguous); `isa` forces a path (None: the fastest)."""
+    if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != w.k or not x.flags.c_contiguous:
+        raise ValueError(f"x must be a C-contiguous float32 [m, {w.k}] array, not {x.dtype} {x.shape}")
+    m = x.shape[0]
+    if out is None:
+        out = np.empty((m, w.n), dtype=np.float32)
+    elif out.dtype != np.float32 or out.shape != (m, w.n) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 [{m}, {w.n}] array")
+    code = lib.Q4_ISA_AUTO if isa is None else ISAS[isa]
+    status = lib.q4_linear(
+        m,
+        w.n,
+        w.k,
+        w.group,
+        ffi.from_buffer("uint8_t[]", w.codes),
+        ffi.from_buffer("uint16_t[]", w.scales),
+        ffi.from_buffer("float[]", x),
+        ffi.from_buffer("float[]", out),
+        threads,
+        code,
+    )
+    if status != lib.Q4_OK:
+        raise NativeError(f"q4_linear: {_ERRORS.get(status, status)}")
+    return out
+
+
+def linear_ptr(m: int, w: Q4Weights, codes: int, scales: int, x: int, y: int, threads: int) -> None:
+    """`linear` on raw addresses (a torch tensor's `data_ptr()`), for a caller that holds w's codes
+    and scales and C-contiguous float32 buffers x [m, k] and y [m, n] at those addresses."""
+    status = lib.q4_linear(
+        m,
+        w.n,
+        w.k,
+        w.group,
+        ffi.cast("uint8_t *", codes),
+        ffi.cast("uint16_t *", scales),
+        ffi.cast("float *", x),
+        ffi.cast("float *", y),
+        threads,
+        lib.Q4_ISA_AUTO,
+    )
+    if status != lib.Q4_OK:
+        raise NativeError(f"q4_linear: {_ERRORS.get(status, status)}")
+
+
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row int8 codes and scales as q4.c computes them (round half to even)."""
+    x = np.asarray(x, dtype=np.float32)
+    amax = np.abs(x).max(axis=1)
+    inv = np.where(amax > 0, np.float32(127.0) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    a = np.clip(np.rint(x * inv[:, None]), -127, 127).astype(np.int64)
+    return a, (amax / np.float32(127.0)).astype(np.float32)
+
+
+def reference(x: np.ndarray, w: Q4Weights) -> np.ndarray:
+    """The quantity `linear` computes, by numpy in float64 (exact integer sums, then scaled)."""
+    a, sa = quantize_activations(x)
+    q = unpack_codes(w).astype(np.int64)
+    scale, zero = unpack_scales(w)
+    groups = w.k // w.group
+    dots = np.einsum("mgj,ngj->mng", a.reshape(-1, groups, w.group), q.reshape(w.n, groups, w.group))
+    sums = a.reshape(-1, groups, w.group).sum(-1)  # [m, g]
+    total = (dots * scale[None].astype(np.float64)).sum(-1) + sums.astype(np.float64) @ zero.T.astype(np.float64)
+    return total * sa[:, None].astype(np.float64)

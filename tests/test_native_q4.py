@@ -1,0 +1,80 @@
+"""The 4-bit linear kernel (native/q4.c) against numpy: the same quantity on every instruction-set
+path, bit for bit; each row as if it were alone; close to the float product; bad calls refused."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from specmemo.native import NativeError, q4
+
+
+@st.composite
+def problems(draw):
+    group = draw(st.sampled_from([8, 16, 32, 64, 128]))
+    k = group * draw(st.integers(1, 6))
+    n = 16 * draw(st.integers(1, 5))
+    m = draw(st.integers(1, 40))  # beyond one pass of rows (8) and one tile (32)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1e-3, 1.0, 50.0]))
+    weight = (rng.standard_normal((n, k)) * scale).astype(np.float32)
+    if draw(st.booleans()):
+        weight[: n // 2, :group] = 0.25  # constant groups: zero scale
+    x = rng.standard_normal((m, k)).astype(np.float32) * draw(st.sampled_from([1e-4, 1.0, 1e3]))
+    if draw(st.booleans()):
+        x[0] = 0  # an all-zero row
+    return weight, x, group
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems())
+def test_every_path_computes_the_numpy_reference_and_rows_do_not_depend_on_each_other(problem):
+    weight, x, group = problem
+    w = q4.pack(weight, group)
+    results = {isa: q4.linear(x, w, threads=2, isa=isa) for isa in q4.available_isas()}
+    base = results["scalar"]
+    for isa, y in results.items():
+        assert np.array_equal(y, base), isa
+    reference = q4.reference(x, w)
+    assert np.allclose(base, reference, rtol=1e-5, atol=1e-6 * (np.abs(reference).max() + 1e-30))
+    for i in range(len(x)):  # one row alone, on the fastest path
+        assert np.array_equal(q4.linear(x[i : i + 1].copy(), w, threads=1), base[i : i + 1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(problems())
+def test_the_layout_round_trips_and_the_product_is_close_to_the_float_one(problem):
+    weight, x, group = problem
+    w = q4.pack(weight, group)
+    codes, scale, zero = q4.quantize(weight, group)
+    assert np.array_equal(q4.unpack_codes(w), codes)
+    s, z = q4.unpack_scales(w)
+    assert np.array_equal(s, scale.astype(np.float32)) and np.array_equal(z, zero.astype(np.float32))
+    # each weight within half a level (plus float16 rounding of scale and zero) of its float value
+    levels = np.repeat(s, group, axis=1) * codes + np.repeat(z, group, axis=1)
+    assert (np.abs(levels - weight) <= 0.5 * np.repeat(s, group, axis=1) + 2e-3 * np.abs(weight) + 1e-6).all()
+    # the product: activation and weight rounding bounded by their steps
+    y = q4.linear(x, w)
+    amax = np.abs(x).max(1, keepdims=True)
+    bound = (amax / 127 / 2) @ np.abs(levels).sum(1, keepdims=True).T + np.abs(x) @ np.abs(levels - weight).T
+    assert (np.abs(y - x.astype(np.float64) @ weight.T.astype(np.float64)) <= bound * 1.01 + 1e-5).all()
+
+
+def test_bad_shapes_and_arguments_are_refused():
+    w = q4.pack(np.ones((16, 32), np.float32), 32)
+    with pytest.raises(ValueError, match="cannot pack"):
+        q4.pack(np.ones((15, 32), np.float32), 32)  # outputs not a multiple of 16
+    with pytest.raises(ValueError, match="cannot pack"):
+        q4.pack(np.ones((16, 40), np.float32), 32)  # inputs not a multiple of the group
+    with pytest.raises(ValueError, match="float32"):
+        q4.linear(np.ones((2, 32), np.float64), w)
+    with pytest.raises(ValueError, match="float32"):
+        q4.linear(np.ones((2, 16), np.float32), w)
+    with pytest.raises(NativeError, match="invalid"):
+        q4.linear(np.ones((2, 32), np.float32), w, threads=0)
+    missing = [name for name in q4.ISAS if name not in q4.available_isas()]
+    for name in missing:
+        with pytest.raises(NativeError, match="instruction set"):
+            q4.linear(np.ones((2, 32), np.float32), w, isa=name)
+    assert q4.best_isa() in q4.available_isas() and "scalar" in q4.available_isas()
+    assert q4.linear(np.ones((0, 32), np.float32), w).shape == (0, 16)
