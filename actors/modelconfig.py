@@ -4,7 +4,7 @@
 model = "default"        # the pulled embedded pair (`specmemo models pull`), "tiny" (a
                          # random-weight test pair built from a config, `seed`), or a
                          # local directory, a .gguf file, or a hub id (allow_network = true)
-precision = "auto"       # "float32", "bfloat16", "int8", or "auto": probe this machine at
+precision = "auto"       # "float32", "bfloat16", "int8", "int4", or "auto": probe this machine at
                          # load and take the fastest (engine/precision.py); "dtype" is
                          # the older name of the same setting
 device = "cpu"

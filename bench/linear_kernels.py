@@ -11,7 +11,9 @@ forward) for M = 1, 5, 9 rows, in each candidate:
 - int8 dynamic, per-token activation scale: specmemo's `Int8Linear` (fbgemm, rows independent);
 - int8 dynamic, per-token, torchao's `Int8DynamicActivationInt8WeightConfig` (if torchao is
   installed: it is not a dependency);
-- int8 and int4 weight-only: `torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`.
+- int8 and int4 weight-only: `torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`;
+- int4 weights, per-token int8 activations: specmemo's `Int4Linear` (native/q4.c, groups of 32,
+  rows independent).
 
 Reports ms per pass over all the layers' linears and the effective weight bandwidth (GB/s).
 Prints a markdown table; the numbers go into docs/decisions.md by hand (they pick the kernel).
@@ -27,7 +29,7 @@ import warnings
 import torch
 from torch import nn
 
-from specmemo.actors.engine.precision import Int8Linear, cpu_features
+from specmemo.actors.engine.precision import Int4Linear, Int8Linear, cpu_features
 
 SHAPES = [(1536, 1536), (1536, 256), (1536, 256), (1536, 1536), (1536, 8960), (1536, 8960), (8960, 1536)]
 
@@ -101,6 +103,7 @@ def candidates(base: list[nn.Linear], torchao: bool):
         yield "int8 per-token (torchao)", mods, torch.float32
     yield "int8 weight-only (_weight_int8pack_mm)", [_Packed(m, 8) for m in base], torch.float32
     yield "int4 weight-only (_weight_int4pack_mm_for_cpu, group 128)", [_Packed(m, 4) for m in base], torch.bfloat16
+    yield "int4 per-token (specmemo Int4Linear, native q4, group 32)", [Int4Linear(m, 32) for m in base], torch.float32
 
 
 def main(argv=None) -> None:

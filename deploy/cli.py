@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--endpoint", help="override the endpoint, e.g. tcp://127.0.0.1:5555")
     up.add_argument(
         "--precision",
-        choices=["auto", "float32", "bfloat16", "int8"],
+        choices=["auto", "float32", "bfloat16", "int8", "int4"],
         help="override every model's precision (default: the config's, auto in local.toml)",
     )
     status = client_cmd("status", "show the actors of a running deployment")
@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="hide the actors' log lines")
     demo.add_argument(
         "--precision",
-        choices=["auto", "float32", "bfloat16", "int8"],
+        choices=["auto", "float32", "bfloat16", "int8", "int4"],
         help="override every model's precision (default: the config's, auto in local.toml)",
     )
     chat = client_cmd("chat", "interactive chat with a running deployment")

@@ -25,7 +25,8 @@
 #endif
 
 #define BLOCK_ROWS 16
-#define CHUNK 8      /* input rows per pass over a block's codes (accumulators stay in registers) */
+#define CHUNK 9      /* input rows per pass over a block's codes (accumulators stay in registers):
+                        a verification of up to 8 drafted tokens is one pass */
 #define ROW_TILE 32  /* input rows whose activations stay in cache while every block passes */
 
 typedef struct {
@@ -138,6 +139,7 @@ static inline __attribute__((always_inline)) TARGET_AVX512 void avx512_rows(cons
 
 TARGET_AVX512 static void block_avx512(const q4_job *j, int64_t b, int64_t row, int rows) {
     switch (rows) {
+    case 9: avx512_rows(j, b, row, 9); break;
     case 8: avx512_rows(j, b, row, 8); break;
     case 7: avx512_rows(j, b, row, 7); break;
     case 6: avx512_rows(j, b, row, 6); break;

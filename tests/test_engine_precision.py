@@ -297,3 +297,27 @@ def test_the_probe_times_a_slice_of_a_large_head_and_scales_it():
     assert torch.equal(sample.weight, head.weight[: sample.out_features])
     small = torch.nn.Linear(64, 300)
     assert _head_sample(small)[1] == 1.0
+
+
+def test_int4_keeps_at_8_bits_what_a_4_bit_file_stored_finer():
+    from specmemo.actors.engine.quantized import finer_than_four_bits, levels_per_group
+
+    _, target = tiny_pair(seed=12, layers=2)
+    assert finer_than_four_bits(target) == frozenset()  # float weights: everything goes to 4 bits
+    linears = [m for m in target.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for m in linears:  # a converted Q4_K-like checkpoint: 16 levels per group of 32
+            w = m.weight.reshape(m.out_features, -1, 32)
+            low, step = w.amin(-1, keepdim=True), (w.amax(-1, keepdim=True) - w.amin(-1, keepdim=True)) / 15
+            m.weight.copy_((low + torch.round((w - low) / step) * step).reshape(m.weight.shape))
+        fine = target.model.layers[0].self_attn.v_proj  # stored finer, as Q4_K_M stores v
+        fine.weight.copy_(torch.randn_like(fine.weight))
+    assert levels_per_group(fine.weight) > 16 and all(
+        levels_per_group(m.weight) <= 16 for m in linears if m is not fine
+    )
+    assert finer_than_four_bits(target) == {id(fine)}
+    apply_precision(target, "int4")
+    attention = target.model.layers[0].self_attn
+    assert isinstance(attention.q_proj_k_proj_v_proj_fused, Int8Linear)  # fused with v, at 8 bits
+    assert isinstance(target.model.layers[1].self_attn.q_proj_k_proj_v_proj_fused, Int4Linear)
+    assert isinstance(target.model.layers[0].mlp.down_proj, Int4Linear)

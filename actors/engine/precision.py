@@ -27,7 +27,9 @@ Precisions (the `precision` setting of a model):
 
   so rows are independent (exact verification, as int8) and the weights are read once per forward
   whatever M is: half the bytes of int8. Groups of 32 keep what a Q4_K GGUF file holds (16 levels
-  per 32 weights, a scale and a minimum each); its 6-bit tensors lose their low bits.
+  per 32 weights, a scale and a minimum each); in a checkpoint converted from such a file, the
+  tensors the file stored finer (Q4_K_M's 6-bit v and down projections, its head) stay int8
+  (`quantized.finer_than_four_bits`), so int4 serves what the file holds, not less.
 - ``auto``: on the CPU, `choose` times one decoder layer and (a slice of) the LM head of the loaded model at
   M = 1 and M = γ_max + 1 new tokens in each precision this machine supports and takes the
   fastest (a target by t(1) + t(γ_max + 1), a draft by t(1)); a

@@ -186,7 +186,13 @@ class LinearPart(nn.Module):
 FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-def _fuse(parent: nn.Module, bits: int, source: SourcePages | None = None, four_bit: bool = False) -> None:
+def _fuse(
+    parent: nn.Module,
+    bits: int,
+    source: SourcePages | None = None,
+    four_bit: bool = False,
+    eight: frozenset = frozenset(),
+) -> None:
     for names in FUSED:
         found = [getattr(parent, n, None) for n in names]
         parts = [p for p in found if isinstance(p, nn.Linear)]
@@ -195,7 +201,7 @@ def _fuse(parent: nn.Module, bits: int, source: SourcePages | None = None, four_
         if len({p.in_features for p in parts}) != 1 or len({p.bias is None for p in parts}) != 1:
             continue
         fused: Int8Linear | Int4Linear
-        if four_bit:
+        if four_bit and not any(id(p) in eight for p in parts):
             groups = {Int4Linear.group_for(p) for p in parts}
             group = groups.pop() if len(groups) == 1 else None
             if group is None:
@@ -227,15 +233,17 @@ class Bf16Embedding(nn.Module):
 
 def quantize_linears(model, bits: int, four_bit: bool = False) -> None:
     # every nn.Linear -> Int8Linear (the tied LM head too: it gets its own int8 copy), or with
-    # `four_bit` Int4Linear where its shape packs (Int8Linear elsewhere); every nn.Embedding ->
-    # Bf16Embedding; what remains (norms, rotary buffers) -> float32. The source weights' pages
-    # are dropped as each module is converted (`SourcePages`).
+    # `four_bit` Int4Linear where its shape packs and `finer_than_four_bits` does not name it
+    # (Int8Linear elsewhere); every nn.Embedding -> Bf16Embedding; what remains (norms, rotary
+    # buffers) -> float32. The source weights' pages are dropped as each module is converted
+    # (`SourcePages`).
     source = SourcePages()
+    eight = finer_than_four_bits(model) if four_bit else frozenset()
     for parent in list(model.modules()):
-        _fuse(parent, bits, source, four_bit)
+        _fuse(parent, bits, source, four_bit, eight)
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                group = Int4Linear.group_for(child) if four_bit else None
+                group = Int4Linear.group_for(child) if four_bit and id(child) not in eight else None
                 setattr(parent, name, Int4Linear(child, group, source) if group else Int8Linear(child, bits, source))
             elif isinstance(child, nn.Embedding):
                 setattr(parent, name, Bf16Embedding(child))
@@ -248,6 +256,30 @@ def quantize_linears(model, bits: int, four_bit: bool = False) -> None:
             for name, buf in list(module.named_buffers(recurse=False)):
                 if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
                     module._buffers[name] = buf.float()
+
+
+def levels_per_group(weight: torch.Tensor, group: int = 32, rows: int = 64) -> int:
+    """The most distinct values in a group of `group` consecutive inputs of a row, over a sample
+    of `rows` rows spread over the weight (16 for a 4-bit GGUF tensor such as Q4_K, up to 32 for
+    a 6-bit one, `group` for float weights)."""
+    n, k = weight.shape
+    if k % group:
+        return group
+    sample = weight.detach()[:: max(1, n // rows)][:rows].float().reshape(-1, group)
+    ordered = sample.sort(dim=-1).values
+    return int((1 + (ordered[:, 1:] != ordered[:, :-1]).sum(-1)).max())
+
+
+def finer_than_four_bits(model) -> frozenset[int]:
+    """The ids of the linears to keep at 8 bits in an int4 conversion: in a checkpoint converted
+    from a 4-bit file (most linears hold at most 16 values per group of 32: Q4_K's grid), the
+    ones the file stored finer (Q4_K_M keeps v and half the down projections, and often the
+    embedding/head, in 6 bits). Empty for float checkpoints: everything then goes to 4 bits."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    levels = {id(m): levels_per_group(m.weight) for m in linears}
+    if sum(v <= 16 for v in levels.values()) * 2 < len(levels):
+        return frozenset()
+    return frozenset(i for i, v in levels.items() if v > 16)
 
 
 class SourcePages:
