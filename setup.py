@@ -2,4 +2,4 @@
 # `cffi_modules` only from setup(). Everything else lives in pyproject.toml.
 from setuptools import setup
 
-setup(cffi_modules=["native/_build.py:ffi", "native/_build.py:q4_ffi"])
+setup(cffi_modules=["native/_build.py:ffi", "native/_build.py:decode_ffi"])

@@ -1,8 +1,10 @@
 """cffi builds of the native libraries (out-of-line API mode), run by `pip install` through setup.py:
-`_pars3` (the SpMV kernels, every .c here but q4.c) and `_q4` (4-bit linear layers, q4.c).
+`_pars3` (the SpMV kernels, every .c here but the decoding ones) and `_decode` (the decoding
+engine's kernels: 4-bit linear layers, q4.c, and row-wise attention, rows_attention.c).
 
-Each cdef is read from its header (pars3.h, q4.h). OpenMP is required: the build compiles a tiny OpenMP program
-first and stops with a message saying what is missing if that fails.
+Each cdef is read from its headers (pars3.h; q4.h and rows_attention.h). OpenMP is required:
+the build compiles a tiny OpenMP program first and stops with a message saying what is missing
+if that fails.
 """
 
 import os
@@ -15,11 +17,11 @@ import tempfile
 from cffi import FFI
 
 HERE = os.path.relpath(os.path.dirname(os.path.abspath(__file__)))
-Q4_SOURCES = [os.path.join(HERE, "q4.c")]
+DECODE_SOURCES = [os.path.join(HERE, "q4.c"), os.path.join(HERE, "rows_attention.c")]
 SOURCES = sorted(
     os.path.join(HERE, name)
     for name in os.listdir(HERE)
-    if name.endswith(".c") and not name.startswith("_") and os.path.join(HERE, name) not in Q4_SOURCES
+    if name.endswith(".c") and not name.startswith("_") and os.path.join(HERE, name) not in DECODE_SOURCES
 )
 COMPILE_ARGS = ["-O3", "-std=c11", "-fopenmp"]
 LINK_ARGS = ["-fopenmp"]
@@ -82,12 +84,13 @@ ffi.set_source(
     extra_link_args=LINK_ARGS,
 )
 
-q4_ffi = FFI()
-q4_ffi.cdef(cdef_from_header(os.path.join(HERE, "q4.h"), "Q4_"))
-q4_ffi.set_source(
-    "specmemo.native._q4",
-    '#include "q4.h"',
-    sources=Q4_SOURCES,
+decode_ffi = FFI()
+decode_ffi.cdef(cdef_from_header(os.path.join(HERE, "q4.h"), "Q4_"))
+decode_ffi.cdef(cdef_from_header(os.path.join(HERE, "rows_attention.h"), "ROWS_ATTENTION_"))
+decode_ffi.set_source(
+    "specmemo.native._decode",
+    '#include "q4.h"\n#include "rows_attention.h"',
+    sources=DECODE_SOURCES,
     include_dirs=[HERE],
     extra_compile_args=COMPILE_ARGS,
     extra_link_args=LINK_ARGS + ["-lm"],
@@ -98,4 +101,4 @@ if __name__ in ("__main__", "__cffi__"):
 
 if __name__ == "__main__":
     ffi.compile(verbose=True)
-    q4_ffi.compile(verbose=True)
+    decode_ffi.compile(verbose=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._q4 import ffi, lib
+from ._decode import ffi, lib
 from .errors import NativeError
 
 BLOCK_ROWS = 16

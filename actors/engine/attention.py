@@ -11,6 +11,9 @@ j of batch row b as a one-token decode would:
 
 so prefill, verification and plain decoding all give bit-identical rows. A tree node's row
 sees the prefix and its ancestors, gathered in slot order: what a one-token decode of its path sees.
+In float32 on the CPU (the int8 and int4 precisions) every case runs in
+`specmemo.native.rows_attention`, one call a layer, with the same per-row guarantee (so tree,
+batch, chain and one-token rows all agree); other dtypes and devices take the loop below.
 Together with per-token int8 linears (`quantized.Int8Linear`, exact integer accumulation) the target's greedy output is
 the same whatever M its forwards use. The cost is one small matmul pair per row per layer,
 which is negligible for M ≤ γ_max + 1 and modest for prefill.
@@ -22,6 +25,8 @@ None when purely causal). `use_rowwise_attention(model)` switches a loaded model
 from __future__ import annotations
 
 import torch
+
+from specmemo.native import rows_attention
 
 NAME = "specmemo_rowwise"
 
@@ -36,6 +41,8 @@ def rowwise_attention(
     group = heads // kv_heads
     scale = dim**-0.5 if scaling is None else scaling
     visible = _visible_keys(attention_mask, batch, rows, keys)
+    if _native(query, key, value):
+        return _native_attention(query, key, value, visible, scale), None
     out = query.new_empty((batch, rows, heads, value.shape[-1]))
     for b in range(batch):
         for j in range(rows):
@@ -50,6 +57,38 @@ def rowwise_attention(
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
             out[b, j] = torch.matmul(probs, v).reshape(heads, -1)
     return out, None
+
+
+def _native(query, key, value) -> bool:
+    # float32 on the CPU, keys and values rows of d floats (a cache layer's view, or a batch's copy)
+    if not (query.dtype == key.dtype == value.dtype == torch.float32) or query.device.type != "cpu":
+        return False
+    d = key.shape[-1]
+    return key.stride() == value.stride() and key.stride(-1) == 1 and key.stride(-2) == d and value.shape[-1] == d
+
+
+def _native_attention(query, key, value, visible: list[list], scale: float) -> torch.Tensor:
+    # native/rows_attention.c: each (row, head) alone, as the loop below, in one call a layer
+    batch, heads, rows, dim = query.shape
+    q = query.transpose(1, 2).contiguous()  # [B, M, H, d]
+    out = torch.empty_like(q)
+    counts, starts, slots = rows_attention.visibility(
+        [[n if isinstance(n, int) else n.numpy() for n in row] for row in visible]
+    )
+    rows_attention.attend_ptr(
+        (batch, rows, heads, key.shape[1], dim, key.shape[2]),
+        (key.stride(1), key.stride(0)),
+        q.data_ptr(),
+        key.data_ptr(),
+        value.data_ptr(),
+        counts.ctypes.data,
+        None if starts is None else starts.ctypes.data,
+        None if slots is None else slots.ctypes.data,
+        float(scale),
+        out.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return out
 
 
 def _visible_keys(mask, batch: int, rows: int, keys: int) -> list[list]:
