@@ -55,7 +55,7 @@ def forward_rows(
     with torch.inference_mode():
         if len(caches) == 1 and not any(t is not None for t in trees or []):
             # one row: the cache itself, default positions and transformers' own causal mask
-            if lean.supports(model):
+            if lean.supports(model, exact):
                 logits = lean.forward(model, inputs, caches[0], keep, exact=exact)
             else:
                 logits = model(

@@ -27,9 +27,12 @@ import torch
 _FAMILIES = ("Qwen2ForCausalLM", "LlamaForCausalLM")
 
 
-def supports(model) -> bool:
-    """Whether `forward` computes what `model`'s own forward computes."""
+def supports(model, exact: bool = True) -> bool:
+    """Whether `forward` computes what `model`'s own forward computes (`exact=False`: nearly; it
+    also needs the model on one device, since it reads weights without the modules' hooks)."""
     if type(model).__name__ not in _FAMILIES or getattr(model, "training", False):
+        return False
+    if not exact and len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1:
         return False
     config = model.config
     if (

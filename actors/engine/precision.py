@@ -60,6 +60,7 @@ from .quantized import (
     Int8Linear,
     LinearPart,
     SourcePages,
+    finer_than_four_bits,
     quantize_linears,
     release_freed_memory,
 )
@@ -173,9 +174,21 @@ def _convert(model, precision: str, activation_bits: int | None = None, exact_ro
 # the probe
 
 
-def _layers_and_head(model) -> tuple[nn.Module, int, nn.Module]:
+def _layers_and_head(model) -> tuple[list[nn.Module], nn.Module]:
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    return base.layers[0], len(base.layers), model.get_output_embeddings()
+    return list(base.layers), model.get_output_embeddings()
+
+
+def _layer_classes(model, layers: list[nn.Module], precision: str) -> list[tuple[nn.Module, int]]:
+    """One layer of each kind and how many there are: all alike, except in an int4 conversion of
+    a checkpoint from a 4-bit file, whose layers differ in which linears the file stored finer
+    (those stay int8: a Q4_K_M file keeps the down projection of some layers only in 6 bits)."""
+    eight = finer_than_four_bits(model) if precision == "int4" else frozenset()
+    classes: dict[tuple[str, ...], list] = {}
+    for layer in layers:
+        key = tuple(sorted(n for n, m in layer.named_modules() if isinstance(m, nn.Linear) and id(m) in eight))
+        classes.setdefault(key, [layer, 0])[1] += 1
+    return [(layer, count) for layer, count in classes.values()]
 
 
 def _supported() -> list[str]:
@@ -200,27 +213,30 @@ def choose(
     For each candidate a copy of the first decoder layer and of a slice of the LM head (its time
     scaled to the whole head) is converted and timed (median of `repeats`) on M = 1 and
     M = γ_max + 1 new tokens after a 64-token context;
-    a forward costs n_layers · t_layer + t_head. A target's score is t(1) + t(γ_max + 1) (plain
+    a forward costs n_layers · t_layer + t_head (in int4, a layer of each kind times its count:
+    see `_layer_classes`). A target's score is t(1) + t(γ_max + 1) (plain
     steps and verifications); a draft's is t(1), its proposals being one token per forward.
     `role` ("target" or "draft") also decides how the copies attend (exact rows for a target). `clock` is the
     timing source (tests replace it).
     """
-    layer, n_layers, head = _layers_and_head(model)
+    layers, head = _layers_and_head(model)
     config = model.config.get_text_config(decoder=True)
     hidden = config.hidden_size
     candidates = candidates or _supported()
     probe: dict[str, dict[str, float]] = {}
     for precision in candidates:
-        sample, scale = _head_sample(head)
-        part = nn.ModuleDict({"layer": copy.deepcopy(layer), "head": sample})
-        _convert(part, precision, exact_rows=role != "draft")
-        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
-        times = {}
-        for m in (1, gamma_max + 1):
-            times[f"M={m}"] = _time_part(part, config, hidden, m, dtype, repeats, clock) * n_layers
-            times[f"M={m}"] += _time_head(part["head"], hidden, m, dtype, repeats, clock) * scale
+        times = dict.fromkeys((f"M={m}" for m in (1, gamma_max + 1)), 0.0)
+        for i, (layer, count) in enumerate(_layer_classes(model, layers, precision)):
+            sample, scale = _head_sample(head)
+            part = nn.ModuleDict({"layer": copy.deepcopy(layer), "head": sample})
+            _convert(part, precision, exact_rows=role != "draft")
+            dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+            for m in (1, gamma_max + 1):
+                times[f"M={m}"] += _time_part(part, config, hidden, m, dtype, repeats, clock) * count
+                if i == 0:
+                    times[f"M={m}"] += _time_head(part["head"], hidden, m, dtype, repeats, clock) * scale
+            del part
         probe[precision] = {k: round(v * 1e3, 3) for k, v in times.items()}
-        del part
 
     def score(p: str) -> float:
         return probe[p]["M=1"] if role == "draft" else sum(probe[p].values())
