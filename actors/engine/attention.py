@@ -75,9 +75,12 @@ def _native_attention(query, key, value, visible: list[list], scale: float) -> t
     counts, starts, slots = rows_attention.visibility(
         [[n if isinstance(n, int) else n.numpy() for n in row] for row in visible]
     )
+    # a dimension of size 1 may carry any stride: it is never stepped over
+    head_stride = key.stride(1) if key.shape[1] > 1 else key.shape[2] * dim
+    batch_stride = key.stride(0) if batch > 1 else 0
     rows_attention.attend_ptr(
         (batch, rows, heads, key.shape[1], dim, key.shape[2]),
-        (key.stride(1), key.stride(0)),
+        (head_stride, batch_stride),
         q.data_ptr(),
         key.data_ptr(),
         value.data_ptr(),
