@@ -248,6 +248,10 @@ def quantize_linears(model, bits: int, four_bit: bool = False) -> None:
             elif isinstance(child, nn.Embedding):
                 setattr(parent, name, Bf16Embedding(child))
                 source.drop(child.weight)
+        if any(isinstance(c, (Int8Linear, Int4Linear)) for c in parent.children()):
+            # the conversion's temporaries (tens of MB each) land in glibc's heap, which keeps
+            # them after they are freed: give them back now, or the load peaks at 1.4x the end
+            release_freed_memory()
     for module in model.modules():
         if not isinstance(module, (Int8Linear, Int4Linear, LinearPart, Bf16Embedding)):
             for name, param in list(module.named_parameters(recurse=False)):
