@@ -334,7 +334,7 @@ def main(argv=None) -> None:
             f"llama-cpp-python[server] {LLAMA_VERSION} into the peers' venv the first time):\n\n    {command}\n\n"
             f"Run {result['finished']}, {result['wall_s'] / 60:.0f} min, CPU `{cpu['model']}` (flags "
             f"{', '.join(cpu['flags'])}), {args.threads} threads for each server. The gateway is the default "
-            f"deployment (deploy/local.toml: int8 target, int4 draft here, adaptive γ); llama.cpp serves the "
+            f"deployment (deploy/local.toml: the probe's precisions, adaptive γ); llama.cpp serves the "
             f"Q4_K_M target alone. Raw data: `bench/results/http-gateway.json`.\n\n{markdown}\n"
         )
         replace_section(ROOT / "docs" / "benchmarks.md", SECTION, body)

@@ -44,7 +44,7 @@ class ModelSpec:
     precision: "float32", "bfloat16", "int8" or "auto" (probe this machine and pick the fastest,
         see `precision.py`); None keeps the loaded dtype.
     gamma_max: the longest chain verified in one forward, for the "auto" probe (M = γ_max + 1).
-    role: "target" or "draft": what the "auto" probe optimizes (a draft may also take "int4").
+    role: "target" or "draft": what the "auto" probe optimizes (a draft's attention need not be exact).
     device: device the whole model goes to when `device_map` is None.
     device_map: passed through to transformers/accelerate (e.g. "auto") to spread a big model.
     allow_network: let a hub id be fetched from the network; off by default.
