@@ -115,24 +115,13 @@ def linear(x: np.ndarray, w: Q4Weights, threads: int = 1, isa: str | None = None
     elif out.dtype != np.float32 or out.shape != (m, w.n) or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 [{m}, {w.n}] array")
     code = lib.Q4_ISA_AUTO if isa is None else ISAS[isa]
-    status = lib.q4_linear(
-        m,
-        w.n,
-        w.k,
-        w.group,
-        ffi.from_buffer("uint8_t[]", w.codes),
-        ffi.from_buffer("uint16_t[]", w.scales),
-        ffi.from_buffer("float[]", x),
-        ffi.from_buffer("float[]", out),
-        threads,
-        code,
-    )
-    if status != lib.Q4_OK:
-        raise NativeError(f"q4_linear: {_ERRORS.get(status, status)}")
+    linear_ptr(m, w, w.codes.ctypes.data, w.scales.ctypes.data, x.ctypes.data, out.ctypes.data, threads, code)
     return out
 
 
-def linear_ptr(m: int, w: Q4Weights, codes: int, scales: int, x: int, y: int, threads: int) -> None:
+def linear_ptr(
+    m: int, w: Q4Weights, codes: int, scales: int, x: int, y: int, threads: int, isa: int = lib.Q4_ISA_AUTO
+) -> None:
     """`linear` on raw addresses (a torch tensor's `data_ptr()`), for a caller that holds w's codes
     and scales and C-contiguous float32 buffers x [m, k] and y [m, n] at those addresses."""
     status = lib.q4_linear(
@@ -145,7 +134,7 @@ def linear_ptr(m: int, w: Q4Weights, codes: int, scales: int, x: int, y: int, th
         ffi.cast("float *", x),
         ffi.cast("float *", y),
         threads,
-        lib.Q4_ISA_AUTO,
+        isa,
     )
     if status != lib.Q4_OK:
         raise NativeError(f"q4_linear: {_ERRORS.get(status, status)}")

@@ -22,6 +22,8 @@ called directly). Its logits differ from the model's own in the last bits.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 _FAMILIES = ("Qwen2ForCausalLM", "LlamaForCausalLM")
@@ -45,12 +47,14 @@ def supports(model, exact: bool = True) -> bool:
     return all(hasattr(layer, n) for n in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm"))
 
 
-def _interfaces(model):
+@functools.cache
+def _interfaces(module_name: str, attn_implementation: str):
+    # the mask builder, attention function and rotary helper of a model class (looked up once)
     from transformers.masking_utils import create_causal_mask
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    module = __import__(type(model).__module__, fromlist=["apply_rotary_pos_emb", "eager_attention_forward"])
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface(model.config._attn_implementation, module.eager_attention_forward)
+    module = __import__(module_name, fromlist=["apply_rotary_pos_emb", "eager_attention_forward"])
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, module.eager_attention_forward)
     return create_causal_mask, attention, module.apply_rotary_pos_emb
 
 
@@ -60,7 +64,7 @@ def forward(model, ids: torch.Tensor, cache, keep: int, exact: bool = True) -> t
     logits_to_keep=keep).logits`` answers, bit for bit (`exact`), or nearly (see the module doc)."""
     if not exact:
         return _fast_forward(model, ids, cache, keep)
-    create_causal_mask, attention, apply_rope = _interfaces(model)
+    create_causal_mask, attention, apply_rope = _interfaces(type(model).__module__, model.config._attn_implementation)
     base = model.model
     h = base.embed_tokens(ids)
     past = cache.get_seq_length()

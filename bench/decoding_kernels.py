@@ -1,0 +1,93 @@
+"""The decoding engine's native kernels on the 1.5B target's shapes (docs/decoding-kernels.md).
+
+    python bench/decoding_kernels.py [--threads 2]
+
+- q4 (native/q4.c): the linears of 28 decoder layers and the LM head of Qwen2.5-1.5B's shapes
+  (fused q/k/v, o, fused gate/up, down, head; random weights in groups of 32: ~960 MB, far beyond
+  any cache), one pass with M rows for M = 1..9, best of 5; reports ms and GB/s of codes+scales.
+- row-wise attention: one forward's attention (28 layers, 12 query heads over 2 KV heads of 128,
+  a 64-token context plus M new rows, and a 200-row prefill) through native/rows_attention.c and
+  through the per-row torch loop it replaced (`attention.rowwise_attention` with the native path
+  off), alternating, best of 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from specmemo.actors.engine import attention
+from specmemo.actors.engine.precision import cpu_features
+from specmemo.native import q4
+
+LINEARS = [(2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960)] * 28 + [(151936, 1536)]
+
+
+def best(fn, repeats: int = 5) -> float:
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return min(samples)
+
+
+def q4_rows(threads: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    weights = [q4.pack((rng.standard_normal((n, k), dtype=np.float32) * 0.02), 32) for n, k in LINEARS]
+    nbytes = sum(w.nbytes for w in weights)
+    lines = [
+        f"q4: {len(LINEARS)} linears, {nbytes / 1e6:.0f} MB of codes and scales",
+        "| M | ms | GB/s |",
+        "|---:|---:|---:|",
+    ]
+    for m in range(1, 10):
+        xs = {k: np.ascontiguousarray(rng.standard_normal((m, k), dtype=np.float32)) for k in (1536, 8960)}
+        outs = [np.empty((m, n), np.float32) for n, _ in LINEARS]
+        seconds = best(lambda: [q4.linear(xs[w.k], w, threads, out=o) for w, o in zip(weights, outs)])
+        lines.append(f"| {m} | {seconds * 1e3:.1f} | {nbytes / seconds / 1e9:.1f} |")
+    return lines
+
+
+def attention_rows() -> list[str]:
+    layers, heads, kv_heads, dim, context = 28, 12, 2, 128, 64
+    lines = ["row-wise attention, one forward (28 layers)", "| rows | native ms | torch loop ms |", "|---|---:|---:|"]
+    native = attention._native
+    for rows, past in ((1, context), (5, context), (200, 0)):
+        keys = past + rows
+        # views of cache layers with spare capacity, as a block cache hands them over
+        key = torch.randn(1, kv_heads, keys + 16, dim)[:, :, :keys]
+        value = torch.randn(1, kv_heads, keys + 16, dim)[:, :, :keys]
+        query = torch.randn(1, heads, rows, dim)
+
+        def forward():
+            for _ in range(layers):
+                attention.rowwise_attention(None, query, key, value, None)
+
+        times = {}
+        for name, switch in (("native", native), ("loop", lambda *a: False)):
+            attention._native = switch
+            times[name] = best(forward)
+        attention._native = native
+        label = f"{rows} after {past}" if past else f"{rows} (prefill)"
+        lines.append(f"| {label} | {times['native'] * 1e3:.1f} | {times['loop'] * 1e3:.1f} |")
+    return lines
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cpu = cpu_features()
+    print(f"CPU {cpu.model}, flags {', '.join(cpu.flags)}, q4 path {q4.best_isa()}, {args.threads} threads")
+    for line in q4_rows(args.threads) + [""] + attention_rows():
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
