@@ -66,14 +66,18 @@ def median_seconds(fns: dict, reps: int) -> dict:
     return {key: statistics.median(ts) for key, ts in times.items()}
 
 
-#: Bytes per stored entry (index + value) of the compact forms of the 3-part kernel.
-COMPACT_ENTRY_BYTES = {"3-part off16": 10, "3-part off16 f32": 6}
+#: Bytes per stored entry (index + value) and per row (x, y and the row's offset or length) of
+#: the compact forms of the 3-part kernel. All three keep 16-bit offsets from the row and 1-byte
+#: row lengths (7 bytes a row fewer than 64-bit row offsets); "coded" is what a plan builds by
+#: default when the matrix has at most 256 distinct values (1-byte codes into a table).
+COMPACT_BYTES = {"3-part off16": (10, 21), "3-part off16 f32": (6, 21), "3-part coded": (3, 21)}
 
 
 def modelled_bytes(kernel: str, n: int, nnz: int) -> int:
     if kernel in FULL_CSR_KERNELS:
         return 12 * nnz + 20 * n
-    return COMPACT_ENTRY_BYTES.get(kernel, 12) * nnz // 2 + 28 * n
+    entry, row = COMPACT_BYTES.get(kernel, (12, 28))
+    return entry * nnz // 2 + row * n
 
 
 def triad_bandwidth(reps: int) -> dict:
@@ -110,14 +114,19 @@ def worker(names: list[str], table: dict, solves: list, reps: int) -> dict:
             ("half", 1): lambda: K.half_spmv(plan.half, xp, y),
         }
         reports = {}
-        off16 = plan.half.compacted(offsets=True)
-        off16_f32 = plan.half.compacted(offsets=True, float32=True)
+        compact = {
+            "3-part off16": plan.half.compacted(offsets=True, coded=False),
+            "3-part off16 f32": plan.half.compacted(offsets=True, float32=True, coded=False),
+        }
+        coded = plan.half.compacted(offsets=True)
+        if coded.vcode is not None:  # a matrix of at most 256 distinct values
+            compact["3-part coded"] = coded
         for t in THREADS:
             pt = plan if t == 1 else plan.for_threads(t)
             reports[t] = pt.describe().as_dict()
             fns[("colour", t)] = lambda t=t: K.colour_spmv(plan.half, colouring, xp, y, t)
             fns[("3-part", t)] = lambda pt=pt, work=pt.work(): pt.apply(xp, y, 0.0, None, work)
-            for label, half in (("3-part off16", off16), ("3-part off16 f32", off16_f32)):
+            for label, half in compact.items():
                 fns[(label, t)] = lambda pt=pt, half=half, work=pt.work(): K.band_spmv(half, pt.split, xp, y, work)
         rows = [(k, t, sec) for (k, t), sec in median_seconds(fns, reps).items()]
         out["matrices"][name] = {
@@ -302,6 +311,8 @@ def plot(results: dict, path: Path) -> None:
         "3-part off16 2",
         "3-part off16 f32 1",
         "3-part off16 f32 2",
+        "3-part coded 1",
+        "3-part coded 2",
     ]
     fig, axes = plt.subplots(len(policies), 1, figsize=(11, 3.6 * len(policies)), squeeze=False)
     width = 0.8 / len(labels)

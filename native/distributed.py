@@ -35,6 +35,7 @@ from .errors import InvalidOperand
 from .solver import iterate
 from .split import row_blocks, split_band
 from .spmv import BandSplit, HalfMatrix, band_spmv, dot
+from .workspace import Workspace
 
 X_TAG, Y_TAG = 11, 12
 
@@ -62,9 +63,11 @@ class Part:
     above: list[Link]  # ranks whose halo holds my rows: x to them, y from them
     edge: sp.csr_array | None = None  # the entries that read it (column in the halo), a corner block
     work: np.ndarray = field(init=False, repr=False)
+    workspace: Workspace = field(init=False, repr=False)  # the solver's vectors, kept between solves
 
     def __post_init__(self) -> None:
         self.work = np.empty(self.split.work_size)
+        self.workspace = Workspace(self.m)
 
     @property
     def m(self) -> int:
@@ -197,26 +200,32 @@ class MpiExchange:
 
 
 def apply(
-    part: Part, exchange, v: np.ndarray, w: np.ndarray, alpha: float = 0.0, u: np.ndarray | None = None
+    part: Part,
+    exchange,
+    v: np.ndarray,
+    w: np.ndarray,
+    alpha: float = 0.0,
+    u: np.ndarray | None = None,
+    scale: float = 1.0,
 ) -> np.ndarray:
-    """w = alpha u + B v on this rank's own rows (local vectors, halo first). v's halo is
+    """w = alpha u + scale B v on this rank's own rows (local vectors, halo first). v's halo is
     filled in while the kernel runs over the entries that do not read it; u's halo is zeroed
     (its halo rows must carry only B's contributions)."""
     pending = exchange.x_start(v)
     if u is not None:
         u[: part.own.start] = 0.0
-    band_spmv(part.half, part.split, v, w, part.work, alpha, u)
+    band_spmv(part.half, part.split, v, w, part.work, alpha, u, scale=scale)
     exchange.x_finish(pending)
-    add_edge(part, v, w)
+    add_edge(part, v, w, scale)
     exchange.y(w)
     return w
 
 
-def add_edge(part: Part, v: np.ndarray, w: np.ndarray) -> None:
-    """w += (E - E^T) v for the entries E that read the halo (once it is filled)."""
+def add_edge(part: Part, v: np.ndarray, w: np.ndarray, scale: float = 1.0) -> None:
+    """w += scale (E - E^T) v for the entries E that read the halo (once it is filled)."""
     if part.edge is not None:
         k = part.edge.shape[0]
-        w[:k] += part.edge @ v[:k] - part.edge.T @ v[:k]
+        w[:k] += scale * (part.edge @ v[:k] - part.edge.T @ v[:k])
 
 
 @dataclass(frozen=True)
@@ -234,28 +243,33 @@ class RankResult:
 def mrs(part: Part, exchange, b_own: np.ndarray, alpha: float, tol: float = 1e-10, maxiter: int = 1000) -> RankResult:
     """MRS (native/solver.py's recurrence) on distributed vectors: `b_own` is this rank's rows
     of the permuted b; every rank calls it at once with the same alpha, tol and maxiter."""
-    m, own = part.m, part.own
+    own = part.own
     threads = part.split.blocks
     start = time.perf_counter()
     beta0 = math.sqrt(exchange.sum(dot(b_own, b_own, threads)))
-    x = np.zeros(m)
-    converged, history = iterate(
-        b_own,
-        beta0,
-        alpha,
-        tol,
-        maxiter,
-        x,
-        product=lambda v, w, beta_prev, v_prev: apply(part, exchange, v, w, beta_prev, v_prev),
-        norm=lambda w: math.sqrt(exchange.sum(dot(w[own], w[own], threads))),
-        threads=threads,
-        own=own,
-    )
-    seconds = time.perf_counter() - start
-    r = apply(part, exchange, x.copy(), np.empty(m), alpha, x.copy())
-    rr = r[own] - b_own
-    residual = math.sqrt(exchange.sum(float(np.dot(rr, rr)))) / beta0 if beta0 > 0 else 0.0
-    return RankResult(x[own].copy(), converged, len(history), residual, seconds, tuple(history))
+    with part.workspace.zeroed() as (x, *vectors):
+        converged, history = iterate(
+            b_own,
+            beta0,
+            alpha,
+            tol,
+            maxiter,
+            x,
+            product=lambda v, w, scale, a, v_prev: apply(part, exchange, v, w, a, v_prev, scale),
+            norm=lambda w: math.sqrt(exchange.sum(dot(w[own], w[own], threads))),
+            threads=threads,
+            own=own,
+            vectors=vectors,
+        )
+        seconds = time.perf_counter() - start
+        v, u, r = vectors[:3]  # x twice (apply fills the one's halo and zeroes the other's), and r
+        np.copyto(v, x)
+        np.copyto(u, x)
+        apply(part, exchange, v, r, alpha, u)
+        rr = r[own] - b_own
+        residual = math.sqrt(exchange.sum(float(np.dot(rr, rr)))) / beta0 if beta0 > 0 else 0.0
+        x_own = x[own].copy()
+    return RankResult(x_own, converged, len(history), residual, seconds, tuple(history))
 
 
 class LocalExchange:

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define PARS3_VERSION 3          /* bumped when a struct or signature changes */
+#define PARS3_VERSION 4          /* bumped when a struct or signature changes */
 #define PARS3_OK 0
 #define PARS3_EINVAL (-1)        /* a null pointer, a negative size, threads < 1 */
 
@@ -36,9 +36,17 @@ typedef struct {
      * off: when not NULL, entry k of row i lies in column i - off[k] (col may be NULL): 2 bytes
      *      an entry instead of 4, for bands narrower than 65536;
      * val32: when not NULL, the values as floats (val may be NULL): 4 bytes instead of 8;
-     *      products and sums stay in double. */
+     *      products and sums stay in double;
+     * vcode: when not NULL, entry k's value is vtab[vcode[k]] (val and val32 may be NULL): 1 byte
+     *      an entry for a matrix of at most 256 distinct values (a constant-coefficient stencil),
+     *      the table a few cache lines that stay in L1;
+     * rlen: when not NULL, row i holds rlen[i] entries (rows of at most 255), so a row costs 1
+     *      byte of offsets instead of 8 (rowptr is then read only where a row block starts). */
     const uint16_t *off;
     const float *val32;
+    const uint8_t *vcode;
+    const double *vtab;
+    const uint8_t *rlen;
 } pars3_half;
 
 /* The 3-part split of a banded half-storage matrix over T row blocks.
@@ -73,16 +81,15 @@ typedef struct {
 int pars3_csr_spmv(const pars3_csr *A, const double *x, double *y);
 int pars3_half_spmv(const pars3_half *A, const double *x, double *y);
 int pars3_band_spmv(const pars3_half *A, const pars3_band *P, double alpha, const double *u,
-                    const double *x, double *y, double *work, int32_t threads);
+                    double scale, const double *x, double *y, double *work, int32_t threads);
 int pars3_colour_rows(const pars3_half *A, const int64_t *trowptr, const int32_t *tcol,
                       int32_t *colour, int32_t *mark);
 int pars3_colour_spmv(const pars3_half *A, const pars3_colouring *C, const double *x, double *y,
                       int32_t threads);
 int pars3_triad(int64_t n, double s, const double *b, const double *c, double *a, int32_t threads);
 int pars3_dot(int64_t n, const double *x, const double *y, int32_t threads, double *out);
-int pars3_mrs_update(int64_t n, double r1, double r2, double rho, double cg, double beta,
-                     const double *v, const double *w, const double *d1, double *d2, double *x,
-                     double *vnext, int32_t threads);
+int pars3_mrs_update(int64_t n, double r1, double r2, double rho, double cg, double vscale,
+                     const double *v, const double *d1, double *d2, double *x, int32_t threads);
 /* dst[k] = src[perm[k]] (gather) and dst[perm[k]] = src[k] (scatter), k < n; perm is a
  * permutation of 0..n-1 (a plan's own, not checked here); dst must not overlap src. */
 int pars3_gather(int64_t n, const int64_t *perm, const double *src, double *dst, int32_t threads);

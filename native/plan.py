@@ -16,6 +16,7 @@ from .errors import InvalidOperand
 from .split import split_band
 from .spmv import BandSplit, HalfMatrix, band_spmv, max_threads, permuted
 from .validate import as_vector, check_matrix, check_scalar, check_threads
+from .workspace import Workspace
 
 MIN_NNZ_PER_THREAD = 20_000  # below this a second thread costs more in wake-up than it saves
 
@@ -37,7 +38,7 @@ class PlanReport:
     window_rows: int  # window buffer length summed over blocks (doubles)
     build_seconds: float
     index_bytes: int = 4  # per stored entry: 2 with 16-bit row offsets, 4 with 32-bit columns
-    value_bytes: int = 8  # per stored entry: 4 for float32 values
+    value_bytes: int = 8  # per stored entry: 1 coded (<= 256 distinct values), 4 for float32
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -45,7 +46,7 @@ class PlanReport:
 
 def footprint(n: int, nnz: int) -> int:
     """At most the bytes a plan of an n-row matrix with nnz nonzeros holds, with the vectors of
-    one solve: nnz/2 stored entries at 12 bytes (a compact plan keeps 10 or 6) and n+1 8-byte
+    one solve: nnz/2 stored entries at 12 bytes (a compact plan keeps 10, 6 or 3) and n+1 8-byte
     row offsets, the permutation, a window buffer of at most n, and MRS's eight vectors of n
     doubles (the split's head and outer lists are not counted: a few per cent of a band)."""
     return 12 * (nnz // 2 + 1) + 8 * (n + 1) + 8 * n + 8 * n + 8 * 8 * n
@@ -80,7 +81,8 @@ class Plan:
     """A skew-symmetric (or symmetric) matrix prepared for the banded 3-part kernel.
 
     Attributes: kind, n, perm (row k of the band matrix is row perm[k] of the input),
-    half (the permuted HalfMatrix), split (its BandSplit), threads.
+    half (the permuted HalfMatrix), split (its BandSplit), threads, workspace (the solver's
+    vectors, kept between solves).
     """
 
     def __init__(self, kind: str, perm: np.ndarray, half: HalfMatrix, split: BandSplit, report: PlanReport):
@@ -90,6 +92,7 @@ class Plan:
         self.half = half
         self.split = split
         self.threads = split.blocks
+        self.workspace = Workspace(self.n)
         self._report = report
 
     @classmethod
@@ -106,8 +109,9 @@ class Plan:
         """Check `matrix` (any scipy sparse matrix or 2-D array), reorder it by RCM (unless
         reorder is False) and split it for `threads` threads (default: OpenMP's count, fewer for
         a small matrix). With `compact` (the default) entries are stored as 16-bit offsets from
-        their row when the band allows; `precision` "float32" stores the values rounded to
-        float32 (the plan is then of the rounded matrix; products and sums stay in double).
+        their row when the band allows, and values as 1-byte codes into a table when the matrix
+        has at most 256 distinct ones (lossless); `precision` "float32" stores the values rounded
+        to float32 (the plan is then of the rounded matrix; products and sums stay in double).
 
         Raises InvalidMatrix, NotSkewSymmetric / NotSymmetric or InvalidOperand."""
         if precision not in ("float64", "float32"):
@@ -127,7 +131,7 @@ class Plan:
         split = split_band(half, threads)
         bandwidth_after = int((half.row_of_entries() - half.col).max(initial=0))
         if compact or precision == "float32":
-            half = half.compacted(offsets=compact, float32=precision == "float32")
+            half = half.compacted(offsets=compact, float32=precision == "float32", coded=compact)
         stored = max(half.nnz, 1)
         report = PlanReport(
             kind=kind,
@@ -143,7 +147,7 @@ class Plan:
             window_rows=split.work_size,
             build_seconds=0.0,
             index_bytes=2 if half.off is not None else 4,
-            value_bytes=4 if half.val32 is not None else 8,
+            value_bytes=1 if half.vcode is not None else 4 if half.val32 is not None else 8,
         )
         plan = cls(kind, perm, half, split, report)
         plan._report = PlanReport(**{**asdict(report), "build_seconds": time.perf_counter() - start})
@@ -181,12 +185,13 @@ class Plan:
         u: np.ndarray | None = None,
         work: np.ndarray | None = None,
         threads: int | None = None,
+        scale: float = 1.0,
     ) -> np.ndarray:
-        """y = alpha u + B x in the permuted space (B the band matrix), with float64 buffers
-        given as is; u None means no shift term. threads defaults to the plan's block count
-        (fewer threads share the blocks out). Returns y."""
+        """y = alpha u + scale B x in the permuted space (B the band matrix), with float64
+        buffers given as is; u None means no shift term. threads defaults to the plan's block
+        count (fewer threads share the blocks out). Returns y."""
         work = self.work() if work is None else work
-        return band_spmv(self.half, self.split, x, y, work, alpha, u, threads)
+        return band_spmv(self.half, self.split, x, y, work, alpha, u, threads, scale)
 
     def matvec(self, x) -> np.ndarray:
         """A x in the input's ordering; x any real vector of length n without NaN or inf."""

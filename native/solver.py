@@ -3,9 +3,11 @@
 Skew Lanczos builds an orthonormal basis with S V_j = V_{j+1} T_j, T_j tridiagonal and
 skew; so (alpha I + S) V_j = V_{j+1} (alpha I + T_j), which two Givens rotations per step
 reduce to upper triangular form as in MINRES. The residual norm |g| falls monotonically and
-is known without forming the residual. Per iteration: one fused product
-w = beta_prev v_prev + S v, one dot product and one fused vector update (mrs_update.c), all in
-the RCM-permuted space of the plan (b is permuted in, x out).
+is known without forming the residual. Per iteration: one fused product, one dot product and
+one fused vector update (mrs_update.c), all in the RCM-permuted space of the plan (b is
+permuted in, x out). The Lanczos vectors are kept unnormalized: v_j is stored as w_{j-1}, the
+last product's output, with its factor 1/beta_{j-1} passed to the product and the update, which
+saves the pass that would write w / beta (a read and a write of n doubles an iteration).
 """
 
 import math
@@ -78,30 +80,34 @@ def iterate(
     norm,
     threads: int,
     own: slice = slice(None),
+    vectors: list[np.ndarray] | None = None,
 ) -> tuple[bool, list[float]]:
     """MRS's iterations on x (in place), shared by the one-process and the distributed solver.
 
     Vectors have x's length; `own` is the part of them this process updates (all of them in one
-    process; a rank's own rows, after its halo). `product(v, w, beta_prev, v_prev)` makes
-    w = S v + beta_prev v_prev on the own rows; `norm(w)` is ||w|| over every process.
+    process; a rank's own rows, after its halo). `product(v, w, scale, a, v_prev)` makes
+    w = scale S v + a v_prev on the own rows; `norm(w)` is ||w|| over every process. `vectors`
+    are five zeroed vectors of that length to work in (a Workspace's), else fresh ones.
     Answers whether it converged and the recurrence's |g_j| / ||b|| per iteration."""
     history: list[float] = []
     if beta0 == 0.0:
         return True, history
     n = len(x)
-    v, v_prev, w = np.zeros(n), np.zeros(n), np.empty(n)
-    v[own] = b / beta0
-    d1, d2 = np.zeros(n), np.zeros(n)
+    # v_j = scale * v, with v as stored: b at first, then each product's output w_{j-1}, whose
+    # norm is beta_{j-1}; so w_j = S v_j + beta_{j-1} v_{j-1} = scale S v + (beta_{j-1} scale_prev) v_prev
+    v, v_prev, w, d1, d2 = vectors if vectors is not None else [np.zeros(n) for _ in range(5)]
+    v[own] = b
+    scale, scale_prev = 1.0 / beta0, 0.0
     beta_prev, g = 0.0, beta0
     rotations = Rotations()
     for _ in range(maxiter):
-        product(v, w, beta_prev, v_prev)
+        product(v, w, scale, beta_prev * scale_prev, v_prev)
         beta = norm(w)
         r1, r2, rho, c, s = rotations.step(alpha, beta_prev, beta)
         if rho == 0.0:
             break
-        # d_j = (v_j - r1 d_{j-1} - r2 d_{j-2}) / rho over d_{j-2}; x += c g d_j; v_prev <- w / beta
-        mrs_update(r1, r2, rho, c * g, beta, v[own], w[own], d1[own], d2[own], x[own], v_prev[own], threads)
+        # d_j = (v_j - r1 d_{j-1} - r2 d_{j-2}) / rho over d_{j-2}; x += c g d_j
+        mrs_update(r1, r2, rho, c * g, scale, v[own], d1[own], d2[own], x[own], threads)
         g = -s * g
         history.append(abs(g) / beta0)
         if abs(g) <= tol * beta0:
@@ -110,7 +116,8 @@ def iterate(
             break
         d1, d2 = d2, d1
         rotations.advance(c, s)
-        v_prev, v = v, v_prev
+        v_prev, v, w = v, w, v_prev  # v_{j+1} = w_j / beta_j
+        scale_prev, scale = scale, 1.0 / beta
         beta_prev = beta
     return False, history
 
@@ -132,28 +139,29 @@ def mrs(plan: Plan, b, alpha: float, tol: float = 1e-10, maxiter: int | None = N
     start = time.perf_counter()
     bp = plan.permute(b)
     beta0 = math.sqrt(dot(bp, bp, plan.threads))
-    xp = np.zeros(n)
     work = plan.work()
-    converged, history = iterate(
-        bp,
-        beta0,
-        alpha,
-        tol,
-        maxiter,
-        xp,
-        product=lambda v, w, beta_prev, v_prev: plan.apply(v, w, beta_prev, v_prev, work),
-        norm=lambda w: math.sqrt(dot(w, w, plan.threads)),
-        threads=plan.threads,
-    )
-    seconds = time.perf_counter() - start
-    x = plan.unpermute(xp)
-    residual = _residual(plan, alpha, bp, xp) / beta0 if beta0 > 0 else 0.0
+    with plan.workspace.zeroed() as (xp, *vectors):
+        converged, history = iterate(
+            bp,
+            beta0,
+            alpha,
+            tol,
+            maxiter,
+            xp,
+            product=lambda v, w, scale, a, v_prev: plan.apply(v, w, a, v_prev, work, scale=scale),
+            norm=lambda w: math.sqrt(dot(w, w, plan.threads)),
+            threads=plan.threads,
+            vectors=vectors,
+        )
+        seconds = time.perf_counter() - start
+        x = plan.unpermute(xp)
+        residual = _residual(plan, alpha, bp, xp, vectors[0]) / beta0 if beta0 > 0 else 0.0
     return SolveResult(x, converged, len(history), residual, tuple(history), seconds, alpha, tol)
 
 
-def _residual(plan: Plan, alpha: float, bp: np.ndarray, xp: np.ndarray) -> float:
-    """||b - (alpha I + S) x|| in the permuted space."""
-    r = plan.apply(xp, np.empty(plan.n), alpha, xp)
+def _residual(plan: Plan, alpha: float, bp: np.ndarray, xp: np.ndarray, out: np.ndarray) -> float:
+    """||b - (alpha I + S) x|| in the permuted space, the residual made in `out`."""
+    r = plan.apply(xp, out, alpha, xp)
     r -= bp
     return math.sqrt(dot(r, r, plan.threads))
 

@@ -64,12 +64,15 @@ class HalfMatrix:
     n: int
     rowptr: np.ndarray
     col: np.ndarray | None  # None in a compact matrix that keeps `off` instead
-    val: np.ndarray | None  # None in a compact matrix that keeps `val32` instead
+    val: np.ndarray | None  # None in a compact matrix that keeps `val32` or `vcode` instead
     diag: np.ndarray | None
     sign: int
     struct: Any = field(repr=False)  # the cffi struct (and what it points into)
     off: np.ndarray | None = None  # uint16 i - j per entry: bands narrower than 65536
     val32: np.ndarray | None = None  # float32 values (products and sums stay in double)
+    vcode: np.ndarray | None = None  # uint8 per entry: its value is vtab[vcode]
+    vtab: np.ndarray | None = None  # the matrix's distinct values (at most 256), float64
+    rlen: np.ndarray | None = None  # uint8 entries per row (with `off`, rows of at most 255)
 
     @classmethod
     def from_lower(cls, lower, diag: np.ndarray | None, sign: int) -> "HalfMatrix":
@@ -105,22 +108,35 @@ class HalfMatrix:
         return (self.row_of_entries() - self.off).astype(np.int32)
 
     def values(self) -> np.ndarray:
-        """The float64 value of every entry (widened from float32 in a compact matrix)."""
+        """The float64 value of every entry (widened from float32, or looked up in the table of
+        distinct values, in a compact matrix)."""
         if self.val is not None:
             return self.val
-        assert self.val32 is not None, "a matrix keeps float64 or float32 values"
+        if self.vcode is not None:
+            assert self.vtab is not None
+            return self.vtab[self.vcode]
+        assert self.val32 is not None, "a matrix keeps float64 or float32 values, or codes"
         return self.val32.astype(np.float64)
 
-    def compacted(self, offsets: bool = True, float32: bool = False) -> "HalfMatrix":
+    def compacted(self, offsets: bool = True, float32: bool = False, coded: bool = True) -> "HalfMatrix":
         """The same matrix in the compact forms the band kernel reads (pars3.h): 16-bit row
         offsets instead of 32-bit columns when `offsets` and every entry is within 65535 of its
-        row (else columns are kept), float32 values when `float32` (the caller accepts their
-        rounding). Only pars3_band_spmv takes a compact matrix."""
+        row (else columns are kept), and then 1-byte row lengths beside the row offsets when no
+        row holds more than 255 entries; a 1-byte code per entry into a table of the distinct values
+        when `coded` and there are at most 256 of them (bit for bit: lossless); else float32
+        values when `float32` (the caller accepts their rounding; with `coded` the table then
+        holds the rounded values). Only pars3_band_spmv takes a compact matrix."""
         col, val = self.columns(), self.values()
+        if float32:
+            val = val.astype(np.float32).astype(np.float64)
         distance = self.row_of_entries() - col
         use_off = offsets and (distance.max(initial=0) <= np.iinfo(np.uint16).max)
         off = np.ascontiguousarray(distance, dtype=np.uint16) if use_off else None
-        val32 = np.ascontiguousarray(val, dtype=np.float32) if float32 else None
+        lengths = np.diff(self.rowptr)
+        short_rows = use_off and lengths.max(initial=0) <= np.iinfo(np.uint8).max
+        rlen = np.ascontiguousarray(lengths, dtype=np.uint8) if short_rows else None
+        vcode, vtab = value_codes(val) if coded else (None, None)
+        val32 = np.ascontiguousarray(val, dtype=np.float32) if float32 and vcode is None else None
         s = ffi.new("pars3_half *")
         s.n, s.sign = self.n, self.sign
         keep = []
@@ -128,8 +144,11 @@ class HalfMatrix:
             ("rowptr", "int64_t", self.rowptr),
             ("col", "int32_t", col if off is None else None),
             ("off", "uint16_t", off),
-            ("val", "double", val if val32 is None else None),
+            ("val", "double", val if val32 is None and vcode is None else None),
             ("val32", "float", val32),
+            ("vcode", "uint8_t", vcode),
+            ("vtab", "double", vtab),
+            ("rlen", "uint8_t", rlen),
             ("diag", "double", self.diag),
         ):
             if arr is not None:  # a field left NULL is a form the kernel does not read
@@ -139,13 +158,40 @@ class HalfMatrix:
             self.n,
             self.rowptr,
             None if off is not None else col,
-            None if val32 is not None else val,
+            None if val32 is not None or vcode is not None else val,
             self.diag,
             self.sign,
             (s, keep),
             off,
             val32,
+            vcode,
+            vtab,
+            rlen,
         )
+
+
+MAX_CODES = 256  # distinct values a 1-byte code can name
+
+
+def value_codes(val: np.ndarray) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """(codes, table) with table[codes] equal to `val` bit for bit, when `val` holds at most
+    MAX_CODES distinct float64 bit patterns (so -0.0 and 0.0, or two NaNs, stay apart); else
+    (None, None). The table comes from a sample first (most matrices that do not qualify fail it
+    at once, and a lookup in 256 sorted values is cheaper than sorting every entry)."""
+    bits = np.ascontiguousarray(val, dtype=np.float64).view(np.int64)
+    if len(bits) == 0:
+        return None, None
+    table = np.unique(bits[:65_536])
+    for _ in range(2):
+        if len(table) > MAX_CODES:
+            return None, None
+        codes = np.minimum(np.searchsorted(table, bits), len(table) - 1)
+        if np.array_equal(table[codes], bits):
+            break
+        table = np.unique(bits)  # a value the sample missed
+    else:
+        return None, None
+    return np.ascontiguousarray(codes, dtype=np.uint8), np.ascontiguousarray(table).view(np.float64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -296,15 +342,17 @@ def band_spmv(
     alpha: float = 0.0,
     u: np.ndarray | None = None,
     threads: int | None = None,
+    scale: float = 1.0,
 ) -> np.ndarray:
-    """y = alpha u + (L + D + sign L^T) x with the 3-part split; u None means no shift term.
-    work holds split.work_size doubles; threads defaults to split.blocks. Returns y."""
+    """y = alpha u + scale (L + D + sign L^T) x with the 3-part split; u None means no shift
+    term. work holds split.work_size doubles; threads defaults to split.blocks. Returns y."""
     check_buffer(x, a.n, "x")
     check_buffer(y, a.n, "y", writeable=True)
     check_buffer(work, split.work_size, "work", writeable=True)
     if int(split.row_start[-1]) != a.n:
         raise InvalidOperand(f"the split covers {int(split.row_start[-1])} rows, the matrix has {a.n}")
     alpha = check_scalar(alpha, "alpha")
+    scale = check_scalar(scale, "scale")
     threads = check_threads(split.blocks if threads is None else threads)
     if u is not None:
         check_buffer(u, a.n, "u")
@@ -316,6 +364,7 @@ def band_spmv(
             split.struct[0],
             alpha,
             ffi.NULL if u is None else _ptr("double", u),
+            scale,
             _ptr("double", x),
             _ptr("double", y),
             _ptr("double", work),
@@ -386,26 +435,23 @@ def mrs_update(
     r2: float,
     rho: float,
     cg: float,
-    beta: float,
+    vscale: float,
     v: np.ndarray,
-    w: np.ndarray,
     d1: np.ndarray,
     d2: np.ndarray,
     x: np.ndarray,
-    vnext: np.ndarray,
     threads: int,
 ) -> None:
-    """d2 <- (v - r1 d1 - r2 d2)/rho; x <- x + cg d2; vnext <- w/beta (unless beta == 0)."""
+    """d2 <- (vscale v - r1 d1 - r2 d2)/rho; x <- x + cg d2 (one pass)."""
     n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 1 else -1
-    for name, arr in (("v", v), ("w", w), ("d1", d1)):
+    for name, arr in (("v", v), ("d1", d1)):
         check_buffer(arr, n, name)
-    for name, arr in (("d2", d2), ("x", x), ("vnext", vnext)):
+    for name, arr in (("d2", d2), ("x", x)):
         check_buffer(arr, n, name, writeable=True)
-    check_distinct(d2, v, w, d1, x, vnext)
-    check_distinct(x, v, w, d1, vnext)
-    check_distinct(vnext, v, w, d1)
-    scalars = ((r1, "r1"), (r2, "r2"), (rho, "rho"), (cg, "cg"), (beta, "beta"))
-    r1, r2, rho, cg, beta = (check_scalar(s, name) for s, name in scalars)
+    check_distinct(d2, v, d1, x)
+    check_distinct(x, v, d1)
+    scalars = ((r1, "r1"), (r2, "r2"), (rho, "rho"), (cg, "cg"), (vscale, "vscale"))
+    r1, r2, rho, cg, vscale = (check_scalar(s, name) for s, name in scalars)
     if rho == 0.0:
         raise InvalidOperand("rho must be nonzero")
     threads = check_threads(threads)
@@ -416,13 +462,11 @@ def mrs_update(
             r2,
             rho,
             cg,
-            beta,
+            vscale,
             _ptr("double", v),
-            _ptr("double", w),
             _ptr("double", d1),
             _ptr("double", d2),
             _ptr("double", x),
-            _ptr("double", vnext),
             threads,
         ),
         "pars3_mrs_update",

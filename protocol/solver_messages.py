@@ -44,7 +44,7 @@ class MatrixReport:
     window_rows: int
     build_seconds: float
     index_bytes: int = 4  # per stored entry: 2 with 16-bit offsets from the row
-    value_bytes: int = 8  # per stored entry: 4 with float32 values
+    value_bytes: int = 8  # per stored entry: 1 coded (<= 256 distinct values), 4 with float32
 
 
 @message

@@ -35,8 +35,8 @@ def test_c_kernels_refuse_null_pointers_and_bad_sizes_with_a_status():
     half.sign = -1
     assert lib.pars3_half_spmv(half, x, x) == lib.PARS3_OK
     band = ffi.new("pars3_band *")
-    assert lib.pars3_band_spmv(half, band, 0.0, ffi.NULL, x, x, ffi.NULL, 1) == lib.PARS3_EINVAL  # no blocks
-    assert lib.pars3_mrs_update(4, 0.0, 0.0, 0.0, 1.0, 1.0, x, x, x, x, x, x, 1) == lib.PARS3_EINVAL  # rho = 0
+    assert lib.pars3_band_spmv(half, band, 0.0, ffi.NULL, 1.0, x, x, ffi.NULL, 1) == lib.PARS3_EINVAL  # no blocks
+    assert lib.pars3_mrs_update(4, 0.0, 0.0, 0.0, 1.0, 1.0, x, x, x, x, 1) == lib.PARS3_EINVAL  # rho = 0
 
 
 def test_a_failure_status_becomes_kernel_error():

@@ -34,6 +34,33 @@ def test_mrs_matches_spsolve_on_small_systems(family, size, alpha, sign, threads
     assert result.iterations <= 2 * n + 10
 
 
+@settings(max_examples=15, deadline=None)
+@given(
+    family=st.sampled_from(sorted(matrices.FAMILIES)),
+    size=st.integers(1, 300),
+    alphas=st.lists(st.floats(0.05, 10.0), min_size=2, max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_solves_on_one_plan_reuse_its_vectors_and_equal_solves_on_fresh_plans(family, size, alphas, seed):
+    """A plan keeps MRS's vectors between solves; each solve starts from zeroed ones, so the
+    k-th solve on a plan is bit for bit the same solve on a plan of its own."""
+    a = matrices.generate(family, size, seed)
+    n = a.shape[0]
+    rng = np.random.default_rng(seed)
+    plan = Plan.build(a, threads=2)
+    for alpha in alphas:
+        b = rng.standard_normal(n) * 10 ** rng.uniform(-3, 3)
+        again = mrs(plan, b, alpha, tol=1e-11, maxiter=4 * n + 20)
+        fresh = mrs(Plan.build(a, threads=2), b, alpha, tol=1e-11, maxiter=4 * n + 20)
+        assert np.array_equal(again.x, fresh.x) and again.history == fresh.history
+        exact = sla.spsolve(sp.csc_array(alpha * sp.eye_array(n) + a), b)
+        assert np.linalg.norm(again.x - exact) <= 1e-10 * np.linalg.norm(b) / alpha + 1e-14
+    with plan.workspace.zeroed() as held:  # a solve that finds them taken works in fresh ones
+        held[0][:] = np.nan
+        b = rng.standard_normal(n)
+        assert np.array_equal(mrs(plan, b, 1.0, tol=1e-11).x, mrs(Plan.build(a, threads=2), b, 1.0, tol=1e-11).x)
+
+
 def test_residual_history_falls_monotonically_and_matches_the_true_residual():
     a = matrices.generate("convection2d", 900, seed=4)
     b = np.random.default_rng(0).standard_normal(a.shape[0])

@@ -73,7 +73,7 @@ def symmetric_twin(a: sp.csr_array, seed: int) -> sp.csr_array:
 
 
 def test_library_loads_and_reports_its_version():
-    assert VERSION == K.lib.PARS3_VERSION == 3
+    assert VERSION == K.lib.PARS3_VERSION == 4
     assert max_threads() >= 1
 
 
@@ -206,15 +206,13 @@ def test_triad_computes_b_plus_s_c():
         assert np.array_equal(a, b + 0.5 * c)
 
 
-def test_mrs_update_fuses_the_three_vector_updates():
+def test_mrs_update_fuses_the_two_vector_updates():
     rng = np.random.default_rng(3)
-    v, w, d1, d2, x = (rng.standard_normal(5001) for _ in range(5))
-    want_d = (v - 0.3 * d1 - (-1.2) * d2) / 0.7
+    v, d1, d2, x = (rng.standard_normal(5001) for _ in range(4))
+    want_d = (0.25 * v - 0.3 * d1 - (-1.2) * d2) / 0.7
     want_x = x + 2.5 * want_d
-    vnext = np.empty(5001)
-    K.mrs_update(0.3, -1.2, 0.7, 2.5, 4.0, v, w, d1, d2, x, vnext, threads=2)
-    assert np.allclose(d2, want_d, rtol=1e-14, atol=0) and np.allclose(x, want_x, rtol=1e-13, atol=1e-15)
-    assert np.array_equal(vnext, w * 0.25)
+    K.mrs_update(0.3, -1.2, 0.7, 2.5, 0.25, v, d1, d2, x, threads=2)
+    assert np.allclose(d2, want_d, rtol=1e-13, atol=1e-15) and np.allclose(x, want_x, rtol=1e-13, atol=1e-15)
 
 
 @settings(max_examples=60, deadline=None)
@@ -226,25 +224,78 @@ def test_mrs_update_fuses_the_three_vector_updates():
     st.booleans(),
     st.sampled_from(["float64", "float32"]),
     st.sampled_from(["skew", "symmetric"]),
+    st.sampled_from([None, 1, 3, 256, 257]),
 )
 def test_compact_storage_gives_the_products_of_the_matrix_it_stores(
-    family, size, seed, threads, compact, precision, kind
+    family, size, seed, threads, compact, precision, kind, levels
 ):
     a = matrices.generate(family, size, seed=seed)
+    if levels is not None:  # values from a few levels (a stencil's coefficients), or just too many
+        lower = sp.tril(a, k=-1).tocsr()
+        table = np.random.default_rng(seed).standard_normal(levels)
+        lower.data = table[np.arange(lower.nnz) % levels]
+        a = sp.csr_array(lower - lower.T)
     if kind == "symmetric":
         a = sp.csr_array(abs(a) + sp.diags_array(np.arange(a.shape[0], dtype=float)))
     plan = Plan.build(a, kind, threads=threads, compact=compact, precision=precision)
     report = plan.describe()
-    assert report.index_bytes == (2 if compact else 4) and report.value_bytes == (4 if precision == "float32" else 8)
+    stored = sp.tril(sp.csr_array(a[plan.perm][:, plan.perm]), k=-1).data  # what the band holds
+    if precision == "float32":
+        stored = stored.astype(np.float32).astype(np.float64)
+    distinct = len(np.unique(stored.view(np.int64)))
+    coded = compact and 0 < distinct <= 256
+    assert report.index_bytes == (2 if compact else 4)
+    assert report.value_bytes == (1 if coded else 4 if precision == "float32" else 8)
     x = np.random.default_rng(seed).standard_normal(a.shape[0])
     if precision == "float32":  # exactly the product of the rounded matrix; near the original
-        stored = a.copy()  # (not sharing a's index arrays: scipy may sort them in place)
-        stored.data = stored.data.astype(np.float32).astype(np.float64)
-        assert_matches(plan.matvec(x), stored, x)
+        rounded = a.copy()  # (not sharing a's index arrays: scipy may sort them in place)
+        rounded.data = rounded.data.astype(np.float32).astype(np.float64)
+        assert_matches(plan.matvec(x), rounded, x)
         want = a @ x
         assert np.linalg.norm(plan.matvec(x) - want) <= 1e-6 * np.linalg.norm(abs(a) @ abs(x))
     else:
         assert_matches(plan.matvec(x), a, x)
+    # a scaled product is the product of the scaled vector, and the shift is added after it
+    u = np.random.default_rng(seed + 1).standard_normal(a.shape[0])
+    xp, up = plan.permute(x), plan.permute(u)
+    y = plan.unpermute(plan.apply(xp, np.empty(plan.n), 0.7, up, scale=-2.5))
+    assert_matches(y, rounded if precision == "float32" else a, -2.5 * x, 0.7, u)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, 1e-300, 3.0, float("inf")]), max_size=300),
+    st.integers(0, 400),
+    st.integers(0, 2**31 - 1),
+)
+def test_value_codes_name_every_value_bit_for_bit(values, extra, seed):
+    """The table is of bit patterns (so -0.0 keeps its sign), codes cover values the sample at the
+    front did not see, and more than 256 distinct values give no codes."""
+    rng = np.random.default_rng(seed)
+    head = np.array(values, dtype=np.float64)
+    tail = rng.standard_normal(extra) if extra else np.zeros(0)
+    val = np.concatenate([np.repeat(head, 300), tail])  # the tail lies past the 65,536-entry sample
+    codes, table = K.value_codes(val)
+    distinct = len(np.unique(val.view(np.int64)))
+    if 0 < distinct <= K.MAX_CODES:
+        assert codes is not None and table is not None and codes.dtype == np.uint8
+        assert np.array_equal(table[codes].view(np.int64), val.view(np.int64))
+    else:
+        assert codes is None and table is None
+
+
+def test_rows_longer_than_255_entries_keep_64_bit_row_offsets():
+    n = 600
+    lower = sp.lil_array((n, n))
+    lower[n - 1, : n - 1] = np.arange(1, n)  # one row of 599 entries, within 16 bits of its row
+    lower[5, 2] = 0.5
+    a = sp.csr_array(lower - lower.T)
+    plan = Plan.build(a, threads=2, reorder=False)
+    assert plan.half.off is not None and plan.half.rlen is None
+    x = np.random.default_rng(0).standard_normal(n)
+    assert_matches(plan.matvec(x), a, x)
+    short = Plan.build(matrices.generate("convection2d", 400, seed=0), threads=2)
+    assert short.half.rlen is not None and short.describe().value_bytes == 1
 
 
 def test_a_band_wider_than_16_bits_keeps_32_bit_columns():
