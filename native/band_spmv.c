@@ -10,6 +10,8 @@
  * (MRS keeps its Lanczos vectors unnormalized and passes the factor here instead of a pass over
  * the vector); with scale = 1 every product is bit for bit the unscaled one. */
 #include <omp.h>
+#include <stddef.h>
+#include <stdlib.h>
 #include "pars3.h"
 
 /* Row i's result from the sum over its stored entries and its diagonal, unscaled. */
@@ -30,11 +32,174 @@ static inline double row_result(double alpha, const double *u, double scale, int
 #define END_PTR(i, k) (rowptr[(i) + 1])
 #define END_LEN(i, k) ((k) + (int64_t)rlen[i])
 
+/* Rows of a uniform group (pars3.h), L entries each, entry e of every row at offset o[e] from
+ * its row: the row loop of BAND_ROWS with the offsets read once per group and L a constant, so
+ * the entry loop unrolls (about half the instructions a row of the general loop takes). */
+#define GROUP_ROWS(VAL, LC)                                                                          \
+    do {                                                                                             \
+        int64_t o[(LC) > 0 ? (LC) : 1];                                                              \
+        for (int64_t e = 0; e < (LC); e++)                                                           \
+            o[e] = off[k + e];                                                                       \
+        for (int64_t r = 0; r < PARS3_GROUP; r++, k += (LC)) {                                       \
+            const int64_t row = i + r;                                                               \
+            const double xi = x[row];                                                                \
+            const double sxi = ss * xi;                                                              \
+            double sum = diag ? diag[row] * xi : 0.0;                                                \
+            for (int64_t e = 0; e < (LC); e++) {                                                     \
+                const double a = VAL(k + e);                                                         \
+                sum += a * x[row - o[e]];                                                            \
+                y[row - o[e]] += a * sxi;                                                            \
+            }                                                                                        \
+            y[row] = row_result(alpha, u, scale, row, sum);                                          \
+        }                                                                                            \
+    } while (0)
+
+/* Consecutive uniform groups from row i (a multiple of PARS3_GROUP) while they lie below r1;
+ * their entries start at *kp. Answers the row after them and moves *kp past their entries. */
+#define UNIFORM_RUN(NAME, VAL)                                                                       \
+static int64_t NAME(const pars3_half *A, int64_t r0, int64_t i, int64_t r1, int64_t *kp,            \
+                    double alpha, const double *u, double scale, const double *x, double *y)         \
+{                                                                                                    \
+    (void)r0;                                                                                        \
+    const uint16_t *off = A->off;                                                                    \
+    const double *val = A->val;                                                                      \
+    const float *val32 = A->val32;                                                                   \
+    const uint8_t *vcode = A->vcode;                                                                 \
+    const double *vtab = A->vtab;                                                                    \
+    (void)val; (void)val32; (void)vcode; (void)vtab;                                                 \
+    const double *diag = A->diag;                                                                    \
+    const double ss = (double)A->sign * scale;                                                       \
+    int64_t k = *kp;                                                                                 \
+    for (; i + PARS3_GROUP <= r1 && A->uniform[i / PARS3_GROUP]; i += PARS3_GROUP) {                 \
+        switch (A->rlen[i]) {                                                                        \
+        case 1: GROUP_ROWS(VAL, 1); break;                                                           \
+        case 2: GROUP_ROWS(VAL, 2); break;                                                           \
+        case 3: GROUP_ROWS(VAL, 3); break;                                                           \
+        case 4: GROUP_ROWS(VAL, 4); break;                                                           \
+        default: {                                                                                   \
+            const int64_t L = A->rlen[i];                                                            \
+            GROUP_ROWS(VAL, L);                                                                      \
+        }                                                                                            \
+        }                                                                                            \
+    }                                                                                                \
+    *kp = k;                                                                                         \
+    return i;                                                                                        \
+}
+
+UNIFORM_RUN(uniform_f64, VAL_F64)
+UNIFORM_RUN(uniform_f32, VAL_F32)
+UNIFORM_RUN(uniform_code, VAL_CODE)
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define UNIFORM_AVX512 1
+
+/* The coded form's uniform groups as vectors of PARS3_GROUP = 8 rows (AVX-512F): a slot's 8 codes
+ * come in one load (L <= 2) or gather, their values from the table (a permute when it has at
+ * most 8 values), the window x[i - o_e ..] in one load. The transposed terms of a slot at offset
+ * o_e >= 16 go to y[i - o_e ..] in one read-modify-write; those at o_e <= 8 land in this group's
+ * rows and the 8 rows before, which stay in registers (`cur`, `prev`) until no later group can
+ * reach them: reading back a vector just stored at another alignment would stall on every group.
+ * A group with a slot at 8 < o_e < 16 ends the run. Row sums add the slots in order as the
+ * scalar loop does; products are fused (one rounding fewer), and transposed terms reach a y
+ * entry in another order than the scalar loop's. */
+__attribute__((target("avx512f")))
+static int64_t uniform_code_avx512(const pars3_half *A, int64_t r0, int64_t i, int64_t r1, int64_t *kp,
+                                   double alpha, const double *u, double scale, const double *x, double *y)
+{
+    const uint16_t *off = A->off;
+    const uint8_t *vcode = A->vcode;
+    const double *diag = A->diag;
+    if (i - 8 < r0)  /* the rows before the first group must be this block's */
+        return i;
+    const int small = A->ntab <= 8;
+    double padded[8] = {0.0};
+    for (int64_t t = 0; t < A->ntab && t < 8; t++)
+        padded[t] = A->vtab[t];
+    const __m512d tab = _mm512_loadu_pd(padded);
+    const __m512d vss = _mm512_set1_pd((double)A->sign * scale), vscale = _mm512_set1_pd(scale);
+    const __m512d valpha = _mm512_set1_pd(alpha);
+    const __m512i low = _mm512_set1_epi64(0xff), lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m128i even_odd = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    __m512i rows_of[PARS3_GROUP_SLOTS + 1];  /* entry r * L of row r of a group, for each L */
+    for (int64_t L = 0; L <= PARS3_GROUP_SLOTS; L++)
+        rows_of[L] = _mm512_set_epi64(7 * L, 6 * L, 5 * L, 4 * L, 3 * L, 2 * L, L, 0);
+    int64_t k = *kp;
+    __m512d prev = _mm512_loadu_pd(y + i - 8);  /* rows i-8 .. i-1, written back when done */
+    for (; i + 8 <= r1 && A->uniform[i / 8]; i += 8) {
+        const int64_t L = A->rlen[i];
+        int ok = L <= PARS3_GROUP_SLOTS;
+        for (int64_t e = 0; e < L && ok; e++)
+            ok = off[k + e] <= 8 || off[k + e] >= 16;
+        if (!ok)
+            break;
+        const __m512d xi = _mm512_loadu_pd(x + i);
+        const __m512d sx = _mm512_mul_pd(xi, vss);
+        __m512d sum = diag ? _mm512_mul_pd(_mm512_loadu_pd(diag + i), xi) : _mm512_setzero_pd();
+        __m512d v[PARS3_GROUP_SLOTS];
+        __m128i pair = _mm_setzero_si128();  /* L = 2: both slots' codes in one 16-byte load */
+        if (L == 2)
+            pair = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(vcode + k)), even_odd);
+        for (int64_t e = 0; e < L; e++) {
+            __m512i code;
+            if (L == 1)
+                code = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i *)(vcode + k)));
+            else if (L == 2)
+                code = _mm512_cvtepu8_epi64(e == 0 ? pair : _mm_srli_si128(pair, 8));
+            else
+                code = _mm512_and_si512(
+                    _mm512_i64gather_epi64(_mm512_add_epi64(rows_of[L], _mm512_set1_epi64(k + e)),
+                                           (const void *)vcode, 1), low);
+            v[e] = small ? _mm512_permutexvar_pd(code, tab) : _mm512_i64gather_pd(code, A->vtab, 8);
+            sum = _mm512_fmadd_pd(v[e], _mm512_loadu_pd(x + i - (int64_t)off[k + e]), sum);
+        }
+        __m512d cur = _mm512_mul_pd(sum, vscale);
+        if (u)
+            cur = _mm512_fmadd_pd(valpha, _mm512_loadu_pd(u + i), cur);
+        for (int64_t e = 0; e < L; e++) {
+            const int64_t o = off[k + e];
+            const __m512d c = _mm512_mul_pd(v[e], sx);  /* lane r goes to row i + r - o */
+            if (o <= 8) {
+                const __mmask8 into_cur = (__mmask8)((1u << (8 - o)) - 1);
+                cur = _mm512_add_pd(cur, _mm512_maskz_permutexvar_pd(into_cur, _mm512_add_epi64(lanes, _mm512_set1_epi64(o)), c));
+                prev = _mm512_add_pd(prev, _mm512_maskz_permutexvar_pd((__mmask8)~into_cur,
+                                                                       _mm512_sub_epi64(lanes, _mm512_set1_epi64(8 - o)), c));
+            } else {
+                double *ys = y + i - o;
+                _mm512_storeu_pd(ys, _mm512_add_pd(_mm512_loadu_pd(ys), c));
+            }
+        }
+        _mm512_storeu_pd(y + i - 8, prev);
+        prev = cur;
+        k += 8 * L;
+    }
+    _mm512_storeu_pd(y + i - 8, prev);
+    *kp = k;
+    return i;
+}
+
+/* Whether to take the AVX-512 path: the CPU has it and PARS3_NO_AVX512 is not set in the
+ * environment (which tests, and anyone comparing, use to run the portable path on such a CPU). */
+static int cpu_has_avx512f(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx512f") && !getenv("PARS3_NO_AVX512") ? 1 : 0;
+    }
+    return known;
+}
+#endif
+
+typedef int64_t (*uniform_fn)(const pars3_half *, int64_t, int64_t, int64_t, int64_t *, double, const double *,
+                              double, const double *, double *);
+
 /* One row-block visit per storage form, the same loop: a branch per entry would cost more
- * than the bytes saved. */
+ * than the bytes saved. `group`, when not NULL, takes the uniform groups of the block's inner rows. */
 #define BAND_ROWS(NAME, COL, VAL, END)                                                               \
 static void NAME(const pars3_half *A, const pars3_band *P, int32_t t, double alpha,                  \
-                 const double *u, double scale, const double *x, double *y, double *work)            \
+                 const double *u, double scale, const double *x, double *y, double *work,            \
+                 uniform_fn group)                                                                   \
 {                                                                                                    \
     const int64_t *rowptr = A->rowptr;                                                               \
     const int32_t *col = A->col;                                                                     \
@@ -78,7 +243,15 @@ static void NAME(const pars3_half *A, const pars3_band *P, int32_t t, double alp
         }                                                                                            \
         y[i] = row_result(alpha, u, scale, i, sum);                                                  \
     }                                                                                                \
-    for (int64_t i = head_end; i < r1; i++) {  /* the rest: inner entries only */                    \
+    const uint8_t *uniform = group ? A->uniform : NULL;                                              \
+    for (int64_t i = head_end; i < r1;) {  /* the rest: inner entries only */                        \
+        if (uniform && (i % PARS3_GROUP) == 0 && i + PARS3_GROUP <= r1 && uniform[i / PARS3_GROUP]) {\
+            const int64_t next = group(A, r0, i, r1, &k, alpha, u, scale, x, y);                     \
+            if (next != i) {                                                                         \
+                i = next;                                                                            \
+                continue;                                                                            \
+            }                                                                                        \
+        }                                                                                            \
         const double xi = x[i];                                                                      \
         const double sxi = ss * xi;                                                                  \
         double sum = diag ? diag[i] * xi : 0.0;                                                      \
@@ -88,6 +261,7 @@ static void NAME(const pars3_half *A, const pars3_band *P, int32_t t, double alp
             y[j] += VAL(k) * sxi;                                                                    \
         }                                                                                            \
         y[i] = row_result(alpha, u, scale, i, sum);                                                  \
+        i++;                                                                                         \
     }                                                                                                \
 }
 
@@ -102,7 +276,7 @@ BAND_ROWS(band_rows_off16_f32_len, COL_OFF16, VAL_F32, END_LEN)
 BAND_ROWS(band_rows_off16_code_len, COL_OFF16, VAL_CODE, END_LEN)
 
 typedef void (*band_rows_fn)(const pars3_half *, const pars3_band *, int32_t, double, const double *,
-                             double, const double *, double *, double *);
+                             double, const double *, double *, double *, uniform_fn);
 
 static void band_reduce(const pars3_half *A, const pars3_band *P, int32_t owner, double scale,
                         const double *x, double *y, const double *work)
@@ -136,7 +310,7 @@ int pars3_band_spmv(const pars3_half *A, const pars3_band *P, double alpha, cons
         return PARS3_EINVAL;
     if (A->rowptr[A->n] > 0 && ((!A->col && !A->off) || (!A->val && !A->val32 && !A->vcode)))
         return PARS3_EINVAL;
-    if ((A->vcode && !A->vtab) || (A->rlen && !A->off))
+    if ((A->vcode && !A->vtab) || (A->rlen && !A->off) || (A->uniform && !A->rlen))
         return PARS3_EINVAL;
     /* [column form][value form]: 32-bit columns, 16-bit offsets with 64-bit row offsets, 16-bit
      * offsets with 1-byte row lengths (only offered with offsets: the compact plan's form) */
@@ -145,14 +319,21 @@ int pars3_band_spmv(const pars3_half *A, const pars3_band *P, double alpha, cons
         {band_rows_off16_f64, band_rows_off16_f32, band_rows_off16_code},
         {band_rows_off16_f64_len, band_rows_off16_f32_len, band_rows_off16_code_len},
     };
-    const band_rows_fn band_rows = forms[A->off ? (A->rlen ? 2 : 1) : 0][A->vcode ? 2 : A->val32 ? 1 : 0];
+    const int value_form = A->vcode ? 2 : A->val32 ? 1 : 0;
+    const band_rows_fn band_rows = forms[A->off ? (A->rlen ? 2 : 1) : 0][value_form];
+    static const uniform_fn groups[3] = {uniform_f64, uniform_f32, uniform_code};
+    uniform_fn group = A->uniform ? groups[value_form] : NULL;
+#ifdef UNIFORM_AVX512
+    if (group == uniform_code && cpu_has_avx512f())
+        group = uniform_code_avx512;
+#endif
     const int32_t T = P->nblocks;
     #pragma omp parallel num_threads(threads)
     {
         const int32_t nth = omp_get_num_threads();
         const int32_t tid = omp_get_thread_num();
         for (int32_t t = tid; t < T; t += nth)
-            band_rows(A, P, t, alpha, u, scale, x, y, work);
+            band_rows(A, P, t, alpha, u, scale, x, y, work, group);
         #pragma omp barrier
         for (int32_t t = tid; t < T; t += nth)
             band_reduce(A, P, t, scale, x, y, work);

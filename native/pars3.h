@@ -13,6 +13,8 @@
 #define PARS3_VERSION 4          /* bumped when a struct or signature changes */
 #define PARS3_OK 0
 #define PARS3_EINVAL (-1)        /* a null pointer, a negative size, threads < 1 */
+#define PARS3_GROUP 8            /* rows of a uniform group */
+#define PARS3_GROUP_SLOTS 8      /* the most entries a row of a uniform group holds */
 
 /* A full square matrix in CSR. */
 typedef struct {
@@ -41,12 +43,19 @@ typedef struct {
      *      an entry for a matrix of at most 256 distinct values (a constant-coefficient stencil),
      *      the table a few cache lines that stay in L1;
      * rlen: when not NULL, row i holds rlen[i] entries (rows of at most 255), so a row costs 1
-     *      byte of offsets instead of 8 (rowptr is then read only where a row block starts). */
+     *      byte of offsets instead of 8 (rowptr is then read only where a row block starts);
+     * uniform: when not NULL (with off and rlen), uniform[g] = 1 says rows [G g, G g + G) form a
+     *      uniform group (G = PARS3_GROUP): each holds the same number L <= PARS3_GROUP_SLOTS of
+     *      entries, and entry e of each lies at the same offset from its row, as in a stencil's
+     *      interior; the kernel then runs them as vectors. n / G flags (the last partial group
+     *      has none). */
     const uint16_t *off;
     const float *val32;
     const uint8_t *vcode;
     const double *vtab;
+    int64_t ntab;                /* values in vtab */
     const uint8_t *rlen;
+    const uint8_t *uniform;
 } pars3_half;
 
 /* The 3-part split of a banded half-storage matrix over T row blocks.

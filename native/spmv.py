@@ -73,6 +73,7 @@ class HalfMatrix:
     vcode: np.ndarray | None = None  # uint8 per entry: its value is vtab[vcode]
     vtab: np.ndarray | None = None  # the matrix's distinct values (at most 256), float64
     rlen: np.ndarray | None = None  # uint8 entries per row (with `off`, rows of at most 255)
+    uniform: np.ndarray | None = None  # uint8 per group of PARS3_GROUP rows: 1 for a uniform group
 
     @classmethod
     def from_lower(cls, lower, diag: np.ndarray | None, sign: int) -> "HalfMatrix":
@@ -122,7 +123,8 @@ class HalfMatrix:
         """The same matrix in the compact forms the band kernel reads (pars3.h): 16-bit row
         offsets instead of 32-bit columns when `offsets` and every entry is within 65535 of its
         row (else columns are kept), and then 1-byte row lengths beside the row offsets when no
-        row holds more than 255 entries; a 1-byte code per entry into a table of the distinct values
+        row holds more than 255 entries, with the flags of the uniform row groups the kernel runs
+        as vectors (`uniform_groups`); a 1-byte code per entry into a table of the distinct values
         when `coded` and there are at most 256 of them (bit for bit: lossless); else float32
         values when `float32` (the caller accepts their rounding; with `coded` the table then
         holds the rounded values). Only pars3_band_spmv takes a compact matrix."""
@@ -135,10 +137,12 @@ class HalfMatrix:
         lengths = np.diff(self.rowptr)
         short_rows = use_off and lengths.max(initial=0) <= np.iinfo(np.uint8).max
         rlen = np.ascontiguousarray(lengths, dtype=np.uint8) if short_rows else None
+        uniform = uniform_groups(self.rowptr, lengths, off) if rlen is not None and off is not None else None
         vcode, vtab = value_codes(val) if coded else (None, None)
         val32 = np.ascontiguousarray(val, dtype=np.float32) if float32 and vcode is None else None
         s = ffi.new("pars3_half *")
         s.n, s.sign = self.n, self.sign
+        s.ntab = 0 if vtab is None else len(vtab)
         keep = []
         for name, ctype, arr in (
             ("rowptr", "int64_t", self.rowptr),
@@ -149,6 +153,7 @@ class HalfMatrix:
             ("vcode", "uint8_t", vcode),
             ("vtab", "double", vtab),
             ("rlen", "uint8_t", rlen),
+            ("uniform", "uint8_t", uniform),
             ("diag", "double", self.diag),
         ):
             if arr is not None:  # a field left NULL is a form the kernel does not read
@@ -167,7 +172,34 @@ class HalfMatrix:
             vcode,
             vtab,
             rlen,
+            uniform,
         )
+
+
+GROUP, GROUP_SLOTS = int(lib.PARS3_GROUP), int(lib.PARS3_GROUP_SLOTS)
+
+
+def uniform_groups(rowptr: np.ndarray, lengths: np.ndarray, off: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """uint8 flags, one per whole group of GROUP rows: 1 when its rows hold the same number of
+    entries (at most GROUP_SLOTS) and entry e of every row lies at the same offset from its row
+    (pars3.h). Worked out in chunks of groups, so the temporaries stay small."""
+    groups = len(lengths) // GROUP
+    flags = np.zeros(groups, dtype=np.uint8)
+    for lo in range(0, groups, chunk):
+        hi = min(groups, lo + chunk)
+        size = lengths[lo * GROUP : hi * GROUP].reshape(hi - lo, GROUP)
+        first = size[:, 0]
+        same = (size == first[:, None]).all(axis=1) & (first <= GROUP_SLOTS)
+        for slots in np.unique(first[same]):
+            members = np.flatnonzero(same & (first == slots))
+            if slots == 0:
+                flags[lo + members] = 1
+                continue
+            start = rowptr[(lo + members) * GROUP]
+            index = start[:, None, None] + (np.arange(GROUP) * slots)[None, :, None] + np.arange(slots)[None, None, :]
+            offsets = off[index]
+            flags[lo + members[(offsets == offsets[:, :1, :]).all(axis=(1, 2))]] = 1
+    return flags
 
 
 MAX_CODES = 256  # distinct values a 1-byte code can name

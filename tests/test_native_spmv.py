@@ -341,3 +341,74 @@ def test_the_permutation_refuses_a_perm_of_another_dtype_and_a_vector_of_another
         K.permuted(perm, np.zeros(4), 1)
     with pytest.raises(InvalidOperand):
         K.permuted(perm, np.zeros(5), 0)
+
+
+def brute_force_uniform(half) -> np.ndarray:
+    """The uniform-group flags from their definition (pars3.h), one group at a time."""
+    lengths = np.diff(half.rowptr)
+    distance = half.row_of_entries() - half.columns()
+    flags = []
+    for g in range(half.n // K.GROUP):
+        rows = range(g * K.GROUP, (g + 1) * K.GROUP)
+        slots = {int(lengths[i]) for i in rows}
+        ok = len(slots) == 1 and slots.pop() <= K.GROUP_SLOTS
+        if ok:
+            pattern = [tuple(distance[half.rowptr[i] : half.rowptr[i + 1]]) for i in rows]
+            ok = len(set(pattern)) == 1
+        flags.append(int(ok))
+    return np.array(flags, dtype=np.uint8)
+
+
+@FAST
+@given(st.sampled_from(sorted(matrices.FAMILIES)), st.integers(2, 600), st.integers(0, 3), st.integers(1, 4))
+def test_uniform_row_groups_are_found_and_run_as_vectors_with_the_same_products(family, size, seed, threads):
+    a = matrices.generate(family, size, seed=seed)
+    plan = Plan.build(a, threads=threads)
+    half = plan.half
+    if half.rlen is None:  # a band wider than 16 bits or a row of more than 255 entries
+        assert half.uniform is None
+        return
+    assert np.array_equal(half.uniform, brute_force_uniform(half))
+    x = np.random.default_rng(seed).standard_normal(a.shape[0])
+    grouped = plan.matvec(x)
+    assert_matches(grouped, a, x)
+    scalar = half.compacted()  # the same storage with every group flag off: the row-by-row loop
+    scalar.uniform[:] = 0
+    xp = plan.permute(x)
+    y = plan.unpermute(K.band_spmv(scalar, plan.split, xp, np.empty(plan.n), plan.work()))
+    assert_matches(y, a, x)
+    assert np.allclose(grouped, y, rtol=0, atol=1e-13 * (abs(a) @ np.abs(x)).max())
+
+
+def test_a_stencil_interior_is_mostly_uniform_groups():
+    plan = Plan.build(matrices.generate("convection2d", 10_000, seed=0, scrambled=False), threads=2, reorder=False)
+    assert plan.half.uniform.mean() > 0.85  # all but the groups that hold a grid row's first row
+    x = np.random.default_rng(0).standard_normal(plan.n)
+    u = np.random.default_rng(1).standard_normal(plan.n)
+    y = plan.unpermute(plan.apply(plan.permute(x), np.empty(plan.n), 0.5, plan.permute(u), scale=2.0))
+    a = matrices.generate("convection2d", 10_000, seed=0, scrambled=False)
+    assert_matches(y, a, 2.0 * x, 0.5, u)
+
+
+def test_the_portable_path_of_uniform_groups_gives_the_same_products():
+    """On a CPU with AVX-512 the coded form's uniform groups run as vectors; PARS3_NO_AVX512 makes
+    the library take the portable loop (what an AVX2-only CPU runs), checked here against scipy."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, scipy.sparse as sp\n"
+        "from specmemo.native import Plan, matrices\n"
+        "for family, seed in (('convection2d', 0), ('convection3d', 1), ('random', 2)):\n"
+        "    a = matrices.generate(family, 3000, seed=seed)\n"
+        "    plan = Plan.build(a, threads=2)\n"
+        "    x = np.random.default_rng(seed).standard_normal(a.shape[0])\n"
+        "    err = np.abs(plan.matvec(x) - a @ x) <= 1e-12 * (abs(a) @ np.abs(x))\n"
+        "    assert err.all(), family\n"
+        "    assert family != 'convection2d' or plan.half.uniform.mean() > 0.5\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, PARS3_NO_AVX512="1")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
