@@ -17,7 +17,7 @@ import tempfile
 from cffi import FFI
 
 HERE = os.path.relpath(os.path.dirname(os.path.abspath(__file__)))
-DECODE_SOURCES = [os.path.join(HERE, "q4.c"), os.path.join(HERE, "rows_attention.c")]
+DECODE_SOURCES = [os.path.join(HERE, name) for name in ("q4.c", "rows_attention.c", "decode_step.c")]
 SOURCES = sorted(
     os.path.join(HERE, name)
     for name in os.listdir(HERE)
@@ -87,9 +87,10 @@ ffi.set_source(
 decode_ffi = FFI()
 decode_ffi.cdef(cdef_from_header(os.path.join(HERE, "q4.h"), "Q4_"))
 decode_ffi.cdef(cdef_from_header(os.path.join(HERE, "rows_attention.h"), "ROWS_ATTENTION_"))
+decode_ffi.cdef(cdef_from_header(os.path.join(HERE, "decode_step.h"), "DECODE_STEP_"))
 decode_ffi.set_source(
     "specmemo.native._decode",
-    '#include "q4.h"\n#include "rows_attention.h"',
+    '#include "q4.h"\n#include "rows_attention.h"\n#include "decode_step.h"',
     sources=DECODE_SOURCES,
     include_dirs=[HERE],
     extra_compile_args=COMPILE_ARGS,

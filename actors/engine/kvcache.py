@@ -71,11 +71,16 @@ class BlockLayer(CacheLayerMixin):
         """Append `[1, kv_heads, n, head_dim]` in place, growing to the next block if it does not fit."""
         n = key_states.shape[-2]
         assert key_states.shape[0] == 1 and key_states.shape[1:] == (self.keys.shape[1], n, self.keys.shape[-1])
-        if self.length + n > self.capacity:
-            self.resize(blocks_for(self.length + n, self.block_tokens))
+        self.reserve(n)
         self.keys[:, :, self.length : self.length + n].copy_(key_states)
         self.values[:, :, self.length : self.length + n].copy_(value_states)
         self.length += n
+
+    def reserve(self, n: int) -> None:
+        """Make room for `n` more tokens, growing to the next block if they do not fit (a caller
+        that writes the slots itself, as the native draft step does, then adds n to `length`)."""
+        if self.length + n > self.capacity:
+            self.resize(blocks_for(self.length + n, self.block_tokens))
 
     def update(self, key_states, value_states, *args, **kwargs):
         self.write(key_states, value_states)

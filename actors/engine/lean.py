@@ -17,7 +17,10 @@ windows); anything else goes through the model's own forward.
 `forward(..., exact=False)` is for a draft, whose numbers only decide how many tokens the target
 accepts: the same layer in about half the tensor ops (torch's fused RMSNorm, one fused q/k/v
 product and gate/up product per layer, rotary embedding on queries and keys together, sdpa
-called directly). Its logits differ from the model's own in the last bits.
+called directly). Its logits differ from the model's own in the last bits. A few new tokens of a
+draft whose linears are all 4-bit (`quantized.Int4Linear`, fused) go further: every decoder
+layer runs in one C call (`native/decode_step.c`), so only the embedding, the final norm and the
+head stay in torch.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import functools
 import torch
 
 _FAMILIES = ("Qwen2ForCausalLM", "LlamaForCausalLM")
+_NATIVE_ROWS = 8  # new tokens up to which a draft's layers run natively (catch-up, short extends)
 
 
 def supports(model, exact: bool = True) -> bool:
@@ -134,7 +138,80 @@ def _layers(model) -> list[_Layer]:
     return layers
 
 
+def _native_stack(model):
+    """The model's decoder layers as one native step (`native.decode_step.DecodeStack`), or None
+    when a layer is not all fused 4-bit linears, SiLU and float32 norms on the CPU."""
+    if "_specmemo_native_stack" in model.__dict__:
+        return model.__dict__["_specmemo_native_stack"]
+    stack = None
+    try:
+        stack = _build_native_stack(model)
+    finally:
+        model.__dict__["_specmemo_native_stack"] = stack
+    return stack
+
+
+def _build_native_stack(model):
+    from specmemo.native.decode_step import DecodeStack, LayerWeights, Shape
+
+    from .quantized import Int4Linear
+
+    config = model.config
+    if getattr(config, "hidden_act", None) != "silu":
+        return None
+    parts = _layers(model)
+
+    def linear(module):
+        if not isinstance(module, Int4Linear):
+            return None
+        bias = None if module.bias is None else module.bias.detach().float().contiguous().numpy()
+        return module.weights, bias
+
+    layers = []
+    for part in parts:
+        linears = [linear(m) for m in (part.qkv, part.o, part.gate_up, part.down)]
+        norms = [part.norm1.weight, part.norm2.weight]
+        if any(lin is None for lin in linears) or any(
+            w.dtype != torch.float32 or w.device.type != "cpu" for w in norms
+        ):
+            return None
+        layers.append(LayerWeights(*(w.detach().numpy() for w in norms), part.eps1, part.eps2, *linears))
+    first = parts[0]
+    shape = Shape(config.hidden_size, first.heads, first.kv_heads, first.head_dim, first.intermediate, first.scaling)
+    return DecodeStack(shape, layers)
+
+
+def _native_forward(model, stack, ids: torch.Tensor, cache, keep: int) -> torch.Tensor:
+    base = model.model
+    q_len, past = ids.shape[1], cache.get_seq_length()
+    h = base.embed_tokens(ids).float().contiguous()
+    positions = (torch.arange(q_len, device=h.device) + past).unsqueeze(0)
+    cos, sin = base.rotary_emb(h, positions)
+    cos, sin = cos.float().contiguous(), sin.float().contiguous()
+    rows = []
+    for layer in cache.layers:
+        layer.reserve(q_len)
+        rows.append((layer.keys.data_ptr(), layer.values.data_ptr(), layer.capacity))
+    stack.step(h.data_ptr(), q_len, past, cos.data_ptr(), sin.data_ptr(), rows, torch.get_num_threads())
+    for layer in cache.layers:
+        layer.length += q_len
+    h = torch.rms_norm(h[:, -keep:, :], (h.shape[-1],), base.norm.weight, _eps(base.norm))
+    return model.lm_head(h)
+
+
+def _native_cache(cache) -> bool:
+    layers = getattr(cache, "layers", None) or []
+    return bool(layers) and all(
+        hasattr(layer, "reserve") and layer.keys.dtype == torch.float32 and layer.keys.device.type == "cpu"
+        for layer in layers
+    )
+
+
 def _fast_forward(model, ids: torch.Tensor, cache, keep: int) -> torch.Tensor:
+    if ids.shape[1] <= _NATIVE_ROWS and _native_cache(cache):
+        stack = _native_stack(model)
+        if stack is not None and stack.layers == len(cache.layers):
+            return _native_forward(model, stack, ids, cache, keep)
     base = model.model
     h = base.embed_tokens(ids)
     q_len, past = ids.shape[1], cache.get_seq_length()
