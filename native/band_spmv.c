@@ -11,6 +11,7 @@
  * the vector); with scale = 1 every product is bit for bit the unscaled one. */
 #include <omp.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include "pars3.h"
 
@@ -103,6 +104,28 @@ UNIFORM_RUN(uniform_code, VAL_CODE)
  * A group with a slot at 8 < o_e < 16 ends the run. Row sums add the slots in order as the
  * scalar loop does; products are fused (one rounding fewer), and transposed terms reach a y
  * entry in another order than the scalar loop's. */
+/* Terms c whose lane r goes to row base + 8 + r - d (0 <= d <= 8), added into lo (rows base ..
+ * base + 7) and hi (rows base + 8 .. base + 15). */
+__attribute__((target("avx512f")))
+static inline void spread(__m512d c, int64_t d, __m512d *lo, __m512d *hi)
+{
+    const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __mmask8 into_hi = (__mmask8)((1u << (8 - d)) - 1);
+    *hi = _mm512_add_pd(*hi, _mm512_maskz_permutexvar_pd(into_hi, _mm512_add_epi64(lanes, _mm512_set1_epi64(d)), c));
+    *lo = _mm512_add_pd(*lo, _mm512_maskz_permutexvar_pd((__mmask8)~into_hi,
+                                                         _mm512_sub_epi64(lanes, _mm512_set1_epi64(8 - d)), c));
+}
+
+/* y[base .. base + 7] += v over this block's rows only (>= r0; the caller keeps base >= r0, the
+ * mask is a second guard: below r0 another thread writes). */
+__attribute__((target("avx512f")))
+static inline void add_rows(double *y, int64_t r0, int64_t base, __m512d v)
+{
+    const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __mmask8 mine = _mm512_cmpge_epi64_mask(_mm512_add_epi64(lanes, _mm512_set1_epi64(base)), _mm512_set1_epi64(r0));
+    _mm512_mask_storeu_pd(y + base, mine, _mm512_add_pd(_mm512_maskz_loadu_pd(mine, y + base), v));
+}
+
 __attribute__((target("avx512f")))
 static int64_t uniform_code_avx512(const pars3_half *A, int64_t r0, int64_t i, int64_t r1, int64_t *kp,
                                    double alpha, const double *u, double scale, const double *x, double *y)
@@ -119,13 +142,20 @@ static int64_t uniform_code_avx512(const pars3_half *A, int64_t r0, int64_t i, i
     const __m512d tab = _mm512_loadu_pd(padded);
     const __m512d vss = _mm512_set1_pd((double)A->sign * scale), vscale = _mm512_set1_pd(scale);
     const __m512d valpha = _mm512_set1_pd(alpha);
-    const __m512i low = _mm512_set1_epi64(0xff), lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i low = _mm512_set1_epi64(0xff);
     const __m128i even_odd = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     __m512i rows_of[PARS3_GROUP_SLOTS + 1];  /* entry r * L of row r of a group, for each L */
     for (int64_t L = 0; L <= PARS3_GROUP_SLOTS; L++)
         rows_of[L] = _mm512_set_epi64(7 * L, 6 * L, 5 * L, 4 * L, 3 * L, 2 * L, L, 0);
     int64_t k = *kp;
     __m512d prev = _mm512_loadu_pd(y + i - 8);  /* rows i-8 .. i-1, written back when done */
+    /* The far terms (offsets >= 16) of a group whose far offsets lie within 8 of the smallest, O,
+     * land in rows [i - O - 8, i - O + 8): two registers (flo, fhi) from row far_base on. The
+     * next group's window starts 8 rows later, so after each group flo is added into y (in the
+     * same 8-row phase every time: no store is read back misaligned) and fhi becomes flo. */
+    __m512d flo = _mm512_setzero_pd(), fhi = _mm512_setzero_pd();
+    int64_t far_base = 0;
+    int far = 0;  /* whether flo and fhi hold a window */
     for (; i + 8 <= r1 && A->uniform[i / 8]; i += 8) {
         const int64_t L = A->rlen[i];
         int ok = L <= PARS3_GROUP_SLOTS;
@@ -156,24 +186,51 @@ static int64_t uniform_code_avx512(const pars3_half *A, int64_t r0, int64_t i, i
         __m512d cur = _mm512_mul_pd(sum, vscale);
         if (u)
             cur = _mm512_fmadd_pd(valpha, _mm512_loadu_pd(u + i), cur);
+        int64_t far_lo = INT64_MAX, far_hi = -1;
+        for (int64_t e = 0; e < L; e++) {
+            const int64_t o = off[k + e];
+            if (o >= 16) {
+                far_lo = o < far_lo ? o : far_lo;
+                far_hi = o > far_hi ? o : far_hi;
+            }
+        }
+        const int windowed = far_hi >= 0 && far_hi - far_lo < 8 && i - far_lo - 8 >= r0;
+        if (windowed && !(far && far_base == i - far_lo - 8)) {  /* a new window: the old one goes to y */
+            if (far) {
+                add_rows(y, r0, far_base, flo);
+                add_rows(y, r0, far_base + 8, fhi);
+            }
+            flo = fhi = _mm512_setzero_pd();
+            far_base = i - far_lo - 8;
+            far = 1;
+        }
         for (int64_t e = 0; e < L; e++) {
             const int64_t o = off[k + e];
             const __m512d c = _mm512_mul_pd(v[e], sx);  /* lane r goes to row i + r - o */
-            if (o <= 8) {
-                const __mmask8 into_cur = (__mmask8)((1u << (8 - o)) - 1);
-                cur = _mm512_add_pd(cur, _mm512_maskz_permutexvar_pd(into_cur, _mm512_add_epi64(lanes, _mm512_set1_epi64(o)), c));
-                prev = _mm512_add_pd(prev, _mm512_maskz_permutexvar_pd((__mmask8)~into_cur,
-                                                                       _mm512_sub_epi64(lanes, _mm512_set1_epi64(8 - o)), c));
-            } else {
+            if (o <= 8)
+                spread(c, o, &prev, &cur);
+            else if (windowed)
+                spread(c, o - far_lo, &flo, &fhi);
+            else {
                 double *ys = y + i - o;
                 _mm512_storeu_pd(ys, _mm512_add_pd(_mm512_loadu_pd(ys), c));
             }
         }
         _mm512_storeu_pd(y + i - 8, prev);
         prev = cur;
+        if (far) {  /* no later group reaches flo's rows: the window moves on by 8 */
+            add_rows(y, r0, far_base, flo);
+            flo = fhi;
+            fhi = _mm512_setzero_pd();
+            far_base += 8;
+        }
         k += 8 * L;
     }
     _mm512_storeu_pd(y + i - 8, prev);
+    if (far) {
+        add_rows(y, r0, far_base, flo);
+        add_rows(y, r0, far_base + 8, fhi);
+    }
     *kp = k;
     return i;
 }
