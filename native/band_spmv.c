@@ -95,15 +95,6 @@ UNIFORM_RUN(uniform_code, VAL_CODE)
 #include <immintrin.h>
 #define UNIFORM_AVX512 1
 
-/* The coded form's uniform groups as vectors of PARS3_GROUP = 8 rows (AVX-512F): a slot's 8 codes
- * come in one load (L <= 2) or gather, their values from the table (a permute when it has at
- * most 8 values), the window x[i - o_e ..] in one load. The transposed terms of a slot at offset
- * o_e >= 16 go to y[i - o_e ..] in one read-modify-write; those at o_e <= 8 land in this group's
- * rows and the 8 rows before, which stay in registers (`cur`, `prev`) until no later group can
- * reach them: reading back a vector just stored at another alignment would stall on every group.
- * A group with a slot at 8 < o_e < 16 ends the run. Row sums add the slots in order as the
- * scalar loop does; products are fused (one rounding fewer), and transposed terms reach a y
- * entry in another order than the scalar loop's. */
 /* Terms c whose lane r goes to row base + 8 + r - d (0 <= d <= 8), added into lo (rows base ..
  * base + 7) and hi (rows base + 8 .. base + 15). */
 __attribute__((target("avx512f")))
@@ -126,6 +117,16 @@ static inline void add_rows(double *y, int64_t r0, int64_t base, __m512d v)
     _mm512_mask_storeu_pd(y + base, mine, _mm512_add_pd(_mm512_maskz_loadu_pd(mine, y + base), v));
 }
 
+/* The coded form's uniform groups as vectors of PARS3_GROUP = 8 rows (AVX-512F): a slot's 8 codes
+ * come in one load (L <= 2) or gather, their values from the table (a permute when it has at
+ * most 8 values), the window x[i - o_e ..] in one load. Transposed terms stay in registers until
+ * no later group can reach them, so no vector just stored is read back at another alignment
+ * (that stalls store-to-load forwarding on every group): those at o_e <= 8 land in this group's
+ * rows and the 8 before (`cur`, `prev`); those at o_e >= 16 within 8 of the smallest such offset
+ * in a 16-row window that moves 8 rows a group (`flo`, `fhi`). Other far offsets take a plain
+ * read-modify-write; a group with a slot at 8 < o_e < 16 ends the run. Row sums add the slots in
+ * order as the scalar loop does; products are fused (one rounding fewer), and transposed terms
+ * reach a y entry in another order than the scalar loop's. */
 __attribute__((target("avx512f")))
 static int64_t uniform_code_avx512(const pars3_half *A, int64_t r0, int64_t i, int64_t r1, int64_t *kp,
                                    double alpha, const double *u, double scale, const double *x, double *y)
@@ -144,23 +145,26 @@ static int64_t uniform_code_avx512(const pars3_half *A, int64_t r0, int64_t i, i
     const __m512d valpha = _mm512_set1_pd(alpha);
     const __m512i low = _mm512_set1_epi64(0xff);
     const __m128i even_odd = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    __m512i rows_of[PARS3_GROUP_SLOTS + 1];  /* entry r * L of row r of a group, for each L */
-    for (int64_t L = 0; L <= PARS3_GROUP_SLOTS; L++)
-        rows_of[L] = _mm512_set_epi64(7 * L, 6 * L, 5 * L, 4 * L, 3 * L, 2 * L, L, 0);
     int64_t k = *kp;
     __m512d prev = _mm512_loadu_pd(y + i - 8);  /* rows i-8 .. i-1, written back when done */
-    /* The far terms (offsets >= 16) of a group whose far offsets lie within 8 of the smallest, O,
-     * land in rows [i - O - 8, i - O + 8): two registers (flo, fhi) from row far_base on. The
-     * next group's window starts 8 rows later, so after each group flo is added into y (in the
-     * same 8-row phase every time: no store is read back misaligned) and fhi becomes flo. */
+    /* The far terms of a group whose far offsets lie within 8 of the smallest, O, land in rows
+     * [i - O - 8, i - O + 8): flo and fhi from row far_base on. After each group flo goes into y
+     * (in the same 8-row phase every time) and fhi becomes flo. */
     __m512d flo = _mm512_setzero_pd(), fhi = _mm512_setzero_pd();
     int64_t far_base = 0;
     int far = 0;  /* whether flo and fhi hold a window */
     for (; i + 8 <= r1 && A->uniform[i / 8]; i += 8) {
         const int64_t L = A->rlen[i];
+        int64_t far_lo = INT64_MAX, far_hi = -1;  /* the smallest and largest offset >= 16 */
         int ok = L <= PARS3_GROUP_SLOTS;
-        for (int64_t e = 0; e < L && ok; e++)
-            ok = off[k + e] <= 8 || off[k + e] >= 16;
+        for (int64_t e = 0; e < L && ok; e++) {
+            const int64_t o = off[k + e];
+            ok = o <= 8 || o >= 16;
+            if (o >= 16) {
+                far_lo = o < far_lo ? o : far_lo;
+                far_hi = o > far_hi ? o : far_hi;
+            }
+        }
         if (!ok)
             break;
         const __m512d xi = _mm512_loadu_pd(x + i);
@@ -177,8 +181,9 @@ static int64_t uniform_code_avx512(const pars3_half *A, int64_t r0, int64_t i, i
             else if (L == 2)
                 code = _mm512_cvtepu8_epi64(e == 0 ? pair : _mm_srli_si128(pair, 8));
             else
-                code = _mm512_and_si512(
-                    _mm512_i64gather_epi64(_mm512_add_epi64(rows_of[L], _mm512_set1_epi64(k + e)),
+                code = _mm512_and_si512(  /* row r's entry e is k + r L + e */
+                    _mm512_i64gather_epi64(_mm512_set_epi64(k + e + 7 * L, k + e + 6 * L, k + e + 5 * L, k + e + 4 * L,
+                                                            k + e + 3 * L, k + e + 2 * L, k + e + L, k + e),
                                            (const void *)vcode, 1), low);
             v[e] = small ? _mm512_permutexvar_pd(code, tab) : _mm512_i64gather_pd(code, A->vtab, 8);
             sum = _mm512_fmadd_pd(v[e], _mm512_loadu_pd(x + i - (int64_t)off[k + e]), sum);
@@ -186,14 +191,6 @@ static int64_t uniform_code_avx512(const pars3_half *A, int64_t r0, int64_t i, i
         __m512d cur = _mm512_mul_pd(sum, vscale);
         if (u)
             cur = _mm512_fmadd_pd(valpha, _mm512_loadu_pd(u + i), cur);
-        int64_t far_lo = INT64_MAX, far_hi = -1;
-        for (int64_t e = 0; e < L; e++) {
-            const int64_t o = off[k + e];
-            if (o >= 16) {
-                far_lo = o < far_lo ? o : far_lo;
-                far_hi = o > far_hi ? o : far_hi;
-            }
-        }
         const int windowed = far_hi >= 0 && far_hi - far_lo < 8 && i - far_lo - 8 >= r0;
         if (windowed && !(far && far_base == i - far_lo - 8)) {  /* a new window: the old one goes to y */
             if (far) {

@@ -1,10 +1,12 @@
-/* One token through q4 decoder layers (the formulas are in decode_step.h). */
+/* A few tokens through q4 decoder layers (the formulas are in decode_step.h): products by
+ * q4_linear, attention by rows_attention (each row alone, so m rows equal m one-row calls). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "decode_step.h"
 #include "q4.h"
+#include "rows_attention.h"
 
 static void rmsnorm(const float *x, const float *w, float eps, int64_t n, float *out)
 {
@@ -36,52 +38,6 @@ static void rope(float *x, const float *cos, const float *sin, int64_t dim)
     }
 }
 
-/* One head against keys and values 0..length of its KV head; cloned for AVX-512 and AVX2 (the
- * library is built without -march) and picked by the loader from the CPU. The reductions are
- * `omp simd` so that they vectorize (a draft's sums need not keep the serial order). */
-__attribute__((target_clones("avx512f", "avx2", "default")))
-static void attend_head(const float *qh, const float *K, const float *V, int64_t keys, int64_t dim, float scaling,
-                        float *s, float *oh)
-{
-    float top = -INFINITY;
-    for (int64_t t = 0; t < keys; t++) {
-        float dot = 0.0f;
-        #pragma omp simd reduction(+ : dot)
-        for (int64_t j = 0; j < dim; j++)
-            dot += qh[j] * K[t * dim + j];
-        s[t] = dot * scaling;
-        top = s[t] > top ? s[t] : top;
-    }
-    float total = 0.0f;
-    for (int64_t t = 0; t < keys; t++) {
-        s[t] = expf(s[t] - top);
-        total += s[t];
-    }
-    const float inv = 1.0f / total;
-    memset(oh, 0, (size_t)dim * sizeof *oh);
-    for (int64_t t = 0; t < keys; t++) {
-        const float p = s[t] * inv;
-        #pragma omp simd
-        for (int64_t j = 0; j < dim; j++)
-            oh[j] += p * V[t * dim + j];
-    }
-}
-
-/* out [m][heads][dim]: row r's head h against keys and values 0..length + r of its KV head;
- * q [m][qkv_n] (each row's q heads first). */
-static void attend(const decode_model *M, const decode_layer *L, int64_t m, const float *q, int64_t qkv_n,
-                   int64_t length, float *scores, float *out, int threads)
-{
-    const int64_t dim = M->dim, heads = M->heads, group = heads / M->kv_heads, stride = length + m;
-    #pragma omp parallel for num_threads(threads) schedule(static) if (stride * heads * m >= 1024)
-    for (int64_t rh = 0; rh < m * heads; rh++) {
-        const int64_t r = rh / heads, h = rh % heads;
-        attend_head(q + r * qkv_n + h * dim, L->keys + (h / group) * L->capacity * dim,
-                    L->values + (h / group) * L->capacity * dim, length + r + 1, dim, M->scaling,
-                    scores + rh * stride, out + (r * heads + h) * dim);
-    }
-}
-
 static int valid(const decode_model *M, int64_t m, int64_t length)
 {
     if (m < 1 || m > DECODE_STEP_MAX_ROWS)
@@ -109,12 +65,15 @@ int decode_step(const decode_model *M, int64_t m, int64_t length, const float *c
         return DECODE_STEP_EINVAL;
     const int64_t hidden = M->hidden, dim = M->dim, inter = M->intermediate, heads = M->heads;
     const int64_t qkv_n = (heads + 2 * M->kv_heads) * dim;
-    const int64_t floats = m * (hidden + qkv_n + heads * dim + hidden + 2 * inter + heads * (length + m));
+    const int64_t floats = m * (hidden + qkv_n + 2 * heads * dim + hidden + 2 * inter);
     float *buf = malloc((size_t)floats * sizeof *buf);
     if (!buf)
         return DECODE_STEP_ENOMEM;
-    float *x = buf, *qkv = x + m * hidden, *att = qkv + m * qkv_n, *proj = att + m * heads * dim;
-    float *gu = proj + m * hidden, *scores = gu + m * 2 * inter;
+    float *x = buf, *qkv = x + m * hidden, *q = qkv + m * qkv_n, *att = q + m * heads * dim;
+    float *proj = att + m * heads * dim, *gu = proj + m * hidden;
+    int64_t visible[DECODE_STEP_MAX_ROWS];  /* row r sees keys 0 .. length + r */
+    for (int64_t r = 0; r < m; r++)
+        visible[r] = length + r + 1;
     int status = Q4_OK;
     for (int64_t l = 0; l < M->layers && status == Q4_OK; l++) {
         const decode_layer *L = &M->layer[l];
@@ -123,16 +82,23 @@ int decode_step(const decode_model *M, int64_t m, int64_t length, const float *c
         if ((status = linear(&L->qkv, m, x, qkv, threads, isa)) != Q4_OK)
             break;
         for (int64_t r = 0; r < m; r++) {
-            float *q = qkv + r * qkv_n, *k = q + heads * dim, *v = k + M->kv_heads * dim;
+            float *qr = qkv + r * qkv_n, *k = qr + heads * dim, *v = k + M->kv_heads * dim;
             for (int64_t hd = 0; hd < heads + M->kv_heads; hd++)
-                rope(q + hd * dim, cos + r * dim, sin + r * dim, dim);  /* q's heads, then k's */
+                rope(qr + hd * dim, cos + r * dim, sin + r * dim, dim);  /* q's heads, then k's */
+            memcpy(q + r * heads * dim, qr, (size_t)(heads * dim) * sizeof *q);
             for (int64_t g = 0; g < M->kv_heads; g++) {
                 const int64_t slot = (g * L->capacity + length + r) * dim;
                 memcpy(L->keys + slot, k + g * dim, (size_t)dim * sizeof *k);
                 memcpy(L->values + slot, v + g * dim, (size_t)dim * sizeof *v);
             }
         }
-        attend(M, L, m, qkv, qkv_n, length, scores, att, threads);
+        const int attended = rows_attention(1, m, heads, M->kv_heads, dim, length + m, L->capacity * dim,
+                                            M->kv_heads * L->capacity * dim, q, L->keys, L->values, visible, NULL,
+                                            NULL, M->scaling, att, threads);
+        if (attended != ROWS_ATTENTION_OK) {
+            status = attended == ROWS_ATTENTION_ENOMEM ? Q4_ENOMEM : Q4_EINVAL;
+            break;
+        }
         if ((status = linear(&L->o, m, att, proj, threads, isa)) != Q4_OK)
             break;
         for (int64_t i = 0; i < m * hidden; i++)

@@ -79,23 +79,22 @@ def iterate(
     product,
     norm,
     threads: int,
+    vectors: list[np.ndarray],
     own: slice = slice(None),
-    vectors: list[np.ndarray] | None = None,
 ) -> tuple[bool, list[float]]:
     """MRS's iterations on x (in place), shared by the one-process and the distributed solver.
 
     Vectors have x's length; `own` is the part of them this process updates (all of them in one
     process; a rank's own rows, after its halo). `product(v, w, scale, a, v_prev)` makes
     w = scale S v + a v_prev on the own rows; `norm(w)` is ||w|| over every process. `vectors`
-    are five zeroed vectors of that length to work in (a Workspace's), else fresh ones.
+    are five zeroed vectors of that length to work in (a Workspace's).
     Answers whether it converged and the recurrence's |g_j| / ||b|| per iteration."""
     history: list[float] = []
     if beta0 == 0.0:
         return True, history
-    n = len(x)
     # v_j = scale * v, with v as stored: b at first, then each product's output w_{j-1}, whose
     # norm is beta_{j-1}; so w_j = S v_j + beta_{j-1} v_{j-1} = scale S v + (beta_{j-1} scale_prev) v_prev
-    v, v_prev, w, d1, d2 = vectors if vectors is not None else [np.zeros(n) for _ in range(5)]
+    v, v_prev, w, d1, d2 = vectors
     v[own] = b
     scale, scale_prev = 1.0 / beta0, 0.0
     beta_prev, g = 0.0, beta0

@@ -1,10 +1,10 @@
 """The vectors a solve works in, kept with its plan between solves.
 
 MRS needs six vectors of n doubles (x, the Lanczos vectors v, v_prev and w, the directions d1
-and d2). Fresh arrays each solve cost page faults: on the 4M grid, 14-430 ms to fault in six
-fresh vectors against 6 ms to zero six that are already resident, for a 0.3-0.5 s solve. The
-memory budget already counts these vectors as part of a plan (plan.footprint), so keeping them
-costs nothing the budget does not hold.
+and d2). Fresh arrays each solve cost page faults on every page of every vector (hundreds of MB
+on a grid of millions of rows), where zeroing resident ones is one streaming pass. The memory
+budget already counts these vectors as part of a plan (plan.footprint), so keeping them costs
+nothing the budget does not hold.
 """
 
 import threading
@@ -38,8 +38,3 @@ class Workspace:
             yield self._arrays
         finally:
             self._lock.release()
-
-    def release(self) -> None:
-        """Hand the memory back (the next solve allocates again)."""
-        with self._lock:
-            self._arrays = None

@@ -29,6 +29,8 @@ import functools
 
 import torch
 
+from .kvcache import BlockKVCache
+
 _FAMILIES = ("Qwen2ForCausalLM", "LlamaForCausalLM")
 _NATIVE_ROWS = 8  # new tokens up to which a draft's layers run natively (catch-up, short extends)
 
@@ -141,14 +143,9 @@ def _layers(model) -> list[_Layer]:
 def _native_stack(model):
     """The model's decoder layers as one native step (`native.decode_step.DecodeStack`), or None
     when a layer is not all fused 4-bit linears, SiLU and float32 norms on the CPU."""
-    if "_specmemo_native_stack" in model.__dict__:
-        return model.__dict__["_specmemo_native_stack"]
-    stack = None
-    try:
-        stack = _build_native_stack(model)
-    finally:
-        model.__dict__["_specmemo_native_stack"] = stack
-    return stack
+    if "_specmemo_native_stack" not in model.__dict__:
+        model.__dict__["_specmemo_native_stack"] = _build_native_stack(model)
+    return model.__dict__["_specmemo_native_stack"]
 
 
 def _build_native_stack(model):
@@ -199,18 +196,21 @@ def _native_forward(model, stack, ids: torch.Tensor, cache, keep: int) -> torch.
     return model.lm_head(h)
 
 
-def _native_cache(cache) -> bool:
-    layers = getattr(cache, "layers", None) or []
-    return bool(layers) and all(
-        hasattr(layer, "reserve") and layer.keys.dtype == torch.float32 and layer.keys.device.type == "cpu"
-        for layer in layers
+def _native_cache(cache, stack) -> bool:
+    # a block cache of float32 layers on the CPU, one a decoder layer (a draft sits on one device,
+    # see supports(), and a block cache's layers share one dtype: the first layer speaks for all)
+    return (
+        isinstance(cache, BlockKVCache)
+        and len(cache.layers) == stack.layers
+        and cache.layers[0].keys.dtype == torch.float32
+        and cache.layers[0].keys.device.type == "cpu"
     )
 
 
 def _fast_forward(model, ids: torch.Tensor, cache, keep: int) -> torch.Tensor:
-    if ids.shape[1] <= _NATIVE_ROWS and _native_cache(cache):
+    if ids.shape[1] <= _NATIVE_ROWS:
         stack = _native_stack(model)
-        if stack is not None and stack.layers == len(cache.layers):
+        if stack is not None and _native_cache(cache, stack):
             return _native_forward(model, stack, ids, cache, keep)
     base = model.model
     h = base.embed_tokens(ids)
