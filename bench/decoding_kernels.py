@@ -9,6 +9,10 @@
   a 64-token context plus M new rows, and a 200-row prefill) through native/rows_attention.c and
   through the per-row torch loop it replaced (`attention.rowwise_attention` with the native path
   off), alternating, best of 5.
+- the draft's decoder step (native/decode_step.c): one forward of the pulled 0.5B draft in int4
+  (the default pair's, from the models cache; skipped when it was not pulled) after 200 tokens,
+  1 and 2 new tokens, through the native step and through the torch draft path, alternating,
+  best of 5.
 """
 
 from __future__ import annotations
@@ -78,6 +82,47 @@ def attention_rows() -> list[str]:
     return lines
 
 
+def draft_rows() -> list[str]:
+    import dataclasses
+
+    from specmemo.actors.engine import lean
+    from specmemo.actors.engine.kvcache import BlockKVCache
+    from specmemo.actors.engine.models import ModelNotFound, load_model
+    from specmemo.actors.engine.pull import default_pair_specs
+
+    try:
+        spec, _ = default_pair_specs(dtype="float32")
+    except ModelNotFound as exc:
+        return [f"draft decoder step: skipped ({exc})"]
+    model, _ = load_model(dataclasses.replace(spec, precision="int4"))
+    stack = lean._native_stack(model)
+    if stack is None:
+        return ["draft decoder step: skipped (this draft's layers do not qualify)"]
+    lines = [
+        "draft forward, 0.5B int4, after 200 tokens",
+        "| new tokens | native step ms | torch path ms |",
+        "|---:|---:|---:|",
+    ]
+    ids = torch.randint(0, 30000, (1, 200), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        cache = BlockKVCache(model.config)
+        lean.forward(model, ids, cache, 1, exact=False)
+        for rows in (1, 2):
+            new = ids[:, :rows]
+
+            def forward():
+                lean.forward(model, new, cache, 1, exact=False)
+                cache.rollback(rows)
+
+            times = {}
+            for name, value in (("native", stack), ("torch", None)):
+                model.__dict__["_specmemo_native_stack"] = value
+                times[name] = best(forward)
+            model.__dict__["_specmemo_native_stack"] = stack
+            lines.append(f"| {rows} | {times['native'] * 1e3:.1f} | {times['torch'] * 1e3:.1f} |")
+    return lines
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -85,7 +130,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     cpu = cpu_features()
     print(f"CPU {cpu.model}, flags {', '.join(cpu.flags)}, q4 path {q4.best_isa()}, {args.threads} threads")
-    for line in q4_rows(args.threads) + [""] + attention_rows():
+    for line in q4_rows(args.threads) + [""] + attention_rows() + [""] + draft_rows():
         print(line, flush=True)
 
 

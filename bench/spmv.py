@@ -8,10 +8,12 @@ Each OMP_WAIT_POLICY runs in its own worker process (the policy is fixed when Op
 and MKL in another (it brings its own OpenMP runtime). Every worker generates the same seeded
 matrices, reorders them by RCM and times, as medians of --reps runs after two warm-ups:
 scipy `S @ x` on the matrix as given and in RCM order, our serial full CSR, serial half
-storage, graph colouring and the 3-part banded kernel at 1 and 2 threads, and the streaming
-triad. Bytes are modelled (8-byte values, 4-byte indices, k = nnz/n): full CSR 12 nnz + 20 n,
-half storage 6 nnz + 28 n; the fraction of bandwidth is (bytes / time) / triad bandwidth at
-the same thread count. Writes bench/results/spmv.json and spmv.png and prints a markdown table.
+storage, graph colouring and the 3-part banded kernel at 1 and 2 threads (in its compact forms
+too, and the coded form once more with its uniform row groups off, as the row loop runs it),
+and the streaming triad. Bytes are modelled (8-byte values, 4-byte indices, k = nnz/n): full
+CSR 12 nnz + 20 n, half storage 6 nnz + 28 n (COMPACT_BYTES for the compact forms); the
+fraction of bandwidth is (bytes / time) / triad bandwidth at the same thread count. Writes
+bench/results/spmv.json and spmv.png and prints a markdown table.
 """
 
 import argparse
@@ -70,7 +72,12 @@ def median_seconds(fns: dict, reps: int) -> dict:
 #: the compact forms of the 3-part kernel. All three keep 16-bit offsets from the row and 1-byte
 #: row lengths (7 bytes a row fewer than 64-bit row offsets); "coded" is what a plan builds by
 #: default when the matrix has at most 256 distinct values (1-byte codes into a table).
-COMPACT_BYTES = {"3-part off16": (10, 21), "3-part off16 f32": (6, 21), "3-part coded": (3, 21)}
+COMPACT_BYTES = {
+    "3-part off16": (10, 21),
+    "3-part off16 f32": (6, 21),
+    "3-part coded": (3, 21),
+    "3-part coded rows": (3, 21),
+}
 
 
 def modelled_bytes(kernel: str, n: int, nnz: int) -> int:
@@ -121,6 +128,10 @@ def worker(names: list[str], table: dict, solves: list, reps: int) -> dict:
         coded = plan.half.compacted(offsets=True)
         if coded.vcode is not None:  # a matrix of at most 256 distinct values
             compact["3-part coded"] = coded
+            if coded.uniform is not None:  # the same storage run row by row: no uniform groups
+                rows_only = plan.half.compacted(offsets=True)
+                rows_only.uniform[:] = 0
+                compact["3-part coded rows"] = rows_only
         for t in THREADS:
             pt = plan if t == 1 else plan.for_threads(t)
             reports[t] = pt.describe().as_dict()
@@ -313,6 +324,8 @@ def plot(results: dict, path: Path) -> None:
         "3-part off16 f32 2",
         "3-part coded 1",
         "3-part coded 2",
+        "3-part coded rows 1",
+        "3-part coded rows 2",
     ]
     fig, axes = plt.subplots(len(policies), 1, figsize=(11, 3.6 * len(policies)), squeeze=False)
     width = 0.8 / len(labels)
