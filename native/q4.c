@@ -27,6 +27,11 @@
 #define BLOCK_ROWS 16
 #define CHUNK 9      /* input rows per pass over a block's codes (accumulators stay in registers):
                         a verification of up to 8 drafted tokens is one pass */
+/* Bytes of codes ahead of the loads that each pass prefetches (and a quarter of that in
+ * scales). The hardware prefetcher alone runs too few lines ahead once a line takes several
+ * rows' products: without this, M = 5 took 2.3x the time of M = 1 on a 2-core EPYC streaming
+ * 275 MB of codes; with it, 1.1-1.2x. */
+#define Q4_PREFETCH 2048
 #define ROW_TILE 32  /* input rows whose activations stay in cache while every block passes */
 
 typedef struct {
@@ -114,6 +119,7 @@ static inline __attribute__((always_inline)) TARGET_AVX512 void avx512_rows(cons
         for (int r = 0; r < rows; r++)
             dot[r] = _mm512_setzero_si512();
         for (int64_t o = g * octets; o < (g + 1) * octets; o++) {
+            _mm_prefetch((const char *)(codes + o * 64 + Q4_PREFETCH), _MM_HINT_T0);
             const __m512i v = _mm512_loadu_si512((const void *)(codes + o * 64));
             const __m512i lo = _mm512_and_si512(v, nibble);
             const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
@@ -124,6 +130,7 @@ static inline __attribute__((always_inline)) TARGET_AVX512 void avx512_rows(cons
             }
         }
         const uint16_t *s = j->scales + (b * j->groups + g) * 2 * BLOCK_ROWS;
+        _mm_prefetch((const char *)(s + Q4_PREFETCH / 4), _MM_HINT_T0);
         const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
         const __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + BLOCK_ROWS)));
         for (int r = 0; r < rows; r++) {
@@ -165,6 +172,7 @@ static inline __attribute__((always_inline)) TARGET_AVX2 void avx2_rows(const q4
         for (int r = 0; r < rows; r++)
             dot[r][0] = dot[r][1] = _mm256_setzero_si256();
         for (int64_t o = g * octets; o < (g + 1) * octets; o++) {
+            _mm_prefetch((const char *)(codes + o * 64 + Q4_PREFETCH), _MM_HINT_T0);
             for (int h = 0; h < 2; h++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(codes + o * 64 + 32 * h));
                 const __m256i lo = _mm256_and_si256(v, nibble);
@@ -178,6 +186,7 @@ static inline __attribute__((always_inline)) TARGET_AVX2 void avx2_rows(const q4
             }
         }
         const uint16_t *s = j->scales + (b * j->groups + g) * 2 * BLOCK_ROWS;
+        _mm_prefetch((const char *)(s + Q4_PREFETCH / 4), _MM_HINT_T0);
         for (int h = 0; h < 2; h++) {
             const __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 8 * h)));
             const __m256 zero = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + BLOCK_ROWS + 8 * h)));
