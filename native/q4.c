@@ -253,6 +253,49 @@ static void quantize_row(const float *x, int64_t k, int64_t group, int8_t *a, fl
     }
 }
 
+typedef void (*q4_quantize_fn)(const float *x, int64_t k, int64_t group, int8_t *a, float *asum, float *sa);
+
+#if Q4_X86
+/* quantize_row in 8 lanes, bit for bit: max ignores a NaN in x as fmaxf does (the second operand
+ * is the result when either is NaN), the product is the same float multiply, and cvtps rounds to
+ * nearest even as lrintf does in the default rounding mode (out of range or NaN: INT_MIN, as
+ * lrintf's LONG_MIN, both clamped to -127). One thread quantizes a row while the others wait, so
+ * the libm calls of the scalar loop were on every product's critical path. */
+TARGET_AVX2 static void quantize_row_avx2(const float *x, int64_t k, int64_t group, int8_t *a, float *asum,
+                                          float *sa) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 vmax = _mm256_setzero_ps();
+    for (int64_t i = 0; i < k; i += 8)
+        vmax = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), vmax);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmax);
+    float amax = 0.0f;
+    for (int t = 0; t < 8; t++)
+        amax = fmaxf(amax, lanes[t]);
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    *sa = amax / 127.0f;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    const __m256i hi = _mm256_set1_epi32(127), lo = _mm256_set1_epi32(-127);
+    for (int64_t g = 0; g < k / group; g++) {
+        __m256i sum = _mm256_setzero_si256();
+        for (int64_t i = g * group; i < (g + 1) * group; i += 8) {
+            __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
+            q = _mm256_max_epi32(_mm256_min_epi32(q, hi), lo);
+            sum = _mm256_add_epi32(sum, q);
+            int32_t out[8];
+            _mm256_storeu_si256((__m256i *)out, q);
+            for (int t = 0; t < 8; t++)
+                a[i + t] = (int8_t)out[t];
+        }
+        int32_t parts[8], total = 0;
+        _mm256_storeu_si256((__m256i *)parts, sum);
+        for (int t = 0; t < 8; t++)
+            total += parts[t];
+        asum[g] = (float)total;
+    }
+}
+#endif
+
 int q4_linear(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes, const uint16_t *scales,
               const float *x, float *y, int threads, int isa) {
     if (!codes || !scales || !x || !y || m < 0 || n < 0 || k <= 0 || group < 8 || group > Q4_MAX_GROUP ||
@@ -276,19 +319,22 @@ int q4_linear(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *cod
     }
     q4_job job = {n, k, group, groups, codes, scales, a, asum, sa, y};
     q4_block_fn block = block_scalar;
+    q4_quantize_fn quantize = quantize_row;
     int chunk = CHUNK;
 #if Q4_X86
     if (isa == Q4_ISA_AVX512VNNI)
         block = block_avx512;
     else if (isa == Q4_ISA_AVX2)
         block = block_avx2;
+    if (isa != Q4_ISA_SCALAR)
+        quantize = quantize_row_avx2;
 #endif
     const int64_t blocks = n / BLOCK_ROWS;
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < m; r++)
-            quantize_row(x + r * k, k, group, a + r * k, asum + r * groups, sa + r);
+            quantize(x + r * k, k, group, a + r * k, asum + r * groups, sa + r);
         for (int64_t tile = 0; tile < m; tile += ROW_TILE) {
             const int64_t end = tile + ROW_TILE < m ? tile + ROW_TILE : m;
 #pragma omp for schedule(static)

