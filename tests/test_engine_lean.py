@@ -48,7 +48,7 @@ def test_other_models_take_their_own_forward():
     assert not lean.supports(model)  # training mode: dropout and friends
     model.eval()
     model.hf_device_map = {"model.layers.0": "cpu", "model.layers.1": "cuda:1"}
-    assert lean.supports(model) and not lean.supports(model, exact=False)  # a spread draft: hooks move tensors
+    assert not lean.supports(model) and not lean.supports(model, exact=False)  # spread: hooks move tensors
     del model.hf_device_map
     model.config.use_sliding_window = True
     assert not lean.supports(model)

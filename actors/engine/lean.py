@@ -36,11 +36,12 @@ _NATIVE_ROWS = 8  # new tokens up to which a draft's layers run natively (catch-
 
 
 def supports(model, exact: bool = True) -> bool:
-    """Whether `forward` computes what `model`'s own forward computes (`exact=False`: nearly; it
-    also needs the model on one device, since it reads weights without the modules' hooks)."""
+    """Whether `forward` computes what `model`'s own forward computes (`exact=False`: nearly). Both
+    need the model on one device: they read weights without the decoder layers' hooks, which is
+    where a model spread with `device_map` moves its activations between devices."""
     if type(model).__name__ not in _FAMILIES or getattr(model, "training", False):
         return False
-    if not exact and len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1:
+    if len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1:
         return False
     config = model.config
     if (
@@ -55,13 +56,13 @@ def supports(model, exact: bool = True) -> bool:
 
 @functools.cache
 def _interfaces(module_name: str, attn_implementation: str):
-    # the mask builder, attention function and rotary helper of a model class (looked up once)
+    # the mask builder and attention function of a model class (looked up once)
     from transformers.masking_utils import create_causal_mask
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    module = __import__(module_name, fromlist=["apply_rotary_pos_emb", "eager_attention_forward"])
+    module = __import__(module_name, fromlist=["eager_attention_forward"])
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, module.eager_attention_forward)
-    return create_causal_mask, attention, module.apply_rotary_pos_emb
+    return create_causal_mask, attention
 
 
 def forward(model, ids: torch.Tensor, cache, keep: int, exact: bool = True) -> torch.Tensor:
@@ -70,36 +71,56 @@ def forward(model, ids: torch.Tensor, cache, keep: int, exact: bool = True) -> t
     logits_to_keep=keep).logits`` answers, bit for bit (`exact`), or nearly (see the module doc)."""
     if not exact:
         return _fast_forward(model, ids, cache, keep)
-    create_causal_mask, attention, apply_rope = _interfaces(type(model).__module__, model.config._attn_implementation)
+    create_causal_mask, attention = _interfaces(type(model).__module__, model.config._attn_implementation)
     base = model.model
     h = base.embed_tokens(ids)
     past = cache.get_seq_length()
-    positions = (torch.arange(ids.shape[1], device=h.device) + past).unsqueeze(0)
+    q_len = ids.shape[1]
+    positions = (torch.arange(q_len, device=h.device) + past).unsqueeze(0)
     mask = create_causal_mask(
         config=base.config, inputs_embeds=h, attention_mask=None, cache=cache, position_ids=positions
     )
     cos, sin = base.rotary_emb(h, positions)
-    shape = (*h.shape[:-1], -1)
-    for i, layer in enumerate(base.layers[: base.config.num_hidden_layers]):
-        attn = layer.self_attn
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [1, q, 1, d]: over the heads
+    for i, part in enumerate(_layers(model)):
         residual = h
-        x = layer.input_layernorm(h)
-        head_shape = (*h.shape[:-1], -1, attn.head_dim)
-        q = attn.q_proj(x).view(head_shape).transpose(1, 2)
-        k = attn.k_proj(x).view(head_shape).transpose(1, 2)
-        v = attn.v_proj(x).view(head_shape).transpose(1, 2)
-        q, k = apply_rope(q, k, cos, sin)
-        k, v = cache.update(k, v, i)
-        out, _ = attention(
-            attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling, sliding_window=getattr(attn, "sliding_window", None)
+        x = part.rms_norm(part.norm1, part.eps1, h)
+        # one fused product for q, k and v (what the model's q/k/v parts slice from it), and the
+        # rotary embedding of q and k as one elementwise pass: the same float operations on every
+        # element as the model's per-projection calls, so the same bits
+        qkv = part.qkv(x).view(1, q_len, part.heads + 2 * part.kv_heads, part.head_dim)
+        rotated = qkv[:, :, : part.heads + part.kv_heads]
+        half = part.head_dim // 2
+        rotated = (rotated * cos) + (torch.cat((-rotated[..., half:], rotated[..., :half]), dim=-1) * sin)
+        query = rotated[:, :, : part.heads].transpose(1, 2)
+        key, value = cache.update(
+            rotated[:, :, part.heads :].transpose(1, 2), qkv[:, :, part.heads + part.kv_heads :].transpose(1, 2), i
         )
-        h = residual + attn.o_proj(out.reshape(shape).contiguous())
+        out, _ = attention(
+            part.attn, query, key, value, mask, dropout=0.0, scaling=part.scaling, sliding_window=part.window
+        )
+        h = residual + part.o(out.reshape(1, q_len, -1).contiguous())
         residual = h
-        mlp = layer.mlp
-        x = layer.post_attention_layernorm(h)
-        h = residual + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
-    h = base.norm(h)
+        x = part.rms_norm(part.norm2, part.eps2, h)
+        gate, up = part.gate_up(x).split(part.intermediate, dim=-1)
+        h = residual + part.down(part.act(gate) * up)
+    h = _layer_norm(base.norm, _eps(base.norm), h)
     return model.lm_head(h[:, -keep:, :])
+
+
+_RMS_NORMS = ("Qwen2RMSNorm", "LlamaRMSNorm")
+
+
+def _rms_norm(norm, eps: float, h: torch.Tensor) -> torch.Tensor:
+    # transformers' Qwen2RMSNorm/LlamaRMSNorm forward, op for op (so the same bits), without the
+    # module call and its hooks
+    x = h.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return norm.weight * x.to(h.dtype)
+
+
+def _layer_norm(norm, eps: float, h: torch.Tensor) -> torch.Tensor:
+    return _rms_norm(norm, eps, h) if type(norm).__name__ in _RMS_NORMS else norm(h)
 
 
 class _Layer:
@@ -117,6 +138,9 @@ class _Layer:
         self.gate_up = getattr(mlp, "gate_proj_up_proj_fused", None) or _Concat(mlp.gate_proj, mlp.up_proj)
         self.down, self.act = mlp.down_proj, mlp.act_fn
         self.intermediate = mlp.down_proj.in_features
+        self.attn, self.window = attn, getattr(attn, "sliding_window", None)
+        known = all(type(n).__name__ in _RMS_NORMS for n in (self.norm1, self.norm2))
+        self.rms_norm = _rms_norm if known else (lambda norm, eps, h: norm(h))
 
 
 class _Concat:
