@@ -1,5 +1,6 @@
-/* A few tokens through q4 decoder layers (the formulas are in decode_step.h): products by
- * q4_linear, attention by rows_attention (each row alone, so m rows equal m one-row calls). */
+/* A few tokens through q4 decoder layers (the formulas are in decode_step.h): products by q4's
+ * kernels, attention by rows_attention's (each row alone, so m rows equal m one-row calls), all in
+ * one OpenMP parallel region (team.h). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,9 @@
 #include "decode_step.h"
 #include "q4.h"
 #include "rows_attention.h"
+#include "team.h"
+
+#include <omp.h>
 
 static void rmsnorm(const float *x, const float *w, float eps, int64_t n, float *out)
 {
@@ -18,16 +22,6 @@ static void rmsnorm(const float *x, const float *w, float eps, int64_t n, float 
         out[i] = w[i] * (x[i] * inv);
 }
 
-static int linear(const decode_linear *w, int64_t m, const float *x, float *y, int threads, int isa)
-{
-    int status = q4_linear(m, w->n, w->k, w->group, w->codes, w->scales, x, y, threads, isa);
-    if (status == Q4_OK && w->bias)
-        for (int64_t r = 0; r < m; r++)
-            for (int64_t i = 0; i < w->n; i++)
-                y[r * w->n + i] += w->bias[i];
-    return status;
-}
-
 static void rope(float *x, const float *cos, const float *sin, int64_t dim)
 {
     const int64_t half = dim / 2;
@@ -36,6 +30,11 @@ static void rope(float *x, const float *cos, const float *sin, int64_t dim)
         x[i] = a * cos[i] - b * sin[i];
         x[i + half] = b * cos[i + half] + a * sin[i + half];
     }
+}
+
+static int linear_ok(const decode_linear *w, int64_t n, int64_t k)
+{
+    return w->n == n && w->k == k && w->codes && w->scales && q4_shape_ok(w->n, w->k, w->group);
 }
 
 static int valid(const decode_model *M, int64_t m, int64_t length)
@@ -50,12 +49,46 @@ static int valid(const decode_model *M, int64_t m, int64_t length)
         const decode_layer *L = &M->layer[l];
         if (!L->norm1 || !L->norm2 || !L->keys || !L->values || L->capacity < length + m)
             return 0;
-        if (L->qkv.n != qkv || L->qkv.k != M->hidden || L->o.n != M->hidden || L->o.k != M->heads * M->dim
-            || L->gate_up.n != 2 * M->intermediate || L->gate_up.k != M->hidden || L->down.n != M->hidden
-            || L->down.k != M->intermediate)
+        if (!linear_ok(&L->qkv, qkv, M->hidden) || !linear_ok(&L->o, M->hidden, M->heads * M->dim)
+            || !linear_ok(&L->gate_up, 2 * M->intermediate, M->hidden)
+            || !linear_ok(&L->down, M->hidden, M->intermediate))
             return 0;
     }
     return 1;
+}
+
+/* Scratch of one step: activations and their quantized form, shared by the team. */
+typedef struct {
+    int8_t *a;
+    float *asum;
+    float *sa;
+    int isa;
+} quantized;
+
+/* y [m][n] = W x (+ bias) by the whole team; ends in a barrier. */
+static void linear(const decode_linear *w, int64_t m, const float *x, float *y, const quantized *t)
+{
+    q4_quantize_team(m, w->k, w->group, x, t->a, t->asum, t->sa, t->isa);
+    q4_products_team(m, w->n, w->k, w->group, w->codes, w->scales, t->a, t->asum, t->sa, y, t->isa);
+    if (w->bias) {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < m * w->n; i++)
+            y[i] += w->bias[i % w->n];
+    }
+}
+
+static void add(float *h, const float *d, int64_t count)
+{
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < count; i++)
+        h[i] += d[i];
+}
+
+static void norm_rows(const float *h, const float *w, float eps, int64_t m, int64_t hidden, float *x)
+{
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m; r++)
+        rmsnorm(h + r * hidden, w, eps, hidden, x + r * hidden);
 }
 
 int decode_step(const decode_model *M, int64_t m, int64_t length, const float *cos, const float *sin, float *h,
@@ -63,62 +96,67 @@ int decode_step(const decode_model *M, int64_t m, int64_t length, const float *c
 {
     if (!valid(M, m, length) || !cos || !sin || !h || threads < 1)
         return DECODE_STEP_EINVAL;
+    if (isa == Q4_ISA_AUTO)
+        isa = q4_best_isa();
+    else if (!q4_has_isa(isa))
+        return DECODE_STEP_EINVAL;
     const int64_t hidden = M->hidden, dim = M->dim, inter = M->intermediate, heads = M->heads;
-    const int64_t qkv_n = (heads + 2 * M->kv_heads) * dim;
-    const int64_t floats = m * (hidden + qkv_n + 2 * heads * dim + hidden + 2 * inter);
+    const int64_t qkv_n = (heads + 2 * M->kv_heads) * dim, keys = length + m;
+    int64_t widest = hidden > heads * dim ? hidden : heads * dim; /* the widest input of a product */
+    widest = widest > inter ? widest : inter;
+    const int64_t floats = m * (hidden + qkv_n + 2 * heads * dim + hidden + 3 * inter) + m * widest / 8 + m
+                           + (int64_t)threads * keys;
     float *buf = malloc((size_t)floats * sizeof *buf);
-    if (!buf)
+    int8_t *codes = malloc((size_t)(m * widest));
+    if (!buf || !codes) {
+        free(buf);
+        free(codes);
         return DECODE_STEP_ENOMEM;
+    }
     float *x = buf, *qkv = x + m * hidden, *q = qkv + m * qkv_n, *att = q + m * heads * dim;
-    float *proj = att + m * heads * dim, *gu = proj + m * hidden;
-    int64_t visible[DECODE_STEP_MAX_ROWS];  /* row r sees keys 0 .. length + r */
+    float *proj = att + m * heads * dim, *gu = proj + m * hidden, *act = gu + m * 2 * inter;
+    float *asum = act + m * inter, *sa = asum + m * widest / 8, *scores = sa + m;
+    const quantized t = {codes, asum, sa, isa};
+    int64_t visible[DECODE_STEP_MAX_ROWS]; /* row r sees keys 0 .. length + r */
     for (int64_t r = 0; r < m; r++)
         visible[r] = length + r + 1;
-    int status = Q4_OK;
-    for (int64_t l = 0; l < M->layers && status == Q4_OK; l++) {
-        const decode_layer *L = &M->layer[l];
-        for (int64_t r = 0; r < m; r++)
-            rmsnorm(h + r * hidden, L->norm1, L->eps1, hidden, x + r * hidden);
-        if ((status = linear(&L->qkv, m, x, qkv, threads, isa)) != Q4_OK)
-            break;
-        for (int64_t r = 0; r < m; r++) {
-            float *qr = qkv + r * qkv_n, *k = qr + heads * dim, *v = k + M->kv_heads * dim;
-            for (int64_t hd = 0; hd < heads + M->kv_heads; hd++)
-                rope(qr + hd * dim, cos + r * dim, sin + r * dim, dim);  /* q's heads, then k's */
-            memcpy(q + r * heads * dim, qr, (size_t)(heads * dim) * sizeof *q);
-            for (int64_t g = 0; g < M->kv_heads; g++) {
-                const int64_t slot = (g * L->capacity + length + r) * dim;
-                memcpy(L->keys + slot, k + g * dim, (size_t)dim * sizeof *k);
-                memcpy(L->values + slot, v + g * dim, (size_t)dim * sizeof *v);
+    /* one parallel region for the whole step: every phase below is a worksharing loop of the
+     * team (a barrier after each), so a product costs no fork or join */
+#pragma omp parallel num_threads(threads)
+    {
+        float *mine = scores + (int64_t)omp_get_thread_num() * keys;
+        for (int64_t l = 0; l < M->layers; l++) {
+            const decode_layer *L = &M->layer[l];
+            norm_rows(h, L->norm1, L->eps1, m, hidden, x);
+            linear(&L->qkv, m, x, qkv, &t);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < m; r++) {
+                float *qr = qkv + r * qkv_n, *k = qr + heads * dim, *v = k + M->kv_heads * dim;
+                for (int64_t hd = 0; hd < heads + M->kv_heads; hd++)
+                    rope(qr + hd * dim, cos + r * dim, sin + r * dim, dim); /* q's heads, then k's */
+                memcpy(q + r * heads * dim, qr, (size_t)(heads * dim) * sizeof *q);
+                for (int64_t g = 0; g < M->kv_heads; g++) {
+                    const int64_t slot = (g * L->capacity + length + r) * dim;
+                    memcpy(L->keys + slot, k + g * dim, (size_t)dim * sizeof *k);
+                    memcpy(L->values + slot, v + g * dim, (size_t)dim * sizeof *v);
+                }
             }
+            rows_attention_team(1, m, heads, M->kv_heads, dim, L->capacity * dim, M->kv_heads * L->capacity * dim, q,
+                                L->keys, L->values, visible, NULL, NULL, M->scaling, att, mine);
+            linear(&L->o, m, att, proj, &t);
+            add(h, proj, m * hidden);
+            norm_rows(h, L->norm2, L->eps2, m, hidden, x);
+            linear(&L->gate_up, m, x, gu, &t);
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < m * inter; i++) {
+                const float a = gu[(i / inter) * 2 * inter + i % inter], b = gu[(i / inter) * 2 * inter + inter + i % inter];
+                act[i] = a / (1.0f + expf(-a)) * b;
+            }
+            linear(&L->down, m, act, proj, &t);
+            add(h, proj, m * hidden);
         }
-        const int attended = rows_attention(1, m, heads, M->kv_heads, dim, length + m, L->capacity * dim,
-                                            M->kv_heads * L->capacity * dim, q, L->keys, L->values, visible, NULL,
-                                            NULL, M->scaling, att, threads);
-        if (attended != ROWS_ATTENTION_OK) {
-            status = attended == ROWS_ATTENTION_ENOMEM ? Q4_ENOMEM : Q4_EINVAL;
-            break;
-        }
-        if ((status = linear(&L->o, m, att, proj, threads, isa)) != Q4_OK)
-            break;
-        for (int64_t i = 0; i < m * hidden; i++)
-            h[i] += proj[i];
-        for (int64_t r = 0; r < m; r++)
-            rmsnorm(h + r * hidden, L->norm2, L->eps2, hidden, x + r * hidden);
-        if ((status = linear(&L->gate_up, m, x, gu, threads, isa)) != Q4_OK)
-            break;
-        for (int64_t r = 0; r < m; r++) {
-            float *a = gu + r * 2 * inter, *b = a + inter, *act = gu + r * inter;
-            for (int64_t i = 0; i < inter; i++)  /* in place, packed: row r's product lands at r * inter */
-                act[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
-        }
-        if ((status = linear(&L->down, m, gu, proj, threads, isa)) != Q4_OK)
-            break;
-        for (int64_t i = 0; i < m * hidden; i++)
-            h[i] += proj[i];
     }
     free(buf);
-    if (status == Q4_ENOMEM)
-        return DECODE_STEP_ENOMEM;
-    return status == Q4_OK ? DECODE_STEP_OK : DECODE_STEP_EINVAL;
+    free(codes);
+    return DECODE_STEP_OK;
 }

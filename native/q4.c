@@ -12,6 +12,7 @@
  * and vpmaddwd; the scalar path is portable C.
  */
 #include "q4.h"
+#include "team.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -296,10 +297,51 @@ TARGET_AVX2 static void quantize_row_avx2(const float *x, int64_t k, int64_t gro
 }
 #endif
 
+int q4_shape_ok(int64_t n, int64_t k, int64_t group) {
+    return n >= 0 && k > 0 && group >= 8 && group <= Q4_MAX_GROUP && group % 8 == 0 && k % group == 0 &&
+           n % BLOCK_ROWS == 0;
+}
+
+void q4_quantize_team(int64_t m, int64_t k, int64_t group, const float *x, int8_t *a, float *asum, float *sa,
+                      int isa) {
+    q4_quantize_fn quantize = quantize_row;
+#if Q4_X86
+    if (isa != Q4_ISA_SCALAR)
+        quantize = quantize_row_avx2;
+#else
+    (void)isa;
+#endif
+    const int64_t groups = k / group;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m; r++)
+        quantize(x + r * k, k, group, a + r * k, asum + r * groups, sa + r);
+}
+
+void q4_products_team(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes, const uint16_t *scales,
+                      const int8_t *a, const float *asum, const float *sa, float *y, int isa) {
+    q4_job job = {n, k, group, k / group, codes, scales, a, asum, sa, y};
+    q4_block_fn block = block_scalar;
+#if Q4_X86
+    if (isa == Q4_ISA_AVX512VNNI)
+        block = block_avx512;
+    else if (isa == Q4_ISA_AVX2)
+        block = block_avx2;
+#else
+    (void)isa;
+#endif
+    const int64_t blocks = n / BLOCK_ROWS;
+    for (int64_t tile = 0; tile < m; tile += ROW_TILE) {
+        const int64_t end = tile + ROW_TILE < m ? tile + ROW_TILE : m;
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < blocks; b++)
+            for (int64_t r = tile; r < end; r += CHUNK)
+                block(&job, b, r, (int)(end - r < CHUNK ? end - r : CHUNK));
+    }
+}
+
 int q4_linear(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes, const uint16_t *scales,
               const float *x, float *y, int threads, int isa) {
-    if (!codes || !scales || !x || !y || m < 0 || n < 0 || k <= 0 || group < 8 || group > Q4_MAX_GROUP ||
-        group % 8 || k % group || n % BLOCK_ROWS || threads < 1)
+    if (!codes || !scales || !x || !y || m < 0 || !q4_shape_ok(n, k, group) || threads < 1)
         return Q4_EINVAL;
     if (isa == Q4_ISA_AUTO)
         isa = q4_best_isa();
@@ -307,9 +349,8 @@ int q4_linear(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *cod
         return Q4_ENOISA;
     if (m == 0 || n == 0)
         return Q4_OK;
-    const int64_t groups = k / group;
     int8_t *a = malloc((size_t)(m * k));
-    float *asum = malloc((size_t)(m * groups) * sizeof *asum);
+    float *asum = malloc((size_t)(m * (k / group)) * sizeof *asum);
     float *sa = malloc((size_t)m * sizeof *sa);
     if (!a || !asum || !sa) {
         free(a);
@@ -317,31 +358,10 @@ int q4_linear(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *cod
         free(sa);
         return Q4_ENOMEM;
     }
-    q4_job job = {n, k, group, groups, codes, scales, a, asum, sa, y};
-    q4_block_fn block = block_scalar;
-    q4_quantize_fn quantize = quantize_row;
-    int chunk = CHUNK;
-#if Q4_X86
-    if (isa == Q4_ISA_AVX512VNNI)
-        block = block_avx512;
-    else if (isa == Q4_ISA_AVX2)
-        block = block_avx2;
-    if (isa != Q4_ISA_SCALAR)
-        quantize = quantize_row_avx2;
-#endif
-    const int64_t blocks = n / BLOCK_ROWS;
 #pragma omp parallel num_threads(threads)
     {
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < m; r++)
-            quantize(x + r * k, k, group, a + r * k, asum + r * groups, sa + r);
-        for (int64_t tile = 0; tile < m; tile += ROW_TILE) {
-            const int64_t end = tile + ROW_TILE < m ? tile + ROW_TILE : m;
-#pragma omp for schedule(static)
-            for (int64_t b = 0; b < blocks; b++)
-                for (int64_t r = tile; r < end; r += chunk)
-                    block(&job, b, r, (int)(end - r < chunk ? end - r : chunk));
-        }
+        q4_quantize_team(m, k, group, x, a, asum, sa, isa);
+        q4_products_team(m, n, k, group, codes, scales, a, asum, sa, y, isa);
     }
     free(a);
     free(asum);

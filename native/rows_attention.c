@@ -5,6 +5,7 @@
  * depends on which other rows the call holds, so results are identical for any m.
  */
 #include "rows_attention.h"
+#include "team.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -69,6 +70,20 @@ static void one_row(int64_t dim, const float *q, const float *k, const float *v,
         out[i] *= inv;
 }
 
+void rows_attention_team(int64_t batch, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim,
+                         int64_t head_stride, int64_t batch_stride, const float *q, const float *k, const float *v,
+                         const int64_t *counts, const int64_t *starts, const int64_t *slots, float scale, float *out,
+                         float *scores) {
+    const int64_t group = heads / kv_heads, tasks = batch * m * heads;
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < tasks; task++) {
+        const int64_t r = task / heads, b = r / m, g = (task % heads) / group;
+        const int64_t base = b * batch_stride + g * head_stride;
+        one_row(dim, q + task * dim, k + base, v + base, counts[r], slots ? slots + starts[r] : NULL, scale, scores,
+                out + task * dim);
+    }
+}
+
 int rows_attention(int64_t batch, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim, int64_t keys,
                    int64_t head_stride, int64_t batch_stride, const float *q, const float *k, const float *v,
                    const int64_t *counts, const int64_t *starts, const int64_t *slots, float scale, float *out,
@@ -85,22 +100,21 @@ int rows_attention(int64_t batch, int64_t m, int64_t heads, int64_t kv_heads, in
                 if (starts[r] < 0 || slots[starts[r] + t] < 0 || slots[starts[r] + t] >= keys)
                     return ROWS_ATTENTION_EINVAL;
     }
-    const int64_t group = heads / kv_heads, tasks = batch * m * heads;
-    int failed = 0;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
+    int failed = 0; /* shared: a thread without its buffer fails the call for the whole team */
+#pragma omp parallel num_threads(threads)
     {
         float *scores = malloc((size_t)(keys > 0 ? keys : 1) * sizeof *scores);
-        if (!scores)
+        if (!scores) {
+#pragma omp atomic write
             failed = 1;
-#pragma omp for schedule(static)
-        for (int64_t task = 0; task < tasks; task++) {
-            if (!scores)
-                continue;
-            const int64_t r = task / heads, b = r / m, g = (task % heads) / group;
-            const int64_t base = b * batch_stride + g * head_stride;
-            one_row(dim, q + task * dim, k + base, v + base, counts[r], slots ? slots + starts[r] : NULL, scale, scores,
-                    out + task * dim);
         }
+#pragma omp barrier
+        int any;
+#pragma omp atomic read
+        any = failed;
+        if (!any) /* all threads or none: the team function ends in a barrier */
+            rows_attention_team(batch, m, heads, kv_heads, dim, head_stride, batch_stride, q, k, v, counts, starts,
+                                slots, scale, out, scores);
         free(scores);
     }
     return failed ? ROWS_ATTENTION_ENOMEM : ROWS_ATTENTION_OK;
