@@ -12,7 +12,8 @@
 - the draft's decoder step (native/decode_step.c): one forward of the pulled 0.5B draft in int4
   (the default pair's, from the models cache; skipped when it was not pulled) after 200 tokens,
   1 and 2 new tokens, through the native step and through the torch draft path, alternating,
-  best of 5.
+  best of 5; its LM head alone; and the share of this repository's tokens a head cut to the
+  lowest token ids would still propose (what a vocabulary-subset head, FR-Spec, would keep).
 """
 
 from __future__ import annotations
@@ -120,6 +121,33 @@ def draft_rows() -> list[str]:
                 times[name] = best(forward)
             model.__dict__["_specmemo_native_stack"] = stack
             lines.append(f"| {rows} | {times['native'] * 1e3:.1f} | {times['torch'] * 1e3:.1f} |")
+        h = torch.zeros(1, 1, model.config.hidden_size)
+        head = best(lambda: model.lm_head(h))
+    lines += ["", f"of which the LM head ({model.lm_head.out_features} rows), one token: {head * 1e3:.1f} ms"]
+    return lines + vocabulary_rows(spec)
+
+
+def vocabulary_rows(spec) -> list[str]:
+    """What a frequency-ranked subset of the draft's head (FR-Spec) would keep, ranked by token id
+    (merge order in byte-level BPE; no corpus is fetched): the share of this repository's Python
+    and Markdown tokens whose id is below K."""
+    from pathlib import Path
+
+    from specmemo.actors.engine.models import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
+    root = Path(__file__).resolve().parent.parent
+    kinds = {"Python": sorted(root.glob("actors/**/*.py")), "Markdown": sorted(root.glob("docs/*.md"))}
+    sizes = (16384, 32768, 65536)
+    lines = [
+        "",
+        "draft vocabulary subsets by token id: tokens of this repository covered",
+        "| text | tokens | " + " | ".join(f"id < {k}" for k in sizes) + " |",
+        "|---|---:|" + "---:|" * len(sizes),
+    ]
+    for kind, files in kinds.items():
+        ids = np.concatenate([np.asarray(tokenizer(f.read_text())["input_ids"]) for f in files])
+        lines.append(f"| {kind} | {len(ids)} | " + " | ".join(f"{(ids < k).mean():.3f}" for k in sizes) + " |")
     return lines
 
 
