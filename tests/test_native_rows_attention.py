@@ -1,5 +1,6 @@
 """Row-wise attention (native/rows_attention.c) against numpy: the same attention for prefixes,
-slot lists and batches; every row alone equals the row in a batch, bit for bit."""
+slot lists and batches; every row alone equals the row in a batch, and every head alone the head
+among its KV head's others, bit for bit."""
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from specmemo.native import NativeError, rows_attention
 def problems(draw):
     batch, m = draw(st.integers(1, 3)), draw(st.integers(1, 6))
     kv_heads = draw(st.integers(1, 3))
-    heads = kv_heads * draw(st.integers(1, 3))
+    heads = kv_heads * draw(st.integers(1, 11))
     dim = draw(st.sampled_from([1, 3, 8, 16, 64]))
     keys = draw(st.integers(1, 40))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -58,6 +59,12 @@ def test_rows_equal_the_numpy_reference_and_do_not_depend_on_each_other(problem)
                 assert np.array_equal(listed, alone)
             elif len(seen) == 0:
                 assert not out[b, j].any()  # a row seeing nothing: zeros
+    # a head among the others of its KV head equals the head computed alone
+    group = q.shape[2] // k.shape[1]
+    for h in range(q.shape[2]):
+        g = h // group
+        alone = rows_attention.attend(q[:, :, h : h + 1], k[:, g : g + 1], v[:, g : g + 1], visible, scale)
+        assert np.array_equal(alone[:, :, 0], out[:, :, h])
 
 
 def test_bad_arguments_are_refused():

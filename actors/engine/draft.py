@@ -205,6 +205,9 @@ class DraftCore(CacheHolder):
             token = sample(p, rng)
             g.candidates.append(_Node(token, node, base + float(np.log(max(p[token], 1e-30))), q=p))
             return
+        if width == 1 and temperature <= 0:  # a greedy chain: the argmax, whose path probability no one reads
+            g.candidates.append(_Node(int(torch.argmax(logits)), node, base))
+            return
         scaled = logits / temperature if temperature > 0 else logits
         top = torch.topk(torch.log_softmax(scaled.float(), dim=-1), width)
         for logp, token in zip(top.values.tolist(), top.indices.tolist()):
