@@ -1,16 +1,22 @@
 """Token trees against chains, in one run, on the default pair in the default precision.
 
     python bench/specdecode.py trees --code 4 --prose 4 --max-new-tokens 48
+    python bench/specdecode.py trees --temperature 1.0
 
-Same MT-Bench first turns as `peers`, greedy, exactly N new tokens, prefill included. Rows:
+Same MT-Bench first turns as `peers`, greedy (or sampled at `--temperature`), exactly N new
+tokens, prefill included. Rows:
 - chains: the adaptive chain (the default: γ from the cost curve) and fixed chains of N nodes;
 - trees of N nodes grown w per draft forward, for fixed (N, w);
 - adaptive trees: the memory model picks (N, w) each step, with w up to 2 and up to 3.
 Each row reports tok/s, its ratio to the best chain of the run (the fastest chain row), tokens
 per target forward (= per step), its ratio to the chain with the same node count (the same KV
 budget: a tree of N nodes holds the KV slots of a chain of γ = N), the measured rank acceptance
-rates a_1..a_w, and how many outputs equal the target's own greedy output. Writes
-bench/results/specdecode-trees.json and the "Token trees on the CPU" section of docs/benchmarks.md.
+rates a_1..a_w, and how many outputs equal the target's own greedy output (greedy only: a sampled
+run keeps the target's distribution, which tests/test_engine_sampling.py checks, not its tokens).
+Sampled, a chain draws each token from the draft's q and a tree takes the draft's top w tokens as
+point masses (the multi-draft rule of `tree.verify_tree`), so wider trees can catch target samples
+a chain misses. Writes bench/results/specdecode-trees[-t<T>].json and the "Token trees on the CPU"
+section of docs/benchmarks.md (its sampled twin for `--temperature`).
 """
 
 from __future__ import annotations
@@ -48,13 +54,15 @@ def shapes(args) -> list[tuple[str, int | None, int]]:
     return rows
 
 
-def run_shape(draft, target, tokenizer, prompts, n: int, gamma: int | None, width: int, gamma_max: int) -> dict:
+def run_shape(
+    draft, target, tokenizer, prompts, n: int, gamma: int | None, width: int, gamma_max: int, temperature: float = 0.0
+) -> dict:
     engine = Engine(draft, target, tokenizer, gamma_max=gamma_max, gamma=gamma, tree=width)
     outputs, seconds, stats, rates = [], [], [], []
     for i, p in enumerate(prompts):
         session = f"bench{i}"
         start = time.perf_counter()
-        ids, s = engine.generate_ids(np.asarray(p["ids"]), n, session=session)
+        ids, s = engine.generate_ids(np.asarray(p["ids"]), n, temperature=temperature, seed=i, session=session)
         seconds.append(time.perf_counter() - start)
         rates.append(engine.memory.rates(session))
         engine.close(session)
@@ -70,7 +78,7 @@ def run_shape(draft, target, tokenizer, prompts, n: int, gamma: int | None, widt
     }
 
 
-def summarize(label: str, kind: str, run: dict, prompts, reference: list) -> dict:
+def summarize(label: str, kind: str, run: dict, prompts, reference: list | None) -> dict:
     rows = [i for i, p in enumerate(prompts) if kind == "all" or p["kind"] == kind]
     st = [run["stats"][i] for i in rows]
     steps = sum(s["steps"] for s in st)
@@ -82,7 +90,7 @@ def summarize(label: str, kind: str, run: dict, prompts, reference: list) -> dic
         "tokens_per_step": tokens / max(1, steps),
         "nodes_per_step": sum(s["drafted"] for s in st) / max(1, steps),
         "rates": np.mean([run["rates"][i] for i in rows], axis=0).round(3).tolist(),
-        "equal": f"{sum(run['outputs'][i] == reference[i] for i in rows)}/{len(rows)}",
+        "equal": "-" if reference is None else f"{sum(run['outputs'][i] == reference[i] for i in rows)}/{len(rows)}",
         "kv_peak": run["kv_peak"],
     }
 
@@ -94,17 +102,20 @@ def run(args) -> dict:
     t_spec = dataclasses.replace(t_spec, precision=args.precision, gamma_max=args.gamma_max)
     draft, target, tokenizer = load_pair(d_spec, t_spec)
     prompts = pick_prompts(tokenizer, args.code, args.prose)
-    reference = run_target(target, prompts, args.max_new_tokens)["outputs"]
+    reference = run_target(target, prompts, args.max_new_tokens)["outputs"] if args.temperature <= 0 else None
     result = {
         "cpu": cpu_features().as_dict(),
         "torch": torch.__version__,
         "threads": args.threads,
+        "temperature": args.temperature,
         "precision": {"target": precision_of(target).precision, "draft": precision_of(draft).precision},
         "rows": [],
         "costs": {},
     }
     for label, gamma, width in shapes(args):
-        r = run_shape(draft, target, tokenizer, prompts, args.max_new_tokens, gamma, width, args.gamma_max)
+        r = run_shape(
+            draft, target, tokenizer, prompts, args.max_new_tokens, gamma, width, args.gamma_max, args.temperature
+        )
         result["costs"][label] = r["costs"]
         for kind in ("code", "prose", "all"):
             result["rows"].append(summarize(label, kind, r, prompts, reference))
@@ -162,6 +173,7 @@ def parse_args(argv=None):
         default=[2, 3],
         help="width caps of the adaptive trees",
     )
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above: sampled")
     parser.add_argument("--no-docs", action="store_true")
     return parser.parse_args(argv)
 
@@ -175,23 +187,27 @@ def main(argv=None) -> None:
     result = run(args)
     result["command"], result["seconds"] = command, time.time() - started
     result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    (ROOT / "bench" / "results" / "specdecode-trees.json").write_text(json.dumps(result, indent=1))
+    sampled = args.temperature > 0
+    name = f"specdecode-trees-t{args.temperature:g}.json" if sampled else "specdecode-trees.json"
+    (ROOT / "bench" / "results" / name).write_text(json.dumps(result, indent=1))
     markdown = table(result)
     print(markdown)
     if not args.no_docs:
         cpu = result["cpu"]
+        section = f"{SECTION}, sampled at temperature {args.temperature:g}" if sampled else SECTION
+        decoding = f"sampled at temperature {args.temperature:g}" if sampled else "greedy"
         body = (
-            f"{SECTION}\n\nCommand (from the repository root, after `specmemo models pull`):\n\n    {command}\n\n"
+            f"{section}\n\nCommand (from the repository root, after `specmemo models pull`):\n\n    {command}\n\n"
             f"Run {result['finished']}, {result['seconds'] / 60:.0f} min, CPU `{cpu['model']}` "
             f"(flags {', '.join(cpu['flags'])}), {result['threads']} threads, torch {result['torch']}; target "
             f"{result['precision']['target']}, draft {result['precision']['draft']} (the default deployment's "
-            f"choice here). Prompts: MT-Bench first turns {[p['id'] for p in result['prompts']]}, greedy, "
+            f"choice here). Prompts: MT-Bench first turns {[p['id'] for p in result['prompts']]}, {decoding}, "
             f"{args.max_new_tokens} new tokens, prefill included, KV budget: the engine default (one whole "
             f"context, far above the peak). A tree of N nodes holds the KV slots of a chain of γ = N, so "
             f'"x chain of the same N" compares at the same KV. Raw data: '
-            f"`bench/results/specdecode-trees.json`.\n\n{markdown}\n"
+            f"`bench/results/{name}`.\n\n{markdown}\n"
         )
-        replace_section(ROOT / "docs" / "benchmarks.md", SECTION, body)
+        replace_section(ROOT / "docs" / "benchmarks.md", section, body)
 
 
 if __name__ == "__main__":
