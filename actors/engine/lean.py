@@ -2,12 +2,14 @@
 
 transformers' module tree spends about as long in Python as a 4-bit 0.5B draft spends in its
 matrix products on a CPU: per decoder layer, a dozen module calls, argument-forwarding
-decorators, output capturing and kwargs plumbing around ~50 small tensor ops. `forward` runs
-the same tensor operations, in the same order, on the same modules' weights (so its logits are
-bit-identical to the model's own forward: a test holds it), without the wrappers:
+decorators, output capturing and kwargs plumbing around ~50 small tensor ops. `forward` computes
+every element with the same float operations as the model's own forward, on the same weights (so
+its logits are bit-identical: a test holds it over both families and every precision), in fewer
+calls: q, k and v from their fused product at once (what the model's q/k/v parts slice from it),
+the rotary embedding of q and k in one elementwise pass, RMSNorm as its ops inline:
 
     h = embed(ids);  cos, sin = rotary(positions);  mask = the model's own causal mask
-    per layer:  h += o(attn(rope(q(n1(h))), rope(k(n1(h))), v(n1(h)), cache))
+    per layer:  q, k, v = qkv(n1(h));  h += o(attn(rope(q), rope(k), v, cache))
                 h += down(act(gate(n2(h))) * up(n2(h)))
     logits = head(norm(h)[-keep:])
 
