@@ -132,6 +132,21 @@ def test_auto_takes_the_precision_the_probe_timed_fastest(fastest):
         assert any(isinstance(m, Int8Linear) for m in target.modules())
 
 
+def test_a_4_bit_draft_is_probed_through_the_native_step_it_will_run(monkeypatch):
+    from specmemo.native.decode_step import DecodeStack
+
+    draft, _ = tiny_pair(seed=4)
+    rows = []
+    step = DecodeStack.step
+    monkeypatch.setattr(DecodeStack, "step", lambda self, h, m, *rest: rows.append(m) or step(self, h, m, *rest))
+    _, probe = choose(draft, gamma_max=3, candidates=["int4", "int8"], repeats=1, role="draft")
+    assert sorted(set(rows)) == [1, 4]  # M = 1 and γmax + 1, both within the native step's rows
+    assert set(probe) == {"int4", "int8"}
+    rows.clear()
+    choose(draft, gamma_max=3, candidates=["int4"], repeats=1, role="target")
+    assert rows == []  # a target's layers run in torch (exact rows): the probe times those
+
+
 def test_an_unknown_precision_is_refused():
     _, target = tiny_pair(seed=1)
     with pytest.raises(ValueError, match="precision"):

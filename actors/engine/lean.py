@@ -34,7 +34,7 @@ import torch
 from .kvcache import BlockKVCache
 
 _FAMILIES = ("Qwen2ForCausalLM", "LlamaForCausalLM")
-_NATIVE_ROWS = 8  # new tokens up to which a draft's layers run natively (catch-up, short extends)
+NATIVE_ROWS = 8  # new tokens up to which a draft's layers run natively (catch-up, short extends)
 
 
 def supports(model, exact: bool = True) -> bool:
@@ -158,6 +158,11 @@ def _eps(norm) -> float:
     return 1e-6 if eps is None else float(eps)
 
 
+def layer_parts(layer) -> _Layer:
+    """One decoder layer's parts, as the lean paths read them."""
+    return _Layer(layer)
+
+
 def _layers(model) -> list[_Layer]:
     layers = model.__dict__.get("_specmemo_lean_layers")
     if layers is None:
@@ -175,14 +180,18 @@ def _native_stack(model):
 
 
 def _build_native_stack(model):
+    return native_stack_for(model.config, _layers(model))
+
+
+def native_stack_for(config, parts: list[_Layer]):
+    """`parts` (decoder layers, `layer_parts`) as one native step, or None when a layer does not
+    qualify (see `_native_stack`)."""
     from specmemo.native.decode_step import DecodeStack, LayerWeights, Shape
 
     from .quantized import Int4Linear
 
-    config = model.config
     if getattr(config, "hidden_act", None) != "silu":
         return None
-    parts = _layers(model)
 
     def linear(module):
         if not isinstance(module, Int4Linear):
@@ -192,13 +201,15 @@ def _build_native_stack(model):
 
     layers = []
     for part in parts:
-        linears = [linear(m) for m in (part.qkv, part.o, part.gate_up, part.down)]
-        norms = [part.norm1.weight, part.norm2.weight]
-        if any(lin is None for lin in linears) or any(
-            w.dtype != torch.float32 or w.device.type != "cpu" for w in norms
-        ):
+        qkv, o, gate_up, down = (linear(m) for m in (part.qkv, part.o, part.gate_up, part.down))
+        norm1, norm2 = part.norm1.weight, part.norm2.weight
+        if qkv is None or o is None or gate_up is None or down is None:
             return None
-        layers.append(LayerWeights(*(w.detach().numpy() for w in norms), part.eps1, part.eps2, *linears))
+        if any(w.dtype != torch.float32 or w.device.type != "cpu" for w in (norm1, norm2)):
+            return None
+        layers.append(
+            LayerWeights(norm1.detach().numpy(), norm2.detach().numpy(), part.eps1, part.eps2, qkv, o, gate_up, down)
+        )
     first = parts[0]
     shape = Shape(config.hidden_size, first.heads, first.kv_heads, first.head_dim, first.intermediate, first.scaling)
     return DecodeStack(shape, layers)
@@ -234,7 +245,7 @@ def _native_cache(cache, stack) -> bool:
 
 
 def _fast_forward(model, ids: torch.Tensor, cache, keep: int) -> torch.Tensor:
-    if ids.shape[1] <= _NATIVE_ROWS:
+    if ids.shape[1] <= NATIVE_ROWS:
         stack = _native_stack(model)
         if stack is not None and _native_cache(cache, stack):
             return _native_forward(model, stack, ids, cache, keep)

@@ -235,8 +235,12 @@ def choose(
             part = nn.ModuleDict({"layer": copy.deepcopy(layer), "head": sample})
             _convert(part, precision, exact_rows=role != "draft")
             dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+            stack, native_rows = _native_step(part["layer"], config, precision, role)
             for m in (1, gamma_max + 1):
-                times[f"M={m}"] += _time_part(part, config, hidden, m, dtype, repeats, clock, evict) * count
+                if stack is not None and m <= native_rows:
+                    times[f"M={m}"] += _time_native(stack, config, hidden, m, repeats, clock, evict) * count
+                else:
+                    times[f"M={m}"] += _time_part(part, config, hidden, m, dtype, repeats, clock, evict) * count
                 if i == 0:
                     times[f"M={m}"] += _time_head(part["head"], hidden, m, dtype, repeats, clock, evict) * scale
             del part
@@ -323,6 +327,37 @@ def _time_part(part, config, hidden: int, m: int, dtype, repeats: int, clock, ev
                 **{_cache_name(layer): cache},
             )
             samples.append(clock() - start)
+    return min(samples[1:])
+
+
+def _native_step(layer, config, precision: str, role: str) -> tuple[Any, int]:
+    # a draft's int4 layers run in one native call per forward of up to NATIVE_ROWS tokens (lean.py),
+    # faster than the torch layer this probe times otherwise: time what the forward will run.
+    # Answers (the layer's native step or None, the most rows it takes)
+    if role != "draft" or precision != "int4":
+        return None, 0
+    from . import lean  # here: lean imports the KV cache, which imports this module
+
+    return lean.native_stack_for(config, [lean.layer_parts(layer)]), lean.NATIVE_ROWS
+
+
+def _time_native(stack, config, hidden: int, m: int, repeats: int, clock, evict) -> float:
+    # the layer's native step over m new tokens after a 64-token context in a cache of its own
+    head_dim = stack.shape.dim
+    context = 64
+    keys = torch.zeros(config.num_key_value_heads, context + m, head_dim)
+    values = torch.zeros_like(keys)
+    rows = [(keys.data_ptr(), values.data_ptr(), context + m)]
+    cos, sin = (
+        t.contiguous() for t in _rotary(config, torch.arange(context, context + m).view(1, m), torch.float32, head_dim)
+    )
+    samples = []
+    for _ in range(repeats + 1):
+        h = torch.randn(1, m, hidden)
+        evict()
+        start = clock()
+        stack.step(h.data_ptr(), m, context, cos.data_ptr(), sin.data_ptr(), rows, torch.get_num_threads())
+        samples.append(clock() - start)
     return min(samples[1:])
 
 
