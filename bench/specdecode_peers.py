@@ -340,8 +340,10 @@ def main(argv=None) -> None:
     result = run(args)
     result["command"], result["seconds"] = command, time.time() - started
     result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    out = ROOT / "bench" / "results" / "specdecode-peers.json"
-    out.write_text(json.dumps(result, indent=1))
+    # a run that leaves the docs alone must not replace the raw data behind their table either
+    name = "specdecode-peers-no-docs.json" if args.no_docs else "specdecode-peers.json"
+    (ROOT / "bench" / "results" / name).write_text(json.dumps(result, indent=1))
+    print(f"raw data: bench/results/{name}")
     markdown = table(result)
     print(markdown)
     if not args.no_docs:

@@ -189,6 +189,8 @@ def main(argv=None) -> None:
     result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     sampled = args.temperature > 0
     name = f"specdecode-trees-t{args.temperature:g}.json" if sampled else "specdecode-trees.json"
+    if args.no_docs:  # leave the raw data behind the docs' table alone
+        name = name.replace(".json", "-no-docs.json")
     (ROOT / "bench" / "results" / name).write_text(json.dumps(result, indent=1))
     markdown = table(result)
     print(markdown)
