@@ -5,7 +5,11 @@ import pytest
 from engine_helpers import one_torch_thread  # noqa: F401
 
 from specmemo.actors.engine import DRAFT, TARGET, Engine
+from specmemo.actors.engine.acceptance import RankAcceptance
 from specmemo.actors.engine.memory_model import (
+    CostCurve,
+    chain_expected_tokens,
+    chain_length,
     expected_tokens,
     gamma_for_budget,
     gamma_star,
@@ -93,3 +97,30 @@ def test_measured_kv_bytes_stay_within_one_block_per_cache_of_the_model():
         assert modelled <= live <= modelled + slack
     assert engine.memory.usage()["peak"] <= kv_footprint([len(prompt) + new - 1], gamma, kv_t, kv_d, b) + slack
     assert {DRAFT, TARGET} <= set(engine.memory.usage()["holders"])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.8, 0.99])
+def test_a_chain_priced_by_depth_with_equal_rates_is_the_one_alpha_chain(alpha):
+    for gamma in range(0, 9):
+        assert chain_expected_tokens([alpha] * 8, gamma) == pytest.approx(expected_tokens(alpha, gamma))
+    curve = CostCurve(0.05)
+    assert chain_length([alpha] * 16, curve, fraction=0.96) == gamma_star(alpha, curve, fraction=0.96)
+
+
+def test_depths_are_counted_from_chain_steps_and_default_to_the_first_rank():
+    acc = RankAcceptance.empty(2)
+    acc.record(accepted=2, gamma=4)  # depths 1, 2 accepted, 3 rejected, 4 not reached
+    acc.record(accepted=3, gamma=3)  # all three accepted
+    acc.record(accepted=1, gamma=2, tried=[1, 1], hits=[0, 1])  # a tree step: not a chain's depths
+    assert acc.depth_tried == [2, 2, 2] and acc.depth_hits == [2, 2, 1]
+    a1 = acc.rates(0.7, 1)[0]
+    c = acc.depth_rates(0.7, 5)
+    assert c[0] == pytest.approx((2 + 4 * a1) / (2 + 4)) and c[2] == pytest.approx((1 + 4 * a1) / (2 + 4))
+    assert c[3:] == [pytest.approx(a1)] * 2  # never tried: the first rank's rate
+
+
+def test_bursty_acceptance_asks_for_a_longer_chain_than_one_alpha_of_the_same_first_rate():
+    curve = CostCurve(0.3)
+    flat = chain_length([0.7] * 12, curve, fraction=1.0)
+    bursty = chain_length([0.7] + [0.9] * 11, curve, fraction=1.0)
+    assert bursty > flat

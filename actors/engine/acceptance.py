@@ -5,11 +5,17 @@ that had an r-th child (tried_r) and the r-th children accepted (hits_r); a chai
 The rate of rank r, with a prior counted as 4 trials:
     a_r = (hits_r + 4·prior_r) / (tried_r + 4),   prior_1 = α0,   prior_r = (1 − α0) / (r + 1)
 scaled so that Σ_r a_r ≤ 0.99 (the memory model's tree shapes need a sub-distribution).
+
+A chain step also counts by depth: depth d was tried when the d − 1 nodes above it were accepted,
+and hit when it was accepted too. Acceptance is bursty (after a run of accepted tokens the next is
+accepted more often than on average), which one α cannot say; the chain's length is priced from
+    c_d = (hits_d + 4·a_1) / (tried_d + 4)
+the chance that node d is accepted given that the nodes above it were (a depth never tried: a_1).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -18,6 +24,8 @@ class RankAcceptance:
 
     hits: list[int]
     tried: list[int]
+    depth_hits: list[int] = field(default_factory=list)  # chain steps, by depth 1, 2, ...
+    depth_tried: list[int] = field(default_factory=list)
 
     @classmethod
     def empty(cls, width_max: int) -> RankAcceptance:
@@ -32,6 +40,15 @@ class RankAcceptance:
         for r, (t, h) in enumerate(zip(tried[: len(self.tried)], hits[: len(self.hits)])):
             self.tried[r] += t
             self.hits[r] += h
+        if not any(tried[1:]):  # a chain: depths 1 .. min(accepted + 1, γ) tried, 1 .. accepted hit
+            deepest = min(accepted + 1, gamma)
+            grow = deepest - len(self.depth_tried)
+            if grow > 0:
+                self.depth_tried += [0] * grow
+                self.depth_hits += [0] * grow
+            for d in range(deepest):
+                self.depth_tried[d] += 1
+                self.depth_hits[d] += d < accepted
 
     def rates(self, prior_alpha: float, width: int) -> list[float]:
         """a_1..a_width (see the module doc)."""
@@ -39,3 +56,10 @@ class RankAcceptance:
         rates = [(h + 4 * p) / (t + 4) for h, t, p in zip(self.hits, self.tried, priors)][:width]
         total = sum(rates)
         return [a * min(1.0, 0.99 / total) for a in rates]
+
+    def depth_rates(self, prior_alpha: float, depth: int) -> list[float]:
+        """c_1..c_depth of a chain (see the module doc), each at most 0.99."""
+        a1 = self.rates(prior_alpha, 1)[0]
+        counts = list(zip(self.depth_hits, self.depth_tried))[:depth]
+        rates = [(h + 4 * a1) / (t + 4) for h, t in counts] + [a1] * (depth - len(counts))
+        return [min(c, 0.99) for c in rates]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .acceptance import RankAcceptance
 from .blocks import BlockIds, blocks_after_rollback, blocks_for
 from .errors import EngineError, OverBudget, SessionBusy, UnknownSession, as_answer
-from .memory_model import CostCurve, gamma_for_budget, kv_tokens, tree_shape
+from .memory_model import CostCurve, chain_length, gamma_for_budget, kv_tokens, tree_shape
 from .reservations import Reservations
 
 EXPLORE_EVERY = 4
@@ -315,6 +315,9 @@ class MemoryManager(Reservations):
         return self._clock
 
     def _wanted_shape(self, s: _Session, width: int) -> tuple[int, int]:
+        if width == 1:  # a chain, priced by depth (bursty acceptance: acceptance.py)
+            depths = s.acceptance.depth_rates(self.prior_alpha, self.gamma_max)
+            return chain_length(depths, self.costs, self.fraction, self.gamma_max), 1
         rates = s.acceptance.rates(self.prior_alpha, width)
         return tree_shape(rates, self.costs, self.fraction, self.gamma_max, width)
 

@@ -168,6 +168,26 @@ def tree_shape(
     return next(shape for shape in shapes if speeds[shape] >= fraction * best)
 
 
+def chain_expected_tokens(depth_rates: list[float], gamma: int) -> float:
+    """E(γ) of a chain whose node d is accepted with probability c_d = depth_rates[d − 1] given the
+    nodes above it were: 1 + Σ_k Π_{d ≤ k} c_d. Equal rates give (1 − α^(γ+1)) / (1 − α)."""
+    assert 0 <= gamma <= len(depth_rates) and all(0.0 <= c <= 1.0 for c in depth_rates)
+    total, reach = 1.0, 1.0
+    for c in depth_rates[:gamma]:
+        reach *= c
+        total += reach
+    return total
+
+
+def chain_length(depth_rates: list[float], curve: CostCurve, fraction: float = 0.96, gamma_max: int = 16) -> int:
+    """γ*: the smallest γ <= min(gamma_max, len(depth_rates)) whose expected speedup
+    E(γ) · t_t(1) / (γ·t_d + t_t(γ + 1)) is within `fraction` of the best (`chain_expected_tokens`)."""
+    top = min(gamma_max, len(depth_rates))
+    speeds = [chain_expected_tokens(depth_rates, g) * curve.target(1) / curve.step_seconds(g) for g in range(top + 1)]
+    best = max(speeds)
+    return next(g for g, speed in enumerate(speeds) if speed >= fraction * best)
+
+
 def curve_speedup(alpha: float, gamma: int, curve: CostCurve) -> float:
     # S(γ) = E(γ) · t_t(1) / (γ·t_d + t_t(γ + 1)): tokens per second against one-token decoding
     return expected_tokens(alpha, gamma) * curve.target(1) / curve.step_seconds(gamma)
