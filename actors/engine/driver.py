@@ -84,7 +84,9 @@ class Driver:
         would be extrapolated (and γ held back) by noise. Called before the first step; call
         `memory_restarted` when the memory side lost what it had."""
         if self._anchors is None:
-            self._anchors = self.verifier.time_forwards((1, self.gamma_max + 1))
+            # the fastest of 3: an anchor that a noisy moment inflated is never re-observed while
+            # γ stays below it, and it holds γ back through the interpolated middle of the curve
+            self._anchors = self.verifier.time_forwards((1, self.gamma_max + 1), fastest=True)
         for m, seconds in self._anchors.items():
             self.memory.observe_costs(None, m, seconds)
         self._anchored = True
