@@ -86,7 +86,7 @@ def forward(model, ids: torch.Tensor, cache, keep: int, exact: bool = True) -> t
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [1, q, 1, d]: over the heads
     for i, part in enumerate(_layers(model)):
         residual = h
-        x = part.rms_norm(part.norm1, part.eps1, h)
+        x = _norm(part.norm1, part.eps1, h)
         # one fused product for q, k and v (what the model's q/k/v parts slice from it), and the
         # rotary embedding of q and k as one elementwise pass: the same float operations on every
         # element as the model's per-projection calls, so the same bits
@@ -103,10 +103,10 @@ def forward(model, ids: torch.Tensor, cache, keep: int, exact: bool = True) -> t
         )
         h = residual + part.o(out.reshape(1, q_len, -1).contiguous())
         residual = h
-        x = part.rms_norm(part.norm2, part.eps2, h)
+        x = _norm(part.norm2, part.eps2, h)
         gate, up = part.gate_up(x).split(part.intermediate, dim=-1)
         h = residual + part.down(part.act(gate) * up)
-    h = _layer_norm(base.norm, _eps(base.norm), h)
+    h = _norm(base.norm, _eps(base.norm), h)
     return model.lm_head(h[:, -keep:, :])
 
 
@@ -121,11 +121,12 @@ def _rms_norm(norm, eps: float, h: torch.Tensor) -> torch.Tensor:
     return norm.weight * x.to(h.dtype)
 
 
-def _layer_norm(norm, eps: float, h: torch.Tensor) -> torch.Tensor:
+def _norm(norm, eps: float, h: torch.Tensor) -> torch.Tensor:
+    # a norm of a class whose forward `_rms_norm` copies runs inline; any other its own module
     return _rms_norm(norm, eps, h) if type(norm).__name__ in _RMS_NORMS else norm(h)
 
 
-class _Layer:
+class LayerParts:
     """One decoder layer's parts, looked up once (module attribute lookups cost microseconds)."""
 
     def __init__(self, layer):
@@ -141,8 +142,6 @@ class _Layer:
         self.down, self.act = mlp.down_proj, mlp.act_fn
         self.intermediate = mlp.down_proj.in_features
         self.attn, self.window = attn, getattr(attn, "sliding_window", None)
-        known = all(type(n).__name__ in _RMS_NORMS for n in (self.norm1, self.norm2))
-        self.rms_norm = _rms_norm if known else (lambda norm, eps, h: norm(h))
 
 
 class _Concat:
@@ -158,15 +157,10 @@ def _eps(norm) -> float:
     return 1e-6 if eps is None else float(eps)
 
 
-def layer_parts(layer) -> _Layer:
-    """One decoder layer's parts, as the lean paths read them."""
-    return _Layer(layer)
-
-
-def _layers(model) -> list[_Layer]:
+def _layers(model) -> list[LayerParts]:
     layers = model.__dict__.get("_specmemo_lean_layers")
     if layers is None:
-        layers = [_Layer(layer) for layer in model.model.layers[: model.config.num_hidden_layers]]
+        layers = [LayerParts(layer) for layer in model.model.layers[: model.config.num_hidden_layers]]
         model.__dict__["_specmemo_lean_layers"] = layers
     return layers
 
@@ -183,8 +177,8 @@ def _build_native_stack(model):
     return native_stack_for(model.config, _layers(model))
 
 
-def native_stack_for(config, parts: list[_Layer]):
-    """`parts` (decoder layers, `layer_parts`) as one native step, or None when a layer does not
+def native_stack_for(config, parts: list[LayerParts]):
+    """`parts` (decoder layers as `LayerParts`) as one native step, or None when a layer does not
     qualify (see `_native_stack`)."""
     from specmemo.native.decode_step import DecodeStack, LayerWeights, Shape
 

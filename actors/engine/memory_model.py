@@ -163,9 +163,13 @@ def tree_shape(
     """(N*, w*): the smallest tree (fewest nodes, then narrowest) whose expected speedup is within
     `fraction` of the best over N <= nodes_max and w <= min(width_max, len(rates))."""
     shapes = [(0, 1)] + [(n, w) for n in range(1, nodes_max + 1) for w in range(1, min(width_max, len(rates), n) + 1)]
-    speeds = {shape: tree_speedup(rates, shape[0], shape[1], curve) for shape in shapes}
-    best = max(speeds.values())
-    return next(shape for shape in shapes if speeds[shape] >= fraction * best)
+    return shapes[_first_within([tree_speedup(rates, n, w, curve) for n, w in shapes], fraction)]
+
+
+def _first_within(speeds: list[float], fraction: float) -> int:
+    # the index of the first speed within `fraction` of the best (candidates come smallest first)
+    best = max(speeds)
+    return next(i for i, speed in enumerate(speeds) if speed >= fraction * best)
 
 
 def chain_expected_tokens(depth_rates: list[float], gamma: int) -> float:
@@ -184,8 +188,7 @@ def chain_length(depth_rates: list[float], curve: CostCurve, fraction: float = 0
     E(γ) · t_t(1) / (γ·t_d + t_t(γ + 1)) is within `fraction` of the best (`chain_expected_tokens`)."""
     top = min(gamma_max, len(depth_rates))
     speeds = [chain_expected_tokens(depth_rates, g) * curve.target(1) / curve.step_seconds(g) for g in range(top + 1)]
-    best = max(speeds)
-    return next(g for g, speed in enumerate(speeds) if speed >= fraction * best)
+    return _first_within(speeds, fraction)
 
 
 def curve_speedup(alpha: float, gamma: int, curve: CostCurve) -> float:
