@@ -193,10 +193,10 @@ def _load_weights(spec: ModelSpec):
 
 def settle_heap() -> None:
     """Collect the loading's garbage, then move every object alive now (the model's modules,
-    transformers' and torch's own, ~400k for the default pair) out of the cyclic collector's
-    reach. Each full collection would otherwise walk them all, tens of ms at a time, during
-    decoding: freezing made a 3-token draft proposal 9-12% faster here. Forked actors inherit
-    the frozen state, and fewer pages are written by the collector after the fork."""
+    transformers' and torch's own: hundreds of thousands) out of the cyclic collector's
+    reach. Each full collection would otherwise walk them all during decoding (docs/decisions.md).
+    Forked actors inherit the frozen state, and fewer pages are written by the collector after
+    the fork."""
     gc.collect()
     gc.freeze()
 

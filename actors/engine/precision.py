@@ -213,8 +213,7 @@ def choose(
 
     For each candidate a copy of the first decoder layer and of a slice of the LM head (its time
     scaled to the whole head) is converted and timed (the fastest of `repeats`: on a shared
-    machine noise only ever adds time, and a median of 3 once ranked int8 over int4 for a target
-    that int4 runs 1.9x faster) on M = 1 and
+    machine noise only ever adds time) on M = 1 and
     M = γ_max + 1 new tokens after a 64-token context;
     a forward costs n_layers · t_layer + t_head (in int4, a layer of each kind times its count:
     see `_layer_classes`). A target's score is t(1) + t(γ_max + 1) (plain
@@ -272,8 +271,8 @@ def _head_sample(head) -> tuple[nn.Module, float]:
 def _evictor() -> Callable[[], None]:
     """A function that pushes the probe's weights out of the CPU's caches. In a forward every
     layer's weights stream from memory, but one layer and a head slice (15-30 MB) fit in a 32 MB
-    L3: timed warm, precisions that read more bytes (int8 against int4) looked as fast as they
-    compute, and a draft once got int8 at 2.1x int4's real forward time."""
+    L3: timed warm, precisions that read more bytes (int8 against int4) would look as fast as
+    they compute (docs/decisions.md has the runs that picked wrong)."""
     l3 = os.sysconf("SC_LEVEL3_CACHE_SIZE") if "SC_LEVEL3_CACHE_SIZE" in os.sysconf_names else 0
     buffer = torch.zeros(max(64 << 20, 2 * max(l3, 0)) // 4)
 
@@ -338,7 +337,7 @@ def _native_step(layer, config, precision: str, role: str) -> tuple[Any, int]:
         return None, 0
     from . import lean  # here: lean imports the KV cache, which imports this module
 
-    return lean.native_stack_for(config, [lean.layer_parts(layer)]), lean.NATIVE_ROWS
+    return lean.native_stack_for(config, [lean.LayerParts(layer)]), lean.NATIVE_ROWS
 
 
 def _time_native(stack, config, hidden: int, m: int, repeats: int, clock, evict) -> float:
