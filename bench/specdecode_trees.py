@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from specmemo.actors.engine import Engine
+from specmemo.actors.engine.memory_model import best_tree_tokens
 from specmemo.actors.engine.models import load_pair
 from specmemo.actors.engine.precision import cpu_features, precision_of
 from specmemo.actors.engine.pull import default_pair_specs
@@ -152,6 +153,27 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def ceiling(result: dict, sizes=(4, 8, 12, 16)) -> str:
+    """What any tree of N nodes could get over the chain of N under the rank model, with the rates
+    measured by the run's widest tree rows (`memory_model.best_tree_tokens`: Sequoia's optimum)."""
+    lines = [
+        "| prompts | a_1..a_w measured | " + " | ".join(f"best tree / chain, N={n}" for n in sizes) + " |",
+        "|---|---|" + "---:|" * len(sizes),
+    ]
+    for kind in ("code", "prose", "all"):
+        widest = [r for r in result["rows"] if r["prompts"] == kind and r["shape"].startswith("tree")]
+        if not widest:
+            continue
+        rates = max(widest, key=lambda r: (len(r["rates"]), r["nodes_per_step"]))["rates"]
+        scale = min(1.0, 0.99 / sum(rates))
+        rates = [a * scale for a in rates]
+        ratios = [best_tree_tokens(rates, n) / best_tree_tokens(rates[:1], n) for n in sizes]
+        lines.append(
+            f"| {kind} | {', '.join(f'{a:.2f}' for a in rates)} | " + " | ".join(f"{x:.3f}x" for x in ratios) + " |"
+        )
+    return "\n".join(lines)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--code", type=int, default=4)
@@ -192,7 +214,11 @@ def main(argv=None) -> None:
     if args.no_docs:  # leave the raw data behind the docs' table alone
         name = name.replace(".json", "-no-docs.json")
     (ROOT / "bench" / "results" / name).write_text(json.dumps(result, indent=1))
-    markdown = table(result)
+    markdown = table(result) + (
+        "\n\nThe most any tree could get, under the rank model (the r-th choice of any node accepted with "
+        "probability a_r, the rates the widest tree rows above measured), in expected tokens per target forward "
+        "against the chain of the same N nodes (the same KV), the chain priced with the same a_1:\n\n" + ceiling(result)
+    )
     print(markdown)
     if not args.no_docs:
         cpu = result["cpu"]

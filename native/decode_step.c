@@ -91,10 +91,27 @@ static void norm_rows(const float *h, const float *w, float eps, int64_t m, int6
         rmsnorm(h + r * hidden, w, eps, hidden, x + r * hidden);
 }
 
-int decode_step(const decode_model *M, int64_t m, int64_t length, const float *cos, const float *sin, float *h,
-                int threads, int isa)
+/* A tree's visibility: every row names slots below length + m (the keys the step leaves). */
+static int visible_ok(int64_t m, int64_t keys, const int64_t *counts, const int64_t *starts, const int64_t *slots)
 {
-    if (!valid(M, m, length) || !cos || !sin || !h || threads < 1)
+    if (!counts)
+        return !starts && !slots;
+    if (!starts || !slots)
+        return 0;
+    for (int64_t r = 0; r < m; r++) {
+        if (counts[r] < 1 || counts[r] > keys || starts[r] < 0)
+            return 0;
+        for (int64_t t = 0; t < counts[r]; t++)
+            if (slots[starts[r] + t] < 0 || slots[starts[r] + t] >= keys)
+                return 0;
+    }
+    return 1;
+}
+
+int decode_step(const decode_model *M, int64_t m, int64_t length, const float *cos, const float *sin, float *h,
+                const int64_t *counts, const int64_t *starts, const int64_t *slots, int threads, int isa)
+{
+    if (!valid(M, m, length) || !cos || !sin || !h || threads < 1 || !visible_ok(m, length + m, counts, starts, slots))
         return DECODE_STEP_EINVAL;
     if (isa == Q4_ISA_AUTO)
         isa = q4_best_isa();
@@ -117,9 +134,10 @@ int decode_step(const decode_model *M, int64_t m, int64_t length, const float *c
     float *proj = att + m * heads * dim, *gu = proj + m * hidden, *act = gu + m * 2 * inter;
     float *asum = act + m * inter, *sa = asum + m * widest / 8, *scores = sa + m;
     const quantized t = {codes, asum, sa, isa};
-    int64_t visible[DECODE_STEP_MAX_ROWS]; /* row r sees keys 0 .. length + r */
+    int64_t causal[DECODE_STEP_MAX_ROWS]; /* row r sees keys 0 .. length + r */
     for (int64_t r = 0; r < m; r++)
-        visible[r] = length + r + 1;
+        causal[r] = length + r + 1;
+    const int64_t *visible = counts ? counts : causal;
     /* one parallel region for the whole step: every phase below is a worksharing loop of the
      * team (a barrier after each), so a product costs no fork or join */
 #pragma omp parallel num_threads(threads)
@@ -142,7 +160,7 @@ int decode_step(const decode_model *M, int64_t m, int64_t length, const float *c
                 }
             }
             rows_attention_team(1, m, heads, M->kv_heads, dim, L->capacity * dim, M->kv_heads * L->capacity * dim, q,
-                                L->keys, L->values, visible, NULL, NULL, M->scaling, att, mine);
+                                L->keys, L->values, visible, starts, slots, M->scaling, att, mine);
             linear(&L->o, m, att, proj, &t);
             add(h, proj, m * hidden);
             norm_rows(h, L->norm2, L->eps2, m, hidden, x);

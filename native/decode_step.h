@@ -5,7 +5,8 @@
  * Per layer, for the hidden state h of new token r (r < m) at position p = length + r:
  *   x = rmsnorm(h, norm1);  [q k v] = qkv(x) + bias;  q, k = rope(q, k, cos_r, sin_r)  (rotate-half)
  *   keys[g][p] = k_g, values[g][p] = v_g  (the layer's cache, [kv_heads][capacity][dim])
- *   o_h = softmax_t(scaling <q_h, keys[g(h)][t]>) . values[g(h)][t],  t <= p  (causal)
+ *   o_h = softmax_t(scaling <q_h, keys[g(h)][t]>) . values[g(h)][t],  t <= p  (causal), or t in the
+ *         slots the row is given (a token-tree node: the prefix and its ancestors, in slot order)
  *   h += o(o_1..o_heads) + bias
  *   x = rmsnorm(h, norm2);  [a b] = gate_up(x) + bias;  h += down(silu(a) * b) + bias
  *
@@ -58,8 +59,12 @@ typedef struct {
 
 #define DECODE_STEP_MAX_ROWS 16
 
-/* h [m][hidden] in and out; cos and sin [m][dim] of positions length .. length + m - 1. */
+/* h [m][hidden] in and out; cos and sin [m][dim] of the new tokens' positions (length .. length + m - 1
+ * for a sequence; a tree node's depth otherwise). New token r is written at cache slot length + r. With
+ * counts NULL row r sees slots 0 .. length + r; otherwise it sees the counts[r] slots
+ * slots[starts[r] ..] (each below length + m), as rows_attention.h takes them. */
 int decode_step(const decode_model *model, int64_t m, int64_t length, const float *cos, const float *sin,
-                float *h, int threads, int isa);
+                float *h, const int64_t *counts, const int64_t *starts, const int64_t *slots, int threads,
+                int isa);
 
 #endif

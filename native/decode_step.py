@@ -81,14 +81,29 @@ class DecodeStack:
     MAX_ROWS = int(lib.DECODE_STEP_MAX_ROWS)
 
     def step(
-        self, h: int, m: int, length: int, cos: int, sin: int, caches: list[tuple[int, int, int]], threads: int
+        self,
+        h: int,
+        m: int,
+        length: int,
+        cos: int,
+        sin: int,
+        caches: list[tuple[int, int, int]],
+        threads: int,
+        visible: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
         """Run the stack on the hidden states at address h (float32 [m, hidden], in place) of the
-        tokens at positions length .. length + m - 1, with cos and sin (float32 [m, dim]) of those
-        positions; caches holds each layer's (keys address, values address, capacity), with room
-        for the m new positions."""
+        new tokens written at cache slots length .. length + m - 1, with cos and sin (float32 [m, dim])
+        of their positions; caches holds each layer's (keys address, values address, capacity), with
+        room for the m new slots. Row r sees slots 0 .. length + r, or with `visible` = (counts,
+        starts, slots) (int64, as `rows_attention.visibility` answers them) the slots it names."""
         if len(caches) != self.layers:
             raise ValueError(f"{len(caches)} cache layers for {self.layers} decoder layers")
+        counts = starts = slots = ffi.NULL
+        if visible is not None:
+            arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in visible]
+            if len(arrays[0]) != m or len(arrays[1]) != m:
+                raise ValueError(f"visibility of {len(arrays[0])} rows for {m} new tokens")
+            counts, starts, slots = (ffi.cast("int64_t *", a.ctypes.data) for a in arrays)
         for s, (keys, values, capacity) in zip(self._layers, caches):
             s.keys, s.values, s.capacity = ffi.cast("float *", keys), ffi.cast("float *", values), capacity
         status = lib.decode_step(
@@ -98,6 +113,9 @@ class DecodeStack:
             ffi.cast("float *", cos),
             ffi.cast("float *", sin),
             ffi.cast("float *", h),
+            counts,
+            starts,
+            slots,
             threads,
             lib.Q4_ISA_AUTO,
         )

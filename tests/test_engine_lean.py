@@ -1,6 +1,7 @@
 """The lean one-sequence forward computes, bit for bit, what the model's own forward computes, on
 both supported families, in every precision, over a sequence of feeds into one block cache."""
 
+import numpy as np
 import pytest
 import torch
 from engine_helpers import one_torch_thread  # noqa: F401
@@ -8,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from specmemo.actors.engine import lean
-from specmemo.actors.engine.kvcache import CacheHolder
-from specmemo.actors.engine.precision import apply_precision
+from specmemo.actors.engine.kvcache import CacheHolder, TreeFeed, batch_inputs
+from specmemo.actors.engine.precision import apply_precision, compute_dtype
 from specmemo.actors.engine.tiny import tiny_pair
 
 
@@ -138,3 +139,100 @@ def test_the_native_step_refuses_a_cache_without_room():
         stack.step(h.data_ptr(), stack.MAX_ROWS + 1, 0, cos.data_ptr(), sin.data_ptr(), rows, 1)
     with pytest.raises(ValueError, match="cache layers"):
         stack.step(h.data_ptr(), 1, 0, cos.data_ptr(), sin.data_ptr(), rows[:1], 1)
+
+
+def _random_tree(rng, n: int, base: int) -> tuple[np.ndarray, np.ndarray, "TreeFeed"]:
+    # n nodes, node i's parent a random earlier node (or the root): parents, depths, and the feed
+    parents = np.array([int(rng.integers(-1, i)) for i in range(n)], dtype=np.int64)
+    depth = np.zeros(n, dtype=np.int64)
+    visible = np.zeros((n, n), dtype=bool)
+    for i in range(n):
+        node = i
+        while node >= 0:
+            visible[i, node] = True
+            depth[i] += 1
+            node = parents[node]
+    return parents, depth, TreeFeed(base, visible, base - 1 + depth)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    arch=st.sampled_from(["qwen2", "llama"]),
+    precision=st.sampled_from(["float32", "bfloat16", "int8", "int4"]),
+    prefix=st.integers(1, 12),
+    nodes=st.integers(1, 9),
+    seed=st.integers(0, 1000),
+)
+def test_a_tree_feed_through_the_lean_forward_equals_the_models_own(arch, precision, prefix, nodes, seed):
+    """A verification tree runs the lean forward: its positions and tree mask give, bit for bit, the
+    logits and cache the model's own forward gives with the same position ids and mask."""
+    _, model = tiny_pair(seed=seed, arch=arch, layers=2)
+    apply_precision(model, precision, role="target")
+    holder = CacheHolder(model, block_tokens=4, spare_blocks=1)
+    own, mine = holder.new_cache(), holder.new_cache()
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    with torch.inference_mode():
+        ids = torch.randint(0, model.config.vocab_size, (1, prefix), generator=generator)
+        for cache in (own, mine):
+            cache.resize(-(-(prefix + nodes + 1) // 4))
+            lean.forward(model, ids, cache, 1)
+        # the pending token (a sequence step at slot prefix) then the nodes: the engine's feed
+        _, _, tree = _random_tree(rng, nodes, prefix + 1)
+        visible = np.zeros((nodes + 1, nodes + 1), bool)
+        visible[:, 0] = True
+        visible[1:, 1:] = tree.visible
+        whole = TreeFeed(prefix, visible, np.concatenate([[prefix], tree.positions]))
+        ids = torch.randint(0, model.config.vocab_size, (1, nodes + 1), generator=generator)
+        positions, mask = batch_inputs(
+            [prefix], [nodes + 1], nodes + 1, model.config._attn_implementation, compute_dtype(model), [whole]
+        )
+        expected = model(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=mask,
+            cache=own,
+            use_cache=True,
+            logits_to_keep=nodes + 1,
+        ).logits
+        assert torch.equal(lean.forward(model, ids, mine, nodes + 1, tree=whole), expected)
+    for a, b in zip(own.layers, mine.layers):
+        assert torch.equal(a.keys[:, :, : a.length], b.keys[:, :, : b.length])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    arch=st.sampled_from(["qwen2", "llama"]),
+    precision=st.sampled_from(["float32", "int4"]),
+    prefix=st.integers(1, 12),
+    nodes=st.integers(1, 8),
+    seed=st.integers(0, 1000),
+)
+def test_a_draft_tree_node_computes_what_a_decode_of_its_path_computes(arch, precision, prefix, nodes, seed):
+    """Each node of a tree fed to the draft in one forward (natively for a 4-bit draft) gets what
+    feeding its path alone, one token at a time, gets: it sees the prefix and its ancestors only."""
+    _, model = tiny_pair(seed=seed, arch=arch, layers=2)
+    apply_precision(model, precision, role="draft")
+    holder = CacheHolder(model, block_tokens=4, spare_blocks=1, exact=False)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (1, prefix), generator=generator)
+    tokens = torch.randint(0, model.config.vocab_size, (1, nodes), generator=generator)
+    parents, _, tree = _random_tree(rng, nodes, prefix)
+    with torch.inference_mode():
+        cache = holder.new_cache()
+        cache.resize(-(-(prefix + nodes) // 4))
+        lean.forward(model, ids, cache, 1, exact=False)
+        together = lean.forward(model, tokens, cache, nodes, exact=False, tree=tree)[0]
+        for i in range(nodes):
+            path, node = [], i
+            while node >= 0:
+                path.append(node)
+                node = parents[node]
+            alone = holder.new_cache()
+            alone.resize(-(-(prefix + nodes) // 4))
+            lean.forward(model, ids, alone, 1, exact=False)
+            for node in reversed(path):
+                last = lean.forward(model, tokens[:, node : node + 1], alone, 1, exact=False)[0, -1]
+            tolerance = 0.0 if precision == "int4" else 1e-4  # the native step computes rows alone
+            assert (together[i] - last).abs().max() <= tolerance * last.abs().max()

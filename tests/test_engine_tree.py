@@ -13,6 +13,7 @@ from specmemo.actors.engine import Engine
 from specmemo.actors.engine.manager import MemoryManager
 from specmemo.actors.engine.memory_model import (
     CostCurve,
+    best_tree_tokens,
     expected_tokens,
     lower_bound_budget,
     tree_expected_tokens,
@@ -125,6 +126,18 @@ def test_the_model_never_promises_more_than_the_best_tree_and_one_round_is_the_r
     assert value <= _best_tree_by_enumeration(rates[:width], nodes) + 1e-12
     assert tree_expected_tokens(rates, nodes + 1, width) >= value
     assert np.isclose(tree_expected_tokens(rates, min(nodes, 2), 2), 1 + sum(rates[: min(nodes, 2)]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(a1=st.floats(0.05, 0.95), share=st.floats(0.0, 1.0), third=st.floats(0.0, 1.0), nodes=st.integers(0, 6))
+def test_the_best_tree_is_the_enumerated_optimum_and_never_below_a_chain(a1, share, third, nodes):
+    second = (1 - a1) * share * 0.9
+    rates = [a1, second, (1 - a1 - second) * third * 0.9]
+    best = best_tree_tokens(rates, nodes)
+    ordered = sorted(rates, reverse=True)  # the draft's r-th choice right less often than its (r-1)-th
+    assert np.isclose(best, _best_tree_by_enumeration(ordered, nodes))
+    assert best >= _best_tree_by_enumeration(rates, nodes) - 1e-12  # children in rank order: no more
+    assert best >= expected_tokens(a1, nodes) - 1e-12 and best >= tree_expected_tokens(rates, nodes, 2) - 1e-12
 
 
 def test_a_flat_target_cost_and_a_useful_second_rank_choose_a_tree():

@@ -40,9 +40,9 @@ def rowwise_attention(
     assert heads % kv_heads == 0 and value.shape[:3] == key.shape[:3]
     group = heads // kv_heads
     scale = dim**-0.5 if scaling is None else scaling
-    visible = _visible_keys(attention_mask, batch, rows, keys)
     if _native(query, key, value):
-        return _native_attention(query, key, value, visible, scale), None
+        return _native_attention(query, key, value, _native_visibility(attention_mask, batch, rows, keys), scale), None
+    visible = _visible_keys(attention_mask, batch, rows, keys)
     out = query.new_empty((batch, rows, heads, value.shape[-1]))
     for b in range(batch):
         for j in range(rows):
@@ -67,14 +67,32 @@ def _native(query, key, value) -> bool:
     return key.stride() == value.stride() and key.stride(-1) == 1 and key.stride(-2) == d and value.shape[-1] == d
 
 
-def _native_attention(query, key, value, visible: list[list], scale: float) -> torch.Tensor:
+_LAST: tuple = (
+    None,
+    None,
+    None,
+)  # (mask, (batch, rows, keys), its visibility): every layer of a forward shares one mask
+
+
+def _native_visibility(mask, batch: int, rows: int, keys: int) -> tuple:
+    # rows_attention's (counts, starts, slots) of `mask`, computed once for the layers of a forward
+    # (the same mask object with the same sizes; no mask: the sizes decide alone)
+    global _LAST
+    last_mask, sizes, visibility = _LAST
+    if last_mask is mask and sizes == (batch, rows, keys):
+        return visibility
+    visible = _visible_keys(mask, batch, rows, keys)
+    visibility = rows_attention.visibility([[n if isinstance(n, int) else n.numpy() for n in row] for row in visible])
+    _LAST = (mask, (batch, rows, keys), visibility)
+    return visibility
+
+
+def _native_attention(query, key, value, visibility: tuple, scale: float) -> torch.Tensor:
     # native/rows_attention.c: each (row, head) alone, as the loop below, in one call a layer
     batch, heads, rows, dim = query.shape
     q = query.transpose(1, 2).contiguous()  # [B, M, H, d]
     out = torch.empty_like(q)
-    counts, starts, slots = rows_attention.visibility(
-        [[n if isinstance(n, int) else n.numpy() for n in row] for row in visible]
-    )
+    counts, starts, slots = visibility
     # a dimension of size 1 may carry any stride: it is never stepped over
     head_stride = key.stride(1) if key.shape[1] > 1 else key.shape[2] * dim
     batch_stride = key.stride(0) if batch > 1 else 0

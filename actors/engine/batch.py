@@ -39,8 +39,9 @@ def forward_rows(
     Answers, for row b, the float32 logits `[keep_last[b], V]` of its last keep_last[b] fed
     tokens, oldest first. Inputs are right-padded with token 0 to q = max n_b; only the
     logits needed are computed (`logits_to_keep`), so a long prefill keeps no prompt logits.
-    trees[b], when given, makes row b's new tokens tree nodes (see `TreeFeed`). One row without
-    a tree goes through `lean.forward` where the model supports it (`exact=False`: its draft path).
+    trees[b], when given, makes row b's new tokens tree nodes (see `TreeFeed`). One row, a
+    sequence or a tree, goes through `lean.forward` where the model supports it (`exact=False`:
+    its draft path).
     """
     n_new = [len(f) for f in feeds]
     assert len(caches) == len(feeds) == len(keep_last) and all(n >= k >= 0 for n, k in zip(n_new, keep_last))
@@ -53,14 +54,15 @@ def forward_rows(
     device = model.get_input_embeddings().weight.device
     inputs = torch.from_numpy(ids).to(device)
     with torch.inference_mode():
-        if len(caches) == 1 and not any(t is not None for t in trees or []):
+        tree = (trees or [None])[0] if len(caches) == 1 else None
+        if len(caches) == 1 and lean.supports(model, exact):
+            # one row: the cache itself, a sequence's positions and mask or its tree's
+            logits = lean.forward(model, inputs, caches[0], keep, exact=exact, tree=tree)
+        elif len(caches) == 1 and tree is None:
             # one row: the cache itself, default positions and transformers' own causal mask
-            if lean.supports(model, exact):
-                logits = lean.forward(model, inputs, caches[0], keep, exact=exact)
-            else:
-                logits = model(
-                    input_ids=inputs, **{cache_kwarg(model): caches[0]}, use_cache=True, logits_to_keep=keep
-                ).logits
+            logits = model(
+                input_ids=inputs, **{cache_kwarg(model): caches[0]}, use_cache=True, logits_to_keep=keep
+            ).logits
         else:
             lengths = [c.length for c in caches]
             positions, mask = batch_inputs(

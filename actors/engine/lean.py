@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
-from .kvcache import BlockKVCache
+from .kvcache import BlockKVCache, TreeFeed, batch_inputs
+from .precision import compute_dtype
 
 _FAMILIES = ("Qwen2ForCausalLM", "LlamaForCausalLM")
 NATIVE_ROWS = 8  # new tokens up to which a draft's layers run natively (catch-up, short extends)
@@ -67,21 +69,28 @@ def _interfaces(module_name: str, attn_implementation: str):
     return create_causal_mask, attention
 
 
-def forward(model, ids: torch.Tensor, cache, keep: int, exact: bool = True) -> torch.Tensor:
+def forward(
+    model, ids: torch.Tensor, cache, keep: int, exact: bool = True, tree: TreeFeed | None = None
+) -> torch.Tensor:
     """Logits [1, keep, V] of the last `keep` of `ids` ([1, q]) appended to `cache` (one
     sequence's transformers Cache): what ``model(input_ids=ids, cache=cache, use_cache=True,
-    logits_to_keep=keep).logits`` answers, bit for bit (`exact`), or nearly (see the module doc)."""
+    logits_to_keep=keep).logits`` answers, bit for bit (`exact`), or nearly (see the module doc).
+    With `tree` the new tokens are tree nodes (`TreeFeed`: their positions and what each sees), as
+    the model's forward computes them with `batch_inputs`' position ids and mask for that tree."""
     if not exact:
-        return _fast_forward(model, ids, cache, keep)
+        return _fast_forward(model, ids, cache, keep, tree)
     create_causal_mask, attention = _interfaces(type(model).__module__, model.config._attn_implementation)
     base = model.model
     h = base.embed_tokens(ids)
     past = cache.get_seq_length()
     q_len = ids.shape[1]
-    positions = (torch.arange(q_len, device=h.device) + past).unsqueeze(0)
-    mask = create_causal_mask(
-        config=base.config, inputs_embeds=h, attention_mask=None, cache=cache, position_ids=positions
-    )
+    if tree is None:
+        positions = (torch.arange(q_len, device=h.device) + past).unsqueeze(0)
+        mask = create_causal_mask(
+            config=base.config, inputs_embeds=h, attention_mask=None, cache=cache, position_ids=positions
+        )
+    else:
+        positions, mask = _tree_inputs(model, past, q_len, tree, h.device)
     cos, sin = base.rotary_emb(h, positions)
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [1, q, 1, d]: over the heads
     for i, part in enumerate(_layers(model)):
@@ -157,6 +166,23 @@ def _eps(norm) -> float:
     return 1e-6 if eps is None else float(eps)
 
 
+def _tree_inputs(model, past: int, q_len: int, tree: TreeFeed, device) -> tuple[torch.Tensor, torch.Tensor]:
+    # position ids [1, q] and the 4-D mask of one row's tree feed, as a batched forward builds them
+    impl = model.config._attn_implementation
+    positions, mask = batch_inputs([past], [q_len], q_len, impl, compute_dtype(model), [tree])
+    return positions.to(device), mask.to(device)
+
+
+def _tree_slots(past: int, tree: TreeFeed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # (counts, starts, slots) of each new row: every slot below the tree's base, then its visible tree slots
+    prefix = np.arange(tree.base, dtype=np.int64)
+    rows = [np.concatenate([prefix, tree.base + np.flatnonzero(v)]) for v in tree.visible]
+    counts = np.array([len(r) for r in rows], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    assert tree.visible.shape[1] == past + len(rows) - tree.base
+    return counts, starts, np.concatenate(rows)
+
+
 def _layers(model) -> list[LayerParts]:
     layers = model.__dict__.get("_specmemo_lean_layers")
     if layers is None:
@@ -209,18 +235,24 @@ def native_stack_for(config, parts: list[LayerParts]):
     return DecodeStack(shape, layers)
 
 
-def _native_forward(model, stack, ids: torch.Tensor, cache, keep: int) -> torch.Tensor:
+def _native_forward(model, stack, ids: torch.Tensor, cache, keep: int, tree: TreeFeed | None = None) -> torch.Tensor:
     base = model.model
     q_len, past = ids.shape[1], cache.get_seq_length()
     h = base.embed_tokens(ids).float().contiguous()
-    positions = (torch.arange(q_len, device=h.device) + past).unsqueeze(0)
+    if tree is None:
+        positions, visible = (torch.arange(q_len, device=h.device) + past).unsqueeze(0), None
+    else:
+        positions, visible = (
+            torch.from_numpy(np.asarray(tree.positions, dtype=np.int64)).view(1, q_len),
+            _tree_slots(past, tree),
+        )
     cos, sin = base.rotary_emb(h, positions)
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     rows = []
     for layer in cache.layers:
         layer.reserve(q_len)
         rows.append((layer.keys.data_ptr(), layer.values.data_ptr(), layer.capacity))
-    stack.step(h.data_ptr(), q_len, past, cos.data_ptr(), sin.data_ptr(), rows, torch.get_num_threads())
+    stack.step(h.data_ptr(), q_len, past, cos.data_ptr(), sin.data_ptr(), rows, torch.get_num_threads(), visible)
     for layer in cache.layers:
         layer.length += q_len
     h = torch.rms_norm(h[:, -keep:, :], (h.shape[-1],), base.norm.weight, _eps(base.norm))
@@ -238,20 +270,25 @@ def _native_cache(cache, stack) -> bool:
     )
 
 
-def _fast_forward(model, ids: torch.Tensor, cache, keep: int) -> torch.Tensor:
+def _fast_forward(model, ids: torch.Tensor, cache, keep: int, tree: TreeFeed | None = None) -> torch.Tensor:
     if ids.shape[1] <= NATIVE_ROWS:
         stack = _native_stack(model)
         if stack is not None and _native_cache(cache, stack):
-            return _native_forward(model, stack, ids, cache, keep)
+            return _native_forward(model, stack, ids, cache, keep, tree)
     base = model.model
     h = base.embed_tokens(ids)
     q_len, past = ids.shape[1], cache.get_seq_length()
-    positions = (torch.arange(q_len, device=h.device) + past).unsqueeze(0)
+    mask = None
+    if tree is not None:
+        positions = torch.from_numpy(np.asarray(tree.positions, dtype=np.int64)).view(1, q_len).to(h.device)
+        mask = torch.ones(q_len, past + q_len, dtype=torch.bool, device=h.device)
+        mask[:, tree.base :] = torch.from_numpy(tree.visible).to(h.device)
+    else:
+        positions = (torch.arange(q_len, device=h.device) + past).unsqueeze(0)
+        if q_len > 1 and past > 0:  # row j sees the past and the new tokens up to itself
+            mask = torch.ones(q_len, past + q_len, dtype=torch.bool, device=h.device).tril(past)
     cos, sin = base.rotary_emb(h, positions)
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [1, q, 1, d]: over the heads
-    mask = None
-    if q_len > 1 and past > 0:  # row j sees the past and the new tokens up to itself
-        mask = torch.ones(q_len, past + q_len, dtype=torch.bool, device=h.device).tril(past)
     hidden = h.shape[-1]
     for i, part in enumerate(_layers(model)):
         x = torch.rms_norm(h, (hidden,), part.norm1.weight, part.eps1)
@@ -268,7 +305,7 @@ def _fast_forward(model, ids: torch.Tensor, cache, keep: int) -> torch.Tensor:
             key,
             value,
             attn_mask=mask,
-            is_causal=mask is None and q_len > 1,
+            is_causal=mask is None and q_len > 1 and tree is None,
             scale=part.scaling,
             enable_gqa=part.heads != part.kv_heads,
         )

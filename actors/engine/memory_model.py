@@ -152,6 +152,25 @@ def tree_expected_tokens(rates: list[float], nodes: int, width: int | None = Non
     return total
 
 
+def best_tree_tokens(rates: list[float], nodes: int) -> float:
+    """The most expected tokens per step any N-node tree can get under the rank model of
+    `tree_expected_tokens` (Sequoia's optimum), a node's children being any of its ranks: values
+    only shrink down a path, so the N largest values form a tree, and taking nodes one at a time by
+    value, each offering its children, finds them. No growth schedule of the draft beats it; a
+    chain is the tree of rates[:1]."""
+    assert nodes >= 0 and all(0.0 <= a <= 1.0 for a in rates) and sum(rates) <= 1.0 + 1e-9
+    rates = sorted(rates, reverse=True)
+    total, pool = 1.0, list(rates)
+    for _ in range(nodes):
+        if not pool:
+            break
+        best = max(range(len(pool)), key=pool.__getitem__)
+        value = pool.pop(best)
+        total += value
+        pool += [value * a for a in rates]
+    return total
+
+
 def tree_speedup(rates: list[float], nodes: int, width: int, curve: CostCurve) -> float:
     # S(N, w) = E(N, w) · t_t(1) / (draft seconds(N, w) + t_t(N + 1))
     return tree_expected_tokens(rates, nodes, width) * curve.target(1) / curve.step_seconds(nodes, width)
