@@ -703,7 +703,8 @@ def replace_section(path: Path, title: str, body: str) -> None:
         text = text.rstrip("\n") + "\n\n" + body
     else:
         end = text.find("\n## ", start + len(title))
-        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
+        rest = text[end + 1 :] if end >= 0 else ""
+        text = text[:start] + (body.rstrip("\n") + "\n\n" if rest else body) + rest
     path.write_text(text)
 
 

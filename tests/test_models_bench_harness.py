@@ -179,3 +179,12 @@ def test_whole_run_on_a_tiny_pair_writes_table_plot_and_json(bench, tmp_path, mo
     bound = rows["ours, memory manager, 1 x lower bound"]
     assert not bound["refused"] and bound["accounted_peak"] <= bound["budget"]
     assert rows["ours, memory manager, 0.5 x lower bound"]["refused"]
+
+
+def test_a_replaced_section_keeps_a_blank_line_before_the_next_heading(bench, tmp_path):
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# Benchmarks\n\n## Mine\n\nold\n\n## Next\n\nkept\n")
+    bench.replace_section(path, "## Mine", "## Mine\n\n| new |\n")  # a body ending right after its table
+    assert path.read_text() == "# Benchmarks\n\n## Mine\n\n| new |\n\n## Next\n\nkept\n"
+    bench.replace_section(path, "## Next", "## Next\n\nnewer\n")  # the last section: the body as given
+    assert path.read_text().endswith("| new |\n\n## Next\n\nnewer\n")
