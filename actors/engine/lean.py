@@ -13,6 +13,9 @@ the rotary embedding of q and k in one elementwise pass, RMSNorm as its ops inli
                 h += down(act(gate(n2(h))) * up(n2(h)))
     logits = head(norm(h)[-keep:])
 
+The new tokens may be the nodes of a token tree (`TreeFeed`): then positions are the nodes' depths
+and the mask lets each see the prefix and its ancestors, the mask a batched forward would build.
+
 `supports(model)` says whether a model has that shape (Qwen2 and Llama causal LMs without sliding
 windows); anything else goes through the model's own forward.
 
