@@ -10,7 +10,8 @@ same thread count, greedy, exactly N new tokens (no stop token), prefill include
   (`assistant_model=`, the first precision only unless --assisted-all), and the
   specmemo Engine (adaptive γ from the cost curve, memory manager at the default budget);
   float32 and bfloat16 run fewer new tokens (--slow-tokens): they are the reference points
-  "today's default" and "bf16", not the product;
+  "today's default" and "bf16", not the product; each prompt goes through these methods in turn,
+  so a busy spell of the shared machine falls on all of them alike;
 - llama.cpp (`llama-cpp-python`, built from source by pip into its own venv, run by
   `bench/llamacpp_peer.py`) on the same Q4_K_M GGUF files and the same prompt token ids: the
   target alone, the draft alone, and the target with its prompt-lookup drafter (the binding has
@@ -95,24 +96,29 @@ def run_target(target, prompts, n: int, assistant=None) -> dict:
     return {"outputs": outputs, "seconds": seconds}
 
 
-def run_engine(draft, target, tokenizer, prompts, n: int, gamma_max: int) -> dict:
+def run_interleaved(draft, target, tokenizer, prompts, n: int, gamma_max: int, assisted: bool) -> dict[str, dict]:
+    """Each prompt through every method in turn (the target alone, assisted generation when asked,
+    the Engine), so that a busy or a quiet spell of this shared machine falls on all of them alike:
+    run one after the other, minutes apart, their ratios moved by up to ±30%."""
     engine = Engine(draft, target, tokenizer, gamma_max=gamma_max)
-    outputs, seconds, stats = [], [], []
+    names = ["target alone (transformers)"] + (["transformers assisted"] if assisted else []) + ["specmemo Engine"]
+    runs: dict[str, dict] = {name: {"outputs": [], "seconds": []} for name in names}
+    runs["specmemo Engine"]["stats"] = []
     for p in prompts:
-        start = time.perf_counter()
-        ids, s = engine.generate_ids(np.asarray(p["ids"]), n)
-        seconds.append(time.perf_counter() - start)
-        outputs.append(ids.tolist())
-        stats.append(s)
+        for name in names:
+            if name == "specmemo Engine":
+                start = time.perf_counter()
+                ids, stats = engine.generate_ids(np.asarray(p["ids"]), n)
+                runs[name]["seconds"].append(time.perf_counter() - start)
+                runs[name]["outputs"].append(ids.tolist())
+                runs[name]["stats"].append(stats)
+            else:
+                one = run_target(target, [p], n, assistant=draft if name == "transformers assisted" else None)
+                runs[name]["outputs"] += one["outputs"]
+                runs[name]["seconds"] += one["seconds"]
     usage = engine.usage()
-    return {
-        "outputs": outputs,
-        "seconds": seconds,
-        "stats": stats,
-        "kv_peak": usage["peak"],
-        "weights": sum(usage["weights"].values()),
-        "costs": usage["costs"],
-    }
+    runs["specmemo Engine"].update(kv_peak=usage["peak"], weights=sum(usage["weights"].values()), costs=usage["costs"])
+    return runs
 
 
 def summarize(name: str, kind: str, run: dict, prompts, n: int, reference: list | None) -> dict:
@@ -211,13 +217,9 @@ def run(args) -> dict:
         )
         result["forward_ms"][precision] = {"target": forward_costs(target), "draft": forward_costs(draft)}
         print(f"[{precision}] forward ms {result['forward_ms'][precision]}", flush=True)
-        alone = run_target(target, prompts, n)
-        print(f"[{precision}] target alone done", flush=True)
-        runs = {"target alone (transformers)": alone}
-        if precision == precisions[0] or args.assisted_all:
-            runs["transformers assisted"] = run_target(target, prompts, n, assistant=draft)
-            print(f"[{precision}] assisted done", flush=True)
-        runs["specmemo Engine"] = run_engine(draft, target, tokenizer, prompts, n, args.gamma_max)
+        assisted = precision == precisions[0] or args.assisted_all
+        runs = run_interleaved(draft, target, tokenizer, prompts, n, args.gamma_max, assisted)
+        alone = runs["target alone (transformers)"]
         for name, r in runs.items():
             for kind in ("code", "prose", "all"):
                 row = summarize(f"{name}, {precision}", kind, r, prompts, n, None if r is alone else alone["outputs"])
@@ -355,7 +357,8 @@ def main(argv=None) -> None:
             f"(flags {', '.join(cpu['flags'])}; torch capability {cpu['capability']}), {result['threads']} threads, "
             f"torch {result['torch']}. Prompts: MT-Bench first turns "
             f"{[p['id'] for p in result['prompts']]} ({', '.join(p['kind'] for p in result['prompts'])}), "
-            f'greedy, no stop token, prefill included. "= target output": outputs equal to the same-precision '
+            f"greedy, no stop token, prefill included; each prompt runs through a precision's methods in turn "
+            f'(llama.cpp after every precision). "= target output": outputs equal to the same-precision '
             f"target's own greedy output. Raw data: `bench/results/specdecode-peers.json`.\n\n{markdown}\n"
         )
         replace_section(ROOT / "docs" / "benchmarks.md", SECTION, body)
