@@ -13,6 +13,7 @@ device_map = "auto"      # optional: spread a big model over devices (transforme
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -46,14 +47,15 @@ def resident_key(config: dict[str, Any], role: str) -> str | None:
     return json.dumps([role, {k: config.get(k) for k in _MODEL_KEYS}], sort_keys=True, default=str)
 
 
-def load_resident(config: dict[str, Any], role: str) -> bool:
+def load_resident(config: dict[str, Any], role: str, threads: int | None = None) -> bool:
     """In the zygote: load the model for ``role`` once, so every fork shares its weights. Answers
-    whether it is resident now."""
+    whether it is resident now. `threads`: what the forks will run on (the config's "threads"
+    wins), so that an "auto" precision is probed as it will serve."""
     key = resident_key(config, role)
     if key is None:
         return False
     if key not in _RESIDENT:
-        _RESIDENT[key] = load_actor_model(config, role)
+        _RESIDENT[key] = load_actor_model(config, role, int(config.get("threads", threads or 0)) or None)
     return True
 
 
@@ -61,9 +63,10 @@ def is_resident(model) -> bool:
     return any(model is resident for resident, _ in _RESIDENT.values())
 
 
-def load_actor_model(config: dict[str, Any], role: str) -> tuple[Any, Any]:
+def load_actor_model(config: dict[str, Any], role: str, threads: int | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) for ``role`` ("draft" or "target") as the config asks; the zygote's
-    resident copy when it holds one."""
+    resident copy when it holds one. `threads`: the torch threads it will serve on, when not
+    this process's (see `ModelSpec.threads`)."""
     key = resident_key(config, role)
     if key in _RESIDENT:
         return _RESIDENT[key]
@@ -72,9 +75,10 @@ def load_actor_model(config: dict[str, Any], role: str) -> tuple[Any, Any]:
 
         draft, target = tiny_pair(seed=int(config.get("seed", 0)))
         model = draft if role == "draft" else target
-        apply_precision(model, precision_setting(config), gamma_max=int(config.get("gamma_max", 8)), role=role)
+        gamma_max = int(config.get("gamma_max", 8))
+        apply_precision(model, precision_setting(config), gamma_max=gamma_max, role=role, threads=threads)
         return model, tiny_tokenizer()
-    return load_model(model_spec(config, role))
+    return load_model(dataclasses.replace(model_spec(config, role), threads=threads))
 
 
 def precision_setting(config: dict[str, Any]) -> str:

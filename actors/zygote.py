@@ -111,7 +111,7 @@ def load_models(models: list[list[Any]]) -> int:
     for kind, config in models:
         started = time.monotonic()
         try:
-            if kind in ROLE_OF_KIND and load_resident(config, ROLE_OF_KIND[kind]):
+            if kind in ROLE_OF_KIND and load_resident(config, ROLE_OF_KIND[kind], _THREADS or None):
                 resident += 1
                 print(f"{kind} model resident in {time.monotonic() - started:.1f} s", file=sys.stderr)
         except Exception as exc:  # the actor will load it itself, and meet the error there

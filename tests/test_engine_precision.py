@@ -132,6 +132,53 @@ def test_auto_takes_the_precision_the_probe_timed_fastest(fastest):
         assert any(isinstance(m, Int8Linear) for m in target.modules())
 
 
+class ThreadClock:
+    """A clock whose every measured interval lasts as many milliseconds as torch has threads."""
+
+    def __init__(self):
+        self.now, self.count = 0.0, 0
+
+    def __call__(self) -> float:
+        self.count += 1
+        if self.count % 2 == 0:
+            self.now += torch.get_num_threads() * 1e-3
+        return self.now
+
+
+def test_the_probe_times_on_the_threads_the_model_will_serve_on():
+    """A zygote loads on one thread for forks that serve on more: with `threads` the probe runs in a
+    forked child on that many, and this process keeps its own count."""
+    _, target = tiny_pair(seed=5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, here = choose(target, gamma_max=3, candidates=["float32"], repeats=1, clock=ThreadClock())
+        _, served = choose(target, gamma_max=3, candidates=["float32"], repeats=1, clock=ThreadClock(), threads=2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    layers = target.config.num_hidden_layers
+    assert here["float32"]["M=1"] == pytest.approx((layers + 1) * 1.0)  # ms: one thread
+    assert served["float32"]["M=1"] == pytest.approx((layers + 1) * 2.0)  # timed on two
+
+
+def test_a_probe_whose_child_fails_runs_here():
+    _, target = tiny_pair(seed=6)
+
+    def clock() -> float:
+        if torch.get_num_threads() == 3:  # only in the child
+            raise RuntimeError("no clock there")
+        return time.perf_counter()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        precision, probe = choose(target, gamma_max=3, candidates=["float32"], repeats=1, clock=clock, threads=3)
+    finally:
+        torch.set_num_threads(before)
+    assert precision == "float32" and probe["float32"]["M=1"] > 0
+
+
 def test_a_4_bit_draft_is_probed_through_the_native_step_it_will_run(monkeypatch):
     from specmemo.native.decode_step import DecodeStack
 

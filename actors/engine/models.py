@@ -50,6 +50,8 @@ class ModelSpec:
     device_map: passed through to transformers/accelerate (e.g. "auto") to spread a big model.
     allow_network: let a hub id be fetched from the network; off by default.
     attn_implementation: "sdpa" or "eager"; None lets transformers choose.
+    threads: the torch threads the model will run with, for the "auto" probe; None: this process's
+        (a zygote loads on one thread for the forks that serve on more).
     """
 
     source: str | Path
@@ -62,6 +64,7 @@ class ModelSpec:
     precision: str | None = None
     gamma_max: int = 8
     role: str = "target"
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,7 @@ def _load_weights(spec: ModelSpec):
     model.eval()
     model.requires_grad_(False)
     if spec.precision is not None:
-        apply_precision(model, spec.precision, gamma_max=spec.gamma_max, role=spec.role)
+        apply_precision(model, spec.precision, gamma_max=spec.gamma_max, role=spec.role, threads=spec.threads)
     settle_heap()
     return model
 

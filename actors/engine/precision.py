@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import os
 import time
 from collections.abc import Callable
@@ -208,6 +209,7 @@ def choose(
     repeats: int = 5,
     clock: Callable[[], float] = time.perf_counter,
     role: str = "target",
+    threads: int | None = None,
 ) -> tuple[str, dict[str, dict[str, float]]]:
     """The fastest precision for `model` here, and the probe's estimates in ms per forward.
 
@@ -219,8 +221,45 @@ def choose(
     see `_layer_classes`). A target's score is t(1) + t(γ_max + 1) (plain
     steps and verifications); a draft's is t(1), its proposals being one token per forward.
     `role` ("target" or "draft") also decides how the copies attend (exact rows for a target). `clock` is the
-    timing source (tests replace it).
+    timing source (tests replace it). `threads`: the torch threads the model will serve on, when not
+    this process's: the probe then runs in a forked child on that many (a zygote loads on one thread,
+    and a precision that reads fewer bytes gains more from a second thread than one that computes
+    more), falling back to this process's threads if the child fails.
     """
+    if threads is not None and threads != torch.get_num_threads() and hasattr(os, "fork"):
+        answer = _in_child(lambda: _probe(model, gamma_max, candidates, repeats, clock, role), threads)
+        if answer is not None:
+            return answer
+    return _probe(model, gamma_max, candidates, repeats, clock, role)
+
+
+def _in_child(probe: Callable[[], tuple[str, dict]], threads: int) -> tuple[str, dict] | None:
+    # run `probe` in a fork on `threads` torch threads; answers its result, None if the child failed.
+    # The parent's thread pools are untouched (a zygote must fork its actors with none running).
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            os.close(read)
+            torch.set_num_threads(threads)
+            with os.fdopen(write, "w") as out:
+                json.dump(probe(), out)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as got:
+        text = got.read()
+    _, status = os.waitpid(pid, 0)
+    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0 or not text:
+        return None
+    precision, probe_ms = json.loads(text)
+    return str(precision), probe_ms
+
+
+def _probe(model, gamma_max: int, candidates: list[str] | None, repeats: int, clock, role: str):
+    # `choose`'s timings, in this process, on its threads
     layers, head = _layers_and_head(model)
     config = model.config.get_text_config(decoder=True)
     hidden = config.hidden_size
