@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import os
 import time
 from collections.abc import Callable
@@ -56,6 +55,7 @@ from torch import nn
 
 from .attention import use_rowwise_attention
 from .cpu import CpuFeatures, cpu_features, int4_supported, int8_supported
+from .forked import on_threads
 from .quantized import (
     Bf16Embedding,
     Int4Linear,
@@ -227,35 +227,11 @@ def choose(
     more), falling back to this process's threads if the child fails.
     """
     if threads is not None and threads != torch.get_num_threads() and hasattr(os, "fork"):
-        answer = _in_child(lambda: _probe(model, gamma_max, candidates, repeats, clock, role), threads)
+        answer = on_threads(lambda: _probe(model, gamma_max, candidates, repeats, clock, role), threads)
         if answer is not None:
-            return answer
+            precision, probe = answer
+            return str(precision), probe
     return _probe(model, gamma_max, candidates, repeats, clock, role)
-
-
-def _in_child(probe: Callable[[], tuple[str, dict]], threads: int) -> tuple[str, dict] | None:
-    # run `probe` in a fork on `threads` torch threads; answers its result, None if the child failed.
-    # The parent's thread pools are untouched (a zygote must fork its actors with none running).
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        code = 1
-        try:
-            os.close(read)
-            torch.set_num_threads(threads)
-            with os.fdopen(write, "w") as out:
-                json.dump(probe(), out)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read) as got:
-        text = got.read()
-    _, status = os.waitpid(pid, 0)
-    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0 or not text:
-        return None
-    precision, probe_ms = json.loads(text)
-    return str(precision), probe_ms
 
 
 def _probe(model, gamma_max: int, candidates: list[str] | None, repeats: int, clock, role: str):
