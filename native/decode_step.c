@@ -91,27 +91,11 @@ static void norm_rows(const float *h, const float *w, float eps, int64_t m, int6
         rmsnorm(h + r * hidden, w, eps, hidden, x + r * hidden);
 }
 
-/* A tree's visibility: every row names slots below length + m (the keys the step leaves). */
-static int visible_ok(int64_t m, int64_t keys, const int64_t *counts, const int64_t *starts, const int64_t *slots)
-{
-    if (!counts)
-        return !starts && !slots;
-    if (!starts || !slots)
-        return 0;
-    for (int64_t r = 0; r < m; r++) {
-        if (counts[r] < 1 || counts[r] > keys || starts[r] < 0)
-            return 0;
-        for (int64_t t = 0; t < counts[r]; t++)
-            if (slots[starts[r] + t] < 0 || slots[starts[r] + t] >= keys)
-                return 0;
-    }
-    return 1;
-}
-
 int decode_step(const decode_model *M, int64_t m, int64_t length, const float *cos, const float *sin, float *h,
                 const int64_t *counts, const int64_t *starts, const int64_t *slots, int threads, int isa)
 {
-    if (!valid(M, m, length) || !cos || !sin || !h || threads < 1 || !visible_ok(m, length + m, counts, starts, slots))
+    if (!valid(M, m, length) || !cos || !sin || !h || threads < 1
+        || (counts ? !rows_visible_ok(m, length + m, counts, starts, slots) : starts || slots))
         return DECODE_STEP_EINVAL;
     if (isa == Q4_ISA_AUTO)
         isa = q4_best_isa();

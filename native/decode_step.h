@@ -61,8 +61,8 @@ typedef struct {
 
 /* h [m][hidden] in and out; cos and sin [m][dim] of the new tokens' positions (length .. length + m - 1
  * for a sequence; a tree node's depth otherwise). New token r is written at cache slot length + r. With
- * counts NULL row r sees slots 0 .. length + r; otherwise it sees the counts[r] slots
- * slots[starts[r] ..] (each below length + m), as rows_attention.h takes them. */
+ * counts NULL row r sees slots 0 .. length + r; otherwise it sees what counts, starts and slots say,
+ * as rows_attention.h takes them (a tree node: the prefix and its ancestors), every slot below length + m. */
 int decode_step(const decode_model *model, int64_t m, int64_t length, const float *cos, const float *sin,
                 float *h, const int64_t *counts, const int64_t *starts, const int64_t *slots, int threads,
                 int isa);

@@ -84,22 +84,30 @@ void rows_attention_team(int64_t batch, int64_t m, int64_t heads, int64_t kv_hea
     }
 }
 
+int rows_visible_ok(int64_t rows, int64_t keys, const int64_t *counts, const int64_t *starts, const int64_t *slots) {
+    if (!counts || (slots && !starts))
+        return 0;
+    for (int64_t r = 0; r < rows; r++) {
+        if (counts[r] < 0 || counts[r] > keys)
+            return 0;
+        if (slots)
+            for (int64_t t = 0; t < counts[r]; t++)
+                if (starts[r] < 0 || slots[starts[r] + t] < 0 || slots[starts[r] + t] >= keys)
+                    return 0;
+    }
+    return 1;
+}
+
 int rows_attention(int64_t batch, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim, int64_t keys,
                    int64_t head_stride, int64_t batch_stride, const float *q, const float *k, const float *v,
                    const int64_t *counts, const int64_t *starts, const int64_t *slots, float scale, float *out,
                    int threads) {
-    if (!q || !k || !v || !counts || !out || (slots && !starts) || batch < 0 || m < 0 || heads < 1 ||
+    if (!q || !k || !v || !out || batch < 0 || m < 0 || heads < 1 ||
         kv_heads < 1 || heads % kv_heads || dim < 1 || keys < 0 || head_stride < keys * dim ||
         batch_stride < 0 || threads < 1)
         return ROWS_ATTENTION_EINVAL;
-    for (int64_t r = 0; r < batch * m; r++) {
-        if (counts[r] < 0 || counts[r] > keys)
-            return ROWS_ATTENTION_EINVAL;
-        if (slots)
-            for (int64_t t = 0; t < counts[r]; t++)
-                if (starts[r] < 0 || slots[starts[r] + t] < 0 || slots[starts[r] + t] >= keys)
-                    return ROWS_ATTENTION_EINVAL;
-    }
+    if (!rows_visible_ok(batch * m, keys, counts, starts, slots))
+        return ROWS_ATTENTION_EINVAL;
     int failed = 0; /* shared: a thread without its buffer fails the call for the whole team */
 #pragma omp parallel num_threads(threads)
     {

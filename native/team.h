@@ -20,6 +20,10 @@ void q4_quantize_team(int64_t m, int64_t k, int64_t group, const float *x, int8_
 void q4_products_team(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes, const uint16_t *scales,
                       const int8_t *a, const float *asum, const float *sa, float *y, int isa);
 
+/* Whether rows' visibility is one rows_attention takes: each of `rows` counts in 0..keys and, with
+ * slots, every named slot below `keys` (counts alone: the first counts[r] keys). 1 or 0. */
+int rows_visible_ok(int64_t rows, int64_t keys, const int64_t *counts, const int64_t *starts, const int64_t *slots);
+
 /* rows_attention's work (rows_attention.h) with `scores` this thread's buffer of `keys` floats. */
 void rows_attention_team(int64_t batch, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim,
                          int64_t head_stride, int64_t batch_stride, const float *q, const float *k, const float *v,

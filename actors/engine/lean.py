@@ -35,6 +35,8 @@ import functools
 import numpy as np
 import torch
 
+from specmemo.native import rows_attention
+
 from .kvcache import BlockKVCache, TreeFeed, batch_inputs
 from .precision import compute_dtype
 
@@ -176,14 +178,12 @@ def _tree_inputs(model, past: int, q_len: int, tree: TreeFeed, device) -> tuple[
     return positions.to(device), mask.to(device)
 
 
-def _tree_slots(past: int, tree: TreeFeed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # (counts, starts, slots) of each new row: every slot below the tree's base, then its visible tree slots
+def _tree_slots(past: int, tree: TreeFeed) -> tuple:
+    # rows_attention's (counts, starts, slots) of each new row: every slot below the tree's base,
+    # then the tree slots it sees
+    assert tree.visible.shape == (len(tree.positions), past + len(tree.positions) - tree.base)
     prefix = np.arange(tree.base, dtype=np.int64)
-    rows = [np.concatenate([prefix, tree.base + np.flatnonzero(v)]) for v in tree.visible]
-    counts = np.array([len(r) for r in rows], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    assert tree.visible.shape[1] == past + len(rows) - tree.base
-    return counts, starts, np.concatenate(rows)
+    return rows_attention.visibility([[np.concatenate([prefix, tree.base + np.flatnonzero(v)]) for v in tree.visible]])
 
 
 def _layers(model) -> list[LayerParts]:
@@ -283,9 +283,7 @@ def _fast_forward(model, ids: torch.Tensor, cache, keep: int, tree: TreeFeed | N
     q_len, past = ids.shape[1], cache.get_seq_length()
     mask = None
     if tree is not None:
-        positions = torch.from_numpy(np.asarray(tree.positions, dtype=np.int64)).view(1, q_len).to(h.device)
-        mask = torch.ones(q_len, past + q_len, dtype=torch.bool, device=h.device)
-        mask[:, tree.base :] = torch.from_numpy(tree.visible).to(h.device)
+        positions, mask = _tree_inputs(model, past, q_len, tree, h.device)
     else:
         positions = (torch.arange(q_len, device=h.device) + past).unsqueeze(0)
         if q_len > 1 and past > 0:  # row j sees the past and the new tokens up to itself
