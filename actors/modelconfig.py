@@ -55,7 +55,8 @@ def load_resident(config: dict[str, Any], role: str, threads: int | None = None)
     if key is None:
         return False
     if key not in _RESIDENT:
-        _RESIDENT[key] = load_actor_model(config, role, int(config.get("threads", threads or 0)) or None)
+        serving = config.get("threads", threads)  # what the actor will set (actors/draft.py, verifier.py)
+        _RESIDENT[key] = load_actor_model(config, role, int(serving) if serving else None)
     return True
 
 

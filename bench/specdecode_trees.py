@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from specmemo.actors.engine import Engine
-from specmemo.actors.engine.memory_model import best_tree_tokens
+from specmemo.actors.engine.memory_model import best_tree_tokens, expected_tokens
 from specmemo.actors.engine.models import load_pair
 from specmemo.actors.engine.precision import cpu_features, precision_of
 from specmemo.actors.engine.pull import default_pair_specs
@@ -164,10 +164,9 @@ def ceiling(result: dict, sizes=(4, 8, 12, 16)) -> str:
         widest = [r for r in result["rows"] if r["prompts"] == kind and r["shape"].startswith("tree")]
         if not widest:
             continue
+        # rows' rates are means of per-session rates, each already a sub-distribution (RankAcceptance)
         rates = max(widest, key=lambda r: (len(r["rates"]), r["nodes_per_step"]))["rates"]
-        scale = min(1.0, 0.99 / sum(rates))
-        rates = [a * scale for a in rates]
-        ratios = [best_tree_tokens(rates, n) / best_tree_tokens(rates[:1], n) for n in sizes]
+        ratios = [best_tree_tokens(rates, n) / expected_tokens(rates[0], n) for n in sizes]
         lines.append(
             f"| {kind} | {', '.join(f'{a:.2f}' for a in rates)} | " + " | ".join(f"{x:.3f}x" for x in ratios) + " |"
         )

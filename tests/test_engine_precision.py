@@ -164,19 +164,23 @@ def test_the_probe_times_on_the_threads_the_model_will_serve_on():
 
 def test_a_probe_whose_child_fails_runs_here():
     _, target = tiny_pair(seed=6)
+    clock = ThreadClock()
 
-    def clock() -> float:
+    def failing_on_three() -> float:
         if torch.get_num_threads() == 3:  # only in the child
             raise RuntimeError("no clock there")
-        return time.perf_counter()
+        return clock()
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        precision, probe = choose(target, gamma_max=3, candidates=["float32"], repeats=1, clock=clock, threads=3)
+        precision, probe = choose(
+            target, gamma_max=3, candidates=["float32"], repeats=1, clock=failing_on_three, threads=3
+        )
     finally:
         torch.set_num_threads(before)
-    assert precision == "float32" and probe["float32"]["M=1"] > 0
+    layers = target.config.num_hidden_layers
+    assert precision == "float32" and probe["float32"]["M=1"] == pytest.approx((layers + 1) * 1.0)  # timed here
 
 
 def test_a_4_bit_draft_is_probed_through_the_native_step_it_will_run(monkeypatch):

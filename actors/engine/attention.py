@@ -67,11 +67,8 @@ def _native(query, key, value) -> bool:
     return key.stride() == value.stride() and key.stride(-1) == 1 and key.stride(-2) == d and value.shape[-1] == d
 
 
-_LAST: tuple = (
-    None,
-    None,
-    None,
-)  # (mask, (batch, rows, keys), its visibility): every layer of a forward shares one mask
+# (mask, (batch, rows, keys), its visibility) of the last call: every layer of a forward shares one mask
+_LAST: tuple = (None, None, None)
 
 
 def _native_visibility(mask, batch: int, rows: int, keys: int) -> tuple:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +31,10 @@ def on_threads(work: Callable[[], Any], threads: int) -> Any | None:
             with os.fdopen(write, "w") as out:
                 json.dump(work(), out)
             code = 0
+        except BaseException:
+            traceback.print_exc()  # the parent answers None; say why here
         finally:
+            sys.stderr.flush()
             os._exit(code)
     os.close(write)
     with os.fdopen(read) as got:
