@@ -56,13 +56,21 @@ class DraftActor(Actor):
 
         torch.set_num_threads(int(self.config.get("threads", torch.get_num_threads())))
         model, _ = await self.run_sync(load_actor_model, self.config, "draft")
-        self.core = DraftCore(model, int(self.config.get("block_tokens", 16)), int(self.config.get("spare_blocks", 1)))
+        rows = self.config.get("vocab_rows", "auto")
+        self.core = DraftCore(
+            model,
+            int(self.config.get("block_tokens", 16)),
+            int(self.config.get("spare_blocks", 1)),
+            None if rows == "auto" else int(rows),
+        )
         set_model_gauges(self.metrics, self.core)
+        self.metrics.set("vocab_rows", self.core.vocab_rows, "Base head rows of a session's draft forwards (0: all)")
         log.info(
-            "draft model %s loaded (%d KV bytes/token, %s)",
+            "draft model %s loaded (%d KV bytes/token, %s, head rows: %s)",
             self.config.get("model", "default"),
             self.core.bytes_per_token,
             describe_precision(self.core),
+            f"the first {self.core.vocab_rows} + each session's context" if self.core.vocab_rows else "all",
         )
 
     async def on_registered(self) -> None:

@@ -8,7 +8,9 @@ same thread count, greedy, exactly N new tokens (no stop token), prefill include
 - per precision (auto: what the default deployment picks on this machine, then bfloat16 and
   float32): the target alone (transformers `generate`), transformers assisted generation
   (`assistant_model=`, the first precision only unless --assisted-all), and the
-  specmemo Engine (adaptive γ from the cost curve, memory manager at the default budget);
+  specmemo Engine (adaptive γ from the cost curve, memory manager at the default budget; with
+  assisted generation also the Engine whose draft computes every row of its head, when the
+  default draft computes a vocabulary subset);
   float32 and bfloat16 run fewer new tokens (--slow-tokens): they are the reference points
   "today's default" and "bf16", not the product; each prompt goes through these methods in turn,
   so a busy spell of the shared machine falls on all of them alike;
@@ -43,6 +45,7 @@ import numpy as np
 import torch
 
 from specmemo.actors.engine import Engine
+from specmemo.actors.engine.draft import DraftCore
 from specmemo.actors.engine.kvcache import CacheHolder
 from specmemo.actors.engine.models import load_pair
 from specmemo.actors.engine.precision import cpu_features, precision_of
@@ -74,10 +77,9 @@ def pick_prompts(tokenizer, code: int, prose: int) -> list[dict]:
     ]
 
 
-def forward_costs(model, ms=(1, 5, 9), repeats: int = 5) -> dict[str, float]:
+def forward_costs(holder: CacheHolder, ms=(1, 5, 9), repeats: int = 5) -> dict[str, float]:
     """Milliseconds of one forward of m new tokens after 64 tokens on a block cache (median of
-    `repeats`), as the engine's own cost curve times it."""
-    holder = CacheHolder(model, block_tokens=16, spare_blocks=1)
+    `repeats`), as the engine's own cost curve times it (a `DraftCore`: the draft's path and head)."""
     holder.time_forwards(ms[:1], repeats=1)  # warm-up
     return {f"M={m}": round(s * 1e3, 1) for m, s in holder.time_forwards(ms, repeats=repeats).items()}
 
@@ -96,19 +98,28 @@ def run_target(target, prompts, n: int, assistant=None) -> dict:
     return {"outputs": outputs, "seconds": seconds}
 
 
-def run_interleaved(draft, target, tokenizer, prompts, n: int, gamma_max: int, assisted: bool) -> dict[str, dict]:
+WHOLE_HEAD = "specmemo Engine (whole draft head)"
+
+
+def run_interleaved(
+    draft, target, tokenizer, prompts, n: int, gamma_max: int, assisted: bool, whole_head: bool = False
+) -> dict[str, dict]:
     """Each prompt through every method in turn (the target alone, assisted generation when asked,
-    the Engine), so that a busy or a quiet spell of this shared machine falls on all of them alike:
-    run one after the other, minutes apart, their ratios moved by up to ±30%."""
-    engine = Engine(draft, target, tokenizer, gamma_max=gamma_max)
-    names = ["target alone (transformers)"] + (["transformers assisted"] if assisted else []) + ["specmemo Engine"]
+    the Engine, and with `whole_head` the Engine whose draft computes every head row, when the
+    default draft computes fewer), so that a busy or a quiet spell of this shared machine falls on
+    all of them alike: run one after the other, minutes apart, their ratios moved by up to ±30%."""
+    engines = {"specmemo Engine": Engine(draft, target, tokenizer, gamma_max=gamma_max)}
+    if whole_head and engines["specmemo Engine"].draft.vocab_rows:
+        engines[WHOLE_HEAD] = Engine(draft, target, tokenizer, gamma_max=gamma_max, vocab_rows=0)
+    names = ["target alone (transformers)"] + (["transformers assisted"] if assisted else []) + list(engines)
     runs: dict[str, dict] = {name: {"outputs": [], "seconds": []} for name in names}
-    runs["specmemo Engine"]["stats"] = []
+    for name in engines:
+        runs[name]["stats"] = []
     for p in prompts:
         for name in names:
-            if name == "specmemo Engine":
+            if name in engines:
                 start = time.perf_counter()
-                ids, stats = engine.generate_ids(np.asarray(p["ids"]), n)
+                ids, stats = engines[name].generate_ids(np.asarray(p["ids"]), n)
                 runs[name]["seconds"].append(time.perf_counter() - start)
                 runs[name]["outputs"].append(ids.tolist())
                 runs[name]["stats"].append(stats)
@@ -116,8 +127,10 @@ def run_interleaved(draft, target, tokenizer, prompts, n: int, gamma_max: int, a
                 one = run_target(target, [p], n, assistant=draft if name == "transformers assisted" else None)
                 runs[name]["outputs"] += one["outputs"]
                 runs[name]["seconds"] += one["seconds"]
-    usage = engine.usage()
-    runs["specmemo Engine"].update(kv_peak=usage["peak"], weights=sum(usage["weights"].values()), costs=usage["costs"])
+    for name, engine in engines.items():
+        usage = engine.usage()
+        runs[name].update(kv_peak=usage["peak"], weights=sum(usage["weights"].values()), costs=usage["costs"])
+    runs["specmemo Engine"]["vocab_rows"] = engines["specmemo Engine"].draft.vocab_rows
     return runs
 
 
@@ -215,10 +228,14 @@ def run(args) -> dict:
         print(
             f"[{precision}] target {precision_of(target).precision}, draft {precision_of(draft).precision}", flush=True
         )
-        result["forward_ms"][precision] = {"target": forward_costs(target), "draft": forward_costs(draft)}
+        result["forward_ms"][precision] = {
+            "target": forward_costs(CacheHolder(target, block_tokens=16, spare_blocks=1)),
+            "draft": forward_costs(DraftCore(draft)),
+        }
         print(f"[{precision}] forward ms {result['forward_ms'][precision]}", flush=True)
         assisted = precision == precisions[0] or args.assisted_all
-        runs = run_interleaved(draft, target, tokenizer, prompts, n, args.gamma_max, assisted)
+        runs = run_interleaved(draft, target, tokenizer, prompts, n, args.gamma_max, assisted, assisted)
+        result["precision"][precision]["draft_vocab_rows"] = runs["specmemo Engine"]["vocab_rows"]
         alone = runs["target alone (transformers)"]
         for name, r in runs.items():
             for kind in ("code", "prose", "all"):
@@ -307,6 +324,7 @@ def table(result: dict) -> str:
         lines.append(
             f"- {p}: target {c['target']['precision']} {c['target']['weight_bytes'] / 2**20:,.0f} MiB, "
             f"draft {c['draft']['precision']} {c['draft']['weight_bytes'] / 2**20:,.0f} MiB"
+            + (f", head rows: the first {rows:,} + each session's own" if (rows := c.get("draft_vocab_rows")) else "")
             + (f"; {probe}" if probe else "")
         )
     return "\n".join(lines)

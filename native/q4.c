@@ -317,37 +317,75 @@ void q4_quantize_team(int64_t m, int64_t k, int64_t group, const float *x, int8_
         quantize(x + r * k, k, group, a + r * k, asum + r * groups, sa + r);
 }
 
-void q4_products_team(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes, const uint16_t *scales,
-                      const int8_t *a, const float *asum, const float *sa, float *y, int isa) {
-    q4_job job = {n, k, group, k / group, codes, scales, a, asum, sa, y};
-    q4_block_fn block = block_scalar;
+static q4_block_fn block_for(int isa) {
 #if Q4_X86
     if (isa == Q4_ISA_AVX512VNNI)
-        block = block_avx512;
-    else if (isa == Q4_ISA_AVX2)
-        block = block_avx2;
+        return block_avx512;
+    if (isa == Q4_ISA_AVX2)
+        return block_avx2;
 #else
     (void)isa;
 #endif
-    const int64_t blocks = n / BLOCK_ROWS;
+    return block_scalar;
+}
+
+/* The products of the weight blocks `index[0..count)` (every block when index is NULL). A listed
+ * block's job points at its codes and scales, so each block computes exactly what it computes in
+ * the whole product, and writes the same columns of y. */
+static void products_team(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes,
+                          const uint16_t *scales, const int64_t *index, int64_t count, const int8_t *a,
+                          const float *asum, const float *sa, float *y, int isa) {
+    const q4_job job = {n, k, group, k / group, codes, scales, a, asum, sa, y};
+    const q4_block_fn block = block_for(isa);
+    const int64_t blocks = index ? count : n / BLOCK_ROWS;
     for (int64_t tile = 0; tile < m; tile += ROW_TILE) {
         const int64_t end = tile + ROW_TILE < m ? tile + ROW_TILE : m;
 #pragma omp for schedule(static)
-        for (int64_t b = 0; b < blocks; b++)
+        for (int64_t t = 0; t < blocks; t++) {
+            q4_job one = job;
+            int64_t b = t;
+            if (index) {
+                one.codes = codes + index[t] * (k / 8) * 64;
+                one.scales = scales + index[t] * job.groups * 2 * BLOCK_ROWS;
+                one.y = y + index[t] * BLOCK_ROWS;
+                b = 0;
+            }
             for (int64_t r = tile; r < end; r += CHUNK)
-                block(&job, b, r, (int)(end - r < CHUNK ? end - r : CHUNK));
+                block(&one, b, r, (int)(end - r < CHUNK ? end - r : CHUNK));
+        }
     }
 }
 
-int q4_linear(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes, const uint16_t *scales,
-              const float *x, float *y, int threads, int isa) {
+void q4_products_team(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes, const uint16_t *scales,
+                      const int8_t *a, const float *asum, const float *sa, float *y, int isa) {
+    products_team(m, n, k, group, codes, scales, NULL, 0, a, asum, sa, y, isa);
+}
+
+static int linear(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes, const uint16_t *scales,
+                  const int64_t *index, int64_t count, const float *x, float *y, int threads, int isa) {
     if (!codes || !scales || !x || !y || m < 0 || !q4_shape_ok(n, k, group) || threads < 1)
         return Q4_EINVAL;
+    if (index) {  /* in range and listed once (two threads must not write the same columns) */
+        if (count < 0)
+            return Q4_EINVAL;
+        uint8_t *seen = calloc((size_t)(n / BLOCK_ROWS) + 1, 1);
+        if (!seen)
+            return Q4_ENOMEM;
+        int ok = 1;
+        for (int64_t t = 0; t < count && ok; t++) {
+            ok = index[t] >= 0 && index[t] < n / BLOCK_ROWS && !seen[index[t]];
+            if (ok)
+                seen[index[t]] = 1;
+        }
+        free(seen);
+        if (!ok)
+            return Q4_EINVAL;
+    }
     if (isa == Q4_ISA_AUTO)
         isa = q4_best_isa();
     else if (!q4_has_isa(isa))
         return Q4_ENOISA;
-    if (m == 0 || n == 0)
+    if (m == 0 || n == 0 || (index && count == 0))
         return Q4_OK;
     int8_t *a = malloc((size_t)(m * k));
     float *asum = malloc((size_t)(m * (k / group)) * sizeof *asum);
@@ -361,10 +399,22 @@ int q4_linear(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *cod
 #pragma omp parallel num_threads(threads)
     {
         q4_quantize_team(m, k, group, x, a, asum, sa, isa);
-        q4_products_team(m, n, k, group, codes, scales, a, asum, sa, y, isa);
+        products_team(m, n, k, group, codes, scales, index, count, a, asum, sa, y, isa);
     }
     free(a);
     free(asum);
     free(sa);
     return Q4_OK;
+}
+
+int q4_linear(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes, const uint16_t *scales,
+              const float *x, float *y, int threads, int isa) {
+    return linear(m, n, k, group, codes, scales, NULL, 0, x, y, threads, isa);
+}
+
+int q4_linear_blocks(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes, const uint16_t *scales,
+                     const int64_t *blocks, int64_t count, const float *x, float *y, int threads, int isa) {
+    if (!blocks)
+        return Q4_EINVAL;
+    return linear(m, n, k, group, codes, scales, blocks, count, x, y, threads, isa);
 }

@@ -45,4 +45,11 @@ int q4_has_isa(int isa);
 int q4_linear(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes,
               const uint16_t *scales, const float *x, float *y, int threads, int isa);
 
+/* Only the output rows of W in the 16-row blocks `blocks[0..count)` (each in 0..n/16): columns
+ * 16b..16b+15 of y[m][n] get what q4_linear writes there, bit for bit; the other columns are left
+ * as they are. Q4_EINVAL if a block is out of range or listed twice. */
+int q4_linear_blocks(int64_t m, int64_t n, int64_t k, int64_t group, const uint8_t *codes,
+                     const uint16_t *scales, const int64_t *blocks, int64_t count, const float *x, float *y,
+                     int threads, int isa);
+
 #endif

@@ -140,6 +140,52 @@ def linear_ptr(
         raise NativeError(f"q4_linear: {_ERRORS.get(status, status)}")
 
 
+def linear_blocks(
+    x: np.ndarray, w: Q4Weights, blocks: np.ndarray, out: np.ndarray, threads: int = 1, isa: str | None = None
+) -> np.ndarray:
+    """`linear`'s columns of the 16-row weight blocks `blocks` (each listed once), written into
+    `out` [m, n] where `linear` writes them, bit for bit; the other columns keep what they held."""
+    if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != w.k or not x.flags.c_contiguous:
+        raise ValueError(f"x must be a C-contiguous float32 [m, {w.k}] array, not {x.dtype} {x.shape}")
+    if out.dtype != np.float32 or out.shape != (x.shape[0], w.n) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 [{x.shape[0]}, {w.n}] array")
+    index = np.ascontiguousarray(blocks, dtype=np.int64)
+    code = lib.Q4_ISA_AUTO if isa is None else ISAS[isa]
+    codes, scales = w.codes.ctypes.data, w.scales.ctypes.data
+    blocks_ptr(x.shape[0], w, codes, scales, index, x.ctypes.data, out.ctypes.data, threads, code)
+    return out
+
+
+def blocks_ptr(
+    m: int,
+    w: Q4Weights,
+    codes: int,
+    scales: int,
+    index: np.ndarray,
+    x: int,
+    y: int,
+    threads: int,
+    isa: int = lib.Q4_ISA_AUTO,
+) -> None:
+    """`linear_blocks` on raw addresses, as `linear_ptr`; `index` a C-contiguous int64 array."""
+    status = lib.q4_linear_blocks(
+        m,
+        w.n,
+        w.k,
+        w.group,
+        ffi.cast("uint8_t *", codes),
+        ffi.cast("uint16_t *", scales),
+        ffi.cast("int64_t *", index.ctypes.data),
+        len(index),
+        ffi.cast("float *", x),
+        ffi.cast("float *", y),
+        threads,
+        isa,
+    )
+    if status != lib.Q4_OK:
+        raise NativeError(f"q4_linear_blocks: {_ERRORS.get(status, status)}")
+
+
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row int8 codes and scales as q4.c computes them (round half to even)."""
     x = np.asarray(x, dtype=np.float32)

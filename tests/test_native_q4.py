@@ -78,3 +78,29 @@ def test_bad_shapes_and_arguments_are_refused():
             q4.linear(np.ones((2, 32), np.float32), w, isa=name)
     assert q4.best_isa() in q4.available_isas() and "scalar" in q4.available_isas()
     assert q4.linear(np.ones((0, 32), np.float32), w).shape == (0, 16)
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems(), st.data())
+def test_a_product_of_some_row_blocks_writes_exactly_their_columns_of_the_whole_product(problem, data):
+    weight, x, group = problem
+    w = q4.pack(weight, group)
+    blocks = data.draw(st.lists(st.integers(0, w.n // 16 - 1), unique=True, max_size=w.n // 16))
+    columns = np.array([16 * b + i for b in blocks for i in range(16)], dtype=np.int64)
+    whole = q4.linear(x, w, threads=2)
+    for isa in q4.available_isas():
+        out = np.full((len(x), w.n), np.nan, dtype=np.float32)
+        q4.linear_blocks(x, w, np.array(blocks, dtype=np.int64), out, threads=2, isa=isa)
+        assert np.array_equal(out[:, columns], whole[:, columns]), isa
+        assert np.isnan(np.delete(out, columns, axis=1)).all(), isa
+
+
+def test_a_block_list_out_of_range_or_with_a_repeat_is_refused():
+    w = q4.pack(np.ones((48, 32), np.float32), 32)
+    x, out = np.ones((2, 32), np.float32), np.zeros((2, 48), np.float32)
+    for bad in ([3], [-1], [0, 2, 0]):
+        with pytest.raises(NativeError, match="invalid"):
+            q4.linear_blocks(x, w, np.array(bad), out)
+    assert not out.any()  # refused before writing anything
+    with pytest.raises(ValueError, match="out must be"):
+        q4.linear_blocks(x, w, np.array([0]), np.zeros((2, 32), np.float32))

@@ -33,6 +33,7 @@ def forward_rows(
     keep_last: list[int],
     trees: list[TreeFeed | None] | None = None,
     exact: bool = True,
+    heads: list | None = None,
 ) -> list[torch.Tensor]:
     """Append feeds[b] (token ids, n_b >= 1) to caches[b] for every row in one forward.
 
@@ -41,7 +42,8 @@ def forward_rows(
     logits needed are computed (`logits_to_keep`), so a long prefill keeps no prompt logits.
     trees[b], when given, makes row b's new tokens tree nodes (see `TreeFeed`). One row, a
     sequence or a tree, goes through `lean.forward` where the model supports it (`exact=False`:
-    its draft path).
+    its draft path). heads[b], when given, computes row b's logits from its hidden states in place
+    of the LM head (a draft's vocabulary subset, `vocabulary.SessionVocabulary`).
     """
     n_new = [len(f) for f in feeds]
     assert len(caches) == len(feeds) == len(keep_last) and all(n >= k >= 0 for n, k in zip(n_new, keep_last))
@@ -57,7 +59,8 @@ def forward_rows(
         tree = (trees or [None])[0] if len(caches) == 1 else None
         if len(caches) == 1 and lean.supports(model, exact):
             # one row: the cache itself, a sequence's positions and mask or its tree's
-            logits = lean.forward(model, inputs, caches[0], keep, exact=exact, tree=tree)
+            head = (heads or [None])[0]
+            logits = lean.forward(model, inputs, caches[0], keep, exact=exact, tree=tree, head=head)
         elif len(caches) == 1 and tree is None:
             # one row: the cache itself, default positions and transformers' own causal mask
             logits = model(
@@ -68,14 +71,21 @@ def forward_rows(
             positions, mask = batch_inputs(
                 lengths, n_new, q, model.config._attn_implementation, compute_dtype(model), trees
             )
-            logits = model(
-                input_ids=inputs,
-                position_ids=positions.to(device),
-                attention_mask=mask.to(device),
-                **{cache_kwarg(model): GatherCache(caches, n_new)},
-                use_cache=True,
-                logits_to_keep=keep,
-            ).logits
+            inputs_kw = {
+                "input_ids": inputs,
+                "position_ids": positions.to(device),
+                "attention_mask": mask.to(device),
+                cache_kwarg(model): GatherCache(caches, n_new),
+                "use_cache": True,
+            }
+            if any(h is not None for h in heads or []) and lean.supports(model, exact):
+                # the decoder alone, then each row's head (these families' logits are head(hidden))
+                hidden = model.model(**inputs_kw).last_hidden_state[:, -keep:]
+                logits = torch.stack(
+                    [(model.lm_head if h is None else h)(hidden[b]) for b, h in enumerate(heads or [])]
+                )
+            else:
+                logits = model(**inputs_kw, logits_to_keep=keep).logits
     assert logits.shape[:2] == (len(feeds), keep), logits.shape
     first = q - keep
     return [logits[b, n - k - first : n - first].float() for b, (n, k) in enumerate(zip(n_new, keep_last))]

@@ -17,6 +17,7 @@ from .batch import forward_rows
 from .errors import UnknownSession
 from .kvcache import BlockKVCache, CacheHolder, TreeFeed
 from .speculative import Timer, sample
+from .vocabulary import DraftVocabulary, SessionVocabulary
 
 
 @dataclass
@@ -25,6 +26,7 @@ class _DraftSession:
     cache: BlockKVCache
     proposed: int = 0
     slots: list[int] = field(default_factory=list)  # cache slot of each proposed node (−1: not fed)
+    head: SessionVocabulary | None = None  # the head rows its forwards compute (None: all)
 
 
 @dataclass
@@ -73,17 +75,33 @@ class _Growth:
 
 
 class DraftCore(CacheHolder):
-    """Proposes γ tokens per session per step, in one batched forward per draft position."""
+    """Proposes γ tokens per session per step, in one batched forward per draft position.
 
-    def __init__(self, model, block_tokens: int = 16, spare_blocks: int = 1):
+    `vocab_rows`: a session's forwards compute the head rows of the first `vocab_rows` token ids
+    and of its own context's tokens (`vocabulary`; None: `vocabulary.auto_rows`, 0: every row)."""
+
+    def __init__(self, model, block_tokens: int = 16, spare_blocks: int = 1, vocab_rows: int | None = None):
         super().__init__(model, block_tokens, spare_blocks, exact=False)
         self._sessions: dict[str, _DraftSession] = {}
+        self.vocabulary = DraftVocabulary.for_model(model, vocab_rows)
+
+    @property
+    def vocab_rows(self) -> int:
+        """The base rows of a session's head (0: the whole head)."""
+        return self.vocabulary.rows if self.vocabulary is not None else 0
+
+    def session_head(self, ids: np.ndarray) -> SessionVocabulary | None:
+        if self.vocabulary is None:
+            return None
+        head = self.vocabulary.session()
+        head.add(ids)
+        return head
 
     def open(self, session: str, token_ids: np.ndarray, blocks: int) -> int:
         """Create (or rebuild from scratch) the session's cache from its committed ids; answers held bytes."""
         self._sessions.pop(session, None)
         cache = self.new_cache()
-        self._sessions[session] = _DraftSession(ids=np.zeros(0, dtype=np.int64), cache=cache)
+        self._sessions[session] = _DraftSession(np.zeros(0, dtype=np.int64), cache, head=self.session_head(np.zeros(0)))
         return self.extend(session, token_ids, 0, blocks)
 
     rebuild = open
@@ -98,8 +116,10 @@ class DraftCore(CacheHolder):
         s.cache.rollback(s.cache.length - resident, s.cache.blocks)
         s.cache.resize(blocks)
         s.ids, s.proposed = ids, 0
+        if s.head is not None:
+            s.head.add(ids[keep:])
         if len(ids) - 1 > resident:
-            forward_rows(self.model, [s.cache], [ids[resident:-1]], [0], exact=False)
+            forward_rows(self.model, [s.cache], [ids[resident:-1]], [0], exact=False, heads=[s.head])
         assert s.cache.blocks == blocks
         return s.cache.held_bytes()
 
@@ -158,6 +178,7 @@ class DraftCore(CacheHolder):
                         [len(f) if grown[b].nodes else 1 for b, f in zip(active, feeds)],
                         trees,
                         exact=False,
+                        heads=[rows[b].head for b in active],
                     )
                 if len({len(f) for f in feeds}) == 1:
                     timed.setdefault(len(feeds[0]), []).append(step.seconds)
@@ -234,6 +255,8 @@ class DraftCore(CacheHolder):
         s.cache.resize(blocks)
         s.ids = np.concatenate([s.ids, tokens])
         s.proposed, s.slots = 0, []
+        if s.head is not None:
+            s.head.add(tokens)
         return s.cache.held_bytes()
 
     def accept_batch(

@@ -46,10 +46,11 @@ class Engine:
         spare_blocks: int = 1,
         max_context: int | None = None,
         tree: int = 1,
+        vocab_rows: int | None = None,
     ):
         check_pair(draft_model, target_model, tokenizer)
         self.tokenizer = tokenizer
-        self.draft = DraftCore(draft_model, block_tokens, spare_blocks)
+        self.draft = DraftCore(draft_model, block_tokens, spare_blocks, vocab_rows)
         target_context = target_model.config.get_text_config(decoder=True).max_position_embeddings
         context = min(self.draft.max_context, target_context, max_context or target_context)
         self.verifier = VerifierCore(target_model, tokenizer, block_tokens, spare_blocks, context)

@@ -31,6 +31,7 @@ head stay in torch.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -75,15 +76,24 @@ def _interfaces(module_name: str, attn_implementation: str):
 
 
 def forward(
-    model, ids: torch.Tensor, cache, keep: int, exact: bool = True, tree: TreeFeed | None = None
+    model,
+    ids: torch.Tensor,
+    cache,
+    keep: int,
+    exact: bool = True,
+    tree: TreeFeed | None = None,
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Logits [1, keep, V] of the last `keep` of `ids` ([1, q]) appended to `cache` (one
     sequence's transformers Cache): what ``model(input_ids=ids, cache=cache, use_cache=True,
     logits_to_keep=keep).logits`` answers, bit for bit (`exact`), or nearly (see the module doc).
     With `tree` the new tokens are tree nodes (`TreeFeed`: their positions and what each sees), as
-    the model's forward computes them with `batch_inputs`' position ids and mask for that tree."""
+    the model's forward computes them with `batch_inputs`' position ids and mask for that tree.
+    `head` (a draft's, `exact=False` only) maps the normed hidden states to logits in place of the
+    model's LM head (a vocabulary subset: `vocabulary.SessionVocabulary`)."""
     if not exact:
-        return _fast_forward(model, ids, cache, keep, tree)
+        return _fast_forward(model, ids, cache, keep, tree, head)
+    assert head is None, "an exact forward computes the whole head"
     create_causal_mask, attention = _interfaces(type(model).__module__, model.config._attn_implementation)
     base = model.model
     h = base.embed_tokens(ids)
@@ -238,7 +248,7 @@ def native_stack_for(config, parts: list[LayerParts]):
     return DecodeStack(shape, layers)
 
 
-def _native_forward(model, stack, ids: torch.Tensor, cache, keep: int, tree: TreeFeed | None = None) -> torch.Tensor:
+def _native_forward(model, stack, ids: torch.Tensor, cache, keep: int, tree: TreeFeed | None, head) -> torch.Tensor:
     base = model.model
     q_len, past = ids.shape[1], cache.get_seq_length()
     h = base.embed_tokens(ids).float().contiguous()
@@ -259,7 +269,7 @@ def _native_forward(model, stack, ids: torch.Tensor, cache, keep: int, tree: Tre
     for layer in cache.layers:
         layer.length += q_len
     h = torch.rms_norm(h[:, -keep:, :], (h.shape[-1],), base.norm.weight, _eps(base.norm))
-    return model.lm_head(h)
+    return (model.lm_head if head is None else head)(h)
 
 
 def _native_cache(cache, stack) -> bool:
@@ -273,11 +283,11 @@ def _native_cache(cache, stack) -> bool:
     )
 
 
-def _fast_forward(model, ids: torch.Tensor, cache, keep: int, tree: TreeFeed | None = None) -> torch.Tensor:
+def _fast_forward(model, ids: torch.Tensor, cache, keep: int, tree: TreeFeed | None, head) -> torch.Tensor:
     if ids.shape[1] <= NATIVE_ROWS:
         stack = _native_stack(model)
         if stack is not None and _native_cache(cache, stack):
-            return _native_forward(model, stack, ids, cache, keep, tree)
+            return _native_forward(model, stack, ids, cache, keep, tree, head)
     base = model.model
     h = base.embed_tokens(ids)
     q_len, past = ids.shape[1], cache.get_seq_length()
@@ -315,4 +325,4 @@ def _fast_forward(model, ids: torch.Tensor, cache, keep: int, tree: TreeFeed | N
         gate, up = part.gate_up(x).split(part.intermediate, dim=-1)
         h = h + part.down(part.act(gate) * up)
     h = torch.rms_norm(h, (hidden,), base.norm.weight, _eps(base.norm))
-    return model.lm_head(h[:, -keep:, :])
+    return (model.lm_head if head is None else head)(h[:, -keep:, :])
