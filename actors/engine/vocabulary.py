@@ -1,7 +1,7 @@
 """A draft's LM head over part of the vocabulary (FR-Spec): the frequent tokens and the session's own.
 
 A 0.5B draft's head is 136M of its 494M parameters (152k tokens x 896): with its layers in 4 bits
-it is a fifth of every draft forward. Most of what a target emits comes from few tokens: byte-pair
+it is a large share of every draft forward. Most of what a target emits comes from few tokens: byte-pair
 ids are numbered in merge order, so the first 32k ids of Qwen2's 152k are the frequent ones, and
 the rarer tokens a session emits are mostly ones its context already holds (an identifier, a
 name). A session's draft forwards therefore compute only the head rows of
@@ -28,7 +28,7 @@ from specmemo.native import q4
 
 from .quantized import Int4Linear
 
-AUTO_ROWS = 32768  # ~95% of the default pair's target tokens are below it (docs/decisions.md)
+AUTO_ROWS = 32768  # the frequent ids of a byte-level BPE vocabulary (merge order; docs/decisions.md)
 MAX_CONTEXT_BLOCKS = 512  # 8,192 context rows at most: a quarter of the default base
 
 
