@@ -15,6 +15,7 @@ import numpy as np
 
 from specmemo.actors.engine import DraftCore
 from specmemo.actors.engine.driver import DRAFT
+from specmemo.actors.engine.prefix import DEFAULT_TOKENS as DEFAULT_PREFIX_TOKENS
 from specmemo.protocol.methods import (
     AcceptBatch,
     DraftOpen,
@@ -62,6 +63,7 @@ class DraftActor(Actor):
             int(self.config.get("block_tokens", 16)),
             int(self.config.get("spare_blocks", 1)),
             None if rows == "auto" else int(rows),
+            int(self.config.get("prefix_tokens", DEFAULT_PREFIX_TOKENS)),
         )
         set_model_gauges(self.metrics, self.core)
         self.metrics.set("vocab_rows", self.core.vocab_rows, "Base head rows of a session's draft forwards (0: all)")

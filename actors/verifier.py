@@ -30,6 +30,7 @@ import trio
 from specmemo.actors.engine import VerifierCore
 from specmemo.actors.engine.driver import DRAFT, TARGET, Driver, TurnEvent
 from specmemo.actors.engine.errors import EngineError
+from specmemo.actors.engine.prefix import DEFAULT_TOKENS as DEFAULT_PREFIX_TOKENS
 from specmemo.protocol import errors
 from specmemo.protocol.methods import (
     ChatChunk,
@@ -87,7 +88,12 @@ class VerifierActor(Actor):
         info = await self._wait_for_draft()
         context = model.config.get_text_config(decoder=True).max_position_embeddings
         self.core = VerifierCore(
-            model, tokenizer, block_tokens, int(self.config.get("spare_blocks", 1)), min(info.max_context, context)
+            model,
+            tokenizer,
+            block_tokens,
+            int(self.config.get("spare_blocks", 1)),
+            min(info.max_context, context),
+            int(self.config.get("prefix_tokens", DEFAULT_PREFIX_TOKENS)),
         )
         if info.vocab_size != self.core.vocab_size:
             raise SystemExit(

@@ -8,9 +8,11 @@ same thread count, greedy, exactly N new tokens (no stop token), prefill include
 - per precision (auto: what the default deployment picks on this machine, then bfloat16 and
   float32): the target alone (transformers `generate`), transformers assisted generation
   (`assistant_model=`, the first precision only unless --assisted-all), and the
-  specmemo Engine (adaptive γ from the cost curve, memory manager at the default budget; with
-  assisted generation also the Engine whose draft computes every row of its head, when the
-  default draft computes a vocabulary subset);
+  specmemo Engine as the default deployment runs it (adaptive γ from the cost curve, memory
+  manager at the default budget, the draft's vocabulary subset, a prefix store of 128 tokens a
+  model); with assisted generation also the Engine without the vocabulary subset and the Engine
+  without the prefix store (the first prompt of a run finds the store empty; the others share
+  the system prompt's tokens with it);
   float32 and bfloat16 run fewer new tokens (--slow-tokens): they are the reference points
   "today's default" and "bf16", not the product; each prompt goes through these methods in turn,
   so a busy spell of the shared machine falls on all of them alike;
@@ -49,6 +51,7 @@ from specmemo.actors.engine.draft import DraftCore
 from specmemo.actors.engine.kvcache import CacheHolder
 from specmemo.actors.engine.models import load_pair
 from specmemo.actors.engine.precision import cpu_features, precision_of
+from specmemo.actors.engine.prefix import DEFAULT_TOKENS as DEFAULT_PREFIX_TOKENS
 from specmemo.actors.engine.pull import DRAFT, TARGET, default_cache_dir, default_pair_specs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -99,18 +102,25 @@ def run_target(target, prompts, n: int, assistant=None) -> dict:
 
 
 WHOLE_HEAD = "specmemo Engine (whole draft head)"
+NO_PREFIXES = "specmemo Engine (no prefix store)"
 
 
 def run_interleaved(
-    draft, target, tokenizer, prompts, n: int, gamma_max: int, assisted: bool, whole_head: bool = False
+    draft, target, tokenizer, prompts, n: int, gamma_max: int, assisted: bool, variants: bool = False
 ) -> dict[str, dict]:
     """Each prompt through every method in turn (the target alone, assisted generation when asked,
-    the Engine, and with `whole_head` the Engine whose draft computes every head row, when the
-    default draft computes fewer), so that a busy or a quiet spell of this shared machine falls on
-    all of them alike: run one after the other, minutes apart, their ratios moved by up to ±30%."""
-    engines = {"specmemo Engine": Engine(draft, target, tokenizer, gamma_max=gamma_max)}
-    if whole_head and engines["specmemo Engine"].draft.vocab_rows:
-        engines[WHOLE_HEAD] = Engine(draft, target, tokenizer, gamma_max=gamma_max, vocab_rows=0)
+    the Engine as the default deployment runs it, and with `variants` the Engine without each of
+    its draft's vocabulary subset and its prefix store), so that a busy or a quiet spell of this
+    shared machine falls on all of them alike: run one after the other, minutes apart, their
+    ratios moved by up to ±30%."""
+    common = {"gamma_max": gamma_max}
+    engines = {"specmemo Engine": Engine(draft, target, tokenizer, **common, prefix_tokens=DEFAULT_PREFIX_TOKENS)}
+    if variants and engines["specmemo Engine"].draft.vocab_rows:
+        engines[WHOLE_HEAD] = Engine(
+            draft, target, tokenizer, **common, vocab_rows=0, prefix_tokens=DEFAULT_PREFIX_TOKENS
+        )
+    if variants:
+        engines[NO_PREFIXES] = Engine(draft, target, tokenizer, **common)
     names = ["target alone (transformers)"] + (["transformers assisted"] if assisted else []) + list(engines)
     runs: dict[str, dict] = {name: {"outputs": [], "seconds": []} for name in names}
     for name in engines:
@@ -236,6 +246,7 @@ def run(args) -> dict:
         assisted = precision == precisions[0] or args.assisted_all
         runs = run_interleaved(draft, target, tokenizer, prompts, n, args.gamma_max, assisted, assisted)
         result["precision"][precision]["draft_vocab_rows"] = runs["specmemo Engine"]["vocab_rows"]
+        result["precision"][precision]["prefix_tokens"] = DEFAULT_PREFIX_TOKENS
         alone = runs["target alone (transformers)"]
         for name, r in runs.items():
             for kind in ("code", "prose", "all"):
@@ -325,6 +336,7 @@ def table(result: dict) -> str:
             f"- {p}: target {c['target']['precision']} {c['target']['weight_bytes'] / 2**20:,.0f} MiB, "
             f"draft {c['draft']['precision']} {c['draft']['weight_bytes'] / 2**20:,.0f} MiB"
             + (f", head rows: the first {rows:,} + each session's own" if (rows := c.get("draft_vocab_rows")) else "")
+            + (f", prefix store {c['prefix_tokens']} tokens a model" if c.get("prefix_tokens") else "")
             + (f"; {probe}" if probe else "")
         )
     return "\n".join(lines)

@@ -275,11 +275,17 @@ def pipelined_echo(
     return report
 
 
+def beyond_prefix_stores(usage: Usage) -> int:
+    """Live bytes but the model actors' prefix stores (reserved for as long as they live): the
+    sessions' KV and any other reservation, 0 once a deployment holds nothing for anyone."""
+    return usage.live - sum(usage.reserved.get(actor, 0) for actor in set(usage.leases.values()))
+
+
 def leaked_bytes(client: Client, wait_s: float = 10.0) -> Usage:
     """The memory actor's usage once its sessions are gone (waits for late closes)."""
     deadline = time.monotonic() + wait_s
     while True:
         usage = client.usage()
-        if (usage.live == 0 and not usage.sessions) or time.monotonic() > deadline:
+        if (beyond_prefix_stores(usage) == 0 and not usage.sessions) or time.monotonic() > deadline:
             return usage
         time.sleep(0.1)

@@ -20,7 +20,7 @@ from specmemo.protocol import Client
 
 from .faults import killer
 from .fuzz import FuzzReport, fuzz
-from .load import Tally, chat_reference, leaked_bytes, mixed_calls, pipelined_echo
+from .load import Tally, beyond_prefix_stores, chat_reference, leaked_bytes, mixed_calls, pipelined_echo
 from .local import LocalDeployment, actor_rows, pid_alive
 from .tiny import tiny_config
 
@@ -137,8 +137,9 @@ def run_soak(
         f"wrong {pipe.wrong}, {pipe.sent / pipe.seconds:.0f} calls/s"
     )
     say(
-        f"memory       live {usage.live} B, sessions {len(usage.sessions)}, peak {usage.peak} B "
-        f"-> leaked blocks: {'none' if usage.live == 0 else 'YES'}"
+        f"memory       live {usage.live} B (prefix stores {usage.live - beyond_prefix_stores(usage)} B), "
+        f"sessions {len(usage.sessions)}, peak {usage.peak} B "
+        f"-> leaked blocks: {'none' if beyond_prefix_stores(usage) == 0 else 'YES'}"
     )
     say(
         f"deployment   kernel alive to the end: {kernel_alive}, echo never restarted: {echo_restarts == 0}, "
@@ -147,7 +148,7 @@ def run_soak(
     clean = (
         not tally.wrong
         and tally.hung == 0
-        and usage.live == 0
+        and beyond_prefix_stores(usage) == 0
         and kernel_alive
         and fuzzed.replies == fuzzed.expected_replies
         and fuzzed.not_errors == 0

@@ -125,7 +125,7 @@ class Usage:
     weights: dict[str, int] = field(default_factory=dict)  # holder -> bytes of its model's weights
     memory_budget: int | None = None  # weights + KV budget, when the deployment sets one
     costs: Any = None  # the measured cost curve: {"draft_s", "target_s": {M: s}}
-    reserved: dict[str, int] = field(default_factory=dict)  # actor -> bytes held that are not KV (solver plans)
+    reserved: dict[str, int] = field(default_factory=dict)  # actor -> non-session bytes (solver plans, prefix stores)
 
 
 @message

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from specmemo.deploy.faults import killer
-from specmemo.deploy.load import CHAT_MESSAGES, CHAT_TOKENS, Tally, leaked_bytes, mixed_calls
+from specmemo.deploy.load import CHAT_MESSAGES, CHAT_TOKENS, Tally, beyond_prefix_stores, leaked_bytes, mixed_calls
 from specmemo.deploy.local import actor_rows, pid_alive
 from specmemo.protocol import ActorDied
 
@@ -64,7 +64,7 @@ def test_actors_killed_under_load_fail_calls_cleanly_come_back_and_leak_no_block
     with soak_deployment.client(timeout=10) as c:
         usage = leaked_bytes(c)
         rows = actor_rows(c)
-    assert usage.live == 0 and not usage.sessions, usage
+    assert beyond_prefix_stores(usage) == 0 and not usage.sessions, usage
     assert usage.leases == {"draft": "draft", "target": "verifier"}
     assert rows["echo"].restarts == 0 and all(rows[n].restarts >= 2 for n in back)
 
@@ -97,7 +97,7 @@ def test_the_memory_actor_killed_mid_turn_fails_the_turn_and_the_session_goes_on
         c.close_session(session)
         c.close_session(fresh)
         usage = c.usage()
-    assert usage.live == 0 and not usage.sessions
+    assert beyond_prefix_stores(usage) == 0 and not usage.sessions
 
 
 @pytest.mark.slow
@@ -111,7 +111,7 @@ def test_each_actor_killed_twenty_times_under_load(soak_deployment, chat_expecte
     assert set(tally.errors) <= {"ActorDied", "NotFound", "DeadlineExceeded"}, tally.errors
     with soak_deployment.client(timeout=10) as c:
         usage = leaked_bytes(c)
-    assert usage.live == 0 and not usage.sessions
+    assert beyond_prefix_stores(usage) == 0 and not usage.sessions
 
 
 KERNEL_CONFIG = """

@@ -78,10 +78,18 @@ class DraftCore(CacheHolder):
     """Proposes γ tokens per session per step, in one batched forward per draft position.
 
     `vocab_rows`: a session's forwards compute the head rows of the first `vocab_rows` token ids
-    and of its own context's tokens (`vocabulary`; None: `vocabulary.auto_rows`, 0: every row)."""
+    and of its own context's tokens (`vocabulary`; None: `vocabulary.auto_rows`, 0: every row).
+    `prefix_tokens`: the size of its store of prompt prefixes' KV (`prefix.PrefixStore`)."""
 
-    def __init__(self, model, block_tokens: int = 16, spare_blocks: int = 1, vocab_rows: int | None = None):
-        super().__init__(model, block_tokens, spare_blocks, exact=False)
+    def __init__(
+        self,
+        model,
+        block_tokens: int = 16,
+        spare_blocks: int = 1,
+        vocab_rows: int | None = None,
+        prefix_tokens: int = 0,
+    ):
+        super().__init__(model, block_tokens, spare_blocks, exact=False, prefix_tokens=prefix_tokens)
         self._sessions: dict[str, _DraftSession] = {}
         self.vocabulary = DraftVocabulary.for_model(model, vocab_rows)
 
@@ -118,8 +126,11 @@ class DraftCore(CacheHolder):
         s.ids, s.proposed = ids, 0
         if s.head is not None:
             s.head.add(ids[keep:])
+        if resident == 0:
+            resident = self.prefixes.restore(ids[:-1], s.cache)
         if len(ids) - 1 > resident:
             forward_rows(self.model, [s.cache], [ids[resident:-1]], [0], exact=False, heads=[s.head])
+            self.prefixes.insert(ids, s.cache)
         assert s.cache.blocks == blocks
         return s.cache.held_bytes()
 

@@ -16,6 +16,7 @@ from .errors import TokenizerMismatch
 from .kvcache import blocks_for
 from .manager import MemoryManager
 from .memory_model import lower_bound_budget
+from .prefix import PREFIXES
 from .verifier import VerifierCore
 
 
@@ -28,6 +29,9 @@ class Engine:
     may draft (1, the default: chains; the manager picks each step's shape, and with a fixed
     `gamma` the tree has that many nodes grown `tree` at a time). cost_ratio: a fixed c = t_draft /
     t_target (default: measured online by the driver). max_context: a cap below the models' own.
+    vocab_rows: the draft head's base rows (`DraftCore`). prefix_tokens: each model keeps the KV of
+    up to this many tokens of recent prompts' prefixes for new sessions to start from
+    (`prefix.PrefixStore`; its bytes are reserved in the budget; 0, the default here: none).
 
     The Medusa-style static baseline is this class with block_tokens = max_context: each cache
     is one block of the whole context, allocated at prefill and never shrunk.
@@ -47,21 +51,26 @@ class Engine:
         max_context: int | None = None,
         tree: int = 1,
         vocab_rows: int | None = None,
+        prefix_tokens: int = 0,
     ):
         check_pair(draft_model, target_model, tokenizer)
         self.tokenizer = tokenizer
-        self.draft = DraftCore(draft_model, block_tokens, spare_blocks, vocab_rows)
+        self.draft = DraftCore(draft_model, block_tokens, spare_blocks, vocab_rows, prefix_tokens)
         target_context = target_model.config.get_text_config(decoder=True).max_position_embeddings
         context = min(self.draft.max_context, target_context, max_context or target_context)
-        self.verifier = VerifierCore(target_model, tokenizer, block_tokens, spare_blocks, context)
+        self.verifier = VerifierCore(target_model, tokenizer, block_tokens, spare_blocks, context, prefix_tokens)
         if budget_bytes is None:
             tokens = blocks_for(self.verifier.max_context, block_tokens) * block_tokens
             budget_bytes = tokens * (self.draft.bytes_per_token + self.verifier.bytes_per_token)
+            budget_bytes += self.draft.prefixes.capacity_bytes + self.verifier.prefixes.capacity_bytes
         self.memory = MemoryManager(
             budget_bytes, block_tokens, spare_blocks, gamma_max, cost_ratio or 0.1, width_max=tree
         )
         self.memory.add_holder(DRAFT, self.draft.bytes_per_token, self.draft.weight_bytes)
         self.memory.add_holder(TARGET, self.verifier.bytes_per_token, self.verifier.weight_bytes)
+        for holder, core in ((DRAFT, self.draft), (TARGET, self.verifier)):
+            if core.prefixes.capacity_bytes:  # the prefix stores' most, in the budget from the start
+                self.memory.reserve(holder, PREFIXES, core.prefixes.capacity_bytes)
         eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
         self.driver = Driver(
             self.verifier,

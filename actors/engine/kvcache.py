@@ -276,10 +276,20 @@ class CacheHolder:
     """What the draft and the target side share: a model in eval mode, the facts their caches are
     sized from (dtype, device, KV bytes per token, vocabulary, context), and a new block cache.
     `exact`: forwards compute what the model's own forward computes, bit for bit (a target's
-    must; a draft's may take `lean`'s faster, nearly equal path)."""
+    must; a draft's may take `lean`'s faster, nearly equal path). `prefix_tokens`: the size of
+    its `prefix.PrefixStore` (0: none)."""
 
-    def __init__(self, model, block_tokens: int, spare_blocks: int, max_context: int | None = None, exact: bool = True):
+    def __init__(
+        self,
+        model,
+        block_tokens: int,
+        spare_blocks: int,
+        max_context: int | None = None,
+        exact: bool = True,
+        prefix_tokens: int = 0,
+    ):
         from .memory_model import kv_bytes_per_token
+        from .prefix import PrefixStore
 
         self.model = model.eval()
         self.exact = exact
@@ -292,6 +302,8 @@ class CacheHolder:
         text = model.config.get_text_config(decoder=True)
         self.vocab_size = text.vocab_size
         self.max_context = max_context or getattr(text, "max_position_embeddings", None) or 1 << 30
+        # KV of recent prompts' prefixes, for caches that start empty (`prefix_tokens` at most)
+        self.prefixes = PrefixStore(prefix_tokens, self.bytes_per_token)
 
     def time_forwards(
         self, ms: tuple[int, ...], context: int = 64, repeats: int = 3, fastest: bool = False

@@ -54,9 +54,15 @@ class VerifierCore(CacheHolder):
     """Target model, per-session target caches and chat state."""
 
     def __init__(
-        self, model, tokenizer=None, block_tokens: int = 16, spare_blocks: int = 1, max_context: int | None = None
+        self,
+        model,
+        tokenizer=None,
+        block_tokens: int = 16,
+        spare_blocks: int = 1,
+        max_context: int | None = None,
+        prefix_tokens: int = 0,
     ):
-        super().__init__(model, block_tokens, spare_blocks, max_context)
+        super().__init__(model, block_tokens, spare_blocks, max_context, prefix_tokens=prefix_tokens)
         self.tokenizer = tokenizer
         self._sessions: dict[str, _TargetSession] = {}
 
@@ -165,9 +171,12 @@ class VerifierCore(CacheHolder):
         s.cache.rollback(s.cache.length - resident, s.cache.blocks)
         s.cache.resize(blocks)
         s.ids = ids
+        if resident == 0:
+            resident = self.prefixes.restore(ids[:-1], s.cache)
         s.prefilled = max(0, len(ids) - 1 - resident)
         if len(ids) - 1 > resident:
             forward_rows(self.model, [s.cache], [ids[resident:-1]], [0])
+            self.prefixes.insert(ids, s.cache)
         return s.cache.held_bytes()
 
     def drop(self, session: str) -> int:
