@@ -123,6 +123,19 @@ _DEPLOYMENT_KEYS = {
 _ACTOR_KEYS = {"kind", "after", "config", "restart", "start_timeout_s", "env"}
 
 
+def _check_model_config(source: str, name: str, kind: str, config: dict) -> None:
+    # the engine settings a model actor would otherwise refuse only once its model is loaded
+    def count(key: str) -> bool:
+        value = config.get(key, 0)
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not count("prefix_tokens"):
+        raise ConfigError(f"{source}: [actors.{name}] prefix_tokens must be an integer >= 0 (0: no prefix store)")
+    rows = config.get("vocab_rows", "auto")
+    if kind == "draft" and rows != "auto" and not (count("vocab_rows") and rows % 16 == 0):
+        raise ConfigError(f'{source}: [actors.{name}] vocab_rows must be "auto" or a multiple of 16 >= 0 (0: all)')
+
+
 def load_config(path: str | Path) -> DeploymentConfig:
     path = Path(path)
     try:
@@ -172,6 +185,8 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> DeploymentConf
                 check_bind(a.config)
             except ValueError as exc:
                 raise ConfigError(f"{source}: [actors.{a.name}] {exc}") from None
+        if a.kind in ("draft", "verifier"):
+            _check_model_config(source, a.name, a.kind, a.config)
     if cfg.curve_server_key:
         base = Path(source).parent if source != "<dict>" else Path(".")
         for key in ("curve_server_key", "curve_allowed", "curve_actor_key"):

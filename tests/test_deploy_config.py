@@ -28,6 +28,10 @@ def test_every_shipped_config_parses(path):
         ({"actors": {"a": {"kind": "echo", "after": ["b"]}}}, "after unknown actors ['b']"),
         ({"actors": {"a": {"kind": "echo", "restart": "sometimes"}}}, "restart must be"),
         ({"actors": {"kernel": {"kind": "echo"}}}, "not a valid actor name"),
+        ({"actors": {"d": {"kind": "draft", "config": {"vocab_rows": 100}}}}, "vocab_rows must be"),
+        ({"actors": {"d": {"kind": "draft", "config": {"vocab_rows": "all"}}}}, "vocab_rows must be"),
+        ({"actors": {"v": {"kind": "verifier", "config": {"prefix_tokens": -8}}}}, "prefix_tokens must be"),
+        ({"actors": {"v": {"kind": "verifier", "config": {"prefix_tokens": 1.5}}}}, "prefix_tokens must be"),
     ],
 )
 def test_mistakes_are_named(data, words):
