@@ -27,6 +27,7 @@ of docs/benchmarks.md (unless --no-docs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -204,12 +205,29 @@ def merge(total: Row | None, part: Row, method: str) -> Row:
 
 
 def _greedy_config(model, max_new_tokens: int):
+    # exactly max_new_tokens argmax tokens, the end token among them like any other (as the
+    # Engine's generate_batch): see `no_stop_token` for the model's own end token
     config = copy.deepcopy(model.generation_config)
     config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
-    config.max_new_tokens = config.min_new_tokens = max_new_tokens
+    config.max_new_tokens, config.min_new_tokens = max_new_tokens, None
     config.eos_token_id = None
     config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
     return config
+
+
+@contextlib.contextmanager
+def no_stop_token(*models):
+    """`generate` takes a config's unset end token from the model's own generation config, and
+    then stops at it, or with min_new_tokens masks it (so the target alone would not emit its own
+    argmax where that is the end token). Unset there too while generating."""
+    saved = [(m.generation_config, m.generation_config.eos_token_id) for m in models if m is not None]
+    for config, _ in saved:
+        config.eos_token_id = None
+    try:
+        yield
+    finally:
+        for config, eos in saved:
+            config.eos_token_id = eos
 
 
 def run_generate(method: str, target, prompts, max_new_tokens: int, assistant=None) -> Row:
@@ -223,7 +241,7 @@ def run_generate(method: str, target, prompts, max_new_tokens: int, assistant=No
         for ids in prompts:
             inputs = torch.tensor([ids])
             start = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), no_stop_token(target, assistant):
                 out = target.generate(
                     inputs, attention_mask=torch.ones_like(inputs), generation_config=config, assistant_model=assistant
                 )

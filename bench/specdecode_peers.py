@@ -56,7 +56,7 @@ from specmemo.actors.engine.prefix import DEFAULT_TOKENS as DEFAULT_PREFIX_TOKEN
 from specmemo.actors.engine.pull import DRAFT, TARGET, default_cache_dir, default_pair_specs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from specdecode import _greedy_config, first_turn_ids, mtbench_questions, replace_section  # noqa: E402
+from specdecode import _greedy_config, first_turn_ids, mtbench_questions, no_stop_token, replace_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Decoding speed on the CPU (precision and peers)"
@@ -96,7 +96,8 @@ def run_target(target, prompts, n: int, assistant=None) -> dict:
             ids = torch.tensor([p["ids"]])
             extra = {"assistant_model": assistant} if assistant is not None else {}
             start = time.perf_counter()
-            out = target.generate(ids, generation_config=config, **extra)
+            with no_stop_token(target, assistant):
+                out = target.generate(ids, generation_config=config, **extra)
             seconds.append(time.perf_counter() - start)
             outputs.append(out[0, ids.shape[1] :].tolist())
     return {"outputs": outputs, "seconds": seconds}
