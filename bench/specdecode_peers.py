@@ -242,9 +242,9 @@ def run(args) -> dict:
         )
         result["forward_ms"][precision] = {
             "target": forward_costs(CacheHolder(target, block_tokens=16, spare_blocks=1)),
-            "draft": forward_costs(DraftCore(draft)),
+            "draft": forward_costs(draft_core := DraftCore(draft)),
         }
-        if DraftCore(draft).vocab_rows:  # the same forwards through every row of the head
+        if draft_core.vocab_rows:  # the same forwards through every row of the head
             result["forward_ms"][precision]["draft_whole_head"] = forward_costs(DraftCore(draft, vocab_rows=0))
         print(f"[{precision}] forward ms {result['forward_ms'][precision]}", flush=True)
         assisted = precision == precisions[0] or args.assisted_all

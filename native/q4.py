@@ -105,8 +105,17 @@ def unpack_scales(w: Q4Weights) -> tuple[np.ndarray, np.ndarray]:
     return s[..., 0], s[..., 1]
 
 
-def linear(x: np.ndarray, w: Q4Weights, threads: int = 1, isa: str | None = None, out: np.ndarray | None = None):
-    """y = x W^T for float32 x [m, k] (C-contiguous); `isa` forces a path (None: the fastest)."""
+def linear(
+    x: np.ndarray,
+    w: Q4Weights,
+    threads: int = 1,
+    isa: str | None = None,
+    out: np.ndarray | None = None,
+    blocks: np.ndarray | None = None,
+):
+    """y = x W^T for float32 x [m, k] (C-contiguous); `isa` forces a path (None: the fastest).
+    With `blocks` (16-row weight blocks, each listed once) only their columns of y are written,
+    bit for bit what the whole product writes there; the other columns of `out` keep what they held."""
     if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != w.k or not x.flags.c_contiguous:
         raise ValueError(f"x must be a C-contiguous float32 [m, {w.k}] array, not {x.dtype} {x.shape}")
     m = x.shape[0]
@@ -115,75 +124,34 @@ def linear(x: np.ndarray, w: Q4Weights, threads: int = 1, isa: str | None = None
     elif out.dtype != np.float32 or out.shape != (m, w.n) or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 [{m}, {w.n}] array")
     code = lib.Q4_ISA_AUTO if isa is None else ISAS[isa]
-    linear_ptr(m, w, w.codes.ctypes.data, w.scales.ctypes.data, x.ctypes.data, out.ctypes.data, threads, code)
+    index = None if blocks is None else np.ascontiguousarray(blocks, dtype=np.int64)
+    linear_ptr(m, w, w.codes.ctypes.data, w.scales.ctypes.data, x.ctypes.data, out.ctypes.data, threads, code, index)
     return out
 
 
 def linear_ptr(
-    m: int, w: Q4Weights, codes: int, scales: int, x: int, y: int, threads: int, isa: int = lib.Q4_ISA_AUTO
-) -> None:
-    """`linear` on raw addresses (a torch tensor's `data_ptr()`), for a caller that holds w's codes
-    and scales and C-contiguous float32 buffers x [m, k] and y [m, n] at those addresses."""
-    status = lib.q4_linear(
-        m,
-        w.n,
-        w.k,
-        w.group,
-        ffi.cast("uint8_t *", codes),
-        ffi.cast("uint16_t *", scales),
-        ffi.cast("float *", x),
-        ffi.cast("float *", y),
-        threads,
-        isa,
-    )
-    if status != lib.Q4_OK:
-        raise NativeError(f"q4_linear: {_ERRORS.get(status, status)}")
-
-
-def linear_blocks(
-    x: np.ndarray, w: Q4Weights, blocks: np.ndarray, out: np.ndarray, threads: int = 1, isa: str | None = None
-) -> np.ndarray:
-    """`linear`'s columns of the 16-row weight blocks `blocks` (each listed once), written into
-    `out` [m, n] where `linear` writes them, bit for bit; the other columns keep what they held."""
-    if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != w.k or not x.flags.c_contiguous:
-        raise ValueError(f"x must be a C-contiguous float32 [m, {w.k}] array, not {x.dtype} {x.shape}")
-    if out.dtype != np.float32 or out.shape != (x.shape[0], w.n) or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float32 [{x.shape[0]}, {w.n}] array")
-    index = np.ascontiguousarray(blocks, dtype=np.int64)
-    code = lib.Q4_ISA_AUTO if isa is None else ISAS[isa]
-    codes, scales = w.codes.ctypes.data, w.scales.ctypes.data
-    blocks_ptr(x.shape[0], w, codes, scales, index, x.ctypes.data, out.ctypes.data, threads, code)
-    return out
-
-
-def blocks_ptr(
     m: int,
     w: Q4Weights,
     codes: int,
     scales: int,
-    index: np.ndarray,
     x: int,
     y: int,
     threads: int,
     isa: int = lib.Q4_ISA_AUTO,
+    blocks: np.ndarray | None = None,
 ) -> None:
-    """`linear_blocks` on raw addresses, as `linear_ptr`; `index` a C-contiguous int64 array."""
-    status = lib.q4_linear_blocks(
-        m,
-        w.n,
-        w.k,
-        w.group,
-        ffi.cast("uint8_t *", codes),
-        ffi.cast("uint16_t *", scales),
-        ffi.cast("int64_t *", index.ctypes.data),
-        len(index),
-        ffi.cast("float *", x),
-        ffi.cast("float *", y),
-        threads,
-        isa,
-    )
+    """`linear` on raw addresses (a torch tensor's `data_ptr()`), for a caller that holds w's codes
+    and scales and C-contiguous float32 buffers x [m, k] and y [m, n] at those addresses; `blocks`
+    a C-contiguous int64 array or None."""
+    args = (m, w.n, w.k, w.group, ffi.cast("uint8_t *", codes), ffi.cast("uint16_t *", scales))
+    tail = (ffi.cast("float *", x), ffi.cast("float *", y), threads, isa)
+    if blocks is None:
+        name, status = "q4_linear", lib.q4_linear(*args, *tail)
+    else:
+        index = ffi.cast("int64_t *", blocks.ctypes.data)
+        name, status = "q4_linear_blocks", lib.q4_linear_blocks(*args, index, len(blocks), *tail)
     if status != lib.Q4_OK:
-        raise NativeError(f"q4_linear_blocks: {_ERRORS.get(status, status)}")
+        raise NativeError(f"{name}: {_ERRORS.get(status, status)}")
 
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

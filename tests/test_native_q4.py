@@ -90,7 +90,7 @@ def test_a_product_of_some_row_blocks_writes_exactly_their_columns_of_the_whole_
     whole = q4.linear(x, w, threads=2)
     for isa in q4.available_isas():
         out = np.full((len(x), w.n), np.nan, dtype=np.float32)
-        q4.linear_blocks(x, w, np.array(blocks, dtype=np.int64), out, threads=2, isa=isa)
+        q4.linear(x, w, threads=2, isa=isa, out=out, blocks=np.array(blocks, dtype=np.int64))
         assert np.array_equal(out[:, columns], whole[:, columns]), isa
         assert np.isnan(np.delete(out, columns, axis=1)).all(), isa
 
@@ -100,7 +100,7 @@ def test_a_block_list_out_of_range_or_with_a_repeat_is_refused():
     x, out = np.ones((2, 32), np.float32), np.zeros((2, 48), np.float32)
     for bad in ([3], [-1], [0, 2, 0]):
         with pytest.raises(NativeError, match="invalid"):
-            q4.linear_blocks(x, w, np.array(bad), out)
+            q4.linear(x, w, out=out, blocks=np.array(bad))
     assert not out.any()  # refused before writing anything
     with pytest.raises(ValueError, match="out must be"):
-        q4.linear_blocks(x, w, np.array([0]), np.zeros((2, 32), np.float32))
+        q4.linear(x, w, out=np.zeros((2, 32), np.float32), blocks=np.array([0]))

@@ -67,9 +67,7 @@ class PrefixStore:
 
     def insert(self, ids: np.ndarray, cache) -> None:
         """Keep the chunks of `ids` (the tokens resident in `cache`, from its first) it lacks."""
-        count = min(cache.get_seq_length(), len(ids)) // self.chunk
-        if not self.max_chunks:
-            return
+        count = min(cache.get_seq_length(), len(ids), self.max_chunks * self.chunk) // self.chunk
         for c, key in enumerate(self._keys(ids, count)):
             if key in self._chunks:
                 self._chunks.move_to_end(key)

@@ -115,10 +115,15 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", bias)
         self.packed_bytes = self.weights.nbytes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, blocks: np.ndarray | None = None) -> torch.Tensor:
+        """With `blocks` (int64, 16-row output blocks, each once) only their outputs, bit for bit
+        what the whole product gives there; −inf in every other output (a vocabulary subset's head)."""
         shape = x.shape
         rows = x.reshape(-1, self.in_features).float().contiguous()
-        out = torch.empty(rows.shape[0], self.out_features)
+        if blocks is None:
+            out = torch.empty(rows.shape[0], self.out_features)
+        else:
+            out = torch.full((rows.shape[0], self.out_features), float("-inf"))
         q4.linear_ptr(
             rows.shape[0],
             self.weights,
@@ -127,6 +132,7 @@ class Int4Linear(nn.Module):
             rows.data_ptr(),
             out.data_ptr(),
             torch.get_num_threads(),
+            blocks=blocks,
         )
         if self.bias is not None:
             out += self.bias

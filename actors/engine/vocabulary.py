@@ -11,7 +11,7 @@ name). A session's draft forwards therefore compute only the head rows of
 and leave every other logit at −inf. Speculation stays lossless: the draft's q is a distribution
 over S, the target verifies every token (a greedy target token outside S is just a rejected
 position, and sampling's residual max(p − q, 0) covers the tokens q cannot draw). Each computed
-logit is what the whole head computes for that row, bit for bit (`q4.linear_blocks`).
+logit is what the whole head computes for that row, bit for bit (`q4.linear` with `blocks`).
 
 The context part is bounded (`max_blocks`): past it, the blocks seen least recently leave first.
 """
@@ -114,20 +114,4 @@ class SessionVocabulary:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., V] of the normed hidden states [..., H]: the head's own values on the
         subset's rows, −inf on the others."""
-        head = self.rule.head
-        rows = hidden.reshape(-1, head.in_features).float().contiguous()
-        out = torch.full((rows.shape[0], head.out_features), float("-inf"))
-        index = self._index
-        q4.blocks_ptr(
-            rows.shape[0],
-            head.weights,
-            head._codes.data_ptr(),
-            head._scales.data_ptr(),
-            index,
-            rows.data_ptr(),
-            out.data_ptr(),
-            torch.get_num_threads(),
-        )
-        if head.bias is not None:
-            out += head.bias
-        return out.reshape(*hidden.shape[:-1], head.out_features)
+        return self.rule.head(hidden, self._index)
