@@ -56,9 +56,9 @@ def test_a_chunk_is_found_only_after_the_same_whole_prefix_and_the_least_recent_
     first = list(range(1, 18))  # chunks 1..8 and 9..16 stored
     assert prefill("a", first) == 0 and store.held_tokens() == 16
     assert prefill("b", [99] + first[1:]) == 0  # the same second chunk after another first: not found
-    assert store.held_tokens() == 24  # b's first chunk joined; its second (another key) pushed out a's first...
-    assert prefill("c", first) == 0  # ...so a's prefix is gone
-    assert prefill("d", first) == 16  # and back after c stored it again
+    assert store.held_tokens() == 24  # b's two chunks joined; the least recent, a's first, left
+    assert prefill("c", first) == 0  # without its first chunk a's prefix is not found
+    assert prefill("d", first) == 16  # and is found again once c stored it
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
