@@ -47,9 +47,15 @@ class RemoteMemory:
         return self._call(self.actor, "release", session=session).freed
 
     def observe_costs(
-        self, draft_s: float | None, m: int | None, target_s: float | None, draft_by_m: dict | None = None
+        self,
+        draft_s: float | None,
+        m: int | None,
+        target_s: float | None,
+        draft_by_m: dict | None = None,
+        anchor: bool = False,
     ) -> None:
-        self._call(self.actor, "observe_costs", draft_s=draft_s, m=m, target_s=target_s, draft_by_m=draft_by_m)
+        params = {"draft_s": draft_s, "m": m, "target_s": target_s, "draft_by_m": draft_by_m, "anchor": anchor}
+        self._call(self.actor, "observe_costs", **params)
 
 
 class RemoteDraft:

@@ -108,6 +108,7 @@ class Costs:
     m: int | None = None  # new tokens per session of the target forward timed
     target_s: float | None = None  # seconds of that target forward
     draft_by_m: dict[str, float] | None = None  # {M: seconds} of draft forwards of M tokens (trees)
+    anchor: bool = False  # target_s is a calibration timing of the target alone (the curve's shape)
 
 
 @message
@@ -124,7 +125,7 @@ class Usage:
     leases: dict[str, str] = field(default_factory=dict)  # holder -> actor
     weights: dict[str, int] = field(default_factory=dict)  # holder -> bytes of its model's weights
     memory_budget: int | None = None  # weights + KV budget, when the deployment sets one
-    costs: Any = None  # the measured cost curve: {"draft_s", "target_s": {M: s}}
+    costs: Any = None  # the measured cost curve: {"draft_s", "target_s": {M: s}, "shape": {M: s}, "scale"}
     reserved: dict[str, int] = field(default_factory=dict)  # actor -> non-session bytes (solver plans, prefix stores)
 
 

@@ -75,20 +75,19 @@ class Driver:
         self.measure_cost = measure_cost
         self._turns: dict[str, _Turn] = {}
         self.gamma_max = gamma_max
-        self._anchors: dict[int, float] | None = None  # t_t at M = 1 and γmax + 1, timed once
+        self._anchors: dict[int, float] | None = None  # t_t at the anchor Ms, timed once
         self._anchored = False  # ... and sent to the memory side
 
     def anchor_costs(self) -> None:
-        """Send the memory side the target's cost at M = 1 and M = γmax + 1 (timed once, on the
-        first call): steps only observe the Ms they use, and a curve known at M = 1 and 2 alone
-        would be extrapolated (and γ held back) by noise. Called before the first step; call
-        `memory_restarted` when the memory side lost what it had."""
+        """Send the memory side the shape of the target's cost curve: one forward of M new tokens
+        for M in `anchor_ms` (timed once, on the first call; the fastest of 3, since noise on a
+        shared machine only adds time). Steps then observe only the M they use, which sets the
+        curve's level (`CostCurve`). Called before the first step (an `Engine` calls it when built);
+        call `memory_restarted` when the memory side lost what it had."""
         if self._anchors is None:
-            # the fastest of 3: an anchor that a noisy moment inflated is never re-observed while
-            # γ stays below it, and it holds γ back through the interpolated middle of the curve
-            self._anchors = self.verifier.time_forwards((1, self.gamma_max + 1), fastest=True)
+            self._anchors = self.verifier.time_forwards(anchor_ms(self.gamma_max), fastest=True)
         for m, seconds in self._anchors.items():
-            self.memory.observe_costs(None, m, seconds)
+            self.memory.observe_costs(None, m, seconds, anchor=True)
         self._anchored = True
 
     def memory_restarted(self) -> None:
@@ -271,3 +270,9 @@ class Driver:
             if self.verifier.has(sid):
                 self.verifier.drop(sid)
             self.draft.close(sid)
+
+
+def anchor_ms(gamma_max: int) -> tuple[int, ...]:
+    """The Ms at which the target's cost curve is calibrated: 1, 2, 3, 5 and γ_max + 1 (those up
+    to γ_max + 1): dense where a chain's γ* usually lies, interpolated between."""
+    return tuple(m for m in (1, 2, 3, 5) if m < gamma_max + 1) + (gamma_max + 1,)

@@ -28,7 +28,8 @@ class Engine:
     the manager picks γ* from the running α estimate and c). tree: the widest token tree a step
     may draft (1, the default: chains; the manager picks each step's shape, and with a fixed
     `gamma` the tree has that many nodes grown `tree` at a time). cost_ratio: a fixed c = t_draft /
-    t_target (default: measured online by the driver). max_context: a cap below the models' own.
+    t_target (default: measured online by the driver, from a calibration of the target's cost
+    curve done here, `Driver.anchor_costs`). max_context: a cap below the models' own.
     vocab_rows: the draft head's base rows (`DraftCore`). prefix_tokens: each model keeps the KV of
     up to this many tokens of recent prompts' prefixes for new sessions to start from
     (`prefix.PrefixStore`; its bytes are reserved in the budget; 0, the default here: none).
@@ -80,6 +81,8 @@ class Engine:
             measure_cost=cost_ratio is None,
             gamma_max=gamma_max,
         )
+        if cost_ratio is None:  # calibrate now: the first turn does not pay for it
+            self.driver.anchor_costs()
         self.gamma, self.tree = gamma, tree
         self._anonymous = 0
 

@@ -37,16 +37,25 @@ class CostCurve:
     tree). On a CPU the target's cost is far from flat in M for some precisions (float32 switches
     from GEMV to GEMM at M = 2) and nearly flat for others (int8 to M ≈ 9), which moves γ*.
 
-    Each observation updates an exponential average (weight 0.2) of its own M; a cost at an M never
-    observed is interpolated linearly between the nearest observed Ms, and beyond the last
-    observed M extrapolated with the slope of the last two (flat with one). Without any target
+    The target's curve is a shape times a level. The shape: calibration timings of the target
+    alone at a few Ms (`anchor`; the newest per M), made non-decreasing in M (a forward of more
+    tokens does not cost less; a single timing may say so by noise) and interpolated linearly
+    between them. The level: an exponential average (weight 0.2) of in-situ seconds over the
+    shape at the M a step used, one number for all Ms. Steps observe only the M they use, so a
+    curve that kept each M's own average priced the used M by today's load and its neighbours by
+    old timings: one noisy step could make γ + 1 look dearer than γ + 2 and hold γ where it was.
+    Without anchors each M keeps its own average, interpolated between the observed Ms and
+    extrapolated beyond the last with the slope of the last two (flat with one). Without any target
     observation, t_t(M) = 1 and t_d = c: the single-ratio model S(γ) = E(γ)/(γc + 1).
     """
 
     def __init__(self, cost_ratio: float = 0.1):
         self.prior_ratio = cost_ratio
         self.draft_table: dict[int, float] = {}
-        self.target_s: dict[int, float] = {}
+        self.target_s: dict[int, float] = {}  # in-situ averages by M (reported; the curve without anchors)
+        self.shape: dict[int, float] = {}  # calibration seconds by M
+        self.scale = 1.0  # in-situ level over the shape
+        self._monotone: dict[int, float] = {}
 
     def observe(
         self,
@@ -55,17 +64,27 @@ class CostCurve:
         target_s: float | None = None,
         weight: float = 0.2,
         draft_m: int = 1,
+        anchor: bool = False,
     ) -> None:
         if draft_s is not None and draft_s >= 0 and draft_m >= 1:
             _average(self.draft_table, draft_m, draft_s, weight)
-        if m is not None and target_s is not None and target_s > 0 and m >= 1:
-            _average(self.target_s, m, target_s, weight)
+        if m is None or target_s is None or target_s <= 0 or m < 1:
+            return
+        if anchor:
+            self.shape[m] = target_s
+            self._monotone = _non_decreasing(self.shape)
+            return
+        _average(self.target_s, m, target_s, weight)
+        if self._monotone:
+            self.scale = (1 - weight) * self.scale + weight * target_s / _interpolate(self._monotone, m)
 
     @property
     def measured_draft_s(self) -> float | None:
         return _interpolate(self.draft_table, 1) if self.draft_table else None
 
     def target(self, m: int) -> float:
+        if self._monotone:
+            return self.scale * _interpolate(self._monotone, m)
         return _interpolate(self.target_s, m) if self.target_s else 1.0
 
     def draft(self, m: int = 1) -> float:
@@ -94,7 +113,18 @@ class CostCurve:
             "draft_s": self.draft_s,
             "target_s": {str(m): t for m, t in sorted(self.target_s.items())},
             "draft_by_m": {str(m): t for m, t in sorted(self.draft_table.items())},
+            "shape": {str(m): t for m, t in sorted(self.shape.items())},
+            "scale": self.scale,
         }
+
+
+def _non_decreasing(table: dict[int, float]) -> dict[int, float]:
+    # each M's value raised to the largest at a smaller M
+    out, top = {}, 0.0
+    for m in sorted(table):
+        top = max(top, table[m])
+        out[m] = top
+    return out
 
 
 def _average(table: dict[int, float], m: int, seconds: float, weight: float) -> None:
