@@ -19,6 +19,11 @@ from specmemo.protocol import errors
 from specmemo.protocol.schema import to_wire
 
 
+def cost_shape(usage) -> dict[int, float]:
+    """The calibration timings of the target's cost curve in a memory actor's `Usage`, {M: seconds}."""
+    return {int(m): float(s) for m, s in ((usage.costs or {}).get("shape") or {}).items()}
+
+
 class RemoteMemory:
     """The memory actor, called synchronously from the Driver's worker thread."""
 
@@ -45,6 +50,9 @@ class RemoteMemory:
 
     def release(self, session: str) -> int:
         return self._call(self.actor, "release", session=session).freed
+
+    def cost_shape(self) -> dict[int, float]:
+        return cost_shape(self._call(self.actor, "usage"))
 
     def observe_costs(
         self,

@@ -50,7 +50,7 @@ from .base import Actor, Call
 from .lease import register_lease
 from .memory import ENGINE_ERRORS
 from .modelconfig import describe_precision, load_actor_model, model_info, preload_actor_model, set_model_gauges
-from .proxies import RemoteDraft, RemoteMemory
+from .proxies import RemoteDraft, RemoteMemory, cost_shape
 from .turn_stream import TurnStream
 
 __all__ = ["RemoteDraft", "RemoteMemory", "VerifierActor"]  # the proxies, re-exported
@@ -142,16 +142,22 @@ class VerifierActor(Actor):
         await self._add_holder()
 
     async def _add_holder(self) -> None:
-        """Register the target's lease; waits for a memory actor that is restarting."""
+        """Register the target's lease; waits for a memory actor that is restarting. Then the
+        target's cost curve is calibrated (or taken from the memory actor, which kept it when this
+        actor restarted), so that the first turn does not pay for the timing."""
         await register_lease(self.peers, self.memory_name, TARGET, self.name, self.core)
         # the draft registers its lease once it is registered itself: turns wait for both
         while True:
             try:
-                if DRAFT in (await self.peers.call(self.memory_name, "usage", timeout=10)).leases:
+                usage = await self.peers.call(self.memory_name, "usage", timeout=10)
+                if DRAFT in usage.leases:
                     break
             except (errors.ActorDied, errors.UnknownActor, errors.DeadlineExceeded):
                 pass
             await trio.sleep(0.05)
+        if self.driver.measure_cost:  # compute only, in a thread; the first step sends it
+            async with self._core_lock:
+                await trio.to_thread.run_sync(self.driver.calibration, cost_shape(usage))
         self.memory_ready.set()
 
     async def on_peer_died(self, name: str) -> None:
@@ -350,16 +356,9 @@ class VerifierActor(Actor):
                 else:
                     assert isinstance(req, GenerateRequest), "a stream without messages is a generate call"
                     ids, keep = self.core.check_prompt(stream.session, req.prompt_ids)
-                self.driver.join(
-                    stream.session,
-                    ids,
-                    keep,
-                    req.max_new_tokens,
-                    req.temperature,
-                    req.seed,
-                    req.gamma if req.gamma is not None else self.gamma,
-                    req.tree if req.tree is not None else self.tree,
-                )
+                gamma = req.gamma if req.gamma is not None else self.gamma
+                tree = req.tree if req.tree is not None else self.tree
+                self.driver.join(stream.session, ids, keep, req.max_new_tokens, req.temperature, req.seed, gamma, tree)
             except (EngineError, errors.SpecmemoError) as exc:
                 failed.append((stream, exc))
         return failed

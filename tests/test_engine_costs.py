@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from specmemo.actors.engine import Engine
+from specmemo.actors.engine.driver import Driver
 from specmemo.actors.engine.memory_model import CostCurve
 from specmemo.actors.engine.tiny import tiny_pair
 
@@ -86,3 +87,19 @@ def test_without_anchors_each_m_keeps_its_own_average():
     curve.observe(m=1, target_s=0.04)
     curve.observe(m=5, target_s=0.06)
     assert curve.target(3) == pytest.approx(0.05) and curve.scale == 1.0
+
+
+def test_a_restarted_driver_takes_the_shape_the_memory_side_kept_without_timing_again():
+    draft, target = tiny_pair(seed=3)
+    engine = Engine(draft, target, block_tokens=4, gamma_max=5)
+    shape = engine.memory.cost_shape()
+    assert set(shape) == {1, 2, 3, 5, 6}
+    timed = []
+    original = engine.verifier.time_forwards
+    engine.verifier.time_forwards = lambda ms, **kw: timed.append(ms) or original(ms, **kw)
+    again = Driver(engine.verifier, engine.draft, engine.memory, measure_cost=True, gamma_max=5)
+    again.anchor_costs()  # the verifier's process restarted; the memory side did not
+    assert timed == [] and engine.memory.cost_shape() == shape
+    wider = Driver(engine.verifier, engine.draft, engine.memory, measure_cost=True, gamma_max=7)
+    wider.anchor_costs()  # a shape without M = 8 is not this driver's: timed
+    assert timed == [(1, 2, 3, 5, 8)]

@@ -55,7 +55,8 @@ class Driver:
     target forward per step for all of them; sessions join and leave between steps.
 
     `draft` needs: has, open, extend, propose, accept_batch, close (see DraftCore).
-    `memory` needs: has, open_session, prefill, grant_batch, commit_batch, finish, observe_costs
+    `memory` needs: has, open_session, prefill, grant_batch, commit_batch, finish, observe_costs,
+    cost_shape
     (see MemoryManager). With `measure_cost`, each step's seconds per draft token and seconds of
     the target forward of M = γ + 1 tokens are sent to the memory side (it picks γ* from that
     cost curve when no fixed γ is asked).
@@ -78,15 +79,24 @@ class Driver:
         self._anchors: dict[int, float] | None = None  # t_t at the anchor Ms, timed once
         self._anchored = False  # ... and sent to the memory side
 
-    def anchor_costs(self) -> None:
-        """Send the memory side the shape of the target's cost curve: one forward of M new tokens
-        for M in `anchor_ms` (timed once, on the first call; the fastest of 3, since noise on a
-        shared machine only adds time). Steps then observe only the M they use, which sets the
-        curve's level (`CostCurve`). Called before the first step (an `Engine` calls it when built);
-        call `memory_restarted` when the memory side lost what it had."""
+    def calibration(self, kept: dict[int, float] | None = None) -> dict[int, float]:
+        """The target's seconds per forward of M new tokens at the `anchor_ms`, the shape of its
+        cost curve: `kept` when it holds them all (what the memory side kept when this driver's
+        process restarted), else timed once here (the fastest of 3: noise on a shared machine only
+        adds time). Steps then observe only the M they use, which sets the curve's level."""
         if self._anchors is None:
-            self._anchors = self.verifier.time_forwards(anchor_ms(self.gamma_max), fastest=True)
-        for m, seconds in self._anchors.items():
+            wanted = anchor_ms(self.gamma_max)
+            if kept is not None and all(m in kept for m in wanted):
+                self._anchors = {m: kept[m] for m in wanted}
+            else:
+                self._anchors = self.verifier.time_forwards(wanted, fastest=True)
+        return self._anchors
+
+    def anchor_costs(self) -> None:
+        """Send the memory side the `calibration` (`CostCurve`). Called before the first step (an
+        `Engine` calls it when built); call `memory_restarted` when the memory side lost what it had."""
+        anchors = self.calibration(self.memory.cost_shape() if self._anchors is None else None)
+        for m, seconds in anchors.items():
             self.memory.observe_costs(None, m, seconds, anchor=True)
         self._anchored = True
 

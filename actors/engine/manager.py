@@ -260,6 +260,10 @@ class MemoryManager(Reservations):
         for width, seconds in (draft_by_m or {}).items():
             self.costs.observe(seconds, draft_m=int(width))
 
+    def cost_shape(self) -> dict[int, float]:
+        """The calibration timings of the target's cost curve, {M: seconds} (empty: none yet)."""
+        return dict(self.costs.shape)
+
     @property
     def cost_ratio(self) -> float:
         return self.costs.ratio
