@@ -4,7 +4,7 @@
     python bench/specdecode.py trees --temperature 1.0
 
 Same MT-Bench first turns as `peers`, greedy (or sampled at `--temperature`), exactly N new
-tokens, prefill included. Rows:
+tokens, prefill included, each prompt through every shape in turn. Rows:
 - chains: the adaptive chain (the default: γ from the cost curve) and fixed chains of N nodes;
 - trees of N nodes grown w per draft forward, for fixed (N, w);
 - adaptive trees: the memory model picks (N, w) each step, with w up to 2 and up to 3.
@@ -55,28 +55,32 @@ def shapes(args) -> list[tuple[str, int | None, int]]:
     return rows
 
 
-def run_shape(
-    draft, target, tokenizer, prompts, n: int, gamma: int | None, width: int, gamma_max: int, temperature: float = 0.0
-) -> dict:
-    engine = Engine(draft, target, tokenizer, gamma_max=gamma_max, gamma=gamma, tree=width)
-    outputs, seconds, stats, rates = [], [], [], []
-    for i, p in enumerate(prompts):
-        session = f"bench{i}"
-        start = time.perf_counter()
-        ids, s = engine.generate_ids(np.asarray(p["ids"]), n, temperature=temperature, seed=i, session=session)
-        seconds.append(time.perf_counter() - start)
-        rates.append(engine.memory.rates(session))
-        engine.close(session)
-        outputs.append(ids.tolist())
-        stats.append(s)
-    return {
-        "outputs": outputs,
-        "seconds": seconds,
-        "stats": stats,
-        "rates": rates,
-        "kv_peak": engine.memory.usage()["peak"],
-        "costs": engine.memory.usage()["costs"],
+def run_shapes(
+    draft, target, tokenizer, prompts, n: int, rows: list, gamma_max: int, temperature: float = 0.0
+) -> dict[str, dict]:
+    """Every shape of `rows` on every prompt, each prompt through the shapes in turn (an Engine a
+    shape, built and calibrated first), so that a busy or a quiet spell of this shared machine
+    falls on all of them alike: a chain and a tree run minutes apart moved by ±10-20%."""
+    engines = {
+        label: Engine(draft, target, tokenizer, gamma_max=gamma_max, gamma=gamma, tree=width)
+        for label, gamma, width in rows
     }
+    runs = {label: {"outputs": [], "seconds": [], "stats": [], "rates": []} for label in engines}
+    for i, p in enumerate(prompts):
+        for label, engine in engines.items():
+            session = f"bench{i}"
+            start = time.perf_counter()
+            ids, s = engine.generate_ids(np.asarray(p["ids"]), n, temperature=temperature, seed=i, session=session)
+            runs[label]["seconds"].append(time.perf_counter() - start)
+            runs[label]["rates"].append(engine.memory.rates(session))
+            engine.close(session)
+            runs[label]["outputs"].append(ids.tolist())
+            runs[label]["stats"].append(s)
+        print(f"prompt {i + 1}/{len(prompts)} done", flush=True)
+    for label, engine in engines.items():
+        usage = engine.memory.usage()
+        runs[label].update(kv_peak=usage["peak"], costs=usage["costs"])
+    return runs
 
 
 def summarize(label: str, kind: str, run: dict, prompts, reference: list | None) -> dict:
@@ -110,13 +114,14 @@ def run(args) -> dict:
         "threads": args.threads,
         "temperature": args.temperature,
         "precision": {"target": precision_of(target).precision, "draft": precision_of(draft).precision},
+        "probe": {"target": precision_of(target).as_dict(), "draft": precision_of(draft).as_dict()},
         "rows": [],
         "costs": {},
     }
-    for label, gamma, width in shapes(args):
-        r = run_shape(
-            draft, target, tokenizer, prompts, args.max_new_tokens, gamma, width, args.gamma_max, args.temperature
-        )
+    runs = run_shapes(
+        draft, target, tokenizer, prompts, args.max_new_tokens, shapes(args), args.gamma_max, args.temperature
+    )
+    for label, r in runs.items():
         result["costs"][label] = r["costs"]
         for kind in ("code", "prose", "all"):
             result["rows"].append(summarize(label, kind, r, prompts, reference))
@@ -207,34 +212,47 @@ def main(argv=None) -> None:
     started = time.time()
     result = run(args)
     result["command"], result["seconds"] = command, time.time() - started
+    result["max_new_tokens"] = args.max_new_tokens
     result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     sampled = args.temperature > 0
     name = f"specdecode-trees-t{args.temperature:g}.json" if sampled else "specdecode-trees.json"
     if args.no_docs:  # leave the raw data behind the docs' table alone
         name = name.replace(".json", "-no-docs.json")
     (ROOT / "bench" / "results" / name).write_text(json.dumps(result, indent=1))
+    print(table(result))
+    if not args.no_docs:
+        write_docs(result, name)
+
+
+def write_docs(result: dict, name: str) -> None:
+    """The run's section of docs/benchmarks.md ("Token trees on the CPU", or its sampled twin)."""
     markdown = table(result) + (
         "\n\nThe most any tree could get, under the rank model (the r-th choice of any node accepted with "
         "probability a_r, the rates the widest tree rows above measured), in expected tokens per target forward "
         "against the chain of the same N nodes (the same KV), the chain priced with the same a_1:\n\n" + ceiling(result)
     )
-    print(markdown)
-    if not args.no_docs:
-        cpu = result["cpu"]
-        section = f"{SECTION}, sampled at temperature {args.temperature:g}" if sampled else SECTION
-        decoding = f"sampled at temperature {args.temperature:g}" if sampled else "greedy"
-        body = (
-            f"{section}\n\nCommand (from the repository root, after `specmemo models pull`):\n\n    {command}\n\n"
-            f"Run {result['finished']}, {result['seconds'] / 60:.0f} min, CPU `{cpu['model']}` "
-            f"(flags {', '.join(cpu['flags'])}), {result['threads']} threads, torch {result['torch']}; target "
-            f"{result['precision']['target']}, draft {result['precision']['draft']} (the default deployment's "
-            f"choice here). Prompts: MT-Bench first turns {[p['id'] for p in result['prompts']]}, {decoding}, "
-            f"{args.max_new_tokens} new tokens, prefill included, KV budget: the engine default (one whole "
-            f"context, far above the peak). A tree of N nodes holds the KV slots of a chain of γ = N, so "
-            f'"x chain of the same N" compares at the same KV. Raw data: '
-            f"`bench/results/{name}`.\n\n{markdown}\n"
-        )
-        replace_section(ROOT / "docs" / "benchmarks.md", section, body)
+    cpu, temperature = result["cpu"], result["temperature"]
+    section = f"{SECTION}, sampled at temperature {temperature:g}" if temperature > 0 else SECTION
+    decoding = f"sampled at temperature {temperature:g}" if temperature > 0 else "greedy"
+    body = (
+        f"{section}\n\nCommand (from the repository root, after `specmemo models pull`):\n\n    {result['command']}\n\n"
+        f"Run {result['finished']}, {result['seconds'] / 60:.0f} min, CPU `{cpu['model']}` "
+        f"(flags {', '.join(cpu['flags'])}), {result['threads']} threads, torch {result['torch']}; target "
+        f"{result['precision']['target']}, draft {result['precision']['draft']} (the default deployment's "
+        f"choice here; the target's load-time probe, ms at M = 1 / γ_max + 1: {_probe_text(result)}). "
+        f"Prompts: MT-Bench first turns {[p['id'] for p in result['prompts']]}, {decoding}, "
+        f"{result.get('max_new_tokens', 48)} new tokens, prefill included, each prompt through every shape in turn "
+        f"(an Engine a shape, built and calibrated before the first prompt), KV budget: the engine default (one "
+        f"whole context, far above the peak). A tree of N nodes holds the KV slots of a chain of γ = N, so "
+        f'"x chain of the same N" compares at the same KV. Raw data: '
+        f"`bench/results/{name}`.\n\n{markdown}\n"
+    )
+    replace_section(ROOT / "docs" / "benchmarks.md", section, body)
+
+
+def _probe_text(result: dict) -> str:
+    probe = ((result.get("probe") or {}).get("target") or {}).get("probe_ms") or {}
+    return ", ".join(f"{name} {'/'.join(f'{ms:.0f}' for ms in times.values())}" for name, times in probe.items()) or "-"
 
 
 if __name__ == "__main__":

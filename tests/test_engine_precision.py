@@ -132,6 +132,23 @@ def test_auto_takes_the_precision_the_probe_timed_fastest(fastest):
         assert any(isinstance(m, Int8Linear) for m in target.modules())
 
 
+@pytest.mark.parametrize(
+    ("durations", "chosen"),
+    [
+        ([0.0100, 0.0100, 0.0105], "int8"),  # int8 5% slower than the fastest: fewer bits win
+        ([0.0100, 0.0100, 0.0120], "bfloat16"),  # int8 20% slower: the fastest wins
+        ([0.0095, 0.0100, 0.0200], "bfloat16"),  # float32 fastest, bfloat16 5% behind: fewer bits
+        ([0.0080, 0.0100, 0.0200], "float32"),  # the others more than 10% behind
+    ],
+)
+def test_within_ten_percent_of_the_fastest_the_fewest_weight_bits_win(durations, chosen):
+    _, target = tiny_pair(seed=3)
+    candidates = ["float32", "bfloat16", "int8"]
+    clock = ScriptedClock(durations, _reads_per_candidate(target))
+    apply_precision(target, "auto", gamma_max=3, candidates=candidates, repeats=1, clock=clock)
+    assert precision_of(target).precision == chosen
+
+
 class ThreadClock:
     """A clock whose every measured interval lasts as many milliseconds as torch has threads."""
 

@@ -211,7 +211,8 @@ def choose(
     role: str = "target",
     threads: int | None = None,
 ) -> tuple[str, dict[str, dict[str, float]]]:
-    """The fastest precision for `model` here, and the probe's estimates in ms per forward.
+    """The fastest precision for `model` here (of those within `NEAR` of the fastest, the one of
+    fewest weight bits), and the probe's estimates in ms per forward.
 
     For each candidate a copy of the first decoder layer and of a slice of the LM head (its time
     scaled to the whole head) is converted and timed (the fastest of `repeats`: on a shared
@@ -263,7 +264,16 @@ def _probe(model, gamma_max: int, candidates: list[str] | None, repeats: int, cl
     def score(p: str) -> float:
         return probe[p]["M=1"] if role == "draft" else sum(probe[p].values())
 
-    return min(probe, key=score), probe
+    fastest = min(score(p) for p in probe)
+    near = [p for p in probe if score(p) <= fastest * (1 + NEAR)]
+    return min(near, key=lambda p: (WEIGHT_BITS.get(p, 32), score(p))), probe
+
+
+#: Within this fraction of the fastest probe, the precision with the fewest weight bits wins: less
+#: memory, and the probe's own noise is about this large (int4 and int8 targets swapped places
+#: between runs on one machine when the fastest alone decided).
+NEAR = 0.10
+WEIGHT_BITS = {"int4": 4, "int8": 8, "bfloat16": 16, "float32": 32}
 
 
 HEAD_SAMPLE = 8  # the probe times 1/8 of the LM head's rows and scales (a GEMV/GEMM is linear in rows)
