@@ -5,6 +5,9 @@ mrs / solve / solve_file with SolveResult, the errors, VERSION (of the C library
 max_threads. Test matrices and Matrix Market I/O are in specmemo.native.matrices.
 """
 
+if __name__ != "specmemo.native":  # a second copy of these modules breaks isinstance and except clauses
+    raise ImportError(f"import specmemo.native, not {__name__}: these folders install as specmemo.*")
+
 from .errors import InvalidMatrix, InvalidOperand, NativeError, NotSkewSymmetric, NotSymmetric
 from .plan import Plan, PlanReport
 from .solver import SolveResult, mrs, solve, solve_file

@@ -126,3 +126,13 @@ def test_no_module_of_the_actors_or_the_protocol_is_over_400_lines():
         if (n := len(path.read_text().splitlines())) > 400
     }
     assert not long, f"split these by concept: {long}"
+
+
+@pytest.mark.parametrize("package", ["actors", "protocol", "native", "deploy"])
+def test_a_folder_imported_by_its_bare_name_is_refused(package):
+    # from the repository root `import actors` would load a second copy of specmemo.actors, whose
+    # classes fail the first copy's isinstance checks (a 4-bit draft then runs its slow path)
+    out = subprocess.run(
+        [sys.executable, "-c", f"import {package}"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode != 0 and f"import specmemo.{package}, not {package}" in out.stderr
