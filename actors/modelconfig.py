@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from specmemo.actors.engine.models import ModelSpec, load_model
-from specmemo.actors.engine.precision import apply_precision, precision_of
+from specmemo.actors.engine.precision import WEIGHT_BITS, apply_precision, precision_of
 from specmemo.actors.engine.pull import default_pair_specs
 
 #: (model, tokenizer) loaded by the zygote before it forks, by `resident_key`: a forked actor finds
@@ -179,7 +179,7 @@ def set_model_gauges(metrics, core) -> None:
     choice = precision_of(core.model)
     if choice is None:
         return
-    bits = {"float32": 32, "bfloat16": 16, "int8": 8, "int4": 4}.get(choice.precision, 0)
+    bits = WEIGHT_BITS.get(choice.precision, 0)
     metrics.set("weight_bits", bits, "Bits per weight of the precision the model runs in")
     for precision, ms in choice.probe_ms.items():
         for m, value in ms.items():

@@ -277,6 +277,11 @@ def _find(rows, prefix: str, kind: str):
     return next((r for r in rows if r["method"].startswith(prefix) and r["prompts"] == kind), None)
 
 
+def probe_text(probe_ms: dict[str, dict[str, float]]) -> str:
+    """A load-time probe as "float32 380/920, ..., int4 56/73" (ms at M = 1 / M = γ_max + 1)."""
+    return ", ".join(f"{name} {'/'.join(f'{v:.0f}' for v in ms.values())}" for name, ms in probe_ms.items())
+
+
 def table(result: dict) -> str:
     rows = result["rows"]
     lines = [
@@ -328,10 +333,7 @@ def table(result: dict) -> str:
     ]
     for p, c in result["precision"].items():
         probe = "; ".join(
-            f"{role} probe "
-            + ", ".join(f"{k} {'/'.join(f'{v:.0f}' for v in ms.values())}" for k, ms in c[role]["probe_ms"].items())
-            for role in ("target", "draft")
-            if c[role]["probe_ms"]
+            f"{role} probe " + probe_text(c[role]["probe_ms"]) for role in ("target", "draft") if c[role]["probe_ms"]
         )
         lines.append(
             f"- {p}: target {c['target']['precision']} {c['target']['weight_bytes'] / 2**20:,.0f} MiB, "

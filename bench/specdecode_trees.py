@@ -40,7 +40,7 @@ from specmemo.actors.engine.pull import default_pair_specs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from specdecode import replace_section  # noqa: E402
-from specdecode_peers import pick_prompts, run_target  # noqa: E402
+from specdecode_peers import pick_prompts, probe_text, run_target  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Token trees on the CPU"
@@ -251,8 +251,7 @@ def write_docs(result: dict, name: str) -> None:
 
 
 def _probe_text(result: dict) -> str:
-    probe = ((result.get("probe") or {}).get("target") or {}).get("probe_ms") or {}
-    return ", ".join(f"{name} {'/'.join(f'{ms:.0f}' for ms in times.values())}" for name, times in probe.items()) or "-"
+    return probe_text(((result.get("probe") or {}).get("target") or {}).get("probe_ms") or {}) or "-"
 
 
 if __name__ == "__main__":

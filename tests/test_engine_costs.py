@@ -52,15 +52,14 @@ def test_a_proposal_times_only_the_forwards_that_fed_one_token_a_row():
 
 
 def test_anchors_give_the_shape_and_steps_one_level_for_every_m():
-    curve = CostCurve()
-    for m, seconds in {1: 0.040, 2: 0.042, 3: 0.044, 5: 0.052, 9: 0.080}.items():
-        curve.observe(m=m, target_s=seconds, anchor=True)
+    curve = _anchored()
     assert curve.target(4) == pytest.approx(0.048)  # between the anchors
     assert curve.target(12) == pytest.approx(0.080 + 3 * (0.080 - 0.052) / 4)  # the last two's slope
     curve.observe(m=3, target_s=0.088)  # a step of M = 3 on a busy machine: twice the anchor
     assert curve.scale == pytest.approx(1.2)
+    quiet = _anchored()
     for m in range(1, 10):  # every M is dearer alike, the used one no more than its neighbours
-        assert curve.target(m) == pytest.approx(1.2 * CostCurve.target(_anchored(), m))
+        assert curve.target(m) == pytest.approx(1.2 * quiet.target(m))
     assert curve.target_s == {3: 0.088}  # the steps' own averages are kept for the report
 
 

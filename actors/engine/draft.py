@@ -126,11 +126,7 @@ class DraftCore(CacheHolder):
         s.ids, s.proposed = ids, 0
         if s.head is not None:
             s.head.add(ids[keep:])
-        if resident == 0:
-            resident = self.prefixes.restore(ids[:-1], s.cache)
-        if len(ids) - 1 > resident:
-            forward_rows(self.model, [s.cache], [ids[resident:-1]], [0], exact=False, heads=[s.head])
-            self.prefixes.insert(ids, s.cache)
+        self.fill(s.cache, ids, resident, s.head)
         assert s.cache.blocks == blocks
         return s.cache.held_bytes()
 

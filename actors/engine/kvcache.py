@@ -328,6 +328,21 @@ class CacheHolder:
             out[m] = min(samples) if fastest else sorted(samples)[len(samples) // 2]
         return out
 
+    def fill(self, cache: BlockKVCache, ids: np.ndarray, resident: int, head=None) -> int:
+        """Make all but the last of `ids` resident in `cache`, which holds their first `resident`:
+        an empty cache first takes the longest stored prefix (`prefixes`), the model computes the
+        rest (with `head`, a draft's vocabulary subset), and the store keeps its chunks. Answers
+        the tokens the model computed."""
+        from .batch import forward_rows
+
+        if resident == 0:
+            resident = self.prefixes.restore(ids[:-1], cache)
+        if len(ids) - 1 <= resident:
+            return 0
+        forward_rows(self.model, [cache], [ids[resident:-1]], [0], exact=self.exact, heads=[head])
+        self.prefixes.insert(ids, cache)
+        return len(ids) - 1 - resident
+
     def session_head(self, ids: np.ndarray):
         """The head a session with context `ids` computes its logits with (None: the model's)."""
         return None

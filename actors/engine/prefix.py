@@ -38,7 +38,7 @@ class PrefixStore:
         self.chunk, self.max_chunks = chunk, tokens // chunk
         self.capacity_bytes = self.max_chunks * chunk * bytes_per_token
         self._chunks: OrderedDict[bytes, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
-        self.hits = self.misses = 0  # tokens taken from the store / computed by cold prefills
+        self.hits = 0  # tokens taken from the store
 
     def _keys(self, ids: np.ndarray, count: int):
         digest = b""
@@ -62,7 +62,6 @@ class PrefixStore:
             for layer, (keys, values) in zip(cache.layers, layers):
                 layer.write(keys, values)
         self.hits += len(found) * self.chunk
-        self.misses += len(ids) - len(found) * self.chunk
         return len(found) * self.chunk
 
     def insert(self, ids: np.ndarray, cache) -> None:
@@ -81,6 +80,3 @@ class PrefixStore:
 
     def held_tokens(self) -> int:
         return len(self._chunks) * self.chunk
-
-    def clear(self) -> None:
-        self._chunks.clear()

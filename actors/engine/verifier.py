@@ -171,12 +171,7 @@ class VerifierCore(CacheHolder):
         s.cache.rollback(s.cache.length - resident, s.cache.blocks)
         s.cache.resize(blocks)
         s.ids = ids
-        if resident == 0:
-            resident = self.prefixes.restore(ids[:-1], s.cache)
-        s.prefilled = max(0, len(ids) - 1 - resident)
-        if len(ids) - 1 > resident:
-            forward_rows(self.model, [s.cache], [ids[resident:-1]], [0])
-            self.prefixes.insert(ids, s.cache)
+        s.prefilled = self.fill(s.cache, ids, resident)
         return s.cache.held_bytes()
 
     def drop(self, session: str) -> int:
