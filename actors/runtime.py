@@ -79,6 +79,7 @@ class ActorRuntime:
         self.stalled_peak = 0  # the most at once (a test checks it stays small)
         self._stop = trio.Event()
         self._starting = trio.CancelScope()  # cancelled by a stop that comes during on_start
+        self._settling = trio.CancelScope()  # cancelled by a stop that comes during on_registered
         self._last_kernel = time.monotonic()
         self._parent = os.getppid()
         self.exit_reason = ""
@@ -110,9 +111,11 @@ class ActorRuntime:
                     nursery.cancel_scope.cancel()
                     return self.exit_reason
                 nursery.start_soon(self._heartbeat_loop)
-                await self.actor.on_registered()
-                nursery.start_soon(self.actor.background)
-                log.info("%s ready (pid %d)", self.actor.name, os.getpid())
+                with self._settling:  # it may wait on peers (a lease, a restarting memory actor) for ever
+                    await self.actor.on_registered()
+                if not self._settling.cancelled_caught:
+                    nursery.start_soon(self.actor.background)
+                    log.info("%s ready (pid %d)", self.actor.name, os.getpid())
                 await self._stop.wait()
                 await self._shutdown()
                 nursery.cancel_scope.cancel()
@@ -125,6 +128,7 @@ class ActorRuntime:
             self.exit_reason = reason
             self._stop.set()
             self._starting.cancel()
+            self._settling.cancel()
 
     async def _shutdown(self) -> None:
         for call in list(self.active.values()):

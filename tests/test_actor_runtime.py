@@ -246,3 +246,53 @@ def test_a_reply_of_another_type_than_declared_becomes_an_internal_error(start_d
         assert [chunk.i for chunk in chunks] == [0] and "not the declared CountChunk" in stream.value.message
         assert isinstance(c.call("echo", "metrics").values, dict)  # and it keeps serving
         assert next(a for a in c.actors() if a.name == "echo").restarts == 0
+
+
+def test_a_stop_while_on_registered_waits_on_peers_still_stops_the_actor():
+    # on_registered may wait for peers without end (a memory lease, a restarting memory actor);
+    # when the kernel dies meanwhile, PDEATHSIG's SIGTERM must still end the actor within its ladder
+    import threading
+    import time
+
+    import trio
+
+    from specmemo.actors.echo import EchoActor
+    from specmemo.actors.runtime import ActorRuntime
+    from specmemo.protocol.wire import COMMAND_BYTES, MAGIC
+
+    class Waiting(EchoActor):
+        async def on_registered(self) -> None:
+            self.waiting.set()
+            await trio.sleep_forever()
+
+        async def background(self) -> None:
+            self.background_ran = True
+
+    actor = Waiting("echo", {})
+    actor.waiting, actor.background_ran = trio.Event(), False
+    endpoint = f"inproc://settling-{threading.get_ident()}-{time.monotonic_ns()}"
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    runtime = ActorRuntime(actor, endpoint, heartbeat_s=1.0, heartbeat_misses=60)
+
+    def kernel() -> None:
+        ident, _, command, name, header, _ = router.recv_multipart()  # READY
+        assert command == COMMAND_BYTES[Command.READY] and name == b"echo"
+        router.send_multipart([ident, MAGIC, COMMAND_BYTES[Command.REPLY], b"kernel", header, b"\xc0"])
+
+    async def main() -> str:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, kernel)
+            with trio.fail_after(20):
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(runtime.run)
+                    await actor.waiting.wait()
+                    runtime.stop("signal SIGTERM")
+        return runtime.exit_reason
+
+    try:
+        assert trio.run(main) == "signal SIGTERM"
+    finally:
+        router.close()
+    assert not actor.background_ran

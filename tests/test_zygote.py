@@ -41,9 +41,10 @@ def why_alive(pid: int) -> str:
             if line.split(":")[0] in ("State", "PPid", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "Threads")
         ]
         wchan = Path(f"/proc/{pid}/wchan").read_text()
+        name = Path(f"/proc/{pid}/comm").read_text().strip()  # a forked actor keeps the zygote's cmdline
     except OSError as exc:
         return f"{pid}: gone ({exc})"
-    return f"{pid} {cmdline(pid)[:80]!r} {'; '.join(keep)}; wchan {wchan}"
+    return f"{pid} {name} {cmdline(pid)[:80]!r} {'; '.join(keep)}; wchan {wchan}"
 
 
 def zygotes(kernel: int, actor_pids: set[int]) -> list[int]:
