@@ -23,16 +23,24 @@ def _exact_pair_distribution(target, prompt, temperature):
 
 
 @pytest.mark.parametrize(
-    "precisions,tree", [(("float32", "float32"), 1), (("int4", "int8"), 1), (("float32", "float32"), 2)]
+    "precisions,tree,gamma",
+    [
+        (("float32", "float32"), 1, 2),
+        (("int4", "int8"), 1, 2),
+        (("float32", "float32"), 2, 2),
+        (("float32", "float32"), 2, 4),
+    ],
 )
-def test_sampled_output_follows_the_target_distribution_over_two_tokens(precisions, tree):
+def test_sampled_output_follows_the_target_distribution_over_two_tokens(precisions, tree, gamma):
     # (draft, target) precisions; the reference is the same-precision target's own distribution.
-    # tree 1: sampled chains (q-ratio rule); tree 2: the first step verifies the draft's top-2
-    # tokens as point masses (three tokens asked, so that step may draft two nodes)
+    # tree 1: sampled chains (q-ratio rule); tree 2: the first step verifies a tree whose children
+    # are draws from q without replacement (three tokens asked, so that step may draft γ nodes):
+    # 2 nodes, both under the root, or 4, where the second round's two picks compete across both
+    # root children's draws, so which nodes exist depends on the tokens drawn before them
     draft, target = tiny_pair(seed=11, vocab_size=VOCAB, noise=0.3, draft_layers=2)
     apply_precision(draft, precisions[0], role="draft")
     apply_precision(target, precisions[1])
-    engine = Engine(draft, target, budget_bytes=1 << 30, block_tokens=2, gamma=2, tree=tree)
+    engine = Engine(draft, target, budget_bytes=1 << 30, block_tokens=2, gamma=gamma, tree=tree)
     prompt = [5]  # one token: nothing to prefill, so each run costs only its speculative steps
     temperature = 0.8
     counts = np.zeros((VOCAB, VOCAB))

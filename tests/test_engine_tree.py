@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from specmemo.actors.engine import Engine
+from specmemo.actors.engine.draft import _Draw
 from specmemo.actors.engine.manager import MemoryManager
 from specmemo.actors.engine.memory_model import (
     CostCurve,
@@ -89,6 +90,33 @@ def test_sampled_walk_over_point_mass_children_emits_the_target_distribution():
     observed = np.append(observed[big], observed[~big].sum())
     expected = np.append(expected[big], expected[~big].sum())
     assert stats.chisquare(observed, expected).pvalue > 0.001
+
+
+def test_children_drawn_without_replacement_keep_the_target_distribution_and_the_chains_first_rank():
+    # three root children drawn by the draft's sampler (q less the earlier siblings' tokens, each
+    # answered with the q it was drawn from): the emitted token follows p, and the first child is
+    # accepted as often as a chain's sampled token, 1 − TV(p, q)
+    vocab, runs = 6, 8000
+    rng = np.random.default_rng(3)
+    p_logits, q = rng.normal(size=vocab) * 1.5, probabilities(rng.normal(size=vocab) * 1.5, 1.0)
+    p = probabilities(p_logits, 1.0)
+    counts, first = np.zeros(vocab), 0
+    for seed in range(runs):
+        draws, nodes, qs = np.random.default_rng(seed), [], []
+        pending = _Draw.first(-1, 0.0, q, 3)
+        while pending is not None:
+            node, pending = pending.draw(draws)
+            nodes.append(node.token)
+            qs.append(node.q)
+        assert len(set(nodes)) == len(nodes) == 3
+        tree = Tree.from_rows(np.array(nodes), np.full(3, -1), 3)
+        logits = np.vstack([p_logits, np.zeros((3, vocab))])
+        verdict = verify_tree(tree, logits, 1.0, np.array(qs), np.random.default_rng(10**6 + seed))
+        counts[verdict.tokens[0]] += 1
+        first += verdict.hits[0]
+    assert stats.chisquare(counts, p * runs).pvalue > 0.001
+    chain = np.minimum(p, q).sum()
+    assert abs(first / runs - chain) < 4 * np.sqrt(chain * (1 - chain) / runs)
 
 
 # ------------------------------------------------------------------ the memory model

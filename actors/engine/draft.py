@@ -39,20 +39,57 @@ class _Node:
 
 
 @dataclass
+class _Draw:
+    """A sampled child not drawn yet. Its token is drawn when it is selected, from q less the
+    tokens its earlier siblings took, so whether a child is tried never depends on the token it
+    turns out to be: the q the multi-draft rule divides by is the law of the token it tries."""
+
+    parent: int
+    base: float  # the parent's log path probability
+    logp: float  # base + log E[q(x)] of the coming draw: its selection key
+    rest: np.ndarray  # q over the tokens no earlier sibling took (not renormalized)
+    left: int  # siblings still allowed, this one included
+
+    @classmethod
+    def first(cls, parent: int, base: float, q: np.ndarray, width: int) -> _Draw:
+        return cls(parent, base, base + float(np.log(max(float(np.dot(q, q)), 1e-30))), q, width)
+
+    def draw(self, rng: np.random.Generator) -> tuple[_Node, _Draw | None]:
+        """The child, and the draw of its next sibling (None past the width or the vocabulary)."""
+        total = float(self.rest.sum())
+        q = self.rest / total
+        token = sample(q, rng)
+        node = _Node(token, self.parent, self.base + float(np.log(max(float(self.rest[token]), 1e-30))), q=q)
+        if self.left <= 1 or total - float(self.rest[token]) <= 0.0:
+            return node, None
+        rest = self.rest.copy()
+        rest[token] = 0.0
+        mass = float(np.dot(rest, rest)) / float(rest.sum())
+        return node, _Draw(self.parent, self.base, self.base + float(np.log(max(mass, 1e-30))), rest, self.left - 1)
+
+
+@dataclass
 class _Growth:
     """One row's tree while it grows: its nodes, the candidates, and the nodes fed last round."""
 
     base: int  # the first tree slot (the pending tokens end just below it)
     nodes: list[_Node] = field(default_factory=list)
-    candidates: list[_Node] = field(default_factory=list)
+    candidates: list[_Node | _Draw] = field(default_factory=list)
     fed: list[int] = field(default_factory=list)
 
-    def select(self, count: int) -> None:
-        # the `count` candidates of highest path probability become nodes (stable on ties)
-        self.candidates.sort(key=lambda c: -c.logp)
-        chosen, self.candidates = self.candidates[:count], self.candidates[count:]
-        self.fed = list(range(len(self.nodes), len(self.nodes) + len(chosen)))
-        self.nodes.extend(chosen)
+    def select(self, count: int, rng: np.random.Generator) -> None:
+        # the `count` candidates of highest path probability become nodes, one at a time (the
+        # first on ties); a selected draw is drawn then, and its next sibling joins the candidates
+        self.fed = []
+        while len(self.fed) < count and self.candidates:
+            best = max(range(len(self.candidates)), key=lambda i: self.candidates[i].logp)
+            chosen = self.candidates.pop(best)
+            if isinstance(chosen, _Draw):
+                chosen, sibling = chosen.draw(rng)
+                if sibling is not None:
+                    self.candidates.append(sibling)
+            self.fed.append(len(self.nodes))
+            self.nodes.append(chosen)
 
     def feed(self, length: int) -> np.ndarray:
         # the nodes selected last are fed next, at slots length, length + 1, ...
@@ -146,8 +183,10 @@ class DraftCore(CacheHolder):
         root's w most likely children as candidates; each round then takes the w candidates of
         highest path probability as nodes and, unless the tree is full, feeds them in one forward
         whose tree mask lets each see only its ancestors, adding each one's w most likely children
-        to the candidates. A chain at temperature > 0 samples each token from q (and answers q);
-        wider trees take the draft's top tokens (point masses, see `tree.verify_tree`).
+        to the candidates. At temperature > 0 a node's children are instead up to w draws from q
+        without replacement, each drawn only once selected (its key: the expected q of the draw)
+        and answered with the q it was drawn from (see `tree.verify_tree`); a chain samples each
+        token from q.
 
         Answers {"tokens": int64 [B, Nmax] (-1 past a row's N), "parents": int64 [B, Nmax] (−1:
         the root), "probs": float32 [B, Nmax, V] of the sampled nodes' q (zeros for the others; None
@@ -163,7 +202,7 @@ class DraftCore(CacheHolder):
         parents = np.full((len(rows), width), -1, dtype=np.int64)
         temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature] * len(rows)
         assert len(temps) == len(rows) == len(widths)
-        sampled = [t > 0 and w == 1 for t, w in zip(temps, widths)]
+        sampled = [t > 0 for t in temps]
         probs = np.zeros((len(rows), width, self.vocab_size), dtype=np.float32) if any(sampled) else None
         rngs = [np.random.default_rng(seed) for seed in (seeds or [0] * len(rows))]
         grown = [_Growth(len(row.ids)) for row in rows]
@@ -192,8 +231,8 @@ class DraftCore(CacheHolder):
                 for i, b in enumerate(active):
                     g = grown[b]
                     for k, fed in enumerate(g.fed or [-1]):
-                        self._expand(g, fed, logits[i][k], temps[b], widths[b], sampled[b], rngs[b])
-                    g.select(min(widths[b], gammas[b] - len(g.nodes)))
+                        self._expand(g, fed, logits[i][k], temps[b], widths[b], sampled[b])
+                    g.select(min(widths[b], gammas[b] - len(g.nodes)), rngs[b])
                 active = [b for b in active if len(grown[b].nodes) < gammas[b]]
                 feeds = [grown[b].feed(rows[b].cache.length) for b in active]
                 trees = [grown[b].tree_feed(rows[b].cache.length) if widths[b] > 1 else None for b in active]
@@ -224,14 +263,12 @@ class DraftCore(CacheHolder):
         temperature: float,
         width: int,
         sampled: bool,
-        rng: np.random.Generator,
     ) -> None:
-        # add `node`'s children as candidates: one sampled from q, or the `width` most likely
+        # add `node`'s children as candidates: up to `width` draws from q, or its `width` most likely
         base = 0.0 if node < 0 else g.nodes[node].logp
         if sampled:
-            p = torch.softmax(logits / temperature, dim=-1).cpu().numpy()
-            token = sample(p, rng)
-            g.candidates.append(_Node(token, node, base + float(np.log(max(p[token], 1e-30))), q=p))
+            q = torch.softmax(logits.float() / temperature, dim=-1).cpu().numpy()
+            g.candidates.append(_Draw.first(node, base, q, width))
             return
         if width == 1 and temperature <= 0:  # a greedy chain: the argmax, whose path probability no one reads
             g.candidates.append(_Node(int(torch.argmax(logits)), node, base))

@@ -12,9 +12,10 @@ Verification walks from the root. At a node whose target distribution is p:
 - sampled (the multi-draft rule of SpecInfer): try the children in rank order, accepting child
   c with probability min(1, p(c)/q_c(c)); after a rejection p ← norm(max(0, p − q_c)); when
   every child is rejected emit x ~ p. Each trial is a one-draft speculative-sampling step against
-  the current residual, so the emitted token is distributed exactly as p. With point masses
-  (q_c = δ_c) child r is accepted with probability p(c_r): a set of distinct children is accepted
-  with probability Σ p(c_r), the most any candidate set can get.
+  the current residual, so the emitted token is distributed exactly as p, provided each child
+  was drawn from its q_c given everything before it (the draft draws siblings from q without
+  replacement: q_c is q less the earlier siblings' tokens). With point masses (q_c = δ_c) child
+  r is accepted with probability p(c_r).
 A walk also counts, for each rank r, the visited nodes that had an r-th child ("tried") and those
 whose r-th child was accepted ("hits"): the rank acceptance rates a_r the memory model sizes
 trees from. For a chain, hits/tried at rank 1 is the usual acceptance rate α.
