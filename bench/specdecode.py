@@ -230,23 +230,29 @@ def no_stop_token(*models):
             config.eos_token_id = eos
 
 
+def generate_greedy(target, ids, max_new_tokens: int, assistant=None) -> tuple[list[int], float]:
+    """transformers' own greedy `generate` (assisted when `assistant` is given), exactly
+    `max_new_tokens` new tokens: (the new tokens, seconds)."""
+    inputs = torch.tensor([list(ids)])
+    config = _greedy_config(target, max_new_tokens)
+    start = time.perf_counter()
+    with torch.inference_mode(), no_stop_token(target, assistant):
+        out = target.generate(
+            inputs, attention_mask=torch.ones_like(inputs), generation_config=config, assistant_model=assistant
+        )
+    return out[0, inputs.shape[1] :].tolist(), time.perf_counter() - start
+
+
 def run_generate(method: str, target, prompts, max_new_tokens: int, assistant=None) -> Row:
     """(1) target alone or (2) assisted generation, one prompt at a time."""
     row = Row(method)
-    config = _greedy_config(target, max_new_tokens)
     counter = ForwardCounter(target)
     meter = RssMeter()
     meter.start()
     try:
         for ids in prompts:
-            inputs = torch.tensor([ids])
-            start = time.perf_counter()
-            with torch.inference_mode(), no_stop_token(target, assistant):
-                out = target.generate(
-                    inputs, attention_mask=torch.ones_like(inputs), generation_config=config, assistant_model=assistant
-                )
-            row.seconds += time.perf_counter() - start
-            new = out[0, len(ids) :].tolist()
+            new, seconds = generate_greedy(target, ids, max_new_tokens, assistant)
+            row.seconds += seconds
             row.tokens += len(new)
             row.outputs.append(new)
     finally:

@@ -56,7 +56,7 @@ from specmemo.actors.engine.prefix import DEFAULT_TOKENS as DEFAULT_PREFIX_TOKEN
 from specmemo.actors.engine.pull import DRAFT, TARGET, default_cache_dir, default_pair_specs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from specdecode import _greedy_config, first_turn_ids, mtbench_questions, no_stop_token, replace_section  # noqa: E402
+from specdecode import first_turn_ids, generate_greedy, mtbench_questions, replace_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Decoding speed on the CPU (precision and peers)"
@@ -89,18 +89,8 @@ def forward_costs(holder: CacheHolder, ms=(1, 5, 9), repeats: int = 5) -> dict[s
 
 
 def run_target(target, prompts, n: int, assistant=None) -> dict:
-    config = _greedy_config(target, n)
-    outputs, seconds = [], []
-    with torch.inference_mode():
-        for p in prompts:
-            ids = torch.tensor([p["ids"]])
-            extra = {"assistant_model": assistant} if assistant is not None else {}
-            start = time.perf_counter()
-            with no_stop_token(target, assistant):
-                out = target.generate(ids, generation_config=config, **extra)
-            seconds.append(time.perf_counter() - start)
-            outputs.append(out[0, ids.shape[1] :].tolist())
-    return {"outputs": outputs, "seconds": seconds}
+    runs = [generate_greedy(target, p["ids"], n, assistant) for p in prompts]
+    return {"outputs": [out for out, _ in runs], "seconds": [s for _, s in runs]}
 
 
 WHOLE_HEAD = "specmemo Engine (whole draft head)"
