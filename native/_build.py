@@ -17,7 +17,7 @@ import tempfile
 from cffi import FFI
 
 HERE = os.path.relpath(os.path.dirname(os.path.abspath(__file__)))
-DECODE_SOURCES = [os.path.join(HERE, name) for name in ("q4.c", "rows_attention.c", "decode_step.c")]
+DECODE_SOURCES = [os.path.join(HERE, name) for name in ("q4.c", "q4_pack.c", "rows_attention.c", "decode_step.c")]
 SOURCES = sorted(
     os.path.join(HERE, name)
     for name in os.listdir(HERE)

@@ -52,4 +52,15 @@ int q4_linear_blocks(int64_t m, int64_t n, int64_t k, int64_t group, const uint8
                      const uint16_t *scales, const int64_t *blocks, int64_t count, const float *x, float *y,
                      int threads, int isa);
 
+/* Quantize W[n][k], float32 (`w32`) or bfloat16 bit patterns (`wbf16`; exactly one given), into
+ * `codes` (n/16 x k/8 x 64 bytes) and `scales` (n/16 x k/group x 2 x 16) as laid out above: per
+ * row and group, scale = f16((max - min) / 15), zero = f16(min) (to nearest even), q =
+ * clamp(rint((w - zero) / scale), 0, 15), 0 where scale is not > 0 (q4_pack.c). One thread; every
+ * isa (Q4_ISA_AUTO or one this CPU has) writes the same bits. */
+int q4_pack(int64_t n, int64_t k, int64_t group, const float *w32, const uint16_t *wbf16, uint8_t *codes,
+            uint16_t *scales, int isa);
+
+/* out[i] = the float16 bit pattern nearest x[i] (ties to even; overflow to inf), as q4_pack rounds. */
+int q4_half_from_float(int64_t count, const float *x, uint16_t *out);
+
 #endif

@@ -67,15 +67,43 @@ def quantize(weight: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray, np
     return np.clip(codes, 0, 15).astype(np.uint8).reshape(n, k), scale, zero
 
 
-def pack(weight, group: int = 64) -> Q4Weights:
-    """Quantize a float weight [n, k] (numpy or anything `np.asarray` takes) and lay it out for
-    `linear`. n must be a multiple of 16, k of `group`, `group` of 8 (at most 1024)."""
-    weight = np.asarray(weight)
+def pack(weight, group: int = 64, bfloat16: bool = False, isa: str | None = None) -> Q4Weights:
+    """Quantize a float weight [n, k] (numpy or anything `np.asarray` takes; with `bfloat16`, a
+    uint16 array of bfloat16 bit patterns) and lay it out for `linear`, in C (`q4_pack`; `isa`
+    forces a path, None: the fastest): bit for bit `reference_pack`. n must be a multiple of 16,
+    k of `group`, `group` of 8 (at most 1024)."""
+    weight = np.ascontiguousarray(weight, dtype=np.uint16 if bfloat16 else np.float32)
     n, k = weight.shape
     if n % BLOCK_ROWS or group % 8 or not 8 <= group <= lib.Q4_MAX_GROUP or k % group:
         raise ValueError(f"cannot pack a {n}x{k} weight in groups of {group}")
-    codes, scale, zero = quantize(weight, group)
+    codes = np.empty((n // BLOCK_ROWS, k // 8, 64), dtype=np.uint8)
+    scales = np.empty((n // BLOCK_ROWS, k // group, 2, BLOCK_ROWS), dtype=np.uint16)
+    address = weight.ctypes.data
+    args = (ffi.NULL, ffi.cast("uint16_t *", address)) if bfloat16 else (ffi.cast("float *", address), ffi.NULL)
+    code = lib.Q4_ISA_AUTO if isa is None else ISAS[isa]
+    status = lib.q4_pack(
+        n, k, group, *args, ffi.cast("uint8_t *", codes.ctypes.data), ffi.cast("uint16_t *", scales.ctypes.data), code
+    )
+    if status != lib.Q4_OK:
+        raise NativeError(f"q4_pack: {_ERRORS.get(status, status)}")
+    return Q4Weights(n, k, group, codes, scales)
+
+
+def reference_pack(weight, group: int = 64) -> Q4Weights:
+    """`pack` in numpy: `quantize`, then the layout (the independent reference of the C code)."""
+    codes, scale, zero = quantize(np.asarray(weight, dtype=np.float32), group)
+    n, k = codes.shape
     return Q4Weights(n, k, group, layout_codes(codes), layout_scales(scale, zero))
+
+
+def half_from_float(x: np.ndarray) -> np.ndarray:
+    """float16 bit patterns of float32 `x` as `q4_pack` rounds them (numpy's `astype(float16)`)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(x.shape, dtype=np.uint16)
+    status = lib.q4_half_from_float(x.size, ffi.cast("float *", x.ctypes.data), ffi.cast("uint16_t *", out.ctypes.data))
+    if status != lib.Q4_OK:
+        raise NativeError(f"q4_half_from_float: {_ERRORS.get(status, status)}")
+    return out
 
 
 def layout_codes(codes: np.ndarray) -> np.ndarray:

@@ -78,6 +78,17 @@ def test_an_int4_linear_computes_each_row_as_if_it_were_alone_and_fuses_exactly(
     assert fused.packed_bytes == sum(parts) * k // 2 + sum(parts) * (k // 32) * 4
 
 
+def test_a_bfloat16_linear_packs_from_its_bit_patterns_what_its_float32_values_pack_to():
+    torch.manual_seed(5)
+    linear = nn.Linear(96, 48).to(torch.bfloat16)
+    widened = nn.Linear(96, 48)
+    with torch.no_grad():
+        widened.weight.copy_(linear.weight.float())
+        widened.bias.copy_(linear.bias.float())
+    a, b = Int4Linear(linear, 32), Int4Linear(widened, 32)
+    assert np.array_equal(a.weights.codes, b.weights.codes) and np.array_equal(a.weights.scales, b.weights.scales)
+
+
 def test_int4_packs_only_the_shapes_it_can():
     assert Int4Linear.group_for(nn.Linear(256, 259)) is None
     assert Int4Linear.group_for(nn.Linear(100, 64)) is None

@@ -60,6 +60,36 @@ def test_the_layout_round_trips_and_the_product_is_close_to_the_float_one(proble
     assert (np.abs(y - x.astype(np.float64) @ weight.T.astype(np.float64)) <= bound * 1.01 + 1e-5).all()
 
 
+@settings(max_examples=60, deadline=None)
+@given(problems(), st.sampled_from([1.0, 1e-7, 1e5]), st.booleans())
+def test_the_c_packer_writes_the_numpy_reference_on_every_path(problem, magnitude, bfloat16):
+    # magnitudes whose float16 scale is subnormal or whose zero overflows to -inf, and bfloat16
+    # bit patterns against the reference on their float32 values
+    weight, _, group = problem
+    weight = (weight * np.float32(magnitude)).astype(np.float32)
+    if bfloat16:
+        bits = (weight.view(np.uint32) >> 16).astype(np.uint16)
+        weight = (bits.astype(np.uint32) << 16).view(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf / inf where scale and zero overflow: code 0
+        reference = q4.reference_pack(weight, group)
+    for isa in q4.available_isas():
+        packed = q4.pack(bits, group, bfloat16=True, isa=isa) if bfloat16 else q4.pack(weight, group, isa=isa)
+        assert np.array_equal(packed.codes, reference.codes), isa
+        assert np.array_equal(packed.scales, reference.scales), isa
+
+
+def test_float16_rounding_is_numpys_on_a_sweep_of_float32_bit_patterns():
+    x = np.arange(0, 2**32, 4093, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    edges = np.array([65504, 65519.99, 65520, 2.0**-24, 2.0**-25, 1.5 * 2.0**-25, 2.0**-14, -0.0, np.inf], np.float32)
+    x = np.concatenate([x, edges, -edges])
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = x.astype(np.float16).view(np.uint16)
+    got = q4.half_from_float(x)
+    finite = ~np.isnan(x)
+    assert np.array_equal(got[finite], expected[finite])
+    assert np.isnan(got[~finite].view(np.float16)).all()
+
+
 def test_bad_shapes_and_arguments_are_refused():
     w = q4.pack(np.ones((16, 32), np.float32), 32)
     with pytest.raises(ValueError, match="cannot pack"):

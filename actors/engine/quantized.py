@@ -103,7 +103,10 @@ class Int4Linear(nn.Module):
         codes, scales = [], []
         for part in parts:
             for rows in _row_blocks(part.weight.detach(), source):  # a block at a time (rows pack alone)
-                packed = q4.pack(rows.float().numpy(), group)
+                if rows.dtype == torch.bfloat16:  # its bit patterns: no float32 copy of the block
+                    packed = q4.pack(rows.contiguous().view(torch.int16).numpy().view(np.uint16), group, bfloat16=True)
+                else:
+                    packed = q4.pack(rows.float().numpy(), group)
                 codes.append(packed.codes)
                 scales.append(packed.scales)
         self.weights = q4.Q4Weights(

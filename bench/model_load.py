@@ -1,0 +1,147 @@
+"""How long the default pair takes to load and convert, each model in a fresh process.
+
+    python bench/model_load.py                 # int4, 3 rounds
+    python bench/model_load.py --precision int8 --rounds 2
+
+A model's start is dominated by reading its checkpoint and converting its weights (a 1.5B target
+to 4 bits packs ~1.3B weights). Rows, each the fastest of `--rounds` fresh processes (the rows of
+a round run one after another, so a busy spell of this shared machine falls on all of them):
+- transformers `from_pretrained` in the checkpoint's bfloat16, nothing converted: the floor;
+- specmemo `load_model` at `--precision`, weights packed by the C packer (`q4.pack`);
+- the same with the packer's numpy reference (`q4.reference_pack`, what the engine ran before
+  the C packer), so the ratio is the packer's share of a start.
+Each row times the call alone (imports done first) with `--threads` torch threads. Writes
+bench/results/model-load.json and the "Model load" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from specmemo.actors.engine.precision import cpu_features
+from specmemo.actors.engine.pull import default_pair_specs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from specdecode import replace_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Model load"
+ROWS = ("transformers bfloat16 (no conversion)", "specmemo, C packer", "specmemo, numpy packer")
+
+CHILD = r"""
+import dataclasses, json, sys, time
+import numpy as np, torch
+from specmemo.actors.engine.models import load_model
+from specmemo.actors.engine.pull import default_pair_specs
+from specmemo.native import q4
+from transformers import AutoModelForCausalLM
+
+role, variant, precision, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+torch.set_num_threads(threads)
+spec = default_pair_specs()[0 if role == "draft" else 1]
+if variant == "numpy":
+    def numpy_pack(weight, group=64, bfloat16=False, isa=None):
+        weight = np.asarray(weight)
+        if bfloat16:
+            weight = (weight.astype(np.uint32) << 16).view(np.float32)
+        return q4.reference_pack(weight, group)
+    q4.pack = numpy_pack
+start = time.perf_counter()
+if variant == "transformers":
+    AutoModelForCausalLM.from_pretrained(spec.source, dtype=torch.bfloat16)
+else:
+    load_model(dataclasses.replace(spec, precision=precision))
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+VARIANTS = dict(zip(ROWS, ("transformers", "c", "numpy")))
+
+
+def time_one(role: str, variant: str, precision: str, threads: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, role, variant, precision, str(threads)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])["seconds"]
+
+
+def run(args) -> dict:
+    default_pair_specs()  # ModelNotFound now, not in a child
+    seconds: dict[str, dict[str, list[float]]] = {role: {row: [] for row in ROWS} for role in ("draft", "target")}
+    for r in range(args.rounds):
+        for role in ("draft", "target"):
+            for row in ROWS:
+                seconds[role][row].append(time_one(role, VARIANTS[row], args.precision, args.threads))
+                print(f"round {r + 1}/{args.rounds} {role} {row}: {seconds[role][row][-1]:.1f} s", flush=True)
+    return {
+        "cpu": cpu_features().as_dict(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "precision": args.precision,
+        "rounds": args.rounds,
+        "seconds": seconds,
+    }
+
+
+def table(result: dict) -> str:
+    lines = ["| model | load | fastest of rounds | x C packer |", "|---|---|---:|---:|"]
+    for role, rows in result["seconds"].items():
+        ours = min(rows[ROWS[1]])
+        for row, values in rows.items():
+            label = row if row == ROWS[0] else row.replace("specmemo", f"specmemo {result['precision']}")
+            lines.append(f"| {role} | {label} | {min(values):.1f} s | {min(values) / ours:.2f}x |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--precision", default="int4")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-docs", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    command = "python bench/model_load.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    started = time.time()
+    result = run(args)
+    result["command"], result["minutes"] = command.strip(), (time.time() - started) / 60
+    result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    name = "model-load.json" if not args.no_docs else "model-load-no-docs.json"
+    (ROOT / "bench" / "results" / name).write_text(json.dumps(result, indent=1))
+    print(table(result))
+    if not args.no_docs:
+        write_docs(result)
+
+
+def write_docs(result: dict) -> None:
+    """The "Model load" section of docs/benchmarks.md from a run's result."""
+    cpu = result["cpu"]
+    body = (
+        f"{SECTION}\n\nCommand (from the repository root, after `specmemo models pull`):\n\n    {result['command']}\n\n"
+        f"Run {result['finished']}, {result['minutes']:.0f} min, CPU `{cpu['model']}` "
+        f"(flags {', '.join(cpu['flags'])}), {result['threads']} threads, torch {result['torch']}. "
+        "Each model loaded in a fresh process, the fastest of "
+        f"{result['rounds']} rounds (the rows of a round one after another; the checkpoint in the page cache after "
+        'the first). "numpy packer" is the C packer\'s numpy reference, `q4.reference_pack`, swapped in: the '
+        "difference is what packing the 4-bit weights costs a start. transformers' row maps the checkpoint and reads "
+        "a weight's pages only when it is used: the floor of imports and construction, not of reading the weights. "
+        "Raw data: `bench/results/model-load.json`.\n\n" + table(result) + "\n"
+    )
+    replace_section(ROOT / "docs" / "benchmarks.md", SECTION, body)
+
+
+if __name__ == "__main__":
+    main()
