@@ -175,7 +175,18 @@ class ThreadClock:
 
 def test_the_probe_times_on_the_threads_the_model_will_serve_on():
     """A zygote loads on one thread for forks that serve on more: with `threads` the probe runs in a
-    forked child on that many, and this process keeps its own count."""
+    forked child on that many, and this process keeps its own count. In a fresh interpreter: a
+    child forked from a process whose OpenMP pool has run (an earlier test's) hangs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    code = "import test_engine_precision as t; t._probe_on_served_threads()"
+    subprocess.run([sys.executable, "-c", code], cwd=here, check=True, timeout=300)
+
+
+def _probe_on_served_threads() -> None:
     _, target = tiny_pair(seed=5)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -209,6 +220,25 @@ def test_a_probe_whose_child_fails_runs_here():
         torch.set_num_threads(before)
     layers = target.config.num_hidden_layers
     assert precision == "float32" and probe["float32"]["M=1"] == pytest.approx((layers + 1) * 1.0)  # timed here
+
+
+def test_a_forked_child_that_never_answers_is_killed_at_its_deadline():
+    import os
+    import time
+
+    from specmemo.actors.engine.forked import on_threads
+
+    pids = []
+
+    def hang() -> int:
+        pids.append(os.getpid())  # only the child's list: the parent never sees it
+        time.sleep(600)
+        return 1
+
+    start = time.monotonic()
+    assert on_threads(hang, 1, timeout=1.0) is None
+    assert time.monotonic() - start < 30 and pids == []
+    assert on_threads(lambda: [torch.get_num_threads(), "ok"], 2, timeout=60) == [2, "ok"]
 
 
 def test_a_4_bit_draft_is_probed_through_the_native_step_it_will_run(monkeypatch):

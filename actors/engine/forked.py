@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -17,10 +20,11 @@ from typing import Any
 import torch
 
 
-def on_threads(work: Callable[[], Any], threads: int) -> Any | None:
+def on_threads(work: Callable[[], Any], threads: int, timeout: float = 120.0) -> Any | None:
     """`work()` run in a forked child on `threads` torch threads; answers its result (JSON-able: it
-    comes back as JSON, tuples as lists), or None if the child failed. This process's threads and
-    pools are untouched."""
+    comes back as JSON, tuples as lists), or None if the child failed or had not answered within
+    `timeout` seconds (then it is killed: a child forked from a process whose OpenMP pool had run
+    can hang in its first parallel region). This process's threads and pools are untouched."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
@@ -37,9 +41,19 @@ def on_threads(work: Callable[[], Any], threads: int) -> Any | None:
             sys.stderr.flush()
             os._exit(code)
     os.close(write)
-    with os.fdopen(read) as got:
-        text = got.read()
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    with os.fdopen(read, "rb") as got:
+        while (left := deadline - time.monotonic()) > 0 and select.select([got], [], [], left)[0]:
+            chunk = os.read(got.fileno(), 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            print(f"the child forked to run on {threads} threads gave no answer in {timeout:.0f} s", file=sys.stderr)
     _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode()
     if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0 or not text:
         return None
     return json.loads(text)
