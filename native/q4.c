@@ -12,6 +12,7 @@
  * and vpmaddwd; the scalar path is portable C.
  */
 #include "q4.h"
+#include "half.h"
 #include "team.h"
 
 #include <math.h>
@@ -46,27 +47,6 @@ typedef struct {
 } q4_job;
 
 typedef void (*q4_block_fn)(const q4_job *job, int64_t block, int64_t row, int rows);
-
-static float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu, bits;
-    if (exp == 0 && mant == 0) {
-        bits = sign;
-    } else if (exp == 0) { /* subnormal: normalize */
-        uint32_t shift = 0;
-        while (!(mant & 0x400u)) {
-            mant <<= 1;
-            shift++;
-        }
-        bits = sign | ((uint32_t)(113 - shift) << 23) | ((mant & 0x3FFu) << 13);
-    } else if (exp == 31) {
-        bits = sign | 0x7F800000u | (mant << 13);
-    } else {
-        bits = sign | ((exp + 112) << 23) | (mant << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
 
 static void block_scalar(const q4_job *j, int64_t b, int64_t row, int rows) {
     const uint8_t *codes = j->codes + b * (j->k / 8) * 64;

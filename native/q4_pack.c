@@ -11,6 +11,7 @@
  * Single-threaded: the zygote converts weights and must stay one thread to fork. Both paths (the
  * AVX2 one divides and rounds 8 lanes at a time) write the same bits.
  */
+#include "half.h"
 #include "q4.h"
 
 #include <math.h>
@@ -23,41 +24,6 @@
 #define PACK_AVX2 0
 #endif
 
-/* float32 -> float16 bit pattern, round to nearest even; overflow to inf, NaN kept quiet. */
-static uint16_t half_from_float(float f) {
-    uint32_t x;
-    memcpy(&x, &f, sizeof x);
-    uint32_t sign = (x >> 16) & 0x8000u, a = x & 0x7FFFFFFFu;
-    if (a >= 0x7F800000u) /* inf, or NaN with its top payload bits and the quiet bit */
-        return (uint16_t)(sign | 0x7C00u | (a > 0x7F800000u ? 0x200u | ((a >> 13) & 0x3FFu) : 0u));
-    if (a >= 0x477FF000u) /* 65520 and above round to inf */
-        return (uint16_t)(sign | 0x7C00u);
-    if (a >= 0x38800000u) { /* a normal half: rebias, round the 13 dropped bits to even */
-        uint32_t r = a + 0xFFFu + ((a >> 13) & 1u);
-        return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
-    }
-    if (a < 0x33000000u) /* below 2^-25: rounds to zero */
-        return (uint16_t)sign;
-    /* a subnormal half: the value in units of 2^-24, rounded to even (may carry into 0x400) */
-    uint32_t mant = (a & 0x7FFFFFu) | 0x800000u, shift = 126u - (a >> 23);
-    uint32_t h = mant >> shift, rest = mant & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-    if (rest > half || (rest == half && (h & 1u)))
-        h++;
-    return (uint16_t)(sign | h);
-}
-
-static float float_from_half(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu, bits;
-    if (exp == 0) { /* zero or subnormal: mant * 2^-24, exact in float32 */
-        float f = (float)mant * 0x1p-24f;
-        return sign ? -f : f;
-    }
-    bits = exp == 31 ? sign | 0x7F800000u | (mant << 13) : sign | ((exp + 112) << 23) | (mant << 13);
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
 int q4_half_from_float(int64_t count, const float *x, uint16_t *out) {
     if (count < 0 || (count && (!x || !out)))
         return Q4_EINVAL;
@@ -66,18 +32,11 @@ int q4_half_from_float(int64_t count, const float *x, uint16_t *out) {
     return Q4_OK;
 }
 
-/* rintf in the default rounding mode (to nearest even), inline: adding and taking away 1.5 * 2^23
- * leaves no fraction bits below 2^22 in magnitude; larger values are integers already. */
-static inline float round_even(float c) {
-    const float magic = 0x1.8p23f;
-    return fabsf(c) < 0x1p22f ? (c + magic) - magic : c;
-}
-
 /* q[j] for the group's values: the scalar rule, and the same bits 8 lanes at a time (a division
  * and a round to nearest even per lane; max(c, 0) answers 0 for NaN as the scalar test does). */
 static void group_codes(const float *vals, int64_t group, float z, float s, uint8_t *q) {
     for (int64_t j = 0; j < group; j++) {
-        float c = round_even((vals[j] - z) / s);
+        float c = rintf((vals[j] - z) / s); /* to nearest even */
         q[j] = c >= 15.0f ? 15 : c > 0.0f ? (uint8_t)c : 0; /* NaN (inf - inf) -> 0 */
     }
 }
@@ -137,7 +96,7 @@ int q4_pack(int64_t n, int64_t k, int64_t group, const float *w32, const uint16_
             uint16_t *slot = scales + ((b * groups + g) * 2) * 16 + r;
             slot[0] = hs;
             slot[16] = hz;
-            float s = float_from_half(hs), z = float_from_half(hz);
+            float s = half_to_float(hs), z = half_to_float(hz);
             if (s > 0.0f) {
 #if PACK_AVX2
                 if (avx2)
