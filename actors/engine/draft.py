@@ -38,6 +38,10 @@ class _Node:
     q: np.ndarray | None = None  # the distribution it was sampled from
 
 
+def _log(x: float) -> float:
+    return float(np.log(max(x, 1e-30)))
+
+
 @dataclass
 class _Draw:
     """A sampled child not drawn yet. Its token is drawn when it is selected, from q less the
@@ -52,20 +56,20 @@ class _Draw:
 
     @classmethod
     def first(cls, parent: int, base: float, q: np.ndarray, width: int) -> _Draw:
-        return cls(parent, base, base + float(np.log(max(float(np.dot(q, q)), 1e-30))), q, width)
+        return cls(parent, base, base + _log(float(np.dot(q, q))), q, width)
 
     def draw(self, rng: np.random.Generator) -> tuple[_Node, _Draw | None]:
         """The child, and the draw of its next sibling (None past the width or the vocabulary)."""
         total = float(self.rest.sum())
         q = self.rest / total
         token = sample(q, rng)
-        node = _Node(token, self.parent, self.base + float(np.log(max(float(self.rest[token]), 1e-30))), q=q)
+        node = _Node(token, self.parent, self.base + _log(float(self.rest[token])), q=q)
         if self.left <= 1 or total - float(self.rest[token]) <= 0.0:
             return node, None
         rest = self.rest.copy()
         rest[token] = 0.0
-        mass = float(np.dot(rest, rest)) / float(rest.sum())
-        return node, _Draw(self.parent, self.base, self.base + float(np.log(max(mass, 1e-30))), rest, self.left - 1)
+        mass = float(np.dot(rest, rest)) / float(rest.sum())  # E[q(x)] of the next draw
+        return node, _Draw(self.parent, self.base, self.base + _log(mass), rest, self.left - 1)
 
 
 @dataclass
@@ -202,8 +206,8 @@ class DraftCore(CacheHolder):
         parents = np.full((len(rows), width), -1, dtype=np.int64)
         temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature] * len(rows)
         assert len(temps) == len(rows) == len(widths)
-        sampled = [t > 0 for t in temps]
-        probs = np.zeros((len(rows), width, self.vocab_size), dtype=np.float32) if any(sampled) else None
+        sampled = any(t > 0 for t in temps)
+        probs = np.zeros((len(rows), width, self.vocab_size), dtype=np.float32) if sampled else None
         rngs = [np.random.default_rng(seed) for seed in (seeds or [0] * len(rows))]
         grown = [_Growth(len(row.ids)) for row in rows]
         timed: dict[int, list[float]] = {}
@@ -231,7 +235,7 @@ class DraftCore(CacheHolder):
                 for i, b in enumerate(active):
                     g = grown[b]
                     for k, fed in enumerate(g.fed or [-1]):
-                        self._expand(g, fed, logits[i][k], temps[b], widths[b], sampled[b])
+                        self._expand(g, fed, logits[i][k], temps[b], widths[b])
                     g.select(min(widths[b], gammas[b] - len(g.nodes)), rngs[b])
                 active = [b for b in active if len(grown[b].nodes) < gammas[b]]
                 feeds = [grown[b].feed(rows[b].cache.length) for b in active]
@@ -262,19 +266,18 @@ class DraftCore(CacheHolder):
         logits: torch.Tensor,
         temperature: float,
         width: int,
-        sampled: bool,
     ) -> None:
-        # add `node`'s children as candidates: up to `width` draws from q, or its `width` most likely
+        # add `node`'s children as candidates: up to `width` draws from q when sampling, else its
+        # `width` most likely (greedy)
         base = 0.0 if node < 0 else g.nodes[node].logp
-        if sampled:
+        if temperature > 0:
             q = torch.softmax(logits.float() / temperature, dim=-1).cpu().numpy()
             g.candidates.append(_Draw.first(node, base, q, width))
             return
-        if width == 1 and temperature <= 0:  # a greedy chain: the argmax, whose path probability no one reads
+        if width == 1:  # a greedy chain: the argmax, whose path probability no one reads
             g.candidates.append(_Node(int(torch.argmax(logits)), node, base))
             return
-        scaled = logits / temperature if temperature > 0 else logits
-        top = torch.topk(torch.log_softmax(scaled.float(), dim=-1), width)
+        top = torch.topk(torch.log_softmax(logits.float(), dim=-1), width)
         for logp, token in zip(top.values.tolist(), top.indices.tolist()):
             g.candidates.append(_Node(int(token), node, base + logp))
 
