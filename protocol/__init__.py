@@ -1,9 +1,7 @@
 """specmemo's wire protocol, trio/ZeroMQ transport and client SDK."""
 
 if __name__ != "specmemo.protocol":  # a second copy of these modules breaks isinstance and except clauses
-    raise ImportError(
-        f"import specmemo.protocol, not {__name__}: the repository's folders are installed under specmemo"
-    )
+    raise ImportError(f"import specmemo.protocol, not {__name__}: these folders install as specmemo.*")
 
 from .client import AsyncClient, Client
 from .endpoint import find_endpoint
