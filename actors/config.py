@@ -131,6 +131,8 @@ def _check_model_config(source: str, name: str, kind: str, config: dict) -> None
 
     if not count("prefix_tokens"):
         raise ConfigError(f"{source}: [actors.{name}] prefix_tokens must be an integer >= 0 (0: no prefix store)")
+    if not isinstance(config.get("converted_cache", True), bool):
+        raise ConfigError(f"{source}: [actors.{name}] converted_cache must be true or false")
     rows = config.get("vocab_rows", "auto")
     if kind == "draft" and rows != "auto" and not (count("vocab_rows") and rows % 16 == 0):
         raise ConfigError(f'{source}: [actors.{name}] vocab_rows must be "auto" or a multiple of 16 >= 0 (0: all)')

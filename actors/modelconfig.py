@@ -9,6 +9,7 @@ precision = "auto"       # "float32", "bfloat16", "int8", "int4", or "auto": pro
                          # the older name of the same setting
 device = "cpu"
 device_map = "auto"      # optional: spread a big model over devices (transformers/accelerate)
+converted_cache = true   # keep an int8/int4 conversion on disk for the next start (engine/converted.py)
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def model_spec(config: dict[str, Any], role: str) -> ModelSpec:
         precision=None if precision == "float16" else precision,
         gamma_max=int(config.get("gamma_max", 8)),
         role=role,
+        converted_cache=bool(config.get("converted_cache", True)),
     )
 
 
@@ -165,9 +167,10 @@ def describe_precision(core) -> str:
         return f"dtype {core.dtype}"
     probe = "; ".join(f"{p} {' '.join(f'{k} {v:.1f} ms' for k, v in ms.items())}" for p, ms in choice.probe_ms.items())
     shared = ", shared with the zygote" if is_resident(core.model) else ""
+    stored = f", converted weights {choice.stored}" if choice.stored else ""
     return (
         f"precision {choice.precision} (asked {choice.requested}{', probe: ' + probe if probe else ''}),"
-        f" weights {choice.weight_bytes / 2**20:.0f} MiB{shared}"
+        f" weights {choice.weight_bytes / 2**20:.0f} MiB{shared}{stored}"
     )
 
 

@@ -4,7 +4,9 @@
 
 - q4 (native/q4.c): the linears of 28 decoder layers and the LM head of Qwen2.5-1.5B's shapes
   (fused q/k/v, o, fused gate/up, down, head; random weights in groups of 32: ~960 MB, far beyond
-  any cache), one pass with M rows for M = 1..9, best of 5; reports ms and GB/s of codes+scales.
+  any cache), one pass with M rows for M = 1..9, 13 and 17, best of 5; reports ms, GB/s of
+  codes+scales and the multiply-adds per second (weights x M / s): where that stops growing with
+  M, the kernel runs at the CPU's integer dot-product rate, not at its memory's.
 - row-wise attention: one forward's attention (28 layers, 12 query heads over 2 KV heads of 128,
   a 64-token context plus M new rows, and a 200-row prefill) through native/rows_attention.c and
   through the per-row torch loop it replaced (`attention.rowwise_attention` with the native path
@@ -45,16 +47,17 @@ def q4_rows(threads: int) -> list[str]:
     rng = np.random.default_rng(0)
     weights = [q4.pack((rng.standard_normal((n, k), dtype=np.float32) * 0.02), 32) for n, k in LINEARS]
     nbytes = sum(w.nbytes for w in weights)
+    macs = sum(n * k for n, k in LINEARS)
     lines = [
-        f"q4: {len(LINEARS)} linears, {nbytes / 1e6:.0f} MB of codes and scales",
-        "| M | ms | GB/s |",
-        "|---:|---:|---:|",
+        f"q4: {len(LINEARS)} linears, {nbytes / 1e6:.0f} MB of codes and scales, {macs / 1e9:.2f}G weights",
+        "| M | ms | GB/s | G multiply-adds/s |",
+        "|---:|---:|---:|---:|",
     ]
-    for m in range(1, 10):
+    for m in (*range(1, 10), 13, 17):
         xs = {k: np.ascontiguousarray(rng.standard_normal((m, k), dtype=np.float32)) for k in (1536, 8960)}
         outs = [np.empty((m, n), np.float32) for n, _ in LINEARS]
         seconds = best(lambda: [q4.linear(xs[w.k], w, threads, out=o) for w, o in zip(weights, outs)])
-        lines.append(f"| {m} | {seconds * 1e3:.1f} | {nbytes / seconds / 1e9:.1f} |")
+        lines.append(f"| {m} | {seconds * 1e3:.1f} | {nbytes / seconds / 1e9:.1f} | {macs * m / seconds / 1e9:.0f} |")
     return lines
 
 

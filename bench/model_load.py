@@ -9,8 +9,11 @@ a round run one after another, so a busy spell of this shared machine falls on a
 - transformers `from_pretrained` in the checkpoint's bfloat16, nothing converted: the floor;
 - specmemo `load_model` at `--precision`, weights packed by the C packer (`q4.pack`);
 - the same with the packer's numpy reference (`q4.reference_pack`, what the engine ran before
-  the C packer), so the ratio is the packer's share of a start.
-Each row times the call alone (imports done first) with `--threads` torch threads. Writes
+  the C packer), so the ratio is the packer's share of a start;
+- the C packer again, storing its result in an empty store of converted weights (a first start,
+  `actors/engine/converted.py`), then a load that reads that entry (every later start).
+The first three run with the store off (`SPECMEMO_CONVERTED=off`). Each row times the call
+alone (imports done first) with `--threads` torch threads. Writes
 bench/results/model-load.json and the "Model load" section of docs/benchmarks.md.
 """
 
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +39,13 @@ from specdecode import replace_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Model load"
-ROWS = ("transformers bfloat16 (no conversion)", "specmemo, C packer", "specmemo, numpy packer")
+ROWS = (
+    "transformers bfloat16 (no conversion)",
+    "specmemo, C packer",
+    "specmemo, numpy packer",
+    "specmemo, C packer, storing the converted weights",
+    "specmemo, converted weights read from the store",
+)
 
 CHILD = r"""
 import dataclasses, json, sys, time
@@ -62,15 +73,17 @@ else:
 print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
-VARIANTS = dict(zip(ROWS, ("transformers", "c", "numpy")))
+VARIANTS = dict(zip(ROWS, ("transformers", "c", "numpy", "c", "c")))
+STORING, READING = ROWS[3], ROWS[4]
 
 
-def time_one(role: str, variant: str, precision: str, threads: int) -> float:
+def time_one(role: str, variant: str, precision: str, threads: int, store: str = "off") -> float:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, role, variant, precision, str(threads)],
         check=True,
         capture_output=True,
         text=True,
+        env={**os.environ, "SPECMEMO_CONVERTED": store},
     ).stdout
     return json.loads(out.strip().splitlines()[-1])["seconds"]
 
@@ -80,9 +93,11 @@ def run(args) -> dict:
     seconds: dict[str, dict[str, list[float]]] = {role: {row: [] for row in ROWS} for role in ("draft", "target")}
     for r in range(args.rounds):
         for role in ("draft", "target"):
-            for row in ROWS:
-                seconds[role][row].append(time_one(role, VARIANTS[row], args.precision, args.threads))
-                print(f"round {r + 1}/{args.rounds} {role} {row}: {seconds[role][row][-1]:.1f} s", flush=True)
+            with tempfile.TemporaryDirectory(prefix="specmemo-converted-") as store:
+                for row in ROWS:
+                    where = store if row in (STORING, READING) else "off"
+                    seconds[role][row].append(time_one(role, VARIANTS[row], args.precision, args.threads, where))
+                    print(f"round {r + 1}/{args.rounds} {role} {row}: {seconds[role][row][-1]:.1f} s", flush=True)
     return {
         "cpu": cpu_features().as_dict(),
         "torch": torch.__version__,
@@ -138,6 +153,9 @@ def write_docs(result: dict) -> None:
         'the first). "numpy packer" is the C packer\'s numpy reference, `q4.reference_pack`, swapped in: the '
         "difference is what packing the 4-bit weights costs a start. transformers' row maps the checkpoint and reads "
         "a weight's pages only when it is used: the floor of imports and construction, not of reading the weights. "
+        "The first three rows run with the store of converted weights off; the last two start from an empty store "
+        "(a first start converts and stores) and read the entry it left (every later start: the 4-bit arrays are "
+        "mapped from the file, only fbgemm's int8 prepacking is redone). "
         "Raw data: `bench/results/model-load.json`.\n\n" + table(result) + "\n"
     )
     replace_section(ROOT / "docs" / "benchmarks.md", SECTION, body)

@@ -24,7 +24,7 @@ class ModelInfo:
     weight_bytes: int = 0  # its model's weights in the precision it runs
     rss_bytes: int = 0  # the actor process's resident memory
     shared_weights: bool = False  # weights loaded once by the zygote, shared copy-on-write
-    precision: Any = None  # {"precision", "requested", "weight_bytes", "cpu", "probe_ms"}
+    precision: Any = None  # {"precision", "requested", "weight_bytes", "cpu", "probe_ms", "stored"}
 
 
 @message

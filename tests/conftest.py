@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +19,11 @@ settings.register_profile("ci", deadline=None, suppress_health_check=[HealthChec
 settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
+
+# converted weights of the checkpoints tests load go to a directory of this run, not the user's
+if "SPECMEMO_CONVERTED" not in os.environ:
+    os.environ["SPECMEMO_CONVERTED"] = tempfile.mkdtemp(prefix="specmemo-converted-")
+    atexit.register(shutil.rmtree, os.environ["SPECMEMO_CONVERTED"], True)
 
 
 def raw_dealer(endpoint: str, ident: bytes | None = None, timeout_ms: int = -1):

@@ -32,6 +32,7 @@ def test_every_shipped_config_parses(path):
         ({"actors": {"d": {"kind": "draft", "config": {"vocab_rows": "all"}}}}, "vocab_rows must be"),
         ({"actors": {"v": {"kind": "verifier", "config": {"prefix_tokens": -8}}}}, "prefix_tokens must be"),
         ({"actors": {"v": {"kind": "verifier", "config": {"prefix_tokens": 1.5}}}}, "prefix_tokens must be"),
+        ({"actors": {"v": {"kind": "verifier", "config": {"converted_cache": "no"}}}}, "converted_cache must be"),
     ],
 )
 def test_mistakes_are_named(data, words):

@@ -424,7 +424,7 @@ def test_the_probe_times_a_slice_of_a_large_head_and_scales_it():
 
 
 def test_int4_keeps_at_8_bits_what_a_4_bit_file_stored_finer():
-    from specmemo.actors.engine.quantized import finer_than_four_bits, levels_per_group
+    from specmemo.actors.engine.conversion import finer_than_four_bits, levels_per_group
 
     _, target = tiny_pair(seed=12, layers=2)
     assert finer_than_four_bits(target) == frozenset()  # float weights: everything goes to 4 bits

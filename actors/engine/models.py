@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .converted import ConvertedCache, default_root
 from .errors import CorruptModel, ModelNotFound, TokenizerMismatch
 from .precision import apply_precision
 
@@ -52,6 +53,8 @@ class ModelSpec:
     attn_implementation: "sdpa" or "eager"; None lets transformers choose.
     threads: the torch threads the model will run with, for the "auto" probe; None: this process's
         (a zygote loads on one thread for the forks that serve on more).
+    converted_cache: keep an int8/int4 conversion of a local checkpoint on disk and load it from
+        there next time (`converted.py`: where, and ``SPECMEMO_CONVERTED=off``).
     """
 
     source: str | Path
@@ -65,6 +68,7 @@ class ModelSpec:
     gamma_max: int = 8
     role: str = "target"
     threads: int | None = None
+    converted_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -189,9 +193,24 @@ def _load_weights(spec: ModelSpec):
     model.eval()
     model.requires_grad_(False)
     if spec.precision is not None:
-        apply_precision(model, spec.precision, gamma_max=spec.gamma_max, role=spec.role, threads=spec.threads)
+        converted = _converted_cache(spec, resolved)
+        apply_precision(
+            model, spec.precision, gamma_max=spec.gamma_max, role=spec.role, threads=spec.threads, converted=converted
+        )
     settle_heap()
     return model
+
+
+def _converted_cache(spec: ModelSpec, resolved: _Resolved) -> ConvertedCache | None:
+    # a local checkpoint's store, when asked for and not turned off (a hub id's files are the hub
+    # cache's, and a model spread over devices is not converted)
+    root = default_root()
+    if not (spec.converted_cache and resolved.is_local and root is not None and spec.device_map is None):
+        return None
+    try:
+        return ConvertedCache(root, resolved.location, resolved.gguf_file)
+    except OSError:
+        return None
 
 
 def settle_heap() -> None:

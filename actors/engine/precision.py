@@ -29,7 +29,7 @@ Precisions (the `precision` setting of a model):
   whatever M is: half the bytes of int8. Groups of 32 keep what a Q4_K GGUF file holds (16 levels
   per 32 weights, a scale and a minimum each); in a checkpoint converted from such a file, the
   tensors the file stored finer (Q4_K_M's 6-bit v and down projections, its head) stay int8
-  (`quantized.finer_than_four_bits`), so int4 serves what the file holds, not less.
+  (`conversion.finer_than_four_bits`), so int4 serves what the file holds, not less.
 - ``auto``: on the CPU, `choose` times one decoder layer and (a slice of) the LM head of the loaded model at
   M = 1 and M = γ_max + 1 new tokens in each precision this machine supports and takes the
   fastest (a target by t(1) + t(γ_max + 1), a draft by t(1)); a
@@ -54,18 +54,10 @@ import torch
 from torch import nn
 
 from .attention import use_rowwise_attention
+from .conversion import finer_than_four_bits, quantize_linears
 from .cpu import CpuFeatures, cpu_features, int4_supported, int8_supported
 from .forked import on_threads
-from .quantized import (
-    Bf16Embedding,
-    Int4Linear,
-    Int8Linear,
-    LinearPart,
-    SourcePages,
-    finer_than_four_bits,
-    quantize_linears,
-    release_freed_memory,
-)
+from .quantized import Bf16Embedding, Int4Linear, Int8Linear, LinearPart, SourcePages, release_freed_memory
 
 # the CPU's features and the quantized modules, re-exported: callers import them from here
 __all__ = [
@@ -105,6 +97,7 @@ class Choice:
     weight_bytes: int
     cpu: dict
     probe_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    stored: str = ""  # the converted weights' entry on disk (`converted.py`): read, written, or why not
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -134,8 +127,10 @@ def weight_bytes(model) -> int:
     return sum(storages.values()) + packed
 
 
-def apply_precision(model, precision: str, activation_bits: int | None = None, role: str = "target", **probe_options):
+def apply_precision(model, precision: str, activation_bits=None, role: str = "target", converted=None, **probe_options):
     """Convert `model` (in place) to `precision` ("auto" probes first, see `choose`); answers it.
+    With `converted` (a `ConvertedCache`), an int8/int4 conversion reads its arrays from the
+    model's stored entry, or stores them.
 
     The chosen `Choice` is kept on the model (`precision_of`). Raises ValueError for an unknown
     precision, or int8 on a torch build without fbgemm.
@@ -149,13 +144,16 @@ def apply_precision(model, precision: str, activation_bits: int | None = None, r
         precision, probe = choose(model, role=role, **probe_options) if on_cpu else ("bfloat16", {})
     if precision in ("int8", "int4") and not on_cpu:
         raise ValueError(f"precision {precision} runs on the CPU only; use bfloat16 on an accelerator")
-    _convert(model, precision, activation_bits, exact_rows=role != "draft")
+    entry = converted.entry(precision) if converted is not None and precision in ("int8", "int4") else None
+    _convert(model, precision, activation_bits, exact_rows=role != "draft", entry=entry)
     release_freed_memory()
-    model._specmemo_precision = Choice(precision, requested, weight_bytes(model), cpu_features().as_dict(), probe)
+    choice = Choice(precision, requested, weight_bytes(model), cpu_features().as_dict(), probe)
+    choice.stored = entry.describe() if entry is not None else ""
+    model._specmemo_precision = choice
     return model
 
 
-def _convert(model, precision: str, activation_bits: int | None = None, exact_rows: bool = True) -> None:
+def _convert(model, precision: str, activation_bits=None, exact_rows: bool = True, entry=None) -> None:
     # exact_rows: with int8/int4, attention computes each row alone too (a target's verification
     # must equal one-token steps; a draft's need not, and keeps sdpa's faster prefill)
     if precision == "float32":
@@ -165,7 +163,8 @@ def _convert(model, precision: str, activation_bits: int | None = None, exact_ro
     elif precision in ("int8", "int4"):
         if not int8_supported():
             raise ValueError(f"precision {precision} needs torch's fbgemm quantized engine, absent from this build")
-        quantize_linears(model, activation_bits or (8 if cpu_features().vnni else 7), four_bit=precision == "int4")
+        bits = activation_bits or (8 if cpu_features().vnni else 7)
+        quantize_linears(model, bits, four_bit=precision == "int4", entry=entry)
         if exact_rows:
             use_rowwise_attention(model)  # with exact rows, exact attention: see attention.py
     else:

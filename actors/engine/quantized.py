@@ -1,10 +1,9 @@
-"""Quantized modules and the conversion that puts them in a model (the math is in `precision`'s doc).
+"""Quantized modules (the math is in `precision`'s doc; `conversion.py` puts them in a model).
 
 `Int8Linear` (per-channel int8 weights, per-token int8 activations, fbgemm), `Int4Linear`
 (int4 weights in groups, per-token int8 activations, native/q4.c), `LinearPart` (one output of
-a fused projection),
-`Bf16Embedding`; `quantize_linears` swaps them into a model, dropping the pages of the float
-weights it consumed (`SourcePages`).
+a fused projection), `Bf16Embedding`; `SourcePages` drops the pages of the float weights a
+conversion consumed.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import os
 import warnings
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +29,11 @@ class Int8Linear(nn.Module):
     """
 
     def __init__(
-        self, linear: nn.Linear | list[nn.Linear], activation_bits: int = 8, source: SourcePages | None = None
+        self,
+        linear: nn.Linear | list[nn.Linear],
+        activation_bits: int = 8,
+        source: SourcePages | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
     ):
         super().__init__()
         assert activation_bits in (7, 8)
@@ -40,18 +42,10 @@ class Int8Linear(nn.Module):
         self.splits = [p.out_features for p in parts]
         self.in_features, self.out_features = parts[0].in_features, sum(self.splits)
         bias = None if parts[0].bias is None else torch.cat([p.bias.detach().float() for p in parts])
-        # rows quantized a block at a time: a float32 copy of a whole LM head (152k x 1.5k) would
-        # be several times the int8 result
-        codes = torch.empty(self.out_features, self.in_features, dtype=torch.int8)
-        scale = torch.empty(self.out_features, dtype=torch.float32)
-        row = 0
-        for part in parts:
-            for rows in _row_blocks(part.weight.detach(), source):
-                block = rows.float()
-                s = (block.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
-                codes[row : row + len(block)] = torch.round(block / s[:, None]).clamp_(-127, 127).to(torch.int8)
-                scale[row : row + len(block)] = s
-                row += len(block)
+        arrays = arrays or self.quantize(parts, source)  # `arrays`: what `quantize` answered before
+        codes, scale = torch.from_numpy(arrays["codes"]), torch.from_numpy(arrays["scale"])
+        if codes.shape != (self.out_features, self.in_features) or scale.shape != (self.out_features,):
+            raise ValueError(f"int8 arrays {tuple(codes.shape)}, {tuple(scale.shape)} for {self.out_features} rows")
         with warnings.catch_warnings():
             # fbgemm's prepack takes a quantized tensor, whose creation functions warn of deprecation
             warnings.simplefilter("ignore", UserWarning)
@@ -66,6 +60,24 @@ class Int8Linear(nn.Module):
         self.zero_point = 128 if activation_bits == 8 else 64
         # fbgemm's packed weight is opaque to torch: its int8 codes and float32 channel scales
         self.packed_bytes = self.out_features * (self.in_features + 4)
+
+    @staticmethod
+    def quantize(parts: list[nn.Linear], source: SourcePages | None = None) -> dict[str, np.ndarray]:
+        """The int8 codes and float32 scale of each output row of the parts, stacked."""
+        n, k = sum(p.out_features for p in parts), parts[0].in_features
+        # rows quantized a block at a time: a float32 copy of a whole LM head (152k x 1.5k) would
+        # be several times the int8 result
+        codes = torch.empty(n, k, dtype=torch.int8)
+        scale = torch.empty(n, dtype=torch.float32)
+        row = 0
+        for part in parts:
+            for rows in _row_blocks(part.weight.detach(), source):
+                block = rows.float()
+                s = (block.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+                codes[row : row + len(block)] = torch.round(block / s[:, None]).clamp_(-127, 127).to(torch.int8)
+                scale[row : row + len(block)] = s
+                row += len(block)
+        return {"codes": codes.numpy(), "scale": scale.numpy()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -94,24 +106,28 @@ class Int4Linear(nn.Module):
     fusion, as `Int8Linear` is.
     """
 
-    def __init__(self, linear: nn.Linear | list[nn.Linear], group: int = 32, source: SourcePages | None = None):
+    def __init__(
+        self,
+        linear: nn.Linear | list[nn.Linear],
+        group: int = 32,
+        source: SourcePages | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+    ):
         super().__init__()
         parts = linear if isinstance(linear, list) else [linear]
         assert len({p.in_features for p in parts}) == 1 and len({p.bias is None for p in parts}) == 1
         self.splits = [p.out_features for p in parts]
         self.in_features, self.out_features, self.group = parts[0].in_features, sum(self.splits), group
-        codes, scales = [], []
-        for part in parts:
-            for rows in _row_blocks(part.weight.detach(), source):  # a block at a time (rows pack alone)
-                if rows.dtype == torch.bfloat16:  # its bit patterns: no float32 copy of the block
-                    packed = q4.pack(rows.contiguous().view(torch.int16).numpy().view(np.uint16), group, bfloat16=True)
-                else:
-                    packed = q4.pack(rows.float().numpy(), group)
-                codes.append(packed.codes)
-                scales.append(packed.scales)
-        self.weights = q4.Q4Weights(
-            self.out_features, self.in_features, group, np.concatenate(codes), np.concatenate(scales)
-        )
+        arrays = arrays or self.pack(parts, group, source)  # `arrays`: what `pack` answered before
+        self.weights = q4.Q4Weights(self.out_features, self.in_features, group, arrays["codes"], arrays["scales"])
+        blocks, k = self.out_features // q4.BLOCK_ROWS, self.in_features
+        if self.weights.codes.shape != (blocks, k // 8, 64) or self.weights.scales.shape != (
+            blocks,
+            k // group,
+            2,
+            q4.BLOCK_ROWS,
+        ):
+            raise ValueError(f"q4 arrays {self.weights.codes.shape}, {self.weights.scales.shape} for {blocks * 16}x{k}")
         # torch views of the arrays: their data_ptr() is what each call passes (and forks share them)
         self._codes, self._scales = torch.from_numpy(self.weights.codes), torch.from_numpy(self.weights.scales)
         bias = None if parts[0].bias is None else torch.cat([p.bias.detach().float() for p in parts])
@@ -140,6 +156,20 @@ class Int4Linear(nn.Module):
         if self.bias is not None:
             out += self.bias
         return out.reshape(*shape[:-1], self.out_features)
+
+    @staticmethod
+    def pack(parts: list[nn.Linear], group: int, source: SourcePages | None = None) -> dict[str, np.ndarray]:
+        """The q4 codes and scales of the parts' rows, stacked (`specmemo.native.q4.pack`)."""
+        codes, scales = [], []
+        for part in parts:
+            for rows in _row_blocks(part.weight.detach(), source):  # a block at a time (rows pack alone)
+                if rows.dtype == torch.bfloat16:  # its bit patterns: no float32 copy of the block
+                    packed = q4.pack(rows.contiguous().view(torch.int16).numpy().view(np.uint16), group, bfloat16=True)
+                else:
+                    packed = q4.pack(rows.float().numpy(), group)
+                codes.append(packed.codes)
+                scales.append(packed.scales)
+        return {"codes": np.concatenate(codes), "scales": np.concatenate(scales)}
 
     @staticmethod
     def group_for(linear: nn.Linear, preferred: int = 32) -> int | None:
@@ -191,39 +221,6 @@ class LinearPart(nn.Module):
         return out
 
 
-#: Linear siblings that read the same input in the Llama/Qwen families: fused when all present.
-FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-
-
-def _fuse(
-    parent: nn.Module,
-    bits: int,
-    source: SourcePages | None = None,
-    four_bit: bool = False,
-    eight: frozenset = frozenset(),
-) -> None:
-    for names in FUSED:
-        found = [getattr(parent, n, None) for n in names]
-        parts = [p for p in found if isinstance(p, nn.Linear)]
-        if len(parts) != len(found):
-            continue
-        if len({p.in_features for p in parts}) != 1 or len({p.bias is None for p in parts}) != 1:
-            continue
-        fused: Int8Linear | Int4Linear
-        if four_bit and not any(id(p) in eight for p in parts):
-            groups = {Int4Linear.group_for(p) for p in parts}
-            group = groups.pop() if len(groups) == 1 else None
-            if group is None:
-                continue  # each part alone: Int4Linear where it packs, Int8Linear elsewhere
-            fused = Int4Linear(parts, group, source)
-        else:
-            fused = Int8Linear(parts, bits, source)
-        shared: dict[str, Any] = {"fused": fused, "input": None, "outputs": None, "pending": set()}
-        parent.add_module("_".join(names) + "_fused", fused)  # counted, moved, saved with it
-        for i, n in enumerate(names):
-            setattr(parent, n, LinearPart(fused, i, shared))
-
-
 class Bf16Embedding(nn.Module):
     """An embedding table stored in bfloat16, looked up into float32 (exact for bf16 checkpoints)."""
 
@@ -237,62 +234,9 @@ class Bf16Embedding(nn.Module):
         return nn.functional.embedding(ids, self.weight).float()
 
 
-# converting a model
-
-
-def quantize_linears(model, bits: int, four_bit: bool = False) -> None:
-    # every nn.Linear -> Int8Linear (the tied LM head too: it gets its own int8 copy), or with
-    # `four_bit` Int4Linear where its shape packs and `finer_than_four_bits` does not name it
-    # (Int8Linear elsewhere); every nn.Embedding -> Bf16Embedding; what remains (norms, rotary
-    # buffers) -> float32. The source weights' pages are dropped as each module is converted
-    # (`SourcePages`).
-    source = SourcePages()
-    eight = finer_than_four_bits(model) if four_bit else frozenset()
-    for parent in list(model.modules()):
-        _fuse(parent, bits, source, four_bit, eight)
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                group = Int4Linear.group_for(child) if four_bit and id(child) not in eight else None
-                setattr(parent, name, Int4Linear(child, group, source) if group else Int8Linear(child, bits, source))
-            elif isinstance(child, nn.Embedding):
-                setattr(parent, name, Bf16Embedding(child))
-                source.drop(child.weight)
-        if any(isinstance(c, (Int8Linear, Int4Linear)) for c in parent.children()):
-            # the conversion's temporaries (tens of MB each) land in glibc's heap, which keeps
-            # them after they are freed: give them back now, or the load peaks at 1.4x the end
-            release_freed_memory()
-    for module in model.modules():
-        if not isinstance(module, (Int8Linear, Int4Linear, LinearPart, Bf16Embedding)):
-            for name, param in list(module.named_parameters(recurse=False)):
-                if param.dtype != torch.float32:
-                    module._parameters[name] = nn.Parameter(param.detach().float(), requires_grad=False)
-            for name, buf in list(module.named_buffers(recurse=False)):
-                if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
-                    module._buffers[name] = buf.float()
-
-
-def levels_per_group(weight: torch.Tensor, group: int = 32, rows: int = 64) -> int:
-    """The most distinct values in a group of `group` consecutive inputs of a row, over a sample
-    of `rows` rows spread over the weight (16 for a 4-bit GGUF tensor such as Q4_K, up to 32 for
-    a 6-bit one, `group` for float weights)."""
-    n, k = weight.shape
-    if k % group:
-        return group
-    sample = weight.detach()[:: max(1, n // rows)][:rows].float().reshape(-1, group)
-    ordered = sample.sort(dim=-1).values
-    return int((1 + (ordered[:, 1:] != ordered[:, :-1]).sum(-1)).max())
-
-
-def finer_than_four_bits(model) -> frozenset[int]:
-    """The ids of the linears to keep at 8 bits in an int4 conversion: in a checkpoint converted
-    from a 4-bit file (most linears hold at most 16 values per group of 32: Q4_K's grid), the
-    ones the file stored finer (Q4_K_M keeps v and half the down projections, and often the
-    embedding/head, in 6 bits). Empty for float checkpoints: everything then goes to 4 bits."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    levels = {id(m): levels_per_group(m.weight) for m in linears}
-    if sum(v <= 16 for v in levels.values()) * 2 < len(levels):
-        return frozenset()
-    return frozenset(i for i, v in levels.items() if v > 16)
+#: Files whose private mappings `SourcePages` may drop pages of: checkpoints, and stored
+#: conversions (`converted.py`: the int8 codes, once fbgemm has prepacked them).
+MAPPED = (".safetensors", "specmemo-converted.bin")
 
 
 class SourcePages:
@@ -316,7 +260,7 @@ class SourcePages:
             with open("/proc/self/maps") as f:
                 for line in f:
                     fields = line.split()
-                    if len(fields) >= 6 and fields[-1].endswith(".safetensors") and fields[1].endswith("p"):
+                    if len(fields) >= 6 and fields[-1].endswith(MAPPED) and fields[1].endswith("p"):
                         start, end = (int(x, 16) for x in fields[0].split("-"))
                         self.maps.append((start, end))
             self.madvise = ctypes.CDLL(None, use_errno=True).madvise if self.maps else None
