@@ -321,6 +321,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from specmemo.actors.engine.pull import default_pair_paths, is_cached, pull_default_pair
 
+    if args.action == "converted":
+        return _converted_entries(args.clear)
     if args.action == "pull":
         paths = pull_default_pair(progress=lambda msg: print(msg, flush=True))
     else:
@@ -328,6 +330,27 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("cached" if is_cached() else "not cached (run `specmemo models pull`)")
     for role, path in paths.items():
         print(f"{role}: {path}")
+    return 0
+
+
+def _converted_entries(clear: bool) -> int:
+    # the store of converted weights (actors/engine/converted.py): list it, or empty it
+    import shutil
+
+    from specmemo.actors.engine.converted import default_root, stored_entries
+
+    root = default_root()
+    if root is None:
+        print("the store of converted weights is off (SPECMEMO_CONVERTED=off)")
+        return 0
+    entries = stored_entries(root)
+    for path, size in entries:
+        print(f"{size / 2**20:9.0f} MiB  {path.name}")
+        if clear:
+            shutil.rmtree(path, ignore_errors=True)
+    total = sum(size for _, size in entries) / 2**20
+    verb = "deleted" if clear else "in"
+    print(f"{len(entries)} entries, {total:.0f} MiB {verb} {root}" if entries else f"no entries in {root}")
     return 0
 
 
@@ -394,8 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--clients", type=int, default=4, help="client threads of mixed calls")
     soak.add_argument("--kill-pause", type=float, default=2.0, help="seconds between two SIGKILLs")
     soak.add_argument("--seed", type=int, default=0)
-    models = sub.add_parser("models", help="the embedded default model pair")
-    models.add_argument("action", choices=["pull", "path"])
+    models = sub.add_parser("models", help="the embedded default model pair, and the store of converted weights")
+    models.add_argument("action", choices=["pull", "path", "converted"])
+    models.add_argument("--clear", action="store_true", help="with `converted`: delete every stored entry")
     solve = client_cmd("solve", "solve (alpha I + S) x = b for a skew-symmetric Matrix Market file")
     solve.add_argument("file", help="a .mtx file (make one: python -m specmemo.native.matrices convection2d 10000)")
     solve.add_argument("--alpha", type=float, default=1.0)

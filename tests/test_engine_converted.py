@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -161,3 +163,20 @@ def test_a_dead_writers_temporary_entry_is_swept(tmp_path, store):
     entry.put("layer", x=np.zeros(8, np.int8))
     entry.commit()
     assert not dead.exists() and entry.path.is_dir()
+
+
+def test_the_command_lists_and_clears_the_stored_entries(tmp_path, store):
+    save_checkpoint(tmp_path / "model")
+    load(tmp_path / "model", "int4")
+    (name,) = entries(store)
+    size = sum(f.stat().st_size for f in (store / name).iterdir())
+
+    def models_converted(*extra: str) -> str:
+        command = [sys.executable, "-m", "specmemo.deploy.cli", "models", "converted", *extra]
+        env = {**os.environ, "SPECMEMO_CONVERTED": str(store)}
+        return subprocess.run(command, env=env, check=True, capture_output=True, text=True, timeout=120).stdout
+
+    listed = models_converted()
+    assert name in listed and f"1 entries, {size / 2**20:.0f} MiB in {store}" in listed
+    assert "1 entries" in models_converted("--clear") and entries(store) == []
+    assert f"no entries in {store}" in models_converted()

@@ -23,7 +23,8 @@ precision.
 
 The root is ``$SPECMEMO_CONVERTED`` or ``~/.cache/specmemo/converted``; ``SPECMEMO_CONVERTED=off``
 (or a model config's ``converted_cache = false``) turns the store off. Deleting the directory is
-always safe: the next load converts again.
+always safe: the next load converts again (`specmemo models converted` lists the entries and
+their sizes, `--clear` deletes them).
 """
 
 from __future__ import annotations
@@ -62,6 +63,18 @@ def default_root() -> Path | None:
     if setting.lower() in ("off", "0", "false", "no"):
         return None
     return Path(setting).expanduser() if setting else Path.home() / ".cache" / "specmemo" / "converted"
+
+
+def stored_entries(root: Path | None = None) -> list[tuple[Path, int]]:
+    """Each complete entry under `root` (default: `default_root()`) and its bytes on disk."""
+    root = root if root is not None else default_root()
+    if root is None or not root.is_dir():
+        return []
+    return [
+        (entry, sum(f.stat().st_size for f in entry.iterdir() if f.is_file()))
+        for entry in sorted(root.iterdir())
+        if entry.is_dir() and not entry.name.startswith(".")
+    ]
 
 
 def _code_digest() -> str:
