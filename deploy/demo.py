@@ -86,6 +86,8 @@ def _models(c, names: list[str]) -> None:
             f"{'; probe M=1/M=γmax+1: ' + probe if probe else ''}), weights {info.weight_bytes / 2**20:.0f} MiB, "
             f"process RSS {info.rss_bytes / 2**20:.0f} MiB"
         )
+        if choice.get("stored"):  # the store of converted weights (actors/engine/converted.py)
+            print(f"  converted weights {choice['stored']}")
     cpu = (c.call(names[0], "info").precision or {}).get("cpu") or {}
     if cpu:
         print(f"CPU: {cpu.get('model')} ({', '.join(cpu.get('flags', []))})")

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +23,7 @@ from specmemo.actors.engine import converted
 from specmemo.actors.engine.converted import ConvertedCache
 from specmemo.actors.engine.models import ModelSpec, _load_weights
 from specmemo.actors.engine.precision import Int4Linear, Int8Linear, precision_of
-from specmemo.actors.engine.tiny import tiny_pair
+from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
 
 IDS = torch.tensor([[1, 5, 9, 200, 3, 77, 14]])
 
@@ -38,6 +41,7 @@ def save_checkpoint(directory, seed: int = 3) -> None:
         fine = model.model.layers[0].self_attn.v_proj
         fine.weight.copy_(torch.randn_like(fine.weight) * 0.05)
     model.save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
 
 
 def load(directory, precision: str, **options):
@@ -146,7 +150,7 @@ def test_two_writers_of_one_entry_leave_one_whole_entry(tmp_path, store):
     second.put("layer", x=b)  # both write at once, each in its own temporary directory
     first.commit()
     second.commit()  # the entry is in place: this one gives up, and takes nothing away
-    assert second.failed and not first.failed
+    assert second.failed == f"{first.path} was stored by another process first" and not first.failed
     stored = cache.entry("int4")
     assert stored.hit and np.array_equal(stored.get("layer")["x"], a)
     assert [p.name for p in store.iterdir()] == [first.path.name]  # no temporary left
@@ -155,14 +159,18 @@ def test_two_writers_of_one_entry_leave_one_whole_entry(tmp_path, store):
 def test_a_dead_writers_temporary_entry_is_swept(tmp_path, store):
     save_checkpoint(tmp_path / "model")
     store.mkdir()
-    dead = store / ".old-entry.tmp-4194999-0a1b2c3d"  # above any pid this kernel hands out by default
-    dead.mkdir()
-    (dead / "specmemo-converted.bin").write_bytes(b"\0" * 100)
+    host = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname())[:32]
+    dead = store / f".old-entry.tmp-{host}-4194999-0a1b2c3d"  # above any pid this kernel hands out by default
+    young = store / f".young-entry.tmp-{host}-4194999-0a1b2c3d"  # a writer may yet be running somewhere
+    for tmp in (dead, young):
+        tmp.mkdir()
+        (tmp / "specmemo-converted.bin").write_bytes(b"\0" * 100)
+    os.utime(dead, (time.time() - 7200, time.time() - 7200))
     assert not os.path.exists("/proc/4194999")
     entry = ConvertedCache(store, tmp_path / "model").entry("int8")
     entry.put("layer", x=np.zeros(8, np.int8))
     entry.commit()
-    assert not dead.exists() and entry.path.is_dir()
+    assert not dead.exists() and young.exists() and entry.path.is_dir()
 
 
 def test_the_command_lists_and_clears_the_stored_entries(tmp_path, store):
@@ -180,3 +188,82 @@ def test_the_command_lists_and_clears_the_stored_entries(tmp_path, store):
     assert name in listed and f"1 entries, {size / 2**20:.0f} MiB in {store}" in listed
     assert "1 entries" in models_converted("--clear") and entries(store) == []
     assert f"no entries in {store}" in models_converted()
+
+
+def test_an_actor_config_turns_the_store_off_for_its_model(tmp_path, store):
+    from specmemo.actors.modelconfig import load_actor_model
+
+    save_checkpoint(tmp_path / "model")
+    config = {"model": str(tmp_path / "model"), "precision": "int8", "converted_cache": False}
+    model, _ = load_actor_model(config, "target")
+    assert precision_of(model).stored == "" and entries(store) == []
+    model, _ = load_actor_model({**config, "converted_cache": True}, "target")
+    assert precision_of(model).stored.startswith("stored at ") and len(entries(store)) == 1
+
+
+def test_a_checkpoint_loaded_in_another_dtype_has_an_entry_of_its_own(tmp_path, store):
+    save_checkpoint(tmp_path / "model")
+    load(tmp_path / "model", "int8", dtype="float16")
+    model, logits = load(tmp_path / "model", "int8", dtype="float32")
+    assert precision_of(model).stored.startswith("stored at ") and len(entries(store)) == 2
+    assert torch.equal(logits, load(tmp_path / "model", "int8", dtype="float32", converted_cache=False)[1])
+
+
+def test_an_entry_of_other_linears_is_replaced_not_trusted(tmp_path, store):
+    # as if the model's modules were named otherwise than when it was stored (another library
+    # version): nothing of the entry, not even which linears stay at 8 bits, may be used
+    save_checkpoint(tmp_path / "model")
+    _, reference = load(tmp_path / "model", "int4")
+    (entry,) = store.iterdir()
+    index = json.loads((entry / "index.json").read_text())
+    index["modules"] = {"x." + name: fields for name, fields in index["modules"].items()}
+    index["notes"] = {"eight": [], "linears": [["x." + n, shape] for n, shape in index["notes"]["linears"]]}
+    (entry / "index.json").write_text(json.dumps(index))
+    model, logits = load(tmp_path / "model", "int4")
+    assert precision_of(model).stored.startswith("stored at ") and torch.equal(logits, reference)
+    assert isinstance(model.model.layers[0].self_attn.q_proj_k_proj_v_proj_fused, Int8Linear)
+
+
+def test_a_write_that_fails_midway_loses_nothing_and_leaves_nothing(tmp_path, store):
+    # a real write error: the process may write no file past 64 KiB (RLIMIT_FSIZE), as a disk
+    # that fills during the store; the load goes on without storing
+    save_checkpoint(tmp_path / "model")
+    _, reference = load(tmp_path / "model", "int4", converted_cache=False)
+    child = f"""
+import resource, signal, sys, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_engine_converted import load
+from specmemo.actors.engine.precision import precision_of
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+model, logits = load({str(tmp_path / "model")!r}, "int4")
+torch.save(logits, {str(tmp_path / "logits.pt")!r})
+print(precision_of(model).stored)
+"""
+    env = {**os.environ, "SPECMEMO_CONVERTED": str(store)}
+    out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("not stored: ") and "File too large" in out.stdout
+    assert torch.equal(torch.load(tmp_path / "logits.pt"), reference)
+    assert list(store.iterdir()) == []  # no entry, no temporary
+
+
+def test_a_conversion_that_fails_leaves_no_temporary_entry(tmp_path, store, monkeypatch):
+    from specmemo.actors.engine.quantized import Int4Linear as Packer
+
+    save_checkpoint(tmp_path / "model")
+    calls, pack = [], Packer.pack
+
+    def pack_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("out of memory while packing")
+        return pack(*args, **kwargs)
+
+    monkeypatch.setattr(Packer, "pack", staticmethod(pack_then_fail))
+    with pytest.raises(MemoryError):
+        load(tmp_path / "model", "int4")
+    assert list(store.iterdir()) == []
+    monkeypatch.undo()
+    model, _ = load(tmp_path / "model", "int4")
+    assert precision_of(model).stored.startswith("stored at ")

@@ -44,7 +44,7 @@ class _Conversion:
                 module = Int8Linear(parts, self.bits, arrays=stored)
                 self.source.drop(*(torch.from_numpy(a) for a in stored.values()))  # prepacked: codes unused
                 return module
-            except ValueError as exc:  # a stored entry that does not fit this model: convert
+            except (ValueError, KeyError, TypeError) as exc:  # stored arrays that do not fit this model: convert
                 warnings.warn(f"converted weights of {name} do not fit ({exc}); converting again", stacklevel=2)
         if group:
             arrays = Int4Linear.pack(parts, group, self.source)
@@ -73,22 +73,7 @@ class _Conversion:
                 setattr(parent, n, LinearPart(fused, i, shared))
 
 
-def quantize_linears(model, bits: int, four_bit: bool = False, entry: Entry | None = None) -> None:
-    # every nn.Linear -> Int8Linear (the tied LM head too: it gets its own int8 copy), or with
-    # `four_bit` Int4Linear where its shape packs and `finer_than_four_bits` does not name it
-    # (Int8Linear elsewhere); every nn.Embedding -> Bf16Embedding; what remains (norms, rotary
-    # buffers) -> float32. The source weights' pages are dropped as each module is converted
-    # (`SourcePages`). With `entry` the quantized arrays come from it, or go into it.
-    named = list(model.named_modules())
-    eight: frozenset[int] = frozenset()
-    if four_bit and entry is not None and entry.hit and "eight" in entry.notes:
-        eight = frozenset(id(m) for n, m in named if n in set(entry.notes["eight"]))
-    elif four_bit:
-        eight = finer_than_four_bits(model)
-    if entry is not None:
-        weights = sum(m.weight.numel() for _, m in named if isinstance(m, nn.Linear))
-        entry.reserve(weights // 2 + weights // 8 if four_bit else weights * 5 // 4)
-    conversion = _Conversion(bits, four_bit, eight, entry)
+def _convert_modules(named: list[tuple[str, nn.Module]], conversion: _Conversion) -> None:
     for prefix, parent in named:
         prefix = prefix + "." if prefix else ""
         conversion.fuse(prefix, parent)
@@ -102,8 +87,34 @@ def quantize_linears(model, bits: int, four_bit: bool = False, entry: Entry | No
             # the conversion's temporaries (tens of MB each) land in glibc's heap, which keeps
             # them after they are freed: give them back now, or the load peaks at 1.4x the end
             release_freed_memory()
+
+
+def quantize_linears(model, bits: int, four_bit: bool = False, entry: Entry | None = None) -> None:
+    # every nn.Linear -> Int8Linear (the tied LM head too: it gets its own int8 copy), or with
+    # `four_bit` Int4Linear where its shape packs and `finer_than_four_bits` does not name it
+    # (Int8Linear elsewhere); every nn.Embedding -> Bf16Embedding; what remains (norms, rotary
+    # buffers) -> float32. The source weights' pages are dropped as each module is converted
+    # (`SourcePages`). With `entry` the quantized arrays come from it, or go into it.
+    named = list(model.named_modules())
+    linears = [[n, list(m.weight.shape)] for n, m in named if isinstance(m, nn.Linear)]
+    if entry is not None and entry.hit and entry.notes.get("linears") != linears:
+        entry.forget("its linears are not this model's")
+    eight: frozenset[int] = frozenset()
+    if four_bit and entry is not None and entry.hit:
+        eight = frozenset(id(m) for n, m in named if n in set(entry.notes["eight"]))
+    elif four_bit:
+        eight = finer_than_four_bits(model)
     if entry is not None:
-        entry.commit({"eight": [n for n, m in named if id(m) in eight]})
+        weights = sum(m.weight.numel() for _, m in named if isinstance(m, nn.Linear))
+        entry.reserve(weights // 2 + weights // 8 if four_bit else weights * 5 // 4)
+    try:
+        _convert_modules(named, _Conversion(bits, four_bit, eight, entry))
+    except BaseException:
+        if entry is not None:
+            entry.abort()
+        raise
+    if entry is not None:
+        entry.commit({"eight": [n for n, m in named if id(m) in eight], "linears": linears})
     for module in model.modules():
         if not isinstance(module, (Int8Linear, Int4Linear, LinearPart, Bf16Embedding)):
             for name, param in list(module.named_parameters(recurse=False)):

@@ -6,25 +6,30 @@ an entry here a load maps the packed arrays and reads nothing of the checkpoint'
 stays at load is what a file cannot hold: fbgemm's prepacked int8 weights are rebuilt from the
 stored int8 codes.
 
-An entry holds the arrays of every quantized module of one checkpoint in one precision:
+An entry holds the arrays of every quantized module of one checkpoint loaded in one dtype and
+converted to one precision:
 
-    <root>/<checkpoint>-<precision>-<key>/index.json   key, size, per module {field: [offset, dtype, shape]}
-                                          /specmemo-converted.bin  the arrays, 64-byte aligned
+    <root>/<checkpoint>-<dtype>-<precision>-<key>/index.json   key, size, per module {field: [offset, dtype, shape]}
+                                                 /specmemo-converted.bin  the arrays, 64-byte aligned
 
-The key hashes what the arrays follow from: the checkpoint's path and the name, size and mtime of
-each of its files, the precision, and the conversion's own code (`CODE_FILES`), so a changed
-checkpoint or conversion rule makes a new entry rather than a wrong load. An entry is written in a
-temporary directory and renamed into place whole, so a reader never sees half of one; a store that
-fails (no space, read-only root) only logs and the model loads as converted. An entry that does
-not match its index (truncated, edited) is removed and converted again; the bytes themselves
-carry no checksum (a partial write never becomes an entry, and media errors are the file
-system's to catch). Committing an entry removes the older entries of the same checkpoint and
-precision.
+The key hashes what the arrays follow from: the checkpoint's path and each of its files' name,
+size, mtime, ctime and inode, the dtype it is loaded in, the precision, the versions of torch and
+transformers (and gguf for a GGUF file), and the conversion's own code and built kernels
+(`CODE_FILES`), so a changed checkpoint, library or conversion rule makes a new entry rather than
+a wrong load; an entry whose linears are not the model's is replaced too. An entry is written in
+a temporary directory and renamed into place whole, so a reader never sees half of one; a store
+that fails (no space, read-only root, a failed conversion) only logs, leaves no temporary behind,
+and the model loads as converted. An entry that does not match its index (truncated, edited) is
+removed and converted again; the bytes themselves carry no checksum (a partial write never
+becomes an entry, and media errors are the file system's to catch). Committing an entry removes
+the older entries of the same checkpoint, dtype and precision.
 
 The root is ``$SPECMEMO_CONVERTED`` or ``~/.cache/specmemo/converted``; ``SPECMEMO_CONVERTED=off``
 (or a model config's ``converted_cache = false``) turns the store off. Deleting the directory is
 always safe: the next load converts again (`specmemo models converted` lists the entries and
-their sizes, `--clear` deletes them).
+their sizes, `--clear` deletes them), even under a running deployment, whose mappings keep the
+deleted file's pages; truncating an entry's file in place would not be (a mapped page past the
+new end faults).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import os
 import re
 import secrets
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,13 +52,18 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 ALIGN = 64
-#: The conversion's code: a change to any of them changes every key.
+_NATIVE = Path(__file__).parents[2] / "native"
+#: The conversion's code: a change to any of them (or to the built kernels, `_built_kernels`)
+#: changes every key.
 CODE_FILES = (
     Path(__file__).with_name("conversion.py"),
     Path(__file__).with_name("quantized.py"),
-    Path(__file__).parents[2] / "native" / "q4.py",
-    Path(__file__).parents[2] / "native" / "q4_pack.c",
+    _NATIVE / "q4.py",
+    _NATIVE / "q4_pack.c",
+    _NATIVE / "q4.h",
+    _NATIVE / "half.h",
 )
+_SWEEP_AGE_S = 3600  # a temporary entry this old, of a writer on this host no longer running, is swept
 _DTYPES = {"int8", "uint8", "uint16", "float32"}
 _CHECKPOINT_FILES = (".safetensors", ".json", ".gguf", ".bin", ".pt")
 _SPARE_BYTES = 1 << 30  # left free on the disk after a store
@@ -77,34 +89,57 @@ def stored_entries(root: Path | None = None) -> list[tuple[Path, int]]:
     ]
 
 
+def _built_kernels() -> Path | None:
+    # the compiled packer: sources changed without a rebuild would otherwise key old results anew
+    from specmemo.native import _decode
+
+    return Path(_decode.__file__) if getattr(_decode, "__file__", None) else None
+
+
 def _code_digest() -> str:
     digest = hashlib.sha256()
-    for path in CODE_FILES:
-        digest.update(path.read_bytes() if path.is_file() else path.name.encode())
+    for path in (*CODE_FILES, _built_kernels()):
+        if path is not None:
+            digest.update(path.read_bytes() if path.is_file() else path.name.encode())
     return digest.hexdigest()
+
+
+def _versions(gguf: bool) -> dict[str, str]:
+    # what turns the checkpoint into the weights converted: module names, dtypes, GGUF dequantizing
+    import torch
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    if gguf:
+        try:
+            from importlib.metadata import version
+
+            versions["gguf"] = version("gguf")
+        except Exception:  # not installed: transformers refuses the load itself
+            versions["gguf"] = ""
+    return versions
 
 
 class ConvertedCache:
     """The converted forms of one local checkpoint (a directory, or a GGUF file in one)."""
 
-    def __init__(self, root: Path, location: str | Path, gguf_file: str | None = None):
+    def __init__(self, root: Path, location: str | Path, gguf_file: str | None = None, dtype: str = "auto"):
         self.root = Path(root)
         self.location = Path(location).resolve()
         files = [self.location / gguf_file] if gguf_file else sorted(self.location.iterdir())
+        stats = [(f.name, f.stat()) for f in files if f.is_file() and f.name.endswith(_CHECKPOINT_FILES)]
         self.identity = {
             "format": FORMAT,
             "checkpoint": str(self.location),
             "gguf_file": gguf_file,
-            "files": [
-                [f.name, f.stat().st_size, f.stat().st_mtime_ns]
-                for f in files
-                if f.is_file() and f.name.endswith(_CHECKPOINT_FILES)
-            ],
+            "dtype": dtype,  # what the checkpoint was loaded as, before the conversion
+            "files": [[name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] for name, st in stats],
             "code": _code_digest(),
+            **_versions(gguf_file is not None),
         }
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(gguf_file).stem if gguf_file else self.location.name)[:48]
         place = hashlib.sha256(str(self.location).encode()).hexdigest()[:8]
-        self.prefix = f"{slug}-{place}"
+        self.prefix = f"{slug}-{place}-{dtype}"  # an entry replaces older ones of its prefix and precision
 
     def entry(self, precision: str) -> Entry:
         """The entry of `precision`: one to read from if a complete one is stored, else one to
@@ -168,6 +203,19 @@ class Entry:
     def get(self, name: str) -> dict[str, np.ndarray] | None:
         return self.modules.get(name)
 
+    def forget(self, why: str) -> None:
+        """A stored entry that does not fit the model being converted: delete it and become the
+        writer of a new one."""
+        if self.hit:
+            log.warning("converted weights at %s do not fit (%s); converting again", self.path, why)
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.hit, self.modules, self.notes = False, {}, {}
+
+    def abort(self) -> None:
+        """Give up an entry being written (the conversion failed): nothing of it stays."""
+        if not self.hit and not self.failed and self._tmp is not None:
+            self._fail("the conversion failed", logging.INFO)
+
     def reserve(self, estimate: int) -> None:
         """Give up storing (before any write) unless the disk keeps a spare GiB after `estimate`
         bytes."""
@@ -189,7 +237,8 @@ class Entry:
         try:
             if self._file is None:
                 _sweep(self.path.parent)
-                self._tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+                host = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname())[:32]
+                self._tmp = self.path.parent / f".{self.path.name}.tmp-{host}-{os.getpid()}-{secrets.token_hex(4)}"
                 self._tmp.mkdir(parents=True)
                 self._file = open(self._tmp / "specmemo-converted.bin", "wb")
             fields = {}
@@ -223,25 +272,37 @@ class Entry:
                 if old.is_dir() and old.name.startswith(stem) and old.name != self.path.name:
                     shutil.rmtree(old, ignore_errors=True)
             os.rename(tmp, self.path)
-        except OSError as exc:  # includes another process having put the same entry first
-            self._fail(f"placing {self.path}: {exc}")
+        except OSError as exc:
+            if self.path.is_dir():  # another process put the same entry in place first: it serves
+                self._fail(f"{self.path} was stored by another process first", logging.INFO)
+            else:
+                self._fail(f"placing {self.path}: {exc}")
             return
         log.info("stored converted weights at %s (%.0f MiB)", self.path, self._bytes / 2**20)
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, level: int = logging.WARNING) -> None:
         self.failed = why
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()  # flushes what is buffered: may fail as the write did
+            except OSError:
+                pass
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
-        log.warning("not storing converted weights: %s", why)
+        log.log(level, "not storing converted weights: %s", why)
 
 
 def _sweep(root: Path) -> None:
-    # temporary entries of writers that died (their pid gone; without /proc none is known dead)
+    # temporary entries of writers on this host that died (their pid gone) an hour ago or more;
+    # without /proc no writer is known dead
     if not Path("/proc/self").exists():
         return
-    for tmp in root.glob(".*.tmp-*"):
-        pid = tmp.name.rsplit(".tmp-", 1)[-1].split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+    host = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname())[:32]
+    for tmp in root.glob(f".*.tmp-{host}-*"):
+        pid = tmp.name[len(f".tmp-{host}-") + tmp.name.index(f".tmp-{host}-") :].split("-")[0]
+        try:
+            old = time.time() - tmp.stat().st_mtime > _SWEEP_AGE_S
+        except OSError:
+            continue
+        if old and pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(tmp, ignore_errors=True)

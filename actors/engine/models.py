@@ -208,7 +208,7 @@ def _converted_cache(spec: ModelSpec, resolved: _Resolved) -> ConvertedCache | N
     if not (spec.converted_cache and resolved.is_local and root is not None and spec.device_map is None):
         return None
     try:
-        return ConvertedCache(root, resolved.location, resolved.gguf_file)
+        return ConvertedCache(root, resolved.location, resolved.gguf_file, dtype=spec.dtype)
     except OSError:
         return None
 
