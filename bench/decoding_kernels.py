@@ -8,9 +8,11 @@
   codes+scales and the multiply-adds per second (weights x M / s): where that stops growing with
   M, the kernel runs at the CPU's integer dot-product rate, not at its memory's.
 - row-wise attention: one forward's attention (28 layers, 12 query heads over 2 KV heads of 128,
-  a 64-token context plus M new rows, and a 200-row prefill) through native/rows_attention.c and
-  through the per-row torch loop it replaced (`attention.rowwise_attention` with the native path
-  off), alternating, best of 5.
+  a 64-token context plus M new rows, and 200- and 1,262-row prefills) through
+  native/rows_attention.c, through its portable loop (`rows_attention.simd(False)`: the same
+  bits without the AVX2 path), and through the per-row torch loop it replaced
+  (`attention.rowwise_attention` with the native path off; not at 1,262 rows), best of 5 (2 at
+  1,262 rows).
 - the draft's decoder step (native/decode_step.c): one forward of the pulled 0.5B draft in int4
   (the default pair's, from the models cache; skipped when it was not pulled) after 200 tokens,
   1 and 2 new tokens, through the native step and through the torch draft path, alternating,
@@ -28,7 +30,7 @@ import torch
 
 from specmemo.actors.engine import attention
 from specmemo.actors.engine.precision import cpu_features
-from specmemo.native import q4
+from specmemo.native import q4, rows_attention
 
 LINEARS = [(2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960)] * 28 + [(151936, 1536)]
 
@@ -63,9 +65,13 @@ def q4_rows(threads: int) -> list[str]:
 
 def attention_rows() -> list[str]:
     layers, heads, kv_heads, dim, context = 28, 12, 2, 128, 64
-    lines = ["row-wise attention, one forward (28 layers)", "| rows | native ms | torch loop ms |", "|---|---:|---:|"]
+    lines = [
+        "row-wise attention, one forward (28 layers)",
+        "| rows | native ms | native, portable loop ms | torch loop ms |",
+        "|---|---:|---:|---:|",
+    ]
     native = attention._native
-    for rows, past in ((1, context), (5, context), (200, 0)):
+    for rows, past in ((1, context), (5, context), (200, 0), (1262, 0)):
         keys = past + rows
         # views of cache layers with spare capacity, as a block cache hands them over
         key = torch.randn(1, kv_heads, keys + 16, dim)[:, :, :keys]
@@ -77,12 +83,18 @@ def attention_rows() -> list[str]:
                 attention.rowwise_attention(None, query, key, value, None)
 
         times = {}
-        for name, switch in (("native", native), ("loop", lambda *a: False)):
-            attention._native = switch
-            times[name] = best(forward)
-        attention._native = native
+        repeats = 5 if rows < 1000 else 2
+        times["native"] = best(forward, repeats)
+        simd = rows_attention.simd(False)  # the same bits without the CPU's SIMD path
+        times["portable"] = best(forward, repeats)
+        rows_attention.simd(simd)
+        if rows < 1000:  # the per-row torch loop at 1,262 rows: minutes
+            attention._native = lambda *a: False
+            times["loop"] = best(forward)
+            attention._native = native
         label = f"{rows} after {past}" if past else f"{rows} (prefill)"
-        lines.append(f"| {label} | {times['native'] * 1e3:.1f} | {times['loop'] * 1e3:.1f} |")
+        loop = f"{times['loop'] * 1e3:.1f}" if "loop" in times else "-"
+        lines.append(f"| {label} | {times['native'] * 1e3:.1f} | {times['portable'] * 1e3:.1f} | {loop} |")
     return lines
 
 

@@ -106,7 +106,7 @@ int decode_step(const decode_model *M, int64_t m, int64_t length, const float *c
     int64_t widest = hidden > heads * dim ? hidden : heads * dim; /* the widest input of a product */
     widest = widest > inter ? widest : inter;
     const int64_t floats = m * (hidden + qkv_n + 2 * heads * dim + hidden + 3 * inter) + m * widest / 8 + m
-                           + (int64_t)threads * keys;
+                           + (int64_t)threads * keys * rows_attention_group(heads, M->kv_heads);
     float *buf = malloc((size_t)floats * sizeof *buf);
     int8_t *codes = malloc((size_t)(m * widest));
     if (!buf || !codes) {
@@ -126,7 +126,7 @@ int decode_step(const decode_model *M, int64_t m, int64_t length, const float *c
      * team (a barrier after each), so a product costs no fork or join */
 #pragma omp parallel num_threads(threads)
     {
-        float *mine = scores + (int64_t)omp_get_thread_num() * keys;
+        float *mine = scores + (int64_t)omp_get_thread_num() * keys * rows_attention_group(heads, M->kv_heads);
         for (int64_t l = 0; l < M->layers; l++) {
             const decode_layer *L = &M->layer[l];
             norm_rows(h, L->norm1, L->eps1, m, hidden, x);

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <omp.h>
 
 /* <a, b> in 8 interleaved partial sums combined in one fixed order (vectorizes, no -ffast-math). */
 static float dot(const float *a, const float *b, int64_t n) {
@@ -70,17 +71,158 @@ static void one_row(int64_t dim, const float *q, const float *k, const float *v,
         out[i] *= inv;
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ROWS_X86 1
+#define TARGET_AVX2 __attribute__((target("avx2")))
+#define KEYS 8          /* keys whose scores are summed at once */
+#define VALUE_BLOCK 32  /* keys whose values the group's heads take in turn (16 KB at 128 dims) */
+
+TARGET_AVX2 static inline float combine8(__m256 acc) { /* dot()'s combination of its 8 sums */
+    float l[8];
+    _mm256_storeu_ps(l, acc);
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+/* one_row for `count` heads that share their keys and values (a GQA group), in 8 lanes, bit for
+ * bit: each key's score is dot()'s sums in dot()'s order (a multiply, then an add: no fma), KEYS
+ * keys at a time, so independent chains of adds hide each other's latency; each output element
+ * sums p_t v_t over t in key order, as one_row does, in registers over a block of keys. The heads
+ * of a group read each block of keys and values while it is in the L1 cache: one head at a time,
+ * a long context's keys and values (1.3 MB a head at 1,262 tokens) streamed from L3 per head. */
+TARGET_AVX2 static void heads_avx2(int64_t dim, int64_t count, const float *q, const float *k, const float *v,
+                                   int64_t n, const int64_t *slots, float scale, float *scores, float *out) {
+    for (int64_t i = 0; i < count * dim; i++)
+        out[i] = 0.0f;
+    if (n == 0)
+        return;
+    const int64_t body = dim / 8 * 8;
+    int64_t t = 0;
+    for (; t + KEYS <= n; t += KEYS) {
+        const float *kt[KEYS];
+        for (int u = 0; u < KEYS; u++)
+            kt[u] = k + (slots ? slots[t + u] : t + u) * dim;
+        for (int64_t h = 0; h < count; h++) {
+            const float *qh = q + h * dim;
+            __m256 acc[KEYS];
+            for (int u = 0; u < KEYS; u++)
+                acc[u] = _mm256_setzero_ps();
+            for (int64_t i = 0; i < body; i += 8) {
+                const __m256 x = _mm256_loadu_ps(qh + i);
+                for (int u = 0; u < KEYS; u++)
+                    acc[u] = _mm256_add_ps(acc[u], _mm256_mul_ps(x, _mm256_loadu_ps(kt[u] + i)));
+            }
+            for (int u = 0; u < KEYS; u++) {
+                float sum = combine8(acc[u]);
+                for (int64_t i = body; i < dim; i++)
+                    sum += qh[i] * kt[u][i];
+                scores[h * n + t + u] = sum * scale;
+            }
+        }
+    }
+    for (; t < n; t++)
+        for (int64_t h = 0; h < count; h++)
+            scores[h * n + t] = dot(q + h * dim, k + (slots ? slots[t] : t) * dim, dim) * scale;
+    float inv[ROWS_MAX_GROUP];
+    for (int64_t h = 0; h < count; h++) {
+        float *sh = scores + h * n, top = -INFINITY, sum = 0.0f;
+        for (t = 0; t < n; t++)
+            top = sh[t] > top ? sh[t] : top;
+        for (t = 0; t < n; t++)
+            sh[t] = exp_nonpositive(sh[t] - top);
+        for (t = 0; t < n; t++)
+            sum += sh[t];
+        inv[h] = 1.0f / sum;
+    }
+    for (int64_t t0 = 0; t0 < n; t0 += VALUE_BLOCK) {
+        const int64_t t1 = t0 + VALUE_BLOCK < n ? t0 + VALUE_BLOCK : n;
+        for (int64_t h = 0; h < count; h++) {
+            const float *sh = scores + h * n;
+            float *oh = out + h * dim;
+            int64_t c = 0;
+            for (; c + 64 <= dim; c += 64) { /* 64 outputs in 8 registers over the block's keys */
+                __m256 o[8];
+                for (int j = 0; j < 8; j++)
+                    o[j] = _mm256_loadu_ps(oh + c + 8 * j);
+                for (t = t0; t < t1; t++) {
+                    const __m256 p = _mm256_set1_ps(sh[t]);
+                    const float *vt = v + (slots ? slots[t] : t) * dim + c;
+                    for (int j = 0; j < 8; j++)
+                        o[j] = _mm256_add_ps(o[j], _mm256_mul_ps(p, _mm256_loadu_ps(vt + 8 * j)));
+                }
+                for (int j = 0; j < 8; j++)
+                    _mm256_storeu_ps(oh + c + 8 * j, o[j]);
+            }
+            for (; c + 8 <= dim; c += 8) {
+                __m256 o = _mm256_loadu_ps(oh + c);
+                for (t = t0; t < t1; t++)
+                    o = _mm256_add_ps(o, _mm256_mul_ps(_mm256_set1_ps(sh[t]),
+                                                       _mm256_loadu_ps(v + (slots ? slots[t] : t) * dim + c)));
+                _mm256_storeu_ps(oh + c, o);
+            }
+            for (; c < dim; c++)
+                for (t = t0; t < t1; t++)
+                    oh[c] += sh[t] * v[(slots ? slots[t] : t) * dim + c];
+        }
+    }
+    for (int64_t h = 0; h < count; h++)
+        for (int64_t i = 0; i < dim; i++)
+            out[h * dim + i] *= inv[h];
+}
+#else
+#define ROWS_X86 0
+#endif
+
+static int simd_setting = -1; /* -1: the CPU decides; 0: the portable loop (rows_attention_simd) */
+
+static int use_simd(void) {
+#if ROWS_X86
+    __builtin_cpu_init();
+    return simd_setting != 0 && __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
+int rows_attention_simd(int on) {
+    const int before = simd_setting;
+    simd_setting = on ? -1 : 0;
+    return before != 0;
+}
+
+int64_t rows_attention_group(int64_t heads, int64_t kv_heads) {
+    const int64_t group = heads / kv_heads;
+    return group < ROWS_MAX_GROUP ? group : ROWS_MAX_GROUP;
+}
+
 void rows_attention_team(int64_t batch, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim,
                          int64_t head_stride, int64_t batch_stride, const float *q, const float *k, const float *v,
                          const int64_t *counts, const int64_t *starts, const int64_t *slots, float scale, float *out,
                          float *scores) {
-    const int64_t group = heads / kv_heads, tasks = batch * m * heads;
+    const int64_t group = heads / kv_heads, simd = use_simd();
+    /* A task is a row and `per` heads of one KV head: the whole group (up to ROWS_MAX_GROUP)
+     * while that leaves two tasks a thread, else fewer; what a head computes never depends on it. */
+    int64_t per = 1;
+    if (simd)
+        for (int64_t d = rows_attention_group(heads, kv_heads); d > 1; d--)
+            if (group % d == 0 && batch * m * (heads / d) >= 2 * omp_get_num_threads()) {
+                per = d;
+                break;
+            }
+    const int64_t tasks = batch * m * (heads / per);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; task++) {
-        const int64_t r = task / heads, b = r / m, g = (task % heads) / group;
+        const int64_t first = task * per, r = first / heads, b = r / m, g = (first % heads) / group;
         const int64_t base = b * batch_stride + g * head_stride;
-        one_row(dim, q + task * dim, k + base, v + base, counts[r], slots ? slots + starts[r] : NULL, scale, scores,
-                out + task * dim);
+        const int64_t n = counts[r];
+        const int64_t *visible = slots ? slots + starts[r] : NULL;
+#if ROWS_X86
+        if (simd) {
+            heads_avx2(dim, per, q + first * dim, k + base, v + base, n, visible, scale, scores, out + first * dim);
+            continue;
+        }
+#endif
+        one_row(dim, q + first * dim, k + base, v + base, n, visible, scale, scores, out + first * dim);
     }
 }
 
@@ -111,7 +253,7 @@ int rows_attention(int64_t batch, int64_t m, int64_t heads, int64_t kv_heads, in
     int failed = 0; /* shared: a thread without its buffer fails the call for the whole team */
 #pragma omp parallel num_threads(threads)
     {
-        float *scores = malloc((size_t)(keys > 0 ? keys : 1) * sizeof *scores);
+        float *scores = malloc((size_t)((keys > 0 ? keys : 1) * rows_attention_group(heads, kv_heads)) * sizeof *scores);
         if (!scores) {
 #pragma omp atomic write
             failed = 1;

@@ -24,10 +24,18 @@
 #define ROWS_ATTENTION_OK 0
 #define ROWS_ATTENTION_EINVAL (-1)    /* a null pointer, a bad size, a row seeing past `keys` */
 #define ROWS_ATTENTION_ENOMEM (-2)
+#define ROWS_MAX_GROUP 16               /* most query heads of a KV head taken in one task */
 
 int rows_attention(int64_t batch, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim, int64_t keys,
                    int64_t head_stride, int64_t batch_stride, const float *q, const float *k, const float *v,
                    const int64_t *counts, const int64_t *starts, const int64_t *slots, float scale, float *out,
                    int threads);
+
+/* Whether calls may take the CPU's SIMD path (AVX2: the same bits, faster); answers the previous
+ * setting. For tests and benchmarks that compare the paths; the default is on. Not thread-safe. */
+int rows_attention_simd(int on);
+
+/* The scores buffer a thread passes to the team function holds this many x `keys` floats. */
+int64_t rows_attention_group(int64_t heads, int64_t kv_heads);
 
 #endif

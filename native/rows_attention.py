@@ -99,6 +99,12 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, visible, scale: float, t
     return out
 
 
+def simd(on: bool) -> bool:
+    """Let calls take the CPU's SIMD path (the default) or only the portable loop, which computes
+    the same bits; answers the previous setting. For tests and benchmarks; not thread-safe."""
+    return bool(lib.rows_attention_simd(1 if on else 0))
+
+
 def reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, visible, scale: float) -> np.ndarray:
     """The same attention in float64 with numpy's exp (a row seeing nothing gets zeros)."""
     batch, m, heads, _ = q.shape

@@ -24,7 +24,8 @@ void q4_products_team(int64_t m, int64_t n, int64_t k, int64_t group, const uint
  * slots, every named slot below `keys` (counts alone: the first counts[r] keys). 1 or 0. */
 int rows_visible_ok(int64_t rows, int64_t keys, const int64_t *counts, const int64_t *starts, const int64_t *slots);
 
-/* rows_attention's work (rows_attention.h) with `scores` this thread's buffer of `keys` floats. */
+/* rows_attention's work (rows_attention.h) with `scores` this thread's buffer of
+ * rows_attention_group(heads, kv_heads) x `keys` floats. */
 void rows_attention_team(int64_t batch, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim,
                          int64_t head_stride, int64_t batch_stride, const float *q, const float *k, const float *v,
                          const int64_t *counts, const int64_t *starts, const int64_t *slots, float scale, float *out,

@@ -15,8 +15,8 @@ def problems(draw):
     batch, m = draw(st.integers(1, 3)), draw(st.integers(1, 6))
     kv_heads = draw(st.integers(1, 3))
     heads = kv_heads * draw(st.integers(1, 11))
-    dim = draw(st.sampled_from([1, 3, 8, 16, 64]))
-    keys = draw(st.integers(1, 40))
+    dim = draw(st.sampled_from([1, 3, 8, 16, 64, 72, 128]))
+    keys = draw(st.integers(1, 80))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     size = draw(st.sampled_from([0.1, 1.0, 10.0]))  # large scores: the max subtraction matters
     q = (rng.standard_normal((batch, m, heads, dim)) * size).astype(np.float32)
@@ -65,6 +65,21 @@ def test_rows_equal_the_numpy_reference_and_do_not_depend_on_each_other(problem)
         g = h // group
         alone = rows_attention.attend(q[:, :, h : h + 1], k[:, g : g + 1], v[:, g : g + 1], visible, scale)
         assert np.array_equal(alone[:, :, 0], out[:, :, h])
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems())
+def test_the_simd_path_computes_the_portable_loops_bits(problem):
+    # the AVX2 path takes a KV head's query heads together, several keys at a time and the
+    # values in blocks; every number it adds, it adds in the portable loop's order
+    q, k, v, visible, scale = problem
+    fast = rows_attention.attend(q, k, v, visible, scale, threads=2)
+    before = rows_attention.simd(False)
+    try:
+        portable = rows_attention.attend(q, k, v, visible, scale, threads=2)
+    finally:
+        rows_attention.simd(before)
+    assert np.array_equal(fast, portable)
 
 
 def test_bad_arguments_are_refused():
