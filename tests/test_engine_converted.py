@@ -207,6 +207,9 @@ def test_a_checkpoint_loaded_in_another_dtype_has_an_entry_of_its_own(tmp_path, 
     model, logits = load(tmp_path / "model", "int8", dtype="float32")
     assert precision_of(model).stored.startswith("stored at ") and len(entries(store)) == 2
     assert torch.equal(logits, load(tmp_path / "model", "int8", dtype="float32", converted_cache=False)[1])
+    # the key is the dtype the weights were loaded in: "auto" of this float32 checkpoint is float32
+    model, again = load(tmp_path / "model", "int8", dtype="auto")
+    assert precision_of(model).stored.startswith("read from ") and torch.equal(again, logits)
 
 
 def test_an_entry_of_other_linears_is_replaced_not_trusted(tmp_path, store):

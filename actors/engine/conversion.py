@@ -97,7 +97,7 @@ def quantize_linears(model, bits: int, four_bit: bool = False, entry: Entry | No
     # (`SourcePages`). With `entry` the quantized arrays come from it, or go into it.
     named = list(model.named_modules())
     linears = [[n, list(m.weight.shape)] for n, m in named if isinstance(m, nn.Linear)]
-    if entry is not None and entry.hit and entry.notes.get("linears") != linears:
+    if entry is not None and entry.hit and (entry.notes.get("linears") != linears or "eight" not in entry.notes):
         entry.forget("its linears are not this model's")
     eight: frozenset[int] = frozenset()
     if four_bit and entry is not None and entry.hit:

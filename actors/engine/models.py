@@ -193,7 +193,7 @@ def _load_weights(spec: ModelSpec):
     model.eval()
     model.requires_grad_(False)
     if spec.precision is not None:
-        converted = _converted_cache(spec, resolved)
+        converted = _converted_cache(spec, resolved, model)
         apply_precision(
             model, spec.precision, gamma_max=spec.gamma_max, role=spec.role, threads=spec.threads, converted=converted
         )
@@ -201,14 +201,16 @@ def _load_weights(spec: ModelSpec):
     return model
 
 
-def _converted_cache(spec: ModelSpec, resolved: _Resolved) -> ConvertedCache | None:
+def _converted_cache(spec: ModelSpec, resolved: _Resolved, model) -> ConvertedCache | None:
     # a local checkpoint's store, when asked for and not turned off (a hub id's files are the hub
-    # cache's, and a model spread over devices is not converted)
+    # cache's, and a model spread over devices is not converted); keyed by the dtypes the weights
+    # were loaded in (a bfloat16 checkpoint loaded as "auto" or as "bfloat16" shares one entry)
     root = default_root()
     if not (spec.converted_cache and resolved.is_local and root is not None and spec.device_map is None):
         return None
+    dtypes = "+".join(sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()}))
     try:
-        return ConvertedCache(root, resolved.location, resolved.gguf_file, dtype=spec.dtype)
+        return ConvertedCache(root, resolved.location, resolved.gguf_file, dtype=dtypes)
     except OSError:
         return None
 
