@@ -39,13 +39,15 @@ from specdecode import replace_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Model load"
-ROWS = (
-    "transformers bfloat16 (no conversion)",
-    "specmemo, C packer",
-    "specmemo, numpy packer",
-    "specmemo, C packer, storing the converted weights",
-    "specmemo, converted weights read from the store",
-)
+#: Each row: the child's variant, and whether it runs with the round's store of converted weights.
+ROWS = {
+    "transformers bfloat16 (no conversion)": ("transformers", False),
+    "specmemo, C packer": ("c", False),
+    "specmemo, numpy packer": ("numpy", False),
+    "specmemo, C packer, storing the converted weights": ("c", True),
+    "specmemo, converted weights read from the store": ("c", True),
+}
+TRANSFORMERS, OURS = list(ROWS)[:2]
 
 CHILD = r"""
 import dataclasses, json, sys, time
@@ -73,9 +75,6 @@ else:
 print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
-VARIANTS = dict(zip(ROWS, ("transformers", "c", "numpy", "c", "c")))
-STORING, READING = ROWS[3], ROWS[4]
-
 
 def time_one(role: str, variant: str, precision: str, threads: int, store: str = "off") -> float:
     out = subprocess.run(
@@ -94,9 +93,9 @@ def run(args) -> dict:
     for r in range(args.rounds):
         for role in ("draft", "target"):
             with tempfile.TemporaryDirectory(prefix="specmemo-converted-") as store:
-                for row in ROWS:
-                    where = store if row in (STORING, READING) else "off"
-                    seconds[role][row].append(time_one(role, VARIANTS[row], args.precision, args.threads, where))
+                for row, (variant, stored) in ROWS.items():
+                    where = store if stored else "off"
+                    seconds[role][row].append(time_one(role, variant, args.precision, args.threads, where))
                     print(f"round {r + 1}/{args.rounds} {role} {row}: {seconds[role][row][-1]:.1f} s", flush=True)
     return {
         "cpu": cpu_features().as_dict(),
@@ -111,9 +110,9 @@ def run(args) -> dict:
 def table(result: dict) -> str:
     lines = ["| model | load | fastest of rounds | x C packer |", "|---|---|---:|---:|"]
     for role, rows in result["seconds"].items():
-        ours = min(rows[ROWS[1]])
+        ours = min(rows[OURS])
         for row, values in rows.items():
-            label = row if row == ROWS[0] else row.replace("specmemo", f"specmemo {result['precision']}")
+            label = row if row == TRANSFORMERS else row.replace("specmemo", f"specmemo {result['precision']}")
             lines.append(f"| {role} | {label} | {min(values):.1f} s | {min(values) / ours:.2f}x |")
     return "\n".join(lines)
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import socket
 import subprocess
 import sys
 import time
@@ -159,9 +157,8 @@ def test_two_writers_of_one_entry_leave_one_whole_entry(tmp_path, store):
 def test_a_dead_writers_temporary_entry_is_swept(tmp_path, store):
     save_checkpoint(tmp_path / "model")
     store.mkdir()
-    host = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname())[:32]
-    dead = store / f".old-entry.tmp-{host}-4194999-0a1b2c3d"  # above any pid this kernel hands out by default
-    young = store / f".young-entry.tmp-{host}-4194999-0a1b2c3d"  # a writer may yet be running somewhere
+    dead = converted.temporary(store / "old-entry", 4194999)  # above any pid this kernel hands out by default
+    young = converted.temporary(store / "young-entry", 4194999)  # a writer may yet be running somewhere
     for tmp in (dead, young):
         tmp.mkdir()
         (tmp / "specmemo-converted.bin").write_bytes(b"\0" * 100)

@@ -29,30 +29,31 @@ class _Conversion:
         self.source = SourcePages()
 
     def group(self, parts: list[nn.Linear]) -> int | None:
-        """The q4 group the parts pack in together, None for int8."""
+        """The q4 group the parts pack in together; 0 for int8; None for 4-bit parts that cannot
+        pack together (a single linear that cannot pack goes to int8)."""
         if not self.four_bit or any(id(p) in self.eight for p in parts):
-            return None
+            return 0
         groups = {Int4Linear.group_for(p) for p in parts}
         return groups.pop() if len(groups) == 1 else None
 
     def linear(self, name: str, parts: list[nn.Linear], group: int | None) -> Int8Linear | Int4Linear:
+        def module(arrays):
+            return Int4Linear(parts, group, arrays=arrays) if group else Int8Linear(parts, self.bits, arrays=arrays)
+
         stored = self.entry.get(name) if self.entry is not None else None
         if stored is not None:
             try:
-                if group:
-                    return Int4Linear(parts, group, arrays=stored)
-                module = Int8Linear(parts, self.bits, arrays=stored)
-                self.source.drop(*(torch.from_numpy(a) for a in stored.values()))  # prepacked: codes unused
-                return module
+                made = module(stored)
             except (ValueError, KeyError, TypeError) as exc:  # stored arrays that do not fit this model: convert
                 warnings.warn(f"converted weights of {name} do not fit ({exc}); converting again", stacklevel=2)
-        if group:
-            arrays = Int4Linear.pack(parts, group, self.source)
-        else:
-            arrays = Int8Linear.quantize(parts, self.source)
+            else:
+                if not group:  # fbgemm prepacked its own copy: the stored codes' pages are not needed
+                    self.source.drop(*(torch.from_numpy(a) for a in stored.values()))
+                return made
+        arrays = Int4Linear.pack(parts, group, self.source) if group else Int8Linear.quantize(parts, self.source)
         if self.entry is not None:
             self.entry.put(name, **arrays)
-        return Int4Linear(parts, group, arrays=arrays) if group else Int8Linear(parts, self.bits, arrays=arrays)
+        return module(arrays)
 
     def fuse(self, prefix: str, parent: nn.Module) -> None:
         for names in FUSED:
@@ -63,7 +64,7 @@ class _Conversion:
             if len({p.in_features for p in parts}) != 1 or len({p.bias is None for p in parts}) != 1:
                 continue
             group = self.group(parts)
-            if group is None and self.four_bit and not any(id(p) in self.eight for p in parts):
+            if group is None:
                 continue  # each part alone: Int4Linear where it packs, Int8Linear elsewhere
             name = "_".join(names) + "_fused"
             fused = self.linear(prefix + name, parts, group)
@@ -79,7 +80,7 @@ def _convert_modules(named: list[tuple[str, nn.Module]], conversion: _Conversion
         conversion.fuse(prefix, parent)
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(parent, name, conversion.linear(prefix + name, [child], conversion.group([child])))
+                setattr(parent, name, conversion.linear(prefix + name, [child], conversion.group([child]) or 0))
             elif isinstance(child, nn.Embedding):
                 setattr(parent, name, Bf16Embedding(child))
                 conversion.source.drop(child.weight)
@@ -101,12 +102,13 @@ def quantize_linears(model, bits: int, four_bit: bool = False, entry: Entry | No
         entry.forget("its linears are not this model's")
     eight: frozenset[int] = frozenset()
     if four_bit and entry is not None and entry.hit:
-        eight = frozenset(id(m) for n, m in named if n in set(entry.notes["eight"]))
+        stored_eight = set(entry.notes["eight"])
+        eight = frozenset(id(m) for n, m in named if n in stored_eight)
     elif four_bit:
         eight = finer_than_four_bits(model)
-    if entry is not None:
-        weights = sum(m.weight.numel() for _, m in named if isinstance(m, nn.Linear))
-        entry.reserve(weights // 2 + weights // 8 if four_bit else weights * 5 // 4)
+    if entry is not None:  # int4: 5 bits a weight (codes, scale and zero); int8: a byte
+        weights = sum(rows * columns for _, (rows, columns) in linears)
+        entry.reserve(weights * 5 // 8 if four_bit else weights)
     try:
         _convert_modules(named, _Conversion(bits, four_bit, eight, entry))
     except BaseException:

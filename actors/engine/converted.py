@@ -137,7 +137,7 @@ class ConvertedCache:
             "code": _code_digest(),
             **_versions(gguf_file is not None),
         }
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(gguf_file).stem if gguf_file else self.location.name)[:48]
+        slug = _slug(Path(gguf_file).stem if gguf_file else self.location.name)
         place = hashlib.sha256(str(self.location).encode()).hexdigest()[:8]
         self.prefix = f"{slug}-{place}-{dtype}"  # an entry replaces older ones of its prefix and precision
 
@@ -237,8 +237,7 @@ class Entry:
         try:
             if self._file is None:
                 _sweep(self.path.parent)
-                host = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname())[:32]
-                self._tmp = self.path.parent / f".{self.path.name}.tmp-{host}-{os.getpid()}-{secrets.token_hex(4)}"
+                self._tmp = temporary(self.path, os.getpid())
                 self._tmp.mkdir(parents=True)
                 self._file = open(self._tmp / "specmemo-converted.bin", "wb")
             fields = {}
@@ -292,14 +291,23 @@ class Entry:
         log.log(level, "not storing converted weights: %s", why)
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:48]
+
+
+def temporary(path: Path, pid: int) -> Path:
+    """Where process `pid` of this host writes the entry `path` before renaming it into place:
+    ``.<entry>.tmp-<host>-<pid>-<random>`` beside it."""
+    return path.parent / f".{path.name}.tmp-{_slug(socket.gethostname())}-{pid}-{secrets.token_hex(4)}"
+
+
 def _sweep(root: Path) -> None:
     # temporary entries of writers on this host that died (their pid gone) an hour ago or more;
     # without /proc no writer is known dead
     if not Path("/proc/self").exists():
         return
-    host = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname())[:32]
-    for tmp in root.glob(f".*.tmp-{host}-*"):
-        pid = tmp.name[len(f".tmp-{host}-") + tmp.name.index(f".tmp-{host}-") :].split("-")[0]
+    for tmp in root.glob(f".*.tmp-{_slug(socket.gethostname())}-*"):
+        pid = tmp.name.rsplit("-", 2)[-2]
         try:
             old = time.time() - tmp.stat().st_mtime > _SWEEP_AGE_S
         except OSError:

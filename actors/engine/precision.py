@@ -147,9 +147,10 @@ def apply_precision(model, precision: str, activation_bits=None, role: str = "ta
     entry = converted.entry(precision) if converted is not None and precision in ("int8", "int4") else None
     _convert(model, precision, activation_bits, exact_rows=role != "draft", entry=entry)
     release_freed_memory()
-    choice = Choice(precision, requested, weight_bytes(model), cpu_features().as_dict(), probe)
-    choice.stored = entry.describe() if entry is not None else ""
-    model._specmemo_precision = choice
+    stored = entry.describe() if entry is not None else ""
+    model._specmemo_precision = Choice(
+        precision, requested, weight_bytes(model), cpu_features().as_dict(), probe, stored
+    )
     return model
 
 

@@ -28,21 +28,13 @@ class Int8Linear(nn.Module):
     weights (output channels are independent, so each part is exactly what it would be alone).
     """
 
-    def __init__(
-        self,
-        linear: nn.Linear | list[nn.Linear],
-        activation_bits: int = 8,
-        source: SourcePages | None = None,
-        arrays: dict[str, np.ndarray] | None = None,
-    ):
+    def __init__(self, linear: nn.Linear | list[nn.Linear], activation_bits: int = 8, arrays: dict | None = None):
         super().__init__()
         assert activation_bits in (7, 8)
-        parts = linear if isinstance(linear, list) else [linear]
-        assert len({p.in_features for p in parts}) == 1 and len({p.bias is None for p in parts}) == 1
+        parts, bias = _parts(linear)
         self.splits = [p.out_features for p in parts]
         self.in_features, self.out_features = parts[0].in_features, sum(self.splits)
-        bias = None if parts[0].bias is None else torch.cat([p.bias.detach().float() for p in parts])
-        arrays = arrays or self.quantize(parts, source)  # `arrays`: what `quantize` answered before
+        arrays = arrays or self.quantize(parts)  # `arrays`: what `quantize` answered before
         codes, scale = torch.from_numpy(arrays["codes"]), torch.from_numpy(arrays["scale"])
         if codes.shape != (self.out_features, self.in_features) or scale.shape != (self.out_features,):
             raise ValueError(f"int8 arrays {tuple(codes.shape)}, {tuple(scale.shape)} for {self.out_features} rows")
@@ -107,30 +99,20 @@ class Int4Linear(nn.Module):
     """
 
     def __init__(
-        self,
-        linear: nn.Linear | list[nn.Linear],
-        group: int = 32,
-        source: SourcePages | None = None,
-        arrays: dict[str, np.ndarray] | None = None,
+        self, linear: nn.Linear | list[nn.Linear], group: int = 32, arrays: dict[str, np.ndarray] | None = None
     ):
         super().__init__()
-        parts = linear if isinstance(linear, list) else [linear]
-        assert len({p.in_features for p in parts}) == 1 and len({p.bias is None for p in parts}) == 1
+        parts, bias = _parts(linear)
         self.splits = [p.out_features for p in parts]
         self.in_features, self.out_features, self.group = parts[0].in_features, sum(self.splits), group
-        arrays = arrays or self.pack(parts, group, source)  # `arrays`: what `pack` answered before
+        arrays = arrays or self.pack(parts, group)  # `arrays`: what `pack` answered before
         self.weights = q4.Q4Weights(self.out_features, self.in_features, group, arrays["codes"], arrays["scales"])
         blocks, k = self.out_features // q4.BLOCK_ROWS, self.in_features
-        if self.weights.codes.shape != (blocks, k // 8, 64) or self.weights.scales.shape != (
-            blocks,
-            k // group,
-            2,
-            q4.BLOCK_ROWS,
-        ):
+        shapes = ((blocks, k // 8, 64), (blocks, k // group, 2, q4.BLOCK_ROWS))
+        if (self.weights.codes.shape, self.weights.scales.shape) != shapes:
             raise ValueError(f"q4 arrays {self.weights.codes.shape}, {self.weights.scales.shape} for {blocks * 16}x{k}")
         # torch views of the arrays: their data_ptr() is what each call passes (and forks share them)
         self._codes, self._scales = torch.from_numpy(self.weights.codes), torch.from_numpy(self.weights.scales)
-        bias = None if parts[0].bias is None else torch.cat([p.bias.detach().float() for p in parts])
         self.register_buffer("bias", bias)
         self.packed_bytes = self.weights.nbytes
 
@@ -182,6 +164,15 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, group={self.group}"
+
+
+def _parts(linear: nn.Linear | list[nn.Linear]) -> tuple[list[nn.Linear], torch.Tensor | None]:
+    # the linears a quantized module stands for (several of one input size: their fusion), and
+    # their biases end to end in float32
+    parts = linear if isinstance(linear, list) else [linear]
+    assert len({p.in_features for p in parts}) == 1 and len({p.bias is None for p in parts}) == 1
+    bias = None if parts[0].bias is None else torch.cat([p.bias.detach().float() for p in parts])
+    return parts, bias
 
 
 ROW_BLOCK = 4096  # rows of a weight quantized at once (a multiple of int4's 16)
