@@ -165,7 +165,7 @@ class MemoryActor(Actor):
         return Freed(freed=freed)
 
     def rpc_observe_costs(self, req: Costs, call: Call) -> Empty:
-        self.manager.observe_costs(req.draft_s, req.m, req.target_s, req.draft_by_m, req.anchor)
+        self.manager.observe_costs(req.draft_s, req.m, req.target_s, req.anchor)
         return Empty()
 
     def rpc_usage(self, req: Empty, call: Call) -> Usage:

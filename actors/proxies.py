@@ -59,10 +59,9 @@ class RemoteMemory:
         draft_s: float | None,
         m: int | None,
         target_s: float | None,
-        draft_by_m: dict | None = None,
         anchor: bool = False,
     ) -> None:
-        params = {"draft_s": draft_s, "m": m, "target_s": target_s, "draft_by_m": draft_by_m, "anchor": anchor}
+        params = {"draft_s": draft_s, "m": m, "target_s": target_s, "anchor": anchor}
         self._call(self.actor, "observe_costs", **params)
 
 

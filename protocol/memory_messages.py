@@ -107,7 +107,6 @@ class Costs:
     draft_s: float | None = None  # seconds per draft token
     m: int | None = None  # new tokens per session of the target forward timed
     target_s: float | None = None  # seconds of that target forward
-    draft_by_m: dict[str, float] | None = None  # {M: seconds} of draft forwards of M tokens (trees)
     anchor: bool = False  # target_s is a calibration timing of the target alone (the curve's shape)
 
 

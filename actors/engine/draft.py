@@ -81,11 +81,11 @@ class _Growth:
     candidates: list[_Node | _Draw] = field(default_factory=list)
     fed: list[int] = field(default_factory=list)
 
-    def select(self, count: int, rng: np.random.Generator) -> None:
-        # the `count` candidates of highest path probability become nodes, one at a time (the
-        # first on ties); a selected draw is drawn then, and its next sibling joins the candidates
+    def select(self, rng: np.random.Generator) -> None:
+        # the candidate of highest path probability becomes the next node (the first on ties); a
+        # selected draw is drawn then, and its next sibling joins the candidates
         self.fed = []
-        while len(self.fed) < count and self.candidates:
+        if self.candidates:
             best = max(range(len(self.candidates)), key=lambda i: self.candidates[i].logp)
             chosen = self.candidates.pop(best)
             if isinstance(chosen, _Draw):
@@ -180,14 +180,17 @@ class DraftCore(CacheHolder):
         seeds: list[int] | None = None,
         widths: list[int] | None = None,
     ) -> dict:
-        """Draft a tree of gammas[b] nodes for sessions[b], grown widths[b] nodes per forward
+        """Draft a tree of gammas[b] nodes for sessions[b] whose nodes have up to widths[b] children
         (1, the default: a chain of γ tokens). `temperature` is one for all rows or one per row.
 
-        A tree grows best-first: the forward that feeds the root (the pending tokens) gives the
-        root's w most likely children as candidates; each round then takes the w candidates of
-        highest path probability as nodes and, unless the tree is full, feeds them in one forward
-        whose tree mask lets each see only its ancestors, adding each one's w most likely children
-        to the candidates. At temperature > 0 a node's children are instead up to w draws from q
+        A tree grows best-first, one node per forward: the forward that feeds the root (the
+        pending tokens) gives the root's w most likely children as candidates; each round then
+        takes the candidate of highest path probability as the next node and, unless the tree is
+        full, feeds it in a forward whose tree mask lets it see only its ancestors, adding its w
+        most likely children to the candidates. So the tree is the N nodes of highest path
+        probability (values only shrink down a path): it branches where the draft is unsure and
+        runs deep where it is sure, at the chain's cost of N one-token forwards (EAGLE-2's
+        selection). At temperature > 0 a node's children are instead up to w draws from q
         without replacement, each drawn only once selected (its key: the expected q of the draw)
         and answered with the q it was drawn from (see `tree.verify_tree`); a chain samples each
         token from q.
@@ -236,7 +239,7 @@ class DraftCore(CacheHolder):
                     g = grown[b]
                     for k, fed in enumerate(g.fed or [-1]):
                         self._expand(g, fed, logits[i][k], temps[b], widths[b])
-                    g.select(min(widths[b], gammas[b] - len(g.nodes)), rngs[b])
+                    g.select(rngs[b])
                 active = [b for b in active if len(grown[b].nodes) < gammas[b]]
                 feeds = [grown[b].feed(rows[b].cache.length) for b in active]
                 trees = [grown[b].tree_feed(rows[b].cache.length) if widths[b] > 1 else None for b in active]

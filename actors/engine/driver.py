@@ -224,11 +224,9 @@ class Driver:
             sessions, drafts, gammas, target_blocks, temperatures, probs, verify_seeds, parents
         )
         if self.measure_cost and verdict["seconds"] > 0:
-            # t_d(M): the draft's forwards that fed M tokens a row (M = 1 for a chain, the tree's
-            # width; a catch-up of pending tokens is not a draft token's cost); t_t(M): the target
-            # forward of M = Nmax + 1
-            wide = {str(m): seconds for m, seconds in forward_s.items() if m > 1}
-            self.memory.observe_costs(forward_s.get(1), max(gammas) + 1, verdict["seconds"], wide or None)
+            # t_d: the draft's one-token forwards (a catch-up of several pending tokens is not a
+            # draft token's cost); t_t(M): the target forward of M = Nmax + 1
+            self.memory.observe_costs(forward_s.get(1), max(gammas) + 1, verdict["seconds"])
         kept = []
         for i, (turn, _, _, _) in enumerate(granted):
             tokens = verdict["tokens"][i][: turn.remaining]

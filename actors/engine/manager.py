@@ -248,17 +248,13 @@ class MemoryManager(Reservations):
         draft_s: float | None = None,
         m: int | None = None,
         target_s: float | None = None,
-        draft_by_m: dict | None = None,
         anchor: bool = False,
     ) -> None:
-        """A measured step: `draft_s` seconds per one-token draft forward, `draft_by_m` {M: seconds}
-        of draft forwards of M new tokens per session (a tree's rounds), `target_s` seconds for a
-        target forward of `m` new tokens per session (with `anchor`, a calibration timing of the
-        target alone: the curve's shape, `CostCurve`). The tree shape is then picked from the
-        curves t_d(M) and t_t(M)."""
+        """A measured step: `draft_s` seconds per one-token draft forward (a chain's token or a
+        tree's node), `target_s` seconds for a target forward of `m` new tokens per session (with
+        `anchor`, a calibration timing of the target alone: the curve's shape, `CostCurve`). The
+        tree shape is then picked from t_d and the curve t_t(M)."""
         self.costs.observe(draft_s, m, target_s, anchor=anchor)
-        for width, seconds in (draft_by_m or {}).items():
-            self.costs.observe(seconds, draft_m=int(width))
 
     def cost_shape(self) -> dict[int, float]:
         """The calibration timings of the target's cost curve, {M: seconds} (empty: none yet)."""

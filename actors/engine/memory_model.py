@@ -33,9 +33,9 @@ def speedup(alpha: float, gamma: int, cost_ratio: float) -> float:
 
 class CostCurve:
     """Measured step costs: t_t(M) seconds per target forward of M new tokens, M = 1..N_max+1, and
-    t_d(M) seconds per draft forward of M new tokens (M = 1 for a chain, the tree's width for a
-    tree). On a CPU the target's cost is far from flat in M for some precisions (float32 switches
-    from GEMV to GEMM at M = 2) and nearly flat for others (int8 to M ≈ 9), which moves γ*.
+    t_d seconds per one-token draft forward (a chain's token or a tree's node). On a CPU the
+    target's cost is far from flat in M for some precisions (float32 switches from GEMV to GEMM at
+    M = 2) and nearly flat for others (int8 to M ≈ 9), which moves γ*.
 
     The target's curve is a shape times a level. The shape: calibration timings of the target
     alone at a few Ms (`anchor`; the newest per M), made non-decreasing in M (a forward of more
@@ -51,7 +51,7 @@ class CostCurve:
 
     def __init__(self, cost_ratio: float = 0.1):
         self.prior_ratio = cost_ratio
-        self.draft_table: dict[int, float] = {}
+        self.measured_draft_s: float | None = None  # an exponential average of t_d
         self.target_s: dict[int, float] = {}  # in-situ averages by M (reported; the curve without anchors)
         self.shape: dict[int, float] = {}  # calibration seconds by M
         self.scale = 1.0  # in-situ level over the shape
@@ -63,11 +63,11 @@ class CostCurve:
         m: int | None = None,
         target_s: float | None = None,
         weight: float = 0.2,
-        draft_m: int = 1,
         anchor: bool = False,
     ) -> None:
-        if draft_s is not None and draft_s >= 0 and draft_m >= 1:
-            _average(self.draft_table, draft_m, draft_s, weight)
+        if draft_s is not None and draft_s >= 0:
+            old = self.measured_draft_s
+            self.measured_draft_s = draft_s if old is None else (1 - weight) * old + weight * draft_s
         if m is None or target_s is None or target_s <= 0 or m < 1:
             return
         if anchor:
@@ -78,41 +78,32 @@ class CostCurve:
         if self._monotone:
             self.scale = (1 - weight) * self.scale + weight * target_s / _interpolate(self._monotone, m)
 
-    @property
-    def measured_draft_s(self) -> float | None:
-        return _interpolate(self.draft_table, 1) if self.draft_table else None
-
     def target(self, m: int) -> float:
         if self._monotone:
             return self.scale * _interpolate(self._monotone, m)
         return _interpolate(self.target_s, m) if self.target_s else 1.0
 
-    def draft(self, m: int = 1) -> float:
-        """t_d(M): as measured, else the prior c times t_t(1) (in the target's units)."""
-        if not self.draft_table:
-            return self.prior_ratio * self.target(1)
-        return _interpolate(self.draft_table, m)
-
     @property
     def draft_s(self) -> float:
-        """t_d = t_d(1), seconds per draft token of a chain."""
-        return self.draft(1)
+        """t_d: as measured, else the prior c times t_t(1) (in the target's units)."""
+        if self.measured_draft_s is None:
+            return self.prior_ratio * self.target(1)
+        return self.measured_draft_s
 
     @property
     def ratio(self) -> float:
         """c = t_d / t_t(1)."""
         return self.draft_s / self.target(1)
 
-    def step_seconds(self, gamma: int, width: int = 1) -> float:
-        # the draft's forwards for a tree of γ nodes grown `width` at a time (a chain: γ one-token
-        # forwards), then one target forward of γ + 1 tokens
-        return draft_seconds(gamma, width, self) + self.target(gamma + 1)
+    def step_seconds(self, gamma: int) -> float:
+        # a step of γ draft nodes, chain or tree: γ one-token draft forwards (the first feeds the
+        # root, each later one a node), then one target forward of γ + 1 tokens
+        return gamma * self.draft_s + self.target(gamma + 1)
 
     def as_dict(self) -> dict:
         return {
             "draft_s": self.draft_s,
             "target_s": {str(m): t for m, t in sorted(self.target_s.items())},
-            "draft_by_m": {str(m): t for m, t in sorted(self.draft_table.items())},
             "shape": {str(m): t for m, t in sorted(self.shape.items())},
             "scale": self.scale,
         }
@@ -151,45 +142,19 @@ def _interpolate(table: dict[int, float], m: int) -> float:
     return max(table[b] + slope * (m - b), 1e-9)
 
 
-def draft_forwards(nodes: int, width: int) -> int:
-    # the draft grows a tree `width` nodes per round: ⌈N / w⌉ forwards (the first feeds the root)
-    return -(-nodes // width) if nodes > 0 else 0
-
-
-def draft_seconds(nodes: int, width: int, curve: CostCurve) -> float:
-    # t_d(1) for the forward that feeds the root, then t_d(w) for each round that feeds w nodes
-    forwards = draft_forwards(nodes, width)
-    return 0.0 if forwards == 0 else curve.draft(1) + (forwards - 1) * curve.draft(width)
-
-
 def tree_expected_tokens(rates: list[float], nodes: int, width: int | None = None) -> float:
-    """E(N, w): expected tokens per step of the N-node tree the draft grows `width` nodes per round,
-    when the r-th child of any node is accepted with probability a_r = rates[r−1], independently of
-    its position (Sequoia's model). A node's value is the product of the rates on its path (the
-    chance it is accepted), and E = 1 + the sum of the tree's values. Each round, like the draft,
-    takes the w candidates of highest value, then offers their w children each to the next round;
-    so a tree is at most ⌈N/w⌉ deep. A chain (w = 1) gives (1 − α^(N+1)) / (1 − α)."""
+    """E(N, w): expected tokens per step of an N-node tree whose nodes have at most `width` children
+    (default: len(rates)), when the r-th child of any node is accepted with probability
+    a_r = rates[r−1], independently of its position (Sequoia's model). A node's value is the product
+    of the rates on its path (the chance it is accepted), and E = 1 + the sum of the tree's values.
+    The tree is the best one under the model (Sequoia's optimum): values only shrink down a path,
+    so the N largest form a tree, and taking nodes one at a time by value, each offering its
+    children, finds them; the draft grows its trees the same way, by its own path probabilities.
+    The r-th choice is taken to be right no more often than the (r−1)-th (rates sorted). A chain
+    (w = 1) gives (1 − α^(N+1)) / (1 − α)."""
     width = min(width or len(rates), len(rates))
-    rates = list(rates[:width])
     assert nodes >= 0 and all(0.0 <= a <= 1.0 for a in rates) and sum(rates) <= 1.0 + 1e-9
-    total, taken, pool = 1.0, 0, list(rates)
-    while taken < nodes and pool:
-        pool.sort(reverse=True)
-        chosen, pool = pool[: min(width, nodes - taken)], pool[min(width, nodes - taken) :]
-        taken += len(chosen)
-        total += sum(chosen)
-        pool += [v * a for v in chosen for a in rates]
-    return total
-
-
-def best_tree_tokens(rates: list[float], nodes: int) -> float:
-    """The most expected tokens per step any N-node tree can get under the rank model of
-    `tree_expected_tokens` (Sequoia's optimum), a node's children being any of its ranks: values
-    only shrink down a path, so the N largest values form a tree, and taking nodes one at a time by
-    value, each offering its children, finds them. No growth schedule of the draft beats it; a
-    chain is the tree of rates[:1]."""
-    assert nodes >= 0 and all(0.0 <= a <= 1.0 for a in rates) and sum(rates) <= 1.0 + 1e-9
-    rates = sorted(rates, reverse=True)
+    rates = sorted(rates[:width], reverse=True)
     total, pool = 1.0, list(rates)
     for _ in range(nodes):
         if not pool:
@@ -202,17 +167,21 @@ def best_tree_tokens(rates: list[float], nodes: int) -> float:
 
 
 def tree_speedup(rates: list[float], nodes: int, width: int, curve: CostCurve) -> float:
-    # S(N, w) = E(N, w) · t_t(1) / (draft seconds(N, w) + t_t(N + 1))
-    return tree_expected_tokens(rates, nodes, width) * curve.target(1) / curve.step_seconds(nodes, width)
+    # S(N, w) = E(N, w) · t_t(1) / (N · t_d(1) + t_t(N + 1))
+    return tree_expected_tokens(rates, nodes, width) * curve.target(1) / curve.step_seconds(nodes)
 
 
 def tree_shape(
     rates: list[float], curve: CostCurve, fraction: float = 0.96, nodes_max: int = 16, width_max: int = 1
 ) -> tuple[int, int]:
-    """(N*, w*): the smallest tree (fewest nodes, then narrowest) whose expected speedup is within
-    `fraction` of the best over N <= nodes_max and w <= min(width_max, len(rates))."""
-    shapes = [(0, 1)] + [(n, w) for n in range(1, nodes_max + 1) for w in range(1, min(width_max, len(rates), n) + 1)]
-    return shapes[_first_within([tree_speedup(rates, n, w, curve) for n, w in shapes], fraction)]
+    """(N*, w*): the fewest nodes whose expected speedup is within `fraction` of the best over
+    N <= nodes_max, at the widest w <= min(width_max, len(rates), N): a tree costs the draft one
+    forward a node whatever its width, so branching is free and the draft's own path probabilities
+    decide where it pays (a chain where the draft is sure)."""
+    width = max(1, min(width_max, len(rates)))
+    speeds = [tree_speedup(rates, n, width, curve) for n in range(nodes_max + 1)]
+    nodes = _first_within(speeds, fraction)
+    return nodes, max(1, min(width, nodes))
 
 
 def _first_within(speeds: list[float], fraction: float) -> int:
