@@ -59,7 +59,7 @@ class GrantAnswer:
     evicted: list[str] = field(default_factory=list)
     rebuild: list[str] = field(default_factory=list)
     gamma: int = 0
-    width: int = 1  # the tree's width (1: a chain)
+    width: int = 1  # the most children a tree node may have (1: a chain)
     freed: int = 0
     error: list[str] | None = absent_if_none()  # [error class, message] for this session alone (absent: none)
 

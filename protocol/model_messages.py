@@ -47,7 +47,7 @@ class ProposeRequest:
     blocks: list[int]
     temperature: float | list[float] = 0.0  # one for all rows, or one per row
     seeds: list[int] | None = None
-    widths: list[int] | None = None  # tree width per row (None: chains)
+    widths: list[int] | None = None  # per row, the most children a tree node may have (None: chains)
 
 
 @message
@@ -165,7 +165,7 @@ class StepInfo:
     emitted: int  # tokens the step added (accepted + the target's own)
     draft_s: float
     target_s: float
-    width: int = 1  # the token tree's widest level (1: a chain)
+    width: int = 1  # the most children a tree node may have (1: a chain)
     batch: int = 1  # sessions in the step's target forward
 
 
