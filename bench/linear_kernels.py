@@ -1,14 +1,16 @@
-"""Which linear-layer kernels serve M = 1..9 new tokens near the memory bound on this CPU.
+"""Which linear-layer kernels serve M = 1..9 new tokens near the memory bound on this CPU (and a 64-row prefill).
 
     python bench/linear_kernels.py [--layers 8] [--threads 2]
 
 Times the linear layers of `--layers` decoder layers of the 1.5B target's shapes (q, k, v, o,
 gate, up, down: 46M parameters a layer; 8 layers are far larger than any cache, as in a real
-forward) for M = 1, 5, 9 rows, in each candidate:
+forward) for M = 1, 5, 9 and 64 rows, in each candidate:
 
 - float32 and bfloat16 `F.linear` (oneDNN / MKL);
 - int8 dynamic, per-tensor activation scale: torch's `quantize_dynamic` on fbgemm (rows coupled);
-- int8 dynamic, per-token activation scale: specmemo's `Int8Linear` (fbgemm, rows independent);
+- int8 dynamic, per-token activation scale, on fbgemm (`quantized::linear_with_input_q_dq_qweight_dq_output_fp32`,
+  rows independent: what specmemo's `Int8Linear` ran on before native/q8.c);
+- int8 dynamic, per-token activation scale: specmemo's `Int8Linear` (native/q8.c, rows independent);
 - int8 dynamic, per-token, torchao's `Int8DynamicActivationInt8WeightConfig` (if torchao is
   installed: it is not a dependency);
 - int8 and int4 weight-only: `torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`;
@@ -16,7 +18,7 @@ forward) for M = 1, 5, 9 rows, in each candidate:
   rows independent).
 
 Reports ms per pass over all the layers' linears and the effective weight bandwidth (GB/s).
-Prints a markdown table; the numbers go into docs/decisions.md by hand (they pick the kernel).
+Prints a markdown table; the numbers go into docs/benchmarks.md by hand (they pick the kernels).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from specmemo.actors.engine.precision import Int4Linear, Int8Linear, cpu_features
+from specmemo.native import q8
 
 SHAPES = [(1536, 1536), (1536, 256), (1536, 256), (1536, 1536), (1536, 8960), (1536, 8960), (8960, 1536)]
 
@@ -83,6 +86,31 @@ class _Packed(nn.Module):
         return self.fn(x)
 
 
+class _FbgemmPerToken(nn.Module):
+    """int8 weights (per channel, q8's codes) x per-token 8-bit activations on fbgemm: codes
+    round(x / s) pass exactly as u8 codes with zero point 128 (64 and 7 bits without VNNI, where
+    fbgemm's AVX2 path saturates int16 pair sums)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features = linear.in_features
+        codes, scale = q8.quantize(linear.weight.detach().float().numpy())
+        with warnings.catch_warnings():  # quantized tensors' creation functions warn of deprecation
+            warnings.simplefilter("ignore", UserWarning)
+            quantized = torch._make_per_channel_quantized_tensor(
+                torch.from_numpy(codes), torch.from_numpy(scale).double(), torch.zeros(len(scale), dtype=torch.long), 0
+            )
+            self.packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self.q_max, self.zero = (127.0, 128) if cpu_features().vnni else (63.0, 64)
+
+    def forward(self, x):
+        scale = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) / self.q_max
+        out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            torch.round(x / scale), 1.0, self.zero, self.packed
+        )
+        return out * scale
+
+
 def candidates(base: list[nn.Linear], torchao: bool):
     yield "float32 F.linear", base, torch.float32
     yield "bfloat16 F.linear", [copy.deepcopy(m).to(torch.bfloat16) for m in base], torch.bfloat16
@@ -93,7 +121,8 @@ def candidates(base: list[nn.Linear], torchao: bool):
         ]
     yield "int8 per-tensor (quantize_dynamic, fbgemm)", per_tensor, torch.float32
     del per_tensor
-    yield "int8 per-token (specmemo Int8Linear, fbgemm)", [Int8Linear(m) for m in base], torch.float32
+    yield "int8 per-token (fbgemm)", [_FbgemmPerToken(m) for m in base], torch.float32
+    yield "int8 per-token (specmemo Int8Linear, native q8)", [Int8Linear(m) for m in base], torch.float32
     if torchao:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
@@ -120,14 +149,14 @@ def main(argv=None) -> None:
         f"CPU {cpu.model}, flags {', '.join(cpu.flags)}, torch {torch.__version__} ({cpu.capability}), "
         f"{args.threads} threads, {args.layers} layers = {params / 1e6:.0f}M weights"
     )
-    print("| kernel | M=1 ms | M=5 ms | M=9 ms | M=1 weight GB/s |")
-    print("|---|---:|---:|---:|---:|")
+    print("| kernel | M=1 ms | M=5 ms | M=9 ms | M=64 ms | M=1 weight GB/s |")
+    print("|---|---:|---:|---:|---:|---:|")
     bytes_per = {"float32": 4, "bfloat16": 2, "int8": 1, "int4": 0.5}
     for name, mods, dtype in candidates(base, args.torchao):
-        times = [time_pass(mods, m, dtype) for m in (1, 5, 9)]
+        times = [time_pass(mods, m, dtype) for m in (1, 5, 9, 64)]
         width = next(v for k, v in bytes_per.items() if name.startswith(k))
         print(
-            f"| {name} | {times[0] * 1e3:.1f} | {times[1] * 1e3:.1f} | {times[2] * 1e3:.1f} | "
+            f"| {name} | " + " | ".join(f"{t * 1e3:.1f}" for t in times) + " | "
             f"{params * width / times[0] / 1e9:.1f} |",
             flush=True,
         )

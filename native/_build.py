@@ -1,8 +1,9 @@
 """cffi builds of the native libraries (out-of-line API mode), run by `pip install` through setup.py:
 `_pars3` (the SpMV kernels, every .c here but the decoding ones) and `_decode` (the decoding
-engine's kernels: 4-bit linear layers, q4.c, and row-wise attention, rows_attention.c).
+engine's kernels: 4-bit and 8-bit linear layers, q4.c and q8.c, row-wise attention,
+rows_attention.c, and the draft's decoder step, decode_step.c).
 
-Each cdef is read from its headers (pars3.h; q4.h and rows_attention.h). OpenMP is required:
+Each cdef is read from its headers (pars3.h; q4.h, q8.h, rows_attention.h, decode_step.h). OpenMP is required:
 the build compiles a tiny OpenMP program first and stops with a message saying what is missing
 if that fails.
 """
@@ -17,7 +18,8 @@ import tempfile
 from cffi import FFI
 
 HERE = os.path.relpath(os.path.dirname(os.path.abspath(__file__)))
-DECODE_SOURCES = [os.path.join(HERE, name) for name in ("q4.c", "q4_pack.c", "rows_attention.c", "decode_step.c")]
+DECODE_NAMES = ("q4.c", "q4_pack.c", "q8.c", "rows_attention.c", "decode_step.c")
+DECODE_SOURCES = [os.path.join(HERE, name) for name in DECODE_NAMES]
 SOURCES = sorted(
     os.path.join(HERE, name)
     for name in os.listdir(HERE)
@@ -86,11 +88,12 @@ ffi.set_source(
 
 decode_ffi = FFI()
 decode_ffi.cdef(cdef_from_header(os.path.join(HERE, "q4.h"), "Q4_"))
+decode_ffi.cdef(cdef_from_header(os.path.join(HERE, "q8.h"), "Q8_"))
 decode_ffi.cdef(cdef_from_header(os.path.join(HERE, "rows_attention.h"), "ROWS_ATTENTION_"))
 decode_ffi.cdef(cdef_from_header(os.path.join(HERE, "decode_step.h"), "DECODE_STEP_"))
 decode_ffi.set_source(
     "specmemo.native._decode",
-    '#include "q4.h"\n#include "rows_attention.h"\n#include "decode_step.h"',
+    '#include "q4.h"\n#include "q8.h"\n#include "rows_attention.h"\n#include "decode_step.h"',
     sources=DECODE_SOURCES,
     include_dirs=[HERE],
     extra_compile_args=COMPILE_ARGS,

@@ -24,8 +24,8 @@ class _Conversion:
     """One model's conversion: how each linear is quantized, and the stored entry it reads from or
     writes to (`converted.Entry`, None: no store)."""
 
-    def __init__(self, bits: int, four_bit: bool, eight: frozenset, entry: Entry | None):
-        self.bits, self.four_bit, self.eight, self.entry = bits, four_bit, eight, entry
+    def __init__(self, four_bit: bool, eight: frozenset, entry: Entry | None):
+        self.four_bit, self.eight, self.entry = four_bit, eight, entry
         self.source = SourcePages()
 
     def group(self, parts: list[nn.Linear]) -> int | None:
@@ -38,7 +38,7 @@ class _Conversion:
 
     def linear(self, name: str, parts: list[nn.Linear], group: int | None) -> Int8Linear | Int4Linear:
         def module(arrays):
-            return Int4Linear(parts, group, arrays=arrays) if group else Int8Linear(parts, self.bits, arrays=arrays)
+            return Int4Linear(parts, group, arrays=arrays) if group else Int8Linear(parts, arrays=arrays)
 
         stored = self.entry.get(name) if self.entry is not None else None
         if stored is not None:
@@ -47,8 +47,6 @@ class _Conversion:
             except (ValueError, KeyError, TypeError) as exc:  # stored arrays that do not fit this model: convert
                 warnings.warn(f"converted weights of {name} do not fit ({exc}); converting again", stacklevel=2)
             else:
-                if not group:  # fbgemm prepacked its own copy: the stored codes' pages are not needed
-                    self.source.drop(*(torch.from_numpy(a) for a in stored.values()))
                 return made
         arrays = Int4Linear.pack(parts, group, self.source) if group else Int8Linear.quantize(parts, self.source)
         if self.entry is not None:
@@ -90,7 +88,7 @@ def _convert_modules(named: list[tuple[str, nn.Module]], conversion: _Conversion
             release_freed_memory()
 
 
-def quantize_linears(model, bits: int, four_bit: bool = False, entry: Entry | None = None) -> None:
+def quantize_linears(model, four_bit: bool = False, entry: Entry | None = None) -> None:
     # every nn.Linear -> Int8Linear (the tied LM head too: it gets its own int8 copy), or with
     # `four_bit` Int4Linear where its shape packs and `finer_than_four_bits` does not name it
     # (Int8Linear elsewhere); every nn.Embedding -> Bf16Embedding; what remains (norms, rotary
@@ -110,7 +108,7 @@ def quantize_linears(model, bits: int, four_bit: bool = False, entry: Entry | No
         weights = sum(rows * columns for _, (rows, columns) in linears)
         entry.reserve(weights * 5 // 8 if four_bit else weights)
     try:
-        _convert_modules(named, _Conversion(bits, four_bit, eight, entry))
+        _convert_modules(named, _Conversion(four_bit, eight, entry))
     except BaseException:
         if entry is not None:
             entry.abort()

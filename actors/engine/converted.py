@@ -2,9 +2,8 @@
 
 Converting the default 1.5B target to int4 takes ~20 s on the zygote's one thread (packing, the
 int8 rows of the layers a Q4_K_M file stored finer, and reading 3 GB of bfloat16 checkpoint); with
-an entry here a load maps the packed arrays and reads nothing of the checkpoint's weights. What
-stays at load is what a file cannot hold: fbgemm's prepacked int8 weights are rebuilt from the
-stored int8 codes.
+an entry here a load maps the packed arrays (int4 and int8 alike: both kernels read plain arrays)
+and reads nothing of the checkpoint's weights.
 
 An entry holds the arrays of every quantized module of one checkpoint loaded in one dtype and
 converted to one precision:
@@ -62,9 +61,11 @@ CODE_FILES = (
     _NATIVE / "q4_pack.c",
     _NATIVE / "q4.h",
     _NATIVE / "half.h",
+    _NATIVE / "q8.py",
+    _NATIVE / "q8.h",
 )
 _SWEEP_AGE_S = 3600  # a temporary entry this old, of a writer on this host no longer running, is swept
-_DTYPES = {"int8", "uint8", "uint16", "float32"}
+_DTYPES = {"int8", "uint8", "uint16", "int32", "float32"}
 _CHECKPOINT_FILES = (".safetensors", ".json", ".gguf", ".bin", ".pt")
 _SPARE_BYTES = 1 << 30  # left free on the disk after a store
 

@@ -1,5 +1,5 @@
 """The CPU this process runs on: its model, the SIMD flags that decide which kernels are fast,
-and whether the int8 (torch's fbgemm) and int4 (native/q4.c) kernels run here."""
+and whether the int8 and int4 kernels (native/q8.c, native/q4.c) have a fast path here."""
 
 from __future__ import annotations
 
@@ -72,11 +72,8 @@ def cpu_features() -> CpuFeatures:
 
 
 def int8_supported() -> bool:
-    return "fbgemm" in torch.backends.quantized.supported_engines
-
-
-def int4_supported() -> bool:
-    """Whether `specmemo.native.q4` has a SIMD path here (its portable C path is a slow reference)."""
+    """Whether `specmemo.native.q8` and `q4` have a SIMD path here (their portable C path is a
+    slow reference)."""
     from specmemo.native import q4
 
     return q4.best_isa() != "scalar"

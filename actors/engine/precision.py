@@ -6,18 +6,17 @@ Precisions (the `precision` setting of a model):
 - ``bfloat16``: every weight and activation in bfloat16 (fast where the CPU has bf16 units).
 - ``int8``: every linear layer (the LM head included) holds int8 weights with one scale per
   output channel; activations are quantized per token (one scale per row) at each call and
-  multiplied by fbgemm's u8·s8 kernels with exact int32 accumulation:
+  multiplied by `specmemo.native.q8` (AVX-512 VNNI, AVX2 or portable C, chosen at run time, the
+  same bits on each) with exact int32 accumulation:
 
-      s_i = max_k |x_ik| / q_max          (q_max = 127, or 63 without VNNI: see below)
-      y_ij = s_i · w_j · Σ_k round(x_ik / s_i) · W8_jk  (+ b_j)
+      s_i = max_k |x_ik| / 127
+      y_ij = (Σ_k round(x_ik / s_i) · W8_jk) · w_j · s_i  (+ b_j)
 
   Each row's result depends on that row alone, so verifying γ+1 tokens in one forward computes
   exactly what γ+1 one-token forwards compute (a per-tensor scale, as torch's
   ``quantize_dynamic`` uses, couples the rows and breaks greedy equality). The embedding table
   is kept in bfloat16 (the converted checkpoints are bfloat16: no loss) and looked up into
-  float32; norms, attention and the KV cache stay float32. Without VNNI, fbgemm's AVX2 kernels
-  add u8·s8 pairs in saturating int16, so activations then use 7 bits (u8 codes ≤ 127), as
-  torch's ``reduce_range`` does.
+  float32; norms, attention and the KV cache stay float32.
 - ``int4``: every linear layer whose outputs are a multiple of 16 holds 4-bit weights in groups
   of 32 inputs (asymmetric: a float16 scale and zero per output channel and group), the others
   int8; activations are quantized per token as for int8 and multiplied by `specmemo.native.q4`
@@ -55,7 +54,7 @@ from torch import nn
 
 from .attention import use_rowwise_attention
 from .conversion import finer_than_four_bits, quantize_linears
-from .cpu import CpuFeatures, cpu_features, int4_supported, int8_supported
+from .cpu import CpuFeatures, cpu_features, int8_supported
 from .forked import on_threads
 from .quantized import Bf16Embedding, Int4Linear, Int8Linear, LinearPart, SourcePages, release_freed_memory
 
@@ -74,7 +73,6 @@ __all__ = [
     "choose",
     "compute_dtype",
     "cpu_features",
-    "int4_supported",
     "int8_supported",
     "precision_of",
     "release_freed_memory",
@@ -127,13 +125,13 @@ def weight_bytes(model) -> int:
     return sum(storages.values()) + packed
 
 
-def apply_precision(model, precision: str, activation_bits=None, role: str = "target", converted=None, **probe_options):
+def apply_precision(model, precision: str, role: str = "target", converted=None, **probe_options):
     """Convert `model` (in place) to `precision` ("auto" probes first, see `choose`); answers it.
     With `converted` (a `ConvertedCache`), an int8/int4 conversion reads its arrays from the
     model's stored entry, or stores them.
 
     The chosen `Choice` is kept on the model (`precision_of`). Raises ValueError for an unknown
-    precision, or int8 on a torch build without fbgemm.
+    precision, or int8/int4 on a model not on the CPU.
     """
     if precision not in CHOICES:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(CHOICES)}")
@@ -145,7 +143,7 @@ def apply_precision(model, precision: str, activation_bits=None, role: str = "ta
     if precision in ("int8", "int4") and not on_cpu:
         raise ValueError(f"precision {precision} runs on the CPU only; use bfloat16 on an accelerator")
     entry = converted.entry(precision) if converted is not None and precision in ("int8", "int4") else None
-    _convert(model, precision, activation_bits, exact_rows=role != "draft", entry=entry)
+    _convert(model, precision, exact_rows=role != "draft", entry=entry)
     release_freed_memory()
     stored = entry.describe() if entry is not None else ""
     model._specmemo_precision = Choice(
@@ -154,7 +152,7 @@ def apply_precision(model, precision: str, activation_bits=None, role: str = "ta
     return model
 
 
-def _convert(model, precision: str, activation_bits=None, exact_rows: bool = True, entry=None) -> None:
+def _convert(model, precision: str, exact_rows: bool = True, entry=None) -> None:
     # exact_rows: with int8/int4, attention computes each row alone too (a target's verification
     # must equal one-token steps; a draft's need not, and keeps sdpa's faster prefill)
     if precision == "float32":
@@ -162,10 +160,7 @@ def _convert(model, precision: str, activation_bits=None, exact_rows: bool = Tru
     elif precision == "bfloat16":
         model.to(torch.bfloat16)
     elif precision in ("int8", "int4"):
-        if not int8_supported():
-            raise ValueError(f"precision {precision} needs torch's fbgemm quantized engine, absent from this build")
-        bits = activation_bits or (8 if cpu_features().vnni else 7)
-        quantize_linears(model, bits, four_bit=precision == "int4", entry=entry)
+        quantize_linears(model, four_bit=precision == "int4", entry=entry)
         if exact_rows:
             use_rowwise_attention(model)  # with exact rows, exact attention: see attention.py
     else:
@@ -195,10 +190,8 @@ def _layer_classes(model, layers: list[nn.Module], precision: str) -> list[tuple
 
 def _supported() -> list[str]:
     candidates = ["float32", "bfloat16"]
-    if int8_supported():
-        candidates.append("int8")
-        if int4_supported():  # its kernel has a SIMD path on this CPU
-            candidates.append("int4")
+    if int8_supported():  # the int8 and int4 kernels have a SIMD path on this CPU
+        candidates += ["int8", "int4"]
     return candidates
 
 

@@ -1,6 +1,6 @@
 """Quantized modules (the math is in `precision`'s doc; `conversion.py` puts them in a model).
 
-`Int8Linear` (per-channel int8 weights, per-token int8 activations, fbgemm), `Int4Linear`
+`Int8Linear` (per-channel int8 weights, per-token int8 activations, native/q8.c), `Int4Linear`
 (int4 weights in groups, per-token int8 activations, native/q4.c), `LinearPart` (one output of
 a fused projection), `Bf16Embedding`; `SourcePages` drops the pages of the float weights a
 conversion consumed.
@@ -10,82 +10,62 @@ from __future__ import annotations
 
 import ctypes
 import os
-import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from specmemo.native import q4
+from specmemo.native import q4, q8
 
 # int8 modules
 
 
 class Int8Linear(nn.Module):
-    """A linear layer with per-channel int8 weights and per-token int8 activations (see module doc).
+    """A linear layer with per-channel int8 weights and per-token 8-bit activations
+    (`specmemo.native.q8`: exact integer dot products, so each row is independent of the others;
+    the weights are read once per call, so a forward of a few tokens costs about what one costs).
 
     Given several linears of one input size it is their fusion: one product of the concatenated
     weights (output channels are independent, so each part is exactly what it would be alone).
     """
 
-    def __init__(self, linear: nn.Linear | list[nn.Linear], activation_bits: int = 8, arrays: dict | None = None):
+    def __init__(self, linear: nn.Linear | list[nn.Linear], arrays: dict[str, np.ndarray] | None = None):
         super().__init__()
-        assert activation_bits in (7, 8)
         parts, bias = _parts(linear)
         self.splits = [p.out_features for p in parts]
         self.in_features, self.out_features = parts[0].in_features, sum(self.splits)
         arrays = arrays or self.quantize(parts)  # `arrays`: what `quantize` answered before
-        codes, scale = torch.from_numpy(arrays["codes"]), torch.from_numpy(arrays["scale"])
-        if codes.shape != (self.out_features, self.in_features) or scale.shape != (self.out_features,):
-            raise ValueError(f"int8 arrays {tuple(codes.shape)}, {tuple(scale.shape)} for {self.out_features} rows")
-        with warnings.catch_warnings():
-            # fbgemm's prepack takes a quantized tensor, whose creation functions warn of deprecation
-            warnings.simplefilter("ignore", UserWarning)
-            quantized = torch._make_per_channel_quantized_tensor(
-                codes, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
-            )
-            self._packed = torch.ops.quantized.linear_prepack(quantized, None)
-        del quantized, codes
+        self.weights = q8.Q8Weights.from_arrays(self.out_features, self.in_features, arrays)
         self.register_buffer("bias", bias)
-        # codes round(x/s) in [-q_max, q_max] become u8 codes + zero_point inside fbgemm (exactly)
-        self.q_max = 127.0 if activation_bits == 8 else 63.0
-        self.zero_point = 128 if activation_bits == 8 else 64
-        # fbgemm's packed weight is opaque to torch: its int8 codes and float32 channel scales
-        self.packed_bytes = self.out_features * (self.in_features + 4)
+        self.packed_bytes = self.weights.nbytes
 
     @staticmethod
     def quantize(parts: list[nn.Linear], source: SourcePages | None = None) -> dict[str, np.ndarray]:
-        """The int8 codes and float32 scale of each output row of the parts, stacked."""
+        """The parts' rows, stacked, as `q8.quantize` makes them, in q8's layout (`q8.pack`)."""
         n, k = sum(p.out_features for p in parts), parts[0].in_features
         # rows quantized a block at a time: a float32 copy of a whole LM head (152k x 1.5k) would
         # be several times the int8 result
-        codes = torch.empty(n, k, dtype=torch.int8)
-        scale = torch.empty(n, dtype=torch.float32)
+        codes = np.empty((n, k), dtype=np.int8)
+        scale = np.empty(n, dtype=np.float32)
         row = 0
         for part in parts:
             for rows in _row_blocks(part.weight.detach(), source):
-                block = rows.float()
-                s = (block.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
-                codes[row : row + len(block)] = torch.round(block / s[:, None]).clamp_(-127, 127).to(torch.int8)
-                scale[row : row + len(block)] = s
-                row += len(block)
-        return {"codes": codes.numpy(), "scale": scale.numpy()}
+                block_codes, block_scale = q8.quantize(rows.float().numpy())
+                codes[row : row + len(rows)], scale[row : row + len(rows)] = block_codes, block_scale
+                row += len(rows)
+        return q8.pack(codes, scale).arrays()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        rows = x.reshape(-1, self.in_features).float()
-        scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) / self.q_max
-        codes = torch.round(rows / scale)
-        out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-            codes, 1.0, self.zero_point, self._packed
-        )
-        out = out * scale
+        rows = x.reshape(-1, self.in_features).float().contiguous()
+        out = torch.empty(rows.shape[0], self.out_features)
+        q8.linear_ptr(rows.shape[0], self.weights, rows.data_ptr(), out.data_ptr(), torch.get_num_threads())
         if self.bias is not None:
-            out = out + self.bias
+            out += self.bias
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, activations={'8' if self.q_max == 127 else '7'}-bit"
+        return f"in={self.in_features}, out={self.out_features}"
 
 
 class Int4Linear(nn.Module):
@@ -226,7 +206,7 @@ class Bf16Embedding(nn.Module):
 
 
 #: Files whose private mappings `SourcePages` may drop pages of: checkpoints, and stored
-#: conversions (`converted.py`: the int8 codes, once fbgemm has prepacked them).
+#: conversions (`converted.py`).
 MAPPED = (".safetensors", "specmemo-converted.bin")
 
 

@@ -1,0 +1,142 @@
+"""Linear layers with int8 weights and per-token 8-bit activations (`q8.c`; math and layout in q8.h).
+
+    codes, scale = quantize(weight)       # weight: float [n, k] -> int8 [n, k], float32 [n]
+    w = pack(codes, scale)
+    y = linear(x, w, threads=2)           # x: float32 [m, k] -> float32 [m, n]
+
+Any n and k (the layout pads them). A row's result depends on that row alone (exact integer dot
+products, then the same two float multiplies), so a product of M rows equals M products of one
+row bit for bit, on every instruction-set path (`q4.ISAS`, the same paths as the 4-bit kernel).
+`reference` computes the same quantity with numpy, independently of the C code: the same bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import q4
+from ._decode import ffi, lib
+from .errors import NativeError
+
+BLOCK_ROWS = 16
+_ERRORS = {
+    lib.Q8_EINVAL: "invalid arguments",
+    lib.Q8_ENOISA: "this CPU lacks the requested instruction set",
+    lib.Q8_ENOMEM: "out of memory",
+}
+
+
+@dataclass(frozen=True)
+class Q8Weights:
+    """A packed weight: codes (int8, ceil(n/16) x kp/4 x 64, kp = k rounded up to 8), and per
+    padded output row its float32 scale and int32 code sum, for W[i, j] ~ scale[i] * c[i, j]."""
+
+    n: int
+    k: int
+    codes: np.ndarray
+    scales: np.ndarray
+    sums: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.scales.nbytes + self.sums.nbytes
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"codes": self.codes, "scales": self.scales, "sums": self.sums}
+
+    @classmethod
+    def from_arrays(cls, n: int, k: int, arrays: dict) -> Q8Weights:
+        """The weight of `arrays()` (a stored copy, say), or ValueError if they do not make an n x k one."""
+        rows, kp = -(-n // BLOCK_ROWS) * BLOCK_ROWS, -(-k // 8) * 8
+        shapes = {"codes": ((rows // BLOCK_ROWS, kp // 4, 64), np.int8), "scales": ((rows,), np.float32)}
+        shapes["sums"] = ((rows,), np.int32)
+        for name, (shape, dtype) in shapes.items():
+            got = arrays[name]
+            if got.shape != shape or got.dtype != dtype or not got.flags.c_contiguous:
+                raise ValueError(f"q8 {name} {got.dtype} {got.shape}, not {np.dtype(dtype)} {shape}, for {n} x {k}")
+        return cls(n, k, arrays["codes"], arrays["scales"], arrays["sums"])
+
+
+def quantize(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes c (int8 in -127..127, [n, k]) and float32 scale [n]: per row, scale = max |w| / 127
+    (the smallest positive float for an all-zero row) and c = round(w / scale), half to even."""
+    w = np.asarray(weight, dtype=np.float32)
+    scale = np.maximum(np.abs(w).max(axis=1) / np.float32(127.0), np.finfo(np.float32).tiny).astype(np.float32)
+    return np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8), scale
+
+
+def pack(codes: np.ndarray, scale: np.ndarray) -> Q8Weights:
+    """The q8.h layout of int8 codes [n, k] (in -127..127) and their float32 row scales [n]."""
+    codes = np.asarray(codes)
+    n, k = codes.shape
+    if codes.dtype != np.int8 or scale.shape != (n,) or n < 1 or not 1 <= k <= lib.Q8_MAX_K:
+        raise ValueError(
+            f"q8.pack takes int8 codes [n, k <= {lib.Q8_MAX_K}] and [n] scales, not {codes.dtype} {codes.shape}"
+        )
+    rows, kp = -(-n // BLOCK_ROWS) * BLOCK_ROWS, -(-k // 8) * 8
+    blocked = np.empty((rows // BLOCK_ROWS, kp // 4, BLOCK_ROWS, 4), dtype=np.int8)
+    sums = np.zeros(rows, dtype=np.int32)
+    step = BLOCK_ROWS * 1024  # a chunk of rows at a time: no padded copy of a whole LM head
+    for start in range(0, rows, step):
+        end = min(start + step, rows)
+        padded = np.zeros((end - start, kp), dtype=np.int8)
+        padded[: max(0, min(end, n) - start), :k] = codes[start:end]
+        chunk = padded.reshape(-1, BLOCK_ROWS, kp // 4, 4).transpose(0, 2, 1, 3)
+        blocked[start // BLOCK_ROWS : end // BLOCK_ROWS] = chunk
+        sums[start:end] = padded.sum(axis=1, dtype=np.int32)
+    scales = np.zeros(rows, dtype=np.float32)
+    scales[:n] = scale
+    return Q8Weights(n, k, blocked.reshape(rows // BLOCK_ROWS, kp // 4, 64), scales, sums)
+
+
+def unpack_codes(w: Q8Weights) -> np.ndarray:
+    """The int8 codes [n, k] of a packed weight."""
+    blocks, quads, _ = w.codes.shape
+    return (
+        w.codes.reshape(blocks, quads, BLOCK_ROWS, 4)
+        .transpose(0, 2, 1, 3)
+        .reshape(blocks * BLOCK_ROWS, quads * 4)[: w.n, : w.k]
+    )
+
+
+def linear(x: np.ndarray, w: Q8Weights, threads: int = 1, isa: str | None = None, out: np.ndarray | None = None):
+    """y = x W^T for float32 x [m, k] (C-contiguous); `isa` forces a path (None: the fastest)."""
+    if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != w.k or not x.flags.c_contiguous:
+        raise ValueError(f"x must be a C-contiguous float32 [m, {w.k}] array, not {x.dtype} {x.shape}")
+    m = x.shape[0]
+    if out is None:
+        out = np.empty((m, w.n), dtype=np.float32)
+    elif out.dtype != np.float32 or out.shape != (m, w.n) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 [{m}, {w.n}] array")
+    code = lib.Q4_ISA_AUTO if isa is None else q4.ISAS[isa]
+    linear_ptr(m, w, x.ctypes.data, out.ctypes.data, threads, code)
+    return out
+
+
+def linear_ptr(m: int, w: Q8Weights, x: int, y: int, threads: int, isa: int = lib.Q4_ISA_AUTO) -> None:
+    """`linear` on raw addresses (a torch tensor's `data_ptr()`) of C-contiguous float32 buffers
+    x [m, k] and y [m, n]."""
+    status = lib.q8_linear(
+        m,
+        w.n,
+        w.k,
+        ffi.cast("int8_t *", w.codes.ctypes.data),
+        ffi.cast("float *", w.scales.ctypes.data),
+        ffi.cast("int32_t *", w.sums.ctypes.data),
+        ffi.cast("float *", x),
+        ffi.cast("float *", y),
+        threads,
+        isa,
+    )
+    if status != lib.Q8_OK:
+        raise NativeError(f"q8_linear: {_ERRORS.get(status, status)}")
+
+
+def reference(x: np.ndarray, w: Q8Weights) -> np.ndarray:
+    """The quantity `linear` computes, by numpy: exact integer dot products, then the same two
+    float32 multiplies (so the same bits)."""
+    a, sa = q4.quantize_activations(x)
+    dots = a @ unpack_codes(w).astype(np.int64).T
+    return (dots.astype(np.float32) * w.scales[: w.n][None, :]) * sa[:, None]

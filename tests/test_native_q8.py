@@ -1,0 +1,82 @@
+"""The int8 linear kernel (native/q8.c) against numpy: the same bits on every instruction-set
+path as the numpy reference; each row as if it were alone; any n and k; bad calls refused."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from specmemo.native import NativeError, q4, q8
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 70))  # blocks of 16 rows, and a last one part empty
+    k = draw(st.integers(1, 300))  # quads and octets of inputs, and a padded tail
+    m = draw(st.integers(1, 40))  # beyond one pass of rows (9) and one tile (32)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    weight = (rng.standard_normal((n, k)) * draw(st.sampled_from([1e-3, 1.0, 50.0]))).astype(np.float32)
+    if draw(st.booleans()):
+        weight[0] = 0  # an all-zero weight row
+    x = rng.standard_normal((m, k)).astype(np.float32) * draw(st.sampled_from([1e-4, 1.0, 1e3]))
+    if draw(st.booleans()):
+        x[0] = 0  # an all-zero input row
+    return weight, x
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems())
+def test_every_path_computes_the_numpy_reference_bit_for_bit_and_rows_do_not_depend_on_each_other(problem):
+    weight, x = problem
+    w = q8.pack(*q8.quantize(weight))
+    reference = q8.reference(x, w)
+    for isa in q4.available_isas():
+        assert np.array_equal(q8.linear(x, w, threads=2, isa=isa), reference), isa
+    for i in range(len(x)):  # one row alone, on the fastest path
+        assert np.array_equal(q8.linear(x[i : i + 1].copy(), w, threads=1), reference[i : i + 1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(problems())
+def test_the_layout_round_trips_and_the_product_is_close_to_the_float_one(problem):
+    weight, x = problem
+    codes, scale = q8.quantize(weight)
+    w = q8.pack(codes, scale)
+    assert np.array_equal(q8.unpack_codes(w), codes)
+    assert np.array_equal(w.sums[: len(codes)], codes.sum(axis=1, dtype=np.int32)) and not w.sums[len(codes) :].any()
+    assert np.array_equal(w.scales[: len(codes)], scale) and not w.scales[len(codes) :].any()
+    # each weight within half a step of its float value
+    assert (np.abs(codes * scale[:, None] - weight) <= 0.5 * scale[:, None] * (1 + 1e-6)).all()
+    # the product: activation and weight rounding bounded by their steps
+    y = q8.linear(x, w)
+    levels = (codes * scale[:, None]).astype(np.float64)
+    amax = np.abs(x).max(1, keepdims=True)
+    bound = (amax / 127 / 2) @ np.abs(levels).sum(1, keepdims=True).T + np.abs(x) @ np.abs(levels - weight).T
+    assert (np.abs(y - x.astype(np.float64) @ weight.T.astype(np.float64)) <= bound * 1.01 + 1e-5).all()
+
+
+def test_a_stored_copy_is_taken_only_with_its_shapes():
+    w = q8.pack(*q8.quantize(np.ones((20, 12), dtype=np.float32)))
+    again = q8.Q8Weights.from_arrays(20, 12, {name: a.copy() for name, a in w.arrays().items()})
+    x = np.arange(24, dtype=np.float32).reshape(2, 12)
+    assert np.array_equal(q8.linear(x, again), q8.linear(x, w))
+    with pytest.raises(ValueError, match="codes"):
+        q8.Q8Weights.from_arrays(20, 20, w.arrays())  # inputs padded to 24, not 16
+    with pytest.raises(ValueError, match="sums"):
+        q8.Q8Weights.from_arrays(20, 12, {**w.arrays(), "sums": w.sums.astype(np.int64)})
+
+
+def test_bad_calls_are_refused_before_the_kernel_runs():
+    w = q8.pack(*q8.quantize(np.ones((16, 8), dtype=np.float32)))
+    with pytest.raises(ValueError, match="float32"):
+        q8.linear(np.ones((2, 8)), w)  # float64
+    with pytest.raises(ValueError, match="float32"):
+        q8.linear(np.ones((2, 9), dtype=np.float32), w)
+    with pytest.raises(ValueError, match="out must be"):
+        q8.linear(np.ones((2, 8), dtype=np.float32), w, out=np.empty((2, 15), dtype=np.float32))
+    with pytest.raises(ValueError, match="int8 codes"):
+        q8.pack(np.ones((4, 4), dtype=np.int16), np.ones(4, dtype=np.float32))
+    # a kernel refusal (k beyond what an int32 dot product holds) is a NativeError
+    wide = q8.Q8Weights(16, q8.lib.Q8_MAX_K + 8, w.codes, w.scales, w.sums)
+    with pytest.raises(NativeError, match="invalid"):
+        q8.linear_ptr(1, wide, np.zeros(1, np.float32).ctypes.data, np.zeros(16, np.float32).ctypes.data, 1)
