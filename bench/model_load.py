@@ -153,8 +153,8 @@ def write_docs(result: dict) -> None:
         "difference is what packing the 4-bit weights costs a start. transformers' row maps the checkpoint and reads "
         "a weight's pages only when it is used: the floor of imports and construction, not of reading the weights. "
         "The first three rows run with the store of converted weights off; the last two start from an empty store "
-        "(a first start converts and stores) and read the entry it left (every later start: the 4-bit arrays are "
-        "mapped from the file, only fbgemm's int8 prepacking is redone). "
+        "(a first start converts and stores) and read the entry it left (every later start: the arrays are "
+        "mapped from the file: the 4-bit and 8-bit arrays alike). "
         "Raw data: `bench/results/model-load.json`.\n\n" + table(result) + "\n"
     )
     replace_section(ROOT / "docs" / "benchmarks.md", SECTION, body)

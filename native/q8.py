@@ -76,19 +76,21 @@ def pack(codes: np.ndarray, scale: np.ndarray) -> Q8Weights:
             f"q8.pack takes int8 codes [n, k <= {lib.Q8_MAX_K}] and [n] scales, not {codes.dtype} {codes.shape}"
         )
     rows, kp = -(-n // BLOCK_ROWS) * BLOCK_ROWS, -(-k // 8) * 8
-    blocked = np.empty((rows // BLOCK_ROWS, kp // 4, BLOCK_ROWS, 4), dtype=np.int8)
+    # a quad of 4 codes is one int32: the layout is a transpose of int32s within each block of 16 rows
+    blocked = np.empty((rows // BLOCK_ROWS, kp // 4, BLOCK_ROWS), dtype=np.int32)
     sums = np.zeros(rows, dtype=np.int32)
     step = BLOCK_ROWS * 1024  # a chunk of rows at a time: no padded copy of a whole LM head
     for start in range(0, rows, step):
         end = min(start + step, rows)
         padded = np.zeros((end - start, kp), dtype=np.int8)
         padded[: max(0, min(end, n) - start), :k] = codes[start:end]
-        chunk = padded.reshape(-1, BLOCK_ROWS, kp // 4, 4).transpose(0, 2, 1, 3)
-        blocked[start // BLOCK_ROWS : end // BLOCK_ROWS] = chunk
+        blocked[start // BLOCK_ROWS : end // BLOCK_ROWS] = (
+            padded.view(np.int32).reshape(-1, BLOCK_ROWS, kp // 4).transpose(0, 2, 1)
+        )
         sums[start:end] = padded.sum(axis=1, dtype=np.int32)
     scales = np.zeros(rows, dtype=np.float32)
     scales[:n] = scale
-    return Q8Weights(n, k, blocked.reshape(rows // BLOCK_ROWS, kp // 4, 64), scales, sums)
+    return Q8Weights(n, k, blocked.view(np.int8).reshape(rows // BLOCK_ROWS, kp // 4, 64), scales, sums)
 
 
 def unpack_codes(w: Q8Weights) -> np.ndarray:
