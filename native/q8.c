@@ -167,14 +167,16 @@ static q8_block_fn block_for(int isa) {
 
 int q8_linear(int64_t m, int64_t n, int64_t k, const int8_t *codes, const float *scales, const int32_t *sums,
               const float *x, float *y, int threads, int isa) {
-    if (!codes || !scales || !sums || !x || !y || m < 0 || n < 0 || k < 1 || k > Q8_MAX_K || threads < 1)
+    if (m < 0 || n < 0 || k < 1 || k > Q8_MAX_K || threads < 1)
+        return Q8_EINVAL;
+    if (isa != Q4_ISA_AUTO && !q4_has_isa(isa))
+        return Q8_ENOISA;
+    if (m == 0 || n == 0) /* nothing to compute (an empty tensor's data pointer may be null) */
+        return Q8_OK;
+    if (!codes || !scales || !sums || !x || !y)
         return Q8_EINVAL;
     if (isa == Q4_ISA_AUTO)
         isa = q4_best_isa();
-    else if (!q4_has_isa(isa))
-        return Q8_ENOISA;
-    if (m == 0 || n == 0)
-        return Q8_OK;
     const int64_t kp = (k + 7) / 8 * 8, blocks = (n + BLOCK_ROWS - 1) / BLOCK_ROWS;
     /* the rows padded with zeros to kp (quantized to zero codes; the maximum is unchanged) */
     float *padded = kp == k ? NULL : calloc((size_t)(m * kp), sizeof *padded);

@@ -3,7 +3,7 @@
  *
  *   y[r][i] = ((float) sum_j c[i][j] * a[r][j]) * scale[i] * sa[r]      (two float32 multiplies, in that order)
  *
- * W[i][j] ~ scale[i] * c[i][j] with c in -127..127; each input row is quantized alone as q4.h
+ * W[i][j] ~ scale[i] * c[i][j] with c in -127..127 (-128 is not allowed: the AVX2 path negates codes); each input row is quantized alone as q4.h
  * quantizes it: a[r][j] = round(x[r][j] * 127 / max_j |x[r][j]|) (to nearest even), sa[r] =
  * max_j |x[r][j]| / 127. The dot product is an exact int32 sum (|sum| <= 127 * 127 * k < 2^31),
  * so a row's result depends on that row alone: a product of M rows computes, bit for bit, what M

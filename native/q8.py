@@ -68,12 +68,14 @@ def quantize(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pack(codes: np.ndarray, scale: np.ndarray) -> Q8Weights:
-    """The q8.h layout of int8 codes [n, k] (in -127..127) and their float32 row scales [n]."""
+    """The q8.h layout of int8 codes [n, k] in -127..127 (−128 is refused: the AVX2 path cannot
+    negate it) and their float32 row scales [n]."""
     codes = np.asarray(codes)
     n, k = codes.shape
-    if codes.dtype != np.int8 or scale.shape != (n,) or n < 1 or not 1 <= k <= lib.Q8_MAX_K:
+    if codes.dtype != np.int8 or scale.shape != (n,) or n < 1 or not 1 <= k <= lib.Q8_MAX_K or codes.min() < -127:
         raise ValueError(
-            f"q8.pack takes int8 codes [n, k <= {lib.Q8_MAX_K}] and [n] scales, not {codes.dtype} {codes.shape}"
+            f"q8.pack takes int8 codes in -127..127 [n, k <= {lib.Q8_MAX_K}] and [n] scales, "
+            f"not {codes.dtype} {codes.shape}"
         )
     rows, kp = -(-n // BLOCK_ROWS) * BLOCK_ROWS, -(-k // 8) * 8
     # a quad of 4 codes is one int32: the layout is a transpose of int32s within each block of 16 rows

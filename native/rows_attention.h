@@ -7,8 +7,7 @@
  *
  * Every (row, head) runs the same instructions over the same keys whatever the number of rows,
  * so a forward of M tokens computes, bit for bit, what M one-token forwards compute (the
- * attention half of exact speculative verification; q4.c and fbgemm's per-token int8 are the
- * linear half). float32 throughout; exp is a fixed polynomial (relative error < 2e-7).
+ * attention half of exact speculative verification; q4.c and q8.c are the linear half). float32 throughout; exp is a fixed polynomial (relative error < 2e-7).
  *
  * A row seeing no key gets zeros (a padding row of a batch).
  *

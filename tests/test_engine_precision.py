@@ -95,6 +95,7 @@ def test_int4_packs_only_the_shapes_it_can():
 def test_an_int8_linear_keeps_the_leading_dimensions():
     q = Int8Linear(nn.Linear(8, 5))
     assert q(torch.randn(2, 3, 8)).shape == (2, 3, 5)
+    assert q(torch.randn(0, 8)).shape == (0, 5)  # no rows: nothing to compute, not an error
 
 
 class ScriptedClock:

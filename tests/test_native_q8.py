@@ -80,3 +80,22 @@ def test_bad_calls_are_refused_before_the_kernel_runs():
     wide = q8.Q8Weights(16, q8.lib.Q8_MAX_K + 8, w.codes, w.scales, w.sums)
     with pytest.raises(NativeError, match="invalid"):
         q8.linear_ptr(1, wide, np.zeros(1, np.float32).ctypes.data, np.zeros(16, np.float32).ctypes.data, 1)
+
+
+@pytest.mark.parametrize("signs", [(1, 1), (1, -1), (-1, 1), (-1, -1)])
+def test_the_largest_dot_products_are_exact_on_every_path(signs):
+    # codes and activations at ±127 over the widest k: the int32 sum at its limit, the VNNI path's
+    # offset sums beyond it (they wrap and come back), and AVX2's pair sums at 2 · 127 · 127
+    k = q8.lib.Q8_MAX_K
+    weight = np.full((17, k), signs[0], dtype=np.float32)
+    x = np.full((3, k), signs[1], dtype=np.float32)
+    w = q8.pack(*q8.quantize(weight))
+    expected = np.float32(signs[0] * signs[1] * 127 * 127 * k) * (np.float32(1) / 127) * (np.float32(1) / 127)
+    for isa in q4.available_isas():
+        y = q8.linear(x, w, threads=2, isa=isa)
+        assert np.array_equal(y, q8.reference(x, w)) and (y == expected).all(), isa
+
+
+def test_a_code_of_minus_128_is_refused():
+    with pytest.raises(ValueError, match="-127..127"):
+        q8.pack(np.full((16, 8), -128, dtype=np.int8), np.ones(16, dtype=np.float32))

@@ -71,7 +71,7 @@ def cpu_features() -> CpuFeatures:
     return CpuFeatures(model, tuple(f for f in _FLAGS_OF_NOTE if f in flags), torch.backends.cpu.get_cpu_capability())
 
 
-def int8_supported() -> bool:
+def fast_integer_kernels() -> bool:
     """Whether `specmemo.native.q8` and `q4` have a SIMD path here (their portable C path is a
     slow reference)."""
     from specmemo.native import q4

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -54,9 +55,11 @@ from torch import nn
 
 from .attention import use_rowwise_attention
 from .conversion import finer_than_four_bits, quantize_linears
-from .cpu import CpuFeatures, cpu_features, int8_supported
+from .cpu import CpuFeatures, cpu_features, fast_integer_kernels
 from .forked import on_threads
 from .quantized import Bf16Embedding, Int4Linear, Int8Linear, LinearPart, SourcePages, release_freed_memory
+
+log = logging.getLogger(__name__)
 
 # the CPU's features and the quantized modules, re-exported: callers import them from here
 __all__ = [
@@ -73,7 +76,7 @@ __all__ = [
     "choose",
     "compute_dtype",
     "cpu_features",
-    "int8_supported",
+    "fast_integer_kernels",
     "precision_of",
     "release_freed_memory",
     "weight_bytes",
@@ -160,6 +163,8 @@ def _convert(model, precision: str, exact_rows: bool = True, entry=None) -> None
     elif precision == "bfloat16":
         model.to(torch.bfloat16)
     elif precision in ("int8", "int4"):
+        if not fast_integer_kernels():
+            log.warning("precision %s runs the integer kernels' portable C path here (no AVX2): slow", precision)
         quantize_linears(model, four_bit=precision == "int4", entry=entry)
         if exact_rows:
             use_rowwise_attention(model)  # with exact rows, exact attention: see attention.py
@@ -190,7 +195,7 @@ def _layer_classes(model, layers: list[nn.Module], precision: str) -> list[tuple
 
 def _supported() -> list[str]:
     candidates = ["float32", "bfloat16"]
-    if int8_supported():  # the int8 and int4 kernels have a SIMD path on this CPU
+    if fast_integer_kernels():  # the int8 and int4 kernels have a SIMD path on this CPU
         candidates += ["int8", "int4"]
     return candidates
 
