@@ -106,7 +106,7 @@ class DraftActor(Actor):
 
     async def rpc_propose(self, req: ProposeRequest, call: Call) -> Proposal:
         out = await self.run_sync(
-            self.core.propose, req.sessions, req.gammas, req.blocks, req.temperature, req.seeds, req.widths
+            self.core.propose, req.sessions, req.gammas, req.blocks, req.temperature, req.seeds, req.widths, req.rates
         )
         return Proposal(
             tokens=out["tokens"],

@@ -119,6 +119,7 @@ class RemoteDraft:
         temperature: float | list[float] = 0.0,
         seeds: list[int] | None = None,
         widths: list[int] | None = None,
+        rates: list[list[float]] | None = None,
     ) -> dict:
         def rebuild() -> None:
             for s, b in zip(sessions, blocks):
@@ -134,6 +135,7 @@ class RemoteDraft:
             temperature=temperature,
             seeds=seeds,
             widths=widths,
+            rates=rates,
         )
         return to_wire(proposal)
 

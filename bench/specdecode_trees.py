@@ -231,8 +231,15 @@ def write_docs(result: dict, name: str) -> None:
         "\n\nWhat the best tree of N nodes would get under the rank model (the r-th choice of any node accepted "
         "with probability a_r wherever it is, the rates the widest tree rows above measured), in expected tokens per "
         "target forward against the chain of the same N nodes (the same KV), the chain priced with the same a_1. "
-        "The draft grows its trees by its own path probabilities, which know where it is unsure, so a measured tree "
-        "can beat this:\n\n" + ceiling(result)
+        + (
+            "A sampled tree grows by these rates (each session's own, as the grant answers them), so this is what "
+            "it aims at"
+            if result["temperature"] > 0
+            else "The draft grows its trees by its own path probabilities, which know where it is unsure, so a "
+            "measured tree can beat this"
+        )
+        + ":\n\n"
+        + ceiling(result)
     )
     cpu, temperature = result["cpu"], result["temperature"]
     section = f"{SECTION}, sampled at temperature {temperature:g}" if temperature > 0 else SECTION

@@ -60,6 +60,7 @@ class GrantAnswer:
     rebuild: list[str] = field(default_factory=list)
     gamma: int = 0
     width: int = 1  # the most children a tree node may have (1: a chain)
+    rates: list[float] = field(default_factory=list)  # the session's rank acceptance rates a_1..a_width
     freed: int = 0
     error: list[str] | None = absent_if_none()  # [error class, message] for this session alone (absent: none)
 

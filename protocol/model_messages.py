@@ -48,6 +48,7 @@ class ProposeRequest:
     temperature: float | list[float] = 0.0  # one for all rows, or one per row
     seeds: list[int] | None = None
     widths: list[int] | None = None  # per row, the most children a tree node may have (None: chains)
+    rates: list[list[float]] | None = None  # per row, a_1..a_w: a sampled tree's growth keys (empty: q's)
 
 
 @message

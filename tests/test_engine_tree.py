@@ -253,6 +253,24 @@ def test_the_draft_grows_its_tree_from_its_own_top_choices():
             assert set(tokens[kids].tolist()) <= set(torch.topk(logits, 3).indices.tolist())
 
 
+def test_a_sampled_tree_grows_by_the_sessions_rank_rates_whatever_tokens_it_draws():
+    draft, _ = tiny_pair(seed=3, noise=0.3, draft_layers=2)
+    engine = Engine(draft, draft, block_tokens=4)
+    prompt = np.arange(5, 12)
+
+    def parents(seed: int, rates: list[float]) -> list[int]:
+        engine.draft.open("s", prompt, 4)
+        out = engine.draft.propose(["s"], [4], [4], 1.0, [seed], [2], [rates])
+        assert (out["probs"][0].sum(axis=-1) > 0.99).all()  # every node sampled, with its q
+        return out["parents"][0].tolist()
+
+    # a first draw accepted 80% of the time and a second 10%: the rank model's best tree is a chain
+    assert parents(1, [0.8, 0.1]) == parents(2, [0.8, 0.1]) == [-1, 0, 1, 2]
+    # a second draw worth the first: the root's two draws come before any grandchild
+    shapes = {tuple(parents(seed, [0.3, 0.3])) for seed in range(5)}
+    assert len(shapes) == 1 and list(shapes.pop())[:2] == [-1, -1]
+
+
 def test_after_a_tree_step_both_caches_hold_exactly_a_plain_prefill_of_the_committed_tokens():
     draft, target = tiny_pair(seed=6, noise=0.02, draft_layers=2)
     engine = Engine(draft, target, block_tokens=4, gamma=6, tree=3)

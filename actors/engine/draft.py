@@ -46,30 +46,43 @@ def _log(x: float) -> float:
 class _Draw:
     """A sampled child not drawn yet. Its token is drawn when it is selected, from q less the
     tokens its earlier siblings took, so whether a child is tried never depends on the token it
-    turns out to be: the q the multi-draft rule divides by is the law of the token it tries."""
+    turns out to be: the q the multi-draft rule divides by is the law of the token it tries.
+
+    Its key, and its path value once drawn: with the session's rank acceptance rates, the
+    parent's value times a_r for the r-th draw (a drawn token's q says how likely the draft was to
+    draw it, not how likely the target is to accept it: a first draw is accepted with probability
+    1 − TV(p, q)); without them, the expected q of the draw, E[q(x)] = Σ q², and once drawn the
+    token's own q."""
 
     parent: int
-    base: float  # the parent's log path probability
-    logp: float  # base + log E[q(x)] of the coming draw: its selection key
+    base: float  # the parent's log path value
+    logp: float  # the selection key
     rest: np.ndarray  # q over the tokens no earlier sibling took (not renormalized)
     left: int  # siblings still allowed, this one included
+    rates: list[float] | None = None  # a_r of this draw's rank and the later ones
 
     @classmethod
-    def first(cls, parent: int, base: float, q: np.ndarray, width: int) -> _Draw:
-        return cls(parent, base, base + _log(float(np.dot(q, q))), q, width)
+    def first(cls, parent: int, base: float, q: np.ndarray, width: int, rates: list[float] | None = None) -> _Draw:
+        key = _log(rates[0]) if rates else _log(float(np.dot(q, q)))
+        return cls(parent, base, base + key, q, width, rates)
 
     def draw(self, rng: np.random.Generator) -> tuple[_Node, _Draw | None]:
         """The child, and the draw of its next sibling (None past the width or the vocabulary)."""
         total = float(self.rest.sum())
         q = self.rest / total
         token = sample(q, rng)
-        node = _Node(token, self.parent, self.base + _log(float(self.rest[token])), q=q)
+        value = self.logp if self.rates else self.base + _log(float(self.rest[token]))
+        node = _Node(token, self.parent, value, q=q)
         if self.left <= 1 or total - float(self.rest[token]) <= 0.0:
             return node, None
         rest = self.rest.copy()
         rest[token] = 0.0
-        mass = float(np.dot(rest, rest)) / float(rest.sum())  # E[q(x)] of the next draw
-        return node, _Draw(self.parent, self.base, self.base + _log(mass), rest, self.left - 1)
+        rates = self.rates[1:] if self.rates else None
+        if rates:
+            key = _log(rates[0])
+        else:
+            key = _log(float(np.dot(rest, rest)) / float(rest.sum()))  # E[q(x)] of the next draw
+        return node, _Draw(self.parent, self.base, self.base + key, rest, self.left - 1, rates)
 
 
 @dataclass
@@ -179,9 +192,12 @@ class DraftCore(CacheHolder):
         temperature: float | list[float] = 0.0,
         seeds: list[int] | None = None,
         widths: list[int] | None = None,
+        rates: list[list[float]] | None = None,
     ) -> dict:
         """Draft a tree of gammas[b] nodes for sessions[b] whose nodes have up to widths[b] children
         (1, the default: a chain of γ tokens). `temperature` is one for all rows or one per row.
+        `rates[b]`: the session's rank acceptance rates a_1..a_w, a sampled tree's growth keys
+        (see `_Draw`; empty or None: q's own).
 
         A tree grows best-first, one node per forward: the forward that feeds the root (the
         pending tokens) gives the root's w most likely children as candidates; each round then
@@ -192,8 +208,9 @@ class DraftCore(CacheHolder):
         runs deep where it is sure, at the chain's cost of N one-token forwards (EAGLE-2's
         selection). At temperature > 0 a node's children are instead up to w draws from q
         without replacement, each drawn only once selected (its key: the expected q of the draw)
-        and answered with the q it was drawn from (see `tree.verify_tree`); a chain samples each
-        token from q.
+        and answered with the q it was drawn from (see `tree.verify_tree`), grown by the rates'
+        path values when given (so a sampled tree is the rank model's best tree, Sequoia's); a
+        chain samples each token from q.
 
         Answers {"tokens": int64 [B, Nmax] (-1 past a row's N), "parents": int64 [B, Nmax] (−1:
         the root), "probs": float32 [B, Nmax, V] of the sampled nodes' q (zeros for the others; None
@@ -212,6 +229,7 @@ class DraftCore(CacheHolder):
         sampled = any(t > 0 for t in temps)
         probs = np.zeros((len(rows), width, self.vocab_size), dtype=np.float32) if sampled else None
         rngs = [np.random.default_rng(seed) for seed in (seeds or [0] * len(rows))]
+        row_rates = [r or None for r in rates] if rates is not None else [None] * len(rows)
         grown = [_Growth(len(row.ids)) for row in rows]
         timed: dict[int, list[float]] = {}
         with Timer() as timer:
@@ -238,7 +256,7 @@ class DraftCore(CacheHolder):
                 for i, b in enumerate(active):
                     g = grown[b]
                     for k, fed in enumerate(g.fed or [-1]):
-                        self._expand(g, fed, logits[i][k], temps[b], widths[b])
+                        self._expand(g, fed, logits[i][k], temps[b], widths[b], row_rates[b])
                     g.select(rngs[b])
                 active = [b for b in active if len(grown[b].nodes) < gammas[b]]
                 feeds = [grown[b].feed(rows[b].cache.length) for b in active]
@@ -269,13 +287,14 @@ class DraftCore(CacheHolder):
         logits: torch.Tensor,
         temperature: float,
         width: int,
+        rates: list[float] | None = None,
     ) -> None:
         # add `node`'s children as candidates: up to `width` draws from q when sampling, else its
         # `width` most likely (greedy)
         base = 0.0 if node < 0 else g.nodes[node].logp
         if temperature > 0:
             q = torch.softmax(logits.float() / temperature, dim=-1).cpu().numpy()
-            g.candidates.append(_Draw.first(node, base, q, width))
+            g.candidates.append(_Draw.first(node, base, q, width, rates))
             return
         if width == 1:  # a greedy chain: the argmax, whose path probability no one reads
             g.candidates.append(_Node(int(torch.argmax(logits)), node, base))

@@ -169,7 +169,7 @@ class Driver:
         `error` set); the others go on. Done sessions leave the batch."""
         if self.measure_cost and not self._anchored:
             self.anchor_costs()
-        events, granted = [], []
+        events, granted, rates = [], [], []  # rates: each granted session's a_1..a_w
         turns = list(self._turns.values())
         requests = []
         for turn in turns:
@@ -190,6 +190,7 @@ class Driver:
             if DRAFT in answer["rebuild"]:
                 self.draft.open(turn.session, ids, answer["blocks"][DRAFT])
             granted.append((turn, answer["gamma"], answer.get("width", 1), answer["blocks"]))
+            rates.append(list(answer.get("rates") or []))
         if not granted:
             return events
         sessions = [t.session for t, _, _, _ in granted]
@@ -209,6 +210,7 @@ class Driver:
                 [temperatures[i] for i in speculating],
                 [int(seeds[i][0]) for i in speculating],
                 [widths[i] for i in speculating],
+                [rates[i] for i in speculating],
             )
             width = proposal["tokens"].shape[1]
             drafts[speculating, :width] = proposal["tokens"]

@@ -152,7 +152,8 @@ class MemoryManager(Reservations):
         memory model picks from the session's rank acceptance rates and the cost curve), and
         γ <= `limit` (the caller's cap: tokens left to generate, context left). `width` caps the
         tree's width (default: `width_max` when the shape is chosen, 1 (a chain) for a fixed γ).
-        Answers {"gamma": g, "width": w, "blocks": {holder: n}, "evicted": [...], "rebuild": [holders]}."""
+        Answers {"gamma": g, "width": w, "rates": [a_1..a_w] (`rates`), "blocks": {holder: n},
+        "evicted": [...], "rebuild": [holders]}."""
         s = self._get(session)
         cap = max(1, min(width if width is not None else (self.width_max if gamma is None else 1), self.width_max))
         if gamma is None:
@@ -183,7 +184,15 @@ class MemoryManager(Reservations):
         self._apply(session, s, need, rebuild)
         s.lost.clear()
         s.gamma, s.width, s.busy, s.last_used = g, max(1, min(wide, g)), True, self._tick()
-        return {"gamma": g, "width": s.width, "blocks": self._block_counts(s), "evicted": evicted, "rebuild": rebuild}
+        rates = s.acceptance.rates(self.prior_alpha, s.width)
+        return {
+            "gamma": g,
+            "width": s.width,
+            "rates": rates,
+            "blocks": self._block_counts(s),
+            "evicted": evicted,
+            "rebuild": rebuild,
+        }
 
     def commit(
         self, session: str, accepted: int, emitted: int, tried: list[int] | None = None, hits: list[int] | None = None
