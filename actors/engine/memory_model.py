@@ -149,7 +149,8 @@ def tree_expected_tokens(rates: list[float], nodes: int, width: int | None = Non
     of the rates on its path (the chance it is accepted), and E = 1 + the sum of the tree's values.
     The tree is the best one under the model (Sequoia's optimum): values only shrink down a path,
     so the N largest form a tree, and taking nodes one at a time by value, each offering its
-    children, finds them; the draft grows its trees the same way, by its own path probabilities.
+    children, finds them; the draft grows its trees the same way (greedy by its own path
+    probabilities, sampled by these rates).
     The r-th choice is taken to be right no more often than the (r−1)-th (rates sorted). A chain
     (w = 1) gives (1 − α^(N+1)) / (1 − α)."""
     width = min(width or len(rates), len(rates))
