@@ -15,9 +15,10 @@ budget: a tree of N nodes holds the KV slots of a chain of γ = N), the measured
 rates a_1..a_w, and how many outputs equal the target's own greedy output (greedy only: a sampled
 run keeps the target's distribution, which tests/test_engine_sampling.py checks, not its tokens).
 Sampled, a chain draws each token from the draft's q and a tree draws each node's children from q
-without replacement (the multi-draft rule of `tree.verify_tree`), so wider trees can catch target
-samples a chain misses. Writes bench/results/specdecode-trees[-t<T>].json and the "Token trees on the CPU"
-section of docs/benchmarks.md (its sampled twin for `--temperature`).
+without replacement (the multi-draft rule of `tree.verify_tree`), grown by each session's rank
+rates (the rank model's best tree), so wider trees can catch target samples a chain misses.
+Writes bench/results/specdecode-trees[-t<T>].json and the "Token trees on the CPU" section of
+docs/benchmarks.md (its sampled twin for `--temperature`).
 """
 
 from __future__ import annotations

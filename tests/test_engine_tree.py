@@ -271,6 +271,16 @@ def test_a_sampled_tree_grows_by_the_sessions_rank_rates_whatever_tokens_it_draw
     assert len(shapes) == 1 and list(shapes.pop())[:2] == [-1, -1]
 
 
+def test_rank_rates_are_cleaned_before_they_key_a_tree():
+    # one rate a rank up to the width, in [0, 1], none above the rank before it (the model's order)
+    from specmemo.actors.engine.draft import _rank_rates
+
+    assert _rank_rates(None, 3) is None and _rank_rates([], 3) is None
+    assert _rank_rates([0.5], 3) == [0.5, 0.0, 0.0]
+    assert _rank_rates([0.4, 0.6, float("nan"), 0.9], 3) == [0.4, 0.4, 0.0]
+    assert _rank_rates([1.5, -1.0], 2) == [1.0, 0.0]
+
+
 def test_after_a_tree_step_both_caches_hold_exactly_a_plain_prefill_of_the_committed_tokens():
     draft, target = tiny_pair(seed=6, noise=0.02, draft_layers=2)
     engine = Engine(draft, target, block_tokens=4, gamma=6, tree=3)

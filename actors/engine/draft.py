@@ -42,6 +42,18 @@ def _log(x: float) -> float:
     return float(np.log(max(x, 1e-30)))
 
 
+def _rank_rates(rates: list[float] | None, width: int) -> list[float] | None:
+    # one rate a rank up to the width, each in [0, 1] (NaN: 0) and none above the rank before it
+    # (the rank model's order), padded with 0; None without rates
+    if not rates:
+        return None
+    out: list[float] = []
+    for a in list(rates[:width]) + [0.0] * (width - len(rates)):
+        a = min(max(float(a), 0.0), 1.0) if a == a else 0.0
+        out.append(min(a, out[-1]) if out else a)
+    return out
+
+
 @dataclass
 class _Draw:
     """A sampled child not drawn yet. Its token is drawn when it is selected, from q less the
@@ -207,10 +219,10 @@ class DraftCore(CacheHolder):
         probability (values only shrink down a path): it branches where the draft is unsure and
         runs deep where it is sure, at the chain's cost of N one-token forwards (EAGLE-2's
         selection). At temperature > 0 a node's children are instead up to w draws from q
-        without replacement, each drawn only once selected (its key: the expected q of the draw)
-        and answered with the q it was drawn from (see `tree.verify_tree`), grown by the rates'
-        path values when given (so a sampled tree is the rank model's best tree, Sequoia's); a
-        chain samples each token from q.
+        without replacement, each drawn only once selected and answered with the q it was drawn
+        from (see `tree.verify_tree`); a draw's key is its parent's value times a_r given `rates`
+        (so a sampled tree is the rank model's best tree, Sequoia's), else the expected q of the
+        draw (`_Draw`); a chain samples each token from q.
 
         Answers {"tokens": int64 [B, Nmax] (-1 past a row's N), "parents": int64 [B, Nmax] (−1:
         the root), "probs": float32 [B, Nmax, V] of the sampled nodes' q (zeros for the others; None
@@ -229,7 +241,8 @@ class DraftCore(CacheHolder):
         sampled = any(t > 0 for t in temps)
         probs = np.zeros((len(rows), width, self.vocab_size), dtype=np.float32) if sampled else None
         rngs = [np.random.default_rng(seed) for seed in (seeds or [0] * len(rows))]
-        row_rates = [r or None for r in rates] if rates is not None else [None] * len(rows)
+        assert rates is None or len(rates) == len(rows)
+        row_rates = [_rank_rates(r, w) for r, w in zip(rates, widths)] if rates is not None else [None] * len(rows)
         grown = [_Growth(len(row.ids)) for row in rows]
         timed: dict[int, list[float]] = {}
         with Timer() as timer:

@@ -27,7 +27,7 @@ class Engine:
     target's whole context for one session, both models). gamma: a fixed γ per step (default:
     the manager picks γ* from the running α estimate and c). tree: the widest token tree a step
     may draft (1, the default: chains; the manager picks each step's shape, and with a fixed
-    `gamma` the tree has that many nodes grown `tree` at a time). cost_ratio: a fixed c = t_draft /
+    `gamma` the tree has that many nodes, each with up to `tree` children). cost_ratio: a fixed c = t_draft /
     t_target (default: measured online by the driver, from a calibration of the target's cost
     curve done here, `Driver.anchor_costs`). max_context: a cap below the models' own.
     vocab_rows: the draft head's base rows (`DraftCore`). prefix_tokens: each model keeps the KV of
