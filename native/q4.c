@@ -13,6 +13,7 @@
  */
 #include "q4.h"
 #include "half.h"
+#include "row_blocks.h"
 #include "team.h"
 
 #include <math.h>
@@ -26,15 +27,6 @@
 #define Q4_X86 0
 #endif
 
-#define BLOCK_ROWS 16
-#define CHUNK 9      /* input rows per pass over a block's codes (accumulators stay in registers):
-                        a verification of up to 8 drafted tokens is one pass */
-/* Bytes of codes ahead of the loads that each pass prefetches (and a quarter of that in
- * scales). The hardware prefetcher alone runs too few lines ahead once a line takes several
- * rows' products: without this, M = 5 took 2.3x the time of M = 1 on a 2-core EPYC streaming
- * 275 MB of codes; with it, 1.1-1.2x. */
-#define Q4_PREFETCH 2048
-#define ROW_TILE 32  /* input rows whose activations stay in cache while every block passes */
 
 typedef struct {
     int64_t n, k, group, groups;
@@ -77,12 +69,6 @@ static void block_scalar(const q4_job *j, int64_t b, int64_t row, int rows) {
 
 #if Q4_X86
 
-static int32_t load4(const int8_t *p) {
-    int32_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
 #define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vnni,fma,f16c")))
 #define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -100,7 +86,7 @@ static inline __attribute__((always_inline)) TARGET_AVX512 void avx512_rows(cons
         for (int r = 0; r < rows; r++)
             dot[r] = _mm512_setzero_si512();
         for (int64_t o = g * octets; o < (g + 1) * octets; o++) {
-            _mm_prefetch((const char *)(codes + o * 64 + Q4_PREFETCH), _MM_HINT_T0);
+            _mm_prefetch((const char *)(codes + o * 64 + PREFETCH_BYTES), _MM_HINT_T0);
             const __m512i v = _mm512_loadu_si512((const void *)(codes + o * 64));
             const __m512i lo = _mm512_and_si512(v, nibble);
             const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
@@ -111,7 +97,7 @@ static inline __attribute__((always_inline)) TARGET_AVX512 void avx512_rows(cons
             }
         }
         const uint16_t *s = j->scales + (b * j->groups + g) * 2 * BLOCK_ROWS;
-        _mm_prefetch((const char *)(s + Q4_PREFETCH / 4), _MM_HINT_T0);
+        _mm_prefetch((const char *)(s + PREFETCH_BYTES / 4), _MM_HINT_T0);
         const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
         const __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + BLOCK_ROWS)));
         for (int r = 0; r < rows; r++) {
@@ -126,17 +112,7 @@ static inline __attribute__((always_inline)) TARGET_AVX512 void avx512_rows(cons
 }
 
 TARGET_AVX512 static void block_avx512(const q4_job *j, int64_t b, int64_t row, int rows) {
-    switch (rows) {
-    case 9: avx512_rows(j, b, row, 9); break;
-    case 8: avx512_rows(j, b, row, 8); break;
-    case 7: avx512_rows(j, b, row, 7); break;
-    case 6: avx512_rows(j, b, row, 6); break;
-    case 5: avx512_rows(j, b, row, 5); break;
-    case 4: avx512_rows(j, b, row, 4); break;
-    case 3: avx512_rows(j, b, row, 3); break;
-    case 2: avx512_rows(j, b, row, 2); break;
-    default: avx512_rows(j, b, row, 1); break;
-    }
+    CALL_WITH_CONSTANT_ROWS(avx512_rows, j, b, row, rows);
 }
 
 /* AVX2: rows 0-7 of a block from the first 32 bytes of each 64, rows 8-15 from the second. */
@@ -153,7 +129,7 @@ static inline __attribute__((always_inline)) TARGET_AVX2 void avx2_rows(const q4
         for (int r = 0; r < rows; r++)
             dot[r][0] = dot[r][1] = _mm256_setzero_si256();
         for (int64_t o = g * octets; o < (g + 1) * octets; o++) {
-            _mm_prefetch((const char *)(codes + o * 64 + Q4_PREFETCH), _MM_HINT_T0);
+            _mm_prefetch((const char *)(codes + o * 64 + PREFETCH_BYTES), _MM_HINT_T0);
             for (int h = 0; h < 2; h++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(codes + o * 64 + 32 * h));
                 const __m256i lo = _mm256_and_si256(v, nibble);
@@ -167,7 +143,7 @@ static inline __attribute__((always_inline)) TARGET_AVX2 void avx2_rows(const q4
             }
         }
         const uint16_t *s = j->scales + (b * j->groups + g) * 2 * BLOCK_ROWS;
-        _mm_prefetch((const char *)(s + Q4_PREFETCH / 4), _MM_HINT_T0);
+        _mm_prefetch((const char *)(s + PREFETCH_BYTES / 4), _MM_HINT_T0);
         for (int h = 0; h < 2; h++) {
             const __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 8 * h)));
             const __m256 zero = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + BLOCK_ROWS + 8 * h)));
@@ -185,10 +161,7 @@ static inline __attribute__((always_inline)) TARGET_AVX2 void avx2_rows(const q4
 }
 
 TARGET_AVX2 static void block_avx2(const q4_job *j, int64_t b, int64_t row, int rows) {
-    for (; rows >= 2; rows -= 2, row += 2)
-        avx2_rows(j, b, row, 2);
-    if (rows == 1)
-        avx2_rows(j, b, row, 1);
+    CALL_IN_PAIRS_OF_ROWS(avx2_rows, j, b, row, rows);
 }
 
 #endif /* Q4_X86 */

@@ -44,6 +44,12 @@ class Q4Weights:
         return self.codes.nbytes + self.scales.nbytes
 
 
+def check(name: str, status: int) -> None:
+    """Raise NativeError unless a decoding kernel (q4's or q8's) answered Q4_OK."""
+    if status != lib.Q4_OK:
+        raise NativeError(f"{name}: {_ERRORS.get(status, status)}")
+
+
 def best_isa() -> str:
     """The fastest path this CPU runs: "avx512vnni", "avx2" or "scalar"."""
     return _NAMES[lib.q4_best_isa()]
@@ -84,8 +90,7 @@ def pack(weight, group: int = 64, bfloat16: bool = False, isa: str | None = None
     status = lib.q4_pack(
         n, k, group, *args, ffi.cast("uint8_t *", codes.ctypes.data), ffi.cast("uint16_t *", scales.ctypes.data), code
     )
-    if status != lib.Q4_OK:
-        raise NativeError(f"q4_pack: {_ERRORS.get(status, status)}")
+    check("q4_pack", status)
     return Q4Weights(n, k, group, codes, scales)
 
 
@@ -101,8 +106,7 @@ def half_from_float(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty(x.shape, dtype=np.uint16)
     status = lib.q4_half_from_float(x.size, ffi.cast("float *", x.ctypes.data), ffi.cast("uint16_t *", out.ctypes.data))
-    if status != lib.Q4_OK:
-        raise NativeError(f"q4_half_from_float: {_ERRORS.get(status, status)}")
+    check("q4_half_from_float", status)
     return out
 
 
@@ -178,8 +182,7 @@ def linear_ptr(
     else:
         index = ffi.cast("int64_t *", blocks.ctypes.data)
         name, status = "q4_linear_blocks", lib.q4_linear_blocks(*args, index, len(blocks), *tail)
-    if status != lib.Q4_OK:
-        raise NativeError(f"{name}: {_ERRORS.get(status, status)}")
+    check(name, status)
 
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

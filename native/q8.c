@@ -1,8 +1,8 @@
 /* int8-weight linear layers for a few rows (the math and the layout are in q8.h).
  *
- * The structure is q4.c's: one pass over a block of 16 output rows serves up to CHUNK input rows,
- * so the weights are read once per call whatever M is, a prefetch runs ahead of the loads, and
- * the team splits the blocks. Activations are quantized by q4's code (team.h).
+ * The structure is q4.c's (row_blocks.h): one pass over a block of 16 output rows serves up to
+ * CHUNK input rows, so the weights are read once per call whatever M is, a prefetch runs ahead of
+ * the loads, and the team splits the blocks. Activations are quantized by q4's code (team.h).
  *
  * Three paths compute identical bits: the dot products are exact int32 sums on each, and every
  * path runs the same two float multiplies per output. AVX-512 VNNI multiplies the activations,
@@ -13,6 +13,7 @@
  */
 #include "q8.h"
 #include "q4.h"
+#include "row_blocks.h"
 #include "team.h"
 
 #include <stdlib.h>
@@ -24,11 +25,6 @@
 #else
 #define Q8_X86 0
 #endif
-
-#define BLOCK_ROWS 16
-#define CHUNK 9           /* input rows per pass over a block's codes, as in q4.c */
-#define Q8_PREFETCH 1024  /* bytes of codes ahead of the loads (q4.c says why) */
-#define ROW_TILE 32       /* input rows whose activations stay in cache while every block passes */
 
 typedef struct {
     int64_t n, quads;
@@ -66,12 +62,6 @@ static void block_scalar(const q8_job *j, int64_t b, int64_t row, int rows) {
 
 #if Q8_X86
 
-static int32_t load4(const int8_t *p) {
-    int32_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
 #define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vnni")))
 #define TARGET_AVX2 __attribute__((target("avx2")))
 
@@ -83,7 +73,7 @@ static inline __attribute__((always_inline)) TARGET_AVX512 void avx512_rows(cons
     for (int r = 0; r < rows; r++)
         dot[r] = _mm512_setzero_si512();
     for (int64_t o = 0; o < j->quads; o++) {
-        _mm_prefetch((const char *)(codes + o * 64 + Q8_PREFETCH), _MM_HINT_T0);
+        _mm_prefetch((const char *)(codes + o * 64 + PREFETCH_BYTES), _MM_HINT_T0);
         const __m512i v = _mm512_loadu_si512((const void *)(codes + o * 64));
         for (int r = 0; r < rows; r++)
             dot[r] = _mm512_dpbusd_epi32(dot[r], _mm512_set1_epi32(load4(j->a + (row + r) * 4 * j->quads + 4 * o)), v);
@@ -99,17 +89,7 @@ static inline __attribute__((always_inline)) TARGET_AVX512 void avx512_rows(cons
 }
 
 TARGET_AVX512 static void block_avx512(const q8_job *j, int64_t b, int64_t row, int rows) {
-    switch (rows) {
-    case 9: avx512_rows(j, b, row, 9); break;
-    case 8: avx512_rows(j, b, row, 8); break;
-    case 7: avx512_rows(j, b, row, 7); break;
-    case 6: avx512_rows(j, b, row, 6); break;
-    case 5: avx512_rows(j, b, row, 5); break;
-    case 4: avx512_rows(j, b, row, 4); break;
-    case 3: avx512_rows(j, b, row, 3); break;
-    case 2: avx512_rows(j, b, row, 2); break;
-    default: avx512_rows(j, b, row, 1); break;
-    }
+    CALL_WITH_CONSTANT_ROWS(avx512_rows, j, b, row, rows);
 }
 
 /* AVX2: rows 0-7 of a block from the first 32 bytes of each 64, rows 8-15 from the second. */
@@ -121,7 +101,7 @@ static inline __attribute__((always_inline)) TARGET_AVX2 void avx2_rows(const q8
     for (int r = 0; r < rows; r++)
         dot[r][0] = dot[r][1] = _mm256_setzero_si256();
     for (int64_t o = 0; o < j->quads; o++) {
-        _mm_prefetch((const char *)(codes + o * 64 + Q8_PREFETCH), _MM_HINT_T0);
+        _mm_prefetch((const char *)(codes + o * 64 + PREFETCH_BYTES), _MM_HINT_T0);
         const __m256i v0 = _mm256_loadu_si256((const __m256i *)(codes + o * 64));
         const __m256i v1 = _mm256_loadu_si256((const __m256i *)(codes + o * 64 + 32));
         for (int r = 0; r < rows; r++) {
@@ -145,10 +125,7 @@ static inline __attribute__((always_inline)) TARGET_AVX2 void avx2_rows(const q8
 }
 
 TARGET_AVX2 static void block_avx2(const q8_job *j, int64_t b, int64_t row, int rows) {
-    for (; rows >= 2; rows -= 2, row += 2)
-        avx2_rows(j, b, row, 2);
-    if (rows == 1)
-        avx2_rows(j, b, row, 1);
+    CALL_IN_PAIRS_OF_ROWS(avx2_rows, j, b, row, rows);
 }
 
 #endif /* Q8_X86 */
@@ -168,13 +145,13 @@ static q8_block_fn block_for(int isa) {
 int q8_linear(int64_t m, int64_t n, int64_t k, const int8_t *codes, const float *scales, const int32_t *sums,
               const float *x, float *y, int threads, int isa) {
     if (m < 0 || n < 0 || k < 1 || k > Q8_MAX_K || threads < 1)
-        return Q8_EINVAL;
+        return Q4_EINVAL;
     if (isa != Q4_ISA_AUTO && !q4_has_isa(isa))
-        return Q8_ENOISA;
+        return Q4_ENOISA;
     if (m == 0 || n == 0) /* nothing to compute (an empty tensor's data pointer may be null) */
-        return Q8_OK;
+        return Q4_OK;
     if (!codes || !scales || !sums || !x || !y)
-        return Q8_EINVAL;
+        return Q4_EINVAL;
     if (isa == Q4_ISA_AUTO)
         isa = q4_best_isa();
     const int64_t kp = (k + 7) / 8 * 8, blocks = (n + BLOCK_ROWS - 1) / BLOCK_ROWS;
@@ -188,7 +165,7 @@ int q8_linear(int64_t m, int64_t n, int64_t k, const int8_t *codes, const float 
         free(a);
         free(asum);
         free(sa);
-        return Q8_ENOMEM;
+        return Q4_ENOMEM;
     }
     for (int64_t r = 0; padded && r < m; r++)
         memcpy(padded + r * kp, x + r * k, (size_t)k * sizeof *x);
@@ -214,5 +191,5 @@ int q8_linear(int64_t m, int64_t n, int64_t k, const int8_t *codes, const float 
     free(a);
     free(asum);
     free(sa);
-    return Q8_OK;
+    return Q4_OK;
 }

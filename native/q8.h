@@ -21,14 +21,12 @@
 
 #include <stdint.h>
 
-#define Q8_OK 0
-#define Q8_EINVAL (-1)            /* a null pointer, a bad size (k > Q8_MAX_K) */
-#define Q8_ENOISA (-2)            /* the requested instruction set is not on this CPU */
-#define Q8_ENOMEM (-3)            /* no memory for the quantized activations */
 
 #define Q8_MAX_K 131072           /* keeps every dot product, and 128 times a row's code sum, in an int32 */
 
-/* y[m][n] = x[m][k] W^T as above. threads >= 1; isa: Q4_ISA_AUTO or one this CPU has (q4.h). */
+/* y[m][n] = x[m][k] W^T as above. threads >= 1; isa: Q4_ISA_AUTO or one this CPU has (q4.h).
+ * Answers q4.h's statuses: Q4_OK; Q4_EINVAL (a null pointer, a bad size, k > Q8_MAX_K);
+ * Q4_ENOISA; Q4_ENOMEM (no memory for the quantized activations). */
 int q8_linear(int64_t m, int64_t n, int64_t k, const int8_t *codes, const float *scales, const int32_t *sums,
               const float *x, float *y, int threads, int isa);
 

@@ -18,14 +18,8 @@ import numpy as np
 
 from . import q4
 from ._decode import ffi, lib
-from .errors import NativeError
 
-BLOCK_ROWS = 16
-_ERRORS = {
-    lib.Q8_EINVAL: "invalid arguments",
-    lib.Q8_ENOISA: "this CPU lacks the requested instruction set",
-    lib.Q8_ENOMEM: "out of memory",
-}
+BLOCK_ROWS = q4.BLOCK_ROWS
 
 
 @dataclass(frozen=True)
@@ -134,8 +128,7 @@ def linear_ptr(m: int, w: Q8Weights, x: int, y: int, threads: int, isa: int = li
         threads,
         isa,
     )
-    if status != lib.Q8_OK:
-        raise NativeError(f"q8_linear: {_ERRORS.get(status, status)}")
+    q4.check("q8_linear", status)
 
 
 def reference(x: np.ndarray, w: Q8Weights) -> np.ndarray:

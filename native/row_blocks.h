@@ -1,0 +1,51 @@
+/* What the 4-bit and 8-bit linear kernels (q4.c, q8.c) share: output rows in blocks of 16, up to
+ * CHUNK input rows served by one pass over a block's codes, ROW_TILE input rows whose activations
+ * stay in cache while every block passes, the prefetch distance, and the dispatch that makes a
+ * pass's row count a constant so its accumulators become registers. Not part of the cffi interface. */
+#ifndef SPECMEMO_ROW_BLOCKS_H
+#define SPECMEMO_ROW_BLOCKS_H
+#include <stdint.h>
+#include <string.h>
+
+#define BLOCK_ROWS 16
+#define CHUNK 9      /* input rows per pass over a block's codes (accumulators stay in registers):
+                        a verification of up to 8 drafted tokens is one pass */
+/* Bytes of codes ahead of the loads that each pass prefetches (q4 also a quarter of that in
+ * scales). The hardware prefetcher alone runs too few lines ahead once a line takes several
+ * rows' products: without this, M = 5 took 2.3x the time of M = 1 on a 2-core EPYC streaming
+ * 275 MB of q4 codes; with it, 1.1-1.2x. */
+#define PREFETCH_BYTES 2048
+#define ROW_TILE 32  /* input rows whose activations stay in cache while every block passes */
+
+/* Four activation bytes as one int32, to broadcast. */
+static inline int32_t load4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* rows_fn(j, b, row, R) for R = rows in 1..CHUNK, R a constant at each call. */
+#define CALL_WITH_CONSTANT_ROWS(rows_fn, j, b, row, rows) \
+    switch (rows) {                                       \
+    case 9: rows_fn(j, b, row, 9); break;                 \
+    case 8: rows_fn(j, b, row, 8); break;                 \
+    case 7: rows_fn(j, b, row, 7); break;                 \
+    case 6: rows_fn(j, b, row, 6); break;                 \
+    case 5: rows_fn(j, b, row, 5); break;                 \
+    case 4: rows_fn(j, b, row, 4); break;                 \
+    case 3: rows_fn(j, b, row, 3); break;                 \
+    case 2: rows_fn(j, b, row, 2); break;                 \
+    default: rows_fn(j, b, row, 1); break;                \
+    }
+
+/* rows_fn(j, b, row, R) two rows at a time (R = 2, then 1 for an odd last row): the AVX2 paths,
+ * whose 16 registers hold two rows' accumulators. */
+#define CALL_IN_PAIRS_OF_ROWS(rows_fn, j, b, row, rows)   \
+    do {                                                  \
+        for (; (rows) >= 2; (rows) -= 2, (row) += 2)      \
+            rows_fn(j, b, row, 2);                        \
+        if ((rows) == 1)                                  \
+            rows_fn(j, b, row, 1);                        \
+    } while (0)
+
+#endif
