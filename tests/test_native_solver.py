@@ -30,8 +30,9 @@ def test_mrs_matches_spsolve_on_small_systems(family, size, alpha, sign, threads
     assert result.residual <= 1e-11
     # ||(alpha I + S)^-1|| <= 1/|alpha| because S is skew: the error is at most residual/|alpha|
     assert np.linalg.norm(result.x - exact) <= 1e-11 * np.linalg.norm(b) / alpha + 1e-14
-    # at most n steps in exact arithmetic; rounding (lost orthogonality) may add a few
-    assert result.iterations <= 2 * n + 10
+    # at most n steps in exact arithmetic; rounding (lost orthogonality) adds more the worse the
+    # conditioning: Hypothesis found 397 steps for n = 189 ('outliers', alpha = 1/16)
+    assert result.iterations <= 3 * n + 10
 
 
 @settings(max_examples=15, deadline=None)
