@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shlex
 import sys
 import time
@@ -160,9 +161,11 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def ceiling(result: dict, sizes=(4, 8, 12, 16)) -> str:
-    """What the best tree of N nodes gets over the chain of N under the rank model, with the rates
-    measured by the run's widest tree rows (`memory_model.tree_expected_tokens`: Sequoia's optimum)."""
+def ceiling(result: dict) -> str:
+    """What the best tree of N nodes gets over the chain of N under the rank model, at the run's fixed
+    N, with the rates measured by its widest tree rows (`memory_model.tree_expected_tokens`:
+    Sequoia's optimum)."""
+    sizes = sorted({int(m[1]) for r in result["rows"] if (m := re.search(r"N=(\d+)", r["shape"]))})
     lines = [
         "| prompts | a_1..a_w measured | " + " | ".join(f"best tree / chain, N={n}" for n in sizes) + " |",
         "|---|---|" + "---:|" * len(sizes),
@@ -180,6 +183,10 @@ def ceiling(result: dict, sizes=(4, 8, 12, 16)) -> str:
     return "\n".join(lines)
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--code", type=int, default=4)
@@ -188,20 +195,26 @@ def parse_args(argv=None):
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--gamma-max", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--chains", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 12, 16])
+    parser.add_argument("--chains", type=_ints, default=[4, 8, 12, 16], help="fixed chains' N, comma separated")
     parser.add_argument(
         "--trees",
-        type=lambda s: [tuple(int(y) for y in x.split("x")) for x in s.split(",")],
+        type=lambda s: [tuple(int(y) for y in x.split("x")) for x in s.split(",") if x],
         default=[(4, 2), (8, 2), (8, 3), (12, 2), (16, 2)],
         help="N x w, comma separated: 6x2,8x3",
     )
     parser.add_argument(
         "--adaptive",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=_ints,
         default=[2, 3],
-        help="width caps of the adaptive trees",
+        help="width caps of the adaptive trees ('' for none)",
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above: sampled")
+    parser.add_argument(
+        "--section",
+        default="",
+        help="a run of its own beside the default one: its docs section is the trees heading plus this text, its "
+        "raw data a file named after it",
+    )
     parser.add_argument("--no-docs", action="store_true")
     return parser.parse_args(argv)
 
@@ -216,8 +229,11 @@ def main(argv=None) -> None:
     result["command"], result["seconds"] = command, time.time() - started
     result["max_new_tokens"] = args.max_new_tokens
     result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    result["section"] = args.section
     sampled = args.temperature > 0
     name = f"specdecode-trees-t{args.temperature:g}.json" if sampled else "specdecode-trees.json"
+    if args.section:
+        name = name.replace(".json", "-" + re.sub(r"[^a-z0-9]+", "-", args.section.lower()).strip("-") + ".json")
     if args.no_docs:  # leave the raw data behind the docs' table alone
         name = name.replace(".json", "-no-docs.json")
     (ROOT / "bench" / "results" / name).write_text(json.dumps(result, indent=1))
@@ -244,6 +260,8 @@ def write_docs(result: dict, name: str) -> None:
     )
     cpu, temperature = result["cpu"], result["temperature"]
     section = f"{SECTION}, sampled at temperature {temperature:g}" if temperature > 0 else SECTION
+    if result.get("section"):
+        section += f", {result['section']}"
     decoding = f"sampled at temperature {temperature:g}" if temperature > 0 else "greedy"
     body = (
         f"{section}\n\nCommand (from the repository root, after `specmemo models pull`):\n\n    {result['command']}\n\n"
