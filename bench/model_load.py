@@ -7,10 +7,10 @@ A model's start is dominated by reading its checkpoint and converting its weight
 to 4 bits packs ~1.3B weights). Rows, each the fastest of `--rounds` fresh processes (the rows of
 a round run one after another, so a busy spell of this shared machine falls on all of them):
 - transformers `from_pretrained` in the checkpoint's bfloat16, nothing converted: the floor;
-- specmemo `load_model` at `--precision`, weights packed by the C packer (`q4.pack`);
-- the same with the packer's numpy reference (`q4.reference_pack`, what the engine ran before
-  the C packer), so the ratio is the packer's share of a start;
-- the C packer again, storing its result in an empty store of converted weights (a first start,
+- specmemo `load_model` at `--precision`, weights packed by the C packers (`q4.pack`, `q8.pack_rows`);
+- the same with the packers' numpy references (`q4.reference_pack` and `q8.reference_pack`, what
+  the engine ran before the C packers), so the ratio is the packers' share of a start;
+- the C packers again, storing their result in an empty store of converted weights (a first start,
   `actors/engine/converted.py`), then a load that reads that entry (every later start).
 The first three run with the store off (`SPECMEMO_CONVERTED=off`). Each row times the call
 alone (imports done first) with `--threads` torch threads. Writes
@@ -42,9 +42,9 @@ SECTION = "## Model load"
 #: Each row: the child's variant, and whether it runs with the round's store of converted weights.
 ROWS = {
     "transformers bfloat16 (no conversion)": ("transformers", False),
-    "specmemo, C packer": ("c", False),
-    "specmemo, numpy packer": ("numpy", False),
-    "specmemo, C packer, storing the converted weights": ("c", True),
+    "specmemo, C packers": ("c", False),
+    "specmemo, numpy packers": ("numpy", False),
+    "specmemo, C packers, storing the converted weights": ("c", True),
     "specmemo, converted weights read from the store": ("c", True),
 }
 TRANSFORMERS, OURS = list(ROWS)[:2]
@@ -54,19 +54,29 @@ import dataclasses, json, sys, time
 import numpy as np, torch
 from specmemo.actors.engine.models import load_model
 from specmemo.actors.engine.pull import default_pair_specs
-from specmemo.native import q4
+from specmemo.native import q4, q8
 from transformers import AutoModelForCausalLM
 
 role, variant, precision, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 torch.set_num_threads(threads)
 spec = default_pair_specs()[0 if role == "draft" else 1]
+def as_float(weight, bfloat16):
+    weight = np.asarray(weight)
+    return (weight.astype(np.uint32) << 16).view(np.float32) if bfloat16 else weight
 if variant == "numpy":
-    def numpy_pack(weight, group=64, bfloat16=False, isa=None):
-        weight = np.asarray(weight)
-        if bfloat16:
-            weight = (weight.astype(np.uint32) << 16).view(np.float32)
-        return q4.reference_pack(weight, group)
-    q4.pack = numpy_pack
+    def numpy_pack(weight, group=64, bfloat16=False, isa=None, out=None):
+        packed = q4.reference_pack(as_float(weight, bfloat16), group)
+        if out is None:
+            return packed
+        out.codes[...], out.scales[...] = packed.codes, packed.scales
+        return out
+    def numpy_pack_rows(w, first, rows, bfloat16=False, isa=None):
+        packed = q8.reference_pack(as_float(rows, bfloat16))  # rows of whole blocks: first is a multiple of 16
+        blocks = slice(first // 16, first // 16 + packed.codes.shape[0])
+        w.codes[blocks] = packed.codes
+        w.scales[first : first + packed.n] = packed.scales[: packed.n]
+        w.sums[first : first + packed.n] = packed.sums[: packed.n]
+    q4.pack, q8.pack_rows = numpy_pack, numpy_pack_rows
 start = time.perf_counter()
 if variant == "transformers":
     AutoModelForCausalLM.from_pretrained(spec.source, dtype=torch.bfloat16)
@@ -108,7 +118,7 @@ def run(args) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = ["| model | load | fastest of rounds | x C packer |", "|---|---|---:|---:|"]
+    lines = ["| model | load | fastest of rounds | x C packers |", "|---|---|---:|---:|"]
     for role, rows in result["seconds"].items():
         ours = min(rows[OURS])
         for row, values in rows.items():
@@ -149,8 +159,9 @@ def write_docs(result: dict) -> None:
         f"(flags {', '.join(cpu['flags'])}), {result['threads']} threads, torch {result['torch']}. "
         "Each model loaded in a fresh process, the fastest of "
         f"{result['rounds']} rounds (the rows of a round one after another; the checkpoint in the page cache after "
-        'the first). "numpy packer" is the C packer\'s numpy reference, `q4.reference_pack`, swapped in: the '
-        "difference is what packing the 4-bit weights costs a start. transformers' row maps the checkpoint and reads "
+        'the first). "numpy packers" are the C packers\' numpy references, `q4.reference_pack` and '
+        "`q8.reference_pack`, swapped in: the difference is what packing the 4-bit and 8-bit weights costs a start. "
+        "transformers' row maps the checkpoint and reads "
         "a weight's pages only when it is used: the floor of imports and construction, not of reading the weights. "
         "The first three rows run with the store of converted weights off; the last two start from an empty store "
         "(a first start converts and stores) and read the entry it left (every later start: the arrays are "

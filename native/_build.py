@@ -1,7 +1,7 @@
 """cffi builds of the native libraries (out-of-line API mode), run by `pip install` through setup.py:
 `_pars3` (the SpMV kernels, every .c here but the decoding ones) and `_decode` (the decoding
-engine's kernels: 4-bit and 8-bit linear layers, q4.c and q8.c, row-wise attention,
-rows_attention.c, and the draft's decoder step, decode_step.c).
+engine's kernels: 4-bit and 8-bit linear layers and their packers, q4.c, q4_pack.c, q8.c and
+q8_pack.c, row-wise attention, rows_attention.c, and the draft's decoder step, decode_step.c).
 
 Each cdef is read from its headers (pars3.h; q4.h, q8.h, rows_attention.h, decode_step.h). OpenMP is required:
 the build compiles a tiny OpenMP program first and stops with a message saying what is missing
@@ -18,7 +18,7 @@ import tempfile
 from cffi import FFI
 
 HERE = os.path.relpath(os.path.dirname(os.path.abspath(__file__)))
-DECODE_NAMES = ("q4.c", "q4_pack.c", "q8.c", "rows_attention.c", "decode_step.c")
+DECODE_NAMES = ("q4.c", "q4_pack.c", "q8.c", "q8_pack.c", "rows_attention.c", "decode_step.c")
 DECODE_SOURCES = [os.path.join(HERE, name) for name in DECODE_NAMES]
 SOURCES = sorted(
     os.path.join(HERE, name)

@@ -43,6 +43,24 @@ class Q4Weights:
     def nbytes(self) -> int:
         return self.codes.nbytes + self.scales.nbytes
 
+    def rows(self, start: int, stop: int) -> Q4Weights:
+        """Output rows start .. stop - 1 (multiples of 16): views of the same arrays."""
+        if start % BLOCK_ROWS or stop % BLOCK_ROWS or not 0 <= start < stop <= self.n:
+            raise ValueError(f"rows {start}..{stop} of {self.n} are not whole blocks of {BLOCK_ROWS}")
+        blocks = slice(start // BLOCK_ROWS, stop // BLOCK_ROWS)
+        return Q4Weights(stop - start, self.k, self.group, self.codes[blocks], self.scales[blocks])
+
+    def contiguous(self) -> bool:
+        """Whether the arrays have the layout's shapes, dtypes and C order (what the kernels read)."""
+        return (
+            self.codes.dtype == np.uint8
+            and self.codes.shape == (self.n // BLOCK_ROWS, self.k // 8, 64)
+            and self.scales.dtype == np.uint16
+            and self.scales.shape == (self.n // BLOCK_ROWS, self.k // self.group, 2, BLOCK_ROWS)
+            and self.codes.flags.c_contiguous
+            and self.scales.flags.c_contiguous
+        )
+
 
 def check(name: str, status: int) -> None:
     """Raise NativeError unless a decoding kernel (q4's or q8's) answered Q4_OK."""
@@ -73,17 +91,23 @@ def quantize(weight: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray, np
     return np.clip(codes, 0, 15).astype(np.uint8).reshape(n, k), scale, zero
 
 
-def pack(weight, group: int = 64, bfloat16: bool = False, isa: str | None = None) -> Q4Weights:
+def pack(
+    weight, group: int = 64, bfloat16: bool = False, isa: str | None = None, out: Q4Weights | None = None
+) -> Q4Weights:
     """Quantize a float weight [n, k] (numpy or anything `np.asarray` takes; with `bfloat16`, a
     uint16 array of bfloat16 bit patterns) and lay it out for `linear`, in C (`q4_pack`; `isa`
     forces a path, None: the fastest): bit for bit `reference_pack`. n must be a multiple of 16,
-    k of `group`, `group` of 8 (at most 1024)."""
+    k of `group`, `group` of 8 (at most 1024). `out`: arrays of that shape to write into (a slice
+    of a bigger weight's blocks, `empty(...).rows(start, stop)`), else new ones."""
     weight = np.ascontiguousarray(weight, dtype=np.uint16 if bfloat16 else np.float32)
     n, k = weight.shape
     if n % BLOCK_ROWS or group % 8 or not 8 <= group <= lib.Q4_MAX_GROUP or k % group:
         raise ValueError(f"cannot pack a {n}x{k} weight in groups of {group}")
-    codes = np.empty((n // BLOCK_ROWS, k // 8, 64), dtype=np.uint8)
-    scales = np.empty((n // BLOCK_ROWS, k // group, 2, BLOCK_ROWS), dtype=np.uint16)
+    if out is None:
+        out = empty(n, k, group)
+    elif (out.n, out.k, out.group) != (n, k, group) or not out.contiguous():
+        raise ValueError(f"cannot pack a {n}x{k} weight in groups of {group} into {out.n}x{out.k}, {out.group}")
+    codes, scales = out.codes, out.scales
     address = weight.ctypes.data
     args = (ffi.NULL, ffi.cast("uint16_t *", address)) if bfloat16 else (ffi.cast("float *", address), ffi.NULL)
     code = lib.Q4_ISA_AUTO if isa is None else ISAS[isa]
@@ -91,7 +115,18 @@ def pack(weight, group: int = 64, bfloat16: bool = False, isa: str | None = None
         n, k, group, *args, ffi.cast("uint8_t *", codes.ctypes.data), ffi.cast("uint16_t *", scales.ctypes.data), code
     )
     check("q4_pack", status)
-    return Q4Weights(n, k, group, codes, scales)
+    return out
+
+
+def empty(n: int, k: int, group: int) -> Q4Weights:
+    """Uninitialized arrays of a packed n x k weight (what `pack` fills)."""
+    return Q4Weights(
+        n,
+        k,
+        group,
+        np.empty((n // BLOCK_ROWS, k // 8, 64), dtype=np.uint8),
+        np.empty((n // BLOCK_ROWS, k // group, 2, BLOCK_ROWS), dtype=np.uint16),
+    )
 
 
 def reference_pack(weight, group: int = 64) -> Q4Weights:

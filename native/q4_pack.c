@@ -9,7 +9,8 @@
  * in the order written (no contraction: -std=c11), so the codes are numpy's.
  *
  * Single-threaded: the zygote converts weights and must stay one thread to fork. Both paths (the
- * AVX2 one divides and rounds 8 lanes at a time) write the same bits.
+ * AVX2 one reduces, divides and rounds 8 lanes at a time and converts halves with F16C, which
+ * every CPU of q4's AVX2 path has) write the same bits.
  */
 #include "half.h"
 #include "q4.h"
@@ -32,9 +33,34 @@ int q4_half_from_float(int64_t count, const float *x, uint16_t *out) {
     return Q4_OK;
 }
 
-/* q[j] for the group's values: the scalar rule, and the same bits 8 lanes at a time (a division
- * and a round to nearest even per lane; max(c, 0) answers 0 for NaN as the scalar test does). */
-static void group_codes(const float *vals, int64_t group, float z, float s, uint8_t *q) {
+/* One group: its float16 scale and zero (hs, hz) and its codes q, by the rule above. */
+static void pack_group(const float *w32, const uint16_t *wbf16, int64_t start, int64_t group, uint16_t *hs,
+                       uint16_t *hz, uint8_t *q) {
+    float vals[Q4_MAX_GROUP];
+    if (w32) {
+        memcpy(vals, w32 + start, (size_t)group * sizeof *vals);
+    } else {
+        uint32_t bits[Q4_MAX_GROUP];
+        for (int64_t j = 0; j < group; j++)
+            bits[j] = (uint32_t)wbf16[start + j] << 16;
+        memcpy(vals, bits, (size_t)group * sizeof *vals);
+    }
+    float lo = vals[0], hi = vals[0];
+    int nan = 0;
+    for (int64_t j = 0; j < group; j++) {
+        nan |= vals[j] != vals[j];
+        lo = vals[j] < lo ? vals[j] : lo;
+        hi = vals[j] > hi ? vals[j] : hi;
+    }
+    if (nan)
+        lo = hi = NAN;
+    *hs = half_from_float((hi - lo) / 15.0f);
+    *hz = half_from_float(lo);
+    float s = half_to_float(*hs), z = half_to_float(*hz);
+    if (!(s > 0.0f)) {
+        memset(q, 0, (size_t)group);
+        return;
+    }
     for (int64_t j = 0; j < group; j++) {
         float c = rintf((vals[j] - z) / s); /* to nearest even */
         q[j] = c >= 15.0f ? 15 : c > 0.0f ? (uint8_t)c : 0; /* NaN (inf - inf) -> 0 */
@@ -42,18 +68,63 @@ static void group_codes(const float *vals, int64_t group, float z, float s, uint
 }
 
 #if PACK_AVX2
-__attribute__((target("avx2"))) static void group_codes_avx2(const float *vals, int64_t group, float z, float s,
-                                                              uint8_t *q) {
+/* pack_group, 8 lanes at a time. Of equal extremes the scalar loop keeps the first in order, which
+ * only tells +0 from -0 apart: a zero extreme is looked up again in order. */
+__attribute__((target("avx2,f16c"))) static void pack_group_avx2(const float *w32, const uint16_t *wbf16,
+                                                                  int64_t start, int64_t group, uint16_t *hs,
+                                                                  uint16_t *hz, uint8_t *q) {
+    float vals[Q4_MAX_GROUP];
+    __m256 low = _mm256_setzero_ps(), high = low, unordered = low;
+    for (int64_t j = 0; j < group; j += 8) {
+        __m256 v;
+        if (w32) {
+            v = _mm256_loadu_ps(w32 + start + j);
+        } else {
+            __m128i bits = _mm_loadu_si128((const __m128i *)(wbf16 + start + j));
+            v = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+        }
+        _mm256_storeu_ps(vals + j, v);
+        unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        low = j ? _mm256_min_ps(low, v) : v;
+        high = j ? _mm256_max_ps(high, v) : v;
+    }
+    float lo = NAN, hi = NAN;
+    if (!_mm256_movemask_ps(unordered)) {
+        float l[8], h[8];
+        _mm256_storeu_ps(l, low);
+        _mm256_storeu_ps(h, high);
+        lo = l[0], hi = h[0];
+        for (int t = 1; t < 8; t++) {
+            lo = l[t] < lo ? l[t] : lo;
+            hi = h[t] > hi ? h[t] : hi;
+        }
+        for (int64_t j = 0; lo == 0.0f && j < group; j++)
+            if (vals[j] == 0.0f) {
+                lo = vals[j];
+                break;
+            }
+        for (int64_t j = 0; hi == 0.0f && j < group; j++)
+            if (vals[j] == 0.0f) {
+                hi = vals[j];
+                break;
+            }
+    }
+    *hs = (uint16_t)_cvtss_sh((hi - lo) / 15.0f, _MM_FROUND_TO_NEAREST_INT);
+    *hz = (uint16_t)_cvtss_sh(lo, _MM_FROUND_TO_NEAREST_INT);
+    float s = _cvtsh_ss(*hs), z = _cvtsh_ss(*hz);
+    if (!(s > 0.0f)) {
+        memset(q, 0, (size_t)group);
+        return;
+    }
     const __m256 vz = _mm256_set1_ps(z), vs = _mm256_set1_ps(s), zero = _mm256_setzero_ps(),
                  top = _mm256_set1_ps(15.0f);
     for (int64_t j = 0; j < group; j += 8) {
         __m256 c = _mm256_div_ps(_mm256_sub_ps(_mm256_loadu_ps(vals + j), vz), vs);
         c = _mm256_round_ps(c, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        c = _mm256_min_ps(_mm256_max_ps(c, zero), top);
-        int32_t out[8];
-        _mm256_storeu_si256((__m256i *)out, _mm256_cvtps_epi32(c));
-        for (int t = 0; t < 8; t++)
-            q[j + t] = (uint8_t)out[t];
+        c = _mm256_min_ps(_mm256_max_ps(c, zero), top); /* max_ps(NaN, 0) answers 0 */
+        __m256i v = _mm256_cvtps_epi32(c);              /* 0..15: packs without saturating */
+        __m128i pairs = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        _mm_storel_epi64((__m128i *)(q + j), _mm_packus_epi16(pairs, pairs));
     }
 }
 #endif
@@ -72,41 +143,14 @@ int q4_pack(int64_t n, int64_t k, int64_t group, const float *w32, const uint16_
     for (int64_t i = 0; i < n; i++) {
         int64_t b = i / 16, r = i % 16;
         for (int64_t g = 0; g < groups; g++) {
-            float vals[Q4_MAX_GROUP];
             uint8_t q[Q4_MAX_GROUP];
-            int64_t start = i * k + g * group;
-            if (w32) {
-                memcpy(vals, w32 + start, (size_t)group * sizeof *vals);
-            } else {
-                uint32_t bits[Q4_MAX_GROUP];
-                for (int64_t j = 0; j < group; j++)
-                    bits[j] = (uint32_t)wbf16[start + j] << 16;
-                memcpy(vals, bits, (size_t)group * sizeof *vals);
-            }
-            float lo = vals[0], hi = vals[0];
-            int nan = 0;
-            for (int64_t j = 0; j < group; j++) {
-                nan |= vals[j] != vals[j];
-                lo = vals[j] < lo ? vals[j] : lo;
-                hi = vals[j] > hi ? vals[j] : hi;
-            }
-            if (nan)
-                lo = hi = NAN;
-            uint16_t hs = half_from_float((hi - lo) / 15.0f), hz = half_from_float(lo);
             uint16_t *slot = scales + ((b * groups + g) * 2) * 16 + r;
-            slot[0] = hs;
-            slot[16] = hz;
-            float s = half_to_float(hs), z = half_to_float(hz);
-            if (s > 0.0f) {
 #if PACK_AVX2
-                if (avx2)
-                    group_codes_avx2(vals, group, z, s, q);
-                else
+            if (avx2)
+                pack_group_avx2(w32, wbf16, i * k + g * group, group, slot, slot + 16, q);
+            else
 #endif
-                    group_codes(vals, group, z, s, q);
-            } else {
-                memset(q, 0, (size_t)group);
-            }
+                pack_group(w32, wbf16, i * k + g * group, group, slot, slot + 16, q);
             for (int64_t o = 0; o < group / 8; o++) {
                 uint8_t *out = codes + (b * octets + g * (group / 8) + o) * 64 + 4 * r;
                 for (int t = 0; t < 4; t++)

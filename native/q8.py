@@ -1,8 +1,10 @@
 """Linear layers with int8 weights and per-token 8-bit activations (`q8.c`; math and layout in q8.h).
 
-    codes, scale = quantize(weight)       # weight: float [n, k] -> int8 [n, k], float32 [n]
-    w = pack(codes, scale)
+    w = quantize_pack(weight)             # weight: float [n, k] (or bfloat16 bits) -> Q8Weights, in C
     y = linear(x, w, threads=2)           # x: float32 [m, k] -> float32 [m, n]
+
+    codes, scale = quantize(weight)       # the same in numpy: int8 [n, k], float32 [n]
+    w = pack(codes, scale)                # ... and the layout (`reference_pack` does both)
 
 Any n and k (the layout pads them). A row's result depends on that row alone (exact integer dot
 products, then the same two float multiplies), so a product of M rows equals M products of one
@@ -55,10 +57,65 @@ class Q8Weights:
 
 def quantize(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Codes c (int8 in -127..127, [n, k]) and float32 scale [n]: per row, scale = max |w| / 127
-    (the smallest positive float for an all-zero row) and c = round(w / scale), half to even."""
+    with NaN ignored (the smallest positive float for an all-zero row) and c = round(w / scale),
+    half to even (0 where that is NaN: a NaN weight, or an infinite one in a row of infinite scale)."""
     w = np.asarray(weight, dtype=np.float32)
-    scale = np.maximum(np.abs(w).max(axis=1) / np.float32(127.0), np.finfo(np.float32).tiny).astype(np.float32)
-    return np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8), scale
+    magnitude = np.abs(w)
+    top = np.where(np.isnan(magnitude), np.float32(0), magnitude).max(axis=1)
+    scale = np.maximum(top / np.float32(127.0), np.finfo(np.float32).tiny).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        codes = np.rint(w / scale[:, None])
+    return np.clip(np.where(np.isnan(codes), 0, codes), -127, 127).astype(np.int8), scale
+
+
+def zeros(n: int, k: int) -> Q8Weights:
+    """An all-zero packed weight of n x k (what `pack_rows` fills)."""
+    if n < 1 or not 1 <= k <= lib.Q8_MAX_K:
+        raise ValueError(f"a q8 weight is n >= 1 by 1 <= k <= {lib.Q8_MAX_K}, not {n} x {k}")
+    rows, kp = -(-n // BLOCK_ROWS) * BLOCK_ROWS, -(-k // 8) * 8
+    return Q8Weights(
+        n,
+        k,
+        np.zeros((rows // BLOCK_ROWS, kp // 4, 64), dtype=np.int8),
+        np.zeros(rows, np.float32),
+        np.zeros(rows, np.int32),
+    )
+
+
+def pack_rows(w: Q8Weights, first: int, rows, bfloat16: bool = False, isa: str | None = None) -> None:
+    """Quantize float rows [r, k] (numpy or anything `np.asarray` takes; with `bfloat16`, a uint16
+    array of bfloat16 bit patterns) into rows first .. first + r - 1 of `w`, in C (`q8_pack`;
+    `isa` forces a path, None: the fastest): bit for bit `quantize` then `pack`."""
+    rows = np.ascontiguousarray(rows, dtype=np.uint16 if bfloat16 else np.float32)
+    if rows.ndim != 2 or rows.shape[1] != w.k or not 0 <= first <= w.n - rows.shape[0]:
+        raise ValueError(f"cannot pack {rows.shape} rows at row {first} of a {w.n} x {w.k} weight")
+    address = rows.ctypes.data
+    args = (ffi.NULL, ffi.cast("uint16_t *", address)) if bfloat16 else (ffi.cast("float *", address), ffi.NULL)
+    status = lib.q8_pack(
+        rows.shape[0],
+        w.k,
+        *args,
+        first,
+        w.n,
+        ffi.cast("int8_t *", w.codes.ctypes.data),
+        ffi.cast("float *", w.scales.ctypes.data),
+        ffi.cast("int32_t *", w.sums.ctypes.data),
+        lib.Q4_ISA_AUTO if isa is None else q4.ISAS[isa],
+    )
+    q4.check("q8_pack", status)
+
+
+def quantize_pack(weight, bfloat16: bool = False, isa: str | None = None) -> Q8Weights:
+    """A whole float weight [n, k] quantized and laid out in C (`pack_rows`)."""
+    weight = np.asarray(weight)
+    w = zeros(*weight.shape)
+    pack_rows(w, 0, weight, bfloat16, isa)
+    return w
+
+
+def reference_pack(weight) -> Q8Weights:
+    """`quantize_pack` in numpy: `quantize`, then `pack` (the independent reference of the C code)."""
+    return pack(*quantize(weight))
 
 
 def pack(codes: np.ndarray, scale: np.ndarray) -> Q8Weights:

@@ -78,6 +78,31 @@ def test_the_c_packer_writes_the_numpy_reference_on_every_path(problem, magnitud
         assert np.array_equal(packed.scales, reference.scales), isa
 
 
+@settings(max_examples=40, deadline=None)
+@given(problems(), st.integers(0, 2**32 - 1), st.booleans())
+def test_the_packers_paths_agree_on_nan_infinities_and_signed_zeros(problem, seed, bfloat16):
+    # the scalar path is the rule (of equal extremes the first in order: +0 or -0); the others
+    # write its bits, and the reference's up to the sign of a zero `zero` (numpy's reductions may
+    # take either of +0 and -0)
+    weight, _, group = problem
+    rng = np.random.default_rng(seed)
+    weight = weight.copy()
+    spots = rng.integers(0, weight.size, 6)
+    weight.flat[spots] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 0.0]
+    weight[rng.integers(0, len(weight)), :group] = rng.choice(np.array([0.0, -0.0], np.float32), group)
+    bits = (weight.view(np.uint32) >> 16).astype(np.uint16)
+    source = bits if bfloat16 else weight
+    with np.errstate(over="ignore", invalid="ignore"):
+        reference = q4.reference_pack((bits.astype(np.uint32) << 16).view(np.float32) if bfloat16 else weight, group)
+    scalar = q4.pack(source, group, bfloat16=bfloat16, isa="scalar")
+    for isa in q4.available_isas():
+        packed = q4.pack(source, group, bfloat16=bfloat16, isa=isa)
+        assert np.array_equal(packed.codes, scalar.codes) and np.array_equal(packed.scales, scalar.scales), isa
+    assert np.array_equal(scalar.codes, reference.codes)
+    got, want = scalar.scales.view(np.float16), reference.scales.view(np.float16)
+    assert np.array_equal(got, want, equal_nan=True)
+
+
 def test_float16_rounding_is_numpys_on_a_sweep_of_float32_bit_patterns():
     x = np.arange(0, 2**32, 4093, dtype=np.uint64).astype(np.uint32).view(np.float32)
     edges = np.array([65504, 65519.99, 65520, 2.0**-24, 2.0**-25, 1.5 * 2.0**-25, 2.0**-14, -0.0, np.inf], np.float32)
@@ -134,3 +159,19 @@ def test_a_block_list_out_of_range_or_with_a_repeat_is_refused():
     assert not out.any()  # refused before writing anything
     with pytest.raises(ValueError, match="out must be"):
         q4.linear(x, w, out=np.zeros((2, 32), np.float32), blocks=np.array([0]))
+
+
+def test_packing_in_pieces_into_one_weight_equals_packing_it_whole():
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((80, 64)).astype(np.float32)
+    whole = q4.pack(weight, 32)
+    pieces = q4.empty(80, 64, 32)
+    for start, stop in ((0, 16), (16, 64), (64, 80)):
+        q4.pack(weight[start:stop], 32, out=pieces.rows(start, stop))
+    assert np.array_equal(pieces.codes, whole.codes) and np.array_equal(pieces.scales, whole.scales)
+    with pytest.raises(ValueError, match="whole blocks"):
+        pieces.rows(8, 24)
+    with pytest.raises(ValueError, match="into"):
+        q4.pack(weight[:16], 32, out=pieces.rows(0, 32))  # 16 rows into 32
+    with pytest.raises(ValueError, match="into"):
+        q4.pack(weight[:16], 16, out=pieces.rows(0, 16))  # another group

@@ -99,3 +99,56 @@ def test_the_largest_dot_products_are_exact_on_every_path(signs):
 def test_a_code_of_minus_128_is_refused():
     with pytest.raises(ValueError, match="-127..127"):
         q8.pack(np.full((16, 8), -128, dtype=np.int8), np.ones(16, dtype=np.float32))
+
+
+def _same_weights(a: q8.Q8Weights, b: q8.Q8Weights) -> bool:
+    return (
+        (a.n, a.k) == (b.n, b.k)
+        and np.array_equal(a.codes, b.codes)
+        and np.array_equal(a.scales.view(np.int32), b.scales.view(np.int32))  # the bits, NaN or not
+        and np.array_equal(a.sums, b.sums)
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems(), st.integers(0, 2**32 - 1), st.booleans())
+def test_the_c_packer_writes_numpys_codes_on_every_path_from_float32_or_bfloat16_rows_in_any_pieces(
+    problem, seed, special
+):
+    weight = problem[0]
+    n, k = weight.shape
+    rng = np.random.default_rng(seed)
+    if special:  # NaN and infinities where they fall, and a whole NaN row
+        weight.flat[rng.integers(0, weight.size, 3)] = [np.nan, np.inf, -np.inf]
+        weight[rng.integers(0, n)] = np.nan
+    bits = (weight.view(np.uint32) >> 16).astype(np.uint16)  # bfloat16 by truncation
+    as_float = (bits.astype(np.uint32) << 16).view(np.float32)
+    cuts = sorted(rng.integers(0, n + 1, 2))  # rows packed in three calls, at any boundary
+    for values, source, bfloat16 in ((weight, weight, False), (as_float, bits, True)):
+        reference = q8.reference_pack(values)
+        for isa in ("scalar", "avx2", None) if "avx2" in q4.available_isas() else ("scalar", None):
+            assert _same_weights(q8.quantize_pack(source, bfloat16, isa), reference), (isa, bfloat16)
+        pieces = q8.zeros(n, k)
+        for lo, hi in zip([0, *cuts], [*cuts, n]):
+            q8.pack_rows(pieces, lo, source[lo:hi], bfloat16)
+        assert _same_weights(pieces, reference), bfloat16
+
+
+def test_the_quantized_rule_on_special_values():
+    weight = np.array([[0, 0, 0], [1, np.nan, -2], [np.inf, 1, -1], [254, -5, 3]], dtype=np.float32)
+    codes, scale = q8.quantize(weight)
+    assert scale[0] == np.finfo(np.float32).tiny and not codes[0].any()  # an all-zero row
+    assert scale[1] == np.float32(2) / 127 and list(codes[1]) == [64, 0, -127]  # NaN: ignored, code 0
+    assert scale[2] == np.inf and not codes[2].any()  # inf / inf is NaN: code 0
+    assert list(codes[3]) == [127, -2, 2]  # halves to even: -2.5 -> -2, 1.5 -> 2
+    assert _same_weights(q8.quantize_pack(weight), q8.reference_pack(weight))
+
+
+def test_bad_pack_calls_are_refused():
+    w = q8.zeros(20, 12)
+    with pytest.raises(ValueError, match="cannot pack"):
+        q8.pack_rows(w, 15, np.ones((6, 12), np.float32))  # past the last row
+    with pytest.raises(ValueError, match="cannot pack"):
+        q8.pack_rows(w, 0, np.ones((2, 11), np.float32))
+    with pytest.raises(ValueError, match="n >= 1"):
+        q8.zeros(0, 12)

@@ -62,6 +62,7 @@ CODE_FILES = (
     _NATIVE / "q4.h",
     _NATIVE / "half.h",
     _NATIVE / "q8.py",
+    _NATIVE / "q8_pack.c",
     _NATIVE / "q8.h",
 )
 _SWEEP_AGE_S = 3600  # a temporary entry this old, of a writer on this host no longer running, is swept

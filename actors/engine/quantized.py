@@ -41,19 +41,19 @@ class Int8Linear(nn.Module):
 
     @staticmethod
     def quantize(parts: list[nn.Linear], source: SourcePages | None = None) -> dict[str, np.ndarray]:
-        """The parts' rows, stacked, as `q8.quantize` makes them, in q8's layout (`q8.pack`)."""
-        n, k = sum(p.out_features for p in parts), parts[0].in_features
-        # rows quantized a block at a time: a float32 copy of a whole LM head (152k x 1.5k) would
-        # be several times the int8 result
-        codes = np.empty((n, k), dtype=np.int8)
-        scale = np.empty(n, dtype=np.float32)
+        """The parts' rows, stacked, quantized into q8's layout in C (`q8.pack_rows`: bit for bit
+        `q8.quantize` then `q8.pack`), a block of rows at a time: a float32 copy of a whole LM head
+        (152k x 1.5k) would be several times the int8 result."""
+        weights = q8.zeros(sum(p.out_features for p in parts), parts[0].in_features)
         row = 0
         for part in parts:
             for rows in _row_blocks(part.weight.detach(), source):
-                block_codes, block_scale = q8.quantize(rows.float().numpy())
-                codes[row : row + len(rows)], scale[row : row + len(rows)] = block_codes, block_scale
+                if rows.dtype == torch.bfloat16:  # its bit patterns: no float32 copy of the block
+                    q8.pack_rows(weights, row, _bfloat16_bits(rows), bfloat16=True)
+                else:
+                    q8.pack_rows(weights, row, rows.float().numpy())
                 row += len(rows)
-        return q8.pack(codes, scale).arrays()
+        return weights.arrays()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -121,17 +121,19 @@ class Int4Linear(nn.Module):
 
     @staticmethod
     def pack(parts: list[nn.Linear], group: int, source: SourcePages | None = None) -> dict[str, np.ndarray]:
-        """The q4 codes and scales of the parts' rows, stacked (`specmemo.native.q4.pack`)."""
-        codes, scales = [], []
+        """The q4 codes and scales of the parts' rows, stacked (`specmemo.native.q4.pack`), each
+        block of rows packed in place into the whole weight's arrays."""
+        weights = q4.empty(sum(p.out_features for p in parts), parts[0].in_features, group)
+        row = 0
         for part in parts:
             for rows in _row_blocks(part.weight.detach(), source):  # a block at a time (rows pack alone)
+                out = weights.rows(row, row + len(rows))
                 if rows.dtype == torch.bfloat16:  # its bit patterns: no float32 copy of the block
-                    packed = q4.pack(rows.contiguous().view(torch.int16).numpy().view(np.uint16), group, bfloat16=True)
+                    q4.pack(_bfloat16_bits(rows), group, bfloat16=True, out=out)
                 else:
-                    packed = q4.pack(rows.float().numpy(), group)
-                codes.append(packed.codes)
-                scales.append(packed.scales)
-        return {"codes": np.concatenate(codes), "scales": np.concatenate(scales)}
+                    q4.pack(rows.float().numpy(), group, out=out)
+                row += len(rows)
+        return {"codes": weights.codes, "scales": weights.scales}
 
     @staticmethod
     def group_for(linear: nn.Linear, preferred: int = 32) -> int | None:
@@ -156,6 +158,11 @@ def _parts(linear: nn.Linear | list[nn.Linear]) -> tuple[list[nn.Linear], torch.
 
 
 ROW_BLOCK = 4096  # rows of a weight quantized at once (a multiple of int4's 16)
+
+
+def _bfloat16_bits(rows: torch.Tensor) -> np.ndarray:
+    # a bfloat16 tensor's bit patterns as uint16, what the C packers read
+    return rows.contiguous().view(torch.int16).numpy().view(np.uint16)
 
 
 def _row_blocks(weight: torch.Tensor, source: SourcePages | None = None):
