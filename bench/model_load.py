@@ -71,7 +71,8 @@ if variant == "numpy":
         out.codes[...], out.scales[...] = packed.codes, packed.scales
         return out
     def numpy_pack_rows(w, first, rows, bfloat16=False, isa=None):
-        packed = q8.reference_pack(as_float(rows, bfloat16))  # rows of whole blocks: first is a multiple of 16
+        assert first % 16 == 0, "the numpy swap packs whole blocks of 16 rows only"
+        packed = q8.reference_pack(as_float(rows, bfloat16))
         blocks = slice(first // 16, first // 16 + packed.codes.shape[0])
         w.codes[blocks] = packed.codes
         w.scales[first : first + packed.n] = packed.scales[: packed.n]

@@ -2,6 +2,8 @@
 
     python bench/specdecode.py trees --code 4 --prose 4 --max-new-tokens 48
     python bench/specdecode.py trees --temperature 1.0
+    python bench/specdecode.py trees --chains 16,32,48 --trees 16x3,32x3,48x3 --adaptive '' \
+        --gamma-max 48 --max-new-tokens 96 --section 'large N'
 
 Same MT-Bench first turns as `peers`, greedy (or sampled at `--temperature`), exactly N new
 tokens, prefill included, each prompt through every shape in turn. Rows:
@@ -18,7 +20,8 @@ Sampled, a chain draws each token from the draft's q and a tree draws each node'
 without replacement (the multi-draft rule of `tree.verify_tree`), grown by each session's rank
 rates (the rank model's best tree), so wider trees can catch target samples a chain misses.
 Writes bench/results/specdecode-trees[-t<T>].json and the "Token trees on the CPU" section of
-docs/benchmarks.md (its sampled twin for `--temperature`).
+docs/benchmarks.md (its sampled twin for `--temperature`); with `--section TEXT`, a run of its own
+beside those: the section "Token trees on the CPU, TEXT" and a results file named after TEXT.
 """
 
 from __future__ import annotations

@@ -50,10 +50,13 @@ class Q4Weights:
         blocks = slice(start // BLOCK_ROWS, stop // BLOCK_ROWS)
         return Q4Weights(stop - start, self.k, self.group, self.codes[blocks], self.scales[blocks])
 
-    def contiguous(self) -> bool:
-        """Whether the arrays have the layout's shapes, dtypes and C order (what the kernels read)."""
+    def writable(self) -> bool:
+        """Whether the arrays have the layout's shapes, dtypes and C order, and can be written (what
+        `pack` fills)."""
         return (
-            self.codes.dtype == np.uint8
+            self.codes.flags.writeable
+            and self.scales.flags.writeable
+            and self.codes.dtype == np.uint8
             and self.codes.shape == (self.n // BLOCK_ROWS, self.k // 8, 64)
             and self.scales.dtype == np.uint16
             and self.scales.shape == (self.n // BLOCK_ROWS, self.k // self.group, 2, BLOCK_ROWS)
@@ -79,16 +82,23 @@ def available_isas() -> list[str]:
 
 def quantize(weight: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Codes q (uint8 in 0..15, [n, k]) and float16 scale and zero ([n, k/group]): per row and
-    group, the 16 levels span [min, max]; codes are chosen against the float16-rounded scale."""
+    group, the 16 levels span [min, max]; codes are chosen against the float16-rounded scale.
+    Where they are not plain numbers the rule is explicit: a group holding a NaN has the quiet NaN
+    (0x7E00) as scale and zero and codes 0; a zero extreme is the first zero of the group in order
+    (+0 or -0: numpy's reductions may answer either); a code that is NaN (inf - inf) is 0."""
     n, k = weight.shape
     grouped = np.asarray(weight, dtype=np.float32).reshape(n, k // group, group)
-    low, high = grouped.min(-1), grouped.max(-1)
-    scale = ((high - low) / 15).astype(np.float16)
-    zero = low.astype(np.float16)
+    nan = np.isnan(grouped).any(-1)
+    first_zero = np.take_along_axis(grouped, np.argmax(grouped == 0, axis=-1)[..., None], -1)[..., 0]
+    low, high = (np.where(x == 0, first_zero, x) for x in (grouped.min(-1), grouped.max(-1)))
+    low, high = (np.where(nan, np.float32(np.nan), x) for x in (low, high))
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = ((high - low) / 15).astype(np.float16)
+        zero = low.astype(np.float16)
     s, z = scale.astype(np.float32)[..., None], zero.astype(np.float32)[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
         codes = np.where(s > 0, np.rint((grouped - z) / s), 0)
-    return np.clip(codes, 0, 15).astype(np.uint8).reshape(n, k), scale, zero
+    return np.clip(np.where(np.isnan(codes), 0, codes), 0, 15).astype(np.uint8).reshape(n, k), scale, zero
 
 
 def pack(
@@ -105,7 +115,7 @@ def pack(
         raise ValueError(f"cannot pack a {n}x{k} weight in groups of {group}")
     if out is None:
         out = empty(n, k, group)
-    elif (out.n, out.k, out.group) != (n, k, group) or not out.contiguous():
+    elif (out.n, out.k, out.group) != (n, k, group) or not out.writable():
         raise ValueError(f"cannot pack a {n}x{k} weight in groups of {group} into {out.n}x{out.k}, {out.group}")
     codes, scales = out.codes, out.scales
     address = weight.ctypes.data

@@ -42,13 +42,18 @@ class Q8Weights:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"codes": self.codes, "scales": self.scales, "sums": self.sums}
 
+    def writable(self) -> bool:
+        """Whether the arrays have the layout's shapes and dtypes, C order, and can be written (what
+        `pack_rows` fills)."""
+        return all(
+            a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+            for a, (shape, dtype) in zip(self.arrays().values(), _layout(self.n, self.k).values())
+        )
+
     @classmethod
     def from_arrays(cls, n: int, k: int, arrays: dict) -> Q8Weights:
         """The weight of `arrays()` (a stored copy, say), or ValueError if they do not make an n x k one."""
-        rows, kp = -(-n // BLOCK_ROWS) * BLOCK_ROWS, -(-k // 8) * 8
-        shapes = {"codes": ((rows // BLOCK_ROWS, kp // 4, 64), np.int8), "scales": ((rows,), np.float32)}
-        shapes["sums"] = ((rows,), np.int32)
-        for name, (shape, dtype) in shapes.items():
+        for name, (shape, dtype) in _layout(n, k).items():
             got = arrays[name]
             if got.shape != shape or got.dtype != dtype or not got.flags.c_contiguous:
                 raise ValueError(f"q8 {name} {got.dtype} {got.shape}, not {np.dtype(dtype)} {shape}, for {n} x {k}")
@@ -72,14 +77,17 @@ def zeros(n: int, k: int) -> Q8Weights:
     """An all-zero packed weight of n x k (what `pack_rows` fills)."""
     if n < 1 or not 1 <= k <= lib.Q8_MAX_K:
         raise ValueError(f"a q8 weight is n >= 1 by 1 <= k <= {lib.Q8_MAX_K}, not {n} x {k}")
+    return Q8Weights(n, k, *(np.zeros(shape, dtype) for shape, dtype in _layout(n, k).values()))
+
+
+def _layout(n: int, k: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    # the arrays of an n x k weight, in `arrays()` order: their shapes and dtypes (q8.h)
     rows, kp = -(-n // BLOCK_ROWS) * BLOCK_ROWS, -(-k // 8) * 8
-    return Q8Weights(
-        n,
-        k,
-        np.zeros((rows // BLOCK_ROWS, kp // 4, 64), dtype=np.int8),
-        np.zeros(rows, np.float32),
-        np.zeros(rows, np.int32),
-    )
+    return {
+        "codes": ((rows // BLOCK_ROWS, kp // 4, 64), np.int8),
+        "scales": ((rows,), np.float32),
+        "sums": ((rows,), np.int32),
+    }
 
 
 def pack_rows(w: Q8Weights, first: int, rows, bfloat16: bool = False, isa: str | None = None) -> None:
@@ -89,6 +97,8 @@ def pack_rows(w: Q8Weights, first: int, rows, bfloat16: bool = False, isa: str |
     rows = np.ascontiguousarray(rows, dtype=np.uint16 if bfloat16 else np.float32)
     if rows.ndim != 2 or rows.shape[1] != w.k or not 0 <= first <= w.n - rows.shape[0]:
         raise ValueError(f"cannot pack {rows.shape} rows at row {first} of a {w.n} x {w.k} weight")
+    if not w.writable():
+        raise ValueError("pack_rows writes into the arrays of `zeros(n, k)`: writable, C-contiguous, of its shapes")
     address = rows.ctypes.data
     args = (ffi.NULL, ffi.cast("uint16_t *", address)) if bfloat16 else (ffi.cast("float *", address), ffi.NULL)
     status = lib.q8_pack(

@@ -185,6 +185,15 @@ def test_a_tree_is_as_wide_as_allowed_and_sized_by_the_cost_curve():
     assert tree_shape([0.6, 0.2, 0.1], steep, 1.0, 16, 3)[0] < nodes
 
 
+def test_large_trees_pay_only_where_both_a_verification_and_a_draft_node_are_cheap():
+    # the large-N benchmark's rank rates; the target's forward as dear for 49 tokens as for one
+    rates = [0.73, 0.18, 0.06]
+    sizes = {ratio: tree_shape(rates, CostCurve(ratio), 0.96, 48, 3)[0] for ratio in (0.0, 0.02, 0.2)}
+    assert sizes[0.0] >= 32  # a free draft: the large trees of docs/memory-model.md
+    assert 8 <= sizes[0.02] < 16
+    assert sizes[0.2] <= 3  # a draft forward a fifth of a target's (this CPU's pair): small trees
+
+
 def test_the_lower_bound_budget_of_a_tree_covers_its_nodes():
     curve = CostCurve()
     for m in range(1, 18):

@@ -152,3 +152,20 @@ def test_bad_pack_calls_are_refused():
         q8.pack_rows(w, 0, np.ones((2, 11), np.float32))
     with pytest.raises(ValueError, match="n >= 1"):
         q8.zeros(0, 12)
+
+
+def test_halves_round_to_even_on_every_path_in_the_vector_body_and_the_tail():
+    odd = np.array([1, 3, 5, -1, -3, -5, 7, 9, -7, -9, 11, 13, 15, -11, -13, 17, 19], dtype=np.float32)
+    weight = np.concatenate([[254], odd])[None, :].astype(np.float32)  # scale 2: every other input is k + 1/2
+    expected = [127, 0, 2, 2, 0, -2, -2, 4, 4, -4, -4, 6, 6, 8, -6, -6, 8, 10]
+    assert list(q8.quantize(weight)[0][0]) == expected
+    for isa in ("scalar", "avx2", None) if "avx2" in q4.available_isas() else ("scalar", None):
+        assert list(q8.unpack_codes(q8.quantize_pack(weight, isa=isa))[0]) == expected, isa
+
+
+def test_pack_rows_refuses_arrays_it_cannot_write():
+    w = q8.zeros(20, 12)
+    frozen = q8.Q8Weights(20, 12, w.codes.copy(), w.scales, w.sums)
+    frozen.codes.flags.writeable = False  # a weight mapped read-only from the store, say
+    with pytest.raises(ValueError, match="writable"):
+        q8.pack_rows(frozen, 0, np.ones((4, 12), np.float32))
