@@ -20,14 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define Q4_X86 1
-#include <immintrin.h>
-#else
-#define Q4_X86 0
-#endif
-
-
 typedef struct {
     int64_t n, k, group, groups;
     const uint8_t *codes;
@@ -67,10 +59,7 @@ static void block_scalar(const q4_job *j, int64_t b, int64_t row, int rows) {
     }
 }
 
-#if Q4_X86
-
-#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vnni,fma,f16c")))
-#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#if ROW_BLOCKS_X86
 
 /* `rows` is a constant at each call site below, so the accumulators become registers. */
 static inline __attribute__((always_inline)) TARGET_AVX512 void avx512_rows(const q4_job *j, int64_t b, int64_t row,
@@ -164,12 +153,12 @@ TARGET_AVX2 static void block_avx2(const q4_job *j, int64_t b, int64_t row, int 
     CALL_IN_PAIRS_OF_ROWS(avx2_rows, j, b, row, rows);
 }
 
-#endif /* Q4_X86 */
+#endif /* ROW_BLOCKS_X86 */
 
 int q4_has_isa(int isa) {
     if (isa == Q4_ISA_SCALAR)
         return 1;
-#if Q4_X86
+#if ROW_BLOCKS_X86
     __builtin_cpu_init();
     const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     if (isa == Q4_ISA_AVX2)
@@ -209,7 +198,7 @@ static void quantize_row(const float *x, int64_t k, int64_t group, int8_t *a, fl
 
 typedef void (*q4_quantize_fn)(const float *x, int64_t k, int64_t group, int8_t *a, float *asum, float *sa);
 
-#if Q4_X86
+#if ROW_BLOCKS_X86
 /* quantize_row in 8 lanes, bit for bit: max ignores a NaN in x as fmaxf does (the second operand
  * is the result when either is NaN), the product is the same float multiply, and cvtps rounds to
  * nearest even as lrintf does in the default rounding mode (out of range or NaN: INT_MIN, as
@@ -258,7 +247,7 @@ int q4_shape_ok(int64_t n, int64_t k, int64_t group) {
 void q4_quantize_team(int64_t m, int64_t k, int64_t group, const float *x, int8_t *a, float *asum, float *sa,
                       int isa) {
     q4_quantize_fn quantize = quantize_row;
-#if Q4_X86
+#if ROW_BLOCKS_X86
     if (isa != Q4_ISA_SCALAR)
         quantize = quantize_row_avx2;
 #else
@@ -270,18 +259,6 @@ void q4_quantize_team(int64_t m, int64_t k, int64_t group, const float *x, int8_
         quantize(x + r * k, k, group, a + r * k, asum + r * groups, sa + r);
 }
 
-static q4_block_fn block_for(int isa) {
-#if Q4_X86
-    if (isa == Q4_ISA_AVX512VNNI)
-        return block_avx512;
-    if (isa == Q4_ISA_AVX2)
-        return block_avx2;
-#else
-    (void)isa;
-#endif
-    return block_scalar;
-}
-
 /* The products of the weight blocks `index[0..count)` (every block when index is NULL). A listed
  * block's job points at its codes and scales, so each block computes exactly what it computes in
  * the whole product, and writes the same columns of y. */
@@ -289,7 +266,7 @@ static void products_team(int64_t m, int64_t n, int64_t k, int64_t group, const 
                           const uint16_t *scales, const int64_t *index, int64_t count, const int8_t *a,
                           const float *asum, const float *sa, float *y, int isa) {
     const q4_job job = {n, k, group, k / group, codes, scales, a, asum, sa, y};
-    const q4_block_fn block = block_for(isa);
+    const q4_block_fn block = BLOCK_FOR_ISA(isa, block_avx512, block_avx2, block_scalar);
     const int64_t blocks = index ? count : n / BLOCK_ROWS;
     for (int64_t tile = 0; tile < m; tile += ROW_TILE) {
         const int64_t end = tile + ROW_TILE < m ? tile + ROW_TILE : m;

@@ -65,6 +65,19 @@ class Q4Weights:
         )
 
 
+def product_output(x: np.ndarray, k: int, n: int, out: np.ndarray | None) -> np.ndarray:
+    """The y [m, n] a product of x [m, k] writes (`out`, or a new array), once both are checked to
+    be C-contiguous float32 arrays of those shapes (what q4's and q8's `linear` pass to C)."""
+    if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != k or not x.flags.c_contiguous:
+        raise ValueError(f"x must be a C-contiguous float32 [m, {k}] array, not {x.dtype} {x.shape}")
+    m = x.shape[0]
+    if out is None:
+        return np.empty((m, n), dtype=np.float32)
+    if out.dtype != np.float32 or out.shape != (m, n) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 [{m}, {n}] array")
+    return out
+
+
 def check(name: str, status: int) -> None:
     """Raise NativeError unless a decoding kernel (q4's or q8's) answered Q4_OK."""
     if status != lib.Q4_OK:
@@ -193,13 +206,8 @@ def linear(
     """y = x W^T for float32 x [m, k] (C-contiguous); `isa` forces a path (None: the fastest).
     With `blocks` (16-row weight blocks, each listed once) only their columns of y are written,
     bit for bit what the whole product writes there; the other columns of `out` keep what they held."""
-    if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != w.k or not x.flags.c_contiguous:
-        raise ValueError(f"x must be a C-contiguous float32 [m, {w.k}] array, not {x.dtype} {x.shape}")
+    out = product_output(x, w.k, w.n, out)
     m = x.shape[0]
-    if out is None:
-        out = np.empty((m, w.n), dtype=np.float32)
-    elif out.dtype != np.float32 or out.shape != (m, w.n) or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float32 [{m}, {w.n}] array")
     code = lib.Q4_ISA_AUTO if isa is None else ISAS[isa]
     index = None if blocks is None else np.ascontiguousarray(blocks, dtype=np.int64)
     linear_ptr(m, w, w.codes.ctypes.data, w.scales.ctypes.data, x.ctypes.data, out.ctypes.data, threads, code, index)

@@ -14,16 +14,10 @@
  */
 #include "half.h"
 #include "q4.h"
+#include "row_blocks.h"
 
 #include <math.h>
 #include <string.h>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define PACK_AVX2 1
-#else
-#define PACK_AVX2 0
-#endif
 
 int q4_half_from_float(int64_t count, const float *x, uint16_t *out) {
     if (count < 0 || (count && (!x || !out)))
@@ -67,12 +61,11 @@ static void pack_group(const float *w32, const uint16_t *wbf16, int64_t start, i
     }
 }
 
-#if PACK_AVX2
+#if ROW_BLOCKS_X86
 /* pack_group, 8 lanes at a time. Of equal extremes the scalar loop keeps the first in order, which
  * only tells +0 from -0 apart: a zero extreme is looked up again in order. */
-__attribute__((target("avx2,f16c"))) static void pack_group_avx2(const float *w32, const uint16_t *wbf16,
-                                                                  int64_t start, int64_t group, uint16_t *hs,
-                                                                  uint16_t *hz, uint8_t *q) {
+TARGET_AVX2 static void pack_group_avx2(const float *w32, const uint16_t *wbf16, int64_t start, int64_t group,
+                                        uint16_t *hs, uint16_t *hz, uint8_t *q) {
     float vals[Q4_MAX_GROUP];
     __m256 low = _mm256_setzero_ps(), high = low, unordered = low;
     for (int64_t j = 0; j < group; j += 8) {
@@ -137,7 +130,7 @@ int q4_pack(int64_t n, int64_t k, int64_t group, const float *w32, const uint16_
     if (isa != Q4_ISA_AUTO && !q4_has_isa(isa))
         return Q4_ENOISA;
     int64_t groups = k / group, octets = k / 8;
-#if PACK_AVX2
+#if ROW_BLOCKS_X86
     const int avx2 = (isa == Q4_ISA_AUTO ? q4_best_isa() : isa) != Q4_ISA_SCALAR; /* AVX2 on both x86 paths */
 #endif
     for (int64_t i = 0; i < n; i++) {
@@ -145,7 +138,7 @@ int q4_pack(int64_t n, int64_t k, int64_t group, const float *w32, const uint16_
         for (int64_t g = 0; g < groups; g++) {
             uint8_t q[Q4_MAX_GROUP];
             uint16_t *slot = scales + ((b * groups + g) * 2) * 16 + r;
-#if PACK_AVX2
+#if ROW_BLOCKS_X86
             if (avx2)
                 pack_group_avx2(w32, wbf16, i * k + g * group, group, slot, slot + 16, q);
             else

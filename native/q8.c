@@ -19,13 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define Q8_X86 1
-#include <immintrin.h>
-#else
-#define Q8_X86 0
-#endif
-
 typedef struct {
     int64_t n, quads;
     const int8_t *codes;
@@ -60,10 +53,7 @@ static void block_scalar(const q8_job *j, int64_t b, int64_t row, int rows) {
     }
 }
 
-#if Q8_X86
-
-#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vnni")))
-#define TARGET_AVX2 __attribute__((target("avx2")))
+#if ROW_BLOCKS_X86
 
 /* `rows` is a constant at each call site below, so the accumulators become registers. */
 static inline __attribute__((always_inline)) TARGET_AVX512 void avx512_rows(const q8_job *j, int64_t b, int64_t row,
@@ -128,19 +118,7 @@ TARGET_AVX2 static void block_avx2(const q8_job *j, int64_t b, int64_t row, int 
     CALL_IN_PAIRS_OF_ROWS(avx2_rows, j, b, row, rows);
 }
 
-#endif /* Q8_X86 */
-
-static q8_block_fn block_for(int isa) {
-#if Q8_X86
-    if (isa == Q4_ISA_AVX512VNNI)
-        return block_avx512;
-    if (isa == Q4_ISA_AVX2)
-        return block_avx2;
-#else
-    (void)isa;
-#endif
-    return block_scalar;
-}
+#endif /* ROW_BLOCKS_X86 */
 
 int q8_linear(int64_t m, int64_t n, int64_t k, const int8_t *codes, const float *scales, const int32_t *sums,
               const float *x, float *y, int threads, int isa) {
@@ -170,7 +148,7 @@ int q8_linear(int64_t m, int64_t n, int64_t k, const int8_t *codes, const float 
     for (int64_t r = 0; padded && r < m; r++)
         memcpy(padded + r * kp, x + r * k, (size_t)k * sizeof *x);
     const q8_job job = {n, kp / 4, codes, scales, sums, a, sa, y};
-    const q8_block_fn block = block_for(isa);
+    const q8_block_fn block = BLOCK_FOR_ISA(isa, block_avx512, block_avx2, block_scalar);
 #pragma omp parallel num_threads(threads)
     {
         q4_quantize_team(m, kp, 8, padded ? padded : x, a, asum, sa, isa);

@@ -168,15 +168,9 @@ def unpack_codes(w: Q8Weights) -> np.ndarray:
 
 def linear(x: np.ndarray, w: Q8Weights, threads: int = 1, isa: str | None = None, out: np.ndarray | None = None):
     """y = x W^T for float32 x [m, k] (C-contiguous); `isa` forces a path (None: the fastest)."""
-    if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != w.k or not x.flags.c_contiguous:
-        raise ValueError(f"x must be a C-contiguous float32 [m, {w.k}] array, not {x.dtype} {x.shape}")
-    m = x.shape[0]
-    if out is None:
-        out = np.empty((m, w.n), dtype=np.float32)
-    elif out.dtype != np.float32 or out.shape != (m, w.n) or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float32 [{m}, {w.n}] array")
+    out = q4.product_output(x, w.k, w.n, out)
     code = lib.Q4_ISA_AUTO if isa is None else q4.ISAS[isa]
-    linear_ptr(m, w, x.ctypes.data, out.ctypes.data, threads, code)
+    linear_ptr(x.shape[0], w, x.ctypes.data, out.ctypes.data, threads, code)
     return out
 
 

@@ -11,18 +11,12 @@
  * AVX2 path (8 lanes at a time) and the portable one write the same bits.
  */
 #include "q4.h"
+#include "row_blocks.h"
 #include "q8.h"
 
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define PACK_AVX2 1
-#else
-#define PACK_AVX2 0
-#endif
 
 static inline float bf16_to_float(uint16_t bits) {
     union {
@@ -56,16 +50,15 @@ static void row_codes(const float *w32, const uint16_t *wbf16, int64_t at, int64
         c[j] = code_of(rintf(input(w32, wbf16, at + j) / s)); /* to nearest even */
 }
 
-#if PACK_AVX2
-__attribute__((target("avx2"))) static inline __m256 load8(const float *w32, const uint16_t *wbf16, int64_t at) {
+#if ROW_BLOCKS_X86
+TARGET_AVX2 static inline __m256 load8(const float *w32, const uint16_t *wbf16, int64_t at) {
     if (w32)
         return _mm256_loadu_ps(w32 + at);
     __m128i bits = _mm_loadu_si128((const __m128i *)(wbf16 + at));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
 }
 
-__attribute__((target("avx2"))) static float row_scale_avx2(const float *w32, const uint16_t *wbf16, int64_t at,
-                                                             int64_t k) {
+TARGET_AVX2 static float row_scale_avx2(const float *w32, const uint16_t *wbf16, int64_t at, int64_t k) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 m = _mm256_setzero_ps();
     int64_t j = 0;
@@ -83,8 +76,8 @@ __attribute__((target("avx2"))) static float row_scale_avx2(const float *w32, co
     return s > FLT_MIN ? s : FLT_MIN;
 }
 
-__attribute__((target("avx2"))) static void row_codes_avx2(const float *w32, const uint16_t *wbf16, int64_t at,
-                                                            int64_t k, float s, int8_t *c) {
+TARGET_AVX2 static void row_codes_avx2(const float *w32, const uint16_t *wbf16, int64_t at, int64_t k, float s,
+                                       int8_t *c) {
     const __m256 vs = _mm256_set1_ps(s), low = _mm256_set1_ps(-127.0f), high = _mm256_set1_ps(127.0f);
     int64_t j = 0;
     for (; j + 8 <= k; j += 8) {
@@ -112,13 +105,13 @@ int q8_pack(int64_t rows, int64_t k, const float *w32, const uint16_t *wbf16, in
     if (!c)
         return Q4_ENOMEM;
     int64_t quads = (k + 7) / 8 * 2;
-#if PACK_AVX2
+#if ROW_BLOCKS_X86
     const int avx2 = (isa == Q4_ISA_AUTO ? q4_best_isa() : isa) != Q4_ISA_SCALAR; /* AVX2 on both x86 paths */
 #endif
     for (int64_t i = 0; i < rows; i++) {
         int64_t at = i * k, row = first + i;
         float s;
-#if PACK_AVX2
+#if ROW_BLOCKS_X86
         if (avx2) {
             s = row_scale_avx2(w32, wbf16, at, k);
             row_codes_avx2(w32, wbf16, at, k, s, c);

@@ -1,11 +1,34 @@
 /* What the 4-bit and 8-bit linear kernels (q4.c, q8.c) share: output rows in blocks of 16, up to
  * CHUNK input rows served by one pass over a block's codes, ROW_TILE input rows whose activations
  * stay in cache while every block passes, the prefetch distance, and the dispatch that makes a
- * pass's row count a constant so its accumulators become registers. Not part of the cffi interface. */
+ * pass's row count a constant so its accumulators become registers, and the instruction-set paths
+ * (which are compiled, what each may use, and a path's pass), which the packers use too.
+ * Not part of the cffi interface. */
 #ifndef SPECMEMO_ROW_BLOCKS_H
 #define SPECMEMO_ROW_BLOCKS_H
+#include "q4.h"
+
 #include <stdint.h>
 #include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define ROW_BLOCKS_X86 1 /* the AVX-512 VNNI and AVX2 paths are compiled */
+#include <immintrin.h>
+/* What each path may use: what q4_has_isa checks the CPU for. */
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vnni,fma,f16c")))
+#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define ROW_BLOCKS_X86 0
+#endif
+
+/* A kernel's pass over one block for an instruction-set path (q4.h's Q4_ISA_*, AUTO resolved):
+ * each kernel names its three. */
+#if ROW_BLOCKS_X86
+#define BLOCK_FOR_ISA(isa, avx512, avx2, scalar) \
+    ((isa) == Q4_ISA_AVX512VNNI ? (avx512) : (isa) == Q4_ISA_AVX2 ? (avx2) : (scalar))
+#else
+#define BLOCK_FOR_ISA(isa, avx512, avx2, scalar) ((void)(isa), (scalar))
+#endif
 
 #define BLOCK_ROWS 16
 #define CHUNK 9      /* input rows per pass over a block's codes (accumulators stay in registers):
