@@ -53,16 +53,25 @@ class Q4Weights:
     def writable(self) -> bool:
         """Whether the arrays have the layout's shapes, dtypes and C order, and can be written (what
         `pack` fills)."""
-        return (
-            self.codes.flags.writeable
-            and self.scales.flags.writeable
-            and self.codes.dtype == np.uint8
-            and self.codes.shape == (self.n // BLOCK_ROWS, self.k // 8, 64)
-            and self.scales.dtype == np.uint16
-            and self.scales.shape == (self.n // BLOCK_ROWS, self.k // self.group, 2, BLOCK_ROWS)
-            and self.codes.flags.c_contiguous
-            and self.scales.flags.c_contiguous
+        return all(
+            a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+            for a, (shape, dtype) in zip((self.codes, self.scales), layout(self.n, self.k, self.group))
         )
+
+    @classmethod
+    def from_arrays(cls, n: int, k: int, group: int, arrays: dict) -> Q4Weights:
+        """The weight of stored `codes` and `scales` (a stored copy, say), or ValueError if they do not
+        make an n x k one in groups of `group`."""
+        for name, (shape, dtype) in zip(("codes", "scales"), layout(n, k, group)):
+            got = arrays[name]
+            if got.shape != shape or got.dtype != dtype or not got.flags.c_contiguous:
+                raise ValueError(f"q4 {name} {got.dtype} {got.shape}, not {np.dtype(dtype)} {shape}, for {n} x {k}")
+        return cls(n, k, group, arrays["codes"], arrays["scales"])
+
+
+def layout(n: int, k: int, group: int) -> tuple[tuple[tuple[int, ...], type], ...]:
+    """The (shape, dtype) of an n x k weight's codes and scales (q4.h)."""
+    return ((n // BLOCK_ROWS, k // 8, 64), np.uint8), ((n // BLOCK_ROWS, k // group, 2, BLOCK_ROWS), np.uint16)
 
 
 def product_output(x: np.ndarray, k: int, n: int, out: np.ndarray | None) -> np.ndarray:
@@ -97,14 +106,12 @@ def quantize(weight: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray, np
     """Codes q (uint8 in 0..15, [n, k]) and float16 scale and zero ([n, k/group]): per row and
     group, the 16 levels span [min, max]; codes are chosen against the float16-rounded scale.
     Where they are not plain numbers the rule is explicit: a group holding a NaN has the quiet NaN
-    (0x7E00) as scale and zero and codes 0; a zero extreme is the first zero of the group in order
-    (+0 or -0: numpy's reductions may answer either); a code that is NaN (inf - inf) is 0."""
+    (0x7E00) as scale and zero and codes 0; a zero extreme is +0 (numpy's reductions may answer
+    -0 or +0); a code that is NaN (inf - inf) is 0."""
     n, k = weight.shape
     grouped = np.asarray(weight, dtype=np.float32).reshape(n, k // group, group)
     nan = np.isnan(grouped).any(-1)
-    first_zero = np.take_along_axis(grouped, np.argmax(grouped == 0, axis=-1)[..., None], -1)[..., 0]
-    low, high = (np.where(x == 0, first_zero, x) for x in (grouped.min(-1), grouped.max(-1)))
-    low, high = (np.where(nan, np.float32(np.nan), x) for x in (low, high))
+    low, high = (np.where(nan, np.float32(np.nan), x + np.float32(0)) for x in (grouped.min(-1), grouped.max(-1)))
     with np.errstate(over="ignore", invalid="ignore"):
         scale = ((high - low) / 15).astype(np.float16)
         zero = low.astype(np.float16)
@@ -143,13 +150,7 @@ def pack(
 
 def empty(n: int, k: int, group: int) -> Q4Weights:
     """Uninitialized arrays of a packed n x k weight (what `pack` fills)."""
-    return Q4Weights(
-        n,
-        k,
-        group,
-        np.empty((n // BLOCK_ROWS, k // 8, 64), dtype=np.uint8),
-        np.empty((n // BLOCK_ROWS, k // group, 2, BLOCK_ROWS), dtype=np.uint16),
-    )
+    return Q4Weights(n, k, group, *(np.empty(shape, dtype) for shape, dtype in layout(n, k, group)))
 
 
 def reference_pack(weight, group: int = 64) -> Q4Weights:

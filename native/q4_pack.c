@@ -3,7 +3,7 @@
  * numpy temporaries that made loading a 1.5B model spend most of its time here.
  *
  * Per output row i and group g of `group` inputs: lo, hi = min, max of the group (NaN if any
- * input is NaN, as numpy's reductions answer); scale = f16((hi - lo) / 15) and zero = f16(lo),
+ * input is NaN, as numpy's reductions answer; +0 for a zero of either sign); scale = f16((hi - lo) / 15) and zero = f16(lo),
  * rounded to nearest even; q = clamp(rint((w - zero) / scale), 0, 15) with scale and zero read
  * back from float16, or 0 where the scale is not > 0. Every operation is one IEEE float32 rounding
  * in the order written (no contraction: -std=c11), so the codes are numpy's.
@@ -31,14 +31,8 @@ int q4_half_from_float(int64_t count, const float *x, uint16_t *out) {
 static void pack_group(const float *w32, const uint16_t *wbf16, int64_t start, int64_t group, uint16_t *hs,
                        uint16_t *hz, uint8_t *q) {
     float vals[Q4_MAX_GROUP];
-    if (w32) {
-        memcpy(vals, w32 + start, (size_t)group * sizeof *vals);
-    } else {
-        uint32_t bits[Q4_MAX_GROUP];
-        for (int64_t j = 0; j < group; j++)
-            bits[j] = (uint32_t)wbf16[start + j] << 16;
-        memcpy(vals, bits, (size_t)group * sizeof *vals);
-    }
+    for (int64_t j = 0; j < group; j++)
+        vals[j] = w32 ? w32[start + j] : bf16_to_float(wbf16[start + j]);
     float lo = vals[0], hi = vals[0];
     int nan = 0;
     for (int64_t j = 0; j < group; j++) {
@@ -48,6 +42,7 @@ static void pack_group(const float *w32, const uint16_t *wbf16, int64_t start, i
     }
     if (nan)
         lo = hi = NAN;
+    lo += 0.0f, hi += 0.0f; /* a zero extreme is +0 */
     *hs = half_from_float((hi - lo) / 15.0f);
     *hz = half_from_float(lo);
     float s = half_to_float(*hs), z = half_to_float(*hz);
@@ -62,20 +57,13 @@ static void pack_group(const float *w32, const uint16_t *wbf16, int64_t start, i
 }
 
 #if ROW_BLOCKS_X86
-/* pack_group, 8 lanes at a time. Of equal extremes the scalar loop keeps the first in order, which
- * only tells +0 from -0 apart: a zero extreme is looked up again in order. */
+/* pack_group, 8 lanes at a time. */
 TARGET_AVX2 static void pack_group_avx2(const float *w32, const uint16_t *wbf16, int64_t start, int64_t group,
                                         uint16_t *hs, uint16_t *hz, uint8_t *q) {
     float vals[Q4_MAX_GROUP];
     __m256 low = _mm256_setzero_ps(), high = low, unordered = low;
     for (int64_t j = 0; j < group; j += 8) {
-        __m256 v;
-        if (w32) {
-            v = _mm256_loadu_ps(w32 + start + j);
-        } else {
-            __m128i bits = _mm_loadu_si128((const __m128i *)(wbf16 + start + j));
-            v = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
-        }
+        __m256 v = load8_weights(w32, wbf16, start + j);
         _mm256_storeu_ps(vals + j, v);
         unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
         low = j ? _mm256_min_ps(low, v) : v;
@@ -91,16 +79,7 @@ TARGET_AVX2 static void pack_group_avx2(const float *w32, const uint16_t *wbf16,
             lo = l[t] < lo ? l[t] : lo;
             hi = h[t] > hi ? h[t] : hi;
         }
-        for (int64_t j = 0; lo == 0.0f && j < group; j++)
-            if (vals[j] == 0.0f) {
-                lo = vals[j];
-                break;
-            }
-        for (int64_t j = 0; hi == 0.0f && j < group; j++)
-            if (vals[j] == 0.0f) {
-                hi = vals[j];
-                break;
-            }
+        lo += 0.0f, hi += 0.0f; /* a zero extreme is +0 */
     }
     *hs = (uint16_t)_cvtss_sh((hi - lo) / 15.0f, _MM_FROUND_TO_NEAREST_INT);
     *hz = (uint16_t)_cvtss_sh(lo, _MM_FROUND_TO_NEAREST_INT);
@@ -125,14 +104,12 @@ TARGET_AVX2 static void pack_group_avx2(const float *w32, const uint16_t *wbf16,
 int q4_pack(int64_t n, int64_t k, int64_t group, const float *w32, const uint16_t *wbf16, uint8_t *codes,
             uint16_t *scales, int isa) {
     if (n <= 0 || k <= 0 || n % 16 || group < 8 || group > Q4_MAX_GROUP || group % 8 || k % group ||
-        !w32 == !wbf16 || !codes || !scales || isa < Q4_ISA_AUTO || isa > Q4_ISA_AVX512VNNI)
+        !w32 == !wbf16 || !codes || !scales)
         return Q4_EINVAL;
-    if (isa != Q4_ISA_AUTO && !q4_has_isa(isa))
-        return Q4_ENOISA;
+    int avx2, status = pack_path(isa, &avx2);
+    if (status != Q4_OK)
+        return status;
     int64_t groups = k / group, octets = k / 8;
-#if ROW_BLOCKS_X86
-    const int avx2 = (isa == Q4_ISA_AUTO ? q4_best_isa() : isa) != Q4_ISA_SCALAR; /* AVX2 on both x86 paths */
-#endif
     for (int64_t i = 0; i < n; i++) {
         int64_t b = i / 16, r = i % 16;
         for (int64_t g = 0; g < groups; g++) {

@@ -136,7 +136,7 @@ int q8_linear(int64_t m, int64_t n, int64_t k, const int8_t *codes, const float 
     /* the rows padded with zeros to kp (quantized to zero codes; the maximum is unchanged) */
     float *padded = kp == k ? NULL : calloc((size_t)(m * kp), sizeof *padded);
     int8_t *a = malloc((size_t)(m * kp));
-    float *asum = malloc((size_t)(m * (kp / 8)) * sizeof *asum); /* q4's per-group sums: not used here */
+    float *asum = malloc((size_t)m * sizeof *asum); /* q4's group sums, one group a row: not used here */
     float *sa = malloc((size_t)m * sizeof *sa);
     if ((kp != k && !padded) || !a || !asum || !sa) {
         free(padded);
@@ -151,7 +151,7 @@ int q8_linear(int64_t m, int64_t n, int64_t k, const int8_t *codes, const float 
     const q8_block_fn block = BLOCK_FOR_ISA(isa, block_avx512, block_avx2, block_scalar);
 #pragma omp parallel num_threads(threads)
     {
-        q4_quantize_team(m, kp, 8, padded ? padded : x, a, asum, sa, isa);
+        q4_quantize_team(m, kp, kp, padded ? padded : x, a, asum, sa, isa);
         if (isa == Q4_ISA_AVX512VNNI) { /* a + 128 as unsigned bytes, for vpdpbusd */
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < m * kp; i++)

@@ -33,9 +33,9 @@ int q8_linear(int64_t m, int64_t n, int64_t k, const int8_t *codes, const float 
 /* Quantize rows first .. first + rows - 1 of an n-row weight into the layout above (q8_pack.c),
  * from `rows` x k float32 values (w32) or bfloat16 bit patterns (wbf16), one of them non-null:
  * per row scale = max |w| / 127 (NaN ignored; at least FLT_MIN) and c = clamp(rint(w / scale),
- * -127, 127) (0 where NaN), each row's codes, scale and code sum written in place. The caller
- * zeroes the buffers first (the padding stays zero). isa: Q4_ISA_AUTO or one this CPU has (the
- * same bits on every path). Answers Q4_OK, Q4_EINVAL, Q4_ENOISA, Q4_ENOMEM. */
+ * -127, 127) (0 where NaN), each row's codes (its padded inputs' codes 0), scale and code sum
+ * written in place. Rows past n are the caller's to zero (q8.zeros does). isa: Q4_ISA_AUTO or
+ * one this CPU has (the same bits on every path). Answers Q4_OK, Q4_EINVAL, Q4_ENOISA, Q4_ENOMEM. */
 int q8_pack(int64_t rows, int64_t k, const float *w32, const uint16_t *wbf16, int64_t first, int64_t n,
             int8_t *codes, float *scales, int32_t *sums, int isa);
 

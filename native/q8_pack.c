@@ -18,14 +18,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-static inline float bf16_to_float(uint16_t bits) {
-    union {
-        uint32_t u;
-        float f;
-    } v = {(uint32_t)bits << 16};
-    return v.f;
-}
-
 static inline float input(const float *w32, const uint16_t *wbf16, int64_t at) {
     return w32 ? w32[at] : bf16_to_float(wbf16[at]);
 }
@@ -51,19 +43,12 @@ static void row_codes(const float *w32, const uint16_t *wbf16, int64_t at, int64
 }
 
 #if ROW_BLOCKS_X86
-TARGET_AVX2 static inline __m256 load8(const float *w32, const uint16_t *wbf16, int64_t at) {
-    if (w32)
-        return _mm256_loadu_ps(w32 + at);
-    __m128i bits = _mm_loadu_si128((const __m128i *)(wbf16 + at));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
-}
-
 TARGET_AVX2 static float row_scale_avx2(const float *w32, const uint16_t *wbf16, int64_t at, int64_t k) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 m = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 8 <= k; j += 8) /* max_ps(a, m) answers m where a is NaN */
-        m = _mm256_max_ps(_mm256_andnot_ps(sign, load8(w32, wbf16, at + j)), m);
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, load8_weights(w32, wbf16, at + j)), m);
     float lanes[8], top = 0.0f;
     _mm256_storeu_ps(lanes, m);
     for (int t = 0; t < 8; t++)
@@ -81,7 +66,7 @@ TARGET_AVX2 static void row_codes_avx2(const float *w32, const uint16_t *wbf16, 
     const __m256 vs = _mm256_set1_ps(s), low = _mm256_set1_ps(-127.0f), high = _mm256_set1_ps(127.0f);
     int64_t j = 0;
     for (; j + 8 <= k; j += 8) {
-        __m256 q = _mm256_round_ps(_mm256_div_ps(load8(w32, wbf16, at + j), vs),
+        __m256 q = _mm256_round_ps(_mm256_div_ps(load8_weights(w32, wbf16, at + j), vs),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         q = _mm256_and_ps(q, _mm256_cmp_ps(q, q, _CMP_ORD_Q)); /* NaN -> 0 */
         q = _mm256_min_ps(_mm256_max_ps(q, low), high);
@@ -97,17 +82,15 @@ TARGET_AVX2 static void row_codes_avx2(const float *w32, const uint16_t *wbf16, 
 int q8_pack(int64_t rows, int64_t k, const float *w32, const uint16_t *wbf16, int64_t first, int64_t n,
             int8_t *codes, float *scales, int32_t *sums, int isa) {
     if (rows < 0 || k < 1 || k > Q8_MAX_K || first < 0 || first > n - rows || !w32 == !wbf16 || !codes ||
-        !scales || !sums || isa < Q4_ISA_AUTO || isa > Q4_ISA_AVX512VNNI)
+        !scales || !sums)
         return Q4_EINVAL;
-    if (isa != Q4_ISA_AUTO && !q4_has_isa(isa))
-        return Q4_ENOISA;
-    int8_t *c = malloc((size_t)k);
+    int avx2, status = pack_path(isa, &avx2);
+    if (status != Q4_OK)
+        return status;
+    const int64_t kp = (k + 7) / 8 * 8, quads = kp / 4;
+    int8_t *c = calloc((size_t)kp, 1); /* the codes past k stay 0: the VNNI path counts every code */
     if (!c)
         return Q4_ENOMEM;
-    int64_t quads = (k + 7) / 8 * 2;
-#if ROW_BLOCKS_X86
-    const int avx2 = (isa == Q4_ISA_AUTO ? q4_best_isa() : isa) != Q4_ISA_SCALAR; /* AVX2 on both x86 paths */
-#endif
     for (int64_t i = 0; i < rows; i++) {
         int64_t at = i * k, row = first + i;
         float s;
@@ -123,7 +106,7 @@ int q8_pack(int64_t rows, int64_t k, const float *w32, const uint16_t *wbf16, in
         }
         int32_t sum = 0;
         int8_t *out = codes + (row / 16) * quads * 64 + 4 * (row % 16);
-        for (int64_t j = 0; j < k; j++) {
+        for (int64_t j = 0; j < kp; j++) { /* the padding too, whatever the buffer held */
             sum += c[j];
             out[(j / 4) * 64 + j % 4] = c[j];
         }

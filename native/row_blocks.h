@@ -21,6 +21,35 @@
 #define ROW_BLOCKS_X86 0
 #endif
 
+/* A bfloat16 bit pattern as the float32 it is. */
+static inline float bf16_to_float(uint16_t bits) {
+    uint32_t u = (uint32_t)bits << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* The packers' path for `isa` (Q4_ISA_AUTO or one): Q4_OK with *avx2 set when they may take their
+ * AVX2 one (on both x86 paths), else the status to answer. */
+static inline int pack_path(int isa, int *avx2) {
+    if (isa < Q4_ISA_AUTO || isa > Q4_ISA_AVX512VNNI)
+        return Q4_EINVAL;
+    if (isa != Q4_ISA_AUTO && !q4_has_isa(isa))
+        return Q4_ENOISA;
+    *avx2 = ROW_BLOCKS_X86 && (isa == Q4_ISA_AUTO ? q4_best_isa() : isa) != Q4_ISA_SCALAR;
+    return Q4_OK;
+}
+
+#if ROW_BLOCKS_X86
+/* 8 consecutive weights as float32, from float32 (w32) or bfloat16 bit patterns (wbf16). */
+TARGET_AVX2 static inline __m256 load8_weights(const float *w32, const uint16_t *wbf16, int64_t at) {
+    if (w32)
+        return _mm256_loadu_ps(w32 + at);
+    __m128i bits = _mm_loadu_si128((const __m128i *)(wbf16 + at));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+#endif
+
 /* A kernel's pass over one block for an instruction-set path (q4.h's Q4_ISA_*, AUTO resolved):
  * each kernel names its three. */
 #if ROW_BLOCKS_X86

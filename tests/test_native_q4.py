@@ -166,6 +166,8 @@ def test_packing_in_pieces_into_one_weight_equals_packing_it_whole():
     for start, stop in ((0, 16), (16, 64), (64, 80)):
         q4.pack(weight[start:stop], 32, out=pieces.rows(start, stop))
     assert np.array_equal(pieces.codes, whole.codes) and np.array_equal(pieces.scales, whole.scales)
+    reference = q4.reference_pack(weight, 32)  # and both are numpy's
+    assert np.array_equal(whole.codes, reference.codes) and np.array_equal(whole.scales, reference.scales)
     with pytest.raises(ValueError, match="whole blocks"):
         pieces.rows(8, 24)
     with pytest.raises(ValueError, match="into"):

@@ -45,14 +45,8 @@ class Int8Linear(nn.Module):
         `q8.quantize` then `q8.pack`), a block of rows at a time: a float32 copy of a whole LM head
         (152k x 1.5k) would be several times the int8 result."""
         weights = q8.zeros(sum(p.out_features for p in parts), parts[0].in_features)
-        row = 0
-        for part in parts:
-            for rows in _row_blocks(part.weight.detach(), source):
-                if rows.dtype == torch.bfloat16:  # its bit patterns: no float32 copy of the block
-                    q8.pack_rows(weights, row, _bfloat16_bits(rows), bfloat16=True)
-                else:
-                    q8.pack_rows(weights, row, rows.float().numpy())
-                row += len(rows)
+        for row, rows, bfloat16 in _row_blocks(parts, source):
+            q8.pack_rows(weights, row, rows, bfloat16)
         return weights.arrays()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,11 +80,7 @@ class Int4Linear(nn.Module):
         self.splits = [p.out_features for p in parts]
         self.in_features, self.out_features, self.group = parts[0].in_features, sum(self.splits), group
         arrays = arrays or self.pack(parts, group)  # `arrays`: what `pack` answered before
-        self.weights = q4.Q4Weights(self.out_features, self.in_features, group, arrays["codes"], arrays["scales"])
-        blocks, k = self.out_features // q4.BLOCK_ROWS, self.in_features
-        shapes = ((blocks, k // 8, 64), (blocks, k // group, 2, q4.BLOCK_ROWS))
-        if (self.weights.codes.shape, self.weights.scales.shape) != shapes:
-            raise ValueError(f"q4 arrays {self.weights.codes.shape}, {self.weights.scales.shape} for {blocks * 16}x{k}")
+        self.weights = q4.Q4Weights.from_arrays(self.out_features, self.in_features, group, arrays)
         # torch views of the arrays: their data_ptr() is what each call passes (and forks share them)
         self._codes, self._scales = torch.from_numpy(self.weights.codes), torch.from_numpy(self.weights.scales)
         self.register_buffer("bias", bias)
@@ -124,15 +114,8 @@ class Int4Linear(nn.Module):
         """The q4 codes and scales of the parts' rows, stacked (`specmemo.native.q4.pack`), each
         block of rows packed in place into the whole weight's arrays."""
         weights = q4.empty(sum(p.out_features for p in parts), parts[0].in_features, group)
-        row = 0
-        for part in parts:
-            for rows in _row_blocks(part.weight.detach(), source):  # a block at a time (rows pack alone)
-                out = weights.rows(row, row + len(rows))
-                if rows.dtype == torch.bfloat16:  # its bit patterns: no float32 copy of the block
-                    q4.pack(_bfloat16_bits(rows), group, bfloat16=True, out=out)
-                else:
-                    q4.pack(rows.float().numpy(), group, out=out)
-                row += len(rows)
+        for row, rows, bfloat16 in _row_blocks(parts, source):  # rows pack alone
+            q4.pack(rows, group, bfloat16, out=weights.rows(row, row + len(rows)))
         return {"codes": weights.codes, "scales": weights.scales}
 
     @staticmethod
@@ -160,18 +143,22 @@ def _parts(linear: nn.Linear | list[nn.Linear]) -> tuple[list[nn.Linear], torch.
 ROW_BLOCK = 4096  # rows of a weight quantized at once (a multiple of int4's 16)
 
 
-def _bfloat16_bits(rows: torch.Tensor) -> np.ndarray:
-    # a bfloat16 tensor's bit patterns as uint16, what the C packers read
-    return rows.contiguous().view(torch.int16).numpy().view(np.uint16)
-
-
-def _row_blocks(weight: torch.Tensor, source: SourcePages | None = None):
-    # blocks of rows; with `source`, each block's checkpoint pages are dropped once it is consumed
-    for start in range(0, weight.shape[0], ROW_BLOCK):
-        block = weight[start : start + ROW_BLOCK]
-        yield block
-        if source is not None:
-            source.drop(block)
+def _row_blocks(parts: list[nn.Linear], source: SourcePages | None = None):
+    """(first row, rows, bfloat16) for each block of ROW_BLOCK rows of the parts' weights, stacked, as
+    the C packers read them: a bfloat16 block as its bit patterns (uint16, no float32 copy), any
+    other as float32. With `source`, each block's checkpoint pages are dropped once it is packed."""
+    row = 0
+    for part in parts:
+        weight = part.weight.detach()
+        for start in range(0, weight.shape[0], ROW_BLOCK):
+            block = weight[start : start + ROW_BLOCK]
+            if block.dtype == torch.bfloat16:
+                yield row, block.contiguous().view(torch.int16).numpy().view(np.uint16), True
+            else:
+                yield row, block.float().numpy(), False
+            row += len(block)
+            if source is not None:
+                source.drop(block)
 
 
 class LinearPart(nn.Module):
