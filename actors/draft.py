@@ -114,7 +114,6 @@ class DraftActor(Actor):
             probs=out["probs"],
             seconds=out["seconds"],
             token_seconds=out["token_seconds"],
-            forward_seconds={str(m): s for m, s in out["forward_seconds"].items()},
         )
 
     async def rpc_accept_batch(self, req: AcceptBatch, call: Call) -> HeldEach:

@@ -14,6 +14,7 @@ row bit for bit, on every instruction-set path (`q4.ISAS`, the same paths as the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,16 @@ class Q8Weights:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"codes": self.codes, "scales": self.scales, "sums": self.sums}
+
+    @functools.cached_property
+    def pointers(self) -> tuple:
+        """The C pointers to codes, scales and sums, made once: numpy's `.ctypes` costs microseconds
+        a call, and a forward makes a call a layer."""
+        return (
+            ffi.cast("int8_t *", self.codes.ctypes.data),
+            ffi.cast("float *", self.scales.ctypes.data),
+            ffi.cast("int32_t *", self.sums.ctypes.data),
+        )
 
     def writable(self) -> bool:
         """Whether the arrays have the layout's shapes and dtypes, C order, and can be written (what
@@ -181,9 +192,7 @@ def linear_ptr(m: int, w: Q8Weights, x: int, y: int, threads: int, isa: int = li
         m,
         w.n,
         w.k,
-        ffi.cast("int8_t *", w.codes.ctypes.data),
-        ffi.cast("float *", w.scales.ctypes.data),
-        ffi.cast("int32_t *", w.sums.ctypes.data),
+        *w.pointers,
         ffi.cast("float *", x),
         ffi.cast("float *", y),
         threads,

@@ -58,7 +58,6 @@ class Proposal:
     probs: np.ndarray | None = None  # float32 [B, Nmax, V] of sampled nodes
     seconds: float = 0.0
     token_seconds: float | None = None  # mean forward time of the positions that fed one token a row
-    forward_seconds: dict[str, float] | None = None  # {M: mean seconds of forwards feeding M a row}
 
 
 @message

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from specmemo.actors.engine import Engine
-from specmemo.actors.engine.draft import _Draw
+from specmemo.actors.engine.acceptance import RankAcceptance
+from specmemo.actors.engine.draft import _Draw, _rank_rates
 from specmemo.actors.engine.manager import MemoryManager
 from specmemo.actors.engine.memory_model import (
     CostCurve,
@@ -207,6 +208,15 @@ def test_the_lower_bound_budget_of_a_tree_covers_its_nodes():
     )
 
 
+def test_rank_rates_keep_the_rank_models_order():
+    acceptance = RankAcceptance.empty(3)
+    acceptance.record(5, 8, tried=[10, 10, 2], hits=[0, 5, 0])  # the second choice right more often
+    rates = acceptance.rates(0.7, 3)
+    assert rates[0] >= rates[1] >= rates[2] and rates[1] == rates[0] and sum(rates) <= 0.99 + 1e-12
+    # priced as the tree the draft grows (`_rank_rates` leaves rates in order unchanged)
+    assert _rank_rates(rates, 3) == rates
+
+
 def test_commits_feed_the_rank_rates_and_grants_answer_the_width():
     m = MemoryManager(1 << 30, block_tokens=4, gamma_max=12, width_max=3)
     m.add_holder("draft", 10)
@@ -226,7 +236,10 @@ def test_commits_feed_the_rank_rates_and_grants_answer_the_width():
         m.commit("s", sum(hits), sum(hits) + 1, tried, hits)
     after = m.rates("s")
     assert after[1] > before[1]
-    assert m.grant("s")["width"] > 1
+    answer = m.grant("s")
+    assert answer["width"] > 1
+    # the answer's rates are those the shape was priced with (the session's, to the width granted)
+    assert answer["rates"] == after[: answer["width"]]
     # a fixed γ without a width is a chain; with one it is that wide
     m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
     assert m.grant("s", gamma=4)["width"] == 1
@@ -282,7 +295,6 @@ def test_a_sampled_tree_grows_by_the_sessions_rank_rates_whatever_tokens_it_draw
 
 def test_rank_rates_are_cleaned_before_they_key_a_tree():
     # one rate a rank up to the width, in [0, 1], none above the rank before it (the model's order)
-    from specmemo.actors.engine.draft import _rank_rates
 
     assert _rank_rates(None, 3) is None and _rank_rates([], 3) is None
     assert _rank_rates([0.5], 3) == [0.5, 0.0, 0.0]

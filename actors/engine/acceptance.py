@@ -4,7 +4,9 @@ Each step's walk over the token tree (`tree.verify_tree`) counts, per rank r, th
 that had an r-th child (tried_r) and the r-th children accepted (hits_r); a chain is width 1.
 The rate of rank r, with a prior counted as 4 trials:
     a_r = (hits_r + 4·prior_r) / (tried_r + 4),   prior_1 = α0,   prior_r = (1 − α0) / (r + 1)
-scaled so that Σ_r a_r ≤ 0.99 (the memory model's tree shapes need a sub-distribution).
+each at most the rate of the rank before it (the r-th choice is taken to be right no more often
+than the (r−1)-th), scaled so that Σ_r a_r ≤ 0.99 (the memory model's tree shapes need a
+sub-distribution).
 
 A chain step also counts by depth: depth d was tried when the d − 1 nodes above it were accepted,
 and hit when it was accepted too. Acceptance is bursty (after a run of accepted tokens the next is
@@ -51,9 +53,12 @@ class RankAcceptance:
                 self.depth_hits[d] += d < accepted
 
     def rates(self, prior_alpha: float, width: int) -> list[float]:
-        """a_1..a_width (see the module doc)."""
+        """a_1..a_width (see the module doc), none above the rank before it: the rank model's order,
+        which the shape is priced with and a sampled tree grown by."""
         priors = [prior_alpha] + [(1 - prior_alpha) / (r + 1) for r in range(2, len(self.hits) + 1)]
         rates = [(h + 4 * p) / (t + 4) for h, t, p in zip(self.hits, self.tried, priors)][:width]
+        for r in range(1, len(rates)):
+            rates[r] = min(rates[r], rates[r - 1])
         total = sum(rates)
         return [a * min(1.0, 0.99 / total) for a in rates]
 

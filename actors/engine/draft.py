@@ -99,17 +99,18 @@ class _Draw:
 
 @dataclass
 class _Growth:
-    """One row's tree while it grows: its nodes, the candidates, and the nodes fed last round."""
+    """One row's tree while it grows: its nodes, the candidates, and the node selected last round
+    (the one the next forward feeds; -1, the root, before the first, None once none is left)."""
 
     base: int  # the first tree slot (the pending tokens end just below it)
     nodes: list[_Node] = field(default_factory=list)
     candidates: list[_Node | _Draw] = field(default_factory=list)
-    fed: list[int] = field(default_factory=list)
+    fed: int | None = -1
 
     def select(self, rng: np.random.Generator) -> None:
         # the candidate of highest path probability becomes the next node (the first on ties); a
         # selected draw is drawn then, and its next sibling joins the candidates
-        self.fed = []
+        self.fed = None
         if self.candidates:
             best = max(range(len(self.candidates)), key=lambda i: self.candidates[i].logp)
             chosen = self.candidates.pop(best)
@@ -117,27 +118,25 @@ class _Growth:
                 chosen, sibling = chosen.draw(rng)
                 if sibling is not None:
                     self.candidates.append(sibling)
-            self.fed.append(len(self.nodes))
+            self.fed = len(self.nodes)
             self.nodes.append(chosen)
 
     def feed(self, length: int) -> np.ndarray:
-        # the nodes selected last are fed next, at slots length, length + 1, ...
-        for k, i in enumerate(self.fed):
-            self.nodes[i].slot = length + k
-        return np.array([self.nodes[i].token for i in self.fed], dtype=np.int64)
+        # the node selected last is fed next, at slot `length`
+        assert self.fed is not None and self.fed >= 0
+        node = self.nodes[self.fed]
+        node.slot = length
+        return np.array([node.token], dtype=np.int64)
 
     def tree_feed(self, length: int) -> TreeFeed:
-        # each fed node sees its fed ancestors and itself; position = base − 1 + depth
-        n = len(self.fed)
-        visible = np.zeros((n, length + n - self.base), dtype=bool)
-        positions = np.zeros(n, dtype=np.int64)
-        for k, i in enumerate(self.fed):
-            node, depth = i, 0
-            while node >= 0:
-                visible[k, self.nodes[node].slot - self.base] = True
-                node, depth = self.nodes[node].parent, depth + 1
-            positions[k] = self.base - 1 + depth
-        return TreeFeed(self.base, visible, positions)
+        # the fed node sees its ancestors and itself; position = base − 1 + depth
+        assert self.fed is not None and self.fed >= 0
+        visible = np.zeros((1, length + 1 - self.base), dtype=bool)
+        node, depth = self.fed, 0
+        while node >= 0:
+            visible[0, self.nodes[node].slot - self.base] = True
+            node, depth = self.nodes[node].parent, depth + 1
+        return TreeFeed(self.base, visible, np.array([self.base - 1 + depth], dtype=np.int64))
 
 
 class DraftCore(CacheHolder):
@@ -226,9 +225,9 @@ class DraftCore(CacheHolder):
 
         Answers {"tokens": int64 [B, Nmax] (-1 past a row's N), "parents": int64 [B, Nmax] (−1:
         the root), "probs": float32 [B, Nmax, V] of the sampled nodes' q (zeros for the others; None
-        when nothing was sampled), "seconds": float, "forward_seconds": {M: mean seconds of the
-        forwards that fed M tokens to every row} and "token_seconds" (its M = 1 entry: a catch-up
-        of several pending tokens is not a draft token's cost)}.
+        when nothing was sampled), "seconds": float and "token_seconds": the mean of the forwards
+        that fed every row one token (None without one: a catch-up of several pending tokens is not
+        a draft token's cost)}.
         """
         assert len(sessions) == len(gammas) == len(blocks)
         rows = [self._get(s) for s in sessions]
@@ -244,7 +243,7 @@ class DraftCore(CacheHolder):
         assert rates is None or len(rates) == len(rows)
         row_rates = [_rank_rates(r, w) for r, w in zip(rates, widths)] if rates is not None else [None] * len(rows)
         grown = [_Growth(len(row.ids)) for row in rows]
-        timed: dict[int, list[float]] = {}
+        one_token: list[float] = []  # forwards that fed every row one token: a draft token's cost
         with Timer() as timer:
             for row, n_blocks, gamma in zip(rows, blocks, gammas):
                 row.cache.resize(n_blocks)
@@ -259,19 +258,20 @@ class DraftCore(CacheHolder):
                         self.model,
                         [rows[b].cache for b in active],
                         feeds,
-                        [len(f) if grown[b].nodes else 1 for b, f in zip(active, feeds)],
+                        [1] * len(active),  # the logits of each row's last fed token
                         trees,
                         exact=False,
                         heads=[rows[b].head for b in active],
                     )
-                if len({len(f) for f in feeds}) == 1:
-                    timed.setdefault(len(feeds[0]), []).append(step.seconds)
+                if all(len(f) == 1 for f in feeds):
+                    one_token.append(step.seconds)
                 for i, b in enumerate(active):
                     g = grown[b]
-                    for k, fed in enumerate(g.fed or [-1]):
-                        self._expand(g, fed, logits[i][k], temps[b], widths[b], row_rates[b])
+                    assert g.fed is not None
+                    self._expand(g, g.fed, logits[i][0], temps[b], widths[b], row_rates[b])
                     g.select(rngs[b])
-                active = [b for b in active if len(grown[b].nodes) < gammas[b]]
+                # a row is done at its N nodes, or when no candidate is left (its vocabulary ran out)
+                active = [b for b in active if len(grown[b].nodes) < gammas[b] and grown[b].fed is not None]
                 feeds = [grown[b].feed(rows[b].cache.length) for b in active]
                 trees = [grown[b].tree_feed(rows[b].cache.length) if widths[b] > 1 else None for b in active]
             for b, g in enumerate(grown):
@@ -283,14 +283,12 @@ class DraftCore(CacheHolder):
                     if node.q is not None:
                         assert probs is not None  # a node keeps its q only when sampled
                         probs[b, i] = node.q
-        seconds = {m: sum(v) / len(v) for m, v in timed.items()}
         return {
             "tokens": tokens,
             "parents": parents,
             "probs": probs,
             "seconds": timer.seconds,
-            "forward_seconds": seconds,
-            "token_seconds": seconds.get(1),
+            "token_seconds": sum(one_token) / len(one_token) if one_token else None,
         }
 
     def _expand(

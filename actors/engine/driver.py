@@ -198,7 +198,7 @@ class Driver:
         widths = [w for _, _, w, _ in granted]
         drafts = np.zeros((len(granted), max(gammas)), dtype=np.int64)
         parents = np.tile(np.arange(-1, max(gammas) - 1, dtype=np.int64), (len(granted), 1))
-        probs, draft_s, forward_s = None, 0.0, {}
+        probs, draft_s, token_s = None, 0.0, None
         temperatures = [t.temperature for t, _, _, _ in granted]
         seeds = [t.rng.integers(0, 2**63, size=2) for t, _, _, _ in granted]
         speculating = [i for i, g in enumerate(gammas) if g > 0]
@@ -218,8 +218,7 @@ class Driver:
             if proposal["probs"] is not None:
                 probs = np.zeros((len(granted), max(gammas), proposal["probs"].shape[-1]), dtype=np.float32)
                 probs[speculating, :width] = proposal["probs"]
-            draft_s = proposal["seconds"]
-            forward_s = {int(m): t for m, t in (proposal.get("forward_seconds") or {}).items()}
+            draft_s, token_s = proposal["seconds"], proposal.get("token_seconds")
         target_blocks = [b[TARGET] for _, _, _, b in granted]
         verify_seeds = [int(s[1]) for s in seeds]
         verdict = self.verifier.verify(
@@ -228,7 +227,7 @@ class Driver:
         if self.measure_cost and verdict["seconds"] > 0:
             # t_d: the draft's one-token forwards (a catch-up of several pending tokens is not a
             # draft token's cost); t_t(M): the target forward of M = Nmax + 1
-            self.memory.observe_costs(forward_s.get(1), max(gammas) + 1, verdict["seconds"])
+            self.memory.observe_costs(token_s, max(gammas) + 1, verdict["seconds"])
         kept = []
         for i, (turn, _, _, _) in enumerate(granted):
             tokens = verdict["tokens"][i][: turn.remaining]

@@ -156,8 +156,9 @@ class MemoryManager(Reservations):
         "evicted": [...], "rebuild": [holders]}."""
         s = self._get(session)
         cap = max(1, min(width if width is not None else (self.width_max if gamma is None else 1), self.width_max))
+        rates = s.acceptance.rates(self.prior_alpha, cap)  # what the shape is priced with, and grown by
         if gamma is None:
-            want, wide = self._wanted_shape(s, cap)
+            want, wide = self._wanted_shape(s, cap, rates)
         else:
             want, wide = min(gamma, self.gamma_max), cap
         if gamma is None and want == 0 and self.gamma_max > 0:
@@ -184,11 +185,10 @@ class MemoryManager(Reservations):
         self._apply(session, s, need, rebuild)
         s.lost.clear()
         s.gamma, s.width, s.busy, s.last_used = g, max(1, min(wide, g)), True, self._tick()
-        rates = s.acceptance.rates(self.prior_alpha, s.width)
         return {
             "gamma": g,
             "width": s.width,
-            "rates": rates,
+            "rates": rates[: s.width],
             "blocks": self._block_counts(s),
             "evicted": evicted,
             "rebuild": rebuild,
@@ -280,7 +280,8 @@ class MemoryManager(Reservations):
     def rates(self, session: str) -> list[float]:
         """The session's rank acceptance rates a_1..a_{width_max}: a_r = P(the target's token is the
         draft's r-th choice), each with a prior counted as 4 trials (a_1: prior_alpha; a_r, r > 1:
-        (1 − prior_alpha) / (r + 1)), scaled so that they sum to at most 0.99."""
+        (1 − prior_alpha) / (r + 1)), none above the rank before it, scaled so that they sum to at
+        most 0.99."""
         return self._get(session).acceptance.rates(self.prior_alpha, self.width_max)
 
     def usage(self) -> dict:
@@ -325,11 +326,10 @@ class MemoryManager(Reservations):
         self._clock += 1
         return self._clock
 
-    def _wanted_shape(self, s: _Session, width: int) -> tuple[int, int]:
+    def _wanted_shape(self, s: _Session, width: int, rates: list[float]) -> tuple[int, int]:
         if width == 1:  # a chain, priced by depth (bursty acceptance: acceptance.py)
             depths = s.acceptance.depth_rates(self.prior_alpha, self.gamma_max)
             return chain_length(depths, self.costs, self.fraction, self.gamma_max), 1
-        rates = s.acceptance.rates(self.prior_alpha, width)
         return tree_shape(rates, self.costs, self.fraction, self.gamma_max, width)
 
     def _session_holder_bytes(self, s: _Session, holder: str) -> int:

@@ -66,8 +66,7 @@ class CostCurve:
         anchor: bool = False,
     ) -> None:
         if draft_s is not None and draft_s >= 0:
-            old = self.measured_draft_s
-            self.measured_draft_s = draft_s if old is None else (1 - weight) * old + weight * draft_s
+            self.measured_draft_s = _blend(self.measured_draft_s, draft_s, weight)
         if m is None or target_s is None or target_s <= 0 or m < 1:
             return
         if anchor:
@@ -76,7 +75,7 @@ class CostCurve:
             return
         _average(self.target_s, m, target_s, weight)
         if self._monotone:
-            self.scale = (1 - weight) * self.scale + weight * target_s / _interpolate(self._monotone, m)
+            self.scale = _blend(self.scale, target_s / _interpolate(self._monotone, m), weight)
 
     def target(self, m: int) -> float:
         if self._monotone:
@@ -118,9 +117,13 @@ def _non_decreasing(table: dict[int, float]) -> dict[int, float]:
     return out
 
 
+def _blend(old: float | None, new: float, weight: float) -> float:
+    # an exponential average: `new` alone when there is no `old`
+    return new if old is None else (1 - weight) * old + weight * new
+
+
 def _average(table: dict[int, float], m: int, seconds: float, weight: float) -> None:
-    old = table.get(m)
-    table[m] = seconds if old is None else (1 - weight) * old + weight * seconds
+    table[m] = _blend(table.get(m), seconds, weight)
 
 
 def _interpolate(table: dict[int, float], m: int) -> float:
