@@ -106,7 +106,15 @@ class DraftActor(Actor):
 
     async def rpc_propose(self, req: ProposeRequest, call: Call) -> Proposal:
         out = await self.run_sync(
-            self.core.propose, req.sessions, req.gammas, req.blocks, req.temperature, req.seeds, req.widths, req.rates
+            self.core.propose,
+            req.sessions,
+            req.gammas,
+            req.blocks,
+            req.temperature,
+            req.seeds,
+            req.widths,
+            req.rates,
+            req.forwards,
         )
         return Proposal(
             tokens=out["tokens"],
@@ -114,6 +122,7 @@ class DraftActor(Actor):
             probs=out["probs"],
             seconds=out["seconds"],
             token_seconds=out["token_seconds"],
+            forwards=out["forwards"],
         )
 
     async def rpc_accept_batch(self, req: AcceptBatch, call: Call) -> HeldEach:

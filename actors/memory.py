@@ -114,7 +114,10 @@ class MemoryActor(Actor):
 
     def rpc_grant_batch(self, req: GrantBatch, call: Call) -> Answers:
         answers = self.manager.grant_batch(
-            [{"session": r.session, "gamma": r.gamma, "limit": r.limit, "width": r.width} for r in req.requests]
+            [
+                {"session": r.session, "gamma": r.gamma, "limit": r.limit, "width": r.width, "forwards": r.forwards}
+                for r in req.requests
+            ]
         )
         granted = [a["gamma"] for a in answers if "gamma" in a]
         if granted:

@@ -120,6 +120,7 @@ class RemoteDraft:
         seeds: list[int] | None = None,
         widths: list[int] | None = None,
         rates: list[list[float]] | None = None,
+        forwards: list[int] | None = None,
     ) -> dict:
         def rebuild() -> None:
             for s, b in zip(sessions, blocks):
@@ -136,6 +137,7 @@ class RemoteDraft:
             seeds=seeds,
             widths=widths,
             rates=rates,
+            forwards=forwards,
         )
         return to_wire(proposal)
 

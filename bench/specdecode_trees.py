@@ -2,6 +2,7 @@
 
     python bench/specdecode.py trees --code 4 --prose 4 --max-new-tokens 48
     python bench/specdecode.py trees --temperature 1.0
+    python bench/specdecode.py trees --chains 2,3,4 --trees 4x2/2,6x3/2,6x3/3,8x3/3 --section leaves
     python bench/specdecode.py trees --chains 16,32,48 --trees 16x3,32x3,48x3 --adaptive '' \
         --gamma-max 48 --max-new-tokens 96 --section 'large N'
 
@@ -9,13 +10,15 @@ Same MT-Bench first turns as `peers`, greedy (or sampled at `--temperature`), ex
 tokens, prefill included, each prompt through every shape in turn. Rows:
 - chains: the adaptive chain (the default: γ from the cost curve) and fixed chains of N nodes;
 - trees of N nodes with up to w children a node (grown best-first, one node per draft forward),
-  for fixed (N, w);
-- adaptive trees: the memory model picks (N, w) each step, with w up to 2 and up to 3.
+  for fixed (N, w), or with at most F draft forwards (`NxW/F`: the nodes past the first F − 1
+  taken are leaves, which no draft forward feeds);
+- adaptive trees: the memory model picks (N, w, F) each step, with w up to 2 and up to 3.
 Each row reports tok/s, its ratio to the best chain of the run (the fastest chain row), tokens
 per target forward (= per step), its ratio to the chain with the same node count (the same KV
-budget: a tree of N nodes holds the KV slots of a chain of γ = N), the measured rank acceptance
-rates a_1..a_w, and how many outputs equal the target's own greedy output (greedy only: a sampled
-run keeps the target's distribution, which tests/test_engine_sampling.py checks, not its tokens).
+budget: a tree of N nodes holds the KV slots of a chain of γ = N), draft forwards per step, the
+measured rank acceptance rates a_1..a_w, and how many outputs equal the target's own greedy output
+(greedy only: a sampled run keeps the target's distribution, which tests/test_engine_sampling.py
+checks, not its tokens).
 Sampled, a chain draws each token from the draft's q and a tree draws each node's children from q
 without replacement (the multi-draft rule of `tree.verify_tree`), grown by each session's rank
 rates (the rank model's best tree), so wider trees can catch target samples a chain misses.
@@ -52,12 +55,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Token trees on the CPU"
 
 
-def shapes(args) -> list[tuple[str, int | None, int]]:
-    """(label, N or None for adaptive, width cap)."""
-    rows = [("chain, adaptive", None, 1)]
-    rows += [(f"chain N={n}", n, 1) for n in args.chains]
-    rows += [(f"tree N={n} w={w}", n, w) for n, w in args.trees]
-    rows += [(f"tree, adaptive w<={w}", None, w) for w in args.adaptive]
+def shapes(args) -> list[tuple[str, int | None, int, int | None]]:
+    """(label, N or None for adaptive, width cap, draft forwards or None for one a node / adaptive)."""
+    rows = [("chain, adaptive", None, 1, None)]
+    rows += [(f"chain N={n}", n, 1, None) for n in args.chains]
+    rows += [(f"tree N={n} w={w}" + (f" F={f}" if f else ""), n, w, f) for n, w, f in args.trees]
+    rows += [(f"tree, adaptive w<={w}", None, w, None) for w in args.adaptive]
     return rows
 
 
@@ -68,8 +71,8 @@ def run_shapes(
     shape, built and calibrated first), so that a busy or a quiet spell of this shared machine
     falls on all of them alike: a chain and a tree run minutes apart moved by ±10-20%."""
     engines = {
-        label: Engine(draft, target, tokenizer, gamma_max=gamma_max, gamma=gamma, tree=width)
-        for label, gamma, width in rows
+        label: Engine(draft, target, tokenizer, gamma_max=gamma_max, gamma=gamma, tree=width, forwards=forwards)
+        for label, gamma, width, forwards in rows
     }
     runs = {label: {"outputs": [], "seconds": [], "stats": [], "rates": []} for label in engines}
     for i, p in enumerate(prompts):
@@ -100,6 +103,7 @@ def summarize(label: str, kind: str, run: dict, prompts, reference: list | None)
         "tokens_per_s": tokens / sum(run["seconds"][i] for i in rows),
         "tokens_per_step": tokens / max(1, steps),
         "nodes_per_step": sum(s["drafted"] for s in st) / max(1, steps),
+        "forwards_per_step": sum(s["forwards"] for s in st) / max(1, steps),
         "rates": np.mean([run["rates"][i] for i in rows], axis=0).round(3).tolist(),
         "equal": "-" if reference is None else f"{sum(run['outputs'][i] == reference[i] for i in rows)}/{len(rows)}",
         "kv_peak": run["kv_peak"],
@@ -144,8 +148,8 @@ def table(result: dict) -> str:
     rows = result["rows"]
     lines = [
         "| shape | prompts | tok/s | x best chain | tokens / target forward | x chain of the same N | "
-        "nodes / step | a_1..a_w | KV peak | = target output |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "nodes / step | draft forwards / step | a_1..a_w | KV peak | = target output |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         chains = [c for c in rows if c["shape"].startswith("chain") and c["prompts"] == r["prompts"]]
@@ -159,6 +163,7 @@ def table(result: dict) -> str:
             f"| {r['shape']} | {r['prompts']} | {r['tokens_per_s']:.2f} | "
             f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}x | "
             f"{r['tokens_per_step']:.2f} | {ratio} | {r['nodes_per_step']:.2f} | "
+            f"{r['forwards_per_step']:.2f} | "
             f"{', '.join(f'{a:.2f}' for a in r['rates'])} | {r['kv_peak'] / 2**20:.1f} MiB | {r['equal']} |"
         )
     return "\n".join(lines)
@@ -190,6 +195,16 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def _trees(text: str) -> list[tuple[int, int, int | None]]:
+    # "8x3" -> (8, 3, None); "8x3/2" -> (8, 3, 2)
+    out = []
+    for item in filter(None, text.split(",")):
+        shape, _, forwards = item.partition("/")
+        n, w = (int(x) for x in shape.split("x"))
+        out.append((n, w, int(forwards) if forwards else None))
+    return out
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--code", type=int, default=4)
@@ -201,9 +216,9 @@ def parse_args(argv=None):
     parser.add_argument("--chains", type=_ints, default=[4, 8, 12, 16], help="fixed chains' N, comma separated")
     parser.add_argument(
         "--trees",
-        type=lambda s: [tuple(int(y) for y in x.split("x")) for x in s.split(",") if x],
-        default=[(4, 2), (8, 2), (8, 3), (12, 2), (16, 2)],
-        help="N x w, comma separated: 6x2,8x3",
+        type=_trees,
+        default=_trees("4x2,8x2,8x3,12x2,16x2"),
+        help="N x w, or N x w / F (at most F draft forwards, the other nodes leaves), comma separated: 6x2,8x3/2",
     )
     parser.add_argument(
         "--adaptive",

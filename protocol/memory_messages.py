@@ -60,6 +60,7 @@ class GrantAnswer:
     rebuild: list[str] = field(default_factory=list)
     gamma: int = 0
     width: int = 1  # the most children a tree node may have (1: a chain)
+    forwards: int | None = None  # the most draft forwards (None: γ, one a node); the nodes past them are leaves
     rates: list[float] = field(default_factory=list)  # the session's rank acceptance rates a_1..a_width
     freed: int = 0
     error: list[str] | None = absent_if_none()  # [error class, message] for this session alone (absent: none)
@@ -71,6 +72,7 @@ class GrantItem:
     gamma: int | None = None
     limit: int | None = None
     width: int | None = None  # the widest tree (None: the memory actor's choice)
+    forwards: int | None = None  # the most draft forwards (None: the memory actor's choice)
 
 
 @message

@@ -49,6 +49,7 @@ class ProposeRequest:
     seeds: list[int] | None = None
     widths: list[int] | None = None  # per row, the most children a tree node may have (None: chains)
     rates: list[list[float]] | None = None  # per row, a_1..a_w: a sampled tree's growth keys (empty: q's)
+    forwards: list[int] | None = None  # per row, the most draft forwards (None: one a node); the rest are leaves
 
 
 @message
@@ -58,6 +59,7 @@ class Proposal:
     probs: np.ndarray | None = None  # float32 [B, Nmax, V] of sampled nodes
     seconds: float = 0.0
     token_seconds: float | None = None  # mean forward time of the positions that fed one token a row
+    forwards: list[int] | None = None  # the draft forwards each row took
 
 
 @message
@@ -166,6 +168,7 @@ class StepInfo:
     draft_s: float
     target_s: float
     width: int = 1  # the most children a tree node may have (1: a chain)
+    forwards: int = 0  # draft forwards the step took (its other nodes were leaves)
     batch: int = 1  # sessions in the step's target forward
 
 

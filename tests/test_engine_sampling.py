@@ -23,24 +23,26 @@ def _exact_pair_distribution(target, prompt, temperature):
 
 
 @pytest.mark.parametrize(
-    "precisions,tree,gamma",
+    "precisions,tree,gamma,forwards",
     [
-        (("float32", "float32"), 1, 2),
-        (("int4", "int8"), 1, 2),
-        (("float32", "float32"), 2, 2),
-        (("float32", "float32"), 2, 4),
+        (("float32", "float32"), 1, 2, None),
+        (("int4", "int8"), 1, 2, None),
+        (("float32", "float32"), 2, 2, None),
+        (("float32", "float32"), 2, 4, None),
+        (("float32", "float32"), 2, 4, 2),
     ],
 )
-def test_sampled_output_follows_the_target_distribution_over_two_tokens(precisions, tree, gamma):
+def test_sampled_output_follows_the_target_distribution_over_two_tokens(precisions, tree, gamma, forwards):
     # (draft, target) precisions; the reference is the same-precision target's own distribution.
     # tree 1: sampled chains (q-ratio rule); tree 2: the first step verifies a tree whose children
-    # are draws from q without replacement (three tokens asked, so that step may draft γ nodes):
+    # are draws from q without replacement (γ + 1 tokens asked, so that the first step may draft γ nodes):
     # 2 nodes, both under the root, or 4, where the second round's two picks compete across both
-    # root children's draws, so which nodes exist depends on the tokens drawn before them
+    # root children's draws, so which nodes exist depends on the tokens drawn before them; with
+    # 2 forwards, the last two of those 4 are leaves drawn after the forwards stopped
     draft, target = tiny_pair(seed=11, vocab_size=VOCAB, noise=0.3, draft_layers=2)
     apply_precision(draft, precisions[0], role="draft")
     apply_precision(target, precisions[1])
-    engine = Engine(draft, target, budget_bytes=1 << 30, block_tokens=2, gamma=gamma, tree=tree)
+    engine = Engine(draft, target, budget_bytes=1 << 30, block_tokens=2, gamma=gamma, tree=tree, forwards=forwards)
     prompt = [5]  # one token: nothing to prefill, so each run costs only its speculative steps
     temperature = 0.8
     counts = np.zeros((VOCAB, VOCAB))
@@ -48,7 +50,7 @@ def test_sampled_output_follows_the_target_distribution_over_two_tokens(precisio
     runs, batch = 2400, 400
     for first in range(0, runs, batch):
         out = engine.generate_batch(
-            [prompt] * batch, 2 if tree == 1 else 3, temperature, seeds=list(range(first, first + batch))
+            [prompt] * batch, 2 if tree == 1 else gamma + 1, temperature, seeds=list(range(first, first + batch))
         )
         for ids, st in out:
             counts[ids[0], ids[1]] += 1

@@ -3,6 +3,7 @@
 import itertools
 
 import numpy as np
+import pytest
 import torch
 from engine_helpers import assert_accounting_matches_tensors, greedy_reference, one_torch_thread  # noqa: F401
 from hypothesis import given, settings
@@ -172,12 +173,12 @@ def test_a_tree_is_as_wide_as_allowed_and_sized_by_the_cost_curve():
     for m in range(1, 18):
         curve.observe(m=m, target_s=0.05 + 0.001 * m)
     curve.observe(draft_s=0.005)
-    nodes, width = tree_shape([0.6, 0.2, 0.1], curve, 1.0, 16, 3)
-    assert width == 3 and nodes > 3
+    nodes, width, forwards = tree_shape([0.6, 0.2, 0.1], curve, 1.0, 16, 3)
+    assert width == 3 and nodes > 3 and 1 <= forwards <= nodes
     # branching costs the draft nothing, so a useful second choice is worth at least the chain's nodes
     chain = gamma_star(0.6, curve, 1.0, 16)
     assert tree_shape([0.6, 0.0, 0.0], curve, 1.0, 16, 3)[0] == chain <= nodes
-    assert tree_shape([0.6, 0.2, 0.1], curve, 1.0, 16, 1) == (chain, 1)
+    assert tree_shape([0.6, 0.2, 0.1], curve, 1.0, 16, 1) == (chain, 1, chain)
     # a steep target cost in M: fewer nodes
     steep = CostCurve()
     for m in range(1, 18):
@@ -186,13 +187,43 @@ def test_a_tree_is_as_wide_as_allowed_and_sized_by_the_cost_curve():
     assert tree_shape([0.6, 0.2, 0.1], steep, 1.0, 16, 3)[0] < nodes
 
 
-def test_large_trees_pay_only_where_both_a_verification_and_a_draft_node_are_cheap():
+def test_large_trees_pay_where_a_verification_is_cheap_and_the_draft_sets_their_forwards():
     # the large-N benchmark's rank rates; the target's forward as dear for 49 tokens as for one
     rates = [0.73, 0.18, 0.06]
-    sizes = {ratio: tree_shape(rates, CostCurve(ratio), 0.96, 48, 3)[0] for ratio in (0.0, 0.02, 0.2)}
-    assert sizes[0.0] >= 32  # a free draft: the large trees of docs/memory-model.md
-    assert 8 <= sizes[0.02] < 16
-    assert sizes[0.2] <= 3  # a draft forward a fifth of a target's (this CPU's pair): small trees
+    shapes = {ratio: tree_shape(rates, CostCurve(ratio), 0.96, 48, 3) for ratio in (0.0, 0.02, 0.2)}
+    assert shapes[0.0].nodes >= 32  # a free draft: the large trees of docs/memory-model.md
+    # a dearer draft forward: fewer forwards, and leaves (free on a flat target) fill the tree
+    assert shapes[0.0].forwards > shapes[0.02].forwards > shapes[0.2].forwards
+    assert shapes[0.02].nodes >= 16 and shapes[0.02].forwards < shapes[0.02].nodes
+    assert shapes[0.2].nodes >= 6 and shapes[0.2].forwards <= 3  # this CPU's draft, a GPU's flat target
+    # this CPU's target: a row costs ~7% of a one-token forward up to M = 9, more past it
+    cpu = CostCurve()
+    for m in range(1, 18):
+        cpu.observe(m=m, target_s=0.036 + 0.0026 * (m - 1) + 0.0034 * max(0, m - 9), anchor=True)
+    cpu.observe(draft_s=0.0095)
+    assert tree_shape(rates, cpu, 0.96, 48, 3).nodes <= 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    a1=st.floats(0.05, 0.95),
+    share=st.floats(0.0, 1.0),
+    nodes=st.integers(0, 12),
+    forwards=st.integers(1, 12),
+    width=st.integers(1, 3),
+)
+def test_fewer_forwards_never_gain_and_a_chain_stops_at_its_forwards(a1, share, nodes, forwards, width):
+    rates = [a1, (1 - a1) * share * 0.9, (1 - a1) * (1 - share) * 0.05]
+    value = tree_expected_tokens(rates, nodes, width, forwards)
+    assert value <= tree_expected_tokens(rates, nodes, width) + 1e-12  # F = N: the best tree
+    assert value <= tree_expected_tokens(rates, nodes, width, forwards + 1) + 1e-12
+    assert value <= tree_expected_tokens(rates, nodes + 1, width, forwards) + 1e-12
+    assert np.isclose(
+        tree_expected_tokens(rates, nodes, width, max(nodes, 1)), tree_expected_tokens(rates, nodes, width)
+    )
+    # leaves only: a node the forwards did not feed offers no child
+    assert np.isclose(tree_expected_tokens(rates, nodes, 1, forwards), expected_tokens(a1, min(nodes, forwards)))
+    assert np.isclose(tree_expected_tokens(rates, nodes, width, 1), 1 + sum(sorted(rates[:width])[::-1][:nodes]))
 
 
 def test_the_lower_bound_budget_of_a_tree_covers_its_nodes():
@@ -200,7 +231,7 @@ def test_the_lower_bound_budget_of_a_tree_covers_its_nodes():
     for m in range(1, 18):
         curve.observe(m=m, target_s=0.05 + 0.001 * m)
     curve.observe(draft_s=0.004)
-    kv, (nodes, width) = tree_lower_bound_budget([100], [0.6, 0.2], curve, 1000, 100, 16, width_max=2)
+    kv, (nodes, width, _) = tree_lower_bound_budget([100], [0.6, 0.2], curve, 1000, 100, 16, width_max=2)
     assert width == 2 and kv == -(-(100 + nodes) // 16) * 16 * 1100
     chain_kv, gamma = lower_bound_budget([100], 0.6, curve, 1000, 100, 16)
     assert (chain_kv, gamma) == tree_lower_bound_budget([100], [0.6], curve, 1000, 100, 16, width_max=1)[:1] + (
@@ -247,6 +278,33 @@ def test_commits_feed_the_rank_rates_and_grants_answer_the_width():
     assert m.grant("s", gamma=4, width=2)["width"] == 2
 
 
+def test_a_grant_answers_the_forwards_of_its_shape_within_its_nodes():
+    m = MemoryManager(1 << 30, block_tokens=4, gamma_max=12, width_max=3)
+    m.add_holder("draft", 10)
+    m.add_holder("target", 20)
+    m.open_session("s")
+    m.prefill("s", 0, 20)
+    for m_ in range(1, 14):
+        m.observe_costs(None, m_, 0.05)  # a flat target: leaves cost nothing
+    m.observe_costs(0.01, None, None)  # a draft forward a fifth of a target's
+    for _ in range(10):
+        m.grant("s", gamma=3, width=3)
+        m.commit("s", 2, 3, [2, 1, 1], [1, 1, 0])  # second choices right half the time
+    answer = m.grant("s")
+    shape = tree_shape(m.rates("s"), m.costs, m.fraction, 12, 3)
+    assert (answer["gamma"], answer["width"], answer["forwards"]) == tuple(shape)
+    assert 1 <= answer["forwards"] < answer["gamma"]
+    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
+    # a fixed γ: one forward a node unless capped; the cap stays within 1..γ; a chain feeds all
+    assert m.grant("s", gamma=5, width=2)["forwards"] == 5
+    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
+    assert m.grant("s", gamma=5, width=2, forwards=2)["forwards"] == 2
+    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
+    assert m.grant("s", gamma=5, width=2, forwards=0)["forwards"] == 1
+    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
+    assert m.grant("s", gamma=5, forwards=2)["forwards"] == 5
+
+
 # ------------------------------------------------------------------ the draft and the caches
 
 
@@ -273,6 +331,34 @@ def test_the_draft_grows_its_tree_from_its_own_top_choices():
             with torch.no_grad():
                 logits = draft(torch.tensor([prompt.tolist() + path])).logits[0, -1]
             assert set(tokens[kids].tolist()) <= set(torch.topk(logits, 3).indices.tolist())
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_tree_of_few_forwards_is_the_same_growth_cut_short_then_its_best_leaves(temperature):
+    draft, _ = tiny_pair(seed=3, noise=0.3, draft_layers=2)
+    engine = Engine(draft, draft, block_tokens=4)
+    prompt = np.arange(5, 12)
+
+    def propose(nodes: int, forwards: int | None):
+        engine.draft.open("s", prompt, 4)
+        fed = None if forwards is None else [forwards]
+        out = engine.draft.propose(["s"], [nodes], [4], temperature, [7], [3], [[0.5, 0.3, 0.1]], fed)
+        return out["tokens"][0], out["parents"][0], list(engine.draft._get("s").slots)
+
+    full_tokens, full_parents, _ = propose(9, None)
+    for forwards in (1, 2, 4):
+        tokens, parents, slots = propose(9, forwards)
+        # the first F nodes are the full growth's first F (the same selections, the same draws)
+        assert tokens[:forwards].tolist() == full_tokens[:forwards].tolist()
+        assert parents[:forwards].tolist() == full_parents[:forwards].tolist()
+        # F forwards feed the root and F − 1 nodes: only those have children, and only they hold KV
+        assert set(parents[parents >= 0].tolist()) <= set(range(forwards - 1))
+        assert [s >= 0 for s in slots] == [i < forwards - 1 for i in range(len(slots))]
+        # the rest are leaves: as many as the candidates allow (3 children a fed node)
+        assert (tokens >= 0).sum() == min(9, 3 * forwards)
+        tree = Tree.from_rows(tokens, parents, int((tokens >= 0).sum()))
+        for kids in tree.children().values():
+            assert len(set(tokens[kids].tolist())) == len(kids)  # distinct siblings
 
 
 def test_a_sampled_tree_grows_by_the_sessions_rank_rates_whatever_tokens_it_draws():
@@ -302,12 +388,14 @@ def test_rank_rates_are_cleaned_before_they_key_a_tree():
     assert _rank_rates([1.5, -1.0], 2) == [1.0, 0.0]
 
 
-def test_after_a_tree_step_both_caches_hold_exactly_a_plain_prefill_of_the_committed_tokens():
+@pytest.mark.parametrize("forwards", [None, 2])
+def test_after_a_tree_step_both_caches_hold_exactly_a_plain_prefill_of_the_committed_tokens(forwards):
+    # with 2 forwards, 4 of the 6 nodes are leaves the draft never fed
     draft, target = tiny_pair(seed=6, noise=0.02, draft_layers=2)
     engine = Engine(draft, target, block_tokens=4, gamma=6, tree=3)
     engine.verifier.open("s")
     ids, keep = engine.verifier.check_prompt("s", np.arange(2, 11))
-    engine.driver.join("s", ids, keep, 30, gamma=6, width=3)
+    engine.driver.join("s", ids, keep, 30, gamma=6, width=3, forwards=forwards)
     for _ in range(3):
         engine.driver.step()
         assert_accounting_matches_tensors(engine)

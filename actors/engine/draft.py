@@ -204,11 +204,12 @@ class DraftCore(CacheHolder):
         seeds: list[int] | None = None,
         widths: list[int] | None = None,
         rates: list[list[float]] | None = None,
+        forwards: list[int] | None = None,
     ) -> dict:
         """Draft a tree of gammas[b] nodes for sessions[b] whose nodes have up to widths[b] children
-        (1, the default: a chain of γ tokens). `temperature` is one for all rows or one per row.
-        `rates[b]`: the session's rank acceptance rates a_1..a_w, a sampled tree's growth keys
-        (see `_Draw`; empty or None: q's own).
+        (1, the default: a chain of γ tokens), in at most forwards[b] draft forwards (default γ).
+        `temperature` is one for all rows or one per row. `rates[b]`: the session's rank acceptance
+        rates a_1..a_w, a sampled tree's growth keys (see `_Draw`; empty or None: q's own).
 
         A tree grows best-first, one node per forward: the forward that feeds the root (the
         pending tokens) gives the root's w most likely children as candidates; each round then
@@ -217,17 +218,21 @@ class DraftCore(CacheHolder):
         most likely children to the candidates. So the tree is the N nodes of highest path
         probability (values only shrink down a path): it branches where the draft is unsure and
         runs deep where it is sure, at the chain's cost of N one-token forwards (EAGLE-2's
-        selection). At temperature > 0 a node's children are instead up to w draws from q
-        without replacement, each drawn only once selected and answered with the q it was drawn
-        from (see `tree.verify_tree`); a draw's key is its parent's value times a_r given `rates`
-        (so a sampled tree is the rank model's best tree, Sequoia's), else the expected q of the
-        draw (`_Draw`); a chain samples each token from q.
+        selection). With F = forwards[b] < N, the forwards stop after the F-th node is taken and
+        the tree's last N − F nodes are the best candidates left, leaves no forward feeds
+        (EAGLE-2's re-ranking): a leaf costs the draft nothing, only its row of the target's
+        forward. A chain has one candidate a forward, so it stops at F tokens. At temperature > 0
+        a node's children are instead up to w draws from q without replacement, each drawn only
+        once selected and answered with the q it was drawn from (see `tree.verify_tree`); a draw's
+        key is its parent's value times a_r given `rates` (so a sampled tree is the rank model's
+        best tree, Sequoia's), else the expected q of the draw (`_Draw`); a chain samples each
+        token from q.
 
         Answers {"tokens": int64 [B, Nmax] (-1 past a row's N), "parents": int64 [B, Nmax] (−1:
         the root), "probs": float32 [B, Nmax, V] of the sampled nodes' q (zeros for the others; None
-        when nothing was sampled), "seconds": float and "token_seconds": the mean of the forwards
+        when nothing was sampled), "seconds": float, "token_seconds": the mean of the forwards
         that fed every row one token (None without one: a catch-up of several pending tokens is not
-        a draft token's cost)}.
+        a draft token's cost) and "forwards": [the forwards each row took]}.
         """
         assert len(sessions) == len(gammas) == len(blocks)
         rows = [self._get(s) for s in sessions]
@@ -243,6 +248,8 @@ class DraftCore(CacheHolder):
         assert rates is None or len(rates) == len(rows)
         row_rates = [_rank_rates(r, w) for r, w in zip(rates, widths)] if rates is not None else [None] * len(rows)
         grown = [_Growth(len(row.ids)) for row in rows]
+        fed_max = [max(1, f) for f in forwards] if forwards is not None else list(gammas)
+        taken = [0] * len(rows)  # forwards each row took
         one_token: list[float] = []  # forwards that fed every row one token: a draft token's cost
         with Timer() as timer:
             for row, n_blocks, gamma in zip(rows, blocks, gammas):
@@ -270,11 +277,19 @@ class DraftCore(CacheHolder):
                     assert g.fed is not None
                     self._expand(g, g.fed, logits[i][0], temps[b], widths[b], row_rates[b])
                     g.select(rngs[b])
-                # a row is done at its N nodes, or when no candidate is left (its vocabulary ran out)
-                active = [b for b in active if len(grown[b].nodes) < gammas[b] and grown[b].fed is not None]
+                    taken[b] += 1
+                # a row is done at its N nodes, its F forwards, or when no candidate is left (its
+                # vocabulary ran out)
+                active = [
+                    b
+                    for b in active
+                    if len(grown[b].nodes) < gammas[b] and grown[b].fed is not None and taken[b] < fed_max[b]
+                ]
                 feeds = [grown[b].feed(rows[b].cache.length) for b in active]
                 trees = [grown[b].tree_feed(rows[b].cache.length) if widths[b] > 1 else None for b in active]
             for b, g in enumerate(grown):
+                while len(g.nodes) < gammas[b] and g.candidates:  # the leaves: no forward feeds them
+                    g.select(rngs[b])
                 n = len(g.nodes)
                 tokens[b, :n] = [node.token for node in g.nodes]
                 parents[b, :n] = [node.parent for node in g.nodes]
@@ -289,6 +304,7 @@ class DraftCore(CacheHolder):
             "probs": probs,
             "seconds": timer.seconds,
             "token_seconds": sum(one_token) / len(one_token) if one_token else None,
+            "forwards": taken,
         }
 
     def _expand(

@@ -44,6 +44,7 @@ class _Turn:
     gamma: int | None
     rng: np.random.Generator
     width: int | None = None
+    forwards: int | None = None
     prompt_tokens: int = 0
     prefilled: int = 0  # prompt tokens computed at join (the rest were reused)
     stats: SpecStats = field(default_factory=SpecStats)
@@ -118,11 +119,13 @@ class Driver:
         seed: int = 0,
         gamma: int | None = None,
         width: int | None = None,
+        forwards: int | None = None,
     ) -> None:
         """Start a turn: make `token_ids` (whole context; first `keep` unchanged) resident in both
-        caches. `gamma` fixes the draft nodes per step and `width` caps the tree's width (default:
-        both chosen by the memory side; a fixed γ alone is a chain). Raises OverBudget (nothing
-        changed) when the budget cannot hold the prompt."""
+        caches. `gamma` fixes the draft nodes per step, `width` caps the tree's width and
+        `forwards` the draft forwards that grow it (default: all chosen by the memory side; a
+        fixed γ alone is a chain). Raises OverBudget (nothing changed) when the budget cannot
+        hold the prompt."""
         if session in self._turns:
             raise SessionBusy(f"session {session!r} is already generating")
         assert max_new_tokens >= 1
@@ -148,6 +151,7 @@ class Driver:
             gamma,
             np.random.default_rng(seed),
             width,
+            forwards,
             len(ids),
             self.verifier.prefilled(session) + 1,
         )
@@ -169,13 +173,21 @@ class Driver:
         `error` set); the others go on. Done sessions leave the batch."""
         if self.measure_cost and not self._anchored:
             self.anchor_costs()
-        events, granted, rates = [], [], []  # rates: each granted session's a_1..a_w
+        events, granted, rates, fed = [], [], [], []  # each granted session's a_1..a_w and forwards
         turns = list(self._turns.values())
         requests = []
         for turn in turns:
             context = len(self.verifier.ids(turn.session))
             limit = min(turn.remaining - 1, self.verifier.max_context - context)
-            requests.append({"session": turn.session, "gamma": turn.gamma, "limit": limit, "width": turn.width})
+            requests.append(
+                {
+                    "session": turn.session,
+                    "gamma": turn.gamma,
+                    "limit": limit,
+                    "width": turn.width,
+                    "forwards": turn.forwards,
+                }
+            )
         for turn, answer in zip(turns, self.memory.grant_batch(requests)):
             if "error" in answer:
                 self._turns.pop(turn.session)
@@ -191,6 +203,7 @@ class Driver:
                 self.draft.open(turn.session, ids, answer["blocks"][DRAFT])
             granted.append((turn, answer["gamma"], answer.get("width", 1), answer["blocks"]))
             rates.append(list(answer.get("rates") or []))
+            fed.append(answer.get("forwards") or answer["gamma"])
         if not granted:
             return events
         sessions = [t.session for t, _, _, _ in granted]
@@ -202,6 +215,7 @@ class Driver:
         temperatures = [t.temperature for t, _, _, _ in granted]
         seeds = [t.rng.integers(0, 2**63, size=2) for t, _, _, _ in granted]
         speculating = [i for i, g in enumerate(gammas) if g > 0]
+        taken = [0] * len(granted)  # draft forwards per session
         if speculating:
             proposal = self.draft.propose(
                 [sessions[i] for i in speculating],
@@ -211,8 +225,13 @@ class Driver:
                 [int(seeds[i][0]) for i in speculating],
                 [widths[i] for i in speculating],
                 [rates[i] for i in speculating],
+                [fed[i] for i in speculating],
             )
             width = proposal["tokens"].shape[1]
+            counts = (proposal["tokens"] >= 0).sum(axis=1).tolist()
+            for k, i in enumerate(speculating):
+                gammas[i] = counts[k]  # a tree whose candidates ran out has fewer nodes
+                taken[i] = (proposal.get("forwards") or counts)[k]
             drafts[speculating, :width] = proposal["tokens"]
             parents[speculating, :width] = proposal["parents"]
             if proposal["probs"] is not None:
@@ -249,12 +268,12 @@ class Driver:
         for i, (turn, _, _, _) in enumerate(granted):
             self.verifier.settle(turn.session, kept[i], commits[i]["blocks"][TARGET], paths[i])
         self.draft.accept_batch(sessions, verdict["accepted"], kept, [c["blocks"][DRAFT] for c in commits], paths)
-        for i, (turn, gamma, width, _) in enumerate(granted):
-            n, tokens = verdict["accepted"][i], kept[i]
+        for i, (turn, _, width, _) in enumerate(granted):
+            gamma, n, tokens = gammas[i], verdict["accepted"][i], kept[i]
             done = (len(tokens) and int(tokens[-1]) in self.stop_ids) or len(tokens) >= turn.remaining
             turn.remaining -= len(tokens)
             turn.new_ids.extend(int(t) for t in tokens)
-            step = StepStats(turn.session, gamma, n, len(tokens), draft_s, verdict["seconds"], width)
+            step = StepStats(turn.session, gamma, n, len(tokens), draft_s, verdict["seconds"], width, taken[i])
             turn.stats.add(step)
             if done:
                 self._turns.pop(turn.session)

@@ -27,7 +27,9 @@ class Engine:
     target's whole context for one session, both models). gamma: a fixed γ per step (default:
     the manager picks γ* from the running α estimate and c). tree: the widest token tree a step
     may draft (1, the default: chains; the manager picks each step's shape, and with a fixed
-    `gamma` the tree has that many nodes, each with up to `tree` children). cost_ratio: a fixed c = t_draft /
+    `gamma` the tree has that many nodes, each with up to `tree` children). forwards: a cap on
+    the draft forwards that grow a tree (default: the manager's F* for its shape, γ for a fixed
+    γ; the nodes past the first F − 1 taken are leaves). cost_ratio: a fixed c = t_draft /
     t_target (default: measured online by the driver, from a calibration of the target's cost
     curve done here, `Driver.anchor_costs`). max_context: a cap below the models' own.
     vocab_rows: the draft head's base rows (`DraftCore`). prefix_tokens: each model keeps the KV of
@@ -53,6 +55,7 @@ class Engine:
         tree: int = 1,
         vocab_rows: int | None = None,
         prefix_tokens: int = 0,
+        forwards: int | None = None,
     ):
         check_pair(draft_model, target_model, tokenizer)
         self.tokenizer = tokenizer
@@ -83,7 +86,7 @@ class Engine:
         )
         if cost_ratio is None:  # calibrate now: the first turn does not pay for it
             self.driver.anchor_costs()
-        self.gamma, self.tree = gamma, tree
+        self.gamma, self.tree, self.forwards = gamma, tree, forwards
         self._anonymous = 0
 
     # chat
@@ -105,7 +108,7 @@ class Engine:
         if not self.verifier.has(session):
             self.verifier.open(session)
         ids, keep = self.verifier.chat_prompt(session, message)
-        self.driver.join(session, ids, keep, max_new_tokens, temperature, seed, self.gamma, self.tree)
+        self.driver.join(session, ids, keep, max_new_tokens, temperature, seed, self.gamma, self.tree, self.forwards)
         reply: list[int] = []
         try:
             for event in self._drain(session):
@@ -165,6 +168,7 @@ class Engine:
                     seed,
                     self.gamma if gamma is None else gamma,
                     self.tree if tree is None else tree,
+                    self.forwards,
                 )
             results: dict[str, tuple[list[int], dict]] = {sid: ([], {}) for sid in sessions}
             while self.driver.active:

@@ -125,12 +125,8 @@ class MemoryManager(Reservations):
     def open_session(self, session: str) -> None:
         if session in self._sessions:
             raise SessionBusy(f"session {session!r} is already open")
-        s = _Session(
-            blocks={h: [] for h in self._bytes_per_token},
-            last_used=self._tick(),
-            acceptance=RankAcceptance.empty(self.width_max),
-        )
-        self._sessions[session] = s
+        blocks: dict[str, list[int]] = {h: [] for h in self._bytes_per_token}
+        self._sessions[session] = _Session(RankAcceptance.empty(self.width_max), blocks=blocks, last_used=self._tick())
 
     def prefill(self, session: str, keep: int, add: int) -> dict:
         """Start a turn: the context becomes its first `keep` tokens plus `add` new ones, all but the
@@ -147,20 +143,28 @@ class MemoryManager(Reservations):
         s.context, s.busy, s.gamma, s.last_used = length, True, None, self._tick()
         return {"blocks": self._block_counts(s), "evicted": evicted, "rebuild": rebuild}
 
-    def grant(self, session: str, gamma: int | None = None, limit: int | None = None, width: int | None = None) -> dict:
-        """Room for one speculative step of γ <= `gamma` draft nodes (default: the tree (N*, w*) the
-        memory model picks from the session's rank acceptance rates and the cost curve), and
+    def grant(
+        self,
+        session: str,
+        gamma: int | None = None,
+        limit: int | None = None,
+        width: int | None = None,
+        forwards: int | None = None,
+    ) -> dict:
+        """Room for one speculative step of γ <= `gamma` draft nodes (default: the tree (N*, w*, F*)
+        the memory model picks from the session's rank acceptance rates and the cost curve), and
         γ <= `limit` (the caller's cap: tokens left to generate, context left). `width` caps the
-        tree's width (default: `width_max` when the shape is chosen, 1 (a chain) for a fixed γ).
-        Answers {"gamma": g, "width": w, "rates": [a_1..a_w] (`rates`), "blocks": {holder: n},
-        "evicted": [...], "rebuild": [holders]}."""
+        tree's width (default: `width_max` when the shape is chosen, 1 (a chain) for a fixed γ);
+        `forwards` caps the draft forwards F that grow it (default: the shape's F, γ for a fixed γ;
+        the nodes past the first F − 1 are leaves). Answers {"gamma": g, "width": w, "forwards": F,
+        "rates": [a_1..a_w] (`rates`), "blocks": {holder: n}, "evicted": [...], "rebuild": [holders]}."""
         s = self._get(session)
         cap = max(1, min(width if width is not None else (self.width_max if gamma is None else 1), self.width_max))
         rates = s.acceptance.rates(self.prior_alpha, cap)  # what the shape is priced with, and grown by
         if gamma is None:
-            want, wide = self._wanted_shape(s, cap, rates)
+            want, wide, fed = self._wanted_shape(s, cap, rates)
         else:
-            want, wide = min(gamma, self.gamma_max), cap
+            want, wide, fed = min(gamma, self.gamma_max), cap, gamma
         if gamma is None and want == 0 and self.gamma_max > 0:
             # α is only measured while drafting: every EXPLORE-th plain step drafts one token,
             # so a session whose acceptance improves gets its speculation back
@@ -185,9 +189,11 @@ class MemoryManager(Reservations):
         self._apply(session, s, need, rebuild)
         s.lost.clear()
         s.gamma, s.width, s.busy, s.last_used = g, max(1, min(wide, g)), True, self._tick()
+        fed = min(max(1, fed if forwards is None else min(fed, forwards)), g)  # the root's feed to one a node
         return {
             "gamma": g,
             "width": s.width,
+            "forwards": fed if s.width > 1 else g,
             "rates": rates[: s.width],
             "blocks": self._block_counts(s),
             "evicted": evicted,
@@ -220,12 +226,12 @@ class MemoryManager(Reservations):
 
     def grant_batch(self, requests: list[dict]) -> list[dict]:
         """`grant` for several sessions in order, one message for a batched step. Each request is
-        {"session", "gamma" (optional), "limit" (optional)}; each answer is grant's, or
+        {"session", "gamma", "limit", "width", "forwards" (each optional)}; each answer is grant's, or
         {"error": as_answer(exc)} (a [class name, message] pair) for that session alone."""
-        answers = []
+        answers, shape = [], ("gamma", "limit", "width", "forwards")
         for r in requests:
             try:
-                answers.append(self.grant(r["session"], r.get("gamma"), r.get("limit"), r.get("width")))
+                answers.append(self.grant(r["session"], **{k: r.get(k) for k in shape}))
             except EngineError as exc:
                 answers.append({"error": as_answer(exc)})
         return answers
@@ -326,10 +332,11 @@ class MemoryManager(Reservations):
         self._clock += 1
         return self._clock
 
-    def _wanted_shape(self, s: _Session, width: int, rates: list[float]) -> tuple[int, int]:
+    def _wanted_shape(self, s: _Session, width: int, rates: list[float]) -> tuple[int, int, int]:
         if width == 1:  # a chain, priced by depth (bursty acceptance: acceptance.py)
             depths = s.acceptance.depth_rates(self.prior_alpha, self.gamma_max)
-            return chain_length(depths, self.costs, self.fraction, self.gamma_max), 1
+            gamma = chain_length(depths, self.costs, self.fraction, self.gamma_max)
+            return gamma, 1, gamma
         return tree_shape(rates, self.costs, self.fraction, self.gamma_max, width)
 
     def _session_holder_bytes(self, s: _Session, holder: str) -> int:

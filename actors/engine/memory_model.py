@@ -7,7 +7,9 @@ generated tokens so far), kv_t / kv_d bytes per token of the target / draft KV c
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .blocks import blocks_for, kv_shape
 
@@ -94,10 +96,11 @@ class CostCurve:
         """c = t_d / t_t(1)."""
         return self.draft_s / self.target(1)
 
-    def step_seconds(self, gamma: int) -> float:
-        # a step of γ draft nodes, chain or tree: γ one-token draft forwards (the first feeds the
-        # root, each later one a node), then one target forward of γ + 1 tokens
-        return gamma * self.draft_s + self.target(gamma + 1)
+    def step_seconds(self, gamma: int, forwards: int | None = None) -> float:
+        # a step of γ draft nodes, chain or tree: `forwards` one-token draft forwards (default γ:
+        # the first feeds the root, each later one a node; a tree's other nodes are leaves, which
+        # the draft never feeds), then one target forward of γ + 1 tokens
+        return (gamma if forwards is None else forwards) * self.draft_s + self.target(gamma + 1)
 
     def as_dict(self) -> dict:
         return {
@@ -145,47 +148,78 @@ def _interpolate(table: dict[int, float], m: int) -> float:
     return max(table[b] + slope * (m - b), 1e-9)
 
 
-def tree_expected_tokens(rates: list[float], nodes: int, width: int | None = None) -> float:
-    """E(N, w): expected tokens per step of an N-node tree whose nodes have at most `width` children
-    (default: len(rates)), when the r-th child of any node is accepted with probability
-    a_r = rates[r−1], independently of its position (Sequoia's model). A node's value is the product
-    of the rates on its path (the chance it is accepted), and E = 1 + the sum of the tree's values.
-    The tree is the best one under the model (Sequoia's optimum): values only shrink down a path,
-    so the N largest form a tree, and taking nodes one at a time by value, each offering its
-    children, finds them; the draft grows its trees the same way (greedy by its own path
-    probabilities, sampled by these rates).
+def tree_expected_tokens(
+    rates: list[float], nodes: int, width: int | None = None, forwards: int | None = None
+) -> float:
+    """E(N, w, F): expected tokens per step of an N-node tree whose nodes have at most `width`
+    children (default: len(rates)), grown in F draft forwards (default N), when the r-th child of
+    any node is accepted with probability a_r = rates[r−1], independently of its position
+    (Sequoia's model). A node's value is the product of the rates on its path (the chance it is
+    accepted), and E = 1 + the sum of the tree's values.
+    With F = N the tree is the best one under the model (Sequoia's optimum): values only shrink
+    down a path, so the N largest form a tree, and taking nodes one at a time by value, each
+    offering its children, finds them. With F < N only the first F − 1 nodes taken are fed to the
+    draft and offer children (the root's feed is the first forward); the other N − F + 1 are the
+    best leaves left (EAGLE-2's re-ranking). The draft grows its trees the same way (greedy by its
+    own path probabilities, sampled by these rates).
     The r-th choice is taken to be right no more often than the (r−1)-th (rates sorted). A chain
     (w = 1) gives (1 − α^(N+1)) / (1 − α)."""
     width = min(width or len(rates), len(rates))
     assert nodes >= 0 and all(0.0 <= a <= 1.0 for a in rates) and sum(rates) <= 1.0 + 1e-9
-    rates = sorted(rates[:width], reverse=True)
-    total, pool = 1.0, list(rates)
-    for _ in range(nodes):
-        if not pool:
-            break
-        best = max(range(len(pool)), key=pool.__getitem__)
-        value = pool.pop(best)
-        total += value
-        pool += [value * a for a in rates]
-    return total
+    ordered = sorted(rates[:width], reverse=True)
+    return 1.0 + sum(_greedy_values(ordered, nodes if forwards is None else forwards, nodes))
 
 
-def tree_speedup(rates: list[float], nodes: int, width: int, curve: CostCurve) -> float:
-    # S(N, w) = E(N, w) · t_t(1) / (N · t_d(1) + t_t(N + 1))
-    return tree_expected_tokens(rates, nodes, width) * curve.target(1) / curve.step_seconds(nodes)
+def _greedy_values(rates: list[float], forwards: int, count: int) -> list[float]:
+    # the values of the first `count` nodes taken best-first, the first forwards − 1 of them fed
+    # (offering their children); the values taken never increase, so any N's tree is a prefix
+    pool = [-a for a in rates]
+    heapq.heapify(pool)
+    values: list[float] = []
+    while pool and len(values) < count:
+        value = -heapq.heappop(pool)
+        values.append(value)
+        if len(values) < forwards:
+            for a in rates:
+                heapq.heappush(pool, -value * a)
+    return values
+
+
+def tree_speedup(rates: list[float], nodes: int, width: int, curve: CostCurve, forwards: int | None = None) -> float:
+    # S(N, w, F) = E(N, w, F) · t_t(1) / (F · t_d(1) + t_t(N + 1))
+    expected = tree_expected_tokens(rates, nodes, width, forwards)
+    return expected * curve.target(1) / curve.step_seconds(nodes, forwards)
+
+
+class TreeShape(NamedTuple):
+    nodes: int  # N: draft nodes, the KV slots a step holds
+    width: int  # w: the most children a node has
+    forwards: int  # F <= N: draft forwards; the nodes past the first F − 1 taken are leaves
 
 
 def tree_shape(
     rates: list[float], curve: CostCurve, fraction: float = 0.96, nodes_max: int = 16, width_max: int = 1
-) -> tuple[int, int]:
-    """(N*, w*): the fewest nodes whose expected speedup is within `fraction` of the best over
-    N <= nodes_max, at the widest w <= min(width_max, len(rates), N): a tree costs the draft one
-    forward a node whatever its width, so branching is free and the draft's own path probabilities
-    decide where it pays (a chain where the draft is sure)."""
+) -> TreeShape:
+    """(N*, w*, F*): the fewest nodes whose expected speedup, at their best F, is within
+    `fraction` of the best over N <= nodes_max, at the widest w <= min(width_max, len(rates), N).
+    A tree costs the draft one forward per fed node whatever its width, and its leaves cost only
+    their rows of the target's forward, so branching is free and the draft's own path
+    probabilities decide where it pays (a chain where the draft is sure); F < N where a target row
+    is cheaper than a draft forward's share of what a fed node adds."""
     width = max(1, min(width_max, len(rates)))
-    speeds = [tree_speedup(rates, n, width, curve) for n in range(nodes_max + 1)]
-    nodes = _first_within(speeds, fraction)
-    return nodes, max(1, min(width, nodes))
+    ordered = sorted(rates[:width], reverse=True)
+    base = curve.target(1)
+    best = [(1.0, 0)] + [(0.0, 0)] * nodes_max  # (speedup, F) per N
+    for forwards in range(1, nodes_max + 1):
+        values = _greedy_values(ordered, forwards, nodes_max)
+        expected = 1.0 + sum(values[: forwards - 1])
+        for nodes in range(forwards, len(values) + 1):
+            expected += values[nodes - 1]
+            speed = expected * base / curve.step_seconds(nodes, forwards)
+            if speed > best[nodes][0]:
+                best[nodes] = (speed, forwards)
+    nodes = _first_within([speed for speed, _ in best], fraction)
+    return TreeShape(nodes, max(1, min(width, nodes)), best[nodes][1])
 
 
 def _first_within(speeds: list[float], fraction: float) -> int:
@@ -287,12 +321,12 @@ def tree_lower_bound_budget(
     fraction: float = 0.96,
     nodes_max: int = 16,
     width_max: int = 2,
-) -> tuple[int, tuple[int, int]]:
-    """(KV bytes, (N*, w*)): the smallest KV budget that keeps `fraction` of the best expected
+) -> tuple[int, TreeShape]:
+    """(KV bytes, (N*, w*, F*)): the smallest KV budget that keeps `fraction` of the best expected
     speedup over trees of up to `nodes_max` nodes and `width_max` width. A tree of N nodes needs
     the slots of a chain of γ = N (L + N per cache), so the budget is the chain's at γ = N*."""
-    nodes, width = tree_shape(rates, curve, fraction, nodes_max, width_max)
-    return kv_footprint(contexts, nodes, kv_target, kv_draft, block_tokens), (nodes, width)
+    shape = tree_shape(rates, curve, fraction, nodes_max, width_max)
+    return kv_footprint(contexts, shape.nodes, kv_target, kv_draft, block_tokens), shape
 
 
 def gamma_for_budget(

@@ -88,6 +88,7 @@ class StepStats:
     draft_s: float
     target_s: float
     width: int = 1
+    forwards: int = 0  # draft forwards (a tree's nodes past them are leaves)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -100,6 +101,7 @@ class SpecStats:
     steps: int = 0
     tokens: int = 0
     drafted: int = 0
+    forwards: int = 0
     accepted: int = 0
     considered: int = 0
     draft_s: float = 0.0
@@ -110,6 +112,7 @@ class SpecStats:
         self.steps += 1
         self.tokens += step.emitted
         self.drafted += step.gamma
+        self.forwards += step.forwards
         self.accepted += step.accepted
         self.considered += min(step.accepted + 1, step.gamma)
         self.draft_s += step.draft_s
@@ -125,6 +128,7 @@ class SpecStats:
             "steps": self.steps,
             "tokens": self.tokens,
             "drafted": self.drafted,
+            "forwards": self.forwards,
             "accepted": self.accepted,
             "alpha": self.alpha,
             "mean_accepted": self.accepted / self.steps if self.steps else 0.0,
