@@ -8,6 +8,7 @@ blocks are freed and its sessions marked for a rebuild, a dead owner's sessions 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -113,12 +114,7 @@ class MemoryActor(Actor):
         return GrantAnswer(**self.manager.prefill(req.session, req.keep, req.add))
 
     def rpc_grant_batch(self, req: GrantBatch, call: Call) -> Answers:
-        answers = self.manager.grant_batch(
-            [
-                {"session": r.session, "gamma": r.gamma, "limit": r.limit, "width": r.width, "forwards": r.forwards}
-                for r in req.requests
-            ]
-        )
+        answers = self.manager.grant_batch([dataclasses.asdict(r) for r in req.requests])
         granted = [a["gamma"] for a in answers if "gamma" in a]
         if granted:
             self.metrics.set("gamma", sum(granted) / len(granted), "Mean γ of the last grant")

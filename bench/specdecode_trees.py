@@ -2,7 +2,7 @@
 
     python bench/specdecode.py trees --code 4 --prose 4 --max-new-tokens 48
     python bench/specdecode.py trees --temperature 1.0
-    python bench/specdecode.py trees --chains 2,3,4 --trees 4x2/2,6x3/2,6x3/3,8x3/3 --section leaves
+    python bench/specdecode.py trees --chains 2,3,4 --trees 4x2,4x2/2,6x3/2,6x3/3 --adaptive 2,3 --section leaves
     python bench/specdecode.py trees --chains 16,32,48 --trees 16x3,32x3,48x3 --adaptive '' \
         --gamma-max 48 --max-new-tokens 96 --section 'large N'
 
@@ -201,6 +201,8 @@ def _trees(text: str) -> list[tuple[int, int, int | None]]:
     for item in filter(None, text.split(",")):
         shape, _, forwards = item.partition("/")
         n, w = (int(x) for x in shape.split("x"))
+        if forwards and int(forwards) < 1:
+            raise argparse.ArgumentTypeError(f"{item}: a tree takes at least one draft forward")
         out.append((n, w, int(forwards) if forwards else None))
     return out
 

@@ -119,6 +119,13 @@ def test_depths_are_counted_from_chain_steps_and_default_to_the_first_rank():
     assert c[3:] == [pytest.approx(a1)] * 2  # never tried: the first rank's rate
 
 
+def test_a_short_tree_counts_only_the_depths_its_walk_tried():
+    # a walk down a chain of 2 nodes in a step granted 6 (its tree came out short): no depth 3
+    acc = RankAcceptance.empty(2)
+    acc.record(accepted=2, gamma=6, tried=[2, 0], hits=[2, 0])
+    assert acc.depth_tried == [1, 1] and acc.depth_hits == [1, 1]
+
+
 def test_bursty_acceptance_asks_for_a_longer_chain_than_one_alpha_of_the_same_first_rate():
     curve = CostCurve(0.3)
     flat = chain_length([0.7] * 12, curve, fraction=1.0)

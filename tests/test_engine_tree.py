@@ -20,6 +20,7 @@ from specmemo.actors.engine.memory_model import (
     gamma_star,
     lower_bound_budget,
     tree_expected_tokens,
+    tree_forwards,
     tree_lower_bound_budget,
     tree_shape,
 )
@@ -191,11 +192,9 @@ def test_large_trees_pay_where_a_verification_is_cheap_and_the_draft_sets_their_
     # the large-N benchmark's rank rates; the target's forward as dear for 49 tokens as for one
     rates = [0.73, 0.18, 0.06]
     shapes = {ratio: tree_shape(rates, CostCurve(ratio), 0.96, 48, 3) for ratio in (0.0, 0.02, 0.2)}
-    assert shapes[0.0].nodes >= 32  # a free draft: the large trees of docs/memory-model.md
-    # a dearer draft forward: fewer forwards, and leaves (free on a flat target) fill the tree
-    assert shapes[0.0].forwards > shapes[0.02].forwards > shapes[0.2].forwards
-    assert shapes[0.02].nodes >= 16 and shapes[0.02].forwards < shapes[0.02].nodes
-    assert shapes[0.2].nodes >= 6 and shapes[0.2].forwards <= 3  # this CPU's draft, a GPU's flat target
+    # a free draft: the large trees of docs/memory-model.md; a dearer draft forward: fewer forwards,
+    # and leaves (free on a flat target) fill the tree (0.2: this CPU's draft, a GPU's flat target)
+    assert shapes == {0.0: (40, 3, 29), 0.02: (22, 3, 9), 0.2: (7, 3, 3)}
     # this CPU's target: a row costs ~7% of a one-token forward up to M = 9, more past it
     cpu = CostCurve()
     for m in range(1, 18):
@@ -303,6 +302,26 @@ def test_a_grant_answers_the_forwards_of_its_shape_within_its_nodes():
     assert m.grant("s", gamma=5, width=2, forwards=0)["forwards"] == 1
     m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
     assert m.grant("s", gamma=5, forwards=2)["forwards"] == 5
+    # a limit below N*: the best F for the nodes granted, not N*'s
+    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
+    cut = m.grant("s", limit=3)
+    assert cut["gamma"] == 3 and cut["forwards"] == tree_forwards(m.rates("s"), m.costs, 3, cut["width"]) < shape[2]
+
+
+def test_short_trees_of_few_forwards_decode_greedy_and_sampled():
+    # 2 forwards of width 2 hold at most 4 of the 6 nodes granted: every step's tree comes out short
+    draft, target = tiny_pair(seed=11, vocab_size=16, noise=0.02, draft_layers=2)
+    engine = Engine(draft, target, block_tokens=4, gamma=6, tree=2, forwards=2)
+    prompt = np.arange(1, 7)
+    ids, stats = engine.generate_ids(prompt, 20)
+    assert ids.tolist() == greedy_reference(target, prompt, 20).tolist()
+    assert stats["forwards"] <= 2 * stats["steps"] and stats["drafted"] <= 4 * stats["steps"]
+    assert stats["forwards"] < stats["drafted"]  # leaves were drafted
+    # sampled at a low temperature, a node's draws run out after its likeliest token: shorter still
+    for temperature in (0.05, 1.0):
+        batch = engine.generate_batch([prompt, prompt[:3]], 12, temperature, seeds=[1, 2])
+        for ids, stats in batch:
+            assert len(ids) == 12 and stats["forwards"] <= 2 * stats["steps"]
 
 
 # ------------------------------------------------------------------ the draft and the caches
@@ -343,11 +362,12 @@ def test_a_tree_of_few_forwards_is_the_same_growth_cut_short_then_its_best_leave
         engine.draft.open("s", prompt, 4)
         fed = None if forwards is None else [forwards]
         out = engine.draft.propose(["s"], [nodes], [4], temperature, [7], [3], [[0.5, 0.3, 0.1]], fed)
-        return out["tokens"][0], out["parents"][0], list(engine.draft._get("s").slots)
+        return out["tokens"][0], out["parents"][0], list(engine.draft._get("s").slots), out["forwards"]
 
-    full_tokens, full_parents, _ = propose(9, None)
+    full_tokens, full_parents, _, _ = propose(9, None)
     for forwards in (1, 2, 4):
-        tokens, parents, slots = propose(9, forwards)
+        tokens, parents, slots, taken = propose(9, forwards)
+        assert taken == [forwards]
         # the first F nodes are the full growth's first F (the same selections, the same draws)
         assert tokens[:forwards].tolist() == full_tokens[:forwards].tolist()
         assert parents[:forwards].tolist() == full_parents[:forwards].tolist()
@@ -359,6 +379,26 @@ def test_a_tree_of_few_forwards_is_the_same_growth_cut_short_then_its_best_leave
         tree = Tree.from_rows(tokens, parents, int((tokens >= 0).sum()))
         for kids in tree.children().values():
             assert len(set(tokens[kids].tolist())) == len(kids)  # distinct siblings
+        if temperature == 0:  # greedy: the leaves are the best of the fed nodes' top-3 children left
+            values = {}  # node -> log path probability under the draft's own forward
+            candidates = []  # (value, parent, token) of every fed node's top-3 children
+            for node in range(-1, forwards - 1):
+                path, n = [], node
+                while n >= 0:
+                    path.insert(0, int(tokens[n]))
+                    n = int(parents[n])
+                with torch.no_grad():
+                    logp = torch.log_softmax(draft(torch.tensor([prompt.tolist() + path])).logits[0, -1], -1)
+                base = values.get(node, 0.0)
+                top = torch.topk(logp, 3)
+                candidates += [(base + v, node, t) for v, t in zip(top.values.tolist(), top.indices.tolist())]
+                for child in range(len(tokens)):
+                    if parents[child] == node and tokens[child] >= 0:
+                        values[child] = base + float(logp[tokens[child]])
+            taken_nodes = {(int(parents[i]), int(tokens[i])) for i in range(int((tokens >= 0).sum()))}
+            left = [v for v, p, t in candidates if (p, t) not in taken_nodes]
+            leaves = [values[i] for i in range(forwards, int((tokens >= 0).sum()))]
+            assert not left or not leaves or min(leaves) >= max(left) - 1e-4
 
 
 def test_a_sampled_tree_grows_by_the_sessions_rank_rates_whatever_tokens_it_draws():

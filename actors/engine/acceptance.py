@@ -42,8 +42,8 @@ class RankAcceptance:
         for r, (t, h) in enumerate(zip(tried[: len(self.tried)], hits[: len(self.hits)])):
             self.tried[r] += t
             self.hits[r] += h
-        if not any(tried[1:]):  # a chain: depths 1 .. min(accepted + 1, γ) tried, 1 .. accepted hit
-            deepest = min(accepted + 1, gamma)
+        if not any(tried[1:]):  # a chain: depths 1 .. tried[0] tried (min(accepted + 1, its length)), 1 .. accepted hit
+            deepest = tried[0] if tried else 0
             grow = deepest - len(self.depth_tried)
             if grow > 0:
                 self.depth_tried += [0] * grow

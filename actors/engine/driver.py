@@ -235,7 +235,7 @@ class Driver:
             drafts[speculating, :width] = proposal["tokens"]
             parents[speculating, :width] = proposal["parents"]
             if proposal["probs"] is not None:
-                probs = np.zeros((len(granted), max(gammas), proposal["probs"].shape[-1]), dtype=np.float32)
+                probs = np.zeros((len(granted), drafts.shape[1], proposal["probs"].shape[-1]), dtype=np.float32)
                 probs[speculating, :width] = proposal["probs"]
             draft_s, token_s = proposal["seconds"], proposal.get("token_seconds")
         target_blocks = [b[TARGET] for _, _, _, b in granted]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .acceptance import RankAcceptance
 from .blocks import BlockIds, blocks_after_rollback, blocks_for
 from .errors import EngineError, OverBudget, SessionBusy, UnknownSession, as_answer
-from .memory_model import CostCurve, chain_length, gamma_for_budget, kv_tokens, tree_shape
+from .memory_model import CostCurve, chain_length, gamma_for_budget, kv_tokens, tree_forwards, tree_shape
 from .reservations import Reservations
 
 EXPLORE_EVERY = 4
@@ -151,20 +151,20 @@ class MemoryManager(Reservations):
         width: int | None = None,
         forwards: int | None = None,
     ) -> dict:
-        """Room for one speculative step of γ <= `gamma` draft nodes (default: the tree (N*, w*, F*)
-        the memory model picks from the session's rank acceptance rates and the cost curve), and
+        """Room for one speculative step of γ <= `gamma` draft nodes (default: the tree (N*, w*) the
+        memory model picks from the session's rank acceptance rates and the cost curve), and
         γ <= `limit` (the caller's cap: tokens left to generate, context left). `width` caps the
-        tree's width (default: `width_max` when the shape is chosen, 1 (a chain) for a fixed γ);
-        `forwards` caps the draft forwards F that grow it (default: the shape's F, γ for a fixed γ;
+        tree's width (default: `width_max` when the shape is chosen, 1 (a chain) for a fixed γ),
+        `forwards` its draft forwards F (default: the best F for the N granted, γ for a fixed γ;
         the nodes past the first F − 1 are leaves). Answers {"gamma": g, "width": w, "forwards": F,
         "rates": [a_1..a_w] (`rates`), "blocks": {holder: n}, "evicted": [...], "rebuild": [holders]}."""
         s = self._get(session)
         cap = max(1, min(width if width is not None else (self.width_max if gamma is None else 1), self.width_max))
         rates = s.acceptance.rates(self.prior_alpha, cap)  # what the shape is priced with, and grown by
         if gamma is None:
-            want, wide, fed = self._wanted_shape(s, cap, rates)
+            want, wide = self._wanted_shape(s, cap, rates)
         else:
-            want, wide, fed = min(gamma, self.gamma_max), cap, gamma
+            want, wide = min(gamma, self.gamma_max), cap
         if gamma is None and want == 0 and self.gamma_max > 0:
             # α is only measured while drafting: every EXPLORE-th plain step drafts one token,
             # so a session whose acceptance improves gets its speculation back
@@ -189,11 +189,13 @@ class MemoryManager(Reservations):
         self._apply(session, s, need, rebuild)
         s.lost.clear()
         s.gamma, s.width, s.busy, s.last_used = g, max(1, min(wide, g)), True, self._tick()
-        fed = min(max(1, fed if forwards is None else min(fed, forwards)), g)  # the root's feed to one a node
+        fed = tree_forwards(rates, self.costs, g, s.width) if gamma is None and s.width > 1 else g
+        if s.width > 1 and forwards is not None:  # the caller's cap, down to the root's feed alone
+            fed = max(1, min(fed, forwards))
         return {
             "gamma": g,
             "width": s.width,
-            "forwards": fed if s.width > 1 else g,
+            "forwards": fed,
             "rates": rates[: s.width],
             "blocks": self._block_counts(s),
             "evicted": evicted,
@@ -332,12 +334,11 @@ class MemoryManager(Reservations):
         self._clock += 1
         return self._clock
 
-    def _wanted_shape(self, s: _Session, width: int, rates: list[float]) -> tuple[int, int, int]:
+    def _wanted_shape(self, s: _Session, width: int, rates: list[float]) -> tuple[int, int]:
         if width == 1:  # a chain, priced by depth (bursty acceptance: acceptance.py)
             depths = s.acceptance.depth_rates(self.prior_alpha, self.gamma_max)
-            gamma = chain_length(depths, self.costs, self.fraction, self.gamma_max)
-            return gamma, 1, gamma
-        return tree_shape(rates, self.costs, self.fraction, self.gamma_max, width)
+            return chain_length(depths, self.costs, self.fraction, self.gamma_max), 1
+        return tree_shape(rates, self.costs, self.fraction, self.gamma_max, width)[:2]
 
     def _session_holder_bytes(self, s: _Session, holder: str) -> int:
         return len(s.blocks.get(holder, [])) * self.block_bytes(holder)

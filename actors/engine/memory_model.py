@@ -207,9 +207,23 @@ def tree_shape(
     probabilities decide where it pays (a chain where the draft is sure); F < N where a target row
     is cheaper than a draft forward's share of what a fed node adds."""
     width = max(1, min(width_max, len(rates)))
+    best = _best_forwards(rates, curve, nodes_max, width)
+    nodes = _first_within([speed for speed, _ in best], fraction)
+    return TreeShape(nodes, max(1, min(width, nodes)), best[nodes][1])
+
+
+def tree_forwards(rates: list[float], curve: CostCurve, nodes: int, width: int) -> int:
+    """F*: the draft forwards of the fastest tree of `nodes` nodes and width <= `width` (0 for none;
+    a grant whose budget cut N* re-prices F for the N it can hold)."""
+    return _best_forwards(rates, curve, nodes, width)[nodes][1]
+
+
+def _best_forwards(rates: list[float], curve: CostCurve, nodes_max: int, width: int) -> list[tuple[float, int]]:
+    # (S(N, w, F), F) at the best F for each N = 0..nodes_max (S = 0 where no F reaches N nodes),
+    # each F's greedy values summed once for every N
     ordered = sorted(rates[:width], reverse=True)
     base = curve.target(1)
-    best = [(1.0, 0)] + [(0.0, 0)] * nodes_max  # (speedup, F) per N
+    best = [(1.0, 0)] + [(0.0, 0)] * nodes_max
     for forwards in range(1, nodes_max + 1):
         values = _greedy_values(ordered, forwards, nodes_max)
         expected = 1.0 + sum(values[: forwards - 1])
@@ -218,8 +232,7 @@ def tree_shape(
             speed = expected * base / curve.step_seconds(nodes, forwards)
             if speed > best[nodes][0]:
                 best[nodes] = (speed, forwards)
-    nodes = _first_within([speed for speed, _ in best], fraction)
-    return TreeShape(nodes, max(1, min(width, nodes)), best[nodes][1])
+    return best
 
 
 def _first_within(speeds: list[float], fraction: float) -> int:
