@@ -42,7 +42,8 @@ class RankAcceptance:
         for r, (t, h) in enumerate(zip(tried[: len(self.tried)], hits[: len(self.hits)])):
             self.tried[r] += t
             self.hits[r] += h
-        if not any(tried[1:]):  # a chain: depths 1 .. tried[0] tried (min(accepted + 1, its length)), 1 .. accepted hit
+        # a chain: depths 1 .. tried[0] tried (min(accepted + 1, its length)), 1 .. accepted hit
+        if not any(tried[1:]):
             deepest = tried[0] if tried else 0
             grow = deepest - len(self.depth_tried)
             if grow > 0:

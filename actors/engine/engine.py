@@ -29,9 +29,9 @@ class Engine:
     may draft (1, the default: chains; the manager picks each step's shape, and with a fixed
     `gamma` the tree has that many nodes, each with up to `tree` children). forwards: a cap on
     the draft forwards that grow a tree (default: the manager's F* for its shape, γ for a fixed
-    γ; the nodes past the first F − 1 taken are leaves; a chain feeds every node). cost_ratio: a fixed c = t_draft /
-    t_target (default: measured online by the driver, from a calibration of the target's cost
-    curve done here, `Driver.anchor_costs`). max_context: a cap below the models' own.
+    γ; the nodes past the first F − 1 taken are leaves; a chain feeds every node). cost_ratio:
+    a fixed c = t_draft / t_target (default: measured online by the driver, from a calibration
+    of the target's cost curve done here, `Driver.anchor_costs`). max_context: a cap below the models' own.
     vocab_rows: the draft head's base rows (`DraftCore`). prefix_tokens: each model keeps the KV of
     up to this many tokens of recent prompts' prefixes for new sessions to start from
     (`prefix.PrefixStore`; its bytes are reserved in the budget; 0, the default here: none).
