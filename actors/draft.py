@@ -16,6 +16,7 @@ import numpy as np
 from specmemo.actors.engine import DraftCore
 from specmemo.actors.engine.driver import DRAFT
 from specmemo.actors.engine.prefix import DEFAULT_TOKENS as DEFAULT_PREFIX_TOKENS
+from specmemo.protocol.errors import BadRequest
 from specmemo.protocol.methods import (
     AcceptBatch,
     DraftOpen,
@@ -105,6 +106,7 @@ class DraftActor(Actor):
         return Held(held=await self.run_sync(self.core.extend, req.session, req.token_ids, req.keep, req.blocks))
 
     async def rpc_propose(self, req: ProposeRequest, call: Call) -> Proposal:
+        _check_rows(req)
         out = await self.run_sync(
             self.core.propose,
             req.sessions,
@@ -141,3 +143,16 @@ class DraftActor(Actor):
 
     async def rpc_close(self, req: SessionRef, call: Call) -> Held:
         return Held(held=self.core.close(req.session))
+
+
+def _check_rows(req: ProposeRequest) -> None:
+    # every per-session list has one entry a session, and no count is negative
+    per_row = {k: getattr(req, k) for k in ("gammas", "blocks", "seeds", "widths", "rates", "forwards")}
+    if isinstance(req.temperature, list):
+        per_row["temperature"] = req.temperature
+    wrong = [k for k, v in per_row.items() if v is not None and len(v) != len(req.sessions)]
+    if wrong:
+        raise BadRequest(f"propose: {', '.join(wrong)} must have one entry a session ({len(req.sessions)})")
+    counts = [*req.gammas, *req.blocks, *(req.widths or []), *(req.forwards or [])]
+    if any(n < 0 for n in counts) or any(w < 1 for w in req.widths or []):
+        raise BadRequest("propose: node, block and forward counts must be >= 0 and widths >= 1")

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from engine_helpers import tiny_engine
 
+from specmemo.actors.draft import _check_rows
 from specmemo.actors.engine import Engine
 from specmemo.actors.engine.tiny import tiny_pair, tiny_tokenizer
 from specmemo.deploy.tiny import PAIR, tiny_config
-from specmemo.protocol import ActorDied, Conflict, InvalidInput, NotFound
+from specmemo.protocol import ActorDied, BadRequest, Conflict, InvalidInput, NotFound, Unauthorized
+from specmemo.protocol.model_messages import ProposeRequest
 
 CONFIG = tiny_config(
     "spec",
@@ -153,6 +155,25 @@ def test_bad_input_gets_typed_errors_and_leaks_nothing(spec):
         with pytest.raises(NotFound):
             c.ask(session, "closed now")
         assert session not in c.usage().sessions
+        # a client never reaches the draft's steps; only actors may call them
+        with pytest.raises(Unauthorized):
+            c.call("draft", "propose", sessions=["s"], gammas=[2], blocks=[1], forwards=[1, 2])
+
+
+def test_a_draft_step_with_per_session_lists_that_disagree_is_refused_before_any_work():
+    def request(**fields) -> ProposeRequest:
+        return ProposeRequest(**{"sessions": ["a", "b"], "gammas": [2, 3], "blocks": [1, 1], **fields})
+
+    _check_rows(request(widths=[1, 2], forwards=[2, 1], rates=[[0.7], []], temperature=[0.0, 1.0]))
+    for bad, match in [
+        (request(forwards=[1]), "forwards"),
+        (request(gammas=[2]), "gammas"),
+        (request(temperature=[0.5]), "temperature"),
+        (request(forwards=[1, -1]), "counts"),
+        (request(widths=[0, 1]), "widths"),
+    ]:
+        with pytest.raises(BadRequest, match=match):
+            _check_rows(bad)
 
 
 def test_a_session_belongs_to_the_client_that_opened_it(spec):

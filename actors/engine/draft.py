@@ -246,6 +246,7 @@ class DraftCore(CacheHolder):
         probs = np.zeros((len(rows), width, self.vocab_size), dtype=np.float32) if sampled else None
         rngs = [np.random.default_rng(seed) for seed in (seeds or [0] * len(rows))]
         assert rates is None or len(rates) == len(rows)
+        assert forwards is None or len(forwards) == len(rows)
         row_rates = [_rank_rates(r, w) for r, w in zip(rates, widths)] if rates is not None else [None] * len(rows)
         grown = [_Growth(len(row.ids)) for row in rows]
         fed_max = [max(1, f) for f in forwards] if forwards is not None else list(gammas)
