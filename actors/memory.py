@@ -122,12 +122,7 @@ class MemoryActor(Actor):
         return Answers(answers=[GrantAnswer(**a) for a in answers])
 
     def rpc_commit_batch(self, req: CommitBatch, call: Call) -> Answers:
-        answers = self.manager.commit_batch(
-            [
-                {"session": r.session, "accepted": r.accepted, "emitted": r.emitted, "tried": r.tried, "hits": r.hits}
-                for r in req.requests
-            ]
-        )
+        answers = self.manager.commit_batch([dataclasses.asdict(r) for r in req.requests])
         self._gauges()
         return Answers(answers=[GrantAnswer(**a) for a in answers])
 

@@ -23,6 +23,7 @@ from specmemo.actors.engine.memory_model import (
     tree_forwards,
     tree_lower_bound_budget,
     tree_shape,
+    tree_speedup,
 )
 from specmemo.actors.engine.speculative import probabilities, verify_chain
 from specmemo.actors.engine.tiny import tiny_pair
@@ -203,6 +204,28 @@ def test_large_trees_pay_where_a_verification_is_cheap_and_the_draft_sets_their_
     assert tree_shape(rates, cpu, 0.96, 48, 3).nodes <= 4
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    rates=st.lists(st.floats(0.0, 0.33), min_size=3, max_size=3),
+    draft=st.floats(0.0, 0.5),
+    slope=st.floats(0.0, 0.2),
+    nodes_max=st.integers(1, 12),
+    forwards_max=st.one_of(st.none(), st.integers(1, 12)),
+)
+def test_the_shape_sweep_is_the_best_of_every_n_and_f(rates, draft, slope, nodes_max, forwards_max):
+    # tree_forwards' one sweep against tree_speedup at every (N, F) a tree of width 3 can reach
+    curve = CostCurve(draft)
+    for m in range(1, nodes_max + 2):
+        curve.observe(m=m, target_s=1.0 + slope * (m - 1), anchor=True)
+    for nodes in range(1, nodes_max + 1):
+        feasible = [f for f in range(1, min(nodes, forwards_max or nodes) + 1) if f * 3 >= nodes]
+        best = max((tree_speedup(rates, nodes, 3, curve, f) for f in feasible), default=0.0)
+        chosen = tree_forwards(rates, curve, nodes, 3, forwards_max)
+        assert (chosen == 0) == (not feasible)
+        if feasible:
+            assert tree_speedup(rates, nodes, 3, curve, chosen) == pytest.approx(best, rel=1e-9)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     a1=st.floats(0.05, 0.95),
@@ -217,9 +240,6 @@ def test_fewer_forwards_never_gain_and_a_chain_stops_at_its_forwards(a1, share, 
     assert value <= tree_expected_tokens(rates, nodes, width) + 1e-12  # F = N: the best tree
     assert value <= tree_expected_tokens(rates, nodes, width, forwards + 1) + 1e-12
     assert value <= tree_expected_tokens(rates, nodes + 1, width, forwards) + 1e-12
-    assert np.isclose(
-        tree_expected_tokens(rates, nodes, width, max(nodes, 1)), tree_expected_tokens(rates, nodes, width)
-    )
     # leaves only: a node the forwards did not feed offers no child
     assert np.isclose(tree_expected_tokens(rates, nodes, 1, forwards), expected_tokens(a1, min(nodes, forwards)))
     assert np.isclose(tree_expected_tokens(rates, nodes, width, 1), 1 + sum(sorted(rates[:width])[::-1][:nodes]))
@@ -302,14 +322,20 @@ def test_a_grant_answers_the_forwards_of_its_shape_within_its_nodes():
     assert m.grant("s", gamma=5, width=2, forwards=0)["forwards"] == 1
     m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
     assert m.grant("s", gamma=5, forwards=2)["forwards"] == 5
+    # a cap holds the nodes to what its forwards can offer (F · w), fixed or chosen
+    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
+    assert m.grant("s", gamma=9, width=3, forwards=1)["gamma"] == 3
+    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
+    capped = m.grant("s", forwards=1)
+    assert capped["forwards"] == 1 and capped["gamma"] <= 3
     # a limit below N*: the best F for the nodes granted, not N*'s
     m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
     cut = m.grant("s", limit=3)
     assert cut["gamma"] == 3 and cut["forwards"] == tree_forwards(m.rates("s"), m.costs, 3, cut["width"]) < shape[2]
 
 
-def test_short_trees_of_few_forwards_decode_greedy_and_sampled():
-    # 2 forwards of width 2 hold at most 4 of the 6 nodes granted: every step's tree comes out short
+def test_trees_of_few_forwards_and_short_trees_decode_greedy_and_sampled():
+    # 2 forwards of width 2 offer at most 4 nodes: the grant holds the 6 asked for to 4
     draft, target = tiny_pair(seed=11, vocab_size=16, noise=0.02, draft_layers=2)
     engine = Engine(draft, target, block_tokens=4, gamma=6, tree=2, forwards=2)
     prompt = np.arange(1, 7)
@@ -317,11 +343,12 @@ def test_short_trees_of_few_forwards_decode_greedy_and_sampled():
     assert ids.tolist() == greedy_reference(target, prompt, 20).tolist()
     assert stats["forwards"] <= 2 * stats["steps"] and stats["drafted"] <= 4 * stats["steps"]
     assert stats["forwards"] < stats["drafted"]  # leaves were drafted
-    # sampled at a low temperature, a node's draws run out after its likeliest token: shorter still
-    for temperature in (0.05, 1.0):
-        batch = engine.generate_batch([prompt, prompt[:3]], 12, temperature, seeds=[1, 2])
-        for ids, stats in batch:
-            assert len(ids) == 12 and stats["forwards"] <= 2 * stats["steps"]
+    # sampled at a low temperature q is exactly 0 past its likeliest token, so a node has one draw
+    # and the trees come out shorter than granted (the step must verify what was drafted)
+    ids, stats = engine.generate_ids(prompt, 12, temperature=0.01, seed=1)
+    assert len(ids) == 12 and stats["drafted"] < 4 * stats["steps"]
+    batch = engine.generate_batch([prompt, prompt[:3]], 12, 1.0, seeds=[1, 2])
+    assert all(len(ids) == 12 and stats["forwards"] <= 2 * stats["steps"] for ids, stats in batch)
 
 
 # ------------------------------------------------------------------ the draft and the caches
@@ -430,7 +457,7 @@ def test_rank_rates_are_cleaned_before_they_key_a_tree():
 
 @pytest.mark.parametrize("forwards", [None, 2])
 def test_after_a_tree_step_both_caches_hold_exactly_a_plain_prefill_of_the_committed_tokens(forwards):
-    # with 2 forwards, 4 of the 6 nodes are leaves the draft never fed
+    # with 2 forwards only the root and the first node are fed: the other 5 of the 6 nodes never are
     draft, target = tiny_pair(seed=6, noise=0.02, draft_layers=2)
     engine = Engine(draft, target, block_tokens=4, gamma=6, tree=3)
     engine.verifier.open("s")

@@ -230,7 +230,7 @@ class Driver:
             width = proposal["tokens"].shape[1]
             counts = (proposal["tokens"] >= 0).sum(axis=1).tolist()
             for k, i in enumerate(speculating):
-                gammas[i] = counts[k]  # a tree whose candidates ran out has fewer nodes
+                gammas[i] = counts[k]  # fewer where a tree's candidates ran out (a sampled q's draws, a vocabulary)
                 taken[i] = (proposal.get("forwards") or counts)[k]
             drafts[speculating, :width] = proposal["tokens"]
             parents[speculating, :width] = proposal["parents"]

@@ -151,23 +151,24 @@ class MemoryManager(Reservations):
         width: int | None = None,
         forwards: int | None = None,
     ) -> dict:
-        """Room for one speculative step of γ <= `gamma` draft nodes (default: the tree (N*, w*) the
-        memory model picks from the session's rank acceptance rates and the cost curve), and
+        """Room for one speculative step of γ <= `gamma` draft nodes (default: the tree (N*, w*, F*)
+        the memory model picks from the session's rank acceptance rates and the cost curve), and
         γ <= `limit` (the caller's cap: tokens left to generate, context left). `width` caps the
         tree's width (default: `width_max` when the shape is chosen, 1 (a chain) for a fixed γ),
-        `forwards` its draft forwards F (default: the best F for the N granted, γ for a fixed γ;
-        the nodes past the first F − 1 are leaves). Answers {"gamma": g, "width": w, "forwards": F,
-        "rates": [a_1..a_w] (`rates`), "blocks": {holder: n}, "evicted": [...], "rebuild": [holders]}."""
+        `forwards` a tree's draft forwards F (trees only: a chain feeds every node; N is then at
+        most what F forwards offer, F·w). F defaults to the best F for the N granted, γ for a fixed
+        γ; the nodes past the first F − 1 are leaves. Answers {"gamma": g, "width": w, "forwards":
+        F, "rates": [a_1..a_w] (`rates`), "blocks": {holder: n}, "evicted": [...], "rebuild": [...]}."""
         s = self._get(session)
         cap = max(1, min(width if width is not None else (self.width_max if gamma is None else 1), self.width_max))
         rates = s.acceptance.rates(self.prior_alpha, cap)  # what the shape is priced with, and grown by
+        fed_cap = None if forwards is None or cap == 1 else max(1, forwards)
         if gamma is None:
-            want, wide = self._wanted_shape(s, cap, rates)
+            want, wide = self._wanted_shape(s, cap, rates, fed_cap)
         else:
-            want, wide = min(gamma, self.gamma_max), cap
+            want, wide = min(gamma, self.gamma_max, fed_cap * cap if fed_cap else gamma), cap
         if gamma is None and want == 0 and self.gamma_max > 0:
-            # α is only measured while drafting: every EXPLORE-th plain step drafts one token,
-            # so a session whose acceptance improves gets its speculation back
+            # α is measured only while drafting: every EXPLORE-th plain step drafts one token
             s.plain_steps += 1
             if s.plain_steps >= EXPLORE_EVERY:
                 want, s.plain_steps = 1, 0
@@ -189,9 +190,8 @@ class MemoryManager(Reservations):
         self._apply(session, s, need, rebuild)
         s.lost.clear()
         s.gamma, s.width, s.busy, s.last_used = g, max(1, min(wide, g)), True, self._tick()
-        fed = tree_forwards(rates, self.costs, g, s.width) if gamma is None and s.width > 1 else g
-        if s.width > 1 and forwards is not None:  # the caller's cap, down to the root's feed alone
-            fed = max(1, min(fed, forwards))
+        fed = min(g, fed_cap or g)  # a chain, a fixed γ: every node fed (or the cap); else F* for the N held
+        fed = tree_forwards(rates, self.costs, g, s.width, fed_cap) if gamma is None and s.width > 1 else fed
         return {
             "gamma": g,
             "width": s.width,
@@ -230,10 +230,10 @@ class MemoryManager(Reservations):
         """`grant` for several sessions in order, one message for a batched step. Each request is
         {"session", "gamma", "limit", "width", "forwards" (each optional)}; each answer is grant's, or
         {"error": as_answer(exc)} (a [class name, message] pair) for that session alone."""
-        answers, shape = [], ("gamma", "limit", "width", "forwards")
+        answers, keys = [], ("gamma", "limit", "width", "forwards")
         for r in requests:
             try:
-                answers.append(self.grant(r["session"], **{k: r.get(k) for k in shape}))
+                answers.append(self.grant(r["session"], **{k: r.get(k) for k in keys}))
             except EngineError as exc:
                 answers.append({"error": as_answer(exc)})
         return answers
@@ -334,11 +334,11 @@ class MemoryManager(Reservations):
         self._clock += 1
         return self._clock
 
-    def _wanted_shape(self, s: _Session, width: int, rates: list[float]) -> tuple[int, int]:
+    def _wanted_shape(self, s: _Session, width: int, rates: list[float], fed_cap: int | None) -> tuple[int, int]:
         if width == 1:  # a chain, priced by depth (bursty acceptance: acceptance.py)
             depths = s.acceptance.depth_rates(self.prior_alpha, self.gamma_max)
             return chain_length(depths, self.costs, self.fraction, self.gamma_max), 1
-        return tree_shape(rates, self.costs, self.fraction, self.gamma_max, width)[:2]
+        return tree_shape(rates, self.costs, self.fraction, self.gamma_max, width, fed_cap)[:2]
 
     def _session_holder_bytes(self, s: _Session, holder: str) -> int:
         return len(s.blocks.get(holder, [])) * self.block_bytes(holder)

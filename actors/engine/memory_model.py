@@ -198,33 +198,42 @@ class TreeShape(NamedTuple):
 
 
 def tree_shape(
-    rates: list[float], curve: CostCurve, fraction: float = 0.96, nodes_max: int = 16, width_max: int = 1
+    rates: list[float],
+    curve: CostCurve,
+    fraction: float = 0.96,
+    nodes_max: int = 16,
+    width_max: int = 1,
+    forwards_max: int | None = None,
 ) -> TreeShape:
-    """(N*, w*, F*): the fewest nodes whose expected speedup, at their best F, is within
-    `fraction` of the best over N <= nodes_max, at the widest w <= min(width_max, len(rates), N).
+    """(N*, w*, F*): the fewest nodes whose expected speedup, at their best F <= `forwards_max`
+    (default: any), is within `fraction` of the best over N <= nodes_max, at the widest
+    w <= min(width_max, len(rates), N).
     A tree costs the draft one forward per fed node whatever its width, and its leaves cost only
     their rows of the target's forward, so branching is free and the draft's own path
     probabilities decide where it pays (a chain where the draft is sure); F < N where a target row
     is cheaper than a draft forward's share of what a fed node adds."""
     width = max(1, min(width_max, len(rates)))
-    best = _best_forwards(rates, curve, nodes_max, width)
+    best = _best_forwards(rates, curve, nodes_max, width, forwards_max)
     nodes = _first_within([speed for speed, _ in best], fraction)
     return TreeShape(nodes, max(1, min(width, nodes)), best[nodes][1])
 
 
-def tree_forwards(rates: list[float], curve: CostCurve, nodes: int, width: int) -> int:
-    """F*: the draft forwards of the fastest tree of `nodes` nodes and width <= `width` (0 for none;
-    a grant whose budget cut N* re-prices F for the N it can hold)."""
-    return _best_forwards(rates, curve, nodes, width)[nodes][1]
+def tree_forwards(rates: list[float], curve: CostCurve, nodes: int, width: int, forwards_max: int | None = None) -> int:
+    """F*: the draft forwards (<= `forwards_max`) of the fastest tree of `nodes` nodes and width
+    <= `width` (0 where none reaches `nodes`; a grant whose budget cut N* re-prices F for the N it
+    can hold)."""
+    return _best_forwards(rates, curve, nodes, width, forwards_max)[nodes][1]
 
 
-def _best_forwards(rates: list[float], curve: CostCurve, nodes_max: int, width: int) -> list[tuple[float, int]]:
-    # (S(N, w, F), F) at the best F for each N = 0..nodes_max (S = 0 where no F reaches N nodes),
-    # each F's greedy values summed once for every N
+def _best_forwards(
+    rates: list[float], curve: CostCurve, nodes_max: int, width: int, forwards_max: int | None = None
+) -> list[tuple[float, int]]:
+    # (S(N, w, F), F) at the best F <= forwards_max for each N = 0..nodes_max (S = 0 where no such
+    # F reaches N nodes), each F's greedy values summed once for every N
     ordered = sorted(rates[:width], reverse=True)
     base = curve.target(1)
     best = [(1.0, 0)] + [(0.0, 0)] * nodes_max
-    for forwards in range(1, nodes_max + 1):
+    for forwards in range(1, min(nodes_max, forwards_max or nodes_max) + 1):
         values = _greedy_values(ordered, forwards, nodes_max)
         expected = 1.0 + sum(values[: forwards - 1])
         for nodes in range(forwards, len(values) + 1):
@@ -336,8 +345,9 @@ def tree_lower_bound_budget(
     width_max: int = 2,
 ) -> tuple[int, TreeShape]:
     """(KV bytes, (N*, w*, F*)): the smallest KV budget that keeps `fraction` of the best expected
-    speedup over trees of up to `nodes_max` nodes and `width_max` width. A tree of N nodes needs
-    the slots of a chain of γ = N (L + N per cache), so the budget is the chain's at γ = N*."""
+    speedup over trees of up to `nodes_max` nodes and `width_max` width. A tree of N nodes is
+    granted the slots of a chain of γ = N (L + N per cache; the draft fills only the F − 1 it
+    feeds), so the budget is the chain's at γ = N*."""
     shape = tree_shape(rates, curve, fraction, nodes_max, width_max)
     return kv_footprint(contexts, shape.nodes, kv_target, kv_draft, block_tokens), shape
 
