@@ -53,25 +53,50 @@ class Q4Weights:
     def writable(self) -> bool:
         """Whether the arrays have the layout's shapes, dtypes and C order, and can be written (what
         `pack` fills)."""
-        return all(
-            a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
-            for a, (shape, dtype) in zip((self.codes, self.scales), layout(self.n, self.k, self.group))
-        )
+        return fits(self.arrays(), layout(self.n, self.k, self.group), writeable=True)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"codes": self.codes, "scales": self.scales}
 
     @classmethod
     def from_arrays(cls, n: int, k: int, group: int, arrays: dict) -> Q4Weights:
         """The weight of stored `codes` and `scales` (a stored copy, say), or ValueError if they do not
         make an n x k one in groups of `group`."""
-        for name, (shape, dtype) in zip(("codes", "scales"), layout(n, k, group)):
-            got = arrays[name]
-            if got.shape != shape or got.dtype != dtype or not got.flags.c_contiguous:
-                raise ValueError(f"q4 {name} {got.dtype} {got.shape}, not {np.dtype(dtype)} {shape}, for {n} x {k}")
+        check_layout(arrays, layout(n, k, group), f"q4 {n} x {k}")
         return cls(n, k, group, arrays["codes"], arrays["scales"])
 
 
-def layout(n: int, k: int, group: int) -> tuple[tuple[tuple[int, ...], type], ...]:
-    """The (shape, dtype) of an n x k weight's codes and scales (q4.h)."""
-    return ((n // BLOCK_ROWS, k // 8, 64), np.uint8), ((n // BLOCK_ROWS, k // group, 2, BLOCK_ROWS), np.uint16)
+Layout = dict[str, tuple[tuple[int, ...], type]]
+
+
+def layout(n: int, k: int, group: int) -> Layout:
+    """The shape and dtype of each array of an n x k weight (q4.h)."""
+    return {
+        "codes": ((n // BLOCK_ROWS, k // 8, 64), np.uint8),
+        "scales": ((n // BLOCK_ROWS, k // group, 2, BLOCK_ROWS), np.uint16),
+    }
+
+
+def fits(arrays: dict, layout: Layout, writeable: bool = False) -> bool:
+    """Whether each array of `layout` is in `arrays` with its shape and dtype, C-contiguous (and,
+    with `writeable`, writable): a packed weight's arrays, q4's or q8's."""
+    return all(
+        name in arrays
+        and arrays[name].shape == shape
+        and arrays[name].dtype == dtype
+        and arrays[name].flags.c_contiguous
+        and (arrays[name].flags.writeable or not writeable)
+        for name, (shape, dtype) in layout.items()
+    )
+
+
+def check_layout(arrays: dict, layout: Layout, what: str) -> None:
+    """ValueError unless `arrays` fit `layout` (`fits`), naming the first array that does not."""
+    for name, (shape, dtype) in layout.items():
+        if not fits(arrays, {name: (shape, dtype)}):
+            got = arrays.get(name)
+            found = "missing" if got is None else f"{got.dtype} {got.shape}"
+            raise ValueError(f"{what}: {name} {found}, not a C-contiguous {np.dtype(dtype)} {shape}")
 
 
 def product_output(x: np.ndarray, k: int, n: int, out: np.ndarray | None) -> np.ndarray:
@@ -150,7 +175,7 @@ def pack(
 
 def empty(n: int, k: int, group: int) -> Q4Weights:
     """Uninitialized arrays of a packed n x k weight (what `pack` fills)."""
-    return Q4Weights(n, k, group, *(np.empty(shape, dtype) for shape, dtype in layout(n, k, group)))
+    return Q4Weights(n, k, group, *(np.empty(shape, dtype) for shape, dtype in layout(n, k, group).values()))
 
 
 def reference_pack(weight, group: int = 64) -> Q4Weights:

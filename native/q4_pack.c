@@ -32,7 +32,7 @@ static void pack_group(const float *w32, const uint16_t *wbf16, int64_t start, i
                        uint16_t *hz, uint8_t *q) {
     float vals[Q4_MAX_GROUP];
     for (int64_t j = 0; j < group; j++)
-        vals[j] = w32 ? w32[start + j] : bf16_to_float(wbf16[start + j]);
+        vals[j] = load_weight(w32, wbf16, start + j);
     float lo = vals[0], hi = vals[0];
     int nan = 0;
     for (int64_t j = 0; j < group; j++) {

@@ -56,18 +56,12 @@ class Q8Weights:
     def writable(self) -> bool:
         """Whether the arrays have the layout's shapes and dtypes, C order, and can be written (what
         `pack_rows` fills)."""
-        return all(
-            a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
-            for a, (shape, dtype) in zip(self.arrays().values(), _layout(self.n, self.k).values())
-        )
+        return q4.fits(self.arrays(), _layout(self.n, self.k), writeable=True)
 
     @classmethod
     def from_arrays(cls, n: int, k: int, arrays: dict) -> Q8Weights:
         """The weight of `arrays()` (a stored copy, say), or ValueError if they do not make an n x k one."""
-        for name, (shape, dtype) in _layout(n, k).items():
-            got = arrays[name]
-            if got.shape != shape or got.dtype != dtype or not got.flags.c_contiguous:
-                raise ValueError(f"q8 {name} {got.dtype} {got.shape}, not {np.dtype(dtype)} {shape}, for {n} x {k}")
+        q4.check_layout(arrays, _layout(n, k), f"q8 {n} x {k}")
         return cls(n, k, arrays["codes"], arrays["scales"], arrays["sums"])
 
 
@@ -91,7 +85,7 @@ def zeros(n: int, k: int) -> Q8Weights:
     return Q8Weights(n, k, *(np.zeros(shape, dtype) for shape, dtype in _layout(n, k).values()))
 
 
-def _layout(n: int, k: int) -> dict[str, tuple[tuple[int, ...], type]]:
+def _layout(n: int, k: int) -> q4.Layout:
     # the arrays of an n x k weight, in `arrays()` order: their shapes and dtypes (q8.h)
     rows, kp = -(-n // BLOCK_ROWS) * BLOCK_ROWS, -(-k // 8) * 8
     return {
@@ -112,17 +106,8 @@ def pack_rows(w: Q8Weights, first: int, rows, bfloat16: bool = False, isa: str |
         raise ValueError("pack_rows writes into the arrays of `zeros(n, k)`: writable, C-contiguous, of its shapes")
     address = rows.ctypes.data
     args = (ffi.NULL, ffi.cast("uint16_t *", address)) if bfloat16 else (ffi.cast("float *", address), ffi.NULL)
-    status = lib.q8_pack(
-        rows.shape[0],
-        w.k,
-        *args,
-        first,
-        w.n,
-        ffi.cast("int8_t *", w.codes.ctypes.data),
-        ffi.cast("float *", w.scales.ctypes.data),
-        ffi.cast("int32_t *", w.sums.ctypes.data),
-        lib.Q4_ISA_AUTO if isa is None else q4.ISAS[isa],
-    )
+    isa_code = lib.Q4_ISA_AUTO if isa is None else q4.ISAS[isa]
+    status = lib.q8_pack(rows.shape[0], w.k, *args, first, w.n, *w.pointers, isa_code)
     q4.check("q8_pack", status)
 
 

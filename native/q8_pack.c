@@ -18,10 +18,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-static inline float input(const float *w32, const uint16_t *wbf16, int64_t at) {
-    return w32 ? w32[at] : bf16_to_float(wbf16[at]);
-}
-
 static inline int8_t code_of(float c) {
     return c >= 127.0f ? 127 : c <= -127.0f ? -127 : c == c ? (int8_t)c : 0; /* c is integral */
 }
@@ -30,7 +26,7 @@ static inline int8_t code_of(float c) {
 static float row_scale(const float *w32, const uint16_t *wbf16, int64_t at, int64_t k) {
     float m = 0.0f;
     for (int64_t j = 0; j < k; j++) {
-        float a = fabsf(input(w32, wbf16, at + j));
+        float a = fabsf(load_weight(w32, wbf16, at + j));
         m = a > m ? a : m; /* NaN: not greater */
     }
     float s = m / 127.0f;
@@ -39,7 +35,7 @@ static float row_scale(const float *w32, const uint16_t *wbf16, int64_t at, int6
 
 static void row_codes(const float *w32, const uint16_t *wbf16, int64_t at, int64_t k, float s, int8_t *c) {
     for (int64_t j = 0; j < k; j++)
-        c[j] = code_of(rintf(input(w32, wbf16, at + j) / s)); /* to nearest even */
+        c[j] = code_of(rintf(load_weight(w32, wbf16, at + j) / s)); /* to nearest even */
 }
 
 #if ROW_BLOCKS_X86
@@ -54,7 +50,7 @@ TARGET_AVX2 static float row_scale_avx2(const float *w32, const uint16_t *wbf16,
     for (int t = 0; t < 8; t++)
         top = lanes[t] > top ? lanes[t] : top;
     for (; j < k; j++) {
-        float a = fabsf(input(w32, wbf16, at + j));
+        float a = fabsf(load_weight(w32, wbf16, at + j));
         top = a > top ? a : top;
     }
     float s = top / 127.0f;
@@ -75,7 +71,7 @@ TARGET_AVX2 static void row_codes_avx2(const float *w32, const uint16_t *wbf16, 
         _mm_storel_epi64((__m128i *)(c + j), _mm_packs_epi16(w16, w16));
     }
     for (; j < k; j++)
-        c[j] = code_of(rintf(input(w32, wbf16, at + j) / s));
+        c[j] = code_of(rintf(load_weight(w32, wbf16, at + j) / s));
 }
 #endif
 

@@ -29,6 +29,11 @@ static inline float bf16_to_float(uint16_t bits) {
     return f;
 }
 
+/* Weight `at` as float32, from float32 (w32) or bfloat16 bit patterns (wbf16): a packer's input. */
+static inline float load_weight(const float *w32, const uint16_t *wbf16, int64_t at) {
+    return w32 ? w32[at] : bf16_to_float(wbf16[at]);
+}
+
 /* The packers' path for `isa` (Q4_ISA_AUTO or one): Q4_OK with *avx2 set when they may take their
  * AVX2 one (on both x86 paths), else the status to answer. */
 static inline int pack_path(int isa, int *avx2) {

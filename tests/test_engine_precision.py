@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from specmemo.actors.engine import Engine
+from specmemo.actors.engine import Engine, quantized
 from specmemo.actors.engine.kvcache import CacheHolder, layer_devices
 from specmemo.actors.engine.precision import (
     Int4Linear,
@@ -24,7 +24,7 @@ from specmemo.actors.engine.precision import (
     weight_bytes,
 )
 from specmemo.actors.engine.tiny import tiny_pair
-from specmemo.native import q4
+from specmemo.native import q4, q8
 
 
 @settings(max_examples=40, deadline=None)
@@ -84,6 +84,20 @@ def test_a_bfloat16_linear_packs_from_its_bit_patterns_what_numpy_packs_from_its
     packed = Int4Linear(linear, 32).weights
     reference = q4.reference_pack(linear.weight.detach().float().numpy(), 32)
     assert np.array_equal(packed.codes, reference.codes) and np.array_equal(packed.scales, reference.scales)
+
+
+def test_fused_bfloat16_parts_pack_in_row_blocks_what_numpy_packs_from_the_stacked_values(monkeypatch):
+    # parts of uneven sizes across blocks of 16 rows: every part's rows land at their offset
+    monkeypatch.setattr(quantized, "ROW_BLOCK", 16)
+    torch.manual_seed(6)
+    parts = [nn.Linear(64, n).to(torch.bfloat16) for n in (16, 48, 32)]
+    stacked = torch.cat([p.weight.detach() for p in parts]).float().numpy()
+    four, four_ref = Int4Linear(parts, 32).weights, q4.reference_pack(stacked, 32)
+    assert np.array_equal(four.codes, four_ref.codes) and np.array_equal(four.scales, four_ref.scales)
+    parts = [nn.Linear(40, n).to(torch.bfloat16) for n in (5, 37, 20)]
+    stacked = torch.cat([p.weight.detach() for p in parts]).float().numpy()
+    eight, eight_ref = Int8Linear(parts).weights, q8.reference_pack(stacked)
+    assert all(np.array_equal(a, eight_ref.arrays()[name]) for name, a in eight.arrays().items())
 
 
 def test_int4_packs_only_the_shapes_it_can():

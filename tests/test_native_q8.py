@@ -66,6 +66,13 @@ def test_a_stored_copy_is_taken_only_with_its_shapes():
         q8.Q8Weights.from_arrays(20, 20, w.arrays())  # inputs padded to 24, not 16
     with pytest.raises(ValueError, match="sums"):
         q8.Q8Weights.from_arrays(20, 12, {**w.arrays(), "sums": w.sums.astype(np.int64)})
+    # q4's weights go through the same check: a missing or a strided array is named
+    four = q4.empty(16, 32, 8)
+    with pytest.raises(ValueError, match="scales missing"):
+        q4.Q4Weights.from_arrays(16, 32, 8, {"codes": four.codes})
+    with pytest.raises(ValueError, match="codes"):
+        q4.Q4Weights.from_arrays(16, 32, 8, {"codes": np.zeros((1, 8, 64), np.uint8)[:, ::2], "scales": four.scales})
+    assert q4.Q4Weights.from_arrays(16, 32, 8, four.arrays()).writable()
 
 
 def test_bad_calls_are_refused_before_the_kernel_runs():

@@ -64,6 +64,7 @@ CODE_FILES = (
     _NATIVE / "q8.py",
     _NATIVE / "q8_pack.c",
     _NATIVE / "q8.h",
+    _NATIVE / "row_blocks.h",
 )
 _SWEEP_AGE_S = 3600  # a temporary entry this old, of a writer on this host no longer running, is swept
 _DTYPES = {"int8", "uint8", "uint16", "int32", "float32"}
