@@ -150,17 +150,29 @@ def _best_tree_by_enumeration(rates: list[float], nodes: int) -> float:
     return 1.0 + best
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    a1=st.floats(0.05, 0.95),
-    share=st.floats(0.0, 1.0),
-    third=st.floats(0.0, 1.0),
-    nodes=st.integers(0, 6),
-    width=st.integers(1, 3),
-)
-def test_the_model_is_the_best_tree_of_its_width_and_never_below_a_chain(a1, share, third, nodes, width):
+def _rates(a1: float, share: float, third: float) -> list[float]:
+    # a_1..a_3 of a sub-distribution: a_2 takes `share` of what a_1 leaves, a_3 `third` of the rest
     second = (1 - a1) * share * 0.9
-    rates = [a1, second, (1 - a1 - second) * third * 0.9]
+    return [a1, second, (1 - a1 - second) * third * 0.9]
+
+
+rank_rates = st.builds(_rates, st.floats(0.05, 0.95), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+
+
+def _curve(target, draft_s: float, ms: int = 17, anchor: bool = False) -> CostCurve:
+    # a cost curve that observed t_t(m) = target(m) for m = 1..ms (as in-situ steps, or as the
+    # calibration's shape with `anchor`) and t_d = draft_s
+    curve = CostCurve()
+    for m in range(1, ms + 1):
+        curve.observe(m=m, target_s=target(m), anchor=anchor)
+    curve.observe(draft_s=draft_s)
+    return curve
+
+
+@settings(max_examples=40, deadline=None)
+@given(rates=rank_rates, nodes=st.integers(0, 6), width=st.integers(1, 3))
+def test_the_model_is_the_best_tree_of_its_width_and_never_below_a_chain(rates, nodes, width):
+    a1 = rates[0]
     value = tree_expected_tokens(rates, nodes, width)
     ordered = sorted(rates[:width], reverse=True)  # the draft's r-th choice right less often than its (r-1)-th
     assert np.isclose(value, _best_tree_by_enumeration(ordered, nodes))
@@ -171,10 +183,7 @@ def test_the_model_is_the_best_tree_of_its_width_and_never_below_a_chain(a1, sha
 
 
 def test_a_tree_is_as_wide_as_allowed_and_sized_by_the_cost_curve():
-    curve = CostCurve()
-    for m in range(1, 18):
-        curve.observe(m=m, target_s=0.05 + 0.001 * m)
-    curve.observe(draft_s=0.005)
+    curve = _curve(lambda m: 0.05 + 0.001 * m, 0.005)
     nodes, width, forwards = tree_shape([0.6, 0.2, 0.1], curve, 1.0, 16, 3)
     assert width == 3 and nodes > 3 and 1 <= forwards <= nodes
     # branching costs the draft nothing, so a useful second choice is worth at least the chain's nodes
@@ -182,10 +191,7 @@ def test_a_tree_is_as_wide_as_allowed_and_sized_by_the_cost_curve():
     assert tree_shape([0.6, 0.0, 0.0], curve, 1.0, 16, 3)[0] == chain <= nodes
     assert tree_shape([0.6, 0.2, 0.1], curve, 1.0, 16, 1) == (chain, 1, chain)
     # a steep target cost in M: fewer nodes
-    steep = CostCurve()
-    for m in range(1, 18):
-        steep.observe(m=m, target_s=0.05 * m)
-    steep.observe(draft_s=0.005)
+    steep = _curve(lambda m: 0.05 * m, 0.005)
     assert tree_shape([0.6, 0.2, 0.1], steep, 1.0, 16, 3)[0] < nodes
 
 
@@ -197,10 +203,7 @@ def test_large_trees_pay_where_a_verification_is_cheap_and_the_draft_sets_their_
     # and leaves (free on a flat target) fill the tree (0.2: this CPU's draft, a GPU's flat target)
     assert shapes == {0.0: (40, 3, 29), 0.02: (22, 3, 9), 0.2: (7, 3, 3)}
     # this CPU's target: a row costs ~7% of a one-token forward up to M = 9, more past it
-    cpu = CostCurve()
-    for m in range(1, 18):
-        cpu.observe(m=m, target_s=0.036 + 0.0026 * (m - 1) + 0.0034 * max(0, m - 9), anchor=True)
-    cpu.observe(draft_s=0.0095)
+    cpu = _curve(lambda m: 0.036 + 0.0026 * (m - 1) + 0.0034 * max(0, m - 9), 0.0095, anchor=True)
     assert tree_shape(rates, cpu, 0.96, 48, 3).nodes <= 4
 
 
@@ -214,9 +217,7 @@ def test_large_trees_pay_where_a_verification_is_cheap_and_the_draft_sets_their_
 )
 def test_the_shape_sweep_is_the_best_of_every_n_and_f(rates, draft, slope, nodes_max, forwards_max):
     # tree_forwards' one sweep against tree_speedup at every (N, F) a tree of width 3 can reach
-    curve = CostCurve(draft)
-    for m in range(1, nodes_max + 2):
-        curve.observe(m=m, target_s=1.0 + slope * (m - 1), anchor=True)
+    curve = _curve(lambda m: 1.0 + slope * (m - 1), draft, nodes_max + 1, anchor=True)
     for nodes in range(1, nodes_max + 1):
         feasible = [f for f in range(1, min(nodes, forwards_max or nodes) + 1) if f * 3 >= nodes]
         best = max((tree_speedup(rates, nodes, 3, curve, f) for f in feasible), default=0.0)
@@ -227,15 +228,9 @@ def test_the_shape_sweep_is_the_best_of_every_n_and_f(rates, draft, slope, nodes
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    a1=st.floats(0.05, 0.95),
-    share=st.floats(0.0, 1.0),
-    nodes=st.integers(0, 12),
-    forwards=st.integers(1, 12),
-    width=st.integers(1, 3),
-)
-def test_fewer_forwards_never_gain_and_a_chain_stops_at_its_forwards(a1, share, nodes, forwards, width):
-    rates = [a1, (1 - a1) * share * 0.9, (1 - a1) * (1 - share) * 0.05]
+@given(rates=rank_rates, nodes=st.integers(0, 12), forwards=st.integers(1, 12), width=st.integers(1, 3))
+def test_fewer_forwards_never_gain_and_a_chain_stops_at_its_forwards(rates, nodes, forwards, width):
+    a1 = rates[0]
     value = tree_expected_tokens(rates, nodes, width, forwards)
     assert value <= tree_expected_tokens(rates, nodes, width) + 1e-12  # F = N: the best tree
     assert value <= tree_expected_tokens(rates, nodes, width, forwards + 1) + 1e-12
@@ -246,16 +241,11 @@ def test_fewer_forwards_never_gain_and_a_chain_stops_at_its_forwards(a1, share, 
 
 
 def test_the_lower_bound_budget_of_a_tree_covers_its_nodes():
-    curve = CostCurve()
-    for m in range(1, 18):
-        curve.observe(m=m, target_s=0.05 + 0.001 * m)
-    curve.observe(draft_s=0.004)
+    curve = _curve(lambda m: 0.05 + 0.001 * m, 0.004)
     kv, (nodes, width, _) = tree_lower_bound_budget([100], [0.6, 0.2], curve, 1000, 100, 16, width_max=2)
     assert width == 2 and kv == -(-(100 + nodes) // 16) * 16 * 1100
-    chain_kv, gamma = lower_bound_budget([100], 0.6, curve, 1000, 100, 16)
-    assert (chain_kv, gamma) == tree_lower_bound_budget([100], [0.6], curve, 1000, 100, 16, width_max=1)[:1] + (
-        tree_lower_bound_budget([100], [0.6], curve, 1000, 100, 16, width_max=1)[1][0],
-    )
+    chain_kv, chain = tree_lower_bound_budget([100], [0.6], curve, 1000, 100, 16, width_max=1)
+    assert lower_bound_budget([100], 0.6, curve, 1000, 100, 16) == (chain_kv, chain.nodes)
 
 
 def test_rank_rates_keep_the_rank_models_order():
@@ -267,15 +257,28 @@ def test_rank_rates_keep_the_rank_models_order():
     assert _rank_rates(rates, 3) == rates
 
 
-def test_commits_feed_the_rank_rates_and_grants_answer_the_width():
+def _tree_manager(target, draft_s: float) -> MemoryManager:
+    # a manager of trees up to width 3 and 12 nodes, one session "s" of 20 tokens, costs observed
+    # as t_t(m) = target(m) for m = 1..13 and t_d = draft_s
     m = MemoryManager(1 << 30, block_tokens=4, gamma_max=12, width_max=3)
     m.add_holder("draft", 10)
     m.add_holder("target", 20)
     m.open_session("s")
     m.prefill("s", 0, 20)
     for m_ in range(1, 14):
-        m.observe_costs(None, m_, 0.05 + 0.0005 * m_)
-    m.observe_costs(0.004, None, None)
+        m.observe_costs(None, m_, target(m_))
+    m.observe_costs(draft_s, None, None)
+    return m
+
+
+def _regrant(m: MemoryManager, **shape) -> dict:
+    # end the open step with nothing accepted, then grant the next
+    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
+    return m.grant("s", **shape)
+
+
+def test_commits_feed_the_rank_rates_and_grants_answer_the_width():
+    m = _tree_manager(lambda m_: 0.05 + 0.0005 * m_, 0.004)
     before = m.rates("s")
     for _ in range(30):
         answer = m.grant("s")
@@ -291,21 +294,12 @@ def test_commits_feed_the_rank_rates_and_grants_answer_the_width():
     # the answer's rates are those the shape was priced with (the session's, to the width granted)
     assert answer["rates"] == after[: answer["width"]]
     # a fixed γ without a width is a chain; with one it is that wide
-    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
-    assert m.grant("s", gamma=4)["width"] == 1
-    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
-    assert m.grant("s", gamma=4, width=2)["width"] == 2
+    assert _regrant(m, gamma=4)["width"] == 1
+    assert _regrant(m, gamma=4, width=2)["width"] == 2
 
 
 def test_a_grant_answers_the_forwards_of_its_shape_within_its_nodes():
-    m = MemoryManager(1 << 30, block_tokens=4, gamma_max=12, width_max=3)
-    m.add_holder("draft", 10)
-    m.add_holder("target", 20)
-    m.open_session("s")
-    m.prefill("s", 0, 20)
-    for m_ in range(1, 14):
-        m.observe_costs(None, m_, 0.05)  # a flat target: leaves cost nothing
-    m.observe_costs(0.01, None, None)  # a draft forward a fifth of a target's
+    m = _tree_manager(lambda m_: 0.05, 0.01)  # a flat target (leaves cost nothing), a draft a fifth of it
     for _ in range(10):
         m.grant("s", gamma=3, width=3)
         m.commit("s", 2, 3, [2, 1, 1], [1, 1, 0])  # second choices right half the time
@@ -313,24 +307,17 @@ def test_a_grant_answers_the_forwards_of_its_shape_within_its_nodes():
     shape = tree_shape(m.rates("s"), m.costs, m.fraction, 12, 3)
     assert (answer["gamma"], answer["width"], answer["forwards"]) == tuple(shape)
     assert 1 <= answer["forwards"] < answer["gamma"]
-    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
     # a fixed γ: one forward a node unless capped; the cap stays within 1..γ; a chain feeds all
-    assert m.grant("s", gamma=5, width=2)["forwards"] == 5
-    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
-    assert m.grant("s", gamma=5, width=2, forwards=2)["forwards"] == 2
-    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
-    assert m.grant("s", gamma=5, width=2, forwards=0)["forwards"] == 1
-    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
-    assert m.grant("s", gamma=5, forwards=2)["forwards"] == 5
+    assert _regrant(m, gamma=5, width=2)["forwards"] == 5
+    assert _regrant(m, gamma=5, width=2, forwards=2)["forwards"] == 2
+    assert _regrant(m, gamma=5, width=2, forwards=0)["forwards"] == 1
+    assert _regrant(m, gamma=5, forwards=2)["forwards"] == 5
     # a cap holds the nodes to what its forwards can offer (F · w), fixed or chosen
-    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
-    assert m.grant("s", gamma=9, width=3, forwards=1)["gamma"] == 3
-    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
-    capped = m.grant("s", forwards=1)
+    assert _regrant(m, gamma=9, width=3, forwards=1)["gamma"] == 3
+    capped = _regrant(m, forwards=1)
     assert capped["forwards"] == 1 and capped["gamma"] <= 3
     # a limit below N*: the best F for the nodes granted, not N*'s
-    m.commit("s", 0, 1, [1, 0, 0], [0, 0, 0])
-    cut = m.grant("s", limit=3)
+    cut = _regrant(m, limit=3)
     assert cut["gamma"] == 3 and cut["forwards"] == tree_forwards(m.rates("s"), m.costs, 3, cut["width"]) < shape[2]
 
 
@@ -354,36 +341,42 @@ def test_trees_of_few_forwards_and_short_trees_decode_greedy_and_sampled():
 # ------------------------------------------------------------------ the draft and the caches
 
 
-def test_the_draft_grows_its_tree_from_its_own_top_choices():
+def _draft_engine():
+    # (draft model, an Engine around it, a prompt): the draft cores' tests
     draft, _ = tiny_pair(seed=3, noise=0.3, draft_layers=2)
-    engine = Engine(draft, draft, block_tokens=4)
-    prompt = np.arange(5, 12)
+    return draft, Engine(draft, draft, block_tokens=4), np.arange(5, 12)
+
+
+def _plain_logits(draft, prompt, tokens, parents, node: int) -> torch.Tensor:
+    # the draft's own forward over the prompt and the path to `node` (−1: the root): its next logits
+    path = []
+    while node >= 0:
+        path.insert(0, int(tokens[node]))
+        node = int(parents[node])
+    with torch.no_grad():
+        return draft(torch.tensor([prompt.tolist() + path])).logits[0, -1]
+
+
+def test_the_draft_grows_its_tree_from_its_own_top_choices():
+    draft, engine, prompt = _draft_engine()
     engine.draft.open("s", prompt, 4)
     out = engine.draft.propose(["s"], [7], [4], 0.0, None, [3])
     tokens, parents = out["tokens"][0], out["parents"][0]
     tree = Tree.from_rows(tokens, parents, 7)
-    with torch.no_grad():
-        first = draft(torch.tensor([prompt.tolist()])).logits[0, -1]
+    first = _plain_logits(draft, prompt, tokens, parents, -1)
     assert set(tokens[parents == -1].tolist()) <= set(torch.topk(first, 3).indices.tolist())
     assert tokens[0] == int(first.argmax())
     for node, kids in tree.children().items():
         assert len(set(tokens[kids].tolist())) == len(kids) <= 3  # distinct siblings
         if node >= 0:
             # a child is one of its parent's top-3 tokens given the parent's path (plain forward)
-            path, n = [], node
-            while n >= 0:
-                path.insert(0, int(tokens[n]))
-                n = int(parents[n])
-            with torch.no_grad():
-                logits = draft(torch.tensor([prompt.tolist() + path])).logits[0, -1]
+            logits = _plain_logits(draft, prompt, tokens, parents, node)
             assert set(tokens[kids].tolist()) <= set(torch.topk(logits, 3).indices.tolist())
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_a_tree_of_few_forwards_is_the_same_growth_cut_short_then_its_best_leaves(temperature):
-    draft, _ = tiny_pair(seed=3, noise=0.3, draft_layers=2)
-    engine = Engine(draft, draft, block_tokens=4)
-    prompt = np.arange(5, 12)
+    draft, engine, prompt = _draft_engine()
 
     def propose(nodes: int, forwards: int | None):
         engine.draft.open("s", prompt, 4)
@@ -410,12 +403,7 @@ def test_a_tree_of_few_forwards_is_the_same_growth_cut_short_then_its_best_leave
             values = {}  # node -> log path probability under the draft's own forward
             candidates = []  # (value, parent, token) of every fed node's top-3 children
             for node in range(-1, forwards - 1):
-                path, n = [], node
-                while n >= 0:
-                    path.insert(0, int(tokens[n]))
-                    n = int(parents[n])
-                with torch.no_grad():
-                    logp = torch.log_softmax(draft(torch.tensor([prompt.tolist() + path])).logits[0, -1], -1)
+                logp = torch.log_softmax(_plain_logits(draft, prompt, tokens, parents, node), -1)
                 base = values.get(node, 0.0)
                 top = torch.topk(logp, 3)
                 candidates += [(base + v, node, t) for v, t in zip(top.values.tolist(), top.indices.tolist())]
@@ -424,14 +412,13 @@ def test_a_tree_of_few_forwards_is_the_same_growth_cut_short_then_its_best_leave
                         values[child] = base + float(logp[tokens[child]])
             taken_nodes = {(int(parents[i]), int(tokens[i])) for i in range(int((tokens >= 0).sum()))}
             left = [v for v, p, t in candidates if (p, t) not in taken_nodes]
-            leaves = [values[i] for i in range(forwards, int((tokens >= 0).sum()))]
-            assert not left or not leaves or min(leaves) >= max(left) - 1e-4
+            # the F-th node taken (after the last forward) and all after it: what the forwards left
+            leaves = [values[i] for i in range(forwards - 1, int((tokens >= 0).sum()))]
+            assert leaves and (min(leaves) >= max(left) - 1e-4 if left else 3 * forwards <= 9)
 
 
 def test_a_sampled_tree_grows_by_the_sessions_rank_rates_whatever_tokens_it_draws():
-    draft, _ = tiny_pair(seed=3, noise=0.3, draft_layers=2)
-    engine = Engine(draft, draft, block_tokens=4)
-    prompt = np.arange(5, 12)
+    _, engine, prompt = _draft_engine()
 
     def parents(seed: int, rates: list[float]) -> list[int]:
         engine.draft.open("s", prompt, 4)

@@ -249,7 +249,7 @@ class DraftCore(CacheHolder):
         assert forwards is None or len(forwards) == len(rows)
         row_rates = [_rank_rates(r, w) for r, w in zip(rates, widths)] if rates is not None else [None] * len(rows)
         grown = [_Growth(len(row.ids)) for row in rows]
-        fed_max = [max(1, f) for f in forwards] if forwards is not None else list(gammas)
+        forwards_max = [max(1, f) for f in forwards] if forwards is not None else list(gammas)
         taken = [0] * len(rows)  # forwards each row took
         one_token: list[float] = []  # forwards that fed every row one token: a draft token's cost
         with Timer() as timer:
@@ -284,7 +284,7 @@ class DraftCore(CacheHolder):
                 active = [
                     b
                     for b in active
-                    if len(grown[b].nodes) < gammas[b] and grown[b].fed is not None and taken[b] < fed_max[b]
+                    if len(grown[b].nodes) < gammas[b] and grown[b].fed is not None and taken[b] < forwards_max[b]
                 ]
                 feeds = [grown[b].feed(rows[b].cache.length) for b in active]
                 trees = [grown[b].tree_feed(rows[b].cache.length) if widths[b] > 1 else None for b in active]

@@ -173,7 +173,7 @@ class Driver:
         `error` set); the others go on. Done sessions leave the batch."""
         if self.measure_cost and not self._anchored:
             self.anchor_costs()
-        events, granted, rates, fed = [], [], [], []  # each granted session's a_1..a_w and forwards
+        events, granted, rates, forwards = [], [], [], []  # each granted session's a_1..a_w and forwards
         turns = list(self._turns.values())
         requests = []
         for turn in turns:
@@ -203,7 +203,7 @@ class Driver:
                 self.draft.open(turn.session, ids, answer["blocks"][DRAFT])
             granted.append((turn, answer["gamma"], answer.get("width", 1), answer["blocks"]))
             rates.append(list(answer.get("rates") or []))
-            fed.append(answer.get("forwards") or answer["gamma"])
+            forwards.append(answer["forwards"])
         if not granted:
             return events
         sessions = [t.session for t, _, _, _ in granted]
@@ -225,13 +225,13 @@ class Driver:
                 [int(seeds[i][0]) for i in speculating],
                 [widths[i] for i in speculating],
                 [rates[i] for i in speculating],
-                [fed[i] for i in speculating],
+                [forwards[i] for i in speculating],
             )
             width = proposal["tokens"].shape[1]
             counts = (proposal["tokens"] >= 0).sum(axis=1).tolist()
             for k, i in enumerate(speculating):
                 gammas[i] = counts[k]  # fewer where a tree's candidates ran out (a sampled q's draws, a vocabulary)
-                taken[i] = (proposal.get("forwards") or counts)[k]
+                taken[i] = proposal["forwards"][k]
             drafts[speculating, :width] = proposal["tokens"]
             parents[speculating, :width] = proposal["parents"]
             if proposal["probs"] is not None:

@@ -151,22 +151,20 @@ class MemoryManager(Reservations):
         width: int | None = None,
         forwards: int | None = None,
     ) -> dict:
-        """Room for one speculative step of γ <= `gamma` draft nodes (default: the tree (N*, w*, F*)
-        the memory model picks from the session's rank acceptance rates and the cost curve), and
-        γ <= `limit` (the caller's cap: tokens left to generate, context left). `width` caps the
-        tree's width (default: `width_max` when the shape is chosen, 1 (a chain) for a fixed γ),
-        `forwards` a tree's draft forwards F (trees only: a chain feeds every node; N is then at
-        most what F forwards offer, F·w). F defaults to the best F for the N granted, γ for a fixed
-        γ; the nodes past the first F − 1 are leaves. Answers {"gamma": g, "width": w, "forwards":
-        F, "rates": [a_1..a_w] (`rates`), "blocks": {holder: n}, "evicted": [...], "rebuild": [...]}."""
+        """Room for one step of γ <= `gamma` draft nodes (default: the tree (N*, w*, F*) the memory
+        model picks from the session's rank rates and the cost curve) and γ <= `limit` (tokens or
+        context left). `width` caps the width (default: `width_max` when chosen, 1 for a fixed γ),
+        `forwards` a tree's draft forwards F, and with them N to F·w (a chain feeds every node; F
+        defaults to F* for the N granted, γ for a fixed γ; nodes past the first F − 1 are leaves).
+        Answers {"gamma", "width", "forwards", "rates" (a_1..a_w), "blocks", "evicted", "rebuild"}."""
         s = self._get(session)
         cap = max(1, min(width if width is not None else (self.width_max if gamma is None else 1), self.width_max))
         rates = s.acceptance.rates(self.prior_alpha, cap)  # what the shape is priced with, and grown by
-        fed_cap = None if forwards is None or cap == 1 else max(1, forwards)
+        forwards_cap = None if forwards is None or cap == 1 else max(1, forwards)
         if gamma is None:
-            want, wide = self._wanted_shape(s, cap, rates, fed_cap)
+            want, wide = self._wanted_shape(s, cap, rates, forwards_cap)
         else:
-            want, wide = min(gamma, self.gamma_max, fed_cap * cap if fed_cap else gamma), cap
+            want, wide = min(gamma, self.gamma_max, (forwards_cap or gamma) * cap), cap
         if gamma is None and want == 0 and self.gamma_max > 0:
             # α is measured only while drafting: every EXPLORE-th plain step drafts one token
             s.plain_steps += 1
@@ -190,12 +188,14 @@ class MemoryManager(Reservations):
         self._apply(session, s, need, rebuild)
         s.lost.clear()
         s.gamma, s.width, s.busy, s.last_used = g, max(1, min(wide, g)), True, self._tick()
-        fed = min(g, fed_cap or g)  # a chain, a fixed γ: every node fed (or the cap); else F* for the N held
-        fed = tree_forwards(rates, self.costs, g, s.width, fed_cap) if gamma is None and s.width > 1 else fed
+        if gamma is not None or s.width == 1:  # a fixed γ or a chain: every node fed (a tree's up to the cap)
+            n_forwards = min(g, forwards_cap or g)
+        else:  # F* for the N granted (the limit or the budget may have cut N*)
+            n_forwards = tree_forwards(rates, self.costs, g, s.width, forwards_cap)
         return {
             "gamma": g,
             "width": s.width,
-            "forwards": fed,
+            "forwards": n_forwards,
             "rates": rates[: s.width],
             "blocks": self._block_counts(s),
             "evicted": evicted,
@@ -334,11 +334,11 @@ class MemoryManager(Reservations):
         self._clock += 1
         return self._clock
 
-    def _wanted_shape(self, s: _Session, width: int, rates: list[float], fed_cap: int | None) -> tuple[int, int]:
+    def _wanted_shape(self, s: _Session, width: int, rates: list[float], forwards_cap: int | None) -> tuple[int, int]:
         if width == 1:  # a chain, priced by depth (bursty acceptance: acceptance.py)
             depths = s.acceptance.depth_rates(self.prior_alpha, self.gamma_max)
             return chain_length(depths, self.costs, self.fraction, self.gamma_max), 1
-        return tree_shape(rates, self.costs, self.fraction, self.gamma_max, width, fed_cap)[:2]
+        return tree_shape(rates, self.costs, self.fraction, self.gamma_max, width, forwards_cap)[:2]
 
     def _session_holder_bytes(self, s: _Session, holder: str) -> int:
         return len(s.blocks.get(holder, [])) * self.block_bytes(holder)
