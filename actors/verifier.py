@@ -115,8 +115,8 @@ class VerifierActor(Actor):
             gamma_max=int(self.config.get("gamma_max", 8)),
         )
         self.memory = memory
-        self.gamma = self.config.get("gamma")
-        self.tree = self.config.get("tree")
+        self.gamma, self.tree = self.config.get("gamma"), self.config.get("tree")
+        self.lookup = int(self.config.get("lookup", 0))  # the longest lookup tail a step may add
         set_model_gauges(self.metrics, self.core)
         log.info(
             "target model %s loaded (%d KV bytes/token, %s)",
@@ -358,7 +358,8 @@ class VerifierActor(Actor):
                     ids, keep = self.core.check_prompt(stream.session, req.prompt_ids)
                 gamma = req.gamma if req.gamma is not None else self.gamma
                 tree = req.tree if req.tree is not None else self.tree
-                self.driver.join(stream.session, ids, keep, req.max_new_tokens, req.temperature, req.seed, gamma, tree)
+                turn = (req.max_new_tokens, req.temperature, req.seed, gamma, tree)
+                self.driver.join(stream.session, ids, keep, *turn, lookup=self.lookup)
             except (EngineError, errors.SpecmemoError) as exc:
                 failed.append((stream, exc))
         return failed

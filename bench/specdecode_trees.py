@@ -5,6 +5,7 @@
     python bench/specdecode.py trees --chains 2,3,4 --trees 4x2,4x2/2,6x3/2,6x3/3 --adaptive 2,3 --section leaves
     python bench/specdecode.py trees --chains 16,32,48 --trees 16x3,32x3,48x3 --adaptive '' \
         --gamma-max 48 --max-new-tokens 96 --section 'large N'
+    python bench/specdecode.py trees --chains 2,3,4 --trees '' --lookup 8 --turn 2 --section 'lookup, second turns'
 
 Same MT-Bench first turns as `peers`, greedy (or sampled at `--temperature`), exactly N new
 tokens, prefill included, each prompt through every shape in turn. Rows:
@@ -12,7 +13,14 @@ tokens, prefill included, each prompt through every shape in turn. Rows:
 - trees of N nodes with up to w children a node (grown best-first, one node per draft forward),
   for fixed (N, w), or with at most F draft forwards (`NxW/F`: the nodes past the first F − 1
   taken are leaves, which no draft forward feeds);
-- adaptive trees: the memory model picks (N, w, F) each step, with w up to 2 and up to 3.
+- adaptive trees: the memory model picks (N, w, F) each step, with w up to 2 and up to 3;
+- with `--lookup L`, the adaptive rows again with lookup tails of up to L tokens (`lookup`: tokens
+  copied from the context below the draft's path, priced each step on the cost curve); they are
+  not chains, so "x best chain" compares them with the chain rows.
+With `--turn 2` each prompt is the question's second turn in the session that ran the first (its
+reply, the target's greedy one of 128 tokens, decoded untimed first; the second turn reuses that
+KV and prefills only the new message): a chat's later turns repeat what was said, which is what
+lookup tails copy.
 Each row reports tok/s, its ratio to the best chain of the run (the fastest chain row), tokens
 per target forward (= per step), its ratio to the chain with the same node count (the same KV
 budget: a tree of N nodes holds the KV slots of a chain of γ = N), draft forwards per step, the
@@ -48,19 +56,23 @@ from specmemo.actors.engine.precision import cpu_features, precision_of
 from specmemo.actors.engine.pull import default_pair_specs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from specdecode import replace_section  # noqa: E402
+from specdecode import mtbench_questions, replace_section  # noqa: E402
 from specdecode_peers import pick_prompts, probe_text, run_target  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Token trees on the CPU"
 
 
-def shapes(args) -> list[tuple[str, int | None, int, int | None]]:
-    """(label, N or None for adaptive, width cap, draft forwards or None for one a node / adaptive)."""
-    rows = [("chain, adaptive", None, 1, None)]
-    rows += [(f"chain N={n}", n, 1, None) for n in args.chains]
-    rows += [(f"tree N={n} w={w}" + (f" F={f}" if f else ""), n, w, f) for n, w, f in args.trees]
-    rows += [(f"tree, adaptive w<={w}", None, w, None) for w in args.adaptive]
+def shapes(args) -> list[tuple[str, int | None, int, int | None, int]]:
+    """(label, N or None for adaptive, width cap, draft forwards or None for one a node / adaptive,
+    lookup tail cap)."""
+    rows = [("chain, adaptive", None, 1, None, 0)]
+    rows += [(f"chain N={n}", n, 1, None, 0) for n in args.chains]
+    rows += [(f"tree N={n} w={w}" + (f" F={f}" if f else ""), n, w, f, 0) for n, w, f in args.trees]
+    rows += [(f"tree, adaptive w<={w}", None, w, None, 0) for w in args.adaptive]
+    if args.lookup:
+        adaptive = [row for row in rows if row[1] is None]
+        rows += [(f"{label} + lookup {args.lookup}", n, w, f, args.lookup) for label, n, w, f, _ in adaptive]
     return rows
 
 
@@ -71,13 +83,17 @@ def run_shapes(
     shape, built and calibrated first), so that a busy or a quiet spell of this shared machine
     falls on all of them alike: a chain and a tree run minutes apart moved by ±10-20%."""
     engines = {
-        label: Engine(draft, target, tokenizer, gamma_max=gamma_max, gamma=gamma, tree=width, forwards=forwards)
-        for label, gamma, width, forwards in rows
+        label: Engine(
+            draft, target, tokenizer, gamma_max=gamma_max, gamma=gamma, tree=width, forwards=forwards, lookup=lookup
+        )
+        for label, gamma, width, forwards, lookup in rows
     }
     runs = {label: {"outputs": [], "seconds": [], "stats": [], "rates": []} for label in engines}
     for i, p in enumerate(prompts):
         for label, engine in engines.items():
             session = f"bench{i}"
+            if "first" in p:  # the first turn, untimed: the second reuses its KV as a chat would
+                engine.generate_ids(np.asarray(p["first"]), p["reply_tokens"], temperature=temperature, session=session)
             start = time.perf_counter()
             ids, s = engine.generate_ids(np.asarray(p["ids"]), n, temperature=temperature, seed=i, session=session)
             runs[label]["seconds"].append(time.perf_counter() - start)
@@ -103,6 +119,7 @@ def summarize(label: str, kind: str, run: dict, prompts, reference: list | None)
         "tokens_per_s": tokens / sum(run["seconds"][i] for i in rows),
         "tokens_per_step": tokens / max(1, steps),
         "nodes_per_step": sum(s["drafted"] for s in st) / max(1, steps),
+        "looked_up": sum(s["looked_up"] for s in st) / max(1, tokens),
         "forwards_per_step": sum(s["forwards"] for s in st) / max(1, steps),
         "rates": np.mean([run["rates"][i] for i in rows], axis=0).round(3).tolist(),
         "equal": "-" if reference is None else f"{sum(run['outputs'][i] == reference[i] for i in rows)}/{len(rows)}",
@@ -117,6 +134,8 @@ def run(args) -> dict:
     t_spec = dataclasses.replace(t_spec, precision=args.precision, gamma_max=args.gamma_max)
     draft, target, tokenizer = load_pair(d_spec, t_spec)
     prompts = pick_prompts(tokenizer, args.code, args.prose)
+    if args.turn == 2:
+        prompts = second_turns(tokenizer, target, prompts)
     reference = run_target(target, prompts, args.max_new_tokens)["outputs"] if args.temperature <= 0 else None
     result = {
         "cpu": cpu_features().as_dict(),
@@ -141,6 +160,7 @@ def run(args) -> dict:
             flush=True,
         )
     result["prompts"] = [{"kind": p["kind"], "id": p["id"], "tokens": len(p["ids"])} for p in prompts]
+    result["turn"] = args.turn
     return result
 
 
@@ -148,11 +168,11 @@ def table(result: dict) -> str:
     rows = result["rows"]
     lines = [
         "| shape | prompts | tok/s | x best chain | tokens / target forward | x chain of the same N | "
-        "nodes / step | draft forwards / step | a_1..a_w | KV peak | = target output |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "nodes / step | draft forwards / step | looked up | a_1..a_w | KV peak | = target output |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
-        chains = [c for c in rows if c["shape"].startswith("chain") and c["prompts"] == r["prompts"]]
+        chains = [c for c in rows if _is_chain(c["shape"]) and c["prompts"] == r["prompts"]]
         best = max(chains, key=lambda c: c["tokens_per_s"])
         same = None
         if " N=" in r["shape"]:
@@ -163,7 +183,7 @@ def table(result: dict) -> str:
             f"| {r['shape']} | {r['prompts']} | {r['tokens_per_s']:.2f} | "
             f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}x | "
             f"{r['tokens_per_step']:.2f} | {ratio} | {r['nodes_per_step']:.2f} | "
-            f"{r['forwards_per_step']:.2f} | "
+            f"{r['forwards_per_step']:.2f} | {r.get('looked_up', 0.0):.0%} | "
             f"{', '.join(f'{a:.2f}' for a in r['rates'])} | {r['kv_peak'] / 2**20:.1f} MiB | {r['equal']} |"
         )
     return "\n".join(lines)
@@ -189,6 +209,29 @@ def ceiling(result: dict) -> str:
             f"| {kind} | {', '.join(f'{a:.2f}' for a in rates)} | " + " | ".join(f"{x:.3f}x" for x in ratios) + " |"
         )
     return "\n".join(lines)
+
+
+def _is_chain(label: str) -> bool:
+    return label.startswith("chain") and "lookup" not in label
+
+
+def second_turns(tokenizer, target, prompts: list[dict], reply_tokens: int = 128) -> list[dict]:
+    """Each question's second turn after its first and the target's greedy reply (the reply any
+    greedy row of the run gives: they are lossless), as whole-conversation prompt ids; "first": the
+    first turn's ids, which a row runs (untimed) in the same session before the second."""
+    questions = {q["question_id"]: q for q in mtbench_questions()}
+    replies = run_target(target, prompts, reply_tokens)["outputs"]
+    out = []
+    for p, reply in zip(prompts, replies):
+        turns = questions[p["id"]]["turns"]
+        messages = [
+            {"role": "user", "content": turns[0]},
+            {"role": "assistant", "content": tokenizer.decode(reply, skip_special_tokens=True)},
+            {"role": "user", "content": turns[1]},
+        ]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+        out.append({**p, "ids": list(ids), "first": p["ids"], "reply_tokens": reply_tokens})
+    return out
 
 
 def _ints(text: str) -> list[int]:
@@ -229,6 +272,8 @@ def parse_args(argv=None):
         help="width caps of the adaptive trees ('' for none)",
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above: sampled")
+    parser.add_argument("--lookup", type=int, default=0, help="adaptive rows again with lookup tails of up to this")
+    parser.add_argument("--turn", type=int, choices=(1, 2), default=1, help="MT-Bench's first or second turns")
     parser.add_argument(
         "--section",
         default="",
@@ -264,6 +309,7 @@ def main(argv=None) -> None:
 
 def write_docs(result: dict, name: str) -> None:
     """The run's section of docs/benchmarks.md ("Token trees on the CPU", or its sampled twin)."""
+    bound = ceiling(result)
     markdown = table(result) + (
         "\n\nWhat the best tree of N nodes would get under the rank model (the r-th choice of any node accepted "
         "with probability a_r wherever it is, the rates the widest tree rows above measured), in expected tokens per "
@@ -276,7 +322,9 @@ def write_docs(result: dict, name: str) -> None:
             "measured tree can beat this"
         )
         + ":\n\n"
-        + ceiling(result)
+        + bound
+        if bound.count("\n") > 1
+        else ""
     )
     cpu, temperature = result["cpu"], result["temperature"]
     section = f"{SECTION}, sampled at temperature {temperature:g}" if temperature > 0 else SECTION
@@ -289,7 +337,7 @@ def write_docs(result: dict, name: str) -> None:
         f"(flags {', '.join(cpu['flags'])}), {result['threads']} threads, torch {result['torch']}; target "
         f"{result['precision']['target']}, draft {result['precision']['draft']} (the default deployment's "
         f"choice here; the target's load-time probe, ms at M = 1 / γ_max + 1: {_probe_text(result)}). "
-        f"Prompts: MT-Bench first turns {[p['id'] for p in result['prompts']]}, {decoding}, "
+        f"Prompts: MT-Bench {_turn_text(result)} {[p['id'] for p in result['prompts']]}, {decoding}, "
         f"{result.get('max_new_tokens', 48)} new tokens, prefill included, each prompt through every shape in turn "
         f"(an Engine a shape, built and calibrated before the first prompt), KV budget: the engine default (one "
         f"whole context, far above the peak). A tree of N nodes holds the KV slots of a chain of γ = N, so "
@@ -297,6 +345,15 @@ def write_docs(result: dict, name: str) -> None:
         f"`bench/results/{name}`.\n\n{markdown}\n"
     )
     replace_section(ROOT / "docs" / "benchmarks.md", section, body)
+
+
+def _turn_text(result: dict) -> str:
+    if result.get("turn", 1) == 2:
+        return (
+            "second turns (each after the first turn in the same session, untimed, whose reply is the target's "
+            "greedy 128 tokens; the second prefills only what its KV lacks)"
+        )
+    return "first turns"
 
 
 def _probe_text(result: dict) -> str:

@@ -169,6 +169,7 @@ class StepInfo:
     target_s: float
     width: int = 1  # the most children a tree node may have (1: a chain)
     forwards: int = 0  # draft forwards the step took (its other nodes were leaves)
+    looked_up: int = 0  # emitted tokens a lookup tail proposed (copied from the context)
     batch: int = 1  # sessions in the step's target forward
 
 

@@ -26,12 +26,14 @@ prompt_st = st.lists(st.integers(0, 258), min_size=1, max_size=20)
     join_at=st.lists(st.integers(0, 3), min_size=3, max_size=3),
     max_new=st.integers(1, 12),
     slack=st.floats(1.0, 3.0),
+    lookups=st.lists(st.sampled_from([0, 0, 2, 8]), min_size=3, max_size=3),
 )
 def test_greedy_speculative_output_equals_target_greedy_for_any_models_trees_budgets_and_batches(
-    seed, arch, noise, draft_layers, block, gamma, widths, forwards, prompts, join_at, max_new, slack
+    seed, arch, noise, draft_layers, block, gamma, widths, forwards, prompts, join_at, max_new, slack, lookups
 ):
     # each session drafts its own tree (width 1: a chain) of a fixed or a chosen node count, in
-    # the forwards the memory side chooses or at most forwards[i] (the rest of its nodes leaves)
+    # the forwards the memory side chooses or at most forwards[i] (the rest of its nodes leaves),
+    # with a lookup tail of up to lookups[i] tokens where the context offers one
     draft, target = tiny_pair(seed=seed, arch=arch, noise=noise, draft_layers=draft_layers)
     probe = Engine(draft, target, budget_bytes=1 << 40, block_tokens=block)
     per_token = probe.draft.bytes_per_token + probe.verifier.bytes_per_token
@@ -46,7 +48,9 @@ def test_greedy_speculative_output_equals_target_greedy_for_any_models_trees_bud
                 sid = str(i)
                 engine.verifier.open(sid)
                 ids, keep = engine.verifier.check_prompt(sid, p)
-                engine.driver.join(sid, ids, keep, max_new, gamma=gamma, width=widths[i], forwards=forwards[i])
+                engine.driver.join(
+                    sid, ids, keep, max_new, gamma=gamma, width=widths[i], forwards=forwards[i], lookup=lookups[i]
+                )
         for event in engine.driver.step():
             assert event.error is None
             out[int(event.session)] += event.tokens.tolist()

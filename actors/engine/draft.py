@@ -337,15 +337,16 @@ class DraftCore(CacheHolder):
         """The step's outcome: the nodes on `path` (default: the chain's first `accepted`) were
         accepted and `tokens` (their tokens, then the target's token, possibly cut short) joined the
         context. Keeps the KV of the accepted nodes that were fed (compacted in place), drops every
-        other branch and keeps `blocks` blocks; answers held bytes."""
+        other branch and keeps `blocks` blocks; answers held bytes. Nodes past the proposal's (a
+        lookup tail's) were not fed: they are pending, as leaves are."""
         s = self._get(session)
         tokens = np.asarray(tokens, dtype=np.int64)
         path = list(range(accepted)) if path is None else list(path)
-        assert 1 <= len(tokens) <= accepted + 1 and accepted <= s.proposed and len(path) == accepted
+        assert 1 <= len(tokens) <= accepted + 1 and len(path) == accepted
         if s.proposed:
             kept = []
             for node in path[: len(tokens) - 1]:
-                if s.slots[node] < 0:
+                if node >= len(s.slots) or s.slots[node] < 0:
                     break
                 kept.append(s.slots[node])
             s.cache.keep_path(len(s.ids), kept, s.cache.blocks)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import EngineError, SessionBusy, from_answer
+from .lookup import main_path, tail
+from .memory_model import CostCurve, tail_length
 from .speculative import SpecStats, StepStats
 
 if TYPE_CHECKING:
@@ -45,10 +47,12 @@ class _Turn:
     rng: np.random.Generator
     width: int | None = None
     forwards: int | None = None
+    lookup: int = 0  # the longest lookup tail a step may add (0: none)
     prompt_tokens: int = 0
     prefilled: int = 0  # prompt tokens computed at join (the rest were reused)
     stats: SpecStats = field(default_factory=SpecStats)
     new_ids: list[int] = field(default_factory=list)
+    tail_counts: list[int] = field(default_factory=lambda: [0, 0])  # lookup tail tokens tried, accepted
 
 
 class Driver:
@@ -120,12 +124,14 @@ class Driver:
         gamma: int | None = None,
         width: int | None = None,
         forwards: int | None = None,
+        lookup: int = 0,
     ) -> None:
         """Start a turn: make `token_ids` (whole context; first `keep` unchanged) resident in both
         caches. `gamma` fixes the draft nodes per step, `width` caps the tree's width and
         `forwards` the draft forwards that grow it (default: all chosen by the memory side; a
-        fixed γ alone is a chain). Raises OverBudget (nothing changed) when the budget cannot
-        hold the prompt."""
+        fixed γ alone is a chain). `lookup`: the most tokens a step copies from the context as a
+        tail of the draft's path (`lookup`; 0: none). Raises OverBudget (nothing changed) when the
+        budget cannot hold the prompt."""
         if session in self._turns:
             raise SessionBusy(f"session {session!r} is already generating")
         assert max_new_tokens >= 1
@@ -152,6 +158,7 @@ class Driver:
             np.random.default_rng(seed),
             width,
             forwards,
+            lookup,
             len(ids),
             self.verifier.prefilled(session) + 1,
         )
@@ -175,10 +182,10 @@ class Driver:
             self.anchor_costs()
         events, granted, rates, forwards = [], [], [], []  # each granted session's a_1..a_w and forwards
         turns = list(self._turns.values())
-        requests = []
+        requests, limits = [], {}
         for turn in turns:
             context = len(self.verifier.ids(turn.session))
-            limit = min(turn.remaining - 1, self.verifier.max_context - context)
+            limit = limits[turn.session] = min(turn.remaining - 1, self.verifier.max_context - context)
             requests.append(
                 {
                     "session": turn.session,
@@ -196,13 +203,13 @@ class Driver:
                 continue
             self._drop_evicted(answer["evicted"])
             ids = self.verifier.ids(turn.session)
+            rates.append(list(answer.get("rates") or []))
             if TARGET in answer["rebuild"]:
                 self.verifier.drop(turn.session)
                 self.verifier.prefill(turn.session, ids, 0, answer["blocks"][TARGET])
             if DRAFT in answer["rebuild"]:
                 self.draft.open(turn.session, ids, answer["blocks"][DRAFT])
             granted.append((turn, answer["gamma"], answer.get("width", 1), answer["blocks"]))
-            rates.append(list(answer.get("rates") or []))
             forwards.append(answer["forwards"])
         if not granted:
             return events
@@ -239,14 +246,26 @@ class Driver:
                 probs[speculating, :width] = proposal["probs"]
             draft_s, token_s = proposal["seconds"], proposal.get("token_seconds")
         target_blocks = [b[TARGET] for _, _, _, b in granted]
+        caps = [
+            self._tail_cap(t, limits[t.session], rates[i], drafts[i], parents[i], gammas[i], taken[i], draft_s)
+            for i, (t, _, _, _) in enumerate(granted)
+        ]
+        drafts, parents, probs, nodes = self._with_tails(granted, gammas, caps, drafts, parents, probs)
         verify_seeds = [int(s[1]) for s in seeds]
         verdict = self.verifier.verify(
-            sessions, drafts, gammas, target_blocks, temperatures, probs, verify_seeds, parents
+            sessions, drafts, nodes, target_blocks, temperatures, probs, verify_seeds, parents, counted=gammas
         )
         if self.measure_cost and verdict["seconds"] > 0:
             # t_d: the draft's one-token forwards (a catch-up of several pending tokens is not a
-            # draft token's cost); t_t(M): the target forward of M = Nmax + 1
-            self.memory.observe_costs(token_s, max(gammas) + 1, verdict["seconds"])
+            # draft token's cost); t_t(M): the target forward of M = Nmax + 1 (lookup tails included)
+            self.memory.observe_costs(token_s, max(nodes) + 1, verdict["seconds"])
+        drafted = [sum(node < gammas[i] for node in verdict["paths"][i]) for i in range(len(granted))]
+        for i, (turn, _, _, _) in enumerate(granted):  # the tail's rate: its tokens tried, accepted
+            length, attach = nodes[i] - gammas[i], int(parents[i, gammas[i]]) if nodes[i] > gammas[i] else 0
+            if length and (attach < 0 or attach in verdict["paths"][i]):
+                hits = verdict["accepted"][i] - drafted[i]
+                turn.tail_counts[0] += hits + (hits < length)
+                turn.tail_counts[1] += hits
         kept = []
         for i, (turn, _, _, _) in enumerate(granted):
             tokens = verdict["tokens"][i][: turn.remaining]
@@ -256,7 +275,7 @@ class Driver:
             [
                 {
                     "session": t.session,
-                    "accepted": verdict["accepted"][i],
+                    "accepted": drafted[i],
                     "emitted": len(kept[i]),
                     "tried": verdict["tried"][i],
                     "hits": verdict["hits"][i],
@@ -269,17 +288,62 @@ class Driver:
             self.verifier.settle(turn.session, kept[i], commits[i]["blocks"][TARGET], paths[i])
         self.draft.accept_batch(sessions, verdict["accepted"], kept, [c["blocks"][DRAFT] for c in commits], paths)
         for i, (turn, _, width, _) in enumerate(granted):
-            gamma, n, tokens = gammas[i], verdict["accepted"][i], kept[i]
+            gamma, n, tokens = gammas[i], drafted[i], kept[i]
             done = (len(tokens) and int(tokens[-1]) in self.stop_ids) or len(tokens) >= turn.remaining
             turn.remaining -= len(tokens)
             turn.new_ids.extend(int(t) for t in tokens)
-            step = StepStats(turn.session, gamma, n, len(tokens), draft_s, verdict["seconds"], width, taken[i])
+            looked_up = max(0, min(len(tokens), verdict["accepted"][i]) - n)
+            step = StepStats(
+                turn.session, gamma, n, len(tokens), draft_s, verdict["seconds"], width, taken[i], looked_up
+            )
             turn.stats.add(step)
             if done:
                 self._turns.pop(turn.session)
                 self.memory.finish(turn.session)
             events.append(self._event(turn, tokens, bool(done), step, None))
         return events
+
+    def _tail_cap(self, turn: _Turn, limit: int, rates, tokens, parents, n: int, forwards: int, draft_s) -> int:
+        # the most lookup tail tokens worth their target rows this step (`memory_model.tail_length`),
+        # priced on the target's calibrated cost curve; the step's nodes stay within γ_max (the
+        # Ms the curve was timed at) and the tokens its turn can still take
+        cap = min(turn.lookup, self.gamma_max - n, limit - n)
+        if cap <= 0 or self._anchors is None:  # no calibration (a fixed cost ratio): the cap
+            return max(0, cap)
+        curve = CostCurve()
+        for m, seconds in self._anchors.items():
+            curve.observe(m=m, target_s=seconds, anchor=True)
+        alpha = rates[0] if rates else 0.7
+        depth = len(main_path(tokens, parents, n))
+        expected = sum(alpha**k for k in range(depth + 1))
+        seconds = (draft_s if forwards else 0.0) + curve.target(n + 1)
+        tried, hits = turn.tail_counts
+        extra = [curve.target(n + 1 + k) - curve.target(n + 1) for k in range(cap + 1)]
+        return tail_length(expected, seconds, alpha**depth, (hits + 1) / (tried + 2), extra)
+
+    def _with_tails(self, granted, gammas, caps, drafts, parents, probs):
+        # each row's lookup tail (`lookup.tail`) of at most caps[i] tokens after its draft nodes,
+        # within the slots its target blocks hold past them; answers the (widened) drafts, parents
+        # and probs and each row's node count, the tails' included
+        tails = []
+        for i, (turn, _, _, blocks) in enumerate(granted):
+            ids = self.verifier.ids(turn.session)
+            room = min(caps[i], blocks[TARGET] * self.verifier.block_tokens - len(ids) - gammas[i])
+            tails.append(tail(ids, drafts[i], parents[i], gammas[i], room) if room > 0 else ([], []))
+        nodes = [g + len(t) for g, (t, _) in zip(gammas, tails)]
+        if nodes == gammas:
+            return drafts, parents, probs, nodes
+        width = max(nodes)
+        wide_drafts = np.full((len(granted), width), -1, dtype=np.int64)
+        wide_parents = np.full((len(granted), width), -1, dtype=np.int64)
+        wide_drafts[:, : drafts.shape[1]], wide_parents[:, : parents.shape[1]] = drafts, parents
+        for i, ((tokens, up), g) in enumerate(zip(tails, gammas)):
+            wide_drafts[i, g : g + len(tokens)], wide_parents[i, g : g + len(tokens)] = tokens, up
+        if probs is not None:  # a tail node is a point mass: a row of zeros
+            wide = np.zeros((len(granted), width, probs.shape[-1]), dtype=np.float32)
+            wide[:, : probs.shape[1]] = probs
+            probs = wide
+        return wide_drafts, wide_parents, probs, nodes
 
     def run(self):
         """Step until no session is active, yielding each step's events."""
@@ -301,6 +365,7 @@ class Driver:
 
 
 def anchor_ms(gamma_max: int) -> tuple[int, ...]:
-    """The Ms at which the target's cost curve is calibrated: 1, 2, 3, 5 and γ_max + 1 (those up
-    to γ_max + 1): dense where a chain's γ* usually lies, interpolated between."""
-    return tuple(m for m in (1, 2, 3, 5) if m < gamma_max + 1) + (gamma_max + 1,)
+    """The Ms at which the target's cost curve is calibrated: 1, 2, 3, 5, 9 and γ_max + 1 (those up
+    to γ_max + 1): dense where a chain's γ* usually lies, interpolated between; 9 is the most rows
+    the row-blocked kernels (native/row_blocks.h) take in one pass over the weights."""
+    return tuple(m for m in (1, 2, 3, 5, 9) if m < gamma_max + 1) + (gamma_max + 1,)

@@ -35,6 +35,8 @@ class Engine:
     vocab_rows: the draft head's base rows (`DraftCore`). prefix_tokens: each model keeps the KV of
     up to this many tokens of recent prompts' prefixes for new sessions to start from
     (`prefix.PrefixStore`; its bytes are reserved in the budget; 0, the default here: none).
+    lookup: the most tokens a step copies from the context as a tail of the draft's path, in the
+    slots its grant holds anyway (`lookup`; 0, the default here: none).
 
     The Medusa-style static baseline is this class with block_tokens = max_context: each cache
     is one block of the whole context, allocated at prefill and never shrunk.
@@ -56,6 +58,7 @@ class Engine:
         vocab_rows: int | None = None,
         prefix_tokens: int = 0,
         forwards: int | None = None,
+        lookup: int = 0,
     ):
         check_pair(draft_model, target_model, tokenizer)
         self.tokenizer = tokenizer
@@ -86,7 +89,7 @@ class Engine:
         )
         if cost_ratio is None:  # calibrate now: the first turn does not pay for it
             self.driver.anchor_costs()
-        self.gamma, self.tree, self.forwards = gamma, tree, forwards
+        self.gamma, self.tree, self.forwards, self.lookup = gamma, tree, forwards, lookup
         self._anonymous = 0
 
     # chat
@@ -108,7 +111,9 @@ class Engine:
         if not self.verifier.has(session):
             self.verifier.open(session)
         ids, keep = self.verifier.chat_prompt(session, message)
-        self.driver.join(session, ids, keep, max_new_tokens, temperature, seed, self.gamma, self.tree, self.forwards)
+        self.driver.join(
+            session, ids, keep, max_new_tokens, temperature, seed, self.gamma, self.tree, self.forwards, self.lookup
+        )
         reply: list[int] = []
         try:
             for event in self._drain(session):
@@ -130,11 +135,14 @@ class Engine:
         gamma: int | None = None,
         session: str | None = None,
         tree: int | None = None,
+        forwards: int | None = None,
+        lookup: int | None = None,
     ) -> tuple[np.ndarray, dict]:
         """Continue `prompt_ids` (no chat template, no stop token); answers (new ids, stats).
         Without `session` a throwaway session is used and released."""
+        sessions = None if session is None else [session]
         out = self.generate_batch(
-            [prompt_ids], max_new_tokens, temperature, [seed], gamma, None if session is None else [session], tree
+            [prompt_ids], max_new_tokens, temperature, [seed], gamma, sessions, tree, forwards, lookup
         )
         return out[0]
 
@@ -147,8 +155,11 @@ class Engine:
         gamma: int | None = None,
         sessions: list[str] | None = None,
         tree: int | None = None,
+        forwards: int | None = None,
+        lookup: int | None = None,
     ) -> list[tuple[np.ndarray, dict]]:
-        """Continue several prompts as one batch (one draft pass and one target forward per step)."""
+        """Continue several prompts as one batch (one draft pass and one target forward per step);
+        gamma, tree, forwards and lookup default to the Engine's."""
         throwaway = sessions is None
         if sessions is None:
             sessions = [self._new_session() for _ in prompts]
@@ -168,7 +179,8 @@ class Engine:
                     seed,
                     self.gamma if gamma is None else gamma,
                     self.tree if tree is None else tree,
-                    self.forwards,
+                    self.forwards if forwards is None else forwards,
+                    self.lookup if lookup is None else lookup,
                 )
             results: dict[str, tuple[list[int], dict]] = {sid: ([], {}) for sid in sessions}
             while self.driver.active:

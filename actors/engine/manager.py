@@ -70,18 +70,14 @@ class MemoryManager(Reservations):
         self.budget = budget_bytes if memory_budget is None else memory_budget
         self.memory_budget = memory_budget
         self.block_tokens, self.spare_blocks = block_tokens, spare_blocks
-        self.gamma_max, self.fraction, self.prior_alpha = gamma_max, fraction, prior_alpha
-        self.width_max = width_max
+        self.gamma_max, self.fraction, self.prior_alpha, self.width_max = gamma_max, fraction, prior_alpha, width_max
         self.costs = CostCurve(cost_ratio)
         self._weights: dict[str, int] = {}
         self._bytes_per_token: dict[str, int] = {}
         self._sessions: dict[str, _Session] = {}
         self._ids = BlockIds()
         self._reserved: dict[str, dict[str, int]] = {}  # owner -> key -> bytes (not KV)
-        self._live = 0
-        self._peak = 0
-        self._clock = 0
-        self._evictions = 0
+        self._live = self._peak = self._clock = self._evictions = 0
 
     # holders
 
@@ -206,14 +202,16 @@ class MemoryManager(Reservations):
         self, session: str, accepted: int, emitted: int, tried: list[int] | None = None, hits: list[int] | None = None
     ) -> dict:
         """End a step: `accepted` of the γ draft nodes were accepted and `emitted` tokens joined the
-        context. Blocks past the new length (beyond `spare_blocks`) are freed at once, the rejected
+        context (a lookup tail's too: it used slots of the blocks granted, which must hold all but
+        the last). Blocks past the new length (beyond `spare_blocks`) are freed at once, the rejected
         branches' with them. tried/hits: the walk's counts per rank (see `tree.verify_tree`);
         without them the step counts as a chain's (min(accepted + 1, γ) tried at rank 1).
         Answers {"blocks": {holder: n}, "freed": bytes}."""
         s = self._get(session)
         if s.gamma is None:
             raise SessionBusy(f"session {session!r} has no open grant to commit")
-        assert 0 <= accepted <= s.gamma and 0 <= emitted <= accepted + 1, (accepted, emitted, s.gamma)
+        room = max(map(len, s.blocks.values()), default=0) * self.block_tokens - s.context + 1
+        assert 0 <= accepted <= s.gamma and 0 <= emitted <= max(accepted + 1, room), (accepted, emitted, room)
         if s.gamma:
             s.acceptance.record(accepted, s.gamma, tried, hits)
         s.context += emitted

@@ -28,6 +28,21 @@ def expected_tokens(alpha: float, gamma: int) -> float:
     return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
 
 
+def tail_length(tokens: float, seconds: float, reach: float, rate: float, extra_seconds: list[float]) -> int:
+    """The lookup tail L (0..len(extra_seconds) − 1) of most tokens a second for a step that
+    expects `tokens` in `seconds` without one: a tail hangs below a path accepted whole with
+    probability `reach`, each of its tokens accepted with probability `rate` given the ones before,
+    and L tail rows add extra_seconds[L] to the target's forward (extra_seconds[0] = 0):
+    L* = argmax (E + reach·Σ_{j≤L} rate^j) / (T + Δt(L)), the shortest on ties."""
+    best, best_speed, gained = 0, tokens / seconds, 0.0
+    for length in range(1, len(extra_seconds)):
+        gained += reach * rate**length
+        speed = (tokens + gained) / (seconds + extra_seconds[length])
+        if speed > best_speed * (1 + 1e-9):
+            best, best_speed = length, speed
+    return best
+
+
 def speedup(alpha: float, gamma: int, cost_ratio: float) -> float:
     # S(γ) = E(γ) / (γ·c + 1)
     return expected_tokens(alpha, gamma) / (gamma * cost_ratio + 1.0)

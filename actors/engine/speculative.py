@@ -89,6 +89,7 @@ class StepStats:
     target_s: float
     width: int = 1
     forwards: int = 0  # draft forwards (a tree's nodes past them are leaves)
+    looked_up: int = 0  # emitted tokens that a lookup tail proposed (`lookup`), not the draft
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -103,6 +104,7 @@ class SpecStats:
     drafted: int = 0
     forwards: int = 0
     accepted: int = 0
+    looked_up: int = 0
     considered: int = 0
     draft_s: float = 0.0
     target_s: float = 0.0
@@ -114,6 +116,7 @@ class SpecStats:
         self.drafted += step.gamma
         self.forwards += step.forwards
         self.accepted += step.accepted
+        self.looked_up += step.looked_up
         self.considered += min(step.accepted + 1, step.gamma)
         self.draft_s += step.draft_s
         self.target_s += step.target_s
@@ -130,6 +133,7 @@ class SpecStats:
             "drafted": self.drafted,
             "forwards": self.forwards,
             "accepted": self.accepted,
+            "looked_up": self.looked_up,
             "alpha": self.alpha,
             "mean_accepted": self.accepted / self.steps if self.steps else 0.0,
             "tokens_per_step": self.tokens / self.steps if self.steps else 0.0,

@@ -124,13 +124,16 @@ def verify_tree(
     node_probs: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
     ranks: int | None = None,
+    counted: int | None = None,
 ) -> Verdict:
     """Walk `tree` against the target's logits [N+1, V] (row 0: the root, row i+1: node i).
 
     node_probs: float [N, V], the q each sampled node was drawn from (rows of zeros, or None for
     every node, mean deterministic picks). ranks: the length of the tried/hits lists (default:
-    the widest node's child count)."""
+    the widest node's child count). counted: only nodes below it count in tried/hits (the
+    draft's; a lookup tail after them is not the draft's rank acceptance; default: all)."""
     n = len(tree)
+    counted = n if counted is None else counted
     assert target_logits.ndim == 2 and target_logits.shape[0] == n + 1
     kids = tree.children()
     width = ranks if ranks is not None else max((len(k) for k in kids.values()), default=0)
@@ -140,7 +143,7 @@ def verify_tree(
     greedy = temperature <= 0.0
     while True:
         children = kids.get(node, [])
-        for r in range(min(len(children), width)):
+        for r in range(min(sum(c < counted for c in children), width)):
             tried[r] += 1
         if greedy:
             best = int(target_logits[row].argmax())
@@ -168,7 +171,7 @@ def verify_tree(
             tokens = np.append(tree.tokens[path], emit).astype(np.int64)
             return Verdict(path, tokens, tried, hits)
         rank = children.index(chosen)
-        if rank < width:
+        if rank < width and chosen < counted:
             hits[rank] += 1
         path.append(chosen)
         node, row = chosen, chosen + 1

@@ -191,13 +191,15 @@ class VerifierCore(CacheHolder):
         draft_probs: np.ndarray | None = None,
         seeds: list[int] | None = None,
         parents: np.ndarray | None = None,
+        counted: list[int] | None = None,
     ) -> dict:
         """One target forward over every session's pending token and its tree of gammas[b] draft
         nodes (tokens drafts[b], parents parents[b]; a chain when `parents` is None), each node
         attending to its ancestors only and placed at the position of its depth.
 
         drafts, parents: int64 [B, Nmax]; draft_probs: float32 [B, Nmax, V] when any row samples;
-        temperature: one for all rows or one per row (0: greedy).
+        temperature: one for all rows or one per row (0: greedy). counted[b]: the draft's nodes
+        of row b (those past them, a lookup tail, do not count in tried/hits; default: all).
         Answers {"accepted": [n_b], "tokens": [int64 arrays of n_b + 1 tokens], "paths": [accepted
         node indices], "tried", "hits": [per-rank counts], "seconds": float}.
         """
@@ -227,7 +229,8 @@ class VerifierCore(CacheHolder):
             for b, tree in enumerate(trees):
                 rng = np.random.default_rng(seeds[b] if seeds else 0)
                 q = draft_probs[b, : len(tree)] if draft_probs is not None else None
-                verdicts.append(verify_tree(tree, logits[b].cpu().numpy(), temps[b], q, rng))
+                n = counted[b] if counted is not None else None
+                verdicts.append(verify_tree(tree, logits[b].cpu().numpy(), temps[b], q, rng, counted=n))
         return {
             "accepted": [v.accepted for v in verdicts],
             "tokens": [v.tokens for v in verdicts],
