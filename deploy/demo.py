@@ -113,7 +113,8 @@ def _chat(c, max_new_tokens: int) -> None:
         print(
             f"\n--- {s['tokens']} tokens in {s['seconds']:.1f} s = {s['tokens_per_s']:.2f} tokens/s; "
             f"{s['steps']} steps, {s['tokens_per_step']:.2f} tokens and {s['mean_accepted']:.2f} "
-            f"accepted drafts per step (alpha {s['alpha']:.2f}); mean gamma "
+            f"accepted drafts per step (alpha {s['alpha']:.2f}), {s.get('looked_up', 0)} tokens copied from the "
+            f"context (lookup tails); mean gamma "
             f"{np.mean(gammas) if gammas else 0:.2f}; first token after {first_at:.2f} s"
         )
     u = c.usage()
