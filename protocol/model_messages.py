@@ -164,7 +164,7 @@ class StepInfo:
     session: str
     gamma: int  # draft nodes granted (0: a plain decoding step)
     accepted: int  # draft tokens the target accepted
-    emitted: int  # tokens the step added (accepted + the target's own)
+    emitted: int  # tokens the step added (accepted, lookup tail tokens taken, the target's own)
     draft_s: float
     target_s: float
     width: int = 1  # the most children a tree node may have (1: a chain)

@@ -130,3 +130,20 @@ def test_sampled_output_with_lookup_tails_follows_the_target_distribution_over_t
     assert stats.chisquare(observed, expected).pvalue > 0.001
     assert looked_up > 0
     assert_accounting_matches_tensors(engine)
+
+
+def test_a_tail_fits_rows_whose_draft_took_fewer_nodes_than_granted():
+    # a row granted 4 nodes whose draft ran out of candidates at 2 (a sampled tree's draws, a
+    # vocabulary): its tail makes 3 nodes, fewer than the proposal's 4 columns
+    draft, target = tiny_pair(seed=1)
+    engine = Engine(draft, target, block_tokens=16, cost_ratio=0.2, lookup=4)
+    engine.verifier.open("s")
+    prompt = np.array([7, 8, 9, 7, 8], dtype=np.int64)
+    engine.driver.join("s", prompt, 0, 8, lookup=4)
+    turn = engine.driver._turns["s"]
+    drafts = np.array([[9, 7, -1, -1]], dtype=np.int64)  # the context then ends 7 8 9 7: 8 9 7 followed by 8
+    parents = np.array([[-1, 0, -1, -1]], dtype=np.int64)
+    granted = [(turn, 4, 1, {"draft": 1, "target": 1})]
+    wide, up, probs, nodes = engine.driver._with_tails(granted, [2], [1], drafts, parents, None)
+    assert nodes == [3] and wide.shape == (1, 4) and probs is None
+    assert wide[0, :3].tolist() == [9, 7, 8] and up[0, :3].tolist() == [-1, 0, 1]

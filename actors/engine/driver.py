@@ -333,7 +333,7 @@ class Driver:
         nodes = [g + len(t) for g, (t, _) in zip(gammas, tails)]
         if nodes == gammas:
             return drafts, parents, probs, nodes
-        width = max(nodes)
+        width = max(max(nodes), drafts.shape[1])  # rows may have fewer nodes than granted (candidates ran out)
         wide_drafts = np.full((len(granted), width), -1, dtype=np.int64)
         wide_parents = np.full((len(granted), width), -1, dtype=np.int64)
         wide_drafts[:, : drafts.shape[1]], wide_parents[:, : parents.shape[1]] = drafts, parents

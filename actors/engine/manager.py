@@ -202,11 +202,11 @@ class MemoryManager(Reservations):
         self, session: str, accepted: int, emitted: int, tried: list[int] | None = None, hits: list[int] | None = None
     ) -> dict:
         """End a step: `accepted` of the γ draft nodes were accepted and `emitted` tokens joined the
-        context (a lookup tail's too: it used slots of the blocks granted, which must hold all but
-        the last). Blocks past the new length (beyond `spare_blocks`) are freed at once, the rejected
-        branches' with them. tried/hits: the walk's counts per rank (see `tree.verify_tree`);
-        without them the step counts as a chain's (min(accepted + 1, γ) tried at rank 1).
-        Answers {"blocks": {holder: n}, "freed": bytes}."""
+        context (a lookup tail's too: it used slots of the blocks granted, so the largest holder's
+        blocks must hold all but the last). Blocks past the new length (beyond `spare_blocks`) are
+        freed at once, the rejected branches' with them. tried/hits: the walk's counts per rank
+        (see `tree.verify_tree`); without them the step counts as a chain's (min(accepted + 1, γ)
+        tried at rank 1). Answers {"blocks": {holder: n}, "freed": bytes}."""
         s = self._get(session)
         if s.gamma is None:
             raise SessionBusy(f"session {session!r} has no open grant to commit")
