@@ -9,7 +9,7 @@ from scipy import stats
 from test_engine_sampling import VOCAB, _exact_pair_distribution
 
 from specmemo.actors.engine import Engine
-from specmemo.actors.engine.lookup import continuation, main_path, tail
+from specmemo.actors.engine.lookup import alone_pays, continuation, main_path, shape_curve, tail, tail_cap
 from specmemo.actors.engine.manager import MemoryManager
 from specmemo.actors.engine.memory_model import tail_length
 from specmemo.actors.engine.tiny import tiny_pair
@@ -147,3 +147,21 @@ def test_a_tail_fits_rows_whose_draft_took_fewer_nodes_than_granted():
     wide, up, probs, nodes = engine.driver._with_tails(granted, [2], [1], drafts, parents, None)
     assert nodes == [3] and wide.shape == (1, 4) and probs is None
     assert wide[0, :3].tolist() == [9, 7, 8] and up[0, :3].tolist() == [-1, 0, 1]
+
+
+def test_a_copied_continuation_replaces_the_draft_only_where_it_pays():
+    flat = shape_curve({1: 0.05, 9: 0.05})  # rows free to M = 9
+    steep = shape_curve({1: 0.05, 2: 0.10, 9: 0.45})
+    sure, unsure = [18, 18], [18, 0]  # a turn's tail counts: [tried, accepted]
+    # 3 draft nodes at α 0.6 in 30 ms of draft forwards: 1 + .6 + .36 + .216 = 2.18 tokens in 80 ms
+    assert alone_pays(flat, 8, [0.6], 3, 0.030, sure)
+    assert not alone_pays(flat, 8, [0.6], 3, 0.030, unsure)  # ρ = 1/20: a copied token rarely lands
+    assert not alone_pays(steep, 8, [0.6], 3, 0.030, sure)  # each copied row costs 50 ms
+    assert not alone_pays(flat, 8, [0.99], 8, 0.0, sure)  # a free, nearly sure draft of as many nodes
+
+
+def test_the_tail_cap_prices_the_rows_below_the_path():
+    flat, steep = shape_curve({1: 0.05, 17: 0.05}), shape_curve({1: 0.05, 17: 1.65})
+    tokens, parents = np.array([4, 5], dtype=np.int64), np.array([-1, 0], dtype=np.int64)
+    assert tail_cap(flat, 6, [0.8], tokens, parents, 2, 0.02, [0, 0]) == 6  # free rows: all of them
+    assert tail_cap(steep, 6, [0.8], tokens, parents, 2, 0.02, [0, 0]) == 0  # 100 ms a row

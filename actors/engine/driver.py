@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import EngineError, SessionBusy, from_answer
-from .lookup import main_path, tail
-from .memory_model import CostCurve, tail_length
+from .lookup import alone_pays, continuation, shape_curve, tail, tail_cap
+from .memory_model import CostCurve
 from .speculative import SpecStats, StepStats
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ class Driver:
         self.gamma_max = gamma_max
         self._anchors: dict[int, float] | None = None  # t_t at the anchor Ms, timed once
         self._anchored = False  # ... and sent to the memory side
+        self._shape_curve: CostCurve | None = None  # the anchors as a curve, for lookup tails
 
     def calibration(self, kept: dict[int, float] | None = None) -> dict[int, float]:
         """The target's seconds per forward of M new tokens at the `anchor_ms`, the shape of its
@@ -221,6 +222,9 @@ class Driver:
         probs, draft_s, token_s = None, 0.0, None
         temperatures = [t.temperature for t, _, _, _ in granted]
         seeds = [t.rng.integers(0, 2**63, size=2) for t, _, _, _ in granted]
+        for i, (turn, _, _, blocks) in enumerate(granted):  # a copied continuation may beat the draft
+            if gammas[i] and self._lookup_alone(turn, rates[i], gammas[i], forwards[i], limits[turn.session], blocks):
+                gammas[i] = 0
         speculating = [i for i, g in enumerate(gammas) if g > 0]
         taken = [0] * len(granted)  # draft forwards per session
         if speculating:
@@ -304,22 +308,30 @@ class Driver:
         return events
 
     def _tail_cap(self, turn: _Turn, limit: int, rates, tokens, parents, n: int, forwards: int, draft_s) -> int:
-        # the most lookup tail tokens worth their target rows this step (`memory_model.tail_length`),
-        # priced on the target's calibrated cost curve; the step's nodes stay within γ_max (the
-        # Ms the curve was timed at) and the tokens its turn can still take
+        # the most lookup tail tokens this step (`lookup.tail_cap`), within γ_max nodes (the Ms the
+        # curve was timed at) and the tokens its turn can still take; unpriced without a calibration
         cap = min(turn.lookup, self.gamma_max - n, limit - n)
-        if cap <= 0 or self._anchors is None:  # no calibration (a fixed cost ratio): the cap
+        if cap <= 0 or self._anchors is None:
             return max(0, cap)
-        curve = CostCurve()
-        for m, seconds in self._anchors.items():
-            curve.observe(m=m, target_s=seconds, anchor=True)
-        alpha = rates[0] if rates else 0.7
-        depth = len(main_path(tokens, parents, n))
-        expected = sum(alpha**k for k in range(depth + 1))
-        seconds = (draft_s if forwards else 0.0) + curve.target(n + 1)
-        tried, hits = turn.tail_counts
-        extra = [curve.target(n + 1 + k) - curve.target(n + 1) for k in range(cap + 1)]
-        return tail_length(expected, seconds, alpha**depth, (hits + 1) / (tried + 2), extra)
+        seconds = draft_s if forwards else 0.0
+        return tail_cap(self._shape(), cap, rates, tokens, parents, n, seconds, turn.tail_counts)
+
+    def _lookup_alone(self, turn: _Turn, rates, gamma: int, forwards: int, limit: int, blocks) -> bool:
+        # whether this step verifies the context's copied continuation without the draft
+        # (`lookup.alone_pays`); only once the turn has timed its draft, on a calibrated curve
+        if turn.lookup <= 0 or self._anchors is None or not turn.stats.forwards:
+            return False
+        ids = self.verifier.ids(turn.session)
+        room = min(turn.lookup, self.gamma_max, limit, blocks[TARGET] * self.verifier.block_tokens - len(ids))
+        found = continuation(ids, room) if room > 0 else ids[:0]
+        seconds = forwards * turn.stats.draft_s / turn.stats.forwards
+        return len(found) > 0 and alone_pays(self._shape(), len(found), rates, gamma, seconds, turn.tail_counts)
+
+    def _shape(self) -> CostCurve:
+        # the calibration as a curve (its level, not the memory side's in-situ scale)
+        if self._shape_curve is None:
+            self._shape_curve = shape_curve(self._anchors or {})
+        return self._shape_curve
 
     def _with_tails(self, granted, gammas, caps, drafts, parents, probs):
         # each row's lookup tail (`lookup.tail`) of at most caps[i] tokens after its draft nodes,

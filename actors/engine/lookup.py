@@ -12,12 +12,19 @@ draft feeds them at the start of its next proposal, as it does a leaf.
 
 The tail only uses KV slots the step's grant already holds (the rounding of its last block and the
 spare block), so the memory model's accounting is unchanged: a step whose grant has no room left
-proposes no tail.
+proposes no tail. Its length is priced on the target's calibrated cost curve (`tail_cap`), and a
+step whose context alone offers a continuation that pays better than the draft's nodes verifies it
+without drafting at all (`alone_pays`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .memory_model import CostCurve, tail_length
+
+#: α before the memory side has measured any (its prior).
+PRIOR_ALPHA = 0.7
 
 #: The longest and the shortest suffix matched (the longest that occurs is taken): one shared
 #: token is too weak a cue (it proposes a tail nearly every step, and is mostly wrong).
@@ -66,3 +73,38 @@ def tail(
     if len(found):
         parent[0] = path[-1] if path else -1
     return found, parent
+
+
+def tail_rate(counts: list[int]) -> float:
+    """ρ: tail tokens accepted over tried ([tried, accepted]), with a prior of one of two."""
+    return (counts[1] + 1) / (counts[0] + 2)
+
+
+def tail_cap(curve: CostCurve, cap: int, rates, tokens, parents, n: int, draft_seconds: float, counts) -> int:
+    """The tail of at most `cap` tokens below a proposal row of `n` nodes worth its target rows
+    (`memory_model.tail_length` on `curve`): the row expects Σ_{k≤d} α^k tokens from its main path
+    of depth d (α = rates[0]) in `draft_seconds` and t_t(n + 1), and reaches the tail with α^d."""
+    alpha = rates[0] if rates else PRIOR_ALPHA
+    depth = len(main_path(tokens, parents, n))
+    expected = sum(alpha**k for k in range(depth + 1))
+    extra = [curve.target(n + 1 + k) - curve.target(n + 1) for k in range(cap + 1)]
+    return tail_length(expected, draft_seconds + curve.target(n + 1), alpha**depth, tail_rate(counts), extra)
+
+
+def alone_pays(curve: CostCurve, found: int, rates, gamma: int, draft_seconds: float, counts) -> bool:
+    """Whether a step should verify `found` copied tokens from the root without its draft: their
+    best tail gets more tokens a second than γ draft nodes at α = rates[0] taking `draft_seconds`."""
+    alpha = rates[0] if rates else PRIOR_ALPHA
+    drafted = sum(alpha**k for k in range(gamma + 1)) / (draft_seconds + curve.target(gamma + 1))
+    rate = tail_rate(counts)
+    extra = [curve.target(1 + k) - curve.target(1) for k in range(found + 1)]
+    length = tail_length(1.0, curve.target(1), 1.0, rate, extra)
+    return length > 0 and sum(rate**j for j in range(length + 1)) / (curve.target(1) + extra[length]) > drafted
+
+
+def shape_curve(anchors: dict[int, float]) -> CostCurve:
+    """The target's calibration timings (seconds by M) as a cost curve."""
+    curve = CostCurve()
+    for m, seconds in anchors.items():
+        curve.observe(m=m, target_s=seconds, anchor=True)
+    return curve
