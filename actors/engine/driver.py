@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import EngineError, SessionBusy, from_answer
-from .lookup import alone_pays, continuation, shape_curve, tail, tail_cap
+from .lookup import alone_pays, continuation, main_path, shape_curve, tail, tail_cap
 from .memory_model import CostCurve
 from .speculative import SpecStats, StepStats
 
@@ -181,7 +181,7 @@ class Driver:
         `error` set); the others go on. Done sessions leave the batch."""
         if self.measure_cost and not self._anchored:
             self.anchor_costs()
-        events, granted, rates, forwards = [], [], [], []  # each granted session's a_1..a_w and forwards
+        events, granted, rates, forwards, contexts = [], [], [], [], []  # each granted session's a_1..a_w, F, ids
         turns = list(self._turns.values())
         requests, limits = [], {}
         for turn in turns:
@@ -204,14 +204,15 @@ class Driver:
                 continue
             self._drop_evicted(answer["evicted"])
             ids = self.verifier.ids(turn.session)
-            rates.append(list(answer.get("rates") or []))
             if TARGET in answer["rebuild"]:
                 self.verifier.drop(turn.session)
                 self.verifier.prefill(turn.session, ids, 0, answer["blocks"][TARGET])
             if DRAFT in answer["rebuild"]:
                 self.draft.open(turn.session, ids, answer["blocks"][DRAFT])
             granted.append((turn, answer["gamma"], answer.get("width", 1), answer["blocks"]))
+            rates.append(list(answer.get("rates") or []))
             forwards.append(answer["forwards"])
+            contexts.append(ids)
         if not granted:
             return events
         sessions = [t.session for t, _, _, _ in granted]
@@ -223,7 +224,8 @@ class Driver:
         temperatures = [t.temperature for t, _, _, _ in granted]
         seeds = [t.rng.integers(0, 2**63, size=2) for t, _, _, _ in granted]
         for i, (turn, _, _, blocks) in enumerate(granted):  # a copied continuation may beat the draft
-            if gammas[i] and self._lookup_alone(turn, rates[i], gammas[i], forwards[i], limits[turn.session], blocks):
+            room = min(limits[turn.session], self._free_slots(contexts[i], blocks))
+            if gammas[i] and self._lookup_alone(turn, contexts[i], rates[i][0], gammas[i], forwards[i], room):
                 gammas[i] = 0
         speculating = [i for i, g in enumerate(gammas) if g > 0]
         taken = [0] * len(granted)  # draft forwards per session
@@ -250,11 +252,14 @@ class Driver:
                 probs[speculating, :width] = proposal["probs"]
             draft_s, token_s = proposal["seconds"], proposal.get("token_seconds")
         target_blocks = [b[TARGET] for _, _, _, b in granted]
+        main_paths = [main_path(drafts[i], parents[i], gammas[i]) for i in range(len(granted))]
         caps = [
-            self._tail_cap(t, limits[t.session], rates[i], drafts[i], parents[i], gammas[i], taken[i], draft_s)
+            self._tail_cap(t, limits[t.session], rates[i][0], len(main_paths[i]), gammas[i], taken[i], draft_s)
             for i, (t, _, _, _) in enumerate(granted)
         ]
-        drafts, parents, probs, nodes = self._with_tails(granted, gammas, caps, drafts, parents, probs)
+        drafts, parents, probs, nodes = self._with_tails(
+            granted, contexts, main_paths, gammas, caps, drafts, parents, probs
+        )
         verify_seeds = [int(s[1]) for s in seeds]
         verdict = self.verifier.verify(
             sessions, drafts, nodes, target_blocks, temperatures, probs, verify_seeds, parents, counted=gammas
@@ -307,41 +312,44 @@ class Driver:
             events.append(self._event(turn, tokens, bool(done), step, None))
         return events
 
-    def _tail_cap(self, turn: _Turn, limit: int, rates, tokens, parents, n: int, forwards: int, draft_s) -> int:
+    def _tail_cap(self, turn: _Turn, limit: int, alpha: float, depth: int, n: int, forwards: int, draft_s) -> int:
         # the most lookup tail tokens this step (`lookup.tail_cap`), within γ_max nodes (the Ms the
         # curve was timed at) and the tokens its turn can still take; unpriced without a calibration
         cap = min(turn.lookup, self.gamma_max - n, limit - n)
         if cap <= 0 or self._anchors is None:
             return max(0, cap)
         seconds = draft_s if forwards else 0.0
-        return tail_cap(self._shape(), cap, rates, tokens, parents, n, seconds, turn.tail_counts)
+        return tail_cap(self._shape(), cap, alpha, depth, n, seconds, turn.tail_counts)
 
-    def _lookup_alone(self, turn: _Turn, rates, gamma: int, forwards: int, limit: int, blocks) -> bool:
-        # whether this step verifies the context's copied continuation without the draft
-        # (`lookup.alone_pays`); only once the turn has timed its draft, on a calibrated curve
+    def _lookup_alone(self, turn: _Turn, ids, alpha: float, gamma: int, forwards: int, room: int) -> bool:
+        # whether this step verifies the context's copied continuation (at most `room` tokens)
+        # without the draft (`lookup.alone_pays`); only once the turn has timed its draft, on a
+        # calibrated curve
         if turn.lookup <= 0 or self._anchors is None or not turn.stats.forwards:
             return False
-        ids = self.verifier.ids(turn.session)
-        room = min(turn.lookup, self.gamma_max, limit, blocks[TARGET] * self.verifier.block_tokens - len(ids))
-        found = continuation(ids, room) if room > 0 else ids[:0]
+        found = continuation(ids, min(turn.lookup, self.gamma_max, room))
         seconds = forwards * turn.stats.draft_s / turn.stats.forwards
-        return len(found) > 0 and alone_pays(self._shape(), len(found), rates, gamma, seconds, turn.tail_counts)
+        return len(found) > 0 and alone_pays(self._shape(), len(found), alpha, gamma, seconds, turn.tail_counts)
 
     def _shape(self) -> CostCurve:
         # the calibration as a curve (its level, not the memory side's in-situ scale)
         if self._shape_curve is None:
-            self._shape_curve = shape_curve(self._anchors or {})
+            assert self._anchors is not None, "priced only once calibrated"
+            self._shape_curve = shape_curve(self._anchors)
         return self._shape_curve
 
-    def _with_tails(self, granted, gammas, caps, drafts, parents, probs):
+    def _free_slots(self, ids: np.ndarray, blocks: dict) -> int:
+        # the target cache's slots past the committed context and its pending token, in `blocks`
+        return blocks[TARGET] * self.verifier.block_tokens - len(ids)
+
+    def _with_tails(self, granted, contexts, main_paths, gammas, caps, drafts, parents, probs):
         # each row's lookup tail (`lookup.tail`) of at most caps[i] tokens after its draft nodes,
         # within the slots its target blocks hold past them; answers the (widened) drafts, parents
         # and probs and each row's node count, the tails' included
         tails = []
-        for i, (turn, _, _, blocks) in enumerate(granted):
-            ids = self.verifier.ids(turn.session)
-            room = min(caps[i], blocks[TARGET] * self.verifier.block_tokens - len(ids) - gammas[i])
-            tails.append(tail(ids, drafts[i], parents[i], gammas[i], room) if room > 0 else ([], []))
+        for i, (_, _, _, blocks) in enumerate(granted):
+            room = min(caps[i], self._free_slots(contexts[i], blocks) - gammas[i])
+            tails.append(tail(contexts[i], drafts[i], main_paths[i], gammas[i], room) if room > 0 else ([], []))
         nodes = [g + len(t) for g, (t, _) in zip(gammas, tails)]
         if nodes == gammas:
             return drafts, parents, probs, nodes

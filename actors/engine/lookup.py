@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .memory_model import CostCurve, tail_length
-
-#: α before the memory side has measured any (its prior).
-PRIOR_ALPHA = 0.7
+from .memory_model import CostCurve, expected_tokens, tail_length
 
 #: The longest and the shortest suffix matched (the longest that occurs is taken): one shared
 #: token is too weak a cue (it proposes a tail nearly every step, and is mostly wrong).
@@ -61,13 +58,10 @@ def main_path(tokens: np.ndarray, parents: np.ndarray, n: int) -> list[int]:
     return path
 
 
-def tail(
-    context: np.ndarray, tokens: np.ndarray, parents: np.ndarray, n: int, room: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The lookup tail of one proposal row of `n` draft nodes (tokens, parents) on `context`
-    (the committed ids): its tokens (at most `room`) and their parents (the first one's: the
-    deepest node of the main path, −1 the root when n = 0; the others' the node before)."""
-    path = main_path(tokens, parents, n)
+def tail(context: np.ndarray, tokens: np.ndarray, path: list[int], n: int, room: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lookup tail of one proposal row of `n` draft nodes (`tokens`, its main path `path`) on
+    `context` (the committed ids): its tokens (at most `room`) and their parents (the first one's:
+    the path's deepest node, −1 the root when the path is empty; the others' the node before)."""
     found = continuation(np.concatenate([context, tokens[path]]), room)
     parent = np.arange(n - 1, n - 1 + len(found), dtype=np.int64)
     if len(found):
@@ -80,26 +74,22 @@ def tail_rate(counts: list[int]) -> float:
     return (counts[1] + 1) / (counts[0] + 2)
 
 
-def tail_cap(curve: CostCurve, cap: int, rates, tokens, parents, n: int, draft_seconds: float, counts) -> int:
+def tail_cap(curve: CostCurve, cap: int, alpha: float, depth: int, n: int, draft_seconds: float, counts) -> int:
     """The tail of at most `cap` tokens below a proposal row of `n` nodes worth its target rows
-    (`memory_model.tail_length` on `curve`): the row expects Σ_{k≤d} α^k tokens from its main path
-    of depth d (α = rates[0]) in `draft_seconds` and t_t(n + 1), and reaches the tail with α^d."""
-    alpha = rates[0] if rates else PRIOR_ALPHA
-    depth = len(main_path(tokens, parents, n))
-    expected = sum(alpha**k for k in range(depth + 1))
+    (`memory_model.tail_length` on `curve`): the row expects E(α, d) tokens from its main path of
+    depth d in `draft_seconds` and t_t(n + 1), and reaches the tail with α^d."""
     extra = [curve.target(n + 1 + k) - curve.target(n + 1) for k in range(cap + 1)]
-    return tail_length(expected, draft_seconds + curve.target(n + 1), alpha**depth, tail_rate(counts), extra)
+    seconds = draft_seconds + curve.target(n + 1)
+    return tail_length(expected_tokens(alpha, depth), seconds, alpha**depth, tail_rate(counts), extra)
 
 
-def alone_pays(curve: CostCurve, found: int, rates, gamma: int, draft_seconds: float, counts) -> bool:
+def alone_pays(curve: CostCurve, found: int, alpha: float, gamma: int, draft_seconds: float, counts) -> bool:
     """Whether a step should verify `found` copied tokens from the root without its draft: their
-    best tail gets more tokens a second than γ draft nodes at α = rates[0] taking `draft_seconds`."""
-    alpha = rates[0] if rates else PRIOR_ALPHA
-    drafted = sum(alpha**k for k in range(gamma + 1)) / (draft_seconds + curve.target(gamma + 1))
-    rate = tail_rate(counts)
-    extra = [curve.target(1 + k) - curve.target(1) for k in range(found + 1)]
-    length = tail_length(1.0, curve.target(1), 1.0, rate, extra)
-    return length > 0 and sum(rate**j for j in range(length + 1)) / (curve.target(1) + extra[length]) > drafted
+    best tail (`tail_cap` of a row without nodes) gets more tokens a second than γ draft nodes at
+    acceptance α taking `draft_seconds` and t_t(γ + 1)."""
+    length = tail_cap(curve, found, 1.0, 0, 0, 0.0, counts)
+    copied = expected_tokens(tail_rate(counts), length) / curve.target(1 + length)
+    return length > 0 and copied > expected_tokens(alpha, gamma) / (draft_seconds + curve.target(gamma + 1))
 
 
 def shape_curve(anchors: dict[int, float]) -> CostCurve:
