@@ -26,7 +26,9 @@ per target forward (= per step), its ratio to the chain with the same node count
 budget: a tree of N nodes holds the KV slots of a chain of γ = N), draft forwards per step, the
 measured rank acceptance rates a_1..a_w, and how many outputs equal the target's own greedy output
 (greedy only: a sampled run keeps the target's distribution, which tests/test_engine_sampling.py
-checks, not its tokens).
+checks, not its tokens). Below the rows: the rank model's best tree of each fixed N against the
+chain of N (tokens per forward), and its fastest chain and fastest tree in tok/s priced on the
+run's own costs, then on a target whose forward costs the same for any M (where trees pay).
 Sampled, a chain draws each token from the draft's q and a tree draws each node's children from q
 without replacement (the multi-draft rule of `tree.verify_tree`), grown by each session's rank
 rates (the rank model's best tree), so wider trees can catch target samples a chain misses.
@@ -50,7 +52,7 @@ import numpy as np
 import torch
 
 from specmemo.actors.engine import Engine
-from specmemo.actors.engine.memory_model import expected_tokens, tree_expected_tokens
+from specmemo.actors.engine.memory_model import CostCurve, expected_tokens, tree_expected_tokens, tree_speedup
 from specmemo.actors.engine.models import load_pair
 from specmemo.actors.engine.precision import cpu_features, precision_of
 from specmemo.actors.engine.pull import default_pair_specs
@@ -211,6 +213,50 @@ def ceiling(result: dict) -> str:
     return "\n".join(lines)
 
 
+def speed_ceiling(result: dict, nodes_max: int) -> str:
+    """The fastest chain and the fastest tree under the rank model, in tok/s, priced on this run's
+    own costs (the best chain's Engine: its calibrated target curve at its in-situ level, its
+    measured seconds per draft forward), and again with a target whose forward costs for any
+    M <= nodes_max + 1 what it costs for one (a machine where rows are free: a GPU's regime)."""
+    chains = [r for r in result["rows"] if _is_chain(r["shape"]) and r["prompts"] == "all"]
+    widest = [r for r in result["rows"] if r["shape"].startswith("tree")]
+    if not chains or not widest:
+        return ""
+    costs = result["costs"][max(chains, key=lambda r: r["tokens_per_s"])["shape"]]
+    measured = _curve(costs, {int(m): s for m, s in costs["shape"].items()})
+    flat = _curve(costs, {1: measured.target(1) / measured.scale, nodes_max + 1: measured.target(1) / measured.scale})
+    lines = [
+        "| prompts | a_1..a_w measured | target curve | t_d / t_t(1) | best chain | best tree | tree / chain |",
+        "|---|---|---|---:|---|---|---:|",
+    ]
+    for kind in ("code", "prose", "all"):
+        rows = [r for r in widest if r["prompts"] == kind]
+        rates = max(rows, key=lambda r: (len(r["rates"]), r["nodes_per_step"]))["rates"]
+        for label, curve in (("this run's", measured), ("flat (rows free)", flat)):
+            chain = max((tree_speedup(rates[:1], n, 1, curve), n) for n in range(1, nodes_max + 1))
+            tree = max(
+                (tree_speedup(rates, n, len(rates), curve, f), n, f)
+                for n in range(1, nodes_max + 1)
+                for f in range(1, n + 1)
+            )
+            per_s = 1.0 / curve.target(1)  # a speedup is over the target alone's one-token forward
+            lines.append(
+                f"| {kind} | {', '.join(f'{a:.2f}' for a in rates)} | {label} | {curve.ratio:.2f} | "
+                f"N={chain[1]}: {chain[0] * per_s:.1f} tok/s | N={tree[1]} F={tree[2]}: {tree[0] * per_s:.1f} tok/s | "
+                f"{tree[0] / chain[0]:.3f}x |"
+            )
+    return "\n".join(lines)
+
+
+def _curve(costs: dict, shape: dict[int, float]) -> CostCurve:
+    # a memory side's cost curve from its `as_dict` (the anchors `shape`, its level, t_d)
+    curve = CostCurve()
+    for m, seconds in shape.items():
+        curve.observe(None, m, seconds, anchor=True)
+    curve.scale, curve.measured_draft_s = costs["scale"], costs["draft_s"]
+    return curve
+
+
 def _is_chain(label: str) -> bool:
     return label.startswith("chain") and "lookup" not in label
 
@@ -292,7 +338,7 @@ def main(argv=None) -> None:
     started = time.time()
     result = run(args)
     result["command"], result["seconds"] = command, time.time() - started
-    result["max_new_tokens"] = args.max_new_tokens
+    result["max_new_tokens"], result["gamma_max"] = args.max_new_tokens, args.gamma_max
     result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result["section"] = args.section
     sampled = args.temperature > 0
@@ -326,6 +372,16 @@ def write_docs(result: dict, name: str) -> None:
         if bound.count("\n") > 1
         else ""
     )
+    speeds = speed_ceiling(result, result.get("gamma_max", 16))
+    if speeds:
+        markdown += (
+            "\n\nThe fastest chain and the fastest tree (any N <= γ_max and F <= N, width up to the widest row's) "
+            "under the same rank model, in tokens per second of decoding steps (prefill left out, so above the "
+            "rows' tok/s), priced on this run's costs: the best chain row's Engine's calibrated target curve at its "
+            "in-situ level and its measured seconds per draft forward t_d; then the same with a target forward "
+            'that costs for any M <= γ_max + 1 what it costs for one ("flat": where a row is free, a GPU\'s '
+            "regime):\n\n" + speeds
+        )
     cpu, temperature = result["cpu"], result["temperature"]
     section = f"{SECTION}, sampled at temperature {temperature:g}" if temperature > 0 else SECTION
     if result.get("section"):

@@ -188,3 +188,39 @@ def test_a_replaced_section_keeps_a_blank_line_before_the_next_heading(bench, tm
     assert path.read_text() == "# Benchmarks\n\n## Mine\n\n| new |\n\n## Next\n\nkept\n"
     bench.replace_section(path, "## Next", "## Next\n\nnewer\n")  # the last section: the body as given
     assert path.read_text().endswith("| new |\n\n## Next\n\nnewer\n")
+
+
+def _trees_result(costs: dict, rates: list[float]) -> dict:
+    kinds = ("code", "prose", "all")
+    rows = [{"shape": "chain N=3", "prompts": k, "tokens_per_s": 1.0, "rates": rates[:1]} for k in kinds]
+    rows += [
+        {"shape": "tree N=4 w=2", "prompts": k, "tokens_per_s": 1.0, "rates": rates, "nodes_per_step": 3.0}
+        for k in kinds
+    ]
+    return {"rows": rows, "costs": {"chain N=3": costs}}
+
+
+def test_speed_ceiling_prices_chains_and_trees_on_the_runs_costs():
+    trees = load_bench("specdecode_trees")
+    shape = {1: 0.040, 5: 0.050, 9: 0.065, 17: 0.112}
+    costs = {"draft_s": 0.009, "shape": {str(m): s for m, s in shape.items()}, "scale": 1.0}
+    rates = [0.75, 0.15]
+    text = trees.speed_ceiling(_trees_result(costs, rates), 16)
+    rows = [line.split(" | ") for line in text.splitlines()[2:]]
+    assert [r[2] for r in rows[:2]] == ["this run's", "flat (rows free)"] and len(rows) == 6
+
+    def t(m):  # the anchors, linear between them
+        lo = max(k for k in shape if k <= m)
+        hi = min((k for k in shape if k >= m), default=lo)
+        return shape[lo] if hi == lo else shape[lo] + (shape[hi] - shape[lo]) * (m - lo) / (hi - lo)
+
+    # the fastest chain by hand: E(N) = (1 - a^(N+1)) / (1 - a) tokens in N draft forwards and a forward of N + 1
+    a = rates[0]
+    speed, n = max(((1 - a ** (n + 1)) / (1 - a) / (n * 0.009 + t(n + 1)), n) for n in range(1, 17))
+    assert rows[0][4] == f"N={n}: {speed:.1f} tok/s"
+    # flat: every forward costs t(1), so the fastest chain is the fastest for that ratio alone
+    flat, n_flat = max(((1 - a ** (n + 1)) / (1 - a) / (n * 0.009 + t(1)), n) for n in range(1, 17))
+    assert rows[1][4] == f"N={n_flat}: {flat:.1f} tok/s"
+    # a tree can always be the chain, and where rows are free its leaves make it strictly faster
+    ratio = [float(r[6].rstrip(" |x")) for r in rows]
+    assert all(x >= 1.0 for x in ratio) and ratio[1] > 1.05 and ratio[1] > ratio[0]
