@@ -310,23 +310,22 @@ class CacheHolder:
     ) -> dict[int, float]:
         """Seconds of one forward of m new tokens after `context` tokens, for each m (median of
         `repeats`, or with `fastest` their minimum), on a throwaway cache of a few blocks outside
-        any budget."""
+        any budget. The repeats are rounds over all the ms, so a shared machine's pace, which
+        drifts over seconds, moves every m's samples alike and leaves the curve's shape."""
         from .batch import forward_rows
         from .speculative import Timer
 
         ids = np.arange(context + max(ms), dtype=np.int64) % self.vocab_size
         cache, heads = self.new_cache(), [self.session_head(ids)]
         forward_rows(self.model, [cache], [ids[:context]], [1], exact=self.exact, heads=heads)
-        out = {}
-        for m in ms:
-            samples = []
-            for _ in range(repeats):
+        samples: dict[int, list[float]] = {m: [] for m in ms}
+        for _ in range(repeats):
+            for m in ms:
                 with Timer() as timer:
                     forward_rows(self.model, [cache], [ids[context : context + m]], [m], exact=self.exact, heads=heads)
                 cache.rollback(m)
-                samples.append(timer.seconds)
-            out[m] = min(samples) if fastest else sorted(samples)[len(samples) // 2]
-        return out
+                samples[m].append(timer.seconds)
+        return {m: min(s) if fastest else sorted(s)[len(s) // 2] for m, s in samples.items()}
 
     def fill(self, cache: BlockKVCache, ids: np.ndarray, resident: int, head=None) -> int:
         """Make all but the last of `ids` resident in `cache`, which holds their first `resident`:
