@@ -225,6 +225,8 @@ def speed_ceiling(result: dict, nodes_max: int) -> str:
     if not chains or not widest:
         return ""
     costs = result["costs"][max(chains, key=lambda r: r["tokens_per_s"])["shape"]]
+    if not costs.get("shape"):  # no calibration (a fixed cost ratio): no seconds to price with
+        return ""
     measured = _curve(costs, {int(m): s for m, s in costs["shape"].items()})
     flat = _curve(costs, {1: measured.target(1) / measured.scale, nodes_max + 1: measured.target(1) / measured.scale})
     lines = [
@@ -378,8 +380,9 @@ def write_docs(result: dict, name: str) -> None:
     if speeds:
         markdown += (
             "\n\nThe fastest chain and the fastest tree (any N <= γ_max and F <= N, width up to the widest row's) "
-            "under the same rank model, in tokens per second of decoding steps (prefill left out, so above the "
-            "rows' tok/s), priced on this run's costs: the best chain row's Engine's calibrated target curve at its "
+            "under the same rank model, in tokens per second of decoding steps (prefill and each step's own overheads "
+            "left out, so above the rows' tok/s), both priced with the same a_1 on this run's costs: the best chain "
+            "row's Engine's calibrated target curve at its "
             "in-situ level and its measured seconds per draft forward t_d; then the same with a target forward "
             'that costs for any M <= γ_max + 1 what it costs for one ("flat": where a row is free, a GPU\'s '
             "regime):\n\n" + speeds

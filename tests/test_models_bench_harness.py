@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import load_bench
@@ -190,37 +191,67 @@ def test_a_replaced_section_keeps_a_blank_line_before_the_next_heading(bench, tm
     assert path.read_text().endswith("| new |\n\n## Next\n\nnewer\n")
 
 
-def _trees_result(costs: dict, rates: list[float]) -> dict:
-    kinds = ("code", "prose", "all")
-    rows = [{"shape": "chain N=3", "prompts": k, "tokens_per_s": 1.0, "rates": rates[:1]} for k in kinds]
-    rows += [
-        {"shape": "tree N=4 w=2", "prompts": k, "tokens_per_s": 1.0, "rates": rates, "nodes_per_step": 3.0}
-        for k in kinds
-    ]
-    return {"rows": rows, "costs": {"chain N=3": costs}}
+def _trees_result(costs: dict, rates: dict[str, list[float]]) -> dict:
+    # two chain rows (the faster one's Engine prices the table) and one tree row a kind
+    rows = []
+    for k, r in rates.items():
+        rows.append({"shape": "chain N=3", "prompts": k, "tokens_per_s": 2.0, "rates": r[:1]})
+        rows.append({"shape": "chain N=4", "prompts": k, "tokens_per_s": 1.0, "rates": r[:1]})
+        rows.append({"shape": "tree N=4 w=2", "prompts": k, "tokens_per_s": 1.0, "rates": r, "nodes_per_step": 3.0})
+    slow = {**costs, "draft_s": 3 * costs["draft_s"], "scale": 2.0}
+    return {"rows": rows, "costs": {"chain N=3": costs, "chain N=4": slow}}
+
+
+def _best_by_enumeration(rates: list[float], t, t_d: float, nodes_max: int) -> tuple[float, float]:
+    """(fastest chain, fastest tree) in tokens/s, over every tree of at most nodes_max nodes whose
+    nodes have children of ranks 1..len(rates): a node is worth the product of the rates on its
+    path, a step costs one draft forward for the root and each node with children, then t(N + 1)."""
+    trees, frontier = set(), {frozenset()}
+    while frontier:
+        trees |= frontier
+        frontier = {
+            tree | {node + (r,)}
+            for tree in frontier
+            if len(tree) < nodes_max
+            for node in [()] + list(tree)
+            for r in range(len(rates))
+            if node + (r,) not in tree
+        }
+
+    def speed(tree) -> float:
+        value = 1.0 + sum(np.prod([rates[r] for r in node]) for node in tree)
+        fed = 1 + sum(1 for node in tree if any(other[:-1] == node for other in tree))
+        return value / (fed * t_d + t(len(tree) + 1))
+
+    chains = [frozenset(tuple([0] * d) for d in range(1, n + 1)) for n in range(1, nodes_max + 1)]
+    return max(map(speed, chains)), max(speed(tree) for tree in trees if tree)
 
 
 def test_speed_ceiling_prices_chains_and_trees_on_the_runs_costs():
     trees = load_bench("specdecode_trees")
-    shape = {1: 0.040, 5: 0.050, 9: 0.065, 17: 0.112}
-    costs = {"draft_s": 0.009, "shape": {str(m): s for m, s in shape.items()}, "scale": 1.0}
-    rates = [0.75, 0.15]
-    text = trees.speed_ceiling(_trees_result(costs, rates), 16)
-    rows = [line.split(" | ") for line in text.splitlines()[2:]]
-    assert [r[2] for r in rows[:2]] == ["this run's", "flat (rows free)"] and len(rows) == 6
+    shape = {1: 0.040, 2: 0.041, 3: 0.043, 5: 0.050, 7: 0.062}
+    scale, t_d, nodes_max = 1.3, 0.009, 6
+    costs = {"draft_s": t_d, "shape": {str(m): s for m, s in shape.items()}, "scale": scale}
+    rates = {"code": [0.8, 0.15], "prose": [0.6, 0.3], "all": [0.7, 0.2]}
+    text = trees.speed_ceiling(_trees_result(costs, rates), nodes_max)
+    rows = [line.strip("| ").split(" | ") for line in text.splitlines()[2:]]
+    assert [(r[0], r[2]) for r in rows[:2]] == [("code", "this run's"), ("code", "flat (rows free)")] and len(rows) == 6
 
-    def t(m):  # the anchors, linear between them
-        lo = max(k for k in shape if k <= m)
-        hi = min((k for k in shape if k >= m), default=lo)
-        return shape[lo] if hi == lo else shape[lo] + (shape[hi] - shape[lo]) * (m - lo) / (hi - lo)
+    def measured(m):  # the anchors at the run's level, linear between them
+        lo, hi = max(k for k in shape if k <= m), min(k for k in shape if k >= m)
+        return scale * (shape[lo] if hi == lo else shape[lo] + (shape[hi] - shape[lo]) * (m - lo) / (hi - lo))
 
-    # the fastest chain by hand: E(N) = (1 - a^(N+1)) / (1 - a) tokens in N draft forwards and a forward of N + 1
-    a = rates[0]
-    speed, n = max(((1 - a ** (n + 1)) / (1 - a) / (n * 0.009 + t(n + 1)), n) for n in range(1, 17))
-    assert rows[0][4] == f"N={n}: {speed:.1f} tok/s"
-    # flat: every forward costs t(1), so the fastest chain is the fastest for that ratio alone
-    flat, n_flat = max(((1 - a ** (n + 1)) / (1 - a) / (n * 0.009 + t(1)), n) for n in range(1, 17))
-    assert rows[1][4] == f"N={n_flat}: {flat:.1f} tok/s"
-    # a tree can always be the chain, and where rows are free its leaves make it strictly faster
-    ratio = [float(r[6].rstrip(" |x")) for r in rows]
-    assert all(x >= 1.0 for x in ratio) and ratio[1] > 1.05 and ratio[1] > ratio[0]
+    def flat(m):
+        return measured(1)
+
+    def tok_s(cell: str) -> float:  # "N=4 F=2: 39.8 tok/s" -> 39.8
+        return float(cell.split(": ")[1].split()[0])
+
+    for row, (kind, t) in zip(rows, [(k, t) for k in rates for t in (measured, flat)]):
+        chain, tree = _best_by_enumeration(rates[kind], t, t_d, nodes_max)
+        assert row[0] == kind
+        assert tok_s(row[4]) == pytest.approx(chain, abs=0.051) and tok_s(row[5]) == pytest.approx(tree, abs=0.051)
+        assert float(row[6].rstrip("x")) == pytest.approx(tree / chain, abs=0.0006)
+    # where rows are free, trees pay more than on this curve
+    ratio = [float(r[6].rstrip("x")) for r in rows]
+    assert all(x >= 1.0 for x in ratio) and all(ratio[i + 1] > ratio[i] for i in (0, 2, 4))
