@@ -3,6 +3,7 @@ RSS meter, and its runners on tiny models (outputs equal to plain greedy decodin
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -255,3 +256,28 @@ def test_speed_ceiling_prices_chains_and_trees_on_the_runs_costs():
     # where rows are free, trees pay more than on this curve
     ratio = [float(r[6].rstrip("x")) for r in rows]
     assert all(x >= 1.0 for x in ratio) and all(ratio[i + 1] > ratio[i] for i in (0, 2, 4))
+
+
+def test_device_costs_times_an_architecture_and_prices_it(tmp_path):
+    costs = load_bench("device_costs")
+    out = tmp_path / "costs.json"
+    costs.main(["time", "--device", "cpu", "--arch", "tiny", "--ms", "1,2,3", "--repeats", "2", "--out", str(out)])
+    timed = json.loads(out.read_text())
+    assert set(timed["target_s"]) == {"1", "2", "3"} and set(timed["draft_s"]) == {"1", "2"}
+    assert all(s > 0 for s in [*timed["target_s"].values(), *timed["draft_s"].values()])
+    rates = tmp_path / "rates.json"
+    rows = [
+        {"shape": "chain N=2", "prompts": k, "tokens_per_s": 1.0, "rates": [0.7]} for k in ("code", "prose", "all")
+    ] + [
+        {"shape": "tree N=2 w=2", "prompts": k, "tokens_per_s": 1.0, "rates": [0.7, 0.2], "nodes_per_step": 2.0}
+        for k in ("code", "prose", "all")
+    ]
+    rates.write_text(json.dumps({"rows": rows}))
+    text = costs.report(costs.parse_args(["report", str(out), "--rates", str(rates), "--no-docs"]))
+    priced = [line for line in text.splitlines() if line.startswith("| all |")]
+    assert len(priced) == 2 and "a tiny check architecture" in text
+    # on the curve it timed (never falling with M), the model's chain: E(N) / (N t_d + t(N + 1)), N <= 2
+    t = {m: max(s for k, s in timed["target_s"].items() if int(k) <= m) for m in (1, 2, 3)}
+    t_d = timed["draft_s"]["1"]
+    chain = max((1 + sum(0.7**k for k in range(1, n + 1))) / (n * t_d + t[n + 1]) for n in (1, 2))
+    assert f"{chain:.1f} tok/s" in priced[0]
