@@ -110,19 +110,18 @@ def time_costs(args) -> dict:
 
 
 def priced(costs: dict, rates_run: dict) -> tuple[str, int]:
-    """The trees benchmark's speed table (`specdecode_trees.speed_ceiling`) on `costs`: the
-    measured curve as the calibration (level 1), t_d the draft's one-token forward; nodes up to
-    the largest M timed less one."""
+    """The trees benchmark's speed table (`specdecode_trees.speed_table`) on `costs`: the measured
+    target curve (level 1) and the draft's one-token forward as t_d, nodes up to the largest M
+    timed less one."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from specdecode_trees import _is_chain, speed_ceiling
+    from specdecode_trees import speed_table
 
-    shape = {m: s for m, s in costs["target_s"].items()}
-    nodes_max = max(int(m) for m in shape) - 1
-    chains = [r for r in rates_run["rows"] if _is_chain(r["shape"]) and r["prompts"] == "all"]
-    best = max(chains, key=lambda r: r["tokens_per_s"])["shape"]
-    curve = {"draft_s": costs["draft_s"]["1"], "shape": shape, "scale": 1.0}
-    result = {"rows": rates_run["rows"], "costs": {best: curve}}
-    return speed_ceiling(result, nodes_max), nodes_max
+    from specmemo.actors.engine.memory_model import CostCurve
+
+    shape = {int(m): s for m, s in costs["target_s"].items()}
+    nodes_max = max(shape) - 1
+    curve = CostCurve.from_anchors(shape, draft_s=costs["draft_s"]["1"])
+    return speed_table(rates_run["rows"], curve, nodes_max), nodes_max
 
 
 def report(args) -> str:

@@ -52,7 +52,13 @@ import numpy as np
 import torch
 
 from specmemo.actors.engine import Engine
-from specmemo.actors.engine.memory_model import CostCurve, expected_tokens, tree_expected_tokens, tree_speedup
+from specmemo.actors.engine.memory_model import (
+    CostCurve,
+    expected_tokens,
+    tree_expected_tokens,
+    tree_shape,
+    tree_speedup,
+)
 from specmemo.actors.engine.models import load_pair
 from specmemo.actors.engine.precision import cpu_features, precision_of
 from specmemo.actors.engine.pull import default_pair_specs
@@ -203,11 +209,9 @@ def ceiling(result: dict) -> str:
         "|---|---|" + "---:|" * len(sizes),
     ]
     for kind in ("code", "prose", "all"):
-        widest = [r for r in result["rows"] if r["prompts"] == kind and r["shape"].startswith("tree")]
-        if not widest:
+        if not any(r["prompts"] == kind and r["shape"].startswith("tree") for r in result["rows"]):
             continue
-        # rows' rates are means of per-session rates, each already a sub-distribution (RankAcceptance)
-        rates = max(widest, key=lambda r: (len(r["rates"]), r["nodes_per_step"]))["rates"]
+        rates = _widest_rates(result["rows"], kind)
         ratios = [tree_expected_tokens(rates, n) / expected_tokens(rates[0], n) for n in sizes]
         lines.append(
             f"| {kind} | {', '.join(f'{a:.2f}' for a in rates)} | " + " | ".join(f"{x:.3f}x" for x in ratios) + " |"
@@ -216,49 +220,52 @@ def ceiling(result: dict) -> str:
 
 
 def speed_ceiling(result: dict, nodes_max: int) -> str:
-    """The fastest chain and the fastest tree under the rank model, in tok/s, priced on this run's
-    own costs (the best chain's Engine: its calibrated target curve at its in-situ level, its
-    measured seconds per draft forward), and again with a target whose forward costs for any
-    M <= nodes_max + 1 what it costs for one (a machine where rows are free: a GPU's regime)."""
+    """`speed_table` on the costs of the run's best chain row's Engine (its calibrated target curve
+    at its in-situ level, its measured seconds per draft forward); "" without a calibration."""
     chains = [r for r in result["rows"] if _is_chain(r["shape"]) and r["prompts"] == "all"]
-    widest = [r for r in result["rows"] if r["shape"].startswith("tree")]
-    if not chains or not widest:
+    if not chains:
         return ""
     costs = result["costs"][max(chains, key=lambda r: r["tokens_per_s"])["shape"]]
-    if not costs.get("shape"):  # no calibration (a fixed cost ratio): no seconds to price with
+    if not costs.get("shape"):  # a fixed cost ratio: no seconds to price with
         return ""
-    measured = _curve(costs, {int(m): s for m, s in costs["shape"].items()})
-    flat = _curve(costs, {1: measured.target(1) / measured.scale, nodes_max + 1: measured.target(1) / measured.scale})
+    shape = {int(m): s for m, s in costs["shape"].items()}
+    return speed_table(result["rows"], CostCurve.from_anchors(shape, costs["scale"], costs["draft_s"]), nodes_max)
+
+
+def speed_table(rows: list[dict], curve: CostCurve, nodes_max: int) -> str:
+    """The fastest chain and the fastest tree of at most `nodes_max` nodes under the rank model
+    (`memory_model.tree_shape`, as the memory side picks a step's shape), in tok/s, at the rates of
+    the widest tree rows of each prompt kind, on `curve`, and again on a target whose forward costs
+    for any M <= nodes_max + 1 what it costs for one (a machine where rows are free: a GPU's regime)."""
+    if not any(r["shape"].startswith("tree") for r in rows):
+        return ""
+    one = curve.target(1) / curve.scale  # the anchors' M = 1
+    flat = CostCurve.from_anchors({1: one, nodes_max + 1: one}, curve.scale, curve.draft_s)
     lines = [
         "| prompts | a_1..a_w measured | target curve | t_d / t_t(1) | best chain | best tree | tree / chain |",
         "|---|---|---|---:|---|---|---:|",
     ]
     for kind in ("code", "prose", "all"):
-        rows = [r for r in widest if r["prompts"] == kind]
-        rates = max(rows, key=lambda r: (len(r["rates"]), r["nodes_per_step"]))["rates"]
-        for label, curve in (("this run's", measured), ("flat (rows free)", flat)):
-            chain = max((tree_speedup(rates[:1], n, 1, curve), n) for n in range(1, nodes_max + 1))
-            tree = max(
-                (tree_speedup(rates, n, len(rates), curve, f), n, f)
-                for n in range(1, nodes_max + 1)
-                for f in range(1, n + 1)
-            )
-            per_s = 1.0 / curve.target(1)  # a speedup is over the target alone's one-token forward
+        rates = _widest_rates(rows, kind)
+        for label, costs in (("this run's", curve), ("flat (rows free)", flat)):
+            speeds = []
+            for shape_rates in (rates[:1], rates):  # the chain, then the tree
+                n, width, f = tree_shape(shape_rates, costs, 1.0, nodes_max, len(shape_rates))
+                # a speedup is over the target alone's one-token forward: in tok/s, over t_t(1)
+                speeds.append((tree_speedup(shape_rates, n, width, costs, f) / costs.target(1), n, f))
+            (chain, n, _), (tree, nt, ft) = speeds
             lines.append(
-                f"| {kind} | {', '.join(f'{a:.2f}' for a in rates)} | {label} | {curve.ratio:.2f} | "
-                f"N={chain[1]}: {chain[0] * per_s:.1f} tok/s | N={tree[1]} F={tree[2]}: {tree[0] * per_s:.1f} tok/s | "
-                f"{tree[0] / chain[0]:.3f}x |"
+                f"| {kind} | {', '.join(f'{a:.2f}' for a in rates)} | {label} | {costs.ratio:.2f} | "
+                f"N={n}: {chain:.1f} tok/s | N={nt} F={ft}: {tree:.1f} tok/s | {tree / chain:.3f}x |"
             )
     return "\n".join(lines)
 
 
-def _curve(costs: dict, shape: dict[int, float]) -> CostCurve:
-    # a memory side's cost curve from its `as_dict` (the anchors `shape`, its level, t_d)
-    curve = CostCurve()
-    for m, seconds in shape.items():
-        curve.observe(None, m, seconds, anchor=True)
-    curve.scale, curve.measured_draft_s = costs["scale"], costs["draft_s"]
-    return curve
+def _widest_rates(rows: list[dict], kind: str) -> list[float]:
+    # the rates of the tree row of `kind` with the most ranks (then the most nodes a step); rows'
+    # rates are means of per-session rates, each already a sub-distribution (RankAcceptance)
+    trees = [r for r in rows if r["prompts"] == kind and r["shape"].startswith("tree")]
+    return max(trees, key=lambda r: (len(r["rates"]), r["nodes_per_step"]))["rates"]
 
 
 def _is_chain(label: str) -> bool:

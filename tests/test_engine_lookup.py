@@ -9,9 +9,9 @@ from scipy import stats
 from test_engine_sampling import VOCAB, _exact_pair_distribution
 
 from specmemo.actors.engine import Engine
-from specmemo.actors.engine.lookup import alone_pays, continuation, main_path, shape_curve, tail, tail_cap
+from specmemo.actors.engine.lookup import alone_pays, continuation, tail, tail_cap
 from specmemo.actors.engine.manager import MemoryManager
-from specmemo.actors.engine.memory_model import tail_length
+from specmemo.actors.engine.memory_model import CostCurve, tail_length
 from specmemo.actors.engine.tiny import tiny_pair
 from specmemo.actors.engine.tree import Tree, verify_tree
 
@@ -41,7 +41,8 @@ def test_a_tail_hangs_below_the_deepest_node_of_the_first_children_path():
     # root -> 0 (a) -> 2 (b); 1 is 0's sibling. The context ends "a b" once before, then "x y z"
     tokens = np.array([10, 11, 12], dtype=np.int64)
     parents = np.array([-1, -1, 0], dtype=np.int64)
-    assert main_path(tokens, parents, 3) == [0, 2]
+    assert Tree.from_rows(tokens, parents, 3).main_path() == [0, 2]
+    assert Tree.from_rows(tokens, parents, 0).main_path() == []
     context = np.array([7, 10, 12, 20, 21, 22, 5], dtype=np.int64)
     found, up = tail(context, tokens, [0, 2], 3, 2)
     assert found.tolist() == [20, 21] and up.tolist() == [2, 3]
@@ -176,8 +177,8 @@ def test_a_tail_fits_rows_whose_draft_took_fewer_nodes_than_granted():
 
 
 def test_a_copied_continuation_replaces_the_draft_only_where_it_pays():
-    flat = shape_curve({1: 0.05, 9: 0.05})  # rows free to M = 9
-    steep = shape_curve({1: 0.05, 2: 0.10, 9: 0.45})
+    flat = CostCurve.from_anchors({1: 0.05, 9: 0.05})  # rows free to M = 9
+    steep = CostCurve.from_anchors({1: 0.05, 2: 0.10, 9: 0.45})
     sure, unsure = [18, 18], [18, 0]  # a turn's tail counts: [tried, accepted]
     # 3 draft nodes at α 0.6 in 30 ms of draft forwards: 1 + .6 + .36 + .216 = 2.18 tokens in 80 ms
     assert alone_pays(flat, 8, 0.6, 3, 0.030, sure)
@@ -187,7 +188,7 @@ def test_a_copied_continuation_replaces_the_draft_only_where_it_pays():
 
 
 def test_the_tail_cap_prices_the_rows_below_the_path():
-    flat, steep = shape_curve({1: 0.05, 17: 0.05}), shape_curve({1: 0.05, 17: 1.65})
+    flat, steep = CostCurve.from_anchors({1: 0.05, 17: 0.05}), CostCurve.from_anchors({1: 0.05, 17: 1.65})
     # a chain of 2 at α 0.8: 2.44 tokens in 70 ms; a tail token brings at most 0.64 · 0.5 tokens
     assert tail_cap(flat, 6, 0.8, 2, 2, 0.02, [0, 0]) == 6  # free rows: all of them
     assert tail_cap(steep, 6, 0.8, 2, 2, 0.02, [0, 0]) == 0  # 100 ms a row

@@ -204,7 +204,7 @@ def _trees_result(costs: dict, rates: dict[str, list[float]]) -> dict:
 
 
 def _best_by_enumeration(rates: list[float], t, t_d: float, nodes_max: int) -> tuple[float, float]:
-    """(fastest chain, fastest tree) in tokens/s, over every tree of at most nodes_max nodes whose
+    """(fastest chain, fastest tree) in tokens/s, over every tree of at most nodes_max nodes (none too) whose
     nodes have children of ranks 1..len(rates): a node is worth the product of the rates on its
     path, a step costs one draft forward for the root and each node with children, then t(N + 1)."""
     trees, frontier = set(), {frozenset()}
@@ -224,8 +224,8 @@ def _best_by_enumeration(rates: list[float], t, t_d: float, nodes_max: int) -> t
         fed = 1 + sum(1 for node in tree if any(other[:-1] == node for other in tree))
         return value / (fed * t_d + t(len(tree) + 1))
 
-    chains = [frozenset(tuple([0] * d) for d in range(1, n + 1)) for n in range(1, nodes_max + 1)]
-    return max(map(speed, chains)), max(speed(tree) for tree in trees if tree)
+    chains = [frozenset(tuple([0] * d) for d in range(1, n + 1)) for n in range(nodes_max + 1)]
+    return max(map(speed, chains)), max(map(speed, trees))  # N = 0: no speculation
 
 
 def test_speed_ceiling_prices_chains_and_trees_on_the_runs_costs():
@@ -277,7 +277,8 @@ def test_device_costs_times_an_architecture_and_prices_it(tmp_path):
     priced = [line for line in text.splitlines() if line.startswith("| all |")]
     assert len(priced) == 2 and "a tiny check architecture" in text
     # on the curve it timed (never falling with M), the model's chain: E(N) / (N t_d + t(N + 1)), N <= 2
+    # (N = 0: no speculation, one token a forward)
     t = {m: max(s for k, s in timed["target_s"].items() if int(k) <= m) for m in (1, 2, 3)}
     t_d = timed["draft_s"]["1"]
-    chain = max((1 + sum(0.7**k for k in range(1, n + 1))) / (n * t_d + t[n + 1]) for n in (1, 2))
+    chain = max((1 + sum(0.7**k for k in range(1, n + 1))) / (n * t_d + t[n + 1]) for n in (0, 1, 2))
     assert f"{chain:.1f} tok/s" in priced[0]

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import EngineError, SessionBusy, from_answer
-from .lookup import alone_pays, continuation, main_path, shape_curve, tail, tail_cap
+from .lookup import alone_pays, continuation, tail, tail_cap
 from .memory_model import CostCurve
 from .speculative import SpecStats, StepStats
+from .tree import Tree
 
 if TYPE_CHECKING:
     from .verifier import VerifierCore
@@ -252,7 +253,7 @@ class Driver:
                 probs[speculating, :width] = proposal["probs"]
             draft_s, token_s = proposal["seconds"], proposal.get("token_seconds")
         target_blocks = [b[TARGET] for _, _, _, b in granted]
-        main_paths = [main_path(drafts[i], parents[i], gammas[i]) for i in range(len(granted))]
+        main_paths = [Tree.from_rows(drafts[i], parents[i], gammas[i]).main_path() for i in range(len(granted))]
         caps = [
             self._tail_cap(t, limits[t.session], rates[i][0], len(main_paths[i]), gammas[i], taken[i], draft_s)
             for i, (t, _, _, _) in enumerate(granted)
@@ -335,7 +336,7 @@ class Driver:
         # the calibration as a curve (its level, not the memory side's in-situ scale)
         if self._shape_curve is None:
             assert self._anchors is not None, "priced only once calibrated"
-            self._shape_curve = shape_curve(self._anchors)
+            self._shape_curve = CostCurve.from_anchors(self._anchors)
         return self._shape_curve
 
     def _free_slots(self, ids: np.ndarray, blocks: dict) -> int:

@@ -46,18 +46,6 @@ def continuation(ids: np.ndarray, length: int, n_max: int = NGRAM_MAX, n_min: in
     return ids[:0]
 
 
-def main_path(tokens: np.ndarray, parents: np.ndarray, n: int) -> list[int]:
-    """The nodes of a proposal row's most likely path (each node's first child, root down)."""
-    path, node = [], -1
-    first: dict[int, int] = {}
-    for i in range(n):
-        first.setdefault(int(parents[i]), i)
-    while node in first:
-        node = first[node]
-        path.append(node)
-    return path
-
-
 def tail(context: np.ndarray, tokens: np.ndarray, path: list[int], n: int, room: int) -> tuple[np.ndarray, np.ndarray]:
     """The lookup tail of one proposal row of `n` draft nodes (`tokens`, its main path `path`) on
     `context` (the committed ids): its tokens (at most `room`) and their parents (the first one's:
@@ -90,11 +78,3 @@ def alone_pays(curve: CostCurve, found: int, alpha: float, gamma: int, draft_sec
     length = tail_cap(curve, found, 1.0, 0, 0, 0.0, counts)
     copied = expected_tokens(tail_rate(counts), length) / curve.target(1 + length)
     return length > 0 and copied > expected_tokens(alpha, gamma) / (draft_seconds + curve.target(gamma + 1))
-
-
-def shape_curve(anchors: dict[int, float]) -> CostCurve:
-    """The target's calibration timings (seconds by M) as a cost curve."""
-    curve = CostCurve()
-    for m, seconds in anchors.items():
-        curve.observe(m=m, target_s=seconds, anchor=True)
-    return curve

@@ -74,6 +74,15 @@ class CostCurve:
         self.scale = 1.0  # in-situ level over the shape
         self._monotone: dict[int, float] = {}
 
+    @classmethod
+    def from_anchors(cls, anchors: dict[int, float], scale: float = 1.0, draft_s: float | None = None) -> CostCurve:
+        """A curve of calibration timings (seconds by M) at level `scale`, with t_d `draft_s`."""
+        curve = cls()
+        for m, seconds in anchors.items():
+            curve.observe(m=m, target_s=seconds, anchor=True)
+        curve.scale, curve.measured_draft_s = scale, draft_s
+        return curve
+
     def observe(
         self,
         draft_s: float | None = None,

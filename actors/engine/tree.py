@@ -82,6 +82,13 @@ class Tree:
             kids.setdefault(int(self.parents[i]), []).append(i)
         return kids
 
+    def main_path(self) -> list[int]:
+        """The nodes of the most likely path: each node's first child, root down."""
+        kids, path = self.children(), [-1]
+        while path[-1] in kids:
+            path.append(kids[path[-1]][0])
+        return path[1:]
+
     def ancestry(self) -> np.ndarray:
         """bool [N, N]: [i, j] when node j is node i or one of its ancestors."""
         n = len(self)
